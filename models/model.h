@@ -1,0 +1,85 @@
+/* A loaded model: its configuration and weights on a backend, and the forward pass over a
+ * qv_batch. Architecture families live one per file (llama.c: Llama, Mistral, Qwen2, Qwen3;
+ * tiny.c: the embedded quiver-tiny); the engine only sees this interface. */
+#ifndef QV_MODEL_H
+#define QV_MODEL_H
+
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "quiver/error.h"
+
+#define QV_MAX_EOS 8
+
+typedef enum qv_rope_scaling_type {
+  QV_ROPE_SCALING_NONE = 0,
+  QV_ROPE_SCALING_LINEAR,
+  QV_ROPE_SCALING_DYNAMIC,
+  QV_ROPE_SCALING_LLAMA3,
+  QV_ROPE_SCALING_YARN,
+} qv_rope_scaling_type;
+
+typedef struct qv_model_config {
+  char arch[32];           /* "llama", "mistral", "qwen2", "qwen3", "quiver-tiny" */
+  int32_t vocab_size;
+  int32_t dim;             /* hidden_size */
+  int32_t n_layer;
+  int32_t n_head;
+  int32_t n_kv_head;
+  int32_t head_dim;
+  int32_t ffn_dim;         /* intermediate_size */
+  int32_t max_pos;         /* max_position_embeddings */
+  float norm_eps;
+  float rope_theta;
+  qv_rope_scaling_type rope_scaling;
+  float rope_factor;
+  float rope_low_freq_factor, rope_high_freq_factor; /* llama3 */
+  int32_t rope_orig_max_pos;                         /* llama3, yarn, dynamic */
+  float yarn_beta_fast, yarn_beta_slow, yarn_mscale, yarn_mscale_all_dim;
+  float yarn_attn_factor;                            /* explicit attention_factor, 0 if absent */
+  int32_t sliding_window;  /* 0: none */
+  int32_t tie_embeddings;
+  int32_t qkv_bias;        /* Qwen2, attention_bias */
+  int32_t o_bias;          /* attention_bias also on o_proj (Llama's flag) */
+  int32_t mlp_bias;
+  int32_t qk_norm;         /* Qwen3 per-head q/k RMSNorm */
+  int32_t bos_id;          /* -1 if none */
+  int32_t eos_ids[QV_MAX_EOS];
+  int32_t n_eos;
+  char weight_dtype[8];    /* dtype of the file's weights ("F32", "BF16", "F16", "mixed") */
+} qv_model_config;
+
+typedef struct qv_model qv_model;
+
+typedef struct qv_model_opts {
+  int32_t max_batch_tokens; /* most tokens one forward may carry (activation buffers sized for it) */
+  int32_t max_logits;       /* most rows of logits one forward may return (0: max_batch_tokens) */
+} qv_model_opts;
+
+/* Loads a Hugging Face model directory (config.json, *.safetensors, generation_config.json)
+ * onto be; path NULL or "quiver-tiny" gives the embedded model. The model borrows be, which
+ * must outlive it. */
+int qv_model_load(const char *path, qv_backend *be, const qv_model_opts *opts, qv_model **out,
+                  qv_error *err);
+void qv_model_destroy(qv_model *m);
+
+/* Configuration; valid until qv_model_destroy. */
+const qv_model_config *qv_model_get_config(const qv_model *m);
+/* Parameters in the model (embedding counted once when tied). */
+int64_t qv_model_n_params(const qv_model *m);
+/* Bytes of KV cache one token takes on the model's backend (all layers, K and V). */
+int64_t qv_model_kv_bytes_per_token(const qv_model *m);
+/* Bytes of weights as placed on the backend. */
+int64_t qv_model_weight_bytes(const qv_model *m);
+/* Directory the model was loaded from (NULL for the embedded model). */
+const char *qv_model_path(const qv_model *m);
+
+/* Allocates the model's paged KV cache on its backend: n_blocks blocks of block_size tokens. */
+int qv_model_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error *err);
+
+/* Runs one step: writes the batch's K/V into the cache and returns the logits of the rows in
+ * b->logits_idx as host floats, logits [b->n_logits][vocab_size] (caller's memory). A
+ * sequence's logits do not depend on what else is in the batch. */
+int qv_model_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *err);
+
+#endif

@@ -1,0 +1,71 @@
+/* dtype sizes, names and IEEE half conversions. */
+#include "core/dtype.h"
+
+#include <math.h>
+
+size_t qv_dtype_size(qv_dtype t) {
+  switch (t) {
+  case QV_DTYPE_F32: return 4;
+  case QV_DTYPE_F16: return 2;
+  case QV_DTYPE_BF16: return 2;
+  case QV_DTYPE_I32: return 4;
+  default: return 0;
+  }
+}
+
+const char *qv_dtype_name(qv_dtype t) {
+  switch (t) {
+  case QV_DTYPE_F32: return "F32";
+  case QV_DTYPE_F16: return "F16";
+  case QV_DTYPE_BF16: return "BF16";
+  case QV_DTYPE_I32: return "I32";
+  default: return "?";
+  }
+}
+
+float qv_f16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
+  if (exp == 0) {
+    if (man == 0) {
+      u = sign;
+    } else { /* subnormal: value = man * 2^-24 */
+      float f = ldexpf((float)man, -24);
+      return sign ? -f : f;
+    }
+  } else if (exp == 31) {
+    u = sign | 0x7f800000u | (man << 13);
+  } else {
+    u = sign | ((exp + 112) << 23) | (man << 13);
+  }
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+uint16_t qv_f32_to_f16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  uint32_t sign = (u >> 16) & 0x8000u;
+  float a = fabsf(f);
+  if (isnan(f)) return (uint16_t)(sign | 0x7e00u);
+  if (a >= 65520.0f) return (uint16_t)(sign | 0x7c00u); /* overflow rounds to inf */
+  if (a < 6.103515625e-05f) {                          /* subnormal or zero */
+    return (uint16_t)(sign | (uint32_t)lrintf(a * 16777216.0f));
+  }
+  uint32_t au = u & 0x7fffffffu;
+  uint32_t mant = au & 0x7fffffu, exp = (au >> 23) - 112;
+  uint32_t r = (exp << 10) | (mant >> 13);
+  uint32_t rest = mant & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (r & 1u))) r++;
+  return (uint16_t)(sign | r);
+}
+
+void qv_convert_to_f32(float *dst, const void *src, qv_dtype src_t, size_t n) {
+  const uint16_t *h = src;
+  switch (src_t) {
+  case QV_DTYPE_F32: memcpy(dst, src, n * 4); break;
+  case QV_DTYPE_BF16: for (size_t i = 0; i < n; i++) dst[i] = qv_bf16_to_f32(h[i]); break;
+  case QV_DTYPE_F16: for (size_t i = 0; i < n; i++) dst[i] = qv_f16_to_f32(h[i]); break;
+  default: memset(dst, 0, n * 4); break;
+  }
+}

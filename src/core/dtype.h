@@ -1,0 +1,42 @@
+/* Element types of tensors in model files and backend memory, with the scalar conversions the
+ * loaders and the CPU backend need (round-to-nearest-even for float -> bf16/f16). */
+#ifndef QV_CORE_DTYPE_H
+#define QV_CORE_DTYPE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef enum qv_dtype {
+  QV_DTYPE_F32 = 0,
+  QV_DTYPE_F16 = 1,
+  QV_DTYPE_BF16 = 2,
+  QV_DTYPE_I32 = 3,
+  QV_DTYPE_COUNT
+} qv_dtype;
+
+size_t qv_dtype_size(qv_dtype t);
+const char *qv_dtype_name(qv_dtype t);
+
+static inline float qv_bf16_to_f32(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+static inline uint16_t qv_f32_to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+
+float qv_f16_to_f32(uint16_t h);
+uint16_t qv_f32_to_f16(float f);
+
+/* Converts n elements of type src_t at src to float at dst. src_t is F32, F16 or BF16. */
+void qv_convert_to_f32(float *dst, const void *src, qv_dtype src_t, size_t n);
+
+#endif

@@ -1,0 +1,52 @@
+/* Core helpers: error table and messages, dtype conversions. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/dtype.h"
+#include "quiver/error.h"
+
+Test(core, strerror_table) {
+  cr_assert_str_eq(qv_strerror(0), "success");
+  cr_assert_str_eq(qv_strerror(QV_EINVAL), "invalid argument");
+  cr_assert_str_eq(qv_strerror(QV_EBUSY), "queue full");
+  cr_assert_str_eq(qv_strerror(12345), "unknown error");
+}
+
+Test(core, error_set_and_prefix) {
+  qv_error e = {0};
+  int rc = qv_error_set(&e, QV_EFORMAT, "tensor %s has %d dims", "w", 3);
+  cr_assert_eq(rc, QV_EFORMAT);
+  cr_assert_eq(e.code, QV_EFORMAT);
+  cr_assert_str_eq(e.msg, "tensor w has 3 dims");
+  qv_error_prefix(&e, "model.safetensors");
+  cr_assert_str_eq(e.msg, "model.safetensors: tensor w has 3 dims");
+  cr_assert_eq(qv_error_set(NULL, QV_EIO, "x"), QV_EIO);
+  qv_error_clear(&e);
+  cr_assert_eq(e.code, 0);
+}
+
+Test(core, bf16_roundtrip_random) {
+  srand(7);
+  for (int i = 0; i < 100000; i++) {
+    float f = ((float)rand() / RAND_MAX - 0.5f) * powf(2.0f, (float)(rand() % 40 - 20));
+    float g = qv_bf16_to_f32(qv_f32_to_bf16(f));
+    cr_assert(fabsf(f - g) <= fabsf(f) * (1.0f / 256.0f), "%g -> %g", f, g);
+  }
+  cr_assert_eq(qv_f32_to_bf16(1.0f), 0x3f80);
+  cr_assert(isnan(qv_bf16_to_f32(qv_f32_to_bf16(NAN))));
+}
+
+Test(core, f16_roundtrip_random) {
+  srand(11);
+  for (int i = 0; i < 100000; i++) {
+    float f = ((float)rand() / RAND_MAX - 0.5f) * powf(2.0f, (float)(rand() % 28 - 14));
+    float g = qv_f16_to_f32(qv_f32_to_f16(f));
+    cr_assert(fabsf(f - g) <= fmaxf(fabsf(f) * (1.0f / 1024.0f), 6e-8f), "%g -> %g", f, g);
+  }
+  cr_assert_eq(qv_f32_to_f16(1.0f), 0x3c00);
+  cr_assert_eq(qv_f32_to_f16(-2.0f), 0xc000);
+  cr_assert_eq(qv_f16_to_f32(0x7bff), 65504.0f);
+  cr_assert(isinf(qv_f16_to_f32(qv_f32_to_f16(1e6f))));
+}
