@@ -103,11 +103,20 @@ static int process(sampler *s, const float *logits, const sampler_input *in) {
   return 0;
 }
 
+/* Index of the largest value, lowest index on ties (NaN never wins). Two passes: a max over
+ * 8 independent lanes, which compilers vectorise, then the first index holding it. */
 static int32_t argmax(const float *x, int32_t n) {
-  int32_t best = 0;
-  for (int32_t i = 1; i < n; i++)
-    if (x[i] > x[best]) best = i;
-  return best;
+  float lane[8];
+  int32_t i = 0;
+  for (int j = 0; j < 8; j++) lane[j] = -INFINITY;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; j++) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
+  float m = -INFINITY;
+  for (int j = 0; j < 8; j++) m = lane[j] > m ? lane[j] : m;
+  for (; i < n; i++) m = x[i] > m ? x[i] : m;
+  for (i = 0; i < n; i++)
+    if (x[i] == m) return i;
+  return 0; /* all -inf or NaN */
 }
 
 /* Sort context for candidate ids: descending logit, ascending id on ties. */
