@@ -46,7 +46,7 @@ typedef struct qv_model_config {
   int32_t bos_id;          /* -1 if none */
   int32_t eos_ids[QV_MAX_EOS];
   int32_t n_eos;
-  char weight_dtype[8];    /* dtype of the file's weights ("F32", "BF16", "F16", "mixed") */
+  char weight_dtype[16];    /* dtype of the file's weights ("F32", "BF16", "F16", "mixed") */
 } qv_model_config;
 
 typedef struct qv_model qv_model;
