@@ -176,3 +176,36 @@ int qv_model_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error
   m->kv_ready = 1;
   return 0;
 }
+
+int64_t qv_model_config_n_params(const qv_model_config *c) {
+  int64_t qd = (int64_t)c->n_head * c->head_dim, kd = (int64_t)c->n_kv_head * c->head_dim, d = c->dim;
+  int64_t per_layer = 2 * d + d * qd + 2 * d * kd + qd * d + 3 * d * (int64_t)c->ffn_dim;
+  if (c->qkv_bias) per_layer += qd + 2 * kd;
+  if (c->o_bias) per_layer += d;
+  if (c->qk_norm) per_layer += 2 * (int64_t)c->head_dim;
+  if (c->mlp_bias) per_layer += 2 * (int64_t)c->ffn_dim + d;
+  int64_t emb = (int64_t)c->vocab_size * d;
+  return emb * (c->tie_embeddings ? 1 : 2) + d + per_layer * c->n_layer;
+}
+
+int qv_model_describe(const char *path, qv_model_desc *out, qv_error *err) {
+  memset(out, 0, sizeof *out);
+  if (!path || !strcmp(path, "quiver-tiny")) {
+    tiny_config(&out->cfg);
+    out->n_params = qv_model_config_n_params(&out->cfg);
+    return 0;
+  }
+  int rc = hf_config_load(path, &out->cfg, err);
+  st_set *set = NULL;
+  if (!rc) rc = st_open_dir(path, &set, err);
+  if (rc) {
+    qv_error_prefix(err, "%s", path);
+    return rc;
+  }
+  describe_dtypes(set, out->cfg.weight_dtype, sizeof out->cfg.weight_dtype);
+  out->n_file_tensors = st_count(set);
+  for (int i = 0; i < st_count(set); i++) out->file_bytes += (int64_t)st_at(set, i)->n_bytes;
+  out->n_params = qv_model_config_n_params(&out->cfg);
+  st_close(set);
+  return 0;
+}

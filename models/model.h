@@ -82,4 +82,19 @@ int qv_model_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error
  * sequence's logits do not depend on what else is in the batch. */
 int qv_model_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *err);
 
+
+/* What `quiver info` reports, computed from config.json and the safetensors headers alone
+ * (no weights are read or converted). */
+typedef struct qv_model_desc {
+  qv_model_config cfg;
+  int64_t n_params;        /* parameters the architecture uses (embedding once when tied) */
+  int64_t file_bytes;      /* bytes of tensor data in the safetensors files */
+  int32_t n_file_tensors;
+} qv_model_desc;
+
+/* path NULL or "quiver-tiny": the embedded model. */
+int qv_model_describe(const char *path, qv_model_desc *out, qv_error *err);
+/* Parameters of a Llama-family architecture from its configuration. */
+int64_t qv_model_config_n_params(const qv_model_config *cfg);
+
 #endif
