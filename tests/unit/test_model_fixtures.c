@@ -27,7 +27,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
-#include "model.h"
+#include "models/model.h"
 #include "quiver/error.h"
 
 #define TOL 1e-4
@@ -145,7 +145,7 @@ static float *read_rows(const cJSON *arr, int rows, int *vocab) {
 }
 
 static void ref_load(const char *dir, fx_ref *ref) {
-  char path[1024];
+  char path[1100];
   snprintf(path, sizeof path, "%s/reference.json", dir);
   char *text = read_file(path, NULL);
   cr_assert(text, "cannot read %s (QV_SOURCE_DIR=%s)", path, getenv("QV_SOURCE_DIR"));
