@@ -8,6 +8,7 @@ numpy. CI never runs this; its output is committed.
 
 Each fixture is a real HF directory (config.json, generation_config.json, model.safetensors or
 two shards plus model.safetensors.index.json) and a reference.json:
+  n_params                            parameters as HF counts them (tied embedding once)
   prompt_ids     [n_prompt]           random token ids
   prefill_logits [n_prompt][vocab]    logits of every prompt position, one full forward
   decode_ids     [8]                  greedy tokens: decode_ids[0] = argmax(prefill_logits[-1]),
@@ -182,7 +183,7 @@ def rows_json(t):
     return "[\n" + ",\n".join("  [" + ", ".join(fmt(v) for v in row) + "]" for row in t.tolist()) + "\n ]"
 
 
-def write_reference(path, fx, prompt, prefill, decode_ids, decode_logits):
+def write_reference(path, fx, n_params, prompt, prefill, decode_ids, decode_logits):
     with open(path, "w") as f:
         f.write("{\n")
         f.write(' "fixture": %s,\n' % json.dumps(fx["name"]))
@@ -190,6 +191,7 @@ def write_reference(path, fx, prompt, prefill, decode_ids, decode_logits):
         f.write(' "generator": %s,\n' % json.dumps(
             "scripts/make-fixtures (transformers %s, torch %s, float32, eager attention)"
             % (transformers.__version__, torch.__version__)))
+        f.write(' "n_params": %d,\n' % n_params)
         f.write(' "prompt_ids": %s,\n' % json.dumps(prompt))
         f.write(' "decode_ids": %s,\n' % json.dumps(decode_ids))
         f.write(' "prefill_logits": %s,\n' % rows_json(prefill))
@@ -284,8 +286,10 @@ def make(fx, root):
         # The window must matter: without it the logits are different.
         _, _, p2, _, _ = reference(fx, outdir, {"sliding_window": None})
         assert rel_err(p2, prefill) > 1e-2, "sliding window has no effect"
-    write_reference(os.path.join(outdir, "reference.json"), fx, prompt, prefill, decode_ids,
-                    decode_logits)
+    # Parameters as HF counts them (a tied embedding once).
+    n_params = ref_model.num_parameters()
+    write_reference(os.path.join(outdir, "reference.json"), fx, n_params, prompt, prefill,
+                    decode_ids, decode_logits)
     size = sum(os.path.getsize(os.path.join(outdir, n)) for n in os.listdir(outdir))
     print("%-18s %7d bytes  prompt %s  decode %s" % (fx["name"], size, prompt, decode_ids))
 

@@ -4,7 +4,8 @@
  * HF checkpoint plus reference.json: float32 logits for every prompt position and for 8 greedy
  * decode steps, computed by transformers with its KV cache. For each fixture this test loads the
  * directory on the "cpu" backend and checks:
- *   - the parsed config (architecture, heads, window, biases, tying, rope scaling, eos list);
+ *   - the parsed config (architecture, heads, window, biases, tying, rope scaling, eos list) and
+ *     the parameter count transformers reports;
  *   - prefill: the 12-token prompt as one sequence in one qv_batch, logits for every row;
  *   - decode: 8 steps of one token each, feeding decode_ids, against decode_logits;
  *   - chunked prefill: the prompt as 5 + 7 tokens in two steps;
@@ -41,6 +42,7 @@
 typedef struct fx_ref {
   int32_t n_prompt;
   int32_t vocab;
+  int64_t n_params;             /* as transformers counts them (tied embedding once) */
   int32_t prompt[MAX_PROMPT];   /* [n_prompt] */
   int32_t decode_ids[N_DECODE]; /* [N_DECODE] */
   float *prefill;               /* [n_prompt][vocab], owned (free) */
@@ -153,6 +155,9 @@ static void ref_load(const char *dir, fx_ref *ref) {
   free(text);
   cr_assert(root, "%s: bad JSON", path);
   memset(ref, 0, sizeof *ref);
+  const cJSON *np = cJSON_GetObjectItem(root, "n_params");
+  cr_assert(cJSON_IsNumber(np) && np->valuedouble > 0);
+  ref->n_params = (int64_t)np->valuedouble;
   ref->n_prompt = read_ints(cJSON_GetObjectItem(root, "prompt_ids"), ref->prompt, MAX_PROMPT);
   cr_assert_eq(read_ints(cJSON_GetObjectItem(root, "decode_ids"), ref->decode_ids, N_DECODE),
                N_DECODE);
@@ -266,7 +271,8 @@ static void run_fixture(const char *name) {
 
   qv_error err = {0};
   qv_backend *be = NULL;
-  qv_backend_opts bo = {.n_threads = 1};
+  /* Two workers: batch invariance must hold however the thread pool splits the rows. */
+  qv_backend_opts bo = {.n_threads = 2};
   int rc = qv_backend_create("cpu", &bo, &be, &err);
   cr_assert_eq(rc, 0, "backend: %s", err.msg);
   qv_model *m = NULL;
@@ -274,6 +280,8 @@ static void run_fixture(const char *name) {
   rc = qv_model_load(dir, be, &mo, &m, &err);
   cr_assert_eq(rc, 0, "load %s: %s (%s)", dir, qv_strerror(rc), err.msg);
   check_config(x, qv_model_get_config(m), V);
+  cr_expect_eq(qv_model_n_params(m), ref.n_params, "%s: %lld parameters, HF counts %lld", name,
+               (long long)qv_model_n_params(m), (long long)ref.n_params);
   rc = qv_model_kv_init(m, N_BLOCKS, BLOCK_SIZE, &err);
   cr_assert_eq(rc, 0, "kv_init: %s", err.msg);
 
