@@ -9,6 +9,8 @@ numpy. CI never runs this; its output is committed.
 Each fixture is a real HF directory (config.json, generation_config.json, model.safetensors or
 two shards plus model.safetensors.index.json) and a reference.json:
   n_params                            parameters as HF counts them (tied embedding once)
+config.transformers5.json is the config transformers 5 itself wrote (rope_parameters, dtype,
+layer_types); the test loads the same weights with it in place of config.json.
   prompt_ids     [n_prompt]           random token ids
   prefill_logits [n_prompt][vocab]    logits of every prompt position, one full forward
   decode_ids     [8]                  greedy tokens: decode_ids[0] = argmax(prefill_logits[-1]),
@@ -261,6 +263,9 @@ def make(fx, root):
         total = sum(p.numel() * p.element_size() for p in model.state_dict().values())
         kw["max_shard_size"] = int(total * 0.6)
     model.save_pretrained(outdir, **kw)
+    # Keep what transformers itself wrote (rope_parameters, dtype, layer_types) so the loader's
+    # other input form is tested on the same weights; config.json becomes the classic form.
+    os.replace(os.path.join(outdir, "config.json"), os.path.join(outdir, "config.transformers5.json"))
     with open(os.path.join(outdir, "config.json"), "w") as f:
         json.dump(classic_config(fx), f, indent=2)
         f.write("\n")

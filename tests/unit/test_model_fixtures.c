@@ -11,7 +11,10 @@
  *   - chunked prefill: the prompt as 5 + 7 tokens in two steps;
  *   - batch invariance: the same sequence next to a different one (a prefill beside it, then
  *     decodes and a prefill chunk beside its decodes) gives bit-identical logits to running alone
- *     (DESIGN.md: "the same result for a sequence whether it runs alone or in a batch").
+ *     (DESIGN.md: "the same result for a sequence whether it runs alone or in a batch");
+ *   - the config transformers 5 itself wrote (config.transformers5.json: rope_parameters, dtype,
+ *     layer_types) in place of the classic config.json parses the same and gives the same
+ *     prefill logits.
  * KV blocks are deliberately scattered (non-contiguous, non-increasing block ids) so the paged
  * addressing is exercised too.
  *
@@ -20,12 +23,15 @@
  * differences are summation order; 1e-4 leaves two orders of magnitude of headroom over what
  * that costs at these sizes while still catching any wrong formula (a wrong RoPE, window, bias or
  * norm moves logits by 1e-2 or more). The worst error per fixture is printed to stderr. */
-#include <criterion/criterion.h>
 #include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend/backend.h"
 #include "models/model.h"
@@ -256,6 +262,8 @@ static void check_config(const fx_expect *x, const qv_model_config *c, int vocab
   if (c->n_eos >= 2 && x->n_eos >= 2) cr_expect_eq(c->eos_ids[1], x->eos1, "%s: eos[1]", x->name);
 }
 
+static void run_fixture_v5_config(const char *name, const fx_expect *x, const fx_ref *ref);
+
 static void run_fixture(const char *name) {
   const fx_expect *x = NULL;
   for (size_t i = 0; i < sizeof EXPECT / sizeof EXPECT[0]; i++)
@@ -356,10 +364,66 @@ static void run_fixture(const char *name) {
           name, e_prefill, e_decode, e_chunk, TOL);
   free(solo);
   free(got);
-  free(ref.prefill);
-  free(ref.decode);
   qv_model_destroy(m);
   qv_backend_destroy(be);
+  run_fixture_v5_config(name, x, &ref);
+  free(ref.prefill);
+  free(ref.decode);
+}
+
+/* The same weights with transformers 5's own config form: a temp dir of symlinks to the fixture's
+ * files, config.json pointing at config.transformers5.json. Checks the parse and the prefill. */
+static void run_fixture_v5_config(const char *name, const fx_expect *x, const fx_ref *ref) {
+  char rel[1024], dir[PATH_MAX], tmp[256] = "/tmp/qv-fixture-v5-XXXXXX";
+  fixture_dir(name, rel, sizeof rel);
+  cr_assert(realpath(rel, dir), "realpath %s", rel);
+  cr_assert(mkdtemp(tmp));
+  DIR *d = opendir(dir);
+  cr_assert(d);
+  struct dirent *e;
+  char from[PATH_MAX + 300], to[600];
+  while ((e = readdir(d))) {
+    const char *n = e->d_name;
+    if (n[0] == '.' || !strcmp(n, "reference.json") || !strcmp(n, "config.json")) continue;
+    snprintf(from, sizeof from, "%s/%s", dir, n);
+    snprintf(to, sizeof to, "%s/%s", tmp,
+             strcmp(n, "config.transformers5.json") ? n : "config.json");
+    cr_assert_eq(symlink(from, to), 0, "symlink %s", to);
+  }
+  closedir(d);
+
+  qv_error err = {0};
+  qv_backend *be = NULL;
+  cr_assert_eq(qv_backend_create("cpu", &(qv_backend_opts){.n_threads = 2}, &be, &err), 0);
+  qv_model *m = NULL;
+  qv_model_opts mo = {.max_batch_tokens = MAX_PROMPT, .max_logits = MAX_PROMPT};
+  int rc = qv_model_load(tmp, be, &mo, &m, &err);
+  cr_expect_eq(rc, 0, "%s with config.transformers5.json: %s", name, err.msg);
+  double worst = -1;
+  if (rc == 0) {
+    check_config(x, qv_model_get_config(m), ref->vocab);
+    cr_assert_eq(qv_model_kv_init(m, N_BLOCKS, BLOCK_SIZE, &err), 0, "%s", err.msg);
+    const int32_t blk[MAX_BLOCKS] = {3, 0, 5, 1, -1, -1, -1, -1};
+    float *got = malloc(sizeof(float) * (size_t)ref->n_prompt * ref->vocab);
+    cr_assert(got);
+    seq_part pre = {ref->prompt, ref->n_prompt, 0, blk};
+    run_step(m, &pre, 1, got);
+    worst = check_rows(name, "prefill (transformers 5 config)", got, ref->prefill, ref->n_prompt,
+                       ref->vocab);
+    free(got);
+    qv_model_destroy(m);
+  }
+  qv_backend_destroy(be);
+  d = opendir(tmp);
+  cr_assert(d);
+  while ((e = readdir(d))) {
+    if (e->d_name[0] == '.') continue;
+    snprintf(to, sizeof to, "%s/%s", tmp, e->d_name);
+    unlink(to);
+  }
+  closedir(d);
+  cr_expect_eq(rmdir(tmp), 0);
+  fprintf(stderr, "fixture %-18s transformers-5 config: prefill worst rel err %.2e\n", name, worst);
 }
 
 /* One Criterion test per fixture, so a failure names the variant. */
