@@ -2,7 +2,7 @@
  * a qv_tokenizer. Kept in its own file so the engine core (and its tests with fake models)
  * links without the model and tokenizer code. */
 #include "engine/engine_internal.h"
-#include "model.h"
+#include "models/model.h"
 
 static int model_kv_init(void *ctx, int32_t n_blocks, int32_t block_size, qv_error *err) {
   return qv_model_kv_init(ctx, n_blocks, block_size, err);

@@ -54,7 +54,7 @@ static inline uint64_t fake_ctx_hash(const int32_t *toks, int32_t n) {
   return h;
 }
 
-static int fake_kv_init(void *ctx, int32_t n_blocks, int32_t block_size, qv_error *err) {
+static inline int fake_kv_init(void *ctx, int32_t n_blocks, int32_t block_size, qv_error *err) {
   fake_model *f = ctx;
   free(f->kv_tok);
   free(f->kv_pos);
@@ -68,7 +68,7 @@ static int fake_kv_init(void *ctx, int32_t n_blocks, int32_t block_size, qv_erro
   return 0;
 }
 
-static int fake_forward(void *ctx, const qv_batch *b, float *logits, qv_error *err) {
+static inline int fake_forward(void *ctx, const qv_batch *b, float *logits, qv_error *err) {
   fake_model *f = ctx;
   int32_t nslots = f->n_blocks * f->block_size;
   f->n_forward++;
@@ -152,7 +152,7 @@ typedef struct fake_detok {
   char buf[8];
 } fake_detok;
 
-static int fdt_create(void *ctx, int skip, void **out) {
+static inline int fdt_create(void *ctx, int skip, void **out) {
   fake_detok *d = calloc(1, sizeof *d);
   if (!d) return QV_ENOMEM;
   d->skip = skip;
@@ -174,21 +174,21 @@ static inline size_t fake_token_text(int32_t id, char *buf, int skip) {
   return 1;
 }
 
-static int fdt_push(void *dd, int32_t id, const char **text, size_t *len) {
+static inline int fdt_push(void *dd, int32_t id, const char **text, size_t *len) {
   fake_detok *d = dd;
   *len = fake_token_text(id, d->buf, d->skip);
   *text = d->buf;
   return 0;
 }
 
-static int fdt_flush(void *dd, const char **text, size_t *len) {
+static inline int fdt_flush(void *dd, const char **text, size_t *len) {
   (void)dd;
   *text = "";
   *len = 0;
   return 0;
 }
 
-static void fdt_destroy(void *d) { free(d); }
+static inline void fdt_destroy(void *d) { free(d); }
 
 static const engine_text_ops fake_text_ops = {NULL, fdt_create, fdt_push, fdt_flush, fdt_destroy};
 
