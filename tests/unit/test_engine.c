@@ -702,3 +702,88 @@ Test(engine, threaded_with_notify) {
   fake_model_free(&fm);
   free(out);
 }
+
+/* A random mix under pressure: shared prefixes, n = 1..3 greedy choices, priorities, a tiny
+ * pool (preemption), a small token budget (chunking), aborts at random times, prefix caching
+ * on and off. Every finished choice must equal the reference, every request must end exactly
+ * once per choice, and no block may leak. */
+Test(engine, stress_random_mix) {
+  for (int caching = 0; caching < 2; caching++) {
+    qv_engine_opts o;
+    qv_engine_opts_default(&o);
+    o.n_kv_blocks = 40;
+    o.block_size = 8;
+    o.max_num_batched_tokens = 40;
+    o.max_num_seqs = 12;
+    o.enable_prefix_caching = caching;
+    qv_engine *e = mk(&o, 0, 320);
+    enum { N = 40 };
+    unsigned seed = 1000 + (unsigned)caching;
+    int32_t base[120];
+    fill_random(base, 120, VOCAB, &seed);
+    int32_t prompts[N][120], lens[N], nch[N], maxt[N];
+    uint64_t ids[N];
+    int fin[N] = {0}, aborted[N] = {0}, ntok[N][3] = {{0}};
+    int32_t toks[N][3][64];
+    int submitted = 0, finished = 0;
+    for (int step = 0; finished < N; step++) {
+      cr_assert(step < 200000);
+      if (submitted < N && rand_r(&seed) % 3 == 0) {
+        int i = submitted++;
+        lens[i] = 1 + (int32_t)(rand_r(&seed) % 119);
+        int32_t share = (int32_t)(rand_r(&seed) % (unsigned)(lens[i] + 1));
+        memcpy(prompts[i], base, (size_t)share * sizeof(int32_t));
+        fill_random(prompts[i] + share, lens[i] - share, VOCAB, &seed);
+        nch[i] = 1 + (int32_t)(rand_r(&seed) % 3);
+        maxt[i] = 1 + (int32_t)(rand_r(&seed) % 40);
+        qv_request_params p;
+        qv_request_params_default(&p);
+        p.prompt_ids = prompts[i];
+        p.n_prompt = lens[i];
+        p.max_tokens = maxt[i];
+        p.sampling.temperature = 0;
+        p.n = nch[i];
+        p.priority = (int32_t)(rand_r(&seed) % 3);
+        cr_assert_eq(qv_engine_submit(e, &p, &ids[i], NULL), 0);
+      }
+      if (submitted > 0 && rand_r(&seed) % 40 == 0) {
+        int i = (int)(rand_r(&seed) % (unsigned)submitted);
+        if (!aborted[i]) aborted[i] = 1, qv_engine_abort(e, ids[i]);
+      }
+      if (submitted == N || rand_r(&seed) % 2) cr_assert_geq(engine_step(e), 0);
+      qv_event *evs[64];
+      int n;
+      while ((n = qv_engine_poll(e, evs, 64)) > 0)
+        for (int k = 0; k < n; k++) {
+          qv_event *ev = evs[k];
+          int i = 0;
+          while (ids[i] != ev->req_id) i++;
+          int c = ev->choice;
+          if (ev->type == QV_EVENT_TOKENS) {
+            cr_assert_eq(fin[i] & (1 << c), 0, "tokens after finish");
+            toks[i][c][ntok[i][c]++] = ev->token_ids[0];
+          } else {
+            cr_assert_eq(fin[i] & (1 << c), 0, "second finish");
+            fin[i] |= 1 << c;
+            if (ev->finish == QV_FINISH_ABORT) cr_assert(aborted[i]);
+            else cr_assert_eq(ev->finish, QV_FINISH_LENGTH);
+            if (fin[i] == (1 << nch[i]) - 1) finished++;
+          }
+          qv_event_free(ev);
+        }
+    }
+    for (int i = 0; i < N; i++) {
+      int32_t exp[64];
+      int32_t ne = fake_expected_greedy(&fm, prompts[i], lens[i], maxt[i], exp);
+      for (int c = 0; c < nch[i]; c++) {
+        cr_assert_leq(ntok[i][c], ne);
+        if (!aborted[i]) cr_assert_eq(ntok[i][c], ne, "request %d choice %d", i, c);
+        for (int t = 0; t < ntok[i][c]; t++) cr_assert_eq(toks[i][c][t], exp[t], "request %d choice %d token %d", i, c, t);
+      }
+    }
+    qv_engine_stats st;
+    qv_engine_get_stats(e, &st);
+    cr_assert_gt(st.n_preemptions, 0);
+    done(e);
+  }
+}
