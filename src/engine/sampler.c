@@ -41,7 +41,8 @@ int sampler_init(sampler *s, int32_t vocab) {
   s->counts = calloc((size_t)vocab, sizeof *s->counts);
   s->seen = calloc((size_t)vocab, 1);
   s->p = malloc((size_t)vocab * sizeof *s->p);
-  if (!s->x || !s->cand || !s->counts || !s->seen || !s->p) {
+  s->cv = malloc((size_t)vocab * sizeof *s->cv);
+  if (!s->x || !s->cand || !s->counts || !s->seen || !s->p || !s->cv) {
     sampler_deinit(s);
     return QV_ENOMEM;
   }
@@ -54,6 +55,7 @@ void sampler_deinit(sampler *s) {
   free(s->counts);
   free(s->seen);
   free(s->p);
+  free(s->cv);
   memset(s, 0, sizeof *s);
 }
 
@@ -119,21 +121,37 @@ static int32_t argmax(const float *x, int32_t n) {
   return 0; /* all -inf or NaN */
 }
 
-/* Sort context for candidate ids: descending logit, ascending id on ties. */
-
-typedef struct cand_val {
-  float v;
-  int32_t id;
-} cand_val;
+/* Strict total order of candidates: higher logit first, lower id on ties. */
+static inline int ahead(cand_val a, cand_val b) { return a.v > b.v || (a.v == b.v && a.id < b.id); }
 
 static int cmp_desc(const void *a, const void *b) {
   const cand_val *x = a, *y = b;
-  if (x->v > y->v) return -1;
-  if (x->v < y->v) return 1;
-  return (x->id > y->id) - (x->id < y->id);
+  return ahead(*x, *y) ? -1 : ahead(*y, *x) ? 1 : 0;
 }
 
-/* Builds the filtered distribution (step 4, sampled path): s->cand[0..*n) with s->p. */
+/* Reorders a[0..n) so that a[0..m) are the m first in `ahead` order (in any order): an
+ * iterative quickselect, O(n) expected, so top-k and top-p need not sort the vocabulary. */
+static void select_top(cand_val *a, int32_t n, int32_t m) {
+  int32_t lo = 0, hi = n - 1, k = m - 1;
+  while (lo < hi) {
+    int32_t mid = lo + (hi - lo) / 2;
+    /* median of three as pivot, moved to hi */
+    if (ahead(a[mid], a[lo])) { cand_val t = a[mid]; a[mid] = a[lo]; a[lo] = t; }
+    if (ahead(a[hi], a[lo])) { cand_val t = a[hi]; a[hi] = a[lo]; a[lo] = t; }
+    if (ahead(a[mid], a[hi])) { cand_val t = a[mid]; a[mid] = a[hi]; a[hi] = t; }
+    cand_val piv = a[hi];
+    int32_t st = lo;
+    for (int32_t i = lo; i < hi; i++)
+      if (ahead(a[i], piv)) { cand_val t = a[i]; a[i] = a[st]; a[st] = t; st++; }
+    cand_val t = a[st]; a[st] = a[hi]; a[hi] = t;
+    if (st == k) return;
+    if (st < k) lo = st + 1;
+    else hi = st - 1;
+  }
+}
+
+/* Builds the filtered distribution (step 4, sampled path): s->cand[0..*n) with s->p. The order
+ * of the candidates (which the draw walks) depends only on the logits and parameters. */
 static int filter(sampler *s, const float *x, const qv_sampling_params *p, int32_t *n_out) {
   int32_t V = s->vocab;
   float inv_t = 1.0f / p->temperature;
@@ -141,36 +159,79 @@ static int filter(sampler *s, const float *x, const qv_sampling_params *p, int32
   for (int32_t i = 0; i < V; i++)
     if (x[i] != -INFINITY && !isnan(x[i])) s->cand[n++] = i;
   if (n == 0) return QV_ERANGE;
-  int need_sort = (p->top_k > 0 && p->top_k < n) || (p->top_p > 0.0f && p->top_p < 1.0f);
-  if (need_sort) {
-    cand_val *cv = malloc((size_t)n * sizeof *cv);
-    if (!cv) return QV_ENOMEM;
-    for (int32_t i = 0; i < n; i++) cv[i] = (cand_val){x[s->cand[i]], s->cand[i]};
-    qsort(cv, (size_t)n, sizeof *cv, cmp_desc);
-    if (p->top_k > 0 && p->top_k < n) n = p->top_k;
-    for (int32_t i = 0; i < n; i++) s->cand[i] = cv[i].id;
-    free(cv);
-  }
-  double mx = -INFINITY;
-  for (int32_t i = 0; i < n; i++) mx = fmax(mx, (double)x[s->cand[i]] * inv_t);
-  double sum = 0.0;
-  for (int32_t i = 0; i < n; i++) sum += s->p[i] = exp((double)x[s->cand[i]] * inv_t - mx);
-  for (int32_t i = 0; i < n; i++) s->p[i] /= sum;
-  if (p->top_p > 0.0f && p->top_p < 1.0f) { /* candidates are sorted, highest first */
-    double cum = 0.0;
+  int use_k = p->top_k > 0 && p->top_k < n, use_p = p->top_p > 0.0f && p->top_p < 1.0f;
+  if (use_k || use_p) {
+    cand_val *cv = s->cv;
+    for (int32_t i = 0; i < n; i++) cv[i] = (cand_val){x[s->cand[i]], s->cand[i], 0.0};
+    if (use_k) {
+      select_top(cv, n, p->top_k);
+      n = p->top_k;
+    }
     int32_t keep = n;
-    for (int32_t i = 0; i < n; i++) {
-      cum += s->p[i];
-      if (cum >= (double)p->top_p) {
-        keep = i + 1;
-        break;
+    if (use_p) {
+      /* The smallest head (in `ahead` order) holding top_p of the mass, found by a quickselect
+       * on mass rather than a sort: O(n) expected even for flat distributions. The head comes
+       * out in a deterministic order that depends only on the logits. */
+      double mx = -INFINITY, z = 0.0;
+      for (int32_t i = 0; i < n; i++) mx = fmax(mx, (double)cv[i].v * inv_t);
+      for (int32_t i = 0; i < n; i++) z += cv[i].w = exp((double)cv[i].v * inv_t - mx);
+      double need = (double)p->top_p * z, acc = 0.0;
+      int32_t lo = 0, hi = n;
+      keep = n;
+      for (;;) {
+        if (hi - lo <= 32) {
+          qsort(cv + lo, (size_t)(hi - lo), sizeof *cv, cmp_desc);
+          keep = hi;
+          for (int32_t i = lo; i < hi; i++) {
+            acc += cv[i].w;
+            if (acc >= need) {
+              keep = i + 1;
+              break;
+            }
+          }
+          break;
+        }
+        int32_t mid = lo + (hi - lo) / 2, last = hi - 1;
+        if (ahead(cv[mid], cv[lo])) { cand_val t = cv[mid]; cv[mid] = cv[lo]; cv[lo] = t; }
+        if (ahead(cv[last], cv[lo])) { cand_val t = cv[last]; cv[last] = cv[lo]; cv[lo] = t; }
+        if (ahead(cv[mid], cv[last])) { cand_val t = cv[mid]; cv[mid] = cv[last]; cv[last] = t; }
+        cand_val piv = cv[last];
+        int32_t st = lo;
+        double mass = 0.0;
+        for (int32_t i = lo; i < last; i++)
+          if (ahead(cv[i], piv)) {
+            mass += cv[i].w;
+            cand_val t = cv[i]; cv[i] = cv[st]; cv[st] = t;
+            st++;
+          }
+        cand_val t = cv[st]; cv[st] = cv[last]; cv[last] = t;
+        mass += cv[st].w;
+        if (acc + mass >= need) {
+          hi = st + 1; /* the answer ends within [lo, st] */
+        } else {
+          acc += mass;
+          lo = st + 1;
+          if (lo >= hi) { /* rounding left the sum a hair short: keep the whole range */
+            keep = hi;
+            break;
+          }
+        }
       }
+    } else {
+      qsort(cv, (size_t)n, sizeof *cv, cmp_desc);
     }
     n = keep;
-    sum = 0.0;
-    for (int32_t i = 0; i < n; i++) sum += s->p[i];
-    for (int32_t i = 0; i < n; i++) s->p[i] /= sum;
+    for (int32_t i = 0; i < n; i++) s->cand[i] = cv[i].id;
   }
+  double sum = 0.0;
+  if (use_p) { /* the weights are already computed (relative to the global max) */
+    for (int32_t i = 0; i < n; i++) sum += s->p[i] = s->cv[i].w;
+  } else {
+    double mx = -INFINITY;
+    for (int32_t i = 0; i < n; i++) mx = fmax(mx, (double)x[s->cand[i]] * inv_t);
+    for (int32_t i = 0; i < n; i++) sum += s->p[i] = exp((double)x[s->cand[i]] * inv_t - mx);
+  }
+  for (int32_t i = 0; i < n; i++) s->p[i] /= sum;
   if (p->min_p > 0.0f) {
     double pmax = 0.0;
     for (int32_t i = 0; i < n; i++) pmax = fmax(pmax, s->p[i]);

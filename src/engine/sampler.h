@@ -32,6 +32,13 @@ void sampler_rng_seed(sampler_rng *r, uint64_t seed);
 /* Uniform in [0, 1), 53 random bits. */
 double sampler_rng_uniform(sampler_rng *r);
 
+/* A candidate token during top-k/top-p selection. */
+typedef struct cand_val {
+  float v;    /* processed logit */
+  int32_t id;
+  double w;   /* unnormalised probability (top-p) */
+} cand_val;
+
 typedef struct sampler {
   int32_t vocab;
   float *x;         /* [vocab] processed logits of the current row */
@@ -39,6 +46,7 @@ typedef struct sampler {
   int32_t *counts;  /* [vocab] output-token counts, all zero between calls */
   uint8_t *seen;    /* [vocab] repetition marks, all zero between calls */
   double *p;        /* [vocab] candidate probabilities */
+  cand_val *cv;      /* [vocab] (logit, id) pairs for top-k/top-p selection */
 } sampler;
 
 /* What one sampling call reads; every pointer is borrowed for the call. */

@@ -324,3 +324,70 @@ Test(sampler, all_banned_sampled_path_errors) {
   cr_assert_eq(sampler_sample(&s, logits, &si, &rng, 0, &r), QV_ERANGE);
   sampler_deinit(&s);
 }
+
+/* Large vocabulary: top-k and top-p select without sorting everything; the kept set and its
+ * probabilities must equal a full-sort reference, including when the top-p head needs far more
+ * than the first 64 candidates (flat logits). */
+static const float *g_big;
+static int cmp_big(const void *a, const void *b) {
+  int i = *(const int *)a, j = *(const int *)b;
+  if (g_big[i] != g_big[j]) return g_big[i] > g_big[j] ? -1 : 1;
+  return i - j;
+}
+
+Test(sampler, large_vocab_top_k_top_p) {
+  enum { BV = 5000 };
+  float *logits = malloc(sizeof(float) * BV);
+  double *got = malloc(sizeof(double) * BV), *want = malloc(sizeof(double) * BV);
+  int *order = malloc(sizeof(int) * BV);
+  sampler s;
+  cr_assert_eq(sampler_init(&s, BV), 0);
+  unsigned seed = 501;
+  const struct { float spread, top_p; int top_k; } cases[] = {
+      {1.0f, 0.95f, 0}, {8.0f, 0.9f, 0}, {2.0f, 0.5f, 300}, {2.0f, 1.0f, 17}, {0.01f, 0.99f, 0}};
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    for (int i = 0; i < BV; i++) logits[i] = ((float)rand_r(&seed) / (float)RAND_MAX * 2.0f - 1.0f) * cases[c].spread;
+    logits[123] = logits[456]; /* a tie */
+    qv_sampling_params p;
+    qv_sampling_params_default(&p);
+    p.temperature = 0.7f;
+    p.top_p = cases[c].top_p;
+    p.top_k = cases[c].top_k;
+    sampler_input si = {.params = &p};
+    cr_assert_eq(sampler_probs(&s, logits, &si, got), 0);
+    /* reference: sort everything */
+    for (int i = 0; i < BV; i++) order[i] = i;
+    g_big = logits;
+    qsort(order, BV, sizeof(int), cmp_big);
+    int n = p.top_k > 0 ? p.top_k : BV;
+    double mx = logits[order[0]] / 0.7, z = 0;
+    for (int i = 0; i < n; i++) z += exp(logits[order[i]] / 0.7 - mx);
+    int keep = n;
+    if (p.top_p < 1.0f) {
+      double cum = 0;
+      for (int i = 0; i < n; i++) {
+        cum += exp(logits[order[i]] / 0.7 - mx) / z;
+        if (cum >= p.top_p) {
+          keep = i + 1;
+          break;
+        }
+      }
+    }
+    memset(want, 0, sizeof(double) * BV);
+    double zk = 0;
+    for (int i = 0; i < keep; i++) zk += exp(logits[order[i]] / 0.7 - mx);
+    for (int i = 0; i < keep; i++) want[order[i]] = exp(logits[order[i]] / 0.7 - mx) / zk;
+    int kept = 0;
+    for (int i = 0; i < BV; i++) {
+      cr_assert(fabs(got[i] - want[i]) < 1e-6, "case %zu token %d: %g vs %g", c, i, got[i], want[i]);
+      kept += got[i] > 0;
+    }
+    cr_assert_eq(kept, keep, "case %zu", c);
+    if (c == 0) cr_assert_gt(keep, 256, "the flat case must need more than the first head");
+  }
+  sampler_deinit(&s);
+  free(logits);
+  free(got);
+  free(want);
+  free(order);
+}
