@@ -13,7 +13,7 @@
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_internal.h"
 #include "core/log.h"
-#include "kernels.h"
+#include "kernels/kernels.h"
 
 #define CONVERT_CHUNK ((size_t)1 << 22) /* elements converted per host pass in upload/download */
 #define SPLIT_BUDGET_BYTES ((size_t)64 << 20)

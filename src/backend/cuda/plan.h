@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "attn_types.h"
+#include "kernels/attn_types.h"
 #include "backend/backend.h"
 #include "quiver/error.h"
 
