@@ -17,11 +17,23 @@
 
 typedef struct gpu_pair {
   qv_backend *cpu, *gpu;
+  int dry; /* QV_GPU_TEST_DRYRUN=1: "gpu" is a second CPU backend (checks the harness only) */
 } gpu_pair;
 
-/* Opens both backends, or marks the test skipped: a build without CUDA, or no GPU. */
+/* Opens both backends, or marks the test skipped: a build without CUDA, or no GPU. With
+ * QV_GPU_TEST_DRYRUN=1 the "gpu" side is a second CPU backend, which exercises the harness
+ * (batches, poisoning, tolerances) on a machine without a GPU; it says nothing of the GPU. */
 static inline void gpu_pair_open(gpu_pair *p) {
   memset(p, 0, sizeof *p);
+  const char *dry = getenv("QV_GPU_TEST_DRYRUN");
+  if (dry && !strcmp(dry, "1")) {
+    qv_error e = {0};
+    qv_backend_opts o = {.n_threads = 1};
+    p->dry = 1;
+    cr_assert_eq(qv_backend_create("cpu", &o, &p->cpu, &e), 0, "%s", e.msg);
+    cr_assert_eq(qv_backend_create("cpu", &o, &p->gpu, &e), 0, "%s", e.msg);
+    return;
+  }
 #ifndef QV_HAVE_CUDA
   cr_skip_test("no CUDA GPU: this build has no CUDA backend");
 #else
