@@ -65,11 +65,18 @@ static int plan_make(cuda_backend *be, const cuda_gemm_key *key, cuda_gemm_plan 
   return 0;
 }
 
+static int32_t min_align(int32_t a, int32_t b) { return a < b ? a : b; }
+
 int cuda_gemm(cuda_backend *be, void *out, int out_f32, const void *x, const void *w, int64_t n,
               int64_t m, int64_t k) {
+  /* The alignment cuBLASLt may assume: of the base pointer and of every row (row pitch bytes),
+   * so that odd pitches such as stories260K's 172-wide FFN get kernels that allow them. */
+  const int32_t row_in = min_align(cuda_plan_ptr_align((const void *)(uintptr_t)(k * 2)), 256);
+  const int32_t row_out = cuda_plan_ptr_align((const void *)(uintptr_t)(m * (out_f32 ? 4 : 2)));
   const cuda_gemm_key key = {.m = m, .n = n, .k = k, .out_f32 = out_f32,
-                             .align_w = cuda_plan_ptr_align(w), .align_x = cuda_plan_ptr_align(x),
-                             .align_out = cuda_plan_ptr_align(out)};
+                             .align_w = min_align(cuda_plan_ptr_align(w), row_in),
+                             .align_x = min_align(cuda_plan_ptr_align(x), row_in),
+                             .align_out = min_align(cuda_plan_ptr_align(out), row_out)};
   int hit = 0;
   const int32_t slot = cuda_plan_gemm_slot(be->gemm_keys, be->gemm_used, CUDA_GEMM_CACHE_CAP, &key, &hit);
   cuda_gemm_plan *p = &be->gemm_plans[slot];
