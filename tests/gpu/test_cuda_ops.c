@@ -187,7 +187,7 @@ Test(cuda_ops, embed_rmsnorm_add_silu_gather) {
     mirror_alloc(&p, &rows, p.cpu->ops->act_dtype, p.gpu->ops->act_dtype, t.b.n_logits, dim);
     mirror_poison(&p, &rows);
     BOTH(&p, p.cpu->ops->gather_rows(p.cpu, &rows.c, &out.c), p.gpu->ops->gather_rows(p.gpu, &rows.g, &out.g));
-    mirror_expect_close(&p, &rows, 0.0, 0.0, "gather_rows");
+    mirror_expect_close(&p, &rows, 1e-2, 1e-3, "gather_rows"); /* the gathered rows are bf16 on the GPU */
 
     mirror_free(&p, &rows);
     mirror_free(&p, &gate);
