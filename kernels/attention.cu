@@ -131,6 +131,9 @@ __global__ void __launch_bounds__(kThreads) attn_mma_kernel(const qv_cuda_attn_a
     load_kv_tile<D, BN>(sK, a.k_cache, btab, kv0, w.kv_end, a, kvh);
     load_kv_tile<D, BN>(sV, a.v_cache, btab, kv0, w.kv_end, a, kvh);
     __syncthreads();
+    // A warp whose 16 rows are all padding (a decode tile holds only `group` rows) helps load
+    // but skips the math; the condition is warp-uniform, so the warp-collective ops stay legal.
+    if (warp * 16 >= w.n_rows) continue;
 
     // S = Q K^T for this warp's 16 rows: [16][BN] as BN/8 C fragments.
     float s[BN / 8][4];
