@@ -192,6 +192,7 @@ static void cuda_kv_deinit(qv_backend *b) {
   be->split_slots = 0;
   be->kv_ready = 0;
   be->attn_valid = 0;
+  be->batch_ready = 0; /* a staged batch was validated against the old pool */
 }
 
 static int cuda_kv_init(qv_backend *b, const qv_kv_desc *d) {
@@ -238,6 +239,7 @@ static int cuda_kv_init(qv_backend *b, const qv_kv_desc *d) {
   }
   CUDA_CK(be, cudaStreamSynchronize(be->stream));
   be->kv_ready = 1;
+  be->batch_ready = 0; /* batches are checked against the pool: stage again */
   return 0;
 }
 
