@@ -277,6 +277,9 @@ __global__ void __launch_bounds__(128) attn_reduce_kernel(const qv_cuda_attn_arg
 
 template <int D, int BN>
 cudaError_t launch_mma(const qv_cuda_attn_args *a, cudaStream_t stream) {
+  static_assert(D % 16 == 0 && BN % 16 == 0, "mma tiles are 16 wide");
+  // 99 KiB is the opt-in per-block limit of sm_120 (sm_90/sm_100 allow 227 KiB).
+  static_assert(smem_bytes<D, BN>() <= 101376, "shared memory tile too large for sm_120");
   const dim3 grid(static_cast<unsigned>(a->n_work), static_cast<unsigned>(a->n_kv_head));
   attn_mma_kernel<D, BN><<<grid, kThreads, smem_bytes<D, BN>(), stream>>>(*a);
   return cudaGetLastError();
