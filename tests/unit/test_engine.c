@@ -787,3 +787,56 @@ Test(engine, stress_random_mix) {
     done(e);
   }
 }
+
+/* Logprobs in events: the sampled token's raw logprob and top_logprobs alternatives, highest
+ * first; under greedy the sampled token is the first alternative. */
+Test(engine, logprobs_in_events) {
+  qv_engine_opts o;
+  qv_engine_opts_default(&o);
+  o.n_kv_blocks = 32;
+  qv_engine *e = mk(&o, 0, 512);
+  int32_t prompt[5] = {7, 8, 9, 10, 11};
+  qv_request_params p;
+  qv_request_params_default(&p);
+  p.prompt_ids = prompt;
+  p.n_prompt = 5;
+  p.max_tokens = 6;
+  p.sampling.temperature = 0;
+  p.sampling.logprobs = 1;
+  p.sampling.top_logprobs = 5;
+  uint64_t id;
+  cr_assert_eq(qv_engine_submit(e, &p, &id, NULL), 0);
+  int fin = 0, n_tok = 0;
+  float lg[VOCAB];
+  int32_t ctx[16];
+  memcpy(ctx, prompt, sizeof prompt);
+  while (!fin) {
+    engine_step(e);
+    qv_event *evs[8];
+    int n;
+    while ((n = qv_engine_poll(e, evs, 8)) > 0)
+      for (int i = 0; i < n; i++) {
+        qv_event *ev = evs[i];
+        if (ev->type == QV_EVENT_FINISH) fin = 1;
+        else {
+          cr_assert_not_null(ev->logprobs);
+          cr_assert_eq(ev->n_top, 5);
+          cr_assert_not_null(ev->top);
+          /* reference: log-softmax of the fake model's logits for this context */
+          fake_logits(&fm, fake_ctx_hash(ctx, 5 + n_tok), lg);
+          double mx = -1e30, z = 0;
+          for (int v = 0; v < VOCAB; v++) mx = fmax(mx, lg[v]);
+          for (int v = 0; v < VOCAB; v++) z += exp(lg[v] - mx);
+          double lse = mx + log(z);
+          cr_assert(fabs(ev->logprobs[0] - (lg[ev->token_ids[0]] - lse)) < 1e-5);
+          cr_assert_eq(ev->top[0].id, ev->token_ids[0]);
+          for (int k = 1; k < 5; k++) cr_assert_geq(ev->top[k - 1].logprob, ev->top[k].logprob);
+          for (int k = 0; k < 5; k++) cr_assert(fabs(ev->top[k].logprob - (lg[ev->top[k].id] - lse)) < 1e-5);
+          ctx[5 + n_tok++] = ev->token_ids[0];
+        }
+        qv_event_free(ev);
+      }
+  }
+  cr_assert_eq(n_tok, 6);
+  done(e);
+}
