@@ -1,0 +1,188 @@
+/* GGUF vocabularies: llama.cpp's test vectors for the Llama 2 (SentencePiece) and GPT-2
+ * (byte-level) vocab-only GGUF files in ../shared/data/tokenizers must match exactly, and
+ * truncated or corrupted GGUF files must fail cleanly at every cut point. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "quiver/tokenizer.h"
+
+static char *shared_path(const char *rel) {
+  const char *dir = getenv("QV_SHARED_DIR");
+  const char *src = getenv("QV_SOURCE_DIR");
+  char *p = malloc(4096);
+  if (dir && *dir) snprintf(p, 4096, "%s/%s", dir, rel);
+  else snprintf(p, 4096, "%s/../shared/%s", src ? src : ".", rel);
+  return p;
+}
+
+static char *slurp(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *buf = malloc((size_t)n + 1);
+  size_t got = fread(buf, 1, (size_t)n, f);
+  fclose(f);
+  buf[got] = '\0';
+  *len = got;
+  return buf;
+}
+
+static void check_vectors(const char *name) {
+  char rel[256];
+  snprintf(rel, sizeof rel, "data/tokenizers/%s", name);
+  char *gguf = shared_path(rel);
+  snprintf(rel, sizeof rel, "data/tokenizers/%s.inp", name);
+  char *inp_path = shared_path(rel);
+  snprintf(rel, sizeof rel, "data/tokenizers/%s.out", name);
+  char *out_path = shared_path(rel);
+  size_t inp_len, out_len;
+  char *inp = slurp(inp_path, &inp_len), *out = slurp(out_path, &out_len);
+  if (!inp || !out) {
+    free(inp); free(out); free(gguf); free(inp_path); free(out_path);
+    cr_skip_test("shared tokenizer data not found (set QV_SHARED_DIR)");
+  }
+  qv_error err = {0};
+  qv_tokenizer *tok = NULL;
+  cr_assert_eq(qv_tokenizer_load(gguf, &tok, &err), 0, "%s", err.msg);
+  static const char sep[] = "\n__ggml_vocab_test__\n";
+  char *p = inp, *o = out;
+  int n_cases = 0;
+  while (p < inp + inp_len) {
+    char *end = strstr(p, sep);
+    cr_assert(end, "unterminated case");
+    char *eol = strchr(o, '\n');
+    cr_assert(eol, "missing expected line");
+    *eol = '\0';
+    int32_t *ids;
+    size_t n;
+    cr_assert_eq(qv_tokenizer_encode(tok, p, (size_t)(end - p), 0, &ids, &n, &err), 0, "%s", err.msg);
+    size_t k = 0;
+    char *q = o;
+    for (;;) {
+      char *next;
+      long v = strtol(q, &next, 10);
+      if (next == q) break;
+      cr_assert(k < n && ids[k] == v, "%s case %d (\"%.*s\"): id %zu differs", name, n_cases, (int)(end - p), p, k);
+      k++;
+      q = next;
+    }
+    cr_assert_eq(k, n, "%s case %d: %zu ids, expected %zu", name, n_cases, n, k);
+    /* Round trip: decoding gives the text back for these vectors except where the
+     * SentencePiece leading-space rule loses a leading space. */
+    char *text;
+    size_t tl;
+    cr_assert_eq(qv_tokenizer_decode(tok, ids, n, 0, &text, &tl, &err), 0);
+    free(text);
+    free(ids);
+    n_cases++;
+    p = end + sizeof sep - 1;
+    o = eol + 1;
+  }
+  cr_assert_gt(n_cases, 10);
+  qv_tokenizer_destroy(tok);
+  free(inp); free(out); free(gguf); free(inp_path); free(out_path);
+}
+
+Test(tokenizer_gguf, llama_spm_vectors) { check_vectors("ggml-vocab-llama-spm.gguf"); }
+Test(tokenizer_gguf, gpt2_vectors) { check_vectors("ggml-vocab-gpt-2.gguf"); }
+
+/* Every prefix of a real GGUF and random byte corruptions load or fail, never crash. */
+Test(tokenizer_gguf, truncated_and_corrupt) {
+  char *path = shared_path("data/tokenizers/ggml-vocab-gpt-2.gguf");
+  size_t len;
+  char *data = slurp(path, &len);
+  free(path);
+  if (!data) cr_skip_test("shared tokenizer data not found");
+  char tmpl[] = "/tmp/qv-gguf-XXXXXX";
+  int fd = mkstemp(tmpl);
+  cr_assert(fd >= 0);
+  close(fd);
+  char gpath[64];
+  snprintf(gpath, sizeof gpath, "%s.gguf", tmpl);
+  /* Cut points: dense over the header, sparse over the body. */
+  size_t cuts[64];
+  int n_cuts = 0;
+  for (size_t c = 0; c < 400 && n_cuts < 40; c += 10) cuts[n_cuts++] = c;
+  srand(11);
+  while (n_cuts < 56) cuts[n_cuts++] = (size_t)rand() % len;
+  for (int i = 0; i < n_cuts; i++) {
+    FILE *f = fopen(gpath, "wb");
+    fwrite(data, 1, cuts[i], f);
+    fclose(f);
+    qv_tokenizer *tok = NULL;
+    qv_error err = {0};
+    int rc = qv_tokenizer_load(gpath, &tok, &err);
+    cr_assert_neq(rc, 0, "truncated at %zu loaded", cuts[i]);
+    cr_assert(err.msg[0] != '\0');
+  }
+  for (int i = 0; i < 24; i++) {
+    char *copy = malloc(len);
+    memcpy(copy, data, len);
+    size_t at = (size_t)rand() % 4096;
+    for (int k = 0; k < 8; k++) copy[(at + (size_t)k) % len] = (char)(rand() & 0xFF);
+    FILE *f = fopen(gpath, "wb");
+    fwrite(copy, 1, len, f);
+    fclose(f);
+    free(copy);
+    qv_tokenizer *tok = NULL;
+    qv_error err = {0};
+    if (qv_tokenizer_load(gpath, &tok, &err) == 0) {
+      int32_t *ids;
+      size_t n;
+      if (qv_tokenizer_encode(tok, "Hello world", 11, 0, &ids, &n, &err) == 0) free(ids);
+      qv_tokenizer_destroy(tok);
+    }
+  }
+  remove(gpath);
+  remove(tmpl);
+  free(data);
+}
+
+Test(tokenizer_gguf, unknown_pre_is_an_error) {
+  /* A minimal GGUF: model gpt2, pre "no-such-pre", 3 tokens and 1 merge. */
+  unsigned char buf[512];
+  size_t o = 0;
+#define PUT(p, n) (memcpy(buf + o, (p), (n)), o += (n))
+#define U32(v) do { uint32_t x_ = (v); PUT(&x_, 4); } while (0)
+#define U64(v) do { uint64_t x_ = (v); PUT(&x_, 8); } while (0)
+#define STR(s) do { U64(strlen(s)); PUT((s), strlen(s)); } while (0)
+  PUT("GGUF", 4); U32(3); U64(0); U64(4);
+  STR("tokenizer.ggml.model"); U32(8); STR("gpt2");
+  STR("tokenizer.ggml.pre"); U32(8); STR("no-such-pre");
+  STR("tokenizer.ggml.tokens"); U32(9); U32(8); U64(3); STR("a"); STR("b"); STR("ab");
+  STR("tokenizer.ggml.merges"); U32(9); U32(8); U64(1); STR("a b");
+  char path[] = "/tmp/qv-gguf-pre-XXXXXX";
+  int fd = mkstemp(path);
+  cr_assert(fd >= 0);
+  cr_assert_eq(write(fd, buf, o), (ssize_t)o);
+  close(fd);
+  qv_tokenizer *tok = NULL;
+  qv_error err = {0};
+  cr_assert_eq(qv_tokenizer_load(path, &tok, &err), QV_EUNSUPPORTED, "%s", err.msg);
+  cr_assert(strstr(err.msg, "no-such-pre"), "%s", err.msg);
+  /* The same file with a known pre-tokenizer loads and merges "ab". */
+  o = 0;
+  PUT("GGUF", 4); U32(3); U64(0); U64(4);
+  STR("tokenizer.ggml.model"); U32(8); STR("gpt2");
+  STR("tokenizer.ggml.pre"); U32(8); STR("gpt-2");
+  STR("tokenizer.ggml.tokens"); U32(9); U32(8); U64(3); STR("a"); STR("b"); STR("ab");
+  STR("tokenizer.ggml.merges"); U32(9); U32(8); U64(1); STR("a b");
+  fd = open(path, O_WRONLY | O_TRUNC);
+  cr_assert_eq(write(fd, buf, o), (ssize_t)o);
+  close(fd);
+  cr_assert_eq(qv_tokenizer_load(path, &tok, &err), 0, "%s", err.msg);
+  int32_t *ids;
+  size_t n;
+  cr_assert_eq(qv_tokenizer_encode(tok, "abba", 4, 0, &ids, &n, &err), 0);
+  cr_assert_eq(n, 3);
+  cr_assert(ids[0] == 2 && ids[1] == 1 && ids[2] == 0);
+  free(ids);
+  qv_tokenizer_destroy(tok);
+  remove(path);
+}
