@@ -402,6 +402,22 @@ static int parse_model(jctx *c, const cJSON *m) {
     if (rc < 0) return qv_error_set(c->err, rc, "out of memory");
     if (rc == 0 && (rc = tok_vocab_set(tok, id, s, len))) return qv_error_set(c->err, rc, "out of memory");
   }
+  const char *unk, *pre, *suf;
+  if ((rc = jstr(c, m, "unk_token", 0, &unk, "model"))) return rc;
+  if (unk) {
+    tok->unk_id = tok_strmap_get(&tok->vocab, unk, strlen(unk));
+    if (tok->unk_id < 0) return qv_error_set(c->err, QV_EFORMAT, "model.unk_token \"%.40s\" is not in the vocabulary", unk);
+  }
+  if ((rc = jstr(c, m, "continuing_subword_prefix", 0, &pre, "model"))) return rc;
+  if ((rc = jstr(c, m, "end_of_word_suffix", 0, &suf, "model"))) return rc;
+  if (pre && *pre) {
+    tok->cont_prefix_len = strlen(pre);
+    if (!(tok->cont_prefix = dupn(pre, tok->cont_prefix_len))) return QV_ENOMEM;
+  }
+  if (suf && *suf) {
+    tok->eow_suffix_len = strlen(suf);
+    if (!(tok->eow_suffix = dupn(suf, tok->eow_suffix_len))) return QV_ENOMEM;
+  }
   int n_merges = merges ? cJSON_GetArraySize(merges) : 0;
   if ((rc = tok_pairmap_init(&tok->merges, (uint32_t)n_merges))) return qv_error_set(c->err, rc, "out of memory");
   int rank = 0;
@@ -409,12 +425,22 @@ static int parse_model(jctx *c, const cJSON *m) {
     const char *a = NULL, *b = NULL;
     size_t al = 0, bl = 0;
     if (cJSON_IsString(e) && e->valuestring) {
-      const char *sp = strchr(e->valuestring, ' ');
-      if (!sp) return qv_error_set(c->err, QV_EFORMAT, "model.merges[%d]: expected \"left right\"", rank);
+      /* "left right". Some files (Llama 2 exports) hold tokens that contain spaces; then the
+       * one split whose parts and concatenation are all in the vocabulary is taken. */
       a = e->valuestring;
-      al = (size_t)(sp - a);
-      b = sp + 1;
-      bl = strlen(b);
+      size_t n = strlen(a), n_ok = 0, cut = 0;
+      for (size_t k = 0; k < n; k++) {
+        if (a[k] != ' ') continue;
+        if (n_ok == 0 && !cut) cut = k + 1; /* first space, for the error message */
+        if (tok_strmap_get(&tok->vocab, a, k) >= 0 && tok_strmap_get(&tok->vocab, a + k + 1, n - k - 1) >= 0) {
+          if (n_ok++ == 0) cut = k + 1;
+        }
+      }
+      if (!cut) return qv_error_set(c->err, QV_EFORMAT, "model.merges[%d]: expected \"left right\"", rank);
+      if (n_ok > 1) return qv_error_set(c->err, QV_EFORMAT, "model.merges[%d]: ambiguous merge \"%.60s\"", rank, a);
+      al = cut - 1;
+      b = a + cut;
+      bl = n - cut;
     } else if (cJSON_IsArray(e) && cJSON_GetArraySize(e) == 2 && cJSON_IsString(cJSON_GetArrayItem(e, 0)) &&
                cJSON_IsString(cJSON_GetArrayItem(e, 1))) {
       a = cJSON_GetArrayItem(e, 0)->valuestring;
@@ -431,29 +457,18 @@ static int parse_model(jctx *c, const cJSON *m) {
     char stack[256];
     char *buf = al + bl <= sizeof stack ? stack : malloc(al + bl);
     if (!buf) return qv_error_set(c->err, QV_ENOMEM, "out of memory");
+    /* With a continuing-subword prefix, "a ##b" merges into "ab" (the prefix of b drops). */
+    size_t skip = tok->cont_prefix && bl >= tok->cont_prefix_len &&
+                          memcmp(b, tok->cont_prefix, tok->cont_prefix_len) == 0
+                      ? tok->cont_prefix_len
+                      : 0;
     memcpy(buf, a, al);
-    memcpy(buf + al, b, bl);
-    int32_t im = tok_strmap_get(&tok->vocab, buf, al + bl);
+    memcpy(buf + al, b + skip, bl - skip);
+    int32_t im = tok_strmap_get(&tok->vocab, buf, al + bl - skip);
     if (buf != stack) free(buf);
     if (im < 0) return qv_error_set(c->err, QV_EFORMAT, "model.merges[%d]: merged token is not in the vocabulary", rank);
     if (tok_pairmap_put(&tok->merges, ia, ib, rank, im) < 0) return qv_error_set(c->err, QV_ENOMEM, "out of memory");
     rank++;
-  }
-  const char *unk, *pre, *suf;
-  if ((rc = jstr(c, m, "unk_token", 0, &unk, "model"))) return rc;
-  if (unk) {
-    tok->unk_id = tok_strmap_get(&tok->vocab, unk, strlen(unk));
-    if (tok->unk_id < 0) return qv_error_set(c->err, QV_EFORMAT, "model.unk_token \"%.40s\" is not in the vocabulary", unk);
-  }
-  if ((rc = jstr(c, m, "continuing_subword_prefix", 0, &pre, "model"))) return rc;
-  if ((rc = jstr(c, m, "end_of_word_suffix", 0, &suf, "model"))) return rc;
-  if (pre && *pre) {
-    tok->cont_prefix_len = strlen(pre);
-    if (!(tok->cont_prefix = dupn(pre, tok->cont_prefix_len))) return QV_ENOMEM;
-  }
-  if (suf && *suf) {
-    tok->eow_suffix_len = strlen(suf);
-    if (!(tok->eow_suffix = dupn(suf, tok->eow_suffix_len))) return QV_ENOMEM;
   }
   tok->byte_fallback = jbool(m, "byte_fallback", 0);
   tok->fuse_unk = jbool(m, "fuse_unk", 0);

@@ -49,7 +49,7 @@ int tok_regex_compile(tok_regex *re, const char *pat, size_t len, int literal, q
   const char *src = pat;
   size_t src_len = len;
   if (literal) {
-    opts |= PCRE2_LITERAL;
+    opts = PCRE2_UTF | PCRE2_LITERAL; /* the only options PCRE2 allows with a literal */
   } else {
     if (translate(pat, len, &t)) return qv_error_set(err, QV_ENOMEM, "out of memory");
     src = t.data ? t.data : "";
