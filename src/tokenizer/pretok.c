@@ -101,6 +101,13 @@ static int is_punct(uint32_t cp) {
          c == UTF8PROC_CATEGORY_PO;
 }
 
+/* Rust's char::is_numeric: general categories Nd, Nl and No. */
+static int is_numeric(uint32_t cp) {
+  if (cp < 0x80) return cp >= '0' && cp <= '9';
+  utf8proc_category_t c = utf8proc_category((utf8proc_int32_t)cp);
+  return c == UTF8PROC_CATEGORY_ND || c == UTF8PROC_CATEGORY_NL || c == UTF8PROC_CATEGORY_NO;
+}
+
 enum { PRED_WS, PRED_PUNCT, PRED_DIGIT, PRED_CHAR };
 
 /* Char-predicate split: every matching character is its own match. */
@@ -112,7 +119,7 @@ static int char_spans(int pred, uint32_t want, const char *s, size_t n, spans *s
     int k = tok_utf8_decode(u + i, n - i, &cp);
     int hit = pred == PRED_WS      ? tok_is_whitespace(cp)
               : pred == PRED_PUNCT ? is_punct(cp)
-              : pred == PRED_DIGIT ? (cp >= '0' && cp <= '9')
+              : pred == PRED_DIGIT ? is_numeric(cp)
                                    : cp == want;
     if (hit) {
       if (last < i && spans_push(sp, last, i, 0)) return QV_ENOMEM;

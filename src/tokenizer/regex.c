@@ -23,6 +23,25 @@ static int translate(const char *pat, size_t len, tok_buf *out) {
       else if (e == 'S' && !in_class) rep = "[^\\s\\x{85}]";
       else if (e == 'w') rep = in_class ? WORD_CLASS : "[" WORD_CLASS "]";
       else if (e == 'W' && !in_class) rep = "[^" WORD_CLASS "]";
+      else if ((e == 'p' || e == 'P') && i + 2 < len && pat[i + 2] == '{') {
+        /* \p{Han}: Oniguruma tests the Script property, PCRE2 Script_Extensions (which puts
+         * CJK punctuation in Han); "sc:" asks PCRE2 for the plain Script. */
+        const char *close = memchr(pat + i + 3, '}', len - i - 3);
+        if (close) {
+          size_t nl = (size_t)(close - (pat + i + 3));
+          const char *name = pat + i + 3;
+          int is_script = nl >= 3 && name[0] != '^' && memchr(name, ':', nl) == NULL &&
+                          !(nl == 3 && (memcmp(name, "Any", 3) == 0 || name[0] == 'X'));
+          if (is_script) {
+            char head[5] = {'\\', e, '{', 's', 'c'};
+            if (tok_buf_append(out, head, 5) || tok_buf_append(out, ":", 1) ||
+                tok_buf_append(out, name, nl + 1))
+              return QV_ENOMEM;
+            i += 3 + nl;
+            continue;
+          }
+        }
+      }
       if (rep) {
         if (tok_buf_append(out, rep, strlen(rep))) return QV_ENOMEM;
       } else if (tok_buf_append(out, pat + i, 2)) {
