@@ -51,19 +51,8 @@ static int replace_all(const tok_norm_step *st, tok_match_ctx *mc, const char *s
   return tok_buf_append(out, s + pos, pos < n ? n - pos : 0);
 }
 
-static int is_cased_letter(uint32_t cp) {
-  utf8proc_category_t c = utf8proc_category((utf8proc_int32_t)cp);
-  return c == UTF8PROC_CATEGORY_LU || c == UTF8PROC_CATEGORY_LL || c == UTF8PROC_CATEGORY_LT;
-}
-
-static int is_case_ignorable(uint32_t cp) {
-  utf8proc_category_t c = utf8proc_category((utf8proc_int32_t)cp);
-  return c == UTF8PROC_CATEGORY_MN || c == UTF8PROC_CATEGORY_ME || c == UTF8PROC_CATEGORY_CF ||
-         c == UTF8PROC_CATEGORY_LM || c == UTF8PROC_CATEGORY_SK || cp == '\'' || cp == 0x2019 ||
-         cp == '.' || cp == ':' || cp == 0xB7;
-}
-
-/* Rust's str::to_lowercase: full mappings for U+0130 and the final-sigma rule. */
+/* Lowercase per character as the reference does (char::to_lowercase: no final-sigma context),
+ * with the one multi-character mapping, U+0130 -> "i\u0307". */
 static int lowercase(const char *s, size_t n, tok_buf *out) {
   const unsigned char *u = (const unsigned char *)s;
   for (size_t i = 0; i < n;) {
@@ -75,28 +64,6 @@ static int lowercase(const char *s, size_t n, tok_buf *out) {
       if (tok_buf_append(out, &c, 1)) return QV_ENOMEM;
     } else if (cp == 0x130) {
       if (tok_buf_append(out, "i\xCC\x87", 3)) return QV_ENOMEM;
-    } else if (cp == 0x3A3) {
-      int before = 0, after = 0;
-      for (size_t j = i; j > 0;) {
-        size_t b = j - 1;
-        while (b > 0 && (u[b] & 0xC0) == 0x80) b--;
-        uint32_t p;
-        tok_utf8_decode(u + b, n - b, &p);
-        j = b;
-        if (is_case_ignorable(p)) continue;
-        before = is_cased_letter(p);
-        break;
-      }
-      for (size_t j = i + (size_t)k; j < n;) {
-        uint32_t p;
-        int kk = tok_utf8_decode(u + j, n - j, &p);
-        j += (size_t)kk;
-        if (is_case_ignorable(p)) continue;
-        after = is_cased_letter(p);
-        break;
-      }
-      uint32_t lc = (before && !after) ? 0x3C2 : 0x3C3;
-      if (tok_buf_append(out, enc, (size_t)tok_utf8_encode(lc, enc))) return QV_ENOMEM;
     } else {
       uint32_t lc = (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp);
       if (tok_buf_append(out, enc, (size_t)tok_utf8_encode(lc, enc))) return QV_ENOMEM;

@@ -8,7 +8,7 @@
 
 #include "tokenizer/tok_internal.h"
 
-#define WORD_CLASS "\\p{L}\\p{M}\\p{Nd}\\p{Pc}"
+#define WORD_CLASS "\\p{L}\\p{M}\\p{Nd}\\p{Nl}\\p{Pc}\\x{200C}\\x{200D}\\x{24B6}-\\x{24E9}"
 
 /* Rewrites pat into out; returns 0 or QV_ENOMEM. */
 static int translate(const char *pat, size_t len, tok_buf *out) {
