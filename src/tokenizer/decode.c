@@ -175,6 +175,11 @@ static int dec_step(const tok_dec_step *st, tok_match_ctx *mc, const slist *in, 
           if ((rc = slist_begin(o))) break;
           if (tok_utf8_valid_prefix(run.data, run.len) == run.len) {
             rc = slist_add(o, run.data, run.len);
+          } else if (st->lossy) {
+            tok_buf fixed = {0};
+            rc = tok_utf8_lossy_append(&fixed, run.data, run.len);
+            if (rc == 0) rc = slist_add(o, fixed.data, fixed.len);
+            tok_buf_free(&fixed);
           } else {
             for (size_t k = 0; k < n_run && rc == 0; k++) rc = slist_add(o, "\xEF\xBF\xBD", 3);
           }

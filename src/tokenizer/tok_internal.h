@@ -91,6 +91,8 @@ typedef struct tok_dec_step {
   uint32_t replacement;              /* METASPACE */
   tok_prepend_scheme prepend;        /* METASPACE */
   uint32_t strip_char; int strip_start, strip_stop; /* STRIP */
+  int lossy;                         /* BYTEFALLBACK: repair invalid runs per maximal invalid
+                                      * subsequence instead of one U+FFFD per byte token */
 } tok_dec_step;
 
 /* An added token (special or not), matched in raw or normalized text before the model runs. */

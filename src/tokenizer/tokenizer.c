@@ -269,8 +269,11 @@ int qv_tokenizer_load(const char *path, qv_tokenizer **out, qv_error *err) {
 }
 
 /* quiver-tiny: 0 <unk>, 1 <s>, 2 </s>, 3 + b for byte b. Every character falls back to its
- * bytes (no character is in the vocabulary as text), decoding goes through ByteFallback + Fuse
- * so invalid UTF-8 becomes U+FFFD, and the post-processor adds <s> like Llama's. */
+ * bytes (no character is in the vocabulary as text), the post-processor adds <s> like Llama's,
+ * and decoding concatenates the bytes with each maximal invalid UTF-8 subsequence replaced by
+ * U+FFFD (a lossy variant of ByteFallback: the reference's decoder would turn a whole run of
+ * byte tokens into U+FFFDs when any byte in it is invalid, which makes a small random model's
+ * output unreadable). */
 int qv_tokenizer_create_bytes(qv_tokenizer **out, qv_error *err) {
   if (!out) return qv_error_set(err, QV_EINVAL, "out is NULL");
   *out = NULL;
@@ -303,6 +306,7 @@ int qv_tokenizer_create_bytes(qv_tokenizer **out, qv_error *err) {
   }
   if (rc == 0) {
     tok->dec[0].kind = TOK_DEC_BYTEFALLBACK;
+    tok->dec[0].lossy = 1;
     tok->dec[1].kind = TOK_DEC_FUSE;
     tok->n_dec = 2;
     tok->post_pre[0] = 1;

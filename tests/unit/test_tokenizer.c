@@ -1,0 +1,275 @@
+/* Tokenizer unit tests: the built-in byte tokenizer, a real model directory (stories260K with
+ * tokenizer_config.json), streaming detokenization on random splits, and malformed
+ * tokenizer.json files (each must fail with a clear message; truncations and byte flips of a
+ * valid file must never crash or leak). */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "quiver/tokenizer.h"
+
+static char *slurp(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *buf = malloc((size_t)n + 1);
+  size_t got = fread(buf, 1, (size_t)n, f);
+  fclose(f);
+  buf[got] = '\0';
+  if (len) *len = got;
+  return buf;
+}
+
+static int shared_path(char *out, size_t cap, const char *rel) {
+  const char *dir = getenv("QV_SHARED_DIR");
+  const char *src = getenv("QV_SOURCE_DIR");
+  if (dir && *dir) snprintf(out, cap, "%s/%s", dir, rel);
+  else snprintf(out, cap, "%s/../shared/%s", src ? src : ".", rel);
+  return access(out, R_OK) == 0;
+}
+
+/* Random valid UTF-8 mixing ASCII, 2-, 3- and 4-byte characters. */
+static size_t random_utf8(char *buf, size_t max_chars, unsigned *seed) {
+  size_t n = 0, k = 1 + (size_t)rand_r(seed) % max_chars;
+  for (size_t i = 0; i < k; i++) {
+    unsigned r = (unsigned)rand_r(seed), cls = r % 4;
+    uint32_t cp = cls == 0 ? 0x20 + r % 0x5F : cls == 1 ? 0x80 + r % 0x780 : cls == 2 ? 0x4E00 + r % 0x5000 : 0x1F300 + r % 0x300;
+    if (cp < 0x80) buf[n++] = (char)cp;
+    else if (cp < 0x800) { buf[n++] = (char)(0xC0 | (cp >> 6)); buf[n++] = (char)(0x80 | (cp & 0x3F)); }
+    else if (cp < 0x10000) { buf[n++] = (char)(0xE0 | (cp >> 12)); buf[n++] = (char)(0x80 | ((cp >> 6) & 0x3F)); buf[n++] = (char)(0x80 | (cp & 0x3F)); }
+    else { buf[n++] = (char)(0xF0 | (cp >> 18)); buf[n++] = (char)(0x80 | ((cp >> 12) & 0x3F)); buf[n++] = (char)(0x80 | ((cp >> 6) & 0x3F)); buf[n++] = (char)(0x80 | (cp & 0x3F)); }
+  }
+  buf[n] = '\0';
+  return n;
+}
+
+/* Streams ids through a detokenizer and checks the concatenation equals the one-shot decode. */
+static void check_stream(const qv_tokenizer *tok, const int32_t *ids, size_t n, unsigned flags) {
+  char *want;
+  size_t wl;
+  qv_error err = {0};
+  cr_assert_eq(qv_tokenizer_decode(tok, ids, n, flags, &want, &wl, &err), 0);
+  qv_detok *d;
+  cr_assert_eq(qv_detok_create(tok, flags, &d), 0);
+  char *acc = malloc(wl + 16);
+  size_t al = 0;
+  for (size_t i = 0; i <= n; i++) {
+    const char *t;
+    size_t tl;
+    if (i < n) cr_assert_eq(qv_detok_push(d, ids[i], &t, &tl), 0);
+    else cr_assert_eq(qv_detok_flush(d, &t, &tl), 0);
+    cr_assert(al + tl <= wl);
+    /* Every piece is whole UTF-8 characters. */
+    for (size_t k = 0; k < tl;) {
+      unsigned char c = (unsigned char)t[k];
+      size_t cl = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+      cr_assert(c < 0x80 || c >= 0xC0, "piece starts inside a character");
+      cr_assert(k + cl <= tl, "piece ends inside a character");
+      k += cl;
+    }
+    memcpy(acc + al, t, tl);
+    al += tl;
+  }
+  cr_assert(al == wl && memcmp(acc, want, wl) == 0, "stream \"%.*s\" != \"%s\"", (int)al, acc, want);
+  free(acc);
+  free(want);
+  qv_detok_destroy(d);
+}
+
+Test(tokenizer, bytes_tokenizer) {
+  qv_tokenizer *tok;
+  qv_error err = {0};
+  cr_assert_eq(qv_tokenizer_create_bytes(&tok, &err), 0, "%s", err.msg);
+  cr_assert_eq(qv_tokenizer_vocab_size(tok), 259);
+  cr_assert_eq(qv_tokenizer_bos_id(tok), 1);
+  cr_assert_eq(qv_tokenizer_eos_id(tok), 2);
+  cr_assert(qv_tokenizer_is_special(tok, 2) && !qv_tokenizer_is_special(tok, 3 + 'a'));
+  cr_assert_str_eq(qv_tokenizer_token_str(tok, 1), "<s>");
+  cr_assert_eq(qv_tokenizer_token_id(tok, "</s>"), 2);
+  int32_t *ids;
+  size_t n;
+  const char *text = "h\xC3\xA9<s>";
+  cr_assert_eq(qv_tokenizer_encode(tok, text, strlen(text), QV_TOK_ADD_SPECIAL, &ids, &n, &err), 0);
+  int32_t want[] = {1, 3 + 'h', 3 + 0xC3, 3 + 0xA9, 3 + '<', 3 + 's', 3 + '>'};
+  cr_assert_eq(n, 7);
+  cr_assert_arr_eq(ids, want, sizeof want);
+  free(ids);
+  cr_assert_eq(qv_tokenizer_encode(tok, text, strlen(text), QV_TOK_PARSE_SPECIAL, &ids, &n, &err), 0);
+  cr_assert_eq(n, 4);
+  cr_assert_eq(ids[3], 1);
+  free(ids);
+  /* Invalid UTF-8 decodes to one U+FFFD per maximal invalid subsequence (E4 B8 is one). */
+  int32_t bad[] = {3 + 'a', 3 + 0xE4, 3 + 0xB8, 3 + 'b', 2};
+  char *out;
+  size_t ol;
+  cr_assert_eq(qv_tokenizer_decode(tok, bad, 5, 0, &out, &ol, &err), 0);
+  cr_assert_str_eq(out, "a\xEF\xBF\xBD" "b</s>");
+  free(out);
+  cr_assert_eq(qv_tokenizer_decode(tok, bad, 5, QV_TOK_SKIP_SPECIAL, &out, &ol, &err), 0);
+  cr_assert_str_eq(out, "a\xEF\xBF\xBD" "b");
+  free(out);
+  check_stream(tok, bad, 5, 0);
+  /* Random text round-trips and streams. */
+  unsigned seed = 1234;
+  char buf[1024];
+  for (int it = 0; it < 200; it++) {
+    size_t len = random_utf8(buf, 100, &seed);
+    cr_assert_eq(qv_tokenizer_encode(tok, buf, len, 0, &ids, &n, &err), 0);
+    cr_assert_eq(n, len);
+    cr_assert_eq(qv_tokenizer_decode(tok, ids, n, 0, &out, &ol, &err), 0);
+    cr_assert(ol == len && memcmp(out, buf, len) == 0);
+    free(out);
+    check_stream(tok, ids, n, 0);
+    free(ids);
+  }
+  qv_tokenizer_destroy(tok);
+}
+
+Test(tokenizer, invalid_utf8_input_is_repaired) {
+  qv_tokenizer *tok;
+  qv_error err = {0};
+  cr_assert_eq(qv_tokenizer_create_bytes(&tok, &err), 0);
+  int32_t *ids;
+  size_t n;
+  /* 0xFF is invalid, 0xE4 0xB8 is a truncated 3-byte character: each maximal invalid part
+   * becomes U+FFFD (EF BF BD) before tokenizing. */
+  cr_assert_eq(qv_tokenizer_encode(tok, "a\xFF" "b\xE4\xB8", 5, 0, &ids, &n, &err), 0);
+  int32_t want[] = {3 + 'a', 3 + 0xEF, 3 + 0xBF, 3 + 0xBD, 3 + 'b', 3 + 0xEF, 3 + 0xBF, 3 + 0xBD};
+  cr_assert_eq(n, 8);
+  cr_assert_arr_eq(ids, want, sizeof want);
+  free(ids);
+  cr_assert_eq(qv_tokenizer_encode(tok, "", 0, QV_TOK_ADD_SPECIAL, &ids, &n, &err), 0);
+  cr_assert(n == 1 && ids[0] == 1);
+  free(ids);
+  cr_assert_neq(qv_tokenizer_encode(NULL, "x", 1, 0, &ids, &n, &err), 0);
+  qv_tokenizer_destroy(tok);
+}
+
+Test(tokenizer, stories260K_directory) {
+  char dir[4096], ids_path[4096], txt_path[4096];
+  if (!shared_path(dir, sizeof dir, "models/stories260K/tokenizer.json")) cr_skip_test("stories260K not found");
+  shared_path(dir, sizeof dir, "models/stories260K");
+  shared_path(ids_path, sizeof ids_path, "models/stories260K/greedy-256.ids");
+  shared_path(txt_path, sizeof txt_path, "models/stories260K/greedy-256.txt");
+  qv_tokenizer *tok;
+  qv_error err = {0};
+  cr_assert_eq(qv_tokenizer_load(dir, &tok, &err), 0, "%s", err.msg);
+  cr_assert_eq(qv_tokenizer_vocab_size(tok), 512);
+  cr_assert_eq(qv_tokenizer_bos_id(tok), 1);
+  cr_assert_eq(qv_tokenizer_eos_id(tok), 2);
+  char *ids_text = slurp(ids_path, NULL), *want = slurp(txt_path, NULL);
+  cr_assert(ids_text && want);
+  int32_t ids[600];
+  size_t n = 0;
+  for (char *p = ids_text, *end; n < 600; p = end) {
+    long v = strtol(p, &end, 10);
+    if (end == p) break;
+    ids[n++] = (int32_t)v;
+  }
+  cr_assert_eq(n, 257);
+  char *out;
+  size_t ol;
+  cr_assert_eq(qv_tokenizer_decode(tok, ids, n, QV_TOK_SKIP_SPECIAL, &out, &ol, &err), 0);
+  size_t wl = strlen(want);
+  while (wl && want[wl - 1] == '\n') wl--;
+  cr_assert(ol == wl && memcmp(out, want, wl) == 0, "decode: \"%s\"", out);
+  check_stream(tok, ids, n, QV_TOK_SKIP_SPECIAL);
+  check_stream(tok, ids, n, 0);
+  /* The first sentence re-encodes (with BOS from tokenizer_config) to the model's own ids. */
+  const char *first = "Once upon a time, there was a little girl named Lily.";
+  int32_t *enc;
+  size_t en;
+  cr_assert_eq(qv_tokenizer_encode(tok, first, strlen(first), QV_TOK_ADD_SPECIAL, &enc, &en, &err), 0);
+  cr_assert_geq(n, en);
+  cr_assert_arr_eq(enc, ids, en * sizeof *enc);
+  free(enc);
+  free(out);
+  free(ids_text);
+  free(want);
+  qv_tokenizer_destroy(tok);
+}
+
+/* Writes text to a temporary file and tries to load it; returns the error code. */
+static int load_text(const char *text, size_t len, qv_error *err) {
+  char path[] = "/tmp/qv-tokjson-XXXXXX";
+  int fd = mkstemp(path);
+  cr_assert(fd >= 0);
+  cr_assert_eq(write(fd, text, len), (ssize_t)len);
+  close(fd);
+  qv_tokenizer *tok = NULL;
+  memset(err, 0, sizeof *err);
+  int rc = qv_tokenizer_load(path, &tok, err);
+  if (rc == 0) {
+    int32_t *ids;
+    size_t n;
+    if (qv_tokenizer_encode(tok, "Hello world <s> 123", 19, QV_TOK_PARSE_SPECIAL, &ids, &n, err) == 0) {
+      char *out;
+      size_t ol;
+      if (qv_tokenizer_decode(tok, ids, n, 0, &out, &ol, err) == 0) free(out);
+      free(ids);
+    }
+    qv_tokenizer_destroy(tok);
+  }
+  remove(path);
+  return rc;
+}
+
+#define MINI_HEAD "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2, \"<s>\": 3}, "
+static const struct { const char *json, *expect; } BAD[] = {
+    {"{ \"model\": ", "invalid JSON"},
+    {"[1, 2, 3]", "not an object"},
+    {"{}", "model"},
+    {MINI_HEAD "\"merges\": [\"a c\"]}}", "not in the vocabulary"},
+    {MINI_HEAD "\"merges\": [\"b b\"]}}", "merged token is not in the vocabulary"},
+    {MINI_HEAD "\"merges\": [\"ab\"]}}", "left right"},
+    {MINI_HEAD "\"merges\": [7]}}", "merges[0]"},
+    {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\xFF\": 0}, \"merges\": []}}", "UTF-8"},
+    {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": -4}, \"merges\": []}}", "non-negative"},
+    {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": \"x\"}, \"merges\": []}}", "non-negative"},
+    {"{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}", "not supported"},
+    {MINI_HEAD "\"merges\": []}, \"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(unclosed\"}, \"behavior\": \"Isolated\"}}", "bad regex"},
+    {MINI_HEAD "\"merges\": []}, \"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"a\"}, \"behavior\": \"Sideways\"}}", "behavior"},
+    {MINI_HEAD "\"merges\": []}, \"normalizer\": {\"type\": \"Precompiled\"}}", "not supported"},
+    {MINI_HEAD "\"merges\": []}, \"decoder\": {\"type\": \"Strip\", \"content\": \" \", \"start\": -1, \"stop\": 0}}", "Strip"},
+    {MINI_HEAD "\"merges\": []}, \"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": [{\"SpecialToken\": {\"id\": \"<s>\"}}], \"special_tokens\": {}}}", "no ids"},
+    {MINI_HEAD "\"merges\": []}, \"added_tokens\": [{\"id\": 9, \"content\": \"\"}]}", "empty"},
+    {MINI_HEAD "\"merges\": [], \"unk_token\": \"<nope>\"}}", "unk_token"},
+    {MINI_HEAD "\"merges\": [], \"dropout\": 0.5}}", "dropout"},
+};
+
+Test(tokenizer, malformed_json_files) {
+  for (size_t i = 0; i < sizeof BAD / sizeof *BAD; i++) {
+    qv_error err;
+    int rc = load_text(BAD[i].json, strlen(BAD[i].json), &err);
+    cr_assert_neq(rc, 0, "case %zu loaded", i);
+    cr_assert(strstr(err.msg, BAD[i].expect), "case %zu: message \"%s\" lacks \"%s\"", i, err.msg, BAD[i].expect);
+  }
+  qv_error err;
+  cr_assert_eq(qv_tokenizer_load("/nonexistent/tokenizer.json", &(qv_tokenizer *){NULL}, &err), QV_ENOTFOUND);
+  cr_assert_neq(qv_tokenizer_load("/tmp", &(qv_tokenizer *){NULL}, &err), 0);
+}
+
+/* Every truncation and random byte flips of a small valid tokenizer.json: no crash, no leak. */
+Test(tokenizer, truncated_and_flipped_json) {
+  const char *good = MINI_HEAD "\"merges\": [\"a b\"], \"unk_token\": \"a\", \"byte_fallback\": false}, "
+                     "\"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"NFKC\"}, {\"type\": \"Prepend\", \"prepend\": \"b\"}]},"
+                     "\"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": {\"Regex\": \"\\\\s+\"}, \"behavior\": \"Removed\"}, {\"type\": \"Metaspace\"}]},"
+                     "\"decoder\": {\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Replace\", \"pattern\": {\"String\": \"a\"}, \"content\": \" \"}, {\"type\": \"Fuse\"}]},"
+                     "\"added_tokens\": [{\"id\": 3, \"content\": \"<s>\", \"special\": true}]}";
+  size_t len = strlen(good);
+  qv_error err;
+  cr_assert_eq(load_text(good, len, &err), 0, "%s", err.msg);
+  for (size_t cut = 0; cut < len; cut += 3) cr_assert_neq(load_text(good, cut, &err), 0, "prefix %zu loaded", cut);
+  unsigned seed = 99;
+  char *copy = malloc(len);
+  for (int it = 0; it < 150; it++) {
+    memcpy(copy, good, len);
+    for (int k = 0; k < 3; k++) copy[(size_t)rand_r(&seed) % len] = (char)(rand_r(&seed) & 0xFF);
+    load_text(copy, len, &err);
+  }
+  free(copy);
+}
