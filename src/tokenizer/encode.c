@@ -146,6 +146,21 @@ static int encode_word(enc_ctx *c, const char *w, size_t n) {
   return tok_strmap_put(&c->cache, w, n, (int32_t)idx) < 0 ? QV_ENOMEM : 0;
 }
 
+/* Cuts a word before each "▁" that follows another character (see spm_split) and encodes the
+ * pieces; with SentencePiece vocabularies this turns one long word into cacheable pieces. */
+static int encode_word_split(enc_ctx *c, const char *w, size_t n) {
+  if (!c->tok->spm_split) return encode_word(c, w, n);
+  size_t start = 0;
+  for (size_t i = 3; i + 3 <= n; i++) {
+    if (w[i] != '\xe2' || memcmp(w + i, "\xe2\x96\x81", 3) != 0) continue;
+    if (memcmp(w + i - 3, "\xe2\x96\x81", 3) == 0) continue;
+    int rc = encode_word(c, w + start, i - start);
+    if (rc) return rc;
+    start = i;
+  }
+  return encode_word(c, w + start, n - start);
+}
+
 /* Normalized text piece in c->arena[0..len): pre-tokenize and BPE. */
 static int encode_piece(enc_ctx *c, const char *s, size_t n, int at_start) {
   c->arena.len = 0;
@@ -154,7 +169,7 @@ static int encode_piece(enc_ctx *c, const char *s, size_t n, int at_start) {
   int rc = tok_pretokenize(c->tok, &c->mc, &c->arena, (tok_piece){0, (uint32_t)n, (uint8_t)at_start},
                            &c->words, &c->tmp);
   for (size_t i = 0; rc == 0 && i < c->words.n; i++)
-    rc = encode_word(c, c->arena.data + c->words.v[i].off, c->words.v[i].len);
+    rc = encode_word_split(c, c->arena.data + c->words.v[i].off, c->words.v[i].len);
   return rc;
 }
 

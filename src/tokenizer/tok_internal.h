@@ -126,6 +126,9 @@ struct qv_tokenizer {
   int32_t *spm_rank;           /* [n_vocab] merge priority by score (TOK_MODEL_SPM_SCORES) */
   int32_t unk_id;              /* -1 if none */
   int byte_fallback, fuse_unk, ignore_merges;
+  int spm_split;               /* words may be cut before each "▁" that follows another character:
+                                * no vocabulary token contains such a pair, so no merge can span
+                                * the cut and BPE per piece gives the same ids (set by tok_finish) */
   int32_t byte_ids[256];       /* byte_fallback: id of <0xXX>, -1 when absent */
   char *cont_prefix; size_t cont_prefix_len; /* continuing_subword_prefix; owned, may be NULL */
   char *eow_suffix; size_t eow_suffix_len;   /* end_of_word_suffix; owned, may be NULL */

@@ -97,6 +97,20 @@ int tok_finish(qv_tokenizer *tok, qv_error *err) {
     snprintf(name, sizeof name, "<0x%02X>", b);
     tok->byte_ids[b] = tok_strmap_get(&tok->vocab, name, 6);
   }
+  /* Can words be cut before "▁"? Only if "▁" is a token and none has it after another char. */
+  static const char meta[] = "\xe2\x96\x81";
+  tok->spm_split = tok_strmap_get(&tok->vocab, meta, 3) >= 0;
+  for (uint32_t e = 0; tok->spm_split && e < tok->vocab.n; e++) {
+    const char *k = tok_strmap_key(&tok->vocab, e);
+    uint32_t kl = tok->vocab.key_len[e];
+    for (uint32_t i = 1; i + 3 <= kl; i++) {
+      if (memcmp(k + i, meta, 3) != 0) continue;
+      if (i < 3 || memcmp(k + i - 3, meta, 3) != 0) {
+        tok->spm_split = 0;
+        break;
+      }
+    }
+  }
   if (build_set(tok, &tok->set_raw, 0) || build_set(tok, &tok->set_norm, 1))
     return qv_error_set(err, QV_ENOMEM, "out of memory");
   if (tok->n_vocab == 0) return qv_error_set(err, QV_EFORMAT, "empty vocabulary");

@@ -41,7 +41,7 @@ static void check_vectors(const char *name) {
   char *inp_path = shared_path(rel);
   snprintf(rel, sizeof rel, "data/tokenizers/%s.out", name);
   char *out_path = shared_path(rel);
-  size_t inp_len, out_len;
+  size_t inp_len = 0, out_len = 0;
   char *inp = slurp(inp_path, &inp_len), *out = slurp(out_path, &out_len);
   if (!inp || !out) {
     free(inp); free(out); free(gguf); free(inp_path); free(out_path);
