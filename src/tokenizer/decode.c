@@ -221,9 +221,19 @@ static int decode_into(const qv_tokenizer *tok, const int32_t *ids, size_t n_ids
   for (size_t i = 0; i < n_ids && rc == 0; i++) {
     int32_t id = ids[i];
     if (id < 0 || id >= tok->n_vocab || tok->tok_off[id] == UINT32_MAX) continue;
-    if ((flags & QV_TOK_SKIP_SPECIAL) && tok->tok_special[id]) continue;
+    uint8_t f = tok->tok_special[id];
+    if ((flags & QV_TOK_SKIP_SPECIAL) && (f & TOK_FLAG_SKIP)) continue;
+    const char *s = tok->tok_text.data + tok->tok_off[id];
+    size_t sl = tok->tok_len[id];
+    if (f & TOK_FLAG_NORM_TEXT) {
+      for (uint32_t k = 0; k < tok->n_added; k++) {
+        if (tok->added[k].id != id) continue;
+        s = tok->added[k].content;
+        sl = tok->added[k].len;
+      }
+    }
     rc = slist_begin(&a);
-    if (rc == 0) rc = slist_add(&a, tok->tok_text.data + tok->tok_off[id], tok->tok_len[id]);
+    if (rc == 0) rc = slist_add(&a, s, sl);
   }
   if (rc == 0 && !tok->has_decoder) {
     for (size_t i = 0; i < a.n && rc == 0; i++) {

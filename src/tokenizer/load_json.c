@@ -513,7 +513,12 @@ static int normalize_added(jctx *c) {
     tok_added *a = &tok->added[i];
     if (!a->normalized) continue;
     rc = tok_normalize(tok, &mc, a->content, a->len, &b);
-    if (rc == 0 && b.len > 0) {
+    if (rc == 0 && b.len > 0 && (b.len != a->len || memcmp(b.data, a->content, b.len) != 0)) {
+      /* Decoded as its normalized text, and no longer skipped as special (see TOK_FLAG_*). */
+      if (a->id < tok->n_vocab) {
+        tok->tok_special[a->id] |= TOK_FLAG_NORM_TEXT;
+        tok->tok_special[a->id] &= (uint8_t)~TOK_FLAG_SKIP;
+      }
       char *p = dupn(b.data, b.len);
       if (!p) { rc = QV_ENOMEM; break; }
       free(a->content);

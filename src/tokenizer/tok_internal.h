@@ -111,12 +111,18 @@ typedef struct tok_added_set {
 
 enum { TOK_MODEL_BPE = 0, TOK_MODEL_SPM_SCORES = 1 };
 
+/* Per-id flags of added tokens. The reference (tokenizers 0.23) decodes a normalized added token
+ * as its normalized content (e.g. "▁<s>" under a Prepend normalizer) and then no longer knows
+ * it as special, so skip_special_tokens keeps it: TOK_FLAG_SKIP and TOK_FLAG_NORM_TEXT model
+ * exactly that, while TOK_FLAG_SPECIAL keeps answering qv_tokenizer_is_special truthfully. */
+enum { TOK_FLAG_SPECIAL = 1, TOK_FLAG_SKIP = 2, TOK_FLAG_NORM_TEXT = 4 };
+
 struct qv_tokenizer {
   /* Vocabulary: token id -> string. Ids may have holes (empty, absent). */
   int32_t n_vocab;             /* max id + 1 */
   uint32_t *tok_off;           /* [n_vocab] offset into tok_text, UINT32_MAX when absent */
   uint32_t *tok_len;           /* [n_vocab] */
-  uint8_t *tok_special;        /* [n_vocab] 1 for special added tokens */
+  uint8_t *tok_special;        /* [n_vocab] TOK_FLAG_* bits of added tokens */
   tok_buf tok_text;            /* all token strings, NUL-separated */
   tok_strmap vocab;            /* model vocabulary: string -> id */
 

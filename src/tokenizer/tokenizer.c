@@ -67,7 +67,7 @@ int tok_add_token(qv_tokenizer *tok, const tok_added *t) {
   *a = *t;
   a->content = c;
   int rc = tok_vocab_set(tok, t->id, t->content, t->len);
-  if (rc == 0 && t->special) tok->tok_special[t->id] = 1;
+  if (rc == 0 && t->special) tok->tok_special[t->id] = TOK_FLAG_SPECIAL | TOK_FLAG_SKIP;
   return rc;
 }
 
@@ -345,7 +345,7 @@ const char *qv_tokenizer_token_str(const qv_tokenizer *tok, int32_t id) {
 }
 
 int qv_tokenizer_is_special(const qv_tokenizer *tok, int32_t id) {
-  return tok && id >= 0 && id < tok->n_vocab && tok->tok_special[id];
+  return tok && id >= 0 && id < tok->n_vocab && (tok->tok_special[id] & TOK_FLAG_SPECIAL);
 }
 
 int32_t qv_tokenizer_token_id(const qv_tokenizer *tok, const char *str) {

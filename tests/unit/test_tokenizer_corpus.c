@@ -98,6 +98,32 @@ static uint64_t fnv64(const char *s, size_t n) {
   return h;
 }
 
+/* The pushes plus the flush of a streaming detokenizer equal the one-shot decode. */
+static void check_stream_ids(const qv_tokenizer *tok, const int32_t *ids, size_t n, unsigned flags, const char *name,
+                             size_t line) {
+  char *text;
+  size_t tl;
+  qv_error err = {0};
+  cr_assert_eq(qv_tokenizer_decode(tok, ids, n, flags, &text, &tl, &err), 0);
+  qv_detok *d;
+  cr_assert_eq(qv_detok_create(tok, flags, &d), 0);
+  char *acc = malloc(tl + 64);
+  size_t al = 0;
+  for (size_t k = 0; k <= n; k++) {
+    const char *piece;
+    size_t pl;
+    if (k < n) cr_assert_eq(qv_detok_push(d, ids[k], &piece, &pl), 0);
+    else cr_assert_eq(qv_detok_flush(d, &piece, &pl), 0);
+    cr_assert(al + pl <= tl, "%s line %zu: streaming emitted more than the decode", name, line);
+    memcpy(acc + al, piece, pl);
+    al += pl;
+  }
+  cr_assert(al == tl && memcmp(acc, text, tl) == 0, "%s line %zu: streaming != one-shot", name, line);
+  free(acc);
+  free(text);
+  qv_detok_destroy(d);
+}
+
 static const cJSON *manifest_entry(cJSON *m, const char *name) {
   const cJSON *e;
   cJSON_ArrayForEach(e, cJSON_GetObjectItem(m, "tokenizers")) {
@@ -173,24 +199,7 @@ static void check_ids_file(const qv_tokenizer *tok, const char *name, const line
                 "%s line %zu: decode(encode(x)) != x: \"%.80s\" vs \"%.80s\"", name, i, text, corpus->s[i]);
     }
     /* Streaming: the pushes plus the flush equal the one-shot decode (every 5th line). */
-    if (i % 5 == 0) {
-      qv_detok *d;
-      cr_assert_eq(qv_detok_create(tok, 0, &d), 0);
-      char *acc = malloc(tl + 64);
-      size_t al = 0;
-      for (size_t k = 0; k <= n_want; k++) {
-        const char *piece;
-        size_t pl;
-        if (k < n_want) cr_assert_eq(qv_detok_push(d, want[k], &piece, &pl), 0);
-        else cr_assert_eq(qv_detok_flush(d, &piece, &pl), 0);
-        cr_assert(al + pl <= tl, "%s line %zu: streaming emitted more than the decode", name, i);
-        memcpy(acc + al, piece, pl);
-        al += pl;
-      }
-      cr_assert(al == tl && memcmp(acc, text, tl) == 0, "%s line %zu: streaming != one-shot", name, i);
-      free(acc);
-      qv_detok_destroy(d);
-    }
+    if (i % 5 == 0) check_stream_ids(tok, want, n_want, 0, name, i);
     free(text);
   }
   cr_assert_eq(mismatches, 0, "%s%s: %d of %zu lines differ from the reference", name, suffix, mismatches, corpus->n);
@@ -200,6 +209,46 @@ static void check_ids_file(const qv_tokenizer *tok, const char *name, const line
   free(dec_len);
   free(dec_hash);
   free(dec_has);
+}
+
+/* Special mode decodes: with and without skip_special_tokens, against the reference's hashes. */
+static void check_special_decode(const qv_tokenizer *tok, const char *name, const lines *special) {
+  char rel[256], path[4096];
+  snprintf(rel, sizeof rel, "%s.special.ids", name);
+  fixture_path(path, sizeof path, rel);
+  char *exp = slurp(path, NULL);
+  snprintf(rel, sizeof rel, "%s.special.decoded.jsonl", name);
+  fixture_path(path, sizeof path, rel);
+  char *dec = slurp(path, NULL);
+  cr_assert(exp && dec, "missing special fixtures for %s", name);
+  int32_t want[65536];
+  char *line = exp, *dl = dec;
+  qv_error err = {0};
+  for (size_t i = 0; i < special->n; i++) {
+    char *nl = strchr(line, '\n'), *dnl = strchr(dl, '\n');
+    cr_assert(nl && dnl);
+    *dnl = '\0';
+    size_t n = parse_ids(line, want, 65536);
+    cJSON *j = cJSON_Parse(dl);
+    cr_assert(cJSON_IsArray(j) && (size_t)cJSON_GetArrayItem(j, 0)->valuedouble == i);
+    for (int skip = 0; skip < 2; skip++) {
+      char *text;
+      size_t tl;
+      unsigned flags = skip ? QV_TOK_SKIP_SPECIAL : 0;
+      cr_assert_eq(qv_tokenizer_decode(tok, want, n, flags, &text, &tl, &err), 0);
+      size_t rl = (size_t)cJSON_GetArrayItem(j, 1 + 2 * skip)->valuedouble;
+      uint64_t rh = strtoull(cJSON_GetArrayItem(j, 2 + 2 * skip)->valuestring, NULL, 16);
+      cr_assert(tl == rl && fnv64(text, tl) == rh, "%s special line %zu (skip %d): decode \"%.100s\" differs", name, i,
+                skip, text);
+      free(text);
+      if (i % 4 == 0) check_stream_ids(tok, want, n, flags, name, i);
+    }
+    cJSON_Delete(j);
+    line = nl + 1;
+    dl = dnl + 1;
+  }
+  free(exp);
+  free(dec);
 }
 
 static void check_tokenizer(const char *name) {
@@ -231,6 +280,7 @@ static void check_tokenizer(const char *name) {
   check_ids_file(tok, name, &corpus, ".ids", 0, 1);
   lines special = read_jsonl("special.jsonl");
   check_ids_file(tok, name, &special, ".special.ids", QV_TOK_ADD_SPECIAL | QV_TOK_PARSE_SPECIAL, 0);
+  check_special_decode(tok, name, &special);
   lines_free(&corpus);
   lines_free(&special);
   qv_tokenizer_destroy(tok);
