@@ -273,3 +273,59 @@ Test(tokenizer, truncated_and_flipped_json) {
   }
   free(copy);
 }
+
+/* One tokenizer shared by four threads gives every thread the single-threaded ids. */
+#include <pthread.h>
+
+typedef struct thread_job {
+  const qv_tokenizer *tok;
+  const char *text;
+  size_t len;
+  int32_t *ids;
+  size_t n;
+  int rc;
+} thread_job;
+
+static void *encode_job(void *arg) {
+  thread_job *j = arg;
+  qv_error err = {0};
+  for (int it = 0; it < 3 && j->rc == 0; it++) {
+    free(j->ids);
+    j->ids = NULL;
+    j->rc = qv_tokenizer_encode(j->tok, j->text, j->len, 0, &j->ids, &j->n, &err);
+  }
+  return NULL;
+}
+
+Test(tokenizer, shared_between_threads) {
+  const char *src = getenv("QV_SOURCE_DIR");
+  char path[4096], corpus_path[4096];
+  snprintf(path, sizeof path, "%s/tests/fixtures/tokenizers/qwen2-style/tokenizer.json", src ? src : ".");
+  snprintf(corpus_path, sizeof corpus_path, "%s/tests/fixtures/tokenizers/corpus.jsonl", src ? src : ".");
+  size_t len;
+  char *text = slurp(corpus_path, &len);
+  cr_assert(text);
+  len = len > 60000 ? 60000 : len;
+  while (len > 0 && ((unsigned char)text[len] & 0xC0) == 0x80) len--; /* cut on a character */
+  qv_tokenizer *tok;
+  qv_error err = {0};
+  cr_assert_eq(qv_tokenizer_load(path, &tok, &err), 0, "%s", err.msg);
+  int32_t *ref;
+  size_t n_ref;
+  cr_assert_eq(qv_tokenizer_encode(tok, text, len, 0, &ref, &n_ref, &err), 0);
+  thread_job jobs[4];
+  pthread_t th[4];
+  for (int i = 0; i < 4; i++) {
+    jobs[i] = (thread_job){tok, text, len, NULL, 0, 0};
+    cr_assert_eq(pthread_create(&th[i], NULL, encode_job, &jobs[i]), 0);
+  }
+  for (int i = 0; i < 4; i++) {
+    pthread_join(th[i], NULL);
+    cr_assert_eq(jobs[i].rc, 0);
+    cr_assert(jobs[i].n == n_ref && memcmp(jobs[i].ids, ref, n_ref * sizeof *ref) == 0, "thread %d differs", i);
+    free(jobs[i].ids);
+  }
+  free(ref);
+  free(text);
+  qv_tokenizer_destroy(tok);
+}
