@@ -294,5 +294,6 @@ Test(tokenizer_corpus, qwen2_style) { check_tokenizer("qwen2-style"); }
 Test(tokenizer_corpus, gpt2_prefix) { check_tokenizer("gpt2-prefix"); }
 Test(tokenizer_corpus, metaspace_first) { check_tokenizer("metaspace-first"); }
 Test(tokenizer_corpus, metaspace_split) { check_tokenizer("metaspace-split"); }
+Test(tokenizer_corpus, metaspace_never) { check_tokenizer("metaspace-never"); }
 Test(tokenizer_corpus, whitespace_digits_punct) { check_tokenizer("whitespace-digits-punct"); }
 Test(tokenizer_corpus, split_behaviors) { check_tokenizer("split-behaviors"); }
