@@ -319,11 +319,29 @@ static int set_ret(qv_detok *d, const char *s, size_t n, const char **text, size
   return 0;
 }
 
+/* With the reference's ByteFallback, one invalid byte turns its whole run of byte tokens into
+ * U+FFFDs, so the text of a run is only known when the run ends: is the last id that decoding
+ * keeps a <0xXX> token under such a decoder? */
+static int in_open_byte_run(const qv_detok *d) {
+  const qv_tokenizer *tok = d->tok;
+  int strict = 0;
+  for (int s = 0; s < tok->n_dec; s++) strict |= tok->dec[s].kind == TOK_DEC_BYTEFALLBACK && !tok->dec[s].lossy;
+  if (!strict) return 0;
+  for (size_t i = d->ids.n; i-- > d->read;) {
+    int32_t id = d->ids.v[i];
+    if (id < 0 || id >= tok->n_vocab || tok->tok_off[id] == UINT32_MAX) continue;
+    if ((d->flags & QV_TOK_SKIP_SPECIAL) && (tok->tok_special[id] & TOK_FLAG_SKIP)) continue;
+    return parse_byte_token(tok->tok_text.data + tok->tok_off[id], tok->tok_len[id]) >= 0;
+  }
+  return 0;
+}
+
 int qv_detok_push(qv_detok *d, int32_t id, const char **text, size_t *len) {
   if (!d || !text || !len) return QV_EINVAL;
   *text = "";
   *len = 0;
   if (tok_ids_push(&d->ids, id)) return QV_ENOMEM;
+  if (in_open_byte_run(d)) return 0;
   d->a.len = d->b.len = 0;
   int rc = decode_into(d->tok, d->ids.v + d->prefix, d->ids.n - d->prefix, d->flags, &d->a);
   if (rc == 0) rc = decode_into(d->tok, d->ids.v + d->prefix, d->read - d->prefix, d->flags, &d->b);

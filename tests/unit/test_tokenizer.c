@@ -329,3 +329,35 @@ Test(tokenizer, shared_between_threads) {
   free(text);
   qv_tokenizer_destroy(tok);
 }
+
+/* Random id sequences (any token, specials and byte tokens included) stream to exactly the
+ * one-shot decode, with and without skip-special, for every decoder family in the fixtures. */
+Test(tokenizer, streaming_random_ids) {
+  static const char *const names[] = {"llama3-style", "metaspace-first", "metaspace-split", "metaspace-never",
+                                      "whitespace-digits-punct", "split-behaviors"};
+  const char *src = getenv("QV_SOURCE_DIR");
+  unsigned seed = 4242;
+  for (size_t t = 0; t < sizeof names / sizeof *names + 1; t++) {
+    char path[4096];
+    if (t < sizeof names / sizeof *names)
+      snprintf(path, sizeof path, "%s/tests/fixtures/tokenizers/%s/tokenizer.json", src ? src : ".", names[t]);
+    else if (!shared_path(path, sizeof path, "data/tokenizers/llama2.tokenizer.json"))
+      break;
+    qv_tokenizer *tok;
+    qv_error err = {0};
+    cr_assert_eq(qv_tokenizer_load(path, &tok, &err), 0, "%s", err.msg);
+    int32_t nv = qv_tokenizer_vocab_size(tok);
+    int32_t ids[64];
+    for (int it = 0; it < 150; it++) {
+      size_t n = 1 + (size_t)rand_r(&seed) % 64;
+      for (size_t k = 0; k < n; k++) {
+        unsigned r = (unsigned)rand_r(&seed);
+        /* Bias towards low ids: specials and byte tokens live there. */
+        ids[k] = (int32_t)(r % 3 == 0 ? r % 300 % (unsigned)nv : r % (unsigned)nv);
+      }
+      check_stream(tok, ids, n, 0);
+      check_stream(tok, ids, n, QV_TOK_SKIP_SPECIAL);
+    }
+    qv_tokenizer_destroy(tok);
+  }
+}
