@@ -361,3 +361,45 @@ Test(tokenizer, streaming_random_ids) {
     qv_tokenizer_destroy(tok);
   }
 }
+
+/* Random bytes (mostly invalid UTF-8), long runs and special-token fragments encode without
+ * error on every fixture tokenizer, with every flag combination, and decode again. */
+Test(tokenizer, encode_random_bytes) {
+  static const char *const names[] = {"llama3-style", "qwen2-style", "gpt2-prefix", "metaspace-first", "metaspace-split",
+                                      "metaspace-never", "whitespace-digits-punct", "split-behaviors"};
+  static const char *const frags[] = {"<|im_start|>", "<|im_", "<s>", " ", "\n", "\xe2\x96\x81", "\xc4\xa0", "word", "9"};
+  const char *src = getenv("QV_SOURCE_DIR");
+  unsigned seed = 77;
+  char buf[4096];
+  for (size_t t = 0; t < sizeof names / sizeof *names; t++) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tests/fixtures/tokenizers/%s/tokenizer.json", src ? src : ".", names[t]);
+    qv_tokenizer *tok;
+    qv_error err = {0};
+    cr_assert_eq(qv_tokenizer_load(path, &tok, &err), 0, "%s", err.msg);
+    for (int it = 0; it < 60; it++) {
+      size_t n = 0, target = (size_t)rand_r(&seed) % 2000;
+      while (n < target) {
+        unsigned r = (unsigned)rand_r(&seed);
+        if (r % 4 == 0) {
+          const char *f = frags[r / 4 % (sizeof frags / sizeof *frags)];
+          size_t fl = strlen(f), reps = 1 + r / 64 % 40;
+          for (size_t k = 0; k < reps && n + fl < sizeof buf; k++, n += fl) memcpy(buf + n, f, fl);
+        } else {
+          buf[n++] = (char)(r >> 8);
+        }
+        if (n >= sizeof buf - 64) break;
+      }
+      unsigned flags = (unsigned)it % 4; /* ADD_SPECIAL and PARSE_SPECIAL combinations */
+      int32_t *ids;
+      size_t n_ids;
+      cr_assert_eq(qv_tokenizer_encode(tok, buf, n, flags, &ids, &n_ids, &err), 0, "%s: %s", names[t], err.msg);
+      char *out;
+      size_t ol;
+      cr_assert_eq(qv_tokenizer_decode(tok, ids, n_ids, QV_TOK_SKIP_SPECIAL, &out, &ol, &err), 0);
+      free(out);
+      free(ids);
+    }
+    qv_tokenizer_destroy(tok);
+  }
+}
