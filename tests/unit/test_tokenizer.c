@@ -403,3 +403,48 @@ Test(tokenizer, encode_random_bytes) {
     qv_tokenizer_destroy(tok);
   }
 }
+
+/* `quiver tokenize` (cli_tokenize in the library): encode, decode and error exits, with stdout
+ * captured in a temporary file. */
+#include <fcntl.h>
+
+#include "cli/cli.h"
+
+static int run_cli(char **argv, int argc, char *out, size_t cap) {
+  char path[] = "/tmp/qv-cli-XXXXXX";
+  int fd = mkstemp(path);
+  cr_assert(fd >= 0);
+  fflush(stdout);
+  int saved = dup(1);
+  dup2(fd, 1);
+  int rc = cli_tokenize(argc, argv);
+  fflush(stdout);
+  dup2(saved, 1);
+  close(saved);
+  lseek(fd, 0, SEEK_SET);
+  ssize_t n = read(fd, out, cap - 1);
+  out[n > 0 ? n : 0] = '\0';
+  close(fd);
+  remove(path);
+  return rc;
+}
+
+Test(tokenizer, cli_tokenize) {
+  char dir[4096], out[4096];
+  if (!shared_path(dir, sizeof dir, "models/stories260K/tokenizer.json")) cr_skip_test("stories260K not found");
+  shared_path(dir, sizeof dir, "models/stories260K");
+  char *enc[] = {"tokenize", "--tokenizer", dir, "--add-special", "--text", "Once upon a time", NULL};
+  cr_assert_eq(run_cli(enc, 6, out, sizeof out), 0);
+  cr_assert_str_eq(out, "[1, 403, 407, 261, 378]\n");
+  char *dec[] = {"tokenize", "--tokenizer", dir, "--decode", "--skip-special", "--text", "[1, 403, 407, 261, 378]", NULL};
+  cr_assert_eq(run_cli(dec, 7, out, sizeof out), 0);
+  cr_assert_str_eq(out, "Once upon a time\n");
+  char *bad_ids[] = {"tokenize", "--tokenizer", dir, "--decode", "--text", "[1, 100000]", NULL};
+  cr_assert_eq(run_cli(bad_ids, 6, out, sizeof out), 1);
+  char *bad_json[] = {"tokenize", "--tokenizer", dir, "--decode", "--text", "[1, ", NULL};
+  cr_assert_eq(run_cli(bad_json, 6, out, sizeof out), 1);
+  char *no_tok[] = {"tokenize", "--text", "x", NULL};
+  cr_assert_eq(run_cli(no_tok, 3, out, sizeof out), 1);
+  char *missing[] = {"tokenize", "--tokenizer", "/nonexistent/dir", "--text", "x", NULL};
+  cr_assert_eq(run_cli(missing, 5, out, sizeof out), 1);
+}
