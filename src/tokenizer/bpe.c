@@ -84,10 +84,10 @@ static heap_item heap_pop(tok_bpe_scratch *s) {
 static int pair_rank(const qv_tokenizer *tok, const char *w, const sym *a, const sym *b,
                      int32_t *rank, int32_t *new_id) {
   if (tok->model_kind == TOK_MODEL_BPE) {
-    int64_t slot = tok_pairmap_find(&tok->merges, a->id, b->id);
-    if (slot < 0) return 0;
-    *rank = tok->merges.ranks[slot];
-    *new_id = tok->merges.merged[slot];
+    const tok_pair_entry *e = tok_pairmap_find(&tok->merges, a->id, b->id);
+    if (!e) return 0;
+    *rank = e->rank;
+    *new_id = e->merged;
     return 1;
   }
   if (a->fixed || b->fixed) return 0;
@@ -153,7 +153,9 @@ int tok_bpe_word(const qv_tokenizer *tok, tok_bpe_scratch **scratch, const char 
       key = buf;
       key_len = pl + k + sl;
     }
-    int32_t id = tok_strmap_get(&tok->vocab, key, key_len);
+    int32_t id = key_len == 1 && (unsigned char)key[0] < 0x80 && tok->char_ids[(unsigned char)key[0]] != -2
+                     ? tok->char_ids[(unsigned char)key[0]]
+                     : tok_strmap_get(&tok->vocab, key, key_len);
     int done = 0;
     if (id >= 0) {
       if (unk_pending >= 0) {

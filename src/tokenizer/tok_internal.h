@@ -136,6 +136,8 @@ struct qv_tokenizer {
                                 * no vocabulary token contains such a pair, so no merge can span
                                 * the cut and BPE per piece gives the same ids (set by tok_finish) */
   int32_t byte_ids[256];       /* byte_fallback: id of <0xXX>, -1 when absent */
+  int32_t char_ids[128];       /* id of each one-byte vocabulary string (-1 absent), a hash-free
+                                * path for ASCII symbols; -2 before tok_finish */
   char *cont_prefix; size_t cont_prefix_len; /* continuing_subword_prefix; owned, may be NULL */
   char *eow_suffix; size_t eow_suffix_len;   /* end_of_word_suffix; owned, may be NULL */
 

@@ -220,21 +220,14 @@ int tok_pairmap_init(tok_pairmap *m, uint32_t expect) {
   memset(m, 0, sizeof *m);
   uint32_t cap = 16;
   while (cap < expect * 2u + 2u && cap < (1u << 30)) cap *= 2;
-  m->keys = calloc(cap, sizeof *m->keys);
-  m->ranks = malloc(cap * sizeof *m->ranks);
-  m->merged = malloc(cap * sizeof *m->merged);
-  if (!m->keys || !m->ranks || !m->merged) {
-    tok_pairmap_free(m);
-    return QV_ENOMEM;
-  }
+  m->e = calloc(cap, sizeof *m->e);
+  if (!m->e) return QV_ENOMEM;
   m->cap = cap;
   return 0;
 }
 
 void tok_pairmap_free(tok_pairmap *m) {
-  free(m->keys);
-  free(m->ranks);
-  free(m->merged);
+  free(m->e);
   memset(m, 0, sizeof *m);
 }
 
@@ -243,9 +236,9 @@ int tok_pairmap_put(tok_pairmap *m, int32_t left, int32_t right, int32_t rank, i
     tok_pairmap g;
     if (tok_pairmap_init(&g, m->cap)) return QV_ENOMEM;
     for (uint32_t i = 0; i < m->cap; i++) {
-      if (!m->keys[i]) continue;
-      uint64_t k = m->keys[i] - 1;
-      tok_pairmap_put(&g, (int32_t)(k >> 32), (int32_t)(uint32_t)k, m->ranks[i], m->merged[i]);
+      if (!m->e[i].key) continue;
+      uint64_t k = m->e[i].key - 1;
+      tok_pairmap_put(&g, (int32_t)(k >> 32), (int32_t)(uint32_t)k, m->e[i].rank, m->e[i].merged);
     }
     tok_pairmap_free(m);
     *m = g;
@@ -253,13 +246,11 @@ int tok_pairmap_put(tok_pairmap *m, int32_t left, int32_t right, int32_t rank, i
   uint64_t key = (((uint64_t)(uint32_t)left << 32) | (uint32_t)right) + 1;
   uint64_t h = key * 0x9E3779B97F4A7C15ull;
   uint32_t mask = m->cap - 1, i = (uint32_t)(h >> 32) & mask;
-  while (m->keys[i]) {
-    if (m->keys[i] == key) return 1;
+  while (m->e[i].key) {
+    if (m->e[i].key == key) return 1;
     i = (i + 1) & mask;
   }
-  m->keys[i] = key;
-  m->ranks[i] = rank;
-  m->merged[i] = merged;
+  m->e[i] = (tok_pair_entry){key, rank, merged};
   m->n++;
   return 0;
 }

@@ -72,11 +72,16 @@ static inline const char *tok_strmap_key(const tok_strmap *m, uint32_t i) {
   return m->arena.data + m->key_off[i];
 }
 
-/* (left, right) -> (rank, merged id) for BPE merges. */
+/* (left, right) -> (rank, merged id) for BPE merges: one 16-byte entry per slot so a probe
+ * touches one cache line. */
+typedef struct tok_pair_entry {
+  uint64_t key;    /* (left << 32 | right) + 1; 0 = empty */
+  int32_t rank;
+  int32_t merged;
+} tok_pair_entry;
+
 typedef struct tok_pairmap {
-  uint64_t *keys;   /* [cap] (left << 32 | right) + 1; 0 = empty */
-  int32_t *ranks;   /* [cap] */
-  int32_t *merged;  /* [cap] */
+  tok_pair_entry *e; /* [cap] */
   uint32_t cap, n;
 } tok_pairmap;
 
@@ -84,16 +89,16 @@ int tok_pairmap_init(tok_pairmap *m, uint32_t expect);
 void tok_pairmap_free(tok_pairmap *m);
 /* Inserts; an existing pair keeps its first (lowest) rank. */
 int tok_pairmap_put(tok_pairmap *m, int32_t left, int32_t right, int32_t rank, int32_t merged);
-/* Returns the slot index or -1. */
-static inline int64_t tok_pairmap_find(const tok_pairmap *m, int32_t left, int32_t right) {
-  if (m->cap == 0) return -1;
+/* Returns the entry or NULL. */
+static inline const tok_pair_entry *tok_pairmap_find(const tok_pairmap *m, int32_t left, int32_t right) {
+  if (m->cap == 0) return NULL;
   uint64_t key = (((uint64_t)(uint32_t)left << 32) | (uint32_t)right) + 1;
   uint64_t h = key * 0x9E3779B97F4A7C15ull;
   uint32_t mask = m->cap - 1, i = (uint32_t)(h >> 32) & mask;
   for (;;) {
-    uint64_t k = m->keys[i];
-    if (k == key) return i;
-    if (k == 0) return -1;
+    const tok_pair_entry *e = &m->e[i];
+    if (e->key == key) return e;
+    if (e->key == 0) return NULL;
     i = (i + 1) & mask;
   }
 }

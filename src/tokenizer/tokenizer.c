@@ -97,6 +97,10 @@ int tok_finish(qv_tokenizer *tok, qv_error *err) {
     snprintf(name, sizeof name, "<0x%02X>", b);
     tok->byte_ids[b] = tok_strmap_get(&tok->vocab, name, 6);
   }
+  for (int b = 0; b < 128; b++) {
+    char c = (char)b;
+    tok->char_ids[b] = tok_strmap_get(&tok->vocab, &c, 1);
+  }
   /* Can words be cut before "▁"? Only if "▁" is a token and none has it after another char. */
   static const char meta[] = "\xe2\x96\x81";
   tok->spm_split = tok_strmap_get(&tok->vocab, meta, 3) >= 0;
@@ -161,6 +165,7 @@ static qv_tokenizer *tok_new(void) {
   qv_tokenizer *tok = calloc(1, sizeof *tok);
   if (!tok) return NULL;
   tok->unk_id = tok->bos_id = tok->eos_id = -1;
+  for (int b = 0; b < 128; b++) tok->char_ids[b] = -2;
   return tok;
 }
 
