@@ -356,7 +356,10 @@ int qv_tokenizer_is_special(const qv_tokenizer *tok, int32_t id) {
 int32_t qv_tokenizer_token_id(const qv_tokenizer *tok, const char *str) {
   if (!tok || !str) return -1;
   size_t n = strlen(str);
-  for (uint32_t i = 0; i < tok->n_added; i++)
-    if (tok->added[i].len == n && memcmp(tok->added[i].content, str, n) == 0) return tok->added[i].id;
+  /* Added tokens first, by their original text (normalized ones match normalized text). */
+  for (uint32_t i = 0; i < tok->n_added; i++) {
+    int32_t id = tok->added[i].id;
+    if (tok->tok_len[id] == n && memcmp(tok->tok_text.data + tok->tok_off[id], str, n) == 0) return id;
+  }
   return tok_strmap_get(&tok->vocab, str, n);
 }

@@ -448,3 +448,29 @@ Test(tokenizer, cli_tokenize) {
   char *missing[] = {"tokenize", "--tokenizer", "/nonexistent/dir", "--text", "x", NULL};
   cr_assert_eq(run_cli(missing, 5, out, sizeof out), 1);
 }
+
+/* A bare tokenizer.json (no tokenizer_config.json): BOS comes from the post-processor, EOS from
+ * the special added tokens; accessors answer by the tokens' original text. */
+Test(tokenizer, llama2_json_accessors) {
+  char path[4096];
+  if (!shared_path(path, sizeof path, "data/tokenizers/llama2.tokenizer.json")) cr_skip_test("llama2 tokenizer not found");
+  qv_tokenizer *tok;
+  qv_error err = {0};
+  cr_assert_eq(qv_tokenizer_load(path, &tok, &err), 0, "%s", err.msg);
+  cr_assert_eq(qv_tokenizer_vocab_size(tok), 32000);
+  cr_assert_eq(qv_tokenizer_bos_id(tok), 1);
+  cr_assert_eq(qv_tokenizer_eos_id(tok), 2);
+  cr_assert_eq(qv_tokenizer_token_id(tok, "<s>"), 1);
+  cr_assert_eq(qv_tokenizer_token_id(tok, "</s>"), 2);
+  cr_assert_eq(qv_tokenizer_token_id(tok, "\xe2\x96\x81the"), 278);
+  cr_assert_eq(qv_tokenizer_token_id(tok, "no such token"), -1);
+  cr_assert_str_eq(qv_tokenizer_token_str(tok, 2), "</s>");
+  cr_assert_str_eq(qv_tokenizer_token_str(tok, 32000), "");
+  cr_assert(qv_tokenizer_is_special(tok, 0) && qv_tokenizer_is_special(tok, 2) && !qv_tokenizer_is_special(tok, 278));
+  int32_t *ids;
+  size_t n;
+  cr_assert_eq(qv_tokenizer_encode(tok, "the", 3, QV_TOK_ADD_SPECIAL, &ids, &n, &err), 0);
+  cr_assert(n == 2 && ids[0] == 1 && ids[1] == 278);
+  free(ids);
+  qv_tokenizer_destroy(tok);
+}
