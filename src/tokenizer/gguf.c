@@ -57,6 +57,54 @@ static int skip_value(rd *r, uint32_t t, int depth) {
   return 0;
 }
 
+/* Tensor infos after the metadata, then the aligned data section. */
+static int parse_tensors(gguf_ctx *out, rd *r, uint64_t n_tensors, qv_error *err) {
+  out->alignment = 32;
+  const gguf_kv *al = gguf_find(out, "general.alignment");
+  if (al) {
+    int64_t v;
+    if (gguf_get_i64(out, "general.alignment", &v) || v <= 0 || v > (1 << 20) || (v & (v - 1)) != 0) {
+      gguf_free(out);
+      return qv_error_set(err, QV_EFORMAT, "GGUF general.alignment must be a power of two");
+    }
+    out->alignment = (uint32_t)v;
+  }
+  /* Each tensor info takes at least 8 + 4 + 8 + 4 + 8 bytes. */
+  if (n_tensors > (r->n - r->off) / 32) {
+    gguf_free(out);
+    return qv_error_set(err, QV_EFORMAT, "GGUF header claims %llu tensors, file too short", (unsigned long long)n_tensors);
+  }
+  out->tensors = calloc(n_tensors ? (size_t)n_tensors : 1, sizeof *out->tensors);
+  if (!out->tensors) {
+    gguf_free(out);
+    return qv_error_set(err, QV_ENOMEM, "out of memory");
+  }
+  for (uint64_t i = 0; i < n_tensors; i++) {
+    gguf_tensor *t = &out->tensors[i];
+    int bad = rd_str(r, &t->name, &t->name_len) || rd_u32(r, &t->n_dims) || t->n_dims == 0 || t->n_dims > 4;
+    for (uint32_t d = 0; !bad && d < 4; d++) {
+      t->dims[d] = 1;
+      if (d < t->n_dims) bad = rd_u64(r, &t->dims[d]) || t->dims[d] == 0 || t->dims[d] > ((uint64_t)1 << 40);
+    }
+    bad = bad || rd_u32(r, &t->type) || rd_u64(r, &t->offset) || t->offset % out->alignment != 0;
+    if (bad) {
+      gguf_free(out);
+      return qv_error_set(err, QV_EFORMAT, "GGUF tensor info %llu: truncated or invalid", (unsigned long long)i);
+    }
+    out->n_tensors++;
+  }
+  size_t data = (r->off + out->alignment - 1) / out->alignment * out->alignment;
+  out->data_offset = data < r->n ? data : r->n;
+  out->data_bytes = r->n - out->data_offset;
+  for (size_t i = 0; i < out->n_tensors; i++) {
+    if (out->tensors[i].offset > out->data_bytes) {
+      gguf_free(out);
+      return qv_error_set(err, QV_EFORMAT, "GGUF tensor %zu starts past the end of the file", i);
+    }
+  }
+  return 0;
+}
+
 int gguf_parse(const void *data, size_t len, gguf_ctx *out, qv_error *err) {
   memset(out, 0, sizeof *out);
   rd r = {data, len, 0};
@@ -65,7 +113,8 @@ int gguf_parse(const void *data, size_t len, gguf_ctx *out, qv_error *err) {
   if (rd_u32(&r, &magic) || memcmp(data, "GGUF", 4) != 0) return qv_error_set(err, QV_EFORMAT, "not a GGUF file (bad magic)");
   if (rd_u32(&r, &out->version) || (out->version != 2 && out->version != 3))
     return qv_error_set(err, QV_EUNSUPPORTED, "GGUF version %u is not supported (2 or 3)", out->version);
-  if (rd_u64(&r, &out->n_tensors) || rd_u64(&r, &n_kv)) return qv_error_set(err, QV_EFORMAT, "GGUF header truncated");
+  uint64_t n_tensors;
+  if (rd_u64(&r, &n_tensors) || rd_u64(&r, &n_kv)) return qv_error_set(err, QV_EFORMAT, "GGUF header truncated");
   /* Each key-value takes at least 8 + 4 + 1 bytes: bounds the count before allocating. */
   if (n_kv > (len - r.off) / 13) return qv_error_set(err, QV_EFORMAT, "GGUF header claims %llu key-values, file too short", (unsigned long long)n_kv);
   out->kv = calloc(n_kv ? (size_t)n_kv : 1, sizeof *out->kv);
@@ -95,14 +144,16 @@ int gguf_parse(const void *data, size_t len, gguf_ctx *out, qv_error *err) {
     }
     out->n_kv++;
   }
-  return 0;
+  return parse_tensors(out, &r, n_tensors, err);
 }
 
 void gguf_free(gguf_ctx *g) {
   if (!g) return;
   free(g->kv);
+  free(g->tensors);
   g->kv = NULL;
-  g->n_kv = 0;
+  g->tensors = NULL;
+  g->n_kv = g->n_tensors = 0;
 }
 
 const gguf_kv *gguf_find(const gguf_ctx *g, const char *key) {

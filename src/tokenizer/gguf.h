@@ -1,8 +1,10 @@
-/* A small, bounds-checked reader for the GGUF container (v2/v3): header and key-value
- * metadata. Every length, count and offset is checked against the buffer, so a truncated or
- * corrupt file is an error, never a read out of bounds. Tensor infos are not parsed yet (the
- * tokenizer needs only metadata); the loader subsystem can move this file to src/loader and
- * extend it. The buffer is borrowed: it must outlive the gguf_ctx. */
+/* A small, bounds-checked reader for the GGUF container (v2/v3): header, key-value metadata and
+ * tensor infos (name, shape, ggml type, offset into the data section). Every length, count and
+ * offset is checked against the buffer, so a truncated or corrupt file is an error, never a read
+ * out of bounds. Tensor byte sizes depend on ggml block types and are left to the caller (the
+ * loader), which must check offset + size <= data_bytes. The tokenizer uses the metadata only;
+ * the loader subsystem can move this file to src/loader. The buffer is borrowed: it must outlive
+ * the gguf_ctx. */
 #ifndef QV_TOK_GGUF_H
 #define QV_TOK_GGUF_H
 
@@ -24,10 +26,21 @@ typedef struct gguf_kv {
   uint64_t arr_n;                  /* GGUF_T_ARRAY: element count */
 } gguf_kv;
 
+typedef struct gguf_tensor {
+  const char *name; size_t name_len; /* borrowed from the buffer, not NUL-terminated */
+  uint32_t n_dims;                   /* 1..4 */
+  uint64_t dims[4];                  /* ne[0] (fastest) first; unused dims are 1 */
+  uint32_t type;                     /* ggml type id, not interpreted here */
+  uint64_t offset;                   /* bytes from the start of the data section, aligned */
+} gguf_tensor;
+
 typedef struct gguf_ctx {
   uint32_t version;
-  uint64_t n_tensors;
-  gguf_kv *kv; size_t n_kv;        /* owned */
+  gguf_kv *kv; size_t n_kv;          /* owned */
+  gguf_tensor *tensors; size_t n_tensors; /* owned */
+  uint32_t alignment;                /* general.alignment or 32 */
+  size_t data_offset;                /* start of the data section in the buffer */
+  size_t data_bytes;                 /* bytes from data_offset to the end of the buffer */
 } gguf_ctx;
 
 int gguf_parse(const void *data, size_t len, gguf_ctx *out, qv_error *err);

@@ -245,3 +245,38 @@ Test(tokenizer_gguf, pre_tokenizer_families) {
   }
   free(buf);
 }
+
+/* The container reader's tensor infos: shapes, types, aligned offsets, and bad infos rejected. */
+#include "tokenizer/gguf.h"
+
+Test(tokenizer_gguf, tensor_infos) {
+  unsigned char buf[1024];
+  for (int variant = 0; variant < 4; variant++) {
+    size_t o = 0;
+    memset(buf, 0, sizeof buf);
+    PUT("GGUF", 4); U32(3); U64(2); U64(1);
+    STR("general.alignment"); U32(4); U32(64);
+    STR("tok_embd.weight"); U32(variant == 1 ? 5 : 2); U64(7); U64(3); U32(0); U64(0);
+    STR("output.weight"); U32(1); U64(5); U32(1); U64(variant == 2 ? 70 : 128);
+    size_t header = o;
+    o = (header + 63) / 64 * 64 + (variant == 3 ? 64 : 256);
+    gguf_ctx g;
+    qv_error err = {0};
+    int rc = gguf_parse(buf, o, &g, &err);
+    if (variant == 0) {
+      cr_assert_eq(rc, 0, "%s", err.msg);
+      cr_assert_eq(g.n_tensors, 2);
+      cr_assert_eq(g.alignment, 64);
+      cr_assert(g.tensors[0].name_len == 15 && memcmp(g.tensors[0].name, "tok_embd.weight", 15) == 0);
+      cr_assert(g.tensors[0].n_dims == 2 && g.tensors[0].dims[0] == 7 && g.tensors[0].dims[1] == 3 && g.tensors[0].dims[2] == 1);
+      cr_assert(g.tensors[1].type == 1 && g.tensors[1].offset == 128);
+      cr_assert_eq(g.data_offset % 64, 0);
+      cr_assert_eq(g.data_offset + g.data_bytes, o);
+      gguf_free(&g);
+    } else {
+      /* 5 dims; an offset not aligned to 64; an offset past the end of the file. */
+      cr_assert_eq(rc, QV_EFORMAT, "variant %d parsed", variant);
+      cr_assert(err.msg[0]);
+    }
+  }
+}
