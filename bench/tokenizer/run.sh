@@ -66,7 +66,9 @@ import tokenizers
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 doc = {
     "benchmark": "tokenizer encode throughput, single thread",
-    "machine": {"cpu": cpu, "cores": os.cpu_count(), "os": platform.platform()},
+    "machine": {"cpu": cpu, "cores": os.cpu_count(), "os": platform.platform(),
+                "load_average_1_5_15": list(os.getloadavg()),
+                "note": "shared build machine; quiver and the reference run one after the other, so load noise moves the ratio"},
     "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
     "settings": {"iters": int(sys.argv[3]), "statistic": "median", "text": "tests/fixtures/tokenizers/corpus.jsonl joined with newlines, x5",
                  "quiver_build": "Release (-O3)", "reference": f"tokenizers {tokenizers.__version__} (TOKENIZERS_PARALLELISM=false, RAYON_NUM_THREADS=1)",
