@@ -148,7 +148,7 @@ static int load(qv_tokenizer *tok, const gguf_ctx *g, qv_error *err) {
                         (int)(model_len > 40 ? 40 : model_len), model);
   const gguf_kv *tokens = gguf_find(g, "tokenizer.ggml.tokens");
   if (!tokens || tokens->type != GGUF_T_ARRAY || tokens->arr_type != GGUF_T_STRING || tokens->arr_n == 0 ||
-      tokens->arr_n > (1u << 24))
+      tokens->arr_n > TOK_MAX_ID)
     return qv_error_set(err, QV_EFORMAT, "tokenizer.ggml.tokens: missing or not a string array");
   int32_t n_vocab = (int32_t)tokens->arr_n;
   const gguf_kv *scores = gguf_find(g, "tokenizer.ggml.scores");

@@ -301,7 +301,7 @@ static int template_ids(jctx *c, const cJSON *special, const char *name, int32_t
   const cJSON *ids = cJSON_GetObjectItemCaseSensitive(e, "ids"), *x;
   if (!cJSON_IsArray(ids)) return qv_error_set(c->err, QV_EFORMAT, "post_processor: special token \"%s\" has no ids", name);
   cJSON_ArrayForEach(x, ids) {
-    if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble >= (1 << 28))
+    if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble >= TOK_MAX_ID)
       return qv_error_set(c->err, QV_EFORMAT, "post_processor: bad id for \"%s\"", name);
     GROW(*arr, *n);
     (*arr)[(*n)++] = (int32_t)x->valuedouble;
@@ -354,7 +354,7 @@ static int parse_post(jctx *c, const cJSON *j, int depth) {
     const cJSON *cls = cJSON_GetObjectItemCaseSensitive(j, "cls"), *sep = cJSON_GetObjectItemCaseSensitive(j, "sep");
     const cJSON *ci = cJSON_GetArrayItem(cls, 1), *si = cJSON_GetArrayItem(sep, 1);
     if (!cJSON_IsNumber(ci) || !cJSON_IsNumber(si) || ci->valuedouble < 0 || si->valuedouble < 0 ||
-        ci->valuedouble >= (1 << 28) || si->valuedouble >= (1 << 28))
+        ci->valuedouble >= TOK_MAX_ID || si->valuedouble >= TOK_MAX_ID)
       return qv_error_set(c->err, QV_EFORMAT, "post_processor %s: bad cls/sep", t);
     free(tok->post_pre);
     free(tok->post_post);
@@ -386,7 +386,7 @@ static int parse_model(jctx *c, const cJSON *m) {
   if (rc) return qv_error_set(c->err, rc, "out of memory");
   int32_t max_id = -1;
   cJSON_ArrayForEach(e, vocab) {
-    if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble >= (1 << 28) ||
+    if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble >= TOK_MAX_ID ||
         e->valuedouble != (double)(int32_t)e->valuedouble)
       return qv_error_set(c->err, QV_EFORMAT, "model.vocab[\"%.40s\"]: id must be a non-negative integer", e->string ? e->string : "");
     if (e->valuedouble > max_id) max_id = (int32_t)e->valuedouble;
@@ -487,7 +487,7 @@ static int parse_added(jctx *c, const cJSON *arr) {
     const char *content;
     int rc = jstr(c, e, "content", 1, &content, "added_tokens[]");
     if (rc) return rc;
-    if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble >= (1 << 28))
+    if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble >= TOK_MAX_ID)
       return qv_error_set(c->err, QV_EFORMAT, "added_tokens[%d].id: must be a non-negative integer", i);
     if (!*content) return qv_error_set(c->err, QV_EFORMAT, "added_tokens[%d].content: empty", i);
     tok_added a = {

@@ -111,6 +111,10 @@ typedef struct tok_added_set {
 
 enum { TOK_MODEL_BPE = 0, TOK_MODEL_SPM_SCORES = 1 };
 
+/* Largest token id accepted from a file (real vocabularies stay under 300K; the cap keeps a
+ * hostile id from turning into a multi-gigabyte allocation). */
+#define TOK_MAX_ID (1 << 22)
+
 /* Per-id flags of added tokens. The reference (tokenizers 0.23) decodes a normalized added token
  * as its normalized content (e.g. "▁<s>" under a Prepend normalizer) and then no longer knows
  * it as special, so skip_special_tokens keeps it: TOK_FLAG_SKIP and TOK_FLAG_NORM_TEXT model

@@ -16,7 +16,7 @@
 #define TOK_MAX_FILE_BYTES ((size_t)1 << 30)
 
 int tok_vocab_alloc(qv_tokenizer *tok, int32_t n_vocab) {
-  if (n_vocab < 0 || n_vocab > (1 << 28)) return QV_ELIMIT;
+  if (n_vocab < 0 || n_vocab > TOK_MAX_ID) return QV_ELIMIT;
   if (n_vocab <= tok->n_vocab) return 0;
   uint32_t *off = realloc(tok->tok_off, (size_t)n_vocab * sizeof *off);
   if (!off) return QV_ENOMEM;
@@ -37,10 +37,11 @@ int tok_vocab_alloc(qv_tokenizer *tok, int32_t n_vocab) {
 }
 
 int tok_vocab_set(qv_tokenizer *tok, int32_t id, const char *s, size_t len) {
-  if (id < 0) return QV_ERANGE;
+  if (id < 0 || id >= TOK_MAX_ID) return QV_ERANGE;
   if (id >= tok->n_vocab) {
     int32_t n = tok->n_vocab ? tok->n_vocab : 256;
-    while (n <= id) n = n > (1 << 27) ? id + 1 : n * 2;
+    while (n <= id) n *= 2;
+    if (n > TOK_MAX_ID) n = TOK_MAX_ID;
     int rc = tok_vocab_alloc(tok, n);
     if (rc) return rc;
   }
