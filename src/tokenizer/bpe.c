@@ -4,6 +4,7 @@
  * reference's Word::merge_all does. Two rank sources: the merges table of tokenizer.json
  * (TOK_MODEL_BPE) or, for SentencePiece GGUF vocabularies, the score of the merged token
  * (TOK_MODEL_SPM_SCORES). Scratch arrays live in a caller-held struct so a word costs no malloc. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,6 +18,8 @@ typedef struct sym {
 } sym;
 
 typedef struct heap_item { int32_t rank, pos, new_id; } heap_item;
+
+enum { SCAN_MAX_SYMS = 24 };
 
 struct tok_bpe_scratch {
   sym *syms; size_t syms_cap;
@@ -193,8 +196,35 @@ int tok_bpe_word(const qv_tokenizer *tok, tok_bpe_scratch **scratch, const char 
     s->syms[i].prev = (int32_t)i - 1;
     s->syms[i].next = i + 1 < n_sym ? (int32_t)i + 1 : -1;
   }
-  s->heap_n = 0;
   int rc = 0;
+  if (n_sym <= SCAN_MAX_SYMS) {
+    /* Short words: a linear scan for the best (rank, position) pair beats heap upkeep, and picks
+     * exactly the pair the heap would. pr[i] / pm[i]: rank and merged id of (i, next(i)). */
+    int32_t pr[SCAN_MAX_SYMS], pm[SCAN_MAX_SYMS];
+    for (size_t i = 0; i < n_sym; i++) {
+      pr[i] = INT32_MAX;
+      if (i + 1 < n_sym && !pair_rank(tok, w, &s->syms[i], &s->syms[i + 1], &pr[i], &pm[i])) pr[i] = INT32_MAX;
+    }
+    for (;;) {
+      int32_t best = -1, best_rank = INT32_MAX;
+      for (int32_t i = 0; i >= 0; i = s->syms[i].next)
+        if (pr[i] < best_rank) { best_rank = pr[i]; best = i; }
+      if (best < 0) break;
+      sym *a = &s->syms[best], *b = &s->syms[a->next];
+      a->id = pm[best];
+      a->len += b->len;
+      a->fixed = 0;
+      a->next = b->next;
+      if (b->next >= 0) s->syms[b->next].prev = best;
+      b->id = -1;
+      b->len = 0;
+      if (a->next < 0 || !pair_rank(tok, w, a, &s->syms[a->next], &pr[best], &pm[best])) pr[best] = INT32_MAX;
+      if (a->prev >= 0 && !pair_rank(tok, w, &s->syms[a->prev], a, &pr[a->prev], &pm[a->prev])) pr[a->prev] = INT32_MAX;
+    }
+    for (int32_t i = 0; rc == 0 && i >= 0; i = s->syms[i].next) rc = tok_ids_push(out, s->syms[i].id);
+    return rc;
+  }
+  s->heap_n = 0;
   for (size_t i = 0; i + 1 < n_sym && rc == 0; i++) rc = push_pair(tok, s, w, (int32_t)i);
   while (rc == 0 && s->heap_n > 0) {
     heap_item top = heap_pop(s);
