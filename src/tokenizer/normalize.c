@@ -98,7 +98,10 @@ static int strip(const tok_norm_step *st, const char *s, size_t n, tok_buf *out)
 }
 
 static int unicode_form(const char *s, size_t n, int options, tok_buf *out) {
-  if (n == 0) return tok_buf_append(out, "", 0);
+  /* ASCII is invariant under all four forms: skip utf8proc's decompose/recompose passes. */
+  size_t i = 0;
+  while (i < n && (unsigned char)s[i] < 0x80) i++;
+  if (i == n) return tok_buf_append(out, s, n);
   utf8proc_uint8_t *dst = NULL;
   utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &dst,
                                     (utf8proc_option_t)options);
