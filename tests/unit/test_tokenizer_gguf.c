@@ -280,3 +280,54 @@ Test(tokenizer_gguf, tensor_infos) {
     }
   }
 }
+
+/* The Llama 2 GGUF (SentencePiece merges ranked by score) and the Llama 2 tokenizer.json (merge
+ * list) are two encodings of one vocabulary; on every corpus line they must agree. The JSON
+ * export turned U+00A0 (token 30081) into a plain space, so lines with U+00A0 are left out. */
+#include <cjson/cJSON.h>
+
+Test(tokenizer_gguf, llama_gguf_equals_llama2_json_on_corpus) {
+  char gguf[4096], json[4096];
+  char *g = shared_path("data/tokenizers/ggml-vocab-llama-spm.gguf");
+  char *j = shared_path("data/tokenizers/llama2.tokenizer.json");
+  snprintf(gguf, sizeof gguf, "%s", g);
+  snprintf(json, sizeof json, "%s", j);
+  free(g);
+  free(j);
+  if (access(gguf, R_OK) || access(json, R_OK)) cr_skip_test("shared tokenizer data not found");
+  const char *src = getenv("QV_SOURCE_DIR");
+  char corpus_path[4096];
+  snprintf(corpus_path, sizeof corpus_path, "%s/tests/fixtures/tokenizers/corpus.jsonl", src ? src : ".");
+  size_t len;
+  char *corpus = slurp(corpus_path, &len);
+  cr_assert(corpus);
+  qv_tokenizer *a, *b;
+  qv_error err = {0};
+  cr_assert_eq(qv_tokenizer_load(gguf, &a, &err), 0, "%s", err.msg);
+  cr_assert_eq(qv_tokenizer_load(json, &b, &err), 0, "%s", err.msg);
+  int compared = 0;
+  for (char *p = corpus; *p;) {
+    char *nl = strchr(p, '\n');
+    if (nl) *nl = '\0';
+    cJSON *line = cJSON_Parse(p);
+    cr_assert(cJSON_IsString(line));
+    const char *s = line->valuestring;
+    if (!strstr(s, "\xc2\xa0")) {
+      int32_t *ia, *ib;
+      size_t na, nb;
+      cr_assert_eq(qv_tokenizer_encode(a, s, strlen(s), QV_TOK_ADD_SPECIAL, &ia, &na, &err), 0);
+      cr_assert_eq(qv_tokenizer_encode(b, s, strlen(s), QV_TOK_ADD_SPECIAL, &ib, &nb, &err), 0);
+      cr_assert(na == nb && memcmp(ia, ib, na * sizeof *ia) == 0, "GGUF and JSON differ on \"%.60s\"", s);
+      free(ia);
+      free(ib);
+      compared++;
+    }
+    cJSON_Delete(line);
+    if (!nl) break;
+    p = nl + 1;
+  }
+  cr_assert_gt(compared, 1000);
+  free(corpus);
+  qv_tokenizer_destroy(a);
+  qv_tokenizer_destroy(b);
+}
