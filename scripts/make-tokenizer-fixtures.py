@@ -17,6 +17,8 @@
                     of the reference decode of those ids.
   <name>.decoded.jsonl  [line, byte length, FNV-1a 64 hex] of the reference decode for corpus
                     lines whose decode(encode(x)) != x (everything else must round-trip exactly).
+  llama3-style.gguf the llama3-style tokenizer written as a GGUF vocabulary (model gpt2, pre
+                    llama-bpe), which must give the llama3-style expected ids.
   manifest.json     the tokenizers and where their files are (fixture folder or ../shared).
 
 Usage: QV_PYTHON=/path/to/python scripts/make-tokenizer-fixtures   (the bash wrapper; needs pip: tokenizers)
@@ -289,6 +291,42 @@ def fnv64(b):
     return f"{h:016x}"
 
 
+def write_gguf(path, tok_json_path, pre):
+    """A vocab-only GGUF v3 holding the tokenizer.json's BPE vocabulary, merges and specials."""
+    import struct
+    with open(tok_json_path, encoding="utf-8") as f:
+        j = json.load(f)
+    vocab = dict(j["model"]["vocab"])
+    special_ids = set()
+    for t in j["added_tokens"]:
+        vocab[t["content"]] = t["id"]
+        if t["special"]:
+            special_ids.add(t["id"])
+    n = max(vocab.values()) + 1
+    tokens = [""] * n
+    for k, v in vocab.items():
+        tokens[v] = k
+    merges = [m if isinstance(m, str) else " ".join(m) for m in j["model"]["merges"]]
+    bos = j["post_processor"]["processors"][1]["special_tokens"]["<|begin_of_text|>"]["ids"][0]
+
+    def s(x):
+        b = x.encode("utf-8")
+        return struct.pack("<Q", len(b)) + b
+
+    kvs = [("tokenizer.ggml.model", 8, s("gpt2")), ("tokenizer.ggml.pre", 8, s(pre)),
+           ("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, n) + b"".join(s(t) for t in tokens)),
+           ("tokenizer.ggml.token_type", 9, struct.pack("<IQ", 5, n) + b"".join(
+               struct.pack("<i", 3 if i in special_ids else 1) for i in range(n))),
+           ("tokenizer.ggml.merges", 9, struct.pack("<IQ", 8, len(merges)) + b"".join(s(m) for m in merges)),
+           ("tokenizer.ggml.bos_token_id", 4, struct.pack("<I", bos)),
+           ("tokenizer.ggml.add_bos_token", 7, struct.pack("<B", 1))]
+    out = b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs))
+    for key, typ, val in kvs:
+        out += s(key) + struct.pack("<I", typ) + val
+    with open(path, "wb") as f:
+        f.write(out)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     corpus = make_corpus()
@@ -331,6 +369,8 @@ def main():
         toks[name] = Tokenizer.from_str(json.dumps(j))
         path = "shared:" + (os.path.dirname(rel) if name == "stories260K" else rel)
         manifest.append({"name": name, "path": path})
+    write_gguf(os.path.join(OUT, "llama3-style.gguf"), os.path.join(OUT, "llama3-style", "tokenizer.json"), "llama-bpe")
+    manifest.append({"name": "llama3-style-gguf", "path": "fixtures:llama3-style.gguf", "expect": "llama3-style"})
     for name, tok in toks.items():
         tok.encode_special_tokens = True
         encs = tok.encode_batch(corpus, add_special_tokens=False)
