@@ -178,13 +178,16 @@ static int load(qv_tokenizer *tok, const gguf_ctx *g, qv_error *err) {
       if ((rc = tok_add_token(tok, &a))) return qv_error_set(err, rc, "out of memory");
     }
   }
-  int32_t unk, bos, eos;
+  int32_t unk, bos, eos, eot, pad;
   if (token_id_key(g, "tokenizer.ggml.unknown_token_id", n_vocab, &unk) ||
       token_id_key(g, "tokenizer.ggml.bos_token_id", n_vocab, &bos) ||
-      token_id_key(g, "tokenizer.ggml.eos_token_id", n_vocab, &eos))
+      token_id_key(g, "tokenizer.ggml.eos_token_id", n_vocab, &eos) ||
+      token_id_key(g, "tokenizer.ggml.eot_token_id", n_vocab, &eot) ||
+      token_id_key(g, "tokenizer.ggml.padding_token_id", n_vocab, &pad))
     return qv_error_set(err, QV_EFORMAT, "tokenizer.ggml.*_token_id: not an id inside the vocabulary");
   tok->bos_id = bos;
-  tok->eos_id = eos;
+  /* End of generation: eos, else the end-of-turn token some chat models define instead. */
+  tok->eos_id = eos >= 0 ? eos : eot;
   int add_bos = is_llama, add_eos = 0, add_space = 1;
   gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &add_bos);
   gguf_get_bool(g, "tokenizer.ggml.add_eos_token", &add_eos);
