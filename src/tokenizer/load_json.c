@@ -531,19 +531,26 @@ static int normalize_added(jctx *c) {
   return rc ? qv_error_set(c->err, rc, "normalizing added tokens failed") : 0;
 }
 
-/* bos_token / eos_token in tokenizer_config.json: a string or {"content": ...}. */
-static int32_t config_token(const qv_tokenizer *tok, const cJSON *cfg, const char *key) {
+/* bos_token / eos_token in tokenizer_config.json: a string or {"content": ...}. *id is -1 when
+ * the key is absent or null; naming a token the vocabulary lacks is an error. */
+static int config_token(jctx *c, const cJSON *cfg, const char *key, int32_t *id) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
   if (cJSON_IsObject(v)) v = cJSON_GetObjectItemCaseSensitive(v, "content");
-  if (!cJSON_IsString(v) || !v->valuestring) return -1;
-  return qv_tokenizer_token_id(tok, v->valuestring);
+  *id = -1;
+  if (!v || cJSON_IsNull(v)) return 0;
+  if (!cJSON_IsString(v) || !v->valuestring) return qv_error_set(c->err, QV_EFORMAT, "tokenizer_config.%s: not a string", key);
+  *id = qv_tokenizer_token_id(c->tok, v->valuestring);
+  if (*id < 0)
+    return qv_error_set(c->err, QV_EFORMAT, "tokenizer_config.%s \"%.60s\" is not in the vocabulary", key, v->valuestring);
+  return 0;
 }
 
 static int apply_config(jctx *c, const cJSON *cfg) {
   qv_tokenizer *tok = c->tok;
   if (cfg) {
-    tok->bos_id = config_token(tok, cfg, "bos_token");
-    tok->eos_id = config_token(tok, cfg, "eos_token");
+    int rc = config_token(c, cfg, "bos_token", &tok->bos_id);
+    if (rc == 0) rc = config_token(c, cfg, "eos_token", &tok->eos_id);
+    if (rc) return rc;
   }
   if (tok->bos_id < 0 && tok->n_post_pre == 1) tok->bos_id = tok->post_pre[0];
   if (tok->eos_id < 0) {
@@ -555,20 +562,26 @@ static int apply_config(jctx *c, const cJSON *cfg) {
   }
   const cJSON *ab = cJSON_GetObjectItemCaseSensitive(cfg, "add_bos_token");
   const cJSON *ae = cJSON_GetObjectItemCaseSensitive(cfg, "add_eos_token");
-  if (cJSON_IsBool(ab) || cJSON_IsBool(ae)) {
-    /* As transformers' Llama-family fast tokenizers do: these flags rebuild the template. */
-    int add_bos = cJSON_IsBool(ab) ? cJSON_IsTrue(ab) : 1, add_eos = cJSON_IsBool(ae) ? cJSON_IsTrue(ae) : 0;
-    if ((add_bos && tok->bos_id < 0) || (add_eos && tok->eos_id < 0))
-      return qv_error_set(c->err, QV_EFORMAT, "tokenizer_config: add_bos/eos_token set but the token is unknown");
+  /* As transformers' Llama-family fast tokenizers do, each flag that is present rebuilds its
+   * side of the template (BOS in front, EOS at the end); an absent flag keeps that side. */
+  if (cJSON_IsBool(ab)) {
+    int add = cJSON_IsTrue(ab);
+    if (add && tok->bos_id < 0) return qv_error_set(c->err, QV_EFORMAT, "tokenizer_config: add_bos_token is true but there is no bos_token");
     free(tok->post_pre);
-    free(tok->post_post);
-    tok->post_pre = tok->post_post = NULL;
-    tok->n_post_pre = tok->n_post_post = 0;
-    if (add_bos) {
+    tok->post_pre = NULL;
+    tok->n_post_pre = 0;
+    if (add) {
       GROW(tok->post_pre, 0);
       tok->post_pre[tok->n_post_pre++] = tok->bos_id;
     }
-    if (add_eos) {
+  }
+  if (cJSON_IsBool(ae)) {
+    int add = cJSON_IsTrue(ae);
+    if (add && tok->eos_id < 0) return qv_error_set(c->err, QV_EFORMAT, "tokenizer_config: add_eos_token is true but there is no eos_token");
+    free(tok->post_post);
+    tok->post_post = NULL;
+    tok->n_post_post = 0;
+    if (add) {
       GROW(tok->post_post, 0);
       tok->post_post[tok->n_post_post++] = tok->eos_id;
     }

@@ -474,3 +474,54 @@ Test(tokenizer, llama2_json_accessors) {
   free(ids);
   qv_tokenizer_destroy(tok);
 }
+
+/* tokenizer_config.json: add_bos_token / add_eos_token rebuild their side of the template; an
+ * absent flag keeps the tokenizer.json's behaviour; a broken config is a load error. */
+static int load_dir_with_config(const char *tok_json, const char *config, qv_tokenizer **tok, qv_error *err) {
+  char dir[] = "/tmp/qv-tokdir-XXXXXX";
+  cr_assert(mkdtemp(dir));
+  char p1[256], p2[256];
+  snprintf(p1, sizeof p1, "%s/tokenizer.json", dir);
+  snprintf(p2, sizeof p2, "%s/tokenizer_config.json", dir);
+  FILE *f = fopen(p1, "wb");
+  fputs(tok_json, f);
+  fclose(f);
+  f = fopen(p2, "wb");
+  fputs(config, f);
+  fclose(f);
+  int rc = qv_tokenizer_load(dir, tok, err);
+  remove(p1);
+  remove(p2);
+  rmdir(dir);
+  return rc;
+}
+
+Test(tokenizer, config_bos_eos_flags) {
+  char path[4096];
+  if (!shared_path(path, sizeof path, "models/stories260K/tokenizer.json")) cr_skip_test("stories260K not found");
+  char *json = slurp(path, NULL);
+  struct { const char *config; int32_t first, last; size_t extra; } cases[] = {
+      {"{\"bos_token\": \"<s>\", \"eos_token\": \"</s>\", \"add_bos_token\": false, \"add_eos_token\": true}", 403, 2, 1},
+      {"{\"eos_token\": {\"content\": \"</s>\"}, \"add_eos_token\": true}", 1, 2, 2},
+      {"{\"add_eos_token\": false}", 1, 407, 1},
+      {"{\"add_bos_token\": false}", 403, 407, 0},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    qv_tokenizer *tok;
+    qv_error err = {0};
+    cr_assert_eq(load_dir_with_config(json, cases[i].config, &tok, &err), 0, "case %zu: %s", i, err.msg);
+    int32_t *ids;
+    size_t n;
+    cr_assert_eq(qv_tokenizer_encode(tok, "Once upon", 9, QV_TOK_ADD_SPECIAL, &ids, &n, &err), 0);
+    cr_assert_eq(n, 2 + cases[i].extra, "case %zu: %zu ids", i, n);
+    cr_assert(ids[0] == cases[i].first && ids[n - 1] == cases[i].last, "case %zu: %d .. %d", i, ids[0], ids[n - 1]);
+    free(ids);
+    qv_tokenizer_destroy(tok);
+  }
+  qv_tokenizer *tok;
+  qv_error err = {0};
+  cr_assert_neq(load_dir_with_config(json, "{\"add_bos_token\": tru", &tok, &err), 0);
+  cr_assert(strstr(err.msg, "tokenizer_config.json"), "%s", err.msg);
+  cr_assert_neq(load_dir_with_config(json, "{\"bos_token\": \"<nope>\", \"add_bos_token\": true}", &tok, &err), 0);
+  free(json);
+}
