@@ -104,7 +104,8 @@ int tok_finish(qv_tokenizer *tok, qv_error *err) {
   }
   /* Can words be cut before "▁"? Only if "▁" is a token and none has it after another char. */
   static const char meta[] = "\xe2\x96\x81";
-  tok->spm_split = tok_strmap_get(&tok->vocab, meta, 3) >= 0;
+  /* (A word prefix or suffix marks word ends, which cutting would move: no cuts then.) */
+  tok->spm_split = tok_strmap_get(&tok->vocab, meta, 3) >= 0 && !tok->cont_prefix && !tok->eow_suffix;
   for (uint32_t e = 0; tok->spm_split && e < tok->vocab.n; e++) {
     const char *k = tok_strmap_key(&tok->vocab, e);
     uint32_t kl = tok->vocab.key_len[e];
