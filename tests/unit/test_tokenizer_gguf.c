@@ -192,7 +192,8 @@ Test(tokenizer_gguf, unknown_pre_is_an_error) {
  * mixed text; each writes a tiny gpt2 GGUF whose vocabulary is the 256 byte-level characters. */
 Test(tokenizer_gguf, pre_tokenizer_families) {
   static const char *const names[] = {"default", "llama-bpe", "qwen2", "deepseek-llm", "deepseek-coder", "falcon",
-                                      "mpt", "starcoder", "refact", "gpt-2", "phi-2", "command-r", "smollm", "gpt-4o"};
+                                      "mpt", "starcoder", "refact", "gpt-2", "phi-2", "command-r", "smollm", "gpt-4o",
+                                      "chatglm4", "deepseek-v3", "tekken", "bloom", "viking"};
   static const char *const text = "Hello, World! It's 12345 \xe4\xbd\xa0\xe5\xa5\xbd \xd9\x85\xd8\xb1\xd8\xad\xd8\xa8\xd8\xa7  \n\n x";
   size_t cap = 1 << 16;
   unsigned char *buf = malloc(cap);
