@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "engine/engine_internal.h"
 
@@ -188,7 +189,15 @@ int main(int argc, char **argv) {
     char date[32];
     strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
     fprintf(f, "{\n  \"benchmark\": \"engine overhead per step (no-math model)\",\n");
-    fprintf(f, "  \"machine\": {\"cpu\": \"%s\", \"threads_used\": 1},\n  \"commit\": \"%s\",\n  \"date\": \"%s\",\n", cpu, commit, date);
+    double load[3] = {0, 0, 0};
+    FILE *la = fopen("/proc/loadavg", "r");
+    if (la) {
+      if (fscanf(la, "%lf %lf %lf", &load[0], &load[1], &load[2]) != 3) load[0] = load[1] = load[2] = 0;
+      fclose(la);
+    }
+    fprintf(f, "  \"machine\": {\"cpu\": \"%s\", \"threads_used\": 1, \"online_cpus\": %ld, \"loadavg_1m\": %.2f},\n",
+            cpu, sysconf(_SC_NPROCESSORS_ONLN), load[0]);
+    fprintf(f, "  \"commit\": \"%s\",\n  \"date\": \"%s\",\n", commit, date);
     fprintf(f, "  \"settings\": {\"running_seqs\": %d, \"steps\": %d, \"prompt_len\": 32, \"block_size\": 16, "
                "\"temperature\": %g, \"prefix_caching\": true, \"detokenize\": false},\n", n_seqs, steps, temperature);
     fprintf(f, "  \"target_us_per_step\": 50,\n  \"results\": [\n");

@@ -300,3 +300,40 @@ Test(engine_model, text_stream_and_stop_strings) {
   free(out);
   real_close(&r);
 }
+
+/* Seeded sampling on the real model: the same seed gives the same tokens alone and inside a
+ * batch of other sampled requests. */
+Test(engine_model, seeded_sampling_batch_independent) {
+  qv_engine_opts o = opts();
+  real r;
+  real_open(&r, &o);
+  int32_t ref[300];
+  read_ref(ref);
+  enum { N = 9 };
+  run_out *out = calloc(N + 1, sizeof *out);
+  qv_request_params p;
+  qv_request_params_default(&p);
+  p.max_tokens = 30;
+  p.sampling.temperature = 1.0f;
+  p.sampling.top_p = 0.9f;
+  p.sampling.has_seed = 1;
+  p.sampling.seed = 4242;
+  p.prompt_ids = ref;
+  p.n_prompt = 10;
+  cr_assert_eq(qv_engine_submit(r.e, &p, &out[N].id, NULL), 0);
+  wait_all(&r, out + N, 1);
+  for (int i = 0; i < N; i++) {
+    qv_request_params q = p;
+    if (i != 4) {
+      q.prompt_ids = ref + i;
+      q.n_prompt = 3 + i * 5;
+      q.sampling.seed = (uint64_t)i;
+    }
+    cr_assert_eq(qv_engine_submit(r.e, &q, &out[i].id, NULL), 0);
+  }
+  wait_all(&r, out, N);
+  cr_assert_eq(out[4].n_tokens, out[N].n_tokens);
+  cr_assert_arr_eq(out[4].tokens, out[N].tokens, sizeof(int32_t) * (size_t)out[N].n_tokens);
+  free(out);
+  real_close(&r);
+}
