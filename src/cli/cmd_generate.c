@@ -233,7 +233,7 @@ static int encode_text(const qv_tokenizer *tok, const char *text, size_t len, ge
   int32_t *ids;
   size_t n;
   if (qv_tokenizer_encode(tok, text, len, QV_TOK_ADD_SPECIAL, &ids, &n, &err)) {
-    snprintf(msg, cap, "encoding the prompt: %s", err.msg);
+    snprintf(msg, cap, "encoding the prompt: %.400s", err.msg);
     return -1;
   }
   if (n == 0 || n > GEN_MAX_PROMPT_IDS) {

@@ -150,6 +150,12 @@ static void select_top(cand_val *a, int32_t n, int32_t m) {
   }
 }
 
+/* Bin of a candidate d >= 0 nats below the best: monotone in d, the last bin open-ended. */
+static inline int bin_of(float d, float scale, int nbin) {
+  float b = d * scale;
+  return b < (float)(nbin - 1) ? (int)b : nbin - 1;
+}
+
 /* Builds the filtered distribution (step 4, sampled path): s->cand[0..*n) with s->p. The order
  * of the candidates (which the draw walks) depends only on the logits and parameters. */
 static int filter(sampler *s, const float *x, const qv_sampling_params *p, int32_t *n_out) {
@@ -169,52 +175,45 @@ static int filter(sampler *s, const float *x, const qv_sampling_params *p, int32
     }
     int32_t keep = n;
     if (use_p) {
-      /* The smallest head (in `ahead` order) holding top_p of the mass, found by a quickselect
-       * on mass rather than a sort: O(n) expected even for flat distributions. The head comes
-       * out in a deterministic order that depends only on the logits. */
-      double mx = -INFINITY, z = 0.0;
-      for (int32_t i = 0; i < n; i++) mx = fmax(mx, (double)cv[i].v * inv_t);
-      for (int32_t i = 0; i < n; i++) z += cv[i].w = exp((double)cv[i].v * inv_t - mx);
+      /* The smallest head (in `ahead` order) holding top_p of the mass, without sorting the
+       * vocabulary: candidates are binned by their distance below the best logit (a monotone
+       * map, so every candidate of a nearer bin is ahead of every one of a farther bin), the
+       * bin where the cumulative mass crosses top_p is found, and only that bin is sorted.
+       * Two linear passes; the head's order depends only on the logits. */
+      enum { NBIN = 128 };
+      const float bin_scale = (float)NBIN / 32.0f; /* 32 nats: beyond, weights are < 1.3e-14 */
+      float fmx = -INFINITY;
+      for (int32_t i = 0; i < n; i++) fmx = fmaxf(fmx, cv[i].v * inv_t);
+      double mass[NBIN] = {0}, z = 0.0;
+      for (int32_t i = 0; i < n; i++) {
+        float d = fmx - cv[i].v * inv_t;
+        /* expf: single precision is ample for sampling weights and several times faster */
+        z += cv[i].w = (double)expf(-d);
+        mass[bin_of(d, bin_scale, NBIN)] += cv[i].w;
+      }
       double need = (double)p->top_p * z, acc = 0.0;
-      int32_t lo = 0, hi = n;
-      keep = n;
-      for (;;) {
-        if (hi - lo <= 32) {
-          qsort(cv + lo, (size_t)(hi - lo), sizeof *cv, cmp_desc);
-          keep = hi;
-          for (int32_t i = lo; i < hi; i++) {
-            acc += cv[i].w;
-            if (acc >= need) {
-              keep = i + 1;
-              break;
-            }
-          }
-          break;
+      int cross = 0;
+      while (cross < NBIN - 1 && acc + mass[cross] < need) acc += mass[cross++];
+      /* Partition: the bins before `cross` first, then the crossing bin, then the rest. */
+      int32_t seg0 = 0, head;
+      for (int32_t i = 0; i < n; i++)
+        if (bin_of(fmx - cv[i].v * inv_t, bin_scale, NBIN) < cross) {
+          cand_val t = cv[i]; cv[i] = cv[seg0]; cv[seg0] = t;
+          seg0++;
         }
-        int32_t mid = lo + (hi - lo) / 2, last = hi - 1;
-        if (ahead(cv[mid], cv[lo])) { cand_val t = cv[mid]; cv[mid] = cv[lo]; cv[lo] = t; }
-        if (ahead(cv[last], cv[lo])) { cand_val t = cv[last]; cv[last] = cv[lo]; cv[lo] = t; }
-        if (ahead(cv[mid], cv[last])) { cand_val t = cv[mid]; cv[mid] = cv[last]; cv[last] = t; }
-        cand_val piv = cv[last];
-        int32_t st = lo;
-        double mass = 0.0;
-        for (int32_t i = lo; i < last; i++)
-          if (ahead(cv[i], piv)) {
-            mass += cv[i].w;
-            cand_val t = cv[i]; cv[i] = cv[st]; cv[st] = t;
-            st++;
-          }
-        cand_val t = cv[st]; cv[st] = cv[last]; cv[last] = t;
-        mass += cv[st].w;
-        if (acc + mass >= need) {
-          hi = st + 1; /* the answer ends within [lo, st] */
-        } else {
-          acc += mass;
-          lo = st + 1;
-          if (lo >= hi) { /* rounding left the sum a hair short: keep the whole range */
-            keep = hi;
-            break;
-          }
+      head = seg0;
+      for (int32_t i = seg0; i < n; i++)
+        if (bin_of(fmx - cv[i].v * inv_t, bin_scale, NBIN) == cross) {
+          cand_val t = cv[i]; cv[i] = cv[head]; cv[head] = t;
+          head++;
+        }
+      qsort(cv + seg0, (size_t)(head - seg0), sizeof *cv, cmp_desc);
+      keep = head;
+      for (int32_t i = seg0; i < head; i++) {
+        acc += cv[i].w;
+        if (acc >= need) {
+          keep = i + 1;
+          break;
         }
       }
     } else {
@@ -229,7 +228,7 @@ static int filter(sampler *s, const float *x, const qv_sampling_params *p, int32
   } else {
     double mx = -INFINITY;
     for (int32_t i = 0; i < n; i++) mx = fmax(mx, (double)x[s->cand[i]] * inv_t);
-    for (int32_t i = 0; i < n; i++) sum += s->p[i] = exp((double)x[s->cand[i]] * inv_t - mx);
+    for (int32_t i = 0; i < n; i++) sum += s->p[i] = (double)expf(x[s->cand[i]] * inv_t - (float)mx);
   }
   for (int32_t i = 0; i < n; i++) s->p[i] /= sum;
   if (p->min_p > 0.0f) {
