@@ -181,6 +181,10 @@ int jinja_lex(jarena *a, const char *src, size_t n, jtok **toks, int *n_toks, qv
 int jinja_template_parse(const char *src, size_t n, jinja_template **out, qv_error *err);
 void jinja_template_destroy(jinja_template *t);
 
+/* Whether a filter / test of that name exists (checked at parse time, as jinja2 does). */
+bool jinja_filter_exists(const char *name);
+bool jinja_test_exists(const char *name);
+
 /* ---- rendering ------------------------------------------------------------------------------ */
 
 typedef struct jinja_limits {

@@ -620,6 +620,27 @@ static int escape_html(jctx *c, jv v, jv *out) {
 
 /* ---- filters -------------------------------------------------------------------------------- */
 
+static const char *const FILTERS[] = {
+    "tojson", "safe", "string", "length", "count", "default", "d", "items", "list", "first",
+    "last", "reverse", "join", "map", "select", "reject", "selectattr", "rejectattr", "sort",
+    "dictsort", "unique", "min", "max", "batch", "int", "float", "abs", "round", "sum", "attr",
+    "escape", "e", "forceescape", "trim", "upper", "lower", "capitalize", "title", "replace",
+    "indent", "wordcount", "center", NULL};
+static const char *const TESTS[] = {
+    "defined", "undefined", "none", "string", "number", "integer", "float", "boolean", "true",
+    "false", "mapping", "iterable", "sequence", "callable", "lower", "upper", "odd", "even",
+    "divisibleby", "equalto", "eq", "==", "sameas", "ne", "!=", "lt", "le", "gt", "ge",
+    "lessthan", "greaterthan", "in", NULL};
+
+static bool in_table(const char *const *tab, const char *name) {
+  for (int i = 0; tab[i]; i++)
+    if (!strcmp(tab[i], name)) return true;
+  return false;
+}
+
+bool jinja_filter_exists(const char *name) { return in_table(FILTERS, name); }
+bool jinja_test_exists(const char *name) { return in_table(TESTS, name); }
+
 #define IS(x) (!strcmp(name, x))
 
 int jb_filter(jctx *c, const char *name, jv in, const jargs *a, jv *out) {
@@ -983,11 +1004,8 @@ int jb_method(jctx *c, jv self, const char *name, const jargs *a, jv *out) {
     }
   }
   if (self.t == JV_LIST) {
-    if (IS("append")) {
-      if (jlist_push(c->a, self.u.l, x)) return jctx_oom(c);
-      *out = jv_none();
-      return 0;
-    }
+    if (IS("append")) /* transformers renders in jinja2's immutable sandbox */
+      return jctx_fail(c, "access to attribute 'append' of 'list' object is unsafe.");
     if (IS("index") || IS("count")) {
       int64_t cnt = 0, idx = -1;
       for (size_t i = 0; i < self.u.l->n; i++)

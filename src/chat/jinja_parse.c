@@ -212,6 +212,8 @@ static int parse_filter_or_test(parser *p, jnode **node, bool is_test) {
     f->name = cur(p)->s;
     advance(p);
   }
+  if (is_test ? !jinja_test_exists(f->name) : !jinja_filter_exists(f->name))
+    return perr(p, at, is_test ? "no test named '%s'" : "no filter named '%s'", f->name);
   int rc = 0;
   if (is_op(p, "(")) {
     rc = parse_args(p, f);
