@@ -255,7 +255,7 @@ int qv_chat_template_render(const qv_chat_template *t, const cJSON *vars, char *
       .max_output_bytes = t->limits.max_output_bytes > 0 ? t->limits.max_output_bytes : (16u << 20),
   };
   /* values created while rendering: generous against the output cap, still bounded */
-  lim.max_arena_bytes = lim.max_output_bytes * 8 + (64u << 20);
+  lim.max_arena_bytes = lim.max_output_bytes * 4 + (32u << 20);
   return jinja_render(n->tpl, vars, &lim, out, out_len, err);
 }
 

@@ -36,13 +36,14 @@ void jarena_free(jarena *a);
 
 typedef enum jv_type {
   JV_UNDEF = 0, JV_NONE, JV_BOOL, JV_INT, JV_FLOAT, JV_STR, JV_LIST, JV_DICT, JV_NS,
-  JV_MACRO, JV_BUILTIN, JV_METHOD,
+  JV_MACRO, JV_BUILTIN, JV_METHOD, JV_LOOP,
 } jv_type;
 
 typedef struct jlist jlist;
 typedef struct jdict jdict;
 typedef struct jmacro jmacro;
 typedef struct jmethod jmethod;
+typedef struct jloop jloop;
 
 typedef struct jv {
   jv_type t;
@@ -56,6 +57,7 @@ typedef struct jv {
     jmacro *m;
     int builtin;     /* JV_BUILTIN: a global function id */
     jmethod *meth;   /* JV_METHOD: a method bound to its object */
+    jloop *loop;     /* JV_LOOP: the `loop` variable of a for loop */
     const char *undef_name; /* JV_UNDEF: what was missing (for messages), may be NULL */
   } u;
 } jv;
@@ -64,6 +66,7 @@ struct jlist { jv *v; size_t n, cap; bool is_tuple; };
 typedef struct jdict_entry { jv key, val; } jdict_entry;
 struct jdict { jdict_entry *e; size_t n, cap; };
 struct jmethod { jv self; const char *name; };
+struct jloop { jlist *items; size_t i; }; /* fields are computed on access */
 
 jv jv_undef(const char *name);
 jv jv_none(void);

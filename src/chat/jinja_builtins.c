@@ -985,6 +985,11 @@ static int str_method(jctx *c, jv s, const char *name, const jargs *a, jv *out) 
 
 int jb_method(jctx *c, jv self, const char *name, const jargs *a, jv *out) {
   if (self.t == JV_STR) return str_method(c, self, name, a, out);
+  if (self.t == JV_LOOP && IS("cycle")) {
+    if (a->n_pos == 0) return jctx_fail(c, "no items for cycling given");
+    *out = a->pos[self.u.loop->i % (size_t)a->n_pos];
+    return 0;
+  }
   jv x = jv_none(), y = jv_none();
   jargs_get(a, 0, NULL, &x);
   jargs_get(a, 1, NULL, &y);

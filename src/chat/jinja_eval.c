@@ -22,6 +22,7 @@ struct jmacro {
 
 static int eval(jctx *c, jscope *s, const jnode *n, jv *out);
 static int exec_body(jctx *c, jscope *s, const jnode *body);
+static int loop_attr(jctx *c, jv lv, const char *name, jv *out);
 
 /* ---- context helpers ------------------------------------------------------------------------ */
 
@@ -139,6 +140,8 @@ int jrt_getattr(jctx *c, jv obj, const char *name, size_t n, jv *out) {
         }
       }
       break;
+    case JV_LOOP:
+      return loop_attr(c, obj, name, out);
     case JV_NS: {
       jv *v = jdict_get_str(obj.u.d, name, n);
       if (v) {
@@ -766,22 +769,32 @@ static int render_body_to_str(jctx *c, jscope *s, const jnode *body, jv *out) {
 }
 
 static int loop_var(jctx *c, jlist *items, size_t i, jv *out) {
-  jdict *d = jdict_new(c->a, 11);
-  if (!d) return jctx_oom(c);
-  size_t n = items->n;
-  struct { const char *k; jv v; } f[] = {
-      {"index", jv_int((int64_t)i + 1)},        {"index0", jv_int((int64_t)i)},
-      {"revindex", jv_int((int64_t)(n - i))},   {"revindex0", jv_int((int64_t)(n - i - 1))},
-      {"first", jv_bool(i == 0)},               {"last", jv_bool(i + 1 == n)},
-      {"length", jv_int((int64_t)n)},           {"depth", jv_int(1)},
-      {"depth0", jv_int(0)},
-      {"previtem", i > 0 ? items->v[i - 1] : jv_undef("there is no previous item")},
-      {"nextitem", i + 1 < n ? items->v[i + 1] : jv_undef("there is no next item")},
-  };
-  for (size_t k = 0; k < sizeof f / sizeof f[0]; k++)
-    if (jdict_set(c->a, d, jv_cstr(f[k].k), f[k].v)) return jctx_oom(c);
-  out->t = JV_DICT;
-  out->u.d = d;
+  jloop *l = jarena_alloc(c->a, sizeof(*l));
+  if (!l) return jctx_oom(c);
+  l->items = items;
+  l->i = i;
+  out->t = JV_LOOP;
+  out->u.loop = l;
+  return 0;
+}
+
+/* Attributes of the `loop` variable, computed from the iterated items and the position. */
+static int loop_attr(jctx *c, jv lv, const char *name, jv *out) {
+  const jloop *l = lv.u.loop;
+  size_t n = l->items->n, i = l->i;
+  if (!strcmp(name, "index")) *out = jv_int((int64_t)i + 1);
+  else if (!strcmp(name, "index0")) *out = jv_int((int64_t)i);
+  else if (!strcmp(name, "revindex")) *out = jv_int((int64_t)(n - i));
+  else if (!strcmp(name, "revindex0")) *out = jv_int((int64_t)(n - i - 1));
+  else if (!strcmp(name, "first")) *out = jv_bool(i == 0);
+  else if (!strcmp(name, "last")) *out = jv_bool(i + 1 == n);
+  else if (!strcmp(name, "length")) *out = jv_int((int64_t)n);
+  else if (!strcmp(name, "depth")) *out = jv_int(1);
+  else if (!strcmp(name, "depth0")) *out = jv_int(0);
+  else if (!strcmp(name, "previtem")) *out = i > 0 ? l->items->v[i - 1] : jv_undef("there is no previous item");
+  else if (!strcmp(name, "nextitem")) *out = i + 1 < n ? l->items->v[i + 1] : jv_undef("there is no next item");
+  else if (!strcmp(name, "cycle")) return make_method(c, lv, "cycle", out);
+  else return undef_msg(c, out, "'%s object' has no attribute '%s'", "LoopContext", name);
   return 0;
 }
 
@@ -830,6 +843,8 @@ static int exec_stmt(jctx *c, jscope *s, const jnode *n) {
   int rc = 0;
   jv v;
   c->line = n->line;
+  /* total work bound: statements executed, so nested loops and branching recursion stop too */
+  if (++c->steps > c->lim.max_loop_iters * 10) return jctx_limit(c, "template step limit exceeded");
   switch (n->kind) {
     case JN_TEXT:
       return out_put(c, n->value.u.s.p, n->value.u.s.n);

@@ -142,7 +142,10 @@ static int lex_string(lexer *L) {
       rc = jbuf_putc(&b, c);
       L->pos++;
     } else {
-      if (L->pos + 1 >= L->n) continue; /* reported as unterminated next round */
+      if (L->pos + 1 >= L->n) {
+        jbuf_free(&b);
+        return lex_error(L, start, "unterminated string literal");
+      }
       char e = L->s[L->pos + 1];
       L->pos += 2;
       int nhex = 0;

@@ -952,7 +952,11 @@ static int parse_body(parser *p, const char *const *ends, jnode **out) {
     jtok *t = cur(p);
     jnode *n = NULL;
     if (t->kind == JT_EOF) {
-      if (ends) rc = perr(p, t, "unexpected end of template, expected '%s'", ends[0]);
+      if (ends) {
+        int last = 0;
+        while (ends[last + 1]) last++;
+        rc = perr(p, t, "unexpected end of template, expected '%s'", ends[last]);
+      }
       break;
     }
     if (t->kind == JT_TEXT) {

@@ -17,6 +17,7 @@ typedef struct jctx {
   jinja_limits lim;
   int depth;             /* macro-call / statement nesting */
   long iters;            /* loop iterations so far (all loops) */
+  long steps;            /* statements executed so far (bounded by 10 x max_loop_iters) */
   jbuf *out;             /* where output goes now (macros and block sets swap it) */
   int ctrl;              /* pending loop control: 0, CTRL_BREAK or CTRL_CONTINUE */
   int line;              /* line of the node being evaluated, for messages */

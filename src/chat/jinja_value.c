@@ -123,7 +123,7 @@ int jdict_set(jarena *a, jdict *d, jv key, jv val) {
     return 0;
   }
   if (d->n == d->cap) {
-    size_t cap = d->cap ? d->cap * 2 : 8;
+    size_t cap = d->cap ? d->cap * 2 : 4;
     jdict_entry *ne = jarena_alloc(a, cap * sizeof(*ne));
     if (!ne) return QV_ENOMEM;
     if (d->n) memcpy(ne, d->e, d->n * sizeof(*ne));
@@ -233,6 +233,7 @@ const char *jv_type_name(jv v) {
     case JV_DICT: return "dict";
     case JV_NS: return "Namespace";
     case JV_MACRO: return "Macro";
+    case JV_LOOP: return "LoopContext";
     default: return "function";
   }
 }
@@ -372,6 +373,7 @@ int jv_write_str(jbuf *b, jv v) {
     case JV_LIST: case JV_DICT: return write_seq(b, v, false);
     case JV_NS: return jbuf_puts(b, "<Namespace>");
     case JV_MACRO: return jbuf_puts(b, "<Macro>");
+    case JV_LOOP: return jbuf_puts(b, "<LoopContext>");
     default: return jbuf_puts(b, "<built-in function>");
   }
 }
