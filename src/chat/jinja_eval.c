@@ -210,10 +210,6 @@ static int slice_indices(jctx *c, const jnode *n, jscope *s, int64_t len, int64_
     int64_t *dst = k == 0 ? start : stop;
     if (parts[k].t == JV_NONE) {
       *dst = (k == 0) == (*step > 0) ? lo : hi;
-      if (k == 0 && *step < 0) *dst = hi;
-      if (k == 1 && *step < 0) *dst = lo;
-      if (k == 0 && *step > 0) *dst = lo;
-      if (k == 1 && *step > 0) *dst = hi;
       continue;
     }
     int64_t v = parts[k].t == JV_BOOL ? parts[k].u.b : parts[k].u.i;
@@ -248,7 +244,7 @@ static int eval_slice(jctx *c, jscope *s, const jnode *n, jv *out) {
       if (((unsigned char)obj.u.s.p[i] & 0xC0) != 0x80) offs[k++] = i;
     offs[k] = obj.u.s.n;
   }
-  int64_t start, stop, step;
+  int64_t start = 0, stop = 0, step = 1;
   rc = slice_indices(c, n, s, len, &start, &stop, &step);
   if (rc) return rc;
   if (obj.t == JV_STR && step == 1) {
