@@ -77,6 +77,17 @@ const char *qv_chat_template_eos(const qv_chat_template *t);
 int qv_chat_template_render(const qv_chat_template *t, const cJSON *vars, char **out,
                             size_t *out_len, qv_error *err);
 
+/* Builds the template variables for an OpenAI-style chat request (borrowed): messages (an
+ * array content of {"type":"text"} parts is joined with "\n"; assistant tool_calls whose
+ * "arguments" is a JSON string get it parsed into an object, as templates expect), tools,
+ * add_generation_prompt (the request's, default true), bos_token / eos_token (from t when known,
+ * else ""), then every key of the request's chat_template_kwargs object (which cannot replace
+ * messages or tools). *out is a new cJSON object owned by the caller (cJSON_Delete). QV_EINVAL
+ * with a message for a malformed request (messages missing or not an array, a message without a
+ * string role, a content part that is not text). */
+int qv_chat_request_vars(const qv_chat_template *t, const cJSON *request, cJSON **out,
+                         qv_error *err);
+
 /* ---------------------------------------------------------------------------------------------
  * Tool calls
  * ------------------------------------------------------------------------------------------- */
@@ -122,7 +133,8 @@ typedef struct qv_chat_tool_stream qv_chat_tool_stream;
 
 int qv_chat_tool_stream_create(qv_chat_tool_format fmt, qv_chat_tool_stream **out, qv_error *err);
 void qv_chat_tool_stream_destroy(qv_chat_tool_stream *s);
-/* out is reset (deinit'ed by the callee first) and filled; the caller deinits it afterwards. */
+/* out must be zero-initialised before the first call (or hold a previous result): it is
+ * deinit'ed by the callee first, then filled; the caller deinits it after the last call. */
 int qv_chat_tool_stream_feed(qv_chat_tool_stream *s, const char *delta, size_t len,
                              qv_chat_parsed *out, qv_error *err);
 /* End of generation: flushes held text and any unterminated call (as content, or as a call

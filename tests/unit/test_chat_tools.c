@@ -321,3 +321,35 @@ Test(chat_reasoning, prompt_opens_think) {
   cr_assert_not(qv_chat_prompt_opens_think(p2, strlen(p2)));
   cr_assert_not(qv_chat_prompt_opens_think("", 0));
 }
+
+/* ---- request -> variables ------------------------------------------------------------------ */
+
+Test(chat_request, openai_request_to_vars) {
+  qv_error err = {0};
+  qv_chat_template *t = NULL;
+  cr_assert_eq(qv_chat_template_load_string(
+                   "{% for m in messages %}{{ m.content }}|{% if m.tool_calls %}{{ m.tool_calls[0].function.arguments | tojson }}{% endif %}{% endfor %}{{ add_generation_prompt }}{{ enable_thinking }}[{{ bos_token }}]",
+                   NULL, &t, &err), 0);
+  cJSON *req = cJSON_Parse(
+      "{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"a\"}, {\"type\": \"text\", \"text\": \"b\"}]},"
+      " {\"role\": \"assistant\", \"content\": null, \"tool_calls\": [{\"id\": \"x\", \"type\": \"function\", \"function\": {\"name\": \"f\", \"arguments\": \"{\\\"k\\\": 1}\"}}]}],"
+      " \"chat_template_kwargs\": {\"enable_thinking\": false, \"messages\": \"ignored\"}}");
+  cJSON *vars = NULL;
+  cr_assert_eq(qv_chat_request_vars(t, req, &vars, &err), 0, "%s", err.msg);
+  char *out = NULL;
+  cr_assert_eq(qv_chat_template_render(t, vars, &out, NULL, &err), 0, "%s", err.msg);
+  cr_assert_str_eq(out, "a\nb|None|{\"k\": 1}TrueFalse[]");
+  free(out);
+  cJSON_Delete(vars);
+  cJSON_Delete(req);
+  const char *bad[] = {"[]", "{}", "{\"messages\": {}}", "{\"messages\": [1]}",
+                       "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\"}]}]}",
+                       "{\"messages\": [], \"tools\": 3}", "{\"messages\": [], \"chat_template_kwargs\": []}"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    req = cJSON_Parse(bad[i]);
+    cr_assert_eq(qv_chat_request_vars(t, req, &vars, &err), QV_EINVAL, "%s", bad[i]);
+    cr_assert_null(vars);
+    cJSON_Delete(req);
+  }
+  qv_chat_template_destroy(t);
+}
