@@ -1071,6 +1071,10 @@ int jb_global_call(jctx *c, int id, const jargs *a, jv *out) {
       }
       for (int i = 0; i < a->n_kw; i++)
         if (jdict_set(c->a, d, jv_cstr(a->kw_names[i]), a->kw[i])) return jctx_oom(c);
+      /* transformers' namespace refuses underscore-prefixed attributes */
+      for (size_t k = 0; id == G_NAMESPACE && k < d->n; k++)
+        if (d->e[k].key.t == JV_STR && d->e[k].key.u.s.n && d->e[k].key.u.s.p[0] == '_')
+          return jctx_fail(c, "namespace attributes cannot start with an underscore");
       out->t = id == G_DICT ? JV_DICT : JV_NS;
       out->u.d = d;
       return 0;

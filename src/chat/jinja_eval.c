@@ -738,6 +738,7 @@ static int assign(jctx *c, jscope *s, const jnode *target, jv v) {
     int rc = eval(c, s, target->a, &ns);
     if (rc) return rc;
     if (ns.t != JV_NS) return jctx_fail(c, "cannot assign attribute on non-namespace object");
+    if (target->name[0] == '_') return jctx_fail(c, "namespace attributes cannot start with an underscore");
     if (jdict_set(c->a, ns.u.d, jv_cstr(target->name), v)) return jctx_oom(c);
     return 0;
   }
