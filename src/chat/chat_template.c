@@ -33,7 +33,7 @@ static int add_named(qv_chat_template *t, const char *name, const char *src, qv_
   jinja_template *tpl = NULL;
   int rc = jinja_template_parse(src, strlen(src), &tpl, err);
   if (rc) {
-    if (name) qv_error_prefix(err, "chat template '%s'", name);
+    if (name && strcmp(name, "default")) qv_error_prefix(err, "chat template '%s'", name);
     return rc;
   }
   char *nm = strdup(name ? name : "default");
