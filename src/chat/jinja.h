@@ -102,10 +102,17 @@ void jbuf_free(jbuf *b);
 int jv_write_str(jbuf *b, jv v);
 /* repr(v) appended to b. */
 int jv_write_repr(jbuf *b, jv v);
-/* json.dumps(v, ensure_ascii=False, indent=indent (<0: None), sort_keys). QV_ETEMPLATE for values
- * JSON cannot hold. */
-int jv_write_json(jbuf *b, jv v, int indent, bool sort_keys, const char *item_sep,
-                  const char *key_sep, int depth);
+/* Options of json.dumps as transformers' tojson exposes them. */
+typedef struct jjson_opts {
+  int indent;           /* < 0: no indent (one line) */
+  bool sort_keys;
+  bool ensure_ascii;    /* escape non-ASCII as \uXXXX (surrogate pairs above U+FFFF) */
+  const char *item_sep; /* ", " (or "," with indent) unless overridden */
+  const char *key_sep;  /* ": " */
+} jjson_opts;
+
+/* json.dumps(v, ...) appended to b. QV_ETEMPLATE for values JSON cannot hold. */
+int jv_write_json(jbuf *b, jv v, const jjson_opts *o, int depth);
 /* Python float repr (shortest round-trip). */
 int jv_write_float(jbuf *b, double f);
 /* str(v) as an arena string. */

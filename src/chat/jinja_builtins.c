@@ -326,7 +326,6 @@ static int do_tojson(jctx *c, jv v, const jargs *a, jv *out) {
   jargs_get(a, 1, "indent", &indent);
   jargs_get(a, 2, "separators", &seps);
   jargs_get(a, 3, "sort_keys", &sort);
-  if (jv_truthy(ascii)) return jctx_fail(c, "tojson(ensure_ascii=True) is not supported");
   int ind = -1;
   if (indent.t == JV_INT) ind = indent.u.i < 0 ? 0 : indent.u.i > 64 ? 64 : (int)indent.u.i;
   else if (indent.t != JV_NONE && indent.t != JV_UNDEF) return jctx_fail(c, "tojson indent must be an integer");
@@ -343,7 +342,9 @@ static int do_tojson(jctx *c, jv v, const jargs *a, jv *out) {
     key_sep = seps_buf[1];
   }
   jbuf b = {.max = c->lim.max_output_bytes};
-  int rc = jv_write_json(&b, v, ind, jv_truthy(sort), item_sep, key_sep, 0);
+  jjson_opts o = {.indent = ind, .sort_keys = jv_truthy(sort), .ensure_ascii = jv_truthy(ascii),
+                  .item_sep = item_sep, .key_sep = key_sep};
+  int rc = jv_write_json(&b, v, &o, 0);
   if (rc == QV_ETEMPLATE) rc = jctx_fail(c, "Object of type %s is not JSON serializable", jv_type_name(v));
   else if (rc == QV_ELIMIT) rc = jctx_limit(c, "tojson output exceeds the size limit");
   else if (rc) rc = jctx_oom(c);
@@ -618,6 +619,107 @@ static int escape_html(jctx *c, jv v, jv *out) {
   return rc;
 }
 
+/* Python's printf-style `fmt % args` (the `format` filter and the `%` operator on strings):
+ * %s %r %d %i %f %F %e %g %x %X %o %c %% with flags, width, precision and %(name)s keys. */
+int jb_percent_format(jctx *c, jv fmt, jv args, jv *out) {
+  jbuf b = {.max = c->lim.max_output_bytes};
+  int rc = 0;
+  size_t next = 0;
+  bool mapping = args.t == JV_DICT;
+  bool seq = args.t == JV_LIST && args.u.l->is_tuple;
+  const char *p = fmt.u.s.p;
+  size_t n = fmt.u.s.n;
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    if (p[i] != '%') {
+      rc = jbuf_putc(&b, p[i]);
+      continue;
+    }
+    if (++i >= n) { rc = jctx_fail(c, "incomplete format"); break; }
+    jv v = jv_undef(NULL);
+    bool have = false;
+    if (p[i] == '(') {
+      const char *close = memchr(p + i, ')', n - i);
+      if (!close || !mapping) { rc = jctx_fail(c, "format requires a mapping"); break; }
+      jv *f = jdict_get_str(args.u.d, p + i + 1, (size_t)(close - p) - i - 1);
+      if (!f) { rc = jctx_fail(c, "format key not found"); break; }
+      v = *f;
+      have = true;
+      i = (size_t)(close - p) + 1;
+    }
+    char spec[32];
+    size_t k = 0;
+    spec[k++] = '%';
+    while (i < n && strchr("-+ #0", p[i]) && k < 8) spec[k++] = p[i++];
+    /* width and precision stay small: the C formatter would pad or print digits for as long
+     * as asked */
+    size_t digits = 0;
+    while (i < n && p[i] >= '0' && p[i] <= '9' && digits++ < 4) spec[k++] = p[i++];
+    if (i < n && p[i] == '.') {
+      spec[k++] = p[i++];
+      digits = 0;
+      while (i < n && p[i] >= '0' && p[i] <= '9' && digits++ < 3) spec[k++] = p[i++];
+    }
+    if (i < n && p[i] >= '0' && p[i] <= '9') { rc = jctx_fail(c, "format width or precision too large"); break; }
+    if (i >= n) { rc = jctx_fail(c, "incomplete format"); break; }
+    char conv = p[i];
+    if (conv == '%') { rc = jbuf_putc(&b, '%'); continue; }
+    if (!have) {
+      if (seq) {
+        if (next >= args.u.l->n) { rc = jctx_fail(c, "not enough arguments for format string"); break; }
+        v = args.u.l->v[next++];
+      } else if (next++ == 0) {
+        v = args;
+      } else {
+        rc = jctx_fail(c, "not enough arguments for format string");
+        break;
+      }
+    }
+    char tmp[512];
+    int len;
+    if (conv == 's' || conv == 'r') {
+      jbuf sb = {0};
+      rc = conv == 's' ? jv_write_str(&sb, v) : jv_write_repr(&sb, v);
+      spec[k++] = 's';
+      spec[k] = 0;
+      if (rc == 0) {
+        /* width/precision apply to the text: format it with the C spec on a NUL-free copy */
+        char *text = sb.p ? sb.p : "";
+        size_t tl = sb.n;
+        if (k > 2 && tl < 4096) {
+          len = snprintf(tmp, sizeof tmp, spec, text);
+          rc = jbuf_put(&b, tmp, len < 0 ? 0 : (size_t)len < sizeof tmp ? (size_t)len : sizeof tmp - 1);
+        } else {
+          rc = jbuf_put(&b, text, tl);
+        }
+      }
+      jbuf_free(&sb);
+    } else if (strchr("diouxXc", conv)) {
+      if (!jv_is_number(v)) { rc = jctx_fail(c, "%%%c format: a number is required, not %s", conv, jv_type_name(v)); break; }
+      long long x = v.t == JV_FLOAT ? (long long)v.u.f : v.t == JV_BOOL ? v.u.b : (long long)v.u.i;
+      if (conv == 'c') { spec[k++] = 'c'; spec[k] = 0; len = snprintf(tmp, sizeof tmp, spec, (int)x); }
+      else {
+        spec[k++] = 'l'; spec[k++] = 'l'; spec[k++] = conv == 'i' || conv == 'u' ? 'd' : conv; spec[k] = 0;
+        len = snprintf(tmp, sizeof tmp, spec, x);
+      }
+      rc = jbuf_put(&b, tmp, len < 0 ? 0 : (size_t)len < sizeof tmp ? (size_t)len : sizeof tmp - 1);
+    } else if (strchr("eEfFgG", conv)) {
+      if (!jv_is_number(v)) { rc = jctx_fail(c, "must be real number, not %s", jv_type_name(v)); break; }
+      spec[k++] = conv;
+      spec[k] = 0;
+      len = snprintf(tmp, sizeof tmp, spec, jv_as_double(v));
+      rc = jbuf_put(&b, tmp, len < 0 ? 0 : (size_t)len < sizeof tmp ? (size_t)len : sizeof tmp - 1);
+    } else {
+      rc = jctx_fail(c, "unsupported format character '%c'", conv);
+    }
+  }
+  if (rc == 0 && seq && next < args.u.l->n) rc = jctx_fail(c, "not all arguments converted during string formatting");
+  if (rc == 0) rc = jctx_str(c, b.p ? b.p : "", b.n, out);
+  else if (rc == QV_ELIMIT) rc = jctx_limit(c, "format result exceeds the output size limit");
+  else if (rc == QV_ENOMEM) rc = jctx_oom(c);
+  jbuf_free(&b);
+  return rc;
+}
+
 /* ---- filters -------------------------------------------------------------------------------- */
 
 static const char *const FILTERS[] = {
@@ -625,7 +727,7 @@ static const char *const FILTERS[] = {
     "last", "reverse", "join", "map", "select", "reject", "selectattr", "rejectattr", "sort",
     "dictsort", "unique", "min", "max", "batch", "int", "float", "abs", "round", "sum", "attr",
     "escape", "e", "forceescape", "trim", "upper", "lower", "capitalize", "title", "replace",
-    "indent", "wordcount", "center", NULL};
+    "indent", "wordcount", "center", "format", NULL};
 static const char *const TESTS[] = {
     "defined", "undefined", "none", "string", "number", "integer", "float", "boolean", "true",
     "false", "mapping", "iterable", "sequence", "callable", "lower", "upper", "odd", "even",
@@ -769,6 +871,25 @@ int jb_filter(jctx *c, const char *name, jv in, const jargs *a, jv *out) {
     return do_replace(c, s, x, y, count.t == JV_INT ? count.u.i : -1, out);
   }
   if (IS("indent")) return do_indent(c, s, a, out);
+  if (IS("format")) {
+    jv args;
+    if (a->n_kw) {
+      jdict *d = jdict_new(c->a, (size_t)a->n_kw);
+      if (!d) return jctx_oom(c);
+      for (int i = 0; i < a->n_kw; i++)
+        if (jdict_set(c->a, d, jv_cstr(a->kw_names[i]), a->kw[i])) return jctx_oom(c);
+      args.t = JV_DICT;
+      args.u.d = d;
+    } else {
+      jlist *l = jlist_new(c->a, (size_t)a->n_pos);
+      if (!l) return jctx_oom(c);
+      for (int i = 0; i < a->n_pos; i++) l->v[l->n++] = a->pos[i];
+      l->is_tuple = true;
+      args.t = JV_LIST;
+      args.u.l = l;
+    }
+    return jb_percent_format(c, s, args, out);
+  }
   if (IS("wordcount")) {
     int64_t words = 0;
     bool in_word = false;

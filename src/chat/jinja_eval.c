@@ -468,8 +468,7 @@ int jrt_binop(jctx *c, jop op, jv a, jv b, jv *out) {
       return 0;
     case JOP_FLOORDIV: case JOP_MOD:
       if (!num) {
-        if (op == JOP_MOD && a.t == JV_STR)
-          return jctx_fail(c, "printf-style string formatting is not supported");
+        if (op == JOP_MOD && a.t == JV_STR) return jb_percent_format(c, a, b, out);
         return type_error(c, names[op], a, b);
       }
       if (ints) {

@@ -58,6 +58,8 @@ bool jb_has_method(jv self, const char *name);
 int jb_method(jctx *c, jv self, const char *name, const jargs *args, jv *out);
 int jb_global_lookup(const char *name);  /* builtin id or -1 */
 int jb_global_call(jctx *c, int id, const jargs *args, jv *out);
+/* Python's `fmt % args` for strings. */
+int jb_percent_format(jctx *c, jv fmt, jv args, jv *out);
 
 /* The attribute and item access of jinja2's environment (getattr, then item; or the reverse). */
 int jrt_getattr(jctx *c, jv obj, const char *name, size_t n, jv *out);

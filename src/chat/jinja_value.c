@@ -400,13 +400,45 @@ int jv_to_str(jarena *a, jv v, jv *out) {
   return rc;
 }
 
-static int write_json_str(jbuf *b, const char *s, size_t n) {
+/* Decodes the UTF-8 sequence at s[i] (n bytes left); invalid bytes decode as themselves. */
+static uint32_t utf8_decode(const unsigned char *s, size_t n, size_t *len) {
+  unsigned char c = s[0];
+  int k = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+  if ((size_t)k > n) k = 1;
+  uint32_t cp = k == 1 ? c : k == 2 ? (c & 0x1Fu) : k == 3 ? (c & 0x0Fu) : (c & 0x07u);
+  for (int j = 1; j < k; j++) {
+    if ((s[j] & 0xC0) != 0x80) {
+      *len = 1;
+      return c;
+    }
+    cp = (cp << 6) | (s[j] & 0x3Fu);
+  }
+  *len = (size_t)k;
+  return cp;
+}
+
+static int write_json_str(jbuf *b, const char *s, size_t n, bool ascii) {
   int rc = jbuf_putc(b, '"');
   size_t run = 0;
   for (size_t i = 0; i < n && rc == 0; i++) {
     unsigned char c = (unsigned char)s[i];
     const char *esc = NULL;
-    char tmp[8];
+    char tmp[16];
+    if (ascii && c >= 0x80) {
+      size_t len;
+      uint32_t cp = utf8_decode((const unsigned char *)s + i, n - i, &len);
+      if (cp >= 0x10000) {
+        cp -= 0x10000;
+        snprintf(tmp, sizeof tmp, "\\u%04x\\u%04x", 0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF));
+      } else {
+        snprintf(tmp, sizeof tmp, "\\u%04x", cp);
+      }
+      rc = jbuf_put(b, s + run, i - run);
+      if (rc == 0) rc = jbuf_puts(b, tmp);
+      i += len - 1;
+      run = i + 1;
+      continue;
+    }
     switch (c) {
       case '"': esc = "\\\""; break;
       case '\\': esc = "\\\\"; break;
@@ -437,15 +469,15 @@ static int json_newline(jbuf *b, int indent, int level) {
   return rc;
 }
 
-static int json_key(jbuf *b, jv k) {
-  if (k.t == JV_STR) return write_json_str(b, k.u.s.p, k.u.s.n);
+static int json_key(jbuf *b, jv k, bool ascii) {
+  if (k.t == JV_STR) return write_json_str(b, k.u.s.p, k.u.s.n, ascii);
   jbuf tmp = {0};
   int rc;
   if (k.t == JV_BOOL) rc = jbuf_puts(&tmp, k.u.b ? "true" : "false");
   else if (k.t == JV_NONE) rc = jbuf_puts(&tmp, "null");
   else if (k.t == JV_INT || k.t == JV_FLOAT) rc = jv_write_str(&tmp, k);
   else rc = QV_ETEMPLATE;
-  if (rc == 0) rc = write_json_str(b, tmp.p ? tmp.p : "", tmp.n);
+  if (rc == 0) rc = write_json_str(b, tmp.p ? tmp.p : "", tmp.n, ascii);
   jbuf_free(&tmp);
   return rc;
 }
@@ -457,8 +489,8 @@ static int cmp_entry_keys(const void *x, const void *y) {
   return c;
 }
 
-int jv_write_json(jbuf *b, jv v, int indent, bool sort_keys, const char *item_sep,
-                  const char *key_sep, int depth) {
+int jv_write_json(jbuf *b, jv v, const jjson_opts *o, int depth) {
+  int indent = o->indent;
   if (depth > 512) return QV_ELIMIT;
   int rc = 0;
   switch (v.t) {
@@ -469,15 +501,14 @@ int jv_write_json(jbuf *b, jv v, int indent, bool sort_keys, const char *item_se
       if (isnan(v.u.f)) return jbuf_puts(b, "NaN");
       if (isinf(v.u.f)) return jbuf_puts(b, v.u.f < 0 ? "-Infinity" : "Infinity");
       return jv_write_float(b, v.u.f);
-    case JV_STR: return write_json_str(b, v.u.s.p, v.u.s.n);
+    case JV_STR: return write_json_str(b, v.u.s.p, v.u.s.n, o->ensure_ascii);
     case JV_LIST: {
       if (v.u.l->n == 0) return jbuf_puts(b, "[]");
       rc = jbuf_putc(b, '[');
       for (size_t i = 0; i < v.u.l->n && rc == 0; i++) {
-        if (i) rc = jbuf_puts(b, item_sep);
+        if (i) rc = jbuf_puts(b, o->item_sep);
         if (rc == 0 && indent >= 0) rc = json_newline(b, indent, depth + 1);
-        if (rc == 0)
-          rc = jv_write_json(b, v.u.l->v[i], indent, sort_keys, item_sep, key_sep, depth + 1);
+        if (rc == 0) rc = jv_write_json(b, v.u.l->v[i], o, depth + 1);
       }
       if (rc == 0 && indent >= 0) rc = json_newline(b, indent, depth);
       return rc ? rc : jbuf_putc(b, ']');
@@ -486,7 +517,7 @@ int jv_write_json(jbuf *b, jv v, int indent, bool sort_keys, const char *item_se
       if (v.u.d->n == 0) return jbuf_puts(b, "{}");
       jdict_entry *e = v.u.d->e;
       jdict_entry *sorted = NULL;
-      if (sort_keys) {
+      if (o->sort_keys) {
         sorted = malloc(v.u.d->n * sizeof(*sorted));
         if (!sorted) return QV_ENOMEM;
         memcpy(sorted, e, v.u.d->n * sizeof(*sorted));
@@ -495,11 +526,11 @@ int jv_write_json(jbuf *b, jv v, int indent, bool sort_keys, const char *item_se
       }
       rc = jbuf_putc(b, '{');
       for (size_t i = 0; i < v.u.d->n && rc == 0; i++) {
-        if (i) rc = jbuf_puts(b, item_sep);
+        if (i) rc = jbuf_puts(b, o->item_sep);
         if (rc == 0 && indent >= 0) rc = json_newline(b, indent, depth + 1);
-        if (rc == 0) rc = json_key(b, e[i].key);
-        if (rc == 0) rc = jbuf_puts(b, key_sep);
-        if (rc == 0) rc = jv_write_json(b, e[i].val, indent, sort_keys, item_sep, key_sep, depth + 1);
+        if (rc == 0) rc = json_key(b, e[i].key, o->ensure_ascii);
+        if (rc == 0) rc = jbuf_puts(b, o->key_sep);
+        if (rc == 0) rc = jv_write_json(b, e[i].val, o, depth + 1);
       }
       free(sorted);
       if (rc == 0 && indent >= 0) rc = json_newline(b, indent, depth);
