@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <utf8proc.h>
+
 #include "chat/jinja.h"
 
 /* ---- arena ---------------------------------------------------------------------------------- */
@@ -318,6 +320,23 @@ static int write_int(jbuf *b, int64_t i) {
   return jbuf_put(b, tmp, (size_t)n);
 }
 
+/* Decodes the UTF-8 sequence at s[i] (n bytes left); invalid bytes decode as themselves. */
+static uint32_t utf8_decode(const unsigned char *s, size_t n, size_t *len) {
+  unsigned char c = s[0];
+  int k = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+  if ((size_t)k > n) k = 1;
+  uint32_t cp = k == 1 ? c : k == 2 ? (c & 0x1Fu) : k == 3 ? (c & 0x0Fu) : (c & 0x07u);
+  for (int j = 1; j < k; j++) {
+    if ((s[j] & 0xC0) != 0x80) {
+      *len = 1;
+      return c;
+    }
+    cp = (cp << 6) | (s[j] & 0x3Fu);
+  }
+  *len = (size_t)k;
+  return cp;
+}
+
 /* repr of a str: single quotes unless the text has ' and no ", as CPython chooses. */
 static int write_str_repr(jbuf *b, const char *s, size_t n) {
   bool has_sq = memchr(s, '\'', n) != NULL, has_dq = memchr(s, '"', n) != NULL;
@@ -335,6 +354,26 @@ static int write_str_repr(jbuf *b, const char *s, size_t n) {
     else if (c < 0x20 || c == 0x7f) {
       snprintf(esc, sizeof esc, "\\x%02x", c);
       rc = jbuf_put(b, esc, 4);
+    } else if (c >= 0x80) {
+      /* CPython's repr escapes code points str.isprintable() rejects (controls, format
+       * characters, separators other than the space, unassigned) */
+      size_t len;
+      uint32_t cp = utf8_decode((const unsigned char *)s + i, n - i, &len);
+      utf8proc_category_t cat = utf8proc_category((utf8proc_int32_t)cp);
+      bool printable = !(cat == UTF8PROC_CATEGORY_CC || cat == UTF8PROC_CATEGORY_CF ||
+                         cat == UTF8PROC_CATEGORY_CS || cat == UTF8PROC_CATEGORY_CO ||
+                         cat == UTF8PROC_CATEGORY_CN || cat == UTF8PROC_CATEGORY_ZL ||
+                         cat == UTF8PROC_CATEGORY_ZP || cat == UTF8PROC_CATEGORY_ZS);
+      if (printable || len == 1) {
+        rc = jbuf_put(b, s + i, len);
+      } else {
+        char u[16];
+        int k = cp < 0x100 ? snprintf(u, sizeof u, "\\x%02x", cp)
+                : cp < 0x10000 ? snprintf(u, sizeof u, "\\u%04x", cp)
+                : snprintf(u, sizeof u, "\\U%08x", cp);
+        rc = jbuf_put(b, u, (size_t)k);
+      }
+      i += len - 1;
     } else rc = jbuf_putc(b, (char)c);
   }
   return rc ? rc : jbuf_putc(b, q);
@@ -398,23 +437,6 @@ int jv_to_str(jarena *a, jv v, jv *out) {
   }
   jbuf_free(&b);
   return rc;
-}
-
-/* Decodes the UTF-8 sequence at s[i] (n bytes left); invalid bytes decode as themselves. */
-static uint32_t utf8_decode(const unsigned char *s, size_t n, size_t *len) {
-  unsigned char c = s[0];
-  int k = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
-  if ((size_t)k > n) k = 1;
-  uint32_t cp = k == 1 ? c : k == 2 ? (c & 0x1Fu) : k == 3 ? (c & 0x0Fu) : (c & 0x07u);
-  for (int j = 1; j < k; j++) {
-    if ((s[j] & 0xC0) != 0x80) {
-      *len = 1;
-      return c;
-    }
-    cp = (cp << 6) | (s[j] & 0x3Fu);
-  }
-  *len = (size_t)k;
-  return cp;
 }
 
 static int write_json_str(jbuf *b, const char *s, size_t n, bool ascii) {
