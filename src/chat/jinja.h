@@ -80,6 +80,7 @@ jlist *jlist_new(jarena *a, size_t cap);
 int jlist_push(jarena *a, jlist *l, jv v);  /* QV_ENOMEM when the arena refuses */
 jdict *jdict_new(jarena *a, size_t cap);
 int jdict_set(jarena *a, jdict *d, jv key, jv val);
+int jdict_append(jarena *a, jdict *d, jv key, jv val); /* no duplicate check */
 jv *jdict_get(const jdict *d, jv key);         /* NULL when absent */
 jv *jdict_get_str(const jdict *d, const char *key, size_t n);
 

@@ -519,7 +519,7 @@ static int do_unique(jctx *c, jv seq, const jargs *a, jv *out) {
   if (!res || !seen) return jctx_oom(c);
   int rc = jrt_iterate(c, seq, &l);
   for (size_t i = 0; rc == 0 && i < l->n; i++) {
-    if ((rc = jctx_tick(c, 1))) return rc;
+    if ((rc = jctx_tick(c, 1 + (long)seen->n))) return rc; /* quadratic: count comparisons */
     jv k;
     if ((rc = sort_key(c, l->v[i], attr, jv_truthy(cs), &k))) return rc;
     bool dup = false;

@@ -124,6 +124,10 @@ int jdict_set(jarena *a, jdict *d, jv key, jv val) {
     *slot = val;
     return 0;
   }
+  return jdict_append(a, d, key, val);
+}
+
+int jdict_append(jarena *a, jdict *d, jv key, jv val) {
   if (d->n == d->cap) {
     size_t cap = d->cap ? d->cap * 2 : 4;
     jdict_entry *ne = jarena_alloc(a, cap * sizeof(*ne));
@@ -595,7 +599,10 @@ int jv_from_json(jarena *a, const cJSON *j, jv *out, int depth) {
     for (const cJSON *c = j->child; c; c = c->next) {
       jv v;
       int rc = jv_from_json(a, c, &v, depth + 1);
-      if (rc == 0) rc = jdict_set(a, d, jv_cstr(c->string ? c->string : ""), v);
+      /* Keys of a parsed object are unique in practice; checking each against all previous
+       * ones is quadratic, so only small objects get Python's last-duplicate-wins rule. */
+      if (rc == 0 && d->n < 64) rc = jdict_set(a, d, jv_cstr(c->string ? c->string : ""), v);
+      else if (rc == 0) rc = jdict_append(a, d, jv_cstr(c->string ? c->string : ""), v);
       if (rc) return rc;
     }
     out->t = JV_DICT;

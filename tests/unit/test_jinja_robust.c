@@ -404,3 +404,43 @@ Test(jinja_robust, tool_format_detection) {
     qv_chat_template_destroy(t);
   }
 }
+
+Test(jinja_robust, large_conversation_and_wide_objects) {
+  /* 5,000 messages through a real template, and a tool schema with 50,000 properties: both
+   * render (no quadratic blow-up), with output sizes that follow from the input. */
+  char sh[1024], path[1300];
+  snprintf(path, sizeof path, "%s/data/chat-templates/Qwen-Qwen2.5-7B-Instruct.jinja", shared_dir(sh, sizeof sh));
+  qv_error err = {0};
+  qv_chat_template *t = NULL;
+  cr_assert_eq(qv_chat_template_load_path(path, &t, &err), 0, "%s", err.msg);
+  cJSON *vars = cJSON_CreateObject();
+  cJSON *msgs = cJSON_AddArrayToObject(vars, "messages");
+  for (int i = 0; i < 5000; i++) {
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "role", i % 2 ? "assistant" : "user");
+    char text[32];
+    snprintf(text, sizeof text, "message %d", i);
+    cJSON_AddStringToObject(m, "content", text);
+    cJSON_AddItemToArray(msgs, m);
+  }
+  cJSON *tools = cJSON_AddArrayToObject(vars, "tools");
+  cJSON *tool = cJSON_CreateObject();
+  cJSON *props = cJSON_CreateObject();
+  for (int i = 0; i < 50000; i++) {
+    char key[32];
+    snprintf(key, sizeof key, "p%d", i);
+    cJSON_AddNumberToObject(props, key, i);
+  }
+  cJSON_AddItemToObject(tool, "properties", props);
+  cJSON_AddItemToArray(tools, tool);
+  cJSON_AddBoolToObject(vars, "add_generation_prompt", 1);
+  char *out = NULL;
+  size_t n = 0;
+  cr_assert_eq(qv_chat_template_render(t, vars, &out, &n, &err), 0, "%s", err.msg);
+  cr_assert(strstr(out, "message 4999<|im_end|>\n<|im_start|>assistant\n"));
+  cr_assert(strstr(out, "\"p49999\": 49999}"));
+  cr_assert_gt(n, 5000 * 30);
+  free(out);
+  cJSON_Delete(vars);
+  qv_chat_template_destroy(t);
+}
