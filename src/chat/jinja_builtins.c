@@ -300,7 +300,7 @@ static int to_int(jctx *c, jv v, jv def, jv *out) {
       *out = def;
       return 0;
     }
-    default: *out = def; (void)c; return 0;
+    default: *out = def; return 0;
   }
 }
 
@@ -746,7 +746,7 @@ bool jinja_test_exists(const char *name) { return in_table(TESTS, name); }
 #define IS(x) (!strcmp(name, x))
 
 int jb_filter(jctx *c, const char *name, jv in, const jargs *a, jv *out) {
-  jv x = jv_undef(NULL), y = jv_undef(NULL), z = jv_undef(NULL);
+  jv x = jv_undef(NULL), y = jv_undef(NULL);
   int rc = 0;
   if (IS("tojson")) return do_tojson(c, in, a, out);
   if (IS("safe")) { *out = in; return 0; }
@@ -919,7 +919,6 @@ int jb_filter(jctx *c, const char *name, jv in, const jargs *a, jv *out) {
     jbuf_free(&b);
     return rc;
   }
-  (void)z;
   return jctx_fail(c, "no filter named '%s'", name);
 }
 

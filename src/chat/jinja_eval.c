@@ -574,13 +574,8 @@ int jrt_iterate(jctx *c, jv v, jlist **out) {
 /* ---- expressions ---------------------------------------------------------------------------- */
 
 static int eval_filter_node(jctx *c, jscope *s, const jnode *n, jv input_for_null, jv *out) {
-  jv in;
+  jv in = input_for_null;
   int rc = n->a ? eval(c, s, n->a, &in) : 0;
-  if (!n->a) {
-    in = input_for_null;
-  } else if (n->a->kind == JN_FILTER && rc == 0) {
-    /* already evaluated through eval() */
-  }
   if (rc) return rc;
   jargs a;
   rc = eval_args(c, s, n, &a);

@@ -827,7 +827,6 @@ static int parse_filter_chain(parser *p, jnode **chain, bool required) {
 }
 
 static int parse_stmt(parser *p, jnode **out) {
-  jtok *begin = cur(p);
   advance(p); /* {% */
   jtok *at = cur(p);
   if (at->kind != JT_NAME) return perr(p, at, "expected a statement name, got %s", tok_desc(at));
@@ -935,7 +934,6 @@ static int parse_stmt(parser *p, jnode **out) {
     if (rc == 0) rc = parse_body(p, ends, out);
     if (rc == 0) rc = expect_end(p, "endgeneration");
   } else {
-    (void)begin;
     rc = perr(p, at, "unknown or unexpected tag '%s'", kw);
   }
   p->depth--;

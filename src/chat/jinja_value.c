@@ -383,8 +383,8 @@ static int write_str_repr(jbuf *b, const char *s, size_t n) {
   return rc ? rc : jbuf_putc(b, q);
 }
 
-static int write_seq(jbuf *b, jv v, bool repr) {
-  (void)repr;
+/* Python's str() of a list, tuple or dict: items in repr form. */
+static int write_seq(jbuf *b, jv v) {
   int rc = 0;
   if (v.t == JV_LIST) {
     rc = jbuf_putc(b, v.u.l->is_tuple ? '(' : '[');
@@ -413,7 +413,7 @@ int jv_write_str(jbuf *b, jv v) {
     case JV_INT: return write_int(b, v.u.i);
     case JV_FLOAT: return jv_write_float(b, v.u.f);
     case JV_STR: return jbuf_put(b, v.u.s.p, v.u.s.n);
-    case JV_LIST: case JV_DICT: return write_seq(b, v, false);
+    case JV_LIST: case JV_DICT: return write_seq(b, v);
     case JV_NS: return jbuf_puts(b, "<Namespace>");
     case JV_MACRO: return jbuf_puts(b, "<Macro>");
     case JV_LOOP: return jbuf_puts(b, "<LoopContext>");
