@@ -121,14 +121,21 @@ typedef struct qv_chat_parsed {
 } qv_chat_parsed;
 
 /* Parses text[0..len) in format fmt. A call whose JSON is malformed is left in content as text
- * (the model did not produce a valid call); this is not an error. */
+ * (the model did not produce a valid call); this is not an error. When calls are found, the
+ * whitespace around them is trimmed from content (a server may send content null when it is
+ * then empty). Llama 3 calls are recognised only when the message starts with the JSON (or at
+ * <|python_tag|>). */
 int qv_chat_tools_parse(qv_chat_tool_format fmt, const char *text, size_t len,
                         qv_chat_parsed *out, qv_error *err);
 void qv_chat_parsed_deinit(qv_chat_parsed *p);
 
 /* Streaming: feed text deltas; each feed appends to out a content delta (text that can no longer
  * become part of a tool call) and any tool calls completed by this delta. Text that might still
- * be the start of a call marker is held back until it is decided. */
+ * be the start of a call marker is held back until it is decided. Content deltas are not
+ * trimmed; concatenated, they equal the batch content up to the whitespace around calls.
+ *
+ * With reasoning too, run the reasoning parser first and feed only its content to this one:
+ *   prompt -> qv_chat_prompt_opens_think -> reasoning stream -> content -> tool stream. */
 typedef struct qv_chat_tool_stream qv_chat_tool_stream;
 
 int qv_chat_tool_stream_create(qv_chat_tool_format fmt, qv_chat_tool_stream **out, qv_error *err);
