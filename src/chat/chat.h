@@ -33,7 +33,8 @@ typedef struct qv_chat_template qv_chat_template;
 
 /* Bounds applied while rendering; 0 in a field means the default in parentheses. */
 typedef struct qv_chat_limits {
-  int max_depth;            /* nesting of calls/includes/macros/expressions (256) */
+  int max_depth;            /* nesting of statements, macro calls and expressions (500); a render
+                             * needs about 1 MiB of stack at the default */
   long max_loop_iters;      /* total loop iterations per render (1,000,000) */
   size_t max_output_bytes;  /* rendered size (16 MiB) */
 } qv_chat_limits;

@@ -250,7 +250,7 @@ int qv_chat_template_render(const qv_chat_template *t, const cJSON *vars, char *
   const named_template *n = pick(t, has_tools);
   if (!n) return qv_error_set(err, QV_ENOTFOUND, "no chat template");
   jinja_limits lim = {
-      .max_depth = t->limits.max_depth > 0 ? t->limits.max_depth : 256,
+      .max_depth = t->limits.max_depth > 0 ? t->limits.max_depth : 500,
       .max_loop_iters = t->limits.max_loop_iters > 0 ? t->limits.max_loop_iters : 1000000,
       .max_output_bytes = t->limits.max_output_bytes > 0 ? t->limits.max_output_bytes : (16u << 20),
   };

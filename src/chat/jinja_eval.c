@@ -302,7 +302,10 @@ static int eval_args(jctx *c, jscope *s, const jnode *n, jargs *a) {
 
 static int call_macro(jctx *c, jmacro *m, const jargs *a, jv *out) {
   const jnode *def = m->def;
-  if (++c->depth > c->lim.max_depth) return jctx_limit(c, "macro recursion depth limit exceeded");
+  if (++c->depth > c->lim.max_depth) {
+    c->depth--;
+    return jctx_limit(c, "macro recursion depth limit exceeded");
+  }
   jscope *s = scope_new(c, m->closure);
   if (!s) return jctx_oom(c);
   if (a->n_pos > def->n_names)
@@ -620,7 +623,21 @@ static int make_seq(jctx *c, jscope *s, const jnode *n, bool tuple, jv *out) {
   return 0;
 }
 
+/* Expression evaluation shares the nesting budget with statements and macro calls: a long
+ * operator chain (`a + b + ...`) or filter chain is as deep as nested parentheses. */
+static int eval_node(jctx *c, jscope *s, const jnode *n, jv *out);
+
 static int eval(jctx *c, jscope *s, const jnode *n, jv *out) {
+  if (++c->depth > c->lim.max_depth) {
+    c->depth--;
+    return jctx_limit(c, "expression nesting depth limit exceeded");
+  }
+  int rc = eval_node(c, s, n, out);
+  c->depth--;
+  return rc;
+}
+
+static int eval_node(jctx *c, jscope *s, const jnode *n, jv *out) {
   int rc = 0;
   jv a, b;
   switch (n->kind) {
@@ -843,7 +860,7 @@ static int exec_stmt(jctx *c, jscope *s, const jnode *n) {
       rc = eval(c, s, n->a, &v);
       if (rc) return rc;
       int wr = jv_write_str(c->out, v);
-      if (wr == QV_ELIMIT) return jctx_limit(c, "output size limit exceeded");
+      if (wr == QV_ELIMIT) return jctx_limit(c, "output size or value nesting limit exceeded");
       return wr ? jctx_oom(c) : 0;
     }
     case JN_IF:
@@ -883,7 +900,7 @@ static int exec_stmt(jctx *c, jscope *s, const jnode *n) {
       rc = eval_call(c, s, n->a, cv, &v);
       if (rc) return rc;
       int wr = jv_write_str(c->out, v);
-      if (wr == QV_ELIMIT) return jctx_limit(c, "output size limit exceeded");
+      if (wr == QV_ELIMIT) return jctx_limit(c, "output size or value nesting limit exceeded");
       return wr ? jctx_oom(c) : 0;
     }
     case JN_FILTER_BLOCK: {
@@ -892,7 +909,7 @@ static int exec_stmt(jctx *c, jscope *s, const jnode *n) {
       if (rc == 0) rc = apply_chain(c, s, n->c, body, &v);
       if (rc) return rc;
       int wr = jv_write_str(c->out, v);
-      if (wr == QV_ELIMIT) return jctx_limit(c, "output size limit exceeded");
+      if (wr == QV_ELIMIT) return jctx_limit(c, "output size or value nesting limit exceeded");
       return wr ? jctx_oom(c) : 0;
     }
     case JN_BREAK:
@@ -912,7 +929,10 @@ static int exec_stmt(jctx *c, jscope *s, const jnode *n) {
 
 static int exec_body(jctx *c, jscope *s, const jnode *body) {
   if (!body) return 0;
-  if (++c->depth > c->lim.max_depth) return jctx_limit(c, "template nesting depth limit exceeded");
+  if (++c->depth > c->lim.max_depth) {
+    c->depth--;
+    return jctx_limit(c, "template nesting depth limit exceeded");
+  }
   int rc = 0;
   for (int i = 0; i < body->n_items && rc == 0 && c->ctrl == 0; i++)
     rc = exec_stmt(c, s, body->items[i]);

@@ -24,25 +24,28 @@ typedef struct lexer {
   int n_toks, cap;
   qv_error *err;
   bool line_starting;
-  /* incremental line/column tracking */
-  size_t lc_pos, lc_line_start;
-  int lc_line;
+  /* incremental line/column tracking: position lc_pos is at line lc_line, column lc_col */
+  size_t lc_pos;
+  int lc_line, lc_col;
 } lexer;
 
 static void linecol(lexer *L, size_t pos, int *line, int *col) {
-  if (pos < L->lc_pos) {
+  if (pos < L->lc_pos) { /* rare (errors point back at a tag start): rescan */
     L->lc_pos = 0;
     L->lc_line = 1;
-    L->lc_line_start = 0;
+    L->lc_col = 1;
   }
   for (; L->lc_pos < pos && L->lc_pos < L->n; L->lc_pos++) {
-    if (L->s[L->lc_pos] == '\n') {
+    unsigned char c = (unsigned char)L->s[L->lc_pos];
+    if (c == '\n') {
       L->lc_line++;
-      L->lc_line_start = L->lc_pos + 1;
+      L->lc_col = 1;
+    } else if ((c & 0xC0) != 0x80) {
+      L->lc_col++; /* columns count code points */
     }
   }
   *line = L->lc_line;
-  *col = (int)utf8_len(L->s + L->lc_line_start, pos - L->lc_line_start) + 1;
+  *col = L->lc_col;
 }
 
 static int lex_error(lexer *L, size_t pos, const char *msg) {
@@ -348,7 +351,7 @@ static int lex_raw(lexer *L, size_t tag_pos) {
 }
 
 int jinja_lex(jarena *a, const char *src, size_t n, jtok **toks, int *n_toks, qv_error *err) {
-  lexer L = {.a = a, .s = src, .n = n, .err = err, .line_starting = true, .lc_line = 1};
+  lexer L = {.a = a, .s = src, .n = n, .err = err, .line_starting = true, .lc_line = 1, .lc_col = 1};
   int rc = 0;
   while (L.pos < L.n && rc == 0) {
     /* next tag start */

@@ -168,7 +168,12 @@ double jv_as_double(jv v) {
 
 static int64_t as_int(jv v) { return v.t == JV_BOOL ? (int64_t)v.u.b : v.u.i; }
 
-bool jv_equal(jv a, jv b) {
+/* Values nest at most this deep in comparisons and text forms; deeper ones (only a template
+ * can build them, in a loop) compare unequal and fail to print, instead of exhausting the stack. */
+#define MAX_VALUE_DEPTH 256
+
+static bool equal_d(jv a, jv b, int depth) {
+  if (depth > MAX_VALUE_DEPTH) return false;
   if (jv_is_number(a) && jv_is_number(b)) {
     if (a.t != JV_FLOAT && b.t != JV_FLOAT) return as_int(a) == as_int(b);
     return jv_as_double(a) == jv_as_double(b);
@@ -182,14 +187,14 @@ bool jv_equal(jv a, jv b) {
     case JV_LIST:
       if (a.u.l->n != b.u.l->n || a.u.l->is_tuple != b.u.l->is_tuple) return false;
       for (size_t i = 0; i < a.u.l->n; i++)
-        if (!jv_equal(a.u.l->v[i], b.u.l->v[i])) return false;
+        if (!equal_d(a.u.l->v[i], b.u.l->v[i], depth + 1)) return false;
       return true;
     case JV_DICT: case JV_NS:
       if (a.u.d == b.u.d) return true;
       if (a.t == JV_NS || a.u.d->n != b.u.d->n) return false;
       for (size_t i = 0; i < a.u.d->n; i++) {
         jv *o = jdict_get(b.u.d, a.u.d->e[i].key);
-        if (!o || !jv_equal(a.u.d->e[i].val, *o)) return false;
+        if (!o || !equal_d(a.u.d->e[i].val, *o, depth + 1)) return false;
       }
       return true;
     case JV_MACRO: return a.u.m == b.u.m;
@@ -198,7 +203,10 @@ bool jv_equal(jv a, jv b) {
   }
 }
 
-int jv_compare(jv a, jv b, int *out) {
+bool jv_equal(jv a, jv b) { return equal_d(a, b, 0); }
+
+static int compare_d(jv a, jv b, int *out, int depth) {
+  if (depth > MAX_VALUE_DEPTH) return QV_ELIMIT;
   if (jv_is_number(a) && jv_is_number(b)) {
     if (a.t != JV_FLOAT && b.t != JV_FLOAT) {
       int64_t x = as_int(a), y = as_int(b);
@@ -218,14 +226,16 @@ int jv_compare(jv a, jv b, int *out) {
   if (a.t == JV_LIST && b.t == JV_LIST) {
     size_t n = a.u.l->n < b.u.l->n ? a.u.l->n : b.u.l->n;
     for (size_t i = 0; i < n; i++) {
-      if (jv_equal(a.u.l->v[i], b.u.l->v[i])) continue;
-      return jv_compare(a.u.l->v[i], b.u.l->v[i], out);
+      if (equal_d(a.u.l->v[i], b.u.l->v[i], depth + 1)) continue;
+      return compare_d(a.u.l->v[i], b.u.l->v[i], out, depth + 1);
     }
     *out = a.u.l->n < b.u.l->n ? -1 : a.u.l->n > b.u.l->n;
     return 0;
   }
   return QV_ETEMPLATE;
 }
+
+int jv_compare(jv a, jv b, int *out) { return compare_d(a, b, out, 0); }
 
 const char *jv_type_name(jv v) {
   switch (v.t) {
@@ -383,14 +393,17 @@ static int write_str_repr(jbuf *b, const char *s, size_t n) {
   return rc ? rc : jbuf_putc(b, q);
 }
 
+static int write_repr_d(jbuf *b, jv v, int depth);
+
 /* Python's str() of a list, tuple or dict: items in repr form. */
-static int write_seq(jbuf *b, jv v) {
+static int write_seq(jbuf *b, jv v, int depth) {
+  if (depth > MAX_VALUE_DEPTH) return QV_ELIMIT;
   int rc = 0;
   if (v.t == JV_LIST) {
     rc = jbuf_putc(b, v.u.l->is_tuple ? '(' : '[');
     for (size_t i = 0; i < v.u.l->n && rc == 0; i++) {
       if (i) rc = jbuf_put(b, ", ", 2);
-      if (rc == 0) rc = jv_write_repr(b, v.u.l->v[i]);
+      if (rc == 0) rc = write_repr_d(b, v.u.l->v[i], depth + 1);
     }
     if (rc == 0 && v.u.l->is_tuple && v.u.l->n == 1) rc = jbuf_putc(b, ',');
     return rc ? rc : jbuf_putc(b, v.u.l->is_tuple ? ')' : ']');
@@ -398,14 +411,14 @@ static int write_seq(jbuf *b, jv v) {
   rc = jbuf_putc(b, '{');
   for (size_t i = 0; i < v.u.d->n && rc == 0; i++) {
     if (i) rc = jbuf_put(b, ", ", 2);
-    if (rc == 0) rc = jv_write_repr(b, v.u.d->e[i].key);
+    if (rc == 0) rc = write_repr_d(b, v.u.d->e[i].key, depth + 1);
     if (rc == 0) rc = jbuf_put(b, ": ", 2);
-    if (rc == 0) rc = jv_write_repr(b, v.u.d->e[i].val);
+    if (rc == 0) rc = write_repr_d(b, v.u.d->e[i].val, depth + 1);
   }
   return rc ? rc : jbuf_putc(b, '}');
 }
 
-int jv_write_str(jbuf *b, jv v) {
+static int write_str_d(jbuf *b, jv v, int depth) {
   switch (v.t) {
     case JV_UNDEF: return 0;
     case JV_NONE: return jbuf_puts(b, "None");
@@ -413,7 +426,7 @@ int jv_write_str(jbuf *b, jv v) {
     case JV_INT: return write_int(b, v.u.i);
     case JV_FLOAT: return jv_write_float(b, v.u.f);
     case JV_STR: return jbuf_put(b, v.u.s.p, v.u.s.n);
-    case JV_LIST: case JV_DICT: return write_seq(b, v);
+    case JV_LIST: case JV_DICT: return write_seq(b, v, depth);
     case JV_NS: return jbuf_puts(b, "<Namespace>");
     case JV_MACRO: return jbuf_puts(b, "<Macro>");
     case JV_LOOP: return jbuf_puts(b, "<LoopContext>");
@@ -421,11 +434,15 @@ int jv_write_str(jbuf *b, jv v) {
   }
 }
 
-int jv_write_repr(jbuf *b, jv v) {
+int jv_write_str(jbuf *b, jv v) { return write_str_d(b, v, 0); }
+
+static int write_repr_d(jbuf *b, jv v, int depth) {
   if (v.t == JV_STR) return write_str_repr(b, v.u.s.p, v.u.s.n);
   if (v.t == JV_UNDEF) return 0;
-  return jv_write_str(b, v);
+  return write_str_d(b, v, depth);
 }
+
+int jv_write_repr(jbuf *b, jv v) { return write_repr_d(b, v, 0); }
 
 int jv_to_str(jarena *a, jv v, jv *out) {
   if (v.t == JV_STR) {

@@ -444,3 +444,36 @@ Test(jinja_robust, large_conversation_and_wide_objects) {
   cJSON_Delete(vars);
   qv_chat_template_destroy(t);
 }
+
+Test(jinja_robust, long_chains_and_deep_values_hit_limits) {
+  /* 30,000-term operator and filter chains parse (iteratively) but would recurse that deep when
+   * evaluated; a loop can build a list nested 100,000 deep. All must end in QV_ELIMIT. */
+  size_t n = 30000;
+  char *src = malloc(8 * n + 64);
+  size_t k = (size_t)sprintf(src, "{{ 1");
+  for (size_t i = 0; i < n; i++) k += (size_t)sprintf(src + k, " + 1");
+  sprintf(src + k, " }}");
+  char *out = NULL;
+  qv_error err = {0};
+  cr_assert_eq(render_str(src, NULL, &out, &err), QV_ELIMIT, "%s", err.msg);
+  k = (size_t)sprintf(src, "{{ 'x'");
+  for (size_t i = 0; i < n; i++) k += (size_t)sprintf(src + k, "|trim");
+  sprintf(src + k, " }}");
+  cr_assert_eq(render_str(src, NULL, &out, &err), QV_ELIMIT, "%s", err.msg);
+  free(src);
+  const char *nest =
+      "{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% set ns.x = [ns.x] %}{% endfor %}";
+  char buf[256];
+  snprintf(buf, sizeof buf, "%s{{ ns.x }}", nest);
+  cr_assert_eq(render_str(buf, NULL, &out, &err), QV_ELIMIT, "%s", err.msg);
+  snprintf(buf, sizeof buf, "%s{{ ns.x | tojson }}", nest);
+  cr_assert_eq(render_str(buf, NULL, &out, &err), QV_ELIMIT, "%s", err.msg);
+  snprintf(buf, sizeof buf, "%s{{ ns.x == ns.x }}|{{ [ns.x] | sort | length }}", nest);
+  int rc = render_str(buf, NULL, &out, &err);
+  cr_assert(rc == 0 || rc == QV_ETEMPLATE || rc == QV_ELIMIT, "%d %s", rc, err.msg);
+  free(out);
+  /* within the limit, a moderately long chain is fine */
+  cr_assert_eq(render_str("{{ 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 }}", NULL, &out, &err), 0);
+  cr_assert_str_eq(out, "10");
+  free(out);
+}
