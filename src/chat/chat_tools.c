@@ -131,7 +131,8 @@ typedef enum { SCAN_TEXT, SCAN_CALL, SCAN_MORE } scan_kind;
 
 typedef struct scan_result {
   scan_kind kind;
-  size_t next;  /* end of the region (exclusive) */
+  size_t next;   /* end of the region (exclusive) */
+  bool in_call;  /* SCAN_MORE inside a started call (not an undecided marker prefix) */
 } scan_result;
 
 static const char *marker(qv_chat_tool_format fmt) {
@@ -195,6 +196,7 @@ static int scan(qv_chat_tool_format fmt, const char *s, size_t n, size_t pos, bo
   const char *mk = marker(fmt);
   const char *base = s + pos;
   size_t len = n - pos;
+  r->in_call = false;
   if (!mk) {
     r->kind = SCAN_TEXT;
     r->next = n;
@@ -215,6 +217,7 @@ static int scan(qv_chat_tool_format fmt, const char *s, size_t n, size_t pos, bo
       if (!j) {
         if (!final) {
           r->kind = SCAN_MORE;
+          r->in_call = true;
           return 0;
         }
         r->kind = SCAN_TEXT;
@@ -255,6 +258,7 @@ static int scan(qv_chat_tool_format fmt, const char *s, size_t n, size_t pos, bo
     size_t json_len = close ? (size_t)(close - body) : blen;
     if (!close && !final) {
       r->kind = SCAN_MORE;
+      r->in_call = true;
       return 0;
     }
     size_t w = 0;
@@ -284,6 +288,7 @@ static int scan(qv_chat_tool_format fmt, const char *s, size_t n, size_t pos, bo
   }
   size_t w = 0;
   while (w < blen && is_space(body[w])) w++;
+  r->in_call = !final;
   if (w == blen) {
     r->kind = final ? SCAN_TEXT : SCAN_MORE;
     r->next = n;
@@ -381,6 +386,7 @@ struct qv_chat_tool_stream {
   sbuf buf;       /* all text so far */
   size_t pos;     /* everything before pos has been emitted (as content or calls) */
   bool at_start;
+  bool waiting;   /* the last step stopped at an unfinished call */
   int index;      /* calls emitted so far */
 };
 
@@ -409,6 +415,7 @@ static int stream_step(qv_chat_tool_stream *s, bool final, qv_chat_parsed *out, 
   while (s->pos < n && rc == 0) {
     scan_result r;
     rc = scan(s->fmt, text, n, s->pos, s->at_start, final, out, &s->index, &r);
+    s->waiting = rc == 0 && r.kind == SCAN_MORE && r.in_call;
     if (rc || r.kind == SCAN_MORE) break;
     if (r.next <= s->pos) r.next = n;
     if (r.kind == SCAN_TEXT) {
@@ -434,6 +441,17 @@ int qv_chat_tool_stream_feed(qv_chat_tool_stream *s, const char *delta, size_t l
                              qv_chat_parsed *out, qv_error *err) {
   if (!s || (!delta && len)) return qv_error_set(err, QV_EINVAL, "invalid stream arguments");
   if (len && sbuf_put(&s->buf, delta, len)) return qv_error_set(err, QV_ENOMEM, "out of memory");
+  /* An unfinished call can only complete on a closing '>' (of </tool_call>) or a closing JSON
+   * bracket: skip re-scanning the whole call for deltas without one, which keeps long calls
+   * streamed token by token linear rather than quadratic. */
+  bool may_complete = false;
+  for (size_t i = 0; i < len && !may_complete; i++)
+    may_complete = delta[i] == '>' || delta[i] == '}' || delta[i] == ']';
+  if (s->waiting && !may_complete) {
+    qv_chat_parsed_deinit(out);
+    out->content = calloc(1, 1);
+    return out->content ? 0 : qv_error_set(err, QV_ENOMEM, "out of memory");
+  }
   return stream_step(s, false, out, err);
 }
 

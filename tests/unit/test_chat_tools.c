@@ -353,3 +353,38 @@ Test(chat_request, openai_request_to_vars) {
   }
   qv_chat_template_destroy(t);
 }
+
+Test(chat_tools, stream_releases_undecided_text_promptly) {
+  qv_error err = {0};
+  qv_chat_tool_stream *s = NULL;
+  qv_chat_parsed d = {0};
+  cr_assert_eq(qv_chat_tool_stream_create(QV_CHAT_TOOLS_HERMES, &s, &err), 0);
+  cr_assert_eq(qv_chat_tool_stream_feed(s, "Hi <tool_", 9, &d, &err), 0);
+  cr_assert_str_eq(d.content, "Hi ");
+  cr_assert_eq(qv_chat_tool_stream_feed(s, "s are great", 11, &d, &err), 0);
+  cr_assert_str_eq(d.content, "<tool_s are great"); /* not a marker after all: released now */
+  qv_chat_tool_stream_destroy(s);
+  cr_assert_eq(qv_chat_tool_stream_create(QV_CHAT_TOOLS_LLAMA3, &s, &err), 0);
+  cr_assert_eq(qv_chat_tool_stream_feed(s, "  ", 2, &d, &err), 0);
+  cr_assert_str_eq(d.content, "");
+  cr_assert_eq(qv_chat_tool_stream_feed(s, "Hello", 5, &d, &err), 0);
+  cr_assert_str_eq(d.content, "  Hello");
+  qv_chat_tool_stream_destroy(s);
+  /* a long call streamed one byte at a time completes exactly once */
+  cr_assert_eq(qv_chat_tool_stream_create(QV_CHAT_TOOLS_HERMES, &s, &err), 0);
+  char *big = malloc(70000);
+  size_t k = (size_t)sprintf(big, "<tool_call>{\"name\": \"w\", \"arguments\": {\"text\": \"");
+  for (int i = 0; i < 60000; i++) big[k++] = (char)('a' + i % 26);
+  k += (size_t)sprintf(big + k, "\"}}</tool_call>");
+  int calls = 0;
+  for (size_t i = 0; i < k; i++) {
+    cr_assert_eq(qv_chat_tool_stream_feed(s, big + i, 1, &d, &err), 0);
+    cr_assert_str_eq(d.content, "");
+    calls += d.n_calls;
+  }
+  cr_assert_eq(calls, 1);
+  cr_assert_eq(strlen(d.calls[0].arguments), 60000 + strlen("{\"text\":\"\"}"));
+  qv_chat_parsed_deinit(&d);
+  qv_chat_tool_stream_destroy(s);
+  free(big);
+}
