@@ -727,12 +727,16 @@ static const char *const FILTERS[] = {
     "last", "reverse", "join", "map", "select", "reject", "selectattr", "rejectattr", "sort",
     "dictsort", "unique", "min", "max", "batch", "int", "float", "abs", "round", "sum", "attr",
     "escape", "e", "forceescape", "trim", "upper", "lower", "capitalize", "title", "replace",
-    "indent", "wordcount", "center", "format", NULL};
+    "indent", "wordcount", "center", "format", "truncate", "slice",
+    /* jinja2 filters quiver knows by name but does not implement: a template that mentions one
+     * still loads (as with jinja2) and fails only if it is actually applied */
+    "filesizeformat", "groupby", "pprint", "random", "striptags", "urlencode", "urlize",
+    "wordwrap", "xmlattr", NULL};
 static const char *const TESTS[] = {
     "defined", "undefined", "none", "string", "number", "integer", "float", "boolean", "true",
     "false", "mapping", "iterable", "sequence", "callable", "lower", "upper", "odd", "even",
     "divisibleby", "equalto", "eq", "==", "sameas", "ne", "!=", "lt", "le", "gt", "ge",
-    "lessthan", "greaterthan", "in", NULL};
+    "lessthan", "greaterthan", "in", "escaped", "filter", "test", NULL};
 
 static bool in_table(const char *const *tab, const char *name) {
   for (int i = 0; tab[i]; i++)
@@ -851,6 +855,29 @@ int jb_filter(jctx *c, const char *name, jv in, const jargs *a, jv *out) {
     return nm ? jrt_getattr(c, in, nm, x.u.s.n, out) : jctx_oom(c);
   }
   if (IS("escape") || IS("e") || IS("forceescape")) return escape_html(c, in, out);
+  if (IS("slice")) {
+    jv slices, fill = jv_none();
+    if (!jargs_get(a, 0, "slices", &slices) || slices.t != JV_INT || slices.u.i <= 0 || slices.u.i > 100000)
+      return jctx_fail(c, "slice() needs a positive number of slices");
+    jargs_get(a, 1, "fill_with", &fill);
+    jlist *l;
+    if ((rc = jrt_iterate(c, in, &l))) return rc;
+    size_t k = (size_t)slices.u.i, per = l->n / k, extra = l->n % k, offset = 0;
+    jlist *res = jlist_new(c->a, k);
+    if (!res) return jctx_oom(c);
+    for (size_t i = 0; i < k; i++) {
+      size_t start = offset + i * per;
+      if (i < extra) offset++;
+      size_t end = offset + (i + 1) * per;
+      jlist *part = jlist_new(c->a, end - start + 1);
+      if (!part) return jctx_oom(c);
+      for (size_t j = start; j < end; j++) part->v[part->n++] = l->v[j];
+      if (fill.t != JV_NONE && fill.t != JV_UNDEF && i >= extra) part->v[part->n++] = fill;
+      res->v[res->n].t = JV_LIST;
+      res->v[res->n++].u.l = part;
+    }
+    return ret_list(res, out);
+  }
   /* the rest work on str(value) */
   jv s;
   if (in.t == JV_UNDEF && !IS("wordcount")) in = jv_cstr("");
@@ -871,6 +898,32 @@ int jb_filter(jctx *c, const char *name, jv in, const jargs *a, jv *out) {
     return do_replace(c, s, x, y, count.t == JV_INT ? count.u.i : -1, out);
   }
   if (IS("indent")) return do_indent(c, s, a, out);
+  if (IS("truncate")) {
+    jv length = jv_int(255), killwords = jv_bool(false), end = jv_cstr("..."), leeway = jv_int(5);
+    jargs_get(a, 0, "length", &length);
+    jargs_get(a, 1, "killwords", &killwords);
+    jargs_get(a, 2, "end", &end);
+    jargs_get(a, 3, "leeway", &leeway);
+    if (length.t != JV_INT || end.t != JV_STR || (leeway.t != JV_INT && leeway.t != JV_NONE))
+      return jctx_fail(c, "truncate() arguments have the wrong types");
+    int64_t n = (int64_t)utf8_len(s.u.s.p, s.u.s.n), endn = (int64_t)utf8_len(end.u.s.p, end.u.s.n);
+    int64_t lw = leeway.t == JV_INT ? leeway.u.i : 5;
+    if (length.u.i < endn) return jctx_fail(c, "expected length >= %lld, got %lld", (long long)endn, (long long)length.u.i);
+    if (n <= length.u.i + lw) { *out = s; return 0; }
+    size_t cut = utf8_offset(s.u.s.p, s.u.s.n, (size_t)(length.u.i - endn));
+    if (!jv_truthy(killwords)) {
+      size_t sp = cut;
+      while (sp > 0 && s.u.s.p[sp - 1] != ' ') sp--;
+      if (sp > 0) cut = sp - 1; /* rsplit(" ", 1)[0] drops the last partial word and its space */
+    }
+    jbuf b = {0};
+    rc = jbuf_put(&b, s.u.s.p, cut);
+    if (rc == 0) rc = jbuf_put(&b, end.u.s.p, end.u.s.n);
+    if (rc == 0) rc = jctx_str(c, b.p ? b.p : "", b.n, out);
+    else rc = jctx_oom(c);
+    jbuf_free(&b);
+    return rc;
+  }
   if (IS("format")) {
     jv args;
     if (a->n_kw) {
@@ -919,6 +972,7 @@ int jb_filter(jctx *c, const char *name, jv in, const jargs *a, jv *out) {
     jbuf_free(&b);
     return rc;
   }
+  if (jinja_filter_exists(name)) return jctx_fail(c, "the '%s' filter is not supported", name);
   return jctx_fail(c, "no filter named '%s'", name);
 }
 
@@ -974,6 +1028,13 @@ int jb_test(jctx *c, const char *name, jv v, const jargs *a, bool *out) {
     int rc = jrt_binop(c, op, v, x, &r);
     if (rc) return rc;
     *out = r.u.b;
+  } else if (IS("escaped")) {
+    *out = false; /* no autoescaping, so no Markup values */
+  } else if (IS("filter") || IS("test")) {
+    if (v.t != JV_STR) { *out = false; return 0; }
+    char nm[64];
+    snprintf(nm, sizeof nm, "%.*s", (int)(v.u.s.n < 63 ? v.u.s.n : 63), v.u.s.p);
+    *out = IS("filter") ? jinja_filter_exists(nm) : jinja_test_exists(nm);
   } else if (IS("in")) {
     jv r;
     int rc = jrt_binop(c, JOP_IN, v, x, &r);
