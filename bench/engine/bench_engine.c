@@ -199,7 +199,9 @@ int main(int argc, char **argv) {
             cpu, sysconf(_SC_NPROCESSORS_ONLN), load[0]);
     fprintf(f, "  \"commit\": \"%s\",\n  \"date\": \"%s\",\n", commit, date);
     fprintf(f, "  \"settings\": {\"running_seqs\": %d, \"steps\": %d, \"prompt_len\": 32, \"block_size\": 16, "
-               "\"temperature\": %g, \"prefix_caching\": true, \"detokenize\": false},\n", n_seqs, steps, temperature);
+               "\"temperature\": %g, \"top_p\": %g, \"prefix_caching\": true, \"detokenize\": false, "
+               "\"logits\": \"64 precomputed rows, uniform in [-4, 4): flat, the worst case for top-p\"},\n",
+            n_seqs, steps, temperature, temperature > 0 ? 0.95 : 1.0);
     fprintf(f, "  \"target_us_per_step\": 50,\n  \"results\": [\n");
     for (int i = 0; i < nr; i++)
       fprintf(f, "    {\"vocab\": %d, \"median_us_per_step\": %.2f, \"p90_us_per_step\": %.2f, \"median_us_per_seq\": %.3f}%s\n",
