@@ -69,7 +69,7 @@ static void seq_finish(qv_engine *e, eng_seq *q, qv_finish_reason why, const cha
 static void take_incoming(qv_engine *e) {
   pthread_mutex_lock(&e->mu);
   eng_req **in = e->incoming;
-  int32_t n_in = e->n_incoming, cap_in = e->cap_incoming;
+  int32_t n_in = e->n_incoming;
   e->incoming = NULL;
   e->n_incoming = e->cap_incoming = 0;
   uint64_t ab[64];
@@ -80,7 +80,6 @@ static void take_incoming(qv_engine *e) {
     e->n_aborts -= n_ab;
   }
   pthread_mutex_unlock(&e->mu);
-  (void)cap_in;
 
   for (int32_t i = 0; i < n_in; i++) {
     eng_req *r = in[i];
@@ -262,7 +261,8 @@ int engine_run_step(qv_engine *e) {
         }
         if (q->finish) e->finished[e->n_finished++] = q;
       }
-      (void)nl;
+      if (row != nl) /* programmer invariant: one logits row per sampled sequence */
+        QV_LOGE("engine: %d logits rows requested, %d sampled", nl, row);
       for (int32_t i = 0; i < e->n_finished; i++) {
         eng_seq *q = e->finished[i];
         seq_finish(e, q, q->finish, q->finish == QV_FINISH_ERROR ? "engine: sampling failed (out of memory or no candidate token)" : NULL);
