@@ -305,7 +305,7 @@ int seq_on_token(const engine_cfg *cfg, const engine_text_ops *text, eng_seq *q,
   size_t end = stop_text_safe_end(&q->text, r->stop, r->p.n_stop, q->finish != QV_FINISH_NONE);
   const char *delta = "";
   size_t dlen = 0;
-  if (r->p.detokenize && q->detok) {
+  if (r->p.detokenize && q->detok && q->text.buf) {
     delta = q->text.buf + q->text.emitted;
     dlen = end - q->text.emitted;
   }
