@@ -70,6 +70,9 @@ struct qv_engine {
 int req_create(const engine_cfg *cfg, const engine_text_ops *text, const qv_request_params *p, uint64_t seed,
                eng_req **out, qv_error *err);
 void req_free(eng_req *r, const engine_text_ops *text);
+/* Creates and primes the choices' detokenizers (engine thread: priming a long prompt is work
+ * the submitting thread, often an event loop, should not do). */
+int req_start_text(const engine_text_ops *text, eng_req *r);
 int seq_is_eos(const engine_cfg *cfg, const eng_req *r, int32_t id);
 /* Applies a sampled token to q: appends it, checks stops, computes the text delta. *tok_ev
  * receives the TOKENS event (owned by the caller); q->finish is set when the choice ended. */

@@ -198,7 +198,6 @@ int req_create(const engine_cfg *cfg, const engine_text_ops *text, const qv_requ
   r->p.stop = (const char *const *)r->stop;
   r->p.stop_token_ids = r->stop_ids;
   if (!p->sampling.has_seed) r->p.sampling.seed = seed;
-  int want_text = text && (p->detokenize || p->n_stop);
   for (int32_t c = 0; !fail && c < p->n; c++) {
     eng_seq *q = &r->seqs[c];
     r->p.n++;
@@ -218,28 +217,29 @@ int req_create(const engine_cfg *cfg, const engine_text_ops *text, const qv_requ
     q->n_tokens = p->n_prompt;
     /* Choice c draws from its own stream of the request's seed. */
     sampler_rng_seed(&q->rng, r->p.sampling.seed + (uint64_t)c * 0x9e3779b97f4a7c15ull);
-    if (want_text) {
-      if (text->detok_create(text->ctx, p->skip_special_tokens, &q->detok)) {
-        fail = 1;
-        break;
-      }
-      /* Prime with the prompt so the first output token decodes in context (a SentencePiece
-       * leading space is kept, as when the whole sequence is decoded); prompt text is dropped. */
-      for (int32_t i = 0; i < p->n_prompt; i++) {
-        const char *t;
-        size_t n;
-        if (text->detok_push(q->detok, p->prompt_ids[i], &t, &n)) {
-          fail = 1;
-          break;
-        }
-      }
-    }
   }
   if (fail) {
     req_free(r, text);
     return qv_error_set(err, QV_ENOMEM, "out of memory copying the request");
   }
   *out = r;
+  return 0;
+}
+
+int req_start_text(const engine_text_ops *text, eng_req *r) {
+  if (!text || !(r->p.detokenize || r->p.n_stop)) return 0;
+  for (int32_t c = 0; c < r->p.n; c++) {
+    eng_seq *q = &r->seqs[c];
+    int rc = text->detok_create(text->ctx, r->p.skip_special_tokens, &q->detok);
+    if (rc) return rc;
+    /* Prime with the prompt so the first output token decodes in context (a SentencePiece
+     * leading space is kept, as when the whole sequence is decoded); prompt text is dropped. */
+    for (int32_t i = 0; i < r->p.n_prompt; i++) {
+      const char *t;
+      size_t n;
+      if ((rc = text->detok_push(q->detok, r->prompt[i], &t, &n))) return rc;
+    }
+  }
   return 0;
 }
 

@@ -97,6 +97,13 @@ static void take_incoming(qv_engine *e) {
     e->reqs[e->n_reqs++] = r;
     e->prompt_tokens_total += r->p.n_prompt;
     int32_t n = r->p.n;
+    if (req_start_text(e->has_text ? &e->text : NULL, r)) {
+      for (int32_t c = 0; c < n; c++) {
+        r->seqs[c].state = SEQ_RUNNING; /* never queued; seq_finish only releases */
+        seq_finish(e, &r->seqs[c], QV_FINISH_ERROR, "engine: cannot start the detokenizer"); /* frees r last */
+      }
+      continue;
+    }
     for (int32_t c = 0; c < n; c++) {
       eng_seq *q = &r->seqs[c];
       if (r->p.max_tokens == 0) {
