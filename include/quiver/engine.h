@@ -22,7 +22,7 @@ typedef struct qv_engine_opts {
   int32_t n_kv_blocks;            /* 0: size the pool from kv_mem_fraction */
   double kv_mem_fraction;         /* with n_kv_blocks 0: fraction of available memory for KV (0: 0.25 of
                                    * available RAM); the pool never exceeds max_num_seqs full sequences */
-  int32_t max_num_seqs;           /* running sequences at once (default 256) */
+  int32_t max_num_seqs;           /* running sequences at once (default 256; lowered to max_num_batched_tokens) */
   int32_t max_num_batched_tokens; /* tokens per step (default 2048) */
   int32_t max_model_len;          /* 0: the model's max positions */
   int32_t enable_prefix_caching;  /* default 1 */

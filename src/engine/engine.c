@@ -64,6 +64,13 @@ int engine_create_ops(const engine_model_ops *m, const engine_text_ops *text, co
   if (o.max_model_len > m->max_pos)
     return qv_error_set(err, QV_EINVAL, "max_model_len %d exceeds the model's %d positions", o.max_model_len,
                         m->max_pos);
+  if (o.max_num_seqs > o.max_num_batched_tokens) {
+    /* Every running sequence needs at least one token per step; with fewer tokens than
+     * sequences the last ones would wait for the first to finish. */
+    QV_LOGW("engine: max_num_seqs lowered from %d to max_num_batched_tokens %d", o.max_num_seqs,
+            o.max_num_batched_tokens);
+    o.max_num_seqs = o.max_num_batched_tokens;
+  }
   int32_t max_len = o.max_model_len ? o.max_model_len : m->max_pos;
   int64_t n_blocks = o.n_kv_blocks ? o.n_kv_blocks : default_n_blocks(m, &o, max_len);
   if (n_blocks > INT32_MAX / o.block_size) n_blocks = INT32_MAX / o.block_size;
