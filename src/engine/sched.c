@@ -1,6 +1,6 @@
-/* Scheduler: each step spends a token budget on running sequences first (one decode token, or
- * the next prefill chunk), then admits waiting ones while blocks, budget and max_num_seqs
- * allow. There is no prefill or decode phase: a sequence is n_computed catching up with
+/* Scheduler: each step spends a token budget on running sequences first (their decode tokens,
+ * then the next chunks of prompts being prefilled), then admits waiting ones while blocks,
+ * budget and max_num_seqs allow. There is no prefill or decode phase: a sequence is n_computed catching up with
  * n_tokens, in chunks of at most the remaining budget.
  *
  * When a running sequence needs a block and none is free, the lowest-priority newest running
@@ -198,31 +198,44 @@ int32_t sched_step(sched *s) {
     s->waiting = w;
     s->cap_waiting = cap;
   }
-  for (int32_t i = 0; i < s->n_running && budget > 0;) {
-    eng_seq *q = s->running[i];
-    int32_t n_new = q->n_tokens - q->n_computed;
-    if (n_new > budget) n_new = budget;
-    if (n_new <= 0) { /* nothing to compute (cannot happen for a live sequence) */
-      i++;
-      continue;
-    }
-    int32_t need = blocks_for(s, q->n_computed + n_new) - q->n_blocks;
-    int self_preempted = 0;
-    while (need > kv_pool_n_free(&s->pool)) {
-      int last = s->running[s->n_running - 1] == q;
-      if (preempt_last(s)) return QV_ENOMEM;
-      preempted = 1;
-      if (last) {
-        self_preempted = 1;
-        break;
+  /* Decodes first, then prefill chunks, so a long prompt never holds back other sequences'
+   * next tokens; within each pass the service order (priority, arrival). */
+  for (int32_t i = 0; i < s->n_running; i++) s->running[i]->n_sched = 0;
+  for (int pass = 0; pass < 2; pass++) {
+    for (int32_t i = 0; i < s->n_running && budget > 0;) {
+      eng_seq *q = s->running[i];
+      int32_t n_new = q->n_tokens - q->n_computed;
+      if (q->n_sched || n_new <= 0 || (pass == 0) != (n_new == 1)) {
+        i++;
+        continue;
       }
+      if (n_new > budget) n_new = budget;
+      int32_t need = blocks_for(s, q->n_computed + n_new) - q->n_blocks;
+      int self_preempted = 0;
+      while (need > kv_pool_n_free(&s->pool)) {
+        eng_seq *v = s->running[s->n_running - 1];
+        if (v->n_sched) { /* a decode scheduled in the first pass gives its token back */
+          budget += v->n_sched;
+          for (int32_t k = 0; k < s->n_scheduled; k++)
+            if (s->scheduled[k] == v) {
+              remove_at(s->scheduled, &s->n_scheduled, k, 1);
+              break;
+            }
+        }
+        if (preempt_last(s)) return QV_ENOMEM;
+        preempted = 1;
+        if (v == q) {
+          self_preempted = 1;
+          break;
+        }
+      }
+      if (self_preempted) break;
+      grow_blocks(s, q, q->n_computed + n_new);
+      q->n_sched = n_new;
+      budget -= n_new;
+      s->scheduled[s->n_scheduled++] = q;
+      i++;
     }
-    if (self_preempted) break;
-    grow_blocks(s, q, q->n_computed + n_new);
-    q->n_sched = n_new;
-    budget -= n_new;
-    s->scheduled[s->n_scheduled++] = q;
-    i++;
   }
   while (!preempted && budget > 0 && s->n_running < s->max_num_seqs && s->n_waiting > 0) {
     int32_t wi = pick_waiting(s);

@@ -139,3 +139,31 @@ Test(sched, admission_waits_for_blocks) {
   sched_deinit(&s);
   free(f);
 }
+
+/* Decodes are scheduled before prefill chunks: an older sequence with a long prompt still
+ * being prefilled does not take the budget from a younger one that is decoding. */
+Test(sched, decodes_before_prefill_chunks) {
+  sched s;
+  fixture *f = calloc(1, sizeof *f);
+  sched_init(&s, 64, 16, 0, 512, 8, 64, 0);
+  eng_seq *b = mkseq(f, 1, 5, 0);
+  sched_add(&s, b);
+  sched_step(&s);
+  commit_all(&s); /* b is decoding now */
+  eng_seq *a = mkseq(f, 0, 300, 0);
+  f->reqs[0].arrival = 0; /* older than b: first in service order */
+  sched_add(&s, a);
+  sched_step(&s);
+  cr_assert_eq(b->n_sched, 1);
+  cr_assert_eq(a->n_sched, 63);
+  commit_all(&s);
+  sched_step(&s);
+  cr_assert_eq(s.running[0], a, "a is first in service order");
+  cr_assert_eq(b->n_sched, 1, "the decode is not starved by a's prefill");
+  cr_assert_eq(a->n_sched, 63);
+  sched_remove(&s, a);
+  sched_remove(&s, b);
+  cr_assert_eq(kv_pool_n_used(&s.pool), 0);
+  sched_deinit(&s);
+  free(f);
+}
