@@ -100,3 +100,23 @@ def test_bad_inputs(quiver_bin, stories_dir, tmp_path):
     assert r.returncode == 1 and "line 1" in r.stderr
     r = run(quiver_bin, "--prompts", str(tmp_path / "missing.jsonl"))
     assert r.returncode == 1 and "cannot open" in r.stderr
+
+
+def test_prompts_report_cached_tokens(quiver_bin, stories_dir, tmp_path):
+    # One sequence at a time, so the second prompt finds the first one's prefix in the cache.
+    ids = [int(t) for t in ref_ids(stories_dir)]
+    lines = [{"prompt_ids": ids[:120] + [5, 6], "max_tokens": 8, "temperature": 0},
+             {"prompt_ids": ids[:120] + [7, 8, 9], "max_tokens": 8, "temperature": 0}]
+    f = tmp_path / "p.jsonl"
+    f.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    r = run(quiver_bin, "--model", str(stories_dir), "--prompts", str(f), "--max-num-seqs", "1")
+    assert r.returncode == 0, r.stderr
+    out = [json.loads(x) for x in r.stdout.splitlines()]
+    assert out[0]["cached_tokens"] == 0
+    assert out[1]["cached_tokens"] == 112  # 7 full blocks of 16 shared
+    r2 = run(quiver_bin, "--model", str(stories_dir), "--prompts", str(f), "--max-num-seqs", "1",
+             "--no-prefix-caching")
+    assert r2.returncode == 0, r2.stderr
+    out2 = [json.loads(x) for x in r2.stdout.splitlines()]
+    assert [o["cached_tokens"] for o in out2] == [0, 0]
+    assert [o["token_ids"] for o in out2] == [o["token_ids"] for o in out]
