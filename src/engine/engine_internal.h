@@ -86,7 +86,8 @@ struct eng_req {
   qv_event **finish_evs; /* [n] FINISH events held until every choice ends, owned */
 };
 
-/* Scheduler state: the block pool and the waiting and running sets. */
+/* Scheduler state: the block pool and the waiting and running sets. The sets hold borrowed
+ * pointers to sequences owned by their requests (eng_req.seqs); the arrays are owned. */
 typedef struct sched {
   kv_pool pool;
   int32_t block_size;
