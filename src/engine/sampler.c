@@ -162,13 +162,22 @@ static int filter(sampler *s, const float *x, const qv_sampling_params *p, int32
   int32_t V = s->vocab;
   float inv_t = 1.0f / p->temperature;
   int32_t n = 0;
-  for (int32_t i = 0; i < V; i++)
-    if (x[i] != -INFINITY && !isnan(x[i])) s->cand[n++] = i;
+  cand_val *cv = s->cv;
+  int use_p = p->top_p > 0.0f && p->top_p < 1.0f, use_k = p->top_k > 0;
+  if (use_k || use_p) { /* candidates go straight into (logit, id) pairs */
+    for (int32_t i = 0; i < V; i++)
+      if (x[i] != -INFINITY && !isnan(x[i])) cv[n++] = (cand_val){x[i], i, 0.0};
+  } else {
+    for (int32_t i = 0; i < V; i++)
+      if (x[i] != -INFINITY && !isnan(x[i])) s->cand[n++] = i;
+  }
   if (n == 0) return QV_ERANGE;
-  int use_k = p->top_k > 0 && p->top_k < n, use_p = p->top_p > 0.0f && p->top_p < 1.0f;
+  if (use_k && p->top_k >= n) { /* top_k keeps everything: back to the plain id list */
+    use_k = 0;
+    if (!use_p)
+      for (int32_t i = 0; i < n; i++) s->cand[i] = cv[i].id;
+  }
   if (use_k || use_p) {
-    cand_val *cv = s->cv;
-    for (int32_t i = 0; i < n; i++) cv[i] = (cand_val){x[s->cand[i]], s->cand[i], 0.0};
     if (use_k) {
       select_top(cv, n, p->top_k);
       n = p->top_k;
@@ -183,7 +192,7 @@ static int filter(sampler *s, const float *x, const qv_sampling_params *p, int32
       enum { NBIN = 128 };
       const float bin_scale = (float)NBIN / 32.0f; /* 32 nats: beyond, weights are < 1.3e-14 */
       float fmx = -INFINITY;
-      for (int32_t i = 0; i < n; i++) fmx = fmaxf(fmx, cv[i].v * inv_t);
+      for (int32_t i = 0; i < n; i++) fmx = cv[i].v * inv_t > fmx ? cv[i].v * inv_t : fmx;
       double mass[NBIN] = {0}, z = 0.0;
       for (int32_t i = 0; i < n; i++) {
         float d = fmx - cv[i].v * inv_t;
