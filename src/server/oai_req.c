@@ -182,8 +182,8 @@ static int parse_messages(oai_request *r, const cJSON *msgs, qv_error *err) {
     if (!content) {
       if (strcmp(role->valuestring, "assistant") || !tool_calls)
         return BAD("messages", "needs 'content' (only assistant tool-call messages may omit it)");
-      cJSON_ReplaceItemInObjectCaseSensitive(nm, "content", cJSON_CreateString(""));
-      if (!get(nm, "content")) cJSON_AddStringToObject(nm, "content", "");
+      cJSON_DeleteItemFromObjectCaseSensitive(nm, "content");
+      cJSON_AddStringToObject(nm, "content", "");
     } else if (cJSON_IsArray(content)) {
       char *joined = NULL;
       int rc = join_parts(r, content, &joined, err);
