@@ -752,5 +752,6 @@ void http_server_close(http_server *s) {
     next = c->next;
     conn_close(c);
   }
-  listener_close(s);
+  if (!s->listener_open && s->n_conns == 0) free(s); /* all callbacks already ran */
+  else listener_close(s);
 }
