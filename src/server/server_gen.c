@@ -191,6 +191,11 @@ void srv_gen_start(srv_req *r) {
 
 /* ---- responses for tokenize/detokenize ---- */
 
+/* Names the model that actually served (a route or alias may hide it from the body). */
+static void served_header(const srv_req *r, char *out, size_t cap) {
+  snprintf(out, cap, "X-Quiver-Model: %.128s\r\n", r->s->reg->models[r->model].name);
+}
+
 static void respond_body(srv_req *r, int status, char *json) {
   if (!json) {
     srv_send_error(r, 500, "out of memory", NULL, NULL);
@@ -200,7 +205,9 @@ static void respond_body(srv_req *r, int status, char *json) {
   r->conn = NULL;
   http_conn_set_ctx(c, NULL);
   metrics_count_request(&r->s->met, r->model, status);
-  http_respond(c, status, "application/json", "", json, strlen(json));
+  char extra[200];
+  served_header(r, extra, sizeof extra);
+  http_respond(c, status, "application/json", extra, json, strlen(json));
   free(json);
 }
 
@@ -248,6 +255,10 @@ static int alloc_choices(srv_req *r, int32_t n_subs) {
       r->choices[i].lp = oai_logprobs_create(r->o.kind);
       if (!r->choices[i].lp) return QV_ENOMEM;
     }
+  for (int32_t i = 0; i < r->n_choices; i++) {
+    int32_t pi = i / n;
+    r->choices[i].last_token = r->pn[pi] > 0 ? r->pids[pi][r->pn[pi] - 1] : -1;
+  }
   memset(&r->usage, 0, sizeof r->usage);
   return 0;
 }
@@ -333,7 +344,9 @@ static void submit_all(srv_req *r) {
            (unsigned long long)r->s->started & 0xffffff, (unsigned long long)++r->s->next_id);
   if (r->o.stream) {
     metrics_count_request(&r->s->met, r->model, 200);
-    http_stream_begin(r->conn, 200, "text/event-stream", "");
+    char extra[200];
+    served_header(r, extra, sizeof extra);
+    http_stream_begin(r->conn, 200, "text/event-stream", extra);
     r->stream_started = 1;
     oai_meta meta = {r->o.kind, r->id, r->created, r->model_name};
     for (int32_t c = 0; c < r->n_choices && r->conn; c++) {
@@ -414,25 +427,42 @@ static int append_text(srv_choice *c, const char *t, size_t n) {
   return 0;
 }
 
-/* Token text for logprobs, decoded one token at a time (a lookup-sized job). */
-static char *token_str(srv_model *m, int32_t id) {
-  char *t = NULL;
-  size_t n = 0;
+/* Token text for logprobs. Decoders drop a leading space at the start of a text
+ * (SentencePiece), so a token is decoded after its predecessor and the predecessor's text is
+ * cut off: the same text the token adds inside the sequence. Lookup-sized work, fine on the
+ * loop. */
+static char *token_str(srv_model *m, int32_t prev, int32_t id) {
+  char *t = NULL, *p = NULL;
+  size_t n = 0, pn = 0;
+  if (prev >= 0) {
+    int32_t two[2] = {prev, id};
+    if (!m->ops->decode(m->ctx, two, 2, 0, &t, &n, NULL) &&
+        !m->ops->decode(m->ctx, &prev, 1, 0, &p, &pn, NULL) && pn <= n && !memcmp(t, p, pn)) {
+      memmove(t, t + pn, n - pn + 1);
+      free(p);
+      return t;
+    }
+    free(t);
+    free(p);
+    t = NULL;
+  }
   if (m->ops->decode(m->ctx, &id, 1, 0, &t, &n, NULL)) return strdup("");
   return t;
 }
 
-static void add_logprobs(srv_req *r, srv_choice *ch, const qv_event *ev) {
+static void add_logprobs(srv_req *r, srv_choice *ch, int32_t prompt_idx, const qv_event *ev) {
   if (!ch->lp || !ev->logprobs) return;
   srv_model *m = model_of(r);
   size_t off = ch->text_offset;
+  if (r->o.echo && r->ptext && r->ptext[prompt_idx]) off += r->ptext_len[prompt_idx];
   for (int32_t t = 0; t < ev->n_tokens; t++) {
-    char *tok = token_str(m, ev->token_ids[t]);
+    int32_t prev = ch->last_token;
+    char *tok = token_str(m, prev, ev->token_ids[t]);
     const char *tops[OAI_MAX_TOP_LOGPROBS];
     char *owned[OAI_MAX_TOP_LOGPROBS];
     int32_t n_top = ev->top ? (ev->n_top < OAI_MAX_TOP_LOGPROBS ? ev->n_top : OAI_MAX_TOP_LOGPROBS) : 0;
     for (int32_t k = 0; k < n_top; k++) {
-      owned[k] = token_str(m, ev->top[(size_t)t * (size_t)ev->n_top + (size_t)k].id);
+      owned[k] = token_str(m, prev, ev->top[(size_t)t * (size_t)ev->n_top + (size_t)k].id);
       tops[k] = owned[k] ? owned[k] : "";
     }
     oai_logprobs_add(ch->lp, tok ? tok : "", tok ? strlen(tok) : 0, ev->logprobs[t],
@@ -440,6 +470,7 @@ static void add_logprobs(srv_req *r, srv_choice *ch, const qv_event *ev) {
     off += tok ? strlen(tok) : 0;
     for (int32_t k = 0; k < n_top; k++) free(owned[k]);
     free(tok);
+    ch->last_token = ev->token_ids[t];
   }
 }
 
@@ -529,7 +560,7 @@ void srv_gen_on_event(server *s, int32_t model, qv_event *ev) {
     if (r->stream_started) {
       cJSON *lp = NULL;
       if (ch->lp) {
-        add_logprobs(r, ch, ev);
+        add_logprobs(r, ch, sub->prompt_idx, ev);
         lp = oai_logprobs_take(ch->lp);
       }
       if (ev->text_len > 0 || lp) {
@@ -538,7 +569,7 @@ void srv_gen_on_event(server *s, int32_t model, qv_event *ev) {
       }
       cJSON_Delete(lp);
     } else {
-      add_logprobs(r, ch, ev);
+      add_logprobs(r, ch, sub->prompt_idx, ev);
       if (append_text(ch, ev->text ? ev->text : "", ev->text_len)) {
         abort_subs(r, 0);
         srv_send_error(r, 500, "out of memory", NULL, NULL);

@@ -32,6 +32,7 @@ typedef struct srv_choice {
   const char *finish;     /* static string */
   char *stop_reason;      /* owned or NULL */
   oai_logprobs *lp;       /* owned or NULL */
+  int32_t last_token;     /* previous token (logprob token texts are decoded after it) */
   int role_sent;
   int finished;
 } srv_choice;

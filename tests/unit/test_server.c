@@ -858,6 +858,7 @@ Test(server, route_falls_back_when_queue_full) {
   expected('A', 2, 0, 3, want);
   cr_assert(strstr(r.body, want), "%s", r.body);
   cr_assert(strstr(r.body, "\"model\":\"auto\""));
+  cr_assert(strcasestr(r.head, "X-Quiver-Model: upper"), "%s", r.head);
   free(r.body);
   /* No route: a full queue is a 429. */
   r = request("POST", "/v1/completions", "{\"model\":\"lower\",\"prompt\":\"x\"}", NULL);
