@@ -39,6 +39,8 @@ typedef struct fake {
   pthread_mutex_t mu;
   pthread_t th;
   int running, hold, capacity, n_active;
+  int burst;                 /* tokens per choice per step (1 unless a test floods) */
+  int32_t default_max;       /* max_tokens when the request gives none */
   char base;                 /* first letter of generated text */
   fake_req *active;
   qv_event **evq;
@@ -97,13 +99,14 @@ static int fake_step(fake *f) {
         done = 0;
         continue;
       }
+      for (int b = 0; b < f->burst && !r->finished[c]; b++) {
       char ch = fake_letter(f, r, c, r->produced[c]);
       const char *hit = NULL;
       for (int32_t s = 0; s < r->n_stop; s++)
         if (r->stop[s][0] == ch) hit = r->stop[s];
       if (hit) {
         finish(f, r, c, QV_FINISH_STOP, hit);
-        continue;
+        break;
       }
       qv_event *ev = new_event(QV_EVENT_TOKENS, r, c);
       ev->n_tokens = 1;
@@ -128,7 +131,8 @@ static int fake_step(fake *f) {
       }
       post(f, ev);
       if (++r->produced[c] >= r->max_tokens) finish(f, r, c, QV_FINISH_LENGTH, NULL);
-      else done = 0;
+      }
+      if (!r->finished[c]) done = 0;
     }
     if (done) {
       *pp = r->next;
@@ -169,7 +173,7 @@ static int fake_submit(void *ctx, const qv_request_params *p, uint64_t *id, qv_e
   fake_req *r = calloc(1, sizeof *r);
   r->id = ++f->next_id;
   r->n = p->n;
-  r->max_tokens = p->max_tokens > 0 ? p->max_tokens : 8;
+  r->max_tokens = p->max_tokens > 0 ? p->max_tokens : f->default_max;
   r->n_prompt = p->n_prompt;
   r->logprobs = p->sampling.logprobs;
   r->n_top = p->sampling.top_logprobs;
@@ -318,6 +322,8 @@ static void start(const char *cfg, const char *api_key, uint64_t header_timeout_
     pthread_mutex_init(&f->mu, NULL);
     f->running = 1;
     f->capacity = 1000;
+    f->burst = 1;
+    f->default_max = 8;
     f->base = i == 0 ? 'a' : 'A';
     pthread_create(&f->th, NULL, fake_thread, f);
     H.models[i] = (srv_model){&fake_ops, f, 64, 259, 1, "ready"};
@@ -330,6 +336,7 @@ static void start(const char *cfg, const char *api_key, uint64_t header_timeout_
   if (header_timeout_ms) o.limits.header_timeout_ms = header_timeout_ms;
   o.limits.max_header_bytes = 4096;
   o.limits.max_body_bytes = 64 * 1024;
+  o.max_stream_backlog_bytes = 256 * 1024;
   cr_assert_eq(server_create(&H.loop, &H.reg, H.models, &o, &H.srv, &err), 0, "%s", err.msg);
   H.port = server_port(H.srv);
   pthread_create(&H.th, NULL, loop_thread, NULL);
@@ -896,4 +903,34 @@ Test(server, drain_finishes_in_flight) {
   free(r.body);
   client_close(c);
   stop(); /* a second shutdown request is harmless */
+}
+
+Test(server, slow_reader_is_cut_off) {
+  start(NULL, NULL, 0);
+  H.fakes[0].burst = 64;
+  H.fakes[0].default_max = 1 << 30; /* until aborted */
+  client *c = calloc(1, sizeof *c);
+  c->fd = socket(AF_INET, SOCK_STREAM, 0);
+  int small = 4096;
+  setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  struct sockaddr_in a = {0};
+  a.sin_family = AF_INET;
+  a.sin_port = htons((uint16_t)H.port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  cr_assert_eq(connect(c->fd, (struct sockaddr *)&a, sizeof a), 0);
+  const char *body = "{\"model\":\"lower\",\"prompt\":\"x\",\"stream\":true}";
+  char req[512];
+  int n = snprintf(req, sizeof req, "POST /v1/completions HTTP/1.1\r\nContent-Length: %zu\r\n\r\n%s",
+                   strlen(body), body);
+  client_send(c, req, (size_t)n);
+  /* Never read: the server must give up on this client and abort its request. */
+  for (int i = 0; i < 3000 && (fake_n_active(&H.fakes[0]) > 0 || H.fakes[0].n_aborted == 0); i++)
+    usleep(10000);
+  cr_assert_eq(H.fakes[0].n_aborted, 1);
+  cr_assert_eq(fake_n_active(&H.fakes[0]), 0);
+  client_close(c);
+  resp r = request("GET", "/health", NULL, NULL);
+  cr_assert_eq(r.status, 200);
+  free(r.body);
+  stop();
 }
