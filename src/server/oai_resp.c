@@ -174,9 +174,12 @@ char *oai_response_json(const oai_meta *m, const oai_choice *choices, int32_t n_
     if (m->kind == OAI_CHAT) {
       cJSON *msg = cJSON_AddObjectToObject(ch, "message");
       cJSON_AddStringToObject(msg, "role", "assistant");
-      cJSON_AddItemToObject(msg, "content", str_n(c->text, c->text_len));
+      int calls = c->tool_calls && cJSON_GetArraySize(c->tool_calls) > 0;
+      if (calls && c->text_len == 0) cJSON_AddNullToObject(msg, "content");
+      else cJSON_AddItemToObject(msg, "content", str_n(c->text, c->text_len));
       cJSON_AddNullToObject(msg, "refusal");
-      cJSON_AddArrayToObject(msg, "tool_calls");
+      if (calls) cJSON_AddItemToObject(msg, "tool_calls", cJSON_Duplicate(c->tool_calls, 1));
+      else cJSON_AddArrayToObject(msg, "tool_calls");
       add_logprobs(ch, c->logprobs);
     } else {
       cJSON_AddItemToObject(ch, "text", str_n(c->text, c->text_len));

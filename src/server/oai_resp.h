@@ -49,6 +49,8 @@ typedef struct oai_choice {
   const char *finish_reason;  /* "stop", "length", ... */
   const char *stop_reason;    /* matched stop string or NULL */
   const cJSON *logprobs;      /* borrowed or NULL */
+  const cJSON *tool_calls;    /* chat: borrowed array or NULL; content becomes null when the
+                                 text is empty */
 } oai_choice;
 
 typedef struct oai_meta {

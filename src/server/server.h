@@ -43,6 +43,12 @@ typedef struct srv_model_ops {
   int (*render_chat)(void *ctx, const cJSON *messages, const cJSON *tools,
                      const cJSON *tool_choice, const cJSON *template_kwargs,
                      int add_generation_prompt, char **out, size_t *len, qv_error *err);
+  /* Splits a finished generation into content (*content malloc'd) and OpenAI tool calls
+   * (*tool_calls: a cJSON array [{id, type, function: {name, arguments}}] the caller deletes,
+   * or NULL when there are none). NULL op: the model has no tool-call format. Runs on the loop
+   * thread once per choice; linear in the text. */
+  int (*parse_tools)(void *ctx, const char *text, size_t len, char **content, cJSON **tool_calls,
+                     qv_error *err);
 } srv_model_ops;
 
 /* One served model. The server borrows ops and ctx; they must outlive it. */

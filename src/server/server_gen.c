@@ -483,6 +483,15 @@ static const char *finish_str(qv_finish_reason f) {
   }
 }
 
+/* Tool calls are parsed out of chat output when the request offered tools (and did not say
+ * tool_choice "none") and the model knows a tool-call format. Streamed responses carry the raw
+ * text as content (known limit). */
+static int wants_tools(srv_req *r) {
+  if (r->o.kind != OAI_CHAT || !r->o.tools || !model_of(r)->ops->parse_tools) return 0;
+  const cJSON *tc = r->o.tool_choice;
+  return !(cJSON_IsString(tc) && !strcmp(tc->valuestring, "none"));
+}
+
 static void finish_response(srv_req *r) {
   oai_meta meta = {r->o.kind, r->id, r->created, r->model_name};
   if (r->stream_started) {
@@ -503,9 +512,11 @@ static void finish_response(srv_req *r) {
     }
   oai_choice *cs = calloc((size_t)r->n_choices, sizeof *cs);
   char **texts = calloc((size_t)r->n_choices, sizeof *texts);
-  if (!cs || !texts) {
+  cJSON **calls = calloc((size_t)r->n_choices, sizeof *calls);
+  if (!cs || !texts || !calls) {
     free(cs);
     free(texts);
+    free(calls);
     srv_send_error(r, 500, "out of memory", NULL, NULL);
     return;
   }
@@ -529,10 +540,24 @@ static void finish_response(srv_req *r) {
     cs[i].finish_reason = ch->finish;
     cs[i].stop_reason = ch->stop_reason;
     cs[i].logprobs = ch->lp ? oai_logprobs_json(ch->lp) : NULL;
+    if (wants_tools(r) && !texts[i]) {
+      srv_model *m = model_of(r);
+      if (!m->ops->parse_tools(m->ctx, cs[i].text, cs[i].text_len, &texts[i], &calls[i], NULL) &&
+          texts[i]) {
+        cs[i].text = texts[i];
+        cs[i].text_len = strlen(texts[i]);
+        cs[i].tool_calls = calls[i];
+        if (calls[i] && cJSON_GetArraySize(calls[i]) > 0) cs[i].finish_reason = "tool_calls";
+      }
+    }
   }
   char *j = oai_response_json(&meta, cs, r->n_choices, &r->usage);
-  for (int32_t i = 0; i < r->n_choices; i++) free(texts[i]);
+  for (int32_t i = 0; i < r->n_choices; i++) {
+    free(texts[i]);
+    cJSON_Delete(calls[i]);
+  }
   free(texts);
+  free(calls);
   free(cs);
   respond_body(r, 200, j);
 }

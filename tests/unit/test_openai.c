@@ -192,7 +192,7 @@ Test(openai_resp, completion_and_chat_shapes) {
   qv_top_logprob top[2] = {{5, -0.25f}, {9, -1.75f}};
   const char *tops[2] = {"a", "b"};
   cr_assert_eq(oai_logprobs_add(lp, "a", 1, -0.25f, top, tops, 2, 0), 0);
-  oai_choice c = {"hello", 5, "length", NULL, oai_logprobs_json(lp)};
+  oai_choice c = {"hello", 5, "length", NULL, oai_logprobs_json(lp), NULL};
   oai_usage u = {7, 5, 3};
   char *s = oai_response_json(&m, &c, 1, &u);
   cJSON *j = cJSON_Parse(s);

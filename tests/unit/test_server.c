@@ -260,6 +260,23 @@ static int fake_decode(void *ctx, const int32_t *ids, size_t n, int skip_special
   return 0;
 }
 
+/* A stand-in tool-call parser: the whole text becomes one call to "f". */
+static int fake_parse_tools(void *ctx, const char *text, size_t len, char **content,
+                            cJSON **tool_calls, qv_error *err) {
+  *content = strdup("");
+  *tool_calls = cJSON_CreateArray();
+  cJSON *c = cJSON_CreateObject();
+  cJSON_AddStringToObject(c, "id", "call_1");
+  cJSON_AddStringToObject(c, "type", "function");
+  cJSON *fn = cJSON_AddObjectToObject(c, "function");
+  cJSON_AddStringToObject(fn, "name", "f");
+  char args[300];
+  snprintf(args, sizeof args, "{\"text\":\"%.*s\"}", (int)(len < 200 ? len : 200), text);
+  cJSON_AddStringToObject(fn, "arguments", args);
+  cJSON_AddItemToArray(*tool_calls, c);
+  return 0;
+}
+
 static const srv_model_ops fake_ops = {
     .submit = fake_submit,
     .abort = fake_abort,
@@ -270,6 +287,19 @@ static const srv_model_ops fake_ops = {
     .encode = fake_encode,
     .decode = fake_decode,
     .render_chat = NULL,
+};
+
+static const srv_model_ops fake_ops_tools = {
+    .submit = fake_submit,
+    .abort = fake_abort,
+    .poll = fake_poll,
+    .set_notify = fake_set_notify,
+    .get_stats = fake_stats,
+    .event_free = fake_event_free,
+    .encode = fake_encode,
+    .decode = fake_decode,
+    .render_chat = NULL,
+    .parse_tools = fake_parse_tools,
 };
 
 static int fake_n_active(fake *f) {
@@ -326,7 +356,7 @@ static void start(const char *cfg, const char *api_key, uint64_t header_timeout_
     f->default_max = 8;
     f->base = i == 0 ? 'a' : 'A';
     pthread_create(&f->th, NULL, fake_thread, f);
-    H.models[i] = (srv_model){&fake_ops, f, 64, 259, 1, "ready"};
+    H.models[i] = (srv_model){i == 1 ? &fake_ops_tools : &fake_ops, f, 64, 259, 1, "ready"};
   }
   server_opts o;
   server_opts_default(&o);
@@ -931,6 +961,39 @@ Test(server, slow_reader_is_cut_off) {
   client_close(c);
   resp r = request("GET", "/health", NULL, NULL);
   cr_assert_eq(r.status, 200);
+  free(r.body);
+  stop();
+}
+
+Test(server, chat_tool_calls) {
+  start(NULL, NULL, 0);
+  const char *tools = "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]";
+  char body[512];
+  snprintf(body, sizeof body,
+           "{\"model\":\"upper\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
+           "\"max_tokens\":3,%s}", tools);
+  resp r = request("POST", "/v1/chat/completions", body, NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cJSON *j = json_of(&r);
+  cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+  cr_assert_str_eq(cJSON_GetObjectItem(ch, "finish_reason")->valuestring, "tool_calls");
+  cJSON *msg = cJSON_GetObjectItem(ch, "message");
+  cr_assert(cJSON_IsNull(cJSON_GetObjectItem(msg, "content")));
+  cJSON *call = cJSON_GetArrayItem(cJSON_GetObjectItem(msg, "tool_calls"), 0);
+  char want[8], args[64];
+  expected('A', 27, 0, 3, want);
+  snprintf(args, sizeof args, "{\"text\":\"%s\"}", want);
+  cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(call, "function"), "arguments")->valuestring, args);
+  cJSON_Delete(j);
+  free(r.body);
+  /* tool_choice none, or no tools: plain content. */
+  snprintf(body, sizeof body,
+           "{\"model\":\"upper\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
+           "\"max_tokens\":3,%s,\"tool_choice\":\"none\"}", tools);
+  r = request("POST", "/v1/chat/completions", body, NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert(strstr(r.body, "\"finish_reason\":\"length\""), "%s", r.body);
+  cr_assert(strstr(r.body, want), "%s", r.body);
   free(r.body);
   stop();
 }
