@@ -274,8 +274,7 @@ static void on_request(void *ud, http_conn *c, const http_request *req) {
     srv_req_maybe_free(r);
     return;
   }
-  int head_ok = !strcmp(hit->method, "GET") && !strcmp(req->method_str, "HEAD");
-  if (strcmp(req->method_str, hit->method) && !head_ok) {
+  if (strcmp(req->method_str, hit->method)) {
     char msg[128], allow[64];
     snprintf(msg, sizeof msg, "method %s not allowed here (use %s)", req->method_str,
              hit->method);
