@@ -210,31 +210,30 @@ static char *sse_wrap(cJSON *root) {
   return s;
 }
 
-char *oai_chunk_sse(const oai_meta *m, int32_t index, int role_first, const char *text,
-                    size_t text_len, const char *finish, const char *stop_reason,
-                    const cJSON *logprobs, const oai_usage *usage) {
+char *oai_chunk_sse(const oai_meta *m, const oai_chunk *c) {
   cJSON *root = meta_json(m, 1);
   cJSON *arr = cJSON_AddArrayToObject(root, "choices");
-  if (usage) {
-    cJSON_AddItemToObject(root, "usage", usage_json(usage));
+  if (c->usage) {
+    cJSON_AddItemToObject(root, "usage", usage_json(c->usage));
     return sse_wrap(root);
   }
   cJSON *ch = cJSON_CreateObject();
-  cJSON_AddNumberToObject(ch, "index", index);
+  cJSON_AddNumberToObject(ch, "index", c->index);
   if (m->kind == OAI_CHAT) {
     cJSON *d = cJSON_AddObjectToObject(ch, "delta");
-    if (role_first) {
+    if (c->role_first) {
       cJSON_AddStringToObject(d, "role", "assistant");
       cJSON_AddStringToObject(d, "content", "");
-    } else if (text_len || !finish) {
-      cJSON_AddItemToObject(d, "content", str_n(text ? text : "", text_len));
+    } else if (c->text_len || (!c->finish && !c->tool_calls)) {
+      cJSON_AddItemToObject(d, "content", str_n(c->text ? c->text : "", c->text_len));
     }
+    if (c->tool_calls) cJSON_AddItemToObject(d, "tool_calls", cJSON_Duplicate(c->tool_calls, 1));
   } else {
-    cJSON_AddItemToObject(ch, "text", str_n(text ? text : "", text_len));
+    cJSON_AddItemToObject(ch, "text", str_n(c->text ? c->text : "", c->text_len));
   }
-  add_logprobs(ch, logprobs);
-  add_opt_string(ch, "finish_reason", finish);
-  if (finish) add_opt_string(ch, "stop_reason", stop_reason);
+  add_logprobs(ch, c->logprobs);
+  add_opt_string(ch, "finish_reason", c->finish);
+  if (c->finish) add_opt_string(ch, "stop_reason", c->stop_reason);
   cJSON_AddItemToArray(arr, ch);
   return sse_wrap(root);
 }

@@ -63,12 +63,21 @@ typedef struct oai_meta {
 char *oai_response_json(const oai_meta *m, const oai_choice *choices, int32_t n_choices,
                         const oai_usage *usage);
 
-/* One SSE event "data: {chunk}\n\n". role_first: chat's first chunk of a choice carries
- * {"role":"assistant","content":""} instead of text. finish may be NULL; logprobs is borrowed
- * (NULL for none). usage non-NULL gives the final usage-only chunk (choices []). */
-char *oai_chunk_sse(const oai_meta *m, int32_t index, int role_first, const char *text,
-                    size_t text_len, const char *finish, const char *stop_reason,
-                    const cJSON *logprobs, const oai_usage *usage);
+/* One streamed chunk. Everything borrowed; zero/NULL fields are absent. */
+typedef struct oai_chunk {
+  int32_t index;
+  int role_first;            /* chat: the first chunk of a choice: {"role":"assistant","content":""} */
+  const char *text;          /* [text_len] delta */
+  size_t text_len;
+  const cJSON *tool_calls;   /* chat: delta.tool_calls (each with its "index") */
+  const char *finish;        /* finish_reason or NULL */
+  const char *stop_reason;
+  const cJSON *logprobs;
+  const oai_usage *usage;    /* non-NULL: the final usage-only chunk (choices []) */
+} oai_chunk;
+
+/* One SSE event "data: {chunk}\n\n". */
+char *oai_chunk_sse(const oai_meta *m, const oai_chunk *c);
 
 /* {"object":"list","data":[{"id","object":"model","created","owned_by":"quiver",
  * "root","max_model_len"}...]} over names[n] (roots[n] the model each name points to). */

@@ -49,6 +49,13 @@ typedef struct srv_model_ops {
    * thread once per choice; linear in the text. */
   int (*parse_tools)(void *ctx, const char *text, size_t len, char **content, cJSON **tool_calls,
                      qv_error *err);
+  /* The same for a stream (all NULL when parse_tools is): create a parser state; feed a text
+   * delta (finish 1: end of text, flush what is held) getting the content that became final
+   * (*content malloc'd) and the calls completed by it (*calls as above, or NULL). */
+  void *(*tool_stream_create)(void *ctx);
+  int (*tool_stream_feed)(void *st, const char *delta, size_t len, int finish, char **content,
+                          cJSON **calls, qv_error *err);
+  void (*tool_stream_destroy)(void *st);
 } srv_model_ops;
 
 /* One served model. The server borrows ops and ctx; they must outlive it. */

@@ -17,6 +17,14 @@ static srv_model *model_of(srv_req *r) { return &r->s->models[r->model]; }
 
 static int32_t n_per_prompt(const srv_req *r) { return r->o.params.n > 0 ? r->o.params.n : 1; }
 
+/* Tool calls are parsed out of chat output when the request offered tools (and did not say
+ * tool_choice "none") and the model knows a tool-call format, whole or streamed. */
+static int wants_tools(srv_req *r) {
+  if (r->o.kind != OAI_CHAT || !r->o.tools || !model_of(r)->ops->parse_tools) return 0;
+  const cJSON *tc = r->o.tool_choice;
+  return !(cJSON_IsString(tc) && !strcmp(tc->valuestring, "none"));
+}
+
 /* ---- freeing ---- */
 
 static void free_prep(srv_req *r) {
@@ -38,6 +46,7 @@ static void free_prep(srv_req *r) {
 
 static void free_choices(srv_req *r) {
   for (int32_t i = 0; i < r->n_choices; i++) {
+    if (r->choices[i].tstream) r->choices[i].tstream_destroy(r->choices[i].tstream);
     free(r->choices[i].text);
     free(r->choices[i].stop_reason);
     oai_logprobs_destroy(r->choices[i].lp);
@@ -255,9 +264,15 @@ static int alloc_choices(srv_req *r, int32_t n_subs) {
       r->choices[i].lp = oai_logprobs_create(r->o.kind);
       if (!r->choices[i].lp) return QV_ENOMEM;
     }
+  const srv_model_ops *ops = model_of(r)->ops;
   for (int32_t i = 0; i < r->n_choices; i++) {
     int32_t pi = i / n;
     r->choices[i].last_token = r->pn[pi] > 0 ? r->pids[pi][r->pn[pi] - 1] : -1;
+    if (r->o.stream && wants_tools(r) && ops->tool_stream_create) {
+      r->choices[i].tstream = ops->tool_stream_create(model_of(r)->ctx);
+      if (!r->choices[i].tstream) return QV_ENOMEM;
+      r->choices[i].tstream_destroy = ops->tool_stream_destroy;
+    }
   }
   memset(&r->usage, 0, sizeof r->usage);
   return 0;
@@ -351,12 +366,13 @@ static void submit_all(srv_req *r) {
     oai_meta meta = {r->o.kind, r->id, r->created, r->model_name};
     for (int32_t c = 0; c < r->n_choices && r->conn; c++) {
       if (r->o.kind == OAI_CHAT) {
-        send_chunk(r, oai_chunk_sse(&meta, c, 1, NULL, 0, NULL, NULL, NULL, NULL));
+        oai_chunk k = {.index = c, .role_first = 1};
+        send_chunk(r, oai_chunk_sse(&meta, &k));
         r->choices[c].role_sent = 1;
       } else if (r->o.echo && r->ptext[c / n_per_prompt(r)]) {
         int32_t pi = c / n_per_prompt(r);
-        send_chunk(r, oai_chunk_sse(&meta, c, 0, r->ptext[pi], r->ptext_len[pi], NULL, NULL,
-                                    NULL, NULL));
+        oai_chunk k = {.index = c, .text = r->ptext[pi], .text_len = r->ptext_len[pi]};
+        send_chunk(r, oai_chunk_sse(&meta, &k));
       }
     }
   }
@@ -483,19 +499,13 @@ static const char *finish_str(qv_finish_reason f) {
   }
 }
 
-/* Tool calls are parsed out of chat output when the request offered tools (and did not say
- * tool_choice "none") and the model knows a tool-call format. Streamed responses carry the raw
- * text as content (known limit). */
-static int wants_tools(srv_req *r) {
-  if (r->o.kind != OAI_CHAT || !r->o.tools || !model_of(r)->ops->parse_tools) return 0;
-  const cJSON *tc = r->o.tool_choice;
-  return !(cJSON_IsString(tc) && !strcmp(tc->valuestring, "none"));
-}
-
 static void finish_response(srv_req *r) {
   oai_meta meta = {r->o.kind, r->id, r->created, r->model_name};
   if (r->stream_started) {
-    if (r->o.include_usage) send_chunk(r, oai_chunk_sse(&meta, 0, 0, NULL, 0, NULL, NULL, NULL, &r->usage));
+    if (r->o.include_usage) {
+      oai_chunk k = {.usage = &r->usage};
+      send_chunk(r, oai_chunk_sse(&meta, &k));
+    }
     if (!r->conn) return;
     static const char done[] = "data: [DONE]\n\n";
     http_stream_write(r->conn, done, sizeof done - 1);
@@ -547,7 +557,8 @@ static void finish_response(srv_req *r) {
         cs[i].text = texts[i];
         cs[i].text_len = strlen(texts[i]);
         cs[i].tool_calls = calls[i];
-        if (calls[i] && cJSON_GetArraySize(calls[i]) > 0) cs[i].finish_reason = "tool_calls";
+        if (calls[i] && cJSON_GetArraySize(calls[i]) > 0 && !strcmp(ch->finish, "stop"))
+          cs[i].finish_reason = "tool_calls";
       }
     }
   }
@@ -560,6 +571,31 @@ static void finish_response(srv_req *r) {
   free(calls);
   free(cs);
   respond_body(r, 200, j);
+}
+
+/* Streams a text delta of choice ci (through the tool-call parser when there is one). */
+static void stream_delta(srv_req *r, int32_t ci, const char *text, size_t len, int finish,
+                         const cJSON *lp) {
+  srv_choice *ch = &r->choices[ci];
+  char *content = NULL;
+  cJSON *calls = NULL;
+  if (ch->tstream) {
+    srv_model *m = model_of(r);
+    if (m->ops->tool_stream_feed(ch->tstream, text ? text : "", len, finish, &content, &calls,
+                                 NULL) == 0) {
+      text = content;
+      len = content ? strlen(content) : 0;
+      cJSON *c;
+      cJSON_ArrayForEach(c, calls) cJSON_AddNumberToObject(c, "index", ch->n_calls++);
+    }
+  }
+  if (len > 0 || lp || calls) {
+    oai_meta meta = {r->o.kind, r->id, r->created, r->model_name};
+    oai_chunk k = {.index = ci, .text = text, .text_len = len, .tool_calls = calls, .logprobs = lp};
+    send_chunk(r, oai_chunk_sse(&meta, &k));
+  }
+  free(content);
+  cJSON_Delete(calls);
 }
 
 void srv_gen_on_event(server *s, int32_t model, qv_event *ev) {
@@ -588,10 +624,7 @@ void srv_gen_on_event(server *s, int32_t model, qv_event *ev) {
         add_logprobs(r, ch, sub->prompt_idx, ev);
         lp = oai_logprobs_take(ch->lp);
       }
-      if (ev->text_len > 0 || lp) {
-        oai_meta meta = {r->o.kind, r->id, r->created, r->model_name};
-        send_chunk(r, oai_chunk_sse(&meta, ci, 0, ev->text, ev->text_len, NULL, NULL, lp, NULL));
-      }
+      stream_delta(r, ci, ev->text, ev->text_len, 0, lp);
       cJSON_Delete(lp);
     } else {
       add_logprobs(r, ch, sub->prompt_idx, ev);
@@ -628,7 +661,12 @@ void srv_gen_on_event(server *s, int32_t model, qv_event *ev) {
         send_chunk(r, sse);
       }
     } else {
-      send_chunk(r, oai_chunk_sse(&meta, ci, 0, NULL, 0, ch->finish, ch->stop_reason, NULL, NULL));
+      if (ch->tstream) {
+        stream_delta(r, ci, NULL, 0, 1, NULL);
+        if (ch->n_calls > 0 && ev->finish == QV_FINISH_STOP) ch->finish = "tool_calls";
+      }
+      oai_chunk k = {.index = ci, .finish = ch->finish, .stop_reason = ch->stop_reason};
+      if (r->conn) send_chunk(r, oai_chunk_sse(&meta, &k));
     }
   }
   if (sub->n_finished >= n) srv_table_remove(s, model, sub);

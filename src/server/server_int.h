@@ -33,6 +33,9 @@ typedef struct srv_choice {
   char *stop_reason;      /* owned or NULL */
   oai_logprobs *lp;       /* owned or NULL */
   int32_t last_token;     /* previous token (logprob token texts are decoded after it) */
+  void *tstream;          /* streamed tool-call parser or NULL */
+  void (*tstream_destroy)(void *st);
+  int32_t n_calls;        /* tool calls streamed so far */
   int role_sent;
   int finished;
 } srv_choice;

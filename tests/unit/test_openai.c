@@ -216,7 +216,8 @@ Test(openai_resp, completion_and_chat_shapes) {
   oai_logprobs_destroy(lp);
 
   oai_meta mc = {OAI_CHAT, "chatcmpl-2", 1700000001, "tiny"};
-  s = oai_chunk_sse(&mc, 1, 1, NULL, 0, NULL, NULL, NULL, NULL);
+  oai_chunk k1 = {.index = 1, .role_first = 1};
+  s = oai_chunk_sse(&mc, &k1);
   cr_assert(!strncmp(s, "data: {", 7));
   cr_assert(!strcmp(s + strlen(s) - 2, "\n\n"));
   j = cJSON_Parse(s + 6);
@@ -228,7 +229,8 @@ Test(openai_resp, completion_and_chat_shapes) {
   cr_assert(cJSON_IsNull(cJSON_GetObjectItem(ch, "finish_reason")));
   cJSON_Delete(j);
   free(s);
-  s = oai_chunk_sse(&mc, 0, 0, NULL, 0, NULL, NULL, NULL, &u);
+  oai_chunk k2 = {.usage = &u};
+  s = oai_chunk_sse(&mc, &k2);
   j = cJSON_Parse(s + 6);
   cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "choices")), 0);
   cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "prompt_tokens")->valueint, 7);

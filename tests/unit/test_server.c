@@ -277,6 +277,31 @@ static int fake_parse_tools(void *ctx, const char *text, size_t len, char **cont
   return 0;
 }
 
+/* Streamed: holds all text back and emits it as one call at the end. */
+typedef struct fake_tstream {
+  char buf[4096];
+  size_t len;
+} fake_tstream;
+
+static void *fake_tstream_create(void *ctx) { return calloc(1, sizeof(fake_tstream)); }
+static void fake_tstream_destroy(void *st) { free(st); }
+static int fake_tstream_feed(void *st, const char *delta, size_t len, int finish, char **content,
+                             cJSON **calls, qv_error *err) {
+  fake_tstream *t = st;
+  if (t->len + len < sizeof t->buf) {
+    memcpy(t->buf + t->len, delta, len);
+    t->len += len;
+  }
+  *content = NULL;
+  *calls = NULL;
+  if (finish) {
+    char *c = NULL;
+    fake_parse_tools(NULL, t->buf, t->len, &c, calls, err);
+    free(c);
+  }
+  return 0;
+}
+
 static const srv_model_ops fake_ops = {
     .submit = fake_submit,
     .abort = fake_abort,
@@ -300,6 +325,9 @@ static const srv_model_ops fake_ops_tools = {
     .decode = fake_decode,
     .render_chat = NULL,
     .parse_tools = fake_parse_tools,
+    .tool_stream_create = fake_tstream_create,
+    .tool_stream_feed = fake_tstream_feed,
+    .tool_stream_destroy = fake_tstream_destroy,
 };
 
 static int fake_n_active(fake *f) {
@@ -971,7 +999,7 @@ Test(server, chat_tool_calls) {
   char body[512];
   snprintf(body, sizeof body,
            "{\"model\":\"upper\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
-           "\"max_tokens\":3,%s}", tools);
+           "\"max_tokens\":9,\"stop\":[\"E\"],%s}", tools);
   resp r = request("POST", "/v1/chat/completions", body, NULL);
   cr_assert_eq(r.status, 200, "%s", r.body);
   cJSON *j = json_of(&r);
@@ -981,10 +1009,21 @@ Test(server, chat_tool_calls) {
   cr_assert(cJSON_IsNull(cJSON_GetObjectItem(msg, "content")));
   cJSON *call = cJSON_GetArrayItem(cJSON_GetObjectItem(msg, "tool_calls"), 0);
   char want[8], args[64];
-  expected('A', 27, 0, 3, want);
+  expected('A', 27, 0, 3, want); /* B C D, then E stops */
   snprintf(args, sizeof args, "{\"text\":\"%s\"}", want);
   cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(call, "function"), "arguments")->valuestring, args);
   cJSON_Delete(j);
+  free(r.body);
+  /* Streamed: the call arrives as delta.tool_calls with an index; finish_reason tool_calls. */
+  snprintf(body, sizeof body,
+           "{\"model\":\"upper\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
+           "\"max_tokens\":9,\"stop\":[\"E\"],\"stream\":true,%s}", tools);
+  r = request("POST", "/v1/chat/completions", body, NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert(strstr(r.body, "\"tool_calls\":[{\"id\":\"call_1\""), "%s", r.body);
+  cr_assert(strstr(r.body, "\"index\":0}]"), "%s", r.body);
+  cr_assert(strstr(r.body, "\"finish_reason\":\"tool_calls\""), "%s", r.body);
+  cr_assert(strstr(r.body, args + 0) || strstr(r.body, "BCD"), "%s", r.body);
   free(r.body);
   /* tool_choice none, or no tools: plain content. */
   snprintf(body, sizeof body,
