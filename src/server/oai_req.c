@@ -390,6 +390,10 @@ static int parse_completion(oai_request *r, const cJSON *root, qv_error *err) {
     r->params.sampling.top_logprobs = lp;
   }
   if ((rc = get_bool(r, root, "echo", &r->echo, err))) return rc;
+  /* OpenAI's echo with logprobs also scores the prompt tokens, which the engine does not. */
+  if (r->echo && r->want_logprobs)
+    return fail(r, err, QV_EUNSUPPORTED, "echo",
+                "'%s' together with logprobs is not supported (no prompt logprobs)%s", NULL);
   int32_t best_of = r->params.n;
   if ((rc = get_int(r, root, "best_of", 1, OAI_MAX_N, &best_of, err)) < 0) return rc;
   if (best_of != r->params.n)

@@ -23,7 +23,7 @@ Test(openai_req, completion_full) {
       "{\"model\":\"m\",\"prompt\":\"Once upon\",\"max_tokens\":17,\"temperature\":0.7,"
       "\"top_p\":0.9,\"top_k\":40,\"min_p\":0.05,\"n\":3,\"stop\":[\"\\n\",\"end\"],\"seed\":1234,"
       "\"presence_penalty\":0.5,\"frequency_penalty\":-0.25,\"repetition_penalty\":1.1,"
-      "\"logit_bias\":{\"42\":-100,\"7\":3.5},\"logprobs\":4,\"echo\":true,\"stream\":true,"
+      "\"logit_bias\":{\"42\":-100,\"7\":3.5},\"logprobs\":4,\"echo\":false,\"stream\":true,"
       "\"stream_options\":{\"include_usage\":true},\"ignore_eos\":true,\"min_tokens\":2,"
       "\"skip_special_tokens\":false,\"user\":\"u1\"}";
   cr_assert_eq(parse(OAI_COMPLETION, body, &r, &err), 0, "%s", err.msg);
@@ -49,7 +49,7 @@ Test(openai_req, completion_full) {
   cr_assert_float_eq(r.params.sampling.logit_bias_values[1], 3.5f, 1e-6);
   cr_assert_eq(r.params.sampling.logprobs, 1);
   cr_assert_eq(r.params.sampling.top_logprobs, 4);
-  cr_assert(r.echo && r.stream && r.include_usage);
+  cr_assert(!r.echo && r.stream && r.include_usage);
   cr_assert_eq(r.params.ignore_eos, 1);
   cr_assert_eq(r.params.min_tokens, 2);
   cr_assert_eq(r.params.skip_special_tokens, 0);
@@ -107,6 +107,7 @@ Test(openai_req, rejects_bad_fields) {
        "stream_options", QV_EINVAL},
       {OAI_COMPLETION, "{\"prompt\":\"a\",\"best_of\":3}", "best_of", QV_EUNSUPPORTED},
       {OAI_COMPLETION, "{\"prompt\":\"a\",\"suffix\":\"z\"}", "suffix", QV_EUNSUPPORTED},
+      {OAI_COMPLETION, "{\"prompt\":\"a\",\"echo\":true,\"logprobs\":0}", "echo", QV_EUNSUPPORTED},
       {OAI_COMPLETION, "{\"prompt\":\"a\",\"frobnicate\":1}", "frobnicate", QV_EUNSUPPORTED},
       {OAI_COMPLETION, "{\"prompt\":\"a\",\"max_tokens\":3,\"min_tokens\":4}", "min_tokens",
        QV_EINVAL},

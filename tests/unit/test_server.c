@@ -620,7 +620,7 @@ Test(server, health_models_metrics) {
 Test(server, completion_not_streamed_n2_echo_logprobs) {
   start(NULL, NULL, 0);
   resp r = request("POST", "/v1/completions",
-                   "{\"model\":\"lower\",\"prompt\":\"Hi\",\"max_tokens\":5,\"n\":2,\"echo\":true,"
+                   "{\"model\":\"lower\",\"prompt\":\"Hi\",\"max_tokens\":5,\"n\":2,"
                    "\"logprobs\":2}",
                    NULL);
   cr_assert_eq(r.status, 200, "%s", r.body);
@@ -628,8 +628,8 @@ Test(server, completion_not_streamed_n2_echo_logprobs) {
   cJSON *choices = cJSON_GetObjectItem(j, "choices");
   cr_assert_eq(cJSON_GetArraySize(choices), 2);
   for (int c = 0; c < 2; c++) {
-    char want[64] = "Hi";
-    expected('a', 3, c, 5, want + 2); /* BOS + 2 bytes */
+    char want[64];
+    expected('a', 3, c, 5, want); /* BOS + 2 bytes */
     cJSON *ch = cJSON_GetArrayItem(choices, c);
     cr_assert_str_eq(cJSON_GetObjectItem(ch, "text")->valuestring, want);
     cr_assert_str_eq(cJSON_GetObjectItem(ch, "finish_reason")->valuestring, "length");
@@ -643,6 +643,16 @@ Test(server, completion_not_streamed_n2_echo_logprobs) {
   cr_assert_eq(cJSON_GetObjectItem(u, "prompt_tokens")->valueint, 3);
   cr_assert_eq(cJSON_GetObjectItem(u, "completion_tokens")->valueint, 10);
   cJSON_Delete(j);
+  free(r.body);
+  /* echo prepends the prompt. */
+  r = request("POST", "/v1/completions",
+              "{\"model\":\"lower\",\"prompt\":\"Hi\",\"max_tokens\":4,\"echo\":true}", NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  char echoed[16] = "Hi";
+  expected('a', 3, 0, 4, echoed + 2);
+  char needle[40];
+  snprintf(needle, sizeof needle, "\"text\":\"%s\"", echoed);
+  cr_assert(strstr(r.body, needle), "%s", r.body);
   free(r.body);
   /* Two prompts, a stop string: choices are prompt-major. */
   r = request("POST", "/v1/completions",
