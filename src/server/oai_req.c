@@ -389,6 +389,8 @@ static int parse_completion(oai_request *r, const cJSON *root, qv_error *err) {
     r->params.sampling.logprobs = 1;
     r->params.sampling.top_logprobs = lp;
   }
+  /* OpenAI's completions default; chat's default is whatever the context leaves (-1). */
+  if (!r->max_tokens_given) r->params.max_tokens = 16;
   if ((rc = get_bool(r, root, "echo", &r->echo, err))) return rc;
   /* OpenAI's echo with logprobs also scores the prompt tokens, which the engine does not. */
   if (r->echo && r->want_logprobs)

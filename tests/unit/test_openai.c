@@ -66,7 +66,7 @@ Test(openai_req, completion_defaults_and_prompt_forms) {
   cr_assert_eq(r.prompts[0].n_ids, 3);
   cr_assert_eq(r.prompts[0].ids[2], 300);
   cr_assert_eq(r.params.n, 1);
-  cr_assert_eq(r.params.max_tokens, -1);
+  cr_assert_eq(r.params.max_tokens, 16); /* OpenAI's completions default */
   cr_assert_float_eq(r.params.sampling.temperature, 1.0f, 1e-6);
   cr_assert_eq(r.params.skip_special_tokens, 1);
   oai_request_free(&r);
@@ -171,6 +171,16 @@ Test(openai_req, chat_messages_normalized) {
                         "<|tool|>\n42\n<|assistant|>\n");
   cr_assert_eq(len, strlen(out));
   free(out);
+  oai_request_free(&r);
+}
+
+Test(openai_req, chat_defaults) {
+  oai_request r;
+  qv_error err = {0};
+  cr_assert_eq(parse(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", &r, &err), 0);
+  cr_assert_eq(r.params.max_tokens, -1); /* until the context is full */
+  cr_assert_eq(r.add_generation_prompt, 1);
+  cr_assert_eq(r.want_logprobs, 0);
   oai_request_free(&r);
 }
 

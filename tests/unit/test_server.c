@@ -986,9 +986,12 @@ Test(server, slow_reader_is_cut_off) {
   a.sin_port = htons((uint16_t)H.port);
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   cr_assert_eq(connect(c->fd, (struct sockaddr *)&a, sizeof a), 0);
-  const char *body = "{\"model\":\"lower\",\"prompt\":\"x\",\"stream\":true}";
+  /* Chat: no max_tokens means the rest of the context (the fake then runs until aborted). */
+  const char *body = "{\"model\":\"lower\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                     "\"stream\":true}";
   char req[512];
-  int n = snprintf(req, sizeof req, "POST /v1/completions HTTP/1.1\r\nContent-Length: %zu\r\n\r\n%s",
+  int n = snprintf(req, sizeof req,
+                   "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: %zu\r\n\r\n%s",
                    strlen(body), body);
   client_send(c, req, (size_t)n);
   /* Never read: the server must give up on this client and abort its request. */
