@@ -87,7 +87,7 @@ static void req_free(srv_req *r) {
 }
 
 void srv_req_maybe_free(srv_req *r) {
-  if (!r->conn && !r->in_work && r->n_live_subs == 0) req_free(r);
+  if (!r->conn && !r->in_work && r->n_live_subs == 0 && r->pins == 0) req_free(r);
 }
 
 static void respond_json(srv_req *r, int status, const char *json, const char *extra) {
@@ -401,7 +401,16 @@ static void begin_drain(server *s) {
 }
 
 static void on_stop_async(uv_async_t *a) { begin_drain(a->data); }
-static void on_signal(uv_signal_t *h, int signum) { begin_drain(h->data); }
+/* The first SIGINT/SIGTERM drains; a second one stops at once (in-flight requests aborted). */
+static void on_signal(uv_signal_t *h, int signum) {
+  server *s = h->data;
+  if (s->draining) {
+    QV_LOGW("serve: second signal: stopping now");
+    close_all(s);
+    return;
+  }
+  begin_drain(s);
+}
 
 void server_shutdown(server *s) { uv_async_send(&s->stop_async); }
 

@@ -385,6 +385,7 @@ static void after_prep(uv_work_t *w, int status) {
     srv_req_maybe_free(r);
     return;
   }
+  r->pins++;
   if (r->work_rc) {
     int st = r->work_rc == QV_ENOMEM || r->work_rc == QV_EIO ? 500 : 400;
     srv_send_error(r, st, r->work_err.msg[0] ? r->work_err.msg : qv_strerror(r->work_rc),
@@ -397,6 +398,7 @@ static void after_prep(uv_work_t *w, int status) {
   } else {
     submit_all(r);
   }
+  r->pins--;
   srv_req_maybe_free(r);
 }
 
@@ -598,9 +600,19 @@ static void stream_delta(srv_req *r, int32_t ci, const char *text, size_t len, i
   cJSON_Delete(calls);
 }
 
+static void on_event(server *s, int32_t model, srv_sub *sub, qv_event *ev);
+
 void srv_gen_on_event(server *s, int32_t model, qv_event *ev) {
   srv_sub *sub = srv_table_find(s, model, ev->req_id);
   if (!sub) return; /* a request already given up (fallback or shutdown) */
+  srv_req *r = sub->req;
+  r->pins++;
+  on_event(s, model, sub, ev);
+  r->pins--;
+  srv_req_maybe_free(r);
+}
+
+static void on_event(server *s, int32_t model, srv_sub *sub, qv_event *ev) {
   srv_req *r = sub->req;
   int32_t n = n_per_prompt(r);
   if (ev->choice < 0 || ev->choice >= n) return;
@@ -671,7 +683,6 @@ void srv_gen_on_event(server *s, int32_t model, qv_event *ev) {
   }
   if (sub->n_finished >= n) srv_table_remove(s, model, sub);
   if (r->n_choices_done == r->n_choices && r->conn) finish_response(r);
-  srv_req_maybe_free(r);
 }
 
 void srv_gen_on_disconnect(srv_req *r) {

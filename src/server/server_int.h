@@ -95,6 +95,8 @@ struct srv_req {
   srv_choice *choices;        /* [n_subs * n] */
   int32_t n_choices, n_choices_done;
   int stream_started;
+  int pins;                   /* > 0 while a handler is using r: a disconnect reported from
+                                 inside a write (on_abort) must not free it under that handler */
   uint64_t t_start, t_first, t_last;
   char id[48];
   int64_t created;
