@@ -740,7 +740,9 @@ void http_server_drain(http_server *s) {
 
 int http_server_n_busy(const http_server *s) {
   int n = 0;
-  for (const http_conn *c = s->conns; c; c = c->next) n += c->state == CONN_BUSY;
+  /* A connection still flushing its last response counts: closing it would cut that off. */
+  for (const http_conn *c = s->conns; c; c = c->next)
+    n += c->state == CONN_BUSY || c->state == CONN_DONE;
   return n;
 }
 

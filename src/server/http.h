@@ -72,7 +72,7 @@ int http_server_port(const http_server *s);
 /* Stops accepting, closes idle connections and marks the rest to close after their current
  * response (graceful drain). */
 void http_server_drain(http_server *s);
-/* Connections with an unanswered request. */
+/* Connections with an unanswered request or a last response still being flushed. */
 int http_server_n_busy(const http_server *s);
 /* Closes every connection (aborting busy ones through on_abort) and the listener; the server
  * is freed once the loop has run the close callbacks. Accepts NULL. */

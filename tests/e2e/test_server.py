@@ -430,6 +430,7 @@ def test_sigterm_drains_in_flight(quiver_bin, stories_dir):
         got += b
     sock.close()
     assert b"data: [DONE]" in got
+    s.proc.wait(60)  # exits by itself once drained
     log = s.stop()
     assert "drained" in log
 
