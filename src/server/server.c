@@ -305,39 +305,9 @@ static void on_request(void *ud, http_conn *c, const http_request *req) {
     srv_req_maybe_free(r);
     return;
   }
-  qv_error err = {0};
-  int rc = oai_request_parse((oai_kind)hit->kind, req->body, req->body_len, &r->o, &err);
-  if (rc) {
-    srv_send_error(r, 400, err.msg, r->o.err_param[0] ? r->o.err_param : NULL,
-                   rc == QV_EUNSUPPORTED ? "unsupported" : NULL);
-    srv_req_maybe_free(r);
-    return;
-  }
-  /* Model resolution: by name, alias or route; absent means the first model. */
-  if (r->o.model) {
-    r->n_route = registry_resolve(s->reg, r->o.model, r->route, REG_MAX_ROUTE_LEN);
-    r->model_name = r->o.model;
-  } else {
-    r->route[0] = 0;
-    r->n_route = 1;
-    r->model_name = s->reg->models[0].name;
-  }
-  if (r->n_route == 0) {
-    char msg[1024];
-    int n = snprintf(msg, sizeof msg, "The model '%.200s' does not exist. Available:",
-                     r->o.model);
-    const registry *g = s->reg;
-    for (int32_t i = 0; i < g->n_models && n < 900; i++)
-      n += snprintf(msg + n, sizeof msg - (size_t)n, " %s", g->models[i].name);
-    for (int32_t i = 0; i < g->n_aliases && n < 900; i++)
-      n += snprintf(msg + n, sizeof msg - (size_t)n, " %s", g->aliases[i].name);
-    for (int32_t i = 0; i < g->n_routes && n < 900; i++)
-      n += snprintf(msg + n, sizeof msg - (size_t)n, " %s", g->routes[i].name);
-    srv_send_error(r, 404, msg, "model", "model_not_found");
-    srv_req_maybe_free(r);
-    return;
-  }
-  srv_gen_start(r);
+  /* Parsing, model resolution and tokenizing all happen on the thread pool (server_gen.c);
+   * the body is copied because the connection may drop (and free it) meanwhile. */
+  srv_gen_start(r, (oai_kind)hit->kind, req->body, req->body_len);
 }
 
 static void on_abort(void *ud, http_conn *c, void *ctx) {

@@ -62,6 +62,8 @@ static void free_choices(srv_req *r) {
 void srv_gen_free(srv_req *r) {
   free_prep(r);
   free_choices(r);
+  free(r->body);
+  r->body = NULL;
 }
 
 /* ---- preparation on the thread pool ---- */
@@ -79,8 +81,79 @@ static int render_prompt(srv_req *r, char **text, size_t *len, int *add_special)
                                  &r->work_err);
 }
 
+/* Moves to the next ready model of the route; 0 when there is none. */
+static int next_model(srv_req *r) {
+  while (r->route_pos < r->n_route) {
+    int32_t m = r->route[r->route_pos];
+    if (r->s->models[m].ready) {
+      r->model = m;
+      return 1;
+    }
+    r->route_pos++;
+  }
+  return 0;
+}
+
+static int work_fail(srv_req *r, int status, const char *param, const char *code) {
+  r->fail_status = status;
+  r->fail_param = param;
+  r->fail_code = code;
+  return -1;
+}
+
+/* Worker side of the first pass: JSON parsing and validation, then name -> models (the
+ * registry and the models' ready flags are immutable while serving). */
+static int parse_and_resolve(srv_req *r) {
+  server *s = r->s;
+  int rc = oai_request_parse(r->kind, r->body, r->body_len, &r->o, &r->work_err);
+  free(r->body);
+  r->body = NULL;
+  if (rc)
+    return work_fail(r, 400, r->o.err_param[0] ? r->o.err_param : NULL,
+                     rc == QV_EUNSUPPORTED ? "unsupported" : NULL);
+  if (r->o.model) {
+    r->n_route = registry_resolve(s->reg, r->o.model, r->route, REG_MAX_ROUTE_LEN);
+    r->model_name = r->o.model;
+  } else {
+    r->route[0] = 0;
+    r->n_route = 1;
+    r->model_name = s->reg->models[0].name;
+  }
+  if (r->n_route == 0) {
+    char *msg = r->work_err.msg;
+    size_t cap = sizeof r->work_err.msg;
+    int n = snprintf(msg, cap, "The model '%.200s' does not exist. Available:", r->o.model);
+    const registry *g = s->reg;
+    for (int32_t i = 0; i < g->n_models && n < 400; i++)
+      n += snprintf(msg + n, cap - (size_t)n, " %.60s", g->models[i].name);
+    for (int32_t i = 0; i < g->n_aliases && n < 400; i++)
+      n += snprintf(msg + n, cap - (size_t)n, " %.60s", g->aliases[i].name);
+    for (int32_t i = 0; i < g->n_routes && n < 400; i++)
+      n += snprintf(msg + n, cap - (size_t)n, " %.60s", g->routes[i].name);
+    return work_fail(r, 404, "model", "model_not_found");
+  }
+  r->route_pos = 0;
+  if (!next_model(r)) {
+    r->model = r->route[0];
+    qv_error_set(&r->work_err, QV_EUNSUPPORTED, "the requested model is not available");
+    return work_fail(r, 503, "model", "model_unavailable");
+  }
+  int32_t vocab = model_of(r)->vocab_size;
+  for (int32_t i = 0; vocab > 0 && r->o.kind == OAI_DETOKENIZE && i < r->o.n_detok_ids; i++)
+    if (r->o.detok_ids[i] >= vocab) {
+      qv_error_set(&r->work_err, QV_EINVAL, "token id %d is out of the vocabulary (%d)",
+                   r->o.detok_ids[i], vocab);
+      return work_fail(r, 400, "tokens", NULL);
+    }
+  return 0;
+}
+
 static void prep_work(uv_work_t *w) {
   srv_req *r = w->data;
+  if (!r->parsed) {
+    r->parsed = 1;
+    if (parse_and_resolve(r)) return;
+  }
   srv_model *m = model_of(r);
   const srv_model_ops *ops = m->ops;
   int32_t np = r->o.kind == OAI_CHAT || (r->o.kind == OAI_TOKENIZE && r->o.messages)
@@ -164,37 +237,18 @@ static void start_prep(srv_req *r) {
   }
 }
 
-/* Moves to the next ready model of the route; 0 when there is none. */
-static int next_model(srv_req *r) {
-  while (r->route_pos < r->n_route) {
-    int32_t m = r->route[r->route_pos];
-    if (r->s->models[m].ready) {
-      r->model = m;
-      return 1;
-    }
-    r->route_pos++;
-  }
-  return 0;
-}
 
-void srv_gen_start(srv_req *r) {
-  r->route_pos = 0;
-  if (!next_model(r)) {
-    r->model = r->route[0];
-    srv_send_error(r, 503, "the requested model is not available", "model", "model_unavailable");
+void srv_gen_start(srv_req *r, oai_kind kind, const char *body, size_t body_len) {
+  r->kind = kind;
+  r->body = malloc(body_len + 1);
+  if (!r->body) {
+    srv_send_error(r, 500, "out of memory", NULL, NULL);
     srv_req_maybe_free(r);
     return;
   }
-  /* Cheap id checks happen here, on the loop, before any work is queued. */
-  int32_t vocab = model_of(r)->vocab_size;
-  if (vocab > 0 && r->o.kind == OAI_DETOKENIZE) {
-    for (int32_t i = 0; i < r->o.n_detok_ids; i++)
-      if (r->o.detok_ids[i] >= vocab) {
-        srv_send_error(r, 400, "token id out of the vocabulary", "tokens", NULL);
-        srv_req_maybe_free(r);
-        return;
-      }
-  }
+  memcpy(r->body, body, body_len);
+  r->body[body_len] = '\0';
+  r->body_len = body_len;
   start_prep(r);
 }
 
@@ -386,7 +440,9 @@ static void after_prep(uv_work_t *w, int status) {
     return;
   }
   r->pins++;
-  if (r->work_rc) {
+  if (r->fail_status) {
+    srv_send_error(r, r->fail_status, r->work_err.msg, r->fail_param, r->fail_code);
+  } else if (r->work_rc) {
     int st = r->work_rc == QV_ENOMEM || r->work_rc == QV_EIO ? 500 : 400;
     srv_send_error(r, st, r->work_err.msg[0] ? r->work_err.msg : qv_strerror(r->work_rc),
                    r->o.messages ? "messages" : NULL,

@@ -81,6 +81,12 @@ struct srv_req {
   int in_work;
   int work_rc;
   qv_error work_err;
+  oai_kind kind;
+  char *body;                 /* [body_len] copy of the request body until parsed */
+  size_t body_len;
+  int parsed;                 /* body parsed and the model resolved (done once) */
+  int fail_status;            /* set by the worker: answer this error */
+  const char *fail_param, *fail_code;
   int32_t n_prep;             /* prompts prepared (entries of pids/pn/ptext) */
   int32_t **pids;             /* [n_prep][pn[i]] prompt token ids (owned) */
   int32_t *pn;                /* [n_prompts] */
@@ -111,7 +117,8 @@ void srv_table_remove(struct server *s, int32_t model, srv_sub *sub);
 srv_sub *srv_table_find(struct server *s, int32_t model, uint64_t eid);
 
 /* server_gen.c */
-void srv_gen_start(srv_req *r);                 /* after parsing: prepare on the thread pool */
+/* Parses, resolves and prepares body (copied) on the thread pool, then submits. */
+void srv_gen_start(srv_req *r, oai_kind kind, const char *body, size_t body_len);
 void srv_gen_on_event(struct server *s, int32_t model, qv_event *ev);
 void srv_gen_on_disconnect(srv_req *r);
 void srv_gen_free(srv_req *r);                  /* frees generation state of r */
