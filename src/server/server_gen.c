@@ -1,7 +1,8 @@
 /* Generation endpoints (completions, chat completions) and tokenize/detokenize.
  *
- * A request goes: parsed on the loop (server.c) -> prepared on the libuv thread pool (template
- * rendering, tokenizing, echo text) -> checked and submitted to the chosen model's engine on
+ * A request goes: routed on the loop (server.c) -> parsed, validated, resolved to a model and
+ * prepared on the libuv thread pool (template rendering, tokenizing, echo text) -> checked and
+ * submitted to the chosen model's engine on
  * the loop (never blocking: a full queue is QV_EBUSY, which falls to the next model of a route
  * or answers 429) -> engine events stream back as SSE chunks or accumulate into one JSON
  * response. A disconnect aborts every engine request of the HTTP request; the request object
