@@ -1049,3 +1049,34 @@ Test(server, chat_tool_calls) {
   free(r.body);
   stop();
 }
+
+Test(server, expect_continue_and_http10) {
+  start(NULL, NULL, 0);
+  client *c = client_open();
+  const char *body = "{\"model\":\"lower\",\"prompt\":\"Hi\",\"max_tokens\":2}";
+  char head[256];
+  int n = snprintf(head, sizeof head,
+                   "POST /v1/completions HTTP/1.1\r\nContent-Length: %zu\r\nExpect: 100-continue\r\n\r\n",
+                   strlen(body));
+  client_send(c, head, (size_t)n);
+  /* The interim answer comes before the body is sent. */
+  while (!strstr(c->buf, "\r\n\r\n")) cr_assert(client_fill(c));
+  cr_assert(!strncmp(c->buf, "HTTP/1.1 100 Continue\r\n\r\n", 25), "%s", c->buf);
+  client_send(c, body, strlen(body));
+  resp r;
+  cr_assert(read_resp(c, &r)); /* read_resp skips the 100 */
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  free(r.body);
+  client_close(c);
+  /* HTTP/1.0 without keep-alive: the answer says close and the server closes. */
+  c = client_open();
+  const char *old = "GET /health HTTP/1.0\r\n\r\n";
+  client_send(c, old, strlen(old));
+  cr_assert(read_resp(c, &r));
+  cr_assert_eq(r.status, 200);
+  cr_assert(strcasestr(r.head, "Connection: close"));
+  free(r.body);
+  cr_assert_eq(client_fill(c), 0);
+  client_close(c);
+  stop();
+}
