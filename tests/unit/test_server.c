@@ -362,7 +362,8 @@ static void *loop_thread(void *arg) {
   return NULL;
 }
 
-static void start(const char *cfg, const char *api_key, uint64_t header_timeout_ms) {
+static void start(const char *cfg, const char *api_key, uint64_t header_timeout_ms,
+                  uint64_t idle_timeout_ms) {
   signal(SIGPIPE, SIG_IGN); /* the server writes to sockets these tests close */
   memset(&H, 0, sizeof H);
   uv_loop_init(&H.loop);
@@ -392,6 +393,7 @@ static void start(const char *cfg, const char *api_key, uint64_t header_timeout_
   o.handle_signals = 0;
   o.drain_timeout_ms = 5000;
   if (header_timeout_ms) o.limits.header_timeout_ms = header_timeout_ms;
+  if (idle_timeout_ms) o.limits.idle_timeout_ms = idle_timeout_ms;
   o.limits.max_header_bytes = 4096;
   o.limits.max_body_bytes = 64 * 1024;
   o.max_stream_backlog_bytes = 256 * 1024;
@@ -587,7 +589,7 @@ static void sse_collect(const char *body, int32_t idx, char *text, int *n_done, 
 /* ---- tests ---- */
 
 Test(server, health_models_metrics) {
-  start(NULL, NULL, 0);
+  start(NULL, NULL, 0, 0);
   resp r = request("GET", "/health", NULL, NULL);
   cr_assert_eq(r.status, 200);
   cr_assert(strstr(r.body, "\"status\":\"ok\""), "%s", r.body);
@@ -618,7 +620,7 @@ Test(server, health_models_metrics) {
 }
 
 Test(server, completion_not_streamed_n2_echo_logprobs) {
-  start(NULL, NULL, 0);
+  start(NULL, NULL, 0, 0);
   resp r = request("POST", "/v1/completions",
                    "{\"model\":\"lower\",\"prompt\":\"Hi\",\"max_tokens\":5,\"n\":2,"
                    "\"logprobs\":2}",
@@ -673,7 +675,7 @@ Test(server, completion_not_streamed_n2_echo_logprobs) {
 }
 
 Test(server, streamed_completion_and_chat) {
-  start(NULL, NULL, 0);
+  start(NULL, NULL, 0, 0);
   resp r = request("POST", "/v1/completions",
                    "{\"model\":\"small\",\"prompt\":\"Hey\",\"max_tokens\":7,\"stream\":true,"
                    "\"stream_options\":{\"include_usage\":true}}",
@@ -724,7 +726,7 @@ Test(server, streamed_completion_and_chat) {
 }
 
 Test(server, errors_and_auth) {
-  start(NULL, "sk-test-1", 0);
+  start(NULL, "sk-test-1", 0, 0);
   const char *auth = "Authorization: Bearer sk-test-1\r\n";
   resp r = request("POST", "/v1/completions", "{\"prompt\":\"x\"}", NULL);
   cr_assert_eq(r.status, 401);
@@ -784,7 +786,7 @@ Test(server, errors_and_auth) {
 }
 
 Test(server, keepalive_pipelining_chunked) {
-  start(NULL, NULL, 0);
+  start(NULL, NULL, 0, 0);
   client *c = client_open();
   const char *two =
       "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -818,7 +820,7 @@ Test(server, keepalive_pipelining_chunked) {
 }
 
 Test(server, malformed_and_oversized) {
-  start(NULL, NULL, 0);
+  start(NULL, NULL, 0, 0);
   static const struct {
     const char *raw;
     int status;
@@ -876,7 +878,7 @@ Test(server, malformed_and_oversized) {
 }
 
 Test(server, header_timeout) {
-  start(NULL, NULL, 300);
+  start(NULL, NULL, 300, 0);
   client *c = client_open();
   const char *part = "GET /health HTTP/1.1\r\nHost: x\r\n"; /* never finished */
   client_send(c, part, strlen(part));
@@ -892,7 +894,7 @@ Test(server, header_timeout) {
 }
 
 Test(server, disconnect_aborts) {
-  start(NULL, NULL, 0);
+  start(NULL, NULL, 0, 0);
   fake_set_hold(&H.fakes[0], 1);
   client *c = client_open();
   const char *body = "{\"model\":\"lower\",\"prompt\":\"x\",\"max_tokens\":50,\"stream\":true,\"n\":2}";
@@ -915,7 +917,7 @@ Test(server, disconnect_aborts) {
 }
 
 Test(server, route_falls_back_when_queue_full) {
-  start(NULL, NULL, 0);
+  start(NULL, NULL, 0, 0);
   H.fakes[0].capacity = 1;
   fake_set_hold(&H.fakes[0], 1);
   client *c = client_open();
@@ -951,7 +953,7 @@ Test(server, route_falls_back_when_queue_full) {
 }
 
 Test(server, drain_finishes_in_flight) {
-  start(NULL, NULL, 0);
+  start(NULL, NULL, 0, 0);
   fake_set_hold(&H.fakes[0], 1);
   client *c = client_open();
   const char *body = "{\"model\":\"lower\",\"prompt\":\"x\",\"max_tokens\":4,\"stream\":true}";
@@ -974,7 +976,7 @@ Test(server, drain_finishes_in_flight) {
 }
 
 Test(server, slow_reader_is_cut_off) {
-  start(NULL, NULL, 0);
+  start(NULL, NULL, 0, 0);
   H.fakes[0].burst = 64;
   H.fakes[0].default_max = 1 << 30; /* until aborted */
   client *c = calloc(1, sizeof *c);
@@ -1007,7 +1009,7 @@ Test(server, slow_reader_is_cut_off) {
 }
 
 Test(server, chat_tool_calls) {
-  start(NULL, NULL, 0);
+  start(NULL, NULL, 0, 0);
   const char *tools = "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]";
   char body[512];
   snprintf(body, sizeof body,
@@ -1051,7 +1053,7 @@ Test(server, chat_tool_calls) {
 }
 
 Test(server, expect_continue_and_http10) {
-  start(NULL, NULL, 0);
+  start(NULL, NULL, 0, 0);
   client *c = client_open();
   const char *body = "{\"model\":\"lower\",\"prompt\":\"Hi\",\"max_tokens\":2}";
   char head[256];
@@ -1077,6 +1079,24 @@ Test(server, expect_continue_and_http10) {
   cr_assert(strcasestr(r.head, "Connection: close"));
   free(r.body);
   cr_assert_eq(client_fill(c), 0);
+  client_close(c);
+  stop();
+}
+
+Test(server, idle_keepalive_connection_closed) {
+  start(NULL, NULL, 0, 300);
+  client *c = client_open();
+  const char *get = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+  client_send(c, get, strlen(get));
+  resp r;
+  cr_assert(read_resp(c, &r));
+  cr_assert_eq(r.status, 200);
+  cr_assert(strcasestr(r.head, "Connection: keep-alive"));
+  free(r.body);
+  /* Nothing more is sent: the server closes the idle connection, so recv sees EOF (0) rather
+   * than its own 10 s receive timeout (-1). */
+  char b;
+  cr_assert_eq(recv(c->fd, &b, 1, 0), 0);
   client_close(c);
   stop();
 }
