@@ -353,6 +353,7 @@ typedef struct harness {
   server *srv;
   pthread_t th;
   int port;
+  int first_failed; /* set before start: model 0 failed to load */
 } harness;
 
 static harness H;
@@ -365,6 +366,7 @@ static void *loop_thread(void *arg) {
 static void start(const char *cfg, const char *api_key, uint64_t header_timeout_ms,
                   uint64_t idle_timeout_ms) {
   signal(SIGPIPE, SIG_IGN); /* the server writes to sockets these tests close */
+  int first_failed = H.first_failed;
   memset(&H, 0, sizeof H);
   uv_loop_init(&H.loop);
   registry_init(&H.reg);
@@ -387,6 +389,7 @@ static void start(const char *cfg, const char *api_key, uint64_t header_timeout_
     pthread_create(&f->th, NULL, fake_thread, f);
     H.models[i] = (srv_model){i == 1 ? &fake_ops_tools : &fake_ops, f, 64, 259, 1, "ready"};
   }
+  if (first_failed) H.models[0] = (srv_model){&fake_ops, &H.fakes[0], 64, 259, 0, "failed: test"};
   server_opts o;
   server_opts_default(&o);
   o.port = 0;
@@ -1098,5 +1101,22 @@ Test(server, idle_keepalive_connection_closed) {
   char b;
   cr_assert_eq(recv(c->fd, &b, 1, 0), 0);
   client_close(c);
+  stop();
+}
+
+Test(server, unavailable_model_falls_back_and_health_says_so) {
+  H.first_failed = 1;
+  start(NULL, NULL, 0, 0);
+  resp r = request("GET", "/health", NULL, NULL);
+  cr_assert_eq(r.status, 503);
+  cr_assert(strstr(r.body, "\"state\":\"failed: test\""), "%s", r.body);
+  free(r.body);
+  r = request("POST", "/v1/completions", "{\"model\":\"auto\",\"prompt\":\"x\",\"max_tokens\":2}", NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert(strcasestr(r.head, "X-Quiver-Model: upper"));
+  free(r.body);
+  r = request("POST", "/v1/completions", "{\"model\":\"lower\",\"prompt\":\"x\",\"max_tokens\":2}", NULL);
+  cr_assert_eq(r.status, 503, "%s", r.body);
+  free(r.body);
   stop();
 }
