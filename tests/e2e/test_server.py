@@ -537,3 +537,10 @@ def test_fuzzed_requests_never_crash(srv):
         assert out == b"" or status_of(out) is not None, (i, bytes(req)[:200], out[:200])
     assert srv.health()[0] == 200
     srv.wait_idle()
+
+
+def test_port_in_use(srv, quiver_bin):
+    r = subprocess.run([quiver_bin, "serve", "--port", str(srv.port)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1 and "cannot listen" in r.stderr
+    assert srv.health()[0] == 200
