@@ -525,11 +525,10 @@ static char *token_str(srv_model *m, int32_t prev, int32_t id) {
   return t;
 }
 
-static void add_logprobs(srv_req *r, srv_choice *ch, int32_t prompt_idx, const qv_event *ev) {
+static void add_logprobs(srv_req *r, srv_choice *ch, const qv_event *ev) {
   if (!ch->lp || !ev->logprobs) return;
   srv_model *m = model_of(r);
-  size_t off = ch->text_offset;
-  if (r->o.echo && r->ptext && r->ptext[prompt_idx]) off += r->ptext_len[prompt_idx];
+  size_t off = ch->text_offset; /* echo with logprobs is refused, so no prompt text precedes */
   for (int32_t t = 0; t < ev->n_tokens; t++) {
     int32_t prev = ch->last_token;
     char *tok = token_str(m, prev, ev->token_ids[t]);
@@ -690,13 +689,13 @@ static void on_event(server *s, int32_t model, srv_sub *sub, qv_event *ev) {
     if (r->stream_started) {
       cJSON *lp = NULL;
       if (ch->lp) {
-        add_logprobs(r, ch, sub->prompt_idx, ev);
+        add_logprobs(r, ch, ev);
         lp = oai_logprobs_take(ch->lp);
       }
       stream_delta(r, ci, ev->text, ev->text_len, 0, lp);
       cJSON_Delete(lp);
     } else {
-      add_logprobs(r, ch, sub->prompt_idx, ev);
+      add_logprobs(r, ch, ev);
       if (append_text(ch, ev->text ? ev->text : "", ev->text_len)) {
         abort_subs(r, 0);
         srv_send_error(r, 500, "out of memory", NULL, NULL);
