@@ -353,7 +353,8 @@ typedef struct harness {
   server *srv;
   pthread_t th;
   int port;
-  int first_failed; /* set before start: model 0 failed to load */
+  int first_failed;    /* set before start: model 0 failed to load */
+  int max_connections; /* set before start: 0 keeps the default */
 } harness;
 
 static harness H;
@@ -366,7 +367,7 @@ static void *loop_thread(void *arg) {
 static void start(const char *cfg, const char *api_key, uint64_t header_timeout_ms,
                   uint64_t idle_timeout_ms) {
   signal(SIGPIPE, SIG_IGN); /* the server writes to sockets these tests close */
-  int first_failed = H.first_failed;
+  int first_failed = H.first_failed, max_connections = H.max_connections;
   memset(&H, 0, sizeof H);
   uv_loop_init(&H.loop);
   registry_init(&H.reg);
@@ -397,6 +398,7 @@ static void start(const char *cfg, const char *api_key, uint64_t header_timeout_
   o.drain_timeout_ms = 5000;
   if (header_timeout_ms) o.limits.header_timeout_ms = header_timeout_ms;
   if (idle_timeout_ms) o.limits.idle_timeout_ms = idle_timeout_ms;
+  if (max_connections) o.limits.max_connections = max_connections;
   o.limits.max_header_bytes = 4096;
   o.limits.max_body_bytes = 64 * 1024;
   o.max_stream_backlog_bytes = 256 * 1024;
@@ -1118,5 +1120,42 @@ Test(server, unavailable_model_falls_back_and_health_says_so) {
   r = request("POST", "/v1/completions", "{\"model\":\"lower\",\"prompt\":\"x\",\"max_tokens\":2}", NULL);
   cr_assert_eq(r.status, 503, "%s", r.body);
   free(r.body);
+  stop();
+}
+
+Test(server, connection_limit) {
+  H.max_connections = 2;
+  start(NULL, NULL, 0, 0);
+  client *c[3];
+  const char *get = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+  for (int i = 0; i < 2; i++) {
+    c[i] = client_open();
+    client_send(c[i], get, strlen(get));
+    resp r;
+    cr_assert(read_resp(c[i], &r));
+    cr_assert_eq(r.status, 200);
+    free(r.body);
+  }
+  /* A third connection is closed at once. */
+  c[2] = client_open();
+  char b;
+  cr_assert_eq(recv(c[2]->fd, &b, 1, 0), 0);
+  client_close(c[2]);
+  /* Once one closes, a new one is served. */
+  client_close(c[0]);
+  resp r;
+  int ok = 0;
+  for (int attempt = 0; attempt < 100 && !ok; attempt++) {
+    client *d = client_open();
+    /* Until the server has seen the close, this one may still be refused: no asserts here. */
+    if (send(d->fd, get, strlen(get), MSG_NOSIGNAL) == (ssize_t)strlen(get) && read_resp(d, &r)) {
+      ok = r.status == 200;
+      free(r.body);
+    }
+    client_close(d);
+    if (!ok) usleep(20000);
+  }
+  cr_assert(ok);
+  client_close(c[1]);
   stop();
 }
