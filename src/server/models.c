@@ -9,38 +9,19 @@
 #include <sys/stat.h>
 
 #include "backend/backend.h"
+#include "chat/chat.h"
 #include "core/log.h"
 #include "models/model.h"
 #include "quiver/engine.h"
 #include "quiver/tokenizer.h"
-
-/* The engine, tokenizer and chat subsystems are written in parallel with this one. Until their
- * implementations are in the tree (detected by their private headers) serving reports that
- * plainly instead of failing to link; the chat template engine is optional (models then use the
- * default chat format). */
-#if __has_include("engine/engine_internal.h") && __has_include("tokenizer/gguf.h")
-#define SRV_HAVE_ENGINE 1
-#else
-#define SRV_HAVE_ENGINE 0
-#endif
-#if SRV_HAVE_ENGINE && __has_include("chat/chat.h") && __has_include("chat/jinja.h")
-#include "chat/chat.h"
-#define SRV_HAVE_CHAT 1
-#else
-#define SRV_HAVE_CHAT 0
-#endif
-
-#if SRV_HAVE_ENGINE
 
 typedef struct loaded {
   qv_backend *be;
   qv_model *model;
   qv_tokenizer *tok;
   qv_engine *eng;
-#if SRV_HAVE_CHAT
   qv_chat_template *tmpl;
   qv_chat_tool_format tool_fmt; /* detected from the template */
-#endif
 } loaded;
 
 struct srv_models {
@@ -75,7 +56,6 @@ static int op_decode(void *ctx, const int32_t *ids, size_t n, int skip_special, 
                              text, len, err);
 }
 
-#if SRV_HAVE_CHAT
 /* Template variables as transformers passes them: messages, tools, add_generation_prompt,
  * bos/eos token strings, plus the request's chat_template_kwargs. */
 static int op_render(void *ctx, const cJSON *messages, const cJSON *tools, const cJSON *tool_choice,
@@ -103,11 +83,9 @@ static int op_render(void *ctx, const cJSON *messages, const cJSON *tools, const
   cJSON_Delete(vars);
   return rc;
 }
-#endif
 
 static void op_event_free(qv_event *ev) { qv_event_free(ev); }
 
-#if SRV_HAVE_CHAT
 /* content + calls of a parse result in the server's shapes. */
 static int parsed_to_json(const qv_chat_parsed *p, char **content, cJSON **tool_calls,
                           qv_error *err) {
@@ -157,7 +135,6 @@ static int op_tool_stream_feed(void *st, const char *delta, size_t len, int fini
 }
 
 static void op_tool_stream_destroy(void *st) { qv_chat_tool_stream_destroy(st); }
-#endif
 
 static const srv_model_ops ops_default_chat = {
     .submit = op_submit, .abort = op_abort, .poll = op_poll, .set_notify = op_set_notify,
@@ -165,7 +142,6 @@ static const srv_model_ops ops_default_chat = {
     .render_chat = NULL,
 };
 
-#if SRV_HAVE_CHAT
 static const srv_model_ops ops_template_chat = {
     .submit = op_submit, .abort = op_abort, .poll = op_poll, .set_notify = op_set_notify,
     .get_stats = op_stats, .event_free = op_event_free, .encode = op_encode, .decode = op_decode,
@@ -195,7 +171,6 @@ static int has_template(const char *dir) {
   cJSON_Delete(j);
   return yes;
 }
-#endif
 
 /* ---- loading ---- */
 
@@ -214,13 +189,11 @@ static int load_one(const reg_model *rm, const srv_load_opts *o, loaded *l, srv_
   else rc = qv_tokenizer_load(rm->path, &l->tok, err);
   if (rc) return rc;
   const srv_model_ops *ops = &ops_default_chat;
-#if SRV_HAVE_CHAT
   if (!tiny && has_template(rm->path)) {
     if ((rc = qv_chat_template_load_path(rm->path, &l->tmpl, err))) return rc;
     l->tool_fmt = qv_chat_tool_format_detect(l->tmpl);
     ops = &ops_template_chat;
   }
-#endif
   eo.max_model_len = rm->max_model_len ? rm->max_model_len : o->max_model_len;
   if (rm->max_num_seqs || o->max_num_seqs) eo.max_num_seqs = rm->max_num_seqs ? rm->max_num_seqs : o->max_num_seqs;
   if (rm->max_waiting || o->max_waiting) eo.max_waiting = rm->max_waiting ? rm->max_waiting : o->max_waiting;
@@ -265,46 +238,26 @@ int srv_models_load(const registry *reg, const srv_load_opts *o, srv_models **ou
   return 0;
 }
 
-#else /* !SRV_HAVE_ENGINE */
-
-struct srv_models {
-  int unused;
-};
-
-int srv_models_load(const registry *reg, const srv_load_opts *o, srv_models **out,
-                    srv_model **models, qv_error *err) {
-  return qv_error_set(err, QV_EUNSUPPORTED,
-                      "serving is not available in this build yet (the engine or tokenizer is "
-                      "missing)");
-}
-
-#endif
 
 void srv_models_stop(srv_models *s) {
   if (!s) return;
-#if SRV_HAVE_ENGINE
   for (int32_t i = 0; i < s->n; i++) {
     qv_engine_destroy(s->l[i].eng);
     s->l[i].eng = NULL;
     s->m[i].ready = 0;
   }
-#endif
 }
 
 void srv_models_destroy(srv_models *s) {
   if (!s) return;
   srv_models_stop(s);
-#if SRV_HAVE_ENGINE
   for (int32_t i = 0; s->l && i < s->n; i++) {
-#if SRV_HAVE_CHAT
     qv_chat_template_destroy(s->l[i].tmpl);
-#endif
     qv_tokenizer_destroy(s->l[i].tok);
     qv_model_destroy(s->l[i].model);
     qv_backend_destroy(s->l[i].be);
   }
   free(s->l);
   free(s->m);
-#endif
   free(s);
 }
