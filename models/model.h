@@ -46,7 +46,7 @@ typedef struct qv_model_config {
   int32_t bos_id;          /* -1 if none */
   int32_t eos_ids[QV_MAX_EOS];
   int32_t n_eos;
-  char weight_dtype[8];    /* dtype of the file's weights ("F32", "BF16", "F16", "mixed") */
+  char weight_dtype[16];    /* dtype of the file's weights ("F32", "BF16", "F16", "mixed") */
 } qv_model_config;
 
 typedef struct qv_model qv_model;
@@ -81,5 +81,20 @@ int qv_model_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error
  * b->logits_idx as host floats, logits [b->n_logits][vocab_size] (caller's memory). A
  * sequence's logits do not depend on what else is in the batch. */
 int qv_model_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *err);
+
+
+/* What `quiver info` reports, computed from config.json and the safetensors headers alone
+ * (no weights are read or converted). */
+typedef struct qv_model_desc {
+  qv_model_config cfg;
+  int64_t n_params;        /* parameters the architecture uses (embedding once when tied) */
+  int64_t file_bytes;      /* bytes of tensor data in the safetensors files */
+  int32_t n_file_tensors;
+} qv_model_desc;
+
+/* path NULL or "quiver-tiny": the embedded model. */
+int qv_model_describe(const char *path, qv_model_desc *out, qv_error *err);
+/* Parameters of a Llama-family architecture from its configuration. */
+int64_t qv_model_config_n_params(const qv_model_config *cfg);
 
 #endif

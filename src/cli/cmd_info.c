@@ -1,9 +1,77 @@
-/* quiver info: placeholder until the model code lands. */
+/* quiver info: describes a model from its config and safetensors headers without loading the
+ * weights: architecture, sizes, parameters, dtypes, memory per backend, KV bytes per token. */
 #include <stdio.h>
+#include <string.h>
 
 #include "cli/cli.h"
+#include "models/model.h"
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: quiver info [--model PATH]\n"
+             "  Describes a Hugging Face model directory (default: the embedded quiver-tiny).\n");
+}
+
+static void print_bytes(const char *label, double b) {
+  const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int i = 0;
+  while (b >= 1024 && i < 4) {
+    b /= 1024;
+    i++;
+  }
+  printf("%-26s %.2f %s\n", label, b, u[i]);
+}
+
+static const char *rope_name(qv_rope_scaling_type t) {
+  switch (t) {
+  case QV_ROPE_SCALING_LINEAR: return "linear";
+  case QV_ROPE_SCALING_DYNAMIC: return "dynamic";
+  case QV_ROPE_SCALING_LLAMA3: return "llama3";
+  case QV_ROPE_SCALING_YARN: return "yarn";
+  default: return "none";
+  }
+}
 
 int cli_info(int argc, char **argv) {
-  fprintf(stderr, "quiver info: not available in this build yet\n");
-  return 2;
+  const char *path = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--model") && i + 1 < argc) path = argv[++i];
+    else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      usage(stdout);
+      return 0;
+    } else {
+      fprintf(stderr, "quiver info: unknown or incomplete option '%s'\n", argv[i]);
+      usage(stderr);
+      return 2;
+    }
+  }
+  qv_model_desc d;
+  qv_error err = {0};
+  if (qv_model_describe(path, &d, &err)) {
+    fprintf(stderr, "quiver info: %s\n", err.msg);
+    return 1;
+  }
+  const qv_model_config *c = &d.cfg;
+  printf("%-26s %s\n", "model", path ? path : "quiver-tiny (embedded, synthetic weights)");
+  printf("%-26s %s\n", "architecture", c->arch);
+  if (d.n_params >= 1000000000) printf("%-26s %lld (%.2f B)\n", "parameters", (long long)d.n_params, d.n_params / 1e9);
+  else printf("%-26s %lld (%.2f M)\n", "parameters", (long long)d.n_params, d.n_params / 1e6);
+  printf("%-26s %s\n", "weight dtype", c->weight_dtype);
+  printf("%-26s vocab %d, hidden %d, layers %d, heads %d, kv heads %d, head dim %d, ffn %d\n", "shape", c->vocab_size,
+         c->dim, c->n_layer, c->n_head, c->n_kv_head, c->head_dim, c->ffn_dim);
+  printf("%-26s %d\n", "max positions", c->max_pos);
+  printf("%-26s theta %g, scaling %s (factor %g)\n", "rope", c->rope_theta, rope_name(c->rope_scaling), c->rope_factor);
+  if (c->sliding_window) printf("%-26s %d tokens\n", "sliding window", c->sliding_window);
+  else printf("%-26s none\n", "sliding window");
+  printf("%-26s tied %s, qkv bias %s, qk norm %s\n", "features", c->tie_embeddings ? "yes" : "no",
+         c->qkv_bias ? "yes" : "no", c->qk_norm ? "yes" : "no");
+  if (d.n_file_tensors) {
+    printf("%-26s %d\n", "tensors in files", d.n_file_tensors);
+    print_bytes("tensor data in files", (double)d.file_bytes);
+  }
+  print_bytes("weights on cpu (f32)", (double)d.n_params * 4);
+  print_bytes("weights on cuda (bf16)", (double)d.n_params * 2);
+  int64_t kv = 2 * (int64_t)c->n_layer * c->n_kv_head * c->head_dim;
+  printf("%-26s %lld (cpu f32), %lld (cuda bf16)\n", "KV bytes per token", (long long)kv * 4, (long long)kv * 2);
+  print_bytes("KV for max positions, cuda", (double)kv * 2 * c->max_pos);
+  return 0;
 }

@@ -27,13 +27,18 @@ int qv_error_set(qv_error *err, int code, const char *fmt, ...) {
 
 void qv_error_prefix(qv_error *err, const char *fmt, ...) {
   if (!err) return;
-  char prefix[256], old[sizeof err->msg];
+  char prefix[256];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(prefix, sizeof prefix, fmt, ap);
   va_end(ap);
-  memcpy(old, err->msg, sizeof old);
-  snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+  size_t cap = sizeof err->msg - 1, pl = strlen(prefix) + 2, ol = strlen(err->msg);
+  if (pl > cap) pl = cap;
+  if (ol > cap - pl) ol = cap - pl;
+  memmove(err->msg + pl, err->msg, ol);
+  memcpy(err->msg, prefix, pl - 2);
+  memcpy(err->msg + pl - 2, ": ", 2);
+  err->msg[pl + ol] = '\0';
 }
 
 void qv_error_clear(qv_error *err) {

@@ -1,0 +1,228 @@
+/* The Llama family: Llama 2/3, Mistral (sliding window), Qwen2 (q/k/v bias), Qwen3 (per-head
+ * q/k RMSNorm), and the embedded quiver-tiny (a Llama with synthetic weights).
+ *
+ * Pre-norm decoder: x = embed(ids); per layer h = norm(x); x += o(attn(rope(q(h)), rope(k(h)),
+ * v(h))); h = norm(x); x += down(silu(gate(h)) * up(h)); logits = lm_head(norm(x)) for the rows
+ * asked for. Written only against the backend interface. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "models/model_impl.h"
+
+#define BE_CALL(m, call)                                                   \
+  do {                                                                     \
+    int rc_ = (call);                                                      \
+    if (rc_) return qv_error_set(err, rc_, "%s", (m)->be->last_error.msg); \
+  } while (0)
+
+static int load_tensor(qv_model *m, model_weight_src *src, const char *name, int64_t rows, int64_t cols, int required,
+                       qv_tensor *t, qv_error *err) {
+  qv_error e = {0};
+  qv_dtype dt;
+  const void *data = src->get(src, name, rows, cols, &dt, &e);
+  if (!data) {
+    if (e.code) return qv_error_set(err, e.code, "%s", e.msg);
+    if (required) return qv_error_set(err, QV_ENOTFOUND, "missing tensor '%s' [%lld, %lld]", name, (long long)rows, (long long)cols);
+    return 0;
+  }
+  qv_backend *be = m->be;
+  BE_CALL(m, be->ops->alloc(be, be->ops->weight_dtype, rows, cols, t));
+  BE_CALL(m, be->ops->upload(be, t, data, dt));
+  m->n_params += rows * cols;
+  m->weight_bytes += rows * cols * (int64_t)qv_dtype_size(be->ops->weight_dtype);
+  return 0;
+}
+
+static int load_layer(qv_model *m, model_weight_src *src, int32_t l, qv_error *err) {
+  const qv_model_config *c = &m->cfg;
+  llama_layer *L = &m->layers[l];
+  int64_t qd = (int64_t)c->n_head * c->head_dim, kd = (int64_t)c->n_kv_head * c->head_dim;
+  char name[128];
+  int rc;
+#define LOAD_(field, suffix, rows, cols, req)                                       \
+  snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);                     \
+  if ((rc = load_tensor(m, src, name, rows, cols, req, &L->field, err))) return rc;
+  LOAD_(attn_norm, "input_layernorm.weight", 1, c->dim, 1)
+  LOAD_(wq, "self_attn.q_proj.weight", qd, c->dim, 1)
+  LOAD_(wk, "self_attn.k_proj.weight", kd, c->dim, 1)
+  LOAD_(wv, "self_attn.v_proj.weight", kd, c->dim, 1)
+  LOAD_(wo, "self_attn.o_proj.weight", c->dim, qd, 1)
+  LOAD_(bq, "self_attn.q_proj.bias", 1, qd, c->qkv_bias)
+  LOAD_(bk, "self_attn.k_proj.bias", 1, kd, c->qkv_bias)
+  LOAD_(bv, "self_attn.v_proj.bias", 1, kd, c->qkv_bias)
+  LOAD_(bo, "self_attn.o_proj.bias", 1, c->dim, c->o_bias)
+  LOAD_(q_norm, "self_attn.q_norm.weight", 1, c->head_dim, c->qk_norm)
+  LOAD_(k_norm, "self_attn.k_norm.weight", 1, c->head_dim, c->qk_norm)
+  LOAD_(ffn_norm, "post_attention_layernorm.weight", 1, c->dim, 1)
+  LOAD_(w_gate, "mlp.gate_proj.weight", c->ffn_dim, c->dim, 1)
+  LOAD_(w_up, "mlp.up_proj.weight", c->ffn_dim, c->dim, 1)
+  LOAD_(w_down, "mlp.down_proj.weight", c->dim, c->ffn_dim, 1)
+  LOAD_(b_gate, "mlp.gate_proj.bias", 1, c->ffn_dim, c->mlp_bias)
+  LOAD_(b_up, "mlp.up_proj.bias", 1, c->ffn_dim, c->mlp_bias)
+  LOAD_(b_down, "mlp.down_proj.bias", 1, c->dim, c->mlp_bias)
+#undef LOAD_
+  return 0;
+}
+
+static int alloc_act(qv_model *m, int64_t rows, int64_t cols, qv_tensor *t, qv_error *err) {
+  BE_CALL(m, m->be->ops->alloc(m->be, m->be->ops->act_dtype, rows, cols, t));
+  return 0;
+}
+
+int llama_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
+                qv_model **out, qv_error *err) {
+  *out = NULL;
+  qv_model *m = calloc(1, sizeof *m);
+  if (!m) return qv_error_set(err, QV_ENOMEM, "out of memory");
+  m->cfg = *cfg;
+  m->be = be;
+  const qv_model_config *c = &m->cfg;
+  m->max_tok = opts->max_batch_tokens;
+  m->max_logits = opts->max_logits > 0 ? opts->max_logits : opts->max_batch_tokens;
+  int rc = 0;
+  m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
+  if (!m->layers) {
+    rc = qv_error_set(err, QV_ENOMEM, "out of memory");
+    goto fail;
+  }
+  if ((rc = load_tensor(m, src, "model.embed_tokens.weight", c->vocab_size, c->dim, 1, &m->tok_emb, err))) goto fail;
+  for (int32_t l = 0; l < c->n_layer; l++)
+    if ((rc = load_layer(m, src, l, err))) goto fail;
+  if ((rc = load_tensor(m, src, "model.norm.weight", 1, c->dim, 1, &m->final_norm, err))) goto fail;
+  if (c->tie_embeddings) {
+    m->lm_head = m->tok_emb;
+  } else if ((rc = load_tensor(m, src, "lm_head.weight", c->vocab_size, c->dim, 1, &m->lm_head, err))) {
+    goto fail;
+  }
+  /* Rotary table. */
+  {
+    int32_t half = c->head_dim / 2;
+    float *inv = malloc((size_t)half * sizeof *inv);
+    if (!inv) {
+      rc = qv_error_set(err, QV_ENOMEM, "out of memory");
+      goto fail;
+    }
+    float af;
+    model_rope_inv_freq(c, c->head_dim, inv, &af);
+    rc = be->ops->alloc(be, QV_DTYPE_F32, 1, half, &m->inv_freq);
+    if (!rc) rc = be->ops->upload(be, &m->inv_freq, inv, QV_DTYPE_F32);
+    free(inv);
+    if (rc) {
+      qv_error_set(err, rc, "%s", be->last_error.msg);
+      goto fail;
+    }
+    m->rope = (qv_rope){.head_dim = c->head_dim, .rot_dim = c->head_dim, .neox = 1, .attn_factor = af,
+                        .inv_freq = &m->inv_freq};
+  }
+  int64_t qd = (int64_t)c->n_head * c->head_dim, kd = (int64_t)c->n_kv_head * c->head_dim;
+  if ((rc = alloc_act(m, m->max_tok, c->dim, &m->x, err)) || (rc = alloc_act(m, m->max_tok, c->dim, &m->h, err)) ||
+      (rc = alloc_act(m, m->max_tok, qd, &m->q, err)) || (rc = alloc_act(m, m->max_tok, qd, &m->att, err)) ||
+      (rc = alloc_act(m, m->max_tok, kd, &m->k, err)) || (rc = alloc_act(m, m->max_tok, kd, &m->v, err)) ||
+      (rc = alloc_act(m, m->max_tok, c->dim, &m->o, err)) || (rc = alloc_act(m, m->max_tok, c->ffn_dim, &m->g, err)) ||
+      (rc = alloc_act(m, m->max_tok, c->ffn_dim, &m->u, err)) ||
+      (rc = alloc_act(m, m->max_logits, c->dim, &m->sel, err)) ||
+      (rc = alloc_act(m, m->max_logits, c->vocab_size, &m->logits, err)))
+    goto fail;
+  *out = m;
+  return 0;
+fail:
+  qv_model_destroy(m);
+  return rc;
+}
+
+void qv_model_destroy(qv_model *m) {
+  if (!m) return;
+  qv_backend *be = m->be;
+  if (m->kv_ready) be->ops->kv_deinit(be);
+  qv_tensor *acts[] = {&m->x, &m->h, &m->q, &m->att, &m->k, &m->v, &m->o, &m->g, &m->u, &m->sel, &m->logits,
+                       &m->inv_freq, &m->final_norm};
+  for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++) be->ops->free(be, acts[i]);
+  if (m->lm_head.data != m->tok_emb.data) be->ops->free(be, &m->lm_head);
+  be->ops->free(be, &m->tok_emb);
+  if (m->layers) {
+    for (int32_t l = 0; l < m->cfg.n_layer; l++) {
+      llama_layer *L = &m->layers[l];
+      qv_tensor *ts[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->wo, &L->bq, &L->bk, &L->bv, &L->bo,
+                         &L->q_norm, &L->k_norm, &L->ffn_norm, &L->w_gate, &L->w_up, &L->w_down, &L->b_gate,
+                         &L->b_up, &L->b_down};
+      for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) be->ops->free(be, ts[i]);
+    }
+  }
+  free(m->layers);
+  free(m->path);
+  free(m);
+}
+
+/* The first rows of an activation buffer, as a tensor of rows x t->cols. */
+static qv_tensor rows_of(const qv_tensor *t, int64_t rows) {
+  qv_tensor v = *t;
+  v.rows = rows;
+  return v;
+}
+
+/* The same memory seen as [rows*cols/group][group] (per-head views). */
+static qv_tensor regroup(const qv_tensor *t, int64_t group) {
+  qv_tensor v = *t;
+  v.rows = t->rows * t->cols / group;
+  v.cols = group;
+  return v;
+}
+
+static const qv_tensor *opt(const qv_tensor *t) { return t->data ? t : NULL; }
+
+int qv_model_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *err) {
+  const qv_model_config *c = &m->cfg;
+  const qv_backend_ops *ops = m->be->ops;
+  qv_backend *be = m->be;
+  if (!m->kv_ready) return qv_error_set(err, QV_ESTATE, "forward: KV cache not allocated");
+  if (b->n_tokens <= 0 || b->n_tokens > m->max_tok || b->n_logits < 0 || b->n_logits > m->max_logits)
+    return qv_error_set(err, QV_EINVAL, "forward: %d tokens / %d logits exceed the model's limits %d / %d",
+                        b->n_tokens, b->n_logits, m->max_tok, m->max_logits);
+  for (int32_t i = 0; i < b->n_tokens; i++)
+    if (b->token_ids[i] < 0 || b->token_ids[i] >= c->vocab_size)
+      return qv_error_set(err, QV_ERANGE, "forward: token id %d outside the vocabulary (%d)", b->token_ids[i],
+                          c->vocab_size);
+  BE_CALL(m, ops->set_batch(be, b));
+  int64_t n = b->n_tokens;
+  qv_tensor x = rows_of(&m->x, n), h = rows_of(&m->h, n), q = rows_of(&m->q, n), att = rows_of(&m->att, n);
+  qv_tensor k = rows_of(&m->k, n), v = rows_of(&m->v, n), o = rows_of(&m->o, n);
+  qv_tensor g = rows_of(&m->g, n), u = rows_of(&m->u, n);
+  qv_attn_params ap = {.n_head = c->n_head, .n_kv_head = c->n_kv_head, .head_dim = c->head_dim,
+                       .scale = 1.0f / sqrtf((float)c->head_dim), .sliding_window = c->sliding_window};
+  BE_CALL(m, ops->embed(be, &x, &m->tok_emb));
+  for (int32_t l = 0; l < c->n_layer; l++) {
+    const llama_layer *L = &m->layers[l];
+    /* The residual add of the previous layer's MLP is fused into this layer's first norm. */
+    if (l == 0) BE_CALL(m, ops->rmsnorm(be, &h, &x, &L->attn_norm, c->norm_eps));
+    else BE_CALL(m, ops->add_rmsnorm(be, &h, &x, &o, &L->attn_norm, c->norm_eps));
+    BE_CALL(m, ops->matmul(be, &q, &h, &L->wq, opt(&L->bq)));
+    BE_CALL(m, ops->matmul(be, &k, &h, &L->wk, opt(&L->bk)));
+    BE_CALL(m, ops->matmul(be, &v, &h, &L->wv, opt(&L->bv)));
+    if (c->qk_norm) {
+      qv_tensor qh = regroup(&q, c->head_dim), kh = regroup(&k, c->head_dim);
+      BE_CALL(m, ops->rmsnorm(be, &qh, &qh, &L->q_norm, c->norm_eps));
+      BE_CALL(m, ops->rmsnorm(be, &kh, &kh, &L->k_norm, c->norm_eps));
+    }
+    BE_CALL(m, ops->rope(be, &q, c->n_head, &k, c->n_kv_head, &m->rope));
+    BE_CALL(m, ops->kv_write(be, l, &k, &v));
+    ap.layer = l;
+    BE_CALL(m, ops->attention(be, &att, &q, &ap));
+    BE_CALL(m, ops->matmul(be, &o, &att, &L->wo, opt(&L->bo)));
+    BE_CALL(m, ops->add_rmsnorm(be, &h, &x, &o, &L->ffn_norm, c->norm_eps));
+    BE_CALL(m, ops->matmul(be, &g, &h, &L->w_gate, opt(&L->b_gate)));
+    BE_CALL(m, ops->matmul(be, &u, &h, &L->w_up, opt(&L->b_up)));
+    BE_CALL(m, ops->silu_mul(be, &g, &g, &u));
+    BE_CALL(m, ops->matmul(be, &o, &g, &L->w_down, opt(&L->b_down)));
+  }
+  if (b->n_logits == 0) return 0;
+  /* Only the rows whose logits are wanted go through the final norm and the LM head. */
+  BE_CALL(m, ops->add(be, &x, &o));
+  qv_tensor sel = rows_of(&m->sel, b->n_logits), lg = rows_of(&m->logits, b->n_logits);
+  BE_CALL(m, ops->gather_rows(be, &sel, &x));
+  BE_CALL(m, ops->rmsnorm(be, &sel, &sel, &m->final_norm, c->norm_eps));
+  BE_CALL(m, ops->matmul(be, &lg, &sel, &m->lm_head, NULL));
+  BE_CALL(m, ops->download_f32(be, &lg, logits));
+  return 0;
+}

@@ -1,0 +1,211 @@
+/* Model loading and the architecture-independent parts of qv_model: picking the family,
+ * the safetensors weight source, rotary tables, accessors. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loader/hf_config.h"
+#include "loader/safetensors.h"
+#include "models/model_impl.h"
+
+/* ---- rotary tables ---- */
+
+static double yarn_correction_dim(double n_rot, int32_t dim, double base, double max_pos) {
+  return (dim * log(max_pos / (n_rot * 2.0 * M_PI))) / (2.0 * log(base));
+}
+
+static double yarn_get_mscale(double scale, double mscale) {
+  return scale <= 1.0 ? 1.0 : 0.1 * mscale * log(scale) + 1.0;
+}
+
+void model_rope_inv_freq(const qv_model_config *c, int32_t rot_dim, float *inv, float *attn_factor) {
+  int32_t half = rot_dim / 2;
+  double base = c->rope_theta, factor = c->rope_factor;
+  *attn_factor = 1.0f;
+  /* Dynamic NTK is applied statically for the longest context (as vLLM does): the same table
+   * for every position keeps a sequence's math independent of the batch. */
+  if (c->rope_scaling == QV_ROPE_SCALING_DYNAMIC && factor > 1.0) {
+    double max_len = (double)c->rope_orig_max_pos * factor;
+    base = base * pow(factor * max_len / c->rope_orig_max_pos - (factor - 1.0), rot_dim / (rot_dim - 2.0));
+  }
+  for (int32_t i = 0; i < half; i++) {
+    /* transformers computes base ** (2i/d) in float32 and inverts it in float32. */
+    float pf = powf((float)base, (float)(2 * i) / (float)rot_dim);
+    float f = 1.0f / pf;
+    switch (c->rope_scaling) {
+    case QV_ROPE_SCALING_LINEAR: f = f / (float)factor; break;
+    case QV_ROPE_SCALING_LLAMA3: {
+      double low_wl = c->rope_orig_max_pos / c->rope_low_freq_factor;
+      double high_wl = c->rope_orig_max_pos / c->rope_high_freq_factor;
+      double wl = 2.0 * M_PI / f;
+      if (wl > low_wl) {
+        f = f / (float)factor;
+      } else if (wl >= high_wl) {
+        double smooth = (c->rope_orig_max_pos / wl - c->rope_low_freq_factor) /
+                        (c->rope_high_freq_factor - c->rope_low_freq_factor);
+        f = (float)((1.0 - smooth) * f / factor + smooth * f);
+      }
+      break;
+    }
+    case QV_ROPE_SCALING_YARN: {
+      double lo = floor(yarn_correction_dim(c->yarn_beta_fast, rot_dim, base, c->rope_orig_max_pos));
+      double hi = ceil(yarn_correction_dim(c->yarn_beta_slow, rot_dim, base, c->rope_orig_max_pos));
+      if (lo < 0) lo = 0;
+      if (hi > rot_dim - 1) hi = rot_dim - 1;
+      if (lo == hi) hi += 0.001;
+      double ramp = ((double)i - lo) / (hi - lo);
+      ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+      float extra = 1.0f - (float)ramp;
+      float interp = 1.0f / ((float)factor * pf);
+      f = interp * (1.0f - extra) + f * extra;
+      break;
+    }
+    default: break;
+    }
+    inv[i] = f;
+  }
+  if (c->rope_scaling == QV_ROPE_SCALING_YARN) {
+    if (c->yarn_attn_factor > 0) *attn_factor = c->yarn_attn_factor;
+    else if (c->yarn_mscale > 0 && c->yarn_mscale_all_dim > 0)
+      *attn_factor = (float)(yarn_get_mscale(factor, c->yarn_mscale) / yarn_get_mscale(factor, c->yarn_mscale_all_dim));
+    else *attn_factor = (float)yarn_get_mscale(factor, 1.0);
+  }
+}
+
+/* ---- safetensors weight source ---- */
+
+static const void *st_src_get(model_weight_src *src, const char *name, int64_t rows, int64_t cols, qv_dtype *dtype,
+                              qv_error *err) {
+  const st_tensor *t = st_find(src->ctx, name);
+  if (!t) return NULL;
+  int64_t r = t->n_dims == 2 ? t->shape[0] : 1, c = t->n_dims == 2 ? t->shape[1] : t->n_dims == 1 ? t->shape[0] : -1;
+  if (t->n_dims < 1 || t->n_dims > 2 || r != rows || c != cols) {
+    char shape[96] = "";
+    for (int i = 0, n = 0; i < t->n_dims && n < (int)sizeof shape - 24; i++)
+      n += snprintf(shape + n, sizeof shape - (size_t)n, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    qv_error_set(err, QV_EFORMAT, "%s: tensor '%s' has shape [%s], expected [%lld, %lld]", t->file, name, shape,
+                 (long long)rows, (long long)cols);
+    return NULL;
+  }
+  if (t->dtype != QV_DTYPE_F32 && t->dtype != QV_DTYPE_F16 && t->dtype != QV_DTYPE_BF16) {
+    qv_error_set(err, QV_EUNSUPPORTED, "%s: tensor '%s' has dtype %s (supported: F32, F16, BF16)", t->file, name,
+                 t->dtype_str);
+    return NULL;
+  }
+  *dtype = (qv_dtype)t->dtype;
+  return t->data;
+}
+
+/* Describes the dtypes of a set's tensors: one name, or "mixed". */
+static void describe_dtypes(const st_set *s, char *out, size_t cap) {
+  const char *first = NULL;
+  for (int i = 0; i < st_count(s); i++) {
+    const st_tensor *t = st_at(s, i);
+    if (!first) first = t->dtype_str;
+    else if (strcmp(first, t->dtype_str)) {
+      snprintf(out, cap, "mixed");
+      return;
+    }
+  }
+  snprintf(out, cap, "%s", first ? first : "?");
+}
+
+int qv_model_load(const char *path, qv_backend *be, const qv_model_opts *opts, qv_model **out, qv_error *err) {
+  *out = NULL;
+  qv_model_opts def = {.max_batch_tokens = 2048, .max_logits = 0};
+  if (!opts) opts = &def;
+  if (opts->max_batch_tokens <= 0 || opts->max_batch_tokens > (1 << 20) || opts->max_logits < 0)
+    return qv_error_set(err, QV_EINVAL, "model options: max_batch_tokens must be in [1, 1048576]");
+  qv_model_config cfg;
+  model_weight_src src = {0};
+  int rc;
+  if (!path || !strcmp(path, "quiver-tiny")) {
+    tiny_config(&cfg);
+    if ((rc = tiny_weight_src_init(&src))) return qv_error_set(err, rc, "quiver-tiny: out of memory");
+    rc = llama_build(&cfg, &src, be, opts, out, err);
+    tiny_weight_src_deinit(&src);
+    return rc;
+  }
+  if ((rc = hf_config_load(path, &cfg, err))) {
+    qv_error_prefix(err, "%s", path);
+    return rc;
+  }
+  st_set *set = NULL;
+  if ((rc = st_open_dir(path, &set, err))) {
+    qv_error_prefix(err, "%s", path);
+    return rc;
+  }
+  char dt[sizeof cfg.weight_dtype];
+  describe_dtypes(set, dt, sizeof dt);
+  memcpy(cfg.weight_dtype, dt, sizeof dt);
+  src.get = st_src_get;
+  src.ctx = set;
+  rc = llama_build(&cfg, &src, be, opts, out, err);
+  st_close(set);
+  if (rc) {
+    qv_error_prefix(err, "%s", path);
+    return rc;
+  }
+  (*out)->path = strdup(path);
+  if (!(*out)->path) {
+    qv_model_destroy(*out);
+    *out = NULL;
+    return qv_error_set(err, QV_ENOMEM, "out of memory");
+  }
+  return 0;
+}
+
+const qv_model_config *qv_model_get_config(const qv_model *m) { return &m->cfg; }
+int64_t qv_model_n_params(const qv_model *m) { return m->n_params; }
+int64_t qv_model_weight_bytes(const qv_model *m) { return m->weight_bytes; }
+const char *qv_model_path(const qv_model *m) { return m->path; }
+
+int64_t qv_model_kv_bytes_per_token(const qv_model *m) {
+  return 2 * (int64_t)m->cfg.n_layer * m->cfg.n_kv_head * m->cfg.head_dim *
+         (int64_t)qv_dtype_size(m->be->ops->act_dtype);
+}
+
+int qv_model_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error *err) {
+  if (m->kv_ready) return qv_error_set(err, QV_ESTATE, "KV cache already allocated");
+  if (n_blocks <= 0 || block_size <= 0 || block_size > 1024)
+    return qv_error_set(err, QV_EINVAL, "KV cache: %d blocks of %d tokens", n_blocks, block_size);
+  qv_kv_desc d = {m->cfg.n_layer, n_blocks, block_size, m->cfg.n_kv_head, m->cfg.head_dim};
+  int rc = m->be->ops->kv_init(m->be, &d);
+  if (rc) return qv_error_set(err, rc, "%s", m->be->last_error.msg);
+  m->kv_ready = 1;
+  return 0;
+}
+
+int64_t qv_model_config_n_params(const qv_model_config *c) {
+  int64_t qd = (int64_t)c->n_head * c->head_dim, kd = (int64_t)c->n_kv_head * c->head_dim, d = c->dim;
+  int64_t per_layer = 2 * d + d * qd + 2 * d * kd + qd * d + 3 * d * (int64_t)c->ffn_dim;
+  if (c->qkv_bias) per_layer += qd + 2 * kd;
+  if (c->o_bias) per_layer += d;
+  if (c->qk_norm) per_layer += 2 * (int64_t)c->head_dim;
+  if (c->mlp_bias) per_layer += 2 * (int64_t)c->ffn_dim + d;
+  int64_t emb = (int64_t)c->vocab_size * d;
+  return emb * (c->tie_embeddings ? 1 : 2) + d + per_layer * c->n_layer;
+}
+
+int qv_model_describe(const char *path, qv_model_desc *out, qv_error *err) {
+  memset(out, 0, sizeof *out);
+  if (!path || !strcmp(path, "quiver-tiny")) {
+    tiny_config(&out->cfg);
+    out->n_params = qv_model_config_n_params(&out->cfg);
+    return 0;
+  }
+  int rc = hf_config_load(path, &out->cfg, err);
+  st_set *set = NULL;
+  if (!rc) rc = st_open_dir(path, &set, err);
+  if (rc) {
+    qv_error_prefix(err, "%s", path);
+    return rc;
+  }
+  describe_dtypes(set, out->cfg.weight_dtype, sizeof out->cfg.weight_dtype);
+  out->n_file_tensors = st_count(set);
+  for (int i = 0; i < st_count(set); i++) out->file_bytes += (int64_t)st_at(set, i)->n_bytes;
+  out->n_params = qv_model_config_n_params(&out->cfg);
+  st_close(set);
+  return 0;
+}

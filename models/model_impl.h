@@ -1,0 +1,67 @@
+/* Internals shared by the model files: the qv_model struct, the weight source the loaders
+ * hand to an architecture's builder, and the rotary table helper. Not a public header. */
+#ifndef QV_MODEL_IMPL_H
+#define QV_MODEL_IMPL_H
+
+#include "models/model.h"
+
+/* Where weights come from: a safetensors set or the synthetic generator of quiver-tiny.
+ * get() finds a tensor by its Hugging Face name and checks its shape: rows x cols (rows == 1
+ * for vectors). It returns a host pointer valid until the next get() call, or NULL when the
+ * tensor is absent (*err untouched) or unusable (*err set, returns NULL with err->code != 0). */
+typedef struct model_weight_src {
+  const void *(*get)(struct model_weight_src *src, const char *name, int64_t rows, int64_t cols, qv_dtype *dtype,
+                     qv_error *err);
+  void *ctx;
+} model_weight_src;
+
+typedef struct llama_layer {
+  qv_tensor attn_norm;           /* [1][dim] */
+  qv_tensor wq, wk, wv, wo;      /* [n_head*hd][dim], [n_kv*hd][dim] x2, [dim][n_head*hd] */
+  qv_tensor bq, bk, bv, bo;      /* biases, data NULL when absent */
+  qv_tensor q_norm, k_norm;      /* [1][hd] (Qwen3), data NULL when absent */
+  qv_tensor ffn_norm;            /* [1][dim] */
+  qv_tensor w_gate, w_up, w_down;/* [ffn][dim], [ffn][dim], [dim][ffn] */
+  qv_tensor b_gate, b_up, b_down;/* mlp_bias, data NULL when absent */
+} llama_layer;
+
+struct qv_model {
+  qv_model_config cfg;
+  qv_backend *be;          /* borrowed */
+  char *path;              /* owned; NULL for the embedded model */
+  qv_tensor tok_emb;       /* [vocab][dim] */
+  qv_tensor lm_head;       /* [vocab][dim]; shares tok_emb's data when tied */
+  qv_tensor final_norm;    /* [1][dim] */
+  llama_layer *layers;     /* [n_layer], owned */
+  qv_tensor inv_freq;      /* [1][head_dim/2] F32 */
+  qv_rope rope;
+  int64_t n_params;
+  int64_t weight_bytes;
+  int32_t max_tok, max_logits;
+  int kv_ready;
+  /* Activations, each allocated for max_tok rows (max_logits for sel/logits); a step uses
+   * views of its first n_tokens rows. */
+  qv_tensor x;             /* [max_tok][dim] residual stream */
+  qv_tensor h;             /* [max_tok][dim] normed input of a sublayer */
+  qv_tensor q, att;        /* [max_tok][n_head*hd] */
+  qv_tensor k, v;          /* [max_tok][n_kv*hd] */
+  qv_tensor o;             /* [max_tok][dim] sublayer output */
+  qv_tensor g, u;          /* [max_tok][ffn] */
+  qv_tensor sel;           /* [max_logits][dim] */
+  qv_tensor logits;        /* [max_logits][vocab] */
+};
+
+/* Builds a Llama-family model on be from cfg and weights; on failure frees what it made. */
+int llama_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
+                qv_model **out, qv_error *err);
+
+/* The quiver-tiny configuration and its synthetic weight source (models/tiny.c). */
+void tiny_config(qv_model_config *cfg);
+int tiny_weight_src_init(model_weight_src *src);
+void tiny_weight_src_deinit(model_weight_src *src);
+
+/* Fills inv_freq[rot_dim/2] and *attn_factor from the config's rope_theta and rope_scaling,
+ * as Hugging Face transformers computes them. */
+void model_rope_inv_freq(const qv_model_config *cfg, int32_t rot_dim, float *inv_freq, float *attn_factor);
+
+#endif

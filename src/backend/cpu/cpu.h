@@ -1,0 +1,42 @@
+/* CPU backend internals shared by its two files: cpu_backend.c (memory, KV cache, batch
+ * staging, the ops table) and cpu_ops.c (the math). fp32 everywhere; ops parallelise across
+ * the thread pool over independent output elements, so every value is computed by the same
+ * sequence of operations whatever the batch or thread count: a sequence's results do not
+ * depend on what else is in the batch. */
+#ifndef QV_BACKEND_CPU_H
+#define QV_BACKEND_CPU_H
+
+#include "backend/backend.h"
+#include "core/threadpool.h"
+
+typedef struct cpu_backend {
+  qv_backend base;
+  tp_pool *pool;
+  qv_kv_desc kv;       /* geometry; n_layer == 0 until kv_init */
+  float *kv_mem;       /* [n_layer][2][n_blocks][block_size][n_kv_head][head_dim], owned */
+  /* Staged batch: grow-only copies of the qv_batch arrays (owned). */
+  qv_batch b;
+  int32_t *b_mem;
+  size_t b_cap;        /* int32 elements in b_mem */
+} cpu_backend;
+
+/* K (which = 0) or V (which = 1) of one layer: [n_blocks][block_size][n_kv_head][head_dim]. */
+static inline float *cpu_kv_layer(cpu_backend *c, int32_t layer, int which) {
+  size_t per = (size_t)c->kv.n_blocks * c->kv.block_size * c->kv.n_kv_head * c->kv.head_dim;
+  return c->kv_mem + ((size_t)layer * 2 + (size_t)which) * per;
+}
+
+int cpu_embed(qv_backend *be, qv_tensor *out, const qv_tensor *table);
+int cpu_rmsnorm(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_tensor *w, float eps);
+int cpu_add_rmsnorm(qv_backend *be, qv_tensor *out, qv_tensor *x, const qv_tensor *delta, const qv_tensor *w,
+                    float eps);
+int cpu_matmul(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_tensor *w, const qv_tensor *bias);
+int cpu_add(qv_backend *be, qv_tensor *x, const qv_tensor *y);
+int cpu_rope(qv_backend *be, qv_tensor *q, int32_t n_head, qv_tensor *k, int32_t n_kv_head, const qv_rope *rope);
+int cpu_kv_write(qv_backend *be, int32_t layer, const qv_tensor *k, const qv_tensor *v);
+int cpu_attention(qv_backend *be, qv_tensor *out, const qv_tensor *q, const qv_attn_params *p);
+int cpu_silu_mul(qv_backend *be, qv_tensor *out, const qv_tensor *gate, const qv_tensor *up);
+int cpu_gather_rows(qv_backend *be, qv_tensor *out, const qv_tensor *x);
+int cpu_argmax(qv_backend *be, const qv_tensor *logits, int32_t *ids);
+
+#endif
