@@ -35,6 +35,7 @@ typedef struct bench_opts {
   int32_t n_pcts;
   bench_slo slo;
   const char *result_file;
+  const char *save_prompts;  /* JSONL file to write the built prompts to, or NULL */
   int progress;              /* -1 auto (a terminal), 0 off, 1 on */
   int save_text;             /* keep generated text in the result file */
   const char *metadata[BENCH_MAX_METADATA]; /* "KEY=VALUE" */

@@ -332,7 +332,7 @@ int bench_http_create(uv_loop_t *loop, const char *base_url, const char *api_key
                       qv_error *err) {
   *out = NULL;
   char host[256];
-  int port;
+  int port = 80;
   bench_http *c = calloc(1, sizeof *c);
   if (!c) return qv_error_set(err, QV_ENOMEM, "out of memory");
   int rc = parse_url(base_url, host, sizeof host, &port, c->prefix, sizeof c->prefix, err);

@@ -37,6 +37,7 @@ static void usage(FILE *f) {
           "  --seed S               dataset and arrival RNG seed (default 0)\n"
           "  --ignore-eos           ask the server to ignore EOS (vLLM's ignore_eos)\n"
           "  --temperature T        sampling temperature (default 0: greedy)\n"
+          "  --save-prompts FILE    write the built prompts as JSONL (replay them with --dataset jsonl)\n"
           "load:\n"
           "  --request-rate R       requests/s, or inf (default inf: all at once)\n"
           "  --burstiness B         gamma shape of the arrival gaps (default 1: Poisson)\n"
@@ -137,6 +138,7 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
         return -1;
       }
     } else if (!strcmp(a, "--result-file")) o->result_file = v;
+    else if (!strcmp(a, "--save-prompts")) o->save_prompts = v;
     else if (!strcmp(a, "--metadata")) {
       const char *eq = strchr(v, '=');
       if (!eq || eq == v || eq - v >= 100 || o->n_metadata >= BENCH_MAX_METADATA) bad = 1;
@@ -188,6 +190,25 @@ static int discover_model(bench_http *http, char **out, qv_error *err) {
   return rc;
 }
 
+/* Writes prompts[n] as JSONL lines {"prompt": ..., "output_len": ...}. */
+static int save_prompts(const char *path, const bench_prompt *p, size_t n, qv_error *err) {
+  FILE *f = fopen(path, "w");
+  if (!f) return qv_error_set(err, QV_EIO, "cannot write '%s'", path);
+  int bad = 0;
+  for (size_t i = 0; i < n && !bad; i++) {
+    cJSON *j = cJSON_CreateObject();
+    char *s = NULL;
+    if (j && cJSON_AddStringToObject(j, "prompt", p[i].prompt) &&
+        cJSON_AddNumberToObject(j, "output_len", p[i].output_len))
+      s = cJSON_PrintUnformatted(j);
+    bad = !s || fputs(s, f) < 0 || fputc('\n', f) == EOF;
+    free(s);
+    cJSON_Delete(j);
+  }
+  bad |= fclose(f) != 0;
+  return bad ? qv_error_set(err, QV_EIO, "writing '%s' failed", path) : 0;
+}
+
 int main(int argc, char **argv) {
   bench_opts o;
   int pr = parse_args(argc, argv, &o);
@@ -225,6 +246,7 @@ int main(int argc, char **argv) {
   if (!rc) {
     fprintf(stderr, "quiver-bench: model %s, building %d %s prompts\n", model, o.num_prompts, o.dataset);
     rc = bench_dataset_build(&o, have_tok ? &tok : NULL, &prompts, &n, &err);
+    if (!rc && o.save_prompts) rc = save_prompts(o.save_prompts, prompts, n, &err);
   }
   if (!rc) {
     size_t nw = (size_t)o.warmup;

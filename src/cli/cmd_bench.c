@@ -32,6 +32,8 @@ typedef struct eb_opts {
   uint64_t seed;
   const char *result_file;
   const char *prompt_file;  /* whitespace-separated ids; every prompt is its first input_len ids */
+  const char *metadata[16]; /* "KEY=VALUE" copied into the result file */
+  int32_t n_metadata;
 } eb_opts;
 
 /* One timed run. */
@@ -55,7 +57,8 @@ static void usage(FILE *f) {
           "  --seed S                 prompt RNG seed (default 0)\n"
           "  --result-file FILE       write settings, every run and the generated ids as JSON\n"
           "  --prompt-file FILE       whitespace-separated token ids: every prompt is their first L ids\n"
-          "                           (instead of random ids; checks batched greedy output)\n");
+          "                           (instead of random ids; checks batched greedy output)\n"
+          "  --metadata KEY=VALUE     added to the result file (repeatable: machine, commit...)\n");
 }
 
 static double now_s(void) {
@@ -96,6 +99,11 @@ static int parse_args(int argc, char **argv, eb_opts *o) {
     else if (!strcmp(a, "--runs")) bad = parse_i32(v, 1, 1000, &o->runs);
     else if (!strcmp(a, "--result-file")) o->result_file = v;
     else if (!strcmp(a, "--prompt-file")) o->prompt_file = v;
+    else if (!strcmp(a, "--metadata")) {
+      const char *eq = strchr(v, '=');
+      bad = !eq || eq == v || eq - v >= 100 || o->n_metadata >= 16;
+      if (!bad) o->metadata[o->n_metadata++] = v;
+    }
     else if (!strcmp(a, "--seed")) {
       char *end;
       errno = 0;
@@ -261,6 +269,13 @@ static int write_result(const eb_opts *o, const qv_model_config *cfg, const eb_r
   double N = o->num_prompts, L = o->input_len, M = o->output_len;
   cJSON_AddStringToObject(root, "tool", "quiver bench engine");
   cJSON_AddStringToObject(root, "path", "model (static batching, greedy, EOS ignored)");
+  cJSON *meta = cJSON_AddObjectToObject(root, "metadata");
+  for (int32_t i = 0; meta && i < o->n_metadata; i++) {
+    const char *eq = strchr(o->metadata[i], '=');
+    char key[128];
+    snprintf(key, sizeof key, "%.*s", (int)(eq - o->metadata[i]), o->metadata[i]);
+    cJSON_AddStringToObject(meta, key, eq + 1);
+  }
   cJSON *s = cJSON_AddObjectToObject(root, "settings");
   cJSON_AddStringToObject(s, "model", o->model ? o->model : "quiver-tiny");
   cJSON_AddStringToObject(s, "arch", cfg->arch);

@@ -95,10 +95,20 @@ def test_random_prompts_have_exact_length(mock, tmp_path):
     srv, url = mock()
     # With range ratio 0 every prompt must count exactly --input-len tokens at the server
     # (the mock's tokenizer adds one BOS, which quiver-bench accounts for).
+    saved = tmp_path / "prompts.jsonl"
     _, res = run_bench(["--base-url", url, "--num-prompts", "6", "--input-len", "33", "--output-len", "3",
-                        "--prefix-len", "5"], tmp_path)
+                        "--prefix-len", "5", "--save-prompts", str(saved)], tmp_path)
     check_consistent(res)
     assert [q["prompt_tokens"] for q in res["requests"]] == [38] * 6
+    # The saved prompts replay as a JSONL dataset with the same lengths (how the same prompts
+    # go to a server without /tokenize), and share their 5-token prefix.
+    lines = [json.loads(x) for x in saved.read_text().splitlines()]
+    assert len(lines) == 6 and all(x["output_len"] == 3 for x in lines)
+    assert len({x["prompt"][:5] for x in lines}) == 1 and len({x["prompt"] for x in lines}) > 1
+    _, res2 = run_bench(["--base-url", url, "--dataset", "jsonl", "--dataset-path", str(saved),
+                         "--num-prompts", "6"], tmp_path)
+    assert [q["prompt_tokens"] for q in res2["requests"]] == [38] * 6
+    assert [q["output_tokens"] for q in res2["requests"]] == [3] * 6
 
 
 def test_failures_are_reported(mock, tmp_path):
