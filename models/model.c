@@ -97,6 +97,15 @@ static const void *st_src_get(model_weight_src *src, const char *name, int64_t r
   return t->data;
 }
 
+/* Names the weight files of a set for error messages: the one file all tensors are in, or the
+ * index of a sharded checkpoint. */
+static const char *describe_files(const st_set *s) {
+  const char *first = st_count(s) > 0 ? st_at(s, 0)->file : "model.safetensors";
+  for (int i = 1; i < st_count(s); i++)
+    if (strcmp(first, st_at(s, i)->file)) return "model.safetensors.index.json";
+  return first;
+}
+
 /* Describes the dtypes of a set's tensors: one name, or "mixed". */
 static void describe_dtypes(const st_set *s, char *out, size_t cap) {
   const char *first = NULL;
@@ -142,6 +151,8 @@ int qv_model_load(const char *path, qv_backend *be, const qv_model_opts *opts, q
   src.get = st_src_get;
   src.ctx = set;
   rc = llama_build(&cfg, &src, be, opts, out, err);
+  /* A missing tensor is in no file: say which files were searched. */
+  if (rc == QV_ENOTFOUND) qv_error_prefix(err, "%s", describe_files(set));
   st_close(set);
   if (rc) {
     qv_error_prefix(err, "%s", path);

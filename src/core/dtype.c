@@ -60,12 +60,20 @@ uint16_t qv_f32_to_f16(float f) {
   return (uint16_t)(sign | r);
 }
 
+/* src may be unaligned: safetensors data sits at 8 + header length bytes into the mapping and
+ * the header need not be padded, so 16-bit elements are read with memcpy. */
+static inline uint16_t load_u16(const unsigned char *p) {
+  uint16_t v;
+  memcpy(&v, p, 2);
+  return v;
+}
+
 void qv_convert_to_f32(float *dst, const void *src, qv_dtype src_t, size_t n) {
-  const uint16_t *h = src;
+  const unsigned char *h = src;
   switch (src_t) {
   case QV_DTYPE_F32: memcpy(dst, src, n * 4); break;
-  case QV_DTYPE_BF16: for (size_t i = 0; i < n; i++) dst[i] = qv_bf16_to_f32(h[i]); break;
-  case QV_DTYPE_F16: for (size_t i = 0; i < n; i++) dst[i] = qv_f16_to_f32(h[i]); break;
+  case QV_DTYPE_BF16: for (size_t i = 0; i < n; i++) dst[i] = qv_bf16_to_f32(load_u16(h + 2 * i)); break;
+  case QV_DTYPE_F16: for (size_t i = 0; i < n; i++) dst[i] = qv_f16_to_f32(load_u16(h + 2 * i)); break;
   default: memset(dst, 0, n * 4); break;
   }
 }

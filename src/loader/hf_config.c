@@ -111,8 +111,12 @@ static int parse_rope(const cJSON *root, qv_model_config *c, qv_error *err) {
   c->rope_orig_max_pos = c->max_pos;
   if (!s) return 0;
   const cJSON *t = cJSON_GetObjectItemCaseSensitive(s, "rope_type");
-  if (!cJSON_IsString(t)) t = cJSON_GetObjectItemCaseSensitive(s, "type");
-  const char *type = cJSON_IsString(t) ? t->valuestring : "default";
+  if (!t) t = cJSON_GetObjectItemCaseSensitive(s, "type");
+  /* A type that is present but not a string is an error, not "no scaling": ignoring it would
+   * load the model with silently wrong positions. */
+  if (t && !cJSON_IsString(t))
+    return qv_error_set(err, QV_EFORMAT, CFG_FILE ": rope_scaling \"rope_type\" must be a string");
+  const char *type = t ? t->valuestring : "default";
   if (!strcmp(type, "default")) return 0;
   if ((rc = get_float(s, "factor", 1.0, 1e-3, 1e6, &c->rope_factor, err))) return rc;
   if ((rc = get_int(s, "original_max_position_embeddings", c->max_pos, 1, 1 << 26, &c->rope_orig_max_pos, err)))
