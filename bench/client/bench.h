@@ -31,6 +31,7 @@ typedef struct bench_opts {
   double burstiness;
   int32_t max_concurrency;   /* 0: unlimited */
   int32_t warmup;
+  double timeout_s;          /* per request; 0: none */
   double pcts[BENCH_MAX_PCTS];
   int32_t n_pcts;
   bench_slo slo;

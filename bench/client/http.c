@@ -395,6 +395,16 @@ void bench_http_destroy(bench_http *c) {
 
 int64_t bench_http_n_connects(const bench_http *c) { return c->n_connects; }
 
+int bench_http_cancel(bench_http *c, void *arg, int rc, const char *msg) {
+  for (conn *k = c->all; k; k = k->next)
+    if (k->busy && k->arg == arg) {
+      k->keep_alive = 0; /* the rest of its response must not reach the next request */
+      conn_finish(k, rc, msg, uv_hrtime());
+      return 0;
+    }
+  return QV_ENOTFOUND;
+}
+
 int bench_http_send(bench_http *c, const char *method, const char *path, const char *body, size_t body_len,
                     const bench_http_cbs *cbs, void *arg, qv_error *err) {
   if (c->destroying) return qv_error_set(err, QV_ECLOSED, "the client is shutting down");

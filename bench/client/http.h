@@ -43,6 +43,10 @@ void bench_http_destroy(bench_http *c);
 int bench_http_send(bench_http *c, const char *method, const char *path, const char *body, size_t body_len,
                     const bench_http_cbs *cbs, void *arg, qv_error *err);
 
+/* Ends the request whose callback argument is arg (if it is in flight): its connection is
+ * closed and on_done(rc, msg) is called before this returns. Returns 0, or QV_ENOTFOUND. */
+int bench_http_cancel(bench_http *c, void *arg, int rc, const char *msg);
+
 /* Sends one request and runs the loop until it is done (for setup calls: /v1/models,
  * /tokenize). *resp (malloc'd, NUL-terminated, caller frees) holds the body. Returns the
  * transport result; the HTTP status is in *status. */

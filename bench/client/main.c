@@ -43,6 +43,7 @@ static void usage(FILE *f) {
           "  --burstiness B         gamma shape of the arrival gaps (default 1: Poisson)\n"
           "  --max-concurrency N    most requests in flight (default: unlimited)\n"
           "  --warmup N             N unmeasured requests first (default 0)\n"
+          "  --timeout S            fail a request still running after S seconds (default: none)\n"
           "report:\n"
           "  --percentiles LIST     e.g. 50,90,99 (default 90,99)\n"
           "  --goodput SLOS         ttft:MS,tpot:MS,e2el:MS (any subset)\n"
@@ -127,6 +128,7 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
     } else if (!strcmp(a, "--burstiness")) bad = parse_num(v, 1e-3, 1e3, &o->burstiness);
     else if (!strcmp(a, "--max-concurrency")) bad = parse_int(v, 1, 1000000, &o->max_concurrency);
     else if (!strcmp(a, "--warmup")) bad = parse_int(v, 0, 1000000, &o->warmup);
+    else if (!strcmp(a, "--timeout")) bad = parse_num(v, 1e-3, 1e7, &o->timeout_s);
     else if (!strcmp(a, "--percentiles")) {
       if (bench_parse_pcts(v, o->pcts, &o->n_pcts, &err)) {
         fprintf(stderr, "quiver-bench: --percentiles: %s\n", err.msg);

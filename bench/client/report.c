@@ -145,6 +145,8 @@ static cJSON *settings_json(const bench_opts *o, const char *model) {
   if (o->max_concurrency > 0) cJSON_AddNumberToObject(s, "max_concurrency", o->max_concurrency);
   else cJSON_AddNullToObject(s, "max_concurrency");
   cJSON_AddNumberToObject(s, "warmup", o->warmup);
+  if (o->timeout_s > 0) cJSON_AddNumberToObject(s, "timeout_s", o->timeout_s);
+  else cJSON_AddNullToObject(s, "timeout_s");
   cJSON_AddItemToObject(s, "percentiles", num_array(o->pcts, (size_t)o->n_pcts));
   cJSON *g = cJSON_AddObjectToObject(s, "goodput");
   if (g && o->slo.ttft_ms > 0) cJSON_AddNumberToObject(g, "ttft_ms", o->slo.ttft_ms);

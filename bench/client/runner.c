@@ -31,6 +31,7 @@ typedef struct req_ctx {
   size_t idx;
   uint64_t t_send, t_last;      /* uv_hrtime */
   int status, is_sse, done_marker, got_first;
+  int in_flight;
   sse_parser sse;
   char *err;                    /* first error seen in the stream; owned */
   char *body;                   /* [body_len] non-SSE body (errors, non-streamed answers); owned */
@@ -49,7 +50,7 @@ struct run_ctx {
   int in_flight, max_in_flight;
   uint64_t t0, t_end;           /* start of the run; time of the last completion */
   uint64_t t_read;              /* time of the socket read being parsed */
-  uv_timer_t arrival_timer, progress_timer;
+  uv_timer_t arrival_timer, progress_timer, timeout_timer;
   int show_progress;
   const char *label;
   int fatal;                    /* a send could not even start */
@@ -221,6 +222,7 @@ static void finish_request(req_ctx *q, int rc, const char *msg, uint64_t now) {
   sse_parser_deinit(&q->sse);
   free(q->body);
   q->body = NULL;
+  q->in_flight = 0;
   run->n_done++;
   run->in_flight--;
   if (run->n_done == run->n) run->t_end = now;
@@ -237,6 +239,7 @@ static void send_one(run_ctx *run, size_t i) {
   q->run = run;
   q->idx = i;
   sse_parser_init(&q->sse, 0, on_sse_event, q);
+  q->in_flight = 1;
   q->t_send = uv_hrtime();
   run->rec[i].start_s = secs(run->t0, q->t_send);
   run->rec[i].prompt_tokens = 0;
@@ -264,6 +267,19 @@ static void pump(run_ctx *run) {
   if (run->n_done == run->n) {
     uv_timer_stop(&run->arrival_timer);
     uv_timer_stop(&run->progress_timer);
+    uv_timer_stop(&run->timeout_timer);
+  }
+}
+
+/* Ends requests that have run longer than --timeout. */
+static void timeout_cb(uv_timer_t *t) {
+  run_ctx *run = t->data;
+  uint64_t now = uv_hrtime();
+  char msg[96];
+  snprintf(msg, sizeof msg, "timed out after %g s", run->o->timeout_s);
+  for (size_t i = 0; i < run->next_send; i++) {
+    req_ctx *q = &run->reqs[i];
+    if (q->in_flight && secs(q->t_send, now) > run->o->timeout_s) bench_http_cancel(run->http, q, QV_ELIMIT, msg);
   }
 }
 
@@ -323,17 +339,21 @@ int bench_run(const bench_opts *o, bench_http *http, uv_loop_t *loop, const char
   if (!rc) {
     uv_timer_init(loop, &run.arrival_timer);
     uv_timer_init(loop, &run.progress_timer);
-    run.arrival_timer.data = run.progress_timer.data = &run;
+    uv_timer_init(loop, &run.timeout_timer);
+    run.arrival_timer.data = run.progress_timer.data = run.timeout_timer.data = &run;
     run.t0 = uv_hrtime();
     run.t_end = run.t_read = run.t0;
     if (run.show_progress) uv_timer_start(&run.progress_timer, progress_cb, 200, 200);
+    if (o->timeout_s > 0) uv_timer_start(&run.timeout_timer, timeout_cb, 100, 100);
     if (n) pump(&run);
     while (run.n_done < n) uv_run(loop, UV_RUN_ONCE);
     uint64_t t_end = run.t_end;
     uv_timer_stop(&run.arrival_timer);
     uv_timer_stop(&run.progress_timer);
+    uv_timer_stop(&run.timeout_timer);
     uv_close((uv_handle_t *)&run.arrival_timer, NULL);
     uv_close((uv_handle_t *)&run.progress_timer, NULL);
+    uv_close((uv_handle_t *)&run.timeout_timer, NULL);
     uv_run(loop, UV_RUN_NOWAIT);
     if (run.show_progress) draw_progress(&run, 1);
     /* vLLM's duration: from the start of the run to the last completion. */

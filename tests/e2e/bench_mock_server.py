@@ -3,7 +3,8 @@
 It streams one word per SSE chunk with a fixed delay, reports usage when asked
 (stream_options.include_usage), serves byte-level /tokenize and /detokenize (id = byte + 3, BOS 1),
 and can fail chosen requests: `fail_every=K` makes request numbers 1, 1+K, 1+2K... answer HTTP 500
-and numbers 3, 3+K... drop the connection in the middle of their stream. Every completion it sends
+and numbers 3, 3+K... drop the connection in the middle of their stream; `hang_every=H` makes
+numbers H, 2H... never answer (for 30 s). Every completion it sends
 is logged in `server.log` as (request number, outcome, completion tokens).
 """
 import json
@@ -66,6 +67,10 @@ class _Handler(BaseHTTPRequestHandler):
         prompt = req.get("prompt") if not chat else req["messages"][-1]["content"]
         n_prompt = len(prompt.encode()) + 1
         max_tokens = int(req.get("max_tokens", 16))
+        if srv.hang_every and num % srv.hang_every == 0:
+            srv.log.append((num, "hung", 0))
+            time.sleep(30)
+            return
         k = srv.fail_every
         if k and num % k == 1 % k:
             srv.log.append((num, "http500", 0))
@@ -100,7 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
         srv.log.append((num, "ok", max_tokens))
 
 
-def start(fail_every=0, ttft=0.01, itl=0.002):
+def start(fail_every=0, ttft=0.01, itl=0.002, hang_every=0):
     """Starts the mock on a free 127.0.0.1 port in a thread; returns the server (stop with shutdown())."""
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.daemon_threads = True
@@ -108,6 +113,7 @@ def start(fail_every=0, ttft=0.01, itl=0.002):
     srv.count = 0
     srv.log = []
     srv.fail_every = fail_every
+    srv.hang_every = hang_every
     srv.ttft = ttft
     srv.itl = itl
     threading.Thread(target=srv.serve_forever, daemon=True).start()

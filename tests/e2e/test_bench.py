@@ -127,6 +127,17 @@ def test_failures_are_reported(mock, tmp_path):
     assert "Errors:" in r.stdout
 
 
+def test_timeout_fails_hung_requests(mock, tmp_path):
+    srv, url = mock(hang_every=3)
+    t0 = time.time()
+    r, res = run_bench(["--base-url", url, "--num-prompts", "7", "--input-len", "8", "--output-len", "4",
+                        "--max-concurrency", "7", "--timeout", "1.5"], tmp_path)
+    assert time.time() - t0 < 20
+    check_consistent(res)
+    assert res["failed"] == 2 and res["completed"] == 5
+    assert all("timed out after 1.5 s" in q["error"] for q in res["requests"] if not q["success"])
+
+
 def test_sharegpt_and_jsonl_datasets(mock, tmp_path):
     srv, url = mock()
     convs = [
