@@ -124,6 +124,9 @@ def test_failures_are_reported(mock, tmp_path):
     assert sum("HTTP 500" in e and "mock failure" in e for e in errors) == 4
     assert sum("before the response completed" in e for e in errors) == 4
     assert "Failed requests:                         8" in r.stdout
+    # The mock sends an empty role chunk at once and content only after sleeping 10 ms: TTFT
+    # counts to the first chunk with content, so it cannot be shorter than that sleep.
+    assert all(q["ttft_s"] >= 0.01 for q in res["requests"] if q["success"])
     assert "Errors:" in r.stdout
 
 
