@@ -43,6 +43,7 @@ struct run_ctx {
   bench_http *http;
   uv_loop_t *loop;
   const double *arrivals;       /* [n] seconds from t0 */
+  const bench_prompt *prompts;  /* [n] borrowed */
   char **bodies;                /* [n] request JSON; owned */
   req_ctx *reqs;                /* [n] */
   bench_record *rec;            /* [n] */
@@ -208,6 +209,7 @@ static void finish_request(req_ctx *q, int rc, const char *msg, uint64_t now) {
   } else if (!q->got_first && !q->err) {
     set_error(q, "the response carried no content%s", NULL);
   }
+  if (r->prompt_tokens < 0) r->prompt_tokens = run->prompts[q->idx].prompt_len > 0 ? run->prompts[q->idx].prompt_len : 0;
   if (q->err) {
     r->success = 0;
     r->error = q->err;
@@ -242,7 +244,7 @@ static void send_one(run_ctx *run, size_t i) {
   q->in_flight = 1;
   q->t_send = uv_hrtime();
   run->rec[i].start_s = secs(run->t0, q->t_send);
-  run->rec[i].prompt_tokens = 0;
+  run->rec[i].prompt_tokens = -1; /* until usage reports it */
   run->in_flight++;
   if (run->in_flight > run->max_in_flight) run->max_in_flight = run->in_flight;
   qv_error e = {0};
@@ -326,6 +328,7 @@ int bench_run(const bench_opts *o, bench_http *http, uv_loop_t *loop, const char
   run.http = http;
   run.loop = loop;
   run.arrivals = arrivals;
+  run.prompts = prompts;
   run.n = n;
   run.label = label;
   run.err = err;

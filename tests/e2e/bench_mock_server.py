@@ -4,7 +4,8 @@ It streams one word per SSE chunk with a fixed delay, reports usage when asked
 (stream_options.include_usage), serves byte-level /tokenize and /detokenize (id = byte + 3, BOS 1),
 and can fail chosen requests: `fail_every=K` makes request numbers 1, 1+K, 1+2K... answer HTTP 500
 and numbers 3, 3+K... drop the connection in the middle of their stream; `hang_every=H` makes
-numbers H, 2H... never answer (for 30 s). Every completion it sends
+numbers H, 2H... never answer (for 30 s). `plain_json` ignores "stream" and answers one JSON
+object; `no_usage` never sends usage (as servers without stream_options do). Every completion it sends
 is logged in `server.log` as (request number, outcome, completion tokens).
 """
 import json
@@ -76,6 +77,18 @@ class _Handler(BaseHTTPRequestHandler):
             srv.log.append((num, "http500", 0))
             self._json(500, {"error": {"message": "mock failure %d" % num, "type": "server_error"}})
             return
+        if srv.plain_json:
+            text = "".join(" w%d" % i for i in range(max_tokens))
+            choice = {"index": 0, "finish_reason": "length"}
+            if chat:
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text
+            usage = {"prompt_tokens": n_prompt, "completion_tokens": max_tokens, "total_tokens": n_prompt + max_tokens}
+            time.sleep(srv.ttft)
+            self._json(200, {"choices": [choice], "usage": usage})
+            srv.log.append((num, "ok", max_tokens))
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
@@ -96,7 +109,7 @@ class _Handler(BaseHTTPRequestHandler):
             choice["finish_reason"] = "length" if i == max_tokens - 1 else None
             self._chunk(b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n")
             time.sleep(srv.itl)
-        if (req.get("stream_options") or {}).get("include_usage"):
+        if (req.get("stream_options") or {}).get("include_usage") and not srv.no_usage:
             usage = {"prompt_tokens": n_prompt, "completion_tokens": max_tokens,
                      "total_tokens": n_prompt + max_tokens}
             self._chunk(b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n")
@@ -105,7 +118,7 @@ class _Handler(BaseHTTPRequestHandler):
         srv.log.append((num, "ok", max_tokens))
 
 
-def start(fail_every=0, ttft=0.01, itl=0.002, hang_every=0):
+def start(fail_every=0, ttft=0.01, itl=0.002, hang_every=0, plain_json=False, no_usage=False):
     """Starts the mock on a free 127.0.0.1 port in a thread; returns the server (stop with shutdown())."""
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.daemon_threads = True
@@ -114,6 +127,8 @@ def start(fail_every=0, ttft=0.01, itl=0.002, hang_every=0):
     srv.log = []
     srv.fail_every = fail_every
     srv.hang_every = hang_every
+    srv.plain_json = plain_json
+    srv.no_usage = no_usage
     srv.ttft = ttft
     srv.itl = itl
     threading.Thread(target=srv.serve_forever, daemon=True).start()

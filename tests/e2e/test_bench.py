@@ -31,7 +31,7 @@ def run_bench(args, tmp_path, timeout=120):
     return r, json.loads(out.read_text())
 
 
-def check_consistent(res):
+def check_consistent(res, usage=True):
     """Invariants every result must satisfy."""
     reqs = res["requests"]
     ok = [q for q in reqs if q["success"]]
@@ -39,8 +39,8 @@ def check_consistent(res):
     assert res["failed"] == len(reqs) - len(ok)
     for q in ok:
         assert 0 < q["ttft_s"] <= q["e2el_s"]
-        assert q["usage_reported"]
-        assert len(q["itl_s"]) == q["chunks"] - 1
+        assert q["usage_reported"] == usage
+        assert len(q["itl_s"]) == max(q["chunks"] - 1, 0)
         assert q["start_s"] + q["e2el_s"] <= res["duration"] + 1e-6
     total_out = sum(q["output_tokens"] for q in ok)
     total_in = sum(q["prompt_tokens"] for q in ok)
@@ -139,6 +139,24 @@ def test_timeout_fails_hung_requests(mock, tmp_path):
     check_consistent(res)
     assert res["failed"] == 2 and res["completed"] == 5
     assert all("timed out after 1.5 s" in q["error"] for q in res["requests"] if not q["success"])
+
+
+def test_servers_without_streaming_or_usage(mock, tmp_path):
+    # A server that ignores "stream" answers one JSON object: it still counts, TTFT == E2EL.
+    srv, url = mock(plain_json=True)
+    _, res = run_bench(["--base-url", url, "--num-prompts", "4", "--input-len", "8", "--output-len", "5",
+                        "--endpoint", "/v1/chat/completions"], tmp_path)
+    check_consistent(res)
+    assert res["completed"] == 4
+    for q in res["requests"]:
+        assert q["output_tokens"] == 5 and q["chunks"] == 1 and q["ttft_s"] == q["e2el_s"]
+    # A server that sends no usage: output tokens fall back to content chunks, and the summary says so.
+    srv, url = mock(no_usage=True)
+    r, res = run_bench(["--base-url", url, "--num-prompts", "3", "--input-len", "8", "--output-len", "6"], tmp_path)
+    check_consistent(res, usage=False)
+    assert [q["output_tokens"] for q in res["requests"]] == [6, 6, 6]
+    assert [q["prompt_tokens"] for q in res["requests"]] == [8, 8, 8]  # the dataset's count
+    assert "carried no usage" in r.stdout
 
 
 def test_sharegpt_and_jsonl_datasets(mock, tmp_path):
