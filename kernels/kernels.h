@@ -1,0 +1,105 @@
+/* Host launchers of quiver's CUDA kernels, callable from C (src/backend/cuda). Each launcher
+ * enqueues its kernel(s) on `stream` and returns the launch status (cudaGetLastError); it never
+ * synchronises. Pointers are device memory borrowed for the duration of the kernel. bf16 data is
+ * passed as uint16_t (the bit pattern of __nv_bfloat16), so this header needs no cuda_bf16.h.
+ *
+ * Index arrays are validated on the host (src/backend/cuda/plan.c) before they are staged; the
+ * kernels still bound-check token ids and row indices so that a bad index yields zeros, never an
+ * out-of-bounds read. */
+#ifndef QV_KERNELS_H
+#define QV_KERNELS_H
+
+#include <cuda_runtime_api.h>
+#include <stdint.h>
+
+#include "attn_types.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* out[n_tok][dim] = table[ids[t]] (zeros where ids[t] is outside [0, n_vocab)). bf16. */
+cudaError_t qv_cuda_embed(uint16_t *out, const uint16_t *table, const int32_t *ids, int32_t n_tok,
+                          int32_t n_vocab, int32_t dim, cudaStream_t stream);
+
+/* Row-wise RMSNorm of x [rows][cols] (bf16) with weight w [cols] (bf16); out may alias x.
+ * With delta != NULL first x += delta (x rewritten, rounded to bf16) and the sum is normalised. */
+cudaError_t qv_cuda_rmsnorm(uint16_t *out, uint16_t *x, const uint16_t *delta, const uint16_t *w,
+                            int64_t rows, int32_t cols, float eps, cudaStream_t stream);
+
+/* Rotates q [n_tok][n_head*head_dim] and k [n_tok][n_kv_head*head_dim] (bf16) in place.
+ * inv_freq: f32 [rot_dim/2]. positions: [n_tok]. */
+typedef struct qv_cuda_rope_args {
+  uint16_t *q;
+  uint16_t *k;
+  const int32_t *positions;
+  const float *inv_freq;
+  int32_t n_tok, n_head, n_kv_head, head_dim, rot_dim, neox;
+  float attn_factor;
+} qv_cuda_rope_args;
+cudaError_t qv_cuda_rope(const qv_cuda_rope_args *a, cudaStream_t stream);
+
+/* Elementwise over n elements of bf16: out = silu(gate) * up (out may alias gate); x += y. */
+cudaError_t qv_cuda_silu_mul(uint16_t *out, const uint16_t *gate, const uint16_t *up, int64_t n,
+                             cudaStream_t stream);
+cudaError_t qv_cuda_add(uint16_t *x, const uint16_t *y, int64_t n, cudaStream_t stream);
+
+/* out[rows][cols] += bias[cols]; out_f32 / bias_f32 say whether each is f32 (else bf16). */
+cudaError_t qv_cuda_add_bias(void *out, int out_f32, const void *bias, int bias_f32, int64_t rows,
+                             int64_t cols, cudaStream_t stream);
+
+/* out[n_idx][cols] = x[idx[i]] for elements of elem_bytes (2 or 4); zeros where idx[i] is outside
+ * [0, n_rows). */
+cudaError_t qv_cuda_gather_rows(void *out, const void *x, const int32_t *idx, int32_t n_idx,
+                                int64_t n_rows, int64_t cols, int32_t elem_bytes,
+                                cudaStream_t stream);
+
+/* Copies k and v [n_tok][n_kv_head*head_dim] (bf16) to the cache rows slot_mapping[t] of the
+ * layer's caches [n_slots][n_kv_head*head_dim]; tokens with a slot outside [0, n_slots) are
+ * skipped. */
+cudaError_t qv_cuda_kv_write(uint16_t *k_cache, uint16_t *v_cache, const uint16_t *k,
+                             const uint16_t *v, const int32_t *slot_mapping, int32_t n_tok,
+                             int64_t n_slots, int32_t row_elems, cudaStream_t stream);
+
+/* ids[r] = index of the largest value of x[r][:] (lowest index on ties; NaN never wins).
+ * x is f32 when x_f32, else bf16. */
+cudaError_t qv_cuda_argmax(int32_t *ids, const void *x, int x_f32, int64_t rows, int64_t cols,
+                           cudaStream_t stream);
+
+/* Paged attention over the staged batch. See attn_types.h for the work items. */
+typedef struct qv_cuda_attn_args {
+  const uint16_t *q;       /* [n_tok][n_head*head_dim] */
+  uint16_t *out;           /* [n_tok][n_head*head_dim] */
+  const uint16_t *k_cache; /* this layer's [n_blocks][block_size][n_kv_head][head_dim] */
+  const uint16_t *v_cache;
+  const int32_t *seq_q_start;  /* [n_seqs+1] */
+  const int32_t *seq_ctx_len;  /* [n_seqs] */
+  const int32_t *block_tables; /* [n_seqs][max_blocks] */
+  int32_t n_tok, n_seqs, max_blocks, block_size;
+  int32_t n_head, n_kv_head, head_dim;
+  float scale;
+  float softcap;           /* 0: none */
+  int32_t window;          /* 0: full causal */
+  const qv_cuda_attn_work *work; /* [n_work] */
+  int32_t n_work;
+  const qv_cuda_attn_reduce *reduce; /* [n_reduce] split tiles to merge */
+  int32_t n_reduce;
+  float *part_o;   /* [slots][n_kv_head][QV_ATTN_BLOCK_M][head_dim] split partial outputs */
+  float *part_lse; /* [slots][n_kv_head][QV_ATTN_BLOCK_M] their log2-sum-exp */
+} qv_cuda_attn_args;
+
+/* 1 when the tensor-core kernel serves head_dim (64, 128, 256). */
+int qv_cuda_attention_mma_supported(int32_t head_dim);
+/* Raises the dynamic shared memory limit of the tensor-core kernels; call once per device. */
+cudaError_t qv_cuda_attention_init(void);
+/* Tensor-core FlashAttention-2 path (work items + split-K reduction). q, out, caches 16-byte
+ * aligned and head_dim supported. */
+cudaError_t qv_cuda_attention_mma(const qv_cuda_attn_args *a, cudaStream_t stream);
+/* Any head_dim <= 256 (CUDA cores, one warp per token and head); ignores the work items. */
+cudaError_t qv_cuda_attention_generic(const qv_cuda_attn_args *a, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
