@@ -139,11 +139,12 @@ static void on_json(req_ctx *q, const cJSON *j, uint64_t now) {
   if (cJSON_IsObject(u)) {
     const cJSON *ct = cJSON_GetObjectItemCaseSensitive(u, "completion_tokens");
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(u, "prompt_tokens");
-    if (cJSON_IsNumber(ct) && ct->valuedouble >= 0) {
+    /* Bounded before the conversion: a hostile number must not overflow int64. */
+    if (cJSON_IsNumber(ct) && ct->valuedouble >= 0 && ct->valuedouble <= 1e15) {
       r->usage_reported = 1;
       r->output_tokens = (int64_t)ct->valuedouble;
     }
-    if (cJSON_IsNumber(pt) && pt->valuedouble >= 0) r->prompt_tokens = (int64_t)pt->valuedouble;
+    if (cJSON_IsNumber(pt) && pt->valuedouble >= 0 && pt->valuedouble <= 1e15) r->prompt_tokens = (int64_t)pt->valuedouble;
   }
 }
 

@@ -5,7 +5,8 @@ It streams one word per SSE chunk with a fixed delay, reports usage when asked
 and can fail chosen requests: `fail_every=K` makes request numbers 1, 1+K, 1+2K... answer HTTP 500
 and numbers 3, 3+K... drop the connection in the middle of their stream; `hang_every=H` makes
 numbers H, 2H... never answer (for 30 s). `plain_json` ignores "stream" and answers one JSON
-object; `no_usage` never sends usage (as servers without stream_options do). Every completion it sends
+object; `no_usage` never sends usage (as servers without stream_options do); `chaos` answers
+every request with some broken output (see _chaos). Every completion it sends
 is logged in `server.log` as (request number, outcome, completion tokens).
 """
 import json
@@ -31,6 +32,30 @@ class _Handler(BaseHTTPRequestHandler):
     def _chunk(self, data: bytes):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
+
+    def _chaos(self, num, chat):
+        """Broken answers, by request number mod 4: malformed JSON in the stream, an absurd usage
+        number (ignored, so the answer still counts), bytes that are not HTTP, an SSE error event."""
+        kind = num % 4
+        self.server.log.append((num, "chaos%d" % kind, 0))
+        if kind == 2:
+            self.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
+            self.close_connection = True
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        word = {"index": 0, "delta": {"content": " x"}} if chat else {"index": 0, "text": " x"}
+        if kind == 0:
+            self._chunk(b"data: {\"choices\": [{\"text\": \"oops\"\n\n")
+        elif kind == 1:
+            self._chunk(b"data: " + json.dumps({"choices": [word]}).encode() + b"\n\n")
+            self._chunk(b'data: {"choices": [], "usage": {"prompt_tokens": 1e300, "completion_tokens": 1e300}}\n\n')
+        else:
+            self._chunk(b'event: error\ndata: {"message": "overloaded"}\n\n')
+        self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")
 
     def do_GET(self):
         if self.path.rstrip("/") == "/v1/models":
@@ -68,6 +93,9 @@ class _Handler(BaseHTTPRequestHandler):
         prompt = req.get("prompt") if not chat else req["messages"][-1]["content"]
         n_prompt = len(prompt.encode()) + 1
         max_tokens = int(req.get("max_tokens", 16))
+        if srv.chaos:
+            self._chaos(num, chat)
+            return
         if srv.hang_every and num % srv.hang_every == 0:
             srv.log.append((num, "hung", 0))
             time.sleep(30)
@@ -118,7 +146,7 @@ class _Handler(BaseHTTPRequestHandler):
         srv.log.append((num, "ok", max_tokens))
 
 
-def start(fail_every=0, ttft=0.01, itl=0.002, hang_every=0, plain_json=False, no_usage=False):
+def start(fail_every=0, ttft=0.01, itl=0.002, hang_every=0, plain_json=False, no_usage=False, chaos=False):
     """Starts the mock on a free 127.0.0.1 port in a thread; returns the server (stop with shutdown())."""
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.daemon_threads = True
@@ -129,6 +157,7 @@ def start(fail_every=0, ttft=0.01, itl=0.002, hang_every=0, plain_json=False, no
     srv.hang_every = hang_every
     srv.plain_json = plain_json
     srv.no_usage = no_usage
+    srv.chaos = chaos
     srv.ttft = ttft
     srv.itl = itl
     threading.Thread(target=srv.serve_forever, daemon=True).start()

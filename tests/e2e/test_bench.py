@@ -159,6 +159,32 @@ def test_servers_without_streaming_or_usage(mock, tmp_path):
     assert "carried no usage" in r.stdout
 
 
+def test_broken_server_output_is_reported_not_fatal(mock, tmp_path):
+    srv, url = mock(chaos=True)
+    r, res = run_bench(["--base-url", url, "--dataset", "jsonl", "--dataset-path", str(_prompts(tmp_path)),
+                        "--num-prompts", "8", "--max-concurrency", "1", "--model", "m"], tmp_path)
+    reqs = res["requests"]
+    # Sequential: request i is mock number i+1, so kinds run 1, 2, 3, 0, 1, 2, 3, 0.
+    kinds = [(i + 1) % 4 for i in range(8)]
+    assert [q["success"] for q in reqs] == [k == 1 for k in kinds]
+    for q, k in zip(reqs, kinds):
+        if k == 0:
+            assert "malformed JSON" in q["error"]
+        elif k == 1:
+            assert not q["usage_reported"] and q["output_tokens"] == 1
+        elif k == 2:
+            assert "malformed HTTP response" in q["error"]
+        else:
+            assert "overloaded" in q["error"]
+    assert res["failed"] == 6
+
+
+def _prompts(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text('"hello"\n')
+    return p
+
+
 def test_sharegpt_and_jsonl_datasets(mock, tmp_path):
     srv, url = mock()
     convs = [
