@@ -6,7 +6,8 @@ and can fail chosen requests: `fail_every=K` makes request numbers 1, 1+K, 1+2K.
 and numbers 3, 3+K... drop the connection in the middle of their stream; `hang_every=H` makes
 numbers H, 2H... never answer (for 30 s). `plain_json` ignores "stream" and answers one JSON
 object; `no_usage` never sends usage (as servers without stream_options do); `chaos` answers
-every request with some broken output (see _chaos). Every completion it sends
+every request with some broken output (see _chaos); `api_key` answers 401 without
+"Authorization: Bearer <api_key>". Every completion it sends
 is logged in `server.log` as (request number, outcome, completion tokens).
 """
 import json
@@ -57,7 +58,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")
 
+    def _authorized(self):
+        key = self.server.api_key
+        if key and self.headers.get("Authorization") != "Bearer " + key:
+            self._json(401, {"error": {"message": "bad api key"}})
+            return False
+        return True
+
     def do_GET(self):
+        if not self._authorized():
+            return
         if self.path.rstrip("/") == "/v1/models":
             self._json(200, {"object": "list", "data": [{"id": "mock-model", "object": "model"}]})
         elif self.path == "/health":
@@ -67,8 +77,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         n = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(n)
+        if not self._authorized():
+            return
         try:
-            req = json.loads(self.rfile.read(n) or b"{}")
+            req = json.loads(body or b"{}")
         except ValueError:
             self._json(400, {"error": {"message": "bad json"}})
             return
@@ -146,7 +159,8 @@ class _Handler(BaseHTTPRequestHandler):
         srv.log.append((num, "ok", max_tokens))
 
 
-def start(fail_every=0, ttft=0.01, itl=0.002, hang_every=0, plain_json=False, no_usage=False, chaos=False):
+def start(fail_every=0, ttft=0.01, itl=0.002, hang_every=0, plain_json=False, no_usage=False, chaos=False,
+          api_key=None):
     """Starts the mock on a free 127.0.0.1 port in a thread; returns the server (stop with shutdown())."""
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.daemon_threads = True
@@ -158,6 +172,7 @@ def start(fail_every=0, ttft=0.01, itl=0.002, hang_every=0, plain_json=False, no
     srv.plain_json = plain_json
     srv.no_usage = no_usage
     srv.chaos = chaos
+    srv.api_key = api_key
     srv.ttft = ttft
     srv.itl = itl
     threading.Thread(target=srv.serve_forever, daemon=True).start()

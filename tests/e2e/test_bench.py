@@ -179,6 +179,15 @@ def test_broken_server_output_is_reported_not_fatal(mock, tmp_path):
     assert res["failed"] == 6
 
 
+def test_api_key(mock, tmp_path):
+    srv, url = mock(api_key="s3cret")
+    r = subprocess.run([BENCH, "--base-url", url, "--num-prompts", "2"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "HTTP 401" in r.stderr, r.stderr
+    _, res = run_bench(["--base-url", url, "--api-key", "s3cret", "--num-prompts", "3", "--input-len", "8",
+                        "--output-len", "2"], tmp_path)
+    assert res["completed"] == 3
+
+
 def _prompts(tmp_path):
     p = tmp_path / "p.jsonl"
     p.write_text('"hello"\n')
