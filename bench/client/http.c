@@ -29,7 +29,6 @@ struct bench_http {
 struct conn {
   uv_tcp_t tcp;
   uv_connect_t connect_req;
-  uv_write_t write_req;
   llhttp_t parser;
   bench_http *client;
   conn *prev, *next;
@@ -150,9 +149,19 @@ static void conn_finish(conn *k, int rc, const char *msg, uint64_t now) {
   if (cbs.on_done) cbs.on_done(arg, rc, msg, now);
 }
 
+/* One uv_write with its own copy of the bytes: the response can end the request (and free
+ * k->req) before the write completes, e.g. a server answering 4xx while still receiving. */
+typedef struct conn_write_req {
+  uv_write_t w;
+  conn *k;
+  char buf[]; /* the request bytes */
+} conn_write_req;
+
 static void write_cb(uv_write_t *w, int status) {
-  conn *k = w->data;
-  if (status < 0 && k->busy) {
+  conn_write_req *wr = (conn_write_req *)w;
+  conn *k = wr->k;
+  free(wr);
+  if (status < 0 && k->busy && !k->closing) {
     char msg[160];
     snprintf(msg, sizeof msg, "sending the request: %s", uv_strerror(status));
     conn_fail(k, QV_EIO, msg, uv_hrtime());
@@ -160,10 +169,17 @@ static void write_cb(uv_write_t *w, int status) {
 }
 
 static void conn_write(conn *k) {
-  uv_buf_t b = uv_buf_init(k->req, (unsigned)k->req_len);
-  k->write_req.data = k;
-  int rc = uv_write(&k->write_req, (uv_stream_t *)&k->tcp, &b, 1, write_cb);
+  conn_write_req *wr = malloc(sizeof *wr + k->req_len);
+  if (!wr) {
+    conn_fail(k, QV_ENOMEM, "out of memory sending the request", uv_hrtime());
+    return;
+  }
+  wr->k = k;
+  memcpy(wr->buf, k->req, k->req_len);
+  uv_buf_t b = uv_buf_init(wr->buf, (unsigned)k->req_len);
+  int rc = uv_write(&wr->w, (uv_stream_t *)&k->tcp, &b, 1, write_cb);
   if (rc < 0) {
+    free(wr);
     char msg[160];
     snprintf(msg, sizeof msg, "sending the request: %s", uv_strerror(rc));
     conn_fail(k, QV_EIO, msg, uv_hrtime());
