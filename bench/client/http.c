@@ -22,6 +22,7 @@ struct bench_http {
   char *auth;                      /* "Authorization: Bearer <key>\r\n" or NULL; owned */
   llhttp_settings_t settings;
   conn *all;                       /* every open connection (doubly linked) */
+  conn *idle;                      /* idle keep-alive connections, most recent first */
   int64_t n_connects;
   int destroying;
 };
@@ -31,7 +32,8 @@ struct conn {
   uv_connect_t connect_req;
   llhttp_t parser;
   bench_http *client;
-  conn *prev, *next;
+  conn *prev, *next;               /* in bench_http.all */
+  conn *idle_next;                 /* in bench_http.idle while idle */
   int connected, closing, idle;
   /* The request in flight (busy) */
   int busy;
@@ -126,10 +128,21 @@ static void close_cb(uv_handle_t *h) {
   free(k);
 }
 
+static void idle_remove(conn *k) {
+  if (!k->idle) return;
+  for (conn **p = &k->client->idle; *p; p = &(*p)->idle_next)
+    if (*p == k) {
+      *p = k->idle_next;
+      break;
+    }
+  k->idle = 0;
+  k->idle_next = NULL;
+}
+
 static void conn_close(conn *k) {
   if (k->closing) return;
   k->closing = 1;
-  k->idle = 0;
+  idle_remove(k);
   uv_close((uv_handle_t *)&k->tcp, close_cb);
 }
 
@@ -143,6 +156,8 @@ static void conn_finish(conn *k, int rc, const char *msg, uint64_t now) {
   if (rc == 0 && k->keep_alive && !k->client->destroying && !k->closing) {
     llhttp_reset(&k->parser);
     k->idle = 1;
+    k->idle_next = k->client->idle;
+    k->client->idle = k;
   } else {
     conn_close(k);
   }
@@ -436,12 +451,11 @@ int bench_http_send(bench_http *c, const char *method, const char *path, const c
   if (!req) return qv_error_set(err, QV_ENOMEM, "out of memory for a request");
   memcpy(req, head, (size_t)hn);
   if (body_len) memcpy(req + hn, body, body_len);
-  conn *k = NULL;
-  for (conn *i = c->all; i; i = i->next)
-    if (i->idle && !i->closing) {
-      k = i;
-      break;
-    }
+  conn *k = c->idle; /* closing connections leave the idle list at once */
+  if (k) {
+    c->idle = k->idle_next;
+    k->idle_next = NULL;
+  }
   int reused = k != NULL;
   if (!k) {
     int rc = conn_connect(c, &k, err);

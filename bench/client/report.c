@@ -181,6 +181,7 @@ int bench_report_write_json(const char *path, const bench_opts *o, const char *m
   cJSON_AddNumberToObject(root, "completed", (double)s->completed);
   cJSON_AddNumberToObject(root, "failed", (double)s->failed);
   cJSON_AddNumberToObject(root, "max_in_flight", res->max_in_flight);
+  cJSON_AddNumberToObject(root, "connections_opened", (double)res->n_connects);
   cJSON_AddNumberToObject(root, "total_input_tokens", (double)s->total_input_tokens);
   cJSON_AddNumberToObject(root, "total_output_tokens", (double)s->total_output_tokens);
   cJSON_AddNumberToObject(root, "request_throughput", s->request_throughput);

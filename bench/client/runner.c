@@ -345,6 +345,7 @@ int bench_run(const bench_opts *o, bench_http *http, uv_loop_t *loop, const char
     uv_timer_init(loop, &run.progress_timer);
     uv_timer_init(loop, &run.timeout_timer);
     run.arrival_timer.data = run.progress_timer.data = run.timeout_timer.data = &run;
+    int64_t connects0 = bench_http_n_connects(http);
     run.t0 = uv_hrtime();
     run.t_end = run.t_read = run.t0;
     if (run.show_progress) uv_timer_start(&run.progress_timer, progress_cb, 200, 200);
@@ -366,6 +367,7 @@ int bench_run(const bench_opts *o, bench_http *http, uv_loop_t *loop, const char
     run.rec = NULL;
     out->n = n;
     out->max_in_flight = run.max_in_flight;
+    out->n_connects = bench_http_n_connects(http) - connects0;
   }
   for (size_t i = 0; i < n && run.bodies; i++) free(run.bodies[i]);
   free(run.bodies);

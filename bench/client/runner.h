@@ -10,6 +10,7 @@ typedef struct bench_run_result {
   size_t n;
   double duration_s;      /* first send to last completion */
   double max_in_flight;   /* the most requests seen in flight at once */
+  int64_t n_connects;     /* TCP connections opened during the run */
 } bench_run_result;
 
 /* Runs prompts[n] (model: the name to send) against http. label ("warmup" or "benchmark")

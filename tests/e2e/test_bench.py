@@ -78,6 +78,8 @@ def test_random_dataset_against_mock(mock, tmp_path):
     check_consistent(res)
     assert res["completed"] == 12 and res["failed"] == 0
     assert res["max_in_flight"] <= 3
+    # Keep-alive: three slots need at most three connections (the setup calls' one is reused).
+    assert 1 <= res["connections_opened"] <= 3
     assert res["request_goodput"] == pytest.approx(12 / res["duration"], rel=1e-9)
     # Output tokens equal what the server reported, request by request (the mock sends one
     # token per chunk, so the chunk count must agree too).
