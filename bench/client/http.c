@@ -436,8 +436,9 @@ int bench_http_cancel(bench_http *c, void *arg, int rc, const char *msg) {
   return QV_ENOTFOUND;
 }
 
-int bench_http_send(bench_http *c, const char *method, const char *path, const char *body, size_t body_len,
-                    const bench_http_cbs *cbs, void *arg, qv_error *err) {
+int bench_http_send(bench_http *c, const bench_http_req *r, const bench_http_cbs *cbs, void *arg, qv_error *err) {
+  const char *method = r->method, *path = r->path, *body = r->body;
+  size_t body_len = r->body_len;
   if (c->destroying) return qv_error_set(err, QV_ECLOSED, "the client is shutting down");
   if (!body) body_len = 0;
   char head[1400];
@@ -516,30 +517,27 @@ static void sync_done(void *arg, int rc, const char *msg, uint64_t now) {
   if (msg) snprintf(s->msg, sizeof s->msg, "%s", msg);
 }
 
-int bench_http_call(bench_http *c, const char *method, const char *path, const char *body, int *status,
-                    char **resp, size_t *resp_len, qv_error *err) {
+int bench_http_call(bench_http *c, const bench_http_req *req, bench_http_resp *resp, qv_error *err) {
   sync_call s = {0};
-  *resp = NULL;
-  if (resp_len) *resp_len = 0;
-  *status = 0;
+  memset(resp, 0, sizeof *resp);
   static const bench_http_cbs cbs = {sync_headers, sync_body, sync_done};
-  int rc = bench_http_send(c, method, path, body, body ? strlen(body) : 0, &cbs, &s, err);
+  int rc = bench_http_send(c, req, &cbs, &s, err);
   if (rc) return rc;
   while (!s.done) uv_run(c->loop, UV_RUN_ONCE);
   if (s.rc) {
     free(s.buf);
-    return qv_error_set(err, s.rc, "%s %s: %s", method, path, s.msg);
+    return qv_error_set(err, s.rc, "%s %s: %s", req->method, req->path, s.msg);
   }
   if (s.oom) {
     free(s.buf);
-    return qv_error_set(err, QV_ENOMEM, "out of memory reading the response of %s", path);
+    return qv_error_set(err, QV_ENOMEM, "out of memory reading the response of %s", req->path);
   }
   if (!s.buf) {
     s.buf = calloc(1, 1);
     if (!s.buf) return qv_error_set(err, QV_ENOMEM, "out of memory");
   }
-  *status = s.status;
-  *resp = s.buf;
-  if (resp_len) *resp_len = s.len;
+  resp->status = s.status;
+  resp->body = s.buf;
+  resp->len = s.len;
   return 0;
 }

@@ -36,22 +36,35 @@ int bench_http_create(uv_loop_t *loop, const char *base_url, const char *api_key
  * still in flight end with on_done(QV_ECLOSED). Accepts NULL. */
 void bench_http_destroy(bench_http *c);
 
-/* Starts a request for base_url's prefix + path. body (may be NULL for GET) is copied. Reuses an
- * idle keep-alive connection when there is one, else connects. A request that fails on a reused
+/* One request: method and path (appended to base_url's prefix); body (JSON, body_len bytes)
+ * may be NULL for GET. Borrowed for the send call, which copies what it needs. */
+typedef struct bench_http_req {
+  const char *method;
+  const char *path;
+  const char *body;
+  size_t body_len;
+} bench_http_req;
+
+/* Starts req; cbs and arg (borrowed until on_done) receive its response. Reuses an idle
+ * keep-alive connection when there is one, else connects. A request that fails on a reused
  * connection before any response byte arrived (the server closed it while idle) is retried once
  * on a new connection. */
-int bench_http_send(bench_http *c, const char *method, const char *path, const char *body, size_t body_len,
-                    const bench_http_cbs *cbs, void *arg, qv_error *err);
+int bench_http_send(bench_http *c, const bench_http_req *req, const bench_http_cbs *cbs, void *arg, qv_error *err);
 
 /* Ends the request whose callback argument is arg (if it is in flight): its connection is
  * closed and on_done(rc, msg) is called before this returns. Returns 0, or QV_ENOTFOUND. */
 int bench_http_cancel(bench_http *c, void *arg, int rc, const char *msg);
 
-/* Sends one request and runs the loop until it is done (for setup calls: /v1/models,
- * /tokenize). *resp (malloc'd, NUL-terminated, caller frees) holds the body. Returns the
- * transport result; the HTTP status is in *status. */
-int bench_http_call(bench_http *c, const char *method, const char *path, const char *body, int *status,
-                    char **resp, size_t *resp_len, qv_error *err);
+/* A whole response of bench_http_call. */
+typedef struct bench_http_resp {
+  int status;   /* HTTP status */
+  char *body;   /* [len] NUL-terminated; owned by the caller (free) */
+  size_t len;
+} bench_http_resp;
+
+/* Sends req and runs the loop until it is done (for setup calls: /v1/models, /tokenize). Returns
+ * the transport result; on 0, *resp holds the status and the body. */
+int bench_http_call(bench_http *c, const bench_http_req *req, bench_http_resp *resp, qv_error *err);
 
 /* Connections opened so far (for the report). */
 int64_t bench_http_n_connects(const bench_http *c);

@@ -176,19 +176,20 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
 
 /* The first model id of GET /v1/models; *out malloc'd. */
 static int discover_model(bench_http *http, char **out, qv_error *err) {
-  int status;
-  char *body;
-  size_t len;
-  int rc = bench_http_call(http, "GET", "/v1/models", NULL, &status, &body, &len, err);
+  bench_http_req req = {"GET", "/v1/models", NULL, 0};
+  bench_http_resp resp;
+  int rc = bench_http_call(http, &req, &resp, err);
   if (rc) return rc;
-  cJSON *j = status == 200 ? cJSON_ParseWithLength(body, len) : NULL;
+  cJSON *j = resp.status == 200 ? cJSON_ParseWithLength(resp.body, resp.len) : NULL;
   const cJSON *data = cJSON_GetObjectItemCaseSensitive(j, "data");
   const cJSON *id = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(data, 0), "id");
   if (cJSON_IsString(id)) *out = strdup(id->valuestring);
-  else rc = qv_error_set(err, QV_EFORMAT, "GET /v1/models: HTTP %d, no model id (pass --model): %.200s", status, body);
+  else
+    rc = qv_error_set(err, QV_EFORMAT, "GET /v1/models: HTTP %d, no model id (pass --model): %.200s", resp.status,
+                      resp.body);
   if (!rc && !*out) rc = qv_error_set(err, QV_ENOMEM, "out of memory");
   cJSON_Delete(j);
-  free(body);
+  free(resp.body);
   return rc;
 }
 
@@ -259,7 +260,8 @@ int main(int argc, char **argv) {
       bench_prompt *wp = calloc(nw, sizeof *wp);
       if (!wp) rc = qv_error_set(&err, QV_ENOMEM, "out of memory");
       for (size_t i = 0; !rc && i < nw; i++) wp[i] = prompts[i % n];
-      if (!rc) rc = bench_run(&o, http, &loop, model, wp, nw, arrivals, "warmup", &warm, &err);
+      bench_run_spec spec = {&o, http, &loop, model, wp, arrivals, nw, "warmup"};
+      if (!rc) rc = bench_run(&spec, &warm, &err);
       free(wp);
       size_t bad = 0;
       for (size_t i = 0; !rc && i < warm.n; i++) bad += !warm.records[i].success;
@@ -271,7 +273,10 @@ int main(int argc, char **argv) {
     bench_rng_seed(&rng, o.seed ^ 0x5eed5eed5eedull);
     rc = bench_arrivals(&rng, n, o.request_rate, o.burstiness, arrivals, &err);
   }
-  if (!rc) rc = bench_run(&o, http, &loop, model, prompts, n, arrivals, "benchmark", &res, &err);
+  if (!rc) {
+    bench_run_spec spec = {&o, http, &loop, model, prompts, arrivals, n, "benchmark"};
+    rc = bench_run(&spec, &res, &err);
+  }
   if (!rc) {
     bench_summary s;
     rc = bench_report_summarize(&o, &res, &s, &err);

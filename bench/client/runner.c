@@ -249,7 +249,8 @@ static void send_one(run_ctx *run, size_t i) {
   run->in_flight++;
   if (run->in_flight > run->max_in_flight) run->max_in_flight = run->in_flight;
   qv_error e = {0};
-  if (bench_http_send(run->http, "POST", run->o->endpoint, run->bodies[i], strlen(run->bodies[i]), &k_cbs, q, &e))
+  bench_http_req req = {"POST", run->o->endpoint, run->bodies[i], strlen(run->bodies[i])};
+  if (bench_http_send(run->http, &req, &k_cbs, q, &e))
     finish_request(q, e.code ? e.code : QV_EIO, e.msg, uv_hrtime());
 }
 
@@ -321,17 +322,22 @@ static int build_body(const bench_opts *o, const char *model, const bench_prompt
   return *out ? 0 : QV_ENOMEM;
 }
 
-int bench_run(const bench_opts *o, bench_http *http, uv_loop_t *loop, const char *model, const bench_prompt *prompts,
-              size_t n, const double *arrivals, const char *label, bench_run_result *out, qv_error *err) {
+int bench_run(const bench_run_spec *spec, bench_run_result *out, qv_error *err) {
+  const bench_opts *o = spec->o;
+  bench_http *http = spec->http;
+  uv_loop_t *loop = spec->loop;
+  const char *model = spec->model;
+  const bench_prompt *prompts = spec->prompts;
+  size_t n = spec->n;
   memset(out, 0, sizeof *out);
   run_ctx run = {0};
   run.o = o;
   run.http = http;
   run.loop = loop;
-  run.arrivals = arrivals;
+  run.arrivals = spec->arrivals;
   run.prompts = prompts;
   run.n = n;
-  run.label = label;
+  run.label = spec->label;
   run.err = err;
   run.show_progress = o->progress < 0 ? isatty(2) : o->progress;
   run.bodies = calloc(n + 1, sizeof *run.bodies);

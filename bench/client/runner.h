@@ -13,9 +13,18 @@ typedef struct bench_run_result {
   int64_t n_connects;     /* TCP connections opened during the run */
 } bench_run_result;
 
-/* Runs prompts[n] (model: the name to send) against http. label ("warmup" or "benchmark")
- * prefixes the progress bar. */
-int bench_run(const bench_opts *o, bench_http *http, uv_loop_t *loop, const char *model, const bench_prompt *prompts,
-              size_t n, const double *arrivals, const char *label, bench_run_result *out, qv_error *err);
+/* What to run; everything is borrowed for the call. */
+typedef struct bench_run_spec {
+  const bench_opts *o;
+  bench_http *http;
+  uv_loop_t *loop;            /* the loop http runs on */
+  const char *model;          /* the model name to send */
+  const bench_prompt *prompts; /* [n] */
+  const double *arrivals;     /* [n] release times, seconds from the start, non-decreasing */
+  size_t n;
+  const char *label;          /* prefixes the progress bar ("warmup", "benchmark") */
+} bench_run_spec;
+
+int bench_run(const bench_run_spec *spec, bench_run_result *out, qv_error *err);
 
 #endif

@@ -21,19 +21,19 @@ static int post_json(bench_tok *t, const char *path, cJSON *body, cJSON **out, q
   *out = NULL;
   char *s = cJSON_PrintUnformatted(body);
   if (!s) return qv_error_set(err, QV_ENOMEM, "out of memory");
-  int status;
-  char *resp;
-  size_t len;
-  int rc = bench_http_call(t->http, "POST", path, s, &status, &resp, &len, err);
+  bench_http_req req = {"POST", path, s, strlen(s)};
+  bench_http_resp resp;
+  int rc = bench_http_call(t->http, &req, &resp, err);
   free(s);
   if (rc) return rc;
-  if (status != 200) {
-    rc = qv_error_set(err, status == 404 ? QV_EUNSUPPORTED : QV_EIO, "POST %s: HTTP %d: %.200s", path, status, resp);
-    free(resp);
+  if (resp.status != 200) {
+    rc = qv_error_set(err, resp.status == 404 ? QV_EUNSUPPORTED : QV_EIO, "POST %s: HTTP %d: %.200s", path,
+                      resp.status, resp.body);
+    free(resp.body);
     return rc;
   }
-  *out = cJSON_ParseWithLength(resp, len);
-  free(resp);
+  *out = cJSON_ParseWithLength(resp.body, resp.len);
+  free(resp.body);
   if (!*out) return qv_error_set(err, QV_EFORMAT, "POST %s: the answer is not JSON", path);
   return 0;
 }
