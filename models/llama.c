@@ -122,9 +122,13 @@ int llama_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *b
       (rc = alloc_act(m, m->max_tok, kd, &m->k, err)) || (rc = alloc_act(m, m->max_tok, kd, &m->v, err)) ||
       (rc = alloc_act(m, m->max_tok, c->dim, &m->o, err)) || (rc = alloc_act(m, m->max_tok, c->ffn_dim, &m->g, err)) ||
       (rc = alloc_act(m, m->max_tok, c->ffn_dim, &m->u, err)) ||
-      (rc = alloc_act(m, m->max_logits, c->dim, &m->sel, err)) ||
-      (rc = alloc_act(m, m->max_logits, c->vocab_size, &m->logits, err)))
+      (rc = alloc_act(m, m->max_logits, c->dim, &m->sel, err)))
     goto fail;
+  /* Logits stay F32 on every backend: two candidates closer than a bf16 step must not tie. */
+  if ((rc = be->ops->alloc(be, QV_DTYPE_F32, m->max_logits, c->vocab_size, &m->logits))) {
+    qv_error_set(err, rc, "%s", be->last_error.msg);
+    goto fail;
+  }
   *out = m;
   return 0;
 fail:

@@ -48,7 +48,7 @@ struct qv_model {
   qv_tensor o;             /* [max_tok][dim] sublayer output */
   qv_tensor g, u;          /* [max_tok][ffn] */
   qv_tensor sel;           /* [max_logits][dim] */
-  qv_tensor logits;        /* [max_logits][vocab] */
+  qv_tensor logits;        /* [max_logits][vocab], always F32 */
 };
 
 /* Builds a Llama-family model on be from cfg and weights; on failure frees what it made. */
