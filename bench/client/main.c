@@ -38,6 +38,8 @@ static void usage(FILE *f) {
           "  --ignore-eos           ask the server to ignore EOS (vLLM's ignore_eos)\n"
           "  --temperature T        sampling temperature (default 0: greedy)\n"
           "  --save-prompts FILE    write the built prompts as JSONL (replay them with --dataset jsonl)\n"
+          "  --tokenizer PATH       count tokens with quiver's tokenizer (model dir, tokenizer.json,\n"
+          "                         .gguf) instead of the server's /tokenize and /detokenize\n"
           "load:\n"
           "  --request-rate R       requests/s, or inf (default inf: all at once)\n"
           "  --burstiness B         gamma shape of the arrival gaps (default 1: Poisson)\n"
@@ -51,7 +53,8 @@ static void usage(FILE *f) {
           "  --save-text            keep generated text in the result file\n"
           "  --metadata KEY=VALUE   added to the result file (repeatable: machine, commit...)\n"
           "  --progress | --no-progress   live progress bar on stderr (default: when a terminal)\n"
-          "\nRandom and ShareGPT prompts are measured with the server's /tokenize and /detokenize.\n");
+          "\nRandom and ShareGPT prompts are measured with the server's /tokenize and /detokenize unless\n"
+          "--tokenizer is given.\n");
 }
 
 static int parse_int(const char *s, long lo, long hi, int32_t *out) {
@@ -166,11 +169,6 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
     fprintf(stderr, "quiver-bench: --endpoint must be a path such as /v1/completions\n");
     return -1;
   }
-  if (o->tokenizer) {
-    fprintf(stderr, "quiver-bench: --tokenizer is not available in this build; token lengths come from the "
-                    "server's /tokenize and /detokenize\n");
-    return -1;
-  }
   return 0;
 }
 
@@ -241,9 +239,9 @@ int main(int argc, char **argv) {
   }
   if (!rc) {
     /* jsonl works without a tokenizer (lengths then come from usage); the others need one. */
-    int trc = bench_tok_init(&tok, http, model, &err);
+    int trc = bench_tok_init(&tok, o.tokenizer, http, model, &err);
     if (!trc) have_tok = 1;
-    else if (strcmp(o.dataset, "jsonl")) rc = trc;
+    else if (strcmp(o.dataset, "jsonl") || o.tokenizer) rc = trc;
     else qv_error_clear(&err);
   }
   if (!rc) {

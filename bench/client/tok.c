@@ -1,4 +1,4 @@
-/* Tokenizer access through the server under test (see tok.h). */
+/* Tokenizer access through the server under test or quiver's tokenizer library (see tok.h). */
 #include "tok.h"
 
 #include <cjson/cJSON.h>
@@ -41,6 +41,7 @@ static int post_json(bench_tok *t, const char *path, cJSON *body, cJSON **out, q
 int bench_tok_encode(bench_tok *t, const char *text, int add_special, int32_t **ids, size_t *n, qv_error *err) {
   *ids = NULL;
   *n = 0;
+  if (t->lib) return qv_tokenizer_encode(t->lib, text, strlen(text), add_special ? QV_TOK_ADD_SPECIAL : 0, ids, n, err);
   cJSON *body = cJSON_CreateObject();
   if (!body || (t->model && !cJSON_AddStringToObject(body, "model", t->model)) ||
       !cJSON_AddStringToObject(body, "prompt", text) || !cJSON_AddBoolToObject(body, "add_special_tokens", add_special)) {
@@ -82,6 +83,10 @@ int bench_tok_encode(bench_tok *t, const char *text, int add_special, int32_t **
 
 int bench_tok_decode(bench_tok *t, const int32_t *ids, size_t n, char **text, qv_error *err) {
   *text = NULL;
+  if (t->lib) {
+    size_t len;
+    return qv_tokenizer_decode(t->lib, ids, n, 0, text, &len, err);
+  }
   cJSON *body = cJSON_CreateObject(), *arr = cJSON_CreateArray();
   if (!body || !arr || (t->model && !cJSON_AddStringToObject(body, "model", t->model))) {
     cJSON_Delete(body);
@@ -120,20 +125,30 @@ static int cmp_i32(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-int bench_tok_init(bench_tok *t, bench_http *http, const char *model, qv_error *err) {
+int bench_tok_init(bench_tok *t, const char *tokenizer_path, bench_http *http, const char *model, qv_error *err) {
   memset(t, 0, sizeof *t);
   t->http = http;
   t->model = model;
+  int rc;
+  if (tokenizer_path) {
+    rc = qv_tokenizer_load(tokenizer_path, &t->lib, err);
+    if (rc) {
+      qv_error_prefix(err, "--tokenizer %s", tokenizer_path);
+      return rc;
+    }
+  }
   int32_t *ids, *ids_sp;
   size_t n, n_sp;
-  int rc = bench_tok_encode(t, k_corpus, 0, &ids, &n, err);
+  rc = bench_tok_encode(t, k_corpus, 0, &ids, &n, err);
   if (rc) {
-    qv_error_prefix(err, "the server's tokenizer endpoint");
+    qv_error_prefix(err, t->lib ? "the tokenizer" : "the server's tokenizer endpoint");
+    bench_tok_deinit(t);
     return rc;
   }
   rc = bench_tok_encode(t, k_corpus, 1, &ids_sp, &n_sp, err);
   if (rc) {
     free(ids);
+    bench_tok_deinit(t);
     return rc;
   }
   t->n_special = n_sp > n ? (int32_t)(n_sp - n) : 0;
@@ -144,7 +159,8 @@ int bench_tok_init(bench_tok *t, bench_http *http, const char *model, qv_error *
     if (k == 0 || ids[k - 1] != ids[i]) ids[k++] = ids[i];
   if (k < 2) {
     free(ids);
-    return qv_error_set(err, QV_EFORMAT, "the server's tokenizer gave fewer than 2 distinct tokens for a text");
+    bench_tok_deinit(t);
+    return qv_error_set(err, QV_EFORMAT, "the tokenizer gave fewer than 2 distinct tokens for a text");
   }
   t->allowed = ids;
   t->n_allowed = k;
@@ -152,6 +168,8 @@ int bench_tok_init(bench_tok *t, bench_http *http, const char *model, qv_error *
 }
 
 void bench_tok_deinit(bench_tok *t) {
+  qv_tokenizer_destroy(t->lib);
+  t->lib = NULL;
   free(t->allowed);
   t->allowed = NULL;
   t->n_allowed = 0;

@@ -1,6 +1,8 @@
-/* Token counting and exact-length prompts for the load generator. Counts come from the server
- * under test (POST /tokenize and /detokenize, as vLLM and quiver serve them; llama-server's
- * response shapes are accepted too), so they match what the server itself will count. */
+/* Token counting and exact-length prompts for the load generator. Counts come either from the
+ * server under test (POST /tokenize and /detokenize, as vLLM and quiver serve them;
+ * llama-server's response shapes are accepted too), so they match what the server itself will
+ * count, or from quiver's tokenizer library loading --tokenizer PATH (for servers without those
+ * endpoints). Both give the same prompts when the tokenizers agree. */
 #ifndef QV_BENCH_TOK_H
 #define QV_BENCH_TOK_H
 
@@ -10,8 +12,10 @@
 #include "core/bench_rng.h"
 #include "http.h"
 #include "quiver/error.h"
+#include "quiver/tokenizer.h"
 
 typedef struct bench_tok {
+  qv_tokenizer *lib;         /* owned; NULL: use the server's endpoints */
   bench_http *http;          /* borrowed */
   const char *model;         /* borrowed */
   int32_t n_special;         /* tokens the server adds to a prompt (BOS...) */
@@ -19,9 +23,11 @@ typedef struct bench_tok {
   size_t n_allowed;
 } bench_tok;
 
-/* Probes the server's tokenizer endpoints and collects the allowed ids (the distinct ids of a
- * built-in English text, which are ordinary text tokens of any vocabulary). */
-int bench_tok_init(bench_tok *t, bench_http *http, const char *model, qv_error *err);
+/* Uses tokenizer_path (a model directory, tokenizer.json or .gguf) through quiver's tokenizer
+ * library when it is not NULL, else probes the server's tokenizer endpoints; then collects the
+ * allowed ids (the distinct ids of a built-in English text, which are ordinary text tokens of
+ * any vocabulary). */
+int bench_tok_init(bench_tok *t, const char *tokenizer_path, bench_http *http, const char *model, qv_error *err);
 void bench_tok_deinit(bench_tok *t);
 
 /* Tokens of text without special tokens; *ids malloc'd (caller frees). */

@@ -245,6 +245,34 @@ def test_bad_inputs_fail_cleanly(mock, tmp_path):
         assert msg in r.stderr, r.stderr
 
 
+def test_random_prompts_with_quiver_tokenizer(mock, tmp_path):
+    """--tokenizer counts with quiver's tokenizer library instead of the server's /tokenize: the
+    prompts must then be exactly --input-len tokens for that tokenizer (checked with
+    `quiver tokenize`), whatever the server counts."""
+    model = SHARED / "models/stories260K"
+    if not model.is_dir():
+        pytest.skip("stories260K not found at %s" % model)
+    probe = subprocess.run([QV_BIN, "tokenize", "--tokenizer", str(model), "--text", "hi"],
+                           capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip("quiver tokenize is not available in this build")
+    srv, url = mock()
+    saved = tmp_path / "prompts.jsonl"
+    _, res = run_bench(["--base-url", url, "--tokenizer", str(model), "--num-prompts", "4", "--input-len", "30",
+                        "--output-len", "3", "--save-prompts", str(saved), "--seed", "9"], tmp_path)
+    check_consistent(res)
+    assert res["settings"]["tokenizer"] == str(model)
+    for line in saved.read_text().splitlines():
+        p = json.loads(line)["prompt"]
+        r = subprocess.run([QV_BIN, "tokenize", "--tokenizer", str(model), "--add-special", "--text", p],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert len(json.loads(r.stdout)) == 30, p
+    r = subprocess.run([BENCH, "--base-url", url, "--tokenizer", str(tmp_path / "missing")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "--tokenizer" in r.stderr, r.stderr
+
+
 def _free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
