@@ -328,12 +328,20 @@ def test_live_quiver(live_quiver, tmp_path, endpoint):
         req = urllib.request.Request(url + "/tokenize", data=json.dumps({"prompt": "hi"}).encode(),
                                      headers={"Content-Type": "application/json"})
         urllib.request.urlopen(req, timeout=5).read()
-        data = ["--dataset", "random", "--input-len", "24", "--output-len", "16", "--range-ratio", "0.5"]
+        data = ["--dataset", "random", "--input-len", "24", "--output-len", "16"]
+        want_out = [16] * 8
     except OSError:
         data = ["--dataset", "jsonl", "--dataset-path", str(j)]
-    _, res = run_bench(["--base-url", url, "--endpoint", endpoint, "--num-prompts", "8", "--max-concurrency", "4",
-                        "--ignore-eos", "--warmup", "2"] + data, tmp_path, timeout=300)
+        want_out = [24, 9, 17, 24, 9, 17, 24, 9]
+    r, res = run_bench(["--base-url", url, "--endpoint", endpoint, "--num-prompts", "8", "--max-concurrency", "4",
+                        "--ignore-eos", "--warmup", "2", "--request-rate", "50", "--seed", "3"] + data,
+                       tmp_path, timeout=300)
     check_consistent(res)
-    assert res["completed"] == 8 and res["failed"] == 0
+    assert res["completed"] == 8 and res["failed"] == 0, r.stdout
+    # With EOS ignored every request yields exactly what it asked for, and that is the count the
+    # server's usage reported (usage_reported is checked in check_consistent).
+    assert [q["output_tokens"] for q in res["requests"]] == want_out
     for q in res["requests"]:
-        assert q["output_tokens"] >= 1 and q["prompt_tokens"] >= 1
+        assert q["chunks"] >= 1 and q["prompt_tokens"] >= 1
+        if data[1] == "random" and endpoint == "/v1/completions":
+            assert q["prompt_tokens"] == 24  # exact-length prompts, as the server counts them
