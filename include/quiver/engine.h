@@ -20,8 +20,9 @@ struct qv_model; /* models/model.h */
 typedef struct qv_engine_opts {
   int32_t block_size;             /* tokens per KV block (default 16) */
   int32_t n_kv_blocks;            /* 0: size the pool from kv_mem_fraction */
-  double kv_mem_fraction;         /* fraction of the backend's free memory for KV (default 0.9 cuda; cpu: see engine.c) */
-  int32_t max_num_seqs;           /* running sequences at once (default 256) */
+  double kv_mem_fraction;         /* with n_kv_blocks 0: fraction of available memory for KV (0: 0.25 of
+                                   * available RAM); the pool never exceeds max_num_seqs full sequences */
+  int32_t max_num_seqs;           /* running sequences at once (default 256; lowered to max_num_batched_tokens) */
   int32_t max_num_batched_tokens; /* tokens per step (default 2048) */
   int32_t max_model_len;          /* 0: the model's max positions */
   int32_t enable_prefix_caching;  /* default 1 */
@@ -45,7 +46,8 @@ typedef struct qv_sampling_params {
   const float *logit_bias_values; /* [n_logit_bias] */
   int32_t n_logit_bias;
   int32_t logprobs;      /* 1: report the sampled token's logprob */
-  int32_t top_logprobs;  /* 0..20 alternatives per position */
+  int32_t top_logprobs;  /* 0..20 alternatives per position. Logprobs are the raw model's
+                          * (log-softmax before penalties, temperature and filters). */
 } qv_sampling_params;
 
 void qv_sampling_params_default(qv_sampling_params *p);
@@ -54,7 +56,7 @@ typedef struct qv_request_params {
   const int32_t *prompt_ids;  /* [n_prompt], borrowed for the submit call */
   int32_t n_prompt;
   qv_sampling_params sampling;
-  int32_t max_tokens;         /* -1: until max_model_len */
+  int32_t max_tokens;         /* -1: until max_model_len; 0: finish at once (default 16) */
   int32_t min_tokens;
   int32_t ignore_eos;
   const char *const *stop;    /* [n_stop] stop strings, borrowed for the submit call */
@@ -88,8 +90,11 @@ typedef struct qv_top_logprob {
 typedef enum qv_event_type { QV_EVENT_TOKENS = 1, QV_EVENT_FINISH = 2 } qv_event_type;
 
 /* One event. TOKENS carries the tokens sampled for one choice since its last event and the
- * text that became final (stop-string lookahead is held back). FINISH ends a choice; a request
- * with n choices gets n FINISH events, and the usage in each covers the whole request. */
+ * text that became final (stop-string lookahead is held back). FINISH ends a choice and carries
+ * no tokens (the last ones came in a TOKENS event before it); a request with n choices gets n
+ * FINISH events, posted together once every choice ended, and the usage in each covers the
+ * whole request. token_ids, logprobs, top, text, stop_str and error all live in the event's
+ * own allocation: valid until qv_event_free. */
 typedef struct qv_event {
   qv_event_type type;
   uint64_t req_id;
@@ -129,7 +134,9 @@ typedef struct qv_engine_stats {
 
 /* Creates an engine over a loaded model (borrowed; must outlive the engine) and its tokenizer
  * (borrowed; may be NULL, then no text is produced and stop strings are rejected). Sizes and
- * allocates the KV cache and starts the engine thread. */
+ * allocates the KV cache and starts the engine thread. The model must have been loaded with
+ * qv_model_opts.max_batch_tokens >= max_num_batched_tokens and max_logits >= max_num_seqs
+ * (a forward beyond them fails and its requests finish with QV_FINISH_ERROR). */
 int qv_engine_create(struct qv_model *model, const qv_tokenizer *tok, const qv_engine_opts *opts,
                      qv_engine **out, qv_error *err);
 /* Stops the thread (aborting what is in flight), frees everything. Accepts NULL. */
