@@ -1,15 +1,21 @@
 /* quiver bench engine: offline throughput of a model on a backend, without HTTP.
  *
- * N prompts of L random token ids each are prefilled in chunks of at most --max-batch-tokens
- * tokens (several prompts share a step, a long prompt spans steps), then all N sequences decode
- * greedily together for M - 1 more steps (the first output token comes from the prefill's
- * logits), ignoring EOS so every sequence yields exactly M tokens. This is the static-batching
- * upper bound of what the serving path can reach; it drives qv_model_forward directly because
- * the engine (include/quiver/engine.h) is not in this build yet. Each of --runs repetitions is
- * timed and the median is reported, with every run in --result-file. --prompt-file gives every
- * sequence the same known prompt, so a test can check the generated ids against a reference. */
+ * N prompts of L random token ids each, greedy, EOS ignored so every sequence yields exactly M
+ * tokens. Two paths:
+ *   --path engine (default): every prompt is submitted to a qv_engine (continuous batching,
+ *     chunked prefill, paged KV, sampler) and the events are drained until all finish: what the
+ *     server's generation costs without HTTP. Prefix caching is off so repeated runs redo the
+ *     same work.
+ *   --path model: qv_model_forward is driven directly with a static batch (prompts packed into
+ *     steps of at most --max-batch-tokens tokens, then one decode step for all sequences per
+ *     output token, host argmax): the bound the scheduler can approach, and a reference for
+ *     the engine's overhead.
+ * Each of --runs repetitions is timed after one untimed warm-up run and the median is reported,
+ * with every run in --result-file. --prompt-file gives every sequence the same known prompt, so
+ * a test can check the generated ids against a reference. */
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,10 +26,13 @@
 #include "cli/cli.h"
 #include "core/bench_rng.h"
 #include "models/model.h"
+#include "quiver/engine.h"
 
 typedef struct eb_opts {
   const char *model;        /* NULL: the embedded quiver-tiny */
   const char *device;       /* "cpu" or "cuda" */
+  int path_engine;          /* 1: through qv_engine; 0: qv_model_forward directly */
+  int32_t max_num_seqs;     /* engine: running sequences at once */
   int32_t num_prompts, input_len, output_len;
   int32_t max_batch_tokens; /* tokens per forward */
   int32_t block_size;
@@ -38,7 +47,8 @@ typedef struct eb_opts {
 
 /* One timed run. */
 typedef struct eb_run {
-  double prefill_s, decode_s, total_s;
+  double prefill_s, decode_s, total_s; /* model path; the engine path has no phases */
+  double mean_ttft_s;                  /* engine path: submit -> first token, mean */
   int64_t n_steps;
 } eb_run;
 
@@ -47,6 +57,8 @@ static void usage(FILE *f) {
           "usage: quiver bench engine [options]\n"
           "  --model PATH             Hugging Face model directory (default: the embedded quiver-tiny)\n"
           "  --device cpu|cuda        backend (default cpu)\n"
+          "  --path engine|model      through the engine (default) or the model's forward directly\n"
+          "  --max-num-seqs S         engine: running sequences at once (default 256)\n"
           "  --num-prompts N          sequences (default 64)\n"
           "  --input-len L            prompt tokens each (default 128)\n"
           "  --output-len M           generated tokens each, EOS ignored (default 128)\n"
@@ -77,7 +89,7 @@ static int parse_i32(const char *s, long lo, long hi, int32_t *out) {
 }
 
 static int parse_args(int argc, char **argv, eb_opts *o) {
-  *o = (eb_opts){.device = "cpu", .num_prompts = 64, .input_len = 128, .output_len = 128,
+  *o = (eb_opts){.device = "cpu", .path_engine = 1, .max_num_seqs = 256, .num_prompts = 64, .input_len = 128, .output_len = 128,
                  .max_batch_tokens = 2048, .block_size = 16, .runs = 3};
   for (int i = 2; i < argc; i++) {
     const char *a = argv[i];
@@ -90,6 +102,10 @@ static int parse_args(int argc, char **argv, eb_opts *o) {
     int bad = 0;
     if (!strcmp(a, "--model")) o->model = v;
     else if (!strcmp(a, "--device")) o->device = v;
+    else if (!strcmp(a, "--path")) {
+      bad = strcmp(v, "engine") && strcmp(v, "model");
+      o->path_engine = !strcmp(v, "engine");
+    } else if (!strcmp(a, "--max-num-seqs")) bad = parse_i32(v, 1, 1 << 16, &o->max_num_seqs);
     else if (!strcmp(a, "--num-prompts")) bad = parse_i32(v, 1, 1 << 20, &o->num_prompts);
     else if (!strcmp(a, "--input-len")) bad = parse_i32(v, 1, 1 << 22, &o->input_len);
     else if (!strcmp(a, "--output-len")) bad = parse_i32(v, 1, 1 << 22, &o->output_len);
@@ -133,6 +149,9 @@ typedef struct eb_bufs {
   int32_t *prompts;                                 /* [n][L] */
   int32_t *last;                                    /* [n] last sampled token */
   int32_t *out;                                     /* [n][M] generated ids */
+  int32_t *n_out;                                   /* [n] engine: ids received so far */
+  double *first_s;                                  /* [n] engine: time of the first token */
+  uint64_t *req_ids;                                /* [n] engine: request id of each sequence */
 } eb_bufs;
 
 static void bufs_free(eb_bufs *b) {
@@ -148,6 +167,9 @@ static void bufs_free(eb_bufs *b) {
   free(b->prompts);
   free(b->last);
   free(b->out);
+  free(b->n_out);
+  free(b->first_s);
+  free(b->req_ids);
 }
 
 static int32_t argmax_row(const float *row, int32_t n) {
@@ -157,9 +179,18 @@ static int32_t argmax_row(const float *row, int32_t n) {
   return best;
 }
 
+/* Wakes the benchmark thread when the engine posts events (the hook coalesces). */
+typedef struct eb_wait {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int pending;
+} eb_wait;
+
 typedef struct eb_ctx {
   const eb_opts *o;
   qv_model *m;
+  qv_engine *e;                /* engine path */
+  eb_wait wait;
   int32_t vocab, bps;          /* vocabulary; KV blocks per sequence */
   int32_t max_seqs, max_logits;
   eb_bufs b;
@@ -257,6 +288,101 @@ static int run_once(eb_ctx *c, eb_run *r, qv_error *err) {
   return 0;
 }
 
+static void eb_notify(void *arg) {
+  eb_wait *w = arg;
+  pthread_mutex_lock(&w->mu);
+  w->pending = 1;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* Index of the sequence whose request id is id; ids are handed out in submit order, so a
+ * binary search over req_ids (ascending) finds it. -1 if unknown. */
+static int32_t seq_of(const eb_ctx *c, uint64_t id) {
+  int32_t lo = 0, hi = c->o->num_prompts - 1;
+  while (lo <= hi) {
+    int32_t mid = lo + (hi - lo) / 2;
+    if (c->b.req_ids[mid] == id) return mid;
+    if (c->b.req_ids[mid] < id) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return -1;
+}
+
+static int run_engine_once(eb_ctx *c, eb_run *r, qv_error *err) {
+  const eb_opts *o = c->o;
+  eb_bufs *b = &c->b;
+  int32_t L = o->input_len, M = o->output_len, N = o->num_prompts;
+  memset(r, 0, sizeof *r);
+  memset(b->n_out, 0, (size_t)N * sizeof *b->n_out);
+  qv_engine_stats st0, st1;
+  qv_engine_get_stats(c->e, &st0);
+  int rc = 0;
+  int32_t submitted = 0, done = 0;
+  double t0 = now_s();
+  for (; submitted < N; submitted++) {
+    qv_request_params p;
+    qv_request_params_default(&p);
+    p.prompt_ids = b->prompts + (size_t)submitted * L;
+    p.n_prompt = L;
+    p.max_tokens = M;
+    p.ignore_eos = 1;
+    p.detokenize = 0;
+    p.sampling.temperature = 0.0f;
+    rc = qv_engine_submit(c->e, &p, &b->req_ids[submitted], err);
+    if (rc) break;
+    if (submitted && b->req_ids[submitted] <= b->req_ids[submitted - 1]) {
+      rc = qv_error_set(err, QV_ESTATE, "engine request ids are not increasing");
+      submitted++;
+      break;
+    }
+  }
+  if (rc) {
+    /* Abort what went in and drain it below; the first error is returned. */
+    for (int32_t s = 0; s < submitted; s++) qv_engine_abort(c->e, b->req_ids[s]);
+  }
+  qv_event *evs[256];
+  while (done < submitted) {
+    pthread_mutex_lock(&c->wait.mu);
+    while (!c->wait.pending) pthread_cond_wait(&c->wait.cv, &c->wait.mu);
+    c->wait.pending = 0;
+    pthread_mutex_unlock(&c->wait.mu);
+    int n;
+    while ((n = qv_engine_poll(c->e, evs, 256)) > 0) {
+      double t = now_s() - t0;
+      for (int i = 0; i < n; i++) {
+        const qv_event *ev = evs[i];
+        int32_t s = seq_of(c, ev->req_id);
+        if (s >= 0 && ev->type == QV_EVENT_TOKENS && ev->n_tokens > 0) {
+          if (b->n_out[s] == 0) b->first_s[s] = t;
+          for (int32_t k = 0; k < ev->n_tokens && b->n_out[s] < M; k++) b->out[(size_t)s * M + b->n_out[s]++] = ev->token_ids[k];
+        } else if (s >= 0 && ev->type == QV_EVENT_FINISH) {
+          done++;
+          if (!rc && ev->finish == QV_FINISH_ERROR)
+            rc = qv_error_set(err, QV_EDEVICE, "engine: %s", ev->error ? ev->error : "request failed");
+          else if (!rc && ev->completion_tokens != M)
+            rc = qv_error_set(err, QV_ESTATE, "engine: a sequence finished (%s) with %d tokens, not %d",
+                              qv_finish_reason_str(ev->finish), ev->completion_tokens, M);
+        }
+        qv_event_free(evs[i]);
+      }
+    }
+  }
+  double t1 = now_s();
+  if (rc) return rc;
+  qv_engine_get_stats(c->e, &st1);
+  double sum = 0;
+  for (int32_t s = 0; s < N; s++) sum += b->first_s[s];
+  r->total_s = t1 - t0;
+  r->mean_ttft_s = sum / N;
+  r->n_steps = st1.n_steps - st0.n_steps;
+  return 0;
+}
+
+static int run_one(eb_ctx *c, eb_run *r, qv_error *err) {
+  return c->o->path_engine ? run_engine_once(c, r, err) : run_once(c, r, err);
+}
+
 static int cmp_run(const void *a, const void *b) {
   double x = ((const eb_run *)a)->total_s, y = ((const eb_run *)b)->total_s;
   return (x > y) - (x < y);
@@ -268,7 +394,8 @@ static int write_result(const eb_opts *o, const qv_model_config *cfg, const eb_r
   if (!root) return qv_error_set(err, QV_ENOMEM, "out of memory");
   double N = o->num_prompts, L = o->input_len, M = o->output_len;
   cJSON_AddStringToObject(root, "tool", "quiver bench engine");
-  cJSON_AddStringToObject(root, "path", "model (static batching, greedy, EOS ignored)");
+  cJSON_AddStringToObject(root, "path", o->path_engine ? "engine (continuous batching, greedy, EOS ignored, no prefix cache)"
+                                                       : "model (static batching, greedy, EOS ignored)");
   cJSON *meta = cJSON_AddObjectToObject(root, "metadata");
   for (int32_t i = 0; meta && i < o->n_metadata; i++) {
     const char *eq = strchr(o->metadata[i], '=');
@@ -284,6 +411,7 @@ static int write_result(const eb_opts *o, const qv_model_config *cfg, const eb_r
   cJSON_AddNumberToObject(s, "input_len", L);
   cJSON_AddNumberToObject(s, "output_len", M);
   cJSON_AddNumberToObject(s, "max_batch_tokens", o->max_batch_tokens);
+  if (o->path_engine) cJSON_AddNumberToObject(s, "max_num_seqs", o->max_num_seqs);
   cJSON_AddNumberToObject(s, "block_size", o->block_size);
   cJSON_AddNumberToObject(s, "threads", o->threads);
   cJSON_AddNumberToObject(s, "runs", o->runs);
@@ -292,8 +420,12 @@ static int write_result(const eb_opts *o, const qv_model_config *cfg, const eb_r
   cJSON_AddNumberToObject(root, "requests_per_s", N / med->total_s);
   cJSON_AddNumberToObject(root, "output_tokens_per_s", N * M / med->total_s);
   cJSON_AddNumberToObject(root, "total_tokens_per_s", N * (L + M) / med->total_s);
-  cJSON_AddNumberToObject(root, "prefill_tokens_per_s", N * L / med->prefill_s);
-  if (M > 1) cJSON_AddNumberToObject(root, "decode_tokens_per_s", N * (M - 1) / med->decode_s);
+  if (o->path_engine) {
+    cJSON_AddNumberToObject(root, "mean_ttft_ms", med->mean_ttft_s * 1e3);
+  } else {
+    cJSON_AddNumberToObject(root, "prefill_tokens_per_s", N * L / med->prefill_s);
+    if (M > 1) cJSON_AddNumberToObject(root, "decode_tokens_per_s", N * (M - 1) / med->decode_s);
+  }
   cJSON *arr = cJSON_AddArrayToObject(root, "runs");
   for (int32_t i = 0; arr && i < o->runs; i++) {
     cJSON *j = cJSON_CreateObject();
@@ -301,8 +433,12 @@ static int write_result(const eb_opts *o, const qv_model_config *cfg, const eb_r
       cJSON_Delete(j);
       break;
     }
-    cJSON_AddNumberToObject(j, "prefill_s", runs[i].prefill_s);
-    cJSON_AddNumberToObject(j, "decode_s", runs[i].decode_s);
+    if (o->path_engine) {
+      cJSON_AddNumberToObject(j, "mean_ttft_s", runs[i].mean_ttft_s);
+    } else {
+      cJSON_AddNumberToObject(j, "prefill_s", runs[i].prefill_s);
+      cJSON_AddNumberToObject(j, "decode_s", runs[i].decode_s);
+    }
     cJSON_AddNumberToObject(j, "total_s", runs[i].total_s);
     cJSON_AddNumberToObject(j, "forward_steps", (double)runs[i].n_steps);
   }
@@ -348,16 +484,81 @@ static int read_prompt_file(const eb_opts *o, int32_t vocab, int32_t *prompts, q
   return rc;
 }
 
+static void print_summary(const eb_opts *o, const eb_run *med) {
+  double N = o->num_prompts, L = o->input_len, M = o->output_len;
+  printf("============ Offline Engine Benchmark ============\n");
+  printf("%-34s %s\n", "Model:", o->model ? o->model : "quiver-tiny (embedded)");
+  printf("%-34s %s\n", "Device:", o->device);
+  printf("%-34s %s\n", "Path:", o->path_engine ? "engine" : "model (static batching)");
+  printf("%-34s %d x (%d in + %d out)\n", "Sequences:", o->num_prompts, o->input_len, o->output_len);
+  printf("%-34s %d (median of %d)\n", "Runs:", o->runs, o->runs);
+  printf("%-34s %.3f\n", "Elapsed (s):", med->total_s);
+  printf("%-34s %.2f\n", "Requests/s:", N / med->total_s);
+  printf("%-34s %.1f\n", "Output tokens/s:", N * M / med->total_s);
+  printf("%-34s %.1f\n", "Total tokens/s:", N * (L + M) / med->total_s);
+  if (o->path_engine) {
+    printf("%-34s %.2f\n", "Mean time to first token (ms):", med->mean_ttft_s * 1e3);
+  } else {
+    printf("%-34s %.1f\n", "Prefill tokens/s:", N * L / med->prefill_s);
+    if (M > 1) printf("%-34s %.1f\n", "Decode tokens/s:", N * (M - 1) / med->decode_s);
+  }
+  printf("%-34s %lld\n", "Forward steps per run:", (long long)med->n_steps);
+  printf("==================================================\n");
+}
+
+/* Host buffers of the model path (the engine path needs none of them). */
+static int alloc_model_bufs(eb_ctx *c, qv_error *err) {
+  eb_bufs *b = &c->b;
+  size_t T = (size_t)c->o->max_batch_tokens, S = (size_t)c->max_seqs;
+  b->tokens = malloc(T * sizeof(int32_t));
+  b->positions = malloc(T * sizeof(int32_t));
+  b->slots = malloc(T * sizeof(int32_t));
+  b->logits_idx = malloc(T * sizeof(int32_t));
+  b->q_start = malloc((S + 1) * sizeof(int32_t));
+  b->ctx_len = malloc(S * sizeof(int32_t));
+  b->tables = malloc(S * (size_t)c->bps * sizeof(int32_t));
+  b->batch_seq = malloc(S * sizeof(int32_t));
+  b->logits = malloc((size_t)c->max_logits * (size_t)c->vocab * sizeof(float));
+  b->last = calloc((size_t)c->o->num_prompts, sizeof(int32_t));
+  if (!b->tokens || !b->positions || !b->slots || !b->logits_idx || !b->q_start || !b->ctx_len || !b->tables ||
+      !b->batch_seq || !b->logits || !b->last)
+    return qv_error_set(err, QV_ENOMEM, "out of memory for the benchmark buffers");
+  return 0;
+}
+
+static int start_engine(eb_ctx *c, qv_error *err) {
+  const eb_opts *o = c->o;
+  qv_engine_opts eo;
+  qv_engine_opts_default(&eo);
+  eo.block_size = o->block_size;
+  eo.n_kv_blocks = c->max_seqs * c->bps;
+  eo.max_num_seqs = c->max_seqs;
+  eo.max_num_batched_tokens = o->max_batch_tokens;
+  eo.enable_prefix_caching = 0; /* repeated runs must redo the same work */
+  eo.max_waiting = o->num_prompts + 1;
+  int rc = qv_engine_create(c->m, NULL, &eo, &c->e, err);
+  if (rc) return rc;
+  qv_engine_set_notify(c->e, eb_notify, &c->wait);
+  return 0;
+}
+
 static int bench_model(const eb_opts *o, qv_error *err) {
   qv_backend *be = NULL;
   qv_model *m = NULL;
   eb_ctx c = {.o = o};
   eb_run *runs = NULL;
+  pthread_mutex_init(&c.wait.mu, NULL);
+  pthread_cond_init(&c.wait.cv, NULL);
   qv_backend_opts bo = {.n_threads = o->threads};
   int rc = qv_backend_create(o->device, &bo, &be, err);
-  int32_t T = o->max_batch_tokens;
-  c.max_seqs = T < o->num_prompts ? T : o->num_prompts;
-  c.max_logits = c.max_seqs < 512 ? c.max_seqs : 512;
+  int32_t T = o->max_batch_tokens, N = o->num_prompts;
+  if (o->path_engine) {
+    c.max_seqs = N < o->max_num_seqs ? N : o->max_num_seqs;
+    c.max_logits = c.max_seqs; /* the engine samples every running sequence in one step */
+  } else {
+    c.max_seqs = T < N ? T : N;
+    c.max_logits = c.max_seqs < 512 ? c.max_seqs : 512;
+  }
   qv_model_opts mo = {.max_batch_tokens = T, .max_logits = c.max_logits};
   if (!rc) rc = qv_model_load(o->model, be, &mo, &m, err);
   if (!rc) {
@@ -369,30 +570,27 @@ static int bench_model(const eb_opts *o, qv_error *err) {
       rc = qv_error_set(err, QV_ERANGE, "input + output length %lld exceeds the model's %d positions", (long long)ctx,
                         cfg->max_pos);
     c.bps = (int32_t)((ctx + o->block_size - 1) / o->block_size);
-    if (!rc && (int64_t)c.bps * o->num_prompts > INT32_MAX / o->block_size)
-      rc = qv_error_set(err, QV_ERANGE, "too many KV slots for %d sequences of %lld tokens", o->num_prompts,
-                        (long long)ctx);
+    if (!rc && (int64_t)c.bps * N > INT32_MAX / o->block_size)
+      rc = qv_error_set(err, QV_ERANGE, "too many KV slots for %d sequences of %lld tokens", N, (long long)ctx);
   }
-  if (!rc) rc = qv_model_kv_init(m, c.bps * o->num_prompts, o->block_size, err);
   if (!rc) {
-    size_t N = (size_t)o->num_prompts;
     eb_bufs *b = &c.b;
-    b->tokens = malloc((size_t)T * sizeof(int32_t));
-    b->positions = malloc((size_t)T * sizeof(int32_t));
-    b->slots = malloc((size_t)T * sizeof(int32_t));
-    b->logits_idx = malloc((size_t)T * sizeof(int32_t));
-    b->q_start = malloc(((size_t)c.max_seqs + 1) * sizeof(int32_t));
-    b->ctx_len = malloc((size_t)c.max_seqs * sizeof(int32_t));
-    b->tables = malloc((size_t)c.max_seqs * (size_t)c.bps * sizeof(int32_t));
-    b->batch_seq = malloc((size_t)c.max_seqs * sizeof(int32_t));
-    b->logits = malloc((size_t)c.max_logits * (size_t)c.vocab * sizeof(float));
-    b->prompts = malloc(N * (size_t)o->input_len * sizeof(int32_t));
-    b->last = calloc(N, sizeof(int32_t));
-    b->out = calloc(N * (size_t)o->output_len, sizeof(int32_t));
+    b->prompts = malloc((size_t)N * (size_t)o->input_len * sizeof(int32_t));
+    b->out = calloc((size_t)N * (size_t)o->output_len, sizeof(int32_t));
+    b->n_out = calloc((size_t)N, sizeof(int32_t));
+    b->first_s = calloc((size_t)N, sizeof(double));
+    b->req_ids = calloc((size_t)N, sizeof(uint64_t));
     runs = calloc((size_t)o->runs, sizeof *runs);
-    if (!b->tokens || !b->positions || !b->slots || !b->logits_idx || !b->q_start || !b->ctx_len || !b->tables ||
-        !b->batch_seq || !b->logits || !b->prompts || !b->last || !b->out || !runs)
+    if (!b->prompts || !b->out || !b->n_out || !b->first_s || !b->req_ids || !runs)
       rc = qv_error_set(err, QV_ENOMEM, "out of memory for the benchmark buffers");
+  }
+  if (!rc) {
+    if (o->path_engine) {
+      rc = start_engine(&c, err);
+    } else {
+      rc = qv_model_kv_init(m, c.bps * N, o->block_size, err);
+      if (!rc) rc = alloc_model_bufs(&c, err);
+    }
   }
   if (!rc) {
     if (o->prompt_file) {
@@ -400,16 +598,16 @@ static int bench_model(const eb_opts *o, qv_error *err) {
     } else {
       bench_rng rng;
       bench_rng_seed(&rng, o->seed);
-      for (size_t i = 0; i < (size_t)o->num_prompts * (size_t)o->input_len; i++)
+      for (size_t i = 0; i < (size_t)N * (size_t)o->input_len; i++)
         c.b.prompts[i] = (int32_t)bench_rng_int(&rng, 0, c.vocab - 1);
     }
   }
   if (!rc) {
     /* One untimed run warms caches, thread pools and (on a GPU) kernels. */
     eb_run warm;
-    rc = run_once(&c, &warm, err);
+    rc = run_one(&c, &warm, err);
   }
-  for (int32_t i = 0; !rc && i < o->runs; i++) rc = run_once(&c, &runs[i], err);
+  for (int32_t i = 0; !rc && i < o->runs; i++) rc = run_one(&c, &runs[i], err);
   if (!rc) {
     eb_run *sorted = malloc((size_t)o->runs * sizeof *sorted);
     if (!sorted) rc = qv_error_set(err, QV_ENOMEM, "out of memory");
@@ -418,27 +616,17 @@ static int bench_model(const eb_opts *o, qv_error *err) {
       qsort(sorted, (size_t)o->runs, sizeof *sorted, cmp_run);
       eb_run med = sorted[o->runs / 2];
       free(sorted);
-      double N = o->num_prompts, L = o->input_len, M = o->output_len;
-      printf("============ Offline Engine Benchmark ============\n");
-      printf("%-34s %s\n", "Model:", o->model ? o->model : "quiver-tiny (embedded)");
-      printf("%-34s %s\n", "Device:", o->device);
-      printf("%-34s %d x (%d in + %d out)\n", "Sequences:", o->num_prompts, o->input_len, o->output_len);
-      printf("%-34s %d (median of %d)\n", "Runs:", o->runs, o->runs);
-      printf("%-34s %.3f\n", "Elapsed (s):", med.total_s);
-      printf("%-34s %.2f\n", "Requests/s:", N / med.total_s);
-      printf("%-34s %.1f\n", "Output tokens/s:", N * M / med.total_s);
-      printf("%-34s %.1f\n", "Total tokens/s:", N * (L + M) / med.total_s);
-      printf("%-34s %.1f\n", "Prefill tokens/s:", N * L / med.prefill_s);
-      if (M > 1) printf("%-34s %.1f\n", "Decode tokens/s:", N * (M - 1) / med.decode_s);
-      printf("%-34s %lld\n", "Forward steps per run:", (long long)med.n_steps);
-      printf("==================================================\n");
+      print_summary(o, &med);
       if (o->result_file) rc = write_result(o, qv_model_get_config(m), runs, &med, c.b.out, err);
     }
   }
+  qv_engine_destroy(c.e);
   free(runs);
   bufs_free(&c.b);
   qv_model_destroy(m);
   qv_backend_destroy(be);
+  pthread_cond_destroy(&c.wait.cv);
+  pthread_mutex_destroy(&c.wait.mu);
   return rc;
 }
 

@@ -1,7 +1,7 @@
 /* quiver bench engine (src/cli/cmd_bench.c): the offline throughput benchmark must generate the
- * right tokens while it times them. With every prompt set to the start of stories260K's greedy
- * reference, each batched sequence must continue it exactly; numbers in the result file must be
- * consistent with the settings. */
+ * right tokens while it times them, through the engine and through the model path. With every
+ * prompt set to the start of stories260K's greedy reference, each batched sequence must continue
+ * it exactly; numbers in the result file must be consistent with the settings. */
 #include <criterion/criterion.h>
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -46,16 +46,17 @@ static double num(const cJSON *j, const char *k) {
   return v->valuedouble;
 }
 
-Test(bench_engine, batched_greedy_matches_stories260k_reference) {
+static void check_reference(const char *path, const char *max_seqs) {
   char model[1024], ids_path[1100];
   shared_path(model, sizeof model, "models/stories260K");
   snprintf(ids_path, sizeof ids_path, "%s/greedy-256.ids", model);
   if (access(ids_path, R_OK)) cr_skip_test("stories260K not found at %s", model);
   /* 5 sequences of 21 prompt tokens with 16 tokens per forward: prompts split across steps and
    * several sequences share a step. */
-  char *args[] = {"--model", model, "--prompt-file", ids_path, "--num-prompts", "5", "--input-len", "21",
-                  "--output-len", "40", "--max-batch-tokens", "16"};
-  cJSON *j = run_bench(args, 12);
+  char *args[] = {"--path", (char *)path, "--max-num-seqs", (char *)max_seqs, "--model", model, "--prompt-file",
+                  ids_path, "--num-prompts", "5", "--input-len", "21", "--output-len", "40",
+                  "--max-batch-tokens", "16"};
+  cJSON *j = run_bench(args, 16);
   FILE *f = fopen(ids_path, "r");
   int ref[300], n = 0;
   while (n < 300 && fscanf(f, "%d", &ref[n]) == 1) n++;
@@ -69,10 +70,15 @@ Test(bench_engine, batched_greedy_matches_stories260k_reference) {
   cJSON_Delete(j);
 }
 
+Test(bench_engine, model_path_matches_stories260k_reference) { check_reference("model", "256"); }
+
+/* Through the engine, with fewer running slots than sequences (queueing). */
+Test(bench_engine, engine_path_matches_stories260k_reference) { check_reference("engine", "3"); }
+
 Test(bench_engine, embedded_model_numbers_are_consistent) {
-  char *args[] = {"--num-prompts", "7", "--input-len", "13", "--output-len", "9", "--max-batch-tokens", "32",
-                  "--seed", "11"};
-  cJSON *j = run_bench(args, 10);
+  char *args[] = {"--path", "model", "--num-prompts", "7", "--input-len", "13", "--output-len", "9",
+                  "--max-batch-tokens", "32", "--seed", "11"};
+  cJSON *j = run_bench(args, 12);
   double total = num(j, "median_total_s");
   cr_assert(total > 0);
   cr_assert_float_eq(num(j, "output_tokens_per_s") * total, 7.0 * 9.0, 1e-6);
@@ -84,6 +90,22 @@ Test(bench_engine, embedded_model_numbers_are_consistent) {
   cr_assert_eq(num(cJSON_GetArrayItem(runs, 0), "forward_steps"), 3 + 8);
   double p = num(cJSON_GetArrayItem(runs, 0), "prefill_s"), d = num(cJSON_GetArrayItem(runs, 0), "decode_s");
   cr_assert_float_eq(p + d, num(cJSON_GetArrayItem(runs, 0), "total_s"), 1e-9);
+  cJSON_Delete(j);
+}
+
+Test(bench_engine, engine_path_numbers_are_consistent) {
+  char *args[] = {"--num-prompts", "6", "--input-len", "11", "--output-len", "7", "--seed", "5"};
+  cJSON *j = run_bench(args, 8);
+  double total = num(j, "median_total_s");
+  cr_assert(total > 0);
+  cr_assert_float_eq(num(j, "output_tokens_per_s") * total, 6.0 * 7.0, 1e-6);
+  cr_assert_float_eq(num(j, "total_tokens_per_s") * total, 6.0 * 18.0, 1e-6);
+  cr_assert(num(j, "mean_ttft_ms") > 0 && num(j, "mean_ttft_ms") <= total * 1e3);
+  const cJSON *runs = cJSON_GetObjectItemCaseSensitive(j, "runs");
+  cr_assert_eq(cJSON_GetArraySize(runs), 2);
+  /* At least one forward per output token. */
+  cr_assert(num(cJSON_GetArrayItem(runs, 0), "forward_steps") >= 7);
+  cr_assert(strstr(cJSON_GetObjectItemCaseSensitive(j, "path")->valuestring, "engine"));
   cJSON_Delete(j);
 }
 
@@ -100,4 +122,6 @@ Test(bench_engine, bad_arguments_fail_cleanly) {
   cr_assert_eq(cli_bench(6, a5), 1);
   char *a6[] = {"bench", "engine", "--device", "tpu"};
   cr_assert_eq(cli_bench(4, a6), 1);
+  char *a7[] = {"bench", "engine", "--path", "nope"};
+  cr_assert_eq(cli_bench(4, a7), 2);
 }
