@@ -1,0 +1,106 @@
+/* HTTP/1.1 over libuv + llhttp: accepting connections, parsing requests (keep-alive,
+ * pipelining, chunked request bodies), enforcing header/body/time limits, writing fixed-length
+ * and chunked (streamed) responses, and one access-log line per request.
+ *
+ * Everything here runs on the libuv loop thread. A connection serves one request at a time:
+ * bytes of pipelined requests that arrive meanwhile are buffered (up to a bound, then reading
+ * pauses) and parsed once the current response is finished, so responses keep request order.
+ * Writes are queued with uv_write; the bytes not yet written are counted so a caller streaming
+ * to a slow reader can see the backlog (http_conn_pending_bytes) and give up instead of
+ * buffering without bound. The application layer (server.c) sees complete requests only. */
+#ifndef QV_SERVER_HTTP_H
+#define QV_SERVER_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "quiver/error.h"
+
+typedef struct http_server http_server;
+typedef struct http_conn http_conn;
+
+typedef struct http_limits {
+  size_t max_header_bytes;   /* request line + headers (default 16 KiB) -> 431 */
+  int32_t max_headers;       /* header count (default 100) -> 431 */
+  size_t max_body_bytes;     /* decoded body (default 8 MiB) -> 413 */
+  uint64_t header_timeout_ms;/* first byte to end of headers (default 10 s) -> 408 */
+  uint64_t body_timeout_ms;  /* end of headers to end of body (default 30 s) -> 408 */
+  uint64_t idle_timeout_ms;  /* keep-alive idle time before closing (default 60 s) */
+  int32_t max_connections;   /* beyond this, new connections are closed at once (default 1024) */
+} http_limits;
+
+void http_limits_default(http_limits *l);
+
+typedef struct http_header {
+  const char *name;  /* NUL-terminated, as sent (compare case-insensitively) */
+  const char *value; /* NUL-terminated, surrounding whitespace trimmed */
+} http_header;
+
+typedef struct http_request {
+  int method;              /* llhttp_method_t */
+  const char *method_str;  /* "GET", "POST", ... */
+  const char *url;         /* request target as sent, NUL-terminated */
+  const char *path;        /* target without the query string, NUL-terminated */
+  const http_header *headers; /* [n_headers] */
+  int32_t n_headers;
+  const char *body;        /* [body_len] decoded body, NUL-terminated ("" when none) */
+  size_t body_len;
+  int keep_alive;
+  uint64_t start_ns;       /* uv_hrtime() when the first byte arrived */
+} http_request;
+
+/* Application callbacks; all are called on the loop thread. */
+typedef struct http_handler {
+  void *ud;
+  /* A complete request. The handler answers it (now or later) with exactly one of
+   * http_respond or http_stream_begin..http_stream_end. req is owned by the connection and
+   * valid until that answer is finished or on_abort is called. */
+  void (*on_request)(void *ud, http_conn *c, const http_request *req);
+  /* The connection dropped (or hit a write error) while its request was unanswered: the
+   * handler must forget c, which is invalid once this returns. req_ctx is what the handler
+   * stored with http_conn_set_ctx. */
+  void (*on_abort)(void *ud, http_conn *c, void *req_ctx);
+} http_handler;
+
+/* Creates the server on loop (borrowed) and starts listening on host:port (port 0 picks a free
+ * one; see http_server_port). handler is copied. */
+int http_server_create(uv_loop_t *loop, const char *host, int port, const http_limits *limits,
+                       const http_handler *handler, http_server **out, qv_error *err);
+/* The bound port. */
+int http_server_port(const http_server *s);
+/* Stops accepting, closes idle connections and marks the rest to close after their current
+ * response (graceful drain). */
+void http_server_drain(http_server *s);
+/* Connections with an unanswered request or a last response still being flushed. */
+int http_server_n_busy(const http_server *s);
+/* Closes every connection (aborting busy ones through on_abort) and the listener; the server
+ * is freed once the loop has run the close callbacks. Accepts NULL. */
+void http_server_close(http_server *s);
+
+/* Per-request context for the handler (e.g. its request object); cleared after each answer. */
+void http_conn_set_ctx(http_conn *c, void *ctx);
+void *http_conn_get_ctx(const http_conn *c);
+/* Bytes queued for writing that the peer has not taken yet. */
+size_t http_conn_pending_bytes(const http_conn *c);
+/* Header value by case-insensitive name, or NULL. */
+const char *http_request_header(const http_request *req, const char *name);
+
+/* A whole response. extra_headers is "" or CRLF-terminated header lines. Copies body. After
+ * it returns the request is finished (c stays valid only for pipelined requests that follow,
+ * which arrive through on_request again). */
+void http_respond(http_conn *c, int status, const char *content_type, const char *extra_headers,
+                  const char *body, size_t body_len);
+/* A streamed response with chunked transfer encoding. */
+void http_stream_begin(http_conn *c, int status, const char *content_type,
+                       const char *extra_headers);
+void http_stream_write(http_conn *c, const char *data, size_t len);
+void http_stream_end(http_conn *c);
+/* Ends an unfinished response by closing the connection (e.g. when a streaming client falls
+ * too far behind). The request counts as finished; on_abort is not called. */
+void http_conn_kill(http_conn *c);
+
+/* Reason phrase for a status code ("Unknown" for codes not listed). */
+const char *http_status_text(int status);
+
+#endif

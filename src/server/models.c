@@ -1,0 +1,263 @@
+/* Model loading and the srv_model_ops adapter over qv_engine, qv_tokenizer and the chat
+ * template engine (see models.h). */
+#include "server/models.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "backend/backend.h"
+#include "chat/chat.h"
+#include "core/log.h"
+#include "models/model.h"
+#include "quiver/engine.h"
+#include "quiver/tokenizer.h"
+
+typedef struct loaded {
+  qv_backend *be;
+  qv_model *model;
+  qv_tokenizer *tok;
+  qv_engine *eng;
+  qv_chat_template *tmpl;
+  qv_chat_tool_format tool_fmt; /* detected from the template */
+} loaded;
+
+struct srv_models {
+  loaded *l;       /* [n] */
+  srv_model *m;    /* [n] */
+  int32_t n;
+};
+
+/* ---- ops ---- */
+
+static int op_submit(void *ctx, const qv_request_params *p, uint64_t *id, qv_error *err) {
+  return qv_engine_submit(((loaded *)ctx)->eng, p, id, err);
+}
+static void op_abort(void *ctx, uint64_t id) { qv_engine_abort(((loaded *)ctx)->eng, id); }
+static int op_poll(void *ctx, qv_event **evs, int max) {
+  return qv_engine_poll(((loaded *)ctx)->eng, evs, max);
+}
+static void op_set_notify(void *ctx, void (*fn)(void *), void *arg) {
+  qv_engine_set_notify(((loaded *)ctx)->eng, fn, arg);
+}
+static void op_stats(void *ctx, qv_engine_stats *st) { qv_engine_get_stats(((loaded *)ctx)->eng, st); }
+
+static int op_encode(void *ctx, const char *text, size_t len, int add_special, int parse_special,
+                     int32_t **ids, size_t *n, qv_error *err) {
+  unsigned flags = (add_special ? QV_TOK_ADD_SPECIAL : 0u) | (parse_special ? QV_TOK_PARSE_SPECIAL : 0u);
+  return qv_tokenizer_encode(((loaded *)ctx)->tok, text, len, flags, ids, n, err);
+}
+
+static int op_decode(void *ctx, const int32_t *ids, size_t n, int skip_special, char **text,
+                     size_t *len, qv_error *err) {
+  return qv_tokenizer_decode(((loaded *)ctx)->tok, ids, n, skip_special ? QV_TOK_SKIP_SPECIAL : 0u,
+                             text, len, err);
+}
+
+/* Template variables as transformers passes them: messages, tools, add_generation_prompt,
+ * bos/eos token strings, plus the request's chat_template_kwargs. */
+static int op_render(void *ctx, const cJSON *messages, const cJSON *tools, const cJSON *tool_choice,
+                     const cJSON *kwargs, int add_generation_prompt, char **out, size_t *len,
+                     qv_error *err) {
+  loaded *l = ctx;
+  cJSON *vars = cJSON_CreateObject();
+  if (!vars) return qv_error_set(err, QV_ENOMEM, "out of memory");
+  const cJSON *kw;
+  cJSON_ArrayForEach(kw, kwargs) cJSON_AddItemToObject(vars, kw->string, cJSON_Duplicate(kw, 1));
+  cJSON_DeleteItemFromObject(vars, "messages");
+  cJSON_AddItemToObject(vars, "messages", cJSON_Duplicate(messages, 1));
+  if (tools) cJSON_AddItemToObject(vars, "tools", cJSON_Duplicate(tools, 1));
+  if (tool_choice) cJSON_AddItemToObject(vars, "tool_choice", cJSON_Duplicate(tool_choice, 1));
+  cJSON_DeleteItemFromObject(vars, "add_generation_prompt");
+  cJSON_AddBoolToObject(vars, "add_generation_prompt", add_generation_prompt);
+  const char *bos = qv_chat_template_bos(l->tmpl);
+  const char *eos = qv_chat_template_eos(l->tmpl);
+  int32_t bos_id = qv_tokenizer_bos_id(l->tok), eos_id = qv_tokenizer_eos_id(l->tok);
+  if (!bos && bos_id >= 0) bos = qv_tokenizer_token_str(l->tok, bos_id);
+  if (!eos && eos_id >= 0) eos = qv_tokenizer_token_str(l->tok, eos_id);
+  if (!cJSON_GetObjectItem(vars, "bos_token")) cJSON_AddStringToObject(vars, "bos_token", bos ? bos : "");
+  if (!cJSON_GetObjectItem(vars, "eos_token")) cJSON_AddStringToObject(vars, "eos_token", eos ? eos : "");
+  int rc = qv_chat_template_render(l->tmpl, vars, out, len, err);
+  cJSON_Delete(vars);
+  return rc;
+}
+
+static void op_event_free(qv_event *ev) { qv_event_free(ev); }
+
+/* content + calls of a parse result in the server's shapes. */
+static int parsed_to_json(const qv_chat_parsed *p, char **content, cJSON **tool_calls,
+                          qv_error *err) {
+  *content = strdup(p->content ? p->content : "");
+  *tool_calls = NULL;
+  if (p->n_calls > 0) {
+    cJSON *arr = cJSON_CreateArray();
+    for (int i = 0; arr && i < p->n_calls; i++) {
+      cJSON *c = cJSON_CreateObject();
+      cJSON_AddStringToObject(c, "id", p->calls[i].id);
+      cJSON_AddStringToObject(c, "type", "function");
+      cJSON *fn = cJSON_AddObjectToObject(c, "function");
+      cJSON_AddStringToObject(fn, "name", p->calls[i].name);
+      cJSON_AddStringToObject(fn, "arguments", p->calls[i].arguments);
+      cJSON_AddItemToArray(arr, c);
+    }
+    *tool_calls = arr;
+  }
+  return *content ? 0 : qv_error_set(err, QV_ENOMEM, "out of memory");
+}
+
+static int op_parse_tools(void *ctx, const char *text, size_t len, char **content,
+                          cJSON **tool_calls, qv_error *err) {
+  qv_chat_parsed p = {0};
+  int rc = qv_chat_tools_parse(((loaded *)ctx)->tool_fmt, text, len, &p, err);
+  if (!rc) rc = parsed_to_json(&p, content, tool_calls, err);
+  qv_chat_parsed_deinit(&p);
+  return rc;
+}
+
+static void *op_tool_stream_create(void *ctx) {
+  qv_chat_tool_stream *st = NULL;
+  if (qv_chat_tool_stream_create(((loaded *)ctx)->tool_fmt, &st, NULL)) return NULL;
+  return st;
+}
+
+static int op_tool_stream_feed(void *st, const char *delta, size_t len, int finish, char **content,
+                               cJSON **calls, qv_error *err) {
+  qv_chat_parsed p = {0};
+  int rc = finish ? qv_chat_tool_stream_finish(st, &p, err)
+                  : qv_chat_tool_stream_feed(st, delta, len, &p, err);
+  *content = NULL;
+  *calls = NULL;
+  if (!rc) rc = parsed_to_json(&p, content, calls, err);
+  qv_chat_parsed_deinit(&p);
+  return rc;
+}
+
+static void op_tool_stream_destroy(void *st) { qv_chat_tool_stream_destroy(st); }
+
+static const srv_model_ops ops_default_chat = {
+    .submit = op_submit, .abort = op_abort, .poll = op_poll, .set_notify = op_set_notify,
+    .get_stats = op_stats, .event_free = op_event_free, .encode = op_encode, .decode = op_decode,
+    .render_chat = NULL,
+};
+
+static const srv_model_ops ops_template_chat = {
+    .submit = op_submit, .abort = op_abort, .poll = op_poll, .set_notify = op_set_notify,
+    .get_stats = op_stats, .event_free = op_event_free, .encode = op_encode, .decode = op_decode,
+    .render_chat = op_render, .parse_tools = op_parse_tools,
+    .tool_stream_create = op_tool_stream_create, .tool_stream_feed = op_tool_stream_feed,
+    .tool_stream_destroy = op_tool_stream_destroy,
+};
+
+/* A model directory has a template when it ships chat_template.jinja or a tokenizer_config.json
+ * with a "chat_template"; otherwise the server's documented default format is used. */
+static int has_template(const char *dir) {
+  char p[4096];
+  struct stat st;
+  snprintf(p, sizeof p, "%s/chat_template.jinja", dir);
+  if (stat(p, &st) == 0) return 1;
+  snprintf(p, sizeof p, "%s/tokenizer_config.json", dir);
+  FILE *f = fopen(p, "rb");
+  if (!f) return 0;
+  char *buf = malloc(1 << 22);
+  size_t n = buf ? fread(buf, 1, (1 << 22) - 1, f) : 0;
+  fclose(f);
+  if (!buf) return 0;
+  cJSON *j = cJSON_ParseWithLength(buf, n);
+  free(buf);
+  const cJSON *t = cJSON_GetObjectItem(j, "chat_template");
+  int yes = t && (cJSON_IsString(t) || cJSON_IsArray(t));
+  cJSON_Delete(j);
+  return yes;
+}
+
+/* ---- loading ---- */
+
+static int load_one(const reg_model *rm, const srv_load_opts *o, loaded *l, srv_model *sm,
+                    qv_error *err) {
+  int tiny = !strcmp(rm->path, "quiver-tiny");
+  const char *device = rm->device ? rm->device : (o->device ? o->device : "cpu");
+  qv_backend_opts bo = {.n_threads = o->n_threads, .device = 0};
+  int rc = qv_backend_create(device, &bo, &l->be, err);
+  if (rc) return rc;
+  qv_engine_opts eo;
+  qv_engine_opts_default(&eo);
+  qv_model_opts mo = {.max_batch_tokens = eo.max_num_batched_tokens, .max_logits = 0};
+  if ((rc = qv_model_load(tiny ? NULL : rm->path, l->be, &mo, &l->model, err))) return rc;
+  if (tiny) rc = qv_tokenizer_create_bytes(&l->tok, err);
+  else rc = qv_tokenizer_load(rm->path, &l->tok, err);
+  if (rc) return rc;
+  const srv_model_ops *ops = &ops_default_chat;
+  if (!tiny && has_template(rm->path)) {
+    if ((rc = qv_chat_template_load_path(rm->path, &l->tmpl, err))) return rc;
+    l->tool_fmt = qv_chat_tool_format_detect(l->tmpl);
+    ops = &ops_template_chat;
+  }
+  eo.max_model_len = rm->max_model_len ? rm->max_model_len : o->max_model_len;
+  if (rm->max_num_seqs || o->max_num_seqs) eo.max_num_seqs = rm->max_num_seqs ? rm->max_num_seqs : o->max_num_seqs;
+  if (rm->max_waiting || o->max_waiting) eo.max_waiting = rm->max_waiting ? rm->max_waiting : o->max_waiting;
+  eo.n_kv_blocks = rm->n_kv_blocks ? rm->n_kv_blocks : o->n_kv_blocks;
+  /* Salt prefix hashes with the model name so two models never share cached blocks. */
+  uint64_t h = 1469598103934665603ull;
+  for (const char *p = rm->name; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+  eo.cache_salt = h;
+  if ((rc = qv_engine_create(l->model, l->tok, &eo, &l->eng, err))) return rc;
+  sm->ops = ops;
+  sm->ctx = l;
+  sm->max_model_len = qv_engine_max_model_len(l->eng);
+  sm->vocab_size = qv_model_get_config(l->model)->vocab_size;
+  sm->ready = 1;
+  sm->state = "ready";
+  QV_LOGI("serve: model '%s' (%s) ready on %s: max_model_len %d, chat %s", rm->name, rm->path,
+          device, sm->max_model_len, ops->render_chat ? "template" : "default format");
+  return 0;
+}
+
+int srv_models_load(const registry *reg, const srv_load_opts *o, srv_models **out,
+                    srv_model **models, qv_error *err) {
+  srv_models *s = calloc(1, sizeof *s);
+  if (!s) return qv_error_set(err, QV_ENOMEM, "out of memory");
+  s->n = reg->n_models;
+  s->l = calloc((size_t)s->n, sizeof *s->l);
+  s->m = calloc((size_t)s->n, sizeof *s->m);
+  if (!s->l || !s->m) {
+    srv_models_destroy(s);
+    return qv_error_set(err, QV_ENOMEM, "out of memory");
+  }
+  for (int32_t i = 0; i < s->n; i++) {
+    int rc = load_one(&reg->models[i], o, &s->l[i], &s->m[i], err);
+    if (rc) {
+      qv_error_prefix(err, "model '%s' (%s): ", reg->models[i].name, reg->models[i].path);
+      srv_models_destroy(s);
+      return rc;
+    }
+  }
+  *out = s;
+  *models = s->m;
+  return 0;
+}
+
+
+void srv_models_stop(srv_models *s) {
+  if (!s) return;
+  for (int32_t i = 0; i < s->n; i++) {
+    qv_engine_destroy(s->l[i].eng);
+    s->l[i].eng = NULL;
+    s->m[i].ready = 0;
+  }
+}
+
+void srv_models_destroy(srv_models *s) {
+  if (!s) return;
+  srv_models_stop(s);
+  for (int32_t i = 0; s->l && i < s->n; i++) {
+    qv_chat_template_destroy(s->l[i].tmpl);
+    qv_tokenizer_destroy(s->l[i].tok);
+    qv_model_destroy(s->l[i].model);
+    qv_backend_destroy(s->l[i].be);
+  }
+  free(s->l);
+  free(s->m);
+  free(s);
+}

@@ -1,0 +1,38 @@
+/* Loading the registry's models for serving: per model a backend, the model weights, its
+ * tokenizer, its chat template (when the model ships one) and an engine thread, exposed to the
+ * server as srv_model entries over srv_model_ops.
+ *
+ * This is the only server file that touches the real engine, tokenizer, model and chat code;
+ * everything else goes through srv_model_ops so it is testable with fakes. */
+#ifndef QV_SERVER_MODELS_H
+#define QV_SERVER_MODELS_H
+
+#include <stdint.h>
+
+#include "quiver/error.h"
+#include "server/registry.h"
+#include "server/server.h"
+
+typedef struct srv_load_opts {
+  const char *device;     /* "cpu" (default) or "cuda"; a model's own device wins */
+  int32_t max_model_len;  /* 0: the model's (a model's own setting wins) */
+  int32_t max_num_seqs;   /* 0: engine default */
+  int32_t max_waiting;    /* 0: engine default */
+  int32_t n_kv_blocks;    /* 0: engine default sizing */
+  int32_t n_threads;      /* cpu backend threads (0: all cores) */
+} srv_load_opts;
+
+typedef struct srv_models srv_models;
+
+/* Loads every model of reg (borrowed; must outlive the result). On success *models is an array
+ * [reg->n_models] owned by *out. A model that fails to load fails the whole call with the
+ * reason in err (serving half a configuration silently is worse than not starting). */
+int srv_models_load(const registry *reg, const srv_load_opts *o, srv_models **out,
+                    srv_model **models, qv_error *err);
+/* Stops every engine thread (aborting what is in flight); call after uv_run returned and before
+ * server_destroy. */
+void srv_models_stop(srv_models *m);
+/* Frees everything (stops engines first if needed). Accepts NULL. */
+void srv_models_destroy(srv_models *m);
+
+#endif

@@ -1,0 +1,87 @@
+/* The served-model registry: models (name -> path and per-model engine options), aliases
+ * (alias -> model or route name) and routes (name -> ordered list of models to try), filled
+ * from CLI flags and/or a JSON config file, validated, and resolved by request `model` names.
+ *
+ * Pure data over strings: loading models and engines is server.c's job. Config file shape:
+ *   {"host": "127.0.0.1", "port": 8000, "api_keys": ["k"], "open_paths": ["/health"],
+ *    "models": [{"name": "a", "path": "/m/a", "device": "cpu", "max_model_len": 2048,
+ *                "max_num_seqs": 64, "max_waiting": 256, "n_kv_blocks": 0}],
+ *    "aliases": {"b": "a"},
+ *    "routes": {"r": ["a", "tiny"]}}
+ * Every key is optional except a model's path ("quiver-tiny" names the embedded model). */
+#ifndef QV_SERVER_REGISTRY_H
+#define QV_SERVER_REGISTRY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quiver/error.h"
+
+#define REG_MAX_MODELS 16
+#define REG_MAX_NAMES 64
+#define REG_MAX_ROUTE_LEN 8
+
+typedef struct reg_model {
+  char *name;            /* owned */
+  char *path;            /* owned; "quiver-tiny" for the embedded model */
+  char *device;          /* owned or NULL (server default) */
+  int32_t max_model_len; /* 0: default */
+  int32_t max_num_seqs;  /* 0: default */
+  int32_t max_waiting;   /* 0: default */
+  int32_t n_kv_blocks;   /* 0: default */
+} reg_model;
+
+typedef struct reg_route {
+  char *name;                        /* owned */
+  int32_t models[REG_MAX_ROUTE_LEN]; /* indices into models, tried in order */
+  char *targets[REG_MAX_ROUTE_LEN];  /* owned names before validation */
+  int32_t n;
+} reg_route;
+
+typedef struct reg_alias {
+  char *name;   /* owned */
+  char *target; /* owned: a model or route name */
+} reg_alias;
+
+typedef struct registry {
+  reg_model models[REG_MAX_MODELS];
+  int32_t n_models;
+  reg_alias aliases[REG_MAX_NAMES];
+  int32_t n_aliases;
+  reg_route routes[REG_MAX_NAMES];
+  int32_t n_routes;
+  /* Server options a config file may carry (CLI flags override). */
+  char *host;                  /* owned or NULL */
+  int32_t port;                /* 0: not set */
+  char *api_keys[REG_MAX_NAMES]; /* owned */
+  int32_t n_api_keys;
+  char *open_paths[REG_MAX_NAMES]; /* owned: paths served without a key */
+  int32_t n_open_paths;
+  int open_paths_set;          /* config/CLI gave open paths (else the default: /health) */
+} registry;
+
+void registry_init(registry *r);
+void registry_deinit(registry *r);
+
+/* "NAME=PATH" or "PATH" (name: the path's last component, "quiver-tiny" for that path). */
+int registry_add_model_arg(registry *r, const char *arg, qv_error *err);
+/* "ALIAS=TARGET". */
+int registry_add_alias_arg(registry *r, const char *arg, qv_error *err);
+int registry_add_api_key(registry *r, const char *key, qv_error *err);
+int registry_add_open_path(registry *r, const char *path, qv_error *err);
+/* Merges a JSON config text. */
+int registry_load_json(registry *r, const char *text, size_t len, qv_error *err);
+/* Reads and merges a config file. */
+int registry_load_file(registry *r, const char *path, qv_error *err);
+/* Checks names are unique across models, aliases and routes, and that every alias and route
+ * target exists (aliases may point to routes); resolves route indices. With no model at all
+ * it adds the embedded model as "quiver-tiny". */
+int registry_finalize(registry *r, qv_error *err);
+
+/* The models to try for a requested name, in order (a model: itself; an alias: what it
+ * points to; a route: its list). Returns how many (0: unknown name). */
+int32_t registry_resolve(const registry *r, const char *name, int32_t *out, int32_t cap);
+/* 1 when path is served without an API key. */
+int registry_is_open_path(const registry *r, const char *path);
+
+#endif

@@ -1,0 +1,465 @@
+/* The quiver server: routing, auth, the simple endpoints (/health, /metrics, /v1/models),
+ * error answers, engine event dispatch and graceful drain. Generation endpoints live in
+ * server_gen.c.
+ *
+ * Engine events reach the loop through one uv_async_t per model (the engine thread's notify
+ * hook only calls uv_async_send); the callback drains the whole queue because sends coalesce.
+ * Those async handles are unref'd so they never keep uv_run alive: the loop ends once the HTTP
+ * listener, connections, signals and drain timer are closed. */
+#include "server/server.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/log.h"
+#include "server/auth.h"
+#include "server/server_int.h"
+
+void server_opts_default(server_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->host = "127.0.0.1";
+  o->port = 8000;
+  http_limits_default(&o->limits);
+  o->drain_timeout_ms = 30000;
+  o->max_stream_backlog_bytes = 4u << 20;
+  o->handle_signals = 1;
+}
+
+/* ---- engine id -> request table ---- */
+
+static size_t bucket_of(uint64_t eid) { return (size_t)((eid * 0x9E3779B97F4A7C15ull) >> 54); }
+
+void srv_table_insert(server *s, int32_t model, srv_sub *sub) {
+  srv_sub **b = &s->buckets[(size_t)model * SRV_HASH_BUCKETS + bucket_of(sub->eid)];
+  sub->hnext = *b;
+  *b = sub;
+  sub->in_table = 1;
+  sub->req->n_live_subs++;
+}
+
+void srv_table_remove(server *s, int32_t model, srv_sub *sub) {
+  if (!sub->in_table) return;
+  srv_sub **b = &s->buckets[(size_t)model * SRV_HASH_BUCKETS + bucket_of(sub->eid)];
+  for (; *b; b = &(*b)->hnext)
+    if (*b == sub) {
+      *b = sub->hnext;
+      break;
+    }
+  sub->in_table = 0;
+  sub->req->n_live_subs--;
+}
+
+srv_sub *srv_table_find(server *s, int32_t model, uint64_t eid) {
+  srv_sub *b = s->buckets[(size_t)model * SRV_HASH_BUCKETS + bucket_of(eid)];
+  for (; b; b = b->hnext)
+    if (b->eid == eid) return b;
+  return NULL;
+}
+
+/* ---- requests ---- */
+
+static srv_req *req_new(server *s, http_conn *c) {
+  srv_req *r = calloc(1, sizeof *r);
+  if (!r) return NULL;
+  r->s = s;
+  r->conn = c;
+  r->model = -1;
+  r->t_start = uv_hrtime();
+  r->created = (int64_t)time(NULL);
+  r->next = s->reqs;
+  if (s->reqs) s->reqs->prev = r;
+  s->reqs = r;
+  http_conn_set_ctx(c, r);
+  return r;
+}
+
+static void req_free(srv_req *r) {
+  server *s = r->s;
+  if (r->prev) r->prev->next = r->next;
+  else s->reqs = r->next;
+  if (r->next) r->next->prev = r->prev;
+  srv_gen_free(r);
+  oai_request_free(&r->o);
+  free(r);
+}
+
+void srv_req_maybe_free(srv_req *r) {
+  if (!r->conn && !r->in_work && r->n_live_subs == 0 && r->pins == 0) req_free(r);
+}
+
+static void respond_json(srv_req *r, int status, const char *json, const char *extra) {
+  if (!r->conn) return;
+  metrics_count_request(&r->s->met, r->model, status);
+  http_conn *c = r->conn;
+  r->conn = NULL;
+  http_conn_set_ctx(c, NULL);
+  if (!json) {
+    static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
+                              "\"param\":null,\"code\":500}}";
+    http_respond(c, 500, "application/json", extra, oom, sizeof oom - 1);
+    return;
+  }
+  http_respond(c, status, "application/json", extra, json, strlen(json));
+}
+
+void srv_send_error(srv_req *r, int status, const char *msg, const char *param,
+                    const char *code) {
+  if (!r->conn) return;
+  char *j = oai_error_json(status, msg, param, code);
+  respond_json(r, status, j, status == 401 ? "WWW-Authenticate: Bearer\r\n" : "");
+  free(j);
+}
+
+/* ---- simple endpoints ---- */
+
+static void handle_health(srv_req *r) {
+  server *s = r->s;
+  cJSON *root = cJSON_CreateObject();
+  int all_ready = 1;
+  cJSON *arr = cJSON_AddArrayToObject(root, "models");
+  for (int32_t i = 0; i < s->n_models; i++) {
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "name", s->reg->models[i].name);
+    cJSON_AddStringToObject(m, "state",
+                            s->models[i].state ? s->models[i].state
+                                               : (s->models[i].ready ? "ready" : "unavailable"));
+    if (s->models[i].ready && s->models[i].ops->get_stats) {
+      qv_engine_stats st;
+      s->models[i].ops->get_stats(s->models[i].ctx, &st);
+      cJSON_AddNumberToObject(m, "running", st.n_running);
+      cJSON_AddNumberToObject(m, "waiting", st.n_waiting);
+      cJSON_AddNumberToObject(m, "kv_blocks_used", st.n_kv_blocks_used);
+      cJSON_AddNumberToObject(m, "kv_blocks_total", st.n_kv_blocks);
+    }
+    all_ready &= s->models[i].ready != 0;
+    cJSON_AddItemToArray(arr, m);
+  }
+  cJSON_AddStringToObject(root, "status",
+                          s->draining ? "draining" : (all_ready ? "ok" : "unavailable"));
+  char *j = cJSON_PrintUnformatted(root);
+  cJSON_Delete(root);
+  respond_json(r, all_ready && !s->draining ? 200 : 503, j, "");
+  free(j);
+}
+
+static void handle_metrics(srv_req *r) {
+  server *s = r->s;
+  qv_engine_stats *stats = calloc((size_t)s->n_models, sizeof *stats);
+  metrics_model_state *states = calloc((size_t)s->n_models, sizeof *states);
+  char *text = NULL;
+  size_t len = 0;
+  if (stats && states) {
+    for (int32_t i = 0; i < s->n_models; i++) {
+      states[i].ready = s->models[i].ready;
+      if (s->models[i].ready && s->models[i].ops->get_stats) {
+        s->models[i].ops->get_stats(s->models[i].ctx, &stats[i]);
+        states[i].stats = &stats[i];
+      }
+    }
+    text = metrics_render(&s->met, states, &len);
+  }
+  free(stats);
+  free(states);
+  if (!text) {
+    srv_send_error(r, 500, "out of memory", NULL, NULL);
+    return;
+  }
+  metrics_count_request(&s->met, -1, 200);
+  http_conn *c = r->conn;
+  r->conn = NULL;
+  http_conn_set_ctx(c, NULL);
+  http_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", "", text, len);
+  free(text);
+}
+
+/* Every name a client may use: models, aliases, routes. The root is the model served. */
+static void handle_models(srv_req *r, const char *one) {
+  server *s = r->s;
+  const registry *g = s->reg;
+  int32_t cap = g->n_models + g->n_aliases + g->n_routes;
+  const char **names = calloc((size_t)cap + 1, sizeof *names);
+  const char **roots = calloc((size_t)cap + 1, sizeof *roots);
+  int32_t *lens = calloc((size_t)cap + 1, sizeof *lens);
+  int32_t n = 0;
+  if (names && roots && lens) {
+    for (int32_t i = 0; i < g->n_models; i++) {
+      names[n] = g->models[i].name;
+      roots[n] = g->models[i].name;
+      lens[n++] = s->models[i].max_model_len;
+    }
+    for (int32_t i = 0; i < g->n_aliases; i++) {
+      int32_t idx[REG_MAX_ROUTE_LEN];
+      if (registry_resolve(g, g->aliases[i].name, idx, REG_MAX_ROUTE_LEN) < 1) continue;
+      names[n] = g->aliases[i].name;
+      roots[n] = g->models[idx[0]].name;
+      lens[n++] = s->models[idx[0]].max_model_len;
+    }
+    for (int32_t i = 0; i < g->n_routes; i++) {
+      names[n] = g->routes[i].name;
+      roots[n] = g->models[g->routes[i].models[0]].name;
+      lens[n++] = s->models[g->routes[i].models[0]].max_model_len;
+    }
+  }
+  char *j = NULL;
+  int found = !one;
+  if (one) {
+    for (int32_t i = 0; i < n; i++)
+      if (!strcmp(names[i], one)) {
+        j = oai_model_json(names[i], roots[i], lens[i], s->started);
+        found = 1;
+        break;
+      }
+  } else {
+    j = oai_models_json(names, roots, lens, n, s->started);
+  }
+  free(names);
+  free(roots);
+  free(lens);
+  if (!found) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "The model '%.200s' does not exist.", one);
+    srv_send_error(r, 404, msg, "model", "model_not_found");
+    return;
+  }
+  respond_json(r, 200, j, "");
+  free(j);
+}
+
+/* ---- routing ---- */
+
+typedef struct route_entry {
+  const char *path;
+  const char *method; /* allowed method */
+  int kind;           /* 0 simple endpoint, else oai_kind */
+} route_entry;
+
+static const route_entry routes[] = {
+    {"/v1/completions", "POST", OAI_COMPLETION},
+    {"/v1/chat/completions", "POST", OAI_CHAT},
+    {"/tokenize", "POST", OAI_TOKENIZE},
+    {"/v1/tokenize", "POST", OAI_TOKENIZE},
+    {"/detokenize", "POST", OAI_DETOKENIZE},
+    {"/v1/detokenize", "POST", OAI_DETOKENIZE},
+    {"/v1/models", "GET", 0},
+    {"/health", "GET", 0},
+    {"/metrics", "GET", 0},
+};
+
+static void on_request(void *ud, http_conn *c, const http_request *req) {
+  server *s = ud;
+  srv_req *r = req_new(s, c);
+  if (!r) {
+    static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
+                              "\"param\":null,\"code\":500}}";
+    http_respond(c, 500, "application/json", "", oom, sizeof oom - 1);
+    return;
+  }
+  const char *path = req->path;
+  const route_entry *hit = NULL;
+  const char *model_id = NULL;
+  for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
+    if (!strcmp(path, routes[i].path)) hit = &routes[i];
+  static const route_entry model_route = {"/v1/models/", "GET", 0};
+  if (!hit && !strncmp(path, "/v1/models/", 11) && path[11]) {
+    hit = &model_route;
+    model_id = path + 11;
+  }
+  if (!hit) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "no route for %s %.200s", req->method_str, path);
+    srv_send_error(r, 404, msg, NULL, "not_found");
+    srv_req_maybe_free(r);
+    return;
+  }
+  if (strcmp(req->method_str, hit->method)) {
+    char msg[128], allow[64];
+    snprintf(msg, sizeof msg, "method %s not allowed here (use %s)", req->method_str,
+             hit->method);
+    snprintf(allow, sizeof allow, "Allow: %s\r\n", hit->method);
+    char *j = oai_error_json(405, msg, NULL, "method_not_allowed");
+    respond_json(r, 405, j, allow);
+    free(j);
+    srv_req_maybe_free(r);
+    return;
+  }
+  if (s->reg->n_api_keys > 0 && !registry_is_open_path(s->reg, path) &&
+      !auth_check((const char *const *)s->reg->api_keys, s->reg->n_api_keys,
+                  http_request_header(req, "authorization"))) {
+    srv_send_error(r, 401, "invalid or missing API key (send Authorization: Bearer <key>)",
+                   NULL, "invalid_api_key");
+    srv_req_maybe_free(r);
+    return;
+  }
+  if (hit->kind == 0) {
+    if (!strcmp(hit->path, "/health")) handle_health(r);
+    else if (!strcmp(hit->path, "/metrics")) handle_metrics(r);
+    else handle_models(r, model_id);
+    srv_req_maybe_free(r);
+    return;
+  }
+  if (s->draining) {
+    srv_send_error(r, 503, "server is shutting down", NULL, "shutting_down");
+    srv_req_maybe_free(r);
+    return;
+  }
+  /* Parsing, model resolution and tokenizing all happen on the thread pool (server_gen.c);
+   * the body is copied because the connection may drop (and free it) meanwhile. */
+  srv_gen_start(r, (oai_kind)hit->kind, req->body, req->body_len);
+}
+
+static void on_abort(void *ud, http_conn *c, void *ctx) {
+  srv_req *r = ctx;
+  if (!r) return;
+  r->conn = NULL;
+  srv_gen_on_disconnect(r);
+  srv_req_maybe_free(r);
+}
+
+/* ---- engine events ---- */
+
+static void notify_fn(void *arg) { uv_async_send(&((srv_notify *)arg)->async); }
+
+static void on_notify(uv_async_t *a) {
+  srv_notify *n = a->data;
+  server *s = n->s;
+  srv_model *m = &s->models[n->model];
+  qv_event *evs[64];
+  int k;
+  while ((k = m->ops->poll(m->ctx, evs, 64)) > 0) {
+    for (int i = 0; i < k; i++) {
+      srv_gen_on_event(s, n->model, evs[i]);
+      m->ops->event_free(evs[i]);
+    }
+  }
+}
+
+/* ---- drain and shutdown ---- */
+
+static void close_all(server *s) {
+  if (s->closed) return;
+  s->closed = 1;
+  http_server_close(s->http);
+  s->http = NULL;
+  uv_close((uv_handle_t *)&s->stop_async, NULL);
+  uv_close((uv_handle_t *)&s->drain_timer, NULL);
+  if (s->opts.handle_signals) {
+    uv_close((uv_handle_t *)&s->sig_int, NULL);
+    uv_close((uv_handle_t *)&s->sig_term, NULL);
+  }
+}
+
+static void on_drain_timer(uv_timer_t *t) {
+  server *s = t->data;
+  int busy = http_server_n_busy(s->http);
+  if (busy == 0 || uv_hrtime() >= s->drain_deadline_ns) {
+    if (busy) QV_LOGW("serve: drain deadline passed with %d requests in flight; aborting them", busy);
+    else QV_LOGI("serve: drained");
+    close_all(s);
+  }
+}
+
+static void begin_drain(server *s) {
+  if (s->draining || s->closed) return;
+  s->draining = 1;
+  QV_LOGI("serve: draining (up to %.1f s)", (double)s->opts.drain_timeout_ms / 1000.0);
+  s->drain_deadline_ns = uv_hrtime() + s->opts.drain_timeout_ms * 1000000ull;
+  http_server_drain(s->http);
+  uv_timer_start(&s->drain_timer, on_drain_timer, 0, 20);
+}
+
+static void on_stop_async(uv_async_t *a) { begin_drain(a->data); }
+/* The first SIGINT/SIGTERM drains; a second one stops at once (in-flight requests aborted). */
+static void on_signal(uv_signal_t *h, int signum) {
+  server *s = h->data;
+  if (s->draining) {
+    QV_LOGW("serve: second signal: stopping now");
+    close_all(s);
+    return;
+  }
+  begin_drain(s);
+}
+
+void server_shutdown(server *s) { uv_async_send(&s->stop_async); }
+
+int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
+                  const server_opts *opts, server **out, qv_error *err) {
+  server *s = calloc(1, sizeof *s);
+  if (!s) return qv_error_set(err, QV_ENOMEM, "out of memory");
+  s->loop = loop;
+  s->reg = reg;
+  s->models = models;
+  s->n_models = reg->n_models;
+  s->opts = *opts;
+  s->started = (int64_t)time(NULL);
+  const char *names[REG_MAX_MODELS];
+  for (int32_t i = 0; i < s->n_models; i++) names[i] = reg->models[i].name;
+  s->notify = calloc((size_t)s->n_models, sizeof *s->notify);
+  s->buckets = calloc((size_t)s->n_models * SRV_HASH_BUCKETS, sizeof *s->buckets);
+  if (!s->notify || !s->buckets || metrics_init(&s->met, names, s->n_models)) {
+    free(s->notify);
+    free(s->buckets);
+    free(s);
+    return qv_error_set(err, QV_ENOMEM, "out of memory");
+  }
+  http_handler h = {.ud = s, .on_request = on_request, .on_abort = on_abort};
+  int rc = http_server_create(loop, opts->host ? opts->host : "127.0.0.1", opts->port,
+                              &opts->limits, &h, &s->http, err);
+  if (rc) {
+    metrics_deinit(&s->met);
+    free(s->notify);
+    free(s->buckets);
+    free(s);
+    return rc;
+  }
+  for (int32_t i = 0; i < s->n_models; i++) {
+    srv_notify *n = &s->notify[i];
+    n->s = s;
+    n->model = i;
+    uv_async_init(loop, &n->async, on_notify);
+    n->async.data = n;
+    uv_unref((uv_handle_t *)&n->async);
+    if (models[i].ready && models[i].ops->set_notify)
+      models[i].ops->set_notify(models[i].ctx, notify_fn, n);
+  }
+  uv_async_init(loop, &s->stop_async, on_stop_async);
+  s->stop_async.data = s;
+  uv_timer_init(loop, &s->drain_timer);
+  s->drain_timer.data = s;
+  if (opts->handle_signals) {
+    uv_signal_init(loop, &s->sig_int);
+    uv_signal_init(loop, &s->sig_term);
+    s->sig_int.data = s;
+    s->sig_term.data = s;
+    uv_signal_start(&s->sig_int, on_signal, SIGINT);
+    uv_signal_start(&s->sig_term, on_signal, SIGTERM);
+  }
+  *out = s;
+  return 0;
+}
+
+int server_port(const server *s) { return s->http ? http_server_port(s->http) : 0; }
+
+static void noop_close(uv_handle_t *h) {}
+
+void server_destroy(server *s) {
+  if (!s) return;
+  /* The engines are gone by now (their owners destroy them after uv_run returns), so no
+   * notify can race with closing the async handles. */
+  close_all(s);
+  for (int32_t i = 0; i < s->n_models; i++) uv_close((uv_handle_t *)&s->notify[i].async, noop_close);
+  uv_run(s->loop, UV_RUN_DEFAULT);
+  while (s->reqs) {
+    srv_req *r = s->reqs;
+    for (int32_t i = 0; i < r->n_subs; i++)
+      if (r->subs[i].in_table) srv_table_remove(s, r->model, &r->subs[i]);
+    r->conn = NULL;
+    req_free(r);
+  }
+  metrics_deinit(&s->met);
+  free(s->notify);
+  free(s->buckets);
+  free(s);
+}

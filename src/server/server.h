@@ -1,0 +1,95 @@
+/* The quiver HTTP server: OpenAI-compatible endpoints over the HTTP layer (http.h), one entry
+ * per served model, routing by name/alias/route (registry.h), metrics, auth and graceful drain.
+ *
+ * The server talks to each model through srv_model_ops, a small vtable over the engine, the
+ * tokenizer and the chat template. server_models.c implements it over the real qv_engine /
+ * qv_tokenizer / chat code; tests implement it with fakes so the whole HTTP path (streaming,
+ * disconnects, queue-full fallback) is tested without a model.
+ *
+ * Threads: everything here runs on the loop thread except srv_model_ops.encode/decode/
+ * render_chat, which run on libuv's thread pool (tokenizing and template rendering never run
+ * on the loop), and the notify hook, which the engine calls on its own thread (it only does
+ * uv_async_send). */
+#ifndef QV_SERVER_SERVER_H
+#define QV_SERVER_SERVER_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "quiver/engine.h"
+#include "quiver/error.h"
+#include "server/http.h"
+#include "server/registry.h"
+
+typedef struct srv_model_ops {
+  /* Engine (loop thread, except that notify fn is called on the engine thread). */
+  int (*submit)(void *ctx, const qv_request_params *p, uint64_t *req_id, qv_error *err);
+  void (*abort)(void *ctx, uint64_t req_id);
+  int (*poll)(void *ctx, qv_event **evs, int max);
+  void (*set_notify)(void *ctx, void (*fn)(void *arg), void *arg);
+  void (*get_stats)(void *ctx, qv_engine_stats *st);
+  void (*event_free)(qv_event *ev);
+  /* Tokenizer and template (thread pool; must be thread-safe). *ids / *text / *out are
+   * malloc'd, caller frees. */
+  int (*encode)(void *ctx, const char *text, size_t len, int add_special, int parse_special,
+                int32_t **ids, size_t *n_ids, qv_error *err);
+  int (*decode)(void *ctx, const int32_t *ids, size_t n_ids, int skip_special, char **text,
+                size_t *len, qv_error *err);
+  /* Renders messages (normalized: string contents) to a prompt. NULL: the model has no
+   * template and the server uses oai_chat_default_render. QV_ETEMPLATE: the template raised
+   * (message in err) and the client gets a 400. */
+  int (*render_chat)(void *ctx, const cJSON *messages, const cJSON *tools,
+                     const cJSON *tool_choice, const cJSON *template_kwargs,
+                     int add_generation_prompt, char **out, size_t *len, qv_error *err);
+  /* Splits a finished generation into content (*content malloc'd) and OpenAI tool calls
+   * (*tool_calls: a cJSON array [{id, type, function: {name, arguments}}] the caller deletes,
+   * or NULL when there are none). NULL op: the model has no tool-call format. Runs on the loop
+   * thread once per choice; linear in the text. */
+  int (*parse_tools)(void *ctx, const char *text, size_t len, char **content, cJSON **tool_calls,
+                     qv_error *err);
+  /* The same for a stream (all NULL when parse_tools is): create a parser state; feed a text
+   * delta (finish 1: end of text, flush what is held) getting the content that became final
+   * (*content malloc'd) and the calls completed by it (*calls as above, or NULL). */
+  void *(*tool_stream_create)(void *ctx);
+  int (*tool_stream_feed)(void *st, const char *delta, size_t len, int finish, char **content,
+                          cJSON **calls, qv_error *err);
+  void (*tool_stream_destroy)(void *st);
+} srv_model_ops;
+
+/* One served model. The server borrows ops and ctx; they must outlive it. */
+typedef struct srv_model {
+  const srv_model_ops *ops;
+  void *ctx;
+  int32_t max_model_len;
+  int32_t vocab_size;
+  int ready;           /* 0: failed to load (requests fall to the next model of a route) */
+  const char *state;   /* "ready", "failed: ..." (borrowed) */
+} srv_model;
+
+typedef struct server_opts {
+  const char *host;              /* default "127.0.0.1" */
+  int port;                      /* 0: any free port */
+  http_limits limits;
+  uint64_t drain_timeout_ms;     /* SIGINT/SIGTERM: wait this long for in-flight requests */
+  size_t max_stream_backlog_bytes; /* a streaming client this far behind is cut off */
+  int handle_signals;            /* install SIGINT/SIGTERM handlers that drain */
+} server_opts;
+
+void server_opts_default(server_opts *o);
+
+typedef struct server server;
+
+/* Starts listening. reg (names, aliases, routes, keys) and models[reg->n_models] are
+ * borrowed and must outlive the server. Call on the loop thread before uv_run. */
+int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
+                  const server_opts *opts, server **out, qv_error *err);
+int server_port(const server *s);
+/* Thread-safe: starts a graceful drain (as SIGTERM does). Once drained (or the deadline
+ * passes) every handle the server owns is closed and uv_run returns. */
+void server_shutdown(server *s);
+/* Frees the server after uv_run returned. Accepts NULL. */
+void server_destroy(server *s);
+
+#endif

@@ -1,0 +1,746 @@
+/* Generation endpoints (completions, chat completions) and tokenize/detokenize.
+ *
+ * A request goes: routed on the loop (server.c) -> parsed, validated, resolved to a model and
+ * prepared on the libuv thread pool (template rendering, tokenizing, echo text) -> checked and
+ * submitted to the chosen model's engine on
+ * the loop (never blocking: a full queue is QV_EBUSY, which falls to the next model of a route
+ * or answers 429) -> engine events stream back as SSE chunks or accumulate into one JSON
+ * response. A disconnect aborts every engine request of the HTTP request; the request object
+ * lives until the engine has acknowledged each choice with a FINISH event. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "server/server_int.h"
+
+static srv_model *model_of(srv_req *r) { return &r->s->models[r->model]; }
+
+static int32_t n_per_prompt(const srv_req *r) { return r->o.params.n > 0 ? r->o.params.n : 1; }
+
+/* Tool calls are parsed out of chat output when the request offered tools (and did not say
+ * tool_choice "none") and the model knows a tool-call format, whole or streamed. */
+static int wants_tools(srv_req *r) {
+  if (r->o.kind != OAI_CHAT || !r->o.tools || !model_of(r)->ops->parse_tools) return 0;
+  const cJSON *tc = r->o.tool_choice;
+  return !(cJSON_IsString(tc) && !strcmp(tc->valuestring, "none"));
+}
+
+/* ---- freeing ---- */
+
+static void free_prep(srv_req *r) {
+  int32_t np = r->n_prep;
+  for (int32_t i = 0; r->pids && i < np; i++) free(r->pids[i]);
+  for (int32_t i = 0; r->ptext && i < np; i++) free(r->ptext[i]);
+  free(r->pids);
+  free(r->pn);
+  free(r->ptext);
+  free(r->ptext_len);
+  free(r->detok_text);
+  r->pids = NULL;
+  r->pn = NULL;
+  r->ptext = NULL;
+  r->ptext_len = NULL;
+  r->detok_text = NULL;
+  r->n_prep = 0;
+}
+
+static void free_choices(srv_req *r) {
+  for (int32_t i = 0; i < r->n_choices; i++) {
+    if (r->choices[i].tstream) r->choices[i].tstream_destroy(r->choices[i].tstream);
+    free(r->choices[i].text);
+    free(r->choices[i].stop_reason);
+    oai_logprobs_destroy(r->choices[i].lp);
+  }
+  free(r->choices);
+  free(r->subs);
+  r->choices = NULL;
+  r->subs = NULL;
+  r->n_choices = r->n_subs = 0;
+  r->n_choices_done = 0;
+}
+
+void srv_gen_free(srv_req *r) {
+  free_prep(r);
+  free_choices(r);
+  free(r->body);
+  r->body = NULL;
+}
+
+/* ---- preparation on the thread pool ---- */
+
+static int render_prompt(srv_req *r, char **text, size_t *len, int *add_special) {
+  srv_model *m = model_of(r);
+  if (m->ops->render_chat) {
+    *add_special = 0;
+    return m->ops->render_chat(m->ctx, r->o.messages, r->o.tools, r->o.tool_choice,
+                               r->o.template_kwargs, r->o.add_generation_prompt, text, len,
+                               &r->work_err);
+  }
+  *add_special = 1;
+  return oai_chat_default_render(r->o.messages, r->o.add_generation_prompt, text, len,
+                                 &r->work_err);
+}
+
+/* Moves to the next ready model of the route; 0 when there is none. */
+static int next_model(srv_req *r) {
+  while (r->route_pos < r->n_route) {
+    int32_t m = r->route[r->route_pos];
+    if (r->s->models[m].ready) {
+      r->model = m;
+      return 1;
+    }
+    r->route_pos++;
+  }
+  return 0;
+}
+
+static int work_fail(srv_req *r, int status, const char *param, const char *code) {
+  r->fail_status = status;
+  r->fail_param = param;
+  r->fail_code = code;
+  return -1;
+}
+
+/* Worker side of the first pass: JSON parsing and validation, then name -> models (the
+ * registry and the models' ready flags are immutable while serving). */
+static int parse_and_resolve(srv_req *r) {
+  server *s = r->s;
+  int rc = oai_request_parse(r->kind, r->body, r->body_len, &r->o, &r->work_err);
+  free(r->body);
+  r->body = NULL;
+  if (rc)
+    return work_fail(r, 400, r->o.err_param[0] ? r->o.err_param : NULL,
+                     rc == QV_EUNSUPPORTED ? "unsupported" : NULL);
+  if (r->o.model) {
+    r->n_route = registry_resolve(s->reg, r->o.model, r->route, REG_MAX_ROUTE_LEN);
+    r->model_name = r->o.model;
+  } else {
+    r->route[0] = 0;
+    r->n_route = 1;
+    r->model_name = s->reg->models[0].name;
+  }
+  if (r->n_route == 0) {
+    char *msg = r->work_err.msg;
+    size_t cap = sizeof r->work_err.msg;
+    int n = snprintf(msg, cap, "The model '%.200s' does not exist. Available:", r->o.model);
+    const registry *g = s->reg;
+    for (int32_t i = 0; i < g->n_models && n < 400; i++)
+      n += snprintf(msg + n, cap - (size_t)n, " %.60s", g->models[i].name);
+    for (int32_t i = 0; i < g->n_aliases && n < 400; i++)
+      n += snprintf(msg + n, cap - (size_t)n, " %.60s", g->aliases[i].name);
+    for (int32_t i = 0; i < g->n_routes && n < 400; i++)
+      n += snprintf(msg + n, cap - (size_t)n, " %.60s", g->routes[i].name);
+    return work_fail(r, 404, "model", "model_not_found");
+  }
+  r->route_pos = 0;
+  if (!next_model(r)) {
+    r->model = r->route[0];
+    qv_error_set(&r->work_err, QV_EUNSUPPORTED, "the requested model is not available");
+    return work_fail(r, 503, "model", "model_unavailable");
+  }
+  int32_t vocab = model_of(r)->vocab_size;
+  for (int32_t i = 0; vocab > 0 && r->o.kind == OAI_DETOKENIZE && i < r->o.n_detok_ids; i++)
+    if (r->o.detok_ids[i] >= vocab) {
+      qv_error_set(&r->work_err, QV_EINVAL, "token id %d is out of the vocabulary (%d)",
+                   r->o.detok_ids[i], vocab);
+      return work_fail(r, 400, "tokens", NULL);
+    }
+  return 0;
+}
+
+static void prep_work(uv_work_t *w) {
+  srv_req *r = w->data;
+  if (!r->parsed) {
+    r->parsed = 1;
+    if (parse_and_resolve(r)) return;
+  }
+  srv_model *m = model_of(r);
+  const srv_model_ops *ops = m->ops;
+  int32_t np = r->o.kind == OAI_CHAT || (r->o.kind == OAI_TOKENIZE && r->o.messages)
+                   ? 1
+                   : r->o.n_prompts;
+  r->work_rc = 0;
+  if (r->o.kind == OAI_DETOKENIZE) {
+    r->work_rc = ops->decode(m->ctx, r->o.detok_ids, (size_t)r->o.n_detok_ids, 0, &r->detok_text,
+                             &r->detok_len, &r->work_err);
+    return;
+  }
+  r->pids = calloc((size_t)np, sizeof *r->pids);
+  r->pn = calloc((size_t)np, sizeof *r->pn);
+  r->ptext = calloc((size_t)np, sizeof *r->ptext);
+  r->ptext_len = calloc((size_t)np, sizeof *r->ptext_len);
+  if (!r->pids || !r->pn || !r->ptext || !r->ptext_len) {
+    r->work_rc = qv_error_set(&r->work_err, QV_ENOMEM, "out of memory");
+    return;
+  }
+  r->n_prep = np;
+  if (r->o.messages) {
+    char *text = NULL;
+    size_t len = 0;
+    int add_special = 1;
+    r->work_rc = render_prompt(r, &text, &len, &add_special);
+    if (r->work_rc) return;
+    if (r->o.kind == OAI_TOKENIZE && cJSON_GetObjectItem(r->o.root, "add_special_tokens"))
+      add_special = r->o.add_special_tokens;
+    size_t n = 0;
+    r->work_rc = ops->encode(m->ctx, text, len, add_special, 1, &r->pids[0], &n, &r->work_err);
+    free(text);
+    r->pn[0] = (int32_t)n;
+    return;
+  }
+  for (int32_t i = 0; i < np; i++) {
+    const oai_prompt *p = &r->o.prompts[i];
+    if (p->text) {
+      size_t n = 0;
+      int add_special = r->o.kind == OAI_TOKENIZE ? r->o.add_special_tokens : 1;
+      r->work_rc = ops->encode(m->ctx, p->text, p->text_len, add_special, 0, &r->pids[i], &n,
+                               &r->work_err);
+      if (r->work_rc) return;
+      r->pn[i] = (int32_t)n;
+      if (r->o.echo) {
+        r->ptext[i] = malloc(p->text_len + 1);
+        if (!r->ptext[i]) {
+          r->work_rc = qv_error_set(&r->work_err, QV_ENOMEM, "out of memory");
+          return;
+        }
+        memcpy(r->ptext[i], p->text, p->text_len + 1);
+        r->ptext_len[i] = p->text_len;
+      }
+    } else {
+      r->pids[i] = malloc(sizeof *r->pids[i] * (size_t)p->n_ids);
+      if (!r->pids[i]) {
+        r->work_rc = qv_error_set(&r->work_err, QV_ENOMEM, "out of memory");
+        return;
+      }
+      memcpy(r->pids[i], p->ids, sizeof *p->ids * (size_t)p->n_ids);
+      r->pn[i] = p->n_ids;
+      if (r->o.echo) {
+        r->work_rc = ops->decode(m->ctx, p->ids, (size_t)p->n_ids, 0, &r->ptext[i],
+                                 &r->ptext_len[i], &r->work_err);
+        if (r->work_rc) return;
+      }
+    }
+  }
+}
+
+static void after_prep(uv_work_t *w, int status);
+
+static void start_prep(srv_req *r) {
+  free_prep(r);
+  r->work.data = r;
+  r->in_work = 1;
+  int rc = uv_queue_work(r->s->loop, &r->work, prep_work, after_prep);
+  if (rc) {
+    r->in_work = 0;
+    srv_send_error(r, 500, "cannot queue work", NULL, NULL);
+    srv_req_maybe_free(r);
+  }
+}
+
+
+void srv_gen_start(srv_req *r, oai_kind kind, const char *body, size_t body_len) {
+  r->kind = kind;
+  r->body = malloc(body_len + 1);
+  if (!r->body) {
+    srv_send_error(r, 500, "out of memory", NULL, NULL);
+    srv_req_maybe_free(r);
+    return;
+  }
+  memcpy(r->body, body, body_len);
+  r->body[body_len] = '\0';
+  r->body_len = body_len;
+  start_prep(r);
+}
+
+/* ---- responses for tokenize/detokenize ---- */
+
+/* Names the model that actually served (a route or alias may hide it from the body). */
+static void served_header(const srv_req *r, char *out, size_t cap) {
+  snprintf(out, cap, "X-Quiver-Model: %.128s\r\n", r->s->reg->models[r->model].name);
+}
+
+static void respond_body(srv_req *r, int status, char *json) {
+  if (!json) {
+    srv_send_error(r, 500, "out of memory", NULL, NULL);
+    return;
+  }
+  http_conn *c = r->conn;
+  r->conn = NULL;
+  http_conn_set_ctx(c, NULL);
+  metrics_count_request(&r->s->met, r->model, status);
+  char extra[200];
+  served_header(r, extra, sizeof extra);
+  http_respond(c, status, "application/json", extra, json, strlen(json));
+  free(json);
+}
+
+static void respond_tokenize(srv_req *r) {
+  cJSON *root = cJSON_CreateObject();
+  cJSON_AddNumberToObject(root, "count", r->pn[0]);
+  cJSON_AddNumberToObject(root, "max_model_len", model_of(r)->max_model_len);
+  cJSON *arr = cJSON_AddArrayToObject(root, "tokens");
+  for (int32_t i = 0; i < r->pn[0]; i++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(r->pids[0][i]));
+  char *j = cJSON_PrintUnformatted(root);
+  cJSON_Delete(root);
+  respond_body(r, 200, j);
+}
+
+static void respond_detokenize(srv_req *r) {
+  cJSON *root = cJSON_CreateObject();
+  cJSON_AddStringToObject(root, "prompt", r->detok_text ? r->detok_text : "");
+  char *j = cJSON_PrintUnformatted(root);
+  cJSON_Delete(root);
+  respond_body(r, 200, j);
+}
+
+/* ---- submission ---- */
+
+static void abort_subs(srv_req *r, int remove) {
+  srv_model *m = model_of(r);
+  for (int32_t i = 0; i < r->n_subs; i++) {
+    srv_sub *sub = &r->subs[i];
+    if (!sub->in_table) continue;
+    m->ops->abort(m->ctx, sub->eid);
+    if (remove) srv_table_remove(r->s, r->model, sub);
+  }
+}
+
+static int alloc_choices(srv_req *r, int32_t n_subs) {
+  free_choices(r);
+  int32_t n = n_per_prompt(r);
+  r->subs = calloc((size_t)n_subs, sizeof *r->subs);
+  r->choices = calloc((size_t)(n_subs * n), sizeof *r->choices);
+  if (!r->subs || !r->choices) return QV_ENOMEM;
+  r->n_subs = n_subs;
+  r->n_choices = n_subs * n;
+  if (r->o.want_logprobs)
+    for (int32_t i = 0; i < r->n_choices; i++) {
+      r->choices[i].lp = oai_logprobs_create(r->o.kind);
+      if (!r->choices[i].lp) return QV_ENOMEM;
+    }
+  const srv_model_ops *ops = model_of(r)->ops;
+  for (int32_t i = 0; i < r->n_choices; i++) {
+    int32_t pi = i / n;
+    r->choices[i].last_token = r->pn[pi] > 0 ? r->pids[pi][r->pn[pi] - 1] : -1;
+    if (r->o.stream && wants_tools(r) && ops->tool_stream_create) {
+      r->choices[i].tstream = ops->tool_stream_create(model_of(r)->ctx);
+      if (!r->choices[i].tstream) return QV_ENOMEM;
+      r->choices[i].tstream_destroy = ops->tool_stream_destroy;
+    }
+  }
+  memset(&r->usage, 0, sizeof r->usage);
+  return 0;
+}
+
+static void send_chunk(srv_req *r, char *sse);
+
+/* Checks lengths and ids against the model, then submits every prompt. */
+static void submit_all(srv_req *r) {
+  srv_model *m = model_of(r);
+  int32_t np = r->o.kind == OAI_CHAT ? 1 : r->o.n_prompts;
+  int32_t max_len = m->max_model_len;
+  char msg[400];
+  for (int32_t i = 0; i < np; i++) {
+    int64_t want = (int64_t)r->pn[i] + (r->o.max_tokens_given ? r->o.params.max_tokens : 0);
+    if (r->pn[i] == 0) {
+      srv_send_error(r, 400, "the prompt is empty after tokenization", "prompt", NULL);
+      return;
+    }
+    if (max_len > 0 && (r->pn[i] >= max_len || want > max_len)) {
+      snprintf(msg, sizeof msg,
+               "This model's maximum context length is %d tokens. However, you requested %lld "
+               "tokens (%d in the prompt, %d for the completion). Please reduce the prompt or "
+               "max_tokens.",
+               max_len, (long long)(r->o.max_tokens_given ? want : r->pn[i]), r->pn[i],
+               r->o.max_tokens_given ? r->o.params.max_tokens : 0);
+      srv_send_error(r, 400, msg, r->o.kind == OAI_CHAT ? "messages" : "prompt",
+                     "context_length_exceeded");
+      return;
+    }
+    for (int32_t k = 0; m->vocab_size > 0 && k < r->pn[i]; k++)
+      if (r->pids[i][k] >= m->vocab_size) {
+        srv_send_error(r, 400, "prompt token id out of the vocabulary", "prompt", NULL);
+        return;
+      }
+  }
+  for (int32_t k = 0; m->vocab_size > 0 && k < r->o.n_bias; k++)
+    if (r->o.bias_ids[k] >= m->vocab_size) {
+      srv_send_error(r, 400, "logit_bias token id out of the vocabulary", "logit_bias", NULL);
+      return;
+    }
+  for (int32_t k = 0; m->vocab_size > 0 && k < r->o.params.n_stop_token_ids; k++)
+    if (r->o.stop_token_ids[k] >= m->vocab_size) {
+      srv_send_error(r, 400, "stop_token_ids holds an id out of the vocabulary", "stop_token_ids",
+                     NULL);
+      return;
+    }
+  if (alloc_choices(r, np)) {
+    srv_send_error(r, 500, "out of memory", NULL, NULL);
+    return;
+  }
+  for (int32_t i = 0; i < np; i++) {
+    qv_request_params p = r->o.params;
+    p.prompt_ids = r->pids[i];
+    p.n_prompt = r->pn[i];
+    qv_error err = {0};
+    uint64_t eid = 0;
+    int rc = m->ops->submit(m->ctx, &p, &eid, &err);
+    if (rc == QV_EBUSY) {
+      abort_subs(r, 1);
+      r->route_pos++;
+      if (next_model(r)) {
+        QV_LOGI("serve: %s queue full, falling back to %s", r->s->reg->models[r->route[r->route_pos - 1]].name,
+                r->s->reg->models[r->model].name);
+        start_prep(r);
+        return;
+      }
+      srv_send_error(r, 429, "the server is busy (request queue full); retry later", NULL,
+                     "queue_full");
+      return;
+    }
+    if (rc) {
+      abort_subs(r, 1);
+      int status = rc == QV_EINVAL || rc == QV_ERANGE || rc == QV_EUNSUPPORTED ? 400 : 500;
+      srv_send_error(r, status, err.msg[0] ? err.msg : qv_strerror(rc), NULL, NULL);
+      return;
+    }
+    r->subs[i].eid = eid;
+    r->subs[i].req = r;
+    r->subs[i].prompt_idx = i;
+    srv_table_insert(r->s, r->model, &r->subs[i]);
+  }
+  snprintf(r->id, sizeof r->id, "%s-%llx%012llx", r->o.kind == OAI_CHAT ? "chatcmpl" : "cmpl",
+           (unsigned long long)r->s->started & 0xffffff, (unsigned long long)++r->s->next_id);
+  if (r->o.stream) {
+    metrics_count_request(&r->s->met, r->model, 200);
+    char extra[200];
+    served_header(r, extra, sizeof extra);
+    http_stream_begin(r->conn, 200, "text/event-stream", extra);
+    r->stream_started = 1;
+    oai_meta meta = {r->o.kind, r->id, r->created, r->model_name};
+    for (int32_t c = 0; c < r->n_choices && r->conn; c++) {
+      if (r->o.kind == OAI_CHAT) {
+        oai_chunk k = {.index = c, .role_first = 1};
+        send_chunk(r, oai_chunk_sse(&meta, &k));
+        r->choices[c].role_sent = 1;
+      } else if (r->o.echo && r->ptext[c / n_per_prompt(r)]) {
+        int32_t pi = c / n_per_prompt(r);
+        oai_chunk k = {.index = c, .text = r->ptext[pi], .text_len = r->ptext_len[pi]};
+        send_chunk(r, oai_chunk_sse(&meta, &k));
+      }
+    }
+  }
+}
+
+static void after_prep(uv_work_t *w, int status) {
+  srv_req *r = w->data;
+  r->in_work = 0;
+  if (!r->conn || status == UV_ECANCELED) {
+    srv_req_maybe_free(r);
+    return;
+  }
+  r->pins++;
+  if (r->fail_status) {
+    srv_send_error(r, r->fail_status, r->work_err.msg, r->fail_param, r->fail_code);
+  } else if (r->work_rc) {
+    int st = r->work_rc == QV_ENOMEM || r->work_rc == QV_EIO ? 500 : 400;
+    srv_send_error(r, st, r->work_err.msg[0] ? r->work_err.msg : qv_strerror(r->work_rc),
+                   r->o.messages ? "messages" : NULL,
+                   r->work_rc == QV_ETEMPLATE ? "template_error" : NULL);
+  } else if (r->o.kind == OAI_TOKENIZE) {
+    respond_tokenize(r);
+  } else if (r->o.kind == OAI_DETOKENIZE) {
+    respond_detokenize(r);
+  } else {
+    submit_all(r);
+  }
+  r->pins--;
+  srv_req_maybe_free(r);
+}
+
+/* ---- events ---- */
+
+/* Writes one SSE event (taking ownership of sse) and cuts off a client that fell too far
+ * behind, aborting its engine requests. */
+static void send_chunk(srv_req *r, char *sse) {
+  if (!r->conn) {
+    free(sse);
+    return;
+  }
+  if (!sse) {
+    abort_subs(r, 0);
+    http_conn *c = r->conn;
+    r->conn = NULL;
+    http_conn_kill(c);
+    return;
+  }
+  http_stream_write(r->conn, sse, strlen(sse));
+  free(sse);
+  if (http_conn_pending_bytes(r->conn) > r->s->opts.max_stream_backlog_bytes) {
+    QV_LOGW("serve: %s: client too slow (%zu bytes queued); closing", r->id,
+            http_conn_pending_bytes(r->conn));
+    abort_subs(r, 0);
+    http_conn *c = r->conn;
+    r->conn = NULL;
+    http_conn_kill(c);
+  }
+}
+
+static int append_text(srv_choice *c, const char *t, size_t n) {
+  if (c->len + n + 1 > c->cap) {
+    size_t cap = c->cap ? c->cap : 256;
+    while (cap < c->len + n + 1) cap *= 2;
+    char *nt = realloc(c->text, cap);
+    if (!nt) return QV_ENOMEM;
+    c->text = nt;
+    c->cap = cap;
+  }
+  memcpy(c->text + c->len, t, n);
+  c->len += n;
+  c->text[c->len] = '\0';
+  return 0;
+}
+
+/* Token text for logprobs. Decoders drop a leading space at the start of a text
+ * (SentencePiece), so a token is decoded after its predecessor and the predecessor's text is
+ * cut off: the same text the token adds inside the sequence. Lookup-sized work, fine on the
+ * loop. */
+static char *token_str(srv_model *m, int32_t prev, int32_t id) {
+  char *t = NULL, *p = NULL;
+  size_t n = 0, pn = 0;
+  if (prev >= 0) {
+    int32_t two[2] = {prev, id};
+    if (!m->ops->decode(m->ctx, two, 2, 0, &t, &n, NULL) &&
+        !m->ops->decode(m->ctx, &prev, 1, 0, &p, &pn, NULL) && pn <= n && !memcmp(t, p, pn)) {
+      memmove(t, t + pn, n - pn + 1);
+      free(p);
+      return t;
+    }
+    free(t);
+    free(p);
+    t = NULL;
+  }
+  if (m->ops->decode(m->ctx, &id, 1, 0, &t, &n, NULL)) return strdup("");
+  return t;
+}
+
+static void add_logprobs(srv_req *r, srv_choice *ch, const qv_event *ev) {
+  if (!ch->lp || !ev->logprobs) return;
+  srv_model *m = model_of(r);
+  size_t off = ch->text_offset; /* echo with logprobs is refused, so no prompt text precedes */
+  for (int32_t t = 0; t < ev->n_tokens; t++) {
+    int32_t prev = ch->last_token;
+    char *tok = token_str(m, prev, ev->token_ids[t]);
+    const char *tops[OAI_MAX_TOP_LOGPROBS];
+    char *owned[OAI_MAX_TOP_LOGPROBS];
+    int32_t n_top = ev->top ? (ev->n_top < OAI_MAX_TOP_LOGPROBS ? ev->n_top : OAI_MAX_TOP_LOGPROBS) : 0;
+    for (int32_t k = 0; k < n_top; k++) {
+      owned[k] = token_str(m, prev, ev->top[(size_t)t * (size_t)ev->n_top + (size_t)k].id);
+      tops[k] = owned[k] ? owned[k] : "";
+    }
+    oai_logprobs_add(ch->lp, tok ? tok : "", tok ? strlen(tok) : 0, ev->logprobs[t],
+                     ev->top ? &ev->top[(size_t)t * (size_t)ev->n_top] : NULL, tops, n_top, off);
+    off += tok ? strlen(tok) : 0;
+    for (int32_t k = 0; k < n_top; k++) free(owned[k]);
+    free(tok);
+    ch->last_token = ev->token_ids[t];
+  }
+}
+
+static const char *finish_str(qv_finish_reason f) {
+  switch (f) {
+  case QV_FINISH_STOP: return "stop";
+  case QV_FINISH_LENGTH: return "length";
+  case QV_FINISH_ABORT: return "abort";
+  default: return "error";
+  }
+}
+
+static void finish_response(srv_req *r) {
+  oai_meta meta = {r->o.kind, r->id, r->created, r->model_name};
+  if (r->stream_started) {
+    if (r->o.include_usage) {
+      oai_chunk k = {.usage = &r->usage};
+      send_chunk(r, oai_chunk_sse(&meta, &k));
+    }
+    if (!r->conn) return;
+    static const char done[] = "data: [DONE]\n\n";
+    http_stream_write(r->conn, done, sizeof done - 1);
+    http_conn *c = r->conn;
+    r->conn = NULL;
+    http_conn_set_ctx(c, NULL);
+    http_stream_end(c);
+    return;
+  }
+  for (int32_t i = 0; i < r->n_choices; i++)
+    if (!strcmp(r->choices[i].finish, "error")) {
+      srv_send_error(r, 500, "generation failed", NULL, NULL);
+      return;
+    }
+  oai_choice *cs = calloc((size_t)r->n_choices, sizeof *cs);
+  char **texts = calloc((size_t)r->n_choices, sizeof *texts);
+  cJSON **calls = calloc((size_t)r->n_choices, sizeof *calls);
+  if (!cs || !texts || !calls) {
+    free(cs);
+    free(texts);
+    free(calls);
+    srv_send_error(r, 500, "out of memory", NULL, NULL);
+    return;
+  }
+  int32_t n = n_per_prompt(r);
+  for (int32_t i = 0; i < r->n_choices; i++) {
+    srv_choice *ch = &r->choices[i];
+    int32_t pi = i / n;
+    if (r->o.echo && r->ptext && r->ptext[pi]) {
+      texts[i] = malloc(r->ptext_len[pi] + ch->len + 1);
+      if (texts[i]) {
+        memcpy(texts[i], r->ptext[pi], r->ptext_len[pi]);
+        if (ch->len) memcpy(texts[i] + r->ptext_len[pi], ch->text, ch->len);
+        texts[i][r->ptext_len[pi] + ch->len] = '\0';
+        cs[i].text = texts[i];
+        cs[i].text_len = r->ptext_len[pi] + ch->len;
+      }
+    } else {
+      cs[i].text = ch->text ? ch->text : "";
+      cs[i].text_len = ch->len;
+    }
+    cs[i].finish_reason = ch->finish;
+    cs[i].stop_reason = ch->stop_reason;
+    cs[i].logprobs = ch->lp ? oai_logprobs_json(ch->lp) : NULL;
+    if (wants_tools(r) && !texts[i]) {
+      srv_model *m = model_of(r);
+      if (!m->ops->parse_tools(m->ctx, cs[i].text, cs[i].text_len, &texts[i], &calls[i], NULL) &&
+          texts[i]) {
+        cs[i].text = texts[i];
+        cs[i].text_len = strlen(texts[i]);
+        cs[i].tool_calls = calls[i];
+        if (calls[i] && cJSON_GetArraySize(calls[i]) > 0 && !strcmp(ch->finish, "stop"))
+          cs[i].finish_reason = "tool_calls";
+      }
+    }
+  }
+  char *j = oai_response_json(&meta, cs, r->n_choices, &r->usage);
+  for (int32_t i = 0; i < r->n_choices; i++) {
+    free(texts[i]);
+    cJSON_Delete(calls[i]);
+  }
+  free(texts);
+  free(calls);
+  free(cs);
+  respond_body(r, 200, j);
+}
+
+/* Streams a text delta of choice ci (through the tool-call parser when there is one). */
+static void stream_delta(srv_req *r, int32_t ci, const char *text, size_t len, int finish,
+                         const cJSON *lp) {
+  srv_choice *ch = &r->choices[ci];
+  char *content = NULL;
+  cJSON *calls = NULL;
+  if (ch->tstream) {
+    srv_model *m = model_of(r);
+    if (m->ops->tool_stream_feed(ch->tstream, text ? text : "", len, finish, &content, &calls,
+                                 NULL) == 0) {
+      text = content;
+      len = content ? strlen(content) : 0;
+      cJSON *c;
+      cJSON_ArrayForEach(c, calls) cJSON_AddNumberToObject(c, "index", ch->n_calls++);
+    }
+  }
+  if (len > 0 || lp || calls) {
+    oai_meta meta = {r->o.kind, r->id, r->created, r->model_name};
+    oai_chunk k = {.index = ci, .text = text, .text_len = len, .tool_calls = calls, .logprobs = lp};
+    send_chunk(r, oai_chunk_sse(&meta, &k));
+  }
+  free(content);
+  cJSON_Delete(calls);
+}
+
+static void on_event(server *s, int32_t model, srv_sub *sub, qv_event *ev);
+
+void srv_gen_on_event(server *s, int32_t model, qv_event *ev) {
+  srv_sub *sub = srv_table_find(s, model, ev->req_id);
+  if (!sub) return; /* a request already given up (fallback or shutdown) */
+  srv_req *r = sub->req;
+  r->pins++;
+  on_event(s, model, sub, ev);
+  r->pins--;
+  srv_req_maybe_free(r);
+}
+
+static void on_event(server *s, int32_t model, srv_sub *sub, qv_event *ev) {
+  srv_req *r = sub->req;
+  int32_t n = n_per_prompt(r);
+  if (ev->choice < 0 || ev->choice >= n) return;
+  int32_t ci = sub->prompt_idx * n + ev->choice;
+  srv_choice *ch = &r->choices[ci];
+  uint64_t now = uv_hrtime();
+  if (ev->n_tokens > 0) {
+    if (!r->t_first) {
+      r->t_first = now;
+      metrics_observe_ttft(&s->met, model, (double)(now - r->t_start) / 1e9);
+    } else {
+      double per = (double)(now - r->t_last) / 1e9 / ev->n_tokens;
+      for (int32_t t = 0; t < ev->n_tokens; t++) metrics_observe_itl(&s->met, model, per);
+    }
+    r->t_last = now;
+  }
+  if (r->conn && (ev->n_tokens > 0 || ev->text_len > 0)) {
+    if (r->stream_started) {
+      cJSON *lp = NULL;
+      if (ch->lp) {
+        add_logprobs(r, ch, ev);
+        lp = oai_logprobs_take(ch->lp);
+      }
+      stream_delta(r, ci, ev->text, ev->text_len, 0, lp);
+      cJSON_Delete(lp);
+    } else {
+      add_logprobs(r, ch, ev);
+      if (append_text(ch, ev->text ? ev->text : "", ev->text_len)) {
+        abort_subs(r, 0);
+        srv_send_error(r, 500, "out of memory", NULL, NULL);
+      }
+    }
+    ch->text_offset += ev->text_len;
+  }
+  if (ev->type != QV_EVENT_FINISH || ch->finished) return;
+  ch->finished = 1;
+  ch->finish = finish_str(ev->finish);
+  if (ev->stop_str) ch->stop_reason = strdup(ev->stop_str);
+  r->n_choices_done++;
+  sub->n_finished++;
+  if (!sub->usage_counted) {
+    sub->usage_counted = 1;
+    r->usage.prompt_tokens += ev->prompt_tokens;
+    r->usage.cached_tokens += ev->cached_tokens;
+  }
+  r->usage.completion_tokens += ev->completion_tokens;
+  metrics_add_tokens(&s->met, model, sub->n_finished == 1 ? ev->prompt_tokens : 0,
+                     ev->completion_tokens);
+  if (r->conn && r->stream_started) {
+    oai_meta meta = {r->o.kind, r->id, r->created, r->model_name};
+    if (ev->finish == QV_FINISH_ERROR) {
+      char *e = oai_error_json(500, ev->error ? ev->error : "generation failed", NULL, NULL);
+      if (e) {
+        size_t el = strlen(e);
+        char *sse = malloc(el + 9);
+        if (sse) snprintf(sse, el + 9, "data: %s\n\n", e);
+        free(e);
+        send_chunk(r, sse);
+      }
+    } else {
+      if (ch->tstream) {
+        stream_delta(r, ci, NULL, 0, 1, NULL);
+        if (ch->n_calls > 0 && ev->finish == QV_FINISH_STOP) ch->finish = "tool_calls";
+      }
+      oai_chunk k = {.index = ci, .finish = ch->finish, .stop_reason = ch->stop_reason};
+      if (r->conn) send_chunk(r, oai_chunk_sse(&meta, &k));
+    }
+  }
+  if (sub->n_finished >= n) srv_table_remove(s, model, sub);
+  if (r->n_choices_done == r->n_choices && r->conn) finish_response(r);
+}
+
+void srv_gen_on_disconnect(srv_req *r) {
+  if (r->model >= 0 && r->n_live_subs > 0) abort_subs(r, 0);
+}

@@ -1,0 +1,126 @@
+/* Internal structures shared by server.c (connections, routing, simple endpoints, drain) and
+ * server_gen.c (completions, chat, tokenize: thread-pool preparation, engine submission,
+ * events, responses). Not part of any public interface. */
+#ifndef QV_SERVER_SERVER_INT_H
+#define QV_SERVER_SERVER_INT_H
+
+#include "server/metrics.h"
+#include "server/oai_req.h"
+#include "server/oai_resp.h"
+#include "server/server.h"
+
+#define SRV_HASH_BUCKETS 1024
+
+typedef struct srv_req srv_req;
+
+/* One engine request: a prompt of a request with its n choices. Linked in its model's hash
+ * table (by engine id) while the engine may still send events for it. */
+typedef struct srv_sub {
+  uint64_t eid;
+  srv_req *req;
+  int32_t prompt_idx;
+  int32_t n_finished;     /* choices finished */
+  int in_table;
+  int usage_counted;
+  struct srv_sub *hnext;
+} srv_sub;
+
+typedef struct srv_choice {
+  char *text;             /* [len] accumulated text (non-streamed responses) */
+  size_t len, cap;
+  size_t text_offset;     /* bytes produced so far (logprobs text_offset) */
+  const char *finish;     /* static string */
+  char *stop_reason;      /* owned or NULL */
+  oai_logprobs *lp;       /* owned or NULL */
+  int32_t last_token;     /* previous token (logprob token texts are decoded after it) */
+  void *tstream;          /* streamed tool-call parser or NULL */
+  void (*tstream_destroy)(void *st);
+  int32_t n_calls;        /* tool calls streamed so far */
+  int role_sent;
+  int finished;
+} srv_choice;
+
+/* The per-model notify target: the engine thread calls notify_fn which does uv_async_send. */
+typedef struct srv_notify {
+  uv_async_t async;
+  struct server *s;
+  int32_t model;
+} srv_notify;
+
+struct server {
+  uv_loop_t *loop;            /* borrowed */
+  const registry *reg;        /* borrowed */
+  srv_model *models;          /* [n_models] borrowed */
+  int32_t n_models;
+  server_opts opts;
+  http_server *http;
+  metrics met;
+  srv_notify *notify;         /* [n_models] */
+  srv_sub **buckets;          /* [n_models][SRV_HASH_BUCKETS] */
+  srv_req *reqs;              /* every live request (doubly linked) */
+  uv_async_t stop_async;
+  uv_signal_t sig_int, sig_term;
+  uv_timer_t drain_timer;
+  int draining, closed;
+  uint64_t drain_deadline_ns;
+  uint64_t next_id;
+  int64_t started;            /* unix seconds */
+};
+
+struct srv_req {
+  struct server *s;
+  srv_req *prev, *next;
+  http_conn *conn;            /* NULL once answered or disconnected */
+  oai_request o;
+  const char *model_name;     /* the requested name, or the default model's name */
+  int32_t route[REG_MAX_ROUTE_LEN];
+  int32_t n_route, route_pos;
+  int32_t model;              /* index of the model being tried */
+
+  uv_work_t work;
+  int in_work;
+  int work_rc;
+  qv_error work_err;
+  oai_kind kind;
+  char *body;                 /* [body_len] copy of the request body until parsed */
+  size_t body_len;
+  int parsed;                 /* body parsed and the model resolved (done once) */
+  int fail_status;            /* set by the worker: answer this error */
+  const char *fail_param, *fail_code;
+  int32_t n_prep;             /* prompts prepared (entries of pids/pn/ptext) */
+  int32_t **pids;             /* [n_prep][pn[i]] prompt token ids (owned) */
+  int32_t *pn;                /* [n_prompts] */
+  char **ptext;               /* [n_prompts] prompt text for echo (owned) or NULL */
+  size_t *ptext_len;
+  char *detok_text;           /* detokenize result (owned) */
+  size_t detok_len;
+
+  srv_sub *subs;              /* [n_subs] */
+  int32_t n_subs;
+  int32_t n_live_subs;        /* subs in the hash table */
+  srv_choice *choices;        /* [n_subs * n] */
+  int32_t n_choices, n_choices_done;
+  int stream_started;
+  int pins;                   /* > 0 while a handler is using r: a disconnect reported from
+                                 inside a write (on_abort) must not free it under that handler */
+  uint64_t t_start, t_first, t_last;
+  char id[48];
+  int64_t created;
+  oai_usage usage;
+};
+
+/* server.c */
+void srv_send_error(srv_req *r, int status, const char *msg, const char *param, const char *code);
+void srv_req_maybe_free(srv_req *r);
+void srv_table_insert(struct server *s, int32_t model, srv_sub *sub);
+void srv_table_remove(struct server *s, int32_t model, srv_sub *sub);
+srv_sub *srv_table_find(struct server *s, int32_t model, uint64_t eid);
+
+/* server_gen.c */
+/* Parses, resolves and prepares body (copied) on the thread pool, then submits. */
+void srv_gen_start(srv_req *r, oai_kind kind, const char *body, size_t body_len);
+void srv_gen_on_event(struct server *s, int32_t model, qv_event *ev);
+void srv_gen_on_disconnect(srv_req *r);
+void srv_gen_free(srv_req *r);                  /* frees generation state of r */
+
+#endif
