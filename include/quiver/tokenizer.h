@@ -50,6 +50,11 @@ int32_t qv_tokenizer_token_id(const qv_tokenizer *tok, const char *str);
 int qv_detok_create(const qv_tokenizer *tok, unsigned flags, qv_detok **out);
 /* Returns new text in *text (borrowed, valid until the next call on d) of *len bytes. */
 int qv_detok_push(qv_detok *d, int32_t id, const char **text, size_t *len);
+/* Feeds context that is not to be emitted (a prompt): afterwards the next push decodes in its
+ * context (a SentencePiece leading space is kept as in a one-shot decode of the whole
+ * sequence) and returns only text that later ids produce, never held-back prompt text. Call
+ * before the first push. */
+int qv_detok_prime(qv_detok *d, const int32_t *ids, size_t n_ids);
 /* Emits whatever is still held back (incomplete bytes become U+FFFD as the reference does). */
 int qv_detok_flush(qv_detok *d, const char **text, size_t *len);
 void qv_detok_destroy(qv_detok *d);

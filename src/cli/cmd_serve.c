@@ -35,6 +35,9 @@ static void usage(FILE *f) {
           "  --max-waiting N         queued requests per model before 429 / route fallback\n"
           "  --n-kv-blocks N         KV cache blocks per model (default: sized from memory)\n"
           "  --threads N             CPU backend threads (default: all cores)\n"
+          "  --reasoning-parser NAME split <think> reasoning off chat output into\n"
+          "                          reasoning_content: deepseek_r1, qwen3 or none (default);\n"
+          "                          a config model's \"reasoning_parser\" wins\n"
           "  --max-body-bytes N      request body limit (default 8 MiB) -> 413\n"
           "  --max-header-bytes N    request line + headers limit (default 16 KiB) -> 431\n"
           "  --header-timeout S      seconds to receive the headers (default 10) -> 408\n"
@@ -96,6 +99,8 @@ int cli_serve(int argc, char **argv) {
     else if (!strcmp(a, "--device")) {
       if (strcmp(v, "cpu") && strcmp(v, "cuda")) rc = qv_error_set(&err, QV_EINVAL, "--device must be cpu or cuda");
       lo.device = v;
+    } else if (!strcmp(a, "--reasoning-parser")) {
+      rc = registry_reasoning_parse(v, &lo.reasoning, &err);
     } else {
       static const struct {
         const char *flag;

@@ -209,6 +209,7 @@ static int load_one(const reg_model *rm, const srv_load_opts *o, loaded *l, srv_
   sm->vocab_size = qv_model_get_config(l->model)->vocab_size;
   sm->ready = 1;
   sm->state = "ready";
+  sm->reasoning = rm->reasoning != REG_REASONING_UNSET ? rm->reasoning : o->reasoning;
   QV_LOGI("serve: model '%s' (%s) ready on %s: max_model_len %d, chat %s", rm->name, rm->path,
           device, sm->max_model_len, ops->render_chat ? "template" : "default format");
   return 0;

@@ -2,8 +2,9 @@
  * tokenizer, its chat template (when the model ships one) and an engine thread, exposed to the
  * server as srv_model entries over srv_model_ops.
  *
- * This is the only server file that touches the real engine, tokenizer, model and chat code;
- * everything else goes through srv_model_ops so it is testable with fakes. */
+ * This is the only server file that touches the real engine, tokenizer, model and chat template
+ * code; everything else goes through srv_model_ops so it is testable with fakes. (The reasoning
+ * parser is pure text and server_gen.c calls it directly.) */
 #ifndef QV_SERVER_MODELS_H
 #define QV_SERVER_MODELS_H
 
@@ -20,6 +21,7 @@ typedef struct srv_load_opts {
   int32_t max_waiting;    /* 0: engine default */
   int32_t n_kv_blocks;    /* 0: engine default sizing */
   int32_t n_threads;      /* cpu backend threads (0: all cores) */
+  reg_reasoning reasoning; /* for models that set none (UNSET: no reasoning parsing) */
 } srv_load_opts;
 
 typedef struct srv_models srv_models;

@@ -177,6 +177,7 @@ char *oai_response_json(const oai_meta *m, const oai_choice *choices, int32_t n_
       int calls = c->tool_calls && cJSON_GetArraySize(c->tool_calls) > 0;
       if (calls && c->text_len == 0) cJSON_AddNullToObject(msg, "content");
       else cJSON_AddItemToObject(msg, "content", str_n(c->text, c->text_len));
+      if (c->has_reasoning) add_opt_string(msg, "reasoning_content", c->reasoning);
       cJSON_AddNullToObject(msg, "refusal");
       if (calls) cJSON_AddItemToObject(msg, "tool_calls", cJSON_Duplicate(c->tool_calls, 1));
       else cJSON_AddArrayToObject(msg, "tool_calls");
@@ -224,9 +225,11 @@ char *oai_chunk_sse(const oai_meta *m, const oai_chunk *c) {
     if (c->role_first) {
       cJSON_AddStringToObject(d, "role", "assistant");
       cJSON_AddStringToObject(d, "content", "");
-    } else if (c->text_len || (!c->finish && !c->tool_calls)) {
+    } else if (c->text_len || (!c->finish && !c->tool_calls && !c->reasoning_len)) {
       cJSON_AddItemToObject(d, "content", str_n(c->text ? c->text : "", c->text_len));
     }
+    if (c->reasoning_len)
+      cJSON_AddItemToObject(d, "reasoning_content", str_n(c->reasoning, c->reasoning_len));
     if (c->tool_calls) cJSON_AddItemToObject(d, "tool_calls", cJSON_Duplicate(c->tool_calls, 1));
   } else {
     cJSON_AddItemToObject(ch, "text", str_n(c->text ? c->text : "", c->text_len));

@@ -51,6 +51,8 @@ typedef struct oai_choice {
   const cJSON *logprobs;      /* borrowed or NULL */
   const cJSON *tool_calls;    /* chat: borrowed array or NULL; content becomes null when the
                                  text is empty */
+  int has_reasoning;          /* chat: add message.reasoning_content (null when reasoning is) */
+  const char *reasoning;      /* NUL-terminated or NULL */
 } oai_choice;
 
 typedef struct oai_meta {
@@ -70,6 +72,8 @@ typedef struct oai_chunk {
   const char *text;          /* [text_len] delta */
   size_t text_len;
   const cJSON *tool_calls;   /* chat: delta.tool_calls (each with its "index") */
+  const char *reasoning;     /* chat: [reasoning_len] delta.reasoning_content */
+  size_t reasoning_len;
   const char *finish;        /* finish_reason or NULL */
   const char *stop_reason;
   const cJSON *logprobs;

@@ -120,6 +120,22 @@ int registry_add_open_path(registry *r, const char *path, qv_error *err) {
   return add_string(r->open_paths, &r->n_open_paths, path, "open paths", err);
 }
 
+int registry_reasoning_parse(const char *name, reg_reasoning *out, qv_error *err) {
+  static const struct {
+    const char *name;
+    reg_reasoning r;
+  } known[] = {{"none", REG_REASONING_NONE},
+               {"deepseek_r1", REG_REASONING_DEEPSEEK_R1},
+               {"qwen3", REG_REASONING_QWEN3}};
+  for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+    if (!strcmp(name, known[i].name)) {
+      *out = known[i].r;
+      return 0;
+    }
+  return qv_error_set(err, QV_EINVAL,
+                      "unknown reasoning parser '%.100s' (known: deepseek_r1, qwen3, none)", name);
+}
+
 static int json_int(const cJSON *o, const char *k, int32_t lo, int32_t hi, int32_t *out,
                     qv_error *err) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
@@ -157,6 +173,15 @@ static int load_models(registry *r, const cJSON *models, qv_error *err) {
     if ((rc = json_int(m, "max_num_seqs", 1, 1 << 16, &rm->max_num_seqs, err))) return rc;
     if ((rc = json_int(m, "max_waiting", 1, 1 << 20, &rm->max_waiting, err))) return rc;
     if ((rc = json_int(m, "n_kv_blocks", 0, 1 << 26, &rm->n_kv_blocks, err))) return rc;
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(m, "reasoning_parser");
+    if (rp) {
+      if (!cJSON_IsString(rp))
+        return qv_error_set(err, QV_EINVAL, "config: model 'reasoning_parser' must be a string");
+      if ((rc = registry_reasoning_parse(rp->valuestring, &rm->reasoning, err))) {
+        qv_error_prefix(err, "config: model '%s': ", rm->name);
+        return rc;
+      }
+    }
     const cJSON *al = cJSON_GetObjectItemCaseSensitive(m, "aliases");
     if (al) {
       if (!cJSON_IsArray(al)) return qv_error_set(err, QV_EINVAL, "config: model 'aliases' must be an array");

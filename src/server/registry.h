@@ -5,7 +5,8 @@
  * Pure data over strings: loading models and engines is server.c's job. Config file shape:
  *   {"host": "127.0.0.1", "port": 8000, "api_keys": ["k"], "open_paths": ["/health"],
  *    "models": [{"name": "a", "path": "/m/a", "device": "cpu", "max_model_len": 2048,
- *                "max_num_seqs": 64, "max_waiting": 256, "n_kv_blocks": 0}],
+ *                "max_num_seqs": 64, "max_waiting": 256, "n_kv_blocks": 0,
+ *                "reasoning_parser": "deepseek_r1"}],
  *    "aliases": {"b": "a"},
  *    "routes": {"r": ["a", "tiny"]}}
  * Every key is optional except a model's path ("quiver-tiny" names the embedded model). */
@@ -21,6 +22,18 @@
 #define REG_MAX_NAMES 64
 #define REG_MAX_ROUTE_LEN 8
 
+/* Which reasoning parser splits <think>...</think> off a model's chat output (names as vLLM's
+ * --reasoning-parser). UNSET takes the server-wide default (quiver serve --reasoning-parser). */
+typedef enum reg_reasoning {
+  REG_REASONING_UNSET = 0,
+  REG_REASONING_NONE,        /* "none": no reasoning parsing */
+  REG_REASONING_DEEPSEEK_R1, /* "deepseek_r1": the output starts inside the reasoning */
+  REG_REASONING_QWEN3,       /* "qwen3": reasoning only inside a <think>...</think> it opens */
+} reg_reasoning;
+
+/* Name -> parser; QV_EINVAL naming the known parsers for an unknown name. */
+int registry_reasoning_parse(const char *name, reg_reasoning *out, qv_error *err);
+
 typedef struct reg_model {
   char *name;            /* owned */
   char *path;            /* owned; "quiver-tiny" for the embedded model */
@@ -29,6 +42,7 @@ typedef struct reg_model {
   int32_t max_num_seqs;  /* 0: default */
   int32_t max_waiting;   /* 0: default */
   int32_t n_kv_blocks;   /* 0: default */
+  reg_reasoning reasoning; /* UNSET: the server default */
 } reg_model;
 
 typedef struct reg_route {

@@ -66,6 +66,7 @@ typedef struct srv_model {
   int32_t vocab_size;
   int ready;           /* 0: failed to load (requests fall to the next model of a route) */
   const char *state;   /* "ready", "failed: ..." (borrowed) */
+  reg_reasoning reasoning; /* NONE or UNSET: chat output is not split into reasoning */
 } srv_model;
 
 typedef struct server_opts {

@@ -26,6 +26,18 @@ static int wants_tools(srv_req *r) {
   return !(cJSON_IsString(tc) && !strcmp(tc->valuestring, "none"));
 }
 
+/* Reasoning is split off chat output when the serving model has a reasoning parser. The text
+ * starts inside the reasoning for DeepSeek-R1 (its template opens <think> in the prompt, and
+ * vLLM's parser assumes so even when it does not) or when the prompt opened one. */
+static int wants_reasoning(srv_req *r) {
+  reg_reasoning rp = model_of(r)->reasoning;
+  return r->o.kind == OAI_CHAT && rp != REG_REASONING_UNSET && rp != REG_REASONING_NONE;
+}
+
+static bool started_in_think(srv_req *r) {
+  return model_of(r)->reasoning == REG_REASONING_DEEPSEEK_R1 || r->think_opened;
+}
+
 /* ---- freeing ---- */
 
 static void free_prep(srv_req *r) {
@@ -48,6 +60,7 @@ static void free_prep(srv_req *r) {
 static void free_choices(srv_req *r) {
   for (int32_t i = 0; i < r->n_choices; i++) {
     if (r->choices[i].tstream) r->choices[i].tstream_destroy(r->choices[i].tstream);
+    qv_chat_reasoning_stream_destroy(r->choices[i].rstream);
     free(r->choices[i].text);
     free(r->choices[i].stop_reason);
     oai_logprobs_destroy(r->choices[i].lp);
@@ -181,6 +194,7 @@ static void prep_work(uv_work_t *w) {
     int add_special = 1;
     r->work_rc = render_prompt(r, &text, &len, &add_special);
     if (r->work_rc) return;
+    r->think_opened = r->o.kind == OAI_CHAT && qv_chat_prompt_opens_think(text, len);
     if (r->o.kind == OAI_TOKENIZE && cJSON_GetObjectItem(r->o.root, "add_special_tokens"))
       add_special = r->o.add_special_tokens;
     size_t n = 0;
@@ -328,6 +342,9 @@ static int alloc_choices(srv_req *r, int32_t n_subs) {
       if (!r->choices[i].tstream) return QV_ENOMEM;
       r->choices[i].tstream_destroy = ops->tool_stream_destroy;
     }
+    if (r->o.stream && wants_reasoning(r) &&
+        qv_chat_reasoning_stream_create(started_in_think(r), &r->choices[i].rstream, NULL))
+      return QV_ENOMEM;
   }
   memset(&r->usage, 0, sizeof r->usage);
   return 0;
@@ -580,10 +597,12 @@ static void finish_response(srv_req *r) {
     }
   oai_choice *cs = calloc((size_t)r->n_choices, sizeof *cs);
   char **texts = calloc((size_t)r->n_choices, sizeof *texts);
+  char **reasons = calloc((size_t)r->n_choices, sizeof *reasons);
   cJSON **calls = calloc((size_t)r->n_choices, sizeof *calls);
-  if (!cs || !texts || !calls) {
+  if (!cs || !texts || !reasons || !calls) {
     free(cs);
     free(texts);
+    free(reasons);
     free(calls);
     srv_send_error(r, 500, "out of memory", NULL, NULL);
     return;
@@ -608,10 +627,23 @@ static void finish_response(srv_req *r) {
     cs[i].finish_reason = ch->finish;
     cs[i].stop_reason = ch->stop_reason;
     cs[i].logprobs = ch->lp ? oai_logprobs_json(ch->lp) : NULL;
-    if (wants_tools(r) && !texts[i]) {
+    /* Reasoning first; the tool-call parser sees only the content after it. */
+    if (wants_reasoning(r) && !texts[i]) {
+      cs[i].has_reasoning = 1;
+      if (!qv_chat_reasoning_split(cs[i].text, cs[i].text_len, started_in_think(r), &reasons[i],
+                                   &texts[i], NULL)) {
+        cs[i].reasoning = reasons[i];
+        cs[i].text = texts[i];
+        cs[i].text_len = strlen(texts[i]);
+      }
+    }
+    if (wants_tools(r) && (!texts[i] || cs[i].has_reasoning)) {
       srv_model *m = model_of(r);
-      if (!m->ops->parse_tools(m->ctx, cs[i].text, cs[i].text_len, &texts[i], &calls[i], NULL) &&
-          texts[i]) {
+      char *content = NULL;
+      if (!m->ops->parse_tools(m->ctx, cs[i].text, cs[i].text_len, &content, &calls[i], NULL) &&
+          content) {
+        free(texts[i]);
+        texts[i] = content;
         cs[i].text = texts[i];
         cs[i].text_len = strlen(texts[i]);
         cs[i].tool_calls = calls[i];
@@ -623,35 +655,95 @@ static void finish_response(srv_req *r) {
   char *j = oai_response_json(&meta, cs, r->n_choices, &r->usage);
   for (int32_t i = 0; i < r->n_choices; i++) {
     free(texts[i]);
+    free(reasons[i]);
     cJSON_Delete(calls[i]);
   }
   free(texts);
+  free(reasons);
   free(calls);
   free(cs);
   respond_body(r, 200, j);
 }
 
-/* Streams a text delta of choice ci (through the tool-call parser when there is one). */
+/* Feeds content to choice ch's tool-call parser; with finish, also flushes it, joining what
+ * both calls return. On success *content (malloc'd or NULL) and *calls (or NULL) are the
+ * caller's. */
+static int tool_feed(srv_req *r, srv_choice *ch, const char *text, size_t len, int finish,
+                     char **content, cJSON **calls) {
+  const srv_model_ops *ops = model_of(r)->ops;
+  *content = NULL;
+  *calls = NULL;
+  if (!finish || len > 0) {
+    int rc = ops->tool_stream_feed(ch->tstream, text ? text : "", len, 0, content, calls, NULL);
+    if (rc || !finish) return rc;
+  }
+  char *tail = NULL;
+  cJSON *more = NULL;
+  int rc = ops->tool_stream_feed(ch->tstream, "", 0, 1, &tail, &more, NULL);
+  if (rc) {
+    free(*content);
+    cJSON_Delete(*calls);
+    *content = NULL;
+    *calls = NULL;
+    return rc;
+  }
+  if (tail && *content) {
+    size_t a = strlen(*content), b = strlen(tail);
+    char *joined = realloc(*content, a + b + 1);
+    if (joined) {
+      memcpy(joined + a, tail, b + 1);
+      *content = joined;
+    }
+    free(tail);
+  } else if (tail) {
+    *content = tail;
+  }
+  if (more && *calls) {
+    while (cJSON_GetArraySize(more) > 0)
+      cJSON_AddItemToArray(*calls, cJSON_DetachItemFromArray(more, 0));
+    cJSON_Delete(more);
+  } else if (more) {
+    *calls = more;
+  }
+  return 0;
+}
+
+/* Streams a text delta of choice ci: through the reasoning parser when there is one (its
+ * reasoning goes out as delta.reasoning_content), then its content through the tool-call
+ * parser when there is one. finish flushes both. */
 static void stream_delta(srv_req *r, int32_t ci, const char *text, size_t len, int finish,
                          const cJSON *lp) {
   srv_choice *ch = &r->choices[ci];
-  char *content = NULL;
+  char *reasoning = NULL, *rcontent = NULL, *content = NULL;
   cJSON *calls = NULL;
-  if (ch->tstream) {
-    srv_model *m = model_of(r);
-    if (m->ops->tool_stream_feed(ch->tstream, text ? text : "", len, finish, &content, &calls,
-                                 NULL) == 0) {
-      text = content;
-      len = content ? strlen(content) : 0;
-      cJSON *c;
-      cJSON_ArrayForEach(c, calls) cJSON_AddNumberToObject(c, "index", ch->n_calls++);
+  if (ch->rstream) {
+    int rc = finish ? qv_chat_reasoning_stream_finish(ch->rstream, &reasoning, &rcontent, NULL)
+                    : qv_chat_reasoning_stream_feed(ch->rstream, text ? text : "", len,
+                                                    &reasoning, &rcontent, NULL);
+    if (rc == 0) {
+      text = rcontent;
+      len = rcontent ? strlen(rcontent) : 0;
+    } else {
+      free(reasoning);
+      free(rcontent);
+      reasoning = rcontent = NULL;
     }
   }
-  if (len > 0 || lp || calls) {
+  if (ch->tstream && tool_feed(r, ch, text, len, finish, &content, &calls) == 0) {
+    text = content;
+    len = content ? strlen(content) : 0;
+    cJSON *c;
+    cJSON_ArrayForEach(c, calls) cJSON_AddNumberToObject(c, "index", ch->n_calls++);
+  }
+  size_t rlen = reasoning ? strlen(reasoning) : 0;
+  if (len > 0 || rlen > 0 || lp || calls) {
     oai_meta meta = {r->o.kind, r->id, r->created, r->model_name};
-    oai_chunk k = {.index = ci, .text = text, .text_len = len, .tool_calls = calls, .logprobs = lp};
+    oai_chunk k = {.index = ci, .text = text, .text_len = len, .tool_calls = calls,
+                   .reasoning = reasoning, .reasoning_len = rlen, .logprobs = lp};
     send_chunk(r, oai_chunk_sse(&meta, &k));
   }
+  free(reasoning);
+  free(rcontent);
   free(content);
   cJSON_Delete(calls);
 }
@@ -729,7 +821,7 @@ static void on_event(server *s, int32_t model, srv_sub *sub, qv_event *ev) {
         send_chunk(r, sse);
       }
     } else {
-      if (ch->tstream) {
+      if (ch->tstream || ch->rstream) {
         stream_delta(r, ci, NULL, 0, 1, NULL);
         if (ch->n_calls > 0 && ev->finish == QV_FINISH_STOP) ch->finish = "tool_calls";
       }

@@ -4,6 +4,7 @@
 #ifndef QV_SERVER_SERVER_INT_H
 #define QV_SERVER_SERVER_INT_H
 
+#include "chat/chat.h"
 #include "server/metrics.h"
 #include "server/oai_req.h"
 #include "server/oai_resp.h"
@@ -36,6 +37,7 @@ typedef struct srv_choice {
   void *tstream;          /* streamed tool-call parser or NULL */
   void (*tstream_destroy)(void *st);
   int32_t n_calls;        /* tool calls streamed so far */
+  qv_chat_reasoning_stream *rstream; /* streamed reasoning parser (owned) or NULL */
   int role_sent;
   int finished;
 } srv_choice;
@@ -94,6 +96,7 @@ struct srv_req {
   size_t *ptext_len;
   char *detok_text;           /* detokenize result (owned) */
   size_t detok_len;
+  int think_opened;           /* the rendered chat prompt ends inside an opened <think> */
 
   srv_sub *subs;              /* [n_subs] */
   int32_t n_subs;

@@ -354,6 +354,21 @@ int qv_detok_push(qv_detok *d, int32_t id, const char **text, size_t *len) {
   return rc;
 }
 
+/* Ids of prompt context kept before the first new id when decoding a window: enough for the
+ * decoders' position-dependent rules (leading-space strip) to see a non-initial token. */
+#define DETOK_PRIME_CONTEXT 6
+
+int qv_detok_prime(qv_detok *d, const int32_t *ids, size_t n_ids) {
+  if (!d || (!ids && n_ids) || d->ids.n) return QV_EINVAL;
+  for (size_t i = 0; i < n_ids; i++)
+    if (tok_ids_push(&d->ids, ids[i])) return QV_ENOMEM;
+  d->read = d->ids.n;
+  d->prefix = d->read > DETOK_PRIME_CONTEXT ? d->read - DETOK_PRIME_CONTEXT : 0;
+  /* The prompt's text counts as emitted, so a final flush returns only generated text. */
+  d->emitted.len = 0;
+  return decode_into(d->tok, d->ids.v, d->ids.n, d->flags, &d->emitted);
+}
+
 int qv_detok_flush(qv_detok *d, const char **text, size_t *len) {
   if (!d || !text || !len) return QV_EINVAL;
   *text = "";

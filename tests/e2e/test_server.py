@@ -15,7 +15,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import openai
 import pytest
 
@@ -50,9 +49,7 @@ class Server:
         return pathlib.Path(self.log.name).read_text(errors="replace")
 
     def client(self, key="none"):
-        # An explicit httpx client: openai 1.54 passes `proxies`, which httpx >= 0.28 removed.
-        return openai.OpenAI(base_url=self.base + "/v1", api_key=key, max_retries=0,
-                             http_client=httpx.Client(timeout=120))
+        return openai.OpenAI(base_url=self.base + "/v1", api_key=key, max_retries=0, timeout=120)
 
     def get(self, path, headers=None):
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
@@ -462,6 +459,35 @@ def test_cli_errors(quiver_bin, tmp_path):
     bad.write_text("{not json")
     r = run("--config", str(bad))
     assert r.returncode == 2 and "JSON" in r.stderr
+    r = run("--reasoning-parser", "deepseek-r1")
+    assert r.returncode == 2 and "unknown reasoning parser 'deepseek-r1'" in r.stderr
+    bad.write_text('{"models": [{"name": "a", "path": "quiver-tiny", "reasoning_parser": "granite"}]}')
+    r = run("--config", str(bad))
+    assert r.returncode == 2 and "unknown reasoning parser 'granite'" in r.stderr
+
+
+def test_reasoning_parser(quiver_bin):
+    """--reasoning-parser deepseek_r1 on quiver-tiny: its output never closes </think>, so all
+    of it is reasoning_content, streamed or not; completions are not parsed."""
+    s = Server(quiver_bin, ["--reasoning-parser", "deepseek_r1"])
+    try:
+        c = s.client()
+        msgs = [{"role": "user", "content": "Hi"}]
+        r = c.chat.completions.create(model="quiver-tiny", messages=msgs, max_tokens=8, temperature=0)
+        m = r.choices[0].message
+        reasoning = m.model_extra["reasoning_content"]
+        assert "</think>" not in reasoning and reasoning and m.content == ""
+        got, content = "", ""
+        for ch in c.chat.completions.create(model="quiver-tiny", messages=msgs, max_tokens=8,
+                                            temperature=0, stream=True):
+            if ch.choices:
+                got += (ch.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+                content += ch.choices[0].delta.content or ""
+        assert got == reasoning and content == ""
+        t = c.completions.create(model="quiver-tiny", prompt="Hi", max_tokens=4, temperature=0)
+        assert "reasoning_content" not in (t.choices[0].model_extra or {})
+    finally:
+        s.stop()
 
 
 def test_model_chat_template(quiver_bin, stories_dir, shared_dir, tmp_path):

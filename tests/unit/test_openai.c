@@ -203,7 +203,8 @@ Test(openai_resp, completion_and_chat_shapes) {
   qv_top_logprob top[2] = {{5, -0.25f}, {9, -1.75f}};
   const char *tops[2] = {"a", "b"};
   cr_assert_eq(oai_logprobs_add(lp, "a", 1, -0.25f, top, tops, 2, 0), 0);
-  oai_choice c = {"hello", 5, "length", NULL, oai_logprobs_json(lp), NULL};
+  oai_choice c = {.text = "hello", .text_len = 5, .finish_reason = "length",
+                  .logprobs = oai_logprobs_json(lp)};
   oai_usage u = {7, 5, 3};
   char *s = oai_response_json(&m, &c, 1, &u);
   cJSON *j = cJSON_Parse(s);
@@ -247,6 +248,63 @@ Test(openai_resp, completion_and_chat_shapes) {
   cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "prompt_tokens")->valueint, 7);
   cJSON_Delete(j);
   free(s);
+}
+
+Test(openai_resp, chat_reasoning_fields) {
+  oai_meta m = {OAI_CHAT, "chatcmpl-3", 1700000002, "tiny"};
+  oai_usage u = {1, 2, 0};
+  oai_choice cs[2] = {{.text = "ok", .text_len = 2, .finish_reason = "stop", .has_reasoning = 1,
+                       .reasoning = "plan"},
+                      {.text = "ok", .text_len = 2, .finish_reason = "stop", .has_reasoning = 1}};
+  char *s = oai_response_json(&m, cs, 2, &u);
+  cJSON *j = cJSON_Parse(s);
+  cJSON *m0 = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "message");
+  cJSON *m1 = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 1), "message");
+  cr_assert_str_eq(cJSON_GetObjectItem(m0, "reasoning_content")->valuestring, "plan");
+  cr_assert(cJSON_IsNull(cJSON_GetObjectItem(m1, "reasoning_content")));
+  cJSON_Delete(j);
+  free(s);
+  /* A reasoning-only delta carries no content key. */
+  oai_chunk k = {.index = 0, .reasoning = "pl", .reasoning_len = 2};
+  s = oai_chunk_sse(&m, &k);
+  j = cJSON_Parse(s + 6);
+  cJSON *d = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "delta");
+  cr_assert_str_eq(cJSON_GetObjectItem(d, "reasoning_content")->valuestring, "pl");
+  cr_assert_null(cJSON_GetObjectItem(d, "content"));
+  cJSON_Delete(j);
+  free(s);
+}
+
+Test(registry, reasoning_parser) {
+  registry g;
+  registry_init(&g);
+  qv_error err = {0};
+  const char *cfg = "{\"models\":[{\"name\":\"a\",\"path\":\"/a\",\"reasoning_parser\":\"deepseek_r1\"},"
+                    "{\"name\":\"b\",\"path\":\"/b\",\"reasoning_parser\":\"qwen3\"},"
+                    "{\"name\":\"c\",\"path\":\"/c\"}]}";
+  cr_assert_eq(registry_load_json(&g, cfg, strlen(cfg), &err), 0, "%s", err.msg);
+  cr_assert_eq(g.models[0].reasoning, REG_REASONING_DEEPSEEK_R1);
+  cr_assert_eq(g.models[1].reasoning, REG_REASONING_QWEN3);
+  cr_assert_eq(g.models[2].reasoning, REG_REASONING_UNSET);
+  registry_deinit(&g);
+  reg_reasoning rp = REG_REASONING_UNSET;
+  cr_assert_eq(registry_reasoning_parse("none", &rp, &err), 0);
+  cr_assert_eq(rp, REG_REASONING_NONE);
+  cr_assert_eq(registry_reasoning_parse("deepseek-r1", &rp, &err), QV_EINVAL);
+  cr_assert(strstr(err.msg, "unknown reasoning parser 'deepseek-r1'"), "%s", err.msg);
+  cr_assert(strstr(err.msg, "deepseek_r1, qwen3"), "%s", err.msg);
+  static const char *bad[] = {
+      "{\"models\":[{\"path\":\"/a\",\"reasoning_parser\":\"granite\"}]}",
+      "{\"models\":[{\"path\":\"/a\",\"reasoning_parser\":1}]}",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    registry_init(&g);
+    err = (qv_error){0};
+    cr_expect_eq(registry_load_json(&g, bad[i], strlen(bad[i]), &err), QV_EINVAL, "config %zu", i);
+    cr_expect(strstr(err.msg, "reasoning_parser") || strstr(err.msg, "reasoning parser"), "%s",
+              err.msg);
+    registry_deinit(&g);
+  }
 }
 
 Test(openai_resp, chat_logprobs_bytes_and_errors) {

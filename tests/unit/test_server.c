@@ -42,6 +42,8 @@ typedef struct fake {
   int burst;                 /* tokens per choice per step (1 unless a test floods) */
   int32_t default_max;       /* max_tokens when the request gives none */
   char base;                 /* first letter of generated text */
+  const char *script;        /* when set, every choice generates exactly this text (one
+                                character per token) and stops */
   fake_req *active;
   qv_event **evq;
   int n_ev, cap_ev;
@@ -100,7 +102,11 @@ static int fake_step(fake *f) {
         continue;
       }
       for (int b = 0; b < f->burst && !r->finished[c]; b++) {
-      char ch = fake_letter(f, r, c, r->produced[c]);
+      if (f->script && !f->script[r->produced[c]]) {
+        finish(f, r, c, QV_FINISH_STOP, NULL);
+        break;
+      }
+      char ch = f->script ? f->script[r->produced[c]] : fake_letter(f, r, c, r->produced[c]);
       const char *hit = NULL;
       for (int32_t s = 0; s < r->n_stop; s++)
         if (r->stop[s][0] == ch) hit = r->stop[s];
@@ -355,6 +361,7 @@ typedef struct harness {
   int port;
   int first_failed;    /* set before start: model 0 failed to load */
   int max_connections; /* set before start: 0 keeps the default */
+  const char *script;  /* set before start: the fakes' scripted output (see fake.script) */
 } harness;
 
 static harness H;
@@ -368,6 +375,7 @@ static void start(const char *cfg, const char *api_key, uint64_t header_timeout_
                   uint64_t idle_timeout_ms) {
   signal(SIGPIPE, SIG_IGN); /* the server writes to sockets these tests close */
   int first_failed = H.first_failed, max_connections = H.max_connections;
+  const char *script = H.script;
   memset(&H, 0, sizeof H);
   uv_loop_init(&H.loop);
   registry_init(&H.reg);
@@ -387,10 +395,13 @@ static void start(const char *cfg, const char *api_key, uint64_t header_timeout_
     f->burst = 1;
     f->default_max = 8;
     f->base = i == 0 ? 'a' : 'A';
+    f->script = script;
     pthread_create(&f->th, NULL, fake_thread, f);
-    H.models[i] = (srv_model){i == 1 ? &fake_ops_tools : &fake_ops, f, 64, 259, 1, "ready"};
+    H.models[i] = (srv_model){i == 1 ? &fake_ops_tools : &fake_ops, f, 64, 259, 1, "ready",
+                              H.reg.models[i].reasoning};
   }
-  if (first_failed) H.models[0] = (srv_model){&fake_ops, &H.fakes[0], 64, 259, 0, "failed: test"};
+  if (first_failed)
+    H.models[0] = (srv_model){&fake_ops, &H.fakes[0], 64, 259, 0, "failed: test", REG_REASONING_UNSET};
   server_opts o;
   server_opts_default(&o);
   o.port = 0;
@@ -1053,6 +1064,145 @@ Test(server, chat_tool_calls) {
   cr_assert_eq(r.status, 200, "%s", r.body);
   cr_assert(strstr(r.body, "\"finish_reason\":\"length\""), "%s", r.body);
   cr_assert(strstr(r.body, want), "%s", r.body);
+  free(r.body);
+  stop();
+}
+
+/* Concatenates delta.reasoning_content and delta.content of a chat stream's choice 0, and
+ * checks that no reasoning arrives after content. */
+static void sse_reasoning(const char *body, char *reasoning, char *content) {
+  reasoning[0] = content[0] = '\0';
+  for (const char *p = body; (p = strstr(p, "data: {")); p += 6) {
+    const char *e = strstr(p, "\n\n");
+    cr_assert_not_null(e);
+    cJSON *j = cJSON_ParseWithLength(p + 6, (size_t)(e - p - 6));
+    cr_assert_not_null(j);
+    cJSON *d = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "delta");
+    cJSON *rc = cJSON_GetObjectItem(d, "reasoning_content"), *c = cJSON_GetObjectItem(d, "content");
+    if (cJSON_IsString(rc)) {
+      cr_assert_eq(content[0], '\0', "reasoning after content: %s", body);
+      strcat(reasoning, rc->valuestring);
+    }
+    if (cJSON_IsString(c)) strcat(content, c->valuestring);
+    cJSON_Delete(j);
+  }
+}
+
+static const char reasoning_cfg[] =
+    "{\"models\":[{\"name\":\"lower\",\"path\":\"/fake/a\",\"reasoning_parser\":\"qwen3\"},"
+    "{\"name\":\"upper\",\"path\":\"/fake/b\",\"reasoning_parser\":\"deepseek_r1\"}]}";
+
+/* Qwen3 shape: the output opens and closes <think> itself. */
+Test(server, chat_reasoning) {
+  H.script = "<think>plan</think>\n\nok";
+  start(reasoning_cfg, NULL, 0, 0);
+  H.script = NULL;
+  const char *body = "{\"model\":\"lower\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
+                     "\"max_tokens\":30}";
+  resp r = request("POST", "/v1/chat/completions", body, NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cJSON *j = json_of(&r);
+  cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+  cJSON *msg = cJSON_GetObjectItem(ch, "message");
+  cr_assert_str_eq(cJSON_GetObjectItem(msg, "reasoning_content")->valuestring, "plan");
+  cr_assert_str_eq(cJSON_GetObjectItem(msg, "content")->valuestring, "ok");
+  cr_assert_str_eq(cJSON_GetObjectItem(ch, "finish_reason")->valuestring, "stop");
+  cJSON_Delete(j);
+  free(r.body);
+  /* Streamed one character per chunk, so the tags arrive split across deltas. */
+  body = "{\"model\":\"lower\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
+         "\"max_tokens\":30,\"stream\":true}";
+  r = request("POST", "/v1/chat/completions", body, NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  char reasoning[256], content[256];
+  sse_reasoning(r.body, reasoning, content);
+  cr_assert_str_eq(reasoning, "plan", "%s", r.body);
+  cr_assert_str_eq(content, "ok", "%s", r.body);
+  cr_assert(strstr(r.body, "\"finish_reason\":\"stop\""), "%s", r.body);
+  cr_assert(strstr(r.body, "data: [DONE]"), "%s", r.body);
+  free(r.body);
+  /* Completions are not parsed. */
+  r = request("POST", "/v1/completions", "{\"model\":\"lower\",\"prompt\":\"Hi\",\"max_tokens\":30}",
+              NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  j = json_of(&r);
+  ch = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+  cr_assert_str_eq(cJSON_GetObjectItem(ch, "text")->valuestring, "<think>plan</think>\n\nok");
+  cJSON_Delete(j);
+  free(r.body);
+  stop();
+}
+
+/* DeepSeek-R1 shape (the output starts inside the reasoning) with tool calls: the tool-call
+ * parser sees only the content after </think>. */
+Test(server, chat_reasoning_tool_calls) {
+  H.script = "plan</think>\n{x}";
+  start(reasoning_cfg, NULL, 0, 0);
+  H.script = NULL;
+  const char *body =
+      "{\"model\":\"upper\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":30,"
+      "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}";
+  resp r = request("POST", "/v1/chat/completions", body, NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cJSON *j = json_of(&r);
+  cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+  cJSON *msg = cJSON_GetObjectItem(ch, "message");
+  cr_assert_str_eq(cJSON_GetObjectItem(ch, "finish_reason")->valuestring, "tool_calls");
+  cr_assert_str_eq(cJSON_GetObjectItem(msg, "reasoning_content")->valuestring, "plan");
+  cr_assert(cJSON_IsNull(cJSON_GetObjectItem(msg, "content")), "%s", r.body);
+  cJSON *call = cJSON_GetArrayItem(cJSON_GetObjectItem(msg, "tool_calls"), 0);
+  cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(call, "function"), "arguments")->valuestring,
+                   "{\"text\":\"{x}\"}");
+  cJSON_Delete(j);
+  free(r.body);
+  /* Streamed: reasoning deltas, then the call built from the content alone. */
+  body = "{\"model\":\"upper\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":30,"
+         "\"stream\":true,\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}";
+  r = request("POST", "/v1/chat/completions", body, NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  char reasoning[256], content[256];
+  sse_reasoning(r.body, reasoning, content);
+  cr_assert_str_eq(reasoning, "plan", "%s", r.body);
+  cr_assert_str_eq(content, "", "%s", r.body);
+  cr_assert(strstr(r.body, "\"arguments\":\"{\\\"text\\\":\\\"{x}\\\"}\""), "%s", r.body);
+  cr_assert(strstr(r.body, "\"finish_reason\":\"tool_calls\""), "%s", r.body);
+  free(r.body);
+  /* Without tools, a deepseek_r1 output that never closes </think> is all reasoning. */
+  pthread_mutex_lock(&H.fakes[1].mu);
+  H.fakes[1].script = "still thinking";
+  pthread_mutex_unlock(&H.fakes[1].mu);
+  body = "{\"model\":\"upper\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":30}";
+  r = request("POST", "/v1/chat/completions", body, NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  j = json_of(&r);
+  msg = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "message");
+  cr_assert_str_eq(cJSON_GetObjectItem(msg, "reasoning_content")->valuestring, "still thinking");
+  cr_assert_str_eq(cJSON_GetObjectItem(msg, "content")->valuestring, "");
+  cJSON_Delete(j);
+  free(r.body);
+  stop();
+}
+
+/* Without a reasoning parser the <think> text stays content and no reasoning field appears. */
+Test(server, chat_reasoning_off) {
+  H.script = "<think>plan</think>ok";
+  start(NULL, NULL, 0, 0);
+  H.script = NULL;
+  const char *body = "{\"model\":\"lower\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
+                     "\"max_tokens\":30}";
+  resp r = request("POST", "/v1/chat/completions", body, NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cJSON *j = json_of(&r);
+  cJSON *msg = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "message");
+  cr_assert_null(cJSON_GetObjectItem(msg, "reasoning_content"));
+  cr_assert_str_eq(cJSON_GetObjectItem(msg, "content")->valuestring, "<think>plan</think>ok");
+  cJSON_Delete(j);
+  free(r.body);
+  body = "{\"model\":\"lower\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
+         "\"max_tokens\":30,\"stream\":true}";
+  r = request("POST", "/v1/chat/completions", body, NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert_null(strstr(r.body, "reasoning_content"), "%s", r.body);
   free(r.body);
   stop();
 }

@@ -525,3 +525,78 @@ Test(tokenizer, config_bos_eos_flags) {
   cr_assert_neq(load_dir_with_config(json, "{\"bos_token\": \"<nope>\", \"add_bos_token\": true}", &tok, &err), 0);
   free(json);
 }
+
+/* After priming with a prompt, the stream returns exactly the text the generated ids add to the
+ * one-shot decode of prompt + generation, and never text held back from the prompt. */
+static void check_primed(const qv_tokenizer *tok, const int32_t *ids, size_t n_prompt, size_t n) {
+  char *all, *pre;
+  size_t al, pl;
+  qv_error err = {0};
+  cr_assert_eq(qv_tokenizer_decode(tok, ids, n, 0, &all, &al, &err), 0);
+  cr_assert_eq(qv_tokenizer_decode(tok, ids, n_prompt, 0, &pre, &pl, &err), 0);
+  /* Only where the prompt's text is a prefix of the whole (a prompt ending inside a UTF-8
+   * character is not) is "the generated text" well defined. */
+  if (pl <= al && memcmp(all, pre, pl) == 0 && !(pl >= 3 && !memcmp(pre + pl - 3, "\xEF\xBF\xBD", 3))) {
+    qv_detok *d;
+    cr_assert_eq(qv_detok_create(tok, 0, &d), 0);
+    cr_assert_eq(qv_detok_prime(d, ids, n_prompt), 0);
+    char *acc = malloc(al + 16);
+    size_t cl = 0;
+    for (size_t i = n_prompt; i <= n; i++) {
+      const char *t;
+      size_t tl;
+      if (i < n) cr_assert_eq(qv_detok_push(d, ids[i], &t, &tl), 0);
+      else cr_assert_eq(qv_detok_flush(d, &t, &tl), 0);
+      cr_assert(cl + tl <= al - pl, "stream longer than the generated text");
+      memcpy(acc + cl, t, tl);
+      cl += tl;
+    }
+    cr_assert(cl == al - pl && memcmp(acc, all + pl, cl) == 0, "primed stream \"%.*s\" != \"%s\"", (int)cl, acc,
+              all + pl);
+    free(acc);
+    qv_detok_destroy(d);
+  }
+  free(all);
+  free(pre);
+}
+
+Test(tokenizer, streaming_after_prime) {
+  char path[4096];
+  unsigned seed = 777;
+  const char *src = getenv("QV_SOURCE_DIR");
+  static const char *const names[] = {"llama3-style", "metaspace-first", "metaspace-split"};
+  for (size_t t = 0; t < sizeof names / sizeof *names + 1; t++) {
+    if (t < sizeof names / sizeof *names)
+      snprintf(path, sizeof path, "%s/tests/fixtures/tokenizers/%s/tokenizer.json", src ? src : ".", names[t]);
+    else if (!shared_path(path, sizeof path, "models/stories260K"))
+      break;
+    qv_tokenizer *tok;
+    qv_error err = {0};
+    cr_assert_eq(qv_tokenizer_load(path, &tok, &err), 0, "%s", err.msg);
+    int32_t nv = qv_tokenizer_vocab_size(tok), ids[48];
+    for (int it = 0; it < 100; it++) {
+      size_t n = 2 + (size_t)rand_r(&seed) % 46, np = 1 + (size_t)rand_r(&seed) % (n - 1);
+      for (size_t k = 0; k < n; k++) {
+        unsigned r = (unsigned)rand_r(&seed);
+        ids[k] = (int32_t)(r % 3 == 0 ? 3 + r % 300 % (unsigned)(nv - 3) : 3 + r % (unsigned)(nv - 3));
+      }
+      check_primed(tok, ids, np, n);
+    }
+    if (t == sizeof names / sizeof *names) {
+      /* stories260K: a prompt ending in the byte token <0x0A> ("\n") must not leak it. */
+      int32_t nl = qv_tokenizer_token_id(tok, "<0x0A>");
+      cr_assert_geq(nl, 0);
+      int32_t p[4] = {1, 403, nl, 407};
+      qv_detok *d;
+      cr_assert_eq(qv_detok_create(tok, 0, &d), 0);
+      cr_assert_eq(qv_detok_prime(d, p, 3), 0);
+      const char *txt;
+      size_t tl;
+      cr_assert_eq(qv_detok_push(d, p[3], &txt, &tl), 0);
+      cr_assert(tl == 0 || txt[0] != '\n', "prompt newline leaked into the first chunk");
+      qv_detok_destroy(d);
+      check_primed(tok, p, 3, 4);
+    }
+    qv_tokenizer_destroy(tok);
+  }
+}
