@@ -39,6 +39,8 @@ typedef struct engine_text_ops {
   int (*detok_push)(void *d, int32_t id, const char **text, size_t *len);
   int (*detok_flush)(void *d, const char **text, size_t *len);
   void (*detok_destroy)(void *d);
+  /* Optional (NULL: the prompt is pushed and its text dropped): feeds the prompt as context. */
+  int (*detok_prime)(void *d, const int32_t *ids, size_t n_ids);
 } engine_text_ops;
 
 enum { SEQ_WAITING = 0, SEQ_RUNNING = 1, SEQ_DONE = 2 };

@@ -25,6 +25,8 @@ static int detok_push(void *d, int32_t id, const char **text, size_t *len) {
 
 static int detok_flush(void *d, const char **text, size_t *len) { return qv_detok_flush(d, text, len); }
 
+static int detok_prime(void *d, const int32_t *ids, size_t n_ids) { return qv_detok_prime(d, ids, n_ids); }
+
 static void detok_destroy(void *d) { qv_detok_destroy(d); }
 
 int qv_engine_create(struct qv_model *model, const qv_tokenizer *tok, const qv_engine_opts *opts,
@@ -47,6 +49,7 @@ int qv_engine_create(struct qv_model *model, const qv_tokenizer *tok, const qv_e
       .detok_push = detok_push,
       .detok_flush = detok_flush,
       .detok_destroy = detok_destroy,
+      .detok_prime = detok_prime,
   };
   return engine_create_ops(&m, tok ? &t : NULL, opts, 0, out, err);
 }

@@ -234,6 +234,10 @@ int req_start_text(const engine_text_ops *text, eng_req *r) {
     if (rc) return rc;
     /* Prime with the prompt so the first output token decodes in context (a SentencePiece
      * leading space is kept, as when the whole sequence is decoded); prompt text is dropped. */
+    if (text->detok_prime) {
+      if ((rc = text->detok_prime(q->detok, r->prompt, (size_t)r->p.n_prompt))) return rc;
+      continue;
+    }
     for (int32_t i = 0; i < r->p.n_prompt; i++) {
       const char *t;
       size_t n;

@@ -190,7 +190,7 @@ static inline int fdt_flush(void *dd, const char **text, size_t *len) {
 
 static inline void fdt_destroy(void *d) { free(d); }
 
-static const engine_text_ops fake_text_ops = {NULL, fdt_create, fdt_push, fdt_flush, fdt_destroy};
+static const engine_text_ops fake_text_ops = {NULL, fdt_create, fdt_push, fdt_flush, fdt_destroy, NULL};
 
 /* Output gathered for one request. */
 typedef struct run_out {
