@@ -171,6 +171,7 @@ const qv_model_config *qv_model_get_config(const qv_model *m) { return &m->cfg; 
 int64_t qv_model_n_params(const qv_model *m) { return m->n_params; }
 int64_t qv_model_weight_bytes(const qv_model *m) { return m->weight_bytes; }
 const char *qv_model_path(const qv_model *m) { return m->path; }
+qv_backend *qv_model_backend(const qv_model *m) { return m->be; }
 
 int64_t qv_model_kv_bytes_per_token(const qv_model *m) {
   return 2 * (int64_t)m->cfg.n_layer * m->cfg.n_kv_head * m->cfg.head_dim *

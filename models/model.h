@@ -71,6 +71,8 @@ int64_t qv_model_n_params(const qv_model *m);
 int64_t qv_model_kv_bytes_per_token(const qv_model *m);
 /* Bytes of weights as placed on the backend. */
 int64_t qv_model_weight_bytes(const qv_model *m);
+/* The backend the model lives on (borrowed from the loader's caller). */
+qv_backend *qv_model_backend(const qv_model *m);
 /* Directory the model was loaded from (NULL for the embedded model). */
 const char *qv_model_path(const qv_model *m);
 

@@ -40,7 +40,8 @@ static void usage(FILE *f) {
           "         [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
           "         [--stop STR]... [--ignore-eos] [--ids]\n"
           "         [--max-model-len N] [--max-num-seqs N] [--max-num-batched-tokens N]\n"
-          "         [--block-size N] [--num-kv-blocks N] [--no-prefix-caching]\n"
+          "         [--block-size N] [--num-kv-blocks N] [--gpu-memory-utilization F]\n"
+          "         [--no-prefix-caching]\n"
           "  Without --model the embedded quiver-tiny model (byte tokenizer) is used; a model\n"
           "  directory brings its own tokenizer. One prompt streams its generated text, or with\n"
           "  --ids prints the generated ids on one line. --prompts runs every line of a JSONL file\n"
@@ -132,6 +133,10 @@ static int parse_args(int argc, char **argv, gen_args *a) {
       if (parse_i32(v, 1, 1 << 20, &a->eo.max_num_batched_tokens)) return bad_value(f, v);
     } else if (!strcmp(f, "--block-size")) {
       if (parse_i32(v, 1, 1024, &a->eo.block_size)) return bad_value(f, v);
+    } else if (!strcmp(f, "--gpu-memory-utilization")) {
+      float fr;
+      if (parse_f(v, 1e-6, 1.0, &fr)) return bad_value(f, v);
+      a->eo.kv_mem_fraction = fr;
     } else if (!strcmp(f, "--num-kv-blocks")) {
       if (parse_i32(v, 1, INT32_MAX, &a->eo.n_kv_blocks)) return bad_value(f, v);
     } else {

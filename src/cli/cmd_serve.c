@@ -34,6 +34,8 @@ static void usage(FILE *f) {
           "  --max-num-seqs N        sequences running at once per model\n"
           "  --max-waiting N         queued requests per model before 429 / route fallback\n"
           "  --n-kv-blocks N         KV cache blocks per model (default: sized from memory)\n"
+          "  --gpu-memory-utilization F  share (0, 1] of the free memory after the weights\n"
+          "                          given to the KV cache (default 0.9 on cuda, 0.25 of RAM on cpu)\n"
           "  --threads N             CPU backend threads (default: all cores)\n"
           "  --reasoning-parser NAME split <think> reasoning off chat output into\n"
           "                          reasoning_content: deepseek_r1, qwen3 or none (default);\n"
@@ -99,6 +101,12 @@ int cli_serve(int argc, char **argv) {
     else if (!strcmp(a, "--device")) {
       if (strcmp(v, "cpu") && strcmp(v, "cuda")) rc = qv_error_set(&err, QV_EINVAL, "--device must be cpu or cuda");
       lo.device = v;
+    } else if (!strcmp(a, "--gpu-memory-utilization")) {
+      char *end;
+      double f = strtod(v, &end);
+      if (end == v || *end || !(f > 0.0 && f <= 1.0))
+        rc = qv_error_set(&err, QV_EINVAL, "--gpu-memory-utilization must be a number in (0, 1]");
+      lo.kv_mem_fraction = f;
     } else if (!strcmp(a, "--reasoning-parser")) {
       rc = registry_reasoning_parse(v, &lo.reasoning, &err);
     } else {

@@ -28,15 +28,18 @@ void qv_engine_opts_default(qv_engine_opts *o) {
 static void *thread_main(void *arg);
 
 /* Pool size when the caller gave none: enough for max_num_seqs full-length sequences, capped
- * by a fraction of the memory available now. */
+ * by a fraction (kv_mem_fraction; default 0.9 of a GPU's free memory, 0.25 of available RAM)
+ * of the memory available now, after the weights. */
 static int64_t default_n_blocks(const engine_model_ops *m, const qv_engine_opts *o, int32_t max_len) {
   int64_t bs = o->block_size;
   int64_t want = (int64_t)o->max_num_seqs * ((max_len + bs - 1) / bs);
   if (m->kv_bytes_per_token > 0) {
-    double frac = o->kv_mem_fraction > 0.0 ? o->kv_mem_fraction : 0.25;
+    double frac = o->kv_mem_fraction > 0.0 ? o->kv_mem_fraction : m->dev_free_bytes > 0 ? 0.9 : 0.25;
     long pages = sysconf(_SC_AVPHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
-    if (pages > 0 && psize > 0) {
-      double bytes = (double)pages * (double)psize * frac;
+    double avail = m->dev_free_bytes > 0 ? (double)m->dev_free_bytes
+                   : pages > 0 && psize > 0 ? (double)pages * (double)psize : 0.0;
+    if (avail > 0) {
+      double bytes = avail * frac;
       int64_t by_mem = (int64_t)(bytes / ((double)m->kv_bytes_per_token * (double)bs));
       if (by_mem < want) want = by_mem;
     }

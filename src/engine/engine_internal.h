@@ -26,6 +26,7 @@ typedef struct engine_model_ops {
   int32_t eos_ids[ENGINE_MAX_EOS]; /* [n_eos] */
   int32_t n_eos;
   int64_t kv_bytes_per_token;      /* for sizing the pool; 0: unknown */
+  int64_t dev_free_bytes;          /* >0: the backend has its own memory (a GPU) with this much free; 0: host RAM */
   /* Allocates the paged KV cache (n_blocks x block_size tokens). */
   int (*kv_init)(void *ctx, int32_t n_blocks, int32_t block_size, qv_error *err);
   /* One step: logits [b->n_logits][vocab_size] into caller memory. */

@@ -1,6 +1,7 @@
 /* qv_engine_create: the adapter from the engine's internal ops tables to a loaded qv_model and
  * a qv_tokenizer. Kept in its own file so the engine core (and its tests with fake models)
  * links without the model and tokenizer code. */
+#include <string.h>
 #include "engine/engine_internal.h"
 #include "models/model.h"
 
@@ -43,6 +44,11 @@ int qv_engine_create(struct qv_model *model, const qv_tokenizer *tok, const qv_e
       .forward = model_forward,
   };
   for (int32_t i = 0; i < m.n_eos; i++) m.eos_ids[i] = c->eos_ids[i];
+  /* A backend with its own memory sizes the KV pool from what is free there after the weights. */
+  qv_backend *be = qv_model_backend(model);
+  size_t free_b = 0, total_b = 0;
+  if (strcmp(be->ops->name, "cpu") && be->ops->mem_info && be->ops->mem_info(be, &free_b, &total_b) == 0)
+    m.dev_free_bytes = (int64_t)free_b;
   engine_text_ops t = {
       .ctx = (void *)tok,
       .detok_create = detok_create,

@@ -198,6 +198,7 @@ static int load_one(const reg_model *rm, const srv_load_opts *o, loaded *l, srv_
   if (rm->max_num_seqs || o->max_num_seqs) eo.max_num_seqs = rm->max_num_seqs ? rm->max_num_seqs : o->max_num_seqs;
   if (rm->max_waiting || o->max_waiting) eo.max_waiting = rm->max_waiting ? rm->max_waiting : o->max_waiting;
   eo.n_kv_blocks = rm->n_kv_blocks ? rm->n_kv_blocks : o->n_kv_blocks;
+  if (o->kv_mem_fraction > 0) eo.kv_mem_fraction = o->kv_mem_fraction;
   /* Salt prefix hashes with the model name so two models never share cached blocks. */
   uint64_t h = 1469598103934665603ull;
   for (const char *p = rm->name; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;

@@ -21,6 +21,7 @@ typedef struct srv_load_opts {
   int32_t max_waiting;    /* 0: engine default */
   int32_t n_kv_blocks;    /* 0: engine default sizing */
   int32_t n_threads;      /* cpu backend threads (0: all cores) */
+  double kv_mem_fraction; /* --gpu-memory-utilization: share of free memory for KV (0: engine default) */
   reg_reasoning reasoning; /* for models that set none (UNSET: no reasoning parsing) */
 } srv_load_opts;
 
