@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/util.h"
 #include "models/model_impl.h"
 
 void tiny_config(qv_model_config *c) {
@@ -35,13 +36,6 @@ typedef struct tiny_src {
   size_t cap;
 } tiny_src;
 
-static uint64_t splitmix64(uint64_t *s) {
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 static const void *tiny_get(model_weight_src *src, const char *name, int64_t rows, int64_t cols, qv_dtype *dtype,
                             qv_error *err) {
   tiny_src *t = src->ctx;
@@ -63,7 +57,7 @@ static const void *tiny_get(model_weight_src *src, const char *name, int64_t row
   int is_norm = strstr(name, "norm") != NULL;
   float scale = is_norm ? 0.1f : 1.7f / sqrtf((float)cols);
   for (size_t i = 0; i < n; i++) {
-    float r = (float)(splitmix64(&seed) >> 40) / (float)(1ull << 24) * 2.0f - 1.0f; /* [-1, 1) */
+    float r = (float)(qv_splitmix64(&seed) >> 40) / (float)(1ull << 24) * 2.0f - 1.0f; /* [-1, 1) */
     t->buf[i] = is_norm ? 1.0f + scale * r : scale * r;
   }
   *dtype = QV_DTYPE_F32;

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/util.h"
 #include "chat/chat.h"
 #include "chat/jinja.h"
 
@@ -119,38 +120,15 @@ int qv_chat_template_load_config(const cJSON *cfg, qv_chat_template **out, qv_er
   return rc;
 }
 
-/* Reads a whole file (bounded) into a malloc'd NUL-terminated string. */
+/* Reads a whole file (bounded) into a malloc'd NUL-terminated string; templates hold no NULs. */
 static int read_file(const char *path, char **out, qv_error *err) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return qv_error_set(err, errno == ENOENT ? QV_ENOTFOUND : QV_EIO, "%s: %s", path, strerror(errno));
-  char *buf = NULL;
-  size_t n = 0, cap = 0;
-  int rc = 0;
-  for (;;) {
-    if (n + 65536 + 1 > cap) {
-      cap = cap ? cap * 2 : 65536 * 2;
-      char *nb = realloc(buf, cap);
-      if (!nb) { rc = qv_error_set(err, QV_ENOMEM, "out of memory"); break; }
-      buf = nb;
-    }
-    size_t k = fread(buf + n, 1, 65536, f);
-    n += k;
-    if (n > MAX_TEMPLATE_FILE_BYTES) { rc = qv_error_set(err, QV_ELIMIT, "%s: larger than 16 MiB", path); break; }
-    if (k < 65536) {
-      if (ferror(f)) rc = qv_error_set(err, QV_EIO, "%s: read error", path);
-      break;
-    }
-  }
-  fclose(f);
-  if (rc) {
-    free(buf);
-    return rc;
-  }
+  size_t n;
+  char *buf = qv_read_file(path, MAX_TEMPLATE_FILE_BYTES, &n, err);
+  if (!buf) return err ? err->code : QV_EIO;
   if (memchr(buf, 0, n)) {
     free(buf);
     return qv_error_set(err, QV_EFORMAT, "%s: contains NUL bytes", path);
   }
-  buf[n] = 0;
   *out = buf;
   return 0;
 }

@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/util.h"
 #include "core/log.h"
 #include "engine/engine_priv.h"
 
@@ -195,17 +196,10 @@ void qv_engine_set_notify(qv_engine *e, void (*fn)(void *arg), void *arg) {
   pthread_mutex_unlock(&e->mu);
 }
 
-static uint64_t next_seed(uint64_t *state) {
-  uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 int qv_engine_submit(qv_engine *e, const qv_request_params *p, uint64_t *req_id, qv_error *err) {
   if (!e || !p) return qv_error_set(err, QV_EINVAL, "engine submit: missing argument");
   pthread_mutex_lock(&e->mu);
-  uint64_t seed = next_seed(&e->seed_state);
+  uint64_t seed = qv_splitmix64(&e->seed_state);
   int busy = e->n_incoming + e->stats.n_waiting >= e->opts.max_waiting;
   pthread_mutex_unlock(&e->mu);
   if (busy) return qv_error_set(err, QV_EBUSY, "the engine's waiting queue is full (%d)", e->opts.max_waiting);

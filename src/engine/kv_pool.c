@@ -2,6 +2,7 @@
  * kv_pool.h for the policy). All operations are O(1) except lookup/publish, which walk one
  * hash chain. */
 #include "engine/kv_pool.h"
+#include "core/util.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -100,17 +101,9 @@ void kv_pool_unref(kv_pool *p, int32_t id) {
   }
 }
 
-/* splitmix64 finaliser: a cheap, well-mixed 64-bit step. */
-static inline uint64_t mix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
 uint64_t kv_pool_hash(const kv_pool *p, uint64_t parent, const int32_t *tokens) {
-  uint64_t h = mix64(parent ^ mix64(p->salt));
-  for (int32_t i = 0; i < p->block_size; i++) h = mix64(h ^ (uint32_t)tokens[i]);
+  uint64_t h = qv_mix64(parent ^ qv_mix64(p->salt));
+  for (int32_t i = 0; i < p->block_size; i++) h = qv_mix64(h ^ (uint32_t)tokens[i]);
   return h ? h : 1; /* 0 means "no parent" */
 }
 

@@ -1,6 +1,7 @@
 /* Sampler implementation (see sampler.h for the processing order and why it is fixed). The
  * greedy path touches the row once; the filtered path sorts only the candidates it keeps. */
 #include "engine/sampler.h"
+#include "core/util.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -8,15 +9,8 @@
 
 static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
-static uint64_t splitmix(uint64_t *x) {
-  uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 void sampler_rng_seed(sampler_rng *r, uint64_t seed) {
-  for (int i = 0; i < 4; i++) r->s[i] = splitmix(&seed);
+  for (int i = 0; i < 4; i++) r->s[i] = qv_splitmix64(&seed);
 }
 
 double sampler_rng_uniform(sampler_rng *r) {

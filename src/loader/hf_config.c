@@ -2,6 +2,8 @@
  * checkpoints ship (rope_theta, rope_scaling) and transformers 5's rope_parameters. */
 #include "loader/hf_config.h"
 
+#include "core/util.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
@@ -11,29 +13,6 @@
 #include <string.h>
 
 #define CFG_FILE "config.json"
-
-char *hf_read_file(const char *path, size_t max_bytes, size_t *len, qv_error *err) {
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    qv_error_set(err, errno == ENOENT ? QV_ENOTFOUND : QV_EIO, "%s: cannot open: %s", path, strerror(errno));
-    return NULL;
-  }
-  char *buf = malloc(max_bytes + 1);
-  size_t n = buf ? fread(buf, 1, max_bytes + 1, f) : 0;
-  fclose(f);
-  if (!buf) {
-    qv_error_set(err, QV_ENOMEM, "out of memory");
-    return NULL;
-  }
-  if (n > max_bytes) {
-    free(buf);
-    qv_error_set(err, QV_ELIMIT, "%s: larger than %zu bytes", path, max_bytes);
-    return NULL;
-  }
-  buf[n] = '\0';
-  if (len) *len = n;
-  return buf;
-}
 
 /* Reads an integer field. Absent or null: *out = def and 0. Present but not a whole number in
  * [lo, hi]: an error naming the field. */
@@ -257,14 +236,14 @@ int hf_config_load(const char *dir, qv_model_config *c, qv_error *err) {
   char path[PATH_MAX];
   size_t len;
   snprintf(path, sizeof path, "%s/config.json", dir);
-  char *text = hf_read_file(path, 4u << 20, &len, err);
+  char *text = qv_read_file(path, 4u << 20, &len, err);
   if (!text) return err ? err->code : QV_EIO;
   int rc = hf_config_parse(text, len, c, err);
   free(text);
   if (rc) return rc;
   snprintf(path, sizeof path, "%s/generation_config.json", dir);
   qv_error e2 = {0};
-  text = hf_read_file(path, 1u << 20, &len, &e2);
+  text = qv_read_file(path, 1u << 20, &len, &e2);
   if (!text) return e2.code == QV_ENOTFOUND ? 0 : qv_error_set(err, e2.code, "%s", e2.msg);
   rc = hf_generation_config_parse(text, len, c, err);
   free(text);

@@ -14,7 +14,5 @@ int hf_config_parse(const char *text, size_t len, qv_model_config *cfg, qv_error
 /* Applies generation_config.json text to cfg; exposed for tests. */
 int hf_generation_config_parse(const char *text, size_t len, qv_model_config *cfg, qv_error *err);
 
-/* Reads a whole small text file (at most max_bytes) into a malloc'd NUL-terminated buffer. */
-char *hf_read_file(const char *path, size_t max_bytes, size_t *len, qv_error *err);
 
 #endif

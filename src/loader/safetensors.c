@@ -2,6 +2,8 @@
  * in one array sorted by name for lookup. */
 #include "loader/safetensors.h"
 
+#include "core/util.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -246,29 +248,6 @@ int st_open_file(const char *path, st_set **out, qv_error *err) {
   return 0;
 }
 
-static char *read_text(const char *path, size_t max_bytes, size_t *len, qv_error *err) {
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    qv_error_set(err, QV_EIO, "%s: cannot open: %s", path, strerror(errno));
-    return NULL;
-  }
-  char *buf = malloc(max_bytes + 1);
-  size_t n = buf ? fread(buf, 1, max_bytes + 1, f) : 0;
-  fclose(f);
-  if (!buf) {
-    qv_error_set(err, QV_ENOMEM, "out of memory");
-    return NULL;
-  }
-  if (n > max_bytes) {
-    free(buf);
-    qv_error_set(err, QV_ELIMIT, "%s: larger than %zu bytes", path, max_bytes);
-    return NULL;
-  }
-  buf[n] = '\0';
-  *len = n;
-  return buf;
-}
-
 int st_open_dir(const char *dir, st_set **out, qv_error *err) {
   *out = NULL;
   char path[PATH_MAX];
@@ -280,7 +259,7 @@ int st_open_dir(const char *dir, st_set **out, qv_error *err) {
     return st_open_file(path, out, err);
   }
   size_t len;
-  char *text = read_text(path, 64u << 20, &len, err);
+  char *text = qv_read_file(path, 64u << 20, &len, err);
   if (!text) return err ? err->code : QV_EIO;
   cJSON *root = cJSON_ParseWithLength(text, len);
   free(text);

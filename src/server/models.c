@@ -1,6 +1,7 @@
 /* Model loading and the srv_model_ops adapter over qv_engine, qv_tokenizer and the chat
  * template engine (see models.h). */
 #include "server/models.h"
+#include "core/util.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -158,11 +159,8 @@ static int has_template(const char *dir) {
   snprintf(p, sizeof p, "%s/chat_template.jinja", dir);
   if (stat(p, &st) == 0) return 1;
   snprintf(p, sizeof p, "%s/tokenizer_config.json", dir);
-  FILE *f = fopen(p, "rb");
-  if (!f) return 0;
-  char *buf = malloc(1 << 22);
-  size_t n = buf ? fread(buf, 1, (1 << 22) - 1, f) : 0;
-  fclose(f);
+  size_t n;
+  char *buf = qv_read_file(p, 4u << 20, &n, NULL);
   if (!buf) return 0;
   cJSON *j = cJSON_ParseWithLength(buf, n);
   free(buf);

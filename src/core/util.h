@@ -1,0 +1,26 @@
+/* Small helpers several subsystems share: whole-file reads and the splitmix64 mixer. */
+#ifndef QV_CORE_UTIL_H
+#define QV_CORE_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quiver/error.h"
+
+/* Reads a whole file of at most max_bytes into a malloc'd, NUL-terminated buffer (caller
+ * frees); *len (may be NULL) gets its size. NULL on failure with err set: QV_ENOTFOUND for a
+ * missing file, QV_EIO, QV_ELIMIT (larger than max_bytes) or QV_ENOMEM. */
+char *qv_read_file(const char *path, size_t max_bytes, size_t *len, qv_error *err);
+
+/* One step of splitmix64: advances *state and returns a well-mixed 64-bit value. */
+static inline uint64_t qv_splitmix64(uint64_t *state) {
+  uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/* splitmix64's output function applied to x (a stateless 64-bit mix). */
+static inline uint64_t qv_mix64(uint64_t x) { return qv_splitmix64(&x); }
+
+#endif
