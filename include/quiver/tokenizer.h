@@ -38,7 +38,8 @@ int qv_tokenizer_decode(const qv_tokenizer *tok, const int32_t *ids, size_t n_id
 int32_t qv_tokenizer_vocab_size(const qv_tokenizer *tok);
 int32_t qv_tokenizer_bos_id(const qv_tokenizer *tok); /* -1 if none */
 int32_t qv_tokenizer_eos_id(const qv_tokenizer *tok); /* -1 if none */
-/* Text of a special token such as bos/eos ("" if id is not one); valid for the tokenizer's life. */
+/* The vocabulary string of id (e.g. "<s>", "▁the", "<0x0A>"; "" for an id outside the vocabulary);
+ * valid for the tokenizer's life. */
 const char *qv_tokenizer_token_str(const qv_tokenizer *tok, int32_t id);
 int qv_tokenizer_is_special(const qv_tokenizer *tok, int32_t id);
 /* Id of a token given its exact vocabulary string, or -1. */
