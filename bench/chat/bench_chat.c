@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "chat/chat.h"
+#include "core/util.h"
 
 static double now_us(void) {
   struct timespec ts;
@@ -29,19 +30,6 @@ static int cmp_d(const void *a, const void *b) {
 static double median(double *v, int n) {
   qsort(v, (size_t)n, sizeof(double), cmp_d);
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-static char *slurp(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *buf = malloc((size_t)n + 1);
-  if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) n = 0;
-  if (buf) buf[n] = 0;
-  fclose(f);
-  return buf;
 }
 
 int main(int argc, char **argv) {
@@ -65,7 +53,7 @@ int main(int argc, char **argv) {
   }
   char path[2048];
   snprintf(path, sizeof path, "%s/conversations.json", fixtures);
-  char *corpus_text = slurp(path);
+  char *corpus_text = qv_read_file(path, (size_t)1 << 30, NULL, NULL);
   cJSON *corpus = corpus_text ? cJSON_Parse(corpus_text) : NULL;
   if (!corpus) {
     fprintf(stderr, "qv-bench-chat: cannot read %s\n", path);
@@ -93,7 +81,7 @@ int main(int argc, char **argv) {
   while ((e = readdir(d))) {
     if (!strstr(e->d_name, ".jinja")) continue;
     snprintf(path, sizeof path, "%s/%s", tdir, e->d_name);
-    char *src = slurp(path);
+    char *src = qv_read_file(path, (size_t)1 << 30, NULL, NULL);
     if (!src) continue;
     qv_error err = {0};
     qv_chat_template *t = NULL;

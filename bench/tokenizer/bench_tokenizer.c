@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "quiver/tokenizer.h"
+#include "core/util.h"
 
 static double now_s(void) {
   struct timespec ts;
@@ -27,25 +28,6 @@ static double now_s(void) {
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
-}
-
-static char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  if (n < 0) {
-    fclose(f);
-    return NULL;
-  }
-  char *buf = malloc((size_t)n + 1);
-  size_t got = buf ? fread(buf, 1, (size_t)n, f) : 0;
-  fclose(f);
-  if (!buf) return NULL;
-  buf[got] = '\0';
-  *len = got;
-  return buf;
 }
 
 /* FNV-1a over the ids as little-endian u32, to compare with the reference's ids cheaply. */
@@ -82,7 +64,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   size_t len;
-  char *text = slurp(text_path, &len);
+  char *text = qv_read_file(text_path, (size_t)1 << 30, &len, NULL);
   if (!text) {
     fprintf(stderr, "qv-bench-tokenizer: cannot read %s\n", text_path);
     qv_tokenizer_destroy(tok);

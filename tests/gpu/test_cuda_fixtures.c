@@ -10,30 +10,12 @@
 
 #include "gpu_common.h"
 #include "models/model.h"
+#include "../test_util.h"
 
 #define TOL 4e-2
 #define BS 4
 #define MAXB 8
 #define N_DECODE 8
-
-static char *slurp(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  char *buf = NULL;
-  if (fseek(f, 0, SEEK_END) == 0) {
-    long n = ftell(f);
-    if (n > 0 && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1))) {
-      if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-      } else {
-        buf[n] = 0;
-      }
-    }
-  }
-  fclose(f);
-  return buf;
-}
 
 static int ints(const cJSON *a, int32_t *out, int cap) {
   int n = 0;
@@ -73,7 +55,7 @@ static double row_err(const float *a, const float *b, int n) {
 static double run_fixture(gpu_pair *p, const char *dir, const char *name) {
   char path[PATH_MAX + 400];
   snprintf(path, sizeof path, "%s/reference.json", dir);
-  char *text = slurp(path);
+  char *text = test_slurp(path, NULL);
   cr_assert(text, "cannot read %s", path);
   cJSON *root = cJSON_Parse(text);
   free(text);

@@ -8,14 +8,7 @@
 
 #include "gpu_common.h"
 #include "models/model.h"
-
-static int shared_dir(char *out, size_t cap, const char *sub) {
-  const char *s = getenv("QV_SHARED_DIR");
-  const char *src = getenv("QV_SOURCE_DIR");
-  if (s && *s) snprintf(out, cap, "%s/%s", s, sub);
-  else snprintf(out, cap, "%s/../shared/%s", src ? src : ".", sub);
-  return access(out, F_OK) == 0;
-}
+#include "../test_util.h"
 
 typedef struct pair_models {
   gpu_pair p;
@@ -69,7 +62,7 @@ static int32_t argmax_row(const float *l, int32_t n) {
 
 Test(cuda_model, stories260k_greedy_256_matches_cpu) {
   char dir[PATH_MAX], ids_path[PATH_MAX + 32];
-  if (!shared_dir(dir, sizeof dir, "models/stories260K")) cr_skip_test("stories260K not found at %s", dir);
+  if (!test_shared_path(dir, sizeof dir, "models/stories260K")) cr_skip_test("stories260K not found at %s", dir);
   snprintf(ids_path, sizeof ids_path, "%s/greedy-256.ids", dir);
   FILE *f = fopen(ids_path, "r");
   cr_assert(f);

@@ -10,13 +10,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-
-static void shared_path(char *buf, size_t cap, const char *rel) {
-  const char *dir = getenv("QV_SHARED_DIR");
-  const char *src = getenv("QV_SOURCE_DIR");
-  if (dir && *dir) snprintf(buf, cap, "%s/%s", dir, rel);
-  else snprintf(buf, cap, "%s/../shared/%s", src ? src : ".", rel);
-}
+#include "../test_util.h"
 
 static cJSON *run_bench(char **args, int n_args) {
   char path[] = "/tmp/qv-bench-engine-XXXXXX";
@@ -48,7 +42,7 @@ static double num(const cJSON *j, const char *k) {
 
 static void check_reference(const char *path, const char *max_seqs) {
   char model[1024], ids_path[1100];
-  shared_path(model, sizeof model, "models/stories260K");
+  test_shared_path(model, sizeof model, "models/stories260K");
   snprintf(ids_path, sizeof ids_path, "%s/greedy-256.ids", model);
   if (access(ids_path, R_OK)) cr_skip_test("stories260K not found at %s", model);
   /* 5 sequences of 21 prompt tokens with 16 tokens per forward: prompts split across steps and

@@ -10,22 +10,7 @@
 #include <string.h>
 
 #include "chat/chat.h"
-
-static char *slurp(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *buf = malloc((size_t)n + 1);
-  if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-    free(buf);
-    buf = NULL;
-  }
-  if (buf) buf[n] = 0;
-  fclose(f);
-  return buf;
-}
+#include "../test_util.h"
 
 static void paths(char *shared, char *fixtures, size_t n) {
   const char *src = getenv("QV_SOURCE_DIR");
@@ -48,7 +33,7 @@ Test(chat_templates, corpus_matches_jinja2_byte_for_byte) {
   char shared[1024], fixtures[1024], path[2048];
   paths(shared, fixtures, sizeof shared);
   snprintf(path, sizeof path, "%s/conversations.json", fixtures);
-  char *text = slurp(path);
+  char *text = test_slurp(path, NULL);
   cr_assert_not_null(text, "missing %s", path);
   cJSON *convs = cJSON_Parse(text);
   free(text);
@@ -70,7 +55,7 @@ Test(chat_templates, corpus_matches_jinja2_byte_for_byte) {
     qv_chat_template *t = NULL;
     cr_assert_eq(qv_chat_template_load_path(path, &t, &err), 0, "%s: %s", e->d_name, err.msg);
     snprintf(path, sizeof path, "%s/expected/%.*s.json", fixtures, (int)(len - 6), e->d_name);
-    char *etext = slurp(path);
+    char *etext = test_slurp(path, NULL);
     cr_assert_not_null(etext, "missing %s", path);
     cJSON *expected = cJSON_Parse(etext);
     free(etext);

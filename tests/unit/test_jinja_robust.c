@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "chat/chat.h"
+#include "../test_util.h"
 
 static int render_str(const char *src, const char *vars_json, char **out, qv_error *err) {
   qv_chat_template *t = NULL;
@@ -23,19 +24,6 @@ static int render_str(const char *src, const char *vars_json, char **out, qv_err
   cJSON_Delete(vars);
   qv_chat_template_destroy(t);
   return rc;
-}
-
-static char *read_all(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *buf = malloc((size_t)n + 1);
-  if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) n = 0;
-  if (buf) buf[n] = 0;
-  fclose(f);
-  return buf;
 }
 
 static const char *shared_dir(char *buf, size_t n) {
@@ -214,7 +202,7 @@ Test(jinja_robust, truncated_real_templates_never_crash) {
   while ((e = readdir(d))) {
     if (!strstr(e->d_name, ".jinja")) continue;
     snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-    char *src = read_all(path);
+    char *src = test_slurp(path, NULL);
     cr_assert_not_null(src);
     size_t len = strlen(src);
     n_tpl++;

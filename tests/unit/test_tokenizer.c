@@ -9,28 +9,7 @@
 #include <unistd.h>
 
 #include "quiver/tokenizer.h"
-
-static char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *buf = malloc((size_t)n + 1);
-  size_t got = fread(buf, 1, (size_t)n, f);
-  fclose(f);
-  buf[got] = '\0';
-  if (len) *len = got;
-  return buf;
-}
-
-static int shared_path(char *out, size_t cap, const char *rel) {
-  const char *dir = getenv("QV_SHARED_DIR");
-  const char *src = getenv("QV_SOURCE_DIR");
-  if (dir && *dir) snprintf(out, cap, "%s/%s", dir, rel);
-  else snprintf(out, cap, "%s/../shared/%s", src ? src : ".", rel);
-  return access(out, R_OK) == 0;
-}
+#include "../test_util.h"
 
 /* Random valid UTF-8 mixing ASCII, 2-, 3- and 4-byte characters. */
 static size_t random_utf8(char *buf, size_t max_chars, unsigned *seed) {
@@ -151,17 +130,17 @@ Test(tokenizer, invalid_utf8_input_is_repaired) {
 
 Test(tokenizer, stories260K_directory) {
   char dir[4096], ids_path[4096], txt_path[4096];
-  if (!shared_path(dir, sizeof dir, "models/stories260K/tokenizer.json")) cr_skip_test("stories260K not found");
-  shared_path(dir, sizeof dir, "models/stories260K");
-  shared_path(ids_path, sizeof ids_path, "models/stories260K/greedy-256.ids");
-  shared_path(txt_path, sizeof txt_path, "models/stories260K/greedy-256.txt");
+  if (!test_shared_path(dir, sizeof dir, "models/stories260K/tokenizer.json")) cr_skip_test("stories260K not found");
+  test_shared_path(dir, sizeof dir, "models/stories260K");
+  test_shared_path(ids_path, sizeof ids_path, "models/stories260K/greedy-256.ids");
+  test_shared_path(txt_path, sizeof txt_path, "models/stories260K/greedy-256.txt");
   qv_tokenizer *tok;
   qv_error err = {0};
   cr_assert_eq(qv_tokenizer_load(dir, &tok, &err), 0, "%s", err.msg);
   cr_assert_eq(qv_tokenizer_vocab_size(tok), 512);
   cr_assert_eq(qv_tokenizer_bos_id(tok), 1);
   cr_assert_eq(qv_tokenizer_eos_id(tok), 2);
-  char *ids_text = slurp(ids_path, NULL), *want = slurp(txt_path, NULL);
+  char *ids_text = test_slurp(ids_path, NULL), *want = test_slurp(txt_path, NULL);
   cr_assert(ids_text && want);
   int32_t ids[600];
   size_t n = 0;
@@ -303,7 +282,7 @@ Test(tokenizer, shared_between_threads) {
   snprintf(path, sizeof path, "%s/tests/fixtures/tokenizers/qwen2-style/tokenizer.json", src ? src : ".");
   snprintf(corpus_path, sizeof corpus_path, "%s/tests/fixtures/tokenizers/corpus.jsonl", src ? src : ".");
   size_t len;
-  char *text = slurp(corpus_path, &len);
+  char *text = test_slurp(corpus_path, &len);
   cr_assert(text);
   len = len > 60000 ? 60000 : len;
   while (len > 0 && ((unsigned char)text[len] & 0xC0) == 0x80) len--; /* cut on a character */
@@ -341,7 +320,7 @@ Test(tokenizer, streaming_random_ids) {
     char path[4096];
     if (t < sizeof names / sizeof *names)
       snprintf(path, sizeof path, "%s/tests/fixtures/tokenizers/%s/tokenizer.json", src ? src : ".", names[t]);
-    else if (!shared_path(path, sizeof path, "data/tokenizers/llama2.tokenizer.json"))
+    else if (!test_shared_path(path, sizeof path, "data/tokenizers/llama2.tokenizer.json"))
       break;
     qv_tokenizer *tok;
     qv_error err = {0};
@@ -431,8 +410,8 @@ static int run_cli(char **argv, int argc, char *out, size_t cap) {
 
 Test(tokenizer, cli_tokenize) {
   char dir[4096], out[4096];
-  if (!shared_path(dir, sizeof dir, "models/stories260K/tokenizer.json")) cr_skip_test("stories260K not found");
-  shared_path(dir, sizeof dir, "models/stories260K");
+  if (!test_shared_path(dir, sizeof dir, "models/stories260K/tokenizer.json")) cr_skip_test("stories260K not found");
+  test_shared_path(dir, sizeof dir, "models/stories260K");
   char *enc[] = {"tokenize", "--tokenizer", dir, "--add-special", "--text", "Once upon a time", NULL};
   cr_assert_eq(run_cli(enc, 6, out, sizeof out), 0);
   cr_assert_str_eq(out, "[1, 403, 407, 261, 378]\n");
@@ -453,7 +432,7 @@ Test(tokenizer, cli_tokenize) {
  * the special added tokens; accessors answer by the tokens' original text. */
 Test(tokenizer, llama2_json_accessors) {
   char path[4096];
-  if (!shared_path(path, sizeof path, "data/tokenizers/llama2.tokenizer.json")) cr_skip_test("llama2 tokenizer not found");
+  if (!test_shared_path(path, sizeof path, "data/tokenizers/llama2.tokenizer.json")) cr_skip_test("llama2 tokenizer not found");
   qv_tokenizer *tok;
   qv_error err = {0};
   cr_assert_eq(qv_tokenizer_load(path, &tok, &err), 0, "%s", err.msg);
@@ -498,8 +477,8 @@ static int load_dir_with_config(const char *tok_json, const char *config, qv_tok
 
 Test(tokenizer, config_bos_eos_flags) {
   char path[4096];
-  if (!shared_path(path, sizeof path, "models/stories260K/tokenizer.json")) cr_skip_test("stories260K not found");
-  char *json = slurp(path, NULL);
+  if (!test_shared_path(path, sizeof path, "models/stories260K/tokenizer.json")) cr_skip_test("stories260K not found");
+  char *json = test_slurp(path, NULL);
   struct { const char *config; int32_t first, last; size_t extra; } cases[] = {
       {"{\"bos_token\": \"<s>\", \"eos_token\": \"</s>\", \"add_bos_token\": false, \"add_eos_token\": true}", 403, 2, 1},
       {"{\"eos_token\": {\"content\": \"</s>\"}, \"add_eos_token\": true}", 1, 2, 2},
@@ -568,7 +547,7 @@ Test(tokenizer, streaming_after_prime) {
   for (size_t t = 0; t < sizeof names / sizeof *names + 1; t++) {
     if (t < sizeof names / sizeof *names)
       snprintf(path, sizeof path, "%s/tests/fixtures/tokenizers/%s/tokenizer.json", src ? src : ".", names[t]);
-    else if (!shared_path(path, sizeof path, "models/stories260K"))
+    else if (!test_shared_path(path, sizeof path, "models/stories260K"))
       break;
     qv_tokenizer *tok;
     qv_error err = {0};

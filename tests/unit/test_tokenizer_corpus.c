@@ -10,34 +10,11 @@
 #include <string.h>
 
 #include "quiver/tokenizer.h"
-
-static char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *buf = malloc((size_t)n + 1);
-  size_t got = fread(buf, 1, (size_t)n, f);
-  fclose(f);
-  buf[got] = '\0';
-  if (len) *len = got;
-  return buf;
-}
+#include "../test_util.h"
 
 static void fixture_path(char *out, size_t cap, const char *rel) {
   const char *src = getenv("QV_SOURCE_DIR");
   snprintf(out, cap, "%s/tests/fixtures/tokenizers/%s", src ? src : ".", rel);
-}
-
-static int shared_path(char *out, size_t cap, const char *rel) {
-  const char *dir = getenv("QV_SHARED_DIR");
-  const char *src = getenv("QV_SOURCE_DIR");
-  if (dir && *dir) snprintf(out, cap, "%s/%s", dir, rel);
-  else snprintf(out, cap, "%s/../shared/%s", src ? src : ".", rel);
-  FILE *f = fopen(out, "rb");
-  if (f) fclose(f);
-  return f != NULL;
 }
 
 /* Lines of a JSONL file of strings; each string malloc'd with its byte length. */
@@ -46,7 +23,7 @@ typedef struct lines { char **s; size_t *len; size_t n; } lines;
 static lines read_jsonl(const char *rel) {
   char path[4096];
   fixture_path(path, sizeof path, rel);
-  char *data = slurp(path, NULL);
+  char *data = test_slurp(path, NULL);
   cr_assert(data, "missing fixture %s", path);
   lines l = {0};
   size_t cap = 0;
@@ -137,7 +114,7 @@ static void check_ids_file(const qv_tokenizer *tok, const char *name, const line
   char rel[256], path[4096];
   snprintf(rel, sizeof rel, "%s%s", name, suffix);
   fixture_path(path, sizeof path, rel);
-  char *exp = slurp(path, NULL);
+  char *exp = test_slurp(path, NULL);
   cr_assert(exp, "missing %s", path);
   /* Reference decodes that differ from the input: line -> (length, hash). */
   size_t *dec_len = calloc(corpus->n, sizeof *dec_len);
@@ -146,7 +123,7 @@ static void check_ids_file(const qv_tokenizer *tok, const char *name, const line
   if (check_decode) {
     snprintf(rel, sizeof rel, "%s.decoded.jsonl", name);
     fixture_path(path, sizeof path, rel);
-    char *d = slurp(path, NULL);
+    char *d = test_slurp(path, NULL);
     cr_assert(d);
     for (char *p = d; *p;) {
       char *nl = strchr(p, '\n');
@@ -216,10 +193,10 @@ static void check_special_decode(const qv_tokenizer *tok, const char *name, cons
   char rel[256], path[4096];
   snprintf(rel, sizeof rel, "%s.special.ids", name);
   fixture_path(path, sizeof path, rel);
-  char *exp = slurp(path, NULL);
+  char *exp = test_slurp(path, NULL);
   snprintf(rel, sizeof rel, "%s.special.decoded.jsonl", name);
   fixture_path(path, sizeof path, rel);
-  char *dec = slurp(path, NULL);
+  char *dec = test_slurp(path, NULL);
   cr_assert(exp && dec, "missing special fixtures for %s", name);
   int32_t want[65536];
   char *line = exp, *dl = dec;
@@ -254,7 +231,7 @@ static void check_special_decode(const qv_tokenizer *tok, const char *name, cons
 static void check_tokenizer(const char *name) {
   char path[4096];
   fixture_path(path, sizeof path, "manifest.json");
-  char *mtext = slurp(path, NULL);
+  char *mtext = test_slurp(path, NULL);
   cr_assert(mtext, "missing %s (run scripts/make-tokenizer-fixtures)", path);
   cJSON *m = cJSON_Parse(mtext);
   free(mtext);
@@ -266,7 +243,7 @@ static void check_tokenizer(const char *name) {
   char expect_name[256];
   snprintf(expect_name, sizeof expect_name, "%s", cJSON_IsString(expect) ? expect->valuestring : name);
   if (strncmp(p, "shared:", 7) == 0) {
-    if (!shared_path(path, sizeof path, p + 7)) {
+    if (!test_shared_path(path, sizeof path, p + 7)) {
       cJSON_Delete(m);
       cr_skip_test("shared data not found: %s (set QV_SHARED_DIR)", path);
     }

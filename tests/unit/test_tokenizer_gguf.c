@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "quiver/tokenizer.h"
+#include "../test_util.h"
 
 static char *shared_path(const char *rel) {
   const char *dir = getenv("QV_SHARED_DIR");
@@ -17,20 +18,6 @@ static char *shared_path(const char *rel) {
   if (dir && *dir) snprintf(p, 4096, "%s/%s", dir, rel);
   else snprintf(p, 4096, "%s/../shared/%s", src ? src : ".", rel);
   return p;
-}
-
-static char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *buf = malloc((size_t)n + 1);
-  size_t got = fread(buf, 1, (size_t)n, f);
-  fclose(f);
-  buf[got] = '\0';
-  *len = got;
-  return buf;
 }
 
 static void check_vectors(const char *name) {
@@ -42,7 +29,7 @@ static void check_vectors(const char *name) {
   snprintf(rel, sizeof rel, "data/tokenizers/%s.out", name);
   char *out_path = shared_path(rel);
   size_t inp_len = 0, out_len = 0;
-  char *inp = slurp(inp_path, &inp_len), *out = slurp(out_path, &out_len);
+  char *inp = test_slurp(inp_path, &inp_len), *out = test_slurp(out_path, &out_len);
   if (!inp || !out) {
     free(inp); free(out); free(gguf); free(inp_path); free(out_path);
     cr_skip_test("shared tokenizer data not found (set QV_SHARED_DIR)");
@@ -97,7 +84,7 @@ Test(tokenizer_gguf, gpt2_vectors) { check_vectors("ggml-vocab-gpt-2.gguf"); }
 Test(tokenizer_gguf, truncated_and_corrupt) {
   char *path = shared_path("data/tokenizers/ggml-vocab-gpt-2.gguf");
   size_t len;
-  char *data = slurp(path, &len);
+  char *data = test_slurp(path, &len);
   free(path);
   if (!data) cr_skip_test("shared tokenizer data not found");
   char tmpl[] = "/tmp/qv-gguf-XXXXXX";
@@ -300,7 +287,7 @@ Test(tokenizer_gguf, llama_gguf_equals_llama2_json_on_corpus) {
   char corpus_path[4096];
   snprintf(corpus_path, sizeof corpus_path, "%s/tests/fixtures/tokenizers/corpus.jsonl", src ? src : ".");
   size_t len;
-  char *corpus = slurp(corpus_path, &len);
+  char *corpus = test_slurp(corpus_path, &len);
   cr_assert(corpus);
   qv_tokenizer *a, *b;
   qv_error err = {0};
