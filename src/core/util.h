@@ -1,4 +1,5 @@
-/* Small helpers several subsystems share: whole-file reads and the splitmix64 mixer. */
+/* Small helpers several subsystems share: whole-file reads, the splitmix64 mixer and the
+ * xoshiro256** generator step. */
 #ifndef QV_CORE_UTIL_H
 #define QV_CORE_UTIL_H
 
@@ -18,6 +19,20 @@ static inline uint64_t qv_splitmix64(uint64_t *state) {
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
+}
+
+/* One step of xoshiro256** over the 4-word state s (seed it with qv_splitmix64; never all
+ * zero): a fast generator whose sequence is the same on every platform. */
+static inline uint64_t qv_xoshiro256ss(uint64_t s[4]) {
+  uint64_t r = s[1] * 5, t = s[1] << 17;
+  uint64_t result = ((r << 7) | (r >> 57)) * 9;
+  s[2] ^= s[0];
+  s[3] ^= s[1];
+  s[1] ^= s[2];
+  s[0] ^= s[3];
+  s[2] ^= t;
+  s[3] = (s[3] << 45) | (s[3] >> 19);
+  return result;
 }
 
 /* splitmix64's output function applied to x (a stateless 64-bit mix). */

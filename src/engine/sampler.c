@@ -7,23 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
 void sampler_rng_seed(sampler_rng *r, uint64_t seed) {
   for (int i = 0; i < 4; i++) r->s[i] = qv_splitmix64(&seed);
 }
 
 double sampler_rng_uniform(sampler_rng *r) {
-  uint64_t *s = r->s;
-  uint64_t result = rotl(s[1] * 5, 7) * 9;
-  uint64_t t = s[1] << 17;
-  s[2] ^= s[0];
-  s[3] ^= s[1];
-  s[1] ^= s[2];
-  s[0] ^= s[3];
-  s[2] ^= t;
-  s[3] = rotl(s[3], 45);
-  return (double)(result >> 11) * (1.0 / 9007199254740992.0);
+  return (double)(qv_xoshiro256ss(r->s) >> 11) * (1.0 / 9007199254740992.0);
 }
 
 int sampler_init(sampler *s, int32_t vocab) {
