@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "chat/chat.h"
+#include "core/util.h"
 
 const char *qv_chat_tool_format_name(qv_chat_tool_format fmt) {
   switch (fmt) {
@@ -42,14 +43,9 @@ int qv_chat_tool_format_parse(const char *name, qv_chat_tool_format *out) {
 typedef struct sbuf { char *p; size_t n, cap; } sbuf;
 
 static int sbuf_put(sbuf *b, const char *s, size_t n) {
-  if (b->n + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < b->n + n + 1) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) return QV_ENOMEM;
-    b->p = p;
-    b->cap = cap;
-  }
+  char *p = qv_grow(b->p, &b->cap, b->n + n + 1, 1, 64);
+  if (!p) return QV_ENOMEM;
+  b->p = p;
   if (n) memcpy(b->p + b->n, s, n);
   b->n += n;
   b->p[b->n] = 0;

@@ -10,6 +10,7 @@
 #include <utf8proc.h>
 
 #include "chat/jinja.h"
+#include "core/util.h"
 
 /* ---- arena ---------------------------------------------------------------------------------- */
 
@@ -258,14 +259,9 @@ const char *jv_type_name(jv v) {
 
 int jbuf_put(jbuf *b, const char *s, size_t n) {
   if (b->max && b->n + n > b->max) return QV_ELIMIT;
-  if (b->n + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->n + n + 1) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) return QV_ENOMEM;
-    b->p = p;
-    b->cap = cap;
-  }
+  char *p = qv_grow(b->p, &b->cap, b->n + n + 1, 1, 256);
+  if (!p) return QV_ENOMEM;
+  b->p = p;
   if (n) memcpy(b->p + b->n, s, n);
   b->n += n;
   b->p[b->n] = 0;

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 char *qv_read_file(const char *path, size_t max_bytes, size_t *len, qv_error *err) {
@@ -47,4 +48,17 @@ fail:
   fclose(f);
   free(buf);
   return NULL;
+}
+
+void *qv_grow(void *p, size_t *cap, size_t need, size_t elem_size, size_t min_cap) {
+  if (need <= *cap && p) return p;
+  size_t ncap = *cap ? *cap : (min_cap ? min_cap : 16);
+  while (ncap < need) {
+    if (ncap > SIZE_MAX / 2 / elem_size) return NULL;
+    ncap *= 2;
+  }
+  void *np = realloc(p, ncap * elem_size);
+  if (!np) return NULL;
+  *cap = ncap;
+  return np;
 }

@@ -13,6 +13,11 @@
  * missing file, QV_EIO, QV_ELIMIT (larger than max_bytes) or QV_ENOMEM. */
 char *qv_read_file(const char *path, size_t max_bytes, size_t *len, qv_error *err);
 
+/* Growable arrays: returns p reallocated to hold at least need elements of elem_size bytes
+ * (capacity doubling from min_cap, *cap updated), p itself when it already does, or NULL when
+ * out of memory (p is then still valid and *cap unchanged). */
+void *qv_grow(void *p, size_t *cap, size_t need, size_t elem_size, size_t min_cap);
+
 /* One step of splitmix64: advances *state and returns a well-mixed 64-bit value. */
 static inline uint64_t qv_splitmix64(uint64_t *state) {
   uint64_t z = (*state += 0x9e3779b97f4a7c15ull);

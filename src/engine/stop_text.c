@@ -2,6 +2,7 @@
  * stop's length before the old end of the text, so a match spanning the old text and the new
  * piece is found once and the whole text is never rescanned. */
 #include "engine/stop_text.h"
+#include "core/util.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -25,14 +26,9 @@ void stop_text_deinit(stop_text *st) {
 
 int stop_text_append(stop_text *st, const char *s, size_t n, char *const *stops, int n_stop,
                      size_t max_stop_len, int include, int check) {
-  if (st->len + n + 1 > st->cap) {
-    size_t cap = st->cap ? st->cap : 64;
-    while (cap < st->len + n + 1) cap *= 2;
-    char *b = realloc(st->buf, cap);
-    if (!b) return QV_ENOMEM;
-    st->buf = b;
-    st->cap = cap;
-  }
+  char *b = qv_grow(st->buf, &st->cap, st->len + n + 1, 1, 64);
+  if (!b) return QV_ENOMEM;
+  st->buf = b;
   if (n) memcpy(st->buf + st->len, s, n);
   st->len += n;
   st->buf[st->len] = '\0';

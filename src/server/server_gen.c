@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "core/util.h"
 #include "server/server_int.h"
 
 static srv_model *model_of(srv_req *r) { return &r->s->models[r->model]; }
@@ -505,14 +506,9 @@ static void send_chunk(srv_req *r, char *sse) {
 }
 
 static int append_text(srv_choice *c, const char *t, size_t n) {
-  if (c->len + n + 1 > c->cap) {
-    size_t cap = c->cap ? c->cap : 256;
-    while (cap < c->len + n + 1) cap *= 2;
-    char *nt = realloc(c->text, cap);
-    if (!nt) return QV_ENOMEM;
-    c->text = nt;
-    c->cap = cap;
-  }
+  char *nt = qv_grow(c->text, &c->cap, c->len + n + 1, 1, 256);
+  if (!nt) return QV_ENOMEM;
+  c->text = nt;
   memcpy(c->text + c->len, t, n);
   c->len += n;
   c->text[c->len] = '\0';

@@ -4,7 +4,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <stdint.h>
+#include <unistd.h>
+
 #include "core/dtype.h"
+#include "core/util.h"
 #include "quiver/error.h"
 
 Test(core, strerror_table) {
@@ -49,4 +53,40 @@ Test(core, f16_roundtrip_random) {
   cr_assert_eq(qv_f32_to_f16(-2.0f), 0xc000);
   cr_assert_eq(qv_f16_to_f32(0x7bff), 65504.0f);
   cr_assert(isinf(qv_f16_to_f32(qv_f32_to_f16(1e6f))));
+}
+
+Test(core, grow_and_read_file) {
+  size_t cap = 0;
+  char *p = qv_grow(NULL, &cap, 100, 1, 64);
+  cr_assert(p);
+  cr_assert_eq(cap, 128);
+  memset(p, 'x', 100);
+  char *q = qv_grow(p, &cap, 90, 1, 64);
+  cr_assert_eq(q, p, "no realloc when it already fits");
+  q = qv_grow(p, &cap, 1000, 4, 64);
+  cr_assert(q);
+  cr_assert_eq(cap, 1024);
+  cr_assert_eq(q[99], 'x', "contents kept");
+  size_t big = 8;
+  cr_assert_null(qv_grow(q, &big, SIZE_MAX / 2, 8, 8), "overflow is refused");
+  cr_assert_eq(big, 8);
+  free(q);
+
+  char path[] = "/tmp/qv-core-XXXXXX";
+  int fd = mkstemp(path);
+  cr_assert(fd >= 0);
+  cr_assert_eq(write(fd, "hello\0world", 11), 11);
+  close(fd);
+  size_t len = 0;
+  qv_error err = {0};
+  char *t = qv_read_file(path, 64, &len, &err);
+  cr_assert(t);
+  cr_assert_eq(len, 11);
+  cr_assert_eq(memcmp(t, "hello\0world", 12), 0, "NUL-terminated copy");
+  free(t);
+  cr_assert_null(qv_read_file(path, 10, &len, &err));
+  cr_assert_eq(err.code, QV_ELIMIT);
+  unlink(path);
+  cr_assert_null(qv_read_file(path, 64, &len, &err));
+  cr_assert_eq(err.code, QV_ENOTFOUND);
 }
