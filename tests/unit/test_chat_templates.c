@@ -42,6 +42,10 @@ Test(chat_templates, corpus_matches_jinja2_byte_for_byte) {
 
   char tdir[1100];
   snprintf(tdir, sizeof tdir, "%s/data/chat-templates", shared);
+  if (access(tdir, F_OK) != 0) {
+    cJSON_Delete(convs);
+    cr_skip_test("real chat templates not found at %s", tdir);
+  }
   DIR *d = opendir(tdir);
   cr_assert_not_null(d, "missing %s", tdir);
   int n_templates = 0, n_checked = 0, n_renders = 0, n_failed = 0;

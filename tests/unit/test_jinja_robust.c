@@ -26,11 +26,10 @@ static int render_str(const char *src, const char *vars_json, char **out, qv_err
   return rc;
 }
 
+/* The shared folder holding data/chat-templates; skips the calling test when it is absent. */
 static const char *shared_dir(char *buf, size_t n) {
-  const char *sh = getenv("QV_SHARED_DIR");
-  const char *src = getenv("QV_SOURCE_DIR");
-  if (sh) snprintf(buf, n, "%s", sh);
-  else snprintf(buf, n, "%s/../shared", src ? src : ".");
+  if (!test_shared_path(buf, n, "data/chat-templates")) cr_skip_test("real chat templates not found at %s", buf);
+  test_shared_path(buf, n, ".");
   return buf;
 }
 
