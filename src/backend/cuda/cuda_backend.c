@@ -436,6 +436,7 @@ static int attn_plan(cuda_backend *be, int32_t group, int32_t window) {
 static int cuda_attention(qv_backend *b, qv_tensor *out, const qv_tensor *q, const qv_attn_params *p) {
   cuda_backend *be = cb(b);
   if (!p) return BAD(be, "cuda attention: no parameters");
+  if (p->sinks) return BAD(be, "cuda attention: attention sinks are not implemented on CUDA yet");
   int rc = need_kv(be, p->layer, "attention");
   if (rc) return rc;
   if (p->n_head <= 0 || p->n_kv_head != be->kv.n_kv_head || p->head_dim != be->kv.head_dim ||
