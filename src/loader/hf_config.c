@@ -228,6 +228,10 @@ int hf_config_parse(const char *text, size_t len, qv_model_config *c, qv_error *
   if (!cJSON_IsString(dt)) dt = cJSON_GetObjectItemCaseSensitive(root, "dtype");
   snprintf(c->weight_dtype, sizeof c->weight_dtype, "%s", cJSON_IsString(dt) ? dt->valuestring : "?");
   if (c->family && (rc = hf_family_parse(root, c, err))) goto out;
+  if (c->rope_scaling == QV_ROPE_SCALING_LONGROPE && c->family != QV_FAMILY_PHI3) {
+    rc = qv_error_set(err, QV_EUNSUPPORTED, CFG_FILE ": rope_scaling type 'longrope' is supported for phi3 only");
+    goto out;
+  }
   if ((rc = hf_config_check_common(root, c, err))) goto out;
 out:
   cJSON_Delete(root);

@@ -1,0 +1,148 @@
+/* config.json of the families beyond Llama (src/loader/hf_families.c) and the checks every
+ * config goes through: Gemma 3's multimodal wrapper and defaults, layer patterns, MoE layer
+ * selection, longrope's per-model choice, dynamic rope, and clear refusals (non-causal
+ * architectures, foreign quantization, dynamic without factor, unknown layer types). The
+ * numerics of each family are tested against transformers in test_model_fixtures. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <string.h>
+
+#include "loader/hf_config.h"
+#include "models/model_impl.h"
+
+static int parse(const char *json, qv_model_config *c, qv_error *e) {
+  memset(e, 0, sizeof *e);
+  return hf_config_parse(json, strlen(json), c, e);
+}
+
+#define BASE "\"vocab_size\": 100, \"hidden_size\": 64, \"num_hidden_layers\": 6, " \
+             "\"num_attention_heads\": 8, \"intermediate_size\": 128"
+
+Test(loader_families, gemma3_multimodal_text_config_and_defaults) {
+  qv_model_config c;
+  qv_error e;
+  const char *j = "{\"model_type\": \"gemma3\", \"architectures\": [\"Gemma3ForConditionalGeneration\"], "
+                  "\"eos_token_id\": [1, 106], \"text_config\": {\"model_type\": \"gemma3_text\", \"hidden_size\": 64, "
+                  "\"intermediate_size\": 128, \"num_hidden_layers\": 12, \"rope_scaling\": {\"rope_type\": \"linear\", "
+                  "\"factor\": 8.0}}}";
+  cr_assert_eq(parse(j, &c, &e), 0, "%s", e.msg);
+  cr_assert_eq(c.family, QV_FAMILY_GEMMA3);
+  cr_assert_eq(c.vocab_size, 262208);
+  cr_assert_eq(c.head_dim, 256);
+  cr_assert_eq(c.n_kv_head, 4);
+  cr_assert_eq(c.tie_embeddings, 1);
+  cr_assert_eq(c.n_eos, 2);
+  cr_assert_eq(c.eos_ids[1], 106);
+  cr_assert_float_eq(c.attn_scale, 1.0f / 16.0f, 1e-7);
+  cr_assert_float_eq(c.rope_theta, 1e6f, 1);
+  cr_assert_float_eq(c.rope_local_theta, 1e4f, 1e-3);
+  cr_assert_eq(c.rope_scaling, QV_ROPE_SCALING_LINEAR);
+  cr_assert_eq(c.sliding_window, 4096);
+  /* Pattern 6: layers 5 and 11 are global. */
+  for (int l = 0; l < 12; l++) cr_assert_eq(!!(c.layer_flags[l] & QV_LAYER_SLIDING), (l + 1) % 6 != 0, "layer %d", l);
+  cr_assert_float_eq(c.embed_scale, sqrtf(64.0f), 1e-6);
+  cr_assert(c.norm_plus_one && c.sandwich_norm && c.qk_norm);
+}
+
+Test(loader_families, gemma2_pattern_and_softcaps) {
+  qv_model_config c;
+  qv_error e;
+  cr_assert_eq(parse("{\"model_type\": \"gemma2\", " BASE ", \"hidden_activation\": \"gelu_pytorch_tanh\", "
+                     "\"attn_logit_softcapping\": 50.0, \"final_logit_softcapping\": 30.0, \"query_pre_attn_scalar\": 144}",
+                     &c, &e), 0, "%s", e.msg);
+  cr_assert_float_eq(c.attn_softcap, 50.0f, 1e-6);
+  cr_assert_float_eq(c.final_softcap, 30.0f, 1e-6);
+  cr_assert_float_eq(c.attn_scale, 1.0f / 12.0f, 1e-7);
+  for (int l = 0; l < 6; l++) cr_assert_eq(!!(c.layer_flags[l] & QV_LAYER_SLIDING), l % 2 == 0);
+  cr_assert_eq(parse("{\"model_type\": \"gemma2\", " BASE ", \"hidden_activation\": \"relu\"}", &c, &e), QV_EUNSUPPORTED);
+  cr_assert_eq(parse("{\"model_type\": \"gemma2\", " BASE ", \"layer_types\": [\"full_attention\"]}", &c, &e), QV_EFORMAT);
+  cr_assert_eq(parse("{\"model_type\": \"gemma2\", " BASE ", \"layer_types\": [\"chunked_attention\", "
+                     "\"full_attention\", \"full_attention\", \"full_attention\", \"full_attention\", "
+                     "\"full_attention\"]}", &c, &e), QV_EUNSUPPORTED);
+  cr_assert(strstr(e.msg, "chunked_attention"), "%s", e.msg);
+  cr_assert_eq(parse("{\"model_type\": \"gemma3_text\", " BASE ", \"use_bidirectional_attention\": true}", &c, &e),
+               QV_EUNSUPPORTED);
+}
+
+Test(loader_families, moe_layers) {
+  qv_model_config c;
+  qv_error e;
+  cr_assert_eq(parse("{\"model_type\": \"qwen3_moe\", " BASE ", \"num_experts\": 16, \"num_experts_per_tok\": 4, "
+                     "\"moe_intermediate_size\": 32, \"decoder_sparse_step\": 2, \"mlp_only_layers\": [3], "
+                     "\"norm_topk_prob\": true}", &c, &e), 0, "%s", e.msg);
+  /* MoE where (l + 1) % 2 == 0 and l not in mlp_only_layers: layers 1, 5. */
+  for (int l = 0; l < 6; l++) cr_assert_eq(!!(c.layer_flags[l] & QV_LAYER_MOE), l == 1 || l == 5, "layer %d", l);
+  cr_assert_eq(c.route_norm, 1);
+  cr_assert_eq(c.moe_ffn_dim, 32);
+  cr_assert_eq(parse("{\"model_type\": \"mixtral\", " BASE ", \"num_local_experts\": 8, \"num_experts_per_tok\": 9}",
+                     &c, &e), QV_EFORMAT);
+  cr_assert_eq(parse("{\"model_type\": \"mixtral\", " BASE ", \"num_local_experts\": 8, \"num_experts_per_tok\": 2}",
+                     &c, &e), 0, "%s", e.msg);
+  cr_assert_eq(c.route_kind, QV_ROUTE_SOFTMAX_TOPK);
+  cr_assert_eq(c.route_norm, 1);
+  cr_assert_eq(parse("{\"model_type\": \"gpt_oss\", " BASE ", \"num_local_experts\": 4, \"experts_per_token\": 2, "
+                     "\"quantization_config\": {\"quant_method\": \"mxfp4\"}, \"rope_scaling\": {\"rope_type\": \"yarn\", "
+                     "\"factor\": 32.0, \"original_max_position_embeddings\": 4096, \"truncate\": false}}", &c, &e), 0,
+               "%s", e.msg);
+  cr_assert_eq(c.experts_mxfp4, 1);
+  cr_assert_eq(c.yarn_no_truncate, 1);
+  cr_assert_eq(c.route_kind, QV_ROUTE_TOPK_SOFTMAX);
+  cr_assert_eq(c.n_expert_used, 2);
+  cr_assert(c.attn_sinks && c.qkv_bias && c.o_bias);
+}
+
+Test(loader_families, longrope_choice) {
+  qv_model_config c;
+  qv_error e;
+  /* head_dim 8, partial 0.5: 2 factors. max_position_embeddings 4096 > original 1024: long. */
+  const char *j = "{\"model_type\": \"phi3\", " BASE ", \"max_position_embeddings\": 4096, "
+                  "\"original_max_position_embeddings\": 1024, \"partial_rotary_factor\": 0.5, "
+                  "\"rope_scaling\": {\"type\": \"longrope\", \"short_factor\": [1.0, 2.0], \"long_factor\": [3.0, 5.0]}}";
+  cr_assert_eq(parse(j, &c, &e), 0, "%s", e.msg);
+  cr_assert_eq(c.rot_dim, 4);
+  cr_assert_eq(c.rope_long, 1);
+  cr_assert_float_eq(c.rope_ext[1], 5.0f, 1e-6);
+  cr_assert_float_eq(c.rope_ext_attn, (float)sqrt(1 + log(4.0) / log(1024.0)), 1e-6);
+  float inv[2], af;
+  model_rope_inv_freq(&c, c.rot_dim, inv, &af);
+  cr_assert_float_eq(inv[1], 1.0f / (5.0f * powf(10000.0f, 0.5f)), 1e-9);
+  cr_assert_float_eq(af, c.rope_ext_attn, 1e-7);
+  const char *s = "{\"model_type\": \"phi3\", " BASE ", \"max_position_embeddings\": 1024, "
+                  "\"original_max_position_embeddings\": 1024, \"partial_rotary_factor\": 0.5, "
+                  "\"rope_scaling\": {\"type\": \"longrope\", \"short_factor\": [1.0, 2.0], \"long_factor\": [3.0, 5.0]}}";
+  cr_assert_eq(parse(s, &c, &e), 0, "%s", e.msg);
+  cr_assert_eq(c.rope_long, 0);
+  cr_assert_float_eq(c.rope_ext[1], 2.0f, 1e-6);
+  cr_assert_float_eq(c.rope_ext_attn, 1.0f, 1e-7);
+  const char *bad = "{\"model_type\": \"phi3\", " BASE ", \"original_max_position_embeddings\": 1024, "
+                    "\"rope_scaling\": {\"type\": \"longrope\", \"short_factor\": [1.0], \"long_factor\": [3.0]}}";
+  cr_assert_eq(parse(bad, &c, &e), QV_EFORMAT);
+  cr_assert(strstr(e.msg, "factor"), "%s", e.msg);
+}
+
+Test(loader_families, refusals_and_dynamic) {
+  qv_model_config c;
+  qv_error e;
+  cr_assert_eq(parse("{\"model_type\": \"llama\", " BASE ", \"architectures\": [\"LlamaForSequenceClassification\"]}",
+                     &c, &e), QV_EUNSUPPORTED);
+  cr_assert(strstr(e.msg, "LlamaForSequenceClassification"), "%s", e.msg);
+  cr_assert_eq(parse("{\"model_type\": \"llama\", " BASE ", \"architectures\": [\"LlamaForCausalLM\"]}", &c, &e), 0);
+  cr_assert_eq(parse("{\"model_type\": \"llama\", " BASE ", \"quantization_config\": {\"quant_method\": \"gptq\", "
+                     "\"bits\": 4}}", &c, &e), QV_EUNSUPPORTED);
+  cr_assert(strstr(e.msg, "gptq"), "%s", e.msg);
+  cr_assert_eq(parse("{\"model_type\": \"llama\", " BASE ", \"quantization_config\": {\"quant_method\": \"mxfp4\"}}",
+                     &c, &e), QV_EUNSUPPORTED);
+  cr_assert_eq(parse("{\"model_type\": \"llama\", " BASE ", \"quantization_config\": 3}", &c, &e), QV_EFORMAT);
+  cr_assert_eq(parse("{\"model_type\": \"llama\", " BASE ", \"rope_scaling\": {\"rope_type\": \"dynamic\"}}", &c, &e),
+               QV_EFORMAT);
+  cr_assert(strstr(e.msg, "factor"), "%s", e.msg);
+  /* Dynamic with a factor: the unscaled table (transformers' within max_position_embeddings). */
+  cr_assert_eq(parse("{\"model_type\": \"llama\", " BASE ", \"rope_scaling\": {\"rope_type\": \"dynamic\", "
+                     "\"factor\": 4.0}}", &c, &e), 0, "%s", e.msg);
+  float inv[4], af;
+  model_rope_inv_freq(&c, 8, inv, &af);
+  for (int i = 0; i < 4; i++) cr_assert_float_eq(inv[i], 1.0f / powf(10000.0f, (float)(2 * i) / 8.0f), 1e-9);
+  cr_assert_float_eq(af, 1.0f, 0);
+  cr_assert_eq(parse("{\"model_type\": \"bert\", " BASE "}", &c, &e), QV_EUNSUPPORTED);
+  cr_assert(strstr(e.msg, "gpt_oss"), "the error lists the supported types: %s", e.msg);
+}
