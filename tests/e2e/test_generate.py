@@ -120,3 +120,15 @@ def test_prompts_report_cached_tokens(quiver_bin, stories_dir, tmp_path):
     out2 = [json.loads(x) for x in r2.stdout.splitlines()]
     assert [o["cached_tokens"] for o in out2] == [0, 0]
     assert [o["token_ids"] for o in out2] == [o["token_ids"] for o in out]
+
+
+def test_warns_when_max_model_len_cuts_max_tokens(quiver_bin, stories_dir):
+    # 1 prompt token + 15 generated reach max_model_len 16 long before max_tokens 100.
+    r = run(quiver_bin, "--model", str(stories_dir), "--prompt-ids", "1", "--max-tokens", "100",
+            "--max-model-len", "16", "--temperature", "0", "--ids")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.split()) == 15
+    assert "warning" in r.stderr and "max_model_len 16" in r.stderr and "max_tokens 100" in r.stderr
+    r = run(quiver_bin, "--model", str(stories_dir), "--prompt-ids", "1", "--max-tokens", "10",
+            "--max-model-len", "16", "--temperature", "0", "--ids")
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
