@@ -98,6 +98,23 @@ cudaError_t qv_cuda_attention_mma(const qv_cuda_attn_args *a, cudaStream_t strea
 /* Any head_dim <= 256 (CUDA cores, one warp per token and head); ignores the work items. */
 cudaError_t qv_cuda_attention_generic(const qv_cuda_attn_args *a, cudaStream_t stream);
 
+/* moe.cu: the model families' kernels. kind: 0 silu, 1 gelu-tanh, 2 gpt-oss clamped SwiGLU. */
+cudaError_t qv_cuda_scale(uint16_t *x, int64_t n, float s, cudaStream_t stream);
+cudaError_t qv_cuda_gated_act(uint16_t *out, const uint16_t *gate, const uint16_t *up, int64_t n, int kind,
+                              float alpha, float limit, cudaStream_t stream);
+/* kind: 0 softmax then top-k, 1 top-k then softmax, 2 sigmoid then top-k. */
+cudaError_t qv_cuda_moe_route(const float *logits, int32_t n, int32_t E, int32_t k, int kind, int normalize,
+                              int32_t *ids, float *w, cudaStream_t stream);
+/* Groups the S slots of ids by expert into scratch ([3E + 1 + S] ints: counts, offsets, cursors,
+ * slot order); qv_cuda_moe_matmul reads the grouping. */
+cudaError_t qv_cuda_moe_sort(const int32_t *ids, int64_t S, int32_t E, int32_t *scratch, cudaStream_t stream);
+/* out [S][rows] bf16; w bf16 [E*rows][cols] or (blocks, scales) MXFP4; bias f32 [E][rows] or NULL. */
+cudaError_t qv_cuda_moe_matmul(uint16_t *out, const uint16_t *x, int per_slot, int32_t k, const uint16_t *w,
+                               const uint8_t *blocks, const uint8_t *scales, const float *bias,
+                               const int32_t *scratch, int32_t E, int64_t rows, int64_t cols, cudaStream_t stream);
+cudaError_t qv_cuda_moe_combine(uint16_t *out, const uint16_t *y, const float *w, int64_t n, int32_t k, int64_t d,
+                                cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

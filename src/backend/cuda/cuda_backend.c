@@ -525,6 +525,7 @@ static void cuda_destroy(qv_backend *b) {
   cudaFreeHost(be->plan_host);
   cudaFree(be->plan_dev);
   cudaFree(be->d_ids);
+  cudaFree(be->moe_scratch);
   cudaFree(be->gemm_ws);
   free(be->host_tmp);
   if (be->stage_done) cudaEventDestroy(be->stage_done);
@@ -558,6 +559,11 @@ static const qv_backend_ops cuda_ops = {
     .silu_mul = cuda_silu_mul,
     .gather_rows = cuda_gather_rows,
     .argmax = cuda_argmax,
+    .scale = cuda_scale,
+    .gated_act = cuda_gated_act,
+    .moe_route = cuda_moe_route,
+    .moe_matmul = cuda_moe_matmul,
+    .moe_combine = cuda_moe_combine,
 };
 
 /* Creates the device-side resources of be (zeroed, ops set); on failure the caller destroys it. */
