@@ -1,14 +1,23 @@
 /* config.json of the families beyond Llama (src/loader/hf_families.c) and the checks every
  * config goes through: Gemma 3's multimodal wrapper and defaults, layer patterns, MoE layer
  * selection, longrope's per-model choice, dynamic rope, and clear refusals (non-causal
- * architectures, foreign quantization, dynamic without factor, unknown layer types). The
+ * architectures, foreign quantization or one that does not match the weights, dynamic without
+ * factor, unknown layer types). The
  * numerics of each family are tested against transformers in test_model_fixtures. */
+#include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <dirent.h>
+#include <limits.h>
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "backend/backend.h"
 #include "loader/hf_config.h"
 #include "models/model_impl.h"
+#include "../test_util.h"
 
 static int parse(const char *json, qv_model_config *c, qv_error *e) {
   memset(e, 0, sizeof *e);
@@ -145,4 +154,86 @@ Test(loader_families, refusals_and_dynamic) {
   cr_assert_float_eq(af, 1.0f, 0);
   cr_assert_eq(parse("{\"model_type\": \"bert\", " BASE "}", &c, &e), QV_EUNSUPPORTED);
   cr_assert(strstr(e.msg, "gpt_oss"), "the error lists the supported types: %s", e.msg);
+}
+
+/* A temp copy of a fixture (symlinks) whose config.json is the fixture's with `edit` applied. */
+
+static void fixture_with_config(const char *name, void (*edit)(cJSON *), char *tmp) {
+  char rel[1024], dir[PATH_MAX], from[PATH_MAX + 300], to[600];
+  const char *src = getenv("QV_SOURCE_DIR");
+  snprintf(rel, sizeof rel, "%s/tests/fixtures/models/%s", src ? src : ".", name);
+  cr_assert(realpath(rel, dir), "realpath %s", rel);
+  strcpy(tmp, "/tmp/qv-fam-XXXXXX");
+  cr_assert(mkdtemp(tmp));
+  DIR *d = opendir(dir);
+  cr_assert(d);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (e->d_name[0] == '.' || !strcmp(e->d_name, "config.json")) continue;
+    snprintf(from, sizeof from, "%s/%s", dir, e->d_name);
+    snprintf(to, sizeof to, "%s/%s", tmp, e->d_name);
+    cr_assert_eq(symlink(from, to), 0);
+  }
+  closedir(d);
+  snprintf(from, sizeof from, "%s/config.json", dir);
+  char *text = test_slurp(from, NULL);
+  cr_assert(text);
+  cJSON *root = cJSON_Parse(text);
+  free(text);
+  edit(root);
+  char *out = cJSON_Print(root);
+  cJSON_Delete(root);
+  snprintf(to, sizeof to, "%s/config.json", tmp);
+  FILE *f = fopen(to, "w");
+  cr_assert(f);
+  fputs(out, f);
+  fclose(f);
+  free(out);
+}
+
+static void remove_tmp(const char *tmp) {
+  DIR *d = opendir(tmp);
+  struct dirent *e;
+  char p[600];
+  while (d && (e = readdir(d))) {
+    if (e->d_name[0] == '.') continue;
+    snprintf(p, sizeof p, "%s/%s", tmp, e->d_name);
+    unlink(p);
+  }
+  if (d) closedir(d);
+  rmdir(tmp);
+}
+
+static int load_dir(const char *dir, qv_error *err) {
+  qv_backend *be = NULL;
+  cr_assert_eq(qv_backend_create("cpu", &(qv_backend_opts){.n_threads = 1}, &be, err), 0);
+  qv_model *m = NULL;
+  int rc = qv_model_load(dir, be, NULL, &m, err);
+  qv_model_destroy(m);
+  qv_backend_destroy(be);
+  return rc;
+}
+
+static void drop_quant(cJSON *c) { cJSON_DeleteItemFromObject(c, "quantization_config"); }
+static void add_mxfp4(cJSON *c) {
+  cJSON *q = cJSON_AddObjectToObject(c, "quantization_config");
+  cJSON_AddStringToObject(q, "quant_method", "mxfp4");
+}
+
+Test(loader_families, quantization_config_must_match_the_weights) {
+  char tmp[64];
+  qv_error e = {0};
+  /* MXFP4 blocks in the file, no quantization_config: the dense experts are missing. */
+  fixture_with_config("gpt-oss-mxfp4", drop_quant, tmp);
+  int rc = load_dir(tmp, &e);
+  remove_tmp(tmp);
+  cr_assert_eq(rc, QV_ENOTFOUND, "%s", e.msg);
+  cr_assert(strstr(e.msg, "experts.gate_up_proj"), "%s", e.msg);
+  /* A quantization_config over dense experts: the blocks are missing. */
+  memset(&e, 0, sizeof e);
+  fixture_with_config("gpt-oss", add_mxfp4, tmp);
+  rc = load_dir(tmp, &e);
+  remove_tmp(tmp);
+  cr_assert_eq(rc, QV_ENOTFOUND, "%s", e.msg);
+  cr_assert(strstr(e.msg, "_blocks") && strstr(e.msg, "mxfp4"), "%s", e.msg);
 }
