@@ -86,6 +86,7 @@ typedef struct qv_cuda_attn_args {
   int32_t n_reduce;
   float *part_o;   /* [slots][n_kv_head][QV_ATTN_BLOCK_M][head_dim] split partial outputs */
   float *part_lse; /* [slots][n_kv_head][QV_ATTN_BLOCK_M] their log2-sum-exp */
+  const float *sinks; /* NULL, or f32 [n_head] logits joining the softmax denominator (generic kernel only) */
 } qv_cuda_attn_args;
 
 /* 1 when the tensor-core kernel serves head_dim (64, 128, 256). */
@@ -95,7 +96,8 @@ cudaError_t qv_cuda_attention_init(void);
 /* Tensor-core FlashAttention-2 path (work items + split-K reduction). q, out, caches 16-byte
  * aligned and head_dim supported. */
 cudaError_t qv_cuda_attention_mma(const qv_cuda_attn_args *a, cudaStream_t stream);
-/* Any head_dim <= 256 (CUDA cores, one warp per token and head); ignores the work items. */
+/* Any head_dim <= 256 (CUDA cores, one warp per token and head); ignores the work items; the
+ * only path that applies sinks. */
 cudaError_t qv_cuda_attention_generic(const qv_cuda_attn_args *a, cudaStream_t stream);
 
 /* moe.cu: the model families' kernels. kind: 0 silu, 1 gelu-tanh, 2 gpt-oss clamped SwiGLU. */

@@ -130,3 +130,45 @@ Test(cuda_moe, route_matmul_combine) {
   free(lv), free(ic), free(ig), free(wc), free(wg);
   gpu_pair_close(&p);
 }
+
+/* gpt-oss's attention sinks on the generic kernel against the CPU, head_dim 64 (which would
+ * otherwise take the tensor-core path), with a sliding window; rtol 2e-2 + 1e-2 rms. */
+Test(cuda_moe, attention_sinks) {
+  gpu_pair p;
+  gpu_pair_open(&p);
+  uint32_t rng = 0x99u;
+  const int32_t H = 4, KV = 2, hd = 64, n = 21, bs = 16;
+  const qv_kv_desc kv = {.n_layer = 1, .n_blocks = 4, .block_size = bs, .n_kv_head = KV, .head_dim = hd};
+  cr_assert_eq(p.cpu->ops->kv_init(p.cpu, &kv), 0);
+  cr_assert_eq(p.gpu->ops->kv_init(p.gpu, &kv), 0, "%s", p.gpu->last_error.msg);
+  int32_t ids[21] = {0}, pos[21], slots[21], qs[2] = {0, n}, ctx[1] = {n}, bt[2] = {3, 1}, li[1] = {n - 1};
+  for (int i = 0; i < n; i++) pos[i] = i, slots[i] = bt[i / bs] * bs + i % bs;
+  qv_batch b = {.n_tokens = n, .n_seqs = 1, .n_logits = 1, .token_ids = ids, .positions = pos, .slot_mapping = slots,
+                .seq_q_start = qs, .seq_ctx_len = ctx, .block_tables = bt, .max_blocks = 2, .logits_idx = li};
+  cr_assert_eq(p.cpu->ops->set_batch(p.cpu, &b), 0);
+  cr_assert_eq(p.gpu->ops->set_batch(p.gpu, &b), 0, "%s", p.gpu->last_error.msg);
+  float *qv = g_random(&rng, (size_t)(n * H * hd), -1, 1), *kvv = g_random(&rng, (size_t)(n * KV * hd), -1, 1);
+  float *vv = g_random(&rng, (size_t)(n * KV * hd), -1, 1), *sv = g_random(&rng, (size_t)H, -2, 2);
+  mirror q, k, v, o, sk;
+  mirror_act(&p, &q, n, H * hd, qv);
+  mirror_act(&p, &k, n, KV * hd, kvv);
+  mirror_act(&p, &v, n, KV * hd, vv);
+  mirror_act(&p, &o, n, H * hd, qv);
+  mirror_alloc(&p, &sk, QV_DTYPE_F32, QV_DTYPE_F32, 1, H);
+  upload_both(&p, &sk, sv, QV_DTYPE_F32);
+  cr_assert_eq(p.cpu->ops->kv_write(p.cpu, 0, &k.c, &v.c), 0);
+  cr_assert_eq(p.gpu->ops->kv_write(p.gpu, 0, &k.g, &v.g), 0);
+  mirror_poison(&p, &o);
+  qv_attn_params pc = {.layer = 0, .n_head = H, .n_kv_head = KV, .head_dim = hd, .scale = 0.125f, .sliding_window = 8,
+                       .sinks = &sk.c};
+  qv_attn_params pg = pc;
+  pg.sinks = &sk.g;
+  cr_assert_eq(p.cpu->ops->attention(p.cpu, &o.c, &q.c, &pc), 0, "%s", p.cpu->last_error.msg);
+  cr_assert_eq(p.gpu->ops->attention(p.gpu, &o.g, &q.g, &pg), 0, "%s", p.gpu->last_error.msg);
+  mirror_expect_close(&p, &o, 2e-2, 1e-2, "attention with sinks");
+  mirror_free(&p, &q), mirror_free(&p, &k), mirror_free(&p, &v), mirror_free(&p, &o), mirror_free(&p, &sk);
+  free(qv), free(kvv), free(vv), free(sv);
+  p.cpu->ops->kv_deinit(p.cpu);
+  p.gpu->ops->kv_deinit(p.gpu);
+  gpu_pair_close(&p);
+}
