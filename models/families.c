@@ -343,11 +343,56 @@ static int check_ops(const qv_model_config *c, const qv_backend_ops *ops, qv_err
   return 0;
 }
 
+/* Gemma 3's multimodal checkpoints keep the text model under another prefix: a weight source
+ * that maps "model.X" to "<prefix>X" over the real one. */
+typedef struct prefix_src {
+  model_weight_src *inner;
+  const char *prefix;
+} prefix_src;
+
+static const void *prefix_get(model_weight_src *src, const char *name, int64_t rows, int64_t cols, qv_dtype *dtype,
+                              qv_error *err) {
+  prefix_src *p = src->ctx;
+  char mapped[256];
+  if (!strncmp(name, "model.", 6)) {
+    snprintf(mapped, sizeof mapped, "%s%s", p->prefix, name + 6);
+    name = mapped;
+  }
+  p->inner->max_dims = src->max_dims;
+  p->inner->want_u8 = src->want_u8;
+  return p->inner->get(p->inner, name, rows, cols, dtype, err);
+}
+
+static int families_build_from(const qv_model_config *cfg, model_weight_src *src, qv_backend *be,
+                               const qv_model_opts *opts, qv_model **out, qv_error *err);
+
 int families_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
                    qv_model **out, qv_error *err) {
   *out = NULL;
   int rc = check_ops(cfg, be->ops, err);
   if (rc) return rc;
+  if (cfg->family == QV_FAMILY_GEMMA3) {
+    static const char *const prefixes[] = {"model.language_model.", "language_model.model."};
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
+      char probe[96];
+      qv_error e = {0};
+      qv_dtype dt;
+      snprintf(probe, sizeof probe, "%sembed_tokens.weight", prefixes[i]);
+      if (src->get(src, "model.embed_tokens.weight", cfg->vocab_size, cfg->dim, &dt, &e) || e.code) break;
+      e = (qv_error){0};
+      if (src->get(src, probe, cfg->vocab_size, cfg->dim, &dt, &e) || e.code) {
+        prefix_src ps = {src, prefixes[i]};
+        model_weight_src wrapped = {.get = prefix_get, .ctx = &ps};
+        return families_build_from(cfg, &wrapped, be, opts, out, err);
+      }
+    }
+  }
+  return families_build_from(cfg, src, be, opts, out, err);
+}
+
+static int families_build_from(const qv_model_config *cfg, model_weight_src *src, qv_backend *be,
+                               const qv_model_opts *opts, qv_model **out, qv_error *err) {
+  int rc;
   qv_model *m = calloc(1, sizeof *m);
   if (!m) return qv_error_set(err, QV_ENOMEM, "out of memory");
   m->cfg = *cfg;

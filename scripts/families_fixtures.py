@@ -4,6 +4,8 @@ that the family's features change the logits:
 
   gemma2             attention and final-logit soft-capping at caps the O(1) scores reach,
                      sliding window 4 (layer 0) < the 12-token prompt, query_pre_attn_scalar 12
+  gemma3-multimodal  the same weights as a multimodal Gemma 3 checkpoint (text_config,
+                     Gemma3ForConditionalGeneration, model.language_model.* names)
   gemma3             q/k norms, sliding layer 0 (window 4, rope base 10000) and global layer 1
                      (rope base 1e6 with linear scaling 2), classic config with
                      sliding_window_pattern 2 and rope_local_base_freq
@@ -271,7 +273,34 @@ def make(fx, root, mf):
     print("%-20s %7d bytes  prompt %s  decode %s" % (fx["name"], size, prompt, decode_ids))
 
 
+def make_multimodal(root):
+    """gemma3-multimodal: the gemma3 fixture as a multimodal Gemma 3 checkpoint ships its text
+    model: config model_type gemma3 with the text config under text_config, weights under
+    model.language_model. (transformers 5's naming). Same weights, so the same reference."""
+    src, dst = os.path.join(root, "gemma3"), os.path.join(root, "gemma3-multimodal")
+    shutil.rmtree(dst, ignore_errors=True)
+    os.makedirs(dst)
+    sd = load_file(os.path.join(src, "model.safetensors"))
+    sd = {("model.language_model." + k[len("model."):] if k.startswith("model.") else k): v
+          for k, v in sd.items()}
+    save_file(sd, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+    for cfg_name in ("config.json", "config.transformers5.json"):
+        with open(os.path.join(src, cfg_name)) as f:
+            text = json.load(f)
+        mm = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+              "text_config": {k: v for k, v in text.items() if k != "architectures"},
+              "eos_token_id": text.get("eos_token_id"), "bos_token_id": text.get("bos_token_id")}
+        with open(os.path.join(dst, cfg_name), "w") as f:
+            json.dump(mm, f, indent=2)
+            f.write("\n")
+    for n in ("generation_config.json", "reference.json"):
+        shutil.copy(os.path.join(src, n), os.path.join(dst, n))
+    print("%-20s (gemma3's weights and reference, multimodal layout)" % "gemma3-multimodal")
+
+
 def make_all(root, only, mf):
     for fx in FIXTURES:
         if not only or fx["name"] in only:
             make(fx, root, mf)
+    if not only or "gemma3" in only or "gemma3-multimodal" in only:
+        make_multimodal(root)

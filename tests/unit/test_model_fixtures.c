@@ -91,6 +91,7 @@ static const fx_expect EXPECT[] = {
     /* Families (scripts/families_fixtures.py). */
     {"gemma2", "gemma2", 4, 2, 8, 4, 1, 0, 0, 0, QV_ROPE_SCALING_NONE, "F32", 1, 2, -1},
     {"gemma3", "gemma3_text", 4, 2, 8, 4, 1, 0, 0, 1, QV_ROPE_SCALING_LINEAR, "F32", 1, 2, -1},
+    {"gemma3-multimodal", "gemma3", 4, 2, 8, 4, 1, 0, 0, 1, QV_ROPE_SCALING_LINEAR, "F32", 1, 2, -1},
     {"phi3-longrope-short", "phi3", 4, 2, 16, 0, 0, 0, 0, 0, QV_ROPE_SCALING_LONGROPE, "F32", 1, 2, -1},
     {"phi3-longrope-long", "phi3", 4, 2, 16, 0, 0, 0, 0, 0, QV_ROPE_SCALING_LONGROPE, "F32", 1, 2, -1},
     {"mixtral", "mixtral", 4, 2, 8, 0, 0, 0, 0, 0, QV_ROPE_SCALING_NONE, "F32", 1, 2, -1},
@@ -454,6 +455,7 @@ FIXTURE_TEST(qwen2, "qwen2")
 FIXTURE_TEST(qwen3, "qwen3")
 FIXTURE_TEST(gemma2, "gemma2")
 FIXTURE_TEST(gemma3, "gemma3")
+FIXTURE_TEST(gemma3_multimodal, "gemma3-multimodal")
 FIXTURE_TEST(phi3_longrope_short, "phi3-longrope-short")
 FIXTURE_TEST(phi3_longrope_long, "phi3-longrope-long")
 FIXTURE_TEST(mixtral, "mixtral")
