@@ -558,7 +558,14 @@ int families_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *er
   qv_tensor g = rows_of(&m->g, n), u = rows_of(&m->u, n);
   qv_act act = {.kind = (qv_act_kind)c->act, .alpha = c->swiglu_alpha, .limit = c->swiglu_limit};
   BE_CALL(m, ops->embed(be, &x, &m->tok_emb));
-  if (c->embed_scale) BE_CALL(m, ops->scale(be, &x, c->embed_scale));
+  if (c->embed_scale) {
+    /* transformers casts the normalizer to the embedding's dtype before multiplying: bf16 on a
+     * bf16 backend (sqrt(640) = 25.298 becomes 25.25), exact fp32 on the CPU. */
+    float es = c->embed_scale;
+    if (ops->weight_dtype == QV_DTYPE_BF16) es = qv_bf16_to_f32(qv_f32_to_bf16(es));
+    else if (ops->weight_dtype == QV_DTYPE_F16) es = qv_f16_to_f32(qv_f32_to_f16(es));
+    BE_CALL(m, ops->scale(be, &x, es));
+  }
   for (int32_t l = 0; l < c->n_layer; l++) {
     const fam_layer *L = &F->layers[l];
     int sliding = c->layer_flags[l] & QV_LAYER_SLIDING;
