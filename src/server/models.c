@@ -228,7 +228,7 @@ int srv_models_load(const registry *reg, const srv_load_opts *o, srv_models **ou
   for (int32_t i = 0; i < s->n; i++) {
     int rc = load_one(&reg->models[i], o, &s->l[i], &s->m[i], err);
     if (rc) {
-      qv_error_prefix(err, "model '%s' (%s): ", reg->models[i].name, reg->models[i].path);
+      qv_error_prefix(err, "model '%s' (%s)", reg->models[i].name, reg->models[i].path);
       srv_models_destroy(s);
       return rc;
     }
