@@ -618,7 +618,8 @@ static int do_groupby(jctx *c, jv seq, const jargs *a, jv *out) {
   int rc = jrt_iterate(c, seq, &l);
   if (rc) return rc;
   size_t n = l->n;
-  jv *vals = jarena_alloc(c->a, (n + 1) * sizeof(jv)), *keys = jarena_alloc(c->a, (n + 1) * sizeof(jv));
+  jv *vals = jarena_alloc(c->a, (n + 1) * sizeof(jv));
+  jv *keys = jarena_alloc(c->a, (n + 1) * sizeof(jv));
   jlist *res = jlist_new(c->a, 0);
   if (!vals || !keys || !res) return jctx_oom(c);
   for (size_t i = 0; i < n; i++) {
@@ -840,7 +841,9 @@ int jb_filter(jctx *c, const char *name, jv in, const jargs *a, jv *out) {
     if (IS("last") && in.t != JV_LIST && in.t != JV_STR && in.t != JV_DICT && in.t != JV_UNDEF)
       return jctx_fail(c, "'%s' object is not reversible", jv_type_name(in));
     if ((rc = jrt_iterate(c, in, &l))) return rc;
-    if (l->n == 0) *out = jv_undef(IS("first") ? "No first item, sequence was empty." : "No last item, sequence was empty.");
+    if (l->n == 0)
+      *out = jv_undef(IS("first") ? "No first item, sequence was empty."
+                                  : "No last item, sequence was empty.");
     else *out = IS("first") ? l->v[0] : l->v[l->n - 1];
     return 0;
   }
@@ -858,7 +861,8 @@ int jb_filter(jctx *c, const char *name, jv in, const jargs *a, jv *out) {
       return rc;
     }
     jlist *l;
-    if (in.t != JV_LIST && in.t != JV_DICT && in.t != JV_UNDEF) return jctx_fail(c, "argument must be iterable");
+    if (in.t != JV_LIST && in.t != JV_DICT && in.t != JV_UNDEF)
+      return jctx_fail(c, "argument must be iterable");
     if ((rc = jrt_iterate(c, in, &l))) return rc;
     jlist *r = jlist_new(c->a, l->n);
     if (!r) return jctx_oom(c);
@@ -1060,8 +1064,10 @@ int jb_test(jctx *c, const char *name, jv v, const jargs *a, bool *out) {
   else if (IS("mapping")) *out = v.t == JV_DICT;
   else if (IS("iterable")) *out = v.t == JV_LIST || v.t == JV_DICT || v.t == JV_STR || v.t == JV_UNDEF;
   /* jinja2's Undefined has __len__, __iter__ and __call__: a sequence and callable */
-  else if (IS("sequence")) *out = v.t == JV_LIST || v.t == JV_DICT || v.t == JV_STR || v.t == JV_UNDEF;
-  else if (IS("callable")) *out = v.t == JV_MACRO || v.t == JV_BUILTIN || v.t == JV_METHOD || v.t == JV_UNDEF;
+  else if (IS("sequence"))
+    *out = v.t == JV_LIST || v.t == JV_DICT || v.t == JV_STR || v.t == JV_UNDEF;
+  else if (IS("callable"))
+    *out = v.t == JV_MACRO || v.t == JV_BUILTIN || v.t == JV_METHOD || v.t == JV_UNDEF;
   else if (IS("lower") || IS("upper")) {
     /* str(value).islower() / .isupper(), for any value (undefined is "") */
     if (v.t != JV_STR && jv_to_str(c->a, v, &v)) return jctx_oom(c);

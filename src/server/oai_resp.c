@@ -135,7 +135,8 @@ char *oai_token_key(const char *text, const char *raw, size_t raw_len) {
   char *key = malloc(6 + 4 * raw_len + 1);
   if (!key) return NULL;
   memcpy(key, "bytes:", 6);
-  for (size_t i = 0; i < raw_len; i++) snprintf(key + 6 + 4 * i, 5, "\\x%02x", (unsigned char)raw[i]);
+  for (size_t i = 0; i < raw_len; i++)
+    snprintf(key + 6 + 4 * i, 5, "\\x%02x", (unsigned char)raw[i]);
   key[6 + 4 * raw_len] = '\0';
   return key;
 }

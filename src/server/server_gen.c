@@ -573,8 +573,12 @@ static void add_logprobs(srv_req *r, srv_choice *ch, const qv_event *ev) {
      * entries keep their text and carry bytes. */
     if (r->o.kind == OAI_COMPLETION) {
       int ok = 1;
-      for (int32_t k = 0; k <= n_top; k++) ok &= (names[k] = token_key(m, ids[k], names[k])) != NULL;
-      if (ok) oai_distinct_keys(names, ids, 1 + n_top);
+      for (int32_t k = 0; k <= n_top; k++) {
+        names[k] = token_key(m, ids[k], names[k]);
+        if (!names[k]) ok = 0;
+      }
+      /* out of memory: the names stay as they are (an entry may then be missing) */
+      if (ok) (void)oai_distinct_keys(names, ids, 1 + n_top);
     }
     const char *tops[OAI_MAX_TOP_LOGPROBS];
     for (int32_t k = 0; k < n_top; k++) tops[k] = names[1 + k] ? names[1 + k] : "";

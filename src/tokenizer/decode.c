@@ -161,10 +161,11 @@ static int dec_step(const tok_dec_step *st, tok_match_ctx *mc, const slist *in, 
       for (size_t i = 0; i < in->n && rc == 0; i++) {
         if ((rc = slist_begin(o))) return rc;
         /* kept bytes that are not UTF-8 never reach the (UTF-8) regex: they pass unchanged */
-        if (keep_bytes && st->re.code && tok_utf8_valid_prefix(sget(in, i), in->len[i]) != in->len[i])
-          rc = slist_add(o, sget(in, i), in->len[i]);
+        size_t n = in->len[i];
+        if (keep_bytes && st->re.code && tok_utf8_valid_prefix(sget(in, i), n) != n)
+          rc = slist_add(o, sget(in, i), n);
         else
-          rc = replace_str(st, mc, sget(in, i), in->len[i], o);
+          rc = replace_str(st, mc, sget(in, i), n, o);
       }
       return rc;
     case TOK_DEC_BYTEFALLBACK: {
