@@ -110,10 +110,21 @@ cudaError_t qv_cuda_moe_route(const float *logits, int32_t n, int32_t E, int32_t
 /* Groups the S slots of ids by expert into scratch ([3E + 1 + S] ints: counts, offsets, cursors,
  * slot order); qv_cuda_moe_matmul reads the grouping. */
 cudaError_t qv_cuda_moe_sort(const int32_t *ids, int64_t S, int32_t E, int32_t *scratch, cudaStream_t stream);
-/* out [S][rows] bf16; w bf16 [E*rows][cols] or (blocks, scales) MXFP4; bias f32 [E][rows] or NULL. */
-cudaError_t qv_cuda_moe_matmul(uint16_t *out, const uint16_t *x, int per_slot, int32_t k, const uint16_t *w,
-                               const uint8_t *blocks, const uint8_t *scales, const float *bias,
-                               const int32_t *scratch, int32_t E, int64_t rows, int64_t cols, cudaStream_t stream);
+/* One expert-grouped matmul: out[slot] = x[slot / k or slot] . W[ids[slot]]^T + bias. */
+typedef struct qv_cuda_moe_args {
+  uint16_t *out;           /* [S][rows] bf16 */
+  const uint16_t *x;       /* [n][cols] (per_slot 0) or [S][cols] (per_slot 1) bf16 */
+  int per_slot;
+  int32_t k;               /* experts per token */
+  const uint16_t *w;       /* dense: [E*rows][cols] bf16, or NULL */
+  const uint8_t *blocks;   /* MXFP4: [E*rows][cols/2], or NULL */
+  const uint8_t *scales;   /* MXFP4: [E*rows][cols/32] */
+  const float *bias;       /* [E][rows] or NULL */
+  const int32_t *scratch;  /* grouping written by qv_cuda_moe_sort */
+  int32_t n_expert;
+  int64_t rows, cols;
+} qv_cuda_moe_args;
+cudaError_t qv_cuda_moe_matmul(const qv_cuda_moe_args *a, cudaStream_t stream);
 cudaError_t qv_cuda_moe_combine(uint16_t *out, const uint16_t *y, const float *w, int64_t n, int32_t k, int64_t d,
                                 cudaStream_t stream);
 

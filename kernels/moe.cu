@@ -182,14 +182,12 @@ extern "C" cudaError_t qv_cuda_moe_sort(const int32_t *ids, int64_t S, int32_t E
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t qv_cuda_moe_matmul(uint16_t *out, const uint16_t *x, int per_slot, int32_t k,
-                                          const uint16_t *w, const uint8_t *blocks, const uint8_t *scales,
-                                          const float *bias, const int32_t *scratch, int32_t E, int64_t rows,
-                                          int64_t cols, cudaStream_t stream) {
-  const int32_t *offs = scratch + E, *order = scratch + 3 * E + 1;
-  dim3 grid((unsigned)((rows + kRowsPerBlock - 1) / kRowsPerBlock), (unsigned)E);
-  grouped_matmul_kernel<<<grid, 32 * kRowsPerBlock, 0, stream>>>(out, x, per_slot, k, w, blocks, scales, bias, offs,
-                                                                 order, rows, cols);
+extern "C" cudaError_t qv_cuda_moe_matmul(const qv_cuda_moe_args *a, cudaStream_t stream) {
+  const int32_t E = a->n_expert;
+  const int32_t *offs = a->scratch + E, *order = a->scratch + 3 * E + 1;
+  dim3 grid((unsigned)((a->rows + kRowsPerBlock - 1) / kRowsPerBlock), (unsigned)E);
+  grouped_matmul_kernel<<<grid, 32 * kRowsPerBlock, 0, stream>>>(a->out, a->x, a->per_slot, a->k, a->w, a->blocks,
+                                                                 a->scales, a->bias, offs, order, a->rows, a->cols);
   return cudaGetLastError();
 }
 

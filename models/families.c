@@ -46,7 +46,7 @@ struct fam_state {
 
 /* ---- loading ---- */
 
-enum { LD_REQ = 1, LD_PLUS_ONE = 2 };
+enum { LD_REQ = 1, LD_PLUS_ONE = 2, LD_F32 = 4 /* keep F32 on every backend (sinks) */ };
 
 static int upload_host(qv_model *m, const void *data, qv_dtype dt, int64_t rows, int64_t cols, qv_dtype want,
                        qv_tensor *t, qv_error *err) {
@@ -81,7 +81,7 @@ static int load_rows(qv_model *m, model_weight_src *src, const char *name, int64
     rc = upload_host(m, f, QV_DTYPE_F32, n, cols, m->be->ops->weight_dtype, t, err);
     free(f);
   } else {
-    rc = upload_host(m, p, dt, n, cols, m->be->ops->weight_dtype, t, err);
+    rc = upload_host(m, p, dt, n, cols, flags & LD_F32 ? QV_DTYPE_F32 : m->be->ops->weight_dtype, t, err);
   }
   if (!rc) m->n_params += n * cols;
   return rc;
@@ -264,7 +264,7 @@ static int load_layer(qv_model *m, model_weight_src *src, int32_t l, qv_error *e
   if (c->qk_norm && ((rc = load(m, src, NAME_("self_attn.q_norm.weight"), 1, c->head_dim, LD_REQ | gem, &L->q_norm, err)) ||
                      (rc = load(m, src, NAME_("self_attn.k_norm.weight"), 1, c->head_dim, LD_REQ | gem, &L->k_norm, err))))
     return rc;
-  if (c->attn_sinks && (rc = load(m, src, NAME_("self_attn.sinks"), 1, c->n_head, LD_REQ, &L->sinks, err))) return rc;
+  if (c->attn_sinks && (rc = load(m, src, NAME_("self_attn.sinks"), 1, c->n_head, LD_REQ | LD_F32, &L->sinks, err))) return rc;
   int64_t f = c->moe_ffn_dim, E = c->n_expert;
   if (!(c->layer_flags[l] & QV_LAYER_MOE)) {
     if (c->family == QV_FAMILY_PHI3) {

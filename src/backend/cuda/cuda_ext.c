@@ -63,9 +63,11 @@ int cuda_moe_matmul(qv_backend *b, qv_tensor *out, const qv_tensor *x, const qv_
   /* Expert ids come from moe_route on the device; the kernels index with them unchecked, so the
    * route op is the only producer the model uses (ids are never uploaded from outside). */
   CUDA_CK(be, qv_cuda_moe_sort(ids->data, S, (int32_t)E, be->moe_scratch, be->stream));
-  CUDA_CK(be, qv_cuda_moe_matmul(out->data, x->data, x->rows == S && k > 1, (int32_t)k, w->mxfp4 ? NULL : w->w.data,
-                                 w->mxfp4 ? w->blocks.data : NULL, w->mxfp4 ? w->scales.data : NULL,
-                                 w->bias.data, be->moe_scratch, (int32_t)E, w->rows, w->cols, be->stream));
+  qv_cuda_moe_args a = {.out = out->data, .x = x->data, .per_slot = x->rows == S && k > 1, .k = (int32_t)k,
+                        .w = w->mxfp4 ? NULL : w->w.data, .blocks = w->mxfp4 ? w->blocks.data : NULL,
+                        .scales = w->mxfp4 ? w->scales.data : NULL, .bias = w->bias.data,
+                        .scratch = be->moe_scratch, .n_expert = (int32_t)E, .rows = w->rows, .cols = w->cols};
+  CUDA_CK(be, qv_cuda_moe_matmul(&a, be->stream));
   return 0;
 }
 
