@@ -237,3 +237,132 @@ Test(loader_families, quantization_config_must_match_the_weights) {
   cr_assert_eq(rc, QV_ENOTFOUND, "%s", e.msg);
   cr_assert(strstr(e.msg, "_blocks") && strstr(e.msg, "mxfp4"), "%s", e.msg);
 }
+
+/* ---- corrupted family checkpoints: every load fails with a message or runs a forward ---- */
+
+static const char *g_key;      /* fixture_with_config edit: set g_key to g_val (NULL: delete) */
+static const char *g_val;
+static void set_key(cJSON *c) {
+  cJSON_DeleteItemFromObject(c, g_key);
+  if (g_val) {
+    cJSON *v = cJSON_Parse(g_val);
+    cr_assert(v, "bad test JSON %s", g_val);
+    cJSON_AddItemToObject(c, g_key, v);
+  }
+}
+
+/* Loads dir; on success runs one 3-token forward. Returns the load's code. */
+static int load_and_run(const char *dir, qv_error *err) {
+  qv_backend *be = NULL;
+  cr_assert_eq(qv_backend_create("cpu", &(qv_backend_opts){.n_threads = 1}, &be, err), 0);
+  qv_model *m = NULL;
+  qv_model_opts mo = {.max_batch_tokens = 8, .max_logits = 8};
+  int rc = qv_model_load(dir, be, &mo, &m, err);
+  if (rc == 0) {
+    cr_assert_eq(qv_model_kv_init(m, 4, 4, err), 0, "%s", err->msg);
+    int32_t ids[3] = {3, 4, 5}, pos[3] = {0, 1, 2}, slots[3] = {0, 1, 2}, qs[2] = {0, 3}, ctx[1] = {3}, bt[1] = {0};
+    int32_t li[1] = {2};
+    qv_batch b = {.n_tokens = 3, .n_seqs = 1, .n_logits = 1, .token_ids = ids, .positions = pos,
+                  .slot_mapping = slots, .seq_q_start = qs, .seq_ctx_len = ctx, .block_tables = bt,
+                  .max_blocks = 1, .logits_idx = li};
+    float *logits = malloc(sizeof(float) * (size_t)qv_model_get_config(m)->vocab_size);
+    qv_error fe = {0};
+    qv_model_forward(m, &b, logits, &fe); /* any result but a crash */
+    free(logits);
+  } else {
+    cr_assert(err->msg[0], "load failed (%d) without a message", rc);
+  }
+  qv_model_destroy(m);
+  qv_backend_destroy(be);
+  return rc;
+}
+
+Test(loader_families, corrupted_family_configs, .timeout = 120) {
+  static const struct {
+    const char *fixture, *key, *val;
+    int must_fail;
+  } cases[] = {
+      {"gpt-oss-mxfp4", "num_local_experts", "0", 1},
+      {"gpt-oss-mxfp4", "num_local_experts", "100000", 1},
+      {"gpt-oss-mxfp4", "num_local_experts", "\"4\"", 1},
+      {"gpt-oss-mxfp4", "num_experts_per_tok", "9", 1},
+      {"gpt-oss-mxfp4", "num_local_experts", "8", 1},        /* more experts than the file holds */
+      {"gpt-oss-mxfp4", "intermediate_size", "48", 1},       /* blocks no longer match */
+      {"gpt-oss-mxfp4", "layer_types", "[\"sliding_attention\"]", 1},
+      {"gpt-oss-mxfp4", "layer_types", "[1, 2]", 1},
+      {"gpt-oss-mxfp4", "sliding_window", "-4", 1},
+      {"gpt-oss-mxfp4", "quantization_config", "{\"quant_method\": 7}", 1},
+      {"gpt-oss-mxfp4", "quantization_config", "[]", 1},
+      {"gpt-oss-mxfp4", "swiglu_limit", "-1", 1},
+      {"gpt-oss-mxfp4", "sliding_window", "0", 1},           /* sliding layers without a window */
+      {"gemma2", "query_pre_attn_scalar", "0", 1},
+      {"gemma2", "attn_logit_softcapping", "\"x\"", 1},
+      {"gemma2", "hidden_activation", "\"gelu\"", 1},
+      {"gemma3-multimodal", "text_config", "3", 1},
+      {"gemma3-multimodal", "text_config", "{}", 1},
+      {"gemma3", "rope_local_base_freq", "-1", 1},
+      {"gemma3", "sliding_window_pattern", "0", 1},
+      {"phi3-longrope-long", "rope_scaling", "{\"type\": \"longrope\", \"short_factor\": [1, 2], \"long_factor\": [1]}", 1},
+      {"phi3-longrope-long", "rope_scaling", "{\"type\": \"longrope\", \"short_factor\": [1, 1, 1, 1], "
+                                             "\"long_factor\": [1, -1, 1, 1]}", 1},
+      {"phi3-longrope-long", "partial_rotary_factor", "0.01", 1},
+      {"qwen3-moe", "moe_intermediate_size", "0", 1},
+      {"qwen3-moe", "mlp_only_layers", "[7]", 1},
+      {"qwen3-moe", "mlp_only_layers", "[]", 1},             /* layer 1 becomes MoE: its experts are missing */
+      {"qwen3-moe", "decoder_sparse_step", "0", 1},
+      {"mixtral", "num_experts_per_tok", "0", 1},
+      {"qwen3-moe-nonorm", "norm_topk_prob", "true", 0},     /* valid: just another routing */
+  };
+  char tmp[64];
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    g_key = cases[i].key;
+    g_val = cases[i].val;
+    fixture_with_config(cases[i].fixture, set_key, tmp);
+    qv_error e = {0};
+    int rc = load_and_run(tmp, &e);
+    remove_tmp(tmp);
+    if (cases[i].must_fail) cr_expect_neq(rc, 0, "%s with %s = %s loaded", cases[i].fixture, g_key, g_val);
+    else cr_expect_eq(rc, 0, "%s with %s = %s: %s", cases[i].fixture, g_key, g_val, e.msg);
+  }
+}
+
+/* Seeded byte flips over each family's model.safetensors (header and data). */
+Test(loader_families, family_safetensors_byte_flips, .timeout = 240) {
+  const char *fixtures[] = {"gpt-oss-mxfp4", "gemma3", "phi3-longrope-short", "qwen3-moe"};
+  char tmp[64], path[700];
+  int refused = 0, loaded = 0;
+  for (size_t f = 0; f < sizeof fixtures / sizeof fixtures[0]; f++) {
+    g_key = "unused_key";
+    g_val = NULL;
+    fixture_with_config(fixtures[f], set_key, tmp);
+    snprintf(path, sizeof path, "%s/model.safetensors", tmp);
+    size_t len = 0;
+    char *orig = test_slurp(path, &len);
+    cr_assert(orig && len > 64);
+    uint64_t hdr = 0;
+    memcpy(&hdr, orig, 8);
+    char *buf = malloc(len);
+    for (uint32_t seed = 1; seed <= 24; seed++) {
+      memcpy(buf, orig, len);
+      uint32_t s = seed * 2654435761u;
+      size_t span = seed % 3 == 0 ? len : (size_t)(8 + hdr < len ? 8 + hdr : len);
+      for (int k = 0; k < 4; k++) {
+        s = s * 1664525u + 1013904223u;
+        buf[(s >> 4) % span] ^= (char)(1 + (s >> 24) % 255);
+      }
+      unlink(path);
+      FILE *o = fopen(path, "wb");
+      cr_assert(o);
+      cr_assert_eq(fwrite(buf, 1, len, o), len);
+      fclose(o);
+      qv_error e = {0};
+      if (load_and_run(tmp, &e)) refused++;
+      else loaded++;
+    }
+    free(buf);
+    free(orig);
+    remove_tmp(tmp);
+  }
+  fprintf(stderr, "family byte flips: %d refused, %d loaded and ran\n", refused, loaded);
+  cr_expect_gt(refused, 0);
+}
