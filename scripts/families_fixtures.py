@@ -10,7 +10,8 @@ that the family's features change the logits:
                      (rope base 1e6 with linear scaling 2), classic config with
                      sliding_window_pattern 2 and rope_local_base_freq
   phi3-longrope-short  fused qkv/gate_up, partial rotary 0.5, longrope with
-                     original_max_position_embeddings == max_position_embeddings: short factors
+                     original_max_position_embeddings == max_position_embeddings: short factors;
+                     sliding window 5 (Phi-3 applies its window to every layer)
   phi3-longrope-long   the same with original 8 < the prompt: transformers uses the long factors
                      for every call, quiver (whose choice is per model) too
   mixtral            top-2 of 4 experts, softmax then renormalised over the two
@@ -67,12 +68,13 @@ FIXTURES = [
     dict(name="phi3-longrope-short", cls="Phi3", seed=203,
          hf=dict(BASE, head_dim=None, hidden_size=64, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=64,
-                 original_max_position_embeddings=64, pad_token_id=0),
+                 original_max_position_embeddings=64, pad_token_id=0, sliding_window=5),
+         must_matter=[{"sliding_window": 4096}],
          rope=dict(rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.5,
                    short_factor=_phi3_factors(4, 1), long_factor=_phi3_factors(4, 2),
                    original_max_position_embeddings=64),
          note="Phi-3: fused qkv/gate_up, partial rotary 0.5, longrope within the original "
-              "context (short factors)"),
+              "context (short factors), sliding window 5 on every layer"),
     dict(name="phi3-longrope-long", cls="Phi3", seed=204,
          hf=dict(BASE, head_dim=None, hidden_size=64, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=64,

@@ -92,7 +92,7 @@ static const fx_expect EXPECT[] = {
     {"gemma2", "gemma2", 4, 2, 8, 4, 1, 0, 0, 0, QV_ROPE_SCALING_NONE, "F32", 1, 2, -1},
     {"gemma3", "gemma3_text", 4, 2, 8, 4, 1, 0, 0, 1, QV_ROPE_SCALING_LINEAR, "F32", 1, 2, -1},
     {"gemma3-multimodal", "gemma3", 4, 2, 8, 4, 1, 0, 0, 1, QV_ROPE_SCALING_LINEAR, "F32", 1, 2, -1},
-    {"phi3-longrope-short", "phi3", 4, 2, 16, 0, 0, 0, 0, 0, QV_ROPE_SCALING_LONGROPE, "F32", 1, 2, -1},
+    {"phi3-longrope-short", "phi3", 4, 2, 16, 5, 0, 0, 0, 0, QV_ROPE_SCALING_LONGROPE, "F32", 1, 2, -1},
     {"phi3-longrope-long", "phi3", 4, 2, 16, 0, 0, 0, 0, 0, QV_ROPE_SCALING_LONGROPE, "F32", 1, 2, -1},
     {"mixtral", "mixtral", 4, 2, 8, 0, 0, 0, 0, 0, QV_ROPE_SCALING_NONE, "F32", 1, 2, -1},
     {"qwen3-moe", "qwen3_moe", 4, 2, 8, 0, 0, 0, 0, 1, QV_ROPE_SCALING_NONE, "F32", 1, 2, -1},
