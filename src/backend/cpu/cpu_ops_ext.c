@@ -25,38 +25,46 @@ static void ext_run(cpu_backend *c, int64_t flops, int n_tasks, tp_fn fn, void *
   }
 }
 
-/* The dot product of cpu_ops.c: 8 interleaved partial sums combined in a fixed order. */
-static float ext_dot(const float *a, const float *b, int64_t n) {
-  float acc[8] = {0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; l++) acc[l] += a[i + l] * b[i + l];
-  for (int l = 0; i < n; i++, l++) acc[l] += a[i] * b[i];
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
-
 /* e2m1 code -> value (OCP MX FP4). */
 static const float FP4_E2M1[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
                                    -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
 
-/* ext_dot(a, dequant(row)) for an MXFP4 row of n values (n % 32 == 0), dequantizing 32 values
- * at a time into the same 8 lanes in the same order, so the result is bit-identical to the
- * dense dot over the dequantized row. Every dequantized value is exact in fp32 (a 2-bit
- * mantissa times a power of two). */
-static float ext_dot_mxfp4(const float *a, const uint8_t *blocks, const uint8_t *scales, int64_t n) {
-  float acc[8] = {0}, v[32];
-  for (int64_t g = 0; g < n / 32; g++) {
-    float s = ldexpf(1.0f, (int)scales[g] - 127);
-    const uint8_t *b = blocks + g * 16;
-    for (int i = 0; i < 16; i++) {
-      v[2 * i] = FP4_E2M1[b[i] & 15] * s;
-      v[2 * i + 1] = FP4_E2M1[b[i] >> 4] * s;
+/* Dots of one weight row with nx <= 4 input rows at once, so the row is loaded (and, for MXFP4,
+ * decoded) once for all of them. Each dot is cpu_ops.c's: 8 interleaved partial sums combined in
+ * a fixed order, whatever nx, so a result never depends on the other rows (batch invariance).
+ * MXFP4 rows are dequantized 32 values at a time into the same lanes in the same order; every
+ * dequantized value is exact in fp32 (a 2-bit mantissa times a power of two), so an MXFP4 dot
+ * equals the dense dot over the dequantized row bit for bit. */
+#define EXT_X_PER_PASS 4
+static void ext_dots(const float *const *xs, int nx, const float *row, const uint8_t *qb, const uint8_t *qs,
+                     int64_t n, float *out) {
+  float acc[EXT_X_PER_PASS][8] = {{0}};
+  if (qb) {
+    float v[32];
+    for (int64_t g = 0; g < n / 32; g++) {
+      float s = ldexpf(1.0f, (int)qs[g] - 127);
+      const uint8_t *b = qb + g * 16;
+      for (int i = 0; i < 16; i++) {
+        v[2 * i] = FP4_E2M1[b[i] & 15] * s;
+        v[2 * i + 1] = FP4_E2M1[b[i] >> 4] * s;
+      }
+      for (int j = 0; j < nx; j++) {
+        const float *x = xs[j] + g * 32;
+        for (int i = 0; i < 32; i += 8)
+          for (int l = 0; l < 8; l++) acc[j][l] += x[i + l] * v[i + l];
+      }
     }
-    const float *x = a + g * 32;
-    for (int i = 0; i < 32; i += 8)
-      for (int l = 0; l < 8; l++) acc[l] += x[i + l] * v[i + l];
+  } else {
+    for (int j = 0; j < nx; j++) {
+      const float *x = xs[j];
+      int64_t i = 0;
+      for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) acc[j][l] += x[i + l] * row[i + l];
+      for (int l = 0; i < n; i++, l++) acc[j][l] += x[i] * row[i];
+    }
   }
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (int j = 0; j < nx; j++)
+    out[j] = ((acc[j][0] + acc[j][4]) + (acc[j][1] + acc[j][5])) + ((acc[j][2] + acc[j][6]) + (acc[j][3] + acc[j][7]));
 }
 
 /* ---- scale ---- */
@@ -191,11 +199,16 @@ static void moe_task_fn(void *arg, int ti) {
     const uint8_t *qs = w->mxfp4 ? (const uint8_t *)w->scales.data + wr * (w->cols / 32) : NULL;
     const float *row = w->mxfp4 ? NULL : (const float *)w->w.data + wr * w->cols;
     float b = bias ? bias[r] : 0.0f;
-    for (int32_t i = c->offs[tk->expert]; i < c->offs[tk->expert + 1]; i++) {
-      int32_t slot = c->order[i];
-      const float *xr = c->x + (int64_t)(c->per_slot ? slot : slot / c->k) * w->cols;
-      float d = qb ? ext_dot_mxfp4(xr, qb, qs, w->cols) : ext_dot(xr, row, w->cols);
-      c->out[(int64_t)slot * w->rows + r] = d + b;
+    for (int32_t i0 = c->offs[tk->expert]; i0 < c->offs[tk->expert + 1]; i0 += EXT_X_PER_PASS) {
+      int nx = c->offs[tk->expert + 1] - i0 < EXT_X_PER_PASS ? c->offs[tk->expert + 1] - i0 : EXT_X_PER_PASS;
+      const float *xs[EXT_X_PER_PASS];
+      float d[EXT_X_PER_PASS];
+      for (int j = 0; j < nx; j++) {
+        int32_t slot = c->order[i0 + j];
+        xs[j] = c->x + (int64_t)(c->per_slot ? slot : slot / c->k) * w->cols;
+      }
+      ext_dots(xs, nx, row, qb, qs, w->cols, d);
+      for (int j = 0; j < nx; j++) c->out[(int64_t)c->order[i0 + j] * w->rows + r] = d[j] + b;
     }
   }
 }
