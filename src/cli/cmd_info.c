@@ -87,8 +87,13 @@ int cli_info(int argc, char **argv) {
     printf("%-26s %d\n", "tensors in files", d.n_file_tensors);
     print_bytes("tensor data in files", (double)d.file_bytes);
   }
-  print_bytes("weights on cpu (f32)", (double)d.n_params * 4);
-  print_bytes("weights on cuda (bf16)", (double)d.n_params * 2);
+  /* MXFP4 experts stay 4-bit (17 bytes per 32 weights: 16 of nibbles, 1 scale) on both backends. */
+  double q_params = 0;
+  if (c->experts_mxfp4)
+    for (int32_t l = 0; l < c->n_layer; l++)
+      if (c->layer_flags[l] & QV_LAYER_MOE) q_params += 3.0 * c->n_expert * c->dim * (double)c->moe_ffn_dim;
+  print_bytes("weights on cpu (f32)", ((double)d.n_params - q_params) * 4 + q_params * 17.0 / 32.0);
+  print_bytes("weights on cuda (bf16)", ((double)d.n_params - q_params) * 2 + q_params * 17.0 / 32.0);
   int64_t kv = 2 * (int64_t)c->n_layer * c->n_kv_head * c->head_dim;
   printf("%-26s %lld (cpu f32), %lld (cuda bf16)\n", "KV bytes per token", (long long)kv * 4, (long long)kv * 2);
   print_bytes("KV for max positions, cuda", (double)kv * 2 * c->max_pos);
