@@ -75,3 +75,14 @@ int dialect_append(char **buf, size_t *len, size_t *cap, const char *t, size_t n
   nb[*len] = '\0';
   return 0;
 }
+
+cJSON *dialect_fn_object(const char *id, cJSON **fn) {
+  cJSON *o = cJSON_CreateObject();
+  if (!o || (id && !cJSON_AddStringToObject(o, "id", id)) ||
+      !cJSON_AddStringToObject(o, "type", "function") ||
+      !(*fn = cJSON_AddObjectToObject(o, "function"))) {
+    cJSON_Delete(o);
+    return NULL;
+  }
+  return o;
+}

@@ -68,6 +68,10 @@ int dialect_fail(struct srv_req *r, int code, const char *param, const char *fmt
  * (err_block the offending type, or "" for a malformed block). */
 char *dialect_join_text(const cJSON *content, const char *const *text_types,
                         const char **err_block);
+/* {"id": id (left out when NULL), "type": "function", "function": {}} in OpenAI's key order
+ * (templates print tools with tojson, so the order reaches the prompt); *fn is the inner
+ * object. NULL when out of memory. */
+cJSON *dialect_fn_object(const char *id, cJSON **fn);
 /* Appends n bytes to a growing NUL-terminated buffer. */
 int dialect_append(char **buf, size_t *len, size_t *cap, const char *t, size_t n);
 

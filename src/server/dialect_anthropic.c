@@ -22,14 +22,23 @@ typedef struct anth_state {
   int errored;       /* an error event was sent: no message_delta / message_stop after it */
 } anth_state;
 
+/* Accepted fields. Among them metadata, service_tier, cache_control (quiver's prefix cache
+ * works without markers), inference_geo, speed, diagnostics, user_profile_id and workspace_id
+ * change nothing quiver computes: type-checked loosely, then ignored. Everything else
+ * (container, mcp_servers, context_management, ...) is refused by name. */
 static const char *const message_fields[] = {
     "model", "max_tokens", "messages", "system", "stop_sequences", "temperature", "top_p",
-    "top_k", "stream", "tools", "tool_choice", "thinking", "metadata", "service_tier", NULL};
-static const char *const count_fields[] = {"model", "messages", "system", "tools", "tool_choice",
-                                           "thinking", NULL};
+    "top_k", "stream", "tools", "tool_choice", "thinking", "metadata", "service_tier",
+    "output_config", "output_format", "cache_control", "inference_geo", "speed", "diagnostics",
+    "user_profile_id", "workspace_id", NULL};
+static const char *const count_fields[] = {
+    "model", "messages", "system", "tools", "tool_choice", "thinking", "output_config",
+    "output_format", "cache_control", "speed", "user_profile_id", "workspace_id", NULL};
 
+/* JSON null counts as absent. */
 static const cJSON *get(const cJSON *o, const char *k) {
-  return cJSON_GetObjectItemCaseSensitive(o, k);
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+  return v && !cJSON_IsNull(v) ? v : NULL;
 }
 
 static int add_msg(cJSON *msgs, const char *role, const char *content) {
@@ -125,12 +134,10 @@ static int convert_message(srv_req *r, cJSON *msgs, const cJSON *m) {
         break;
       }
       char *args = cJSON_PrintUnformatted(input);
-      cJSON *call = cJSON_CreateObject();
+      cJSON *fn = NULL;
+      cJSON *call = dialect_fn_object(id->valuestring, &fn);
       if (!calls) calls = cJSON_CreateArray();
-      cJSON *fn = call ? cJSON_AddObjectToObject(call, "function") : NULL;
-      if (!args || !calls || !fn || !cJSON_AddStringToObject(call, "id", id->valuestring) ||
-          !cJSON_AddStringToObject(call, "type", "function") ||
-          !cJSON_AddStringToObject(fn, "name", name->valuestring) ||
+      if (!args || !calls || !call || !cJSON_AddStringToObject(fn, "name", name->valuestring) ||
           !cJSON_AddStringToObject(fn, "arguments", args)) {
         cJSON_Delete(call);
         rc = qv_error_set(&r->work_err, QV_ENOMEM, "out of memory");
@@ -189,11 +196,10 @@ static int convert_tools(srv_req *r, cJSON *out, const cJSON *tools) {
       return dialect_fail(r, QV_EINVAL, "tools",
                           "tools need a string name, an object input_schema and an optional "
                           "string description");
-    cJSON *ct = cJSON_CreateObject();
-    cJSON *fn = ct ? cJSON_AddObjectToObject(ct, "function") : NULL;
+    cJSON *fn = NULL;
+    cJSON *ct = dialect_fn_object(NULL, &fn);
     cJSON *params = cJSON_Duplicate(schema, 1);
-    if (!fn || !params || !cJSON_AddStringToObject(ct, "type", "function") ||
-        !cJSON_AddStringToObject(fn, "name", name->valuestring) ||
+    if (!ct || !params || !cJSON_AddStringToObject(fn, "name", name->valuestring) ||
         (desc && !cJSON_AddStringToObject(fn, "description", desc->valuestring))) {
       cJSON_Delete(ct);
       cJSON_Delete(params);
@@ -222,11 +228,11 @@ static int convert_tool_choice(srv_req *r, cJSON *out, const cJSON *tc) {
   else if (!strcmp(t, "tool")) {
     if (!cJSON_IsString(name))
       return dialect_fail(r, QV_EINVAL, "tool_choice", "tool_choice of type tool needs a name");
-    v = cJSON_CreateObject();
-    cJSON *fn = v ? cJSON_AddObjectToObject(v, "function") : NULL;
-    if (fn) {
-      cJSON_AddStringToObject(v, "type", "function");
-      cJSON_AddStringToObject(fn, "name", name->valuestring);
+    cJSON *fn = NULL;
+    v = dialect_fn_object(NULL, &fn);
+    if (v && !cJSON_AddStringToObject(fn, "name", name->valuestring)) {
+      cJSON_Delete(v);
+      v = NULL;
     }
   } else {
     return dialect_fail(r, QV_EINVAL, "tool_choice",
@@ -238,23 +244,52 @@ static int convert_tool_choice(srv_req *r, cJSON *out, const cJSON *tc) {
   return 0;
 }
 
-/* thinking {type: enabled, budget_tokens} | {type: disabled} -> the template's enable_thinking
- * (Qwen3 and others read it); the reasoning comes back as thinking blocks from models with a
- * reasoning parser. budget_tokens is checked but not enforced: the model stops thinking when
- * it does, within max_tokens. */
-static int convert_thinking(srv_req *r, cJSON *out, const cJSON *th) {
+/* thinking {type: enabled, budget_tokens} | adaptive | disabled -> the template's
+ * enable_thinking (Qwen3 and others read it); the reasoning comes back as thinking blocks from
+ * models with a reasoning parser. budget_tokens is checked but not enforced: the model stops
+ * thinking when it does, within max_tokens. */
+static int convert_thinking(srv_req *r, cJSON *kw, const cJSON *th) {
   const cJSON *type = get(th, "type"), *budget = get(th, "budget_tokens");
   if (!cJSON_IsObject(th) || !cJSON_IsString(type) ||
-      (strcmp(type->valuestring, "enabled") && strcmp(type->valuestring, "disabled")))
+      (strcmp(type->valuestring, "enabled") && strcmp(type->valuestring, "disabled") &&
+       strcmp(type->valuestring, "adaptive")))
     return dialect_fail(r, QV_EINVAL, "thinking",
-                        "thinking must be {\"type\": \"enabled\", \"budget_tokens\": N} or "
-                        "{\"type\": \"disabled\"}");
-  int on = !strcmp(type->valuestring, "enabled");
-  if (on && (!cJSON_IsNumber(budget) || budget->valuedouble < 1 ||
+                        "thinking must be {\"type\": \"enabled\", \"budget_tokens\": N}, "
+                        "{\"type\": \"adaptive\"} or {\"type\": \"disabled\"}");
+  int on = strcmp(type->valuestring, "disabled") != 0;
+  if (!strcmp(type->valuestring, "enabled") && (!cJSON_IsNumber(budget) || budget->valuedouble < 1 ||
              budget->valuedouble != (double)(int64_t)budget->valuedouble))
     return dialect_fail(r, QV_EINVAL, "thinking", "thinking.budget_tokens must be a positive integer");
-  cJSON *kw = cJSON_AddObjectToObject(out, "chat_template_kwargs");
-  if (!kw || !cJSON_AddBoolToObject(kw, "enable_thinking", on))
+  if (!cJSON_AddBoolToObject(kw, "enable_thinking", on))
+    return qv_error_set(&r->work_err, QV_ENOMEM, "out of memory");
+  return 0;
+}
+
+/* output_config {effort, format} and the beta output_format: effort reaches the template as
+ * reasoning_effort; a json_schema format becomes chat's response_format (enforced by
+ * constrained decoding where it exists, else refused there by name). */
+static int convert_output(srv_req *r, cJSON *out, cJSON *kw, const cJSON *in) {
+  const cJSON *oc = get(in, "output_config"), *of = get(in, "output_format");
+  if (oc && !cJSON_IsObject(oc))
+    return dialect_fail(r, QV_EINVAL, "output_config", "output_config must be an object");
+  const cJSON *effort = get(oc, "effort"), *fmt = of ? of : get(oc, "format");
+  if (effort && !cJSON_IsNull(effort)) {
+    if (!cJSON_IsString(effort))
+      return dialect_fail(r, QV_EINVAL, "output_config", "output_config.effort must be a string");
+    if (!cJSON_AddStringToObject(kw, "reasoning_effort", effort->valuestring))
+      return qv_error_set(&r->work_err, QV_ENOMEM, "out of memory");
+  }
+  if (!fmt || cJSON_IsNull(fmt)) return 0;
+  const cJSON *type = get(fmt, "type"), *schema = get(fmt, "schema");
+  if (!cJSON_IsObject(fmt) || !cJSON_IsString(type) || strcmp(type->valuestring, "json_schema") ||
+      !cJSON_IsObject(schema))
+    return dialect_fail(r, QV_EINVAL, of ? "output_format" : "output_config",
+                        "the output format must be {\"type\": \"json_schema\", \"schema\": {...}}");
+  cJSON *rf = cJSON_AddObjectToObject(out, "response_format");
+  cJSON *js = rf ? cJSON_AddObjectToObject(rf, "json_schema") : NULL;
+  if (!js || !cJSON_AddStringToObject(rf, "type", "json_schema") ||
+      !cJSON_AddStringToObject(js, "name", "output") ||
+      !cJSON_AddItemToObject(js, "schema", cJSON_Duplicate(schema, 1)))
     return qv_error_set(&r->work_err, QV_ENOMEM, "out of memory");
   return 0;
 }
@@ -332,8 +367,16 @@ static int translate(srv_req *r, const cJSON *in, int count, cJSON *out) {
   if (tools && (rc = convert_tools(r, out, tools))) return rc;
   const cJSON *tc = get(in, "tool_choice");
   if (tc && !count && (rc = convert_tool_choice(r, out, tc))) return rc;
+  cJSON *kw = cJSON_CreateObject();
+  if (!kw) return qv_error_set(&r->work_err, QV_ENOMEM, "out of memory");
   const cJSON *th = get(in, "thinking");
-  if (th && (rc = convert_thinking(r, out, th))) return rc;
+  if ((th && (rc = convert_thinking(r, kw, th))) || (rc = convert_output(r, out, kw, in))) {
+    cJSON_Delete(kw);
+    return rc;
+  }
+  if (cJSON_GetArraySize(kw) > 0) cJSON_AddItemToObject(out, "chat_template_kwargs", kw);
+  else cJSON_Delete(kw);
+  if (count) cJSON_DeleteItemFromObjectCaseSensitive(out, "response_format");
   return 0;
 }
 

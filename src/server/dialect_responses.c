@@ -93,11 +93,9 @@ static int add_call(srv_req *r, cJSON *msgs, const cJSON *item) {
     }
     cJSON_AddItemToArray(msgs, m);
   }
-  cJSON *c = cJSON_CreateObject();
-  cJSON *fn = c ? cJSON_AddObjectToObject(c, "function") : NULL;
-  if (!fn || !cJSON_AddStringToObject(c, "id", id->valuestring) ||
-      !cJSON_AddStringToObject(c, "type", "function") ||
-      !cJSON_AddStringToObject(fn, "name", name->valuestring) ||
+  cJSON *fn = NULL;
+  cJSON *c = dialect_fn_object(id->valuestring, &fn);
+  if (!c || !cJSON_AddStringToObject(fn, "name", name->valuestring) ||
       !cJSON_AddStringToObject(fn, "arguments", args->valuestring)) {
     cJSON_Delete(c);
     return OOM(r);
@@ -183,10 +181,9 @@ static int convert_tools(srv_req *r, cJSON *out, const cJSON *tools) {
       return dialect_fail(r, QV_EINVAL, "tools",
                           "function tools need a string name, optional string description and "
                           "object parameters");
-    cJSON *ct = cJSON_CreateObject();
-    cJSON *fn = ct ? cJSON_AddObjectToObject(ct, "function") : NULL;
-    if (!fn || !cJSON_AddStringToObject(ct, "type", "function") ||
-        !cJSON_AddStringToObject(fn, "name", name->valuestring) ||
+    cJSON *fn = NULL;
+    cJSON *ct = dialect_fn_object(NULL, &fn);
+    if (!ct || !cJSON_AddStringToObject(fn, "name", name->valuestring) ||
         (desc && !cJSON_AddStringToObject(fn, "description", desc->valuestring)) ||
         (params && !cJSON_AddItemToObject(fn, "parameters", cJSON_Duplicate(params, 1)))) {
       cJSON_Delete(ct);
@@ -212,11 +209,11 @@ static int convert_tool_choice(srv_req *r, cJSON *out, const cJSON *tc) {
       return dialect_fail(r, QV_EINVAL, "tool_choice",
                           "tool_choice must be auto, none, required or {\"type\": \"function\", "
                           "\"name\": ...}");
-    v = cJSON_CreateObject();
-    cJSON *fn = v ? cJSON_AddObjectToObject(v, "function") : NULL;
-    if (fn) {
-      cJSON_AddStringToObject(v, "type", "function");
-      cJSON_AddStringToObject(fn, "name", name->valuestring);
+    cJSON *fn = NULL;
+    v = dialect_fn_object(NULL, &fn);
+    if (v && !cJSON_AddStringToObject(fn, "name", name->valuestring)) {
+      cJSON_Delete(v);
+      v = NULL;
     }
   }
   if (!v) return OOM(r);

@@ -24,9 +24,14 @@ def srv(quiver_bin, stories_dir, shared_dir, tmp_path_factory):
     tmpl = shared_dir / "data" / "chat-templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"
     if tmpl.exists():
         d = tmp_path_factory.mktemp("qstories")
-        for f in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+        for f in ("generation_config.json", "model.safetensors", "tokenizer.json",
                   "tokenizer_config.json"):
             (d / f).symlink_to(stories_dir / f)
+        # The template's tool preamble is longer than stories260K's 512 positions; RoPE has no
+        # table, so the same weights serve 1024.
+        conf = json.loads((stories_dir / "config.json").read_text())
+        conf["max_position_embeddings"] = 1024
+        (d / "config.json").write_text(json.dumps(conf))
         (d / "chat_template.jinja").write_text(tmpl.read_text())
         models.append({"name": "qstories", "path": str(d)})
     cfg = {"models": models, "api_keys": ["sk-test"]}
@@ -35,10 +40,8 @@ def srv(quiver_bin, stories_dir, shared_dir, tmp_path_factory):
     s = Server(quiver_bin, ["--config", f.name])
     s.has_tools_model = tmpl.exists()
     yield s
-    log = s.stop()
+    s.stop()
     os.unlink(f.name)
-    # Unknown chat fields are logged once per name.
-    assert log.count("ignoring unknown request field 'frobnicate'") == 1
 
 
 def ant(s, key="sk-test"):
@@ -50,6 +53,9 @@ def oai(s, key="sk-test"):
 
 
 AUTH = {"Authorization": "Bearer sk-test"}
+# anthropic 2.x's messages.create has no temperature parameter (its beta.messages.create has);
+# greedy requests send it as an extra body field, as the SDK allows.
+GREEDY = {"extra_body": {"temperature": 0}}
 
 
 def chat_text(s, model, messages, **kw):
@@ -65,8 +71,8 @@ def test_messages_create_matches_chat(srv):
             {"role": "assistant", "content": "there was a cat."},
             {"role": "user", "content": [{"type": "text", "text": "What "},
                                          {"type": "text", "text": "next?"}]}]
-    r = c.messages.create(model="stories", max_tokens=24, temperature=0, system="Tell a story.",
-                          messages=msgs)
+    r = c.messages.create(model="stories", max_tokens=24, system="Tell a story.", messages=msgs,
+                          **GREEDY)
     assert r.type == "message" and r.role == "assistant" and r.id.startswith("msg_")
     assert r.model == "stories" and r.stop_reason == "max_tokens" and r.stop_sequence is None
     assert r.usage.output_tokens == 24
@@ -77,6 +83,9 @@ def test_messages_create_matches_chat(srv):
                               {"role": "assistant", "content": "there was a cat."},
                               {"role": "user", "content": "What next?"}], max_tokens=24)
     assert text == want and finish == "length"
+    b = c.messages.create(model="stories", max_tokens=24, system="Tell a story.", messages=msgs,
+                          extra_body={"temperature": 0.5, "top_k": 1, "top_p": 0.9})
+    assert "".join(x.text for x in b.content if x.type == "text") == want  # top_k 1 is greedy
     n = c.messages.count_tokens(model="stories", system="Tell a story.", messages=msgs).input_tokens
     assert n == r.usage.input_tokens + r.usage.cache_read_input_tokens
     st, body, _ = srv.post("/tokenize", {"model": "stories", "messages": [
@@ -89,17 +98,17 @@ def test_messages_create_matches_chat(srv):
 def test_messages_stop_sequences_and_stream(srv):
     c = ant(srv)
     msgs = [{"role": "user", "content": "Once upon a time"}]
-    whole = c.messages.create(model="stories", max_tokens=60, temperature=0, messages=msgs)
+    whole = c.messages.create(model="stories", max_tokens=60, messages=msgs, **GREEDY)
     text = whole.content[0].text
     # A stop sequence taken from the greedy output itself stops there.
     stop = text[10:13]
     assert len(stop.strip()) == 3
-    r = c.messages.create(model="stories", max_tokens=60, temperature=0, messages=msgs,
-                          stop_sequences=[stop])
+    r = c.messages.create(model="stories", max_tokens=60, messages=msgs, stop_sequences=[stop],
+                          **GREEDY)
     assert r.stop_reason == "stop_sequence" and r.stop_sequence == stop
     assert r.content[0].text == text[:text.index(stop)]
     # Streamed: the same text; the SDK's accumulated message agrees.
-    with c.messages.stream(model="stories", max_tokens=60, temperature=0, messages=msgs) as s:
+    with c.messages.stream(model="stories", max_tokens=60, messages=msgs, **GREEDY) as s:
         streamed = "".join(s.text_stream)
         final = s.get_final_message()
     assert streamed == text and final.content[0].text == text
@@ -125,7 +134,7 @@ def test_messages_errors_and_auth(srv):
            dict(max_tokens=4, messages=[{"role": "system", "content": "x"}]),
            dict(max_tokens=4, messages=[]),
            dict(max_tokens=0, messages=[{"role": "user", "content": "x"}]),
-           dict(max_tokens=4, temperature=5, messages=[{"role": "user", "content": "x"}]),
+           dict(max_tokens=4, extra_body={"temperature": 5}, messages=[{"role": "user", "content": "x"}]),
            dict(max_tokens=4, messages=[{"role": "user", "content": "x"}], stop_sequences=[""]),
            dict(max_tokens=4, messages=[{"role": "user", "content": "x"}],
                 tool_choice={"type": "tool"})]
@@ -165,8 +174,8 @@ def test_messages_tool_result_round_trip(srv):
                 {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]},
             {"role": "user", "content": [
                 {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 C, sunny"}]}]
-    r = c.messages.create(model="qstories", max_tokens=16, temperature=0, tools=tools,
-                          messages=msgs, tool_choice={"type": "auto"})
+    r = c.messages.create(model="qstories", max_tokens=16, tools=tools, messages=msgs,
+                          tool_choice={"type": "auto"}, **GREEDY)
     assert r.stop_reason in ("max_tokens", "end_turn", "tool_use")
     text = "".join(b.text for b in r.content if b.type == "text")
     chat_tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
@@ -215,13 +224,14 @@ def test_responses_plain_and_streamed(srv):
                          "response.content_part.added"]
     assert types[-4:] == ["response.output_text.done", "response.content_part.done",
                           "response.output_item.done", "response.incomplete"]
-    # The SDK's stream helper accumulates the same response.
+    # The SDK's stream helper accumulates the same response (ending with response.incomplete,
+    # as OpenAI's API does when max_output_tokens cuts it; get_final_response() waits for
+    # response.completed only).
     with c.responses.stream(model="stories", input=[{"role": "user", "content": [
             {"type": "input_text", "text": "Once upon a time"}]}], max_output_tokens=8, temperature=0) as s:
-        for _ in s:
-            pass
-        assert s.get_final_response().output_text == chat_text(
-            srv, "stories", [{"role": "user", "content": "Once upon a time"}], max_tokens=8)[0]
+        last = list(s)[-1]
+    assert last.type == "response.incomplete" and last.response.output_text == chat_text(
+        srv, "stories", [{"role": "user", "content": "Once upon a time"}], max_tokens=8)[0]
 
 
 def test_responses_chaining_store_retrieve_delete(srv):
@@ -299,6 +309,9 @@ def test_chat_extra_fields(srv):
                        service_tier="auto", user="u1", parallel_tool_calls=False,
                        reasoning_effort="low", extra_body={"frobnicate": 1})
     assert got == want
+    chat_text(srv, "stories", msgs, max_tokens=1, extra_body={"frobnicate": 2})
+    # Unknown fields are ignored and logged once per name.
+    assert srv.read_log().count("ignoring unknown request field 'frobnicate'") == 1
     chunks = list(c.chat.completions.create(
         model="stories", messages=msgs, max_tokens=6, temperature=0, stream=True,
         stream_options={"include_usage": True, "continuous_usage_stats": True}))
