@@ -428,3 +428,31 @@ def test_dialect_fuzz(srv):
         assert st is not None and st < 500, (i, bytes(data)[:300], out[:300])
     assert srv.health()[0] == 200
     srv.wait_idle()
+
+
+def test_dialects_reasoning(quiver_bin):
+    """--reasoning-parser deepseek_r1 on quiver-tiny (its output never closes </think>, so all of
+    it is reasoning): thinking blocks and thinking_delta events from /v1/messages, a reasoning
+    output item from /v1/responses, both equal to chat's reasoning_content."""
+    s = Server(quiver_bin, ["--reasoning-parser", "deepseek_r1"])
+    try:
+        msgs = [{"role": "user", "content": "Hi"}]
+        r = oai(s).chat.completions.create(model="quiver-tiny", messages=msgs, max_tokens=8, temperature=0)
+        want = r.choices[0].message.model_extra["reasoning_content"]
+        assert want
+        m = ant(s).messages.create(model="quiver-tiny", max_tokens=8, messages=msgs,
+                                   thinking={"type": "enabled", "budget_tokens": 1024}, **GREEDY)
+        assert [b.type for b in m.content] == ["thinking"] and m.content[0].thinking == want
+        with ant(s).messages.stream(model="quiver-tiny", max_tokens=8, messages=msgs, **GREEDY) as st:
+            deltas = [e.delta.thinking for e in st if e.type == "content_block_delta"]
+        assert "".join(deltas) == want
+        resp = oai(s).responses.create(model="quiver-tiny", input="Hi", max_output_tokens=8,
+                                       temperature=0, reasoning={"effort": "low"})
+        assert resp.output[0].type == "reasoning" and resp.output[0].content[0].text == want
+        assert resp.output_text == ""
+        text = "".join(e.delta for e in oai(s).responses.create(
+            model="quiver-tiny", input="Hi", max_output_tokens=8, temperature=0, stream=True)
+            if e.type == "response.reasoning_text.delta")
+        assert text == want
+    finally:
+        s.stop()
