@@ -456,3 +456,68 @@ def test_dialects_reasoning(quiver_bin):
         assert text == want
     finally:
         s.stop()
+
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+def forced_calls_available(s):
+    """Forced tool calls need constrained decoding in the build: a chat request with
+    tool_choice required must then come back with a call."""
+    r = oai(s).chat.completions.create(
+        model="qstories", messages=[{"role": "user", "content": "Weather in Paris?"}], max_tokens=40,
+        temperature=0, tool_choice="required",
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}])
+    return bool(r.choices[0].message.tool_calls)
+
+
+def test_forced_tool_use_streamed(srv):
+    """tool_choice any/tool (Anthropic) and required (Responses) reach the shared request's
+    tool_choice, which constrained decoding enforces: the anthropic SDK's stream gets a tool_use
+    block through input_json_delta, and the Responses API a function_call item whose result
+    goes back through previous_response_id."""
+    if not srv.has_tools_model:
+        pytest.skip("Qwen2.5 template not found in ../shared")
+    if not forced_calls_available(srv):
+        pytest.skip("this build does not enforce tool_choice (no constrained decoding)")
+    c = ant(srv)
+    tools = [{"name": "get_weather", "description": "Weather of a city", "input_schema": WEATHER}]
+    msgs = [{"role": "user", "content": "Weather in Paris?"}]
+    for choice in ({"type": "any"}, {"type": "tool", "name": "get_weather"}):
+        with c.messages.stream(model="qstories", max_tokens=60, tools=tools, tool_choice=choice,
+                               messages=msgs, **GREEDY) as s:
+            events = list(s)
+            final = s.get_final_message()
+        assert final.stop_reason == "tool_use"
+        use = [b for b in final.content if b.type == "tool_use"]
+        assert len(use) == 1 and use[0].name == "get_weather" and isinstance(use[0].input, dict)
+        partial = "".join(e.delta.partial_json for e in events
+                          if e.type == "content_block_delta" and e.delta.type == "input_json_delta")
+        assert json.loads(partial) == use[0].input
+        whole = c.messages.create(model="qstories", max_tokens=60, tools=tools, tool_choice=choice,
+                                  messages=msgs, **GREEDY)
+        assert [b.input for b in whole.content if b.type == "tool_use"] == [use[0].input]
+    # The round trip: the call's result goes back as a tool_result.
+    r = c.messages.create(model="qstories", max_tokens=8, tools=tools, messages=msgs + [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": use[0].id, "name": "get_weather",
+                                           "input": use[0].input}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use[0].id, "content": "18 C"}]}],
+        **GREEDY)
+    assert r.usage.output_tokens > 0
+    o = oai(srv)
+    rtools = [{"type": "function", "name": "get_weather", "parameters": WEATHER}]
+    r1 = o.responses.create(model="qstories", input="Weather in Paris?", tools=rtools,
+                            tool_choice="required", max_output_tokens=60, temperature=0)
+    calls = [it for it in r1.output if it.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "get_weather" and json.loads(calls[0].arguments)
+    args = ""
+    for ev in o.responses.create(model="qstories", input="Weather in Paris?", tools=rtools,
+                                 tool_choice={"type": "function", "name": "get_weather"},
+                                 max_output_tokens=60, temperature=0, stream=True):
+        if ev.type == "response.function_call_arguments.delta":
+            args += ev.delta
+    assert json.loads(args) == json.loads(calls[0].arguments)
+    r2 = o.responses.create(model="qstories", previous_response_id=r1.id, tools=rtools,
+                            input=[{"type": "function_call_output", "call_id": calls[0].call_id,
+                                    "output": "18 C"}], max_output_tokens=8, temperature=0)
+    assert r2.status in ("completed", "incomplete") and r2.previous_response_id == r1.id
