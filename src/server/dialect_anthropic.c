@@ -121,7 +121,8 @@ static int convert_message(srv_req *r, cJSON *msgs, const cJSON *m) {
     const char *t = type->valuestring;
     if (!strcmp(t, "text")) {
       const cJSON *s = get(b, "text");
-      if (!cJSON_IsString(s)) rc = dialect_fail(r, QV_EINVAL, "messages", "text blocks need a string 'text'");
+      if (!cJSON_IsString(s))
+        rc = dialect_fail(r, QV_EINVAL, "messages", "text blocks need a string 'text'");
       else rc = dialect_append(&text, &tl, &tc, s->valuestring, strlen(s->valuestring));
     } else if (user && !strcmp(t, "tool_result")) {
       rc = tool_result(r, msgs, b);
@@ -147,7 +148,8 @@ static int convert_message(srv_req *r, cJSON *msgs, const cJSON *m) {
       free(args);
     } else if (!user && !strcmp(t, "thinking")) {
       const cJSON *s = get(b, "thinking");
-      if (!cJSON_IsString(s)) rc = dialect_fail(r, QV_EINVAL, "messages", "thinking blocks need a string 'thinking'");
+      if (!cJSON_IsString(s))
+        rc = dialect_fail(r, QV_EINVAL, "messages", "thinking blocks need a string 'thinking'");
       else rc = dialect_append(&thinking, &kl, &kc, s->valuestring, strlen(s->valuestring));
     } else if (!user && !strcmp(t, "redacted_thinking")) {
       /* Encrypted reasoning of another provider: nothing a template could show. */
@@ -257,9 +259,11 @@ static int convert_thinking(srv_req *r, cJSON *kw, const cJSON *th) {
                         "thinking must be {\"type\": \"enabled\", \"budget_tokens\": N}, "
                         "{\"type\": \"adaptive\"} or {\"type\": \"disabled\"}");
   int on = strcmp(type->valuestring, "disabled") != 0;
-  if (!strcmp(type->valuestring, "enabled") && (!cJSON_IsNumber(budget) || budget->valuedouble < 1 ||
-             budget->valuedouble != (double)(int64_t)budget->valuedouble))
-    return dialect_fail(r, QV_EINVAL, "thinking", "thinking.budget_tokens must be a positive integer");
+  if (!strcmp(type->valuestring, "enabled") &&
+      (!cJSON_IsNumber(budget) || budget->valuedouble < 1 || budget->valuedouble > 1e9 ||
+       budget->valuedouble != (double)(int64_t)budget->valuedouble))
+    return dialect_fail(r, QV_EINVAL, "thinking",
+                        "thinking.budget_tokens must be a positive integer");
   if (!cJSON_AddBoolToObject(kw, "enable_thinking", on))
     return qv_error_set(&r->work_err, QV_ENOMEM, "out of memory");
   return 0;

@@ -481,7 +481,7 @@ static cJSON *response_obj(srv_req *r, const char *status, const char *finish, c
   cJSON_AddBoolToObject(root, "store", st->store);
   add_echo(root, in, "temperature", cJSON_CreateNumber(1.0));
   cJSON *text = cJSON_CreateObject();
-  cJSON_AddItemToObject(cJSON_AddObjectToObject(text, "format"), "type", cJSON_CreateString("text"));
+  cJSON_AddStringToObject(cJSON_AddObjectToObject(text, "format"), "type", "text");
   add_echo(root, in, "text", text);
   add_echo(root, in, "tool_choice", cJSON_CreateString("auto"));
   add_echo(root, in, "tools", cJSON_CreateArray());
@@ -646,7 +646,8 @@ static void open_item(srv_req *r, resp_state *st, int kind) {
    * second item would repeat the first one's id. */
   st->open = kind;
   st->open_idx = st->n_items++;
-  cJSON *item = kind == 1 ? message_item(r, NULL, "in_progress") : reasoning_item(r, NULL, "in_progress");
+  cJSON *item = kind == 1 ? message_item(r, NULL, "in_progress")
+                          : reasoning_item(r, NULL, "in_progress");
   char iid[80];
   snprintf(iid, sizeof iid, "%s", item_id_of(item));
   item_added(r, st->open_idx, item);
@@ -705,7 +706,8 @@ static void resp_stream_delta(srv_req *r, int32_t ci, const srv_delta *d) {
     send_event(r, "response.function_call_arguments.delta", ev);
     ev = at(idx, iid);
     cJSON_AddStringToObject(ev, "arguments", args);
-    cJSON_AddStringToObject(ev, "name", cJSON_GetObjectItemCaseSensitive(done, "name")->valuestring);
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(done, "name");
+    cJSON_AddStringToObject(ev, "name", name->valuestring);
     send_event(r, "response.function_call_arguments.done", ev);
     item_done(r, idx, done);
   }
