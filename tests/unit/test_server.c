@@ -282,20 +282,30 @@ static int fake_tok_bytes(void *ctx, int32_t id, char **bytes, size_t *len) {
   return qv_tokenizer_decode(((fake *)ctx)->tok, &id, 1, QV_TOK_KEEP_BYTES, bytes, len, NULL);
 }
 
-/* A stand-in tool-call parser: the whole text becomes one call to "f". */
+/* A stand-in tool-call parser: the whole text becomes one call to "f"; with '|' in it, each
+ * '|'-separated part is one call (call_1, call_2, ...). */
 static int fake_parse_tools(void *ctx, const char *text, size_t len, char **content,
                             cJSON **tool_calls, qv_error *err) {
   *content = strdup("");
   *tool_calls = cJSON_CreateArray();
-  cJSON *c = cJSON_CreateObject();
-  cJSON_AddStringToObject(c, "id", "call_1");
-  cJSON_AddStringToObject(c, "type", "function");
-  cJSON *fn = cJSON_AddObjectToObject(c, "function");
-  cJSON_AddStringToObject(fn, "name", "f");
-  char args[300];
-  snprintf(args, sizeof args, "{\"text\":\"%.*s\"}", (int)(len < 200 ? len : 200), text);
-  cJSON_AddStringToObject(fn, "arguments", args);
-  cJSON_AddItemToArray(*tool_calls, c);
+  size_t start = 0;
+  for (int k = 1; start <= len; k++) {
+    size_t end = start;
+    while (end < len && text[end] != '|') end++;
+    cJSON *c = cJSON_CreateObject();
+    char id[16];
+    snprintf(id, sizeof id, "call_%d", k);
+    cJSON_AddStringToObject(c, "id", id);
+    cJSON_AddStringToObject(c, "type", "function");
+    cJSON *fn = cJSON_AddObjectToObject(c, "function");
+    cJSON_AddStringToObject(fn, "name", "f");
+    char args[300];
+    size_t n = end - start;
+    snprintf(args, sizeof args, "{\"text\":\"%.*s\"}", (int)(n < 200 ? n : 200), text + start);
+    cJSON_AddStringToObject(fn, "arguments", args);
+    cJSON_AddItemToArray(*tool_calls, c);
+    start = end + 1;
+  }
   return 0;
 }
 
@@ -1605,4 +1615,53 @@ Test(server, chat_extra_fields) {
   cr_assert(strstr(r.body, "\"completion_tokens\":2,"), "%s", r.body);
   free(r.body);
   stop();
+}
+
+/* parallel_tool_calls false keeps the first of several calls, whole or streamed; Anthropic's
+ * disable_parallel_tool_use maps onto it. */
+Test(server, parallel_tool_calls) {
+  H.script = "ab|cd";
+  start(NULL, NULL, 0, 0);
+  const char *base = "{\"model\":\"upper\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
+                     "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]%s}";
+  char body[400];
+  snprintf(body, sizeof body, base, "");
+  resp r = request("POST", "/v1/chat/completions", body, NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert(strstr(r.body, "\"call_1\"") && strstr(r.body, "\"call_2\""), "%s", r.body);
+  free(r.body);
+  snprintf(body, sizeof body, base, ",\"parallel_tool_calls\":false");
+  r = request("POST", "/v1/chat/completions", body, NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert(strstr(r.body, "\"call_1\"") && !strstr(r.body, "\"call_2\""), "%s", r.body);
+  free(r.body);
+  snprintf(body, sizeof body, base, ",\"parallel_tool_calls\":false,\"stream\":true");
+  r = request("POST", "/v1/chat/completions", body, NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert(strstr(r.body, "\"call_1\"") && !strstr(r.body, "\"call_2\""), "%s", r.body);
+  cr_assert(strstr(r.body, "\"finish_reason\":\"tool_calls\""), "%s", r.body);
+  free(r.body);
+  const char *ant = "{\"model\":\"upper\",\"max_tokens\":9,\"messages\":[{\"role\":\"user\","
+                    "\"content\":\"Hi\"}],\"tools\":[{\"name\":\"f\",\"input_schema\":{}}]%s}";
+  snprintf(body, sizeof body, ant, ",\"stream\":true");
+  r = request("POST", "/v1/messages", body, NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  char ev[1024];
+  sse_events(r.body, ev, sizeof ev);
+  cr_assert_str_eq(ev, "message_start,ping,content_block_start,content_block_delta,"
+                       "content_block_stop,content_block_start,content_block_delta,"
+                       "content_block_stop,message_delta,message_stop");
+  cr_assert(strstr(r.body, "\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"call_2\""),
+            "%s", r.body);
+  free(r.body);
+  snprintf(body, sizeof body, ant,
+           ",\"tool_choice\":{\"type\":\"auto\",\"disable_parallel_tool_use\":true}");
+  r = request("POST", "/v1/messages", body, NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cJSON *j = json_of(&r);
+  cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "content")), 1, "%s", r.body);
+  cJSON_Delete(j);
+  free(r.body);
+  stop();
+  H.script = NULL;
 }
