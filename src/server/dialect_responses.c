@@ -505,14 +505,19 @@ static cJSON *response_obj(srv_req *r, const char *status, const char *finish, c
   return root;
 }
 
+/* A response, and its last item, is incomplete when max_output_tokens cut it. */
+static const char *status_of(const char *finish) {
+  return finish && !strcmp(finish, "length") ? "incomplete" : "completed";
+}
+
 /* The finished output: reasoning, message (when there is text or nothing else), calls. */
 static cJSON *output_items(srv_req *r, const char *text, const char *reasoning,
-                           const cJSON *calls) {
+                           const cJSON *calls, const char *finish) {
   cJSON *out = cJSON_CreateArray();
+  int msg = (text && text[0]) || cJSON_GetArraySize(calls) == 0;
   if (reasoning && reasoning[0])
-    cJSON_AddItemToArray(out, reasoning_item(r, reasoning, "completed"));
-  if ((text && text[0]) || cJSON_GetArraySize(calls) == 0)
-    cJSON_AddItemToArray(out, message_item(r, text ? text : "", "completed"));
+    cJSON_AddItemToArray(out, reasoning_item(r, reasoning, msg ? "completed" : status_of(finish)));
+  if (msg) cJSON_AddItemToArray(out, message_item(r, text ? text : "", status_of(finish)));
   const cJSON *c;
   cJSON_ArrayForEach(c, calls) cJSON_AddItemToArray(out, call_item(c, "completed", 1));
   return out;
@@ -546,10 +551,6 @@ static void store_response(srv_req *r, const cJSON *resp, const char *text, cons
   cJSON_Delete(m);
 }
 
-static const char *status_of(const char *finish) {
-  return finish && !strcmp(finish, "length") ? "incomplete" : "completed";
-}
-
 static char *resp_response_json(srv_req *r, const oai_choice *cs, int32_t n) {
   const oai_choice *c = &cs[0];
   char *text = malloc(c->text_len + 1);
@@ -557,7 +558,8 @@ static char *resp_response_json(srv_req *r, const oai_choice *cs, int32_t n) {
   memcpy(text, c->text, c->text_len);
   text[c->text_len] = '\0';
   cJSON *root = response_obj(r, status_of(c->finish_reason), c->finish_reason,
-                             output_items(r, text, c->reasoning, c->tool_calls), 1);
+                             output_items(r, text, c->reasoning, c->tool_calls, c->finish_reason),
+                             1);
   store_response(r, root, text, c->tool_calls);
   free(text);
   char *s = cJSON_PrintUnformatted(root);
@@ -622,7 +624,10 @@ static void close_item(srv_req *r, resp_state *st) {
   if (!st->open) return;
   int msg = st->open == 1;
   const char *text = msg ? (st->text ? st->text : "") : (st->reasoning ? st->reasoning : "");
-  cJSON *item = msg ? message_item(r, text, "completed") : reasoning_item(r, text, "completed");
+  /* Closed at the end of the choice, the item is the last one: incomplete when cut. */
+  const srv_choice *ch = &r->choices[0];
+  const char *status = ch->finished ? status_of(ch->finish) : "completed";
+  cJSON *item = msg ? message_item(r, text, status) : reasoning_item(r, text, status);
   const char *iid = item_id_of(item);
   cJSON *ev = at(st->open_idx, iid);
   cJSON_AddNumberToObject(ev, "content_index", 0);
