@@ -208,6 +208,7 @@ def test_responses_plain_and_streamed(srv):
                            max_output_tokens=20, temperature=0)
     assert r.object == "response" and r.id.startswith("resp_") and r.status == "incomplete"
     assert r.incomplete_details.reason == "max_output_tokens" and r.usage.output_tokens == 20
+    assert [(it.type, it.status) for it in r.output] == [("message", "incomplete")]
     want, _ = chat_text(srv, "stories", [{"role": "system", "content": "Tell a story."},
                                          {"role": "user", "content": "Once upon a time"}], max_tokens=20)
     assert r.output_text == want
@@ -220,6 +221,7 @@ def test_responses_plain_and_streamed(srv):
         if ev.type in ("response.completed", "response.incomplete"):
             final = ev.response
     assert "".join(deltas) == want and final.output_text == want
+    assert final.status == "incomplete" and final.output[-1].status == "incomplete"
     assert types[:4] == ["response.created", "response.in_progress", "response.output_item.added",
                          "response.content_part.added"]
     assert types[-4:] == ["response.output_text.done", "response.content_part.done",
