@@ -25,7 +25,7 @@ typedef struct qv_comm qv_comm;
 
 typedef enum qv_comm_dtype {
   QV_COMM_F32 = 0,
-  QV_COMM_BF16 = 1, /* raw uint16 bf16 bits; summed in fp32, rounded to nearest even once */
+  QV_COMM_BF16 = 1, /* raw uint16 bf16 bits (shm: summed in double, rounded to f32 then bf16) */
 } qv_comm_dtype;
 
 enum {

@@ -2,17 +2,21 @@
  * rejected on both sides; a stranger's bytes rejected at accept; oversized, truncated (closed
  * and stalled) frames close the link; a forged frame (bad tag) dropped while the next valid one
  * arrives; heartbeats keep an idle link alive; a silent or closed peer reported within the
- * stated timeout. Times are bounds on failure detection, not speed measurements. */
+ * stated timeout, also for a peer process that is killed or hung; the channel bootstraps a shm
+ * group across two processes. Times are bounds on failure detection, not speed measurements. */
 #include <criterion/criterion.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "comm/comm.h"
 #include "comm/ctrl.h"
 
 static const char *TOKEN = "test-token-0123456789abcdef";
@@ -302,4 +306,101 @@ Test(ctrl, accept_and_connect_time_out) {
   cr_assert_lt(now_ms() - t0, 2000.0);
   cr_assert_null(c);
   qv_ctrl_listener_close(s.l);
+}
+
+/* ---- a peer in another process ---- */
+
+/* The child side: connects as node 1 and then polls until killed (heartbeating), or, with
+ * shm_group set, receives a shm group token in a STEP, joins the group as rank 1, all-reduces
+ * and says SHUTDOWN. Exit status 0 when all went right. */
+static int child_node(int port, int hb_ms, int peer_to_ms, int shm_group) {
+  qv_error e = {0};
+  qv_ctrl *c = NULL;
+  qv_ctrl_opts o = {.token = TOKEN, .node_rank = 1, .heartbeat_ms = hb_ms, .peer_timeout_ms = peer_to_ms};
+  if (qv_ctrl_connect("127.0.0.1", port, &o, 5000, &c, &e)) return 10;
+  qv_ctrl_msg m;
+  if (!shm_group) {
+    for (;;)
+      if (qv_ctrl_poll(c, hb_ms, &m, &e) < 0) return 11;
+  }
+  if (qv_ctrl_poll(c, 5000, &m, &e) != 1 || m.type != QV_CTRL_STEP || m.n_bytes != 32) return 12;
+  char tok[33];
+  memcpy(tok, m.payload, 32);
+  tok[32] = '\0';
+  qv_comm *g = NULL;
+  qv_comm_shm_opts so = {.token = tok, .rank = 1, .size = 2, .timeout_ms = 5000};
+  if (qv_comm_shm_create(&so, &g, &e)) return 13;
+  float x[4] = {10, 20, 30, 40};
+  int rc = qv_comm_all_reduce_sum(g, x, 4, QV_COMM_F32, &e) ? 14 : 0;
+  qv_comm_destroy(g);
+  if (!rc && qv_ctrl_send(c, QV_CTRL_SHUTDOWN, x, sizeof x, &e)) rc = 15;
+  qv_ctrl_close(c);
+  return rc;
+}
+
+/* Forks the child before any thread exists (the parent accepts on its own thread of control:
+ * the child's connect completes from the listen backlog). */
+static pid_t fork_node(server *s, int hb_ms, int peer_to_ms, int shm_group) {
+  memset(s, 0, sizeof *s);
+  qv_error e = {0};
+  cr_assert_eq(qv_ctrl_listen("127.0.0.1", 0, &s->port, &s->l, &e), 0, "%s", e.msg);
+  fflush(NULL);
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0);
+  if (pid == 0) _exit(child_node(s->port, hb_ms, peer_to_ms, shm_group));
+  qv_ctrl_opts o = {.token = TOKEN, .heartbeat_ms = hb_ms, .peer_timeout_ms = peer_to_ms};
+  cr_assert_eq(qv_ctrl_accept(s->l, &o, 5000, &s->link, &e), 0, "%s", e.msg);
+  cr_assert_eq(qv_ctrl_peer_rank(s->link), 1);
+  return pid;
+}
+
+/* A killed node closes its socket (reported at once); a stopped one (hung, socket open) stops
+ * heartbeating and is reported lost after peer_timeout_ms. */
+Test(ctrl, killed_or_hung_process_detected) {
+  for (int hang = 0; hang < 2; hang++) {
+    server s;
+    pid_t pid = fork_node(&s, 50, 300, 0);
+    qv_error e = {0};
+    qv_ctrl_msg m;
+    double end = now_ms() + 200; /* healthy while the child heartbeats */
+    while (now_ms() < end) cr_assert_eq(qv_ctrl_poll(s.link, 20, &m, &e), 0, "%s", e.msg);
+    kill(pid, hang ? SIGSTOP : SIGKILL);
+    double t0 = now_ms();
+    cr_assert_eq(qv_ctrl_poll(s.link, 5000, &m, &e), QV_ECLOSED, "%s", e.msg);
+    double dt = now_ms() - t0;
+    cr_assert_lt(dt, 2000.0, "hang %d: reported after %.0f ms", hang, dt);
+    if (hang) {
+      cr_assert(strstr(e.msg, "peer lost"), "%s", e.msg);
+      kill(pid, SIGKILL);
+    }
+    waitpid(pid, NULL, 0);
+    server_stop(&s);
+  }
+}
+
+/* The channel bootstraps a communicator: rank 0 sends the shm group token to node 1 in a STEP,
+ * both join the group and all-reduce, node 1 reports its result and shuts down. */
+Test(ctrl, bootstraps_shm_group_across_processes) {
+  server s;
+  pid_t pid = fork_node(&s, 1000, 5000, 1);
+  qv_error e = {0};
+  char tok[33];
+  cr_assert_eq(qv_comm_shm_token(tok, &e), 0);
+  cr_assert_eq(qv_ctrl_send(s.link, QV_CTRL_STEP, tok, 32, &e), 0, "%s", e.msg);
+  qv_comm *g = NULL;
+  qv_comm_shm_opts so = {.token = tok, .rank = 0, .size = 2, .timeout_ms = 5000};
+  cr_assert_eq(qv_comm_shm_create(&so, &g, &e), 0, "%s", e.msg);
+  float x[4] = {1, 2, 3, 4};
+  cr_assert_eq(qv_comm_all_reduce_sum(g, x, 4, QV_COMM_F32, &e), 0, "%s", e.msg);
+  cr_assert(x[0] == 11 && x[1] == 22 && x[2] == 33 && x[3] == 44);
+  qv_comm_destroy(g);
+  qv_ctrl_msg m;
+  cr_assert_eq(qv_ctrl_poll(s.link, 5000, &m, &e), 1, "%s", e.msg);
+  cr_assert_eq(m.type, QV_CTRL_SHUTDOWN);
+  cr_assert_eq(m.n_bytes, sizeof x);
+  cr_assert_eq(memcmp(m.payload, x, sizeof x), 0);
+  int status = 0;
+  cr_assert_eq(waitpid(pid, &status, 0), pid);
+  cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child: %d", WEXITSTATUS(status));
+  server_stop(&s);
 }

@@ -159,12 +159,23 @@ static void nccl_destroy(qv_comm *c) {
   nccl_comm *s = (nccl_comm *)c;
   if (cudaSetDevice(s->device) != cudaSuccess) QV_LOGW("comm nccl: cudaSetDevice on destroy failed");
   if (s->nc) {
-    /* A communicator that may still have peers in flight is aborted, never destroyed in a way
-     * that could wait on them. */
-    ncclResult_t r = ncclCommDestroy(s->nc);
-    if (r != ncclSuccess) {
-      QV_LOGW("comm nccl: ncclCommDestroy: %s; aborting", ncclGetErrorString(r));
-      ncclCommAbort(s->nc);
+    /* Finalize (flushes and waits for global quiescence, polled against the timeout since the
+     * communicator is non-blocking), then destroy; a peer that never finalizes, or any error,
+     * ends in ncclCommAbort instead of a wait. */
+    qv_error e = {0};
+    ncclResult_t r = ncclCommFinalize(s->nc);
+    int rc = (r == ncclSuccess || r == ncclInProgress)
+                 ? wait_ready(s, now_ms() + s->base.timeout_ms, "destroy", &e)
+                 : fail(s, &e, "destroy", "ncclCommFinalize", r, __LINE__);
+    if (rc == 0 && s->nc) {
+      r = ncclCommDestroy(s->nc);
+      if (r != ncclSuccess) {
+        QV_LOGW("comm nccl: ncclCommDestroy: %s; aborting", ncclGetErrorString(r));
+        abort_comm(s);
+      }
+      s->nc = NULL;
+    } else if (rc) {
+      QV_LOGW("%s", e.msg);
     }
   }
   if (s->d_scratch) cudaFree(s->d_scratch);
