@@ -312,6 +312,14 @@ static int create_segment(shm_comm *s, qv_error *err) {
     return qv_error_set(err, QV_ENOMEM, "comm shm: sizing %s to %zu bytes: %s", s->name,
                         s->map_bytes, strerror(e));
   }
+  /* Reserve the pages now: on a full /dev/shm (containers often give it 64 MiB) a write to a
+   * sparse segment would be a SIGBUS later; here it is an error. */
+  int fe = posix_fallocate(fd, 0, (off_t)s->map_bytes);
+  if (fe && fe != EOPNOTSUPP && fe != EINVAL) {
+    close(fd);
+    return qv_error_set(err, QV_ENOMEM, "comm shm: reserving %zu bytes for %s: %s (is /dev/shm "
+                        "large enough? lower slot_bytes)", s->map_bytes, s->name, strerror(fe));
+  }
   void *p = mmap(NULL, s->map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   int e = errno;
   close(fd);

@@ -102,16 +102,17 @@ static int set_socket_opts(int fd, qv_error *err) {
   return 0;
 }
 
-/* Waits for events on fd until deadline: 1 ready, 0 timed out, < 0 error. */
+/* Waits for events on fd until deadline: 1 ready, 0 timed out, < 0 error. A deadline already
+ * past still looks once, so what has arrived is never mistaken for silence. */
 static int wait_fd(int fd, short events, double deadline, qv_error *err) {
   for (;;) {
     double left = deadline - now_ms();
-    if (left <= 0) return 0;
     struct pollfd p = {.fd = fd, .events = events};
-    int rc = poll(&p, 1, (int)(left + 0.999));
+    int rc = poll(&p, 1, left > 0 ? (int)(left + 0.999) : 0);
     if (rc > 0) return 1;
-    if (rc == 0) continue;
-    if (errno != EINTR) return qv_error_set(err, QV_EIO, "ctrl: poll: %s", strerror(errno));
+    if (rc == 0 && left <= 0) return 0;
+    if (rc < 0 && errno != EINTR) return qv_error_set(err, QV_EIO, "ctrl: poll: %s", strerror(errno));
+    if (now_ms() >= deadline) return 0;
   }
 }
 
@@ -542,11 +543,6 @@ int qv_ctrl_poll(qv_ctrl *c, int timeout_ms, qv_ctrl_msg *msg, qv_error *err) {
       if (rc) return broken(c, rc);
     }
     double lost_at = c->last_rx + c->peer_timeout_ms;
-    if (t >= lost_at) {
-      QV_LOGE("ctrl: peer lost: nothing received for %d ms", c->peer_timeout_ms);
-      return broken(c, qv_error_set(err, QV_ECLOSED, "ctrl: peer lost: nothing received for %d ms "
-                                    "(heartbeat every %d ms)", c->peer_timeout_ms, c->heartbeat_ms));
-    }
     double until = deadline;
     if (c->last_tx + c->heartbeat_ms < until) until = c->last_tx + c->heartbeat_ms;
     if (lost_at < until) until = lost_at;
@@ -562,7 +558,15 @@ int qv_ctrl_poll(qv_ctrl *c, int timeout_ms, qv_ctrl_msg *msg, qv_error *err) {
           QV_LOGW("ctrl: dropped an authenticated frame of unexpected type %d", (int)msg->type);
       }
     }
-    if (now_ms() >= deadline) return 0;
+    /* The peer's silence is judged after reading what has arrived (a valid frame refreshes
+     * last_rx; dropped frames do not, so a flood of forged ones cannot keep a lost link up). */
+    t = now_ms();
+    if (t >= c->last_rx + c->peer_timeout_ms) {
+      QV_LOGE("ctrl: peer lost: nothing received for %d ms", c->peer_timeout_ms);
+      return broken(c, qv_error_set(err, QV_ECLOSED, "ctrl: peer lost: nothing received for %d ms "
+                                    "(heartbeat every %d ms)", c->peer_timeout_ms, c->heartbeat_ms));
+    }
+    if (t >= deadline) return 0;
   }
 }
 
