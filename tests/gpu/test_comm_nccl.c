@@ -41,7 +41,7 @@ static void fill(float *x, size_t n, int seed, int rank) {
 #define STEP(cond)                                                          \
   do {                                                                      \
     if (!(cond)) {                                                          \
-      if (!r->fails) snprintf(r->msg, sizeof r->msg, "%s: %s", #cond, e.msg); \
+      if (!r->fails) snprintf(r->msg, sizeof r->msg, "%s: %.300s", #cond, e.msg); \
       r->fails++;                                                           \
       goto out;                                                             \
     }                                                                       \
