@@ -310,6 +310,7 @@ static int server_handshake(qv_ctrl *c, double deadline, qv_error *err) {
   uint8_t sn[NONCE_BYTES], cn[NONCE_BYTES], proof[32];
   if (RAND_bytes(sn, sizeof sn) != 1) return qv_error_set(err, QV_EIO, "ctrl: no random nonce");
   int rc = send_frame(c, c->token, c->token_len, QV_CTRL_HELLO, sn, sizeof sn, deadline, err);
+  if (rc == QV_ECLOSED) return qv_error_set(err, QV_EAUTH, "ctrl: the peer left before the handshake");
   if (rc) return rc;
   qv_ctrl_msg m;
   uint32_t saved = c->max_msg;

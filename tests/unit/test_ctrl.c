@@ -404,3 +404,55 @@ Test(ctrl, bootstraps_shm_group_across_processes) {
   cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child: %d", WEXITSTATUS(status));
   server_stop(&s);
 }
+
+/* Random frames after a valid handshake (valid or broken magic and version, any type, lengths
+ * over and under the limit, payloads cut short, random tags), then the sender closes: the
+ * receiver never crashes and never hands a forged message to the caller. */
+Test(ctrl, random_frames_never_trusted) {
+  unsigned seed = 12345;
+  for (int it = 0; it < 30; it++) {
+    server s;
+    qv_ctrl *c = NULL;
+    pair_open(&s, &c, 1000, 2000, 4096);
+    uint8_t buf[QV_CTRL_HEADER_BYTES + 6000];
+    seed = seed * 1103515245u + 12345u;
+    uint32_t len = (seed >> 8) % 6000;
+    header(buf, (seed & 1) ? QV_CTRL_VERSION : (int)(seed >> 20), (int)((seed >> 4) % 9), seed & 2 ? 0 : seed,
+           (seed & 4) ? len : (seed ^ 0x5A5A5A5Au));
+    if (seed & 8) buf[(seed >> 12) % 4] ^= 0x20; /* broken magic */
+    fill(buf + QV_CTRL_HEADER_BYTES, len, seed);
+    size_t n = QV_CTRL_HEADER_BYTES + ((seed & 16) ? len : len / 2);
+    qv_error e = {0};
+    cr_assert_eq(qv_ctrl_send_raw(c, buf, n, &e), 0, "%s", e.msg);
+    qv_ctrl_close(c);
+    qv_ctrl_msg m;
+    int rc;
+    while ((rc = qv_ctrl_poll(s.link, 2000, &m, &e)) == 0) {
+    }
+    cr_assert(rc == QV_EFORMAT || rc == QV_ELIMIT || rc == QV_ECLOSED, "iteration %d: rc %d (%s)", it,
+              rc, e.msg);
+    server_stop(&s);
+  }
+}
+
+/* Random bytes (some starting with a plausible header) in place of a handshake: refused. */
+Test(ctrl, random_handshakes_refused) {
+  unsigned seed = 777;
+  for (int it = 0; it < 20; it++) {
+    server s;
+    server_start(&s, TOKEN, 1000, 2000, 0);
+    uint8_t buf[300];
+    seed = seed * 1103515245u + 12345u;
+    fill(buf, sizeof buf, seed);
+    if (seed & 1) header(buf, QV_CTRL_VERSION, QV_CTRL_AUTH, 0, 68);
+    int fd = raw_connect(s.port);
+    size_t n = 1 + (seed >> 8) % sizeof buf;
+    cr_assert_eq(write(fd, buf, n), (ssize_t)n);
+    close(fd);
+    server_join(&s);
+    cr_assert(s.rc == QV_EFORMAT || s.rc == QV_EAUTH || s.rc == QV_ELIMIT, "iteration %d: rc %d (%s)",
+              it, s.rc, s.msg);
+    cr_assert_null(s.link);
+    server_stop(&s);
+  }
+}
