@@ -107,9 +107,12 @@ int main(int argc, char **argv) {
   b->batches = 15;
   const char *commit = "unknown";
   for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--ranks") && i + 1 < argc) b->size = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--batches") && i + 1 < argc) b->batches = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--commit") && i + 1 < argc) commit = argv[++i];
+    if (!strcmp(argv[i], "--ranks") && i + 1 < argc)
+      b->size = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--batches") && i + 1 < argc)
+      b->batches = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--commit") && i + 1 < argc)
+      commit = argv[++i];
     else {
       fprintf(stderr, "usage: qv-bench-comm [--ranks N] [--batches N] [--commit SHA]\n");
       return 2;
@@ -152,18 +155,20 @@ int main(int argc, char **argv) {
          sysconf(_SC_NPROCESSORS_ONLN), load);
   printf("  \"commit\": \"%s\",\n  \"date\": \"%s\",\n", commit, date);
   printf("  \"settings\": {\"ranks\": %d, \"hidden\": %d, \"batches\": %d, \"dtype\": \"f32\", "
-         "\"slot_bytes\": 4194304},\n  \"results\": [\n", b->size, HIDDEN, b->batches);
+         "\"slot_bytes\": 4194304},\n  \"results\": [\n",
+         b->size, HIDDEN, b->batches);
   for (int s = 0; s < N_SIZES; s++) {
     double v[MAX_BATCHES];
     memcpy(v, b->batch_us[s], sizeof(double) * (size_t)b->batches);
     qsort(v, (size_t)b->batches, sizeof(double), cmp_double);
-    double med = v[b->batches / 2], p90 = v[(b->batches * 9) / 10 < b->batches ? (b->batches * 9) / 10 : b->batches - 1];
+    double med = v[b->batches / 2],
+           p90 = v[(b->batches * 9) / 10 < b->batches ? (b->batches * 9) / 10 : b->batches - 1];
     double bytes = (double)TOKENS[s] * HIDDEN * 4.0;
     double algbw = bytes / (med * 1e3); /* GB/s: bytes per ns */
     double busbw = algbw * 2.0 * (b->size - 1) / b->size;
     printf("    {\"tokens\": %d, \"bytes\": %.0f, \"reps_per_batch\": %d, \"median_us\": %.2f, "
-           "\"p90_us\": %.2f, \"algbw_gbps\": %.3f, \"busbw_gbps\": %.3f}%s\n", TOKENS[s], bytes,
-           b->reps[s], med, p90, algbw, busbw, s + 1 < N_SIZES ? "," : "");
+           "\"p90_us\": %.2f, \"algbw_gbps\": %.3f, \"busbw_gbps\": %.3f}%s\n",
+           TOKENS[s], bytes, b->reps[s], med, p90, algbw, busbw, s + 1 < N_SIZES ? "," : "");
   }
   printf("  ]\n}\n");
   free(b);

@@ -30,8 +30,10 @@ int qv_comm_aborted(const qv_comm *comm) { return comm && comm->ops->aborted(com
 static int check_live(const qv_comm *comm, const char *what, qv_error *err) {
   if (!comm) return qv_error_set(err, QV_EINVAL, "comm %s: no communicator", what);
   if (comm->ops->aborted(comm))
-    return qv_error_set(err, QV_EABORTED, "comm %s: the communicator was aborted (a rank timed out "
-                        "or died); destroy it", what);
+    return qv_error_set(err, QV_EABORTED,
+                        "comm %s: the communicator was aborted (a rank timed out "
+                        "or died); destroy it",
+                        what);
   return 0;
 }
 
@@ -51,7 +53,8 @@ int qv_comm_all_gather(qv_comm *comm, const void *send, void *recv, size_t count
   if (rc) return rc;
   size_t es = qv_comm_dtype_bytes(dtype);
   if (!es) return qv_error_set(err, QV_EINVAL, "comm all_gather: unknown dtype %d", (int)dtype);
-  if (count && (!send || !recv)) return qv_error_set(err, QV_EINVAL, "comm all_gather: NULL buffer");
+  if (count && (!send || !recv))
+    return qv_error_set(err, QV_EINVAL, "comm all_gather: NULL buffer");
   const char *s = send, *r = recv;
   size_t sb = count * es, rb = sb * (size_t)comm->size;
   if (count && s < r + rb && r < s + sb)
@@ -63,7 +66,8 @@ int qv_comm_broadcast(qv_comm *comm, void *buf, size_t n_bytes, int root, qv_err
   int rc = check_live(comm, "broadcast", err);
   if (rc) return rc;
   if (root < 0 || root >= comm->size)
-    return qv_error_set(err, QV_EINVAL, "comm broadcast: root %d outside 0..%d", root, comm->size - 1);
+    return qv_error_set(err, QV_EINVAL, "comm broadcast: root %d outside 0..%d", root,
+                        comm->size - 1);
   if (n_bytes && !buf) return qv_error_set(err, QV_EINVAL, "comm broadcast: NULL buffer");
   return comm->ops->broadcast(comm, buf, n_bytes, root, err);
 }

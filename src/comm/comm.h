@@ -30,7 +30,7 @@ typedef enum qv_comm_dtype {
 
 enum {
   QV_COMM_MAX_RANKS = 64,
-  QV_COMM_TOKEN_MAX = 64,          /* characters of a group token, [A-Za-z0-9_-] */
+  QV_COMM_TOKEN_MAX = 64, /* characters of a group token, [A-Za-z0-9_-] */
   QV_COMM_DEFAULT_TIMEOUT_MS = 30000,
 };
 
@@ -72,10 +72,10 @@ void qv_comm_destroy(qv_comm *comm);
 /* ---- shm ---- */
 
 typedef struct qv_comm_shm_opts {
-  const char *token;     /* borrowed: names the group; the same on every rank, unique per group */
-  int rank, size;        /* 0 <= rank < size <= QV_COMM_MAX_RANKS */
-  int timeout_ms;        /* per collective and for joining; 0 = QV_COMM_DEFAULT_TIMEOUT_MS */
-  size_t slot_bytes;     /* staging bytes per rank per buffer; 0 = 4 MiB. Larger messages go in
+  const char *token; /* borrowed: names the group; the same on every rank, unique per group */
+  int rank, size;    /* 0 <= rank < size <= QV_COMM_MAX_RANKS */
+  int timeout_ms;    /* per collective and for joining; 0 = QV_COMM_DEFAULT_TIMEOUT_MS */
+  size_t slot_bytes; /* staging bytes per rank per buffer; 0 = 4 MiB. Larger messages go in
                             pieces. The same on every rank. */
 } qv_comm_shm_opts;
 
@@ -100,8 +100,8 @@ int qv_comm_nccl_unique_id(uint8_t id[QV_COMM_NCCL_ID_BYTES], qv_error *err);
 typedef struct qv_comm_nccl_opts {
   const uint8_t *unique_id; /* borrowed, QV_COMM_NCCL_ID_BYTES: the same on every rank */
   int rank, size;
-  int device;               /* CUDA device of this rank */
-  int timeout_ms;           /* 0 = QV_COMM_DEFAULT_TIMEOUT_MS */
+  int device;     /* CUDA device of this rank */
+  int timeout_ms; /* 0 = QV_COMM_DEFAULT_TIMEOUT_MS */
 } qv_comm_nccl_opts;
 
 /* Creates this rank's NCCL communicator (non-blocking init, bounded by the timeout) and its own

@@ -46,7 +46,7 @@
 enum {
   SHM_MAGIC = 0x71766373u, /* "qvcs", stored last by rank 0 once the header is initialised */
   SHM_VERSION = 1,
-  PID_LEFT = -1,           /* pids[r] of a rank that destroyed its handle */
+  PID_LEFT = -1, /* pids[r] of a rank that destroyed its handle */
   PEER_CHECK_MS = 5,
 };
 #define SHM_DEFAULT_SLOT_BYTES ((size_t)4 << 20)
@@ -65,11 +65,11 @@ typedef struct shm_header {
 
 typedef struct shm_comm {
   qv_comm base;
-  shm_header *hdr;  /* owned mapping of map_bytes */
-  uint8_t *data;    /* [2][size][slot_bytes], inside the mapping */
+  shm_header *hdr; /* owned mapping of map_bytes */
+  uint8_t *data;   /* [2][size][slot_bytes], inside the mapping */
   size_t map_bytes, slot_bytes;
-  uint64_t n_ops;   /* collectives so far: its parity picks the buffer set */
-  int name_linked;  /* rank 0 only: the segment's name still exists */
+  uint64_t n_ops;  /* collectives so far: its parity picks the buffer set */
+  int name_linked; /* rank 0 only: the segment's name still exists */
   pid_t pid;
   char name[8 + QV_COMM_TOKEN_MAX + 2];
 } shm_comm;
@@ -153,8 +153,9 @@ static int wait_all(shm_comm *s, double deadline, const char *what, qv_error *er
   double next_check = 0;
   while (atomic_load_explicit(&h->bar_gen, memory_order_acquire) == gen) {
     if (atomic_load_explicit(&h->aborted, memory_order_acquire))
-      return qv_error_set(err, QV_EABORTED, "comm shm %s (rank %d of %d): another rank aborted the "
-                          "communicator", what, s->base.rank, s->base.size);
+      return qv_error_set(err, QV_EABORTED,
+                          "comm shm %s (rank %d of %d): another rank aborted the communicator",
+                          what, s->base.rank, s->base.size);
     backoff(&spins);
     if ((spins & 15) != 0 && spins > 64) continue;
     double t = now_ms();
@@ -162,7 +163,8 @@ static int wait_all(shm_comm *s, double deadline, const char *what, qv_error *er
       next_check = t + PEER_CHECK_MS;
       int left = 0, r = dead_peer(s, &left);
       if (r >= 0)
-        return do_abort(s, err, what, left ? "rank %d left the group" : "rank %d's process died", r);
+        return do_abort(s, err, what, left ? "rank %d left the group" : "rank %d's process died",
+                        r);
     }
     if (t >= deadline)
       return do_abort(s, err, what, "timed out after %d ms waiting for the other ranks",
@@ -212,7 +214,8 @@ static int shm_all_reduce(qv_comm *c, void *buf, size_t count, qv_comm_dtype dty
     memcpy(slot(s, set, c->rank), (uint8_t *)buf + off * es, n * es);
     int rc = wait_all(s, deadline, "all_reduce", err);
     if (rc) return rc;
-    size_t lo = n * (size_t)c->rank / (size_t)c->size, hi = n * (size_t)(c->rank + 1) / (size_t)c->size;
+    size_t lo = n * (size_t)c->rank / (size_t)c->size,
+           hi = n * (size_t)(c->rank + 1) / (size_t)c->size;
     reduce_slice(s, set, lo, hi, dtype);
     rc = wait_all(s, deadline, "all_reduce", err);
     if (rc) return rc;
@@ -221,8 +224,8 @@ static int shm_all_reduce(qv_comm *c, void *buf, size_t count, qv_comm_dtype dty
   return 0;
 }
 
-static int shm_all_gather(qv_comm *c, const void *send, void *recv, size_t count, qv_comm_dtype dtype,
-                          qv_error *err) {
+static int shm_all_gather(qv_comm *c, const void *send, void *recv, size_t count,
+                          qv_comm_dtype dtype, qv_error *err) {
   shm_comm *s = (shm_comm *)c;
   size_t es = qv_comm_dtype_bytes(dtype), per = s->slot_bytes / es;
   double deadline = now_ms() + c->timeout_ms;
@@ -270,13 +273,13 @@ static void shm_destroy(qv_comm *c) {
 }
 
 static const qv_comm_ops shm_ops = {
-  .kind = "shm",
-  .all_reduce_sum = shm_all_reduce,
-  .all_gather = shm_all_gather,
-  .broadcast = shm_broadcast,
-  .barrier = shm_barrier,
-  .aborted = group_aborted,
-  .destroy = shm_destroy,
+    .kind = "shm",
+    .all_reduce_sum = shm_all_reduce,
+    .all_gather = shm_all_gather,
+    .broadcast = shm_broadcast,
+    .barrier = shm_barrier,
+    .aborted = group_aborted,
+    .destroy = shm_destroy,
 };
 
 static int valid_token(const char *t) {
@@ -304,7 +307,8 @@ static int create_segment(shm_comm *s, qv_error *err) {
   if (fd < 0)
     return qv_error_set(err, errno == EEXIST ? QV_EBUSY : QV_EIO, "comm shm: creating %s: %s%s",
                         s->name, strerror(errno),
-                        errno == EEXIST ? " (a group with this token exists: use a fresh token)" : "");
+                        errno == EEXIST ? " (a group with this token exists: use a fresh token)"
+                                        : "");
   s->name_linked = 1;
   if (ftruncate(fd, (off_t)s->map_bytes) != 0) {
     int e = errno;
@@ -317,8 +321,10 @@ static int create_segment(shm_comm *s, qv_error *err) {
   int fe = posix_fallocate(fd, 0, (off_t)s->map_bytes);
   if (fe && fe != EOPNOTSUPP && fe != EINVAL) {
     close(fd);
-    return qv_error_set(err, QV_ENOMEM, "comm shm: reserving %zu bytes for %s: %s (is /dev/shm "
-                        "large enough? lower slot_bytes)", s->map_bytes, s->name, strerror(fe));
+    return qv_error_set(err, QV_ENOMEM,
+                        "comm shm: reserving %zu bytes for %s: %s (is /dev/shm "
+                        "large enough? lower slot_bytes)",
+                        s->map_bytes, s->name, strerror(fe));
   }
   void *p = mmap(NULL, s->map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   int e = errno;
@@ -352,15 +358,17 @@ static int join_segment(shm_comm *s, double deadline, qv_error *err) {
       if ((size_t)st.st_size == s->map_bytes) break;
       close(fd);
       if (st.st_size != 0)
-        return qv_error_set(err, QV_EINVAL, "comm shm: group %s has %lld bytes, this rank expects "
-                            "%zu (size or slot_bytes differ between ranks)", s->name,
-                            (long long)st.st_size, s->map_bytes);
+        return qv_error_set(err, QV_EINVAL,
+                            "comm shm: group %s has %lld bytes, this rank expects "
+                            "%zu (size or slot_bytes differ between ranks)",
+                            s->name, (long long)st.st_size, s->map_bytes);
     } else if (errno != ENOENT) {
       return qv_error_set(err, QV_EIO, "comm shm: opening %s: %s", s->name, strerror(errno));
     }
     if (now_ms() >= deadline)
-      return qv_error_set(err, QV_EABORTED, "comm shm: rank %d: group %s did not appear within "
-                          "%d ms", s->base.rank, s->name, s->base.timeout_ms);
+      return qv_error_set(err, QV_EABORTED,
+                          "comm shm: rank %d: group %s did not appear within %d ms",
+                          s->base.rank, s->name, s->base.timeout_ms);
     backoff(&spins);
   }
   void *p = mmap(NULL, s->map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -375,10 +383,13 @@ static int join_segment(shm_comm *s, double deadline, qv_error *err) {
       return qv_error_set(err, QV_EABORTED, "comm shm: group %s was never initialised", s->name);
     backoff(&spins);
   }
-  if (h->version != SHM_VERSION || h->size != (uint32_t)s->base.size || h->slot_bytes != s->slot_bytes)
-    return qv_error_set(err, QV_EINVAL, "comm shm: group %s has version %u, size %u, slot_bytes "
-                        "%llu; this rank expects %d, %d, %zu", s->name, h->version, h->size,
-                        (unsigned long long)h->slot_bytes, SHM_VERSION, s->base.size, s->slot_bytes);
+  if (h->version != SHM_VERSION || h->size != (uint32_t)s->base.size ||
+      h->slot_bytes != s->slot_bytes)
+    return qv_error_set(err, QV_EINVAL,
+                        "comm shm: group %s has version %u, size %u, slot_bytes "
+                        "%llu; this rank expects %d, %d, %zu",
+                        s->name, h->version, h->size, (unsigned long long)h->slot_bytes,
+                        SHM_VERSION, s->base.size, s->slot_bytes);
   int32_t expect = 0;
   if (!atomic_compare_exchange_strong(&h->pids[s->base.rank], &expect, (int32_t)s->pid))
     return qv_error_set(err, QV_EINVAL, "comm shm: rank %d of group %s joined twice", s->base.rank,
@@ -391,11 +402,12 @@ int qv_comm_shm_create(const qv_comm_shm_opts *o, qv_comm **out, qv_error *err) 
   if (!out) return qv_error_set(err, QV_EINVAL, "comm shm: no output handle");
   *out = NULL;
   if (!o || !o->token || !valid_token(o->token))
-    return qv_error_set(err, QV_EINVAL, "comm shm: the token must be 1..%d characters of "
-                        "[A-Za-z0-9_-]", QV_COMM_TOKEN_MAX);
+    return qv_error_set(err, QV_EINVAL,
+                        "comm shm: the token must be 1..%d characters of [A-Za-z0-9_-]",
+                        QV_COMM_TOKEN_MAX);
   if (o->size < 1 || o->size > QV_COMM_MAX_RANKS || o->rank < 0 || o->rank >= o->size)
-    return qv_error_set(err, QV_EINVAL, "comm shm: rank %d of size %d (size must be 1..%d)", o->rank,
-                        o->size, QV_COMM_MAX_RANKS);
+    return qv_error_set(err, QV_EINVAL, "comm shm: rank %d of size %d (size must be 1..%d)",
+                        o->rank, o->size, QV_COMM_MAX_RANKS);
   if (o->timeout_ms < 0) return qv_error_set(err, QV_EINVAL, "comm shm: negative timeout");
   size_t slot_bytes = o->slot_bytes ? o->slot_bytes : SHM_DEFAULT_SLOT_BYTES;
   if (slot_bytes < 64 || slot_bytes > SHM_MAX_SLOT_BYTES)
@@ -422,14 +434,15 @@ int qv_comm_shm_create(const qv_comm_shm_opts *o, qv_comm **out, qv_error *err) 
     unsigned spins = 0;
     while (atomic_load_explicit(&h->n_joined, memory_order_acquire) < (uint32_t)o->size) {
       if (atomic_load_explicit(&h->aborted, memory_order_acquire)) {
-        rc = qv_error_set(err, QV_EABORTED, "comm shm: group %s was aborted while joining", s->name);
+        rc =
+            qv_error_set(err, QV_EABORTED, "comm shm: group %s was aborted while joining", s->name);
         break;
       }
       if (now_ms() >= deadline) {
         atomic_store_explicit(&h->aborted, 1, memory_order_release);
-        rc = qv_error_set(err, QV_EABORTED, "comm shm: rank %d: only %u of %d ranks joined group %s "
-                          "within %d ms", o->rank, atomic_load(&h->n_joined), o->size, s->name,
-                          s->base.timeout_ms);
+        rc = qv_error_set(err, QV_EABORTED,
+                          "comm shm: rank %d: only %u of %d ranks joined group %s within %d ms",
+                          o->rank, atomic_load(&h->n_joined), o->size, s->name, s->base.timeout_ms);
         break;
       }
       backoff(&spins);

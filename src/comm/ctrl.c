@@ -32,18 +32,18 @@ struct qv_ctrl_listener {
 };
 
 struct qv_ctrl {
-  int fd;                    /* owned; -1 once closed */
-  int broken;                /* a framing error or loss closed the link */
+  int fd;     /* owned; -1 once closed */
+  int broken; /* a framing error or loss closed the link */
   int peer_rank;
   uint32_t max_msg;
   int heartbeat_ms, peer_timeout_ms;
   uint8_t tx_key[KEY_BYTES], rx_key[KEY_BYTES];
   size_t tx_key_len, rx_key_len;
-  uint8_t token[256];        /* handshake key: the shared token */
+  uint8_t token[256]; /* handshake key: the shared token */
   size_t token_len;
-  uint64_t tx_seq, rx_seq;   /* next sequence number per direction */
-  double last_tx, last_rx;   /* monotonic ms of the last frame sent / valid frame received */
-  uint8_t *rx_buf;           /* owned, [payload + tag] of the last frame, rx_cap bytes */
+  uint64_t tx_seq, rx_seq; /* next sequence number per direction */
+  double last_tx, last_rx; /* monotonic ms of the last frame sent / valid frame received */
+  uint8_t *rx_buf;         /* owned, [payload + tag] of the last frame, rx_cap bytes */
   size_t rx_cap;
 };
 
@@ -53,7 +53,10 @@ static double now_ms(void) {
   return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-static void put_u16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static void put_u16(uint8_t *p, uint16_t v) {
+  p[0] = (uint8_t)(v >> 8);
+  p[1] = (uint8_t)v;
+}
 static void put_u32(uint8_t *p, uint32_t v) {
   for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (24 - 8 * i));
 }
@@ -76,8 +79,8 @@ typedef struct span {
   size_t n;
 } span;
 
-static int hmac(const uint8_t *key, size_t key_len, const span *parts, int n_parts,
-                uint8_t out[32], qv_error *err) {
+static int hmac(const uint8_t *key, size_t key_len, const span *parts, int n_parts, uint8_t out[32],
+                qv_error *err) {
   EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
   EVP_MAC_CTX *ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
   char digest[] = "SHA256";
@@ -98,7 +101,8 @@ static int set_socket_opts(int fd, qv_error *err) {
   int fl = fcntl(fd, F_GETFL);
   if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
     return qv_error_set(err, QV_EIO, "ctrl: fcntl: %s", strerror(errno));
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* latency only; failure is harmless */
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
+             sizeof one); /* latency only; failure is harmless */
   return 0;
 }
 
@@ -111,7 +115,8 @@ static int wait_fd(int fd, short events, double deadline, qv_error *err) {
     int rc = poll(&p, 1, left > 0 ? (int)(left + 0.999) : 0);
     if (rc > 0) return 1;
     if (rc == 0 && left <= 0) return 0;
-    if (rc < 0 && errno != EINTR) return qv_error_set(err, QV_EIO, "ctrl: poll: %s", strerror(errno));
+    if (rc < 0 && errno != EINTR)
+      return qv_error_set(err, QV_EIO, "ctrl: poll: %s", strerror(errno));
     if (now_ms() >= deadline) return 0;
   }
 }
@@ -150,8 +155,9 @@ static int read_exact(int fd, void *buf, size_t n, double deadline, int started,
     }
     if (r == 0) {
       if (started || got)
-        return qv_error_set(err, QV_EFORMAT, "ctrl: truncated frame (peer closed after %zu of %zu "
-                            "bytes)", got, n);
+        return qv_error_set(err, QV_EFORMAT,
+                            "ctrl: truncated frame (peer closed after %zu of %zu bytes)",
+                            got, n);
       return qv_error_set(err, QV_ECLOSED, "ctrl: peer closed the connection");
     }
     if (errno == EINTR) continue;
@@ -213,7 +219,8 @@ static int recv_frame(qv_ctrl *c, const uint8_t *key, size_t key_len, double dea
                         QV_CTRL_VERSION);
   }
   if (len > c->max_msg) {
-    QV_LOGW("ctrl: dropping connection: frame of %u bytes exceeds the %u-byte limit", len, c->max_msg);
+    QV_LOGW("ctrl: dropping connection: frame of %u bytes exceeds the %u-byte limit", len,
+            c->max_msg);
     return qv_error_set(err, QV_ELIMIT, "ctrl: frame of %u bytes exceeds the %u-byte limit", len,
                         c->max_msg);
   }
@@ -277,7 +284,8 @@ static qv_ctrl *link_new(int fd, const qv_ctrl_opts *o) {
 }
 
 /* Session keys, one per direction, so a frame reflected back at its sender never verifies. */
-static int derive_keys(qv_ctrl *c, const uint8_t *sn, const uint8_t *cn, int is_server, qv_error *err) {
+static int derive_keys(qv_ctrl *c, const uint8_t *sn, const uint8_t *cn, int is_server,
+                       qv_error *err) {
   uint8_t c2s[KEY_BYTES], s2c[KEY_BYTES];
   span a[] = {{"qv-ctrl c2s", 11}, {sn, NONCE_BYTES}, {cn, NONCE_BYTES}};
   span b[] = {{"qv-ctrl s2c", 11}, {sn, NONCE_BYTES}, {cn, NONCE_BYTES}};
@@ -294,8 +302,8 @@ static int derive_keys(qv_ctrl *c, const uint8_t *sn, const uint8_t *cn, int is_
   return 0;
 }
 
-static int client_proof(const qv_ctrl *c, const uint8_t *sn, const uint8_t *cn, const uint8_t rank[4],
-                        uint8_t out[32], qv_error *err) {
+static int client_proof(const qv_ctrl *c, const uint8_t *sn, const uint8_t *cn,
+                        const uint8_t rank[4], uint8_t out[32], qv_error *err) {
   span p[] = {{"qv-ctrl client", 14}, {sn, NONCE_BYTES}, {cn, NONCE_BYTES}, {rank, 4}};
   return hmac(c->token, c->token_len, p, 4, out, err);
 }
@@ -310,15 +318,17 @@ static int server_handshake(qv_ctrl *c, double deadline, qv_error *err) {
   uint8_t sn[NONCE_BYTES], cn[NONCE_BYTES], proof[32];
   if (RAND_bytes(sn, sizeof sn) != 1) return qv_error_set(err, QV_EIO, "ctrl: no random nonce");
   int rc = send_frame(c, c->token, c->token_len, QV_CTRL_HELLO, sn, sizeof sn, deadline, err);
-  if (rc == QV_ECLOSED) return qv_error_set(err, QV_EAUTH, "ctrl: the peer left before the handshake");
+  if (rc == QV_ECLOSED)
+    return qv_error_set(err, QV_EAUTH, "ctrl: the peer left before the handshake");
   if (rc) return rc;
   qv_ctrl_msg m;
   uint32_t saved = c->max_msg;
   c->max_msg = AUTH_PAYLOAD;
   rc = recv_frame(c, c->token, c->token_len, deadline, &m, err);
   c->max_msg = saved;
-  if (rc == QV_ECLOSED) return qv_error_set(err, QV_EAUTH, "ctrl: the peer left or went silent "
-                                             "during the handshake");
+  if (rc == QV_ECLOSED)
+    return qv_error_set(err, QV_EAUTH,
+                        "ctrl: the peer left or went silent during the handshake");
   if (rc < 0) return rc;
   if (rc == 0) return qv_error_set(err, QV_EAUTH, "ctrl: peer's AUTH frame failed authentication");
   if (m.type != QV_CTRL_AUTH || m.n_bytes != AUTH_PAYLOAD)
@@ -343,8 +353,9 @@ static int client_handshake(qv_ctrl *c, int node_rank, double deadline, qv_error
   uint32_t saved = c->max_msg;
   c->max_msg = 64;
   int rc = recv_frame(c, c->token, c->token_len, deadline, &m, err);
-  if (rc == 0) rc = qv_error_set(err, QV_EAUTH, "ctrl: server's HELLO failed authentication (token "
-                                 "mismatch?)");
+  if (rc == 0)
+    rc = qv_error_set(err, QV_EAUTH,
+                      "ctrl: server's HELLO failed authentication (token mismatch?)");
   if (rc < 0) {
     c->max_msg = saved;
     return rc;
@@ -359,12 +370,16 @@ static int client_handshake(qv_ctrl *c, int node_rank, double deadline, qv_error
   memcpy(payload, cn, NONCE_BYTES);
   put_u32(payload + NONCE_BYTES, (uint32_t)node_rank);
   rc = client_proof(c, sn, cn, payload + NONCE_BYTES, payload + NONCE_BYTES + 4, err);
-  if (!rc) rc = send_frame(c, c->token, c->token_len, QV_CTRL_AUTH, payload, sizeof payload, deadline, err);
+  if (!rc)
+    rc =
+        send_frame(c, c->token, c->token_len, QV_CTRL_AUTH, payload, sizeof payload, deadline, err);
   if (!rc) rc = recv_frame(c, c->token, c->token_len, deadline, &m, err);
   c->max_msg = saved;
   if (rc == 0) return qv_error_set(err, QV_EAUTH, "ctrl: server's AUTH_OK failed authentication");
-  if (rc == QV_ECLOSED) return qv_error_set(err, QV_EAUTH, "ctrl: the server closed the connection "
-                                             "during the handshake (token rejected?)");
+  if (rc == QV_ECLOSED)
+    return qv_error_set(err, QV_EAUTH,
+                        "ctrl: the server closed the connection "
+                        "during the handshake (token rejected?)");
   if (rc < 0) return rc;
   if (m.type != QV_CTRL_AUTH_OK || m.n_bytes != 32)
     return qv_error_set(err, QV_EAUTH, "ctrl: expected AUTH_OK, got type %d", (int)m.type);
@@ -375,19 +390,27 @@ static int client_handshake(qv_ctrl *c, int node_rank, double deadline, qv_error
   return derive_keys(c, sn, cn, 0, err);
 }
 
-int qv_ctrl_listen(const char *host, int port, int *bound_port, qv_ctrl_listener **out, qv_error *err) {
-  if (!out || port < 0 || port > 65535) return qv_error_set(err, QV_EINVAL, "ctrl: bad listen port %d", port);
+int qv_ctrl_listen(const char *host, int port, int *bound_port, qv_ctrl_listener **out,
+                   qv_error *err) {
+  if (!out || port < 0 || port > 65535)
+    return qv_error_set(err, QV_EINVAL, "ctrl: bad listen port %d", port);
   *out = NULL;
-  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+  struct addrinfo hints = {
+      .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
   struct addrinfo *res = NULL;
   char ps[16];
   snprintf(ps, sizeof ps, "%d", port);
   int g = getaddrinfo(host, ps, &hints, &res);
-  if (g) return qv_error_set(err, QV_EINVAL, "ctrl: resolving %s: %s", host ? host : "*", gai_strerror(g));
+  if (g)
+    return qv_error_set(err, QV_EINVAL, "ctrl: resolving %s: %s", host ? host : "*",
+                        gai_strerror(g));
   int fd = -1, e = 0;
   for (struct addrinfo *a = res; a; a = a->ai_next) {
     fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd < 0) { e = errno; continue; }
+    if (fd < 0) {
+      e = errno;
+      continue;
+    }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 16) == 0) break;
@@ -396,8 +419,9 @@ int qv_ctrl_listen(const char *host, int port, int *bound_port, qv_ctrl_listener
     fd = -1;
   }
   freeaddrinfo(res);
-  if (fd < 0) return qv_error_set(err, QV_EIO, "ctrl: listening on %s:%d: %s", host ? host : "*", port,
-                                  strerror(e));
+  if (fd < 0)
+    return qv_error_set(err, QV_EIO, "ctrl: listening on %s:%d: %s", host ? host : "*", port,
+                        strerror(e));
   if (set_socket_opts(fd, err)) {
     close(fd);
     return err ? err->code : QV_EIO;
@@ -440,7 +464,8 @@ int qv_ctrl_accept(qv_ctrl_listener *l, const qv_ctrl_opts *opts, int timeout_ms
       return qv_error_set(err, QV_EIO, "ctrl: accept: %s", strerror(errno));
     rc = wait_fd(l->fd, POLLIN, deadline, err);
     if (rc < 0) return rc;
-    if (rc == 0) return qv_error_set(err, QV_ECLOSED, "ctrl: no node connected within %d ms", timeout_ms);
+    if (rc == 0)
+      return qv_error_set(err, QV_ECLOSED, "ctrl: no node connected within %d ms", timeout_ms);
   }
   rc = set_socket_opts(fd, err);
   qv_ctrl *c = rc ? NULL : link_new(fd, opts);
@@ -458,8 +483,8 @@ int qv_ctrl_accept(qv_ctrl_listener *l, const qv_ctrl_opts *opts, int timeout_ms
   return 0;
 }
 
-int qv_ctrl_connect(const char *host, int port, const qv_ctrl_opts *opts, int timeout_ms, qv_ctrl **out,
-                    qv_error *err) {
+int qv_ctrl_connect(const char *host, int port, const qv_ctrl_opts *opts, int timeout_ms,
+                    qv_ctrl **out, qv_error *err) {
   if (!out || !host || port <= 0 || port > 65535)
     return qv_error_set(err, QV_EINVAL, "ctrl: connect needs a host and a port 1..65535");
   *out = NULL;
@@ -480,16 +505,20 @@ int qv_ctrl_connect(const char *host, int port, const qv_ctrl_opts *opts, int ti
     rc = set_socket_opts(fd, err);
     if (!rc && connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
       if (errno != EINPROGRESS) {
-        rc = qv_error_set(err, QV_ECLOSED, "ctrl: connecting to %s:%d: %s", host, port, strerror(errno));
+        rc = qv_error_set(err, QV_ECLOSED, "ctrl: connecting to %s:%d: %s", host, port,
+                          strerror(errno));
       } else {
         rc = wait_fd(fd, POLLOUT, deadline, err);
         int soerr = 0;
         socklen_t sl = sizeof soerr;
         if (rc == 1) getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-        if (rc == 0) rc = qv_error_set(err, QV_ECLOSED, "ctrl: connecting to %s:%d timed out", host, port);
-        else if (rc == 1 && soerr) rc = qv_error_set(err, QV_ECLOSED, "ctrl: connecting to %s:%d: %s",
-                                                     host, port, strerror(soerr));
-        else if (rc == 1) rc = 0;
+        if (rc == 0)
+          rc = qv_error_set(err, QV_ECLOSED, "ctrl: connecting to %s:%d timed out", host, port);
+        else if (rc == 1 && soerr)
+          rc = qv_error_set(err, QV_ECLOSED, "ctrl: connecting to %s:%d: %s", host, port,
+                            strerror(soerr));
+        else if (rc == 1)
+          rc = 0;
       }
     }
     if (!rc) break;
@@ -529,18 +558,21 @@ int qv_ctrl_send(qv_ctrl *c, qv_ctrl_type type, const void *payload, size_t n, q
     return qv_error_set(err, QV_ELIMIT, "ctrl: message of %zu bytes exceeds the %u-byte limit", n,
                         c->max_msg);
   if (n && !payload) return qv_error_set(err, QV_EINVAL, "ctrl: NULL payload");
-  int rc = send_frame(c, c->tx_key, c->tx_key_len, type, payload, n, now_ms() + c->peer_timeout_ms, err);
+  int rc =
+      send_frame(c, c->tx_key, c->tx_key_len, type, payload, n, now_ms() + c->peer_timeout_ms, err);
   return rc ? broken(c, rc) : 0;
 }
 
 int qv_ctrl_poll(qv_ctrl *c, int timeout_ms, qv_ctrl_msg *msg, qv_error *err) {
-  if (!c || !msg || timeout_ms < 0) return qv_error_set(err, QV_EINVAL, "ctrl: poll needs a link and a message");
+  if (!c || !msg || timeout_ms < 0)
+    return qv_error_set(err, QV_EINVAL, "ctrl: poll needs a link and a message");
   if (c->broken) return qv_error_set(err, QV_ECLOSED, "ctrl: the link is closed");
   double deadline = now_ms() + timeout_ms;
   for (;;) {
     double t = now_ms();
     if (t - c->last_tx >= c->heartbeat_ms) {
-      int rc = send_frame(c, c->tx_key, c->tx_key_len, QV_CTRL_HEARTBEAT, NULL, 0, t + c->peer_timeout_ms, err);
+      int rc = send_frame(c, c->tx_key, c->tx_key_len, QV_CTRL_HEARTBEAT, NULL, 0,
+                          t + c->peer_timeout_ms, err);
       if (rc) return broken(c, rc);
     }
     double lost_at = c->last_rx + c->peer_timeout_ms;
@@ -553,7 +585,8 @@ int qv_ctrl_poll(qv_ctrl *c, int timeout_ms, qv_ctrl_msg *msg, qv_error *err) {
       int rc = recv_frame(c, c->rx_key, c->rx_key_len, now_ms() + c->peer_timeout_ms, msg, err);
       if (rc < 0) return broken(c, rc);
       if (rc == 1) {
-        if (msg->type == QV_CTRL_STEP || msg->type == QV_CTRL_SHUTDOWN || msg->type == QV_CTRL_NCCL_ID)
+        if (msg->type == QV_CTRL_STEP || msg->type == QV_CTRL_SHUTDOWN ||
+            msg->type == QV_CTRL_NCCL_ID)
           return 1;
         if (msg->type != QV_CTRL_HEARTBEAT)
           QV_LOGW("ctrl: dropped an authenticated frame of unexpected type %d", (int)msg->type);
@@ -564,8 +597,10 @@ int qv_ctrl_poll(qv_ctrl *c, int timeout_ms, qv_ctrl_msg *msg, qv_error *err) {
     t = now_ms();
     if (t >= c->last_rx + c->peer_timeout_ms) {
       QV_LOGE("ctrl: peer lost: nothing received for %d ms", c->peer_timeout_ms);
-      return broken(c, qv_error_set(err, QV_ECLOSED, "ctrl: peer lost: nothing received for %d ms "
-                                    "(heartbeat every %d ms)", c->peer_timeout_ms, c->heartbeat_ms));
+      return broken(c, qv_error_set(err, QV_ECLOSED,
+                                    "ctrl: peer lost: nothing received for %d ms "
+                                    "(heartbeat every %d ms)",
+                                    c->peer_timeout_ms, c->heartbeat_ms));
     }
     if (t >= deadline) return 0;
   }

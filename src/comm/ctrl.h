@@ -46,19 +46,19 @@ enum {
   QV_CTRL_VERSION = 1,
   QV_CTRL_HEADER_BYTES = 20,
   QV_CTRL_TAG_BYTES = 32,
-  QV_CTRL_TOKEN_MIN = 16,                 /* shortest accepted token, bytes */
-  QV_CTRL_DEFAULT_MAX_MSG = 1 << 20,      /* payload bytes */
+  QV_CTRL_TOKEN_MIN = 16,            /* shortest accepted token, bytes */
+  QV_CTRL_DEFAULT_MAX_MSG = 1 << 20, /* payload bytes */
   QV_CTRL_HARD_MAX_MSG = 64 << 20,
   QV_CTRL_DEFAULT_HEARTBEAT_MS = 1000,
   QV_CTRL_DEFAULT_PEER_TIMEOUT_MS = 5000, /* a peer silent this long is lost */
 };
 
 typedef struct qv_ctrl_opts {
-  const char *token;        /* borrowed during the call: the shared secret, >= 16 bytes */
-  int node_rank;            /* the connecting node's rank (client side); ignored by accept */
-  uint32_t max_msg_bytes;   /* largest payload accepted or sent; 0 = 1 MiB, at most 64 MiB */
-  int heartbeat_ms;         /* 0 = 1000 */
-  int peer_timeout_ms;      /* 0 = 5000; must exceed heartbeat_ms */
+  const char *token;      /* borrowed during the call: the shared secret, >= 16 bytes */
+  int node_rank;          /* the connecting node's rank (client side); ignored by accept */
+  uint32_t max_msg_bytes; /* largest payload accepted or sent; 0 = 1 MiB, at most 64 MiB */
+  int heartbeat_ms;       /* 0 = 1000 */
+  int peer_timeout_ms;    /* 0 = 5000; must exceed heartbeat_ms */
 } qv_ctrl_opts;
 
 /* A received message, valid until the next qv_ctrl_poll or qv_ctrl_close on the same link. */

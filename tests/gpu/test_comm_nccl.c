@@ -23,10 +23,10 @@ typedef struct nccl_rank {
   const uint8_t *id;
   int rank, size, fails;
   char msg[512];
-  float *sum;        /* owned: [N] all-reduce result */
-  uint16_t *sum_bf;  /* owned: [N] bf16 all-reduce result */
-  float *gathered;   /* owned: [size*N] */
-  float *bcast;      /* owned: [N] */
+  float *sum;       /* owned: [N] all-reduce result */
+  uint16_t *sum_bf; /* owned: [N] bf16 all-reduce result */
+  float *gathered;  /* owned: [size*N] */
+  float *bcast;     /* owned: [N] */
 } nccl_rank;
 
 static void fill(float *x, size_t n, int seed, int rank) {
@@ -38,13 +38,13 @@ static void fill(float *x, size_t n, int seed, int rank) {
   }
 }
 
-#define STEP(cond)                                                          \
-  do {                                                                      \
-    if (!(cond)) {                                                          \
-      if (!r->fails) snprintf(r->msg, sizeof r->msg, "%s: %.300s", #cond, e.msg); \
-      r->fails++;                                                           \
-      goto out;                                                             \
-    }                                                                       \
+#define STEP(cond)                                                                                 \
+  do {                                                                                             \
+    if (!(cond)) {                                                                                 \
+      if (!r->fails) snprintf(r->msg, sizeof r->msg, "%s: %.300s", #cond, e.msg);                  \
+      r->fails++;                                                                                  \
+      goto out;                                                                                    \
+    }                                                                                              \
   } while (0)
 
 static void *rank_main(void *arg) {
@@ -57,8 +57,8 @@ static void *rank_main(void *arg) {
   r->sum_bf = malloc(N * sizeof(uint16_t));
   r->gathered = malloc(bytes * (size_t)r->size);
   r->bcast = malloc(bytes);
-  qv_comm_nccl_opts o = {.unique_id = r->id, .rank = r->rank, .size = r->size, .device = r->rank,
-                         .timeout_ms = 60000};
+  qv_comm_nccl_opts o = {
+      .unique_id = r->id, .rank = r->rank, .size = r->size, .device = r->rank, .timeout_ms = 60000};
   STEP(qv_comm_nccl_create(&o, &c, &e) == 0);
   STEP(cudaSetDevice(r->rank) == cudaSuccess);
   STEP(cudaMalloc((void **)&d, bytes) == cudaSuccess);
@@ -119,12 +119,13 @@ Test(comm_nccl, collectives_one_rank_per_gpu) {
     cr_assert_eq(k->fails, 0, "rank %d: %s", r, k->msg);
     for (size_t i = 0; i < N; i++) {
       cr_assert_leq(fabs(k->sum[i] - ref[i]), 1e-6 * fabs(ref[i]) + 1e-6, "f32 [%zu]", i);
-      cr_assert_leq(fabs(qv_bf16_to_f32(k->sum_bf[i]) - ref_bf[i]), ldexp(fabs(ref_bf[i]), -7) + 1e-6,
-                    "bf16 [%zu]", i);
+      cr_assert_leq(fabs(qv_bf16_to_f32(k->sum_bf[i]) - ref_bf[i]),
+                    ldexp(fabs(ref_bf[i]), -7) + 1e-6, "bf16 [%zu]", i);
     }
     for (int src = 0; src < n_dev; src++) {
       fill(x, N, 3, src);
-      cr_assert_eq(memcmp(k->gathered + (size_t)src * N, x, N * sizeof(float)), 0, "gather %d", src);
+      cr_assert_eq(memcmp(k->gathered + (size_t)src * N, x, N * sizeof(float)), 0, "gather %d",
+                   src);
     }
     fill(x, N, 3, n_dev - 1);
     cr_assert_eq(memcmp(k->bcast, x, N * sizeof(float)), 0, "broadcast at rank %d", r);

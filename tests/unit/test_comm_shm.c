@@ -82,7 +82,10 @@ static void *rank_main(void *arg) {
   const group_case *gc = rr->gc;
   qv_error e = {0};
   qv_comm *c = NULL;
-  qv_comm_shm_opts o = {.token = gc->token, .rank = rr->rank, .size = gc->size, .timeout_ms = 20000,
+  qv_comm_shm_opts o = {.token = gc->token,
+                        .rank = rr->rank,
+                        .size = gc->size,
+                        .timeout_ms = 20000,
                         .slot_bytes = gc->slot_bytes};
   rr->rc = qv_comm_shm_create(&o, &c, &e);
   if (rr->rc == 0) {
@@ -159,7 +162,11 @@ static double *reference_sum(size_t n, int size, int seed) {
 static void check_reduce_f32(int size, size_t count, size_t slot_bytes, int seed) {
   char tok[33];
   token(tok);
-  group_case gc = {.token = tok, .size = size, .op = OP_REDUCE_F32, .seed = seed, .count = count,
+  group_case gc = {.token = tok,
+                   .size = size,
+                   .op = OP_REDUCE_F32,
+                   .seed = seed,
+                   .count = count,
                    .slot_bytes = slot_bytes};
   rank_run runs[QV_COMM_MAX_RANKS];
   run_group(&gc, runs);
@@ -177,9 +184,9 @@ static void check_reduce_f32(int size, size_t count, size_t slot_bytes, int seed
 Test(comm_shm, all_reduce_f32_threads) {
   for (int size = 2; size <= 4; size++) {
     check_reduce_f32(size, 1, 0, 11);
-    check_reduce_f32(size, 3, 0, 12);            /* fewer elements than some ranks' slices */
-    check_reduce_f32(size, 896 * 7 + 5, 0, 13);  /* 7 tokens of a 0.5B hidden state, odd tail */
-    check_reduce_f32(size, 5000, 256, 14);       /* many pieces: 64 floats per slot */
+    check_reduce_f32(size, 3, 0, 12);           /* fewer elements than some ranks' slices */
+    check_reduce_f32(size, 896 * 7 + 5, 0, 13); /* 7 tokens of a 0.5B hidden state, odd tail */
+    check_reduce_f32(size, 5000, 256, 14);      /* many pieces: 64 floats per slot */
   }
 }
 
@@ -188,7 +195,11 @@ Test(comm_shm, all_reduce_bf16_threads) {
     char tok[33];
     token(tok);
     size_t n = 3001;
-    group_case gc = {.token = tok, .size = size, .op = OP_REDUCE_BF16, .seed = 21, .count = n,
+    group_case gc = {.token = tok,
+                     .size = size,
+                     .op = OP_REDUCE_BF16,
+                     .seed = 21,
+                     .count = n,
                      .slot_bytes = 1000};
     rank_run runs[QV_COMM_MAX_RANKS];
     run_group(&gc, runs);
@@ -219,7 +230,11 @@ Test(comm_shm, all_gather_threads) {
       char tok[33];
       token(tok);
       size_t n = k ? 2000 : 7;
-      group_case gc = {.token = tok, .size = size, .op = OP_GATHER, .seed = 31 + k, .count = n,
+      group_case gc = {.token = tok,
+                       .size = size,
+                       .op = OP_GATHER,
+                       .seed = 31 + k,
+                       .count = n,
                        .slot_bytes = k ? 512 : 0};
       rank_run runs[QV_COMM_MAX_RANKS];
       run_group(&gc, runs);
@@ -243,8 +258,13 @@ Test(comm_shm, broadcast_threads) {
     char tok[33];
     token(tok);
     size_t n = 1500;
-    group_case gc = {.token = tok, .size = size, .op = OP_BCAST, .seed = 41, .count = n,
-                     .slot_bytes = 1024, .root = size - 1};
+    group_case gc = {.token = tok,
+                     .size = size,
+                     .op = OP_BCAST,
+                     .seed = 41,
+                     .count = n,
+                     .slot_bytes = 1024,
+                     .root = size - 1};
     rank_run runs[QV_COMM_MAX_RANKS];
     run_group(&gc, runs);
     float *want = malloc(n * sizeof(float));
@@ -265,8 +285,13 @@ Test(comm_shm, all_reduce_bit_reproducible) {
   for (int run = 0; run < 4; run++) {
     char tok[33];
     token(tok);
-    group_case gc = {.token = tok, .size = size, .op = OP_REPRO, .seed = 51, .count = n,
-                     .slot_bytes = 4096, .delay_seed = run};
+    group_case gc = {.token = tok,
+                     .size = size,
+                     .op = OP_REPRO,
+                     .seed = 51,
+                     .count = n,
+                     .slot_bytes = 4096,
+                     .delay_seed = run};
     rank_run runs[QV_COMM_MAX_RANKS];
     run_group(&gc, runs);
     if (!first) {
@@ -275,7 +300,8 @@ Test(comm_shm, all_reduce_bit_reproducible) {
     }
     for (int r = 0; r < size; r++)
       if (runs[r].out)
-        cr_assert_eq(memcmp(runs[r].out, first, n * sizeof(float)), 0, "run %d rank %d differs", run, r);
+        cr_assert_eq(memcmp(runs[r].out, first, n * sizeof(float)), 0, "run %d rank %d differs",
+                     run, r);
     free_runs(runs, size);
   }
   free(first);
@@ -295,7 +321,8 @@ static void *lazy_main(void *arg) {
   lazy_rank *l = arg;
   qv_error e = {0};
   qv_comm *c = NULL;
-  qv_comm_shm_opts o = {.token = l->token, .rank = l->rank, .size = l->size, .timeout_ms = l->timeout_ms};
+  qv_comm_shm_opts o = {
+      .token = l->token, .rank = l->rank, .size = l->size, .timeout_ms = l->timeout_ms};
   l->rc = qv_comm_shm_create(&o, &c, &e);
   if (l->rc == 0 && !l->destroy_early) {
     while (!__atomic_load_n(&l->release, __ATOMIC_ACQUIRE)) sleep_ms(1);
@@ -453,7 +480,8 @@ Test(comm_shm, token_in_use_is_refused) {
 static int child_rank(const char *tok, size_t n) {
   qv_error e = {0};
   qv_comm *c = NULL;
-  qv_comm_shm_opts o = {.token = tok, .rank = 1, .size = 2, .timeout_ms = 20000, .slot_bytes = 4096};
+  qv_comm_shm_opts o = {
+      .token = tok, .rank = 1, .size = 2, .timeout_ms = 20000, .slot_bytes = 4096};
   if (qv_comm_shm_create(&o, &c, &e)) return 10;
   float *x = malloc(n * sizeof(float)), *all = malloc(2 * n * sizeof(float));
   double *ref = reference_sum(n, 2, 61);
@@ -485,7 +513,8 @@ Test(comm_shm, two_processes) {
   if (pid == 0) _exit(child_rank(tok, n));
   qv_error e = {0};
   qv_comm *c = NULL;
-  qv_comm_shm_opts o = {.token = tok, .rank = 0, .size = 2, .timeout_ms = 20000, .slot_bytes = 4096};
+  qv_comm_shm_opts o = {
+      .token = tok, .rank = 0, .size = 2, .timeout_ms = 20000, .slot_bytes = 4096};
   cr_assert_eq(qv_comm_shm_create(&o, &c, &e), 0, "%s", e.msg);
   float *x = malloc(n * sizeof(float)), *all = malloc(2 * n * sizeof(float));
   double *ref = reference_sum(n, 2, 61);
@@ -543,7 +572,8 @@ Test(comm_shm, process_death_detected) {
     cr_assert_eq(qv_comm_shm_create(&o, &c, &e), 0, "%s", e.msg);
     if (!reap) cr_assert_eq(qv_comm_set_timeout(c, 200, &e), 0);
     int status = 0;
-    if (reap) cr_assert_eq(waitpid(pid, &status, 0), pid);
+    if (reap)
+      cr_assert_eq(waitpid(pid, &status, 0), pid);
     else
       while (!is_zombie(pid)) sleep_ms(1); /* exited, not reaped */
     float x[8];
@@ -552,8 +582,10 @@ Test(comm_shm, process_death_detected) {
     int rc = qv_comm_all_reduce_sum(c, x, 8, QV_COMM_F32, &e);
     double dt = now_ms() - t0;
     cr_assert_eq(rc, QV_EABORTED, "%s", e.msg);
-    if (reap) cr_assert(strstr(e.msg, "rank 1's process died"), "%s", e.msg);
-    else cr_assert(strstr(e.msg, "timed out"), "%s", e.msg);
+    if (reap)
+      cr_assert(strstr(e.msg, "rank 1's process died"), "%s", e.msg);
+    else
+      cr_assert(strstr(e.msg, "timed out"), "%s", e.msg);
     cr_assert_lt(dt, 5000.0, "took %.0f ms", dt);
     if (!reap) waitpid(pid, &status, 0);
     qv_comm_destroy(c);

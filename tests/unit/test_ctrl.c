@@ -45,12 +45,15 @@ static void *accept_main(void *arg) {
   return NULL;
 }
 
-static void server_start(server *s, const char *token, int hb_ms, int peer_to_ms, uint32_t max_msg) {
+static void server_start(server *s, const char *token, int hb_ms, int peer_to_ms,
+                         uint32_t max_msg) {
   memset(s, 0, sizeof *s);
   qv_error e = {0};
   cr_assert_eq(qv_ctrl_listen("127.0.0.1", 0, &s->port, &s->l, &e), 0, "%s", e.msg);
   cr_assert_gt(s->port, 0);
-  s->opts = (qv_ctrl_opts){.token = token, .heartbeat_ms = hb_ms, .peer_timeout_ms = peer_to_ms,
+  s->opts = (qv_ctrl_opts){.token = token,
+                           .heartbeat_ms = hb_ms,
+                           .peer_timeout_ms = peer_to_ms,
                            .max_msg_bytes = max_msg};
   cr_assert_eq(pthread_create(&s->th, NULL, accept_main, s), 0);
 }
@@ -66,8 +69,11 @@ static void server_stop(server *s) {
 static void pair_open(server *s, qv_ctrl **client, int hb_ms, int peer_to_ms, uint32_t max_msg) {
   server_start(s, TOKEN, hb_ms, peer_to_ms, max_msg);
   qv_error e = {0};
-  qv_ctrl_opts co = {.token = TOKEN, .node_rank = 3, .heartbeat_ms = hb_ms,
-                     .peer_timeout_ms = peer_to_ms, .max_msg_bytes = max_msg};
+  qv_ctrl_opts co = {.token = TOKEN,
+                     .node_rank = 3,
+                     .heartbeat_ms = hb_ms,
+                     .peer_timeout_ms = peer_to_ms,
+                     .max_msg_bytes = max_msg};
   cr_assert_eq(qv_ctrl_connect("127.0.0.1", s->port, &co, 3000, client, &e), 0, "%s", e.msg);
   server_join(s);
   cr_assert_eq(s->rc, 0, "%s", s->msg);
@@ -147,7 +153,8 @@ Test(ctrl, forged_token_rejected) {
 
 static int raw_connect(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+  struct sockaddr_in a = {.sin_family = AF_INET,
+                          .sin_port = htons((uint16_t)port),
                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
   return fd;
@@ -316,7 +323,8 @@ Test(ctrl, accept_and_connect_time_out) {
 static int child_node(int port, int hb_ms, int peer_to_ms, int shm_group) {
   qv_error e = {0};
   qv_ctrl *c = NULL;
-  qv_ctrl_opts o = {.token = TOKEN, .node_rank = 1, .heartbeat_ms = hb_ms, .peer_timeout_ms = peer_to_ms};
+  qv_ctrl_opts o = {
+      .token = TOKEN, .node_rank = 1, .heartbeat_ms = hb_ms, .peer_timeout_ms = peer_to_ms};
   if (qv_ctrl_connect("127.0.0.1", port, &o, 5000, &c, &e)) return 10;
   qv_ctrl_msg m;
   if (!shm_group) {
@@ -417,8 +425,8 @@ Test(ctrl, random_frames_never_trusted) {
     uint8_t buf[QV_CTRL_HEADER_BYTES + 6000];
     seed = seed * 1103515245u + 12345u;
     uint32_t len = (seed >> 8) % 6000;
-    header(buf, (seed & 1) ? QV_CTRL_VERSION : (int)(seed >> 20), (int)((seed >> 4) % 9), seed & 2 ? 0 : seed,
-           (seed & 4) ? len : (seed ^ 0x5A5A5A5Au));
+    header(buf, (seed & 1) ? QV_CTRL_VERSION : (int)(seed >> 20), (int)((seed >> 4) % 9),
+           seed & 2 ? 0 : seed, (seed & 4) ? len : (seed ^ 0x5A5A5A5Au));
     if (seed & 8) buf[(seed >> 12) % 4] ^= 0x20; /* broken magic */
     fill(buf + QV_CTRL_HEADER_BYTES, len, seed);
     size_t n = QV_CTRL_HEADER_BYTES + ((seed & 16) ? len : len / 2);
@@ -429,8 +437,8 @@ Test(ctrl, random_frames_never_trusted) {
     int rc;
     while ((rc = qv_ctrl_poll(s.link, 2000, &m, &e)) == 0) {
     }
-    cr_assert(rc == QV_EFORMAT || rc == QV_ELIMIT || rc == QV_ECLOSED, "iteration %d: rc %d (%s)", it,
-              rc, e.msg);
+    cr_assert(rc == QV_EFORMAT || rc == QV_ELIMIT || rc == QV_ECLOSED, "iteration %d: rc %d (%s)",
+              it, rc, e.msg);
     server_stop(&s);
   }
 }
@@ -450,8 +458,8 @@ Test(ctrl, random_handshakes_refused) {
     cr_assert_eq(write(fd, buf, n), (ssize_t)n);
     close(fd);
     server_join(&s);
-    cr_assert(s.rc == QV_EFORMAT || s.rc == QV_EAUTH || s.rc == QV_ELIMIT, "iteration %d: rc %d (%s)",
-              it, s.rc, s.msg);
+    cr_assert(s.rc == QV_EFORMAT || s.rc == QV_EAUTH || s.rc == QV_ELIMIT,
+              "iteration %d: rc %d (%s)", it, s.rc, s.msg);
     cr_assert_null(s.link);
     server_stop(&s);
   }

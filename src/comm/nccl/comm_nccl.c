@@ -22,9 +22,9 @@ _Static_assert(sizeof(ncclUniqueId) == QV_COMM_NCCL_ID_BYTES, "NCCL unique id si
 
 typedef struct nccl_comm {
   qv_comm base;
-  ncclComm_t nc;        /* owned; NULL once aborted */
-  cudaStream_t stream;  /* owned */
-  float *d_scratch;     /* owned device float for the barrier */
+  ncclComm_t nc;       /* owned; NULL once aborted */
+  cudaStream_t stream; /* owned */
+  float *d_scratch;    /* owned device float for the barrier */
   int device;
   int aborted;
 } nccl_comm;
@@ -40,15 +40,15 @@ static void nap(void) {
   nanosleep(&ts, NULL);
 }
 
-#define CUDA_TRY(call, what)                                                                   \
-  do {                                                                                         \
-    cudaError_t e_ = (call);                                                                   \
-    if (e_ != cudaSuccess) {                                                                   \
-      QV_LOGE("comm nccl: %s failed at %s:%d: %s", #call, __FILE__, __LINE__,                  \
-              cudaGetErrorString(e_));                                                         \
-      return qv_error_set(err, QV_EDEVICE, "comm nccl %s: %s: %s", what, #call,                \
-                          cudaGetErrorString(e_));                                             \
-    }                                                                                          \
+#define CUDA_TRY(call, what)                                                                       \
+  do {                                                                                             \
+    cudaError_t e_ = (call);                                                                       \
+    if (e_ != cudaSuccess) {                                                                       \
+      QV_LOGE("comm nccl: %s failed at %s:%d: %s", #call, __FILE__, __LINE__,                      \
+              cudaGetErrorString(e_));                                                             \
+      return qv_error_set(err, QV_EDEVICE, "comm nccl %s: %s: %s", what, #call,                    \
+                          cudaGetErrorString(e_));                                                 \
+    }                                                                                              \
   } while (0)
 
 static void abort_comm(nccl_comm *s) {
@@ -75,11 +75,14 @@ static int wait_ready(nccl_comm *s, double deadline, const char *what, qv_error 
     ncclResult_t r = ncclCommGetAsyncError(s->nc, &async);
     if (r != ncclSuccess) return fail(s, err, what, "ncclCommGetAsyncError", r, __LINE__);
     if (async == ncclSuccess) return 0;
-    if (async != ncclInProgress) return fail(s, err, what, "asynchronous NCCL error", async, __LINE__);
+    if (async != ncclInProgress)
+      return fail(s, err, what, "asynchronous NCCL error", async, __LINE__);
     if (now_ms() >= deadline) {
       abort_comm(s);
-      return qv_error_set(err, QV_EABORTED, "comm nccl %s (rank %d of %d): timed out after %d ms; "
-                          "communicator aborted", what, s->base.rank, s->base.size, s->base.timeout_ms);
+      return qv_error_set(err, QV_EABORTED,
+                          "comm nccl %s (rank %d of %d): timed out after %d ms; "
+                          "communicator aborted",
+                          what, s->base.rank, s->base.size, s->base.timeout_ms);
     }
     nap();
   }
@@ -103,8 +106,10 @@ static int wait_stream(nccl_comm *s, double deadline, const char *what, qv_error
       return fail(s, err, what, "asynchronous NCCL error", async, __LINE__);
     if (now_ms() >= deadline) {
       abort_comm(s);
-      return qv_error_set(err, QV_EABORTED, "comm nccl %s (rank %d of %d): timed out after %d ms; "
-                          "communicator aborted", what, s->base.rank, s->base.size, s->base.timeout_ms);
+      return qv_error_set(err, QV_EABORTED,
+                          "comm nccl %s (rank %d of %d): timed out after %d ms; "
+                          "communicator aborted",
+                          what, s->base.rank, s->base.size, s->base.timeout_ms);
     }
     nap();
   }
@@ -118,9 +123,12 @@ static int finish(nccl_comm *s, ncclResult_t r, const char *call, double deadlin
   return rc ? rc : wait_stream(s, deadline, what, err);
 }
 
-static ncclDataType_t nccl_dtype(qv_comm_dtype d) { return d == QV_COMM_BF16 ? ncclBfloat16 : ncclFloat32; }
+static ncclDataType_t nccl_dtype(qv_comm_dtype d) {
+  return d == QV_COMM_BF16 ? ncclBfloat16 : ncclFloat32;
+}
 
-static int nccl_all_reduce(qv_comm *c, void *buf, size_t count, qv_comm_dtype dtype, qv_error *err) {
+static int nccl_all_reduce(qv_comm *c, void *buf, size_t count, qv_comm_dtype dtype,
+                           qv_error *err) {
   nccl_comm *s = (nccl_comm *)c;
   double deadline = now_ms() + c->timeout_ms;
   CUDA_TRY(cudaSetDevice(s->device), "all_reduce");
@@ -128,8 +136,8 @@ static int nccl_all_reduce(qv_comm *c, void *buf, size_t count, qv_comm_dtype dt
   return finish(s, r, "ncclAllReduce", deadline, "all_reduce", err);
 }
 
-static int nccl_all_gather(qv_comm *c, const void *send, void *recv, size_t count, qv_comm_dtype dtype,
-                           qv_error *err) {
+static int nccl_all_gather(qv_comm *c, const void *send, void *recv, size_t count,
+                           qv_comm_dtype dtype, qv_error *err) {
   nccl_comm *s = (nccl_comm *)c;
   double deadline = now_ms() + c->timeout_ms;
   CUDA_TRY(cudaSetDevice(s->device), "all_gather");
@@ -149,7 +157,8 @@ static int nccl_barrier(qv_comm *c, qv_error *err) {
   nccl_comm *s = (nccl_comm *)c;
   double deadline = now_ms() + c->timeout_ms;
   CUDA_TRY(cudaSetDevice(s->device), "barrier");
-  ncclResult_t r = ncclAllReduce(s->d_scratch, s->d_scratch, 1, ncclFloat32, ncclSum, s->nc, s->stream);
+  ncclResult_t r =
+      ncclAllReduce(s->d_scratch, s->d_scratch, 1, ncclFloat32, ncclSum, s->nc, s->stream);
   return finish(s, r, "ncclAllReduce (barrier)", deadline, "barrier", err);
 }
 
@@ -157,7 +166,8 @@ static int nccl_aborted(const qv_comm *c) { return ((const nccl_comm *)c)->abort
 
 static void nccl_destroy(qv_comm *c) {
   nccl_comm *s = (nccl_comm *)c;
-  if (cudaSetDevice(s->device) != cudaSuccess) QV_LOGW("comm nccl: cudaSetDevice on destroy failed");
+  if (cudaSetDevice(s->device) != cudaSuccess)
+    QV_LOGW("comm nccl: cudaSetDevice on destroy failed");
   if (s->nc) {
     /* Finalize (flushes and waits for global quiescence, polled against the timeout since the
      * communicator is non-blocking), then destroy; a peer that never finalizes, or any error,
@@ -184,13 +194,13 @@ static void nccl_destroy(qv_comm *c) {
 }
 
 static const qv_comm_ops nccl_ops = {
-  .kind = "nccl",
-  .all_reduce_sum = nccl_all_reduce,
-  .all_gather = nccl_all_gather,
-  .broadcast = nccl_broadcast,
-  .barrier = nccl_barrier,
-  .aborted = nccl_aborted,
-  .destroy = nccl_destroy,
+    .kind = "nccl",
+    .all_reduce_sum = nccl_all_reduce,
+    .all_gather = nccl_all_gather,
+    .broadcast = nccl_broadcast,
+    .barrier = nccl_barrier,
+    .aborted = nccl_aborted,
+    .destroy = nccl_destroy,
 };
 
 int qv_comm_nccl_available(void) { return 1; }
@@ -209,8 +219,10 @@ int qv_comm_nccl_create(const qv_comm_nccl_opts *o, qv_comm **out, qv_error *err
   *out = NULL;
   if (!o || !o->unique_id || o->size < 1 || o->size > QV_COMM_MAX_RANKS || o->rank < 0 ||
       o->rank >= o->size || o->device < 0 || o->timeout_ms < 0)
-    return qv_error_set(err, QV_EINVAL, "comm nccl: needs a unique id, 0 <= rank < size <= %d, a "
-                        "device >= 0 and a timeout >= 0", QV_COMM_MAX_RANKS);
+    return qv_error_set(err, QV_EINVAL,
+                        "comm nccl: needs a unique id, 0 <= rank < size <= %d, a "
+                        "device >= 0 and a timeout >= 0",
+                        QV_COMM_MAX_RANKS);
   nccl_comm *s = calloc(1, sizeof *s);
   if (!s) return qv_error_set(err, QV_ENOMEM, "comm nccl: out of memory");
   s->base.ops = &nccl_ops;
@@ -228,7 +240,8 @@ int qv_comm_nccl_create(const qv_comm_nccl_opts *o, qv_comm **out, qv_error *err
     if (e != cudaSuccess) {
       QV_LOGE("comm nccl: device %d setup at %s:%d: %s", o->device, __FILE__, __LINE__,
               cudaGetErrorString(e));
-      rc = qv_error_set(err, QV_EDEVICE, "comm nccl: device %d: %s", o->device, cudaGetErrorString(e));
+      rc = qv_error_set(err, QV_EDEVICE, "comm nccl: device %d: %s", o->device,
+                        cudaGetErrorString(e));
       break;
     }
     ncclUniqueId id;
