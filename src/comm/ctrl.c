@@ -490,6 +490,8 @@ int qv_ctrl_connect(const char *host, int port, const qv_ctrl_opts *opts, int ti
   *out = NULL;
   int rc = opts_check(opts, err);
   if (rc) return rc;
+  if (opts->node_rank < 0 || opts->node_rank > 65535)
+    return qv_error_set(err, QV_EINVAL, "ctrl: node rank %d outside 0..65535", opts->node_rank);
   double deadline = now_ms() + timeout_ms;
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
   struct addrinfo *res = NULL;
