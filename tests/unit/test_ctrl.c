@@ -6,6 +6,7 @@
  * group across two processes. Times are bounds on failure detection, not speed measurements. */
 #include <criterion/criterion.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -463,4 +464,122 @@ Test(ctrl, random_handshakes_refused) {
     cr_assert_null(s.link);
     server_stop(&s);
   }
+}
+
+/* ---- a relay in the middle: replayed and reflected frames ---- */
+
+typedef struct relay {
+  int listen_fd, port;
+  int to_client, to_server; /* sockets of the relay's two legs */
+  pthread_mutex_t mu;       /* guards the logs and writes to to_server */
+  uint8_t c2s[8192], s2c[8192];
+  size_t n_c2s, n_s2c;
+  volatile int stop;
+  pthread_t th;
+} relay;
+
+/* Forwards bytes both ways and logs them, until stopped or a side closes. */
+static void *relay_main(void *arg) {
+  relay *r = arg;
+  r->to_client = accept(r->listen_fd, NULL, NULL);
+  while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
+    struct pollfd p[2] = {{.fd = r->to_client, .events = POLLIN}, {.fd = r->to_server, .events = POLLIN}};
+    if (poll(p, 2, 10) <= 0) continue;
+    for (int k = 0; k < 2; k++) {
+      if (!(p[k].revents & (POLLIN | POLLHUP))) continue;
+      uint8_t buf[4096];
+      ssize_t n = read(p[k].fd, buf, sizeof buf);
+      if (n <= 0) return NULL;
+      pthread_mutex_lock(&r->mu);
+      uint8_t *log = k == 0 ? r->c2s : r->s2c;
+      size_t *nl = k == 0 ? &r->n_c2s : &r->n_s2c;
+      if (*nl + (size_t)n <= sizeof r->c2s) memcpy(log + *nl, buf, (size_t)n), *nl += (size_t)n;
+      ssize_t w = write(k == 0 ? r->to_server : r->to_client, buf, (size_t)n);
+      pthread_mutex_unlock(&r->mu);
+      if (w != n) return NULL;
+    }
+  }
+  return NULL;
+}
+
+static void relay_start(relay *r, int server_port) {
+  memset(r, 0, sizeof *r);
+  pthread_mutex_init(&r->mu, NULL);
+  r->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  cr_assert_eq(bind(r->listen_fd, (struct sockaddr *)&a, sizeof a), 0);
+  cr_assert_eq(listen(r->listen_fd, 1), 0);
+  socklen_t sl = sizeof a;
+  getsockname(r->listen_fd, (struct sockaddr *)&a, &sl);
+  r->port = ntohs(a.sin_port);
+  r->to_server = raw_connect(server_port);
+  cr_assert_eq(pthread_create(&r->th, NULL, relay_main, r), 0);
+}
+
+static void relay_stop(relay *r) {
+  __atomic_store_n(&r->stop, 1, __ATOMIC_RELEASE);
+  pthread_join(r->th, NULL);
+  close(r->to_client);
+  close(r->to_server);
+  close(r->listen_fd);
+  pthread_mutex_destroy(&r->mu);
+}
+
+static void relay_inject(relay *r, const uint8_t *bytes, size_t n) {
+  pthread_mutex_lock(&r->mu);
+  cr_assert_eq(write(r->to_server, bytes, n), (ssize_t)n);
+  pthread_mutex_unlock(&r->mu);
+}
+
+/* Waits until the relay logged at least n bytes in one direction. */
+static void relay_wait(relay *r, const size_t *nl, size_t n) {
+  for (int i = 0; i < 5000; i++) {
+    pthread_mutex_lock(&r->mu);
+    size_t have = *nl;
+    pthread_mutex_unlock(&r->mu);
+    if (have >= n) return;
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+  cr_assert_fail("relay saw %zu bytes, wanted %zu", *nl, n);
+}
+
+/* Frame sizes on the wire. */
+enum { FRAME_OVERHEAD = QV_CTRL_HEADER_BYTES + QV_CTRL_TAG_BYTES, AUTH_FRAME = FRAME_OVERHEAD + 68,
+       HELLO_FRAME = FRAME_OVERHEAD + 32, AUTH_OK_FRAME = FRAME_OVERHEAD + 32 };
+
+Test(ctrl, replayed_and_reflected_frames_dropped) {
+  server s;
+  server_start(&s, TOKEN, 30000, 60000, 0); /* no heartbeat may shift the sequence numbers */
+  relay r;
+  relay_start(&r, s.port);
+  qv_error e = {0};
+  qv_ctrl *c = NULL;
+  qv_ctrl_opts co = {.token = TOKEN, .node_rank = 2, .heartbeat_ms = 30000, .peer_timeout_ms = 60000};
+  cr_assert_eq(qv_ctrl_connect("127.0.0.1", r.port, &co, 3000, &c, &e), 0, "%s", e.msg);
+  server_join(&s);
+  cr_assert_eq(s.rc, 0, "%s", s.msg);
+  /* One frame up (client seq 0), two down (server seq 0 and 1) through the relay. */
+  qv_ctrl_msg m;
+  cr_assert_eq(qv_ctrl_send(c, QV_CTRL_STEP, "step-1", 6, &e), 0, "%s", e.msg);
+  cr_assert_eq(qv_ctrl_poll(s.link, 2000, &m, &e), 1, "%s", e.msg);
+  cr_assert_eq(qv_ctrl_send(s.link, QV_CTRL_STEP, "down-0", 6, &e), 0, "%s", e.msg);
+  cr_assert_eq(qv_ctrl_send(s.link, QV_CTRL_STEP, "down-1", 6, &e), 0, "%s", e.msg);
+  cr_assert_eq(qv_ctrl_poll(c, 2000, &m, &e), 1, "%s", e.msg);
+  cr_assert_eq(qv_ctrl_poll(c, 2000, &m, &e), 1, "%s", e.msg);
+  relay_wait(&r, &r.n_c2s, AUTH_FRAME + FRAME_OVERHEAD + 6);
+  relay_wait(&r, &r.n_s2c, HELLO_FRAME + AUTH_OK_FRAME + 2 * (FRAME_OVERHEAD + 6));
+  /* Replay the client's STEP (its tag is valid, its sequence number old), then reflect the
+   * server's second STEP back at it: sequence 1 is what the server expects next, so only the
+   * per-direction key stops it. Both are dropped; the next genuine frame arrives. */
+  relay_inject(&r, r.c2s + AUTH_FRAME, FRAME_OVERHEAD + 6);
+  relay_inject(&r, r.s2c + HELLO_FRAME + AUTH_OK_FRAME + FRAME_OVERHEAD + 6, FRAME_OVERHEAD + 6);
+  cr_assert_eq(qv_ctrl_send(c, QV_CTRL_STEP, "step-2", 6, &e), 0, "%s", e.msg);
+  cr_assert_eq(qv_ctrl_poll(s.link, 2000, &m, &e), 1, "%s", e.msg);
+  cr_assert_eq(m.n_bytes, 6);
+  cr_assert_eq(memcmp(m.payload, "step-2", 6), 0, "a replayed or reflected frame got through");
+  cr_assert_eq(qv_ctrl_poll(s.link, 50, &m, &e), 0, "%s", e.msg);
+  relay_stop(&r);
+  qv_ctrl_close(c);
+  server_stop(&s);
 }
