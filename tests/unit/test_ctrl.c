@@ -483,7 +483,8 @@ static void *relay_main(void *arg) {
   relay *r = arg;
   r->to_client = accept(r->listen_fd, NULL, NULL);
   while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
-    struct pollfd p[2] = {{.fd = r->to_client, .events = POLLIN}, {.fd = r->to_server, .events = POLLIN}};
+    struct pollfd p[2] = {{.fd = r->to_client, .events = POLLIN},
+                          {.fd = r->to_server, .events = POLLIN}};
     if (poll(p, 2, 10) <= 0) continue;
     for (int k = 0; k < 2; k++) {
       if (!(p[k].revents & (POLLIN | POLLHUP))) continue;
@@ -545,8 +546,12 @@ static void relay_wait(relay *r, const size_t *nl, size_t n) {
 }
 
 /* Frame sizes on the wire. */
-enum { FRAME_OVERHEAD = QV_CTRL_HEADER_BYTES + QV_CTRL_TAG_BYTES, AUTH_FRAME = FRAME_OVERHEAD + 68,
-       HELLO_FRAME = FRAME_OVERHEAD + 32, AUTH_OK_FRAME = FRAME_OVERHEAD + 32 };
+enum {
+  FRAME_OVERHEAD = QV_CTRL_HEADER_BYTES + QV_CTRL_TAG_BYTES,
+  AUTH_FRAME = FRAME_OVERHEAD + 68,
+  HELLO_FRAME = FRAME_OVERHEAD + 32,
+  AUTH_OK_FRAME = FRAME_OVERHEAD + 32
+};
 
 Test(ctrl, replayed_and_reflected_frames_dropped) {
   server s;
@@ -555,7 +560,8 @@ Test(ctrl, replayed_and_reflected_frames_dropped) {
   relay_start(&r, s.port);
   qv_error e = {0};
   qv_ctrl *c = NULL;
-  qv_ctrl_opts co = {.token = TOKEN, .node_rank = 2, .heartbeat_ms = 30000, .peer_timeout_ms = 60000};
+  qv_ctrl_opts co = {
+      .token = TOKEN, .node_rank = 2, .heartbeat_ms = 30000, .peer_timeout_ms = 60000};
   cr_assert_eq(qv_ctrl_connect("127.0.0.1", r.port, &co, 3000, &c, &e), 0, "%s", e.msg);
   server_join(&s);
   cr_assert_eq(s.rc, 0, "%s", s.msg);
