@@ -4,12 +4,14 @@
  * median batch gives the latency per all-reduce, the algorithm bandwidth (bytes of one rank's
  * buffer / time) and the bus bandwidth (algbw x 2(n-1)/n, NCCL's convention, comparable across
  * rank counts). Prints one JSON object on stdout.
- * Usage: qv-bench-comm [--ranks N] [--batches N] [--commit SHA] */
+ * --procs runs ranks 1..N-1 as fork()ed processes instead of threads (the same shm code).
+ * Usage: qv-bench-comm [--ranks N] [--batches N] [--procs] [--commit SHA] */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "comm/comm.h"
@@ -106,6 +108,7 @@ int main(int argc, char **argv) {
   b->size = 2;
   b->batches = 15;
   const char *commit = "unknown";
+  int procs = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--ranks") && i + 1 < argc)
       b->size = atoi(argv[++i]);
@@ -113,8 +116,10 @@ int main(int argc, char **argv) {
       b->batches = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--commit") && i + 1 < argc)
       commit = argv[++i];
+    else if (!strcmp(argv[i], "--procs"))
+      procs = 1;
     else {
-      fprintf(stderr, "usage: qv-bench-comm [--ranks N] [--batches N] [--commit SHA]\n");
+      fprintf(stderr, "usage: qv-bench-comm [--ranks N] [--batches N] [--procs] [--commit SHA]\n");
       return 2;
     }
   }
@@ -131,11 +136,36 @@ int main(int argc, char **argv) {
   b->token = tok;
   pthread_t th[16];
   rank_arg ra[16];
-  for (int r = 0; r < b->size; r++) {
-    ra[r] = (rank_arg){b, r};
-    pthread_create(&th[r], NULL, rank_main, &ra[r]);
+  int child_failed = 0;
+  if (procs) {
+    pid_t pids[16] = {0};
+    fflush(NULL);
+    for (int r = 1; r < b->size; r++) {
+      pids[r] = fork();
+      if (pids[r] == 0) {
+        rank_arg me = {b, r};
+        rank_main(&me);
+        _exit(b->failed ? 1 : 0);
+      }
+    }
+    ra[0] = (rank_arg){b, 0};
+    rank_main(&ra[0]);
+    for (int r = 1; r < b->size; r++) {
+      int st = 0;
+      if (pids[r] < 0 || waitpid(pids[r], &st, 0) != pids[r] || !WIFEXITED(st) || WEXITSTATUS(st))
+        child_failed = 1;
+    }
+  } else {
+    for (int r = 0; r < b->size; r++) {
+      ra[r] = (rank_arg){b, r};
+      pthread_create(&th[r], NULL, rank_main, &ra[r]);
+    }
+    for (int r = 0; r < b->size; r++) pthread_join(th[r], NULL);
   }
-  for (int r = 0; r < b->size; r++) pthread_join(th[r], NULL);
+  if (child_failed && !b->failed) {
+    b->failed = 1;
+    snprintf(b->msg, sizeof b->msg, "a rank process failed");
+  }
   if (b->failed) {
     fprintf(stderr, "qv-bench-comm: %s\n", b->msg);
     return 1;
@@ -150,13 +180,14 @@ int main(int argc, char **argv) {
   }
   time_t t = time(NULL);
   strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
-  printf("{\n  \"benchmark\": \"shm communicator all-reduce (f32 sum, ranks as threads)\",\n");
+  printf("{\n  \"benchmark\": \"shm communicator all-reduce (f32 sum, ranks as %s)\",\n",
+         procs ? "processes" : "threads");
   printf("  \"machine\": {\"cpu\": \"%s\", \"online_cpus\": %ld, \"loadavg_1m\": %.2f},\n", cpu,
          sysconf(_SC_NPROCESSORS_ONLN), load);
   printf("  \"commit\": \"%s\",\n  \"date\": \"%s\",\n", commit, date);
-  printf("  \"settings\": {\"ranks\": %d, \"hidden\": %d, \"batches\": %d, \"dtype\": \"f32\", "
-         "\"slot_bytes\": 4194304},\n  \"results\": [\n",
-         b->size, HIDDEN, b->batches);
+  printf("  \"settings\": {\"ranks\": %d, \"ranks_as\": \"%s\", \"hidden\": %d, \"batches\": %d, "
+         "\"dtype\": \"f32\", \"slot_bytes\": 4194304},\n  \"results\": [\n",
+         b->size, procs ? "processes" : "threads", HIDDEN, b->batches);
   for (int s = 0; s < N_SIZES; s++) {
     double v[MAX_BATCHES];
     memcpy(v, b->batch_us[s], sizeof(double) * (size_t)b->batches);
