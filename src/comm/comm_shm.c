@@ -145,6 +145,12 @@ static int wait_all(shm_comm *s, double deadline, const char *what, qv_error *er
   uint32_t gen = atomic_load_explicit(&h->bar_gen, memory_order_acquire);
   uint32_t arrived = atomic_fetch_add_explicit(&h->bar_count, 1, memory_order_acq_rel) + 1;
   if (arrived == (uint32_t)s->base.size) {
+    /* The count may include a rank that has since timed out and aborted the group: then this
+     * collective fails here too rather than completing on data nobody else will use. */
+    if (atomic_load_explicit(&h->aborted, memory_order_acquire))
+      return qv_error_set(err, QV_EABORTED,
+                          "comm shm %s (rank %d of %d): another rank aborted the communicator",
+                          what, s->base.rank, s->base.size);
     atomic_store_explicit(&h->bar_count, 0, memory_order_relaxed);
     atomic_store_explicit(&h->bar_gen, gen + 1, memory_order_release);
     return 0;
