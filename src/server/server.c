@@ -98,7 +98,7 @@ static void respond_json(srv_req *r, int status, const char *json, const char *e
   http_conn_set_ctx(c, NULL);
   if (!json) {
     static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
-                              "\"param\":null,\"code\":500}}";
+                              "\"param\":null,\"code\":null}}";
     http_respond(c, 500, "application/json", extra, oom, sizeof oom - 1);
     return;
   }
@@ -248,48 +248,83 @@ static const route_entry routes[] = {
     {"/metrics", "GET", 0},
 };
 
+static const route_entry *route_find(const char *path, const char **model_id) {
+  static const route_entry model_route = {"/v1/models/", "GET", 0};
+  *model_id = NULL;
+  for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
+    if (!strcmp(path, routes[i].path)) return &routes[i];
+  if (!strncmp(path, "/v1/models/", 11) && path[11]) {
+    *model_id = path + 11;
+    return &model_route;
+  }
+  return NULL;
+}
+
+/* Route, method and API key: checked when the headers are complete (before any body byte is
+ * buffered) and again for the complete request. Returns 0, or the error status with *json
+ * (malloc'd) and extra headers filled. */
+static int precheck(server *s, const http_request *req, const route_entry **hit_out,
+                    const char **model_id, char **json, char *extra, size_t extra_cap) {
+  const char *path = req->path;
+  const route_entry *hit = route_find(path, model_id);
+  *hit_out = hit;
+  *json = NULL;
+  extra[0] = '\0';
+  if (!hit) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "no route for %s %.200s", req->method_str, path);
+    *json = oai_error_json(404, msg, NULL, "not_found");
+    return 404;
+  }
+  int is_get = !strcmp(hit->method, "GET");
+  if (strcmp(req->method_str, hit->method) && !(is_get && !strcmp(req->method_str, "HEAD"))) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "method %s not allowed here (use %s)", req->method_str,
+             hit->method);
+    snprintf(extra, extra_cap, "Allow: %s\r\n", is_get ? "GET, HEAD" : hit->method);
+    *json = oai_error_json(405, msg, NULL, "method_not_allowed");
+    return 405;
+  }
+  if (s->reg->n_api_keys > 0 && !registry_is_open_path(s->reg, path) &&
+      !auth_check((const char *const *)s->reg->api_keys, s->reg->n_api_keys,
+                  http_request_header(req, "authorization"))) {
+    *json = oai_error_json(401, "invalid or missing API key (send Authorization: Bearer <key>)",
+                           NULL, "invalid_api_key");
+    snprintf(extra, extra_cap, "WWW-Authenticate: Bearer\r\n");
+    return 401;
+  }
+  if (hit->kind != 0 && s->draining) {
+    *json = oai_error_json(503, "server is shutting down", NULL, "shutting_down");
+    return 503;
+  }
+  return 0;
+}
+
+static int on_head(void *ud, const http_request *req, http_early *out) {
+  server *s = ud;
+  const route_entry *hit;
+  const char *model_id;
+  int st = precheck(s, req, &hit, &model_id, &out->body, out->extra, sizeof out->extra);
+  if (st) metrics_count_request(&s->met, -1, st);
+  return st;
+}
+
 static void on_request(void *ud, http_conn *c, const http_request *req) {
   server *s = ud;
   srv_req *r = req_new(s, c);
   if (!r) {
     static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
-                              "\"param\":null,\"code\":500}}";
+                              "\"param\":null,\"code\":null}}";
     http_respond(c, 500, "application/json", "", oom, sizeof oom - 1);
     return;
   }
-  const char *path = req->path;
-  const route_entry *hit = NULL;
-  const char *model_id = NULL;
-  for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
-    if (!strcmp(path, routes[i].path)) hit = &routes[i];
-  static const route_entry model_route = {"/v1/models/", "GET", 0};
-  if (!hit && !strncmp(path, "/v1/models/", 11) && path[11]) {
-    hit = &model_route;
-    model_id = path + 11;
-  }
-  if (!hit) {
-    char msg[300];
-    snprintf(msg, sizeof msg, "no route for %s %.200s", req->method_str, path);
-    srv_send_error(r, 404, msg, NULL, "not_found");
-    srv_req_maybe_free(r);
-    return;
-  }
-  if (strcmp(req->method_str, hit->method)) {
-    char msg[128], allow[64];
-    snprintf(msg, sizeof msg, "method %s not allowed here (use %s)", req->method_str,
-             hit->method);
-    snprintf(allow, sizeof allow, "Allow: %s\r\n", hit->method);
-    char *j = oai_error_json(405, msg, NULL, "method_not_allowed");
-    respond_json(r, 405, j, allow);
+  const route_entry *hit;
+  const char *model_id;
+  char *j = NULL, extra[160];
+  int st = precheck(s, req, &hit, &model_id, &j, extra, sizeof extra);
+  if (st) {
+    respond_json(r, st, j, extra);
     free(j);
-    srv_req_maybe_free(r);
-    return;
-  }
-  if (s->reg->n_api_keys > 0 && !registry_is_open_path(s->reg, path) &&
-      !auth_check((const char *const *)s->reg->api_keys, s->reg->n_api_keys,
-                  http_request_header(req, "authorization"))) {
-    srv_send_error(r, 401, "invalid or missing API key (send Authorization: Bearer <key>)",
-                   NULL, "invalid_api_key");
     srv_req_maybe_free(r);
     return;
   }
@@ -297,11 +332,6 @@ static void on_request(void *ud, http_conn *c, const http_request *req) {
     if (!strcmp(hit->path, "/health")) handle_health(r);
     else if (!strcmp(hit->path, "/metrics")) handle_metrics(r);
     else handle_models(r, model_id);
-    srv_req_maybe_free(r);
-    return;
-  }
-  if (s->draining) {
-    srv_send_error(r, 503, "server is shutting down", NULL, "shutting_down");
     srv_req_maybe_free(r);
     return;
   }
@@ -404,7 +434,7 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
     free(s);
     return qv_error_set(err, QV_ENOMEM, "out of memory");
   }
-  http_handler h = {.ud = s, .on_request = on_request, .on_abort = on_abort};
+  http_handler h = {.ud = s, .on_head = on_head, .on_request = on_request, .on_abort = on_abort};
   int rc = http_server_create(loop, opts->host ? opts->host : "127.0.0.1", opts->port,
                               &opts->limits, &h, &s->http, err);
   if (rc) {
