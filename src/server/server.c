@@ -25,6 +25,8 @@ void server_opts_default(server_opts *o) {
   http_limits_default(&o->limits);
   o->drain_timeout_ms = 30000;
   o->max_stream_backlog_bytes = 4u << 20;
+  o->max_request_seqs = 256;
+  o->heavy_body_bytes = 64u << 10;
   o->handle_signals = 1;
 }
 
@@ -373,6 +375,9 @@ static void close_all(server *s) {
   s->closed = 1;
   http_server_close(s->http);
   s->http = NULL;
+  /* After the connections: requests of jobs still queued see no connection and are freed. */
+  workq_destroy(s->heavy);
+  s->heavy = NULL;
   uv_close((uv_handle_t *)&s->stop_async, NULL);
   uv_close((uv_handle_t *)&s->drain_timer, NULL);
   if (s->opts.handle_signals) {
@@ -401,16 +406,24 @@ static void begin_drain(server *s) {
 }
 
 static void on_stop_async(uv_async_t *a) { begin_drain(a->data); }
-/* The first SIGINT/SIGTERM drains; a second one stops at once (in-flight requests aborted). */
+/* The first SIGINT/SIGTERM drains; a second one aborts what is in flight (each open stream
+ * gets an error event and ends, other requests a 503), lets those last bytes go out for up to
+ * a second, and the process exits non-zero (server_aborted). */
 static void on_signal(uv_signal_t *h, int signum) {
   server *s = h->data;
   if (s->draining) {
-    QV_LOGW("serve: second signal: stopping now");
-    close_all(s);
+    if (s->aborted) return;
+    QV_LOGW("serve: second signal: aborting in-flight requests");
+    s->aborted = 1;
+    srv_gen_abort_all(s);
+    uint64_t soon = uv_hrtime() + 1000000000ull;
+    if (soon < s->drain_deadline_ns) s->drain_deadline_ns = soon;
     return;
   }
   begin_drain(s);
 }
+
+int server_aborted(const server *s) { return s->aborted; }
 
 void server_shutdown(server *s) { uv_async_send(&s->stop_async); }
 
@@ -428,7 +441,12 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
   for (int32_t i = 0; i < s->n_models; i++) names[i] = reg->models[i].name;
   s->notify = calloc((size_t)s->n_models, sizeof *s->notify);
   s->buckets = calloc((size_t)s->n_models * SRV_HASH_BUCKETS, sizeof *s->buckets);
-  if (!s->notify || !s->buckets || metrics_init(&s->met, names, s->n_models)) {
+  int n_heavy = opts->heavy_threads > 0 ? opts->heavy_threads : (int)uv_available_parallelism() / 2;
+  if (n_heavy < 1) n_heavy = 1;
+  if (!s->notify || !s->buckets || metrics_init(&s->met, names, s->n_models) ||
+      workq_create(loop, n_heavy, &s->heavy)) {
+    if (s->heavy) metrics_deinit(&s->met);
+    workq_destroy(s->heavy); /* its handle closes when the caller runs the loop */
     free(s->notify);
     free(s->buckets);
     free(s);
@@ -438,6 +456,7 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
   int rc = http_server_create(loop, opts->host ? opts->host : "127.0.0.1", opts->port,
                               &opts->limits, &h, &s->http, err);
   if (rc) {
+    workq_destroy(s->heavy);
     metrics_deinit(&s->met);
     free(s->notify);
     free(s->buckets);
