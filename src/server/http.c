@@ -894,8 +894,9 @@ static void finish_request(http_conn *c) {
   c->state = CONN_IDLE;
   request_reset(c);
   /* The next request's header timeout starts with its first byte (or now, when pipelined bytes
-   * are already buffered); until then the idle timeout runs. */
-  c->hdr_armed = c->in_off < c->in_len;
+   * are already buffered and may be parsed); until then the idle timeout runs, also while a
+   * peer that does not read holds the next request back. */
+  c->hdr_armed = c->in_off < c->in_len && c->pending_bytes <= c->srv->limits.max_conn_output_bytes;
   timer_arm(c, c->hdr_armed ? c->srv->limits.header_timeout_ms : c->srv->limits.idle_timeout_ms);
   conn_process(c);
 }
