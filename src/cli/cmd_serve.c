@@ -6,6 +6,9 @@
  * flags given on the command line add to it and override its host, port and limits. */
 #include <signal.h>
 #include <stdio.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -191,6 +194,13 @@ int cli_serve(int argc, char **argv) {
 
   /* A peer that vanishes mid-write must not kill the process. */
   signal(SIGPIPE, SIG_IGN);
+#ifdef __GLIBC__
+  /* Large request and answer buffers (bodies, tokenize answers) come and go: serve them from
+   * mmap at a fixed threshold (glibc would otherwise raise it after each free and keep them in
+   * the heap), and give freed heap back to the system, so the resident set stays flat. */
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
+#endif
   /* libuv's pool prepares ordinary requests (parsing, tokenizing, templates); large ones go to
    * the server's own heavy pool. Sized from the machine unless the user set it. */
   if (!getenv("UV_THREADPOOL_SIZE")) {
