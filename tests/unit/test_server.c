@@ -847,6 +847,14 @@ Test(server, malformed_and_oversized) {
       {"POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400},
       {"POST /v1/completions HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n", 413},
       {"POST /v1/completions HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", 400},
+      /* Strictness (issue 13). */
+      {"GET /health\r\n\r\n", 400},
+      {"GET /health HTTP/2.0\r\n\r\n", 505},
+      {"GET /health HTTP/0.9\r\n\r\n", 505},
+      {"GET /health HTTP/1.1\r\n: v\r\n\r\n", 400},
+      {"GET /health HTTP/1.1\r\nX-A: b\r\n  c\r\n\r\n", 400},
+      {"POST /tokenize HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501},
+      {"POST /tokenize HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffffffff\r\n", 413},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     client *c = client_open();
@@ -1307,5 +1315,89 @@ Test(server, connection_limit) {
   }
   cr_assert(ok);
   client_close(c[1]);
+  stop();
+}
+
+/* Invalid UTF-8 in an answer is replaced by U+FFFD; valid text is left alone (NULL). */
+Test(http, utf8_repair) {
+  size_t n = 0;
+  cr_assert_null(http_utf8_repair("caf\xc3\xa9 \xf0\x9f\x98\x80", 10, &n));
+  char *r = http_utf8_repair("a\xff" "b\xed\xa0\x80" "c\xc3", 8, &n);
+  cr_assert_not_null(r);
+  cr_assert_str_eq(r, "a\xef\xbf\xbd" "b\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd" "c\xef\xbf\xbd");
+  cr_assert_eq(n, strlen(r));
+  free(r);
+}
+
+/* Issue 13: auth before the body (and before 100 Continue), trailers never authenticate, HEAD,
+ * 414, a half-closed client still answered, the fan-out cap. */
+Test(server, hardening) {
+  start(NULL, "sk-h", 0, 0);
+  /* No key, Expect: the first answer is the 401, not 100 Continue. */
+  client *c = client_open();
+  const char *h = "POST /v1/completions HTTP/1.1\r\nContent-Length: 100000\r\n"
+                  "Expect: 100-continue\r\n\r\n";
+  client_send(c, h, strlen(h));
+  while (!strstr(c->buf, "\r\n\r\n")) cr_assert(client_fill(c));
+  cr_assert(!strncmp(c->buf, "HTTP/1.1 401", 12), "%s", c->buf);
+  cr_assert(strcasestr(c->buf, "Connection: close"));
+  client_close(c);
+  /* The key in a chunked trailer does not count. */
+  c = client_open();
+  const char *t = "POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "e\r\n{\"prompt\":\"Hi\"}\r\n0\r\nAuthorization: Bearer sk-h\r\n\r\n";
+  client_send(c, t, strlen(t));
+  resp r;
+  cr_assert(read_resp(c, &r));
+  cr_assert_eq(r.status, 401, "%s", r.body);
+  free(r.body);
+  client_close(c);
+  /* HEAD of a GET route: the head only. */
+  c = client_open();
+  const char *hd = "HEAD /health HTTP/1.1\r\n\r\nGET /health HTTP/1.1\r\n\r\n";
+  client_send(c, hd, strlen(hd));
+  while (!strstr(c->buf, "\r\n\r\n")) cr_assert(client_fill(c));
+  cr_assert(!strncmp(c->buf, "HTTP/1.1 200", 12), "%s", c->buf);
+  char *second = strstr(c->buf, "\r\n\r\n") + 4;
+  while (strncmp(second, "HTTP/1.1 200", 12)) {
+    cr_assert(strlen(second) < 12 || !strncmp(second, "HTTP/1.1", 8), "HEAD sent a body: %s", second);
+    cr_assert(client_fill(c));
+    second = strstr(c->buf, "\r\n\r\n") + 4;
+  }
+  client_close(c);
+  /* A target longer than the header limit: 414. */
+  c = client_open();
+  char *big = malloc(8192);
+  int n = snprintf(big, 8192, "GET /");
+  memset(big + n, 'a', 6000);
+  snprintf(big + n + 6000, 100, " HTTP/1.1\r\n\r\n");
+  client_send(c, big, strlen(big));
+  cr_assert(read_resp(c, &r));
+  cr_assert_eq(r.status, 414);
+  free(r.body);
+  free(big);
+  client_close(c);
+  /* Half-closed after a complete request: still answered. */
+  c = client_open();
+  const char *body = "{\"model\":\"lower\",\"prompt\":\"Hi\",\"max_tokens\":3}";
+  char req[512];
+  n = snprintf(req, sizeof req,
+               "POST /v1/completions HTTP/1.1\r\nAuthorization: Bearer sk-h\r\n"
+               "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
+  client_send(c, req, (size_t)n);
+  shutdown(c->fd, SHUT_WR);
+  cr_assert(read_resp(c, &r));
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  free(r.body);
+  client_close(c);
+  /* 64 prompts x n 8 = 512 sequences > 256. */
+  char fan[1024];
+  n = snprintf(fan, sizeof fan, "{\"model\":\"lower\",\"n\":8,\"max_tokens\":1,\"prompt\":[");
+  for (int i = 0; i < 64; i++) n += snprintf(fan + n, sizeof fan - (size_t)n, "%s\"a\"", i ? "," : "");
+  snprintf(fan + n, sizeof fan - (size_t)n, "]}");
+  r = request("POST", "/v1/completions", fan, "Authorization: Bearer sk-h\r\n");
+  cr_assert_eq(r.status, 400, "%s", r.body);
+  cr_assert(strstr(r.body, "\"code\":\"too_many_sequences\""), "%s", r.body);
+  free(r.body);
   stop();
 }
