@@ -50,7 +50,7 @@ static void usage(FILE *f) {
           "  --idle-timeout S        keep-alive idle seconds (default 60)\n"
           "  --max-connections N     open connections at most (default 1024; 8 more are kept\n"
           "                          for /health; beyond: 503 and close)\n"
-          "  --max-connections-per-client N  open connections per client address (default 64)\n"
+          "  --max-connections-per-client N  open connections per client address (default 256)\n"
           "  --max-buffered-body-bytes N  request bodies held by the server at once (default\n"
           "                          256 MiB) -> 503\n"
           "  --max-output-backlog-bytes N  unsent bytes per connection before it is no longer\n"

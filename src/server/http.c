@@ -119,7 +119,7 @@ void http_limits_default(http_limits *l) {
   l->body_timeout_ms = 30000;
   l->idle_timeout_ms = 60000;
   l->max_connections = 1024;
-  l->max_connections_per_client = 64;
+  l->max_connections_per_client = 256;
   l->max_conn_output_bytes = 1u << 20;
   l->max_pipeline_bytes = 256u * 1024;
   l->max_buffered_body_bytes = 256u << 20;

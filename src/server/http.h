@@ -38,7 +38,7 @@ typedef struct http_limits {
   uint64_t idle_timeout_ms;  /* keep-alive idle time before closing (default 60 s) */
   int32_t max_connections;   /* open connections (default 1024); beyond it a few more are
                                 accepted for probe_path only, the rest get 503 and close */
-  int32_t max_connections_per_client; /* open connections per peer address (default 64) -> 503 */
+  int32_t max_connections_per_client; /* open connections per peer address (default 256) -> 503 */
   size_t max_conn_output_bytes;  /* unsent bytes per connection before it stops being read
                                     (default 1 MiB; one response may exceed it) */
   size_t max_pipeline_bytes;     /* unparsed bytes buffered per connection (default 256 KiB) */
