@@ -40,6 +40,7 @@ struct http_server {
   int32_t n_conns;
   int32_t n_linger;      /* connections in CONN_LINGER (not counted against the caps) */
   size_t body_bytes;     /* capacity of every connection's body buffer */
+  size_t pending_bytes;  /* unsent bytes of every connection */
   int port;
   int draining;
   int closing;           /* http_server_close called: free when the last handle closes */
@@ -122,6 +123,7 @@ void http_limits_default(http_limits *l) {
   l->max_connections_per_client = 256;
   l->max_conn_output_bytes = 1u << 20;
   l->max_pipeline_bytes = 256u * 1024;
+  l->max_total_output_bytes = (size_t)1 << 30;
   l->max_buffered_body_bytes = 256u << 20;
   l->linger_ms = 2000;
   l->probe_path = "/health";
@@ -312,7 +314,8 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
 static int on_header_field_complete(llhttp_t *p) {
   http_conn *c = conn_of(p);
   if (c->in_trailers) return 0;
-  if (c->hbuf_len == c->hoff[2 * (c->n_hdr - 1)]) return reject_with(c, 400, "empty header name");
+  if (c->n_hdr == 0 || c->hbuf_len == c->hoff[2 * (c->n_hdr - 1)])
+    return reject_with(c, 400, "empty header name");
   if (hbuf_end(c)) return HPE_USER;
   c->hoff[2 * (c->n_hdr - 1) + 1] = c->hbuf_len;
   return 0;
@@ -553,6 +556,7 @@ static void on_write_done(uv_write_t *w, int status) {
   write_req *wr = (write_req *)w;
   http_conn *c = wr->c;
   c->pending_bytes -= wr->len;
+  c->srv->pending_bytes -= wr->len;
   free(wr->ext);
   free(wr);
   if (status < 0) c->write_failed = 1;
@@ -590,10 +594,12 @@ static void write_buf(http_conn *c, const char *a, size_t alen, char *b, size_t 
   if (blen && !take) memcpy(wr->data + alen, b, blen);
   uv_buf_t bufs[2] = {uv_buf_init(wr->data, (unsigned)copy), uv_buf_init(b, (unsigned)blen)};
   c->pending_bytes += wr->len;
+  c->srv->pending_bytes += wr->len;
   c->resp_bytes += wr->len;
   int rc = uv_write(&wr->req, (uv_stream_t *)&c->tcp, bufs, take && blen ? 2 : 1, on_write_done);
   if (rc < 0) {
     c->pending_bytes -= wr->len;
+    c->srv->pending_bytes -= wr->len;
     free(wr->ext);
     free(wr);
     c->write_failed = 1;
@@ -983,6 +989,24 @@ void http_respond_take(http_conn *c, int status, const char *content_type,
     return;
   }
   if (c->srv->draining) c->close_after = 1;
+  /* Clients that do not read their large answers must not hold the server's memory without
+   * bound: past the server-wide budget a large answer becomes a small 503. */
+  if (body_len > 4096 && c->srv->pending_bytes + body_len > c->srv->limits.max_total_output_bytes) {
+    static const char busy[] =
+        "{\"error\":{\"message\":\"server busy: too many unsent answer bytes; retry later\","
+        "\"type\":\"server_error\",\"param\":null,\"code\":\"output_budget\"}}";
+    free(body);
+    body = malloc(sizeof busy);
+    if (!body) {
+      conn_close(c);
+      return;
+    }
+    memcpy(body, busy, sizeof busy);
+    body_len = sizeof busy - 1;
+    status = 503;
+    content_type = "application/json";
+    extra_headers = "";
+  }
   if (is_text_type(content_type)) {
     size_t fixed_len = 0;
     char *fixed = http_utf8_repair(body, body_len, &fixed_len);

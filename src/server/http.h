@@ -42,6 +42,8 @@ typedef struct http_limits {
   size_t max_conn_output_bytes;  /* unsent bytes per connection before it stops being read
                                     (default 1 MiB; one response may exceed it) */
   size_t max_pipeline_bytes;     /* unparsed bytes buffered per connection (default 256 KiB) */
+  size_t max_total_output_bytes; /* unsent bytes of the whole server (default 1 GiB): an answer
+                                    that would pass it is replaced by a 503 */
   size_t max_buffered_body_bytes;/* request bodies held by the whole server (default 256 MiB)
                                     -> 503 */
   uint64_t linger_ms;        /* lingering close after an error answer (default 2 s) */

@@ -179,16 +179,21 @@ static void prep_inputs(srv_req *r);
  * 30 MB answer: never on the loop). */
 static void build_token_answer(srv_req *r) {
   if (r->fail_status || r->work_rc) return;
-  cJSON *root = cJSON_CreateObject();
   if (r->o.kind == OAI_TOKENIZE) {
-    cJSON_AddNumberToObject(root, "count", r->pn[0]);
-    cJSON_AddNumberToObject(root, "max_model_len", model_of(r)->max_model_len);
-    cJSON *arr = cJSON_AddArrayToObject(root, "tokens");
-    for (int32_t i = 0; i < r->pn[0]; i++)
-      cJSON_AddItemToArray(arr, cJSON_CreateNumber(r->pids[0][i]));
-  } else {
-    cJSON_AddStringToObject(root, "prompt", r->detok_text ? r->detok_text : "");
+    /* Printed directly: a cJSON tree would cost ~100 bytes per token on top of the text. */
+    size_t n = (size_t)r->pn[0], cap = 96 + 12 * n, len = 0;
+    char *j = malloc(cap);
+    if (!j) return;
+    len += (size_t)snprintf(j, cap, "{\"count\":%d,\"max_model_len\":%d,\"tokens\":[", r->pn[0],
+                            model_of(r)->max_model_len);
+    for (size_t i = 0; i < n; i++)
+      len += (size_t)snprintf(j + len, cap - len, i ? ",%d" : "%d", r->pids[0][i]);
+    snprintf(j + len, cap - len, "]}");
+    r->resp_json = j;
+    return;
   }
+  cJSON *root = cJSON_CreateObject();
+  cJSON_AddStringToObject(root, "prompt", r->detok_text ? r->detok_text : "");
   r->resp_json = cJSON_PrintUnformatted(root);
   cJSON_Delete(root);
 }

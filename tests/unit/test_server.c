@@ -362,6 +362,7 @@ typedef struct harness {
   int first_failed;    /* set before start: model 0 failed to load */
   int max_connections; /* set before start: 0 keeps the default */
   const char *script;  /* set before start: the fakes' scripted output (see fake.script) */
+  size_t max_total_output; /* set before start: 0 keeps the default */
 } harness;
 
 static harness H;
@@ -375,6 +376,7 @@ static void start(const char *cfg, const char *api_key, uint64_t header_timeout_
                   uint64_t idle_timeout_ms) {
   signal(SIGPIPE, SIG_IGN); /* the server writes to sockets these tests close */
   int first_failed = H.first_failed, max_connections = H.max_connections;
+  size_t max_total_output = H.max_total_output;
   const char *script = H.script;
   memset(&H, 0, sizeof H);
   uv_loop_init(&H.loop);
@@ -410,6 +412,7 @@ static void start(const char *cfg, const char *api_key, uint64_t header_timeout_
   if (header_timeout_ms) o.limits.header_timeout_ms = header_timeout_ms;
   if (idle_timeout_ms) o.limits.idle_timeout_ms = idle_timeout_ms;
   if (max_connections) o.limits.max_connections = max_connections;
+  if (max_total_output) o.limits.max_total_output_bytes = max_total_output;
   o.limits.max_header_bytes = 4096;
   o.limits.max_body_bytes = 64 * 1024;
   o.max_stream_backlog_bytes = 256 * 1024;
@@ -1398,6 +1401,24 @@ Test(server, hardening) {
   r = request("POST", "/v1/completions", fan, "Authorization: Bearer sk-h\r\n");
   cr_assert_eq(r.status, 400, "%s", r.body);
   cr_assert(strstr(r.body, "\"code\":\"too_many_sequences\""), "%s", r.body);
+  free(r.body);
+  stop();
+}
+
+/* A large answer that would pass the server-wide unsent-output budget becomes a small 503. */
+Test(server, output_budget) {
+  H.max_total_output = 8192;
+  start(NULL, NULL, 0, 0);
+  char body[8000];
+  int n = snprintf(body, sizeof body, "{\"model\":\"lower\",\"prompt\":\"");
+  memset(body + n, 'x', 5000);
+  snprintf(body + n + 5000, 100, "\"}");
+  resp r = request("POST", "/tokenize", body, NULL);
+  cr_assert_eq(r.status, 503, "%d", r.status);
+  cr_assert(strstr(r.body, "\"code\":\"output_budget\""), "%s", r.body);
+  free(r.body);
+  r = request("POST", "/tokenize", "{\"prompt\":\"Hi\"}", NULL);
+  cr_assert_eq(r.status, 200);
   free(r.body);
   stop();
 }
