@@ -446,7 +446,9 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
 
 static int on_message_complete(llhttp_t *p) {
   http_conn *c = conn_of(p);
-  if (body_reserve(c, c->body_len + 1)) return HPE_USER;
+  int rc = body_reserve(c, c->body_len + 1);
+  if (rc == QV_EBUSY) return reject_with(c, 503, "server busy: too many request bytes buffered");
+  if (rc) return HPE_USER;
   c->body[c->body_len] = '\0';
   c->req.body = c->body;
   c->req.body_len = c->body_len;
