@@ -568,9 +568,9 @@ static void on_write_done(uv_write_t *w, int status) {
     return;
   }
   /* The peer took output: pipelined requests held back by the output bound may go on. */
-  if (c->pending_bytes <= c->srv->limits.max_conn_output_bytes &&
-      (c->state == CONN_IDLE || c->state == CONN_READING)) {
-    conn_process(c);
+  if (c->pending_bytes <= c->srv->limits.max_conn_output_bytes) {
+    if (c->state == CONN_IDLE || c->state == CONN_READING) conn_process(c);
+    else reading_update(c);
   }
 }
 
