@@ -363,6 +363,7 @@ typedef struct harness {
   int max_connections; /* set before start: 0 keeps the default */
   const char *script;  /* set before start: the fakes' scripted output (see fake.script) */
   size_t max_total_output; /* set before start: 0 keeps the default */
+  size_t max_buffered;     /* set before start: 0 keeps the default */
 } harness;
 
 static harness H;
@@ -376,7 +377,7 @@ static void start(const char *cfg, const char *api_key, uint64_t header_timeout_
                   uint64_t idle_timeout_ms) {
   signal(SIGPIPE, SIG_IGN); /* the server writes to sockets these tests close */
   int first_failed = H.first_failed, max_connections = H.max_connections;
-  size_t max_total_output = H.max_total_output;
+  size_t max_total_output = H.max_total_output, max_buffered = H.max_buffered;
   const char *script = H.script;
   memset(&H, 0, sizeof H);
   uv_loop_init(&H.loop);
@@ -413,6 +414,7 @@ static void start(const char *cfg, const char *api_key, uint64_t header_timeout_
   if (idle_timeout_ms) o.limits.idle_timeout_ms = idle_timeout_ms;
   if (max_connections) o.limits.max_connections = max_connections;
   if (max_total_output) o.limits.max_total_output_bytes = max_total_output;
+  if (max_buffered) o.limits.max_buffered_body_bytes = max_buffered;
   o.limits.max_header_bytes = 4096;
   o.limits.max_body_bytes = 64 * 1024;
   o.max_stream_backlog_bytes = 256 * 1024;
@@ -1420,5 +1422,42 @@ Test(server, output_budget) {
   r = request("POST", "/tokenize", "{\"prompt\":\"Hi\"}", NULL);
   cr_assert_eq(r.status, 200);
   free(r.body);
+  stop();
+}
+
+/* Bodies held by the whole server are bounded: past the budget a request gets 503, not memory;
+ * a body within it is served once the others are gone. */
+Test(server, body_budget) {
+  H.max_buffered = 48 * 1024;
+  start(NULL, NULL, 0, 0);
+  /* One connection holds a 40 KB body open (headers and part of the body sent). */
+  client *a = client_open();
+  const char *ha = "POST /tokenize HTTP/1.1\r\nContent-Length: 40000\r\n\r\n{\"prompt\":\"";
+  client_send(a, ha, strlen(ha));
+  usleep(100000);
+  /* A second 40 KB body does not fit beside it. */
+  client *b = client_open();
+  const char *hb = "POST /tokenize HTTP/1.1\r\nContent-Length: 40000\r\n\r\n";
+  client_send(b, hb, strlen(hb));
+  resp r;
+  cr_assert(read_resp(b, &r));
+  cr_assert_eq(r.status, 503, "%s", r.body);
+  cr_assert(strcasestr(r.head, "Connection: close"));
+  free(r.body);
+  client_close(b);
+  client_close(a);
+  /* Once the first is gone its budget is back. */
+  char body[20000];
+  int n = snprintf(body, sizeof body, "{\"prompt\":\"");
+  memset(body + n, 'y', 15000);
+  snprintf(body + n + 15000, 10, "\"}");
+  int ok = 0;
+  for (int i = 0; i < 50 && !ok; i++) {
+    r = request("POST", "/tokenize", body, NULL);
+    ok = r.status == 200;
+    free(r.body);
+    if (!ok) usleep(20000);
+  }
+  cr_assert(ok);
   stop();
 }
