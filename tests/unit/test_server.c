@@ -1405,19 +1405,38 @@ Test(server, connection_limit) {
     cr_assert_eq(r.status, 200);
     free(r.body);
   }
-  /* A third connection is closed at once. */
+  /* Over the limit, a connection is a probe slot: /health is served, anything else gets 503
+   * with Connection: close (not a silent reset). */
+  const char *models = "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n";
   c[2] = client_open();
-  char b;
-  cr_assert_eq(recv(c[2]->fd, &b, 1, 0), 0);
+  client_send(c[2], models, strlen(models));
+  resp r;
+  cr_assert(read_resp(c[2], &r));
+  cr_assert_eq(r.status, 503, "%s", r.body);
+  cr_assert(strcasestr(r.head, "Connection: close"));
+  free(r.body);
   client_close(c[2]);
+  c[2] = client_open();
+  client_send(c[2], get, strlen(get));
+  cr_assert(read_resp(c[2], &r));
+  cr_assert_eq(r.status, 200);
+  free(r.body);
+  client_close(c[2]);
+  /* Past the probe reserve too: 503 at once, before any request. */
+  client *extra[9];
+  for (int i = 0; i < 9; i++) extra[i] = client_open();
+  cr_assert(read_resp(extra[8], &r));
+  cr_assert_eq(r.status, 503);
+  free(r.body);
+  for (int i = 0; i < 9; i++) client_close(extra[i]);
   /* Once one closes, a new one is served. */
   client_close(c[0]);
-  resp r;
   int ok = 0;
   for (int attempt = 0; attempt < 100 && !ok; attempt++) {
     client *d = client_open();
     /* Until the server has seen the close, this one may still be refused: no asserts here. */
-    if (send(d->fd, get, strlen(get), MSG_NOSIGNAL) == (ssize_t)strlen(get) && read_resp(d, &r)) {
+    if (send(d->fd, models, strlen(models), MSG_NOSIGNAL) == (ssize_t)strlen(models) &&
+        read_resp(d, &r)) {
       ok = r.status == 200;
       free(r.body);
     }
