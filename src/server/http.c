@@ -948,6 +948,15 @@ char *http_utf8_repair(const char *str, size_t len, size_t *out_len) {
   const unsigned char *s = (const unsigned char *)str;
   size_t i = 0, bad = 0;
   while (i < len) {
+    /* ASCII eight bytes at a time: a 30 MB tokenize answer is checked in a few ms. */
+    if (i + 8 <= len) {
+      uint64_t w;
+      memcpy(&w, s + i, 8);
+      if (!(w & 0x8080808080808080ull)) {
+        i += 8;
+        continue;
+      }
+    }
     if (s[i] < 0x80) {
       i++;
       continue;
