@@ -78,6 +78,8 @@ struct http_conn {
   int in_trailers;       /* headers complete: later fields are chunked trailers (ignored) */
   int expect_sent;       /* 100 Continue sent for this request */
   int is_head;           /* HEAD: answer without the body */
+  int chunk_line;        /* paused before a chunk-size line (see chunk_line_fix) */
+  int last_chunk;        /* the chunk being read is the last (size 0) */
   size_t url_off, url_bytes;
   size_t header_bytes;   /* counted against max_header_bytes */
   char *body;            /* [body_cap] */
@@ -228,6 +230,8 @@ static void request_reset(http_conn *c) {
   c->in_trailers = 0;
   c->expect_sent = 0;
   c->is_head = 0;
+  c->chunk_line = 0;
+  c->last_chunk = 0;
   c->n_probes = 0;
   c->url_off = 0;
   c->url_bytes = 0;
@@ -420,12 +424,25 @@ static int on_headers_complete(llhttp_t *p) {
       c->expect_sent = 1;
     }
   timer_arm(c, s->limits.body_timeout_ms);
+  /* A chunked body: pause before each chunk-size line (see chunk_line_fix). */
+  if (p->flags & F_CHUNKED) {
+    c->chunk_line = 1;
+    return HPE_PAUSED;
+  }
   return 0;
+}
+
+static int on_chunk_complete(llhttp_t *p) {
+  http_conn *c = conn_of(p);
+  if (c->last_chunk) return 0;
+  c->chunk_line = 1;
+  return HPE_PAUSED;
 }
 
 /* An absurd chunk size is refused before a byte of it is read. */
 static int on_chunk_header(llhttp_t *p) {
   http_conn *c = conn_of(p);
+  c->last_chunk = p->content_length == 0;
   if (p->content_length > c->srv->limits.max_body_bytes ||
       c->body_len + p->content_length > c->srv->limits.max_body_bytes)
     return reject_with(c, 413, "request body too large");
@@ -466,6 +483,7 @@ static const llhttp_settings_t http_parser_settings = {
     .on_header_value_complete = on_header_value_complete,
     .on_headers_complete = on_headers_complete,
     .on_chunk_header = on_chunk_header,
+    .on_chunk_complete = on_chunk_complete,
     .on_body = on_body,
     .on_message_complete = on_message_complete,
 };
@@ -683,6 +701,65 @@ static const char *reject_text(int status) {
  * EOF after the answer) and the handles close when the shutdown completes. */
 static void conn_end(http_conn *c);
 
+static int is_tchar(unsigned char ch) {
+  return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+         (ch && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
+/* The chunk-size line at in_off, before llhttp reads it. llhttp 8 refuses some valid chunk
+ * extensions (a quoted-pair inside a quoted value, whitespace before ';'), and quiver uses
+ * none, so they are checked here against RFC 9112's grammar
+ *   chunk-size *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] ) CRLF
+ * and cut out of the buffer. Returns 0 when the line is ready for llhttp, 1 when it is not
+ * complete yet, -1 when it is malformed. */
+static int chunk_line_fix(http_conn *c) {
+  char *b = c->in + c->in_off;
+  size_t n = c->in_len - c->in_off, eol = 0;
+  while (eol + 1 < n && !(b[eol] == '\r' && b[eol + 1] == '\n')) eol++;
+  if (eol + 1 >= n) return n > 4096 ? -1 : 1;
+  size_t i = 0;
+  while (i < eol && ((b[i] >= '0' && b[i] <= '9') || ((b[i] | 0x20) >= 'a' && (b[i] | 0x20) <= 'f')))
+    i++;
+  if (i == 0 || i == eol) return 0; /* no extension: llhttp judges the size */
+  size_t ext = i, j = i;
+#define BWS() while (j < eol && (b[j] == ' ' || b[j] == '\t')) j++
+  while (j < eol) {
+    BWS();
+    if (j >= eol || b[j] != ';') return -1;
+    j++;
+    BWS();
+    size_t t = j;
+    while (j < eol && is_tchar((unsigned char)b[j])) j++;
+    if (j == t) return -1;
+    BWS();
+    if (j < eol && b[j] == '=') {
+      j++;
+      BWS();
+      if (j < eol && b[j] == '"') {
+        for (j++;; j++) {
+          if (j >= eol) return -1;
+          unsigned char ch = (unsigned char)b[j];
+          if (ch == '"') break;
+          if (ch == '\\') {
+            if (++j >= eol || ((unsigned char)b[j] < 0x20 && b[j] != '\t') || b[j] == 0x7f) return -1;
+          } else if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
+            return -1;
+          }
+        }
+        j++;
+      } else {
+        t = j;
+        while (j < eol && is_tchar((unsigned char)b[j])) j++;
+        if (j == t) return -1;
+      }
+    }
+  }
+#undef BWS
+  memmove(b + ext, b + eol, n - eol);
+  c->in_len -= eol - ext;
+  return 0;
+}
+
 /* Parses buffered bytes while no request is being answered; dispatches complete requests. */
 static void conn_process(http_conn *c) {
   if (c->in_process) return;
@@ -690,6 +767,15 @@ static void conn_process(http_conn *c) {
   while ((c->state == CONN_IDLE || c->state == CONN_READING) &&
          c->pending_bytes <= c->srv->limits.max_conn_output_bytes) {
     if (c->in_off >= c->in_len) break;
+    if (c->chunk_line) {
+      int fix = chunk_line_fix(c);
+      if (fix > 0) break; /* wait for the rest of the line */
+      if (fix < 0) {
+        reject(c, 400, "malformed chunk extension");
+        break;
+      }
+      c->chunk_line = 0;
+    }
     const char *start = c->in + c->in_off;
     c->exec_start = start;
     llhttp_errno_t e = llhttp_execute(&c->parser, start, c->in_len - c->in_off);
@@ -701,6 +787,7 @@ static void conn_process(http_conn *c) {
       const char *pos = llhttp_get_error_pos(&c->parser);
       c->in_off = (size_t)(pos - c->in);
       llhttp_resume(&c->parser);
+      if (c->chunk_line) continue; /* before a chunk-size line, not at a message end */
       uv_timer_stop(&c->timer);
       c->state = CONN_BUSY;
       c->resp_bytes = 0;

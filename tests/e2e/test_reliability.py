@@ -431,12 +431,26 @@ def test_http_strictness(keyed, name, data, want):
     json.loads(r[0][2])
 
 
-def test_quoted_chunk_extension_accepted(keyed):
+@pytest.mark.parametrize("ext,want", [
+    (b';name="a b;c"', 200),
+    (b';name="a \\"quoted\\" b"', 200),  # quoted-pair: llhttp 8 alone refuses it
+    (b' ;a=b ; c', 200),                  # whitespace before ';'
+    (b';a="unterminated', 400),
+    (b';=b', 400),
+])
+def test_chunk_extensions(keyed, ext, want):
+    """Valid chunk extensions (RFC 9112, quoted values included) are accepted and ignored;
+    malformed ones get 400."""
     body = b'{"prompt":"Hi"}'
+    half = len(body) // 2
     data = (b"POST /tokenize HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer "
-            + KEY.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n" + b'%x;name="a b;c"\r\n' % len(body) + body
-            + b"\r\n0\r\n\r\n")
-    assert status_of(raw(keyed.port, data)) == 200
+            + KEY.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x" % half + ext + b"\r\n" + body[:half] + b"\r\n"
+            + b"%x" % (len(body) - half) + ext + b"\r\n" + body[half:] + b"\r\n0" + ext + b"\r\n\r\n")
+    r = parse_responses(raw(keyed.port, data))
+    assert r and r[0][0] == want, r[:1]
+    if want == 200:
+        assert json.loads(r[0][2])["count"] > 0
 
 
 def test_upgrade_and_duplicate_expect(keyed):
