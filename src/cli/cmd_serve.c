@@ -58,6 +58,8 @@ static void usage(FILE *f) {
           "  --max-request-sequences N  prompts x n of one request (default 256) -> 400\n"
           "  --max-total-output-bytes N  unsent answer bytes of the server (default 1 GiB);\n"
           "                          a large answer past it becomes a 503\n"
+          "  --max-pipeline-bytes N  pipelined request bytes buffered per connection (256 KiB)\n"
+          "  --probe-connections N   connections kept for /health beyond --max-connections (8)\n"
           "  --linger-timeout S      read and drop a refused request's body this long (default 2)\n"
           "  --drain-timeout S       on SIGINT/SIGTERM, wait this long for requests (default 30)\n");
 }
@@ -140,6 +142,8 @@ int cli_serve(int argc, char **argv) {
           {"--max-request-sequences", 1, 1 << 20},
           {"--linger-timeout", 0, 60},
           {"--max-total-output-bytes", 1L << 20, 1L << 44},
+          {"--max-pipeline-bytes", 4096, 1L << 30},
+          {"--probe-connections", 0, 1 << 16},
       };
       int k = -1;
       for (size_t j = 0; j < sizeof ints / sizeof ints[0]; j++)
@@ -173,7 +177,9 @@ int cli_serve(int argc, char **argv) {
       case 15: so.limits.max_conn_output_bytes = (size_t)x; break;
       case 16: so.max_request_seqs = (int32_t)x; break;
       case 17: so.limits.linger_ms = (uint64_t)x * 1000; break;
-      default: so.limits.max_total_output_bytes = (size_t)x; break;
+      case 18: so.limits.max_total_output_bytes = (size_t)x; break;
+      case 19: so.limits.max_pipeline_bytes = (size_t)x; break;
+      default: so.limits.probe_connections = (int32_t)x; break;
       }
     }
     if (rc) {

@@ -16,8 +16,6 @@
 
 #include "core/log.h"
 
-/* Connections accepted beyond max_connections for the probe path only. */
-#define HTTP_PROBE_RESERVE 8
 /* A read buffer or body buffer larger than this is freed when its request ends. */
 #define HTTP_KEEP_BUF_BYTES (64u * 1024u)
 
@@ -129,6 +127,7 @@ void http_limits_default(http_limits *l) {
   l->max_buffered_body_bytes = 256u << 20;
   l->linger_ms = 2000;
   l->probe_path = "/health";
+  l->probe_connections = 8;
 }
 
 const char *http_status_text(int status) {
@@ -914,7 +913,7 @@ static void on_connection(uv_stream_t *ls, int status) {
   c->hdr_armed = 1;
   timer_arm(c, s->limits.header_timeout_ms);
   int32_t n_open = s->n_conns - s->n_linger;
-  if (n_open > s->limits.max_connections + HTTP_PROBE_RESERVE ||
+  if (n_open > s->limits.max_connections + s->limits.probe_connections ||
       same_peer >= s->limits.max_connections_per_client) {
     /* Full: say so (503, Connection: close) rather than resetting the connection. */
     reject(c, 503, same_peer >= s->limits.max_connections_per_client

@@ -48,6 +48,7 @@ typedef struct http_limits {
                                     -> 503 */
   uint64_t linger_ms;        /* lingering close after an error answer (default 2 s) */
   const char *probe_path;    /* served on the reserved connections (default "/health") */
+  int32_t probe_connections; /* connections kept beyond max_connections for it (default 8) */
 } http_limits;
 
 void http_limits_default(http_limits *l);
