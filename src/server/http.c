@@ -820,9 +820,10 @@ static void conn_process(http_conn *c) {
     c->in_cap = c->in_len = c->in_off = 0;
   }
   c->in_process = 0;
-  /* A half-closed peer gets the answers to what it sent, then the connection ends. */
+  /* A half-closed peer gets the answers to what it sent, then the connection ends (a request
+   * it left unfinished never will be). */
   if (c->peer_eof && (c->state == CONN_IDLE || c->state == CONN_READING) &&
-      c->in_off >= c->in_len) {
+      (c->in_off >= c->in_len || c->chunk_line)) {
     conn_end(c);
     return;
   }
