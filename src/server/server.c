@@ -71,6 +71,7 @@ static srv_req *req_new(server *s, http_conn *c) {
   r->model = -1;
   r->t_start = uv_hrtime();
   r->created = (int64_t)time(NULL);
+  r->dialect = &srv_dialect_openai;
   r->next = s->reqs;
   if (s->reqs) s->reqs->prev = r;
   s->reqs = r;
@@ -110,7 +111,7 @@ static void respond_json(srv_req *r, int status, const char *json, const char *e
 void srv_send_error(srv_req *r, int status, const char *msg, const char *param,
                     const char *code) {
   if (!r->conn) return;
-  char *j = oai_error_json(status, msg, param, code);
+  char *j = r->dialect->error_json(status, msg, param, code);
   respond_json(r, status, j, status == 401 ? "WWW-Authenticate: Bearer\r\n" : "");
   free(j);
 }
@@ -232,71 +233,127 @@ static void handle_models(srv_req *r, const char *one) {
 
 /* ---- routing ---- */
 
+/* GET /v1/responses/{id}: the stored response; DELETE: forgets it. */
+static void handle_stored_response(srv_req *r, const char *method, const char *id) {
+  server *s = r->s;
+  char msg[200];
+  snprintf(msg, sizeof msg, "Response with id '%.100s' not found.", id);
+  if (!strcmp(method, "DELETE")) {
+    if (resp_store_delete(s->responses, id)) {
+      srv_send_error(r, 404, msg, "response_id", "not_found");
+      return;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", id);
+    cJSON_AddStringToObject(o, "object", "response");
+    cJSON_AddTrueToObject(o, "deleted");
+    char *j = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    respond_json(r, 200, j, "");
+    free(j);
+    return;
+  }
+  char *json = NULL;
+  int rc = resp_store_get(s->responses, id, (int64_t)time(NULL), &json, NULL);
+  if (rc == QV_ENOTFOUND) srv_send_error(r, 404, msg, "response_id", "not_found");
+  else if (rc) srv_send_error(r, 500, "out of memory", NULL, NULL);
+  else respond_json(r, 200, json, "");
+  free(json);
+}
+
+/* ---- routing ---- */
+
 typedef struct route_entry {
   const char *path;
   const char *method; /* allowed method */
   int kind;           /* 0 simple endpoint, else oai_kind */
+  const srv_dialect *dialect; /* NULL: OpenAI */
 } route_entry;
 
 static const route_entry routes[] = {
-    {"/v1/completions", "POST", OAI_COMPLETION},
-    {"/v1/chat/completions", "POST", OAI_CHAT},
-    {"/tokenize", "POST", OAI_TOKENIZE},
-    {"/v1/tokenize", "POST", OAI_TOKENIZE},
-    {"/detokenize", "POST", OAI_DETOKENIZE},
-    {"/v1/detokenize", "POST", OAI_DETOKENIZE},
-    {"/v1/models", "GET", 0},
-    {"/health", "GET", 0},
-    {"/metrics", "GET", 0},
+    {"/v1/completions", "POST", OAI_COMPLETION, NULL},
+    {"/v1/chat/completions", "POST", OAI_CHAT, NULL},
+    {"/v1/messages", "POST", OAI_CHAT, &srv_dialect_anthropic},
+    {"/v1/messages/count_tokens", "POST", OAI_TOKENIZE, &srv_dialect_anthropic},
+    {"/v1/responses", "POST", OAI_CHAT, &srv_dialect_responses},
+    {"/tokenize", "POST", OAI_TOKENIZE, NULL},
+    {"/v1/tokenize", "POST", OAI_TOKENIZE, NULL},
+    {"/detokenize", "POST", OAI_DETOKENIZE, NULL},
+    {"/v1/detokenize", "POST", OAI_DETOKENIZE, NULL},
+    {"/v1/models", "GET", 0, NULL},
+    {"/health", "GET", 0, NULL},
+    {"/metrics", "GET", 0, NULL},
 };
 
-static const route_entry *route_find(const char *path, const char **model_id) {
-  static const route_entry model_route = {"/v1/models/", "GET", 0};
+/* The route of path; *model_id / *response_id point into path for the prefix routes. */
+static const route_entry *route_find(const char *path, const char **model_id,
+                                     const char **response_id) {
+  static const route_entry model_route = {"/v1/models/", "GET", 0, NULL};
+  static const route_entry response_route = {"/v1/responses/", "GET", 0, NULL};
   *model_id = NULL;
+  *response_id = NULL;
   for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
     if (!strcmp(path, routes[i].path)) return &routes[i];
   if (!strncmp(path, "/v1/models/", 11) && path[11]) {
     *model_id = path + 11;
     return &model_route;
   }
+  if (!strncmp(path, "/v1/responses/", 14) && path[14] && !strchr(path + 14, '/')) {
+    *response_id = path + 14;
+    return &response_route;
+  }
   return NULL;
 }
 
+typedef struct route_match {
+  const route_entry *hit;
+  const char *model_id, *response_id;
+  const srv_dialect *dialect;
+} route_match;
+
 /* Route, method and API key: checked when the headers are complete (before any body byte is
  * buffered) and again for the complete request. Returns 0, or the error status with *json
- * (malloc'd) and extra headers filled. */
-static int precheck(server *s, const http_request *req, const route_entry **hit_out,
-                    const char **model_id, char **json, char *extra, size_t extra_cap) {
+ * (malloc'd, in the route's dialect) and extra headers filled. */
+static int precheck(server *s, const http_request *req, route_match *m, char **json,
+                    char *extra, size_t extra_cap) {
   const char *path = req->path;
-  const route_entry *hit = route_find(path, model_id);
-  *hit_out = hit;
+  const route_entry *hit = route_find(path, &m->model_id, &m->response_id);
+  m->hit = hit;
+  m->dialect = hit && hit->dialect ? hit->dialect : &srv_dialect_openai;
   *json = NULL;
   extra[0] = '\0';
   if (!hit) {
     char msg[300];
     snprintf(msg, sizeof msg, "no route for %s %.200s", req->method_str, path);
-    *json = oai_error_json(404, msg, NULL, "not_found");
+    *json = m->dialect->error_json(404, msg, NULL, "not_found");
     return 404;
   }
   int is_get = !strcmp(hit->method, "GET");
-  if (strcmp(req->method_str, hit->method) && !(is_get && !strcmp(req->method_str, "HEAD"))) {
+  int method_ok = !strcmp(req->method_str, hit->method) ||
+                  (is_get && !strcmp(req->method_str, "HEAD")) ||
+                  (m->response_id && !strcmp(req->method_str, "DELETE"));
+  if (!method_ok) {
     char msg[128];
     snprintf(msg, sizeof msg, "method %s not allowed here (use %s)", req->method_str,
              hit->method);
-    snprintf(extra, extra_cap, "Allow: %s\r\n", is_get ? "GET, HEAD" : hit->method);
-    *json = oai_error_json(405, msg, NULL, "method_not_allowed");
+    snprintf(extra, extra_cap, "Allow: %s\r\n",
+             m->response_id ? "GET, HEAD, DELETE" : is_get ? "GET, HEAD" : hit->method);
+    *json = m->dialect->error_json(405, msg, NULL, "method_not_allowed");
     return 405;
   }
   if (s->reg->n_api_keys > 0 && !registry_is_open_path(s->reg, path) &&
       !auth_check((const char *const *)s->reg->api_keys, s->reg->n_api_keys,
-                  http_request_header(req, "authorization"))) {
-    *json = oai_error_json(401, "invalid or missing API key (send Authorization: Bearer <key>)",
-                           NULL, "invalid_api_key");
+                  http_request_header(req, "authorization")) &&
+      !auth_check_key((const char *const *)s->reg->api_keys, s->reg->n_api_keys,
+                      http_request_header(req, "x-api-key"))) {
+    *json = m->dialect->error_json(
+        401, "invalid or missing API key (send Authorization: Bearer <key> or x-api-key)", NULL,
+        "invalid_api_key");
     snprintf(extra, extra_cap, "WWW-Authenticate: Bearer\r\n");
     return 401;
   }
   if (hit->kind != 0 && s->draining) {
-    *json = oai_error_json(503, "server is shutting down", NULL, "shutting_down");
+    *json = m->dialect->error_json(503, "server is shutting down", NULL, "shutting_down");
     return 503;
   }
   return 0;
@@ -304,9 +361,8 @@ static int precheck(server *s, const http_request *req, const route_entry **hit_
 
 static int on_head(void *ud, const http_request *req, http_early *out) {
   server *s = ud;
-  const route_entry *hit;
-  const char *model_id;
-  int st = precheck(s, req, &hit, &model_id, &out->body, out->extra, sizeof out->extra);
+  route_match m;
+  int st = precheck(s, req, &m, &out->body, out->extra, sizeof out->extra);
   if (st) metrics_count_request(&s->met, -1, st);
   return st;
 }
@@ -320,20 +376,22 @@ static void on_request(void *ud, http_conn *c, const http_request *req) {
     http_respond(c, 500, "application/json", "", oom, sizeof oom - 1);
     return;
   }
-  const route_entry *hit;
-  const char *model_id;
+  route_match m;
   char *j = NULL, extra[160];
-  int st = precheck(s, req, &hit, &model_id, &j, extra, sizeof extra);
+  int st = precheck(s, req, &m, &j, extra, sizeof extra);
+  r->dialect = m.dialect;
   if (st) {
     respond_json(r, st, j, extra);
     free(j);
     srv_req_maybe_free(r);
     return;
   }
+  const route_entry *hit = m.hit;
   if (hit->kind == 0) {
-    if (!strcmp(hit->path, "/health")) handle_health(r);
+    if (m.response_id) handle_stored_response(r, req->method_str, m.response_id);
+    else if (!strcmp(hit->path, "/health")) handle_health(r);
     else if (!strcmp(hit->path, "/metrics")) handle_metrics(r);
-    else handle_models(r, model_id);
+    else handle_models(r, m.model_id);
     srv_req_maybe_free(r);
     return;
   }
@@ -437,6 +495,15 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
   s->n_models = reg->n_models;
   s->opts = *opts;
   s->started = (int64_t)time(NULL);
+  resp_store_limits rl;
+  resp_store_limits_default(&rl);
+  if (opts->responses_max_count > 0) rl.max_count = opts->responses_max_count;
+  if (opts->responses_max_bytes > 0) rl.max_bytes = opts->responses_max_bytes;
+  if (opts->responses_ttl_s != 0) rl.ttl_s = opts->responses_ttl_s;
+  if (resp_store_create(&rl, &s->responses)) {
+    free(s);
+    return qv_error_set(err, QV_ENOMEM, "out of memory");
+  }
   const char *names[REG_MAX_MODELS];
   for (int32_t i = 0; i < s->n_models; i++) names[i] = reg->models[i].name;
   s->notify = calloc((size_t)s->n_models, sizeof *s->notify);
@@ -447,6 +514,7 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
       workq_create(loop, n_heavy, &s->heavy)) {
     if (s->heavy) metrics_deinit(&s->met);
     workq_destroy(s->heavy); /* its handle closes when the caller runs the loop */
+    resp_store_destroy(s->responses);
     free(s->notify);
     free(s->buckets);
     free(s);
@@ -458,6 +526,7 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
   if (rc) {
     workq_destroy(s->heavy);
     metrics_deinit(&s->met);
+    resp_store_destroy(s->responses);
     free(s->notify);
     free(s->buckets);
     free(s);
@@ -508,6 +577,9 @@ void server_destroy(server *s) {
     req_free(r);
   }
   metrics_deinit(&s->met);
+  resp_store_destroy(s->responses);
+  for (int32_t i = 0; i < s->n_ignored_logged; i++) free(s->ignored_logged[i]);
+  free(s->ignored_logged);
   free(s->notify);
   free(s->buckets);
   free(s);

@@ -83,6 +83,11 @@ typedef struct server_opts {
   size_t heavy_body_bytes;       /* bodies above this are prepared on the heavy pool (64 KiB) */
   int heavy_threads;             /* heavy pool threads (0: half the cores, at least 1) */
   int handle_signals;            /* install SIGINT/SIGTERM handlers that drain */
+  /* Responses API store (resp_store.h); 0 keeps the defaults (1024, 64 MiB, 3600 s; a
+   * negative TTL never expires). */
+  int32_t responses_max_count;
+  size_t responses_max_bytes;
+  int64_t responses_ttl_s;
 } server_opts;
 
 void server_opts_default(server_opts *o);
