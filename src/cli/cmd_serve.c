@@ -6,6 +6,9 @@
  * flags given on the command line add to it and override its host, port and limits. */
 #include <signal.h>
 #include <stdio.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -45,7 +48,19 @@ static void usage(FILE *f) {
           "  --header-timeout S      seconds to receive the headers (default 10) -> 408\n"
           "  --body-timeout S        seconds to receive the body (default 30) -> 408\n"
           "  --idle-timeout S        keep-alive idle seconds (default 60)\n"
-          "  --max-connections N     open connections at most (default 1024)\n"
+          "  --max-connections N     open connections at most (default 1024; 8 more are kept\n"
+          "                          for /health; beyond: 503 and close)\n"
+          "  --max-connections-per-client N  open connections per client address (default 256)\n"
+          "  --max-buffered-body-bytes N  request bodies held by the server at once (default\n"
+          "                          256 MiB) -> 503\n"
+          "  --max-output-backlog-bytes N  unsent bytes per connection before it is no longer\n"
+          "                          read (default 1 MiB)\n"
+          "  --max-request-sequences N  prompts x n of one request (default 256) -> 400\n"
+          "  --max-total-output-bytes N  unsent answer bytes of the server (default 1 GiB);\n"
+          "                          a large answer past it becomes a 503\n"
+          "  --max-pipeline-bytes N  pipelined request bytes buffered per connection (256 KiB)\n"
+          "  --probe-connections N   connections kept for /health beyond --max-connections (8)\n"
+          "  --linger-timeout S      read and drop a refused request's body this long (default 2)\n"
           "  --drain-timeout S       on SIGINT/SIGTERM, wait this long for requests (default 30)\n");
 }
 
@@ -121,6 +136,14 @@ int cli_serve(int argc, char **argv) {
           {"--header-timeout", 1, 3600}, {"--body-timeout", 1, 3600},
           {"--idle-timeout", 1, 86400},  {"--max-connections", 1, 1 << 20},
           {"--drain-timeout", 0, 3600},
+          {"--max-connections-per-client", 1, 1 << 20},
+          {"--max-buffered-body-bytes", 1L << 20, 1L << 40},
+          {"--max-output-backlog-bytes", 4096, 1L << 32},
+          {"--max-request-sequences", 1, 1 << 20},
+          {"--linger-timeout", 0, 60},
+          {"--max-total-output-bytes", 1L << 20, 1L << 44},
+          {"--max-pipeline-bytes", 4096, 1L << 30},
+          {"--probe-connections", 0, 1 << 16},
       };
       int k = -1;
       for (size_t j = 0; j < sizeof ints / sizeof ints[0]; j++)
@@ -148,7 +171,15 @@ int cli_serve(int argc, char **argv) {
       case 9: so.limits.body_timeout_ms = (uint64_t)x * 1000; break;
       case 10: so.limits.idle_timeout_ms = (uint64_t)x * 1000; break;
       case 11: so.limits.max_connections = (int32_t)x; break;
-      default: so.drain_timeout_ms = (uint64_t)x * 1000; break;
+      case 12: so.drain_timeout_ms = (uint64_t)x * 1000; break;
+      case 13: so.limits.max_connections_per_client = (int32_t)x; break;
+      case 14: so.limits.max_buffered_body_bytes = (size_t)x; break;
+      case 15: so.limits.max_conn_output_bytes = (size_t)x; break;
+      case 16: so.max_request_seqs = (int32_t)x; break;
+      case 17: so.limits.linger_ms = (uint64_t)x * 1000; break;
+      case 18: so.limits.max_total_output_bytes = (size_t)x; break;
+      case 19: so.limits.max_pipeline_bytes = (size_t)x; break;
+      default: so.limits.probe_connections = (int32_t)x; break;
       }
     }
     if (rc) {
@@ -173,6 +204,21 @@ int cli_serve(int argc, char **argv) {
 
   /* A peer that vanishes mid-write must not kill the process. */
   signal(SIGPIPE, SIG_IGN);
+#ifdef __GLIBC__
+  /* Large request and answer buffers (bodies, tokenize answers) come and go: serve them from
+   * mmap at a fixed threshold (glibc would otherwise raise it after each free and keep them in
+   * the heap), and give freed heap back to the system, so the resident set stays flat. */
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
+#endif
+  /* libuv's pool prepares ordinary requests (parsing, tokenizing, templates); large ones go to
+   * the server's own heavy pool. Sized from the machine unless the user set it. */
+  if (!getenv("UV_THREADPOOL_SIZE")) {
+    char n[16];
+    unsigned cores = uv_available_parallelism();
+    snprintf(n, sizeof n, "%u", cores < 4 ? 4 : cores > 64 ? 64 : cores);
+    setenv("UV_THREADPOOL_SIZE", n, 1);
+  }
 
   srv_models *loaded = NULL;
   srv_model *models = NULL;
@@ -197,11 +243,12 @@ int cli_serve(int argc, char **argv) {
           server_port(srv), reg.n_models, reg.n_models == 1 ? "" : "s");
   fflush(stderr);
   uv_run(&loop, UV_RUN_DEFAULT);
+  int aborted = server_aborted(srv);
   srv_models_stop(loaded);
   server_destroy(srv);
   uv_loop_close(&loop);
   srv_models_destroy(loaded);
   registry_deinit(&reg);
-  fprintf(stderr, "quiver serve: stopped\n");
-  return 0;
+  fprintf(stderr, "quiver serve: stopped%s\n", aborted ? " (requests aborted)" : "");
+  return aborted ? 1 : 0;
 }

@@ -308,9 +308,13 @@ static int parse_logit_bias(oai_request *r, const cJSON *root, qv_error *err) {
   if (!r->bias_ids || !r->bias_values) return qv_error_set(err, QV_ENOMEM, "out of memory");
   const cJSON *it;
   cJSON_ArrayForEach(it, b) {
-    char *end = NULL;
-    long id = strtol(it->string, &end, 10);
-    if (!it->string[0] || *end || id < 0 || id > 2147483647L)
+    /* Digits only: strtol alone would also take " 5" or "+5". */
+    const char *k = it->string;
+    size_t kl = strlen(k);
+    int digits = kl > 0 && kl <= 10;
+    for (size_t i = 0; digits && i < kl; i++) digits = k[i] >= '0' && k[i] <= '9';
+    long id = digits ? strtol(k, NULL, 10) : -1;
+    if (!digits || id < 0 || id > 2147483647L)
       return BAD("logit_bias", "keys must be non-negative token ids");
     if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || it->valuedouble < -100.0 ||
         it->valuedouble > 100.0)
@@ -560,13 +564,96 @@ static void params_default(qv_request_params *p) {
   p->detokenize = 1;
 }
 
+/* Valid UTF-8 throughout (RFC 8259 JSON text); overlongs and surrogates are invalid. */
+static int utf8_valid(const unsigned char *s, size_t n) {
+  size_t i = 0;
+  while (i < n) {
+    unsigned char b = s[i];
+    if (b < 0x80) {
+      i++;
+      continue;
+    }
+    size_t len;
+    unsigned lo = 0x80, hi = 0xBF;
+    if (b >= 0xC2 && b <= 0xDF) len = 2;
+    else if (b >= 0xE0 && b <= 0xEF) {
+      len = 3;
+      if (b == 0xE0) lo = 0xA0;
+      if (b == 0xED) hi = 0x9F;
+    } else if (b >= 0xF0 && b <= 0xF4) {
+      len = 4;
+      if (b == 0xF0) lo = 0x90;
+      if (b == 0xF4) hi = 0x8F;
+    } else {
+      return 0;
+    }
+    if (n - i < len || s[i + 1] < lo || s[i + 1] > hi) return 0;
+    for (size_t k = 2; k < len; k++)
+      if (s[i + k] < 0x80 || s[i + k] > 0xBF) return 0;
+    i += len;
+  }
+  return 1;
+}
+
+/* A NUL in any string (raw, or escaped as \u0000) would silently cut the C string that carries
+ * it (prompts, messages, stop strings, names): such bodies are refused instead. Outside
+ * strings a backslash is invalid JSON anyway, so no string tracking is needed. */
+static int has_nul(const char *b, size_t n) {
+  if (memchr(b, '\0', n)) return 1;
+  for (size_t i = 0; i + 1 < n; i++) {
+    if (b[i] != '\\') continue;
+    if (b[i + 1] == 'u' && i + 5 < n && !memcmp(b + i + 2, "0000", 4)) return 1;
+    i++; /* the escaped character */
+  }
+  return 0;
+}
+
+static int cmp_str(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The first key that appears twice in some object of the tree, or NULL (n log n per object). */
+static const char *duplicate_key(const cJSON *v) {
+  if (!cJSON_IsObject(v) && !cJSON_IsArray(v)) return NULL;
+  int n = 0;
+  const cJSON *it;
+  cJSON_ArrayForEach(it, v) {
+    const char *d = duplicate_key(it);
+    if (d) return d;
+    n++;
+  }
+  if (!cJSON_IsObject(v) || n < 2) return NULL;
+  const char **keys = malloc(sizeof *keys * (size_t)n);
+  if (!keys) return NULL;
+  int k = 0;
+  cJSON_ArrayForEach(it, v) keys[k++] = it->string;
+  qsort(keys, (size_t)n, sizeof *keys, cmp_str);
+  const char *dup = NULL;
+  for (int i = 1; i < n && !dup; i++)
+    if (!strcmp(keys[i - 1], keys[i])) dup = keys[i];
+  free(keys);
+  return dup;
+}
+
 int oai_request_parse(oai_kind kind, const char *body, size_t len, oai_request *r,
                       qv_error *err) {
-  cJSON *root = cJSON_ParseWithLength(body, len);
-  if (!root) {
-    memset(r, 0, sizeof *r);
-    return fail(r, err, QV_EFORMAT, NULL, "request body is not valid JSON%s%s", NULL);
-  }
+  memset(r, 0, sizeof *r);
+  if (!utf8_valid((const unsigned char *)body, len))
+    return fail(r, err, QV_EFORMAT, NULL, "request body is not valid UTF-8%s%s", NULL);
+  if (has_nul(body, len))
+    return fail(r, err, QV_EINVAL, NULL,
+                "request strings must not contain NUL characters (\\u0000)%s%s", NULL);
+  /* Nothing but whitespace may follow the value (a second value or garbage is refused). */
+  const char *end = NULL;
+  cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+  for (const char *p = end; root && p && p < body + len; p++)
+    if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+      cJSON_Delete(root);
+      root = NULL;
+    }
+  if (!root)
+    return fail(r, err, QV_EFORMAT, NULL,
+                "request body is not valid JSON (or has data after the JSON value)%s%s", NULL);
   return oai_request_parse_root(kind, root, r, err);
 }
 
@@ -578,6 +665,12 @@ int oai_request_parse_root(oai_kind kind, cJSON *root, oai_request *r, qv_error 
   r->parallel_tool_calls = 1;
   params_default(&r->params);
   r->root = root;
+  const char *dup = duplicate_key(r->root);
+  if (dup) {
+    char d[80];
+    snprintf(d, sizeof d, "%.60s", dup);
+    return fail(r, err, QV_EINVAL, NULL, "request body has a duplicate key '%s%s'", d);
+  }
   if (!cJSON_IsObject(r->root))
     return fail(r, err, QV_EFORMAT, NULL, "request body must be a JSON object%s%s", NULL);
   int rc;

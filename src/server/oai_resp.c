@@ -36,8 +36,9 @@ char *oai_error_json(int status, const char *message, const char *param, const c
   cJSON_AddStringToObject(e, "type", error_type(status));
   if (param && param[0]) cJSON_AddStringToObject(e, "param", param);
   else cJSON_AddNullToObject(e, "param");
+  /* OpenAI's code is a string or null, never the HTTP status. */
   if (code) cJSON_AddStringToObject(e, "code", code);
-  else cJSON_AddNumberToObject(e, "code", status);
+  else cJSON_AddNullToObject(e, "code");
   char *s = cJSON_PrintUnformatted(root);
   cJSON_Delete(root);
   return s;

@@ -25,6 +25,8 @@ void server_opts_default(server_opts *o) {
   http_limits_default(&o->limits);
   o->drain_timeout_ms = 30000;
   o->max_stream_backlog_bytes = 4u << 20;
+  o->max_request_seqs = 256;
+  o->heavy_body_bytes = 64u << 10;
   o->handle_signals = 1;
 }
 
@@ -99,7 +101,7 @@ static void respond_json(srv_req *r, int status, const char *json, const char *e
   http_conn_set_ctx(c, NULL);
   if (!json) {
     static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
-                              "\"param\":null,\"code\":500}}";
+                              "\"param\":null,\"code\":null}}";
     http_respond(c, 500, "application/json", extra, oom, sizeof oom - 1);
     return;
   }
@@ -283,73 +285,113 @@ static const route_entry routes[] = {
     {"/metrics", "GET", 0, NULL},
 };
 
-static void on_request(void *ud, http_conn *c, const http_request *req) {
-  server *s = ud;
-  srv_req *r = req_new(s, c);
-  if (!r) {
-    static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
-                              "\"param\":null,\"code\":500}}";
-    http_respond(c, 500, "application/json", "", oom, sizeof oom - 1);
-    return;
-  }
-  const char *path = req->path;
-  const route_entry *hit = NULL;
-  const char *model_id = NULL;
-  for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
-    if (!strcmp(path, routes[i].path)) hit = &routes[i];
+/* The route of path; *model_id / *response_id point into path for the prefix routes. */
+static const route_entry *route_find(const char *path, const char **model_id,
+                                     const char **response_id) {
   static const route_entry model_route = {"/v1/models/", "GET", 0, NULL};
-  if (!hit && !strncmp(path, "/v1/models/", 11) && path[11]) {
-    hit = &model_route;
-    model_id = path + 11;
-  }
   static const route_entry response_route = {"/v1/responses/", "GET", 0, NULL};
-  const char *response_id = NULL;
-  if (!hit && !strncmp(path, "/v1/responses/", 14) && path[14] && !strchr(path + 14, '/')) {
-    hit = &response_route;
-    response_id = path + 14;
+  *model_id = NULL;
+  *response_id = NULL;
+  for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
+    if (!strcmp(path, routes[i].path)) return &routes[i];
+  if (!strncmp(path, "/v1/models/", 11) && path[11]) {
+    *model_id = path + 11;
+    return &model_route;
   }
-  if (hit && hit->dialect) r->dialect = hit->dialect;
+  if (!strncmp(path, "/v1/responses/", 14) && path[14] && !strchr(path + 14, '/')) {
+    *response_id = path + 14;
+    return &response_route;
+  }
+  return NULL;
+}
+
+typedef struct route_match {
+  const route_entry *hit;
+  const char *model_id, *response_id;
+  const srv_dialect *dialect;
+} route_match;
+
+/* Route, method and API key: checked when the headers are complete (before any body byte is
+ * buffered) and again for the complete request. Returns 0, or the error status with *json
+ * (malloc'd, in the route's dialect) and extra headers filled. */
+static int precheck(server *s, const http_request *req, route_match *m, char **json,
+                    char *extra, size_t extra_cap) {
+  const char *path = req->path;
+  const route_entry *hit = route_find(path, &m->model_id, &m->response_id);
+  m->hit = hit;
+  m->dialect = hit && hit->dialect ? hit->dialect : &srv_dialect_openai;
+  *json = NULL;
+  extra[0] = '\0';
   if (!hit) {
     char msg[300];
     snprintf(msg, sizeof msg, "no route for %s %.200s", req->method_str, path);
-    srv_send_error(r, 404, msg, NULL, "not_found");
-    srv_req_maybe_free(r);
-    return;
+    *json = m->dialect->error_json(404, msg, NULL, "not_found");
+    return 404;
   }
+  int is_get = !strcmp(hit->method, "GET");
   int method_ok = !strcmp(req->method_str, hit->method) ||
-                  (response_id && !strcmp(req->method_str, "DELETE"));
+                  (is_get && !strcmp(req->method_str, "HEAD")) ||
+                  (m->response_id && !strcmp(req->method_str, "DELETE"));
   if (!method_ok) {
-    char msg[128], allow[64];
+    char msg[128];
     snprintf(msg, sizeof msg, "method %s not allowed here (use %s)", req->method_str,
              hit->method);
-    snprintf(allow, sizeof allow, "Allow: %s\r\n", response_id ? "GET, DELETE" : hit->method);
-    char *j = r->dialect->error_json(405, msg, NULL, "method_not_allowed");
-    respond_json(r, 405, j, allow);
-    free(j);
-    srv_req_maybe_free(r);
-    return;
+    snprintf(extra, extra_cap, "Allow: %s\r\n",
+             m->response_id ? "GET, HEAD, DELETE" : is_get ? "GET, HEAD" : hit->method);
+    *json = m->dialect->error_json(405, msg, NULL, "method_not_allowed");
+    return 405;
   }
   if (s->reg->n_api_keys > 0 && !registry_is_open_path(s->reg, path) &&
       !auth_check((const char *const *)s->reg->api_keys, s->reg->n_api_keys,
                   http_request_header(req, "authorization")) &&
       !auth_check_key((const char *const *)s->reg->api_keys, s->reg->n_api_keys,
                       http_request_header(req, "x-api-key"))) {
-    srv_send_error(r, 401,
-                   "invalid or missing API key (send Authorization: Bearer <key> or x-api-key)",
-                   NULL, "invalid_api_key");
+    *json = m->dialect->error_json(
+        401, "invalid or missing API key (send Authorization: Bearer <key> or x-api-key)", NULL,
+        "invalid_api_key");
+    snprintf(extra, extra_cap, "WWW-Authenticate: Bearer\r\n");
+    return 401;
+  }
+  if (hit->kind != 0 && s->draining) {
+    *json = m->dialect->error_json(503, "server is shutting down", NULL, "shutting_down");
+    return 503;
+  }
+  return 0;
+}
+
+static int on_head(void *ud, const http_request *req, http_early *out) {
+  server *s = ud;
+  route_match m;
+  int st = precheck(s, req, &m, &out->body, out->extra, sizeof out->extra);
+  if (st) metrics_count_request(&s->met, -1, st);
+  return st;
+}
+
+static void on_request(void *ud, http_conn *c, const http_request *req) {
+  server *s = ud;
+  srv_req *r = req_new(s, c);
+  if (!r) {
+    static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
+                              "\"param\":null,\"code\":null}}";
+    http_respond(c, 500, "application/json", "", oom, sizeof oom - 1);
+    return;
+  }
+  route_match m;
+  char *j = NULL, extra[160];
+  int st = precheck(s, req, &m, &j, extra, sizeof extra);
+  r->dialect = m.dialect;
+  if (st) {
+    respond_json(r, st, j, extra);
+    free(j);
     srv_req_maybe_free(r);
     return;
   }
+  const route_entry *hit = m.hit;
   if (hit->kind == 0) {
-    if (response_id) handle_stored_response(r, req->method_str, response_id);
+    if (m.response_id) handle_stored_response(r, req->method_str, m.response_id);
     else if (!strcmp(hit->path, "/health")) handle_health(r);
     else if (!strcmp(hit->path, "/metrics")) handle_metrics(r);
-    else handle_models(r, model_id);
-    srv_req_maybe_free(r);
-    return;
-  }
-  if (s->draining) {
-    srv_send_error(r, 503, "server is shutting down", NULL, "shutting_down");
+    else handle_models(r, m.model_id);
     srv_req_maybe_free(r);
     return;
   }
@@ -391,6 +433,9 @@ static void close_all(server *s) {
   s->closed = 1;
   http_server_close(s->http);
   s->http = NULL;
+  /* After the connections: requests of jobs still queued see no connection and are freed. */
+  workq_destroy(s->heavy);
+  s->heavy = NULL;
   uv_close((uv_handle_t *)&s->stop_async, NULL);
   uv_close((uv_handle_t *)&s->drain_timer, NULL);
   if (s->opts.handle_signals) {
@@ -419,16 +464,24 @@ static void begin_drain(server *s) {
 }
 
 static void on_stop_async(uv_async_t *a) { begin_drain(a->data); }
-/* The first SIGINT/SIGTERM drains; a second one stops at once (in-flight requests aborted). */
+/* The first SIGINT/SIGTERM drains; a second one aborts what is in flight (each open stream
+ * gets an error event and ends, other requests a 503), lets those last bytes go out for up to
+ * a second, and the process exits non-zero (server_aborted). */
 static void on_signal(uv_signal_t *h, int signum) {
   server *s = h->data;
   if (s->draining) {
-    QV_LOGW("serve: second signal: stopping now");
-    close_all(s);
+    if (s->aborted) return;
+    QV_LOGW("serve: second signal: aborting in-flight requests");
+    s->aborted = 1;
+    srv_gen_abort_all(s);
+    uint64_t soon = uv_hrtime() + 1000000000ull;
+    if (soon < s->drain_deadline_ns) s->drain_deadline_ns = soon;
     return;
   }
   begin_drain(s);
 }
+
+int server_aborted(const server *s) { return s->aborted; }
 
 void server_shutdown(server *s) { uv_async_send(&s->stop_async); }
 
@@ -455,17 +508,23 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
   for (int32_t i = 0; i < s->n_models; i++) names[i] = reg->models[i].name;
   s->notify = calloc((size_t)s->n_models, sizeof *s->notify);
   s->buckets = calloc((size_t)s->n_models * SRV_HASH_BUCKETS, sizeof *s->buckets);
-  if (!s->notify || !s->buckets || metrics_init(&s->met, names, s->n_models)) {
+  int n_heavy = opts->heavy_threads > 0 ? opts->heavy_threads : (int)uv_available_parallelism() / 2;
+  if (n_heavy < 1) n_heavy = 1;
+  if (!s->notify || !s->buckets || metrics_init(&s->met, names, s->n_models) ||
+      workq_create(loop, n_heavy, &s->heavy)) {
+    if (s->heavy) metrics_deinit(&s->met);
+    workq_destroy(s->heavy); /* its handle closes when the caller runs the loop */
     resp_store_destroy(s->responses);
     free(s->notify);
     free(s->buckets);
     free(s);
     return qv_error_set(err, QV_ENOMEM, "out of memory");
   }
-  http_handler h = {.ud = s, .on_request = on_request, .on_abort = on_abort};
+  http_handler h = {.ud = s, .on_head = on_head, .on_request = on_request, .on_abort = on_abort};
   int rc = http_server_create(loop, opts->host ? opts->host : "127.0.0.1", opts->port,
                               &opts->limits, &h, &s->http, err);
   if (rc) {
+    workq_destroy(s->heavy);
     metrics_deinit(&s->met);
     resp_store_destroy(s->responses);
     free(s->notify);

@@ -79,6 +79,9 @@ typedef struct server_opts {
   http_limits limits;
   uint64_t drain_timeout_ms;     /* SIGINT/SIGTERM: wait this long for in-flight requests */
   size_t max_stream_backlog_bytes; /* a streaming client this far behind is cut off */
+  int32_t max_request_seqs;      /* prompts x n of one request (default 256) -> 400 */
+  size_t heavy_body_bytes;       /* bodies above this are prepared on the heavy pool (64 KiB) */
+  int heavy_threads;             /* heavy pool threads (0: half the cores, at least 1) */
   int handle_signals;            /* install SIGINT/SIGTERM handlers that drain */
   /* Responses API store (resp_store.h); 0 keeps the defaults (1024, 64 MiB, 3600 s; a
    * negative TTL never expires). */
@@ -99,6 +102,8 @@ int server_port(const server *s);
 /* Thread-safe: starts a graceful drain (as SIGTERM does). Once drained (or the deadline
  * passes) every handle the server owns is closed and uv_run returns. */
 void server_shutdown(server *s);
+/* 1 when a second signal aborted in-flight requests (the process should exit non-zero). */
+int server_aborted(const server *s);
 /* Frees the server after uv_run returned. Accepts NULL. */
 void server_destroy(server *s);
 

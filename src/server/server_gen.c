@@ -87,6 +87,8 @@ void srv_gen_free(srv_req *r) {
   free_choices(r);
   free(r->body);
   r->body = NULL;
+  free(r->resp_json);
+  r->resp_json = NULL;
   if (r->dstate && r->dialect && r->dialect->state_free) r->dialect->state_free(r->dstate);
   r->dstate = NULL;
 }
@@ -160,6 +162,14 @@ static int parse_and_resolve(srv_req *r) {
       n += snprintf(msg + n, cap - (size_t)n, " %.60s", g->routes[i].name);
     return work_fail(r, 404, "model", "model_not_found");
   }
+  int64_t n_seqs = (int64_t)(r->o.kind == OAI_CHAT ? 1 : r->o.n_prompts) * n_per_prompt(r);
+  if ((r->o.kind == OAI_COMPLETION || r->o.kind == OAI_CHAT) && n_seqs > s->opts.max_request_seqs) {
+    qv_error_set(&r->work_err, QV_EINVAL,
+                 "this request asks for %lld sequences (prompts x n); at most %d are served per "
+                 "request",
+                 (long long)n_seqs, s->opts.max_request_seqs);
+    return work_fail(r, 400, "n", "too_many_sequences");
+  }
   r->route_pos = 0;
   if (!next_model(r)) {
     r->model = r->route[0];
@@ -176,8 +186,38 @@ static int parse_and_resolve(srv_req *r) {
   return 0;
 }
 
+static void prep_inputs(srv_req *r);
+
+/* Tokenize and detokenize answers are built here, on the worker (a 8 MiB prompt makes a
+ * 30 MB answer: never on the loop). */
+static void build_token_answer(srv_req *r) {
+  if (r->fail_status || r->work_rc) return;
+  if (r->o.kind == OAI_TOKENIZE) {
+    /* Printed directly: a cJSON tree would cost ~100 bytes per token on top of the text. */
+    size_t n = (size_t)r->pn[0], cap = 96 + 12 * n, len = 0;
+    char *j = malloc(cap);
+    if (!j) return;
+    len += (size_t)snprintf(j, cap, "{\"count\":%d,\"max_model_len\":%d,\"tokens\":[", r->pn[0],
+                            model_of(r)->max_model_len);
+    for (size_t i = 0; i < n; i++)
+      len += (size_t)snprintf(j + len, cap - len, i ? ",%d" : "%d", r->pids[0][i]);
+    snprintf(j + len, cap - len, "]}");
+    r->resp_json = j;
+    return;
+  }
+  cJSON *root = cJSON_CreateObject();
+  cJSON_AddStringToObject(root, "prompt", r->detok_text ? r->detok_text : "");
+  r->resp_json = cJSON_PrintUnformatted(root);
+  cJSON_Delete(root);
+}
+
 static void prep_work(uv_work_t *w) {
   srv_req *r = w->data;
+  prep_inputs(r);
+  if (r->o.kind == OAI_TOKENIZE || r->o.kind == OAI_DETOKENIZE) build_token_answer(r);
+}
+
+static void prep_inputs(srv_req *r) {
   if (!r->parsed) {
     r->parsed = 1;
     if (parse_and_resolve(r)) return;
@@ -254,10 +294,22 @@ static void prep_work(uv_work_t *w) {
 
 static void after_prep(uv_work_t *w, int status);
 
+static void heavy_prep_work(srv_work *w) { prep_work(&((srv_req *)w->data)->work); }
+static void heavy_after_prep(srv_work *w, int status) {
+  after_prep(&((srv_req *)w->data)->work, status);
+}
+
 static void start_prep(srv_req *r) {
   free_prep(r);
   r->work.data = r;
   r->in_work = 1;
+  if (r->heavy && r->s->heavy) {
+    r->hwork.data = r;
+    r->hwork.work = heavy_prep_work;
+    r->hwork.after = heavy_after_prep;
+    workq_submit(r->s->heavy, &r->hwork);
+    return;
+  }
   int rc = uv_queue_work(r->s->loop, &r->work, prep_work, after_prep);
   if (rc) {
     r->in_work = 0;
@@ -269,6 +321,7 @@ static void start_prep(srv_req *r) {
 
 void srv_gen_start(srv_req *r, oai_kind kind, const char *body, size_t body_len) {
   r->kind = kind;
+  r->heavy = body_len > r->s->opts.heavy_body_bytes;
   r->body = malloc(body_len + 1);
   if (!r->body) {
     srv_send_error(r, 500, "out of memory", NULL, NULL);
@@ -288,9 +341,14 @@ static void served_header(const srv_req *r, char *out, size_t cap) {
   snprintf(out, cap, "X-Quiver-Model: %.128s\r\n", r->s->reg->models[r->model].name);
 }
 
+/* Sends json (taken: written without a copy). */
 static void respond_body(srv_req *r, int status, char *json) {
   if (!json) {
     srv_send_error(r, 500, "out of memory", NULL, NULL);
+    return;
+  }
+  if (!r->conn) {
+    free(json);
     return;
   }
   http_conn *c = r->conn;
@@ -299,30 +357,18 @@ static void respond_body(srv_req *r, int status, char *json) {
   metrics_count_request(&r->s->met, r->model, status);
   char extra[200];
   served_header(r, extra, sizeof extra);
-  http_respond(c, status, "application/json", extra, json, strlen(json));
-  free(json);
+  http_respond_take(c, status, "application/json", extra, json, strlen(json));
 }
 
-static void respond_tokenize(srv_req *r) {
-  if (r->dialect->count_json) {
-    respond_body(r, 200, r->dialect->count_json(r));
-    return;
+/* Tokenize and detokenize: the answer was built on the worker (a dialect's token count is a
+ * few bytes, built here). */
+static void respond_tokens(srv_req *r) {
+  char *j = r->resp_json;
+  r->resp_json = NULL;
+  if (r->o.kind == OAI_TOKENIZE && r->dialect->count_json) {
+    free(j);
+    j = r->dialect->count_json(r);
   }
-  cJSON *root = cJSON_CreateObject();
-  cJSON_AddNumberToObject(root, "count", r->pn[0]);
-  cJSON_AddNumberToObject(root, "max_model_len", model_of(r)->max_model_len);
-  cJSON *arr = cJSON_AddArrayToObject(root, "tokens");
-  for (int32_t i = 0; i < r->pn[0]; i++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(r->pids[0][i]));
-  char *j = cJSON_PrintUnformatted(root);
-  cJSON_Delete(root);
-  respond_body(r, 200, j);
-}
-
-static void respond_detokenize(srv_req *r) {
-  cJSON *root = cJSON_CreateObject();
-  cJSON_AddStringToObject(root, "prompt", r->detok_text ? r->detok_text : "");
-  char *j = cJSON_PrintUnformatted(root);
-  cJSON_Delete(root);
   respond_body(r, 200, j);
 }
 
@@ -490,10 +536,8 @@ static void after_prep(uv_work_t *w, int status) {
     srv_send_error(r, st, r->work_err.msg[0] ? r->work_err.msg : qv_strerror(r->work_rc),
                    r->o.messages ? "messages" : NULL,
                    r->work_rc == QV_ETEMPLATE ? "template_error" : NULL);
-  } else if (r->o.kind == OAI_TOKENIZE) {
-    respond_tokenize(r);
-  } else if (r->o.kind == OAI_DETOKENIZE) {
-    respond_detokenize(r);
+  } else if (r->o.kind == OAI_TOKENIZE || r->o.kind == OAI_DETOKENIZE) {
+    respond_tokens(r);
   } else {
     submit_all(r);
   }
@@ -623,6 +667,10 @@ static const char *finish_str(qv_finish_reason f) {
   }
 }
 
+static char *response_json(srv_req *r);
+static void heavy_response_work(srv_work *w);
+static void heavy_response_after(srv_work *w, int status);
+
 /* Keeps only the first tool call when the request said parallel_tool_calls false. */
 static void limit_calls(const srv_req *r, cJSON *calls) {
   while (!r->o.parallel_tool_calls && cJSON_GetArraySize(calls) > 1)
@@ -644,6 +692,23 @@ static void finish_response(srv_req *r) {
       srv_send_error(r, 500, "generation failed", NULL, NULL);
       return;
     }
+  /* A large answer (many choices, logprobs, long texts) is serialised on the heavy pool. */
+  size_t text_bytes = 0;
+  for (int32_t i = 0; i < r->n_choices; i++) text_bytes += r->choices[i].len;
+  if (r->s->heavy && (r->o.want_logprobs || r->n_choices > 8 || text_bytes > (64u << 10))) {
+    r->in_work = 1;
+    r->hwork.data = r;
+    r->hwork.work = heavy_response_work;
+    r->hwork.after = heavy_response_after;
+    workq_submit(r->s->heavy, &r->hwork);
+    return;
+  }
+  respond_body(r, 200, response_json(r));
+}
+
+/* The whole non-streamed answer of r (malloc'd, NULL when out of memory). Touches only r, so it
+ * may run on a worker while r is kept alive by in_work. */
+static char *response_json(srv_req *r) {
   oai_choice *cs = calloc((size_t)r->n_choices, sizeof *cs);
   char **texts = calloc((size_t)r->n_choices, sizeof *texts);
   char **reasons = calloc((size_t)r->n_choices, sizeof *reasons);
@@ -653,8 +718,7 @@ static void finish_response(srv_req *r) {
     free(texts);
     free(reasons);
     free(calls);
-    srv_send_error(r, 500, "out of memory", NULL, NULL);
-    return;
+    return NULL;
   }
   int32_t n = n_per_prompt(r);
   for (int32_t i = 0; i < r->n_choices; i++) {
@@ -712,7 +776,27 @@ static void finish_response(srv_req *r) {
   free(reasons);
   free(calls);
   free(cs);
-  respond_body(r, 200, j);
+  return j;
+}
+
+static void heavy_response_work(srv_work *w) {
+  srv_req *r = w->data;
+  r->resp_json = response_json(r);
+}
+
+static void heavy_response_after(srv_work *w, int status) {
+  srv_req *r = w->data;
+  r->in_work = 0;
+  char *j = r->resp_json;
+  r->resp_json = NULL;
+  if (r->conn && status == 0) {
+    r->pins++;
+    respond_body(r, 200, j);
+    r->pins--;
+  } else {
+    free(j);
+  }
+  srv_req_maybe_free(r);
 }
 
 /* Feeds content to choice ch's tool-call parser; with finish, also flushes it, joining what
@@ -883,4 +967,33 @@ static void on_event(server *s, int32_t model, srv_sub *sub, qv_event *ev) {
 
 void srv_gen_on_disconnect(srv_req *r) {
   if (r->model >= 0 && r->n_live_subs > 0) abort_subs(r, 0);
+}
+
+void srv_gen_abort_all(server *s) {
+  for (srv_req *r = s->reqs, *next; r; r = next) {
+    next = r->next;
+    if (!r->conn) continue;
+    r->pins++;
+    if (r->model >= 0 && r->n_live_subs > 0) abort_subs(r, 1);
+    if (r->stream_started) {
+      char *e = oai_error_json(503, "the server is shutting down: request aborted", NULL,
+                               "aborted");
+      if (e) {
+        http_stream_write(r->conn, "data: ", 6);
+        http_stream_write(r->conn, e, strlen(e));
+        http_stream_write(r->conn, "\n\n", 2);
+        free(e);
+      }
+      http_conn *c = r->conn;
+      if (c) {
+        r->conn = NULL;
+        http_conn_set_ctx(c, NULL);
+        http_stream_end(c);
+      }
+    } else {
+      srv_send_error(r, 503, "the server is shutting down: request aborted", NULL, "aborted");
+    }
+    r->pins--;
+    srv_req_maybe_free(r);
+  }
 }

@@ -11,6 +11,7 @@
 #include "server/oai_resp.h"
 #include "server/resp_store.h"
 #include "server/server.h"
+#include "server/workq.h"
 
 #define SRV_HASH_BUCKETS 1024
 
@@ -65,7 +66,9 @@ struct server {
   uv_async_t stop_async;
   uv_signal_t sig_int, sig_term;
   uv_timer_t drain_timer;
+  srv_workq *heavy;           /* large bodies and large answers (see workq.h) */
   int draining, closed;
+  int aborted;                /* a second signal aborted requests: exit non-zero */
   uint64_t drain_deadline_ns;
   uint64_t next_id;
   int64_t started;            /* unix seconds */
@@ -84,7 +87,10 @@ struct srv_req {
   int32_t n_route, route_pos;
   int32_t model;              /* index of the model being tried */
 
-  uv_work_t work;
+  uv_work_t work;             /* libuv pool: ordinary requests */
+  srv_work hwork;             /* heavy pool: large bodies, large answers */
+  int heavy;                  /* the body is large: prepare on the heavy pool */
+  char *resp_json;            /* answer built on a worker (owned) */
   int in_work;
   int work_rc;
   qv_error work_err;
@@ -140,5 +146,7 @@ void srv_gen_start(srv_req *r, oai_kind kind, const char *body, size_t body_len)
 void srv_gen_on_event(struct server *s, int32_t model, qv_event *ev);
 void srv_gen_on_disconnect(srv_req *r);
 void srv_gen_free(srv_req *r);                  /* frees generation state of r */
+/* Second signal: every open stream gets an error event and ends; other requests get 503. */
+void srv_gen_abort_all(struct server *s);
 
 #endif

@@ -140,6 +140,21 @@ Test(openai_req, rejects_bad_fields) {
        QV_EUNSUPPORTED},
       {OAI_TOKENIZE, "{\"model\":\"m\"}", "prompt", QV_EINVAL},
       {OAI_DETOKENIZE, "{\"tokens\":[1,\"a\"]}", "tokens", QV_EINVAL},
+      /* Strictness (issue 13): data after the value, a second value, duplicate keys (also
+       * nested), logit_bias keys that strtol alone would take, NUL and invalid UTF-8. */
+      {OAI_COMPLETION, "{\"prompt\":\"a\"} x", "", QV_EFORMAT},
+      {OAI_COMPLETION, "{\"prompt\":\"a\"}{\"prompt\":\"b\"}", "", QV_EFORMAT},
+      {OAI_COMPLETION, "{\"prompt\":\"a\",\"prompt\":\"b\"}", "", QV_EINVAL},
+      {OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"role\":\"user\",\"content\":\"x\"}]}", "",
+       QV_EINVAL},
+      {OAI_COMPLETION, "{\"prompt\":\"a\",\"logit_bias\":{\" 5\":1}}", "logit_bias", QV_EINVAL},
+      {OAI_COMPLETION, "{\"prompt\":\"a\",\"logit_bias\":{\"+5\":1}}", "logit_bias", QV_EINVAL},
+      {OAI_COMPLETION, "{\"prompt\":\"Once upon\\u0000 a time\"}", "", QV_EINVAL},
+      {OAI_COMPLETION, "{\"prompt\":\"a\",\"stop\":[\"x\\u0000\"]}", "", QV_EINVAL},
+      {OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"\\u0000\"}]}", "", QV_EINVAL},
+      {OAI_COMPLETION, "{\"prompt\":\"caf\xe9\"}", "", QV_EFORMAT},
+      {OAI_COMPLETION, "{\"prompt\":\"a\",\"\xc3\x28\":1}", "", QV_EFORMAT},
+      {OAI_COMPLETION, "{\"prompt\":\"\xed\xa0\x80\"}", "", QV_EFORMAT},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     oai_request r;
@@ -371,6 +386,26 @@ Test(openai_resp, chat_logprobs_bytes_and_errors) {
   cr_assert_str_eq(cJSON_GetObjectItem(er, "param")->valuestring, "model");
   cJSON_Delete(j);
   free(s);
+  /* Without a code: null, as OpenAI sends (never the HTTP status as a number). */
+  s = oai_error_json(400, "bad", NULL, NULL);
+  j = cJSON_Parse(s);
+  cr_assert(cJSON_IsNull(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "error"), "code")), "%s", s);
+  cJSON_Delete(j);
+  free(s);
+}
+
+/* The NUL check reads escapes: an escaped backslash followed by u0000 is the text "\u0000",
+ * not a NUL, and parses; valid multi-byte UTF-8 and trailing whitespace are accepted. */
+Test(openai_req, escaped_backslash_is_not_nul) {
+  oai_request r;
+  qv_error err = {0};
+  cr_assert_eq(parse(OAI_COMPLETION, "{\"prompt\":\"a\\\\u0000b\"}", &r, &err), 0, "%s", err.msg);
+  cr_assert_str_eq(r.prompts[0].text, "a\\u0000b");
+  cr_assert_eq(r.prompts[0].text_len, 8);
+  oai_request_free(&r);
+  cr_assert_eq(parse(OAI_COMPLETION, "{\"prompt\":\"caf\xc3\xa9 \xf0\x9f\x98\x80\"} \n", &r, &err), 0,
+               "%s", err.msg);
+  oai_request_free(&r);
 }
 
 /* Completions logprobs names: text, "bytes:\xNN..." for a token that is not complete UTF-8, and

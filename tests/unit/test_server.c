@@ -401,6 +401,8 @@ typedef struct harness {
   int first_failed;    /* set before start: model 0 failed to load */
   int max_connections; /* set before start: 0 keeps the default */
   const char *script;  /* set before start: the fakes' scripted output (see fake.script) */
+  size_t max_total_output; /* set before start: 0 keeps the default */
+  size_t max_buffered;     /* set before start: 0 keeps the default */
   const int32_t *top_ids;   /* set before start: see fake.top_ids */
   const qv_tokenizer *tok;  /* set before start: model 0 decodes with it (see fake.tok) */
 } harness;
@@ -416,6 +418,7 @@ static void start(const char *cfg, const char *api_key, uint64_t header_timeout_
                   uint64_t idle_timeout_ms) {
   signal(SIGPIPE, SIG_IGN); /* the server writes to sockets these tests close */
   int first_failed = H.first_failed, max_connections = H.max_connections;
+  size_t max_total_output = H.max_total_output, max_buffered = H.max_buffered;
   const char *script = H.script;
   const int32_t *top_ids = H.top_ids;
   const qv_tokenizer *tok = H.tok;
@@ -455,6 +458,8 @@ static void start(const char *cfg, const char *api_key, uint64_t header_timeout_
   if (header_timeout_ms) o.limits.header_timeout_ms = header_timeout_ms;
   if (idle_timeout_ms) o.limits.idle_timeout_ms = idle_timeout_ms;
   if (max_connections) o.limits.max_connections = max_connections;
+  if (max_total_output) o.limits.max_total_output_bytes = max_total_output;
+  if (max_buffered) o.limits.max_buffered_body_bytes = max_buffered;
   o.limits.max_header_bytes = 4096;
   o.limits.max_body_bytes = 64 * 1024;
   o.max_stream_backlog_bytes = 256 * 1024;
@@ -963,6 +968,14 @@ Test(server, malformed_and_oversized) {
       {"POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400},
       {"POST /v1/completions HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n", 413},
       {"POST /v1/completions HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", 400},
+      /* Strictness (issue 13). */
+      {"GET /health\r\n\r\n", 400},
+      {"GET /health HTTP/2.0\r\n\r\n", 505},
+      {"GET /health HTTP/0.9\r\n\r\n", 505},
+      {"GET /health HTTP/1.1\r\n: v\r\n\r\n", 400},
+      {"GET /health HTTP/1.1\r\nX-A: b\r\n  c\r\n\r\n", 400},
+      {"POST /tokenize HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501},
+      {"POST /tokenize HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffffffff\r\n", 413},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     client *c = client_open();
@@ -1402,19 +1415,38 @@ Test(server, connection_limit) {
     cr_assert_eq(r.status, 200);
     free(r.body);
   }
-  /* A third connection is closed at once. */
+  /* Over the limit, a connection is a probe slot: /health is served, anything else gets 503
+   * with Connection: close (not a silent reset). */
+  const char *models = "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n";
   c[2] = client_open();
-  char b;
-  cr_assert_eq(recv(c[2]->fd, &b, 1, 0), 0);
+  client_send(c[2], models, strlen(models));
+  resp r;
+  cr_assert(read_resp(c[2], &r));
+  cr_assert_eq(r.status, 503, "%s", r.body);
+  cr_assert(strcasestr(r.head, "Connection: close"));
+  free(r.body);
   client_close(c[2]);
+  c[2] = client_open();
+  client_send(c[2], get, strlen(get));
+  cr_assert(read_resp(c[2], &r));
+  cr_assert_eq(r.status, 200);
+  free(r.body);
+  client_close(c[2]);
+  /* Past the probe reserve too: 503 at once, before any request. */
+  client *extra[9];
+  for (int i = 0; i < 9; i++) extra[i] = client_open();
+  cr_assert(read_resp(extra[8], &r));
+  cr_assert_eq(r.status, 503);
+  free(r.body);
+  for (int i = 0; i < 9; i++) client_close(extra[i]);
   /* Once one closes, a new one is served. */
   client_close(c[0]);
-  resp r;
   int ok = 0;
   for (int attempt = 0; attempt < 100 && !ok; attempt++) {
     client *d = client_open();
     /* Until the server has seen the close, this one may still be refused: no asserts here. */
-    if (send(d->fd, get, strlen(get), MSG_NOSIGNAL) == (ssize_t)strlen(get) && read_resp(d, &r)) {
+    if (send(d->fd, models, strlen(models), MSG_NOSIGNAL) == (ssize_t)strlen(models) &&
+        read_resp(d, &r)) {
       ok = r.status == 200;
       free(r.body);
     }
@@ -1664,4 +1696,143 @@ Test(server, parallel_tool_calls) {
   free(r.body);
   stop();
   H.script = NULL;
+}
+
+/* Invalid UTF-8 in an answer is replaced by U+FFFD; valid text is left alone (NULL). */
+Test(http, utf8_repair) {
+  size_t n = 0;
+  cr_assert_null(http_utf8_repair("caf\xc3\xa9 \xf0\x9f\x98\x80", 10, &n));
+  char *r = http_utf8_repair("a\xff" "b\xed\xa0\x80" "c\xc3", 8, &n);
+  cr_assert_not_null(r);
+  cr_assert_str_eq(r, "a\xef\xbf\xbd" "b\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd" "c\xef\xbf\xbd");
+  cr_assert_eq(n, strlen(r));
+  free(r);
+}
+
+/* Issue 13: auth before the body (and before 100 Continue), trailers never authenticate, HEAD,
+ * 414, a half-closed client still answered, the fan-out cap. */
+Test(server, hardening) {
+  start(NULL, "sk-h", 0, 0);
+  /* No key, Expect: the first answer is the 401, not 100 Continue. */
+  client *c = client_open();
+  const char *h = "POST /v1/completions HTTP/1.1\r\nContent-Length: 100000\r\n"
+                  "Expect: 100-continue\r\n\r\n";
+  client_send(c, h, strlen(h));
+  while (!strstr(c->buf, "\r\n\r\n")) cr_assert(client_fill(c));
+  cr_assert(!strncmp(c->buf, "HTTP/1.1 401", 12), "%s", c->buf);
+  cr_assert(strcasestr(c->buf, "Connection: close"));
+  client_close(c);
+  /* The key in a chunked trailer does not count. */
+  c = client_open();
+  const char *t = "POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "e\r\n{\"prompt\":\"Hi\"}\r\n0\r\nAuthorization: Bearer sk-h\r\n\r\n";
+  client_send(c, t, strlen(t));
+  resp r;
+  cr_assert(read_resp(c, &r));
+  cr_assert_eq(r.status, 401, "%s", r.body);
+  free(r.body);
+  client_close(c);
+  /* HEAD of a GET route: the head only. */
+  c = client_open();
+  const char *hd = "HEAD /health HTTP/1.1\r\n\r\nGET /health HTTP/1.1\r\n\r\n";
+  client_send(c, hd, strlen(hd));
+  while (!strstr(c->buf, "\r\n\r\n")) cr_assert(client_fill(c));
+  cr_assert(!strncmp(c->buf, "HTTP/1.1 200", 12), "%s", c->buf);
+  char *second = strstr(c->buf, "\r\n\r\n") + 4;
+  while (strncmp(second, "HTTP/1.1 200", 12)) {
+    cr_assert(strlen(second) < 12 || !strncmp(second, "HTTP/1.1", 8), "HEAD sent a body: %s", second);
+    cr_assert(client_fill(c));
+    second = strstr(c->buf, "\r\n\r\n") + 4;
+  }
+  client_close(c);
+  /* A target longer than the header limit: 414. */
+  c = client_open();
+  char *big = malloc(8192);
+  int n = snprintf(big, 8192, "GET /");
+  memset(big + n, 'a', 6000);
+  snprintf(big + n + 6000, 100, " HTTP/1.1\r\n\r\n");
+  client_send(c, big, strlen(big));
+  cr_assert(read_resp(c, &r));
+  cr_assert_eq(r.status, 414);
+  free(r.body);
+  free(big);
+  client_close(c);
+  /* Half-closed after a complete request: still answered. */
+  c = client_open();
+  const char *body = "{\"model\":\"lower\",\"prompt\":\"Hi\",\"max_tokens\":3}";
+  char req[512];
+  n = snprintf(req, sizeof req,
+               "POST /v1/completions HTTP/1.1\r\nAuthorization: Bearer sk-h\r\n"
+               "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
+  client_send(c, req, (size_t)n);
+  shutdown(c->fd, SHUT_WR);
+  cr_assert(read_resp(c, &r));
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  free(r.body);
+  client_close(c);
+  /* 64 prompts x n 8 = 512 sequences > 256. */
+  char fan[1024];
+  n = snprintf(fan, sizeof fan, "{\"model\":\"lower\",\"n\":8,\"max_tokens\":1,\"prompt\":[");
+  for (int i = 0; i < 64; i++) n += snprintf(fan + n, sizeof fan - (size_t)n, "%s\"a\"", i ? "," : "");
+  snprintf(fan + n, sizeof fan - (size_t)n, "]}");
+  r = request("POST", "/v1/completions", fan, "Authorization: Bearer sk-h\r\n");
+  cr_assert_eq(r.status, 400, "%s", r.body);
+  cr_assert(strstr(r.body, "\"code\":\"too_many_sequences\""), "%s", r.body);
+  free(r.body);
+  stop();
+}
+
+/* A large answer that would pass the server-wide unsent-output budget becomes a small 503. */
+Test(server, output_budget) {
+  H.max_total_output = 8192;
+  start(NULL, NULL, 0, 0);
+  char body[8000];
+  int n = snprintf(body, sizeof body, "{\"model\":\"lower\",\"prompt\":\"");
+  memset(body + n, 'x', 5000);
+  snprintf(body + n + 5000, 100, "\"}");
+  resp r = request("POST", "/tokenize", body, NULL);
+  cr_assert_eq(r.status, 503, "%d", r.status);
+  cr_assert(strstr(r.body, "\"code\":\"output_budget\""), "%s", r.body);
+  free(r.body);
+  r = request("POST", "/tokenize", "{\"prompt\":\"Hi\"}", NULL);
+  cr_assert_eq(r.status, 200);
+  free(r.body);
+  stop();
+}
+
+/* Bodies held by the whole server are bounded: past the budget a request gets 503, not memory;
+ * a body within it is served once the others are gone. */
+Test(server, body_budget) {
+  H.max_buffered = 48 * 1024;
+  start(NULL, NULL, 0, 0);
+  /* One connection holds a 40 KB body open (headers and part of the body sent). */
+  client *a = client_open();
+  const char *ha = "POST /tokenize HTTP/1.1\r\nContent-Length: 40000\r\n\r\n{\"prompt\":\"";
+  client_send(a, ha, strlen(ha));
+  usleep(100000);
+  /* A second 40 KB body does not fit beside it. */
+  client *b = client_open();
+  const char *hb = "POST /tokenize HTTP/1.1\r\nContent-Length: 40000\r\n\r\n";
+  client_send(b, hb, strlen(hb));
+  resp r;
+  cr_assert(read_resp(b, &r));
+  cr_assert_eq(r.status, 503, "%s", r.body);
+  cr_assert(strcasestr(r.head, "Connection: close"));
+  free(r.body);
+  client_close(b);
+  client_close(a);
+  /* Once the first is gone its budget is back. */
+  char body[20000];
+  int n = snprintf(body, sizeof body, "{\"prompt\":\"");
+  memset(body + n, 'y', 15000);
+  snprintf(body + n + 15000, 10, "\"}");
+  int ok = 0;
+  for (int i = 0; i < 50 && !ok; i++) {
+    r = request("POST", "/tokenize", body, NULL);
+    ok = r.status == 200;
+    free(r.body);
+    if (!ok) usleep(20000);
+  }
+  cr_assert(ok);
+  stop();
 }
