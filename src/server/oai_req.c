@@ -108,7 +108,9 @@ static const char *const completion_fields[] = {
     "stream_options", "logprobs", "echo", "stop", "stop_token_ids", "presence_penalty",
     "frequency_penalty", "repetition_penalty", "logit_bias", "user", "seed", "ignore_eos",
     "min_tokens", "skip_special_tokens", "include_stop_str_in_output", "best_of", "suffix",
-    "priority", NULL};
+    "priority", "response_format", "guided_json", "guided_regex", "guided_choice",
+    "guided_grammar", "guided_decoding_backend", "guided_whitespace_pattern",
+    "structured_outputs", NULL};
 
 static const char *const chat_fields[] = {
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
@@ -116,7 +118,9 @@ static const char *const chat_fields[] = {
     "stop_token_ids", "presence_penalty", "frequency_penalty", "repetition_penalty",
     "logit_bias", "user", "seed", "ignore_eos", "min_tokens", "skip_special_tokens",
     "include_stop_str_in_output", "tools", "tool_choice", "parallel_tool_calls",
-    "response_format", "add_generation_prompt", "chat_template_kwargs", "priority", NULL};
+    "response_format", "add_generation_prompt", "chat_template_kwargs", "priority",
+    "guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend",
+    "guided_whitespace_pattern", "structured_outputs", NULL};
 
 static const char *const tokenize_fields[] = {"model",       "prompt", "messages",
                                               "add_special_tokens", "add_generation_prompt",
@@ -398,6 +402,7 @@ static int parse_completion(oai_request *r, const cJSON *root, qv_error *err) {
                 "'%s' together with logprobs is not supported (no prompt logprobs)%s", NULL);
   int32_t best_of = r->params.n;
   if ((rc = get_int(r, root, "best_of", 1, OAI_MAX_N, &best_of, err)) < 0) return rc;
+  if ((rc = oai_parse_constraint(r, root, err))) return rc;
   if (best_of != r->params.n)
     return fail(r, err, QV_EUNSUPPORTED, "best_of",
                 "'%s' different from n is not supported%s", NULL);
@@ -454,15 +459,7 @@ static int parse_chat(oai_request *r, const cJSON *root, qv_error *err) {
   r->params.sampling.top_logprobs = r->want_logprobs ? top : 0;
   if ((rc = get_bool(r, root, "add_generation_prompt", &r->add_generation_prompt, err)))
     return rc;
-  const cJSON *rf = get(root, "response_format");
-  if (rf) {
-    const cJSON *type = cJSON_IsObject(rf) ? get(rf, "type") : NULL;
-    if (!cJSON_IsString(type)) return BAD("response_format", "must be an object with a 'type'");
-    if (strcmp(type->valuestring, "text"))
-      return fail(r, err, QV_EUNSUPPORTED, "response_format",
-                  "'%s' of type '%s' is not supported (only 'text')", type->valuestring);
-  }
-  return 0;
+  return oai_parse_constraint(r, root, err);
 }
 
 static int parse_tokenize(oai_request *r, const cJSON *root, qv_error *err) {
@@ -567,6 +564,8 @@ void oai_request_free(oai_request *r) {
   free(r->bias_ids);
   free(r->bias_values);
   free(r->detok_ids);
+  free(r->cst_text);
+  free(r->cst_choices);
   cJSON_Delete(r->messages);
   cJSON_Delete(r->root);
   memset(r, 0, sizeof *r);

@@ -1,0 +1,70 @@
+/* Internal types of the constrain module: the vocabulary index, compiled constraints and
+ * matchers (see include/quiver/constrain.h for the lifecycle). */
+#ifndef QV_CONSTRAIN_CST_INTERNAL_H
+#define QV_CONSTRAIN_CST_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "constrain/cst_gram.h"
+#include "quiver/constrain.h"
+
+/* The vocabulary as byte strings and a trie over them, nodes in preorder: node 0 is the empty
+ * prefix, a node's first child is the next node, and its subtree ends at tend[node], where
+ * its next sibling starts. */
+typedef struct cst_trie {
+  int32_t n_nodes;
+  uint8_t *tbyte;     /* [n_nodes] the byte on the edge into the node */
+  int32_t *tend;      /* [n_nodes] one past the node's last descendant */
+  int32_t *tok_first; /* [n_nodes] first token id ending here, -1 none */
+  int32_t *tok_next;  /* [n_vocab] next token id with the same bytes, -1 none */
+} cst_trie;
+
+#define CST_COMPILE_CACHE 16
+
+struct qv_cst_vocab {
+  int32_t n_vocab;
+  int32_t eos_id;      /* -1 none */
+  char *bytes;         /* all token bytes, owned */
+  uint32_t *off;       /* [n_vocab] */
+  uint32_t *len;       /* [n_vocab]; UINT32_MAX: never allowed (special, absent, empty) */
+  cst_trie trie;
+  pthread_mutex_t mu;  /* guards the compile cache */
+  qv_constraint *cache[CST_COMPILE_CACHE]; /* one reference each */
+  uint64_t cache_use[CST_COMPILE_CACHE];
+  uint64_t cache_tick;
+};
+
+#define CST_MASK_CACHE_BYTES (8u << 20) /* per constraint */
+
+struct qv_constraint {
+  atomic_int refs;
+  qv_cst_vocab *vocab;  /* borrowed */
+  cst_gram g;
+  char *key;            /* canonical spec bytes for the compile cache, owned */
+  size_t key_len;
+  uint64_t key_hash;
+  int32_t words;        /* mask words */
+  /* Mask cache by matcher state hash (engine thread only). */
+  int32_t n_cache, cap_cache;
+  uint64_t *cache_key;  /* [cap_cache] */
+  uint64_t *cache_use;  /* [cap_cache] */
+  uint32_t *cache_mask; /* [cap_cache][words] */
+  uint64_t tick;
+  int64_t n_hits, n_misses;
+};
+
+/* Builds the grammar of a spec (one front end per kind). */
+int cst_build_json_schema(cst_builder *b, const char *text, size_t len, int any_ws, int32_t *root);
+int cst_build_json_any(cst_builder *b, int object_only, int any_ws, int32_t *root);
+int cst_build_regex(cst_builder *b, const char *pat, size_t len, int32_t *root);
+int cst_build_choice(cst_builder *b, const char *const *choices, int32_t n, int32_t *root);
+int cst_build_gbnf(cst_builder *b, const char *text, size_t len, int32_t *root);
+int cst_build_lark(cst_builder *b, const char *text, size_t len, int32_t *root);
+int cst_build_tool_call(cst_builder *b, const char *tools_json, size_t len, const char *name,
+                        const char *format, int32_t *root);
+
+/* Mask cache statistics (bench). */
+void cst_constraint_stats(const qv_constraint *c, int64_t *hits, int64_t *misses);
+
+#endif

@@ -1,0 +1,468 @@
+/* The matcher: a set of grammar stacks advanced byte by byte, and token masks.
+ *
+ * A stack is a chain of nodes (pos, parent): pos is the next element of an alternative, the
+ * parent is where to continue when that alternative ends. A matcher state is the set of
+ * stacks whose top is a byte set (its "leaves") plus an accept flag (some stack emptied: the
+ * output so far is a complete match). Reading a byte keeps the leaves whose set has it, moves
+ * each past it and closes over references (push every alternative) and ends (pop), with
+ * dedup by a structural hash of (pos, parent chain), so equal stacks merge and states compare
+ * by hash. A reference that ends its alternative is a tail call (no new frame), so repetition
+ * runs in constant depth; stacks deeper than QV_CST_MAX_STACK are dropped.
+ *
+ * Masks walk the vocabulary trie depth first, advancing the state one byte per edge and
+ * pruning dead subtrees; nodes made during the walk are scratch above a watermark. Results are
+ * cached per constraint by state hash (LRU, bounded bytes), so the many steps that revisit a
+ * state (inside a string, between properties of the same shape) cost one copy. Nodes of
+ * accepted tokens are compacted when the pool grows; rollback replays the accepted tokens. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "constrain/cst_internal.h"
+
+typedef struct cst_node {
+  int32_t pos, parent, depth;
+  uint64_t hash;
+} cst_node;
+
+typedef struct walk_frame {
+  int32_t tnode, cursor;  /* trie node and its next child to try */
+  int32_t lv0, nlv;       /* the frame's leaves in m->lv */
+  int32_t wm;             /* node pool watermark after the frame's leaves were made */
+  cst_bset first;         /* bytes some leaf accepts */
+} walk_frame;
+
+struct qv_matcher {
+  qv_constraint *c;
+  cst_node *nodes; int32_t n_nodes, cap_nodes;
+  int32_t *lv; int32_t n_lv, cap_lv;   /* leaves: [0, n_leaves) the state, scratch after */
+  int32_t n_leaves;
+  int accept;
+  int32_t *hist; int32_t n_hist, cap_hist;
+  int32_t live_after_gc;
+  /* Closure scratch: a visited set with generation stamps, and a work list of (pos, parent). */
+  uint64_t *vis_key; uint32_t *vis_gen; uint32_t gen; int32_t cap_vis, n_vis;
+  int32_t *work; int32_t cap_work;
+  walk_frame *frames; int32_t cap_frames;
+  int oom;
+};
+
+static int grow(void **p, int32_t *cap, int32_t need, size_t elt) {
+  if (need <= *cap) return 0;
+  int32_t c = *cap ? *cap : 64;
+  while (c < need) c *= 2;
+  void *q = realloc(*p, (size_t)c * elt);
+  if (!q) return -1;
+  *p = q;
+  *cap = c;
+  return 0;
+}
+
+static inline uint64_t mix(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
+}
+
+static inline uint64_t node_hash(const qv_matcher *m, int32_t pos, int32_t parent) {
+  uint64_t ph = parent < 0 ? 0x5bd1e995ULL : m->nodes[parent].hash;
+  return mix(ph * 0x9E3779B97F4A7C15ULL + (uint64_t)(uint32_t)pos + 1);
+}
+
+static int32_t node_new(qv_matcher *m, int32_t pos, int32_t parent, uint64_t h) {
+  if (grow((void **)&m->nodes, &m->cap_nodes, m->n_nodes + 1, sizeof *m->nodes)) {
+    m->oom = 1;
+    return -1;
+  }
+  cst_node *n = &m->nodes[m->n_nodes];
+  n->pos = pos;
+  n->parent = parent;
+  n->depth = parent < 0 ? 0 : m->nodes[parent].depth + 1;
+  n->hash = h;
+  return m->n_nodes++;
+}
+
+/* Visited set: returns 1 when h was already seen in this generation. */
+static int visit(qv_matcher *m, uint64_t h) {
+  if (m->n_vis * 2 >= m->cap_vis) {
+    int32_t cap = m->cap_vis ? m->cap_vis * 2 : 256;
+    uint64_t *k = malloc((size_t)cap * sizeof *k);
+    uint32_t *g = calloc((size_t)cap, sizeof *g);
+    if (!k || !g) {
+      free(k);
+      free(g);
+      m->oom = 1;
+      return 1;
+    }
+    for (int32_t i = 0; i < m->cap_vis; i++)
+      if (m->vis_gen[i] == m->gen) {
+        uint32_t j = (uint32_t)m->vis_key[i] & (uint32_t)(cap - 1);
+        while (g[j] == m->gen) j = (j + 1) & (uint32_t)(cap - 1);
+        k[j] = m->vis_key[i];
+        g[j] = m->gen;
+      }
+    free(m->vis_key);
+    free(m->vis_gen);
+    m->vis_key = k;
+    m->vis_gen = g;
+    m->cap_vis = cap;
+  }
+  uint32_t j = (uint32_t)h & (uint32_t)(m->cap_vis - 1);
+  while (m->vis_gen[j] == m->gen) {
+    if (m->vis_key[j] == h) return 1;
+    j = (j + 1) & (uint32_t)(m->cap_vis - 1);
+  }
+  m->vis_key[j] = h;
+  m->vis_gen[j] = m->gen;
+  m->n_vis++;
+  return 0;
+}
+
+static void new_generation(qv_matcher *m) {
+  m->n_vis = 0;
+  if (++m->gen == 0) { /* wrapped: clear stamps */
+    if (m->vis_gen) memset(m->vis_gen, 0, (size_t)m->cap_vis * sizeof *m->vis_gen);
+    m->gen = 1;
+  }
+}
+
+static int lv_push(qv_matcher *m, int32_t node) {
+  if (grow((void **)&m->lv, &m->cap_lv, m->n_lv + 1, sizeof *m->lv)) {
+    m->oom = 1;
+    return -1;
+  }
+  m->lv[m->n_lv++] = node;
+  return 0;
+}
+
+/* Closes (pos, parent) over references and ends, appending leaves to m->lv. Uses the current
+ * visited generation (the caller starts one per state being built). */
+static void closure(qv_matcher *m, int32_t pos0, int32_t parent0, int *accept) {
+  const cst_gram *g = &m->c->g;
+  int32_t nw = 0;
+  if (grow((void **)&m->work, &m->cap_work, 2, sizeof *m->work)) {
+    m->oom = 1;
+    return;
+  }
+  m->work[nw++] = pos0;
+  m->work[nw++] = parent0;
+  while (nw > 0) {
+    int32_t parent = m->work[--nw], pos = m->work[--nw];
+    uint64_t h = node_hash(m, pos, parent);
+    if (visit(m, h)) continue;
+    int32_t e = g->elems[pos];
+    if (e >= 0) {
+      int32_t n = node_new(m, pos, parent, h);
+      if (n >= 0) lv_push(m, n);
+    } else if (e == CST_END) {
+      if (parent < 0) *accept = 1;
+      else {
+        if (grow((void **)&m->work, &m->cap_work, nw + 2, sizeof *m->work)) {
+          m->oom = 1;
+          return;
+        }
+        m->work[nw++] = m->nodes[parent].pos;
+        m->work[nw++] = m->nodes[parent].parent;
+      }
+    } else {
+      int32_t r = CST_REF0 - e, cont = parent;
+      if (g->elems[pos + 1] != CST_END) {
+        if (parent >= 0 && m->nodes[parent].depth + 1 >= QV_CST_MAX_STACK) continue;
+        cont = node_new(m, pos + 1, parent, node_hash(m, pos + 1, parent));
+        if (cont < 0) return;
+      }
+      int32_t na = g->rule_nalt[r];
+      if (grow((void **)&m->work, &m->cap_work, nw + 2 * na, sizeof *m->work)) {
+        m->oom = 1;
+        return;
+      }
+      for (int32_t a = na - 1; a >= 0; a--) {
+        m->work[nw++] = g->alt_start[g->rule_alt0[r] + a];
+        m->work[nw++] = cont;
+      }
+    }
+  }
+}
+
+/* Advances leaves lv[from, from+n) on byte c; the new leaves are appended to m->lv starting
+ * at the returned index, *n_out of them. */
+static int32_t advance(qv_matcher *m, int32_t from, int32_t n, unsigned c, int32_t *n_out, int *accept) {
+  const cst_gram *g = &m->c->g;
+  int32_t start = m->n_lv;
+  *accept = 0;
+  new_generation(m);
+  for (int32_t i = 0; i < n; i++) {
+    const cst_node *nd = &m->nodes[m->lv[from + i]];
+    if (!cst_bset_has(&g->sets[g->elems[nd->pos]], c)) continue;
+    closure(m, nd->pos + 1, nd->parent, accept);
+  }
+  *n_out = m->n_lv - start;
+  return start;
+}
+
+static void set_initial(qv_matcher *m) {
+  const cst_gram *g = &m->c->g;
+  m->n_nodes = 0;
+  m->n_lv = 0;
+  m->accept = 0;
+  new_generation(m);
+  int32_t r = g->root;
+  for (int32_t a = 0; a < g->rule_nalt[r]; a++) closure(m, g->alt_start[g->rule_alt0[r] + a], -1, &m->accept);
+  m->n_leaves = m->n_lv;
+  m->live_after_gc = m->n_nodes;
+}
+
+int qv_matcher_create(qv_constraint *c, qv_matcher **out) {
+  *out = NULL;
+  qv_matcher *m = calloc(1, sizeof *m);
+  if (!m) return QV_ENOMEM;
+  m->c = qv_constraint_retain(c);
+  set_initial(m);
+  if (m->oom) {
+    qv_matcher_destroy(m);
+    return QV_ENOMEM;
+  }
+  *out = m;
+  return 0;
+}
+
+void qv_matcher_destroy(qv_matcher *m) {
+  if (!m) return;
+  qv_constraint_release(m->c);
+  free(m->nodes);
+  free(m->lv);
+  free(m->hist);
+  free(m->vis_key);
+  free(m->vis_gen);
+  free(m->work);
+  free(m->frames);
+  free(m);
+}
+
+int32_t qv_matcher_mask_words(const qv_matcher *m) { return m->c->words; }
+int qv_matcher_is_complete(const qv_matcher *m) { return m->accept; }
+int qv_matcher_is_dead(const qv_matcher *m) { return m->n_leaves == 0; }
+int32_t qv_matcher_n_accepted(const qv_matcher *m) { return m->n_hist; }
+
+/* Keeps only the nodes the current leaves reach. Parents always precede children in the
+ * pool, so one forward pass renumbers. */
+static void compact(qv_matcher *m) {
+  int32_t n = m->n_nodes;
+  int32_t *map = malloc((size_t)(n ? n : 1) * sizeof *map);
+  if (!map) return; /* keep the larger pool */
+  for (int32_t i = 0; i < n; i++) map[i] = -1;
+  for (int32_t i = 0; i < m->n_leaves; i++)
+    for (int32_t k = m->lv[i]; k >= 0 && map[k] == -1; k = m->nodes[k].parent) map[k] = -2;
+  int32_t o = 0;
+  for (int32_t i = 0; i < n; i++) {
+    if (map[i] == -1) continue;
+    cst_node nd = m->nodes[i];
+    if (nd.parent >= 0) nd.parent = map[nd.parent];
+    map[i] = o;
+    m->nodes[o++] = nd;
+  }
+  for (int32_t i = 0; i < m->n_leaves; i++) m->lv[i] = map[m->lv[i]];
+  m->n_nodes = o;
+  m->live_after_gc = o;
+  free(map);
+}
+
+/* Moves the state over bytes; on a dead end restores it and returns QV_EINVAL. */
+static int feed(qv_matcher *m, const uint8_t *s, size_t n) {
+  int32_t wm_nodes = m->n_nodes;
+  int32_t from = 0, cnt = m->n_leaves;
+  int acc = m->accept;
+  for (size_t i = 0; i < n; i++) {
+    if (cnt == 0) {
+      m->n_nodes = wm_nodes;
+      m->n_lv = m->n_leaves;
+      return QV_EINVAL;
+    }
+    from = advance(m, from, cnt, s[i], &cnt, &acc);
+    if (m->oom) {
+      m->n_nodes = wm_nodes;
+      m->n_lv = m->n_leaves;
+      return QV_ENOMEM;
+    }
+    if (cnt == 0 && !acc) {
+      m->n_nodes = wm_nodes;
+      m->n_lv = m->n_leaves;
+      return QV_EINVAL;
+    }
+  }
+  memmove(m->lv, m->lv + from, (size_t)cnt * sizeof *m->lv);
+  m->n_leaves = m->n_lv = cnt;
+  m->accept = acc;
+  if (m->n_nodes > 4096 && m->n_nodes > 4 * m->live_after_gc) compact(m);
+  return 0;
+}
+
+int qv_matcher_accept_bytes(qv_matcher *m, const char *s, size_t n) {
+  return feed(m, (const uint8_t *)s, n);
+}
+
+int qv_matcher_accept(qv_matcher *m, int32_t id) {
+  const qv_cst_vocab *v = m->c->vocab;
+  if (id < 0 || id >= v->n_vocab) return QV_EINVAL;
+  int rc;
+  if (id == v->eos_id) {
+    if (!m->accept) return QV_EINVAL;
+    m->n_leaves = m->n_lv = 0; /* finished: nothing may follow */
+    rc = 0;
+  } else {
+    if (v->len[id] == UINT32_MAX) return QV_EINVAL;
+    rc = feed(m, (const uint8_t *)v->bytes + v->off[id], v->len[id]);
+  }
+  if (rc) return rc;
+  if (grow((void **)&m->hist, &m->cap_hist, m->n_hist + 1, sizeof *m->hist)) return QV_ENOMEM;
+  m->hist[m->n_hist++] = id;
+  return 0;
+}
+
+int qv_matcher_rollback(qv_matcher *m, int32_t n) {
+  if (n < 0 || n > m->n_hist) return QV_EINVAL;
+  if (n == 0) return 0;
+  int32_t keep = m->n_hist - n;
+  int32_t *h = m->hist;
+  m->hist = NULL;
+  m->n_hist = m->cap_hist = 0;
+  set_initial(m);
+  int rc = 0;
+  for (int32_t i = 0; i < keep && !rc; i++) rc = qv_matcher_accept(m, h[i]);
+  free(h);
+  return rc;
+}
+
+/* ---- masks ---- */
+
+static uint64_t state_hash(const qv_matcher *m) {
+  uint64_t h = m->accept ? 0x2545F4914F6CDD1DULL : 0;
+  for (int32_t i = 0; i < m->n_leaves; i++) h += mix(m->nodes[m->lv[i]].hash);
+  return mix(h ^ (uint64_t)m->n_leaves);
+}
+
+static void first_bytes(const qv_matcher *m, int32_t from, int32_t n, cst_bset *out) {
+  const cst_gram *g = &m->c->g;
+  memset(out, 0, sizeof *out);
+  for (int32_t i = 0; i < n; i++) {
+    const cst_bset *s = &g->sets[g->elems[m->nodes[m->lv[from + i]].pos]];
+    for (int k = 0; k < 8; k++) out->w[k] |= s->w[k];
+  }
+}
+
+static int walk(qv_matcher *m, uint32_t *mask) {
+  const cst_trie *t = &m->c->vocab->trie;
+  int32_t wm0 = m->n_nodes, lv0 = m->n_lv;
+  int32_t sp = 0;
+  if (grow((void **)&m->frames, &m->cap_frames, 1, sizeof *m->frames)) return QV_ENOMEM;
+  walk_frame *f = &m->frames[sp++];
+  f->tnode = 0;
+  f->cursor = 1;
+  f->lv0 = 0;
+  f->nlv = m->n_leaves;
+  f->wm = m->n_nodes;
+  first_bytes(m, 0, m->n_leaves, &f->first);
+  while (sp > 0) {
+    f = &m->frames[sp - 1];
+    if (f->cursor >= t->tend[f->tnode]) {
+      sp--;
+      continue;
+    }
+    int32_t c = f->cursor;
+    f->cursor = t->tend[c];
+    if (!cst_bset_has(&f->first, t->tbyte[c])) continue;
+    m->n_nodes = f->wm;
+    m->n_lv = f->lv0 + f->nlv;
+    int acc;
+    int32_t n;
+    int32_t s = advance(m, f->lv0, f->nlv, t->tbyte[c], &n, &acc);
+    if (m->oom) break;
+    if (n == 0 && !acc) continue;
+    for (int32_t id = t->tok_first[c]; id >= 0; id = t->tok_next[id]) mask[id >> 5] |= 1u << (id & 31);
+    if (n > 0 && c + 1 < t->tend[c]) {
+      if (grow((void **)&m->frames, &m->cap_frames, sp + 1, sizeof *m->frames)) {
+        m->oom = 1;
+        break;
+      }
+      walk_frame *nf = &m->frames[sp++];
+      nf->tnode = c;
+      nf->cursor = c + 1;
+      nf->lv0 = s;
+      nf->nlv = n;
+      nf->wm = m->n_nodes;
+      first_bytes(m, s, n, &nf->first);
+    }
+  }
+  m->n_nodes = wm0;
+  m->n_lv = lv0;
+  if (m->oom) {
+    m->oom = 0;
+    return QV_ENOMEM;
+  }
+  return 0;
+}
+
+static uint32_t *cache_find(qv_constraint *c, uint64_t key) {
+  for (int32_t i = 0; i < c->n_cache; i++)
+    if (c->cache_key[i] == key) {
+      c->cache_use[i] = ++c->tick;
+      return c->cache_mask + (size_t)i * (size_t)c->words;
+    }
+  return NULL;
+}
+
+static void cache_store(qv_constraint *c, uint64_t key, const uint32_t *mask) {
+  if (!c->cap_cache) {
+    size_t per = (size_t)c->words * sizeof(uint32_t);
+    int32_t cap = (int32_t)(CST_MASK_CACHE_BYTES / per);
+    if (cap > 1024) cap = 1024;
+    if (cap < 4) cap = 4;
+    c->cache_key = malloc((size_t)cap * sizeof *c->cache_key);
+    c->cache_use = malloc((size_t)cap * sizeof *c->cache_use);
+    c->cache_mask = malloc((size_t)cap * per);
+    if (!c->cache_key || !c->cache_use || !c->cache_mask) {
+      free(c->cache_key);
+      free(c->cache_use);
+      free(c->cache_mask);
+      c->cache_key = NULL;
+      c->cache_use = NULL;
+      c->cache_mask = NULL;
+      return;
+    }
+    c->cap_cache = cap;
+  }
+  int32_t slot = c->n_cache;
+  if (slot == c->cap_cache) {
+    slot = 0;
+    for (int32_t i = 1; i < c->n_cache; i++)
+      if (c->cache_use[i] < c->cache_use[slot]) slot = i;
+  } else {
+    c->n_cache++;
+  }
+  c->cache_key[slot] = key;
+  c->cache_use[slot] = ++c->tick;
+  memcpy(c->cache_mask + (size_t)slot * (size_t)c->words, mask, (size_t)c->words * sizeof *mask);
+}
+
+int qv_matcher_fill_mask(qv_matcher *m, uint32_t *mask) {
+  qv_constraint *c = m->c;
+  const qv_cst_vocab *v = c->vocab;
+  uint64_t key = state_hash(m);
+  const uint32_t *hit = cache_find(c, key);
+  if (hit) {
+    c->n_hits++;
+    memcpy(mask, hit, (size_t)c->words * sizeof *mask);
+  } else {
+    c->n_misses++;
+    memset(mask, 0, (size_t)c->words * sizeof *mask);
+    if (m->n_leaves > 0) {
+      int rc = walk(m, mask);
+      if (rc) return rc;
+    }
+    cache_store(c, key, mask);
+  }
+  if (m->accept && v->eos_id >= 0) mask[v->eos_id >> 5] |= 1u << (v->eos_id & 31);
+  return 0;
+}
