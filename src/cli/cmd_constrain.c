@@ -45,12 +45,13 @@ static double now_s(void) {
 
 static int has_bit(const uint32_t *m, int32_t id) { return (m[id >> 5] >> (id & 31)) & 1u; }
 
-static void print_sample(const char *text, size_t n, int complete, int32_t n_tok) {
+static void print_sample(const char *text, size_t n, int complete, int32_t n_tok, int32_t idx) {
   char *hex = malloc(2 * n + 1);
   if (!hex) return;
   for (size_t i = 0; i < n; i++) snprintf(hex + 2 * i, 3, "%02x", (unsigned char)text[i]);
   hex[2 * n] = 0;
-  printf("{\"hex\": \"%s\", \"complete\": %s, \"n_tokens\": %d}\n", hex, complete ? "true" : "false", n_tok);
+  printf("{\"index\": %d, \"hex\": \"%s\", \"complete\": %s, \"n_tokens\": %d}\n", idx, hex,
+         complete ? "true" : "false", n_tok);
   free(hex);
 }
 
@@ -60,7 +61,7 @@ typedef struct walk_stats {
 } walk_stats;
 
 static int random_walk(qv_constraint *c, const qv_cst_vocab *v, int32_t eos, uint64_t *rng, int32_t max_tokens,
-                       int32_t verify_steps, walk_stats *st) {
+                       int32_t verify_steps, walk_stats *st, int32_t idx) {
   qv_matcher *m;
   if (qv_matcher_create(c, &m)) return 1;
   int32_t V = qv_cst_vocab_size(v), words = qv_matcher_mask_words(m);
@@ -82,9 +83,8 @@ static int random_walk(qv_constraint *c, const qv_cst_vocab *v, int32_t eos, uin
     int32_t k = 0, k1 = 0;
     for (int32_t id = 0; id < V; id++)
       if (has_bit(mask, id)) ids[k++] = id;
-    if (k == 0) {
+    if (k == 0) { /* the vocabulary cannot continue: reported as an incomplete sample */
       fprintf(stderr, "constrain: empty mask at step %d\n", step);
-      rc = 1;
       break;
     }
     if (step < verify_steps) {
@@ -136,7 +136,7 @@ static int random_walk(qv_constraint *c, const qv_cst_vocab *v, int32_t eos, uin
     memcpy(text + n, s, len);
     n += len;
   }
-  if (!rc) print_sample(text, n, complete, step);
+  if (!rc) print_sample(text, n, complete, step, idx);
   free(text);
   free(ids);
   free(mask);
@@ -181,7 +181,7 @@ static int check_line(qv_constraint *c, const qv_tokenizer *tok, const char *s, 
 }
 
 int cli_constrain(int argc, char **argv) {
-  const char *tok_path = NULL, *check = NULL;
+  const char *tok_path = NULL, *check = NULL, *schemas = NULL;
   qv_cst_spec spec = {0};
   const char *choices[256];
   int32_t n_choices = 0;
@@ -203,6 +203,7 @@ int cli_constrain(int argc, char **argv) {
     else if (!strcmp(a, "--regex") && val) spec.kind = QV_CST_REGEX, spec.text = val, spec.text_len = strlen(val), i++;
     else if (!strcmp(a, "--choice") && val && n_choices < 256) spec.kind = QV_CST_CHOICE, choices[n_choices++] = val, i++;
     else if (!strcmp(a, "--schema") && val) spec.kind = QV_CST_JSON_SCHEMA, file_kind = 1;
+    else if (!strcmp(a, "--schemas") && val) spec.kind = QV_CST_JSON_SCHEMA, schemas = val, i++;
     else if (!strcmp(a, "--gbnf") && val) spec.kind = QV_CST_GBNF, file_kind = 1;
     else if (!strcmp(a, "--lark") && val) spec.kind = QV_CST_LARK, file_kind = 1;
     else if (!strcmp(a, "--tools") && val) spec.kind = QV_CST_TOOL_CALL, file_kind = 1;
@@ -250,8 +251,47 @@ int cli_constrain(int argc, char **argv) {
     goto out;
   }
   double t1 = now_s();
+  if (schemas) { /* one JSON Schema per line: compile each and walk it */
+    size_t n;
+    char *lines = qv_read_file(schemas, (size_t)64 << 20, &n, &err);
+    if (!lines) {
+      fprintf(stderr, "quiver constrain: cannot read %s\n", schemas);
+      goto out;
+    }
+    rc = 0;
+    walk_stats st = {0};
+    uint64_t rng = seed * 0x2545F4914F6CDD1DULL + 1;
+    int32_t idx = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(lines, "\n", &save); line && !rc; line = strtok_r(NULL, "\n", &save), idx++) {
+      spec.text = line;
+      spec.text_len = strlen(line);
+      qv_constraint *sc = NULL;
+      qv_error e2 = {0};
+      if (qv_constraint_compile(v, &spec, &sc, &e2)) {
+        cJSON *msg = cJSON_CreateString(e2.msg);
+        char *m = msg ? cJSON_PrintUnformatted(msg) : NULL;
+        printf("{\"index\": %d, \"error\": %s, \"code\": %d}\n", idx, m ? m : "\"\"", e2.code);
+        free(m);
+        cJSON_Delete(msg);
+        continue;
+      }
+      for (int32_t i = 0; i < samples && !rc; i++)
+        rc = random_walk(sc, v, qv_tokenizer_eos_id(tok), &rng, max_tokens, verify, &st, idx);
+      qv_constraint_release(sc);
+    }
+    free(lines);
+    if (stats)
+      fprintf(stderr, "{\"masks\": %lld, \"mask_mean_us\": %.2f}\n", (long long)st.n_masks,
+              st.n_masks ? st.mask_s / (double)st.n_masks * 1e6 : 0.0);
+    goto out;
+  }
   if (qv_constraint_compile(v, &spec, &c, &err)) {
-    printf("{\"error\": \"%s\", \"code\": %d}\n", err.msg, err.code);
+    cJSON *msg = cJSON_CreateString(err.msg);
+    char *ms = msg ? cJSON_PrintUnformatted(msg) : NULL;
+    printf("{\"error\": %s, \"code\": %d}\n", ms ? ms : "\"\"", err.code);
+    free(ms);
+    cJSON_Delete(msg);
     rc = 3;
     goto out;
   }
@@ -276,7 +316,7 @@ int cli_constrain(int argc, char **argv) {
   } else {
     uint64_t rng = seed * 0x2545F4914F6CDD1DULL + 1;
     for (int32_t i = 0; i < samples && !rc; i++)
-      rc = random_walk(c, v, qv_tokenizer_eos_id(tok), &rng, max_tokens, verify, &st);
+      rc = random_walk(c, v, qv_tokenizer_eos_id(tok), &rng, max_tokens, verify, &st, 0);
   }
   if (stats)
     fprintf(stderr, "{\"vocab_s\": %.6f, \"compile_s\": %.6f, \"masks\": %lld, \"mask_mean_us\": %.2f}\n", t1 - t0,

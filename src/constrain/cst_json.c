@@ -100,7 +100,7 @@ static int32_t make_number(jctx *j) {
   cst_bset_add(&pm, '+');
   cst_bset_add(&pm, '-');
   int32_t frac = ex_rep(j->b, ex_seq2(j->b, ex_byte(j->b, '.'), digit_run(j, 1, MAX_DIGITS)), 0, 1);
-  int32_t exp = ex_rep(j->b, ex_seq3(j->b, ex_set(j->b, &e), ex_rep(j->b, ex_set(j->b, &pm), 0, 1), digit_run(j, 1, 3)), 0, 1);
+  int32_t exp = ex_rep(j->b, ex_seq3(j->b, ex_set(j->b, &e), ex_rep(j->b, ex_set(j->b, &pm), 0, 1), digit_run(j, 1, 2)), 0, 1);
   return ex_seq(j->b, (int32_t[]){ex_rep(j->b, ex_byte(j->b, '-'), 0, 1), uint_expr(j), frac, exp}, 4);
 }
 
@@ -233,17 +233,21 @@ static int32_t fixed_range(jctx *j, const char *lo, const char *hi, int n) {
     return ex_set(b, &s);
   }
   if (lo[0] == hi[0]) return ex_seq2(b, ex_byte(b, (unsigned char)lo[0]), fixed_range(j, lo + 1, hi + 1, n - 1));
+  /* Linear, not exponential: a side whose rest is all 0s (lo) or all 9s (hi) joins the
+   * middle range, so only the partial sides recurse, each on one side only. */
   char nines[32], zeros[32];
   memset(nines, '9', sizeof nines);
   memset(zeros, '0', sizeof zeros);
+  int lo_full = !memcmp(lo + 1, zeros, (size_t)(n - 1)), hi_full = !memcmp(hi + 1, nines, (size_t)(n - 1));
+  int a = lo[0] + (lo_full ? 0 : 1), z = hi[0] - (hi_full ? 0 : 1);
   int32_t alts[3];
   int k = 0;
-  alts[k++] = ex_seq2(b, ex_byte(b, (unsigned char)lo[0]), fixed_range(j, lo + 1, nines, n - 1));
-  if (hi[0] - lo[0] > 1) {
-    cst_bset_range(&s, (unsigned char)(lo[0] + 1), (unsigned char)(hi[0] - 1));
+  if (!lo_full) alts[k++] = ex_seq2(b, ex_byte(b, (unsigned char)lo[0]), fixed_range(j, lo + 1, nines, n - 1));
+  if (a <= z) {
+    cst_bset_range(&s, (unsigned)a, (unsigned)z);
     alts[k++] = ex_seq2(b, ex_set(b, &s), digit_run(j, n - 1, n - 1));
   }
-  alts[k++] = ex_seq2(b, ex_byte(b, (unsigned char)hi[0]), fixed_range(j, zeros, hi + 1, n - 1));
+  if (!hi_full) alts[k++] = ex_seq2(b, ex_byte(b, (unsigned char)hi[0]), fixed_range(j, zeros, hi + 1, n - 1));
   return ex_alt(b, alts, k);
 }
 

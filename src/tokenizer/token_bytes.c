@@ -44,9 +44,18 @@ static int replace_cp(char *buf, size_t *n, size_t cap, const char *pat, size_t 
 int qv_tokenizer_token_bytes(const qv_tokenizer *tok, int32_t id, char *out, size_t cap, size_t *len) {
   *len = 0;
   if (!tok || id < 0 || id >= tok->n_vocab || tok->tok_off[id] == UINT32_MAX) return -1;
-  if (tok->tok_special[id] & TOK_FLAG_SPECIAL) return -1;
   const char *s = tok->tok_text.data + tok->tok_off[id];
   size_t n = tok->tok_len[id];
+  /* Byte-fallback tokens stand for their byte even when a tokenizer.json lists them among
+   * the (special) added tokens, as trained SentencePiece-style exports often do. */
+  int has_bf = tok->byte_fallback;
+  for (int i = 0; i < tok->n_dec; i++) has_bf |= tok->dec[i].kind == TOK_DEC_BYTEFALLBACK;
+  if (has_bf && byte_token(s, n) >= 0) {
+    out[0] = (char)byte_token(s, n);
+    *len = 1;
+    return 0;
+  }
+  if (tok->tok_special[id] & TOK_FLAG_SPECIAL) return -1;
   if (n > cap || n > 1024) return -1;
   memcpy(out, s, n);
   if (tok->tok_special[id]) { /* a non-special added token: its text as is */
