@@ -554,7 +554,7 @@ int cst_gram_finish(cst_builder *b, int32_t root, cst_gram *g) {
   if (!b->failed) {
     g->sets = malloc((size_t)(b->n_sets ? b->n_sets : 1) * sizeof *g->sets);
     if (!g->sets) cst_fail(b, QV_ENOMEM, "out of memory");
-    else memcpy(g->sets, b->sets, (size_t)b->n_sets * sizeof *g->sets);
+    else if (b->n_sets) memcpy(g->sets, b->sets, (size_t)b->n_sets * sizeof *g->sets);
     g->n_sets = b->n_sets;
   }
   if (!b->failed) check_left_recursion(b, g);

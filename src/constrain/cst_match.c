@@ -27,9 +27,11 @@ typedef struct cst_node {
 typedef struct walk_frame {
   int32_t tnode, cursor;  /* trie node and its next child to try */
   int32_t lv0, nlv;       /* the frame's leaves in m->lv */
-  int32_t wm;             /* node pool watermark after the frame's leaves were made */
+  uint64_t hash;          /* their state hash */
   cst_bset first;         /* bytes some leaf accepts */
 } walk_frame;
+
+typedef struct memo_ent memo_ent;
 
 struct qv_matcher {
   qv_constraint *c;
@@ -43,6 +45,8 @@ struct qv_matcher {
   uint64_t *vis_key; uint32_t *vis_gen; uint32_t gen; int32_t cap_vis, n_vis;
   int32_t *work; int32_t cap_work;
   walk_frame *frames; int32_t cap_frames;
+  memo_ent *memo; int32_t cap_memo, n_memo; /* walk transition memo (power-of-two capacity) */
+  uint32_t memo_gen;
   int oom;
 };
 
@@ -238,6 +242,7 @@ void qv_matcher_destroy(qv_matcher *m) {
   free(m->vis_gen);
   free(m->work);
   free(m->frames);
+  free(m->memo);
   free(m);
 }
 
@@ -352,17 +357,81 @@ static void first_bytes(const qv_matcher *m, int32_t from, int32_t n, cst_bset *
   }
 }
 
+/* Hash of the leaves lv[from, from+n) as a state (order-independent; leaves are distinct). */
+static uint64_t leaves_hash(const qv_matcher *m, int32_t from, int32_t n, int acc) {
+  uint64_t h = acc ? 0x2545F4914F6CDD1DULL : 0;
+  for (int32_t i = 0; i < n; i++) h += mix(m->nodes[m->lv[from + i]].hash);
+  return mix(h ^ (uint64_t)n);
+}
+
+/* Walk-local transition memo: (state hash, byte) -> the leaves computed the first time. The
+ * walk keeps every node it makes until it ends, so a memoised segment stays valid, and most
+ * trie edges (the same state reading the same byte under many prefixes) cost one lookup. */
+typedef struct memo_ent {
+  uint64_t state, next;  /* state hash; hash of the resulting state */
+  int32_t lv0, nlv;      /* resulting leaves in m->lv */
+  uint32_t gen;          /* valid when equal to the walk's generation */
+  uint8_t byte, acc;
+  cst_bset first;        /* bytes the resulting leaves accept */
+} memo_ent;
+
+static memo_ent *memo_slot(qv_matcher *m, uint64_t state, unsigned byte, int *found) {
+  uint32_t mask = (uint32_t)m->cap_memo - 1;
+  uint32_t j = (uint32_t)mix(state ^ ((uint64_t)byte << 56)) & mask;
+  while (m->memo[j].gen == m->memo_gen) {
+    if (m->memo[j].state == state && m->memo[j].byte == byte) {
+      *found = 1;
+      return &m->memo[j];
+    }
+    j = (j + 1) & mask;
+  }
+  *found = 0;
+  return &m->memo[j];
+}
+
+static int memo_reset(qv_matcher *m) {
+  if (!m->memo) {
+    m->cap_memo = 1 << 12;
+    m->memo = calloc((size_t)m->cap_memo, sizeof *m->memo);
+    if (!m->memo) return QV_ENOMEM;
+  }
+  m->n_memo = 0;
+  if (++m->memo_gen == 0) {
+    memset(m->memo, 0, (size_t)m->cap_memo * sizeof *m->memo);
+    m->memo_gen = 1;
+  }
+  return 0;
+}
+
+/* Doubles the memo when half full (entries of this walk rehashed). */
+static int memo_grow(qv_matcher *m) {
+  if (m->n_memo * 2 < m->cap_memo) return 0;
+  int32_t cap = m->cap_memo * 2;
+  memo_ent *a = calloc((size_t)cap, sizeof *a);
+  if (!a) return QV_ENOMEM;
+  for (int32_t i = 0; i < m->cap_memo; i++) {
+    if (m->memo[i].gen != m->memo_gen) continue;
+    uint32_t j = (uint32_t)mix(m->memo[i].state ^ ((uint64_t)m->memo[i].byte << 56)) & (uint32_t)(cap - 1);
+    while (a[j].gen == m->memo_gen) j = (j + 1) & (uint32_t)(cap - 1);
+    a[j] = m->memo[i];
+  }
+  free(m->memo);
+  m->memo = a;
+  m->cap_memo = cap;
+  return 0;
+}
+
 static int walk(qv_matcher *m, uint32_t *mask) {
   const cst_trie *t = &m->c->vocab->trie;
   int32_t wm0 = m->n_nodes, lv0 = m->n_lv;
   int32_t sp = 0;
-  if (grow((void **)&m->frames, &m->cap_frames, 1, sizeof *m->frames)) return QV_ENOMEM;
+  if (grow((void **)&m->frames, &m->cap_frames, 1, sizeof *m->frames) || memo_reset(m)) return QV_ENOMEM;
   walk_frame *f = &m->frames[sp++];
   f->tnode = 0;
   f->cursor = 1;
   f->lv0 = 0;
   f->nlv = m->n_leaves;
-  f->wm = m->n_nodes;
+  f->hash = leaves_hash(m, 0, m->n_leaves, m->accept);
   first_bytes(m, 0, m->n_leaves, &f->first);
   while (sp > 0) {
     f = &m->frames[sp - 1];
@@ -372,16 +441,37 @@ static int walk(qv_matcher *m, uint32_t *mask) {
     }
     int32_t c = f->cursor;
     f->cursor = t->tend[c];
-    if (!cst_bset_has(&f->first, t->tbyte[c])) continue;
-    m->n_nodes = f->wm;
-    m->n_lv = f->lv0 + f->nlv;
-    int acc;
-    int32_t n;
-    int32_t s = advance(m, f->lv0, f->nlv, t->tbyte[c], &n, &acc);
-    if (m->oom) break;
-    if (n == 0 && !acc) continue;
+    unsigned byte = t->tbyte[c];
+    if (!cst_bset_has(&f->first, byte)) continue;
+    if (memo_grow(m)) {
+      m->oom = 1;
+      break;
+    }
+    int found;
+    uint64_t fh = f->hash;
+    int32_t flv0 = f->lv0, fnlv = f->nlv;
+    memo_ent *e = memo_slot(m, fh, byte, &found);
+    if (!found) {
+      int acc;
+      int32_t n;
+      int32_t s = advance(m, flv0, fnlv, byte, &n, &acc);
+      if (m->oom) break;
+      e->state = fh;
+      e->byte = (uint8_t)byte;
+      e->gen = m->memo_gen;
+      e->lv0 = s;
+      e->nlv = n;
+      e->acc = (uint8_t)acc;
+      e->next = leaves_hash(m, s, n, acc);
+      first_bytes(m, s, n, &e->first);
+      m->n_memo++;
+    }
+    if (e->nlv == 0 && !e->acc) continue;
     for (int32_t id = t->tok_first[c]; id >= 0; id = t->tok_next[id]) mask[id >> 5] |= 1u << (id & 31);
-    if (n > 0 && c + 1 < t->tend[c]) {
+    if (e->nlv > 0 && c + 1 < t->tend[c]) {
+      int32_t nlv0 = e->lv0, nn = e->nlv;
+      uint64_t nh = e->next;
+      cst_bset nfirst = e->first;
       if (grow((void **)&m->frames, &m->cap_frames, sp + 1, sizeof *m->frames)) {
         m->oom = 1;
         break;
@@ -389,10 +479,10 @@ static int walk(qv_matcher *m, uint32_t *mask) {
       walk_frame *nf = &m->frames[sp++];
       nf->tnode = c;
       nf->cursor = c + 1;
-      nf->lv0 = s;
-      nf->nlv = n;
-      nf->wm = m->n_nodes;
-      first_bytes(m, s, n, &nf->first);
+      nf->lv0 = nlv0;
+      nf->nlv = nn;
+      nf->hash = nh;
+      nf->first = nfirst;
     }
   }
   m->n_nodes = wm0;
