@@ -337,7 +337,8 @@ Test(constrain, engine_every_sampling_mode_and_mixed_batch) {
   one.id = submit(e, prompts[0], 8, 3, NULL, json);
   run_until_done(e, &one, 1);
   cr_assert_eq(one.finish, QV_FINISH_LENGTH);
-  cr_assert_str_eq(one.text, "ababab");
+  cr_assert_eq(one.n_tokens, 3);
+  cr_assert(one.text_len >= 3 && !strncmp(one.text, "abababababab", one.text_len), "'%s'", one.text);
   /* A complete, closed constraint stops at once with EOS, even with min_tokens. */
   qv_constraint *fixed = compile(v, QV_CST_REGEX, "ab");
   qv_request_params p;

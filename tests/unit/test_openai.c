@@ -120,7 +120,16 @@ Test(openai_req, rejects_bad_fields) {
       {OAI_CHAT,
        "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":"
        "\"json_schema\"}}",
+       "response_format", QV_EINVAL},
+      {OAI_CHAT,
+       "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":"
+       "\"xml\"}}",
        "response_format", QV_EUNSUPPORTED},
+      {OAI_COMPLETION, "{\"prompt\":\"a\",\"guided_choice\":[]}", "guided_choice", QV_EINVAL},
+      {OAI_COMPLETION, "{\"prompt\":\"a\",\"guided_regex\":\"a\",\"guided_choice\":[\"b\"]}", "guided_choice",
+       QV_EINVAL},
+      {OAI_COMPLETION, "{\"prompt\":\"a\",\"structured_outputs\":{\"structural_tag\":1}}",
+       "structured_outputs", QV_EUNSUPPORTED},
       {OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_logprobs\":2}",
        "top_logprobs", QV_EINVAL},
       {OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{}]}", "tools",
