@@ -12,8 +12,21 @@
 /* The vocabulary as byte strings and a trie over them, nodes in preorder: node 0 is the empty
  * prefix, a node's first child is the next node, and its subtree ends at tend[node], where
  * its next sibling starts. */
+/* Plain tokens: every byte printable ASCII other than '"' and '\\' (the bytes a JSON string
+ * or free text takes as themselves), at most CST_PLAIN_MAX long. A state that treats all of
+ * them alike (each stack top has all of them or none) moves the same way on any of them, so
+ * every plain token of length l leads to one state S_l: masks then take all plain tokens of
+ * the lengths whose S_l is alive from plain_upto[] at once, and the trie walk skips subtrees
+ * made only of plain bytes. */
+#define CST_PLAIN_MAX 32
+
+static inline int cst_plain_byte(unsigned b) { return b >= 0x20 && b < 0x7F && b != '"' && b != '\\'; }
+
 typedef struct cst_trie {
   int32_t n_nodes;
+  uint8_t *plain;     /* [n_nodes] 1: the node and its subtree hold only plain bytes, depth <= CST_PLAIN_MAX */
+  uint8_t *depth;     /* [n_nodes] node depth (capped at 255) */
+  uint8_t *maxd;      /* [n_nodes] deepest depth in the subtree (capped at 255) */
   uint8_t *tbyte;     /* [n_nodes] the byte on the edge into the node */
   int32_t *tend;      /* [n_nodes] one past the node's last descendant */
   int32_t *tok_first; /* [n_nodes] first token id ending here, -1 none */
@@ -29,6 +42,8 @@ struct qv_cst_vocab {
   uint32_t *off;       /* [n_vocab] */
   uint32_t *len;       /* [n_vocab]; UINT32_MAX: never allowed (special, absent, empty) */
   cst_trie trie;
+  uint32_t *plain_upto; /* [CST_PLAIN_MAX + 1][words]: plain tokens of length <= l */
+  int32_t words;
   pthread_mutex_t mu;  /* guards the compile cache */
   qv_constraint *cache[CST_COMPILE_CACHE]; /* one reference each */
   uint64_t cache_use[CST_COMPILE_CACHE];

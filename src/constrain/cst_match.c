@@ -28,6 +28,7 @@ typedef struct walk_frame {
   int32_t tnode, cursor;  /* trie node and its next child to try */
   int32_t lv0, nlv;       /* the frame's leaves in m->lv */
   uint64_t hash;          /* their state hash */
+  int32_t chain;          /* 1: reached from the root over plain bytes only, within the plain chain */
   cst_bset first;         /* bytes some leaf accepts */
 } walk_frame;
 
@@ -421,14 +422,62 @@ static int memo_grow(qv_matcher *m) {
   return 0;
 }
 
+/* The plain chain of the current state (see CST_PLAIN_MAX): the largest L such that every
+ * plain string of length <= L keeps the state alive, all such strings of one length leading
+ * to one state. *closed: plain strings longer than L are known dead (or longer than any plain
+ * token); else the chain stopped where plain bytes are not treated alike. */
+static int32_t plain_chain(qv_matcher *m, int *closed) {
+  const cst_gram *g = &m->c->g;
+  cst_bset plain = {{0}};
+  for (unsigned b = 0; b < 256; b++)
+    if (cst_plain_byte(b)) cst_bset_add(&plain, b);
+  int32_t from = 0, n = m->n_leaves, L = 0;
+  *closed = 0;
+  while (L < CST_PLAIN_MAX) {
+    int any_full = 0;
+    for (int32_t i = 0; i < n; i++) {
+      const cst_bset *s = &g->sets[g->elems[m->nodes[m->lv[from + i]].pos]];
+      int none = 1, all = 1;
+      for (int k = 0; k < 8; k++) {
+        uint32_t in = s->w[k] & plain.w[k];
+        none &= in == 0;
+        all &= in == plain.w[k];
+      }
+      if (!none && !all) return L; /* not uniform */
+      any_full |= all;
+    }
+    if (!any_full) break; /* no plain byte is accepted: longer plain strings are dead */
+    int acc;
+    int32_t nn;
+    int32_t s = advance(m, from, n, 'a', &nn, &acc);
+    if (m->oom) return 0;
+    if (nn == 0 && !acc) break;
+    L++;
+    from = s;
+    n = nn;
+  }
+  *closed = 1;
+  return L;
+}
+
 static int walk(qv_matcher *m, uint32_t *mask) {
-  const cst_trie *t = &m->c->vocab->trie;
+  const qv_cst_vocab *v = m->c->vocab;
+  const cst_trie *t = &v->trie;
   int32_t wm0 = m->n_nodes, lv0 = m->n_lv;
+  int closed;
+  int32_t L = plain_chain(m, &closed);
+  m->n_nodes = wm0;
+  m->n_lv = lv0;
+  if (L > 0) {
+    const uint32_t *pm = v->plain_upto + (size_t)L * (size_t)v->words;
+    for (int32_t w = 0; w < v->words; w++) mask[w] |= pm[w];
+  }
   int32_t sp = 0;
   if (grow((void **)&m->frames, &m->cap_frames, 1, sizeof *m->frames) || memo_reset(m)) return QV_ENOMEM;
   walk_frame *f = &m->frames[sp++];
   f->tnode = 0;
   f->cursor = 1;
+  f->chain = 1;
   f->lv0 = 0;
   f->nlv = m->n_leaves;
   f->hash = leaves_hash(m, 0, m->n_leaves, m->accept);
@@ -443,6 +492,9 @@ static int walk(qv_matcher *m, uint32_t *mask) {
     f->cursor = t->tend[c];
     unsigned byte = t->tbyte[c];
     if (!cst_bset_has(&f->first, byte)) continue;
+    /* A plain subtree under the chain is decided by plain_upto[L]. */
+    if (f->chain && t->plain[c] && (closed || t->maxd[c] <= L)) continue;
+    int child_chain = f->chain && cst_plain_byte(byte) && t->depth[c] <= L;
     if (memo_grow(m)) {
       m->oom = 1;
       break;
@@ -482,6 +534,7 @@ static int walk(qv_matcher *m, uint32_t *mask) {
       nf->lv0 = nlv0;
       nf->nlv = nn;
       nf->hash = nh;
+      nf->chain = child_chain;
       nf->first = nfirst;
     }
   }

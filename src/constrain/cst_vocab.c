@@ -41,6 +41,9 @@ static int sort_ids(int32_t *ids, int32_t n, const sort_ctx *s) {
 }
 
 static void trie_free(cst_trie *t) {
+  free(t->plain);
+  free(t->depth);
+  free(t->maxd);
   free(t->tbyte);
   free(t->tend);
   free(t->tok_first);
@@ -70,6 +73,24 @@ static int trie_build(qv_cst_vocab *v) {
   t->tok_first = malloc(total * sizeof *t->tok_first);
   t->tok_next = malloc((size_t)(v->n_vocab ? v->n_vocab : 1) * sizeof *t->tok_next);
   int32_t *path = malloc((size_t)1026 * sizeof *path); /* node at each depth */
+  /* plain tokens by length */
+  v->words = (v->n_vocab + 31) / 32;
+  v->plain_upto = calloc((size_t)(CST_PLAIN_MAX + 1) * (size_t)v->words, sizeof *v->plain_upto);
+  if (!v->plain_upto) {
+    free(ids);
+    free(path);
+    return QV_ENOMEM;
+  }
+  for (int32_t k = 0; k < n; k++) {
+    int32_t id = ids[k];
+    uint32_t len = v->len[id];
+    if (len > CST_PLAIN_MAX) continue;
+    const uint8_t *s = (const uint8_t *)v->bytes + v->off[id];
+    uint32_t j = 0;
+    while (j < len && cst_plain_byte(s[j])) j++;
+    if (j < len) continue;
+    for (uint32_t l = len; l <= CST_PLAIN_MAX; l++) v->plain_upto[(size_t)l * (size_t)v->words + (size_t)(id >> 5)] |= 1u << (id & 31);
+  }
   if (!t->tbyte || !t->tend || !t->tok_first || !t->tok_next || !path) {
     free(ids);
     free(path);
@@ -112,6 +133,40 @@ static int trie_build(qv_cst_vocab *v) {
   while (depth > 0) t->tend[path[depth--]] = nn;
   t->tend[0] = nn;
   t->n_nodes = nn;
+  /* Plain subtrees, depths: children follow their parent in preorder, so a reverse pass
+   * sees every child before its parent; the parent of node n is the nearest earlier node whose
+   * subtree contains n (found with a stack in a forward pass). */
+  t->plain = malloc((size_t)nn);
+  t->depth = malloc((size_t)nn);
+  t->maxd = malloc((size_t)nn);
+  int32_t *parent = malloc((size_t)nn * sizeof *parent);
+  if (!t->plain || !t->depth || !t->maxd || !parent) {
+    free(parent);
+    free(last_tok);
+    free(ids);
+    free(path);
+    return QV_ENOMEM;
+  }
+  int32_t sp = 0;
+  path[0] = 0;
+  t->depth[0] = 0;
+  parent[0] = -1;
+  for (int32_t n = 1; n < nn; n++) {
+    while (t->tend[path[sp]] <= n) sp--;
+    parent[n] = path[sp];
+    t->depth[n] = (uint8_t)(t->depth[path[sp]] < 255 ? t->depth[path[sp]] + 1 : 255);
+    path[++sp] = n;
+  }
+  for (int32_t n = 0; n < nn; n++) {
+    t->plain[n] = n > 0 && cst_plain_byte(t->tbyte[n]) && t->depth[n] <= CST_PLAIN_MAX;
+    t->maxd[n] = t->depth[n];
+  }
+  for (int32_t n = nn - 1; n > 0; n--) {
+    int32_t p = parent[n];
+    if (!t->plain[n]) t->plain[p] = 0;
+    if (t->maxd[n] > t->maxd[p]) t->maxd[p] = t->maxd[n];
+  }
+  free(parent);
   free(last_tok);
   free(ids);
   free(path);
@@ -208,6 +263,7 @@ void qv_cst_vocab_destroy(qv_cst_vocab *v) {
   for (int i = 0; i < CST_COMPILE_CACHE; i++) qv_constraint_release(v->cache[i]);
   pthread_mutex_destroy(&v->mu);
   trie_free(&v->trie);
+  free(v->plain_upto);
   free(v->bytes);
   free(v->off);
   free(v->len);

@@ -80,11 +80,14 @@ def test_schema_fuzz(quiver_bin, shared_dir, tmp_path, which):
 def test_schema_mask_exact(quiver_bin, tmp_path):
     """Every token outside the mask is refused and every token inside accepted, for the first
     steps of walks over a few schemas (full vocabulary each step)."""
-    sch = schemas(6, seed=11)
+    sch = schemas(6, seed=11) + [
+        {"type": "object", "properties": {"s": {"type": "string", "maxLength": 5}, "t": {"type": "string"},
+                                          "u": {"type": "string", "pattern": "^[a-z ]{0,6}x$"}},
+         "required": ["s", "t", "u"]}]
     f = tmp_path / "schemas.jsonl"
     f.write_text("\n".join(json.dumps(s) for s in sch) + "\n")
     rows, _ = run(release_bin(quiver_bin), ["--tokenizer", FIX / "llama3-style", "--schemas", f, "--samples", 1,
-                                            "--verify-mask", 8, "--max-tokens", 200])
+                                            "--verify-mask", 14, "--max-tokens", 200])
     validate_all(sch, rows)
 
 
