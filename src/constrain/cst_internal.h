@@ -22,8 +22,17 @@
 
 static inline int cst_plain_byte(unsigned b) { return b >= 0x20 && b < 0x7F && b != '"' && b != '\\'; }
 
+/* Text tokens extend plain tokens to UTF-8: complete, valid characters, the ASCII ones plain.
+ * A state whose every character (ASCII or not) leads to one state S_{l+1} takes all text tokens
+ * of up to L characters at once (text_upto[]), and the walk skips subtrees holding only text
+ * tokens; the check costs a few advances per character of the chain, so it stops at
+ * CST_TEXT_MAX. */
+#define CST_TEXT_MAX 16
+
 typedef struct cst_trie {
   int32_t n_nodes;
+  uint8_t *text;      /* [n_nodes] 1: every token in the subtree is a text token of <= CST_TEXT_MAX chars */
+  uint8_t *maxc;      /* [n_nodes] most characters of a token in the subtree (text subtrees) */
   uint8_t *plain;     /* [n_nodes] 1: the node and its subtree hold only plain bytes, depth <= CST_PLAIN_MAX */
   uint8_t *depth;     /* [n_nodes] node depth (capped at 255) */
   uint8_t *maxd;      /* [n_nodes] deepest depth in the subtree (capped at 255) */
@@ -43,6 +52,7 @@ struct qv_cst_vocab {
   uint32_t *len;       /* [n_vocab]; UINT32_MAX: never allowed (special, absent, empty) */
   cst_trie trie;
   uint32_t *plain_upto; /* [CST_PLAIN_MAX + 1][words]: plain tokens of length <= l */
+  uint32_t *text_upto;  /* [CST_TEXT_MAX + 1][words]: text tokens of <= l characters */
   int32_t words;
   pthread_mutex_t mu;  /* guards the compile cache */
   qv_constraint *cache[CST_COMPILE_CACHE]; /* one reference each */

@@ -29,6 +29,10 @@ typedef struct walk_frame {
   int32_t lv0, nlv;       /* the frame's leaves in m->lv */
   uint64_t hash;          /* their state hash */
   int32_t chain;          /* 1: reached from the root over plain bytes only, within the plain chain */
+  int32_t tchain;         /* 1: reached over text characters only, within the text chain */
+  int32_t tpend;          /* continuation bytes still due in the current character */
+  int32_t tchars;         /* complete characters on the path */
+  uint8_t tlo, thi;       /* range of the next continuation byte */
   cst_bset first;         /* bytes some leaf accepts */
 } walk_frame;
 
@@ -460,16 +464,93 @@ static int32_t plain_chain(qv_matcher *m, int *closed) {
   return L;
 }
 
+/* 1 when every leaf's set holds all of [lo, hi] or none of it (all bytes there move alike). */
+static int uniform_range(const qv_matcher *m, int32_t from, int32_t n, unsigned lo, unsigned hi) {
+  const cst_gram *g = &m->c->g;
+  for (int32_t i = 0; i < n; i++) {
+    const cst_bset *s = &g->sets[g->elems[m->nodes[m->lv[from + i]].pos]];
+    int has = cst_bset_has(s, lo);
+    for (unsigned b = lo + 1; b <= hi; b++)
+      if (cst_bset_has(s, b) != has) return 0;
+  }
+  return 1;
+}
+
+/* The text chain: the largest L (<= CST_TEXT_MAX) such that from the state every character
+ * (plain ASCII or any valid non-ASCII one) leads to one state, level by level, alive up to L.
+ * Each level checks every UTF-8 lead/continuation range for uniformity and that each family
+ * of characters ends in the state 'a' leads to. *closed: the chain reached a fixed point
+ * (S_{l+1} = S_l), so it goes on forever. */
+static int32_t text_chain(qv_matcher *m, int *closed) {
+  static const uint8_t fam[8][4][2] = {
+      {{0xC2, 0xDF}, {0x80, 0xBF}}, {{0xE0, 0xE0}, {0xA0, 0xBF}, {0x80, 0xBF}},
+      {{0xE1, 0xEC}, {0x80, 0xBF}, {0x80, 0xBF}}, {{0xED, 0xED}, {0x80, 0x9F}, {0x80, 0xBF}},
+      {{0xEE, 0xEF}, {0x80, 0xBF}, {0x80, 0xBF}}, {{0xF0, 0xF0}, {0x90, 0xBF}, {0x80, 0xBF}, {0x80, 0xBF}},
+      {{0xF1, 0xF3}, {0x80, 0xBF}, {0x80, 0xBF}, {0x80, 0xBF}}, {{0xF4, 0xF4}, {0x80, 0x8F}, {0x80, 0xBF}, {0x80, 0xBF}}};
+  static const int fam_len[8] = {2, 3, 3, 3, 3, 4, 4, 4};
+  int32_t from = 0, n = m->n_leaves, L = 0;
+  *closed = 0;
+  while (L < CST_TEXT_MAX) {
+    /* plain ASCII: uniform over each run of plain bytes, all accepted */
+    if (!uniform_range(m, from, n, 0x20, 0x21) || !uniform_range(m, from, n, 0x23, 0x5B) ||
+        !uniform_range(m, from, n, 0x5D, 0x7E))
+      return L;
+    int acc;
+    int32_t nn;
+    int32_t s = advance(m, from, n, 'a', &nn, &acc);
+    if (m->oom || (nn == 0 && !acc)) return L;
+    uint64_t h = leaves_hash(m, s, nn, acc);
+    int32_t sa = s, na = nn;
+    /* '#' and '~' must land in the same state as 'a' (the three plain runs) */
+    static const uint8_t reps[] = {0x20, 0x23, 0x5D, 0x7E};
+    for (int r = 0; r < 4; r++) {
+      int a2;
+      int32_t n2;
+      int32_t s2 = advance(m, from, n, reps[r], &n2, &a2);
+      if (m->oom || leaves_hash(m, s2, n2, a2) != h) return L;
+    }
+    for (int f = 0; f < 8; f++) {
+      int32_t cf = from, cn = n;
+      int a2 = 0;
+      for (int k = 0; k < fam_len[f]; k++) {
+        if (!uniform_range(m, cf, cn, fam[f][k][0], fam[f][k][1])) return L;
+        int32_t n2;
+        int32_t s2 = advance(m, cf, cn, fam[f][k][0], &n2, &a2);
+        if (m->oom || (n2 == 0 && (k + 1 < fam_len[f] || !a2))) return L;
+        cf = s2;
+        cn = n2;
+      }
+      if (leaves_hash(m, cf, cn, a2) != h) return L;
+    }
+    L++;
+    if (h == leaves_hash(m, from, n, 0) || h == leaves_hash(m, from, n, 1)) {
+      *closed = 1; /* a fixed point: every longer text stays here */
+      return L;
+    }
+    from = sa;
+    n = na;
+  }
+  return L;
+}
+
 static int walk(qv_matcher *m, uint32_t *mask) {
   const qv_cst_vocab *v = m->c->vocab;
   const cst_trie *t = &v->trie;
   int32_t wm0 = m->n_nodes, lv0 = m->n_lv;
-  int closed;
+  int closed, tclosed;
   int32_t L = plain_chain(m, &closed);
+  m->n_nodes = wm0;
+  m->n_lv = lv0;
+  new_generation(m);
+  int32_t TL = text_chain(m, &tclosed);
   m->n_nodes = wm0;
   m->n_lv = lv0;
   if (L > 0) {
     const uint32_t *pm = v->plain_upto + (size_t)L * (size_t)v->words;
+    for (int32_t w = 0; w < v->words; w++) mask[w] |= pm[w];
+  }
+  if (TL > 0) {
+    const uint32_t *pm = v->text_upto + (size_t)TL * (size_t)v->words;
     for (int32_t w = 0; w < v->words; w++) mask[w] |= pm[w];
   }
   int32_t sp = 0;
@@ -478,6 +559,9 @@ static int walk(qv_matcher *m, uint32_t *mask) {
   f->tnode = 0;
   f->cursor = 1;
   f->chain = 1;
+  f->tchain = TL > 0;
+  f->tpend = 0;
+  f->tchars = 0;
   f->lv0 = 0;
   f->nlv = m->n_leaves;
   f->hash = leaves_hash(m, 0, m->n_leaves, m->accept);
@@ -494,7 +578,30 @@ static int walk(qv_matcher *m, uint32_t *mask) {
     if (!cst_bset_has(&f->first, byte)) continue;
     /* A plain subtree under the chain is decided by plain_upto[L]. */
     if (f->chain && t->plain[c] && (closed || t->maxd[c] <= L)) continue;
+    /* Likewise a text subtree at a character boundary of the text chain. */
+    if (f->tchain && f->tpend == 0 && t->text[c] && (tclosed || t->maxc[c] <= TL)) continue;
     int child_chain = f->chain && cst_plain_byte(byte) && t->depth[c] <= L;
+    /* Track the child's place in the text chain (strict UTF-8). */
+    int ct = f->tchain, cpend = 0, cchars = f->tchars;
+    uint8_t clo = 0x80, chi = 0xBF;
+    if (ct) {
+      if (f->tpend > 0) {
+        if (byte < f->tlo || byte > f->thi) ct = 0;
+        else if ((cpend = f->tpend - 1) == 0) cchars++;
+      } else if (byte < 0x80) {
+        ct = cst_plain_byte(byte);
+        cchars++;
+      } else if (byte >= 0xC2 && byte <= 0xDF) {
+        cpend = 1;
+      } else if (byte >= 0xE0 && byte <= 0xEF) {
+        cpend = 2, clo = byte == 0xE0 ? 0xA0 : 0x80, chi = byte == 0xED ? 0x9F : 0xBF;
+      } else if (byte >= 0xF0 && byte <= 0xF4) {
+        cpend = 3, clo = byte == 0xF0 ? 0x90 : 0x80, chi = byte == 0xF4 ? 0x8F : 0xBF;
+      } else {
+        ct = 0;
+      }
+      if (cchars > TL) ct = 0;
+    }
     if (memo_grow(m)) {
       m->oom = 1;
       break;
@@ -535,6 +642,11 @@ static int walk(qv_matcher *m, uint32_t *mask) {
       nf->nlv = nn;
       nf->hash = nh;
       nf->chain = child_chain;
+      nf->tchain = ct;
+      nf->tpend = cpend;
+      nf->tchars = cchars;
+      nf->tlo = clo;
+      nf->thi = chi;
       nf->first = nfirst;
     }
   }

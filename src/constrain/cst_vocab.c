@@ -40,7 +40,36 @@ static int sort_ids(int32_t *ids, int32_t n, const sort_ctx *s) {
   return 0;
 }
 
+/* Characters of a text token (valid UTF-8, complete characters, ASCII ones plain), or -1. */
+static int text_chars(const uint8_t *s, uint32_t n) {
+  int chars = 0;
+  for (uint32_t i = 0; i < n;) {
+    uint8_t c = s[i];
+    uint32_t k, lo = 0x80, hi = 0xBF;
+    if (c < 0x80) {
+      if (!cst_plain_byte(c)) return -1;
+      i++;
+      chars++;
+      continue;
+    }
+    if (c >= 0xC2 && c <= 0xDF) k = 1;
+    else if (c >= 0xE0 && c <= 0xEF) k = 2, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+    else if (c >= 0xF0 && c <= 0xF4) k = 3, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+    else return -1;
+    for (uint32_t j = 1; j <= k; j++) {
+      if (i + j >= n) return -1;
+      uint8_t d = s[i + j];
+      if (d < (j == 1 ? lo : 0x80) || d > (j == 1 ? hi : 0xBF)) return -1;
+    }
+    i += k + 1;
+    chars++;
+  }
+  return chars;
+}
+
 static void trie_free(cst_trie *t) {
+  free(t->text);
+  free(t->maxc);
   free(t->plain);
   free(t->depth);
   free(t->maxd);
@@ -80,6 +109,18 @@ static int trie_build(qv_cst_vocab *v) {
     free(ids);
     free(path);
     return QV_ENOMEM;
+  }
+  v->text_upto = calloc((size_t)(CST_TEXT_MAX + 1) * (size_t)v->words, sizeof *v->text_upto);
+  if (!v->text_upto) {
+    free(ids);
+    free(path);
+    return QV_ENOMEM;
+  }
+  for (int32_t k = 0; k < n; k++) {
+    int32_t id = ids[k];
+    int ch = text_chars((const uint8_t *)v->bytes + v->off[id], v->len[id]);
+    for (int l = ch; ch > 0 && l <= CST_TEXT_MAX; l++)
+      v->text_upto[(size_t)l * (size_t)v->words + (size_t)(id >> 5)] |= 1u << (id & 31);
   }
   for (int32_t k = 0; k < n; k++) {
     int32_t id = ids[k];
@@ -165,6 +206,29 @@ static int trie_build(qv_cst_vocab *v) {
     int32_t p = parent[n];
     if (!t->plain[n]) t->plain[p] = 0;
     if (t->maxd[n] > t->maxd[p]) t->maxd[p] = t->maxd[n];
+  }
+  /* Text subtrees: every token at or below is a text token of <= CST_TEXT_MAX characters. */
+  t->text = malloc((size_t)nn);
+  t->maxc = calloc((size_t)nn, 1);
+  if (!t->text || !t->maxc) {
+    free(parent);
+    free(last_tok);
+    free(ids);
+    free(path);
+    return QV_ENOMEM;
+  }
+  for (int32_t n = 0; n < nn; n++) {
+    t->text[n] = n > 0;
+    for (int32_t id = t->tok_first[n]; id >= 0 && t->text[n]; id = t->tok_next[id]) {
+      int ch = text_chars((const uint8_t *)v->bytes + v->off[id], v->len[id]);
+      if (ch < 0 || ch > CST_TEXT_MAX) t->text[n] = 0;
+      else if (ch > t->maxc[n]) t->maxc[n] = (uint8_t)ch;
+    }
+  }
+  for (int32_t n = nn - 1; n > 0; n--) {
+    int32_t p = parent[n];
+    if (!t->text[n]) t->text[p] = 0;
+    if (t->maxc[n] > t->maxc[p]) t->maxc[p] = t->maxc[n];
   }
   free(parent);
   free(last_tok);
@@ -264,6 +328,7 @@ void qv_cst_vocab_destroy(qv_cst_vocab *v) {
   pthread_mutex_destroy(&v->mu);
   trie_free(&v->trie);
   free(v->plain_upto);
+  free(v->text_upto);
   free(v->bytes);
   free(v->off);
   free(v->len);

@@ -87,7 +87,7 @@ def test_schema_mask_exact(quiver_bin, tmp_path):
     f = tmp_path / "schemas.jsonl"
     f.write_text("\n".join(json.dumps(s) for s in sch) + "\n")
     rows, _ = run(release_bin(quiver_bin), ["--tokenizer", FIX / "llama3-style", "--schemas", f, "--samples", 1,
-                                            "--verify-mask", 14, "--max-tokens", 200])
+                                            "--verify-mask", 24, "--max-tokens", 200])
     validate_all(sch, rows)
 
 
