@@ -524,8 +524,8 @@ static int32_t text_chain(qv_matcher *m, int *closed) {
     }
     L++;
     if (h == leaves_hash(m, from, n, 0) || h == leaves_hash(m, from, n, 1)) {
-      *closed = 1; /* a fixed point: every longer text stays here */
-      return L;
+      *closed = 1; /* a fixed point: text of any length stays here */
+      return CST_TEXT_MAX;
     }
     from = sa;
     n = na;
