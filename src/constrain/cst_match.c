@@ -533,6 +533,35 @@ static int32_t text_chain(qv_matcher *m, int *closed) {
   return L;
 }
 
+/* A walk over a large vocabulary may grow the node pool, leaves and memo to megabytes; a
+ * matcher keeps only modest scratch between steps so many live sequences stay cheap. */
+static void trim_scratch(qv_matcher *m) {
+  enum { KEEP = 1 << 14 };
+  if (m->cap_memo > KEEP) {
+    free(m->memo);
+    m->memo = NULL;
+    m->cap_memo = 0;
+  }
+  if (m->cap_nodes > KEEP && m->cap_nodes > 4 * m->n_nodes) {
+    int32_t cap = m->n_nodes > KEEP / 2 ? m->n_nodes * 2 : KEEP;
+    cst_node *a = realloc(m->nodes, (size_t)cap * sizeof *a);
+    if (a) m->nodes = a, m->cap_nodes = cap;
+  }
+  if (m->cap_lv > KEEP && m->cap_lv > 4 * m->n_lv) {
+    int32_t cap = m->n_lv > KEEP / 2 ? m->n_lv * 2 : KEEP;
+    int32_t *a = realloc(m->lv, (size_t)cap * sizeof *a);
+    if (a) m->lv = a, m->cap_lv = cap;
+  }
+  if (m->cap_vis > KEEP) {
+    free(m->vis_key);
+    free(m->vis_gen);
+    m->vis_key = NULL;
+    m->vis_gen = NULL;
+    m->cap_vis = 0;
+    m->n_vis = 0;
+  }
+}
+
 static int walk(qv_matcher *m, uint32_t *mask) {
   const qv_cst_vocab *v = m->c->vocab;
   const cst_trie *t = &v->trie;
@@ -652,6 +681,7 @@ static int walk(qv_matcher *m, uint32_t *mask) {
   }
   m->n_nodes = wm0;
   m->n_lv = lv0;
+  trim_scratch(m);
   if (m->oom) {
     m->oom = 0;
     return QV_ENOMEM;
