@@ -52,6 +52,10 @@ static int op_encode(void *ctx, const char *text, size_t len, int add_special, i
   return qv_tokenizer_encode(((loaded *)ctx)->tok, text, len, flags, ids, n, err);
 }
 
+static int op_token_bytes(void *ctx, int32_t id, char **bytes, size_t *len) {
+  return qv_tokenizer_decode(((loaded *)ctx)->tok, &id, 1, QV_TOK_KEEP_BYTES, bytes, len, NULL);
+}
+
 static int op_decode(void *ctx, const int32_t *ids, size_t n, int skip_special, char **text,
                      size_t *len, qv_error *err) {
   return qv_tokenizer_decode(((loaded *)ctx)->tok, ids, n, skip_special ? QV_TOK_SKIP_SPECIAL : 0u,
@@ -150,7 +154,7 @@ static const srv_model_ops ops_default_chat = {
     .render_chat = NULL, .parse_tools = op_parse_tools,
     .tool_stream_create = op_tool_stream_create, .tool_stream_feed = op_tool_stream_feed,
     .tool_stream_destroy = op_tool_stream_destroy, .compile_constraint = op_compile_constraint,
-    .tool_format = op_tool_format,
+    .tool_format = op_tool_format, .token_bytes = op_token_bytes,
 };
 
 static const srv_model_ops ops_template_chat = {
@@ -159,7 +163,7 @@ static const srv_model_ops ops_template_chat = {
     .render_chat = op_render, .parse_tools = op_parse_tools,
     .tool_stream_create = op_tool_stream_create, .tool_stream_feed = op_tool_stream_feed,
     .tool_stream_destroy = op_tool_stream_destroy, .compile_constraint = op_compile_constraint,
-    .tool_format = op_tool_format,
+    .tool_format = op_tool_format, .token_bytes = op_token_bytes,
 };
 
 /* A model directory has a template when it ships chat_template.jinja or a tokenizer_config.json
@@ -244,7 +248,7 @@ int srv_models_load(const registry *reg, const srv_load_opts *o, srv_models **ou
   for (int32_t i = 0; i < s->n; i++) {
     int rc = load_one(&reg->models[i], o, &s->l[i], &s->m[i], err);
     if (rc) {
-      qv_error_prefix(err, "model '%s' (%s): ", reg->models[i].name, reg->models[i].path);
+      qv_error_prefix(err, "model '%s' (%s)", reg->models[i].name, reg->models[i].path);
       srv_models_destroy(s);
       return rc;
     }

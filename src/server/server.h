@@ -65,6 +65,10 @@ typedef struct srv_model_ops {
   /* The tool-call format enforced for tool_choice required/named ("hermes", "llama3",
    * "mistral"); NULL op: tool calls are not enforced. */
   const char *(*tool_format)(void *ctx);
+  /* The bytes of one token as they are, also when they are not complete UTF-8 (a byte token:
+   * decode gives U+FFFD), for completions logprobs keys (oai_token_key). *bytes malloc'd.
+   * Loop thread (a lookup-sized decode). NULL op: keys come from the text alone. */
+  int (*token_bytes)(void *ctx, int32_t id, char **bytes, size_t *len);
 } srv_model_ops;
 
 /* One served model. The server borrows ops and ctx; they must outlive it. */

@@ -93,7 +93,7 @@ static void check_case(const ref_in *in, unsigned seed) {
   cr_assert_eq(sampler_init(&s, V), 0);
   float logits[V];
   rand_logits(logits, V, &seed);
-  sampler_input si = {&in->p, in->prompt, in->n_prompt, in->output, in->n_output, in->banned, in->n_banned};
+  sampler_input si = {&in->p, in->prompt, in->n_prompt, in->output, in->n_output, in->banned, in->n_banned, NULL};
   double got[V], want[V];
   cr_assert_eq(sampler_probs(&s, logits, &si, got), 0);
   ref_probs(logits, in, want);
