@@ -167,12 +167,12 @@ static void bench_mask(FILE *out, const char *name, qv_cst_vocab *v, int32_t n_v
   qv_cst_spec spec = {.kind = QV_CST_JSON_SCHEMA, .text = schema, .text_len = strlen(schema)};
   qv_constraint *c = NULL;
   qv_error err = {0};
-  double t0 = now_s();
+  double t0 = cpu_s();
   if (qv_constraint_compile(v, &spec, &c, &err)) {
     fprintf(stderr, "bench: compile: %s\n", err.msg);
     return;
   }
-  double compile_s = now_s() - t0;
+  double compile_s = cpu_s() - t0;
   int32_t words = (n_vocab + 31) / 32;
   uint32_t *mask = malloc((size_t)words * sizeof *mask);
   int32_t *ids = malloc((size_t)n_vocab * sizeof *ids);
