@@ -120,8 +120,6 @@ static qv_cst_vocab *synthetic_150k(const char *gpt2, int32_t *n_out) {
       }
     } else { /* two GPT-2 tokens joined */
       for (int c = 0; c < 2; c++) {
-        int32_t a = toks[rng_next(&rng) % (uint64_t)(n < base ? n : base)] ? (int32_t)0 : 0;
-        (void)a;
         int32_t id = (int32_t)(rng_next(&rng) % (uint64_t)(n < 50000 ? n : 50000));
         if (lens[id] + len > 24) break;
         memcpy(buf + len, toks[id], lens[id]);

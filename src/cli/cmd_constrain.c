@@ -80,7 +80,7 @@ static int random_walk(qv_constraint *c, const qv_cst_vocab *v, int32_t eos, uin
     }
     st->mask_s += now_s() - t0;
     st->n_masks++;
-    int32_t k = 0, k1 = 0;
+    int32_t k = 0;
     for (int32_t id = 0; id < V; id++)
       if (has_bit(mask, id)) ids[k++] = id;
     if (k == 0) { /* the vocabulary cannot continue: reported as an incomplete sample */
@@ -113,7 +113,6 @@ static int random_walk(qv_constraint *c, const qv_cst_vocab *v, int32_t eos, uin
         const char *p = memchr(closers, s[0], 3);
         int rank = p ? (int)(p - closers) : 10;
         if (rank < best_rank || (rank == best_rank && rng_next(rng) % 4 == 0)) best = ids[i], best_rank = rank;
-        k1++;
       }
       if (best >= 0) pick = best;
     }
