@@ -219,7 +219,7 @@ def test_errors(srv):
         c.completions.create(model="stories", prompt="x", temperature=7)
     with pytest.raises(openai.BadRequestError) as e:
         c.chat.completions.create(model="stories", messages=[{"role": "user", "content": "x"}],
-                                  response_format={"type": "json_object"})
+                                  response_format={"type": "xml"})
     assert "response_format" in str(e.value)
     with pytest.raises(openai.BadRequestError) as e:
         c.completions.create(model="stories", prompt="Once upon a time " * 200, max_tokens=4)
