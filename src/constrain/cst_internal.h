@@ -32,6 +32,8 @@ static inline int cst_plain_byte(unsigned b) { return b >= 0x20 && b < 0x7F && b
 typedef struct cst_trie {
   int32_t n_nodes;
   uint8_t *text;      /* [n_nodes] 1: every token in the subtree is a text token of <= CST_TEXT_MAX chars */
+  int32_t *tfirst_nt; /* [n_nodes] first child whose subtree is not text, or tend[node] */
+  int32_t *tnext_nt;  /* [n_nodes] next sibling whose subtree is not text, or the parent's tend */
   uint8_t *maxc;      /* [n_nodes] most characters of a token in the subtree (text subtrees) */
   uint8_t *plain;     /* [n_nodes] 1: the node and its subtree hold only plain bytes, depth <= CST_PLAIN_MAX */
   uint8_t *depth;     /* [n_nodes] node depth (capped at 255) */
@@ -77,6 +79,11 @@ struct qv_constraint {
   uint32_t *cache_mask; /* [cap_cache][words] */
   uint64_t tick;
   int64_t n_hits, n_misses;
+  /* Text-chain levels by state hash (see cst_match.c), a direct-mapped cache. */
+  struct cst_tmemo {
+    uint64_t key, next;
+    uint8_t status;
+  } tmemo[4096];
 };
 
 /* Builds the grammar of a spec (one front end per kind). */

@@ -30,6 +30,7 @@ typedef struct walk_frame {
   uint64_t hash;          /* their state hash */
   int32_t chain;          /* 1: reached from the root over plain bytes only, within the plain chain */
   int32_t tchain;         /* 1: reached over text characters only, within the text chain */
+  int32_t skip_text;      /* 1: every text child is decided (visit only the others) */
   int32_t tpend;          /* continuation bytes still due in the current character */
   int32_t tchars;         /* complete characters on the path */
   uint8_t tlo, thi;       /* range of the next continuation byte */
@@ -481,54 +482,108 @@ static int uniform_range(const qv_matcher *m, int32_t from, int32_t n, unsigned 
  * Each level checks every UTF-8 lead/continuation range for uniformity and that each family
  * of characters ends in the state 'a' leads to. *closed: the chain reached a fixed point
  * (S_{l+1} = S_l), so it goes on forever. */
-static int32_t text_chain(qv_matcher *m, int *closed) {
+enum { TM_FAIL = 1, TM_OK = 2, TM_FIXED = 3 };
+
+/* One level of the text chain from the state lv[from, from+n) (hash h): TM_FAIL when some
+ * character is not treated like 'a' or kills the state; else the state after 'a' in *nfrom,
+ * *nn, *nacc, *nh, and TM_FIXED when it is the same state (a fixed point). */
+static int text_level(qv_matcher *m, int32_t from, int32_t n, uint64_t h, int32_t *nfrom, int32_t *nn, int *nacc,
+                      uint64_t *nh) {
   static const uint8_t fam[8][4][2] = {
       {{0xC2, 0xDF}, {0x80, 0xBF}}, {{0xE0, 0xE0}, {0xA0, 0xBF}, {0x80, 0xBF}},
       {{0xE1, 0xEC}, {0x80, 0xBF}, {0x80, 0xBF}}, {{0xED, 0xED}, {0x80, 0x9F}, {0x80, 0xBF}},
       {{0xEE, 0xEF}, {0x80, 0xBF}, {0x80, 0xBF}}, {{0xF0, 0xF0}, {0x90, 0xBF}, {0x80, 0xBF}, {0x80, 0xBF}},
       {{0xF1, 0xF3}, {0x80, 0xBF}, {0x80, 0xBF}, {0x80, 0xBF}}, {{0xF4, 0xF4}, {0x80, 0x8F}, {0x80, 0xBF}, {0x80, 0xBF}}};
   static const int fam_len[8] = {2, 3, 3, 3, 3, 4, 4, 4};
-  int32_t from = 0, n = m->n_leaves, L = 0;
-  *closed = 0;
-  while (L < CST_TEXT_MAX) {
-    /* plain ASCII: uniform over each run of plain bytes, all accepted */
-    if (!uniform_range(m, from, n, 0x20, 0x21) || !uniform_range(m, from, n, 0x23, 0x5B) ||
-        !uniform_range(m, from, n, 0x5D, 0x7E))
-      return L;
-    int acc;
-    int32_t nn;
-    int32_t s = advance(m, from, n, 'a', &nn, &acc);
-    if (m->oom || (nn == 0 && !acc)) return L;
-    uint64_t h = leaves_hash(m, s, nn, acc);
-    int32_t sa = s, na = nn;
-    /* '#' and '~' must land in the same state as 'a' (the three plain runs) */
-    static const uint8_t reps[] = {0x20, 0x23, 0x5D, 0x7E};
-    for (int r = 0; r < 4; r++) {
-      int a2;
+  static const uint8_t reps[] = {0x20, 0x23, 0x5D, 0x7E};
+  /* plain ASCII: uniform over each run of plain bytes, and every run lands where 'a' does */
+  if (!uniform_range(m, from, n, 0x20, 0x21) || !uniform_range(m, from, n, 0x23, 0x5B) ||
+      !uniform_range(m, from, n, 0x5D, 0x7E))
+    return TM_FAIL;
+  int acc;
+  int32_t na;
+  int32_t sa = advance(m, from, n, 'a', &na, &acc);
+  if (m->oom || (na == 0 && !acc)) return TM_FAIL;
+  uint64_t ha = leaves_hash(m, sa, na, acc);
+  for (int r = 0; r < 4; r++) {
+    int a2;
+    int32_t n2;
+    int32_t s2 = advance(m, from, n, reps[r], &n2, &a2);
+    if (m->oom || leaves_hash(m, s2, n2, a2) != ha) return TM_FAIL;
+  }
+  for (int f = 0; f < 8; f++) {
+    int32_t cf = from, cn = n;
+    int a2 = 0;
+    for (int k = 0; k < fam_len[f]; k++) {
+      if (!uniform_range(m, cf, cn, fam[f][k][0], fam[f][k][1])) return TM_FAIL;
       int32_t n2;
-      int32_t s2 = advance(m, from, n, reps[r], &n2, &a2);
-      if (m->oom || leaves_hash(m, s2, n2, a2) != h) return L;
+      int32_t s2 = advance(m, cf, cn, fam[f][k][0], &n2, &a2);
+      if (m->oom || (n2 == 0 && (k + 1 < fam_len[f] || !a2))) return TM_FAIL;
+      cf = s2;
+      cn = n2;
     }
-    for (int f = 0; f < 8; f++) {
-      int32_t cf = from, cn = n;
-      int a2 = 0;
-      for (int k = 0; k < fam_len[f]; k++) {
-        if (!uniform_range(m, cf, cn, fam[f][k][0], fam[f][k][1])) return L;
-        int32_t n2;
-        int32_t s2 = advance(m, cf, cn, fam[f][k][0], &n2, &a2);
-        if (m->oom || (n2 == 0 && (k + 1 < fam_len[f] || !a2))) return L;
-        cf = s2;
-        cn = n2;
-      }
-      if (leaves_hash(m, cf, cn, a2) != h) return L;
-    }
+    if (leaves_hash(m, cf, cn, a2) != ha) return TM_FAIL;
+  }
+  *nfrom = sa;
+  *nn = na;
+  *nacc = acc;
+  *nh = ha;
+  return ha == h ? TM_FIXED : TM_OK;
+}
+
+/* The text chain: the largest L (<= CST_TEXT_MAX) such that from the state every character
+ * (plain ASCII or any valid non-ASCII one) leads to one state, level by level, alive up to L.
+ * Each level checks every UTF-8 lead/continuation range for uniformity and that each family
+ * of characters ends in the state 'a' leads to. *closed: the chain reached a fixed point
+ * (S_{l+1} = S_l), so it goes on forever. Levels are remembered per constraint by state hash,
+ * so the chain of the next position in a bounded string costs one new level. */
+static int32_t text_chain(qv_matcher *m, int *closed) {
+  struct cst_tmemo *tm = m->c->tmemo;
+  enum { TMN = (int)(sizeof m->c->tmemo / sizeof m->c->tmemo[0]) };
+  int32_t from = 0, n = m->n_leaves;
+  int acc = m->accept;
+  uint64_t h = leaves_hash(m, from, n, acc);
+  *closed = 0;
+  /* Levels already known: follow them by hash. */
+  int32_t L = 0;
+  uint64_t hh = h;
+  while (L < CST_TEXT_MAX) {
+    const struct cst_tmemo *e = &tm[hh & (TMN - 1)];
+    if (e->key != hh || !e->status) break;
+    if (e->status == TM_FAIL) return L;
     L++;
-    if (h == leaves_hash(m, from, n, 0) || h == leaves_hash(m, from, n, 1)) {
-      *closed = 1; /* a fixed point: text of any length stays here */
+    if (e->status == TM_FIXED) {
+      *closed = 1;
       return CST_TEXT_MAX;
     }
-    from = sa;
-    n = na;
+    hh = e->next;
+  }
+  if (L == CST_TEXT_MAX) return L;
+  for (int32_t i = 0; i < L; i++) { /* the leaves of S_L */
+    from = advance(m, from, n, 'a', &n, &acc);
+    if (m->oom) return 0;
+  }
+  h = leaves_hash(m, from, n, acc);
+  while (L < CST_TEXT_MAX) {
+    int32_t nfrom = 0, nn = 0;
+    int nacc = 0;
+    uint64_t nh = 0;
+    int st = text_level(m, from, n, h, &nfrom, &nn, &nacc, &nh);
+    if (m->oom) return 0;
+    struct cst_tmemo *e = &tm[h & (TMN - 1)];
+    e->key = h;
+    e->next = nh;
+    e->status = (uint8_t)st;
+    if (st == TM_FAIL) return L;
+    L++;
+    if (st == TM_FIXED) {
+      *closed = 1;
+      return CST_TEXT_MAX;
+    }
+    from = nfrom;
+    n = nn;
+    acc = nacc;
+    h = nh;
   }
   return L;
 }
@@ -591,6 +646,8 @@ static int walk(qv_matcher *m, uint32_t *mask) {
   f->tchain = TL > 0;
   f->tpend = 0;
   f->tchars = 0;
+  f->skip_text = TL >= CST_TEXT_MAX;
+  if (f->skip_text) f->cursor = t->tfirst_nt[0];
   f->lv0 = 0;
   f->nlv = m->n_leaves;
   f->hash = leaves_hash(m, 0, m->n_leaves, m->accept);
@@ -602,7 +659,7 @@ static int walk(qv_matcher *m, uint32_t *mask) {
       continue;
     }
     int32_t c = f->cursor;
-    f->cursor = t->tend[c];
+    f->cursor = f->skip_text ? t->tnext_nt[c] : t->tend[c];
     unsigned byte = t->tbyte[c];
     if (!cst_bset_has(&f->first, byte)) continue;
     /* A plain subtree under the chain is decided by plain_upto[L]. */
@@ -672,6 +729,8 @@ static int walk(qv_matcher *m, uint32_t *mask) {
       nf->hash = nh;
       nf->chain = child_chain;
       nf->tchain = ct;
+      nf->skip_text = ct && cpend == 0 && TL >= CST_TEXT_MAX;
+      if (nf->skip_text) nf->cursor = t->tfirst_nt[c];
       nf->tpend = cpend;
       nf->tchars = cchars;
       nf->tlo = clo;

@@ -68,6 +68,8 @@ static int text_chars(const uint8_t *s, uint32_t n) {
 }
 
 static void trie_free(cst_trie *t) {
+  free(t->tfirst_nt);
+  free(t->tnext_nt);
   free(t->text);
   free(t->maxc);
   free(t->plain);
@@ -231,6 +233,25 @@ static int trie_build(qv_cst_vocab *v) {
     if (t->maxc[n] > t->maxc[p]) t->maxc[p] = t->maxc[n];
   }
   free(parent);
+  /* Sibling links that skip text subtrees (a node has at most 256 children). */
+  t->tfirst_nt = malloc((size_t)nn * sizeof *t->tfirst_nt);
+  t->tnext_nt = malloc((size_t)nn * sizeof *t->tnext_nt);
+  if (!t->tfirst_nt || !t->tnext_nt) {
+    free(last_tok);
+    free(ids);
+    free(path);
+    return QV_ENOMEM;
+  }
+  for (int32_t p = 0; p < nn; p++) {
+    int32_t kids[256], k = 0;
+    for (int32_t c = p + 1; c < t->tend[p] && k < 256; c = t->tend[c]) kids[k++] = c;
+    int32_t nxt = t->tend[p];
+    for (int32_t i = k - 1; i >= 0; i--) {
+      t->tnext_nt[kids[i]] = nxt;
+      if (!t->text[kids[i]]) nxt = kids[i];
+    }
+    t->tfirst_nt[p] = nxt;
+  }
   free(last_tok);
   free(ids);
   free(path);
