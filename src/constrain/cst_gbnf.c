@@ -313,17 +313,31 @@ static int32_t postfix(gp *g) {
   return e;
 }
 
+/* Elements collect into one flat sequence (nesting a pair per element would make flattening
+ * recurse once per element of a long rule). */
 static int32_t sequence(gp *g) {
-  int32_t acc = ex_empty(g->b);
+  int32_t *xs = NULL, n = 0, cap = 0, out = -1;
   for (;;) {
     skip_ws(g);
     if (g->p >= g->end || *g->p == '|' || *g->p == ')' || *g->p == ']' || *g->p == '%' || at_definition(g)) break;
-    if (cst_check_time(g->b)) return -1;
+    if (cst_check_time(g->b)) goto done;
     int32_t e = postfix(g);
-    if (e < 0) return -1;
-    acc = ex_seq2(g->b, acc, e);
+    if (e < 0) goto done;
+    if (n == cap) {
+      cap = cap ? cap * 2 : 16;
+      int32_t *a = realloc(xs, (size_t)cap * sizeof *a);
+      if (!a) {
+        cst_fail(g->b, QV_ENOMEM, "out of memory");
+        goto done;
+      }
+      xs = a;
+    }
+    xs[n++] = e;
   }
-  return acc;
+  out = ex_seq(g->b, xs, n);
+done:
+  free(xs);
+  return out;
 }
 
 static int32_t alternatives(gp *g) {

@@ -396,20 +396,26 @@ static int32_t parse_piece(rx *x) {
 }
 
 static int32_t parse_seq(rx *x) {
-  int32_t xs[256];
-  int32_t n = 0;
-  int32_t acc = ex_empty(x->b);
+  int32_t *xs = NULL, n = 0, cap = 0, out = -1;
   while (x->p < x->end && *x->p != '|' && *x->p != ')') {
     if (*x->p == '$' && x->p + 1 == x->end) break;
     int32_t e = parse_piece(x);
-    if (e < 0) return -1;
-    if (n == 256) {
-      acc = ex_seq2(x->b, acc, ex_seq(x->b, xs, n));
-      n = 0;
+    if (e < 0) goto done;
+    if (n == cap) {
+      cap = cap ? cap * 2 : 16;
+      int32_t *a = realloc(xs, (size_t)cap * sizeof *a);
+      if (!a) {
+        cst_fail(x->b, QV_ENOMEM, "out of memory");
+        goto done;
+      }
+      xs = a;
     }
     xs[n++] = e;
   }
-  return ex_seq2(x->b, acc, ex_seq(x->b, xs, n));
+  out = ex_seq(x->b, xs, n);
+done:
+  free(xs);
+  return out;
 }
 
 static int32_t parse_alt(rx *x) {

@@ -242,6 +242,17 @@ def test_bad_schemas(quiver_bin, tmp_path):
     assert len(cases) in errs and "json" in errs[len(cases)]["error"].lower()
 
 
+def test_long_rules_compile(quiver_bin, tmp_path):
+    """A 50,000-element GBNF rule and a 20,000-piece regex compile (no recursion per element)."""
+    q = release_bin(quiver_bin)
+    g = tmp_path / "long.gbnf"
+    g.write_text("root ::= " + " ".join(['"ab"'] * 50000) + "\n")
+    rows, p = run(q, ["--tokenizer", FIX / "qwen2-style", "--gbnf", g, "--samples", 1, "--max-tokens", 8])
+    assert p.returncode == 0 and rows[0]["hex"].startswith("6162"), rows
+    rows, p = run(q, ["--tokenizer", FIX / "qwen2-style", "--regex", "[xy]" * 20000, "--samples", 1, "--max-tokens", 8])
+    assert p.returncode == 0 and not rows[0].get("error"), rows
+
+
 def test_bad_grammars(quiver_bin, tmp_path):
     q = release_bin(quiver_bin)
     for text, want in [("root ::= root \"a\" | \"b\"", "left-recursive"), ("root ::= foo", "not defined"),
