@@ -427,16 +427,15 @@ static int memo_grow(qv_matcher *m) {
   return 0;
 }
 
-/* The plain chain of the current state (see CST_PLAIN_MAX): the largest L such that every
+/* The plain chain from S_L = lv[from, from+n) (see CST_PLAIN_MAX): the largest L such that every
  * plain string of length <= L keeps the state alive, all such strings of one length leading
  * to one state. *closed: plain strings longer than L are known dead (or longer than any plain
  * token); else the chain stopped where plain bytes are not treated alike. */
-static int32_t plain_chain(qv_matcher *m, int *closed) {
+static int32_t plain_chain(qv_matcher *m, int32_t from, int32_t n, int32_t L, int *closed) {
   const cst_gram *g = &m->c->g;
   cst_bset plain = {{0}};
   for (unsigned b = 0; b < 256; b++)
     if (cst_plain_byte(b)) cst_bset_add(&plain, b);
-  int32_t from = 0, n = m->n_leaves, L = 0;
   *closed = 0;
   while (L < CST_PLAIN_MAX) {
     int any_full = 0;
@@ -537,13 +536,15 @@ static int text_level(qv_matcher *m, int32_t from, int32_t n, uint64_t h, int32_
  * of characters ends in the state 'a' leads to. *closed: the chain reached a fixed point
  * (S_{l+1} = S_l), so it goes on forever. Levels are remembered per constraint by state hash,
  * so the chain of the next position in a bounded string costs one new level. */
-static int32_t text_chain(qv_matcher *m, int *closed) {
+static int32_t text_chain(qv_matcher *m, int *closed, int32_t *end_from, int32_t *end_n) {
   struct cst_tmemo *tm = m->c->tmemo;
   enum { TMN = (int)(sizeof m->c->tmemo / sizeof m->c->tmemo[0]) };
   int32_t from = 0, n = m->n_leaves;
   int acc = m->accept;
   uint64_t h = leaves_hash(m, from, n, acc);
   *closed = 0;
+  *end_from = -1; /* set when the leaves of S_L were computed */
+  *end_n = 0;
   /* Levels already known: follow them by hash. */
   int32_t L = 0;
   uint64_t hh = h;
@@ -574,6 +575,8 @@ static int32_t text_chain(qv_matcher *m, int *closed) {
     e->key = h;
     e->next = nh;
     e->status = (uint8_t)st;
+    *end_from = from;
+    *end_n = n;
     if (st == TM_FAIL) return L;
     L++;
     if (st == TM_FIXED) {
@@ -584,6 +587,8 @@ static int32_t text_chain(qv_matcher *m, int *closed) {
     n = nn;
     acc = nacc;
     h = nh;
+    *end_from = from;
+    *end_n = n;
   }
   return L;
 }
@@ -621,12 +626,14 @@ static int walk(qv_matcher *m, uint32_t *mask) {
   const qv_cst_vocab *v = m->c->vocab;
   const cst_trie *t = &v->trie;
   int32_t wm0 = m->n_nodes, lv0 = m->n_lv;
+  /* The text chain first; a text level implies a plain one (every plain byte lands in one
+   * live state), so the plain chain goes on from where the text chain stopped. */
   int closed, tclosed;
-  int32_t L = plain_chain(m, &closed);
-  m->n_nodes = wm0;
-  m->n_lv = lv0;
-  new_generation(m);
-  int32_t TL = text_chain(m, &tclosed);
+  int32_t ef, en, L;
+  int32_t TL = text_chain(m, &tclosed, &ef, &en);
+  if (tclosed) L = CST_PLAIN_MAX, closed = 1;
+  else if (ef >= 0 && !m->oom) L = plain_chain(m, ef, en, TL, &closed);
+  else L = plain_chain(m, 0, m->n_leaves, 0, &closed);
   m->n_nodes = wm0;
   m->n_lv = lv0;
   if (L > 0) {
