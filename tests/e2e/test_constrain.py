@@ -44,6 +44,10 @@ def tokenizers(shared_dir):
     stories = shared_dir / "models" / "stories260K"
     if stories.exists():
         t.append(("stories260K", stories))
+    for name, f in [("llama2", "llama2.tokenizer.json"), ("phi-2", "phi-2.tokenizer.json"),
+                    ("gpt-2-gguf", "ggml-vocab-gpt-2.gguf")]:
+        if (shared_dir / "data" / "tokenizers" / f).exists():
+            t.append((name, shared_dir / "data" / "tokenizers" / f))
     return t
 
 
@@ -61,13 +65,17 @@ def validate_all(sch_list, rows):
     return n_complete
 
 
-@pytest.mark.parametrize("which", ["qwen2-style", "metaspace-first", "stories260K"])
+SEEDS = {"qwen2-style": 1, "metaspace-first": 2, "stories260K": 3, "llama2": 4, "phi-2": 5, "gpt-2-gguf": 6}
+
+
+@pytest.mark.parametrize("which", list(SEEDS))
 def test_schema_fuzz(quiver_bin, shared_dir, tmp_path, which):
+    """qwen2-style: 200 schemas; the others (real 32k-50k vocabularies among them) fewer."""
     toks = dict(tokenizers(shared_dir))
     if which not in toks:
         pytest.skip(f"{which} not available")
-    n = 200 if which == "qwen2-style" else 60
-    sch = schemas(n, seed={"qwen2-style": 1, "metaspace-first": 2, "stories260K": 3}[which])
+    n = {"qwen2-style": 200, "metaspace-first": 60, "stories260K": 60}.get(which, 25)
+    sch = schemas(n, seed=SEEDS[which])
     f = tmp_path / "schemas.jsonl"
     f.write_text("\n".join(json.dumps(s) for s in sch) + "\n")
     rows, _ = run(release_bin(quiver_bin), ["--tokenizer", toks[which], "--schemas", f, "--samples", 2,
@@ -105,12 +113,13 @@ def ecma_to_py(pat):
     return pat.replace("(?<", "(?P<").replace("\\s", "[" + ECMA_WS + "]")
 
 
-@pytest.mark.parametrize("which", ["qwen2-style", "stories260K"])
+@pytest.mark.parametrize("which", ["qwen2-style", "stories260K", "llama2", "phi-2"])
 def test_regex_fuzz(quiver_bin, shared_dir, which):
     toks = dict(tokenizers(shared_dir))
     if which not in toks:
         pytest.skip(f"{which} not available")
-    for i, pat in enumerate(REGEXES):
+    pats = REGEXES if which in ("qwen2-style", "stories260K") else REGEXES[::3]  # large vocabularies: a sample
+    for i, pat in enumerate(pats):
         rows, _ = run(release_bin(quiver_bin), ["--tokenizer", toks[which], "--regex", pat, "--samples", 8,
                                                 "--seed", i, "--max-tokens", 100])
         for _, text, complete in texts(rows):
