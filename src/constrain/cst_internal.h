@@ -44,7 +44,7 @@ typedef struct cst_trie {
   int32_t *tok_next;  /* [n_vocab] next token id with the same bytes, -1 none */
 } cst_trie;
 
-#define CST_COMPILE_CACHE 16
+#define CST_COMPILE_CACHE 8
 
 struct qv_cst_vocab {
   int32_t n_vocab;
@@ -62,7 +62,7 @@ struct qv_cst_vocab {
   uint64_t cache_tick;
 };
 
-#define CST_MASK_CACHE_BYTES (8u << 20) /* per constraint */
+#define CST_MASK_CACHE_BYTES (32u << 20) /* per constraint, grown as used */
 
 struct qv_constraint {
   atomic_int refs;

@@ -764,25 +764,26 @@ static uint32_t *cache_find(qv_constraint *c, uint64_t key) {
   return NULL;
 }
 
+/* The cache grows by doubling up to CST_MASK_CACHE_BYTES (at most 2048 masks), then replaces
+ * the least recently used entry. */
 static void cache_store(qv_constraint *c, uint64_t key, const uint32_t *mask) {
-  if (!c->cap_cache) {
-    size_t per = (size_t)c->words * sizeof(uint32_t);
-    int32_t cap = (int32_t)(CST_MASK_CACHE_BYTES / per);
-    if (cap > 1024) cap = 1024;
-    if (cap < 4) cap = 4;
-    c->cache_key = malloc((size_t)cap * sizeof *c->cache_key);
-    c->cache_use = malloc((size_t)cap * sizeof *c->cache_use);
-    c->cache_mask = malloc((size_t)cap * per);
-    if (!c->cache_key || !c->cache_use || !c->cache_mask) {
-      free(c->cache_key);
-      free(c->cache_use);
-      free(c->cache_mask);
-      c->cache_key = NULL;
-      c->cache_use = NULL;
-      c->cache_mask = NULL;
-      return;
+  size_t per = (size_t)c->words * sizeof(uint32_t);
+  if (c->n_cache == c->cap_cache) {
+    int32_t max = (int32_t)(CST_MASK_CACHE_BYTES / per);
+    if (max > 2048) max = 2048;
+    if (max < 4) max = 4;
+    if (c->cap_cache < max) {
+      int32_t cap = c->cap_cache ? c->cap_cache * 2 : 16;
+      if (cap > max) cap = max;
+      uint64_t *k = realloc(c->cache_key, (size_t)cap * sizeof *k);
+      if (k) c->cache_key = k;
+      uint64_t *u = realloc(c->cache_use, (size_t)cap * sizeof *u);
+      if (u) c->cache_use = u;
+      uint32_t *mk = realloc(c->cache_mask, (size_t)cap * per);
+      if (mk) c->cache_mask = mk;
+      if (k && u && mk) c->cap_cache = cap;
     }
-    c->cap_cache = cap;
+    if (!c->cap_cache) return;
   }
   int32_t slot = c->n_cache;
   if (slot == c->cap_cache) {
