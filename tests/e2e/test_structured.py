@@ -57,7 +57,7 @@ def test_pydantic_parse(srv):
     c = srv.client()
     for model in ["stories", "tiny"]:
         for seed in range(3):
-            r = c.beta.chat.completions.parse(model=model, messages=MSG, response_format=Person,
+            r = c.chat.completions.parse(model=model, messages=MSG, response_format=Person,
                                               temperature=1.0, seed=seed, max_tokens=400)
             p = r.choices[0].message.parsed
             assert isinstance(p, Person), r
