@@ -109,8 +109,6 @@ Test(openai_req, rejects_bad_fields) {
       {OAI_COMPLETION, "{\"prompt\":\"a\",\"suffix\":\"z\"}", "suffix", QV_EUNSUPPORTED},
       {OAI_COMPLETION, "{\"prompt\":\"a\",\"echo\":true,\"logprobs\":0}", "echo", QV_EUNSUPPORTED},
       {OAI_COMPLETION, "{\"prompt\":\"a\",\"prediction\":{}}", "prediction", QV_EUNSUPPORTED},
-      {OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"guided_json\":{}}",
-       "guided_json", QV_EUNSUPPORTED},
       {OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"store\":1}",
        "store", QV_EINVAL},
       {OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"metadata\":[]}",
