@@ -68,6 +68,9 @@ typedef struct qv_request_params {
   int32_t priority;           /* lower value is served first (vLLM convention); default 0 */
   int32_t skip_special_tokens;/* default 1 */
   int32_t detokenize;         /* produce text deltas (default 1) */
+  struct qv_constraint *constraint; /* constrained decoding (quiver/constrain.h), compiled
+                               * against this engine's vocabulary, or NULL. The engine takes
+                               * its own reference; each choice gets a matcher. */
 } qv_request_params;
 
 void qv_request_params_default(qv_request_params *p);

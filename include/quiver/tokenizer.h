@@ -48,6 +48,12 @@ int qv_tokenizer_is_special(const qv_tokenizer *tok, int32_t id);
 /* Id of a token given its exact vocabulary string, or -1. */
 int32_t qv_tokenizer_token_id(const qv_tokenizer *tok, const char *str);
 
+/* The bytes token id contributes to decoded text in the middle of a sequence (byte-level
+ * characters mapped back to bytes, <0xXX> byte-fallback tokens as their byte, "▁" as a space),
+ * for constrained decoding. Writes at most cap bytes to out. -1 for special, absent or
+ * oversized tokens. */
+int qv_tokenizer_token_bytes(const qv_tokenizer *tok, int32_t id, char *out, size_t cap, size_t *len);
+
 /* Streaming detokenizer: push ids one at a time; each push returns the text that became
  * complete (whole UTF-8 characters only). The concatenation of all pushes plus the final
  * flush equals qv_tokenizer_decode() of all ids with the same flags. */

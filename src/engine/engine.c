@@ -174,6 +174,7 @@ void qv_engine_destroy(qv_engine *e) {
   free(e->step_evs);
   free(e->finished);
   free(e->banned);
+  free(e->cmask);
   free(e->b_tokens);
   free(e->b_pos);
   free(e->b_slots);

@@ -70,6 +70,8 @@ typedef struct eng_seq {
   qv_finish_reason finish;
   int32_t stop_idx;     /* matched stop string or -1 */
   int32_t stop_token;   /* matched stop/EOS token or -1 */
+  struct qv_matcher *matcher; /* constrained decoding state, owned, or NULL */
+  const char *cst_error;      /* static message when the constraint ended the choice */
 } eng_seq;
 
 /* One submitted request with its n choices; everything borrowed at submit is copied here. */

@@ -46,6 +46,9 @@ struct qv_engine {
   int32_t *b_tokens, *b_pos, *b_slots;
   int32_t *b_qstart, *b_ctx, *b_tables, *b_logits_idx;
   float *logits;           /* [max_num_seqs][vocab] */
+  uint32_t *cmask;         /* [cap_cmask] allowed-token bits of a constrained choice, words
+                            * for ids below vocab first; allocated on first use */
+  int32_t cap_cmask;
   int64_t n_steps, prompt_tokens_total, generation_tokens_total;
 
   /* Shared with other threads, under mu. */

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "engine/engine_priv.h"
+#include "quiver/constrain.h"
 
 #define REQ_MAX_N 128
 #define REQ_MAX_STOPS 64
@@ -86,6 +87,7 @@ void req_free(eng_req *r, const engine_text_ops *text) {
     free(q->tokens);
     free(q->blocks);
     if (q->detok && text) text->detok_destroy(q->detok);
+    qv_matcher_destroy(q->matcher);
     stop_text_deinit(&q->text);
   }
   for (int32_t c = 0; r->finish_evs && c < r->p.n; c++) free(r->finish_evs[c]);
@@ -188,6 +190,7 @@ int req_create(const engine_cfg *cfg, const engine_text_ops *text, const qv_requ
       if (L > r->max_stop_len) r->max_stop_len = L;
     }
   }
+  r->p.constraint = NULL; /* the matchers hold the references */
   r->p.n = 0; /* likewise for the choices */
   r->seqs = calloc((size_t)p->n, sizeof *r->seqs);
   r->finish_evs = calloc((size_t)p->n, sizeof *r->finish_evs);
@@ -215,6 +218,10 @@ int req_create(const engine_cfg *cfg, const engine_text_ops *text, const qv_requ
     }
     memcpy(q->tokens, p->prompt_ids, (size_t)p->n_prompt * sizeof *q->tokens);
     q->n_tokens = p->n_prompt;
+    if (p->constraint && qv_matcher_create(p->constraint, &q->matcher)) {
+      fail = 1;
+      break;
+    }
     /* Choice c draws from its own stream of the request's seed. */
     sampler_rng_seed(&q->rng, r->p.sampling.seed + (uint64_t)c * 0x9e3779b97f4a7c15ull);
   }

@@ -7,6 +7,7 @@
 
 #include "core/log.h"
 #include "engine/engine_priv.h"
+#include "quiver/constrain.h"
 
 static int push_step_ev(qv_engine *e, qv_event *ev) {
   if (e->n_step_evs == e->cap_step_evs) {
@@ -167,6 +168,8 @@ static int32_t build_batch(qv_engine *e, qv_batch *b) {
 static int32_t banned_for(qv_engine *e, const eng_seq *q) {
   const eng_req *r = q->req;
   if (q->n_tokens - r->p.n_prompt >= r->p.min_tokens) return 0;
+  /* A finished constraint allows nothing but EOS: the constraint wins over min_tokens. */
+  if (q->matcher && qv_matcher_is_dead(q->matcher)) return 0;
   int32_t need = e->cfg.n_eos + r->p.n_stop_token_ids;
   if (need > e->cap_banned) {
     int32_t *a = realloc(e->banned, (size_t)need * sizeof *a);
@@ -179,6 +182,40 @@ static int32_t banned_for(qv_engine *e, const eng_seq *q) {
     for (int32_t i = 0; i < e->cfg.n_eos; i++) e->banned[n++] = e->cfg.eos_ids[i];
   for (int32_t i = 0; i < r->p.n_stop_token_ids; i++) e->banned[n++] = r->stop_ids[i];
   return n;
+}
+
+static int is_eos_id(const engine_cfg *cfg, int32_t id) {
+  for (int32_t i = 0; i < cfg->n_eos; i++)
+    if (cfg->eos_ids[i] == id) return 1;
+  return 0;
+}
+
+/* The constrained-decoding mask of q into e->cmask: the matcher's tokens, plus every EOS id
+ * once the constraint is complete. 1 when some token is allowed, 0 when none is (the
+ * vocabulary cannot continue the constraint), negative on failure. */
+static int constraint_mask(qv_engine *e, eng_seq *q) {
+  /* The tokenizer's vocabulary may be smaller (padded embeddings) or larger than the logits
+   * row; the buffer covers both and only ids below cfg.vocab are read. */
+  int32_t words = (e->cfg.vocab + 31) / 32, mw = qv_matcher_mask_words(q->matcher);
+  int32_t need = mw > words ? mw : words;
+  if (need > e->cap_cmask) {
+    uint32_t *a = realloc(e->cmask, (size_t)need * sizeof *a);
+    if (!a) return QV_ENOMEM;
+    e->cmask = a;
+    e->cap_cmask = need;
+  }
+  if (words > mw) memset(e->cmask + mw, 0, (size_t)(words - mw) * sizeof *e->cmask);
+  int rc = qv_matcher_fill_mask(q->matcher, e->cmask);
+  if (rc) return rc;
+  if (qv_matcher_is_complete(q->matcher))
+    for (int32_t i = 0; i < e->cfg.n_eos; i++) {
+      int32_t id = e->cfg.eos_ids[i];
+      if (id >= 0 && id < e->cfg.vocab) e->cmask[id >> 5] |= 1u << (id & 31);
+    }
+  if (e->cfg.vocab % 32) e->cmask[words - 1] &= (1u << (e->cfg.vocab % 32)) - 1u;
+  uint32_t any = 0;
+  for (int32_t w = 0; w < words; w++) any |= e->cmask[w];
+  return any != 0;
 }
 
 static void post_events(qv_engine *e) {
@@ -258,7 +295,21 @@ int engine_run_step(qv_engine *e) {
         in.banned = e->banned;
         sampler_result res;
         qv_event *ev = NULL;
-        int src = sampler_sample(&e->smp, lg, &in, &q->rng, r->p.sampling.top_logprobs, &res);
+        int src = 0;
+        if (q->matcher) {
+          src = constraint_mask(e, q);
+          if (src == 0) {
+            q->finish = QV_FINISH_ERROR;
+            q->cst_error = "the constraint cannot be continued with this model's vocabulary";
+            e->finished[e->n_finished++] = q;
+            continue;
+          }
+          src = src < 0 ? src : 0;
+          in.mask = e->cmask;
+        }
+        if (!src) src = sampler_sample(&e->smp, lg, &in, &q->rng, r->p.sampling.top_logprobs, &res);
+        /* The matcher follows every token but EOS, which ends the choice. */
+        if (!src && q->matcher && !is_eos_id(&e->cfg, res.id)) src = qv_matcher_accept(q->matcher, res.id);
         if (!src) src = seq_on_token(&e->cfg, e->has_text ? &e->text : NULL, q, &res, &ev);
         if (src) {
           q->finish = QV_FINISH_ERROR;
@@ -272,7 +323,9 @@ int engine_run_step(qv_engine *e) {
         QV_LOGE("engine: %d logits rows requested, %d sampled", nl, row);
       for (int32_t i = 0; i < e->n_finished; i++) {
         eng_seq *q = e->finished[i];
-        seq_finish(e, q, q->finish, q->finish == QV_FINISH_ERROR ? "engine: sampling failed (out of memory or no candidate token)" : NULL);
+        seq_finish(e, q, q->finish, q->finish != QV_FINISH_ERROR ? NULL
+                                    : q->cst_error ? q->cst_error
+                                                   : "engine: sampling failed (out of memory or no candidate token)");
       }
     }
   }

@@ -50,8 +50,17 @@ static int process(sampler *s, const float *logits, const sampler_input *in) {
   const qv_sampling_params *p = in->params;
   int rep = p->repetition_penalty > 0.0f && p->repetition_penalty != 1.0f;
   int freq = p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f;
-  if (!p->n_logit_bias && !in->n_banned && !rep && !(freq && in->n_output)) return 1;
+  if (!p->n_logit_bias && !in->n_banned && !rep && !(freq && in->n_output) && !in->mask) return 1;
   memcpy(s->x, logits, (size_t)s->vocab * sizeof *s->x);
+  if (in->mask) {
+    for (int32_t w = 0; w * 32 < s->vocab; w++) {
+      uint32_t bits = in->mask[w];
+      if (bits == 0xFFFFFFFFu) continue;
+      int32_t end = w * 32 + 32 < s->vocab ? w * 32 + 32 : s->vocab;
+      for (int32_t i = w * 32; i < end; i++)
+        if (!((bits >> (i & 31)) & 1u)) s->x[i] = -INFINITY;
+    }
+  }
   for (int32_t i = 0; i < p->n_logit_bias; i++)
     if (valid_id(s, p->logit_bias_ids[i])) s->x[p->logit_bias_ids[i]] += p->logit_bias_values[i];
   for (int32_t i = 0; i < in->n_banned; i++)

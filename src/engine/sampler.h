@@ -2,6 +2,7 @@
  * and computes logprobs.
  *
  * Processing order (fixed, documented because it changes results):
+ *   0. a constrained-decoding mask sets every id outside it to -inf;
  *   1. logit_bias is added; banned ids (EOS/stop tokens before min_tokens) are set to -inf;
  *   2. repetition_penalty over every distinct token of prompt+output (logit>0: /r, else *r);
  *   3. frequency_penalty * count + presence_penalty * (count>0) subtracted, output tokens only;
@@ -58,6 +59,8 @@ typedef struct sampler_input {
   int32_t n_output;
   const int32_t *banned;            /* [n_banned] ids that may not be drawn now */
   int32_t n_banned;
+  const uint32_t *mask;             /* [(vocab + 31) / 32] constrained decoding: bit (id % 32)
+                                     * of word id / 32 set for ids that may be drawn; NULL: all */
 } sampler_input;
 
 typedef struct sampler_result {

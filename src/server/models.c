@@ -22,7 +22,8 @@ typedef struct loaded {
   qv_tokenizer *tok;
   qv_engine *eng;
   qv_chat_template *tmpl;
-  qv_chat_tool_format tool_fmt; /* detected from the template */
+  qv_chat_tool_format tool_fmt; /* detected from the template; hermes when there is none */
+  qv_cst_vocab *cvocab;         /* token index for structured output */
 } loaded;
 
 struct srv_models {
@@ -141,10 +142,19 @@ static int op_tool_stream_feed(void *st, const char *delta, size_t len, int fini
 
 static void op_tool_stream_destroy(void *st) { qv_chat_tool_stream_destroy(st); }
 
+static int op_compile_constraint(void *ctx, const qv_cst_spec *spec, qv_constraint **out, qv_error *err) {
+  return qv_constraint_compile(((loaded *)ctx)->cvocab, spec, out, err);
+}
+
+static const char *op_tool_format(void *ctx) { return qv_chat_tool_format_name(((loaded *)ctx)->tool_fmt); }
+
 static const srv_model_ops ops_default_chat = {
     .submit = op_submit, .abort = op_abort, .poll = op_poll, .set_notify = op_set_notify,
     .get_stats = op_stats, .event_free = op_event_free, .encode = op_encode, .decode = op_decode,
-    .render_chat = NULL, .token_bytes = op_token_bytes,
+    .render_chat = NULL, .parse_tools = op_parse_tools,
+    .tool_stream_create = op_tool_stream_create, .tool_stream_feed = op_tool_stream_feed,
+    .tool_stream_destroy = op_tool_stream_destroy, .compile_constraint = op_compile_constraint,
+    .tool_format = op_tool_format, .token_bytes = op_token_bytes,
 };
 
 static const srv_model_ops ops_template_chat = {
@@ -152,7 +162,8 @@ static const srv_model_ops ops_template_chat = {
     .get_stats = op_stats, .event_free = op_event_free, .encode = op_encode, .decode = op_decode,
     .render_chat = op_render, .parse_tools = op_parse_tools,
     .tool_stream_create = op_tool_stream_create, .tool_stream_feed = op_tool_stream_feed,
-    .tool_stream_destroy = op_tool_stream_destroy, .token_bytes = op_token_bytes,
+    .tool_stream_destroy = op_tool_stream_destroy, .compile_constraint = op_compile_constraint,
+    .tool_format = op_tool_format, .token_bytes = op_token_bytes,
 };
 
 /* A model directory has a template when it ships chat_template.jinja or a tokenizer_config.json
@@ -190,10 +201,15 @@ static int load_one(const reg_model *rm, const srv_load_opts *o, loaded *l, srv_
   if (tiny) rc = qv_tokenizer_create_bytes(&l->tok, err);
   else rc = qv_tokenizer_load(rm->path, &l->tok, err);
   if (rc) return rc;
+  if ((rc = qv_cst_vocab_create(l->tok, &l->cvocab, err))) return rc;
+  /* Without a template (or a template with no tool-call format) calls use the Hermes format,
+   * which tool_choice required/named enforces and the parser reads back. */
+  l->tool_fmt = QV_CHAT_TOOLS_HERMES;
   const srv_model_ops *ops = &ops_default_chat;
   if (!tiny && has_template(rm->path)) {
     if ((rc = qv_chat_template_load_path(rm->path, &l->tmpl, err))) return rc;
-    l->tool_fmt = qv_chat_tool_format_detect(l->tmpl);
+    qv_chat_tool_format f = qv_chat_tool_format_detect(l->tmpl);
+    if (f != QV_CHAT_TOOLS_NONE) l->tool_fmt = f;
     ops = &ops_template_chat;
   }
   eo.max_model_len = rm->max_model_len ? rm->max_model_len : o->max_model_len;
@@ -257,6 +273,7 @@ void srv_models_destroy(srv_models *s) {
   srv_models_stop(s);
   for (int32_t i = 0; s->l && i < s->n; i++) {
     qv_chat_template_destroy(s->l[i].tmpl);
+    qv_cst_vocab_destroy(s->l[i].cvocab);
     qv_tokenizer_destroy(s->l[i].tok);
     qv_model_destroy(s->l[i].model);
     qv_backend_destroy(s->l[i].be);

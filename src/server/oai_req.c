@@ -96,9 +96,7 @@ static int in_list(const char *name, const char *const *list) {
  * quiver does not implement: always a 400 naming them, never silently ignored. */
 static const char *const refused_fields[] = {
     "prediction", "audio", "modalities", "functions", "function_call", "web_search_options",
-    "verbosity", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
-    "guided_decoding_backend", "guided_whitespace_pattern", "structured_outputs",
-    "logits_processors", "allowed_token_ids", "bad_words", "truncate_prompt_tokens",
+    "verbosity", "logits_processors", "allowed_token_ids", "bad_words", "truncate_prompt_tokens",
     "prompt_logprobs", "use_beam_search", "length_penalty", "return_tokens_as_token_ids",
     "continue_final_message", "documents", "chat_template", "mm_processor_kwargs", "echo",
     "best_of", "suffix", NULL};
@@ -123,7 +121,9 @@ static const char *const completion_fields[] = {
     "stream_options", "logprobs", "echo", "stop", "stop_token_ids", "presence_penalty",
     "frequency_penalty", "repetition_penalty", "logit_bias", "user", "seed", "ignore_eos",
     "min_tokens", "skip_special_tokens", "include_stop_str_in_output", "best_of", "suffix",
-    "priority", NULL};
+    "priority", "response_format", "guided_json", "guided_regex", "guided_choice",
+    "guided_grammar", "guided_decoding_backend", "guided_whitespace_pattern",
+    "structured_outputs", NULL};
 
 static const char *const chat_fields[] = {
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
@@ -132,8 +132,9 @@ static const char *const chat_fields[] = {
     "logit_bias", "user", "seed", "ignore_eos", "min_tokens", "skip_special_tokens",
     "include_stop_str_in_output", "tools", "tool_choice", "parallel_tool_calls",
     "response_format", "add_generation_prompt", "chat_template_kwargs", "priority",
-    "reasoning_effort", "store", "metadata", "service_tier", "prompt_cache_key",
-    "safety_identifier", NULL};
+    "guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend",
+    "guided_whitespace_pattern", "structured_outputs", "reasoning_effort", "store", "metadata",
+    "service_tier", "prompt_cache_key", "safety_identifier", NULL};
 
 static const char *const tokenize_fields[] = {"model",       "prompt", "messages",
                                               "add_special_tokens", "add_generation_prompt",
@@ -423,6 +424,7 @@ static int parse_completion(oai_request *r, const cJSON *root, qv_error *err) {
                 "'%s' together with logprobs is not supported (no prompt logprobs)%s", NULL);
   int32_t best_of = r->params.n;
   if ((rc = get_int(r, root, "best_of", 1, OAI_MAX_N, &best_of, err)) < 0) return rc;
+  if ((rc = oai_parse_constraint(r, root, err))) return rc;
   if (best_of != r->params.n)
     return fail(r, err, QV_EUNSUPPORTED, "best_of",
                 "'%s' different from n is not supported%s", NULL);
@@ -505,15 +507,7 @@ static int parse_chat(oai_request *r, const cJSON *root, qv_error *err) {
   r->params.sampling.top_logprobs = r->want_logprobs ? top : 0;
   if ((rc = get_bool(r, root, "add_generation_prompt", &r->add_generation_prompt, err)))
     return rc;
-  const cJSON *rf = get(root, "response_format");
-  if (rf) {
-    const cJSON *type = cJSON_IsObject(rf) ? get(rf, "type") : NULL;
-    if (!cJSON_IsString(type)) return BAD("response_format", "must be an object with a 'type'");
-    if (strcmp(type->valuestring, "text"))
-      return fail(r, err, QV_EUNSUPPORTED, "response_format",
-                  "'%s' of type '%s' is not supported (only 'text')", type->valuestring);
-  }
-  return 0;
+  return oai_parse_constraint(r, root, err);
 }
 
 static int parse_tokenize(oai_request *r, const cJSON *root, qv_error *err) {
@@ -715,6 +709,8 @@ void oai_request_free(oai_request *r) {
   free(r->bias_ids);
   free(r->bias_values);
   free(r->detok_ids);
+  free(r->cst_text);
+  free(r->cst_choices);
   cJSON_Delete(r->messages);
   cJSON_Delete(r->kwargs_owned);
   cJSON_Delete(r->root);

@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "quiver/constrain.h"
 #include "quiver/engine.h"
 #include "quiver/error.h"
 
@@ -77,6 +78,12 @@ typedef struct oai_request {
   int32_t n_ignored;
   int want_logprobs;        /* completions: logprobs given; chat: logprobs true */
   const char *user;         /* borrowed or NULL */
+  /* Structured output (oai_cst.c): kind QV_CST_NONE when the request has none. Its strings
+   * are borrowed from root or owned below. */
+  qv_cst_spec cst;
+  char cst_param[32];       /* the field that set it, for errors */
+  char *cst_text;           /* owned: a schema object printed */
+  const char **cst_choices; /* owned array of strings borrowed from root */
   char err_param[64];       /* on failure: the offending field ("" when none) */
 } oai_request;
 
@@ -90,6 +97,8 @@ int oai_request_parse(oai_kind kind, const char *body, size_t len, oai_request *
  * into a chat-completions body and parse it here, so every rule applies to all of them. */
 int oai_request_parse_root(oai_kind kind, cJSON *root, oai_request *out, qv_error *err);
 void oai_request_free(oai_request *r);
+/* oai_cst.c: reads response_format, guided_* and structured_outputs into r->cst. */
+int oai_parse_constraint(oai_request *r, const cJSON *root, qv_error *err);
 
 /* The default chat format used when a model ships no chat template: each message becomes
  * "<|role|>\n<content>\n" (role one of system, user, assistant, tool, developer), and when

@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "quiver/constrain.h"
 #include "quiver/engine.h"
 #include "quiver/error.h"
 #include "server/http.h"
@@ -56,6 +57,14 @@ typedef struct srv_model_ops {
   int (*tool_stream_feed)(void *st, const char *delta, size_t len, int finish, char **content,
                           cJSON **calls, qv_error *err);
   void (*tool_stream_destroy)(void *st);
+  /* Structured output (thread pool; thread-safe). Compiles a constraint against the model's
+   * vocabulary (*out: one reference, caller releases). NULL op: the model cannot constrain
+   * and such requests get a 400. */
+  int (*compile_constraint)(void *ctx, const qv_cst_spec *spec, struct qv_constraint **out,
+                            qv_error *err);
+  /* The tool-call format enforced for tool_choice required/named ("hermes", "llama3",
+   * "mistral"); NULL op: tool calls are not enforced. */
+  const char *(*tool_format)(void *ctx);
   /* The bytes of one token as they are, also when they are not complete UTF-8 (a byte token:
    * decode gives U+FFFD), for completions logprobs keys (oai_token_key). *bytes malloc'd.
    * Loop thread (a lookup-sized decode). NULL op: keys come from the text alone. */

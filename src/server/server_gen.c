@@ -50,6 +50,10 @@ static bool started_in_think(srv_req *r) {
 /* ---- freeing ---- */
 
 static void free_prep(srv_req *r) {
+  qv_constraint_release(r->constraint);
+  r->constraint = NULL;
+  free(r->tools_text);
+  r->tools_text = NULL;
   int32_t np = r->n_prep;
   for (int32_t i = 0; r->pids && i < np; i++) free(r->pids[i]);
   for (int32_t i = 0; r->ptext && i < np; i++) free(r->ptext[i]);
@@ -211,6 +215,48 @@ static void build_token_answer(srv_req *r) {
   cJSON_Delete(root);
 }
 
+/* tool_choice "required" or {"type": "function", "function": {"name"}} with tools: the
+ * output is constrained to a call in the model's format. *name: the forced tool or NULL. */
+static int forced_tool_call(srv_req *r, const char **name) {
+  const cJSON *tc = r->o.tool_choice;
+  *name = NULL;
+  if (r->o.kind != OAI_CHAT || !r->o.tools || !tc) return 0;
+  if (cJSON_IsString(tc)) return !strcmp(tc->valuestring, "required");
+  const cJSON *fn = cJSON_GetObjectItemCaseSensitive(tc, "function");
+  const cJSON *nm = cJSON_GetObjectItemCaseSensitive(fn, "name");
+  if (!cJSON_IsString(nm)) return 0;
+  *name = nm->valuestring;
+  return 1;
+}
+
+/* Compiles the request's structured-output constraint (or forced tool call) for the chosen
+ * model. 0, or -1 after work_fail. */
+static int prep_constraint(srv_req *r) {
+  srv_model *m = model_of(r);
+  qv_cst_spec spec = r->o.cst;
+  const char *param = r->o.cst_param;
+  const char *tool_name = NULL;
+  if (spec.kind == QV_CST_NONE && forced_tool_call(r, &tool_name)) {
+    if (!m->ops->tool_format || !m->ops->parse_tools) return 0; /* not enforceable: as before */
+    r->tools_text = cJSON_PrintUnformatted(r->o.tools);
+    if (!r->tools_text) {
+      qv_error_set(&r->work_err, QV_ENOMEM, "out of memory");
+      return work_fail(r, 500, NULL, NULL);
+    }
+    spec = (qv_cst_spec){.kind = QV_CST_TOOL_CALL, .text = r->tools_text, .text_len = strlen(r->tools_text),
+                         .tool_name = tool_name, .tool_format = m->ops->tool_format(m->ctx)};
+    param = "tool_choice";
+  }
+  if (spec.kind == QV_CST_NONE) return 0;
+  if (!m->ops->compile_constraint) {
+    qv_error_set(&r->work_err, QV_EUNSUPPORTED, "the model '%s' does not support structured output", r->model_name);
+    return work_fail(r, 400, param, "unsupported");
+  }
+  int rc = m->ops->compile_constraint(m->ctx, &spec, &r->constraint, &r->work_err);
+  if (rc) return work_fail(r, rc == QV_ENOMEM ? 500 : 400, param, rc == QV_EUNSUPPORTED ? "unsupported" : NULL);
+  return 0;
+}
+
 static void prep_work(uv_work_t *w) {
   srv_req *r = w->data;
   prep_inputs(r);
@@ -228,6 +274,7 @@ static void prep_inputs(srv_req *r) {
                    ? 1
                    : r->o.n_prompts;
   r->work_rc = 0;
+  if ((r->o.kind == OAI_CHAT || r->o.kind == OAI_COMPLETION) && prep_constraint(r)) return;
   if (r->o.kind == OAI_DETOKENIZE) {
     r->work_rc = ops->decode(m->ctx, r->o.detok_ids, (size_t)r->o.n_detok_ids, 0, &r->detok_text,
                              &r->detok_len, &r->work_err);
@@ -460,6 +507,7 @@ static void submit_all(srv_req *r) {
   }
   for (int32_t i = 0; i < np; i++) {
     qv_request_params p = r->o.params;
+    p.constraint = r->constraint;
     p.prompt_ids = r->pids[i];
     p.n_prompt = r->pn[i];
     qv_error err = {0};

@@ -109,6 +109,8 @@ struct srv_req {
   size_t *ptext_len;
   char *detok_text;           /* detokenize result (owned) */
   size_t detok_len;
+  struct qv_constraint *constraint; /* structured output compiled for the current model, owned */
+  char *tools_text;           /* the tools array printed for a forced tool call, owned */
   int think_opened;           /* the rendered chat prompt ends inside an opened <think> */
 
   srv_sub *subs;              /* [n_subs] */

@@ -322,7 +322,7 @@ def test_chat_extra_fields(srv):
     assert [ch.usage.completion_tokens for ch in with_usage][-1] == 6
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 6
     for kw in (dict(extra_body={"prediction": {"type": "content", "content": "x"}}),
-               dict(extra_body={"guided_json": {}}), dict(store="yes")):
+               dict(extra_body={"guided_whitespace_pattern": " "}), dict(store="yes")):
         with pytest.raises(openai.BadRequestError):
             c.chat.completions.create(model="stories", messages=msgs, max_tokens=2, **kw)
 

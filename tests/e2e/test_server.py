@@ -219,7 +219,7 @@ def test_errors(srv):
         c.completions.create(model="stories", prompt="x", temperature=7)
     with pytest.raises(openai.BadRequestError) as e:
         c.chat.completions.create(model="stories", messages=[{"role": "user", "content": "x"}],
-                                  response_format={"type": "json_object"})
+                                  response_format={"type": "xml"})
     assert "response_format" in str(e.value)
     with pytest.raises(openai.BadRequestError) as e:
         c.completions.create(model="stories", prompt="Once upon a time " * 200, max_tokens=4)
@@ -532,6 +532,9 @@ def test_fuzzed_requests_never_crash(srv):
          "stop": ["a"], "logprobs": True, "top_logprobs": 2, "stream": True},
         {"model": "s", "prompt": [1, 2, 3], "max_tokens": 2, "echo": True, "logprobs": None,
          "logit_bias": {"5": 1.5}, "seed": 7},
+        {"model": "tiny", "prompt": "x", "max_tokens": 4, "guided_regex": "[a-c]{2,9}(x|yz)*",
+         "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {
+             "type": "object", "properties": {"a": {"$ref": "#/$defs/A"}}, "$defs": {"A": {"type": "integer"}}}}}},
     ]
     paths = ["/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"]
     for i in range(300):

@@ -93,7 +93,7 @@ static void check_case(const ref_in *in, unsigned seed) {
   cr_assert_eq(sampler_init(&s, V), 0);
   float logits[V];
   rand_logits(logits, V, &seed);
-  sampler_input si = {&in->p, in->prompt, in->n_prompt, in->output, in->n_output, in->banned, in->n_banned};
+  sampler_input si = {&in->p, in->prompt, in->n_prompt, in->output, in->n_output, in->banned, in->n_banned, NULL};
   double got[V], want[V];
   cr_assert_eq(sampler_probs(&s, logits, &si, got), 0);
   ref_probs(logits, in, want);
@@ -390,4 +390,44 @@ Test(sampler, large_vocab_top_k_top_p) {
   free(got);
   free(want);
   free(order);
+}
+
+/* Constrained decoding: with a mask, every mode's distribution is the unmasked computation on
+ * logits with the masked-out ids at -inf, and no draw leaves the mask. */
+Test(sampler, mask_every_mode) {
+  sampler s;
+  sampler_init(&s, V);
+  float logits[V], masked[V];
+  unsigned seed = 77;
+  rand_logits(logits, V, &seed);
+  uint32_t mask[(V + 31) / 32] = {0};
+  for (int v = 0; v < V; v++)
+    if (rand_r(&seed) % 3 == 0) mask[v >> 5] |= 1u << (v & 31);
+  for (int v = 0; v < V; v++) masked[v] = (mask[v >> 5] >> (v & 31)) & 1u ? logits[v] : -INFINITY;
+  static const int32_t bias_ids[] = {1, 2, 3, 4, 5};
+  static const float bias_vals[] = {50, 50, 50, 50, 50};
+  for (int mode = 0; mode < 7; mode++) {
+    qv_sampling_params p;
+    qv_sampling_params_default(&p);
+    if (mode == 0) p.temperature = 0.0f;
+    if (mode == 2) p.top_k = 5;
+    if (mode == 3) p.top_p = 0.6f;
+    if (mode == 4) p.min_p = 0.2f;
+    if (mode == 5) p.repetition_penalty = 1.3f, p.frequency_penalty = 0.5f, p.presence_penalty = 0.3f;
+    if (mode == 6) p.logit_bias_ids = bias_ids, p.logit_bias_values = bias_vals, p.n_logit_bias = 5;
+    sampler_input with = {.params = &p, .prompt = PROMPT, .n_prompt = 7, .output = OUTPUT, .n_output = 8, .mask = mask};
+    sampler_input ref = {.params = &p, .prompt = PROMPT, .n_prompt = 7, .output = OUTPUT, .n_output = 8};
+    double pw[V], pr[V];
+    cr_assert_eq(sampler_probs(&s, logits, &with, pw), 0);
+    cr_assert_eq(sampler_probs(&s, masked, &ref, pr), 0);
+    for (int v = 0; v < V; v++) cr_assert(fabs(pw[v] - pr[v]) < 1e-12, "mode %d token %d: %g vs %g", mode, v, pw[v], pr[v]);
+    sampler_rng rng;
+    sampler_rng_seed(&rng, (uint64_t)mode);
+    for (int i = 0; i < 300; i++) {
+      sampler_result r;
+      cr_assert_eq(sampler_sample(&s, logits, &with, &rng, 2, &r), 0);
+      cr_assert((mask[r.id >> 5] >> (r.id & 31)) & 1u, "mode %d drew %d outside the mask", mode, r.id);
+    }
+  }
+  sampler_deinit(&s);
 }

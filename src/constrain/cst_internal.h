@@ -1,0 +1,102 @@
+/* Internal types of the constrain module: the vocabulary index, compiled constraints and
+ * matchers (see include/quiver/constrain.h for the lifecycle). */
+#ifndef QV_CONSTRAIN_CST_INTERNAL_H
+#define QV_CONSTRAIN_CST_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "constrain/cst_gram.h"
+#include "quiver/constrain.h"
+
+/* The vocabulary as byte strings and a trie over them, nodes in preorder: node 0 is the empty
+ * prefix, a node's first child is the next node, and its subtree ends at tend[node], where
+ * its next sibling starts. */
+/* Plain tokens: every byte printable ASCII other than '"' and '\\' (the bytes a JSON string
+ * or free text takes as themselves), at most CST_PLAIN_MAX long. A state that treats all of
+ * them alike (each stack top has all of them or none) moves the same way on any of them, so
+ * every plain token of length l leads to one state S_l: masks then take all plain tokens of
+ * the lengths whose S_l is alive from plain_upto[] at once, and the trie walk skips subtrees
+ * made only of plain bytes. */
+#define CST_PLAIN_MAX 32
+
+static inline int cst_plain_byte(unsigned b) { return b >= 0x20 && b < 0x7F && b != '"' && b != '\\'; }
+
+/* Text tokens extend plain tokens to UTF-8: complete, valid characters, the ASCII ones plain.
+ * A state whose every character (ASCII or not) leads to one state S_{l+1} takes all text tokens
+ * of up to L characters at once (text_upto[]), and the walk skips subtrees holding only text
+ * tokens; the check costs a few advances per character of the chain, so it stops at
+ * CST_TEXT_MAX. */
+#define CST_TEXT_MAX 16
+
+typedef struct cst_trie {
+  int32_t n_nodes;
+  uint8_t *text;      /* [n_nodes] 1: every token in the subtree is a text token of <= CST_TEXT_MAX chars */
+  int32_t *tfirst_nt; /* [n_nodes] first child whose subtree is not text, or tend[node] */
+  int32_t *tnext_nt;  /* [n_nodes] next sibling whose subtree is not text, or the parent's tend */
+  uint8_t *maxc;      /* [n_nodes] most characters of a token in the subtree (text subtrees) */
+  uint8_t *plain;     /* [n_nodes] 1: the node and its subtree hold only plain bytes, depth <= CST_PLAIN_MAX */
+  uint8_t *depth;     /* [n_nodes] node depth (capped at 255) */
+  uint8_t *maxd;      /* [n_nodes] deepest depth in the subtree (capped at 255) */
+  uint8_t *tbyte;     /* [n_nodes] the byte on the edge into the node */
+  int32_t *tend;      /* [n_nodes] one past the node's last descendant */
+  int32_t *tok_first; /* [n_nodes] first token id ending here, -1 none */
+  int32_t *tok_next;  /* [n_vocab] next token id with the same bytes, -1 none */
+} cst_trie;
+
+#define CST_COMPILE_CACHE 8
+
+struct qv_cst_vocab {
+  int32_t n_vocab;
+  int32_t eos_id;      /* -1 none */
+  char *bytes;         /* all token bytes, owned */
+  uint32_t *off;       /* [n_vocab] */
+  uint32_t *len;       /* [n_vocab]; UINT32_MAX: never allowed (special, absent, empty) */
+  cst_trie trie;
+  uint32_t *plain_upto; /* [CST_PLAIN_MAX + 1][words]: plain tokens of length <= l */
+  uint32_t *text_upto;  /* [CST_TEXT_MAX + 1][words]: text tokens of <= l characters */
+  int32_t words;
+  pthread_mutex_t mu;  /* guards the compile cache */
+  qv_constraint *cache[CST_COMPILE_CACHE]; /* one reference each */
+  uint64_t cache_use[CST_COMPILE_CACHE];
+  uint64_t cache_tick;
+};
+
+#define CST_MASK_CACHE_BYTES (32u << 20) /* per constraint, grown as used */
+
+struct qv_constraint {
+  atomic_int refs;
+  qv_cst_vocab *vocab;  /* borrowed */
+  cst_gram g;
+  char *key;            /* canonical spec bytes for the compile cache, owned */
+  size_t key_len;
+  uint64_t key_hash;
+  int32_t words;        /* mask words */
+  /* Mask cache by matcher state hash (engine thread only). */
+  int32_t n_cache, cap_cache;
+  uint64_t *cache_key;  /* [cap_cache] */
+  uint64_t *cache_use;  /* [cap_cache] */
+  uint32_t *cache_mask; /* [cap_cache][words] */
+  uint64_t tick;
+  int64_t n_hits, n_misses;
+  /* Text-chain levels by state hash (see cst_match.c), a direct-mapped cache. */
+  struct cst_tmemo {
+    uint64_t key, next;
+    uint8_t status;
+  } tmemo[4096];
+};
+
+/* Builds the grammar of a spec (one front end per kind). */
+int cst_build_json_schema(cst_builder *b, const char *text, size_t len, int any_ws, int32_t *root);
+int cst_build_json_any(cst_builder *b, int object_only, int any_ws, int32_t *root);
+int cst_build_regex(cst_builder *b, const char *pat, size_t len, int32_t *root);
+int cst_build_choice(cst_builder *b, const char *const *choices, int32_t n, int32_t *root);
+int cst_build_gbnf(cst_builder *b, const char *text, size_t len, int32_t *root);
+int cst_build_lark(cst_builder *b, const char *text, size_t len, int32_t *root);
+int cst_build_tool_call(cst_builder *b, const char *tools_json, size_t len, const char *name,
+                        const char *format, int32_t *root);
+
+/* Mask cache statistics (bench). */
+void cst_constraint_stats(const qv_constraint *c, int64_t *hits, int64_t *misses);
+
+#endif
