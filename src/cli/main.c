@@ -15,6 +15,7 @@ static const struct {
     {"info", cli_info, "describe a model: architecture, parameters, memory"},
     {"chat-template", cli_chat_template, "render a chat template for a conversation"},
     {"bench", cli_bench, "offline engine throughput benchmark"},
+    {"version", cli_version, "print the version, git commit, build and backends"},
 };
 
 static void usage(FILE *f) {
@@ -33,6 +34,7 @@ int main(int argc, char **argv) {
     usage(stdout);
     return 0;
   }
+  if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) return cli_version(1, argv + 1);
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
   fprintf(stderr, "quiver: unknown command '%s'\n\n", argv[1]);

@@ -15,9 +15,12 @@
 #include <strings.h>
 
 #include "core/log.h"
+#include "server/tls.h"
 
 /* Pipelined bytes buffered while a request is being answered before reading pauses. */
 #define HTTP_MAX_INBUF_BUSY (256u * 1024u)
+/* TLS: ciphertext read per uv read callback (the plaintext lands in the input buffer). */
+#define HTTP_TLS_READ_BYTES 65536u
 
 enum conn_state {
   CONN_IDLE = 0, /* waiting for the first byte of a request */
@@ -38,6 +41,7 @@ struct http_server {
   int draining;
   int closing;           /* http_server_close called: free when the last handle closes */
   int listener_open;
+  tls_ctx *tls;          /* borrowed or NULL: plain HTTP */
 };
 
 struct http_conn {
@@ -77,6 +81,10 @@ struct http_conn {
   size_t pending_bytes;  /* queued in uv_write, not yet completed */
   int close_after;       /* close once the current response is written */
   int write_failed;
+  char *extra_headers;   /* owned or NULL: header lines added to the current response */
+  tls_conn *tls;         /* owned or NULL: the TLS layer between the socket and the parser */
+  char *tls_in;          /* [HTTP_TLS_READ_BYTES] ciphertext read buffer, owned */
+  int tls_hs_armed;      /* the handshake's deadline (the header timeout) is running */
 };
 
 typedef struct write_req {
@@ -94,6 +102,7 @@ void http_limits_default(http_limits *l) {
   l->body_timeout_ms = 30000;
   l->idle_timeout_ms = 60000;
   l->max_connections = 1024;
+  l->access_log = 1;
 }
 
 const char *http_status_text(int status) {
@@ -173,6 +182,8 @@ static void request_reset(http_conn *c) {
   c->headers = NULL;
   free(c->path);
   c->path = NULL;
+  free(c->extra_headers);
+  c->extra_headers = NULL;
   memset(&c->req, 0, sizeof c->req);
 }
 
@@ -335,6 +346,8 @@ static void conn_free(http_conn *c) {
   free(c->hbuf);
   free(c->hoff);
   free(c->body);
+  tls_conn_destroy(c->tls);
+  free(c->tls_in);
   free(c);
   if (s->closing && s->n_conns == 0 && !s->listener_open) free(s);
 }
@@ -390,8 +403,8 @@ static void on_write_done(uv_write_t *w, int status) {
   if (status < 0) conn_close(c);
 }
 
-/* Queues a + b as one write (b may be NULL). */
-static void write_raw(http_conn *c, const char *a, size_t alen, const char *b, size_t blen) {
+/* Queues a + b as one write to the socket (b may be NULL). */
+static void write_wire(http_conn *c, const char *a, size_t alen, const char *b, size_t blen) {
   if (c->state == CONN_CLOSING || c->state == CONN_DONE) return;
   write_req *wr = malloc(sizeof *wr + alen + blen);
   if (!wr) {
@@ -414,11 +427,34 @@ static void write_raw(http_conn *c, const char *a, size_t alen, const char *b, s
   }
 }
 
+/* Queues a + b as one write, encrypted first on a TLS connection. */
+static void write_raw(http_conn *c, const char *a, size_t alen, const char *b, size_t blen) {
+  if (!c->tls) {
+    write_wire(c, a, alen, b, blen);
+    return;
+  }
+  if (c->state == CONN_CLOSING || c->state == CONN_DONE) return;
+  char *enc = NULL;
+  size_t n = 0;
+  if (tls_conn_encrypt(c->tls, a, alen, b, blen, &enc, &n)) {
+    free(enc);
+    c->write_failed = 1;
+    conn_close(c);
+    return;
+  }
+  write_wire(c, enc, n, NULL, 0);
+  free(enc);
+}
+
 static void conn_process(http_conn *c);
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   http_conn *c = h->data;
+  if (c->tls) {
+    *buf = uv_buf_init(c->tls_in, HTTP_TLS_READ_BYTES);
+    return;
+  }
   /* Compact parsed bytes away first so the buffer only holds what is still unparsed (the
    * parser keeps no pointers into it between calls: callbacks copy what they need). */
   if (c->in_off) {
@@ -493,6 +529,61 @@ static void conn_process(http_conn *c) {
   reading_update(c);
 }
 
+/* ---- TLS hooks (the layer itself is tls.c) ---- */
+
+static int tls_plain(void *ud, const char *data, size_t len) {
+  http_conn *c = ud;
+  if (c->in_off) { /* as on_alloc: keep only unparsed bytes */
+    memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
+    c->in_len -= c->in_off;
+    c->in_off = 0;
+  }
+  if (buf_reserve(&c->in, &c->in_cap, c->in_len + len)) return -1;
+  memcpy(c->in + c->in_len, data, len);
+  c->in_len += len;
+  return 0;
+}
+
+static void tls_send(void *ud, const char *data, size_t len) { write_wire(ud, data, len, NULL, 0); }
+
+/* Ciphertext in: the handshake must complete within the header timeout (armed once at its first
+ * byte, not re-armed by its later records); plaintext goes on to the parser as plain bytes do. */
+static void tls_on_read(http_conn *c, const char *data, size_t len) {
+  int handshaking = !tls_conn_ready(c->tls);
+  if (handshaking && !c->tls_hs_armed) {
+    c->tls_hs_armed = 1;
+    timer_arm(c, c->srv->limits.header_timeout_ms);
+  }
+  size_t before = c->in_len - c->in_off;
+  tls_io io = {.ud = c, .plain = tls_plain, .send = tls_send};
+  int rc = tls_conn_feed(c->tls, data, len, &io);
+  if (rc || c->state == CONN_CLOSING) {
+    conn_close(c);
+    return;
+  }
+  if (c->in_len - c->in_off == before) return;
+  if (c->state == CONN_IDLE && !handshaking) timer_arm(c, c->srv->limits.header_timeout_ms);
+  conn_process(c);
+}
+
+static void tls_send_close_notify(http_conn *c) {
+  char *out = NULL;
+  size_t n = 0;
+  tls_conn_close_notify(c->tls, &out, &n);
+  if (out) write_wire(c, out, n, NULL, 0);
+  free(out);
+}
+
+void http_server_use_tls(http_server *s, tls_ctx *ctx) { s->tls = ctx; }
+
+void http_conn_add_headers(http_conn *c, const char *lines) {
+  size_t old = c->extra_headers ? strlen(c->extra_headers) : 0, n = strlen(lines);
+  char *h = realloc(c->extra_headers, old + n + 1);
+  if (!h) return; /* the answer goes out without them */
+  memcpy(h + old, lines, n + 1);
+  c->extra_headers = h;
+}
+
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   http_conn *c = st->data;
   if (nread < 0) {
@@ -502,6 +593,10 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   if (nread == 0) return;
+  if (c->tls) {
+    tls_on_read(c, buf->base, (size_t)nread);
+    return;
+  }
   c->in_len += (size_t)nread;
   if (c->state == CONN_IDLE) timer_arm(c, c->srv->limits.header_timeout_ms);
   conn_process(c);
@@ -541,6 +636,10 @@ static void on_connection(uv_stream_t *ls, int status) {
   llhttp_init(&c->parser, HTTP_REQUEST, &http_parser_settings);
   c->parser.data = c;
   c->state = CONN_IDLE;
+  if (s->tls && (!(c->tls = tls_conn_create(s->tls)) || !(c->tls_in = malloc(HTTP_TLS_READ_BYTES)))) {
+    conn_close(c);
+    return;
+  }
   timer_arm(c, s->limits.idle_timeout_ms);
   reading_update(c);
 }
@@ -555,14 +654,16 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
 
 static void finish_request(http_conn *c) {
   double ms = (double)(uv_hrtime() - c->req.start_ns) / 1e6;
-  qv_log(QV_LOG_INFO, "access %s \"%s %s\" %d %zu %.1fms", c->peer,
-         c->req.method_str ? c->req.method_str : "-", c->req.url ? c->req.url : "-", c->status,
-         c->resp_bytes, c->req.start_ns ? ms : 0.0);
+  if (c->srv->limits.access_log)
+    qv_log(QV_LOG_INFO, "access %s \"%s %s\" %d %zu %.1fms", c->peer,
+           c->req.method_str ? c->req.method_str : "-", c->req.url ? c->req.url : "-", c->status,
+           c->resp_bytes, c->req.start_ns ? ms : 0.0);
   c->ctx = NULL;
   c->streaming = 0;
   if (c->close_after) {
     /* Let the queued bytes reach the peer, then close; pipelined bytes are dropped. A peer
      * that never reads is cut off by the idle timer. */
+    if (c->tls) tls_send_close_notify(c);
     c->state = CONN_DONE;
     c->in_off = c->in_len;
     if (c->reading) {
@@ -591,9 +692,10 @@ static void finish_request(http_conn *c) {
 static int header_block(char *out, size_t cap, http_conn *c, int status, const char *ctype,
                         const char *extra, const char *length_line) {
   return snprintf(out, cap,
-                  "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%sConnection: %s\r\n%s\r\n", status,
+                  "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%sConnection: %s\r\n%s%s\r\n", status,
                   http_status_text(status), ctype, length_line,
-                  c->close_after ? "close" : "keep-alive", extra ? extra : "");
+                  c->close_after ? "close" : "keep-alive", extra ? extra : "",
+                  c->extra_headers ? c->extra_headers : "");
 }
 
 void http_respond(http_conn *c, int status, const char *content_type, const char *extra_headers,
@@ -603,7 +705,8 @@ void http_respond(http_conn *c, int status, const char *content_type, const char
   c->status = status;
   char len_line[64];
   snprintf(len_line, sizeof len_line, "Content-Length: %zu\r\n", body_len);
-  size_t extra_len = extra_headers ? strlen(extra_headers) : 0;
+  size_t extra_len = (extra_headers ? strlen(extra_headers) : 0) +
+                     (c->extra_headers ? strlen(c->extra_headers) : 0);
   size_t cap = 256 + strlen(content_type) + extra_len;
   char *head = malloc(cap);
   if (!head) {
@@ -623,7 +726,8 @@ void http_stream_begin(http_conn *c, int status, const char *content_type,
   if (c->srv->draining) c->close_after = 1;
   c->status = status;
   c->streaming = 1;
-  size_t extra_len = extra_headers ? strlen(extra_headers) : 0;
+  size_t extra_len = (extra_headers ? strlen(extra_headers) : 0) +
+                     (c->extra_headers ? strlen(c->extra_headers) : 0);
   size_t cap = 256 + strlen(content_type) + extra_len;
   char *head = malloc(cap);
   if (!head) {

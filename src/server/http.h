@@ -28,6 +28,7 @@ typedef struct http_limits {
   uint64_t body_timeout_ms;  /* end of headers to end of body (default 30 s) -> 408 */
   uint64_t idle_timeout_ms;  /* keep-alive idle time before closing (default 60 s) */
   int32_t max_connections;   /* beyond this, new connections are closed at once (default 1024) */
+  int32_t access_log;        /* 1: one log line per request (default); 0: none */
 } http_limits;
 
 void http_limits_default(http_limits *l);
@@ -99,6 +100,15 @@ void http_stream_end(http_conn *c);
 /* Ends an unfinished response by closing the connection (e.g. when a streaming client falls
  * too far behind). The request counts as finished; on_abort is not called. */
 void http_conn_kill(http_conn *c);
+
+/* Header lines (CRLF-terminated, copied) added to the answer of the current request, e.g.
+ * CORS headers decided by the router; cleared after each answer. */
+void http_conn_add_headers(http_conn *c, const char *lines);
+
+/* Serves TLS on every connection accepted from now on (ctx borrowed, must outlive the server;
+ * see tls.h). Call right after http_server_create. */
+struct tls_ctx;
+void http_server_use_tls(http_server *s, struct tls_ctx *ctx);
 
 /* Reason phrase for a status code ("Unknown" for codes not listed). */
 const char *http_status_text(int status);

@@ -14,9 +14,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/build_info.h"
 #include "core/log.h"
 #include "server/auth.h"
+#include "server/cors.h"
 #include "server/server_int.h"
+#include "server/tls.h"
 
 void server_opts_default(server_opts *o) {
   memset(o, 0, sizeof *o);
@@ -90,9 +93,14 @@ void srv_req_maybe_free(srv_req *r) {
   if (!r->conn && !r->in_work && r->n_live_subs == 0 && r->pins == 0) req_free(r);
 }
 
+void srv_count(srv_req *r, int status) {
+  if (r->utility) metrics_count_utility(&r->s->met, status);
+  else metrics_count_request(&r->s->met, r->model, status);
+}
+
 static void respond_json(srv_req *r, int status, const char *json, const char *extra) {
   if (!r->conn) return;
-  metrics_count_request(&r->s->met, r->model, status);
+  srv_count(r, status);
   http_conn *c = r->conn;
   r->conn = NULL;
   http_conn_set_ctx(c, NULL);
@@ -167,12 +175,34 @@ static void handle_metrics(srv_req *r) {
     srv_send_error(r, 500, "out of memory", NULL, NULL);
     return;
   }
-  metrics_count_request(&s->met, -1, 200);
+  srv_count(r, 200);
   http_conn *c = r->conn;
   r->conn = NULL;
   http_conn_set_ctx(c, NULL);
   http_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", "", text, len);
   free(text);
+}
+
+/* What this server binary is (core/build_info.h), for fleet inventories and bug reports. */
+static void handle_version(srv_req *r) {
+  const qv_build_info *b = qv_build_info_get();
+  cJSON *root = cJSON_CreateObject();
+  cJSON_AddStringToObject(root, "version", b->version);
+  cJSON_AddStringToObject(root, "commit", b->commit);
+  cJSON_AddStringToObject(root, "build_type", b->build_type);
+  cJSON_AddStringToObject(root, "compiler", b->compiler);
+  cJSON_AddStringToObject(root, "c_flags", b->c_flags);
+  cJSON_AddBoolToObject(root, "sanitizers", !strcmp(b->sanitize, "ON"));
+  cJSON *be = cJSON_AddArrayToObject(root, "backends");
+  char list[64];
+  snprintf(list, sizeof list, "%s", b->backends);
+  for (char *save = NULL, *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save))
+    cJSON_AddItemToArray(be, cJSON_CreateString(t));
+  cJSON_AddBoolToObject(root, "tls", r->s->tls != NULL);
+  char *j = cJSON_PrintUnformatted(root);
+  cJSON_Delete(root);
+  respond_json(r, 200, j, "");
+  free(j);
 }
 
 /* Every name a client may use: models, aliases, routes. The root is the model served. */
@@ -246,10 +276,31 @@ static const route_entry routes[] = {
     {"/v1/models", "GET", 0},
     {"/health", "GET", 0},
     {"/metrics", "GET", 0},
+    {"/version", "GET", 0},
 };
+
+/* CORS (server/cors.h): answers a preflight and returns 1, or adds the allow headers to the
+ * coming answer and returns 0. Preflights carry no credentials, so this runs before auth. */
+static int cors_hook(server *s, http_conn *c, const http_request *req) {
+  const char *origin = http_request_header(req, "origin");
+  if (!origin) return 0;
+  char h[1024];
+  const char *want = http_request_header(req, "access-control-request-method");
+  if (!strcmp(req->method_str, "OPTIONS") && want) {
+    cors_preflight(s->opts.cors, origin, want,
+                   http_request_header(req, "access-control-request-headers"), h, sizeof h);
+    metrics_count_utility(&s->met, 204);
+    http_respond(c, 204, "text/plain", h, "", 0);
+    return 1;
+  }
+  cors_headers(s->opts.cors, origin, h, sizeof h);
+  if (h[0]) http_conn_add_headers(c, h);
+  return 0;
+}
 
 static void on_request(void *ud, http_conn *c, const http_request *req) {
   server *s = ud;
+  if (s->opts.cors && cors_hook(s, c, req)) return;
   srv_req *r = req_new(s, c);
   if (!r) {
     static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
@@ -267,6 +318,7 @@ static void on_request(void *ud, http_conn *c, const http_request *req) {
     hit = &model_route;
     model_id = path + 11;
   }
+  r->utility = !hit || hit->kind == 0 || hit->kind == OAI_TOKENIZE || hit->kind == OAI_DETOKENIZE;
   if (!hit) {
     char msg[300];
     snprintf(msg, sizeof msg, "no route for %s %.200s", req->method_str, path);
@@ -296,6 +348,7 @@ static void on_request(void *ud, http_conn *c, const http_request *req) {
   if (hit->kind == 0) {
     if (!strcmp(hit->path, "/health")) handle_health(r);
     else if (!strcmp(hit->path, "/metrics")) handle_metrics(r);
+    else if (!strcmp(hit->path, "/version")) handle_version(r);
     else handle_models(r, model_id);
     srv_req_maybe_free(r);
     return;
@@ -405,9 +458,13 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
     return qv_error_set(err, QV_ENOMEM, "out of memory");
   }
   http_handler h = {.ud = s, .on_request = on_request, .on_abort = on_abort};
-  int rc = http_server_create(loop, opts->host ? opts->host : "127.0.0.1", opts->port,
-                              &opts->limits, &h, &s->http, err);
+  int rc = opts->tls ? tls_ctx_create(opts->tls, &s->tls, err) : 0;
+  if (!rc)
+    rc = http_server_create(loop, opts->host ? opts->host : "127.0.0.1", opts->port,
+                            &opts->limits, &h, &s->http, err);
+  if (!rc && s->tls) http_server_use_tls(s->http, s->tls);
   if (rc) {
+    tls_ctx_destroy(s->tls);
     metrics_deinit(&s->met);
     free(s->notify);
     free(s->buckets);
@@ -459,6 +516,7 @@ void server_destroy(server *s) {
     req_free(r);
   }
   metrics_deinit(&s->met);
+  tls_ctx_destroy(s->tls);
   free(s->notify);
   free(s->buckets);
   free(s);

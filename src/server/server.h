@@ -76,6 +76,8 @@ typedef struct server_opts {
   uint64_t drain_timeout_ms;     /* SIGINT/SIGTERM: wait this long for in-flight requests */
   size_t max_stream_backlog_bytes; /* a streaming client this far behind is cut off */
   int handle_signals;            /* install SIGINT/SIGTERM handlers that drain */
+  const struct cors_opts *cors;  /* borrowed or NULL: no CORS (server/cors.h) */
+  const struct tls_opts *tls;    /* borrowed or NULL: plain HTTP (server/tls.h) */
 } server_opts;
 
 void server_opts_default(server_opts *o);
