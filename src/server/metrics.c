@@ -298,7 +298,7 @@ char *metrics_render(const metrics *m, const metrics_model_state *states, size_t
       {"quiver_model_ready", "1 when the model is loaded and serving."},
       {"quiver_requests_running", "Requests being computed by the engine."},
       {"quiver_requests_waiting", "Requests queued in the engine."},
-      {"quiver_kv_blocks_total", "KV cache blocks in the pool."},
+      {"quiver_kv_blocks", "KV cache blocks in the pool (a gauge: no _total suffix)."},
       {"quiver_kv_blocks_used", "KV cache blocks held by sequences."},
       {"quiver_prefix_cache_hit_rate", "Prompt tokens served from the prefix cache / looked up."},
   };
