@@ -84,7 +84,8 @@ struct http_conn {
   char *extra_headers;   /* owned or NULL: header lines added to the current response */
   tls_conn *tls;         /* owned or NULL: the TLS layer between the socket and the parser */
   char *tls_in;          /* [HTTP_TLS_READ_BYTES] ciphertext read buffer, owned */
-  int tls_hs_armed;      /* the handshake's deadline (the header timeout) is running */
+  int tls_hs_armed;      /* 1: the handshake's deadline (the header timeout, from its first
+                            byte) runs and also covers the first request's headers; 2: used */
 };
 
 typedef struct write_req {
@@ -194,7 +195,9 @@ static int on_message_begin(llhttp_t *p) {
   request_reset(c);
   c->state = CONN_READING;
   c->req.start_ns = uv_hrtime();
-  timer_arm(c, c->srv->limits.header_timeout_ms);
+  /* A TLS connection's first request shares the deadline its handshake started. */
+  if (c->tls_hs_armed == 1) c->tls_hs_armed = 2;
+  else timer_arm(c, c->srv->limits.header_timeout_ms);
   return 0;
 }
 
@@ -546,8 +549,9 @@ static int tls_plain(void *ud, const char *data, size_t len) {
 
 static void tls_send(void *ud, const char *data, size_t len) { write_wire(ud, data, len, NULL, 0); }
 
-/* Ciphertext in: the handshake must complete within the header timeout (armed once at its first
- * byte, not re-armed by its later records); plaintext goes on to the parser as plain bytes do. */
+/* Ciphertext in: the handshake and the first request's headers must arrive within one header
+ * timeout from the handshake's first byte (not re-armed by later records); plaintext goes on to
+ * the parser as plain bytes do. */
 static void tls_on_read(http_conn *c, const char *data, size_t len) {
   int handshaking = !tls_conn_ready(c->tls);
   if (handshaking && !c->tls_hs_armed) {
@@ -562,7 +566,7 @@ static void tls_on_read(http_conn *c, const char *data, size_t len) {
     return;
   }
   if (c->in_len - c->in_off == before) return;
-  if (c->state == CONN_IDLE && !handshaking) timer_arm(c, c->srv->limits.header_timeout_ms);
+  if (c->state == CONN_IDLE && c->tls_hs_armed != 1) timer_arm(c, c->srv->limits.header_timeout_ms);
   conn_process(c);
 }
 
