@@ -97,6 +97,8 @@ static cli_spec bench_spec(void) {
                     .n_own = (int)(sizeof bench_opts / sizeof bench_opts[0]),
                     .common = cli_engine_opts,
                     .n_common = cli_n_engine_opts,
+                    .common_ids = bench_common_ids,
+                    .n_common_ids = (int)(sizeof bench_common_ids / sizeof bench_common_ids[0]),
                     .positional_id = B_MODEL,
                     .first_arg = 2};
 }
@@ -122,13 +124,7 @@ typedef struct bench_parse {
 static int bench_opt(void *ud, const cli_opt *opt, const cli_value *v, qv_error *err) {
   bench_parse *p = ud;
   eb_opts *o = p->o;
-  if (opt->id >= CLI_E_DEVICE) {
-    int used = 0;
-    for (size_t i = 0; i < sizeof bench_common_ids / sizeof bench_common_ids[0]; i++)
-      used |= bench_common_ids[i] == opt->id;
-    if (!used) return qv_error_set(err, QV_EINVAL, "%s has no effect on quiver bench engine", opt->names[0]);
-    return cli_engine_apply(&p->eng, opt, v, err);
-  }
+  if (opt->id >= CLI_E_DEVICE) return cli_engine_apply(&p->eng, opt, v, err);
   switch (opt->id) {
   case B_MODEL: o->model = v->str; return 0;
   case B_PATH:

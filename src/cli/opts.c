@@ -95,23 +95,34 @@ static int spells(const char *arg, const char *name) {
   return !strncmp(arg, name, n) && (arg[n] == '\0' || arg[n] == '=');
 }
 
-static const cli_opt *find_in(const cli_opt *t, int n, const char *arg) {
-  for (int i = 0; i < n; i++)
+/* Whether a shared row is one this command takes. */
+static int takes_common(const cli_spec *spec, int id) {
+  if (!spec->common_ids) return 1;
+  for (int i = 0; i < spec->n_common_ids; i++)
+    if (spec->common_ids[i] == id) return 1;
+  return 0;
+}
+
+static const cli_opt *find_in(const cli_spec *spec, const cli_opt *t, int n, int common,
+                              const char *arg) {
+  for (int i = 0; i < n; i++) {
+    if (common && !takes_common(spec, t[i].id)) continue;
     for (int k = 0; k < CLI_MAX_NAMES && t[i].names[k]; k++)
       if (spells(arg, t[i].names[k])) return &t[i];
+  }
   return NULL;
 }
 
 const cli_opt *cli_find(const cli_spec *spec, const char *arg) {
-  const cli_opt *o = find_in(spec->own, spec->n_own, arg);
-  return o ? o : (spec->common ? find_in(spec->common, spec->n_common, arg) : NULL);
+  const cli_opt *o = find_in(spec, spec->own, spec->n_own, 0, arg);
+  return o ? o : (spec->common ? find_in(spec, spec->common, spec->n_common, 1, arg) : NULL);
 }
 
 static const cli_opt *find_id(const cli_spec *spec, int id) {
   for (int i = 0; i < spec->n_own; i++)
     if (spec->own[i].id == id) return &spec->own[i];
   for (int i = 0; spec->common && i < spec->n_common; i++)
-    if (spec->common[i].id == id) return &spec->common[i];
+    if (spec->common[i].id == id && takes_common(spec, id)) return &spec->common[i];
   return NULL;
 }
 
@@ -184,8 +195,9 @@ int cli_parse(const cli_spec *spec, int argc, char **argv, cli_opt_fn fn, void *
   return 0;
 }
 
-static void usage_rows(const cli_opt *t, int n, FILE *f) {
+static void usage_rows(const cli_spec *spec, const cli_opt *t, int n, int common, FILE *f) {
   for (int i = 0; i < n; i++) {
+    if (common && !takes_common(spec, t[i].id)) continue;
     char line[256];
     int len = 0;
     for (int k = 0; k < CLI_MAX_NAMES && t[i].names[k]; k++)
@@ -204,7 +216,7 @@ static void usage_rows(const cli_opt *t, int n, FILE *f) {
 
 void cli_usage(const cli_spec *spec, FILE *f) {
   fprintf(f, "usage: %s\n\n", spec->synopsis);
-  usage_rows(spec->own, spec->n_own, f);
-  if (spec->common) usage_rows(spec->common, spec->n_common, f);
+  usage_rows(spec, spec->own, spec->n_own, 0, f);
+  if (spec->common) usage_rows(spec, spec->common, spec->n_common, 1, f);
   fprintf(f, "\nEvery option also takes the --flag=value form.\n");
 }

@@ -51,6 +51,8 @@ typedef struct cli_spec {
   int n_own;
   const cli_opt *common; /* [n_common] shared rows (cli_engine_opts) or NULL */
   int n_common;
+  const int *common_ids; /* [n_common_ids] the shared rows this command takes; NULL: all */
+  int n_common_ids;
   int positional_id;     /* the id a bare argument maps to (its row must take a value); -1: none */
   int first_arg;         /* index of the first option in argv (1 after the subcommand name) */
 } cli_spec;

@@ -132,7 +132,10 @@ int tls_conn_feed(tls_conn *t, const char *data, size_t len, const tls_io *io) {
     int n = SSL_read(t->ssl, buf, sizeof buf);
     if (n > 0) {
       drain(t, io); /* a handshake that just finished may have records to send */
-      if (io->plain(io->ud, buf, (size_t)n)) return 0;
+      if (io->plain(io->ud, buf, (size_t)n)) {
+        t->failed = 1;
+        return QV_ENOMEM;
+      }
       continue;
     }
     int e = SSL_get_error(t->ssl, n);

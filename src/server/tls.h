@@ -31,7 +31,8 @@ void tls_ctx_destroy(tls_ctx *ctx); /* accepts NULL */
 /* Where tls_conn_feed puts its results; both called zero or more times per feed. */
 typedef struct tls_io {
   void *ud;
-  int (*plain)(void *ud, const char *data, size_t len); /* decrypted bytes; nonzero: stop */
+  int (*plain)(void *ud, const char *data, size_t len); /* decrypted bytes; nonzero (out of
+                                                           memory): the feed fails */
   void (*send)(void *ud, const char *data, size_t len); /* bytes to write to the peer */
 } tls_io;
 
