@@ -158,6 +158,9 @@ static int on_opt(void *ud, const cli_opt *o, const cli_value *v, qv_error *err)
     __attribute__((fallthrough));
   case S_SERVED_NAME:
     if (c->n_served == REG_MAX_NAMES) return qv_error_set(err, QV_ELIMIT, "too many served names");
+    if (!*v->str || strchr(v->str, '='))
+      return qv_error_set(err, QV_EINVAL, "%s '%s': a model name is not empty and has no '='",
+                          o->names[0], v->str);
     c->served[c->n_served++] = v->str;
     return 0;
   case S_HOST: c->host = v->str; return 0;

@@ -32,6 +32,13 @@ static const char *ssl_reason(char *buf, size_t cap) {
   return buf;
 }
 
+/* A passphrase-protected key must not make OpenSSL prompt on the terminal (a service has none):
+ * no passphrase is given, so loading such a key fails with a message. */
+static int no_passphrase(char *buf, int size, int rwflag, void *ud) {
+  (void)buf, (void)size, (void)rwflag, (void)ud;
+  return 0;
+}
+
 int tls_ctx_create(const tls_opts *o, tls_ctx **out, qv_error *err) {
   char why[256];
   tls_ctx *c = calloc(1, sizeof *c);
@@ -42,6 +49,7 @@ int tls_ctx_create(const tls_opts *o, tls_ctx **out, qv_error *err) {
     return qv_error_set(err, QV_ENOMEM, "TLS: %s", ssl_reason(why, sizeof why));
   }
   SSL_CTX_set_min_proto_version(c->ssl, TLS1_2_VERSION);
+  SSL_CTX_set_default_passwd_cb(c->ssl, no_passphrase);
   /* Partial writes and moving buffers are fine with memory BIOs; no renegotiation. */
   SSL_CTX_set_mode(c->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   SSL_CTX_set_options(c->ssl, SSL_OP_NO_RENEGOTIATION);

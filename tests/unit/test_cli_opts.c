@@ -177,6 +177,7 @@ Test(cli_opts, bad_arguments_fail_with_a_clear_message) {
       {A("--allowed-origins", "[1]"), "must be strings"},
       {A("--allowed-origins", "http://a\"b"), "bad origin"},
       {A("--chat-template", ""), "--chat-template is empty"},
+      {A("/a", "--served-model-name", ""), "a model name is not empty"},
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     serve_cfg c;
