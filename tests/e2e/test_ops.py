@@ -85,6 +85,16 @@ def test_seed_makes_unseeded_sampling_reproducible(quiver_bin):
     assert outs[0] == outs[1]
 
 
+def test_log_level(quiver_bin):
+    s = Server(quiver_bin, ["--log-level", "error"])
+    try:
+        s.client().completions.create(model="quiver-tiny", prompt="a", max_tokens=1)
+    finally:
+        log = s.stop()
+    assert " quiver info: " not in log and "access 127.0.0.1" not in log
+    assert "listening on http://" in log  # the startup line is not a log message
+
+
 def test_chat_template_override(quiver_bin, tmp_path):
     """--chat-template as text and as a file replaces the model's format: the prompt is exactly
     the render (quiver-tiny's byte tokenizer counts it)."""
