@@ -82,6 +82,11 @@ typedef struct server_opts {
   int handle_signals;            /* install SIGINT/SIGTERM handlers that drain */
   const struct cors_opts *cors;  /* borrowed or NULL: no CORS (server/cors.h) */
   const struct tls_opts *tls;    /* borrowed or NULL: plain HTTP (server/tls.h) */
+  /* Responses API store (resp_store.h); 0 keeps the defaults (1024, 64 MiB, 3600 s; a
+   * negative TTL never expires). */
+  int32_t responses_max_count;
+  size_t responses_max_bytes;
+  int64_t responses_ttl_s;
 } server_opts;
 
 void server_opts_default(server_opts *o);
