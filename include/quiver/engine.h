@@ -28,6 +28,9 @@ typedef struct qv_engine_opts {
   int32_t enable_prefix_caching;  /* default 1 */
   int32_t max_waiting;            /* bounded waiting queue; submit returns QV_EBUSY when full (default 1024) */
   uint64_t cache_salt;            /* mixed into prefix hashes (model/adapter identity) */
+  int32_t has_seed;               /* 1: requests without a seed get seeds drawn from `seed` (a
+                                   * reproducible run, vLLM's --seed); 0: from the clock */
+  uint64_t seed;
 } qv_engine_opts;
 
 void qv_engine_opts_default(qv_engine_opts *o);
@@ -118,6 +121,10 @@ typedef struct qv_event {
   int32_t total_completion_tokens; /* all choices of the request */
   int32_t cached_tokens;       /* prompt tokens served from the prefix cache */
   char *error;                 /* QV_FINISH_ERROR: message */
+  /* FINISH only, the whole request's phases on the engine's clock (seconds): submit -> first
+   * scheduled (queue), -> first token sampled (prefill), -> finish (decode). A phase never
+   * reached is 0. */
+  double queue_s, prefill_s, decode_s;
 } qv_event;
 
 void qv_event_free(qv_event *ev); /* accepts NULL */

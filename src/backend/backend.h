@@ -215,6 +215,11 @@ typedef struct qv_backend_opts {
 int qv_backend_create(const char *name, const qv_backend_opts *opts, qv_backend **out, qv_error *err);
 void qv_backend_destroy(qv_backend *be);
 
+/* Checks a requested compute dtype ("auto", "float32", "bfloat16", "float16"; NULL is "auto")
+ * against what the backend computes in; QV_EUNSUPPORTED with a message naming both otherwise
+ * (backend_dtype.c). */
+int qv_backend_check_dtype(const qv_backend *be, const char *dtype, qv_error *err);
+
 int qv_backend_cpu_create(const qv_backend_opts *opts, qv_backend **out, qv_error *err);
 int qv_backend_cuda_create(const qv_backend_opts *opts, qv_backend **out, qv_error *err);
 

@@ -10,5 +10,6 @@ int cli_info(int argc, char **argv);
 int cli_chat_template(int argc, char **argv);
 int cli_bench(int argc, char **argv);
 int cli_constrain(int argc, char **argv);
+int cli_version(int argc, char **argv);
 
 #endif

@@ -23,7 +23,9 @@
 
 #include <cjson/cJSON.h>
 
+#include "backend/backend.h"
 #include "cli/cli.h"
+#include "cli/opts.h"
 #include "core/bench_rng.h"
 #include "models/model.h"
 #include "quiver/engine.h"
@@ -43,6 +45,7 @@ typedef struct eb_opts {
   const char *prompt_file;  /* whitespace-separated ids; every prompt is its first input_len ids */
   const char *metadata[16]; /* "KEY=VALUE" copied into the result file */
   int32_t n_metadata;
+  const char *dtype;        /* --dtype, checked against the backend (NULL: auto) */
 } eb_opts;
 
 /* One timed run. */
@@ -52,25 +55,59 @@ typedef struct eb_run {
   int64_t n_steps;
 } eb_run;
 
+enum {
+  B_MODEL = 1,
+  B_PATH,
+  B_NUM_PROMPTS,
+  B_INPUT_LEN,
+  B_OUTPUT_LEN,
+  B_RUNS,
+  B_RESULT_FILE,
+  B_PROMPT_FILE,
+  B_METADATA,
+};
+
+static const cli_opt bench_opts[] = {
+    {B_MODEL, CLI_OPT_STR, {"--model", "-m"}, 0, 0, "PATH",
+     "Hugging Face model directory (also positional; default: the embedded quiver-tiny)"},
+    {B_PATH, CLI_OPT_STR, {"--path"}, 0, 0, "engine|model",
+     "through the engine (default) or the model's forward directly"},
+    {B_NUM_PROMPTS, CLI_OPT_INT, {"--num-prompts"}, 1, 1 << 20, "N", "sequences (default 64)"},
+    {B_INPUT_LEN, CLI_OPT_INT, {"--input-len"}, 1, 1 << 22, "L", "prompt tokens each (default 128)"},
+    {B_OUTPUT_LEN, CLI_OPT_INT, {"--output-len"}, 1, 1 << 22, "M",
+     "generated tokens each, EOS ignored (default 128)"},
+    {B_RUNS, CLI_OPT_INT, {"--runs"}, 1, 1000, "R", "timed repetitions, the median is reported (default 3)"},
+    {B_RESULT_FILE, CLI_OPT_STR, {"--result-file"}, 0, 0, "FILE",
+     "write settings, every run and the generated ids as JSON"},
+    {B_PROMPT_FILE, CLI_OPT_STR, {"--prompt-file"}, 0, 0, "FILE",
+     "whitespace-separated token ids: every prompt is their first L ids\n"
+     "(instead of random ids; checks batched greedy output)"},
+    {B_METADATA, CLI_OPT_STR, {"--metadata"}, 0, 0, "KEY=VALUE",
+     "added to the result file (repeatable: machine, commit...)"},
+};
+
+/* The shared rows bench uses (--seed seeds the random prompts here). */
+static const int bench_common_ids[] = {CLI_E_DEVICE, CLI_E_THREADS, CLI_E_MAX_NUM_SEQS, CLI_E_MAX_BATCHED,
+                                       CLI_E_BLOCK_SIZE, CLI_E_SEED, CLI_E_DTYPE, CLI_E_TP};
+
+static cli_spec bench_spec(void) {
+  return (cli_spec){.prog = "quiver bench engine",
+                    .synopsis = "quiver bench engine [MODEL] [options]",
+                    .own = bench_opts,
+                    .n_own = (int)(sizeof bench_opts / sizeof bench_opts[0]),
+                    .common = cli_engine_opts,
+                    .n_common = cli_n_engine_opts,
+                    .common_ids = bench_common_ids,
+                    .n_common_ids = (int)(sizeof bench_common_ids / sizeof bench_common_ids[0]),
+                    .positional_id = B_MODEL,
+                    .first_arg = 2};
+}
+
 static void usage(FILE *f) {
-  fprintf(f,
-          "usage: quiver bench engine [options]\n"
-          "  --model PATH             Hugging Face model directory (default: the embedded quiver-tiny)\n"
-          "  --device cpu|cuda        backend (default cpu)\n"
-          "  --path engine|model      through the engine (default) or the model's forward directly\n"
-          "  --max-num-seqs S         engine: running sequences at once (default 256)\n"
-          "  --num-prompts N          sequences (default 64)\n"
-          "  --input-len L            prompt tokens each (default 128)\n"
-          "  --output-len M           generated tokens each, EOS ignored (default 128)\n"
-          "  --max-batch-tokens T     most tokens in one forward (default 2048)\n"
-          "  --block-size B           KV block size in tokens (default 16)\n"
-          "  --threads K              cpu worker threads (default: all cores)\n"
-          "  --runs R                 timed repetitions, the median is reported (default 3)\n"
-          "  --seed S                 prompt RNG seed (default 0)\n"
-          "  --result-file FILE       write settings, every run and the generated ids as JSON\n"
-          "  --prompt-file FILE       whitespace-separated token ids: every prompt is their first L ids\n"
-          "                           (instead of random ids; checks batched greedy output)\n"
-          "  --metadata KEY=VALUE     added to the result file (repeatable: machine, commit...)\n");
+  cli_spec s = bench_spec();
+  cli_usage(&s, f);
+  fprintf(f, "Defaults: --max-num-seqs 256, --max-num-batched-tokens 2048, --block-size 16, --seed 0;\n"
+             "prefix caching is off so repeated runs redo the same work.\n");
 }
 
 static double now_s(void) {
@@ -79,62 +116,61 @@ static double now_s(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static int parse_i32(const char *s, long lo, long hi, int32_t *out) {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (end == s || *end || errno || v < lo || v > hi) return -1;
-  *out = (int32_t)v;
-  return 0;
+typedef struct bench_parse {
+  eb_opts *o;
+  cli_engine_cfg eng;
+} bench_parse;
+
+static int bench_opt(void *ud, const cli_opt *opt, const cli_value *v, qv_error *err) {
+  bench_parse *p = ud;
+  eb_opts *o = p->o;
+  if (opt->id >= CLI_E_DEVICE) return cli_engine_apply(&p->eng, opt, v, err);
+  switch (opt->id) {
+  case B_MODEL: o->model = v->str; return 0;
+  case B_PATH:
+    if (strcmp(v->str, "engine") && strcmp(v->str, "model"))
+      return qv_error_set(err, QV_EINVAL, "--path must be engine or model, got '%s'", v->str);
+    o->path_engine = !strcmp(v->str, "engine");
+    return 0;
+  case B_NUM_PROMPTS: o->num_prompts = (int32_t)v->i; return 0;
+  case B_INPUT_LEN: o->input_len = (int32_t)v->i; return 0;
+  case B_OUTPUT_LEN: o->output_len = (int32_t)v->i; return 0;
+  case B_RUNS: o->runs = (int32_t)v->i; return 0;
+  case B_RESULT_FILE: o->result_file = v->str; return 0;
+  case B_PROMPT_FILE: o->prompt_file = v->str; return 0;
+  case B_METADATA: {
+    const char *eq = strchr(v->str, '=');
+    if (!eq || eq == v->str || eq - v->str >= 100 || o->n_metadata >= 16)
+      return qv_error_set(err, QV_EINVAL, "bad value '%s' for --metadata (KEY=VALUE, at most 16)", v->str);
+    o->metadata[o->n_metadata++] = v->str;
+    return 0;
+  }
+  default: return qv_error_set(err, QV_EINVAL, "internal: unhandled option %s", opt->names[0]);
+  }
 }
 
+/* 0: run; 1: --help; -1: a usage error (printed). */
 static int parse_args(int argc, char **argv, eb_opts *o) {
   *o = (eb_opts){.device = "cpu", .path_engine = 1, .max_num_seqs = 256, .num_prompts = 64, .input_len = 128, .output_len = 128,
                  .max_batch_tokens = 2048, .block_size = 16, .runs = 3};
-  for (int i = 2; i < argc; i++) {
-    const char *a = argv[i];
-    if (!strcmp(a, "--help") || !strcmp(a, "-h")) return 1;
-    if (i + 1 >= argc) {
-      fprintf(stderr, "quiver bench engine: unknown option or missing value '%s'\n", a);
-      return -1;
-    }
-    const char *v = argv[++i];
-    int bad = 0;
-    if (!strcmp(a, "--model")) o->model = v;
-    else if (!strcmp(a, "--device")) o->device = v;
-    else if (!strcmp(a, "--path")) {
-      bad = strcmp(v, "engine") && strcmp(v, "model");
-      o->path_engine = !strcmp(v, "engine");
-    } else if (!strcmp(a, "--max-num-seqs")) bad = parse_i32(v, 1, 1 << 16, &o->max_num_seqs);
-    else if (!strcmp(a, "--num-prompts")) bad = parse_i32(v, 1, 1 << 20, &o->num_prompts);
-    else if (!strcmp(a, "--input-len")) bad = parse_i32(v, 1, 1 << 22, &o->input_len);
-    else if (!strcmp(a, "--output-len")) bad = parse_i32(v, 1, 1 << 22, &o->output_len);
-    else if (!strcmp(a, "--max-batch-tokens")) bad = parse_i32(v, 1, 1 << 20, &o->max_batch_tokens);
-    else if (!strcmp(a, "--block-size")) bad = parse_i32(v, 1, 1024, &o->block_size);
-    else if (!strcmp(a, "--threads")) bad = parse_i32(v, 0, 4096, &o->threads);
-    else if (!strcmp(a, "--runs")) bad = parse_i32(v, 1, 1000, &o->runs);
-    else if (!strcmp(a, "--result-file")) o->result_file = v;
-    else if (!strcmp(a, "--prompt-file")) o->prompt_file = v;
-    else if (!strcmp(a, "--metadata")) {
-      const char *eq = strchr(v, '=');
-      bad = !eq || eq == v || eq - v >= 100 || o->n_metadata >= 16;
-      if (!bad) o->metadata[o->n_metadata++] = v;
-    }
-    else if (!strcmp(a, "--seed")) {
-      char *end;
-      errno = 0;
-      long long s = strtoll(v, &end, 10);
-      bad = end == v || *end || errno;
-      o->seed = (uint64_t)s;
-    } else {
-      fprintf(stderr, "quiver bench engine: unknown option '%s'\n", a);
-      return -1;
-    }
-    if (bad) {
-      fprintf(stderr, "quiver bench engine: bad value '%s' for %s\n", v, a);
-      return -1;
-    }
+  bench_parse p = {.o = o};
+  cli_engine_cfg_init(&p.eng);
+  cli_spec spec = bench_spec();
+  qv_error err = {0};
+  int rc = cli_parse(&spec, argc, argv, bench_opt, &p, &err);
+  if (rc == CLI_HELP) return 1;
+  if (rc) {
+    fprintf(stderr, "quiver bench engine: %s\n", err.msg);
+    return -1;
   }
+  const cli_engine_cfg *e = &p.eng;
+  if (e->device) o->device = e->device;
+  if (e->threads >= 0) o->threads = e->threads;
+  if (e->max_num_seqs) o->max_num_seqs = e->max_num_seqs;
+  if (e->max_num_batched_tokens) o->max_batch_tokens = e->max_num_batched_tokens;
+  if (e->block_size) o->block_size = e->block_size;
+  if (e->has_seed) o->seed = e->seed;
+  o->dtype = e->dtype;
   return 0;
 }
 
@@ -551,6 +587,7 @@ static int bench_model(const eb_opts *o, qv_error *err) {
   pthread_cond_init(&c.wait.cv, NULL);
   qv_backend_opts bo = {.n_threads = o->threads};
   int rc = qv_backend_create(o->device, &bo, &be, err);
+  if (!rc) rc = qv_backend_check_dtype(be, o->dtype, err);
   int32_t T = o->max_batch_tokens, N = o->num_prompts;
   if (o->path_engine) {
     c.max_seqs = N < o->max_num_seqs ? N : o->max_num_seqs;
@@ -645,7 +682,7 @@ int cli_bench(int argc, char **argv) {
   eb_opts o;
   int pr = parse_args(argc, argv, &o);
   if (pr) {
-    usage(pr > 0 ? stdout : stderr);
+    if (pr > 0) usage(stdout);
     return pr > 0 ? 0 : 2;
   }
   qv_error err = {0};

@@ -13,6 +13,7 @@
 
 #include "backend/backend.h"
 #include "cli/cli.h"
+#include "cli/opts.h"
 #include "models/model.h"
 #include "quiver/engine.h"
 #include "quiver/tokenizer.h"
@@ -30,128 +31,119 @@ typedef struct gen_args {
   int ids, ignore_eos;
   const char *stops[GEN_MAX_STOPS];
   int n_stops;
-  qv_engine_opts eo;
+  cli_engine_cfg eng; /* the shared engine options as given */
+  qv_engine_opts eo;  /* derived from eng */
 } gen_args;
 
-static void usage(FILE *f) {
-  fprintf(f,
-          "usage: quiver generate [--model PATH] [--device cpu|cuda] [--threads N]\n"
-          "         (--prompt TEXT | --prompt-ids \"1 2 3\" | --prompts FILE.jsonl)\n"
-          "         [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
-          "         [--stop STR]... [--ignore-eos] [--ids]\n"
-          "         [--max-model-len N] [--max-num-seqs N] [--max-num-batched-tokens N]\n"
-          "         [--block-size N] [--num-kv-blocks N] [--gpu-memory-utilization F]\n"
-          "         [--no-prefix-caching]\n"
-          "  Without --model the embedded quiver-tiny model (byte tokenizer) is used; a model\n"
-          "  directory brings its own tokenizer. One prompt streams its generated text, or with\n"
-          "  --ids prints the generated ids on one line. --prompts runs every line of a JSONL file\n"
-          "  at once ({\"prompt\" or \"prompt_ids\", \"max_tokens\", \"temperature\", \"top_p\",\n"
-          "  \"top_k\", \"min_p\", \"seed\", \"stop\", \"ignore_eos\", \"min_tokens\",\n"
-          "  \"presence_penalty\", \"frequency_penalty\", \"repetition_penalty\"}; flags give the\n"
-          "  defaults) and prints one JSON line per input, in order. Defaults: --max-tokens 128,\n"
-          "  --temperature 1, --top-p 1, --top-k 0 (off).\n");
+enum {
+  G_MODEL = 1,
+  G_PROMPT,
+  G_PROMPT_IDS,
+  G_PROMPTS,
+  G_MAX_TOKENS,
+  G_TEMPERATURE,
+  G_TOP_P,
+  G_TOP_K,
+  G_STOP,
+  G_IGNORE_EOS,
+  G_IDS,
+};
+
+static const cli_opt gen_opts[] = {
+    {G_MODEL, CLI_OPT_STR, {"--model", "-m"}, 0, 0, "PATH",
+     "model directory (also the positional argument; default: the embedded quiver-tiny,\n"
+     "byte tokenizer)"},
+    {G_PROMPT, CLI_OPT_STR, {"--prompt", "-p"}, 0, 0, "TEXT", "one prompt; its text streams out"},
+    {G_PROMPT_IDS, CLI_OPT_STR, {"--prompt-ids"}, 0, 0, "\"1 2 3\"", "one prompt as token ids"},
+    {G_PROMPTS, CLI_OPT_STR, {"--prompts"}, 0, 0, "FILE.jsonl",
+     "every line at once ({\"prompt\" or \"prompt_ids\", \"max_tokens\", \"temperature\",\n"
+     "\"top_p\", \"top_k\", \"min_p\", \"seed\", \"stop\", \"ignore_eos\", \"min_tokens\",\n"
+     "\"presence_penalty\", \"frequency_penalty\", \"repetition_penalty\"}; flags give the\n"
+     "defaults); one JSON line per input, in order"},
+    {G_MAX_TOKENS, CLI_OPT_INT, {"--max-tokens", "-n", "--n-predict"}, -1, 1 << 24, "N",
+     "tokens to generate (default 128; -1: until the context ends)"},
+    {G_TEMPERATURE, CLI_OPT_NUM, {"--temperature", "--temp"}, 0.0, 100.0, "T", "default 1 (0: greedy)"},
+    {G_TOP_P, CLI_OPT_NUM, {"--top-p"}, 1e-9, 1.0, "P", "default 1 (off)"},
+    {G_TOP_K, CLI_OPT_INT, {"--top-k"}, -1, 1 << 24, "K", "default 0 (off)"},
+    {G_STOP, CLI_OPT_STR, {"--stop"}, 0, 0, "STR", "stop string (repeatable, at most 16)"},
+    {G_IGNORE_EOS, CLI_OPT_FLAG, {"--ignore-eos"}, 0, 0, NULL, "keep generating past EOS"},
+    {G_IDS, CLI_OPT_FLAG, {"--ids"}, 0, 0, NULL, "print the generated ids on one line"},
+};
+
+static cli_spec gen_spec(void) {
+  return (cli_spec){.prog = "quiver generate",
+                    .synopsis = "quiver generate [MODEL] (--prompt TEXT | --prompt-ids IDS | "
+                                "--prompts FILE.jsonl) [options]",
+                    .own = gen_opts,
+                    .n_own = (int)(sizeof gen_opts / sizeof gen_opts[0]),
+                    .common = cli_engine_opts,
+                    .n_common = cli_n_engine_opts,
+                    .positional_id = G_MODEL,
+                    .first_arg = 1};
 }
 
-static int parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
-  char *end;
-  errno = 0;
-  long long v = strtoll(s, &end, 10);
-  if (errno || end == s || *end || v < lo || v > hi) return -1;
-  *out = v;
+static int gen_opt(void *ud, const cli_opt *o, const cli_value *v, qv_error *err) {
+  gen_args *a = ud;
+  if (o->id >= CLI_E_DEVICE) return cli_engine_apply(&a->eng, o, v, err);
+  switch (o->id) {
+  case G_MODEL: a->model = v->str; break;
+  case G_PROMPT: a->prompt = v->str; break;
+  case G_PROMPT_IDS: a->prompt_ids = v->str; break;
+  case G_PROMPTS: a->prompts_file = v->str; break;
+  case G_MAX_TOKENS: a->max_tokens = (int32_t)v->i; break;
+  case G_TEMPERATURE: a->temperature = (float)v->num; break;
+  case G_TOP_P: a->top_p = (float)v->num; break;
+  case G_TOP_K: a->top_k = (int32_t)v->i; break;
+  case G_STOP:
+    if (a->n_stops == GEN_MAX_STOPS || !*v->str)
+      return qv_error_set(err, QV_EINVAL, "invalid value '%s' for --stop (non-empty, at most %d)",
+                          v->str, GEN_MAX_STOPS);
+    a->stops[a->n_stops++] = v->str;
+    break;
+  case G_IGNORE_EOS: a->ignore_eos = 1; break;
+  case G_IDS: a->ids = 1; break;
+  default: return qv_error_set(err, QV_EINVAL, "internal: unhandled option %s", o->names[0]);
+  }
   return 0;
 }
 
-static int parse_i32(const char *s, int32_t lo, int32_t hi, int32_t *out) {
-  int64_t v;
-  if (parse_i64(s, lo, hi, &v)) return -1;
-  *out = (int32_t)v;
-  return 0;
-}
-
-static int parse_f(const char *s, double lo, double hi, float *out) {
-  char *end;
-  errno = 0;
-  double v = strtod(s, &end);
-  if (errno || end == s || *end || !isfinite(v) || v < lo || v > hi) return -1;
-  *out = (float)v;
-  return 0;
-}
-
-static int bad_value(const char *flag, const char *v) {
-  fprintf(stderr, "quiver generate: invalid value '%s' for %s\n", v, flag);
-  return 2;
-}
-
+/* Returns 0 to run, 1 after --help, 2 on a usage error (message printed). */
 static int parse_args(int argc, char **argv, gen_args *a) {
   memset(a, 0, sizeof *a);
-  a->device = "cpu";
   a->max_tokens = 128;
   a->temperature = 1.0f;
   a->top_p = 1.0f;
-  qv_engine_opts_default(&a->eo);
-  for (int i = 1; i < argc; i++) {
-    const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    int takes = 1;
-    if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
-      usage(stdout);
-      return 1;
-    } else if (!strcmp(f, "--ids")) a->ids = 1, takes = 0;
-    else if (!strcmp(f, "--ignore-eos")) a->ignore_eos = 1, takes = 0;
-    else if (!strcmp(f, "--no-prefix-caching")) a->eo.enable_prefix_caching = 0, takes = 0;
-    else if (!v) {
-      fprintf(stderr, "quiver generate: unknown or incomplete option '%s'\n\n", f);
-      usage(stderr);
-      return 2;
-    } else if (!strcmp(f, "--model")) a->model = v;
-    else if (!strcmp(f, "--device")) a->device = v;
-    else if (!strcmp(f, "--prompt")) a->prompt = v;
-    else if (!strcmp(f, "--prompt-ids")) a->prompt_ids = v;
-    else if (!strcmp(f, "--prompts")) a->prompts_file = v;
-    else if (!strcmp(f, "--stop")) {
-      if (a->n_stops == GEN_MAX_STOPS || !*v) return bad_value(f, v);
-      a->stops[a->n_stops++] = v;
-    } else if (!strcmp(f, "--threads")) {
-      if (parse_i32(v, 0, 1024, &a->threads)) return bad_value(f, v);
-    } else if (!strcmp(f, "--max-tokens")) {
-      if (parse_i32(v, -1, 1 << 24, &a->max_tokens)) return bad_value(f, v);
-    } else if (!strcmp(f, "--temperature")) {
-      if (parse_f(v, 0.0, 100.0, &a->temperature)) return bad_value(f, v);
-    } else if (!strcmp(f, "--top-p")) {
-      if (parse_f(v, 1e-9, 1.0, &a->top_p)) return bad_value(f, v);
-    } else if (!strcmp(f, "--top-k")) {
-      if (parse_i32(v, -1, 1 << 24, &a->top_k)) return bad_value(f, v);
-    } else if (!strcmp(f, "--seed")) {
-      int64_t s;
-      if (parse_i64(v, 0, INT64_MAX, &s)) return bad_value(f, v);
-      a->seed = (uint64_t)s;
-      a->has_seed = 1;
-    } else if (!strcmp(f, "--max-model-len")) {
-      if (parse_i32(v, 1, 1 << 24, &a->eo.max_model_len)) return bad_value(f, v);
-    } else if (!strcmp(f, "--max-num-seqs")) {
-      if (parse_i32(v, 1, 65536, &a->eo.max_num_seqs)) return bad_value(f, v);
-    } else if (!strcmp(f, "--max-num-batched-tokens")) {
-      if (parse_i32(v, 1, 1 << 20, &a->eo.max_num_batched_tokens)) return bad_value(f, v);
-    } else if (!strcmp(f, "--block-size")) {
-      if (parse_i32(v, 1, 1024, &a->eo.block_size)) return bad_value(f, v);
-    } else if (!strcmp(f, "--gpu-memory-utilization")) {
-      float fr;
-      if (parse_f(v, 1e-6, 1.0, &fr)) return bad_value(f, v);
-      a->eo.kv_mem_fraction = fr;
-    } else if (!strcmp(f, "--num-kv-blocks")) {
-      if (parse_i32(v, 1, INT32_MAX, &a->eo.n_kv_blocks)) return bad_value(f, v);
-    } else {
-      fprintf(stderr, "quiver generate: unknown option '%s'\n\n", f);
-      usage(stderr);
-      return 2;
-    }
-    i += takes;
+  cli_engine_cfg_init(&a->eng);
+  cli_spec spec = gen_spec();
+  qv_error err = {0};
+  int rc = cli_parse(&spec, argc, argv, gen_opt, a, &err);
+  if (rc == CLI_HELP) {
+    cli_usage(&spec, stdout);
+    return 1;
+  }
+  if (rc) {
+    fprintf(stderr, "quiver generate: %s\n", err.msg);
+    return 2;
   }
   int n_src = !!a->prompt + !!a->prompt_ids + !!a->prompts_file;
   if (n_src != 1) {
     fprintf(stderr, "quiver generate: give exactly one of --prompt, --prompt-ids, --prompts\n");
     return 2;
   }
-  if (strcmp(a->device, "cpu") && strcmp(a->device, "cuda")) return bad_value("--device", a->device);
+  /* The shared options over the engine's defaults. */
+  qv_engine_opts_default(&a->eo);
+  const cli_engine_cfg *e = &a->eng;
+  a->device = e->device ? e->device : "cpu";
+  a->threads = e->threads > 0 ? e->threads : 0;
+  if (e->max_model_len) a->eo.max_model_len = e->max_model_len;
+  if (e->max_num_seqs) a->eo.max_num_seqs = e->max_num_seqs;
+  if (e->max_num_batched_tokens) a->eo.max_num_batched_tokens = e->max_num_batched_tokens;
+  if (e->block_size) a->eo.block_size = e->block_size;
+  if (e->n_kv_blocks) a->eo.n_kv_blocks = e->n_kv_blocks;
+  if (e->kv_mem_fraction > 0) a->eo.kv_mem_fraction = e->kv_mem_fraction;
+  if (e->prefix_caching >= 0) a->eo.enable_prefix_caching = e->prefix_caching;
+  a->has_seed = e->has_seed;
+  a->seed = e->seed;
   return 0;
 }
 
@@ -536,7 +528,7 @@ int cli_generate(int argc, char **argv) {
   rc = 1;
 
   qv_backend_opts bo = {.n_threads = a.threads};
-  if (qv_backend_create(a.device, &bo, &be, &err)) {
+  if (qv_backend_create(a.device, &bo, &be, &err) || qv_backend_check_dtype(be, a.eng.dtype, &err)) {
     fprintf(stderr, "quiver generate: %s\n", err.msg);
     goto out;
   }

@@ -16,6 +16,7 @@ static const struct {
     {"chat-template", cli_chat_template, "render a chat template for a conversation"},
     {"bench", cli_bench, "offline engine throughput benchmark"},
     {"constrain", cli_constrain, "random-walk or check a decoding constraint over a tokenizer"},
+    {"version", cli_version, "print the version, git commit, build and backends"},
 };
 
 static void usage(FILE *f) {
@@ -34,6 +35,7 @@ int main(int argc, char **argv) {
     usage(stdout);
     return 0;
   }
+  if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) return cli_version(1, argv + 1);
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
   fprintf(stderr, "quiver: unknown command '%s'\n\n", argv[1]);

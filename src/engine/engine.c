@@ -28,6 +28,12 @@ void qv_engine_opts_default(qv_engine_opts *o) {
 
 static void *thread_main(void *arg);
 
+uint64_t engine_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 /* Pool size when the caller gave none: enough for max_num_seqs full-length sequences, capped
  * by a fraction (kv_mem_fraction; default 0.9 of a GPU's free memory, 0.25 of available RAM)
  * of the memory available now, after the weights. */
@@ -107,7 +113,7 @@ int engine_create_ops(const engine_model_ops *m, const engine_text_ops *text, co
   e->cfg.n_eos = m->n_eos < ENGINE_MAX_EOS ? m->n_eos : ENGINE_MAX_EOS;
   memcpy(e->cfg.eos_ids, m->eos_ids, sizeof e->cfg.eos_ids);
   e->next_id = 1;
-  e->seed_state = (uint64_t)time(NULL) ^ ((uint64_t)(uintptr_t)e << 16);
+  e->seed_state = o.has_seed ? o.seed : (uint64_t)time(NULL) ^ ((uint64_t)(uintptr_t)e << 16);
   pthread_mutex_init(&e->mu, NULL);
   pthread_cond_init(&e->cv, NULL);
 
@@ -221,6 +227,7 @@ int qv_engine_submit(qv_engine *e, const qv_request_params *p, uint64_t *req_id,
   }
   r->id = e->next_id++;
   r->arrival = r->id;
+  r->t_submit_ns = engine_now_ns();
   e->incoming[e->n_incoming++] = r;
   if (req_id) *req_id = r->id;
   pthread_cond_signal(&e->cv);

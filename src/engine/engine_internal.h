@@ -89,7 +89,12 @@ struct eng_req {
   int32_t n_done;
   int32_t cached_tokens;
   qv_event **finish_evs; /* [n] FINISH events held until every choice ends, owned */
+  /* Monotonic nanoseconds (0: not yet): submitted, first scheduled, first token sampled. */
+  uint64_t t_submit_ns, t_sched_ns, t_first_ns;
 };
+
+/* Monotonic clock in nanoseconds (request phase timing; a vDSO call, once per step). */
+uint64_t engine_now_ns(void);
 
 /* Scheduler state: the block pool and the waiting and running sets. The sets hold borrowed
  * pointers to sequences owned by their requests (eng_req.seqs); the arrays are owned. */

@@ -56,12 +56,21 @@ static void seq_finish(qv_engine *e, eng_seq *q, qv_finish_reason why, const cha
   if (++r->n_done < r->p.n) return;
   int32_t total = 0;
   for (int32_t c = 0; c < r->p.n; c++) total += r->seqs[c].n_tokens - r->p.n_prompt;
+  uint64_t t_end = engine_now_ns();
+  uint64_t t_sched = r->t_sched_ns ? r->t_sched_ns : t_end;
+  uint64_t t_first = r->t_first_ns ? r->t_first_ns : t_end;
+  double queue_s = (double)(t_sched - r->t_submit_ns) / 1e9;
+  double prefill_s = r->t_sched_ns ? (double)(t_first - t_sched) / 1e9 : 0.0;
+  double decode_s = r->t_first_ns ? (double)(t_end - t_first) / 1e9 : 0.0;
   for (int32_t c = 0; c < r->p.n; c++) {
     qv_event *f = r->finish_evs[c];
     r->finish_evs[c] = NULL;
     if (!f) continue;
     f->total_completion_tokens = total;
     f->cached_tokens = r->cached_tokens;
+    f->queue_s = queue_s;
+    f->prefill_s = prefill_s;
+    f->decode_s = decode_s;
     push_step_ev(e, f);
   }
   remove_req(e, r);
@@ -267,6 +276,9 @@ int engine_run_step(qv_engine *e) {
     while (e->sc.n_waiting > 0) seq_finish(e, e->sc.waiting[0], QV_FINISH_ERROR, "engine: request could not be scheduled");
   }
   if (n_tok > 0) {
+    uint64_t t_step = engine_now_ns();
+    for (int32_t i = 0; i < e->sc.n_scheduled; i++)
+      if (!e->sc.scheduled[i]->req->t_sched_ns) e->sc.scheduled[i]->req->t_sched_ns = t_step;
     qv_batch b;
     int32_t nl = build_batch(e, &b);
     qv_error err = {0};
@@ -280,6 +292,7 @@ int engine_run_step(qv_engine *e) {
       for (int32_t i = 0; i < e->n_finished; i++) seq_finish(e, e->finished[i], QV_FINISH_ERROR, err.msg);
     } else {
       int32_t row = 0;
+      uint64_t t_sampled = engine_now_ns();
       for (int32_t i = 0; i < s->n_scheduled; i++) {
         eng_seq *q = s->scheduled[i];
         sched_commit(s, q);
@@ -315,6 +328,7 @@ int engine_run_step(qv_engine *e) {
           q->finish = QV_FINISH_ERROR;
         } else {
           e->generation_tokens_total++;
+          if (!r->t_first_ns) r->t_first_ns = t_sampled;
           push_step_ev(e, ev);
         }
         if (q->finish) e->finished[e->n_finished++] = q;

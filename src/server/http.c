@@ -15,9 +15,12 @@
 #include <strings.h>
 
 #include "core/log.h"
+#include "server/tls.h"
 
 /* A read buffer or body buffer larger than this is freed when its request ends. */
 #define HTTP_KEEP_BUF_BYTES (64u * 1024u)
+/* TLS: ciphertext read per uv read callback (the plaintext lands in the input buffer). */
+#define HTTP_TLS_READ_BYTES 65536u
 
 enum conn_state {
   CONN_IDLE = 0, /* waiting for the first byte of a request */
@@ -43,6 +46,7 @@ struct http_server {
   int draining;
   int closing;           /* http_server_close called: free when the last handle closes */
   int listener_open;
+  tls_ctx *tls;          /* borrowed or NULL: plain HTTP */
 };
 
 struct http_conn {
@@ -101,6 +105,9 @@ struct http_conn {
   int linger;            /* ... with a lingering close (an error answer, body maybe unread) */
   int counted_linger;    /* counted in srv->n_linger */
   int write_failed;
+  char *extra_headers;   /* owned or NULL: header lines added to the current response */
+  tls_conn *tls;         /* owned or NULL: the TLS layer between the socket and the parser */
+  char *tls_in;          /* [HTTP_TLS_READ_BYTES] ciphertext read buffer, owned */
 };
 
 typedef struct write_req {
@@ -128,6 +135,7 @@ void http_limits_default(http_limits *l) {
   l->linger_ms = 2000;
   l->probe_path = "/health";
   l->probe_connections = 8;
+  l->access_log = 1;
 }
 
 const char *http_status_text(int status) {
@@ -247,6 +255,8 @@ static void request_reset(http_conn *c) {
   c->headers = NULL;
   free(c->path);
   c->path = NULL;
+  free(c->extra_headers);
+  c->extra_headers = NULL;
   memset(&c->req, 0, sizeof c->req);
 }
 
@@ -501,6 +511,8 @@ static void conn_free(http_conn *c) {
   free(c->hbuf);
   free(c->hoff);
   body_release(c);
+  tls_conn_destroy(c->tls);
+  free(c->tls_in);
   free(c);
   if (s->closing && s->n_conns == 0 && !s->listener_open) free(s);
 }
@@ -591,9 +603,9 @@ static void on_write_done(uv_write_t *w, int status) {
   }
 }
 
-/* Queues a + b as one write (b may be NULL); with take, b is a malloc'd buffer that the
+/* Queues a + b as one write to the socket (b may be NULL); with take, b is a malloc'd buffer that the
  * write owns (not copied). */
-static void write_buf(http_conn *c, const char *a, size_t alen, char *b, size_t blen, int take) {
+static void write_wire_buf(http_conn *c, const char *a, size_t alen, char *b, size_t blen, int take) {
   if (c->state == CONN_CLOSING || c->state == CONN_DONE || c->state == CONN_LINGER) {
     if (take) free(b);
     return;
@@ -626,6 +638,29 @@ static void write_buf(http_conn *c, const char *a, size_t alen, char *b, size_t 
   }
 }
 
+/* The same, encrypted first on a TLS connection (tls.c). */
+static void write_buf(http_conn *c, const char *a, size_t alen, char *b, size_t blen, int take) {
+  if (!c->tls) {
+    write_wire_buf(c, a, alen, b, blen, take);
+    return;
+  }
+  char *enc = NULL;
+  size_t n = 0;
+  int rc = c->state == CONN_CLOSING || c->state == CONN_DONE || c->state == CONN_LINGER
+               ? 1
+               : tls_conn_encrypt(c->tls, a, alen, b, blen, &enc, &n);
+  if (take) free(b);
+  if (rc) {
+    free(enc);
+    if (c->state != CONN_CLOSING && c->state != CONN_DONE && c->state != CONN_LINGER) {
+      c->write_failed = 1;
+      conn_close(c);
+    }
+    return;
+  }
+  write_wire_buf(c, "", 0, enc, n, 1);
+}
+
 static void write_raw(http_conn *c, const char *a, size_t alen, const char *b, size_t blen) {
   write_buf(c, a, alen, (char *)b, blen, 0);
 }
@@ -634,6 +669,10 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   http_conn *c = h->data;
+  if (c->tls) {
+    *buf = uv_buf_init(c->tls_in, HTTP_TLS_READ_BYTES);
+    return;
+  }
   if (c->state == CONN_LINGER) c->in_len = c->in_off = 0; /* dropped as they come */
   /* Compact parsed bytes away first so the buffer only holds what is still unparsed (the
    * parser keeps no pointers into it between calls: callbacks copy what they need). */
@@ -830,6 +869,62 @@ static void conn_process(http_conn *c) {
   reading_update(c);
 }
 
+/* ---- TLS hooks (the layer itself is tls.c) ---- */
+
+static int tls_plain(void *ud, const char *data, size_t len) {
+  http_conn *c = ud;
+  if (c->in_off) { /* as on_alloc: keep only unparsed bytes */
+    memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
+    c->in_len -= c->in_off;
+    c->in_off = 0;
+  }
+  if (buf_reserve(&c->in, &c->in_cap, c->in_len + len)) return -1;
+  memcpy(c->in + c->in_len, data, len);
+  c->in_len += len;
+  return 0;
+}
+
+static void tls_send(void *ud, const char *data, size_t len) {
+  write_wire_buf(ud, data, len, NULL, 0, 0);
+}
+
+/* Ciphertext in, plaintext on to the parser as plain bytes go. The header timeout armed at
+ * accept covers the handshake too (handshake records never re-arm it), so a stalled handshake
+ * is closed like a stalled request line. */
+static void tls_on_read(http_conn *c, const char *data, size_t len) {
+  size_t before = c->in_len - c->in_off;
+  tls_io io = {.ud = c, .plain = tls_plain, .send = tls_send};
+  int rc = tls_conn_feed(c->tls, data, len, &io);
+  if (rc || c->state == CONN_CLOSING) {
+    conn_close(c);
+    return;
+  }
+  if (c->in_len - c->in_off == before) return;
+  if (c->state == CONN_IDLE && !c->hdr_armed) {
+    c->hdr_armed = 1;
+    timer_arm(c, c->srv->limits.header_timeout_ms);
+  }
+  conn_process(c);
+}
+
+static void tls_send_close_notify(http_conn *c) {
+  char *out = NULL;
+  size_t n = 0;
+  tls_conn_close_notify(c->tls, &out, &n);
+  if (out) write_wire_buf(c, out, n, NULL, 0, 0);
+  free(out);
+}
+
+void http_server_use_tls(http_server *s, tls_ctx *ctx) { s->tls = ctx; }
+
+void http_conn_add_headers(http_conn *c, const char *lines) {
+  size_t old = c->extra_headers ? strlen(c->extra_headers) : 0, n = strlen(lines);
+  char *h = realloc(c->extra_headers, old + n + 1);
+  if (!h) return; /* the answer goes out without them */
+  memcpy(h + old, lines, n + 1);
+  c->extra_headers = h;
+}
+
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   http_conn *c = st->data;
   if (c->state == CONN_LINGER) {
@@ -856,6 +951,10 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   if (nread == 0) return;
+  if (c->tls) {
+    tls_on_read(c, buf->base, (size_t)nread);
+    return;
+  }
   c->in_len += (size_t)nread;
   if (c->state == CONN_IDLE && !c->hdr_armed) {
     c->hdr_armed = 1;
@@ -910,6 +1009,10 @@ static void on_connection(uv_stream_t *ls, int status) {
   llhttp_init(&c->parser, HTTP_REQUEST, &http_parser_settings);
   c->parser.data = c;
   c->state = CONN_IDLE;
+  if (s->tls && (!(c->tls = tls_conn_create(s->tls)) || !(c->tls_in = malloc(HTTP_TLS_READ_BYTES)))) {
+    conn_close(c);
+    return;
+  }
   /* A new connection must deliver a request's headers within the header timeout. */
   c->hdr_armed = 1;
   timer_arm(c, s->limits.header_timeout_ms);
@@ -939,6 +1042,7 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
 }
 
 static void conn_end(http_conn *c) {
+  if (c->tls) tls_send_close_notify(c);
   int linger = c->linger && !c->peer_eof;
   c->state = linger ? CONN_LINGER : CONN_DONE;
   if (linger && !c->counted_linger) {
@@ -968,9 +1072,10 @@ static void conn_end(http_conn *c) {
 
 static void finish_request(http_conn *c) {
   double ms = (double)(uv_hrtime() - c->req.start_ns) / 1e6;
-  qv_log(QV_LOG_INFO, "access %s \"%s %s\" %d %zu %.1fms", c->peer,
-         c->req.method_str ? c->req.method_str : "-", c->req.url ? c->req.url : "-", c->status,
-         c->resp_bytes, c->req.start_ns ? ms : 0.0);
+  if (c->srv->limits.access_log)
+    qv_log(QV_LOG_INFO, "access %s \"%s %s\" %d %zu %.1fms", c->peer,
+           c->req.method_str ? c->req.method_str : "-", c->req.url ? c->req.url : "-", c->status,
+           c->resp_bytes, c->req.start_ns ? ms : 0.0);
   c->ctx = NULL;
   c->streaming = 0;
   c->sse = 0;
@@ -999,9 +1104,10 @@ static void finish_request(http_conn *c) {
 static int header_block(char *out, size_t cap, http_conn *c, int status, const char *ctype,
                         const char *extra, const char *length_line) {
   return snprintf(out, cap,
-                  "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%sConnection: %s\r\n%s\r\n", status,
+                  "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%sConnection: %s\r\n%s%s\r\n", status,
                   http_status_text(status), ctype, length_line,
-                  c->close_after ? "close" : "keep-alive", extra ? extra : "");
+                  c->close_after ? "close" : "keep-alive", extra ? extra : "",
+                  c->extra_headers ? c->extra_headers : "");
 }
 
 /* ---- UTF-8 repair ---- */
@@ -1117,7 +1223,8 @@ void http_respond_take(http_conn *c, int status, const char *content_type,
   c->status = status;
   char len_line[64];
   snprintf(len_line, sizeof len_line, "Content-Length: %zu\r\n", body_len);
-  size_t extra_len = extra_headers ? strlen(extra_headers) : 0;
+  size_t extra_len = (extra_headers ? strlen(extra_headers) : 0) +
+                     (c->extra_headers ? strlen(c->extra_headers) : 0);
   size_t cap = 256 + strlen(content_type) + extra_len;
   char *head = malloc(cap);
   if (!head) {
@@ -1157,7 +1264,8 @@ void http_stream_begin(http_conn *c, int status, const char *content_type,
   c->status = status;
   c->streaming = 1;
   c->sse = strstr(content_type, "event-stream") != NULL;
-  size_t extra_len = extra_headers ? strlen(extra_headers) : 0;
+  size_t extra_len = (extra_headers ? strlen(extra_headers) : 0) +
+                     (c->extra_headers ? strlen(c->extra_headers) : 0);
   size_t cap = 256 + strlen(content_type) + extra_len;
   char *head = malloc(cap);
   if (!head) {

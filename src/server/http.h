@@ -49,6 +49,7 @@ typedef struct http_limits {
   uint64_t linger_ms;        /* lingering close after an error answer (default 2 s) */
   const char *probe_path;    /* served on the reserved connections (default "/health") */
   int32_t probe_connections; /* connections kept beyond max_connections for it (default 8) */
+  int32_t access_log;        /* 1: one log line per request (default); 0: none */
 } http_limits;
 
 void http_limits_default(http_limits *l);
@@ -75,7 +76,7 @@ typedef struct http_request {
 /* An answer given when the headers are complete (see http_handler.on_head). */
 typedef struct http_early {
   char *body;        /* malloc'd JSON, owned by the HTTP layer once on_head returns */
-  char extra[160];   /* "" or CRLF-terminated header lines */
+  char extra[512];   /* "" or CRLF-terminated header lines */
 } http_early;
 
 /* Application callbacks; all are called on the loop thread. */
@@ -138,6 +139,15 @@ void http_stream_end(http_conn *c);
 /* Ends an unfinished response by closing the connection (e.g. when a streaming client falls
  * too far behind). The request counts as finished; on_abort is not called. */
 void http_conn_kill(http_conn *c);
+
+/* Header lines (CRLF-terminated, copied) added to the answer of the current request, e.g.
+ * CORS headers decided by the router; cleared after each answer. */
+void http_conn_add_headers(http_conn *c, const char *lines);
+
+/* Serves TLS on every connection accepted from now on (ctx borrowed, must outlive the server;
+ * see tls.h). Call right after http_server_create. */
+struct tls_ctx;
+void http_server_use_tls(http_server *s, struct tls_ctx *ctx);
 
 /* Replaces invalid UTF-8 in s[0, len) by U+FFFD. Returns NULL when s is valid (nothing to do),
  * else a malloc'd repaired copy and its length in *out_len. */

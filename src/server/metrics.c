@@ -2,6 +2,7 @@
 #include "server/metrics.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,14 @@ static const double ttft_buckets[METRICS_N_TTFT_BUCKETS] = {
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0};
 static const double itl_buckets[METRICS_N_ITL_BUCKETS] = {
     0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5};
+/* vLLM's request latency buckets (seconds). */
+static const double req_buckets[METRICS_N_REQ_BUCKETS] = {
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+    120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
+/* Tokens per request, 1-2-5 steps. */
+static const double tok_buckets[METRICS_N_TOK_BUCKETS] = {
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000};
+static const char *const finish_names[METRICS_N_FINISH] = {"stop", "length", "abort", "error"};
 
 int metrics_init(metrics *m, const char *const *model_names, int32_t n_models) {
   memset(m, 0, sizeof *m);
@@ -37,17 +46,27 @@ static metrics_model *slot(metrics *m, int32_t idx) {
   return &m->models[idx >= 0 && idx < m->n_models ? idx : m->n_models];
 }
 
-void metrics_count_request(metrics *m, int32_t model_idx, int status) {
-  metrics_model *mm = slot(m, model_idx);
-  for (int32_t i = 0; i < mm->n_status; i++)
-    if (mm->status_codes[i] == status) {
-      mm->status_counts[i]++;
+/* Counts status in a small table of distinct statuses (bounded: statuses beyond it are not
+ * counted rather than grow memory). */
+static void count_status(int32_t *codes, int64_t *counts, int32_t *n, int status) {
+  for (int32_t i = 0; i < *n; i++)
+    if (codes[i] == status) {
+      counts[i]++;
       return;
     }
-  if (mm->n_status < METRICS_MAX_STATUS) {
-    mm->status_codes[mm->n_status] = status;
-    mm->status_counts[mm->n_status++] = 1;
+  if (*n < METRICS_MAX_STATUS) {
+    codes[*n] = status;
+    counts[(*n)++] = 1;
   }
+}
+
+void metrics_count_request(metrics *m, int32_t model_idx, int status) {
+  metrics_model *mm = slot(m, model_idx);
+  count_status(mm->status_codes, mm->status_counts, &mm->n_status, status);
+}
+
+void metrics_count_utility(metrics *m, int status) {
+  count_status(m->util_codes, m->util_counts, &m->n_util, status);
 }
 
 void metrics_add_tokens(metrics *m, int32_t model_idx, int64_t prompt, int64_t generated) {
@@ -70,6 +89,17 @@ void metrics_observe_ttft(metrics *m, int32_t model_idx, double seconds) {
 
 void metrics_observe_itl(metrics *m, int32_t model_idx, double seconds) {
   hist_observe(&slot(m, model_idx)->itl, itl_buckets, METRICS_N_ITL_BUCKETS, seconds);
+}
+
+void metrics_observe_finish(metrics *m, int32_t model_idx, const metrics_finish *f) {
+  metrics_model *mm = slot(m, model_idx);
+  hist_observe(&mm->e2e, req_buckets, METRICS_N_REQ_BUCKETS, f->e2e_s);
+  hist_observe(&mm->queue, req_buckets, METRICS_N_REQ_BUCKETS, f->queue_s);
+  hist_observe(&mm->prefill, req_buckets, METRICS_N_REQ_BUCKETS, f->prefill_s);
+  hist_observe(&mm->decode, req_buckets, METRICS_N_REQ_BUCKETS, f->decode_s);
+  hist_observe(&mm->req_prompt, tok_buckets, METRICS_N_TOK_BUCKETS, (double)f->prompt_tokens);
+  hist_observe(&mm->req_gen, tok_buckets, METRICS_N_TOK_BUCKETS, (double)f->generation_tokens);
+  if (f->reason >= 0 && f->reason < METRICS_N_FINISH) mm->finished[f->reason]++;
 }
 
 typedef struct sbuf {
@@ -122,17 +152,98 @@ static void label_escape(const char *in, char *out, size_t cap) {
   out[o] = '\0';
 }
 
-static void render_hist(sbuf *b, const char *name, const char *model, const metrics_hist *h,
-                        const double *bounds, int n) {
+/* key: the model label's name ("model" for quiver_*, "model_name" for vllm:*). */
+static void render_hist_k(sbuf *b, const char *name, const char *key, const char *model,
+                          const metrics_hist *h, const double *bounds, int n) {
   int64_t cum = 0;
   for (int i = 0; i < n; i++) {
     cum += h->counts[i];
-    sb_printf(b, "%s_bucket{model=\"%s\",le=\"%g\"} %lld\n", name, model, bounds[i],
+    sb_printf(b, "%s_bucket{%s=\"%s\",le=\"%g\"} %lld\n", name, key, model, bounds[i],
               (long long)cum);
   }
-  sb_printf(b, "%s_bucket{model=\"%s\",le=\"+Inf\"} %lld\n", name, model, (long long)h->count);
-  sb_printf(b, "%s_sum{model=\"%s\"} %.6f\n", name, model, h->sum);
-  sb_printf(b, "%s_count{model=\"%s\"} %lld\n", name, model, (long long)h->count);
+  sb_printf(b, "%s_bucket{%s=\"%s\",le=\"+Inf\"} %lld\n", name, key, model, (long long)h->count);
+  sb_printf(b, "%s_sum{%s=\"%s\"} %.6f\n", name, key, model, h->sum);
+  sb_printf(b, "%s_count{%s=\"%s\"} %lld\n", name, key, model, (long long)h->count);
+}
+
+static void render_hist(sbuf *b, const char *name, const char *model, const metrics_hist *h,
+                        const double *bounds, int n) {
+  render_hist_k(b, name, "model", model, h, bounds, n);
+}
+
+/* The vLLM-named set (one family at a time, every model in it). */
+static void render_vllm(sbuf *b, const metrics *m, const metrics_model_state *states) {
+  char lbl[256];
+  static const struct {
+    const char *name, *type, *help;
+  } fam[] = {
+      {"vllm:num_requests_running", "gauge", "Requests in the engine's running batch."},
+      {"vllm:num_requests_waiting", "gauge", "Requests waiting in the engine's queue."},
+      {"vllm:kv_cache_usage_perc", "gauge", "KV cache usage: 1 means every block is held."},
+      {"vllm:num_preemptions_total", "counter", "Preemptions of running requests (recompute)."},
+      {"vllm:prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache."},
+      {"vllm:prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache."},
+      {"vllm:prompt_tokens_total", "counter", "Prompt tokens of finished requests."},
+      {"vllm:generation_tokens_total", "counter", "Generated tokens of finished requests."},
+  };
+  for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
+    sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", fam[f].name, fam[f].help, fam[f].name, fam[f].type);
+    for (int32_t i = 0; i < m->n_models; i++) {
+      const qv_engine_stats *st = states ? states[i].stats : NULL;
+      double v = 0;
+      switch (f) {
+      case 0: v = st ? st->n_running : 0; break;
+      case 1: v = st ? st->n_waiting : 0; break;
+      case 2: v = st && st->n_kv_blocks > 0 ? (double)st->n_kv_blocks_used / st->n_kv_blocks : 0; break;
+      case 3: v = st ? (double)st->n_preemptions : 0; break;
+      case 4: v = st ? (double)st->prefix_queries : 0; break;
+      case 5: v = st ? (double)st->prefix_hits : 0; break;
+      case 6: v = (double)m->models[i].prompt_tokens; break;
+      default: v = (double)m->models[i].generation_tokens; break;
+      }
+      label_escape(m->models[i].name, lbl, sizeof lbl);
+      sb_printf(b, "%s{model_name=\"%s\"} %.17g\n", fam[f].name, lbl, v);
+    }
+  }
+  sb_printf(b, "# HELP vllm:request_success_total Finished requests by finish reason.\n"
+               "# TYPE vllm:request_success_total counter\n");
+  for (int32_t i = 0; i < m->n_models; i++) {
+    label_escape(m->models[i].name, lbl, sizeof lbl);
+    for (int r = 0; r < METRICS_N_FINISH; r++)
+      sb_printf(b, "vllm:request_success_total{model_name=\"%s\",finished_reason=\"%s\"} %lld\n",
+                lbl, finish_names[r], (long long)m->models[i].finished[r]);
+  }
+  static const struct {
+    const char *name, *help;
+    size_t off; /* offsetof the histogram in metrics_model */
+    const double *bounds;
+    int n;
+  } hists[] = {
+      {"vllm:time_to_first_token_seconds", "Request arrival to first token.",
+       offsetof(metrics_model, ttft), ttft_buckets, METRICS_N_TTFT_BUCKETS},
+      {"vllm:inter_token_latency_seconds", "Time between generated tokens.",
+       offsetof(metrics_model, itl), itl_buckets, METRICS_N_ITL_BUCKETS},
+      {"vllm:e2e_request_latency_seconds", "Request arrival to finish.",
+       offsetof(metrics_model, e2e), req_buckets, METRICS_N_REQ_BUCKETS},
+      {"vllm:request_queue_time_seconds", "Time waiting in the engine's queue.",
+       offsetof(metrics_model, queue), req_buckets, METRICS_N_REQ_BUCKETS},
+      {"vllm:request_prefill_time_seconds", "First scheduled to first token.",
+       offsetof(metrics_model, prefill), req_buckets, METRICS_N_REQ_BUCKETS},
+      {"vllm:request_decode_time_seconds", "First token to finish.",
+       offsetof(metrics_model, decode), req_buckets, METRICS_N_REQ_BUCKETS},
+      {"vllm:request_prompt_tokens", "Prompt tokens per finished request.",
+       offsetof(metrics_model, req_prompt), tok_buckets, METRICS_N_TOK_BUCKETS},
+      {"vllm:request_generation_tokens", "Generated tokens per finished request.",
+       offsetof(metrics_model, req_gen), tok_buckets, METRICS_N_TOK_BUCKETS},
+  };
+  for (size_t h = 0; h < sizeof hists / sizeof hists[0]; h++) {
+    sb_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", hists[h].name, hists[h].help, hists[h].name);
+    for (int32_t i = 0; i < m->n_models; i++) {
+      label_escape(m->models[i].name, lbl, sizeof lbl);
+      const metrics_hist *mh = (const metrics_hist *)((const char *)&m->models[i] + hists[h].off);
+      render_hist_k(b, hists[h].name, "model_name", lbl, mh, hists[h].bounds, hists[h].n);
+    }
+  }
 }
 
 char *metrics_render(const metrics *m, const metrics_model_state *states, size_t *len) {
@@ -147,6 +258,12 @@ char *metrics_render(const metrics *m, const metrics_model_state *states, size_t
       sb_printf(&b, "quiver_requests_total{model=\"%s\",status=\"%d\"} %lld\n", lbl,
                 m->models[i].status_codes[s], (long long)m->models[i].status_counts[s]);
   }
+  sb_printf(&b, "# HELP quiver_utility_requests_total Answers of endpoints that generate nothing "
+                "(health, metrics, models, tokenize, version, preflights, unknown routes).\n"
+                "# TYPE quiver_utility_requests_total counter\n");
+  for (int32_t s = 0; s < m->n_util; s++)
+    sb_printf(&b, "quiver_utility_requests_total{status=\"%d\"} %lld\n", m->util_codes[s],
+              (long long)m->util_counts[s]);
   sb_printf(&b, "# HELP quiver_prompt_tokens_total Prompt tokens of finished requests.\n"
                 "# TYPE quiver_prompt_tokens_total counter\n");
   for (int32_t i = 0; i < m->n_models; i++) {
@@ -181,7 +298,7 @@ char *metrics_render(const metrics *m, const metrics_model_state *states, size_t
       {"quiver_model_ready", "1 when the model is loaded and serving."},
       {"quiver_requests_running", "Requests being computed by the engine."},
       {"quiver_requests_waiting", "Requests queued in the engine."},
-      {"quiver_kv_blocks_total", "KV cache blocks in the pool."},
+      {"quiver_kv_blocks", "KV cache blocks in the pool (a gauge: no _total suffix)."},
       {"quiver_kv_blocks_used", "KV cache blocks held by sequences."},
       {"quiver_prefix_cache_hit_rate", "Prompt tokens served from the prefix cache / looked up."},
   };
@@ -206,6 +323,7 @@ char *metrics_render(const metrics *m, const metrics_model_state *states, size_t
       sb_printf(&b, "%s{model=\"%s\"} %.6g\n", gauges[g].name, lbl, v);
     }
   }
+  render_vllm(&b, m, states);
   if (b.oom) {
     free(b.s);
     return NULL;

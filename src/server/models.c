@@ -187,6 +187,36 @@ static int has_template(const char *dir) {
 
 /* ---- loading ---- */
 
+void srv_load_opts_default(srv_load_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->prefix_caching = -1;
+  o->tool_parser = -1;
+}
+
+/* The model's own template, or --chat-template (a file, else the template text itself). */
+static int load_template(const reg_model *rm, const srv_load_opts *o, int tiny, loaded *l,
+                         qv_error *err) {
+  if (o->chat_template) {
+    struct stat st;
+    int rc = stat(o->chat_template, &st) == 0 && S_ISREG(st.st_mode)
+                 ? qv_chat_template_load_path(o->chat_template, &l->tmpl, err)
+             : strstr(o->chat_template, "{{") || strstr(o->chat_template, "{%")
+                 ? qv_chat_template_load_string(o->chat_template, "--chat-template", &l->tmpl, err)
+                 : qv_error_set(err, QV_EINVAL, "--chat-template '%.200s' is neither a file nor a "
+                                "Jinja template", o->chat_template);
+    if (rc) return rc;
+  } else if (!tiny && has_template(rm->path)) {
+    int rc = qv_chat_template_load_path(rm->path, &l->tmpl, err);
+    if (rc) return rc;
+  }
+  if (l->tmpl) {
+    qv_chat_tool_format f = qv_chat_tool_format_detect(l->tmpl);
+    if (f != QV_CHAT_TOOLS_NONE) l->tool_fmt = f;
+  }
+  if (o->tool_parser >= 0) l->tool_fmt = (qv_chat_tool_format)o->tool_parser;
+  return 0;
+}
+
 static int load_one(const reg_model *rm, const srv_load_opts *o, loaded *l, srv_model *sm,
                     qv_error *err) {
   int tiny = !strcmp(rm->path, "quiver-tiny");
@@ -194,8 +224,14 @@ static int load_one(const reg_model *rm, const srv_load_opts *o, loaded *l, srv_
   qv_backend_opts bo = {.n_threads = o->n_threads, .device = 0};
   int rc = qv_backend_create(device, &bo, &l->be, err);
   if (rc) return rc;
+  if ((rc = qv_backend_check_dtype(l->be, o->dtype, err))) return rc;
   qv_engine_opts eo;
   qv_engine_opts_default(&eo);
+  if (o->max_num_batched_tokens) eo.max_num_batched_tokens = o->max_num_batched_tokens;
+  if (o->block_size) eo.block_size = o->block_size;
+  if (o->prefix_caching >= 0) eo.enable_prefix_caching = o->prefix_caching;
+  eo.has_seed = o->has_seed;
+  eo.seed = o->seed;
   qv_model_opts mo = {.max_batch_tokens = eo.max_num_batched_tokens, .max_logits = 0};
   if ((rc = qv_model_load(tiny ? NULL : rm->path, l->be, &mo, &l->model, err))) return rc;
   if (tiny) rc = qv_tokenizer_create_bytes(&l->tok, err);
@@ -205,13 +241,8 @@ static int load_one(const reg_model *rm, const srv_load_opts *o, loaded *l, srv_
   /* Without a template (or a template with no tool-call format) calls use the Hermes format,
    * which tool_choice required/named enforces and the parser reads back. */
   l->tool_fmt = QV_CHAT_TOOLS_HERMES;
-  const srv_model_ops *ops = &ops_default_chat;
-  if (!tiny && has_template(rm->path)) {
-    if ((rc = qv_chat_template_load_path(rm->path, &l->tmpl, err))) return rc;
-    qv_chat_tool_format f = qv_chat_tool_format_detect(l->tmpl);
-    if (f != QV_CHAT_TOOLS_NONE) l->tool_fmt = f;
-    ops = &ops_template_chat;
-  }
+  if ((rc = load_template(rm, o, tiny, l, err))) return rc;
+  const srv_model_ops *ops = l->tmpl ? &ops_template_chat : &ops_default_chat;
   eo.max_model_len = rm->max_model_len ? rm->max_model_len : o->max_model_len;
   if (rm->max_num_seqs || o->max_num_seqs) eo.max_num_seqs = rm->max_num_seqs ? rm->max_num_seqs : o->max_num_seqs;
   if (rm->max_waiting || o->max_waiting) eo.max_waiting = rm->max_waiting ? rm->max_waiting : o->max_waiting;

@@ -23,7 +23,21 @@ typedef struct srv_load_opts {
   int32_t n_threads;      /* cpu backend threads (0: all cores) */
   double kv_mem_fraction; /* --gpu-memory-utilization: share of free memory for KV (0: engine default) */
   reg_reasoning reasoning; /* for models that set none (UNSET: no reasoning parsing) */
+  /* Serving options of issue 19 (vLLM spellings; 0 / NULL / -1: the engine's default). */
+  int32_t max_num_batched_tokens;
+  int32_t block_size;
+  int32_t prefix_caching;  /* -1: default (on), 0 off, 1 on */
+  const char *dtype;       /* NULL or "auto", "float32", "bfloat16", "float16": must be what the
+                              backend computes in, else the load fails with a clear error */
+  int32_t has_seed;        /* seed the engine's per-request seeds (reproducible runs) */
+  uint64_t seed;
+  const char *chat_template; /* a template file or the template text itself; overrides the
+                                model's own (borrowed) */
+  int32_t tool_parser;     /* -1: detected from the template, else a qv_chat_tool_format */
 } srv_load_opts;
+
+/* Defaults: everything unset. */
+void srv_load_opts_default(srv_load_opts *o);
 
 typedef struct srv_models srv_models;
 

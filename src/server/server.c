@@ -14,9 +14,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/build_info.h"
 #include "core/log.h"
 #include "server/auth.h"
+#include "server/cors.h"
 #include "server/server_int.h"
+#include "server/tls.h"
 
 void server_opts_default(server_opts *o) {
   memset(o, 0, sizeof *o);
@@ -93,9 +96,14 @@ void srv_req_maybe_free(srv_req *r) {
   if (!r->conn && !r->in_work && r->n_live_subs == 0 && r->pins == 0) req_free(r);
 }
 
+void srv_count(srv_req *r, int status) {
+  if (r->utility) metrics_count_utility(&r->s->met, status);
+  else metrics_count_request(&r->s->met, r->model, status);
+}
+
 static void respond_json(srv_req *r, int status, const char *json, const char *extra) {
   if (!r->conn) return;
-  metrics_count_request(&r->s->met, r->model, status);
+  srv_count(r, status);
   http_conn *c = r->conn;
   r->conn = NULL;
   http_conn_set_ctx(c, NULL);
@@ -170,12 +178,34 @@ static void handle_metrics(srv_req *r) {
     srv_send_error(r, 500, "out of memory", NULL, NULL);
     return;
   }
-  metrics_count_request(&s->met, -1, 200);
+  srv_count(r, 200);
   http_conn *c = r->conn;
   r->conn = NULL;
   http_conn_set_ctx(c, NULL);
   http_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", "", text, len);
   free(text);
+}
+
+/* What this server binary is (core/build_info.h), for fleet inventories and bug reports. */
+static void handle_version(srv_req *r) {
+  const qv_build_info *b = qv_build_info_get();
+  cJSON *root = cJSON_CreateObject();
+  cJSON_AddStringToObject(root, "version", b->version);
+  cJSON_AddStringToObject(root, "commit", b->commit);
+  cJSON_AddStringToObject(root, "build_type", b->build_type);
+  cJSON_AddStringToObject(root, "compiler", b->compiler);
+  cJSON_AddStringToObject(root, "c_flags", b->c_flags);
+  cJSON_AddBoolToObject(root, "sanitizers", !strcmp(b->sanitize, "ON"));
+  cJSON *be = cJSON_AddArrayToObject(root, "backends");
+  char list[64];
+  snprintf(list, sizeof list, "%s", b->backends);
+  for (char *save = NULL, *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save))
+    cJSON_AddItemToArray(be, cJSON_CreateString(t));
+  cJSON_AddBoolToObject(root, "tls", r->s->tls != NULL);
+  char *j = cJSON_PrintUnformatted(root);
+  cJSON_Delete(root);
+  respond_json(r, 200, j, "");
+  free(j);
 }
 
 /* Every name a client may use: models, aliases, routes. The root is the model served. */
@@ -283,7 +313,32 @@ static const route_entry routes[] = {
     {"/v1/models", "GET", 0, NULL},
     {"/health", "GET", 0, NULL},
     {"/metrics", "GET", 0, NULL},
+    {"/version", "GET", 0, NULL},
 };
+
+/* CORS (server/cors.h): answers a preflight and returns 1, or adds the allow headers to the
+ * coming answer and returns 0. Preflights carry no credentials, so this runs before auth. */
+static int cors_hook(server *s, http_conn *c, const http_request *req) {
+  const char *origin = http_request_header(req, "origin");
+  if (!origin) return 0;
+  char h[1024];
+  const char *want = http_request_header(req, "access-control-request-method");
+  if (!strcmp(req->method_str, "OPTIONS") && want) {
+    cors_preflight(s->opts.cors, origin, want,
+                   http_request_header(req, "access-control-request-headers"), h, sizeof h);
+    metrics_count_utility(&s->met, 204);
+    http_respond(c, 204, "text/plain", h, "", 0);
+    return 1;
+  }
+  cors_headers(s->opts.cors, origin, h, sizeof h);
+  if (h[0]) http_conn_add_headers(c, h);
+  return 0;
+}
+
+/* Endpoints that generate nothing are counted apart in the metrics. */
+static int is_utility(const route_entry *hit) {
+  return !hit || hit->kind == 0 || hit->kind == OAI_TOKENIZE || hit->kind == OAI_DETOKENIZE;
+}
 
 /* The route of path; *model_id / *response_id point into path for the prefix routes. */
 static const route_entry *route_find(const char *path, const char **model_id,
@@ -361,14 +416,26 @@ static int precheck(server *s, const http_request *req, route_match *m, char **j
 
 static int on_head(void *ud, const http_request *req, http_early *out) {
   server *s = ud;
+  /* A CORS preflight is answered by on_request (cors_hook), before route, method and key. */
+  if (s->opts.cors && !strcmp(req->method_str, "OPTIONS") && http_request_header(req, "origin") &&
+      http_request_header(req, "access-control-request-method"))
+    return 0;
   route_match m;
   int st = precheck(s, req, &m, &out->body, out->extra, sizeof out->extra);
-  if (st) metrics_count_request(&s->met, -1, st);
+  if (!st) return 0;
+  if (is_utility(m.hit)) metrics_count_utility(&s->met, st);
+  else metrics_count_request(&s->met, -1, st);
+  if (s->opts.cors) { /* so that a browser can read the error */
+    size_t n = strlen(out->extra);
+    cors_headers(s->opts.cors, http_request_header(req, "origin"), out->extra + n,
+                 sizeof out->extra - n);
+  }
   return st;
 }
 
 static void on_request(void *ud, http_conn *c, const http_request *req) {
   server *s = ud;
+  if (s->opts.cors && cors_hook(s, c, req)) return;
   srv_req *r = req_new(s, c);
   if (!r) {
     static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
@@ -380,6 +447,7 @@ static void on_request(void *ud, http_conn *c, const http_request *req) {
   char *j = NULL, extra[160];
   int st = precheck(s, req, &m, &j, extra, sizeof extra);
   r->dialect = m.dialect;
+  r->utility = is_utility(m.hit);
   if (st) {
     respond_json(r, st, j, extra);
     free(j);
@@ -391,6 +459,7 @@ static void on_request(void *ud, http_conn *c, const http_request *req) {
     if (m.response_id) handle_stored_response(r, req->method_str, m.response_id);
     else if (!strcmp(hit->path, "/health")) handle_health(r);
     else if (!strcmp(hit->path, "/metrics")) handle_metrics(r);
+    else if (!strcmp(hit->path, "/version")) handle_version(r);
     else handle_models(r, m.model_id);
     srv_req_maybe_free(r);
     return;
@@ -521,9 +590,13 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
     return qv_error_set(err, QV_ENOMEM, "out of memory");
   }
   http_handler h = {.ud = s, .on_head = on_head, .on_request = on_request, .on_abort = on_abort};
-  int rc = http_server_create(loop, opts->host ? opts->host : "127.0.0.1", opts->port,
-                              &opts->limits, &h, &s->http, err);
+  int rc = opts->tls ? tls_ctx_create(opts->tls, &s->tls, err) : 0;
+  if (!rc)
+    rc = http_server_create(loop, opts->host ? opts->host : "127.0.0.1", opts->port,
+                            &opts->limits, &h, &s->http, err);
+  if (!rc && s->tls) http_server_use_tls(s->http, s->tls);
   if (rc) {
+    tls_ctx_destroy(s->tls);
     workq_destroy(s->heavy);
     metrics_deinit(&s->met);
     resp_store_destroy(s->responses);
@@ -577,6 +650,7 @@ void server_destroy(server *s) {
     req_free(r);
   }
   metrics_deinit(&s->met);
+  tls_ctx_destroy(s->tls);
   resp_store_destroy(s->responses);
   for (int32_t i = 0; i < s->n_ignored_logged; i++) free(s->ignored_logged[i]);
   free(s->ignored_logged);

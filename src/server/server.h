@@ -92,6 +92,8 @@ typedef struct server_opts {
   size_t heavy_body_bytes;       /* bodies above this are prepared on the heavy pool (64 KiB) */
   int heavy_threads;             /* heavy pool threads (0: half the cores, at least 1) */
   int handle_signals;            /* install SIGINT/SIGTERM handlers that drain */
+  const struct cors_opts *cors;  /* borrowed or NULL: no CORS (server/cors.h) */
+  const struct tls_opts *tls;    /* borrowed or NULL: plain HTTP (server/tls.h) */
   /* Responses API store (resp_store.h); 0 keeps the defaults (1024, 64 MiB, 3600 s; a
    * negative TTL never expires). */
   int32_t responses_max_count;

@@ -401,7 +401,7 @@ static void respond_body(srv_req *r, int status, char *json) {
   http_conn *c = r->conn;
   r->conn = NULL;
   http_conn_set_ctx(c, NULL);
-  metrics_count_request(&r->s->met, r->model, status);
+  srv_count(r, status);
   char extra[200];
   served_header(r, extra, sizeof extra);
   http_respond_take(c, status, "application/json", extra, json, strlen(json));
@@ -540,7 +540,7 @@ static void submit_all(srv_req *r) {
   snprintf(r->id, sizeof r->id, "%s%llx%012llx", r->dialect->id_prefix(r),
            (unsigned long long)r->s->started & 0xffffff, (unsigned long long)++r->s->next_id);
   if (r->o.stream) {
-    metrics_count_request(&r->s->met, r->model, 200);
+    srv_count(r, 200);
     char extra[200];
     served_header(r, extra, sizeof extra);
     http_stream_begin(r->conn, 200, "text/event-stream", extra);
@@ -948,6 +948,24 @@ void srv_gen_on_event(server *s, int32_t model, qv_event *ev) {
   srv_req_maybe_free(r);
 }
 
+/* The vLLM-named request metrics of one finished engine request (its last FINISH event). */
+static void observe_finish(server *s, int32_t model, const srv_req *r, const qv_event *ev,
+                           uint64_t now) {
+  metrics_finish f = {
+      .reason = ev->finish == QV_FINISH_STOP     ? METRICS_FINISH_STOP
+                : ev->finish == QV_FINISH_LENGTH ? METRICS_FINISH_LENGTH
+                : ev->finish == QV_FINISH_ABORT  ? METRICS_FINISH_ABORT
+                                                 : METRICS_FINISH_ERROR,
+      .e2e_s = (double)(now - r->t_start) / 1e9,
+      .queue_s = ev->queue_s,
+      .prefill_s = ev->prefill_s,
+      .decode_s = ev->decode_s,
+      .prompt_tokens = ev->prompt_tokens,
+      .generation_tokens = ev->total_completion_tokens,
+  };
+  metrics_observe_finish(&s->met, model, &f);
+}
+
 static void on_event(server *s, int32_t model, srv_sub *sub, qv_event *ev) {
   srv_req *r = sub->req;
   int32_t n = n_per_prompt(r);
@@ -1009,7 +1027,10 @@ static void on_event(server *s, int32_t model, srv_sub *sub, qv_event *ev) {
       if (r->conn) r->dialect->stream_finish(r, ci);
     }
   }
-  if (sub->n_finished >= n) srv_table_remove(s, model, sub);
+  if (sub->n_finished >= n) {
+    observe_finish(s, model, r, ev, now);
+    srv_table_remove(s, model, sub);
+  }
   if (r->n_choices_done == r->n_choices && r->conn) finish_response(r);
 }
 

@@ -72,6 +72,7 @@ struct server {
   uint64_t drain_deadline_ns;
   uint64_t next_id;
   int64_t started;            /* unix seconds */
+  struct tls_ctx *tls;        /* owned or NULL: plain HTTP */
   resp_store *responses;      /* stored Responses API responses (owned) */
   char **ignored_logged;      /* [n_ignored_logged] unknown request fields already logged */
   int32_t n_ignored_logged;
@@ -86,6 +87,7 @@ struct srv_req {
   int32_t route[REG_MAX_ROUTE_LEN];
   int32_t n_route, route_pos;
   int32_t model;              /* index of the model being tried */
+  int utility;                /* an endpoint that generates nothing (metrics count it apart) */
 
   uv_work_t work;             /* libuv pool: ordinary requests */
   srv_work hwork;             /* heavy pool: large bodies, large answers */
@@ -129,6 +131,8 @@ struct srv_req {
 };
 
 /* server.c */
+/* Counts an answer in the metrics: per model for generation, apart for utility endpoints. */
+void srv_count(srv_req *r, int status);
 void srv_send_error(srv_req *r, int status, const char *msg, const char *param, const char *code);
 void srv_req_maybe_free(srv_req *r);
 void srv_table_insert(struct server *s, int32_t model, srv_sub *sub);

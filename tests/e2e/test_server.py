@@ -34,7 +34,7 @@ class Server:
         deadline = time.time() + START_TIMEOUT
         self.port = None
         while time.time() < deadline and self.proc.poll() is None:
-            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.read_log())
+            m = re.search(r"listening on https?://127\.0\.0\.1:(\d+)", self.read_log())
             if m:
                 self.port = int(m.group(1))
                 break

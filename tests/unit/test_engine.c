@@ -840,3 +840,46 @@ Test(engine, logprobs_in_events) {
   cr_assert_eq(n_tok, 6);
   done(e);
 }
+
+/* The request phases reported in FINISH events (what vllm:request_queue/prefill/decode_time
+ * read): with one running sequence at a time, the second request waits for the first, so its
+ * queue time covers the first one's whole run; phases are non-negative and within the wall
+ * time. Steps are spaced by a sleep so the times are not all zero. */
+Test(engine, finish_events_report_phases) {
+  qv_engine_opts o;
+  qv_engine_opts_default(&o);
+  o.n_kv_blocks = 64;
+  o.max_num_seqs = 1;
+  qv_engine *e = mk(&o, 0, 256);
+  int32_t prompt[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  struct timespec t0, t1, nap = {0, 2000000};
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  uint64_t id[2] = {submit_greedy(e, prompt, 8, 4), submit_greedy(e, prompt, 8, 4)};
+  double q[2] = {-1, -1}, pf[2] = {-1, -1}, dc[2] = {-1, -1};
+  for (int steps = 0; steps < 100 && (q[0] < 0 || q[1] < 0); steps++) {
+    cr_assert_geq(engine_step(e), 0);
+    nanosleep(&nap, NULL);
+    qv_event *evs[16];
+    int n;
+    while ((n = qv_engine_poll(e, evs, 16)) > 0)
+      for (int i = 0; i < n; i++) {
+        if (evs[i]->type == QV_EVENT_FINISH) {
+          int k = evs[i]->req_id == id[0] ? 0 : 1;
+          q[k] = evs[i]->queue_s;
+          pf[k] = evs[i]->prefill_s;
+          dc[k] = evs[i]->decode_s;
+        }
+        qv_event_free(evs[i]);
+      }
+  }
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  double wall = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+  for (int k = 0; k < 2; k++) {
+    cr_assert(q[k] >= 0 && pf[k] >= 0 && dc[k] >= 0, "request %d: %g %g %g", k, q[k], pf[k], dc[k]);
+    cr_assert_leq(q[k] + pf[k] + dc[k], wall + 1e-3);
+  }
+  /* Four tokens one step apart (decode spans three sleeps); the second waited for all of it. */
+  cr_assert_gt(dc[0], 0.004);
+  cr_assert_gt(q[1], dc[0]);
+  done(e);
+}
