@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "core/cpu_features.h"
 #include "models/model.h"
 
 static void usage(FILE *f) {
@@ -68,6 +69,14 @@ int cli_info(int argc, char **argv) {
     printf("%-26s %d\n", "tensors in files", d.n_file_tensors);
     print_bytes("tensor data in files", (double)d.file_bytes);
   }
+  char cpu[256];
+  qv_cpu_features_describe(cpu, sizeof cpu);
+  printf("%-26s %s\n", "cpu", cpu);
+  qv_cpu_isa isa;
+  qv_error ierr = {0};
+  if (qv_cpu_isa_select(&isa, &ierr)) printf("%-26s none: %s\n", "cpu kernels", ierr.msg);
+  else printf("%-26s %s (best on this cpu: %s; QUIVER_CPU_ISA overrides)\n", "cpu kernels", qv_cpu_isa_name(isa),
+              qv_cpu_isa_name(qv_cpu_isa_best()));
   print_bytes("weights on cpu (f32)", (double)d.n_params * 4);
   print_bytes("weights on cuda (bf16)", (double)d.n_params * 2);
   int64_t kv = 2 * (int64_t)c->n_layer * c->n_kv_head * c->head_dim;

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "backend/cpu/cpu.h"
+#include "core/log.h"
 
 static void cpu_destroy(qv_backend *be) {
   cpu_backend *c = (cpu_backend *)be;
@@ -163,11 +164,21 @@ int qv_backend_cpu_create(const qv_backend_opts *opts, qv_backend **out, qv_erro
   cpu_backend *c = calloc(1, sizeof *c);
   if (!c) return qv_error_set(err, QV_ENOMEM, "out of memory");
   c->base.ops = &cpu_ops;
+  qv_cpu_isa isa;
+  int rc = qv_cpu_isa_select(&isa, err);
+  if (rc || !(c->kern = cpu_kernels_for(isa))) {
+    free(c);
+    return rc ? rc : qv_error_set(err, QV_EUNSUPPORTED, "cpu backend: no %s kernels in this build", qv_cpu_isa_name(isa));
+  }
   int n = opts ? opts->n_threads : 0;
   if (tp_create(n, &c->pool)) {
     free(c);
     return qv_error_set(err, QV_ENOMEM, "cpu backend: cannot start threads");
   }
+  char desc[256];
+  qv_cpu_features_describe(desc, sizeof desc);
+  QV_LOGI("cpu backend: %d threads, %s kernels (%d lanes); cpu %s", tp_n_threads(c->pool), qv_cpu_isa_name(isa),
+          c->kern->lanes, desc);
   *out = &c->base;
   return 0;
 }

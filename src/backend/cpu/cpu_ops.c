@@ -92,37 +92,44 @@ int cpu_add(qv_backend *be, qv_tensor *x, const qv_tensor *y) {
   return 0;
 }
 
-/* ---- matmul: out[n][m] = x[n][k] . w[m][k]^T + bias ---- */
-
-#define MM_COLS_PER_TASK 16
+/* ---- matmul: out[n][m] = x[n][k] . w[m][k]^T + bias ----
+ * The path's kernel (cpu_kern.h) does the blocking and keeps each output's reduction order
+ * fixed; here the weight rows are cut into column ranges, about four per thread so the atomic
+ * task counter balances them. Weights are F32, BF16 or F16 (widened in registers). */
 
 typedef struct mm_ctx {
-  float *out;
-  const float *x, *w, *bias;
-  int64_t n, m, k;
+  const cpu_kernels *kern;
+  cpu_mm_args a;
+  int64_t cols_per_task;
 } mm_ctx;
 
 static void mm_task(void *arg, int task) {
   const mm_ctx *c = arg;
-  int64_t j0 = (int64_t)task * MM_COLS_PER_TASK, j1 = j0 + MM_COLS_PER_TASK;
-  if (j1 > c->m) j1 = c->m;
-  for (int64_t j = j0; j < j1; j++) {
-    const float *wr = c->w + j * c->k;
-    float b = c->bias ? c->bias[j] : 0.0f;
-    for (int64_t i = 0; i < c->n; i++) c->out[i * c->m + j] = dot_f32(c->x + i * c->k, wr, c->k) + b;
-  }
+  int64_t j0 = (int64_t)task * c->cols_per_task, j1 = j0 + c->cols_per_task;
+  c->kern->matmul(&c->a, 0, c->a.n, j0, j1 < c->a.m ? j1 : c->a.m);
 }
 
+static int is_weight_dtype(qv_dtype t) { return t == QV_DTYPE_F32 || t == QV_DTYPE_BF16 || t == QV_DTYPE_F16; }
+
 int cpu_matmul(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_tensor *w, const qv_tensor *bias) {
-  if (check_f32(be, "matmul", out) || check_f32(be, "matmul", x) || check_f32(be, "matmul", w)) return QV_EINVAL;
+  cpu_backend *cb = (cpu_backend *)be;
+  if (check_f32(be, "matmul", out) || check_f32(be, "matmul", x)) return QV_EINVAL;
+  if (!w || !w->data || !is_weight_dtype(w->dtype))
+    return qv_error_set(&be->last_error, QV_EINVAL, "cpu matmul: weight dtype %s (expected F32, BF16 or F16)",
+                        w ? qv_dtype_name(w->dtype) : "none");
   if (x->cols != w->cols || out->rows != x->rows || out->cols != w->rows ||
       (bias && (check_f32(be, "matmul", bias) || bias->rows * bias->cols != w->rows)))
     return qv_error_set(&be->last_error, QV_EINVAL, "cpu matmul: shapes [%lld][%lld] x [%lld][%lld]^T -> [%lld][%lld]",
                         (long long)x->rows, (long long)x->cols, (long long)w->rows, (long long)w->cols,
                         (long long)out->rows, (long long)out->cols);
-  mm_ctx c = {out->data, x->data, w->data, bias ? bias->data : NULL, x->rows, w->rows, x->cols};
-  int n_tasks = (int)((w->rows + MM_COLS_PER_TASK - 1) / MM_COLS_PER_TASK);
-  run((cpu_backend *)be, 2 * c.n * c.m * c.k, n_tasks, mm_task, &c);
+  mm_ctx c = {.kern = cb->kern,
+              .a = {.out = out->data, .x = x->data, .w = w->data, .bias = bias ? bias->data : NULL, .wt = w->dtype,
+                    .n = x->rows, .m = w->rows, .k = x->cols, .ldo = out->cols, .ldx = x->cols}};
+  int64_t n_thr = tp_n_threads(cb->pool), per = (w->rows + 4 * n_thr - 1) / (4 * n_thr);
+  per = (per + 15) / 16 * 16;
+  c.cols_per_task = per < 16 ? 16 : per > 512 ? 512 : per;
+  int n_tasks = (int)((w->rows + c.cols_per_task - 1) / c.cols_per_task);
+  run(cb, 2 * c.a.n * c.a.m * c.a.k, n_tasks, mm_task, &c);
   return 0;
 }
 
