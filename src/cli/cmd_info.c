@@ -77,7 +77,8 @@ int cli_info(int argc, char **argv) {
   if (qv_cpu_isa_select(&isa, &ierr)) printf("%-26s none: %s\n", "cpu kernels", ierr.msg);
   else printf("%-26s %s (best on this cpu: %s; QUIVER_CPU_ISA overrides)\n", "cpu kernels", qv_cpu_isa_name(isa),
               qv_cpu_isa_name(qv_cpu_isa_best()));
-  print_bytes("weights on cpu (f32)", (double)d.n_params * 4);
+  /* The cpu backend keeps matrices in the file's dtype, mapped in place (norms become f32). */
+  print_bytes("weights on cpu (as file)", d.file_bytes ? (double)d.file_bytes : (double)d.n_params * 4);
   print_bytes("weights on cuda (bf16)", (double)d.n_params * 2);
   int64_t kv = 2 * (int64_t)c->n_layer * c->n_kv_head * c->head_dim;
   printf("%-26s %lld (cpu f32), %lld (cuda bf16)\n", "KV bytes per token", (long long)kv * 4, (long long)kv * 2);

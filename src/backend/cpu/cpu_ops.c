@@ -28,6 +28,8 @@ static int check_f32(qv_backend *be, const char *op, const qv_tensor *t) {
   return 0;
 }
 
+static int is_weight_dtype(qv_dtype t) { return t == QV_DTYPE_F32 || t == QV_DTYPE_BF16 || t == QV_DTYPE_F16; }
+
 static void run(cpu_backend *c, int64_t flops, int n_tasks, tp_fn fn, void *ctx) {
   if (flops < CPU_PAR_MIN_FLOPS) {
     for (int i = 0; i < n_tasks; i++) fn(ctx, i);
@@ -40,17 +42,20 @@ static void run(cpu_backend *c, int64_t flops, int n_tasks, tp_fn fn, void *ctx)
 
 int cpu_embed(qv_backend *be, qv_tensor *out, const qv_tensor *table) {
   cpu_backend *c = (cpu_backend *)be;
-  if (check_f32(be, "embed", out) || check_f32(be, "embed", table)) return QV_EINVAL;
+  if (check_f32(be, "embed", out)) return QV_EINVAL;
+  if (!table || !table->data || !is_weight_dtype(table->dtype))
+    return qv_error_set(&be->last_error, QV_EINVAL, "cpu embed: table must be F32, BF16 or F16");
   if (out->rows != c->b.n_tokens || out->cols != table->cols)
     return qv_error_set(&be->last_error, QV_EINVAL, "cpu embed: shape mismatch");
   float *o = out->data;
-  const float *t = table->data;
+  size_t row_bytes = (size_t)table->cols * qv_dtype_size(table->dtype);
   for (int32_t i = 0; i < c->b.n_tokens; i++) {
     int32_t id = c->b.token_ids[i];
     if (id < 0 || id >= table->rows)
       return qv_error_set(&be->last_error, QV_ERANGE, "cpu embed: token id %d outside vocab %lld", id,
                           (long long)table->rows);
-    memcpy(o + (size_t)i * out->cols, t + (size_t)id * table->cols, (size_t)out->cols * sizeof(float));
+    qv_convert_to_f32(o + (size_t)i * out->cols, (const char *)table->data + (size_t)id * row_bytes, table->dtype,
+                      (size_t)out->cols);
   }
   return 0;
 }
@@ -108,8 +113,6 @@ static void mm_task(void *arg, int task) {
   int64_t j0 = (int64_t)task * c->cols_per_task, j1 = j0 + c->cols_per_task;
   c->kern->matmul(&c->a, 0, c->a.n, j0, j1 < c->a.m ? j1 : c->a.m);
 }
-
-static int is_weight_dtype(qv_dtype t) { return t == QV_DTYPE_F32 || t == QV_DTYPE_BF16 || t == QV_DTYPE_F16; }
 
 int cpu_matmul(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_tensor *w, const qv_tensor *bias) {
   cpu_backend *cb = (cpu_backend *)be;
