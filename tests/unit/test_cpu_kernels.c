@@ -169,3 +169,80 @@ Test(cpu_kernels, isa_override_is_validated) {
   qv_cpu_features_describe(desc, sizeof desc);
   cr_assert(strlen(desc) > 3);
 }
+
+/* Attention over many key tiles (300 cached positions in scattered 16-token blocks, GQA, with
+ * and without a sliding window that cuts tiles): against float64, and each query row of a
+ * 37-token prefill chunk bit-identical to the same token run alone as a decode. */
+static void long_attention(int32_t window) {
+  setenv("QUIVER_CPU_ISA", "auto", 1);
+  qv_backend *be;
+  qv_error e = {0};
+  cr_assert_eq(qv_backend_create("cpu", &(qv_backend_opts){.n_threads = 2}, &be, &e), 0, "%s", e.msg);
+  enum { CTX = 300, NKV = 2, NH = 6, HD = 64, BSZ = 16, NB = 64, MB = 19, NEW = 37 };
+  cr_assert_eq(be->ops->kv_init(be, &(qv_kv_desc){1, NB, BSZ, NKV, HD}), 0);
+  int32_t bt[MB];
+  for (int i = 0; i < MB; i++) bt[i] = (i * 7 + 3) % NB;
+  static int32_t ids[CTX], pos[CTX], slots[CTX];
+  for (int p = 0; p < CTX; p++) ids[p] = 1, pos[p] = p, slots[p] = bt[p / BSZ] * BSZ + p % BSZ;
+  int32_t q2[2] = {0, CTX}, ctx = CTX, li = 0;
+  qv_batch all = {.n_tokens = CTX, .n_seqs = 1, .n_logits = 1, .token_ids = ids, .positions = pos,
+                  .slot_mapping = slots, .seq_q_start = q2, .seq_ctx_len = &ctx, .block_tables = bt,
+                  .max_blocks = MB, .logits_idx = &li};
+  cr_assert_eq(be->ops->set_batch(be, &all), 0, "%s", be->last_error.msg);
+  qv_tensor k, v, q, o, o1;
+  cr_assert_eq(be->ops->alloc(be, QV_DTYPE_F32, CTX, NKV * HD, &k), 0);
+  cr_assert_eq(be->ops->alloc(be, QV_DTYPE_F32, CTX, NKV * HD, &v), 0);
+  unsigned s = 21;
+  for (int64_t i = 0; i < CTX * NKV * HD; i++) ((float *)k.data)[i] = (float)urand(&s), ((float *)v.data)[i] = (float)urand(&s);
+  cr_assert_eq(be->ops->kv_write(be, 0, &k, &v), 0);
+  /* The chunk: the last NEW positions. */
+  cr_assert_eq(be->ops->alloc(be, QV_DTYPE_F32, NEW, NH * HD, &q), 0);
+  cr_assert_eq(be->ops->alloc(be, QV_DTYPE_F32, NEW, NH * HD, &o), 0);
+  cr_assert_eq(be->ops->alloc(be, QV_DTYPE_F32, 1, NH * HD, &o1), 0);
+  for (int64_t i = 0; i < NEW * NH * HD; i++) ((float *)q.data)[i] = (float)urand(&s) * 0.5f, ((float *)o.data)[i] = NAN;
+  int32_t qn[2] = {0, NEW};
+  qv_batch step = all;
+  step.n_tokens = NEW, step.token_ids = ids + CTX - NEW, step.positions = pos + CTX - NEW;
+  step.slot_mapping = slots + CTX - NEW, step.seq_q_start = qn;
+  cr_assert_eq(be->ops->set_batch(be, &step), 0, "%s", be->last_error.msg);
+  qv_attn_params ap = {.layer = 0, .n_head = NH, .n_kv_head = NKV, .head_dim = HD, .scale = 0.125f,
+                       .sliding_window = window};
+  cr_assert_eq(be->ops->attention(be, &o, &q, &ap), 0, "%s", be->last_error.msg);
+  const float *K = k.data, *V = v.data, *Q = q.data, *O = o.data;
+  static double sc[CTX];
+  for (int t = 0; t < NEW; t++) {
+    int p = CTX - NEW + t;
+    for (int h = 0; h < NH; h++) {
+      int kvh = h / (NH / NKV), j0 = window && p - window + 1 > 0 ? p - window + 1 : 0;
+      double mx = -INFINITY, sum = 0;
+      for (int j = j0; j <= p; j++) {
+        double d = 0;
+        for (int i = 0; i < HD; i++) d += (double)Q[(t * NH + h) * HD + i] * K[(j * NKV + kvh) * HD + i];
+        sc[j] = d * 0.125;
+        mx = fmax(mx, sc[j]);
+      }
+      for (int j = j0; j <= p; j++) sum += (sc[j] = exp(sc[j] - mx));
+      for (int i = 0; i < HD; i++) {
+        double ref = 0;
+        for (int j = j0; j <= p; j++) ref += sc[j] / sum * V[(j * NKV + kvh) * HD + i];
+        cr_assert(fabs(O[(t * NH + h) * HD + i] - ref) < 1e-5, "t%d h%d i%d: %g vs %g", t, h, i,
+                  O[(t * NH + h) * HD + i], ref);
+      }
+    }
+    /* The same token alone, as a decode at its position. */
+    int32_t c1 = p + 1, q1[2] = {0, 1};
+    qv_batch one = all;
+    one.n_tokens = 1, one.token_ids = ids + p, one.positions = pos + p, one.slot_mapping = slots + p;
+    one.seq_q_start = q1, one.seq_ctx_len = &c1;
+    cr_assert_eq(be->ops->set_batch(be, &one), 0, "%s", be->last_error.msg);
+    qv_tensor qt = {.data = (float *)q.data + (size_t)t * NH * HD, .dtype = QV_DTYPE_F32, .rows = 1, .cols = NH * HD};
+    cr_assert_eq(be->ops->attention(be, &o1, &qt, &ap), 0, "%s", be->last_error.msg);
+    cr_assert_eq(memcmp(o1.data, O + (size_t)t * NH * HD, sizeof(float) * NH * HD), 0, "token %d: alone != in chunk", p);
+  }
+  qv_tensor *ts[] = {&k, &v, &q, &o, &o1};
+  for (int i = 0; i < 5; i++) be->ops->free(be, ts[i]);
+  qv_backend_destroy(be);
+}
+
+Test(cpu_kernels, attention_long_full) { long_attention(0); }
+Test(cpu_kernels, attention_long_window) { long_attention(100); }

@@ -21,6 +21,8 @@ typedef struct cpu_backend {
   qv_batch b;
   int32_t *b_mem;
   size_t b_cap;        /* int32 elements in b_mem */
+  void *scratch;       /* grow-only per-op scratch (attention row state, task lists), owned */
+  size_t scratch_bytes;
 } cpu_backend;
 
 /* K (which = 0) or V (which = 1) of one layer: [n_blocks][block_size][n_kv_head][head_dim]. */

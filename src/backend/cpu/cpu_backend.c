@@ -14,6 +14,7 @@ static void cpu_destroy(qv_backend *be) {
   tp_destroy(c->pool);
   free(c->kv_mem);
   free(c->b_mem);
+  free(c->scratch);
   free(c);
 }
 
