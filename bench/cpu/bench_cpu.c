@@ -2,8 +2,11 @@
  * far larger than the caches, all threads), the thread pool's wake-up cost, and the backend's
  * matmul at 0.5B-Llama shapes (hidden 896, FFN 4864) for each weight dtype and each SIMD path
  * this CPU can run, as GFLOP/s and weight GB/s. Medians over repetitions.
+ * With --load MODEL instead: the time to load a model directory whose files are in the page
+ * cache (backend creation, qv_model_load, KV allocation, one 1-token forward), median over
+ * --reps loads, and the resident memory after them.
  * Prints one JSON object on stdout.
- * Usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] */
+ * Usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] [--load MODEL] */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -15,6 +18,7 @@
 #include "backend/cpu/cpu_kern.h"
 #include "core/cpu_features.h"
 #include "core/threadpool.h"
+#include "models/model.h"
 
 static double now_s(void) {
   struct timespec ts;
@@ -138,20 +142,75 @@ static void bench_matmul(qv_backend *be, const char *isa, qv_dtype dt, int64_t n
   be->ops->free(be, &o);
 }
 
+/* VmRSS or VmHWM of this process in KiB. */
+static long proc_status_kb(const char *key) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  long v = -1;
+  size_t n = strlen(key);
+  while (f && fgets(line, sizeof line, f))
+    if (!strncmp(line, key, n) && line[n] == ':') v = atol(line + n + 1);
+  if (f) fclose(f);
+  return v;
+}
+
+static int bench_load(const char *path, int threads, int reps) {
+  double *t_load = malloc((size_t)reps * sizeof(double)), *t_first = malloc((size_t)reps * sizeof(double));
+  long rss = 0;
+  for (int r = 0; r < reps; r++) {
+    qv_error err = {0};
+    double t0 = now_s();
+    qv_backend *be;
+    qv_model *m;
+    if (qv_backend_create("cpu", &(qv_backend_opts){.n_threads = threads}, &be, &err) ||
+        qv_model_load(path, be, &(qv_model_opts){.max_batch_tokens = 512, .max_logits = 1}, &m, &err) ||
+        qv_model_kv_init(m, 64, 16, &err)) {
+      fprintf(stderr, "qv-bench-cpu: %s\n", err.msg);
+      return 1;
+    }
+    double t1 = now_s();
+    int32_t id = 1, pos = 0, slot = 0, q[2] = {0, 1}, ctx = 1, bt = 0, li = 0;
+    qv_batch b = {.n_tokens = 1, .n_seqs = 1, .n_logits = 1, .token_ids = &id, .positions = &pos, .slot_mapping = &slot,
+                  .seq_q_start = q, .seq_ctx_len = &ctx, .block_tables = &bt, .max_blocks = 1, .logits_idx = &li};
+    float *logits = malloc(sizeof(float) * (size_t)qv_model_get_config(m)->vocab_size);
+    if (qv_model_forward(m, &b, logits, &err)) {
+      fprintf(stderr, "qv-bench-cpu: %s\n", err.msg);
+      return 1;
+    }
+    t_load[r] = t1 - t0;
+    t_first[r] = now_s() - t0;
+    rss = proc_status_kb("VmRSS");
+    free(logits);
+    qv_model_destroy(m);
+    qv_backend_destroy(be);
+  }
+  char desc[256];
+  qv_cpu_features_describe(desc, sizeof desc);
+  printf("{\"cpu\": \"%s\", \"model\": \"%s\", \"threads\": %d, \"reps\": %d, \"load_s\": %.4f, "
+         "\"load_and_first_token_s\": %.4f, \"rss_after_load_kb\": %ld, \"peak_rss_kb\": %ld}\n",
+         desc, path, threads, reps, median(t_load, reps), median(t_first, reps), rss, proc_status_kb("VmHWM"));
+  free(t_load);
+  free(t_first);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   int threads = 2, reps = 9, quick = 0;
   int64_t mib = 1024;
+  const char *load = NULL;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--mib") && i + 1 < argc) mib = atoll(argv[++i]);
     else if (!strcmp(argv[i], "--quick")) quick = 1;
+    else if (!strcmp(argv[i], "--load") && i + 1 < argc) load = argv[++i];
     else {
-      fprintf(stderr, "usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick]\n");
+      fprintf(stderr, "usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] [--load MODEL]\n");
       return 2;
     }
   }
   if (threads < 1 || reps < 1 || mib < 1) return 2;
+  if (load) return bench_load(load, threads, reps);
   tp_pool *pool;
   if (tp_create(threads, &pool)) return 1;
   char desc[256];

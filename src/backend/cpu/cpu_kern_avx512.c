@@ -19,7 +19,7 @@
 #define K_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define K_SFMA(a, b, c) fmaf(a, b, c)
 #define K_HSUM(v) hsum512(v)
-#define KTR 4
+#define KTR 6
 #define KTC 4
 #define KTC1 8
 #define KISA QV_CPU_ISA_AVX512

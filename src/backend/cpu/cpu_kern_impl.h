@@ -22,7 +22,7 @@
 #include <string.h>
 
 #define KINLINE static inline __attribute__((always_inline))
-#define KMAXR 4
+#define KMAXR 6
 #define KMAXC 8
 
 /* Cache blocking: a task walks its weight rows in blocks whose bytes fit this budget (so a
@@ -58,11 +58,21 @@ KINLINE void ktile(const cpu_mm_args *a, int64_t i0, int64_t j0, const int R, co
   for (int r = 0; r < R; r++)
     for (int c = 0; c < C; c++) acc[r][c] = K_ZERO();
   for (int64_t kk = 0; kk < kmain; kk += KL) {
-    KVEC xv[KMAXR];
-    for (int r = 0; r < R; r++) xv[r] = K_LOAD(xr[r] + kk);
+    /* Named registers, not an array: GCC keeps an array of vectors on the stack here. */
+    KVEC x0 = K_LOAD(xr[0] + kk), x1 = x0, x2 = x0, x3 = x0, x4 = x0, x5 = x0;
+    if (R > 1) x1 = K_LOAD(xr[1] + kk);
+    if (R > 2) x2 = K_LOAD(xr[2] + kk);
+    if (R > 3) x3 = K_LOAD(xr[3] + kk);
+    if (R > 4) x4 = K_LOAD(xr[4] + kk);
+    if (R > 5) x5 = K_LOAD(xr[5] + kk);
     for (int c = 0; c < C; c++) {
       KVEC wv = kload_w(wr[c], wt, kk);
-      for (int r = 0; r < R; r++) acc[r][c] = K_FMA(xv[r], wv, acc[r][c]);
+      acc[0][c] = K_FMA(x0, wv, acc[0][c]);
+      if (R > 1) acc[1][c] = K_FMA(x1, wv, acc[1][c]);
+      if (R > 2) acc[2][c] = K_FMA(x2, wv, acc[2][c]);
+      if (R > 3) acc[3][c] = K_FMA(x3, wv, acc[3][c]);
+      if (R > 4) acc[4][c] = K_FMA(x4, wv, acc[4][c]);
+      if (R > 5) acc[5][c] = K_FMA(x5, wv, acc[5][c]);
     }
   }
   if (kmain < k) {
@@ -86,20 +96,37 @@ KINLINE void ktile(const cpu_mm_args *a, int64_t i0, int64_t j0, const int R, co
     }
 }
 
-/* Rows [i0, i1) of x against C weight rows starting at j: full KTR tiles, then the remainder. */
-KINLINE void krows(const cpu_mm_args *a, int64_t i0, int64_t i1, int64_t j, const int C, const qv_dtype wt) {
+/* Each tile shape is its own small function (one per R x C x dtype): inlined into one big
+ * driver, GCC spills the x vectors; alone, every chain stays in a register. */
+typedef void (*ktile_fn)(const cpu_mm_args *a, int64_t i0, int64_t j0);
+#define KTILE_DEF(R, C, WT, name) \
+  static __attribute__((noinline)) void name(const cpu_mm_args *a, int64_t i0, int64_t j0) { ktile(a, i0, j0, R, C, WT); }
+#define KTILE_ROWS(C, WT, P)                                                                                  \
+  KTILE_DEF(1, C, WT, P##1) KTILE_DEF(2, C, WT, P##2) KTILE_DEF(3, C, WT, P##3) KTILE_DEF(4, C, WT, P##4)     \
+  KTILE_DEF(5, C, WT, P##5) KTILE_DEF(6, C, WT, P##6)
+#define KTILE_DTYPE(WT, P) KTILE_ROWS(KTC, WT, P##_c) KTILE_ROWS(1, WT, P##_one) KTILE_DEF(1, KTC1, WT, P##_gemv)
+KTILE_DTYPE(QV_DTYPE_F32, kt_f32)
+KTILE_DTYPE(QV_DTYPE_BF16, kt_bf16)
+KTILE_DTYPE(QV_DTYPE_F16, kt_f16)
+
+/* Tiles of one weight dtype: [0] KTC columns by R = index + 1 rows, [1] one column, and the
+ * single-row GEMV tile of KTC1 columns. */
+typedef struct ktiles {
+  ktile_fn cols[KMAXR], one[KMAXR], gemv;
+} ktiles;
+#define KTILES(P) {{P##_c1, P##_c2, P##_c3, P##_c4, P##_c5, P##_c6}, {P##_one1, P##_one2, P##_one3, P##_one4, P##_one5, P##_one6}, P##_gemv}
+static const ktiles kt_table[3] = {KTILES(kt_f32), KTILES(kt_bf16), KTILES(kt_f16)};
+
+/* Rows [i0, i1) of x against the weight rows starting at j: full KTR tiles, then the rest. */
+static void krows(const cpu_mm_args *a, int64_t i0, int64_t i1, int64_t j, const ktile_fn *fns) {
   int64_t i = i0;
-  for (; i + KTR <= i1; i += KTR) ktile(a, i, j, KTR, C, wt);
-  switch (i1 - i) {
-  case 1: ktile(a, i, j, 1, C, wt); break;
-  case 2: if (KTR > 2) ktile(a, i, j, 2 < KTR ? 2 : 1, C, wt); break;
-  case 3: if (KTR > 3) ktile(a, i, j, 3 < KTR ? 3 : 1, C, wt); break;
-  default: break;
-  }
+  for (; i + KTR <= i1; i += KTR) fns[KTR - 1](a, i, j);
+  if (i < i1) fns[i1 - i - 1](a, i, j);
 }
 
-KINLINE void kmatmul_wt(const cpu_mm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1, const qv_dtype wt) {
-  const int64_t es = wt == QV_DTYPE_F32 ? 4 : 2, k = a->k > 0 ? a->k : 1;
+static void kmatmul(const cpu_mm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+  const ktiles *t = &kt_table[a->wt == QV_DTYPE_BF16 ? 1 : a->wt == QV_DTYPE_F16 ? 2 : 0];
+  const int64_t es = a->wt == QV_DTYPE_F32 ? 4 : 2, k = a->k > 0 ? a->k : 1;
   int64_t jb = K_L2_BUDGET / (k * es), ib = K_L2_BUDGET / (k * 4);
   jb = jb < KTC ? KTC : jb > 512 ? 512 : jb - jb % KTC;
   ib = ib < KTR ? KTR : ib > 256 ? 256 : ib - ib % KTR;
@@ -109,18 +136,10 @@ KINLINE void kmatmul_wt(const cpu_mm_args *a, int64_t i0, int64_t i1, int64_t j0
       int64_t ie = ii + ib < i1 ? ii + ib : i1;
       int64_t j = jj;
       if (ie - ii == 1) /* a single row: stream more weight rows at once */
-        for (; j + KTC1 <= je; j += KTC1) ktile(a, ii, j, 1, KTC1, wt);
-      for (; j + KTC <= je; j += KTC) krows(a, ii, ie, j, KTC, wt);
-      for (; j < je; j++) krows(a, ii, ie, j, 1, wt);
+        for (; j + KTC1 <= je; j += KTC1) t->gemv(a, ii, j);
+      for (; j + KTC <= je; j += KTC) krows(a, ii, ie, j, t->cols);
+      for (; j < je; j++) krows(a, ii, ie, j, t->one);
     }
-  }
-}
-
-static void kmatmul(const cpu_mm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-  switch (a->wt) {
-  case QV_DTYPE_BF16: kmatmul_wt(a, i0, i1, j0, j1, QV_DTYPE_BF16); break;
-  case QV_DTYPE_F16: kmatmul_wt(a, i0, i1, j0, j1, QV_DTYPE_F16); break;
-  default: kmatmul_wt(a, i0, i1, j0, j1, QV_DTYPE_F32); break;
   }
 }
 
