@@ -89,8 +89,12 @@ def bench_quiver(args, model):
     r = {}
     j, _ = quiver_engine(args, model, 1, 16, 128)
     r["decode_tok_s"] = j["decode_tokens_per_s"]
-    j, _ = quiver_engine(args, model, 1, 512, 1)
+    with open(os.path.join(model, "config.json")) as f:
+        max_pos = json.load(f).get("max_position_embeddings", 4096)
+    plen = min(512, max_pos - 1)  # stories260K has 512 positions: 511 + 1
+    j, _ = quiver_engine(args, model, 1, plen, 1)
     r["prefill512_tok_s"] = j["prefill_tokens_per_s"]
+    r["prefill_len"] = plen
     j, rss = quiver_engine(args, model, 32, 128, 128)
     r["batch32_total_tok_s"] = j["total_tokens_per_s"]
     r["batch32_peak_rss_kb"] = rss
@@ -141,9 +145,10 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results",
                                                   f"cpu-vs-llama.cpp-{datetime.date.today()}.json"))
     ap.add_argument("--note", default="")
+    ap.add_argument("--no-llama", action="store_true", help="quiver only (no llama.cpp build or runs)")
     args = ap.parse_args()
     os.makedirs(WORK, exist_ok=True)
-    src, bins = llama_build()
+    src, bins = (None, None) if args.no_llama else llama_build()
     bw = json.loads(sh([args.qv_bench, "--threads", str(args.threads), "--reps", "5", "--mib", "1024", "--quick"],
                        env=dict(os.environ, QUIVER_LOG="warn")).stdout)
     commit = sh(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).stdout.strip()
@@ -162,7 +167,7 @@ def main():
             q["decode_pct_of_roofline"] = 100 * q["decode_tok_s"] / q["roofline_decode_tok_s"]
             res["models"].append({"model": name, "engine": "quiver", "weights": dtype, "weight_bytes": wbytes, **q})
             print(json.dumps(res["models"][-1]), flush=True)
-        for t in args.llama_types.split(","):
+        for t in ([] if args.no_llama else args.llama_types.split(",")):
             g = gguf(src, dirs[0][0], name, t)
             wbytes = os.path.getsize(g)
             l = bench_llama(args, bins, g)

@@ -97,15 +97,37 @@ Test(cpu_kernels, every_path_every_dtype) {
   cr_log_info("checked %d SIMD paths", n_paths);
 }
 
-Test(cpu_kernels, scale_axpy_vs_scalar) {
+/* The attention tile kernels: dots equal the dot chain times the scale, bit for bit, and pv
+ * matches the scalar formula, for head sizes below, at and above every lane count. */
+Test(cpu_kernels, attention_tile_kernels) {
+  static const int64_t hds[] = {3, 8, 16, 40, 64, 67};
   for (int isa = 0; isa < QV_CPU_ISA_COUNT; isa++) {
     if (!qv_cpu_isa_supported((qv_cpu_isa)isa)) continue;
     const cpu_kernels *kern = cpu_kernels_for((qv_cpu_isa)isa);
-    unsigned s = 5;
-    float y[67], x[67], y0[67];
-    for (int i = 0; i < 67; i++) y0[i] = y[i] = (float)urand(&s), x[i] = (float)urand(&s);
-    kern->scale_axpy(y, 0.75f, -1.5f, x, 67);
-    for (int i = 0; i < 67; i++) cr_assert(fabs(y[i] - (0.75 * y0[i] - 1.5 * x[i])) < 1e-6, "%s [%d]", qv_cpu_isa_name((qv_cpu_isa)isa), i);
+    for (size_t h = 0; h < sizeof hds / sizeof hds[0]; h++) {
+      int64_t hd = hds[h];
+      unsigned s = 5 + (unsigned)hd;
+      float q[67], kv[5][67], o[67], o0[67], sc[5], p[5];
+      const float *rows[5];
+      for (int i = 0; i < 67; i++) q[i] = (float)urand(&s), o0[i] = o[i] = (float)urand(&s);
+      for (int j = 0; j < 5; j++) {
+        for (int i = 0; i < 67; i++) kv[j][i] = (float)urand(&s);
+        rows[j] = kv[j];
+        p[j] = (float)(urand(&s) + 1.5);
+      }
+      kern->dots(sc, q, rows, 5, hd, 0.125f);
+      for (int j = 0; j < 5; j++) {
+        float d = kern->dot(q, kv[j], hd) * 0.125f;
+        cr_assert_eq(memcmp(&d, &sc[j], sizeof d), 0, "%s hd %lld: dots != dot", qv_cpu_isa_name((qv_cpu_isa)isa), (long long)hd);
+      }
+      kern->pv(o, 0.75f, p, rows, 5, hd);
+      for (int i = 0; i < 67; i++) {
+        double ref = 0.75 * o0[i];
+        for (int j = 0; j < 5; j++) ref += (double)p[j] * kv[j][i];
+        if (i >= hd) ref = o0[i]; /* untouched past hd */
+        cr_assert(fabs(o[i] - ref) < 1e-5, "%s hd %lld [%d]: %g vs %g", qv_cpu_isa_name((qv_cpu_isa)isa), (long long)hd, i, o[i], ref);
+      }
+    }
   }
 }
 

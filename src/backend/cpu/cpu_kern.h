@@ -43,8 +43,11 @@ typedef struct cpu_kernels {
   void (*matmul)(const cpu_mm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1);
   /* sum a[i]*b[i] in the path's order (the same as a matmul output with k = n). */
   float (*dot)(const float *a, const float *b, int64_t n);
-  /* y[i] = y[i] * s + a * x[i] (fma where the path has it): online-softmax accumulation. */
-  void (*scale_axpy)(float *y, float s, float a, const float *x, int64_t n);
+  /* Attention over one tile of keys, for one query row. dots: sc[j] = dot(q, k[j]) * scale
+   * (the dot chain above) for j < n. pv: o = o * s, then o += p[j] * v[j] for j < n in order
+   * (fma where the path has it), element by element. */
+  void (*dots)(float *sc, const float *q, const float *const *k, int64_t n, int64_t hd, float scale);
+  void (*pv)(float *o, float s, const float *p, const float *const *v, int64_t n, int64_t hd);
 } cpu_kernels;
 
 /* The table of a path, or NULL when this build has none for it (a path for another

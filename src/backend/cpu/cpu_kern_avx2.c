@@ -18,13 +18,19 @@
 #define K_SET1(s) _mm256_set1_ps(s)
 #define K_MUL(a, b) _mm256_mul_ps(a, b)
 #define K_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
-#define K_SFMA(a, b, c) fmaf(a, b, c)
 #define K_HSUM(v) hsum256(v)
+#define K_LOADN(p, n) _mm256_maskload_ps(p, tail_mask(n))
+#define K_STOREN(p, v, n) _mm256_maskstore_ps(p, tail_mask(n), v)
 #define KTR 3
 #define KTC 4
 #define KTC1 8
 #define KISA QV_CPU_ISA_AVX2
 #define KTABLE cpu_kernels_avx2
+
+/* Lanes [0, n) set: the sign bit selects in maskload/maskstore. */
+static inline __attribute__((always_inline)) __m256i tail_mask(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
 
 /* ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)). */
 static inline __attribute__((always_inline)) float hsum256(__m256 v) {

@@ -17,8 +17,9 @@
 #define K_SET1(s) _mm512_set1_ps(s)
 #define K_MUL(a, b) _mm512_mul_ps(a, b)
 #define K_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define K_SFMA(a, b, c) fmaf(a, b, c)
 #define K_HSUM(v) hsum512(v)
+#define K_LOADN(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), p)
+#define K_STOREN(p, v, n) _mm512_mask_storeu_ps(p, (__mmask16)((1u << (n)) - 1), v)
 #define KTR 6
 #define KTC 4
 #define KTC1 8

@@ -12,8 +12,9 @@
  *   K_SET1(s)       all lanes s
  *   K_MUL(a, b)     a * b
  *   K_FMA(a, b, c)  a * b + c (fused where the path has it)
- *   K_SFMA(a, b, c) the scalar counterpart, for loop tails of elementwise kernels
  *   K_HSUM(v)       the sum of the lanes by the path's fixed tree
+ *   K_LOADN(p, n), K_STOREN(p, v, n)  optional: the first n < KL lanes (the rest read as 0),
+ *                   masked; without them tails go through a zero-padded buffer (same values)
  *   KTR, KTC        GEMM tile: rows of x by rows of w (register budget of the path)
  *   KTC1            tile columns when only one row of x is left (GEMV: more weight streams)
  *   KISA            the qv_cpu_isa value; KTABLE the name of the table to define
@@ -28,6 +29,27 @@
 /* Cache blocking: a task walks its weight rows in blocks whose bytes fit this budget (so a
  * block is re-read from L2 for each block of x rows), and x rows in blocks of the same budget. */
 #define K_L2_BUDGET (192 * 1024)
+
+/* The first n < KL floats at p, the other lanes 0. */
+KINLINE KVEC kload_n(const float *p, int64_t n) {
+#ifdef K_LOADN
+  return K_LOADN(p, n);
+#else
+  float b[KL];
+  for (int l = 0; l < KL; l++) b[l] = l < n ? p[l] : 0.0f;
+  return K_LOAD(b);
+#endif
+}
+
+KINLINE void kstore_n(float *p, KVEC v, int64_t n) {
+#ifdef K_STOREN
+  K_STOREN(p, v, n);
+#else
+  float b[KL];
+  K_STORE(b, v);
+  for (int64_t l = 0; l < n; l++) p[l] = b[l];
+#endif
+}
 
 KINLINE KVEC kload_w(const void *w, qv_dtype wt, int64_t off) {
   if (wt == QV_DTYPE_BF16) return K_LOAD_BF16((const uint16_t *)w + off);
@@ -76,15 +98,17 @@ KINLINE void ktile(const cpu_mm_args *a, int64_t i0, int64_t j0, const int R, co
     }
   }
   if (kmain < k) {
-    float xb[KMAXR][KL], wb[KL];
+    float wb[KL];
     KVEC xv[KMAXR];
-    for (int r = 0; r < R; r++) {
-      for (int l = 0; l < KL; l++) xb[r][l] = kmain + l < k ? xr[r][kmain + l] : 0.0f;
-      xv[r] = K_LOAD(xb[r]);
-    }
+    for (int r = 0; r < R; r++) xv[r] = kload_n(xr[r] + kmain, k - kmain);
     for (int c = 0; c < C; c++) {
-      ktail_w(wb, wr[c], wt, kmain, k - kmain);
-      KVEC wv = K_LOAD(wb);
+      KVEC wv;
+      if (wt == QV_DTYPE_F32) {
+        wv = kload_n((const float *)wr[c] + kmain, k - kmain);
+      } else {
+        ktail_w(wb, wr[c], wt, kmain, k - kmain);
+        wv = K_LOAD(wb);
+      }
       for (int r = 0; r < R; r++) acc[r][c] = K_FMA(xv[r], wv, acc[r][c]);
     }
   }
@@ -148,22 +172,31 @@ static float kdot(const float *x, const float *y, int64_t n) {
   const int64_t nmain = n - n % KL;
   KVEC acc = K_ZERO();
   for (int64_t i = 0; i < nmain; i += KL) acc = K_FMA(K_LOAD(x + i), K_LOAD(y + i), acc);
-  if (nmain < n) {
-    float xb[KL], yb[KL];
-    for (int l = 0; l < KL; l++) {
-      xb[l] = nmain + l < n ? x[nmain + l] : 0.0f;
-      yb[l] = nmain + l < n ? y[nmain + l] : 0.0f;
-    }
-    acc = K_FMA(K_LOAD(xb), K_LOAD(yb), acc);
-  }
+  if (nmain < n) acc = K_FMA(kload_n(x + nmain, n - nmain), kload_n(y + nmain, n - nmain), acc);
   return K_HSUM(acc);
 }
 
-static void kscale_axpy(float *y, float s, float a, const float *x, int64_t n) {
-  const int64_t nmain = n - n % KL;
-  KVEC vs = K_SET1(s), va = K_SET1(a);
-  for (int64_t i = 0; i < nmain; i += KL) K_STORE(y + i, K_FMA(va, K_LOAD(x + i), K_MUL(K_LOAD(y + i), vs)));
-  for (int64_t i = nmain; i < n; i++) y[i] = K_SFMA(a, x[i], y[i] * s);
+/* sc[j] = dot(q, k[j]) * scale for j < n: each dot the chain of kdot (times scale after). */
+static void kdots(float *sc, const float *q, const float *const *k, int64_t n, int64_t hd, float scale) {
+  if (hd <= KL) { /* one chunk: q stays in a register */
+    KVEC qv = hd == KL ? K_LOAD(q) : kload_n(q, hd);
+    for (int64_t j = 0; j < n; j++)
+      sc[j] = K_HSUM(K_FMA(qv, hd == KL ? K_LOAD(k[j]) : kload_n(k[j], hd), K_ZERO())) * scale;
+    return;
+  }
+  for (int64_t j = 0; j < n; j++) sc[j] = kdot(q, k[j], hd) * scale;
+}
+
+/* o = o * s, then o = fma(p[j], v[j], o) for j < n in order, element by element. */
+static void kpv(float *o, float s, const float *p, const float *const *v, int64_t n, int64_t hd) {
+  const KVEC vs = K_SET1(s);
+  for (int64_t c = 0; c < hd; c += KL) {
+    int64_t w = hd - c < KL ? hd - c : KL;
+    KVEC ov = K_MUL(w == KL ? K_LOAD(o + c) : kload_n(o + c, w), vs);
+    for (int64_t j = 0; j < n; j++) ov = K_FMA(K_SET1(p[j]), w == KL ? K_LOAD(v[j] + c) : kload_n(v[j] + c, w), ov);
+    if (w == KL) K_STORE(o + c, ov);
+    else kstore_n(o + c, ov, w);
+  }
 }
 
 const cpu_kernels KTABLE = {
@@ -171,5 +204,6 @@ const cpu_kernels KTABLE = {
     .lanes = KL,
     .matmul = kmatmul,
     .dot = kdot,
-    .scale_axpy = kscale_axpy,
+    .dots = kdots,
+    .pv = kpv,
 };

@@ -25,7 +25,6 @@ static inline float kn_hsum(float32x4_t v) {
 #define K_SET1(s) vdupq_n_f32(s)
 #define K_MUL(a, b) vmulq_f32(a, b)
 #define K_FMA(a, b, c) vfmaq_f32(c, a, b)
-#define K_SFMA(a, b, c) fmaf(a, b, c)
 #define K_HSUM(v) kn_hsum(v)
 #define KTR 4
 #define KTC 4

@@ -52,7 +52,6 @@ static inline float k8_hsum(kvec8 a) {
 #define K_SET1(s) k8_set1(s)
 #define K_MUL(a, b) k8_mul(a, b)
 #define K_FMA(a, b, c) k8_fma(a, b, c)
-#define K_SFMA(a, b, c) ((a) * (b) + (c))
 #define K_HSUM(v) k8_hsum(v)
 #define KTR 2
 #define KTC 2

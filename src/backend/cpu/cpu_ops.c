@@ -250,7 +250,7 @@ int cpu_kv_write(qv_backend *be, int32_t layer, const qv_tensor *k, const qv_ten
  * The fixed order: for a row, the tiles, the keys within a tile, the max, the rescaling and the
  * sums depend only on the row's position, the window, ATTN_KT and the cached K/V, never on
  * which other rows share its task, the batch, chunked prefill or the thread count. Scores use
- * the path's dot chain, the weighted sum its scale_axpy. (An attention-sink logit would be one
+ * the path's dot chain (dots), the weighted sum its pv. (An attention-sink logit would be one
  * more term in the final rescale before the division.) */
 
 #define ATTN_QB 16 /* query tokens per task */
@@ -294,7 +294,7 @@ static void attn_task(void *arg, int task_idx) {
     }
   }
   float sc[ATTN_KT];
-  const float *kp[ATTN_KT], *vp[ATTN_KT];
+  const float *kp[ATTN_KT], *vp[ATTN_KT]; /* key/value rows of the tile's positions */
   for (int32_t tile = lo / ATTN_KT * ATTN_KT; tile < hi; tile += ATTN_KT) {
     int32_t tile_end = tile + ATTN_KT < hi ? tile + ATTN_KT : hi;
     for (int32_t j = (tile > lo ? tile : lo); j < tile_end; j++) {
@@ -312,19 +312,18 @@ static void attn_task(void *arg, int task_idx) {
         const float *qv = a->q + row * hd;
         float *o = a->out + row * hd;
         float mx = a->row_max[row];
-        for (int32_t j = ks; j < ke; j++) {
-          float x = kern->dot(qv, kp[j - tile], hd) * p->scale;
-          if (p->softcap > 0) x = p->softcap * tanhf(x / p->softcap);
-          sc[j - tile] = x;
-          if (x > mx) mx = x;
+        kern->dots(sc, qv, kp + (ks - tile), ke - ks, hd, p->scale);
+        for (int32_t j = 0; j < ke - ks; j++) {
+          if (p->softcap > 0) sc[j] = p->softcap * tanhf(sc[j] / p->softcap);
+          if (sc[j] > mx) mx = sc[j];
         }
         float corr = a->row_max[row] == -INFINITY ? 0.0f : expf(a->row_max[row] - mx);
         double sum = a->row_sum[row] * corr;
-        for (int32_t j = ks; j < ke; j++) {
-          float e = expf(sc[j - tile] - mx);
-          sum += e;
-          kern->scale_axpy(o, j == ks ? corr : 1.0f, e, vp[j - tile], hd);
+        for (int32_t j = 0; j < ke - ks; j++) {
+          sc[j] = expf(sc[j] - mx);
+          sum += sc[j];
         }
+        kern->pv(o, corr, sc, vp + (ks - tile), ke - ks, hd);
         a->row_max[row] = mx;
         a->row_sum[row] = sum;
       }
