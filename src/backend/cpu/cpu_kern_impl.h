@@ -152,7 +152,8 @@ static void kmatmul(const cpu_mm_args *a, int64_t i0, int64_t i1, int64_t j0, in
   const ktiles *t = &kt_table[a->wt == QV_DTYPE_BF16 ? 1 : a->wt == QV_DTYPE_F16 ? 2 : 0];
   const int64_t es = a->wt == QV_DTYPE_F32 ? 4 : 2, k = a->k > 0 ? a->k : 1;
   int64_t jb = K_L2_BUDGET / (k * es), ib = K_L2_BUDGET / (k * 4);
-  jb = jb < KTC ? KTC : jb > 512 ? 512 : jb - jb % KTC;
+  /* Weight blocks in whole GEMV tiles (KTC1 is a multiple of KTC on every path). */
+  jb = jb < KTC1 ? KTC1 : jb > 512 ? 512 : jb - jb % KTC1;
   ib = ib < KTR ? KTR : ib > 256 ? 256 : ib - ib % KTR;
   for (int64_t jj = j0; jj < j1; jj += jb) {
     int64_t je = jj + jb < j1 ? jj + jb : j1;
