@@ -12,6 +12,7 @@ typedef enum qv_dtype {
   QV_DTYPE_F16 = 1,
   QV_DTYPE_BF16 = 2,
   QV_DTYPE_I32 = 3,
+  QV_DTYPE_U8 = 4,   /* raw bytes (MXFP4 blocks and scales of MoE experts) */
   QV_DTYPE_COUNT
 } qv_dtype;
 

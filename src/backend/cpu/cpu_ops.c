@@ -250,8 +250,8 @@ int cpu_kv_write(qv_backend *be, int32_t layer, const qv_tensor *k, const qv_ten
  * The fixed order: for a row, the tiles, the keys within a tile, the max, the rescaling and the
  * sums depend only on the row's position, the window, ATTN_KT and the cached K/V, never on
  * which other rows share its task, the batch, chunked prefill or the thread count. Scores use
- * the path's dot chain (dots), the weighted sum its pv. (An attention-sink logit would be one
- * more term in the final rescale before the division.) */
+ * the path's dot chain (dots), the weighted sum its pv. An attention-sink logit (gpt-oss) is one
+ * more term of the denominator, folded into the final rescale. */
 
 #define ATTN_QB 16 /* query tokens per task */
 #define ATTN_KT 64 /* key positions per tile */
@@ -333,6 +333,11 @@ static void attn_task(void *arg, int task_idx) {
     for (int32_t g = 0; g < group; g++) {
       int64_t row = (int64_t)t * p->n_head + (int64_t)td->kvh * group + g;
       float inv = (float)(1.0 / a->row_sum[row]);
+      if (p->sinks) { /* the head's sink logit joins the denominator only */
+        float sink = ((const float *)p->sinks->data)[td->kvh * group + g], m = a->row_max[row];
+        float mx = sink > m ? sink : m, corr = expf(m - mx);
+        inv = (float)(corr / (a->row_sum[row] * corr + expf(sink - mx)));
+      }
       float *o = a->out + row * hd;
       for (int32_t d = 0; d < hd; d++) o[d] *= inv;
     }
@@ -356,7 +361,8 @@ int cpu_attention(qv_backend *be, qv_tensor *out, const qv_tensor *q, const qv_a
   if (p->n_head <= 0 || p->n_kv_head <= 0 || p->n_head % p->n_kv_head || p->head_dim != c->kv.head_dim ||
       p->n_kv_head != c->kv.n_kv_head || p->layer < 0 || p->layer >= c->kv.n_layer || q->rows != b->n_tokens ||
       q->cols != (int64_t)p->n_head * p->head_dim || out->rows != q->rows || out->cols != q->cols ||
-      out->data == q->data)
+      out->data == q->data ||
+      (p->sinks && (check_f32(be, "attention", p->sinks) || p->sinks->rows * p->sinks->cols != p->n_head)))
     return qv_error_set(&be->last_error, QV_EINVAL, "cpu attention: shape mismatch");
   size_t n_rows = (size_t)b->n_tokens * (size_t)p->n_head, n_tasks = 0;
   for (int32_t s = 0; s < b->n_seqs; s++)
