@@ -120,7 +120,7 @@ def bench_llama(args, bins, gguf_path):
     for _ in range(args.reps):
         out, _, rss = timed([os.path.join(bins, "llama-batched-bench"), "-m", gguf_path, "-t", str(args.threads),
                              "-c", str(32 * 2 * args.batch_len + 256), "-b", "2048", "-ub", "512", "-npp",
-                             str(args.batch_len), "-ntg", str(args.batch_len), "-npl", "32"])
+                             str(args.batch_len), "-ntg", str(args.batch_len), "-npl", "32", "-kvu"])
         rows = [l for l in out.splitlines() if re.match(r"^\|\s+%d\s+\|" % args.batch_len, l)]
         cols = [c.strip() for c in rows[-1].strip("|").split("|")]
         tot.append(float(cols[-1]))  # S t/s: all tokens over the whole time
