@@ -28,10 +28,19 @@ static int load_tensor(qv_model *m, model_weight_src *src, const char *name, int
     return 0;
   }
   qv_backend *be = m->be;
-  BE_CALL(m, be->ops->alloc(be, be->ops->weight_dtype, rows, cols, t));
-  BE_CALL(m, be->ops->upload(be, t, data, dt));
+  /* Matrices (matmul weights, embedding tables) stay in the file's dtype on a backend that can
+   * compute on them (one with weight_view), in place when the source's memory persists (the
+   * mapped safetensors: zero-copy), else copied unchanged. Vectors (norms, biases) are small
+   * and always converted to the backend's weight dtype. */
+  int keep = rows > 1 && be->ops->weight_view != NULL;
+  if (keep && src->persistent && be->ops->weight_view(be, data, dt, rows, cols, t) == 0) {
+    m->n_borrowed++;
+  } else {
+    BE_CALL(m, be->ops->alloc(be, keep ? dt : be->ops->weight_dtype, rows, cols, t));
+    BE_CALL(m, be->ops->upload(be, t, data, dt));
+  }
   m->n_params += rows * cols;
-  m->weight_bytes += rows * cols * (int64_t)qv_dtype_size(be->ops->weight_dtype);
+  m->weight_bytes += rows * cols * (int64_t)qv_dtype_size(t->dtype);
   return 0;
 }
 
@@ -156,6 +165,7 @@ void qv_model_destroy(qv_model *m) {
     }
   }
   free(m->layers);
+  if (m->wsrc.close) m->wsrc.close(&m->wsrc);
   free(m->path);
   free(m);
 }

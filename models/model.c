@@ -105,6 +105,11 @@ static const void *st_src_get(model_weight_src *src, const char *name, int64_t r
   return t->data;
 }
 
+static void st_src_close(model_weight_src *src) {
+  st_close(src->ctx);
+  src->ctx = NULL;
+}
+
 /* Names the weight files of a set for error messages: the one file all tensors are in, or the
  * index of a sharded checkpoint. */
 static const char *describe_files(const st_set *s) {
@@ -158,10 +163,17 @@ int qv_model_load(const char *path, qv_backend *be, const qv_model_opts *opts, q
   memcpy(cfg.weight_dtype, dt, sizeof dt);
   src.get = st_src_get;
   src.ctx = set;
+  src.persistent = 1;
   rc = cfg.family ? families_build(&cfg, &src, be, opts, out, err) : llama_build(&cfg, &src, be, opts, out, err);
   /* A missing tensor is in no file: say which files were searched. */
   if (rc == QV_ENOTFOUND) qv_error_prefix(err, "%s", describe_files(set));
-  st_close(set);
+  if (!rc && (*out)->n_borrowed > 0) {
+    /* Weights are views of the mapping: the model keeps it open until it is destroyed. */
+    src.close = st_src_close;
+    (*out)->wsrc = src;
+  } else {
+    st_close(set);
+  }
   if (rc) {
     qv_error_prefix(err, "%s", path);
     return rc;

@@ -7,12 +7,17 @@
 
 /* Where weights come from: a safetensors set or the synthetic generator of quiver-tiny.
  * get() finds a tensor by its Hugging Face name and checks its shape: rows x cols (rows == 1
- * for vectors). It returns a host pointer valid until the next get() call, or NULL when the
- * tensor is absent (*err untouched) or unusable (*err set, returns NULL with err->code != 0). */
+ * for vectors). It returns a host pointer valid until the next get() call (or, when persistent,
+ * until close), or NULL when the tensor is absent (*err untouched) or unusable (*err set,
+ * returns NULL with err->code != 0). */
 typedef struct model_weight_src {
   const void *(*get)(struct model_weight_src *src, const char *name, int64_t rows, int64_t cols, qv_dtype *dtype,
                      qv_error *err);
+  void (*close)(struct model_weight_src *src); /* NULL when the owner closes ctx itself */
   void *ctx;
+  int persistent; /* get()'s pointers stay valid and unchanged until close (a read-only mapping):
+                     the backend may use them in place (weight_view) and the model then keeps the
+                     source open for its life */
   int max_dims; /* 0: 2-D and vectors only; else tensors up to this rank, seen as [prod][last] */
   int want_u8;  /* 1: only U8 tensors (MXFP4 blocks/scales), else only F32/F16/BF16 */
 } model_weight_src;
@@ -38,7 +43,10 @@ struct qv_model {
   qv_tensor inv_freq;      /* [1][head_dim/2] F32 */
   qv_rope rope;
   int64_t n_params;
-  int64_t weight_bytes;
+  int64_t weight_bytes;    /* bytes of the weights as the backend holds them (views included) */
+  int32_t n_borrowed;      /* weights that are views of wsrc's memory */
+  model_weight_src wsrc;   /* owned once n_borrowed > 0: the mapping those views read; closed
+                              after every tensor is freed */
   int32_t max_tok, max_logits;
   int kv_ready;
   /* Activations, each allocated for max_tok rows (max_logits for sel/logits); a step uses

@@ -21,11 +21,17 @@
 #include "core/dtype.h"
 #include "quiver/error.h"
 
+/* qv_tensor.flags */
+#define QV_TENSOR_BORROWED 1u /* data is memory the backend does not own (a view of a mapped weight
+                                 file, from weight_view): free() releases nothing */
+
 typedef struct qv_tensor {
-  void *data;     /* backend memory (host for cpu, device for cuda); owned by the backend */
+  void *data;     /* backend memory (host for cpu, device for cuda); owned by the backend
+                     unless flags has QV_TENSOR_BORROWED */
   qv_dtype dtype; /* element type */
   int64_t rows;   /* [rows][cols], row-major, contiguous */
   int64_t cols;
+  uint32_t flags; /* QV_TENSOR_*; 0 for tensors from alloc */
 } qv_tensor;
 
 /* One forward step's token layout. Sequences are contiguous runs of tokens; sequence s owns
@@ -133,6 +139,14 @@ typedef struct qv_backend_ops {
   void (*free)(qv_backend *be, qv_tensor *t);
   int (*mem_info)(qv_backend *be, size_t *free_bytes, size_t *total_bytes);
 
+  /* Optional (NULL if absent): a matmul weight or embedding table used in place, in its file
+   * dtype, with no copy (zero-copy loading from a mapped file). Makes *out a QV_TENSOR_BORROWED
+   * view of host memory `data`: [rows][cols] of dtype, which the caller keeps valid and
+   * unchanged until *out is freed. QV_EUNSUPPORTED when the backend cannot compute on that
+   * memory in place (dtype, alignment); the caller then allocs weight_dtype and uploads. The
+   * cpu backend takes F32, BF16 and F16 aligned to their element size. */
+  int (*weight_view)(qv_backend *be, const void *data, qv_dtype dtype, int64_t rows, int64_t cols, qv_tensor *out);
+
   /* Copies rows*cols elements of src_dtype from host memory into dst, converting to dst->dtype.
    * src_dtype is F32, F16 or BF16 (or I32 when dst is I32). */
   int (*upload)(qv_backend *be, qv_tensor *dst, const void *src, qv_dtype src_dtype);
@@ -150,7 +164,7 @@ typedef struct qv_backend_ops {
   /* Stages one step's batch (see qv_batch). */
   int (*set_batch)(qv_backend *be, const qv_batch *b);
 
-  /* out[n_tokens][dim] = table[token_ids[i]] */
+  /* out[n_tokens][dim] = table[token_ids[i]] (cpu: table F32, BF16 or F16) */
   int (*embed)(qv_backend *be, qv_tensor *out, const qv_tensor *table);
   /* out = x / rms(x) * w row by row (rows of x are normalised groups; views allow per-head
    * norms). w: [1][x.cols]. out may alias x. */
@@ -158,7 +172,8 @@ typedef struct qv_backend_ops {
   /* Fused residual: x += delta; out = rmsnorm(x) * w. */
   int (*add_rmsnorm)(qv_backend *be, qv_tensor *out, qv_tensor *x, const qv_tensor *delta,
                      const qv_tensor *w, float eps);
-  /* out[n][m] = x[n][k] . w[m][k]^T (+ bias[1][m] when bias is not NULL). */
+  /* out[n][m] = x[n][k] . w[m][k]^T (+ bias[1][m] when bias is not NULL). cpu: w F32, BF16 or
+   * F16 (widened in registers; each output's reduction order is fixed, see cpu/cpu_kern.h). */
   int (*matmul)(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_tensor *w,
                 const qv_tensor *bias);
   /* x += y, same shapes. */

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "core/cpu_features.h"
 #include "models/model.h"
 
 static void usage(FILE *f) {
@@ -87,12 +88,23 @@ int cli_info(int argc, char **argv) {
     printf("%-26s %d\n", "tensors in files", d.n_file_tensors);
     print_bytes("tensor data in files", (double)d.file_bytes);
   }
+  char cpu[256];
+  qv_cpu_features_describe(cpu, sizeof cpu);
+  printf("%-26s %s\n", "cpu", cpu);
+  qv_cpu_isa isa;
+  qv_error ierr = {0};
+  if (qv_cpu_isa_select(&isa, &ierr)) printf("%-26s none: %s\n", "cpu kernels", ierr.msg);
+  else printf("%-26s %s (best on this cpu: %s; QUIVER_CPU_ISA overrides)\n", "cpu kernels", qv_cpu_isa_name(isa),
+              qv_cpu_isa_name(qv_cpu_isa_best()));
   /* MXFP4 experts stay 4-bit (17 bytes per 32 weights: 16 of nibbles, 1 scale) on both backends. */
   double q_params = 0;
   if (c->experts_mxfp4)
     for (int32_t l = 0; l < c->n_layer; l++)
       if (c->layer_flags[l] & QV_LAYER_MOE) q_params += 3.0 * c->n_expert * c->dim * (double)c->moe_ffn_dim;
-  print_bytes("weights on cpu (f32)", ((double)d.n_params - q_params) * 4 + q_params * 17.0 / 32.0);
+  /* The Llama family keeps matrices in the file's dtype on the cpu, mapped in place (norms
+   * become f32); the other families convert to f32. */
+  if (!c->family && d.file_bytes) print_bytes("weights on cpu (as file)", (double)d.file_bytes);
+  else print_bytes("weights on cpu (f32)", ((double)d.n_params - q_params) * 4 + q_params * 17.0 / 32.0);
   print_bytes("weights on cuda (bf16)", ((double)d.n_params - q_params) * 2 + q_params * 17.0 / 32.0);
   int64_t kv = 2 * (int64_t)c->n_layer * c->n_kv_head * c->head_dim;
   printf("%-26s %lld (cpu f32), %lld (cuda bf16)\n", "KV bytes per token", (long long)kv * 4, (long long)kv * 2);

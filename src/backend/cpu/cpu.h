@@ -1,23 +1,28 @@
-/* CPU backend internals shared by its two files: cpu_backend.c (memory, KV cache, batch
- * staging, the ops table) and cpu_ops.c (the math). fp32 everywhere; ops parallelise across
- * the thread pool over independent output elements, so every value is computed by the same
- * sequence of operations whatever the batch or thread count: a sequence's results do not
- * depend on what else is in the batch. */
+/* CPU backend internals shared by its files: cpu_backend.c (memory, KV cache, batch staging,
+ * the ops table), cpu_ops.c (the math), cpu_kern_*.c (the SIMD kernels of each instruction-set
+ * path, cpu_kern.h). fp32 activations; matmul weights stay in their file dtype (F32, BF16,
+ * F16) and are widened in registers. Ops parallelise across the thread pool over independent
+ * output elements, so every value is computed by the same sequence of operations whatever the
+ * batch or thread count: a sequence's results do not depend on what else is in the batch. */
 #ifndef QV_BACKEND_CPU_H
 #define QV_BACKEND_CPU_H
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_kern.h"
 #include "core/threadpool.h"
 
 typedef struct cpu_backend {
   qv_backend base;
   tp_pool *pool;
+  const cpu_kernels *kern; /* the SIMD path chosen at creation (QUIVER_CPU_ISA or the best) */
   qv_kv_desc kv;       /* geometry; n_layer == 0 until kv_init */
   float *kv_mem;       /* [n_layer][2][n_blocks][block_size][n_kv_head][head_dim], owned */
   /* Staged batch: grow-only copies of the qv_batch arrays (owned). */
   qv_batch b;
   int32_t *b_mem;
   size_t b_cap;        /* int32 elements in b_mem */
+  void *scratch;       /* grow-only per-op scratch (attention row state, task lists), owned */
+  size_t scratch_bytes;
 } cpu_backend;
 
 /* K (which = 0) or V (which = 1) of one layer: [n_blocks][block_size][n_kv_head][head_dim]. */

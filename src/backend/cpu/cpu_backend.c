@@ -1,17 +1,20 @@
-/* CPU backend: memory is host memory, weights and activations are F32 (F16/BF16 weights are
- * upcast at upload), the KV cache is one allocation. See cpu.h. */
+/* CPU backend: memory is host memory; activations are F32; matmul weights and embedding tables
+ * stay in their file dtype (F32, BF16, F16), used in place from the mapped file when aligned
+ * (weight_view) or copied unchanged; the KV cache is one allocation. See cpu.h. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "backend/cpu/cpu.h"
+#include "core/log.h"
 
 static void cpu_destroy(qv_backend *be) {
   cpu_backend *c = (cpu_backend *)be;
   tp_destroy(c->pool);
   free(c->kv_mem);
   free(c->b_mem);
+  free(c->scratch);
   free(c);
 }
 
@@ -29,8 +32,22 @@ static int cpu_alloc(qv_backend *be, qv_dtype dtype, int64_t rows, int64_t cols,
 
 static void cpu_free(qv_backend *be, qv_tensor *t) {
   if (!t) return;
-  free(t->data);
+  if (!(t->flags & QV_TENSOR_BORROWED)) free(t->data);
   t->data = NULL;
+  t->flags = 0;
+}
+
+/* Weights in their file dtype, in place: the matmul and embed kernels read F32, BF16 and F16
+ * directly (unaligned SIMD loads), so only the element alignment C itself needs is checked. */
+static int cpu_weight_view(qv_backend *be, const void *data, qv_dtype dtype, int64_t rows, int64_t cols,
+                           qv_tensor *out) {
+  size_t es = qv_dtype_size(dtype);
+  if ((dtype != QV_DTYPE_F32 && dtype != QV_DTYPE_BF16 && dtype != QV_DTYPE_F16) || !data ||
+      (uintptr_t)data % es || rows < 0 || cols < 0)
+    return QV_EUNSUPPORTED;
+  *out = (qv_tensor){.data = (void *)(uintptr_t)data, .dtype = dtype, .rows = rows, .cols = cols,
+                     .flags = QV_TENSOR_BORROWED};
+  return 0;
 }
 
 static int cpu_mem_info(qv_backend *be, size_t *free_bytes, size_t *total_bytes) {
@@ -55,9 +72,9 @@ static int cpu_upload(qv_backend *be, qv_tensor *dst, const void *src, qv_dtype 
 }
 
 static int cpu_download_f32(qv_backend *be, const qv_tensor *src, float *dst) {
-  if (src->dtype != QV_DTYPE_F32)
+  if (src->dtype == QV_DTYPE_I32)
     return qv_error_set(&be->last_error, QV_EUNSUPPORTED, "cpu download: %s", qv_dtype_name(src->dtype));
-  memcpy(dst, src->data, (size_t)src->rows * (size_t)src->cols * sizeof(float));
+  qv_convert_to_f32(dst, src->data, src->dtype, (size_t)src->rows * (size_t)src->cols);
   return 0;
 }
 
@@ -139,6 +156,7 @@ static const qv_backend_ops cpu_ops = {
     .alloc = cpu_alloc,
     .free = cpu_free,
     .mem_info = cpu_mem_info,
+    .weight_view = cpu_weight_view,
     .upload = cpu_upload,
     .download_f32 = cpu_download_f32,
     .weight_dtype = QV_DTYPE_F32,
@@ -168,11 +186,21 @@ int qv_backend_cpu_create(const qv_backend_opts *opts, qv_backend **out, qv_erro
   cpu_backend *c = calloc(1, sizeof *c);
   if (!c) return qv_error_set(err, QV_ENOMEM, "out of memory");
   c->base.ops = &cpu_ops;
+  qv_cpu_isa isa;
+  int rc = qv_cpu_isa_select(&isa, err);
+  if (rc || !(c->kern = cpu_kernels_for(isa))) {
+    free(c);
+    return rc ? rc : qv_error_set(err, QV_EUNSUPPORTED, "cpu backend: no %s kernels in this build", qv_cpu_isa_name(isa));
+  }
   int n = opts ? opts->n_threads : 0;
   if (tp_create(n, &c->pool)) {
     free(c);
     return qv_error_set(err, QV_ENOMEM, "cpu backend: cannot start threads");
   }
+  char desc[256];
+  qv_cpu_features_describe(desc, sizeof desc);
+  QV_LOGI("cpu backend: %d threads, %s kernels (%d lanes); cpu %s", tp_n_threads(c->pool), qv_cpu_isa_name(isa),
+          c->kern->lanes, desc);
   *out = &c->base;
   return 0;
 }

@@ -5,6 +5,7 @@
  * float operations (dot products accumulate in 8 interleaved partial sums combined in a fixed
  * order), so results are bit-identical whatever the batch composition or thread count. */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,20 +14,13 @@
 /* Work smaller than this runs on the calling thread: waking workers costs more. */
 #define CPU_PAR_MIN_FLOPS (1 << 15)
 
-static float dot_f32(const float *a, const float *b, int64_t n) {
-  float acc[8] = {0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; l++) acc[l] += a[i + l] * b[i + l];
-  for (int l = 0; i < n; i++, l++) acc[l] += a[i] * b[i];
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
-
 static int check_f32(qv_backend *be, const char *op, const qv_tensor *t) {
   if (!t || t->dtype != QV_DTYPE_F32 || !t->data)
     return qv_error_set(&be->last_error, QV_EINVAL, "cpu %s: expected an F32 tensor", op);
   return 0;
 }
+
+static int is_weight_dtype(qv_dtype t) { return t == QV_DTYPE_F32 || t == QV_DTYPE_BF16 || t == QV_DTYPE_F16; }
 
 static void run(cpu_backend *c, int64_t flops, int n_tasks, tp_fn fn, void *ctx) {
   if (flops < CPU_PAR_MIN_FLOPS) {
@@ -40,22 +34,45 @@ static void run(cpu_backend *c, int64_t flops, int n_tasks, tp_fn fn, void *ctx)
 
 int cpu_embed(qv_backend *be, qv_tensor *out, const qv_tensor *table) {
   cpu_backend *c = (cpu_backend *)be;
-  if (check_f32(be, "embed", out) || check_f32(be, "embed", table)) return QV_EINVAL;
+  if (check_f32(be, "embed", out)) return QV_EINVAL;
+  if (!table || !table->data || !is_weight_dtype(table->dtype))
+    return qv_error_set(&be->last_error, QV_EINVAL, "cpu embed: table must be F32, BF16 or F16");
   if (out->rows != c->b.n_tokens || out->cols != table->cols)
     return qv_error_set(&be->last_error, QV_EINVAL, "cpu embed: shape mismatch");
   float *o = out->data;
-  const float *t = table->data;
+  size_t row_bytes = (size_t)table->cols * qv_dtype_size(table->dtype);
   for (int32_t i = 0; i < c->b.n_tokens; i++) {
     int32_t id = c->b.token_ids[i];
     if (id < 0 || id >= table->rows)
       return qv_error_set(&be->last_error, QV_ERANGE, "cpu embed: token id %d outside vocab %lld", id,
                           (long long)table->rows);
-    memcpy(o + (size_t)i * out->cols, t + (size_t)id * table->cols, (size_t)out->cols * sizeof(float));
+    qv_convert_to_f32(o + (size_t)i * out->cols, (const char *)table->data + (size_t)id * row_bytes, table->dtype,
+                      (size_t)out->cols);
   }
   return 0;
 }
 
-/* ---- norms ---- */
+/* ---- elementwise work split into tasks ----
+ * Row-wise ops (norms) split rows, flat ops (add, silu_mul) split the elements into ranges;
+ * each element is computed by the same expression whatever the split, so the split only sets
+ * how the work spreads over threads. Small steps (a decode) stay on the calling thread. */
+
+typedef struct ew_ctx {
+  float *o, *x;       /* output; in-out residual for the fused add */
+  const float *a, *b; /* inputs */
+  const float *w;     /* norm weight [cols] */
+  float eps;
+  int64_t rows, cols; /* row-wise ops */
+  int64_t n, per;     /* flat ops: elements, and elements (or rows) per task */
+} ew_ctx;
+
+/* The task count for `units` of work split into pieces of at least min_per, about four pieces
+ * per thread; sets c->per. */
+static int ew_split(cpu_backend *cb, ew_ctx *c, int64_t units, int64_t min_per) {
+  int64_t want = 4 * (int64_t)tp_n_threads(cb->pool), per = (units + want - 1) / want;
+  c->per = per < min_per ? min_per : per;
+  return (int)((units + c->per - 1) / c->per);
+}
 
 static void rmsnorm_row(float *o, const float *x, const float *w, int64_t n, float eps) {
   /* Sum of squares in double: the reference should not be the least accurate party. */
@@ -65,73 +82,102 @@ static void rmsnorm_row(float *o, const float *x, const float *w, int64_t n, flo
   for (int64_t i = 0; i < n; i++) o[i] = (x[i] * inv) * w[i];
 }
 
-int cpu_rmsnorm(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_tensor *w, float eps) {
+static void rmsnorm_task(void *arg, int task) {
+  const ew_ctx *c = arg;
+  int64_t r0 = (int64_t)task * c->per, r1 = r0 + c->per < c->rows ? r0 + c->per : c->rows;
+  for (int64_t r = r0; r < r1; r++) {
+    if (c->b) /* fused residual: x += delta first */
+      for (int64_t i = 0; i < c->cols; i++) c->x[r * c->cols + i] += c->b[r * c->cols + i];
+    rmsnorm_row(c->o + r * c->cols, c->x + r * c->cols, c->w, c->cols, c->eps);
+  }
+}
+
+static int rmsnorm_run(qv_backend *be, qv_tensor *out, qv_tensor *x, const qv_tensor *delta, const qv_tensor *w,
+                       float eps) {
+  cpu_backend *cb = (cpu_backend *)be;
   if (check_f32(be, "rmsnorm", out) || check_f32(be, "rmsnorm", x) || check_f32(be, "rmsnorm", w)) return QV_EINVAL;
   if (out->rows != x->rows || out->cols != x->cols || w->rows * w->cols != x->cols)
     return qv_error_set(&be->last_error, QV_EINVAL, "cpu rmsnorm: shape mismatch");
-  for (int64_t r = 0; r < x->rows; r++)
-    rmsnorm_row((float *)out->data + r * out->cols, (const float *)x->data + r * x->cols, w->data, x->cols, eps);
+  ew_ctx c = {.o = out->data, .x = x->data, .b = delta ? delta->data : NULL, .w = w->data, .eps = eps,
+              .rows = x->rows, .cols = x->cols};
+  int n_tasks = ew_split(cb, &c, x->rows, 1);
+  run(cb, x->rows * x->cols * 4, n_tasks, rmsnorm_task, &c);
   return 0;
+}
+
+int cpu_rmsnorm(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_tensor *w, float eps) {
+  /* x is only read when no delta is given. */
+  return rmsnorm_run(be, out, (qv_tensor *)x, NULL, w, eps);
 }
 
 int cpu_add_rmsnorm(qv_backend *be, qv_tensor *out, qv_tensor *x, const qv_tensor *delta, const qv_tensor *w,
                     float eps) {
-  if (check_f32(be, "add_rmsnorm", delta) || delta->rows != x->rows || delta->cols != x->cols)
+  if (check_f32(be, "add_rmsnorm", delta) || !x || delta->rows != x->rows || delta->cols != x->cols)
     return qv_error_set(&be->last_error, QV_EINVAL, "cpu add_rmsnorm: shape mismatch");
-  int rc = cpu_add(be, x, delta);
-  return rc ? rc : cpu_rmsnorm(be, out, x, w, eps);
+  return rmsnorm_run(be, out, x, delta, w, eps);
+}
+
+static void add_task(void *arg, int task) {
+  const ew_ctx *c = arg;
+  int64_t i0 = (int64_t)task * c->per, i1 = i0 + c->per < c->n ? i0 + c->per : c->n;
+  for (int64_t i = i0; i < i1; i++) c->x[i] += c->a[i];
 }
 
 int cpu_add(qv_backend *be, qv_tensor *x, const qv_tensor *y) {
+  cpu_backend *cb = (cpu_backend *)be;
   if (check_f32(be, "add", x) || check_f32(be, "add", y)) return QV_EINVAL;
   if (x->rows != y->rows || x->cols != y->cols) return qv_error_set(&be->last_error, QV_EINVAL, "cpu add: shape mismatch");
-  float *a = x->data;
-  const float *b = y->data;
-  size_t n = (size_t)x->rows * (size_t)x->cols;
-  for (size_t i = 0; i < n; i++) a[i] += b[i];
+  ew_ctx c = {.x = x->data, .a = y->data, .n = x->rows * x->cols};
+  int n_tasks = ew_split(cb, &c, c.n, 4096);
+  run(cb, c.n, n_tasks, add_task, &c);
   return 0;
 }
 
-/* ---- matmul: out[n][m] = x[n][k] . w[m][k]^T + bias ---- */
-
-#define MM_COLS_PER_TASK 16
+/* ---- matmul: out[n][m] = x[n][k] . w[m][k]^T + bias ----
+ * The path's kernel (cpu_kern.h) does the blocking and keeps each output's reduction order
+ * fixed; here the weight rows are cut into column ranges, about four per thread so the atomic
+ * task counter balances them. Weights are F32, BF16 or F16 (widened in registers). */
 
 typedef struct mm_ctx {
-  float *out;
-  const float *x, *w, *bias;
-  int64_t n, m, k;
+  const cpu_kernels *kern;
+  cpu_mm_args a;
+  int64_t cols_per_task;
 } mm_ctx;
 
 static void mm_task(void *arg, int task) {
   const mm_ctx *c = arg;
-  int64_t j0 = (int64_t)task * MM_COLS_PER_TASK, j1 = j0 + MM_COLS_PER_TASK;
-  if (j1 > c->m) j1 = c->m;
-  for (int64_t j = j0; j < j1; j++) {
-    const float *wr = c->w + j * c->k;
-    float b = c->bias ? c->bias[j] : 0.0f;
-    for (int64_t i = 0; i < c->n; i++) c->out[i * c->m + j] = dot_f32(c->x + i * c->k, wr, c->k) + b;
-  }
+  int64_t j0 = (int64_t)task * c->cols_per_task, j1 = j0 + c->cols_per_task;
+  c->kern->matmul(&c->a, 0, c->a.n, j0, j1 < c->a.m ? j1 : c->a.m);
 }
 
 int cpu_matmul(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_tensor *w, const qv_tensor *bias) {
-  if (check_f32(be, "matmul", out) || check_f32(be, "matmul", x) || check_f32(be, "matmul", w)) return QV_EINVAL;
+  cpu_backend *cb = (cpu_backend *)be;
+  if (check_f32(be, "matmul", out) || check_f32(be, "matmul", x)) return QV_EINVAL;
+  if (!w || !w->data || !is_weight_dtype(w->dtype))
+    return qv_error_set(&be->last_error, QV_EINVAL, "cpu matmul: weight dtype %s (expected F32, BF16 or F16)",
+                        w ? qv_dtype_name(w->dtype) : "none");
   if (x->cols != w->cols || out->rows != x->rows || out->cols != w->rows ||
       (bias && (check_f32(be, "matmul", bias) || bias->rows * bias->cols != w->rows)))
     return qv_error_set(&be->last_error, QV_EINVAL, "cpu matmul: shapes [%lld][%lld] x [%lld][%lld]^T -> [%lld][%lld]",
                         (long long)x->rows, (long long)x->cols, (long long)w->rows, (long long)w->cols,
                         (long long)out->rows, (long long)out->cols);
-  mm_ctx c = {out->data, x->data, w->data, bias ? bias->data : NULL, x->rows, w->rows, x->cols};
-  int n_tasks = (int)((w->rows + MM_COLS_PER_TASK - 1) / MM_COLS_PER_TASK);
-  run((cpu_backend *)be, 2 * c.n * c.m * c.k, n_tasks, mm_task, &c);
+  mm_ctx c = {.kern = cb->kern,
+              .a = {.out = out->data, .x = x->data, .w = w->data, .bias = bias ? bias->data : NULL, .wt = w->dtype,
+                    .n = x->rows, .m = w->rows, .k = x->cols, .ldo = out->cols, .ldx = x->cols}};
+  int64_t n_thr = tp_n_threads(cb->pool), per = (w->rows + 4 * n_thr - 1) / (4 * n_thr);
+  per = (per + 15) / 16 * 16;
+  c.cols_per_task = per < 16 ? 16 : per > 512 ? 512 : per;
+  int n_tasks = (int)((w->rows + c.cols_per_task - 1) / c.cols_per_task);
+  run(cb, 2 * c.a.n * c.a.m * c.a.k, n_tasks, mm_task, &c);
   return 0;
 }
 
 /* ---- RoPE ---- */
 
-static void rope_rows(float *x, int64_t n_tok, int32_t n_head, const int32_t *pos, const qv_rope *r) {
+static void rope_rows(float *x, int64_t t0, int64_t t1, int32_t n_head, const int32_t *pos, const qv_rope *r) {
   const float *inv = r->inv_freq->data;
   int32_t half = r->rot_dim / 2;
-  for (int64_t t = 0; t < n_tok; t++) {
+  for (int64_t t = t0; t < t1; t++) {
     for (int32_t i = 0; i < half; i++) {
       float ang = (float)pos[t] * inv[i];
       float cs = cosf(ang) * r->attn_factor, sn = sinf(ang) * r->attn_factor;
@@ -146,6 +192,21 @@ static void rope_rows(float *x, int64_t n_tok, int32_t n_head, const int32_t *po
   }
 }
 
+typedef struct rope_ctx {
+  float *q, *k;
+  int32_t n_head, n_kv_head;
+  const int32_t *pos;
+  const qv_rope *rope;
+  int64_t n_tok, per; /* tokens, tokens per task */
+} rope_ctx;
+
+static void rope_task(void *arg, int task) {
+  const rope_ctx *r = arg;
+  int64_t t0 = (int64_t)task * r->per, t1 = t0 + r->per < r->n_tok ? t0 + r->per : r->n_tok;
+  rope_rows(r->q, t0, t1, r->n_head, r->pos, r->rope);
+  rope_rows(r->k, t0, t1, r->n_kv_head, r->pos, r->rope);
+}
+
 int cpu_rope(qv_backend *be, qv_tensor *q, int32_t n_head, qv_tensor *k, int32_t n_kv_head, const qv_rope *rope) {
   cpu_backend *c = (cpu_backend *)be;
   if (check_f32(be, "rope", q) || check_f32(be, "rope", k) || check_f32(be, "rope", rope->inv_freq)) return QV_EINVAL;
@@ -153,8 +214,11 @@ int cpu_rope(qv_backend *be, qv_tensor *q, int32_t n_head, qv_tensor *k, int32_t
       k->cols != (int64_t)n_kv_head * rope->head_dim || rope->rot_dim > rope->head_dim || rope->rot_dim % 2 ||
       rope->inv_freq->rows * rope->inv_freq->cols < rope->rot_dim / 2)
     return qv_error_set(&be->last_error, QV_EINVAL, "cpu rope: shape mismatch");
-  rope_rows(q->data, q->rows, n_head, c->b.positions, rope);
-  rope_rows(k->data, k->rows, n_kv_head, c->b.positions, rope);
+  rope_ctx r = {q->data, k->data, n_head, n_kv_head, c->b.positions, rope, q->rows, 0};
+  ew_ctx split = {0};
+  int n_tasks = ew_split(c, &split, q->rows, 1);
+  r.per = split.per;
+  run(c, q->rows * (q->cols + k->cols) * 4, n_tasks, rope_task, &r);
   return 0;
 }
 
@@ -176,58 +240,118 @@ int cpu_kv_write(qv_backend *be, int32_t layer, const qv_tensor *k, const qv_ten
   return 0;
 }
 
-/* ---- attention: one task per (token, head) ---- */
+/* ---- attention: flash-style tiles over the paged cache ----
+ * A task is (sequence, KV head, a block of up to ATTN_QB of its query tokens): the query rows
+ * are those tokens times the heads of the GQA group, and it walks the sequence's keys in tiles
+ * of ATTN_KT positions aligned to absolute position 0, so one tile of K and V (read through the
+ * block table) serves every row of the task while it is in L1/L2. Each row keeps an online
+ * softmax: running max m, running sum l (double), and its output accumulated in place.
+ *
+ * The fixed order: for a row, the tiles, the keys within a tile, the max, the rescaling and the
+ * sums depend only on the row's position, the window, ATTN_KT and the cached K/V, never on
+ * which other rows share its task, the batch, chunked prefill or the thread count. Scores use
+ * the path's dot chain (dots), the weighted sum its pv. An attention-sink logit (gpt-oss) is one
+ * more term of the denominator, folded into the final rescale. */
+
+#define ATTN_QB 16 /* query tokens per task */
+#define ATTN_KT 64 /* key positions per tile */
+
+typedef struct attn_task_desc {
+  int32_t seq, q0, q1, kvh;
+} attn_task_desc;
 
 typedef struct attn_ctx {
   cpu_backend *c;
   float *out;
   const float *q;
   const float *kc, *vc;
-  const int32_t *tok_seq; /* [n_tokens] sequence of each token */
   const qv_attn_params *p;
-  float *scratch;         /* [n_threads-agnostic: n_tokens*n_head][max_ctx] scores */
-  int32_t max_ctx;
+  const attn_task_desc *tasks;
+  float *row_max;  /* [n_tokens * n_head] running max per row */
+  double *row_sum; /* [n_tokens * n_head] running sum per row */
 } attn_ctx;
 
-static void attn_task(void *arg, int task) {
+static void attn_task(void *arg, int task_idx) {
   const attn_ctx *a = arg;
   const qv_attn_params *p = a->p;
   const qv_batch *b = &a->c->b;
-  int32_t t = task / p->n_head, h = task % p->n_head;
-  int32_t s = a->tok_seq[t];
-  int32_t pos = b->positions[t];
-  int32_t kvh = h / (p->n_head / p->n_kv_head);
-  int32_t hd = p->head_dim, bs = a->c->kv.block_size;
-  int64_t kv_row = (int64_t)p->n_kv_head * hd;
-  int32_t j0 = p->sliding_window > 0 && pos - p->sliding_window + 1 > 0 ? pos - p->sliding_window + 1 : 0;
-  const int32_t *bt = b->block_tables + (size_t)s * (size_t)b->max_blocks;
-  const float *qv = a->q + ((int64_t)t * p->n_head + h) * hd;
-  float *sc = a->scratch + (size_t)task * (size_t)a->max_ctx;
-  float mx = -INFINITY;
-  for (int32_t j = j0; j <= pos; j++) {
-    int64_t slot = (int64_t)bt[j / bs] * bs + j % bs;
-    float x = dot_f32(qv, a->kc + slot * kv_row + (int64_t)kvh * hd, hd) * p->scale;
-    if (p->softcap > 0) x = p->softcap * tanhf(x / p->softcap);
-    sc[j - j0] = x;
-    if (x > mx) mx = x;
+  const cpu_kernels *kern = a->c->kern;
+  const attn_task_desc *td = &a->tasks[task_idx];
+  const int32_t group = p->n_head / p->n_kv_head, hd = p->head_dim, bs = a->c->kv.block_size;
+  const int64_t kv_row = (int64_t)p->n_kv_head * hd;
+  const int32_t *bt = b->block_tables + (size_t)td->seq * (size_t)b->max_blocks;
+  int32_t lo = INT32_MAX, hi = 0; /* key positions any row of the task sees */
+  for (int32_t t = td->q0; t < td->q1; t++) {
+    int32_t pos = b->positions[t];
+    int32_t j0 = p->sliding_window > 0 && pos - p->sliding_window + 1 > 0 ? pos - p->sliding_window + 1 : 0;
+    if (j0 < lo) lo = j0;
+    if (pos + 1 > hi) hi = pos + 1;
+    for (int32_t g = 0; g < group; g++) {
+      int64_t row = (int64_t)t * p->n_head + (int64_t)td->kvh * group + g;
+      a->row_max[row] = -INFINITY;
+      a->row_sum[row] = 0;
+      memset(a->out + row * hd, 0, (size_t)hd * sizeof(float));
+    }
   }
-  float sink = p->sinks ? ((const float *)p->sinks->data)[h] : -INFINITY;
-  if (sink > mx) mx = sink;
-  double sum = p->sinks ? expf(sink - mx) : 0.0;
-  for (int32_t j = j0; j <= pos; j++) {
-    float e = expf(sc[j - j0] - mx);
-    sc[j - j0] = e;
-    sum += e;
+  float sc[ATTN_KT];
+  const float *kp[ATTN_KT], *vp[ATTN_KT]; /* key/value rows of the tile's positions */
+  for (int32_t tile = lo / ATTN_KT * ATTN_KT; tile < hi; tile += ATTN_KT) {
+    int32_t tile_end = tile + ATTN_KT < hi ? tile + ATTN_KT : hi;
+    for (int32_t j = (tile > lo ? tile : lo); j < tile_end; j++) {
+      int64_t slot = (int64_t)bt[j / bs] * bs + j % bs;
+      kp[j - tile] = a->kc + slot * kv_row + (int64_t)td->kvh * hd;
+      vp[j - tile] = a->vc + slot * kv_row + (int64_t)td->kvh * hd;
+    }
+    for (int32_t t = td->q0; t < td->q1; t++) {
+      int32_t pos = b->positions[t];
+      int32_t j0 = p->sliding_window > 0 && pos - p->sliding_window + 1 > 0 ? pos - p->sliding_window + 1 : 0;
+      int32_t ks = tile > j0 ? tile : j0, ke = tile_end < pos + 1 ? tile_end : pos + 1;
+      if (ks >= ke) continue;
+      for (int32_t g = 0; g < group; g++) {
+        int64_t row = (int64_t)t * p->n_head + (int64_t)td->kvh * group + g;
+        const float *qv = a->q + row * hd;
+        float *o = a->out + row * hd;
+        float mx = a->row_max[row];
+        kern->dots(sc, qv, kp + (ks - tile), ke - ks, hd, p->scale);
+        for (int32_t j = 0; j < ke - ks; j++) {
+          if (p->softcap > 0) sc[j] = p->softcap * tanhf(sc[j] / p->softcap);
+          if (sc[j] > mx) mx = sc[j];
+        }
+        float corr = a->row_max[row] == -INFINITY ? 0.0f : expf(a->row_max[row] - mx);
+        double sum = a->row_sum[row] * corr;
+        for (int32_t j = 0; j < ke - ks; j++) {
+          sc[j] = expf(sc[j] - mx);
+          sum += sc[j];
+        }
+        kern->pv(o, corr, sc, vp + (ks - tile), ke - ks, hd);
+        a->row_max[row] = mx;
+        a->row_sum[row] = sum;
+      }
+    }
   }
-  float inv = (float)(1.0 / sum);
-  float *o = a->out + ((int64_t)t * p->n_head + h) * hd;
-  for (int32_t d = 0; d < hd; d++) o[d] = 0.0f;
-  for (int32_t j = j0; j <= pos; j++) {
-    int64_t slot = (int64_t)bt[j / bs] * bs + j % bs;
-    const float *vv = a->vc + slot * kv_row + (int64_t)kvh * hd;
-    float w = sc[j - j0] * inv;
-    for (int32_t d = 0; d < hd; d++) o[d] += w * vv[d];
+  for (int32_t t = td->q0; t < td->q1; t++)
+    for (int32_t g = 0; g < group; g++) {
+      int64_t row = (int64_t)t * p->n_head + (int64_t)td->kvh * group + g;
+      float inv = (float)(1.0 / a->row_sum[row]);
+      if (p->sinks) { /* the head's sink logit joins the denominator only */
+        float sink = ((const float *)p->sinks->data)[td->kvh * group + g], m = a->row_max[row];
+        float mx = sink > m ? sink : m, corr = expf(m - mx);
+        inv = (float)(corr / (a->row_sum[row] * corr + expf(sink - mx)));
+      }
+      float *o = a->out + row * hd;
+      for (int32_t d = 0; d < hd; d++) o[d] *= inv;
+    }
+}
+
+/* Grow-only per-backend scratch (no allocation once the largest step has run). */
+static void *scratch(cpu_backend *c, size_t bytes) {
+  if (bytes > c->scratch_bytes) {
+    void *p = realloc(c->scratch, bytes);
+    if (!p) return NULL;
+    c->scratch = p;
+    c->scratch_bytes = bytes;
   }
+  return c->scratch;
 }
 
 int cpu_attention(qv_backend *be, qv_tensor *out, const qv_tensor *q, const qv_attn_params *p) {
@@ -237,36 +361,49 @@ int cpu_attention(qv_backend *be, qv_tensor *out, const qv_tensor *q, const qv_a
   if (p->n_head <= 0 || p->n_kv_head <= 0 || p->n_head % p->n_kv_head || p->head_dim != c->kv.head_dim ||
       p->n_kv_head != c->kv.n_kv_head || p->layer < 0 || p->layer >= c->kv.n_layer || q->rows != b->n_tokens ||
       q->cols != (int64_t)p->n_head * p->head_dim || out->rows != q->rows || out->cols != q->cols ||
+      out->data == q->data ||
       (p->sinks && (check_f32(be, "attention", p->sinks) || p->sinks->rows * p->sinks->cols != p->n_head)))
     return qv_error_set(&be->last_error, QV_EINVAL, "cpu attention: shape mismatch");
-  int32_t max_ctx = 0;
+  size_t n_rows = (size_t)b->n_tokens * (size_t)p->n_head, n_tasks = 0;
   for (int32_t s = 0; s < b->n_seqs; s++)
-    if (b->seq_ctx_len[s] > max_ctx) max_ctx = b->seq_ctx_len[s];
-  size_t n_tasks = (size_t)b->n_tokens * (size_t)p->n_head;
-  /* Scratch: scores per task, plus the token -> sequence map. Per call; the CPU reference
-   * favours clarity over the no-malloc rule the GPU path follows. */
-  float *scratch = malloc(n_tasks * (size_t)max_ctx * sizeof(float) + (size_t)b->n_tokens * sizeof(int32_t));
-  if (!scratch) return qv_error_set(&be->last_error, QV_ENOMEM, "cpu attention: out of memory");
-  int32_t *tok_seq = (int32_t *)(scratch + n_tasks * (size_t)max_ctx);
-  for (int32_t s = 0; s < b->n_seqs; s++)
-    for (int32_t t = b->seq_q_start[s]; t < b->seq_q_start[s + 1]; t++) tok_seq[t] = s;
-  attn_ctx a = {c, out->data, q->data, cpu_kv_layer(c, p->layer, 0), cpu_kv_layer(c, p->layer, 1), tok_seq, p,
-                scratch, max_ctx};
-  run(c, (int64_t)n_tasks * max_ctx * p->head_dim * 4, (int)n_tasks, attn_task, &a);
-  free(scratch);
+    n_tasks += (size_t)((b->seq_q_start[s + 1] - b->seq_q_start[s] + ATTN_QB - 1) / ATTN_QB) * (size_t)p->n_kv_head;
+  char *mem = scratch(c, n_rows * (sizeof(double) + sizeof(float)) + n_tasks * sizeof(attn_task_desc));
+  if (!mem) return qv_error_set(&be->last_error, QV_ENOMEM, "cpu attention: out of memory");
+  attn_ctx a = {c, out->data, q->data, cpu_kv_layer(c, p->layer, 0), cpu_kv_layer(c, p->layer, 1), p, NULL, NULL,
+                NULL};
+  a.row_sum = (double *)mem;
+  a.row_max = (float *)(mem + n_rows * sizeof(double));
+  attn_task_desc *tasks = (attn_task_desc *)(mem + n_rows * (sizeof(double) + sizeof(float)));
+  a.tasks = tasks;
+  int64_t flops = 0;
+  size_t n = 0;
+  for (int32_t s = 0; s < b->n_seqs; s++) {
+    for (int32_t q0 = b->seq_q_start[s]; q0 < b->seq_q_start[s + 1]; q0 += ATTN_QB) {
+      int32_t q1 = q0 + ATTN_QB < b->seq_q_start[s + 1] ? q0 + ATTN_QB : b->seq_q_start[s + 1];
+      for (int32_t h = 0; h < p->n_kv_head; h++) tasks[n++] = (attn_task_desc){s, q0, q1, h};
+      flops += (int64_t)(q1 - q0) * b->seq_ctx_len[s] * p->n_head * p->head_dim * 4;
+    }
+  }
+  run(c, flops, (int)n_tasks, attn_task, &a);
   return 0;
 }
 
 /* ---- elementwise and gathers ---- */
 
+static void silu_mul_task(void *arg, int task) {
+  const ew_ctx *c = arg;
+  int64_t i0 = (int64_t)task * c->per, i1 = i0 + c->per < c->n ? i0 + c->per : c->n;
+  for (int64_t i = i0; i < i1; i++) c->o[i] = c->a[i] / (1.0f + expf(-c->a[i])) * c->b[i];
+}
+
 int cpu_silu_mul(qv_backend *be, qv_tensor *out, const qv_tensor *gate, const qv_tensor *up) {
+  cpu_backend *cb = (cpu_backend *)be;
   if (check_f32(be, "silu_mul", out) || check_f32(be, "silu_mul", gate) || check_f32(be, "silu_mul", up)) return QV_EINVAL;
   if (gate->rows != up->rows || gate->cols != up->cols || out->rows != gate->rows || out->cols != gate->cols)
     return qv_error_set(&be->last_error, QV_EINVAL, "cpu silu_mul: shape mismatch");
-  float *o = out->data;
-  const float *g = gate->data, *u = up->data;
-  size_t n = (size_t)gate->rows * (size_t)gate->cols;
-  for (size_t i = 0; i < n; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+  ew_ctx c = {.o = out->data, .a = gate->data, .b = up->data, .n = gate->rows * gate->cols};
+  int n_tasks = ew_split(cb, &c, c.n, 4096);
+  run(cb, c.n * 4, n_tasks, silu_mul_task, &c);
   return 0;
 }
 

@@ -1,0 +1,247 @@
+/* CPU backend micro-benchmarks: the machine's read bandwidth (a STREAM-style sum over a buffer
+ * far larger than the caches, all threads), the thread pool's wake-up cost, and the backend's
+ * matmul at 0.5B-Llama shapes (hidden 896, FFN 4864) for each weight dtype and each SIMD path
+ * this CPU can run, as GFLOP/s and weight GB/s. Medians over repetitions.
+ * With --load MODEL instead: the time to load a model directory whose files are in the page
+ * cache (backend creation, qv_model_load, KV allocation, one 1-token forward), median over
+ * --reps loads, and the resident memory after them.
+ * Prints one JSON object on stdout.
+ * Usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] [--load MODEL] */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend/backend.h"
+#include "backend/cpu/cpu_kern.h"
+#include "core/cpu_features.h"
+#include "core/threadpool.h"
+#include "models/model.h"
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_d(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, cmp_d);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* ---- read bandwidth: each task sums a slice with the best path's dot kernel ---- */
+
+typedef struct bw_ctx {
+  const cpu_kernels *kern;
+  const float *buf;
+  int64_t n, per;
+  float sums[256];
+} bw_ctx;
+
+static void bw_task(void *arg, int t) {
+  bw_ctx *c = arg;
+  int64_t i0 = (int64_t)t * c->per, i1 = i0 + c->per < c->n ? i0 + c->per : c->n;
+  const float *p = c->buf + i0;
+  c->sums[t] = c->kern->dot(p, p, i1 - i0);
+}
+
+static double read_bandwidth(tp_pool *pool, int64_t bytes, int reps) {
+  int64_t n = bytes / 4;
+  float *buf = malloc((size_t)n * sizeof *buf);
+  if (!buf) return 0;
+  for (int64_t i = 0; i < n; i++) buf[i] = (float)(i % 7) * 0.25f;
+  bw_ctx c = {.kern = cpu_kernels_for(qv_cpu_isa_best()), .buf = buf, .n = n};
+  int tasks = tp_n_threads(pool);
+  c.per = (n + tasks - 1) / tasks;
+  double *t = malloc((size_t)reps * sizeof *t);
+  tp_run(pool, tasks, bw_task, &c); /* warm: page faults */
+  for (int r = 0; r < reps; r++) {
+    double t0 = now_s();
+    tp_run(pool, tasks, bw_task, &c);
+    t[r] = now_s() - t0;
+  }
+  double gbps = (double)n * 4 / median(t, reps) / 1e9;
+  free(t);
+  free(buf);
+  return gbps;
+}
+
+/* ---- pool wake-up: a job of one empty task per thread ---- */
+
+static void nop_task(void *arg, int t) {
+  (void)arg;
+  (void)t;
+}
+
+static double pool_wake_us(tp_pool *pool, int reps) {
+  double *t = malloc((size_t)reps * sizeof *t);
+  for (int r = 0; r < reps; r++) {
+    double t0 = now_s();
+    for (int i = 0; i < 100; i++) tp_run(pool, tp_n_threads(pool), nop_task, NULL);
+    t[r] = (now_s() - t0) / 100 * 1e6;
+  }
+  double us = median(t, reps);
+  free(t);
+  return us;
+}
+
+/* ---- matmul through the backend ---- */
+
+static void fill_weights(qv_backend *be, qv_tensor *w, qv_dtype dt, unsigned seed) {
+  size_t n = (size_t)w->rows * (size_t)w->cols;
+  float *f = malloc(n * sizeof *f);
+  for (size_t i = 0; i < n; i++) {
+    seed = seed * 1664525u + 1013904223u;
+    f[i] = ((float)(seed >> 8) / 16777216.0f - 0.5f) * 0.1f;
+  }
+  if (dt == QV_DTYPE_F32) {
+    be->ops->upload(be, w, f, QV_DTYPE_F32);
+  } else {
+    uint16_t *h = malloc(n * sizeof *h);
+    for (size_t i = 0; i < n; i++) h[i] = dt == QV_DTYPE_BF16 ? qv_f32_to_bf16(f[i]) : qv_f32_to_f16(f[i]);
+    be->ops->upload(be, w, h, dt);
+    free(h);
+  }
+  free(f);
+}
+
+static void bench_matmul(qv_backend *be, const char *isa, qv_dtype dt, int64_t n, int64_t m, int64_t k, int reps,
+                         int first) {
+  qv_tensor x, w, o;
+  if (be->ops->alloc(be, QV_DTYPE_F32, n, k, &x) || be->ops->alloc(be, dt, m, k, &w) ||
+      be->ops->alloc(be, QV_DTYPE_F32, n, m, &o)) {
+    fprintf(stderr, "qv-bench-cpu: alloc failed\n");
+    exit(1);
+  }
+  float *xf = x.data;
+  for (int64_t i = 0; i < n * k; i++) xf[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+  fill_weights(be, &w, dt, 7);
+  double *t = malloc((size_t)reps * sizeof *t);
+  be->ops->matmul(be, &o, &x, &w, NULL);
+  for (int r = 0; r < reps; r++) {
+    double t0 = now_s();
+    be->ops->matmul(be, &o, &x, &w, NULL);
+    t[r] = now_s() - t0;
+  }
+  double s = median(t, reps);
+  printf("%s    {\"isa\": \"%s\", \"wdtype\": \"%s\", \"n\": %lld, \"m\": %lld, \"k\": %lld, \"ms\": %.4f, "
+         "\"gflops\": %.2f, \"weight_gbps\": %.2f}",
+         first ? "" : ",\n", isa, qv_dtype_name(dt), (long long)n, (long long)m, (long long)k, s * 1e3,
+         2.0 * n * m * k / s / 1e9, (double)m * k * qv_dtype_size(dt) / s / 1e9);
+  fflush(stdout);
+  free(t);
+  be->ops->free(be, &x);
+  be->ops->free(be, &w);
+  be->ops->free(be, &o);
+}
+
+/* VmRSS or VmHWM of this process in KiB. */
+static long proc_status_kb(const char *key) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  long v = -1;
+  size_t n = strlen(key);
+  while (f && fgets(line, sizeof line, f))
+    if (!strncmp(line, key, n) && line[n] == ':') v = atol(line + n + 1);
+  if (f) fclose(f);
+  return v;
+}
+
+static int bench_load(const char *path, int threads, int reps) {
+  double *t_load = malloc((size_t)reps * sizeof(double)), *t_first = malloc((size_t)reps * sizeof(double));
+  long rss = 0;
+  for (int r = 0; r < reps; r++) {
+    qv_error err = {0};
+    double t0 = now_s();
+    qv_backend *be;
+    qv_model *m;
+    if (qv_backend_create("cpu", &(qv_backend_opts){.n_threads = threads}, &be, &err) ||
+        qv_model_load(path, be, &(qv_model_opts){.max_batch_tokens = 512, .max_logits = 1}, &m, &err) ||
+        qv_model_kv_init(m, 64, 16, &err)) {
+      fprintf(stderr, "qv-bench-cpu: %s\n", err.msg);
+      return 1;
+    }
+    double t1 = now_s();
+    int32_t id = 1, pos = 0, slot = 0, q[2] = {0, 1}, ctx = 1, bt = 0, li = 0;
+    qv_batch b = {.n_tokens = 1, .n_seqs = 1, .n_logits = 1, .token_ids = &id, .positions = &pos, .slot_mapping = &slot,
+                  .seq_q_start = q, .seq_ctx_len = &ctx, .block_tables = &bt, .max_blocks = 1, .logits_idx = &li};
+    float *logits = malloc(sizeof(float) * (size_t)qv_model_get_config(m)->vocab_size);
+    if (qv_model_forward(m, &b, logits, &err)) {
+      fprintf(stderr, "qv-bench-cpu: %s\n", err.msg);
+      return 1;
+    }
+    t_load[r] = t1 - t0;
+    t_first[r] = now_s() - t0;
+    rss = proc_status_kb("VmRSS");
+    free(logits);
+    qv_model_destroy(m);
+    qv_backend_destroy(be);
+  }
+  char desc[256];
+  qv_cpu_features_describe(desc, sizeof desc);
+  printf("{\"cpu\": \"%s\", \"model\": \"%s\", \"threads\": %d, \"reps\": %d, \"load_s\": %.4f, "
+         "\"load_and_first_token_s\": %.4f, \"rss_after_load_kb\": %ld, \"peak_rss_kb\": %ld}\n",
+         desc, path, threads, reps, median(t_load, reps), median(t_first, reps), rss, proc_status_kb("VmHWM"));
+  free(t_load);
+  free(t_first);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  int threads = 2, reps = 9, quick = 0;
+  int64_t mib = 1024;
+  const char *load = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--mib") && i + 1 < argc) mib = atoll(argv[++i]);
+    else if (!strcmp(argv[i], "--quick")) quick = 1;
+    else if (!strcmp(argv[i], "--load") && i + 1 < argc) load = argv[++i];
+    else {
+      fprintf(stderr, "usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] [--load MODEL]\n");
+      return 2;
+    }
+  }
+  if (threads < 1 || reps < 1 || mib < 1) return 2;
+  if (load) return bench_load(load, threads, reps);
+  tp_pool *pool;
+  if (tp_create(threads, &pool)) return 1;
+  char desc[256];
+  qv_cpu_features_describe(desc, sizeof desc);
+  printf("{\n  \"cpu\": \"%s\",\n  \"threads\": %d,\n  \"best_isa\": \"%s\",\n", desc, threads,
+         qv_cpu_isa_name(qv_cpu_isa_best()));
+  printf("  \"read_gbps\": %.2f,\n", read_bandwidth(pool, mib << 20, reps));
+  printf("  \"pool_wake_us\": %.2f,\n", pool_wake_us(pool, reps));
+  tp_destroy(pool);
+  printf("  \"matmul\": [\n");
+  static const int64_t shapes[][3] = {{1, 4864, 896}, {1, 896, 4864}, {32, 4864, 896}, {512, 4864, 896}, {512, 896, 4864}};
+  static const qv_dtype dts[] = {QV_DTYPE_F32, QV_DTYPE_BF16, QV_DTYPE_F16};
+  int first = 1;
+  for (int isa = QV_CPU_ISA_COUNT - 1; isa >= 0; isa--) {
+    if (!qv_cpu_isa_supported((qv_cpu_isa)isa) || !cpu_kernels_for((qv_cpu_isa)isa)) continue;
+    setenv("QUIVER_CPU_ISA", qv_cpu_isa_name((qv_cpu_isa)isa), 1);
+    qv_backend *be;
+    qv_error err = {0};
+    if (qv_backend_create("cpu", &(qv_backend_opts){.n_threads = threads}, &be, &err)) {
+      fprintf(stderr, "qv-bench-cpu: %s\n", err.msg);
+      return 1;
+    }
+    for (size_t d = 0; d < 3; d++)
+      for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        if (quick && shapes[s][0] == 512 && isa == QV_CPU_ISA_PORTABLE) continue;
+        bench_matmul(be, qv_cpu_isa_name((qv_cpu_isa)isa), dts[d], shapes[s][0], shapes[s][1], shapes[s][2],
+                     quick ? 3 : reps, first);
+        first = 0;
+      }
+    qv_backend_destroy(be);
+  }
+  printf("\n  ]\n}\n");
+  return 0;
+}

@@ -1,0 +1,190 @@
+"""quiver's CPU backend side by side with llama.cpp on the same models, same threads, one run.
+
+llama.cpp is built from its public source: the sdist of llama-cpp-python on PyPI, which vendors
+llama.cpp, is downloaded with pip and built with CMake under build/ext (git-ignored; nothing of
+it is committed). Models are converted to GGUF with llama.cpp's own convert_hf_to_gguf.py.
+
+Measured per model and weight dtype, medians of --reps:
+  decode     batch-1 decode tok/s (quiver: `quiver bench engine --path model`, 1 x (16 in + --gen
+             out); llama.cpp: llama-bench tg<gen>), against the roofline read_gbps / weight bytes
+  prefill    512-token prompt tok/s (llama-bench pp512)
+  batch32    32 sequences x (--batch-len in + --batch-len out), total tokens/s
+             (llama-batched-bench, npl 32)
+  rss        peak resident set of the batch32 run (/usr/bin/time %M)
+  load       cold start from the page cache to the first token (quiver: qv-bench-cpu --load;
+             llama.cpp: wall time of llama-bench -p 0 -n 1 -r 1 --no-warmup)
+plus the machine's read bandwidth (qv-bench-cpu, STREAM-style sum over 1 GiB, all threads).
+
+Usage (from the repository root, release build done):
+  $QV_PYTHON bench/cpu/vs_llama_cpp.py --model stories260K=../shared/models/stories260K:f32 \
+      --model rand05b=build/bench/rand05b-bf16:bf16 ... [--threads 2] [--reps 3] [--out FILE]
+Each --model is NAME=DIR:QUIVER_DTYPE[,DIR2:DTYPE2]; GGUF f32/f16/bf16 files are made from the
+first DIR. Make a random 0.5B checkpoint with bench/cpu/make-random-model.py."""
+import argparse
+import datetime
+import glob
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+EXT = os.path.join(ROOT, "build", "ext")
+WORK = os.path.join(ROOT, "build", "bench")
+LLAMA_PYPI = "llama-cpp-python==0.3.36"
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+
+
+def llama_build():
+    src = os.path.join(EXT, "llama.cpp")
+    if not os.path.isdir(src):
+        os.makedirs(EXT, exist_ok=True)
+        sh([sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", LLAMA_PYPI, "-d", EXT])
+        tar = sorted(glob.glob(os.path.join(EXT, "llama_cpp_python-*.tar.gz")))[-1]
+        sh(["tar", "xzf", tar, "-C", EXT])
+        os.symlink(glob.glob(os.path.join(EXT, "llama_cpp_python-*", "vendor", "llama.cpp"))[0], src)
+    bins = os.path.join(src, "build", "bin")
+    if not all(os.path.exists(os.path.join(bins, b)) for b in ("llama-bench", "llama-batched-bench")):
+        sh(["cmake", "-S", src, "-B", os.path.join(src, "build"), "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
+            "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+            "-DLLAMA_BUILD_SERVER=OFF"])
+        sh(["cmake", "--build", os.path.join(src, "build"), "-j2", "--target", "llama-bench", "llama-batched-bench"])
+    return src, bins
+
+
+def gguf(src, model_dir, name, outtype):
+    out = os.path.join(WORK, f"{name}-{outtype}.gguf")
+    if not os.path.exists(out):
+        sh([sys.executable, os.path.join(src, "convert_hf_to_gguf.py"), model_dir, "--outtype", outtype, "--outfile", out])
+    return out
+
+
+def timed(cmd, env=None):
+    """Runs cmd under /usr/bin/time; returns (stdout, wall seconds, peak RSS KiB)."""
+    t0 = time.monotonic()
+    r = subprocess.run(["/usr/bin/time", "-f", "QVRSS %M"] + cmd, text=True, capture_output=True, env=env)
+    wall = time.monotonic() - t0
+    if r.returncode:
+        raise RuntimeError(f"{cmd[0]} failed: {r.stderr[-2000:]}")
+    rss = int(re.findall(r"QVRSS (\d+)", r.stderr)[-1])
+    return r.stdout, wall, rss
+
+
+def quiver_engine(args, model, n, inp, out):
+    env = dict(os.environ, QUIVER_LOG="warn")
+    res = os.path.join(WORK, "qv-engine.json")
+    _, _, rss = timed([args.quiver, "bench", "engine", "--model", model, "--path", "model", "--num-prompts", str(n),
+                       "--input-len", str(inp), "--output-len", str(out), "--threads", str(args.threads),
+                       "--runs", str(args.reps), "--max-batch-tokens", "2048", "--result-file", res], env)
+    with open(res) as f:
+        return json.load(f), rss
+
+
+def bench_quiver(args, model):
+    r = {}
+    j, _ = quiver_engine(args, model, 1, 16, args.gen)
+    r["decode_tok_s"] = j["decode_tokens_per_s"]
+    with open(os.path.join(model, "config.json")) as f:
+        max_pos = json.load(f).get("max_position_embeddings", 4096)
+    plen = min(512, max_pos - 1)  # stories260K has 512 positions: 511 + 1
+    j, _ = quiver_engine(args, model, 1, plen, 1)
+    r["prefill512_tok_s"] = j["prefill_tokens_per_s"]
+    r["prefill_len"] = plen
+    j, rss = quiver_engine(args, model, 32, args.batch_len, args.batch_len)
+    r["batch32_total_tok_s"] = j["total_tokens_per_s"]
+    r["batch32_peak_rss_kb"] = rss
+    load = json.loads(sh([args.qv_bench, "--load", model, "--threads", str(args.threads), "--reps", "3"],
+                         env=dict(os.environ, QUIVER_LOG="warn")).stdout)
+    r["cold_load_to_first_token_s"] = load["load_and_first_token_s"]
+    r["load_s"] = load["load_s"]
+    return r
+
+
+def bench_llama(args, bins, gguf_path):
+    r = {}
+    out, _, _ = timed([os.path.join(bins, "llama-bench"), "-m", gguf_path, "-t", str(args.threads), "-p", "512",
+                       "-n", str(args.gen), "-r", str(args.reps), "-o", "json"])
+    for t in json.loads(out):
+        if t.get("n_prompt") == 512 and t.get("n_gen") == 0:
+            r["prefill512_tok_s"] = t["avg_ts"]
+        if t.get("n_gen") == args.gen and t.get("n_prompt") == 0:
+            r["decode_tok_s"] = t["avg_ts"]
+    tot = []
+    rss = 0
+    for _ in range(args.reps):
+        out, _, rss = timed([os.path.join(bins, "llama-batched-bench"), "-m", gguf_path, "-t", str(args.threads),
+                             "-c", str(32 * 2 * args.batch_len + 256), "-b", "2048", "-ub", "512", "-npp",
+                             str(args.batch_len), "-ntg", str(args.batch_len), "-npl", "32", "-kvu"])
+        rows = [l for l in out.splitlines() if re.match(r"^\|\s+%d\s+\|" % args.batch_len, l)]
+        cols = [c.strip() for c in rows[-1].strip("|").split("|")]
+        tot.append(float(cols[-1]))  # S t/s: all tokens over the whole time
+    r["batch32_total_tok_s"] = statistics.median(tot)
+    r["batch32_peak_rss_kb"] = rss
+    walls = []
+    for _ in range(3):
+        _, wall, _ = timed([os.path.join(bins, "llama-bench"), "-m", gguf_path, "-t", str(args.threads), "-p", "0",
+                            "-n", "1", "-r", "1", "--no-warmup"])
+        walls.append(wall)
+    r["cold_load_to_first_token_s"] = statistics.median(walls)
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", action="append", required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--llama-types", default="f32,f16")
+    ap.add_argument("--quiver", default=os.path.join(ROOT, "build", "release", "quiver"))
+    ap.add_argument("--qv-bench", default=os.path.join(ROOT, "build", "release", "qv-bench-cpu"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results",
+                                                  f"cpu-vs-llama.cpp-{datetime.date.today()}.json"))
+    ap.add_argument("--note", default="")
+    ap.add_argument("--no-llama", action="store_true", help="quiver only (no llama.cpp build or runs)")
+    ap.add_argument("--no-quiver", action="store_true", help="llama.cpp only")
+    ap.add_argument("--gen", type=int, default=128, help="decode: tokens generated after a 16-token prompt")
+    ap.add_argument("--batch-len", type=int, default=128, help="batch32: prompt and output tokens each")
+    args = ap.parse_args()
+    os.makedirs(WORK, exist_ok=True)
+    src, bins = (None, None) if args.no_llama else llama_build()
+    bw = json.loads(sh([args.qv_bench, "--threads", str(args.threads), "--reps", "5", "--mib", "1024", "--quick"],
+                       env=dict(os.environ, QUIVER_LOG="warn")).stdout)
+    commit = sh(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).stdout.strip()
+    res = {"tool": "bench/cpu/vs_llama_cpp.py", "date": datetime.datetime.utcnow().isoformat() + "Z",
+           "commit": commit, "cpu": bw["cpu"], "threads": args.threads, "reps": args.reps,
+           "read_gbps": bw["read_gbps"], "pool_wake_us": bw["pool_wake_us"],
+           "llama_cpp": LLAMA_PYPI + " (vendored llama.cpp, GGML_NATIVE=ON)",
+           "gen": args.gen, "batch_len": args.batch_len,
+           "load_avg_start": os.getloadavg(), "note": args.note, "models": []}
+    for spec in args.model:
+        name, rest = spec.split("=", 1)
+        dirs = [d.rsplit(":", 1) for d in rest.split(",")]
+        for d, dtype in ([] if args.no_quiver else dirs):
+            wbytes = sum(os.path.getsize(f) for f in glob.glob(os.path.join(d, "*.safetensors")))
+            q = bench_quiver(args, d)
+            q["roofline_decode_tok_s"] = bw["read_gbps"] * 1e9 / wbytes
+            q["decode_pct_of_roofline"] = 100 * q["decode_tok_s"] / q["roofline_decode_tok_s"]
+            res["models"].append({"model": name, "engine": "quiver", "weights": dtype, "weight_bytes": wbytes, **q})
+            print(json.dumps(res["models"][-1]), flush=True)
+        for t in ([] if args.no_llama else args.llama_types.split(",")):
+            g = gguf(src, dirs[0][0], name, t)
+            wbytes = os.path.getsize(g)
+            l = bench_llama(args, bins, g)
+            l["roofline_decode_tok_s"] = bw["read_gbps"] * 1e9 / wbytes
+            l["decode_pct_of_roofline"] = 100 * l["decode_tok_s"] / l["roofline_decode_tok_s"]
+            res["models"].append({"model": name, "engine": "llama.cpp", "weights": t, "weight_bytes": wbytes, **l})
+            print(json.dumps(res["models"][-1]), flush=True)
+    res["load_avg_end"] = os.getloadavg()
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+/* The AVX-512 path (F, BW, VL; FMA and F16C for the widening): 16 lanes, 4 x 4 GEMM tiles
+ * (16 accumulators of the 32 zmm registers), 1 x 8 for a single row. Compiled with AVX-512
+ * target flags (CMakeLists.txt) and called only when the CPU has them. */
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include "backend/cpu/cpu_kern.h"
+
+#define KVEC __m512
+#define KL 16
+#define K_ZERO() _mm512_setzero_ps()
+#define K_LOAD(p) _mm512_loadu_ps(p)
+#define K_LOAD_BF16(p) \
+  _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
+#define K_LOAD_F16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+#define K_STORE(p, v) _mm512_storeu_ps(p, v)
+#define K_SET1(s) _mm512_set1_ps(s)
+#define K_MUL(a, b) _mm512_mul_ps(a, b)
+#define K_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define K_HSUM(v) hsum512(v)
+#define K_LOADN(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), p)
+#define K_STOREN(p, v, n) _mm512_mask_storeu_ps(p, (__mmask16)((1u << (n)) - 1), v)
+#define KTR 6
+#define KTC 4
+#define KTC1 8
+#define KISA QV_CPU_ISA_AVX512
+#define KTABLE cpu_kernels_avx512
+
+#include <math.h>
+
+/* (lanes 0-7 + lanes 8-15), then the AVX2 path's tree over the 8 sums. */
+static inline __attribute__((always_inline)) float hsum512(__m512 v) {
+  __m256 lo = _mm512_castps512_ps256(v);
+  __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+  __m256 s8 = _mm256_add_ps(lo, hi);
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+  return _mm_cvtss_f32(s1);
+}
+
+#include "backend/cpu/cpu_kern_impl.h"
+#endif

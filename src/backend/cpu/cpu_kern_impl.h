@@ -1,0 +1,210 @@
+/* The CPU kernels written once against a small vector vocabulary; each cpu_kern_<isa>.c
+ * defines the vocabulary and includes this file (compiled with its own target flags). The
+ * reduction order is documented in cpu_kern.h; every function here keeps it.
+ *
+ * The including file defines:
+ *   KVEC            the vector type, KL lanes of float
+ *   K_ZERO()        all lanes 0
+ *   K_LOAD(p)       KL floats from p (unaligned)
+ *   K_LOAD_BF16(p)  KL bf16 (uint16_t) from p, widened to float
+ *   K_LOAD_F16(p)   KL f16 (uint16_t) from p, widened to float
+ *   K_STORE(p, v)   KL floats to p
+ *   K_SET1(s)       all lanes s
+ *   K_MUL(a, b)     a * b
+ *   K_FMA(a, b, c)  a * b + c (fused where the path has it)
+ *   K_HSUM(v)       the sum of the lanes by the path's fixed tree
+ *   K_LOADN(p, n), K_STOREN(p, v, n)  optional: the first n < KL lanes (the rest read as 0),
+ *                   masked; without them tails go through a zero-padded buffer (same values)
+ *   KTR, KTC        GEMM tile: rows of x by rows of w (register budget of the path)
+ *   KTC1            tile columns when only one row of x is left (GEMV: more weight streams)
+ *   KISA            the qv_cpu_isa value; KTABLE the name of the table to define
+ *
+ * Not a public header: it defines functions and must be included exactly once per path. */
+#include <string.h>
+
+#define KINLINE static inline __attribute__((always_inline))
+#define KMAXR 6
+#define KMAXC 8
+
+/* Cache blocking: a task walks its weight rows in blocks whose bytes fit this budget (so a
+ * block is re-read from L2 for each block of x rows), and x rows in blocks of the same budget. */
+#define K_L2_BUDGET (192 * 1024)
+
+/* The first n < KL floats at p, the other lanes 0. */
+KINLINE KVEC kload_n(const float *p, int64_t n) {
+#ifdef K_LOADN
+  return K_LOADN(p, n);
+#else
+  float b[KL];
+  for (int l = 0; l < KL; l++) b[l] = l < n ? p[l] : 0.0f;
+  return K_LOAD(b);
+#endif
+}
+
+KINLINE void kstore_n(float *p, KVEC v, int64_t n) {
+#ifdef K_STOREN
+  K_STOREN(p, v, n);
+#else
+  float b[KL];
+  K_STORE(b, v);
+  for (int64_t l = 0; l < n; l++) p[l] = b[l];
+#endif
+}
+
+KINLINE KVEC kload_w(const void *w, qv_dtype wt, int64_t off) {
+  if (wt == QV_DTYPE_BF16) return K_LOAD_BF16((const uint16_t *)w + off);
+  if (wt == QV_DTYPE_F16) return K_LOAD_F16((const uint16_t *)w + off);
+  return K_LOAD((const float *)w + off);
+}
+
+/* Widens the n < KL trailing weights at w + off into buf[KL], zero-padded. */
+KINLINE void ktail_w(float *buf, const void *w, qv_dtype wt, int64_t off, int64_t n) {
+  for (int l = 0; l < KL; l++) buf[l] = 0.0f;
+  for (int64_t l = 0; l < n; l++) {
+    if (wt == QV_DTYPE_BF16) buf[l] = qv_bf16_to_f32(((const uint16_t *)w)[off + l]);
+    else if (wt == QV_DTYPE_F16) buf[l] = qv_f16_to_f32(((const uint16_t *)w)[off + l]);
+    else buf[l] = ((const float *)w)[off + l];
+  }
+}
+
+/* One R x C tile: out[i0 + r][j0 + c] for r < R, c < C. R, C and wt are constants at every call
+ * site, so each instantiation keeps its R*C accumulator chains in registers. */
+KINLINE void ktile(const cpu_mm_args *a, int64_t i0, int64_t j0, const int R, const int C, const qv_dtype wt) {
+  const int64_t k = a->k, kmain = k - k % KL;
+  const size_t es = wt == QV_DTYPE_F32 ? 4 : 2;
+  const float *xr[KMAXR];
+  const void *wr[KMAXC];
+  KVEC acc[KMAXR][KMAXC];
+  for (int r = 0; r < R; r++) xr[r] = a->x + (i0 + r) * a->ldx;
+  for (int c = 0; c < C; c++) wr[c] = (const char *)a->w + (size_t)(j0 + c) * (size_t)k * es;
+  for (int r = 0; r < R; r++)
+    for (int c = 0; c < C; c++) acc[r][c] = K_ZERO();
+  for (int64_t kk = 0; kk < kmain; kk += KL) {
+    /* Named registers, not an array: GCC keeps an array of vectors on the stack here. */
+    KVEC x0 = K_LOAD(xr[0] + kk), x1 = x0, x2 = x0, x3 = x0, x4 = x0, x5 = x0;
+    if (R > 1) x1 = K_LOAD(xr[1] + kk);
+    if (R > 2) x2 = K_LOAD(xr[2] + kk);
+    if (R > 3) x3 = K_LOAD(xr[3] + kk);
+    if (R > 4) x4 = K_LOAD(xr[4] + kk);
+    if (R > 5) x5 = K_LOAD(xr[5] + kk);
+    for (int c = 0; c < C; c++) {
+      KVEC wv = kload_w(wr[c], wt, kk);
+      acc[0][c] = K_FMA(x0, wv, acc[0][c]);
+      if (R > 1) acc[1][c] = K_FMA(x1, wv, acc[1][c]);
+      if (R > 2) acc[2][c] = K_FMA(x2, wv, acc[2][c]);
+      if (R > 3) acc[3][c] = K_FMA(x3, wv, acc[3][c]);
+      if (R > 4) acc[4][c] = K_FMA(x4, wv, acc[4][c]);
+      if (R > 5) acc[5][c] = K_FMA(x5, wv, acc[5][c]);
+    }
+  }
+  if (kmain < k) {
+    float wb[KL];
+    KVEC xv[KMAXR];
+    for (int r = 0; r < R; r++) xv[r] = kload_n(xr[r] + kmain, k - kmain);
+    for (int c = 0; c < C; c++) {
+      KVEC wv;
+      if (wt == QV_DTYPE_F32) {
+        wv = kload_n((const float *)wr[c] + kmain, k - kmain);
+      } else {
+        ktail_w(wb, wr[c], wt, kmain, k - kmain);
+        wv = K_LOAD(wb);
+      }
+      for (int r = 0; r < R; r++) acc[r][c] = K_FMA(xv[r], wv, acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; r++)
+    for (int c = 0; c < C; c++) {
+      float v = K_HSUM(acc[r][c]);
+      if (a->bias) v += a->bias[j0 + c];
+      a->out[(i0 + r) * a->ldo + j0 + c] = v;
+    }
+}
+
+/* Each tile shape is its own small function (one per R x C x dtype): inlined into one big
+ * driver, GCC spills the x vectors; alone, every chain stays in a register. */
+typedef void (*ktile_fn)(const cpu_mm_args *a, int64_t i0, int64_t j0);
+#define KTILE_DEF(R, C, WT, name) \
+  static __attribute__((noinline)) void name(const cpu_mm_args *a, int64_t i0, int64_t j0) { ktile(a, i0, j0, R, C, WT); }
+#define KTILE_ROWS(C, WT, P)                                                                                  \
+  KTILE_DEF(1, C, WT, P##1) KTILE_DEF(2, C, WT, P##2) KTILE_DEF(3, C, WT, P##3) KTILE_DEF(4, C, WT, P##4)     \
+  KTILE_DEF(5, C, WT, P##5) KTILE_DEF(6, C, WT, P##6)
+#define KTILE_DTYPE(WT, P) KTILE_ROWS(KTC, WT, P##_c) KTILE_ROWS(1, WT, P##_one) KTILE_DEF(1, KTC1, WT, P##_gemv)
+KTILE_DTYPE(QV_DTYPE_F32, kt_f32)
+KTILE_DTYPE(QV_DTYPE_BF16, kt_bf16)
+KTILE_DTYPE(QV_DTYPE_F16, kt_f16)
+
+/* Tiles of one weight dtype: [0] KTC columns by R = index + 1 rows, [1] one column, and the
+ * single-row GEMV tile of KTC1 columns. */
+typedef struct ktiles {
+  ktile_fn cols[KMAXR], one[KMAXR], gemv;
+} ktiles;
+#define KTILES(P) {{P##_c1, P##_c2, P##_c3, P##_c4, P##_c5, P##_c6}, {P##_one1, P##_one2, P##_one3, P##_one4, P##_one5, P##_one6}, P##_gemv}
+static const ktiles kt_table[3] = {KTILES(kt_f32), KTILES(kt_bf16), KTILES(kt_f16)};
+
+/* Rows [i0, i1) of x against the weight rows starting at j: full KTR tiles, then the rest. */
+static void krows(const cpu_mm_args *a, int64_t i0, int64_t i1, int64_t j, const ktile_fn *fns) {
+  int64_t i = i0;
+  for (; i + KTR <= i1; i += KTR) fns[KTR - 1](a, i, j);
+  if (i < i1) fns[i1 - i - 1](a, i, j);
+}
+
+static void kmatmul(const cpu_mm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+  const ktiles *t = &kt_table[a->wt == QV_DTYPE_BF16 ? 1 : a->wt == QV_DTYPE_F16 ? 2 : 0];
+  const int64_t es = a->wt == QV_DTYPE_F32 ? 4 : 2, k = a->k > 0 ? a->k : 1;
+  int64_t jb = K_L2_BUDGET / (k * es), ib = K_L2_BUDGET / (k * 4);
+  /* Weight blocks in whole GEMV tiles (KTC1 is a multiple of KTC on every path). */
+  jb = jb < KTC1 ? KTC1 : jb > 512 ? 512 : jb - jb % KTC1;
+  ib = ib < KTR ? KTR : ib > 256 ? 256 : ib - ib % KTR;
+  for (int64_t jj = j0; jj < j1; jj += jb) {
+    int64_t je = jj + jb < j1 ? jj + jb : j1;
+    for (int64_t ii = i0; ii < i1; ii += ib) {
+      int64_t ie = ii + ib < i1 ? ii + ib : i1;
+      int64_t j = jj;
+      if (ie - ii == 1) /* a single row: stream more weight rows at once */
+        for (; j + KTC1 <= je; j += KTC1) t->gemv(a, ii, j);
+      for (; j + KTC <= je; j += KTC) krows(a, ii, ie, j, t->cols);
+      for (; j < je; j++) krows(a, ii, ie, j, t->one);
+    }
+  }
+}
+
+/* The same chain as a 1 x 1 tile with f32 weights. */
+static float kdot(const float *x, const float *y, int64_t n) {
+  const int64_t nmain = n - n % KL;
+  KVEC acc = K_ZERO();
+  for (int64_t i = 0; i < nmain; i += KL) acc = K_FMA(K_LOAD(x + i), K_LOAD(y + i), acc);
+  if (nmain < n) acc = K_FMA(kload_n(x + nmain, n - nmain), kload_n(y + nmain, n - nmain), acc);
+  return K_HSUM(acc);
+}
+
+/* sc[j] = dot(q, k[j]) * scale for j < n: each dot the chain of kdot (times scale after). */
+static void kdots(float *sc, const float *q, const float *const *k, int64_t n, int64_t hd, float scale) {
+  if (hd <= KL) { /* one chunk: q stays in a register */
+    KVEC qv = hd == KL ? K_LOAD(q) : kload_n(q, hd);
+    for (int64_t j = 0; j < n; j++)
+      sc[j] = K_HSUM(K_FMA(qv, hd == KL ? K_LOAD(k[j]) : kload_n(k[j], hd), K_ZERO())) * scale;
+    return;
+  }
+  for (int64_t j = 0; j < n; j++) sc[j] = kdot(q, k[j], hd) * scale;
+}
+
+/* o = o * s, then o = fma(p[j], v[j], o) for j < n in order, element by element. */
+static void kpv(float *o, float s, const float *p, const float *const *v, int64_t n, int64_t hd) {
+  const KVEC vs = K_SET1(s);
+  for (int64_t c = 0; c < hd; c += KL) {
+    int64_t w = hd - c < KL ? hd - c : KL;
+    KVEC ov = K_MUL(w == KL ? K_LOAD(o + c) : kload_n(o + c, w), vs);
+    for (int64_t j = 0; j < n; j++) ov = K_FMA(K_SET1(p[j]), w == KL ? K_LOAD(v[j] + c) : kload_n(v[j] + c, w), ov);
+    if (w == KL) K_STORE(o + c, ov);
+    else kstore_n(o + c, ov, w);
+  }
+}
+
+const cpu_kernels KTABLE = {
+    .isa = KISA,
+    .lanes = KL,
+    .matmul = kmatmul,
+    .dot = kdot,
+    .dots = kdots,
+    .pv = kpv,
+};
