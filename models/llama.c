@@ -28,10 +28,12 @@ static int load_tensor(qv_model *m, model_weight_src *src, const char *name, int
     return 0;
   }
   qv_backend *be = m->be;
-  BE_CALL(m, be->ops->alloc(be, be->ops->weight_dtype, rows, cols, t));
+  /* Quantized blocks stay quantized: a source only hands them to a backend that keeps them. */
+  qv_dtype wdt = qv_dtype_is_quant(dt) ? dt : be->ops->weight_dtype;
+  BE_CALL(m, be->ops->alloc(be, wdt, rows, cols, t));
   BE_CALL(m, be->ops->upload(be, t, data, dt));
   m->n_params += rows * cols;
-  m->weight_bytes += rows * cols * (int64_t)qv_dtype_size(be->ops->weight_dtype);
+  m->weight_bytes += rows * (int64_t)qv_dtype_row_bytes(wdt, cols);
   return 0;
 }
 
@@ -113,7 +115,7 @@ int llama_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *b
       qv_error_set(err, rc, "%s", be->last_error.msg);
       goto fail;
     }
-    m->rope = (qv_rope){.head_dim = c->head_dim, .rot_dim = c->head_dim, .neox = 1, .attn_factor = af,
+    m->rope = (qv_rope){.head_dim = c->head_dim, .rot_dim = c->head_dim, .neox = !c->rope_interleaved, .attn_factor = af,
                         .inv_freq = &m->inv_freq};
   }
   int64_t qd = (int64_t)c->n_head * c->head_dim, kd = (int64_t)c->n_kv_head * c->head_dim;

@@ -55,6 +55,10 @@ struct qv_model {
 int llama_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
                 qv_model **out, qv_error *err);
 
+/* GGUF models (models/model_gguf.c): loading through the Llama-family builder, and describe. */
+int gguf_model_load(const char *path, qv_backend *be, const qv_model_opts *opts, qv_model **out, qv_error *err);
+int gguf_model_describe(const char *path, qv_model_desc *out, qv_error *err);
+
 /* The quiver-tiny configuration and its synthetic weight source (models/tiny.c). */
 void tiny_config(qv_model_config *cfg);
 int tiny_weight_src_init(model_weight_src *src);

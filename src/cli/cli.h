@@ -9,5 +9,6 @@ int cli_tokenize(int argc, char **argv);
 int cli_info(int argc, char **argv);
 int cli_chat_template(int argc, char **argv);
 int cli_bench(int argc, char **argv);
+int cli_logits(int argc, char **argv);
 
 #endif

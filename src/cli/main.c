@@ -15,6 +15,7 @@ static const struct {
     {"info", cli_info, "describe a model: architecture, parameters, memory"},
     {"chat-template", cli_chat_template, "render a chat template for a conversation"},
     {"bench", cli_bench, "offline engine throughput benchmark"},
+    {"logits", cli_logits, "print the logits of a prompt's rows (one prefill, CPU)"},
 };
 
 static void usage(FILE *f) {
