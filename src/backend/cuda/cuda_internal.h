@@ -62,6 +62,8 @@ typedef struct cuda_backend {
   size_t ids_cap;
   void *host_tmp; /* host scratch for dtype conversion in upload/download */
   size_t host_tmp_cap;
+  uint16_t *qscratch; /* device bf16 [m][k] of the largest quantized weight dequantized for a GEMM */
+  size_t qscratch_cap;
 } cuda_backend;
 
 /* Logs "file:line: what: <CUDA message>", records it in be->base.last_error and returns
