@@ -31,7 +31,24 @@ static int load_tensor(qv_model *m, model_weight_src *src, const char *name, int
   /* Quantized blocks stay quantized: a source only hands them to a backend that keeps them. */
   qv_dtype wdt = qv_dtype_is_quant(dt) ? dt : be->ops->weight_dtype;
   BE_CALL(m, be->ops->alloc(be, wdt, rows, cols, t));
-  BE_CALL(m, be->ops->upload(be, t, data, dt));
+  if (!src->release) {
+    BE_CALL(m, be->ops->upload(be, t, data, dt));
+  } else {
+    /* Row chunks of at most 16 MiB of source, each released once copied: peak memory is the
+     * resident weights plus one chunk, not plus the largest tensor. */
+    size_t src_rb = qv_dtype_row_bytes(dt, cols), dst_rb = qv_dtype_row_bytes(wdt, cols);
+    int64_t step = src_rb ? (int64_t)(((size_t)16 << 20) / src_rb) : rows;
+    if (step < 1) step = 1;
+    for (int64_t r0 = 0; r0 < rows; r0 += step) {
+      int64_t nr = rows - r0 < step ? rows - r0 : step;
+      qv_tensor part = *t;
+      part.data = (char *)t->data + (size_t)r0 * dst_rb;
+      part.rows = nr;
+      const char *from = (const char *)data + (size_t)r0 * src_rb;
+      BE_CALL(m, be->ops->upload(be, &part, from, dt));
+      src->release(src, from, (size_t)nr * src_rb);
+    }
+  }
   m->n_params += rows * cols;
   m->weight_bytes += rows * (int64_t)qv_dtype_row_bytes(wdt, cols);
   return 0;

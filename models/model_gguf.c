@@ -15,6 +15,7 @@
 
 typedef struct gguf_src {
   gguf_model *g;
+  const gguf_wt *last; /* handed out by the previous get(), released at the next */
   int keep_quant;
   float *buf; /* dequantization scratch, grown */
   size_t cap;
@@ -35,7 +36,9 @@ static const void *gguf_src_get(model_weight_src *src, const char *name, int64_t
                  (long long)w->dims[3], (long long)cols, (long long)rows);
     return NULL;
   }
+  s->last = NULL;
   if (!qv_dtype_is_quant(w->dtype) || (s->keep_quant && rows > 1)) {
+    s->last = w;
     *dtype = w->dtype;
     return w->data;
   }
@@ -56,6 +59,16 @@ static const void *gguf_src_get(model_weight_src *src, const char *name, int64_t
   return s->buf;
 }
 
+/* The builder copied [p, p + n): drop those file pages so peak memory stays near the resident
+ * weights instead of weights + file. Only ranges inside the mapping (not the dequantization
+ * buffer) are released. */
+static void gguf_src_release(model_weight_src *src, const void *p, size_t n) {
+  gguf_src *s = src->ctx;
+  if (s->last && (const char *)p >= (const char *)s->last->data &&
+      (const char *)p + n <= (const char *)s->last->data + s->last->n_bytes)
+    gguf_model_release(p, n);
+}
+
 static int env_dequantize(void) {
   const char *e = getenv("QUIVER_DEQUANTIZE");
   return e && *e && strcmp(e, "0");
@@ -72,7 +85,7 @@ int gguf_model_load(const char *path, qv_backend *be, const qv_model_opts *opts,
     return rc;
   }
   gguf_src s = {.g = g, .keep_quant = be->ops->quant_weights && !opts->dequantize && !env_dequantize()};
-  model_weight_src src = {.get = gguf_src_get, .ctx = &s};
+  model_weight_src src = {.get = gguf_src_get, .release = gguf_src_release, .ctx = &s};
   rc = llama_build(&cfg, &src, be, opts, out, err);
   if (rc == QV_ENOTFOUND) qv_error_prefix(err, "%s", gguf_model_file(g));
   free(s.buf);

@@ -12,6 +12,9 @@
 typedef struct model_weight_src {
   const void *(*get)(struct model_weight_src *src, const char *name, int64_t rows, int64_t cols, qv_dtype *dtype,
                      qv_error *err);
+  /* Optional: the builder has copied bytes [p, p + n) of the tensor get() returned last (the
+   * GGUF source drops those file pages, so loading never holds the weights twice). */
+  void (*release)(struct model_weight_src *src, const void *p, size_t n);
   void *ctx;
 } model_weight_src;
 

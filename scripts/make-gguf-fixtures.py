@@ -70,7 +70,9 @@ def catalog_path(name):
 def row_sample(row, rng_idx):
     top = np.argsort(-row)[:64]
     idx = sorted(set(top.tolist()) | set(rng_idx.tolist()))
-    return {"max_abs": float(np.abs(row).max()), "idx": idx, "val": [float(row[i]) for i in idx]}
+    r64 = row.astype(np.float64)
+    lse = float(np.log(np.exp(r64 - r64.max()).sum()) + r64.max())
+    return {"max_abs": float(np.abs(row).max()), "logsumexp": lse, "idx": idx, "val": [float(row[i]) for i in idx]}
 
 
 @torch.no_grad()

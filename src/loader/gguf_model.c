@@ -312,6 +312,14 @@ const gguf_wt *gguf_model_find(const gguf_model *g, const char *name) {
   return NULL;
 }
 
+void gguf_model_release(const void *p, size_t n) {
+  long ps = sysconf(_SC_PAGESIZE);
+  if (!p || ps <= 0) return;
+  uintptr_t a = (uintptr_t)p, e = a + n;
+  uintptr_t a0 = (a + (uintptr_t)ps - 1) & ~((uintptr_t)ps - 1), e0 = e & ~((uintptr_t)ps - 1);
+  if (e0 > a0) madvise((void *)a0, e0 - a0, MADV_DONTNEED);
+}
+
 /* ---- configuration ---- */
 
 /* Reads "<arch>.<key>" as an integer in [lo, hi]; def when absent (def < lo: required). */

@@ -48,6 +48,11 @@ int gguf_model_n_tensors(const gguf_model *g);
 const gguf_wt *gguf_model_tensor_at(const gguf_model *g, int i);
 const gguf_wt *gguf_model_find(const gguf_model *g, const char *name);
 
+/* Drops the file pages of [p, p + n) (inside a tensor's data) from this process's memory
+ * (madvise DONTNEED on the read-only mapping): call once those bytes were copied, so loading
+ * never holds the file twice. The data stays readable (pages are read again on access). */
+void gguf_model_release(const void *p, size_t n);
+
 /* Fills a Llama-family configuration (llama, qwen2, qwen3) from the metadata and the tensor
  * shapes. Names the missing or out-of-range key. */
 int gguf_model_config(const gguf_model *g, struct qv_model_config *cfg, qv_error *err);
