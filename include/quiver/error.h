@@ -47,7 +47,10 @@ const char *qv_strerror(int code);
 int qv_error_set(qv_error *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Prefixes the message already in err with more context ("loading x: <old message>"). */
+/* Prefixes the message already in err with more context ("loading x: <old message>"). Exactly
+ * one ": " separates them: a prefix is written without a trailing separator (one there is
+ * dropped), and a prefix the message already starts with (a path that the inner error named,
+ * followed by ':' or '/') is not repeated. */
 void qv_error_prefix(qv_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Clears err to success. */

@@ -18,6 +18,9 @@ enum {
   QV_TOK_ADD_SPECIAL = 1u << 0,   /* encode: apply the post-processor (BOS/EOS per tokenizer_config) */
   QV_TOK_PARSE_SPECIAL = 1u << 1, /* encode: match special-token text in the input (chat templates) */
   QV_TOK_SKIP_SPECIAL = 1u << 2,  /* decode: drop special tokens from the text */
+  QV_TOK_KEEP_BYTES = 1u << 3,    /* decode: bytes that are not complete UTF-8 (a byte token
+                                     alone) stay as they are instead of becoming U+FFFD; the
+                                     result may then not be valid UTF-8 */
 };
 
 /* Loads from a model directory (tokenizer.json + tokenizer_config.json), a tokenizer.json file,

@@ -62,7 +62,12 @@ typedef struct jv {
   } u;
 } jv;
 
-struct jlist { jv *v; size_t n, cap; bool is_tuple; };
+struct jlist {
+  jv *v;
+  size_t n, cap;
+  bool is_tuple;
+  bool is_group; /* a (grouper, list) pair from groupby: .grouper and .list name the items */
+};
 typedef struct jdict_entry { jv key, val; } jdict_entry;
 struct jdict { jdict_entry *e; size_t n, cap; };
 struct jmethod { jv self; const char *name; };

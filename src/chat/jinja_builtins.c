@@ -257,11 +257,14 @@ static int sort_vals(jctx *c, jv *v, jv *k, size_t n, bool reverse) {
   return 0;
 }
 
-/* Sort key of an item: optional attribute, lowercased when not case-sensitive. */
-static int sort_key(jctx *c, jv item, jv attr, bool case_sensitive, jv *out) {
+/* jinja2's attribute getter: a dotted path ("a.b", "items.0") or an integer index into item;
+ * def (unless none) replaces an undefined step, as jinja2's `default=` does. */
+static int attr_path(jctx *c, jv item, jv attr, jv def, jv *out) {
   int rc = 0;
-  if (attr.t == JV_STR) {
-    /* dotted attribute paths like "a.b" */
+  if (attr.t == JV_INT) {
+    rc = jrt_getitem(c, item, attr, &item);
+    if (rc == 0 && item.t == JV_UNDEF && def.t != JV_NONE) item = def;
+  } else if (attr.t == JV_STR) {
     const char *p = attr.u.s.p, *end = p + attr.u.s.n;
     while (rc == 0 && p < end) {
       const char *dot = memchr(p, '.', (size_t)(end - p));
@@ -269,9 +272,17 @@ static int sort_key(jctx *c, jv item, jv attr, bool case_sensitive, jv *out) {
       jv key = jv_str(p, len);
       if (len && p[0] >= '0' && p[0] <= '9') key = jv_int(strtoll(p, NULL, 10));
       rc = jrt_getitem(c, item, key, &item);
+      if (rc == 0 && item.t == JV_UNDEF && def.t != JV_NONE) item = def;
       p += len + (dot ? 1 : 0);
     }
   }
+  *out = item;
+  return rc;
+}
+
+/* Sort key of an item: optional attribute, lowercased when not case-sensitive. */
+static int sort_key(jctx *c, jv item, jv attr, bool case_sensitive, jv *out) {
+  int rc = attr.t == JV_STR ? attr_path(c, item, attr, jv_none(), &item) : 0;
   if (rc == 0 && !case_sensitive && item.t == JV_STR) rc = do_case(c, item, 0, &item);
   *out = item;
   return rc;
@@ -393,9 +404,13 @@ static jargs rest_args(const jargs *a, int skip) {
   return r;
 }
 
+/* select/reject/selectattr/rejectattr and map iterate nothing when the value is falsy (none,
+ * undefined, 0, false, ""), before looking at their arguments, as jinja2's do: a template may
+ * filter `tools` that it set to none. */
 static int do_select(jctx *c, jv seq, const jargs *a, bool by_attr, bool keep, jv *out) {
   jlist *l, *res = jlist_new(c->a, 0);
   if (!res) return jctx_oom(c);
+  if (!jv_truthy(seq)) return ret_list(res, out);
   int rc = jrt_iterate(c, seq, &l);
   if (rc) return rc;
   jv attr = jv_undef(NULL), test = jv_undef(NULL);
@@ -427,6 +442,7 @@ static int do_select(jctx *c, jv seq, const jargs *a, bool by_attr, bool keep, j
 static int do_map(jctx *c, jv seq, const jargs *a, jv *out) {
   jlist *l, *res = jlist_new(c->a, 0);
   if (!res) return jctx_oom(c);
+  if (!jv_truthy(seq)) return ret_list(res, out);
   int rc = jrt_iterate(c, seq, &l);
   if (rc) return rc;
   jv attr, fname, def = jv_undef(NULL);
@@ -487,7 +503,7 @@ static int items_of(jctx *c, jv d, jv *out) {
       l->v[l->n++].u.l = pair;
     }
   } else if (d.t != JV_UNDEF) {
-    return jctx_fail(c, "can only get item pairs from a mapping");
+    return jctx_fail(c, "Can only get item pairs from a mapping.");
   }
   return ret_list(l, out);
 }
@@ -497,7 +513,8 @@ static int do_dictsort(jctx *c, jv d, const jargs *a, jv *out) {
   jargs_get(a, 0, "case_sensitive", &cs);
   jargs_get(a, 1, "by", &by);
   jargs_get(a, 2, "reverse", &reverse);
-  if (d.t != JV_DICT) return jctx_fail(c, "dictsort expects a mapping");
+  if (d.t == JV_UNDEF) return jctx_undefined(c, d);
+  if (d.t != JV_DICT) return jctx_fail(c, "'%s' object has no attribute 'items'", jv_type_name(d));
   jv items;
   int rc = items_of(c, d, &items);
   if (rc) return rc;
@@ -585,6 +602,52 @@ static int do_batch(jctx *c, jv seq, const jargs *a, jv *out) {
   }
   while (cur && has_fill && (int64_t)cur->n < size.u.i)
     if (jlist_push(c->a, cur, fill)) return jctx_oom(c);
+  return ret_list(res, out);
+}
+
+/* groupby(attribute, default=none, case_sensitive=false): the items sorted by the attribute
+ * (lowercased unless case_sensitive), then each run of equal keys as a (grouper, list) tuple
+ * whose .grouper is the first item's own value (not lowercased) and .list its items. */
+static int do_groupby(jctx *c, jv seq, const jargs *a, jv *out) {
+  jv attr, def = jv_none(), cs = jv_bool(false);
+  if (!jargs_get(a, 0, "attribute", &attr) || (attr.t != JV_STR && attr.t != JV_INT))
+    return jctx_fail(c, "groupby() needs an attribute name or index");
+  jargs_get(a, 1, "default", &def);
+  jargs_get(a, 2, "case_sensitive", &cs);
+  jlist *l;
+  int rc = jrt_iterate(c, seq, &l);
+  if (rc) return rc;
+  size_t n = l->n;
+  jv *vals = jarena_alloc(c->a, (n + 1) * sizeof(jv));
+  jv *keys = jarena_alloc(c->a, (n + 1) * sizeof(jv));
+  jlist *res = jlist_new(c->a, 0);
+  if (!vals || !keys || !res) return jctx_oom(c);
+  for (size_t i = 0; i < n; i++) {
+    if ((rc = jctx_tick(c, 1))) return rc;
+    vals[i] = l->v[i];
+    if ((rc = attr_path(c, l->v[i], attr, def, &keys[i]))) return rc;
+    if (!jv_truthy(cs) && keys[i].t == JV_STR && (rc = do_case(c, keys[i], 0, &keys[i]))) return rc;
+  }
+  if ((rc = sort_vals(c, vals, keys, n, false))) return rc;
+  jlist *items = NULL;
+  for (size_t i = 0; i < n; i++) {
+    if (!items || !jv_equal(keys[i], keys[i - 1])) {
+      jlist *pair = jlist_new(c->a, 2);
+      items = jlist_new(c->a, 0);
+      if (!pair || !items) return jctx_oom(c);
+      jv grouper = keys[i];
+      if (!jv_truthy(cs) && (rc = attr_path(c, vals[i], attr, def, &grouper))) return rc;
+      pair->v[0] = grouper;
+      pair->v[1].t = JV_LIST;
+      pair->v[1].u.l = items;
+      pair->n = 2;
+      pair->is_tuple = pair->is_group = true;
+      jv pv = {.t = JV_LIST};
+      pv.u.l = pair;
+      if (jlist_push(c->a, res, pv)) return jctx_oom(c);
+    }
+    if (jlist_push(c->a, items, vals[i])) return jctx_oom(c);
+  }
   return ret_list(res, out);
 }
 
@@ -727,10 +790,10 @@ static const char *const FILTERS[] = {
     "last", "reverse", "join", "map", "select", "reject", "selectattr", "rejectattr", "sort",
     "dictsort", "unique", "min", "max", "batch", "int", "float", "abs", "round", "sum", "attr",
     "escape", "e", "forceescape", "trim", "upper", "lower", "capitalize", "title", "replace",
-    "indent", "wordcount", "center", "format", "truncate", "slice",
+    "indent", "wordcount", "center", "format", "truncate", "slice", "groupby",
     /* jinja2 filters quiver knows by name but does not implement: a template that mentions one
      * still loads (as with jinja2) and fails only if it is actually applied */
-    "filesizeformat", "groupby", "pprint", "random", "striptags", "urlencode", "urlize",
+    "filesizeformat", "pprint", "random", "striptags", "urlencode", "urlize",
     "wordwrap", "xmlattr", NULL};
 static const char *const TESTS[] = {
     "defined", "undefined", "none", "string", "number", "integer", "float", "boolean", "true",
@@ -775,8 +838,12 @@ int jb_filter(jctx *c, const char *name, jv in, const jargs *a, jv *out) {
   }
   if (IS("first") || IS("last")) {
     jlist *l;
+    if (IS("last") && in.t != JV_LIST && in.t != JV_STR && in.t != JV_DICT && in.t != JV_UNDEF)
+      return jctx_fail(c, "'%s' object is not reversible", jv_type_name(in));
     if ((rc = jrt_iterate(c, in, &l))) return rc;
-    if (l->n == 0) *out = jv_undef("No first item, sequence was empty.");
+    if (l->n == 0)
+      *out = jv_undef(IS("first") ? "No first item, sequence was empty."
+                                  : "No last item, sequence was empty.");
     else *out = IS("first") ? l->v[0] : l->v[l->n - 1];
     return 0;
   }
@@ -794,6 +861,8 @@ int jb_filter(jctx *c, const char *name, jv in, const jargs *a, jv *out) {
       return rc;
     }
     jlist *l;
+    if (in.t != JV_LIST && in.t != JV_DICT && in.t != JV_UNDEF)
+      return jctx_fail(c, "argument must be iterable");
     if ((rc = jrt_iterate(c, in, &l))) return rc;
     jlist *r = jlist_new(c->a, l->n);
     if (!r) return jctx_oom(c);
@@ -815,6 +884,7 @@ int jb_filter(jctx *c, const char *name, jv in, const jargs *a, jv *out) {
   if (IS("unique")) return do_unique(c, in, a, out);
   if (IS("min") || IS("max")) return do_minmax(c, in, a, IS("max"), out);
   if (IS("batch")) return do_batch(c, in, a, out);
+  if (IS("groupby")) return do_groupby(c, in, a, out);
   if (IS("int")) {
     jv def = jv_int(0);
     jargs_get(a, 0, "default", &def);
@@ -993,10 +1063,14 @@ int jb_test(jctx *c, const char *name, jv v, const jargs *a, bool *out) {
   else if (IS("false")) *out = v.t == JV_BOOL && !v.u.b;
   else if (IS("mapping")) *out = v.t == JV_DICT;
   else if (IS("iterable")) *out = v.t == JV_LIST || v.t == JV_DICT || v.t == JV_STR || v.t == JV_UNDEF;
-  else if (IS("sequence")) *out = v.t == JV_LIST || v.t == JV_DICT || v.t == JV_STR;
-  else if (IS("callable")) *out = v.t == JV_MACRO || v.t == JV_BUILTIN || v.t == JV_METHOD;
+  /* jinja2's Undefined has __len__, __iter__ and __call__: a sequence and callable */
+  else if (IS("sequence"))
+    *out = v.t == JV_LIST || v.t == JV_DICT || v.t == JV_STR || v.t == JV_UNDEF;
+  else if (IS("callable"))
+    *out = v.t == JV_MACRO || v.t == JV_BUILTIN || v.t == JV_METHOD || v.t == JV_UNDEF;
   else if (IS("lower") || IS("upper")) {
-    if (v.t != JV_STR) return jctx_fail(c, "test '%s' expects a string", name);
+    /* str(value).islower() / .isupper(), for any value (undefined is "") */
+    if (v.t != JV_STR && jv_to_str(c->a, v, &v)) return jctx_oom(c);
     jv conv;
     int rc = do_case(c, v, IS("upper") ? 1 : 0, &conv);
     if (rc) return rc;
@@ -1008,10 +1082,14 @@ int jb_test(jctx *c, const char *name, jv v, const jargs *a, bool *out) {
     }
     *out = has_cased && jv_equal(conv, v);
   } else if (IS("odd") || IS("even")) {
-    if (v.t != JV_INT && v.t != JV_BOOL) return jctx_fail(c, "test '%s' expects an integer", name);
-    int64_t i = v.t == JV_BOOL ? v.u.b : v.u.i;
-    *out = (i % 2 != 0) == IS("odd");
+    /* value % 2 == 1 (odd) or == 0 (even), Python's % for any value */
+    if (v.t == JV_UNDEF) return jctx_undefined(c, v);
+    jv r;
+    int rc = jrt_binop(c, JOP_MOD, v, jv_int(2), &r);
+    if (rc) return rc;
+    *out = jv_equal(r, jv_int(IS("odd") ? 1 : 0));
   } else if (IS("divisibleby")) {
+    if (v.t == JV_UNDEF) return jctx_undefined(c, v);
     if (!has || !jv_is_number(x) || !jv_is_number(v)) return jctx_fail(c, "divisibleby needs numbers");
     jv r;
     int rc = jrt_binop(c, JOP_MOD, v, x, &r);

@@ -131,6 +131,11 @@ int jrt_getattr(jctx *c, jv obj, const char *name, size_t n, jv *out) {
   switch (obj.t) {
     case JV_UNDEF: return jctx_undefined(c, obj);
     case JV_DICT: case JV_STR: case JV_LIST:
+      if (obj.t == JV_LIST && obj.u.l->is_group &&
+          (!strcmp(name, "grouper") || !strcmp(name, "list"))) {
+        *out = obj.u.l->v[name[0] == 'l'];
+        return 0;
+      }
       if (jb_has_method(obj, name)) return make_method(c, obj, name, out);
       if (obj.t == JV_DICT) {
         jv *v = jdict_get_str(obj.u.d, name, n);

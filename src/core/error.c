@@ -32,13 +32,34 @@ void qv_error_prefix(qv_error *err, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(prefix, sizeof prefix, fmt, ap);
   va_end(ap);
-  size_t cap = sizeof err->msg - 1, pl = strlen(prefix) + 2, ol = strlen(err->msg);
-  if (pl > cap) pl = cap;
-  if (ol > cap - pl) ol = cap - pl;
-  memmove(err->msg + pl, err->msg, ol);
-  memcpy(err->msg, prefix, pl - 2);
-  memcpy(err->msg + pl - 2, ": ", 2);
-  err->msg[pl + ol] = '\0';
+  /* Exactly one ": " joins the two, however the caller spelled them: a separator at the end of
+   * the prefix or at the start of the message is dropped. */
+  size_t pl = strlen(prefix);
+  while (pl && (prefix[pl - 1] == ' ' || prefix[pl - 1] == ':')) pl--;
+  prefix[pl] = '\0';
+  const char *old = err->msg;
+  if (old[0] == ':') {
+    old++;
+    while (*old == ' ') old++;
+  }
+  /* A message that already starts with the prefix (the path an inner error named) keeps it
+   * once; an empty prefix adds nothing. */
+  if (!pl || (!strncmp(old, prefix, pl) && (old[pl] == '\0' || old[pl] == ':' || old[pl] == '/'))) {
+    memmove(err->msg, old, strlen(old) + 1);
+    return;
+  }
+  char tmp[sizeof err->msg];
+  size_t cap = sizeof tmp - 1, n = pl < cap ? pl : cap, ol = strlen(old);
+  memcpy(tmp, prefix, n);
+  if (ol && n + 2 <= cap) {
+    memcpy(tmp + n, ": ", 2);
+    n += 2;
+    if (ol > cap - n) ol = cap - n;
+    memcpy(tmp + n, old, ol);
+    n += ol;
+  }
+  tmp[n] = '\0';
+  memcpy(err->msg, tmp, n + 1);
 }
 
 void qv_error_clear(qv_error *err) {

@@ -52,6 +52,10 @@ static int op_encode(void *ctx, const char *text, size_t len, int add_special, i
   return qv_tokenizer_encode(((loaded *)ctx)->tok, text, len, flags, ids, n, err);
 }
 
+static int op_token_bytes(void *ctx, int32_t id, char **bytes, size_t *len) {
+  return qv_tokenizer_decode(((loaded *)ctx)->tok, &id, 1, QV_TOK_KEEP_BYTES, bytes, len, NULL);
+}
+
 static int op_decode(void *ctx, const int32_t *ids, size_t n, int skip_special, char **text,
                      size_t *len, qv_error *err) {
   return qv_tokenizer_decode(((loaded *)ctx)->tok, ids, n, skip_special ? QV_TOK_SKIP_SPECIAL : 0u,
@@ -141,7 +145,7 @@ static void op_tool_stream_destroy(void *st) { qv_chat_tool_stream_destroy(st); 
 static const srv_model_ops ops_default_chat = {
     .submit = op_submit, .abort = op_abort, .poll = op_poll, .set_notify = op_set_notify,
     .get_stats = op_stats, .event_free = op_event_free, .encode = op_encode, .decode = op_decode,
-    .render_chat = NULL,
+    .render_chat = NULL, .token_bytes = op_token_bytes,
 };
 
 static const srv_model_ops ops_template_chat = {
@@ -149,7 +153,7 @@ static const srv_model_ops ops_template_chat = {
     .get_stats = op_stats, .event_free = op_event_free, .encode = op_encode, .decode = op_decode,
     .render_chat = op_render, .parse_tools = op_parse_tools,
     .tool_stream_create = op_tool_stream_create, .tool_stream_feed = op_tool_stream_feed,
-    .tool_stream_destroy = op_tool_stream_destroy,
+    .tool_stream_destroy = op_tool_stream_destroy, .token_bytes = op_token_bytes,
 };
 
 /* A model directory has a template when it ships chat_template.jinja or a tokenizer_config.json
@@ -236,7 +240,7 @@ int srv_models_load(const registry *reg, const srv_load_opts *o, srv_models **ou
   for (int32_t i = 0; i < s->n; i++) {
     int rc = load_one(&reg->models[i], o, &s->l[i], &s->m[i], err);
     if (rc) {
-      qv_error_prefix(err, "model '%s' (%s): ", reg->models[i].name, reg->models[i].path);
+      qv_error_prefix(err, "model '%s' (%s)", reg->models[i].name, reg->models[i].path);
       srv_models_destroy(s);
       return rc;
     }

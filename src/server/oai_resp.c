@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 
 static cJSON *str_n(const char *s, size_t n) {
   char *tmp = malloc(n + 1);
@@ -118,6 +119,49 @@ int oai_logprobs_add(oai_logprobs *lp, const char *tok, size_t tok_len, float lo
   cJSON_AddItemToArray(cJSON_GetObjectItem(lp->root, "top_logprobs"), t);
   cJSON_AddItemToArray(cJSON_GetObjectItem(lp->root, "text_offset"),
                        cJSON_CreateNumber((double)text_offset));
+  return 0;
+}
+
+char *oai_token_key(const char *text, const char *raw, size_t raw_len) {
+  int whole = 1;
+  for (size_t i = 0; raw && i < raw_len && whole;) {
+    utf8proc_int32_t cp;
+    utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)raw + i,
+                                          (utf8proc_ssize_t)(raw_len - i), &cp);
+    if (k <= 0) whole = 0;
+    else i += (size_t)k;
+  }
+  if (whole) return strdup(text);
+  char *key = malloc(6 + 4 * raw_len + 1);
+  if (!key) return NULL;
+  memcpy(key, "bytes:", 6);
+  for (size_t i = 0; i < raw_len; i++)
+    snprintf(key + 6 + 4 * i, 5, "\\x%02x", (unsigned char)raw[i]);
+  key[6 + 4 * raw_len] = '\0';
+  return key;
+}
+
+int oai_distinct_keys(char **keys, const int32_t *ids, int32_t n) {
+  for (int32_t i = 1; i < n; i++) {
+    int32_t same_id = -1, taken = 0;
+    for (int32_t j = 0; j < i; j++) {
+      if (ids[j] == ids[i] && same_id < 0) same_id = j;
+      if (ids[j] != ids[i] && !strcmp(keys[j], keys[i])) taken = 1;
+    }
+    char *k = NULL;
+    if (same_id >= 0) {
+      if (!strcmp(keys[same_id], keys[i])) continue;
+      k = strdup(keys[same_id]);
+    } else if (taken) {
+      k = malloc(32);
+      if (k) snprintf(k, 32, "token_id:%d", (int)ids[i]);
+    } else {
+      continue;
+    }
+    if (!k) return QV_ENOMEM;
+    free(keys[i]);
+    keys[i] = k;
+  }
   return 0;
 }
 

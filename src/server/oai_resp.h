@@ -30,6 +30,18 @@ void oai_logprobs_destroy(oai_logprobs *lp);
 int oai_logprobs_add(oai_logprobs *lp, const char *tok, size_t tok_len, float logprob,
                      const qv_top_logprob *top, const char *const *top_strs, int32_t n_top,
                      size_t text_offset);
+/* Completions logprobs name tokens by strings (tokens[i] and the keys of the top_logprobs[i]
+ * object), so distinct tokens need distinct names. oai_token_key: the token's text; or, when the
+ * token's own bytes (raw[raw_len]) are not complete UTF-8 (a byte token holding part of a
+ * character, whose text is U+FFFD), "bytes:" then \xNN (lowercase hex) for each byte. raw NULL:
+ * the text. malloc'd; NULL when out of memory. */
+char *oai_token_key(const char *text, const char *raw, size_t raw_len);
+/* Makes the names of one position distinct. keys[0] and ids[0] are the sampled token's,
+ * keys[1..n-1] and ids[1..n-1] its alternatives' (most likely first). In that order, an entry
+ * whose id an earlier entry has takes that entry's key; a key that an earlier entry of another
+ * token holds becomes "token_id:<id>". keys[i] are malloc'd and may be replaced. 0 or
+ * QV_ENOMEM. */
+int oai_distinct_keys(char **keys, const int32_t *ids, int32_t n);
 /* The JSON value (borrowed, valid until the next add or destroy). */
 const cJSON *oai_logprobs_json(const oai_logprobs *lp);
 /* Moves the entries added so far out (for a stream chunk) and starts empty again. Caller

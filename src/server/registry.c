@@ -178,7 +178,7 @@ static int load_models(registry *r, const cJSON *models, qv_error *err) {
       if (!cJSON_IsString(rp))
         return qv_error_set(err, QV_EINVAL, "config: model 'reasoning_parser' must be a string");
       if ((rc = registry_reasoning_parse(rp->valuestring, &rm->reasoning, err))) {
-        qv_error_prefix(err, "config: model '%s': ", rm->name);
+        qv_error_prefix(err, "config: model '%s'", rm->name);
         return rc;
       }
     }
@@ -323,7 +323,7 @@ int registry_load_file(registry *r, const char *path, qv_error *err) {
   fclose(f);
   int rc = registry_load_json(r, buf ? buf : "", len, err);
   free(buf);
-  if (rc) qv_error_prefix(err, "%s: ", path);
+  if (rc) qv_error_prefix(err, "%s", path);
   return rc;
 }
 

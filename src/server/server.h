@@ -56,6 +56,10 @@ typedef struct srv_model_ops {
   int (*tool_stream_feed)(void *st, const char *delta, size_t len, int finish, char **content,
                           cJSON **calls, qv_error *err);
   void (*tool_stream_destroy)(void *st);
+  /* The bytes of one token as they are, also when they are not complete UTF-8 (a byte token:
+   * decode gives U+FFFD), for completions logprobs keys (oai_token_key). *bytes malloc'd.
+   * Loop thread (a lookup-sized decode). NULL op: keys come from the text alone. */
+  int (*token_bytes)(void *ctx, int32_t id, char **bytes, size_t *len);
 } srv_model_ops;
 
 /* One served model. The server borrows ops and ctx; they must outlive it. */

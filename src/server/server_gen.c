@@ -538,6 +538,18 @@ static char *token_str(srv_model *m, int32_t prev, int32_t id) {
   return t;
 }
 
+/* The completions name of a token whose text is text (owned; replaced): oai_token_key over the
+ * token's own bytes. NULL only when out of memory. */
+static char *token_key(srv_model *m, int32_t id, char *text) {
+  char *raw = NULL;
+  size_t rn = 0;
+  if (m->ops->token_bytes && m->ops->token_bytes(m->ctx, id, &raw, &rn)) raw = NULL;
+  char *key = oai_token_key(text ? text : "", raw, rn);
+  free(raw);
+  free(text);
+  return key;
+}
+
 static void add_logprobs(srv_req *r, srv_choice *ch, const qv_event *ev) {
   if (!ch->lp || !ev->logprobs) return;
   srv_model *m = model_of(r);
@@ -545,18 +557,35 @@ static void add_logprobs(srv_req *r, srv_choice *ch, const qv_event *ev) {
   for (int32_t t = 0; t < ev->n_tokens; t++) {
     int32_t prev = ch->last_token;
     char *tok = token_str(m, prev, ev->token_ids[t]);
-    const char *tops[OAI_MAX_TOP_LOGPROBS];
-    char *owned[OAI_MAX_TOP_LOGPROBS];
+    size_t tok_len = tok ? strlen(tok) : 0; /* text_offset counts text, whatever the names */
+    const qv_top_logprob *top = ev->top ? &ev->top[(size_t)t * (size_t)ev->n_top] : NULL;
     int32_t n_top = ev->top ? (ev->n_top < OAI_MAX_TOP_LOGPROBS ? ev->n_top : OAI_MAX_TOP_LOGPROBS) : 0;
+    /* names[0] is the sampled token's, names[1 + k] its alternatives' */
+    char *names[1 + OAI_MAX_TOP_LOGPROBS];
+    int32_t ids[1 + OAI_MAX_TOP_LOGPROBS];
+    names[0] = tok;
+    ids[0] = ev->token_ids[t];
     for (int32_t k = 0; k < n_top; k++) {
-      owned[k] = token_str(m, prev, ev->top[(size_t)t * (size_t)ev->n_top + (size_t)k].id);
-      tops[k] = owned[k] ? owned[k] : "";
+      ids[1 + k] = top[k].id;
+      names[1 + k] = token_str(m, prev, top[k].id);
     }
-    oai_logprobs_add(ch->lp, tok ? tok : "", tok ? strlen(tok) : 0, ev->logprobs[t],
-                     ev->top ? &ev->top[(size_t)t * (size_t)ev->n_top] : NULL, tops, n_top, off);
-    off += tok ? strlen(tok) : 0;
-    for (int32_t k = 0; k < n_top; k++) free(owned[k]);
-    free(tok);
+    /* Completions key top_logprobs by name, so distinct tokens get distinct names; chat
+     * entries keep their text and carry bytes. */
+    if (r->o.kind == OAI_COMPLETION) {
+      int ok = 1;
+      for (int32_t k = 0; k <= n_top; k++) {
+        names[k] = token_key(m, ids[k], names[k]);
+        if (!names[k]) ok = 0;
+      }
+      /* out of memory: the names stay as they are (an entry may then be missing) */
+      if (ok) (void)oai_distinct_keys(names, ids, 1 + n_top);
+    }
+    const char *tops[OAI_MAX_TOP_LOGPROBS];
+    for (int32_t k = 0; k < n_top; k++) tops[k] = names[1 + k] ? names[1 + k] : "";
+    oai_logprobs_add(ch->lp, names[0] ? names[0] : "", names[0] ? strlen(names[0]) : 0,
+                     ev->logprobs[t], top, tops, n_top, off);
+    off += tok_len;
+    for (int32_t k = 0; k <= n_top; k++) free(names[k]);
     ch->last_token = ev->token_ids[t];
   }
 }

@@ -94,7 +94,10 @@ static int replace_str(const tok_dec_step *st, tok_match_ctx *mc, const char *s,
   return slist_add(o, s + pos, n - pos);
 }
 
-static int dec_step(const tok_dec_step *st, tok_match_ctx *mc, const slist *in, slist *o) {
+/* keep_bytes (QV_TOK_KEEP_BYTES): byte tokens that are not complete UTF-8 give their bytes, not
+ * U+FFFD. */
+static int dec_step(const tok_dec_step *st, tok_match_ctx *mc, const slist *in, slist *o,
+                    int keep_bytes) {
   int rc = 0;
   switch (st->kind) {
     case TOK_DEC_BYTELEVEL: {
@@ -120,7 +123,9 @@ static int dec_step(const tok_dec_step *st, tok_match_ctx *mc, const slist *in, 
         }
       }
       if (rc == 0) rc = slist_begin(o);
-      if (rc == 0) {
+      if (rc == 0 && keep_bytes) {
+        rc = slist_add(o, bytes.data ? bytes.data : "", bytes.len);
+      } else if (rc == 0) {
         tok_buf fixed = {0};
         rc = tok_utf8_lossy_append(&fixed, bytes.data ? bytes.data : "", bytes.len);
         if (rc == 0) rc = slist_add(o, fixed.data ? fixed.data : "", fixed.len);
@@ -155,7 +160,12 @@ static int dec_step(const tok_dec_step *st, tok_match_ctx *mc, const slist *in, 
     case TOK_DEC_REPLACE:
       for (size_t i = 0; i < in->n && rc == 0; i++) {
         if ((rc = slist_begin(o))) return rc;
-        rc = replace_str(st, mc, sget(in, i), in->len[i], o);
+        /* kept bytes that are not UTF-8 never reach the (UTF-8) regex: they pass unchanged */
+        size_t n = in->len[i];
+        if (keep_bytes && st->re.code && tok_utf8_valid_prefix(sget(in, i), n) != n)
+          rc = slist_add(o, sget(in, i), n);
+        else
+          rc = replace_str(st, mc, sget(in, i), n, o);
       }
       return rc;
     case TOK_DEC_BYTEFALLBACK: {
@@ -173,7 +183,7 @@ static int dec_step(const tok_dec_step *st, tok_match_ctx *mc, const slist *in, 
         }
         if (n_run) {
           if ((rc = slist_begin(o))) break;
-          if (tok_utf8_valid_prefix(run.data, run.len) == run.len) {
+          if (keep_bytes || tok_utf8_valid_prefix(run.data, run.len) == run.len) {
             rc = slist_add(o, run.data, run.len);
           } else if (st->lossy) {
             tok_buf fixed = {0};
@@ -245,7 +255,7 @@ static int decode_into(const qv_tokenizer *tok, const int32_t *ids, size_t n_ids
     for (int s = 0; s < tok->n_dec && rc == 0; s++) {
       nxt->text.len = 0;
       nxt->n = 0;
-      rc = dec_step(&tok->dec[s], &mc, cur, nxt);
+      rc = dec_step(&tok->dec[s], &mc, cur, nxt, (flags & QV_TOK_KEEP_BYTES) != 0);
       slist *t = cur;
       cur = nxt;
       nxt = t;

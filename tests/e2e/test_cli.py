@@ -40,3 +40,36 @@ def test_info_bad_path(quiver_bin, tmp_path):
     r = run(quiver_bin, "info", "--model", str(tmp_path))
     assert r.returncode == 1
     assert "gpt_neox" in r.stderr and "not supported" in r.stderr
+
+
+def test_load_errors_have_one_separator(quiver_bin, stories_dir, tmp_path):
+    """A model that fails to load and a --max-model-len over the model's positions: the message
+    names the model once, then the cause, with exactly one ': ' between the parts."""
+    missing = tmp_path / "missing"
+    r = run(quiver_bin, "serve", "--model", f"m={missing}", "--port", "0")
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[-1] == (
+        f"quiver serve: model 'm' ({missing}): {missing}/config.json: cannot open: "
+        "No such file or directory")
+    r = run(quiver_bin, "serve", "--model", f"s={stories_dir}", "--max-model-len", "100000",
+            "--port", "0")
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[-1] == (
+        f"quiver serve: model 's' ({stories_dir}): max_model_len 100000 exceeds the model's 512 "
+        "positions")
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"models": [{"name": "m", "path": "quiver-tiny", "reasoning_parser": "x"}]}')
+    r = run(quiver_bin, "serve", "--config", str(cfg), "--port", "0")
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[-1] == (
+        f"quiver serve: {cfg}: config: model 'm': unknown reasoning parser 'x' "
+        "(known: deepseek_r1, qwen3, none)")
+    r = run(quiver_bin, "generate", "--model", str(missing), "--prompt", "x")
+    assert r.returncode != 0
+    assert r.stderr.splitlines()[-1] == (
+        f"quiver generate: loading {missing}: {missing}/config.json: cannot open: "
+        "No such file or directory")
+    r = run(quiver_bin, "generate", "--model", str(stories_dir), "--max-model-len", "100000",
+            "--prompt", "x")
+    assert r.returncode != 0
+    assert r.stderr.splitlines()[-1] == "quiver generate: max_model_len 100000 exceeds the model's 512 positions"

@@ -31,6 +31,38 @@ Test(core, error_set_and_prefix) {
   cr_assert_eq(e.code, 0);
 }
 
+/* One ": " between a prefix and the message, however the caller spelled the prefix, and a
+ * prefix the message already starts with (a path the inner error named) is not repeated. */
+Test(core, error_prefix_one_separator) {
+  qv_error e = {0};
+  qv_error_set(&e, QV_EINVAL, "max_model_len 9 exceeds the model's 4 positions");
+  qv_error_prefix(&e, "model '%s' (%s): ", "m", "/p");
+  cr_assert_str_eq(e.msg, "model 'm' (/p): max_model_len 9 exceeds the model's 4 positions");
+  qv_error_set(&e, QV_EINVAL, "config: not valid JSON");
+  qv_error_prefix(&e, "%s:", "c.json");
+  cr_assert_str_eq(e.msg, "c.json: config: not valid JSON");
+  qv_error_set(&e, QV_EINVAL, ": starts with a separator");
+  qv_error_prefix(&e, "ctx");
+  cr_assert_str_eq(e.msg, "ctx: starts with a separator");
+  qv_error_set(&e, QV_ENOTFOUND, "/m/config.json: cannot open: No such file or directory");
+  qv_error_prefix(&e, "%s", "/m");
+  cr_assert_str_eq(e.msg, "/m/config.json: cannot open: No such file or directory");
+  qv_error_set(&e, QV_EFORMAT, "/m: bad");
+  qv_error_prefix(&e, "%s", "/m");
+  cr_assert_str_eq(e.msg, "/m: bad");
+  qv_error_set(&e, QV_EFORMAT, "/mx: bad"); /* a longer name is another name */
+  qv_error_prefix(&e, "%s", "/m");
+  cr_assert_str_eq(e.msg, "/m: /mx: bad");
+  qv_error_set(&e, QV_EFORMAT, "%s", "");
+  qv_error_prefix(&e, "only context: ");
+  cr_assert_str_eq(e.msg, "only context");
+  /* No ": : " anywhere after a chain of prefixes. */
+  qv_error_set(&e, QV_EINVAL, "unknown reasoning parser 'x'");
+  qv_error_prefix(&e, "config: model '%s': ", "m");
+  qv_error_prefix(&e, "%s: ", "cfg.json");
+  cr_assert_str_eq(e.msg, "cfg.json: config: model 'm': unknown reasoning parser 'x'");
+}
+
 Test(core, bf16_roundtrip_random) {
   srand(7);
   for (int i = 0; i < 100000; i++) {

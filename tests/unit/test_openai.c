@@ -330,6 +330,46 @@ Test(openai_resp, chat_logprobs_bytes_and_errors) {
   free(s);
 }
 
+/* Completions logprobs names: text, "bytes:\xNN..." for a token that is not complete UTF-8, and
+ * "token_id:<id>" for a later token whose name an earlier, different token holds. */
+Test(openai_resp, completion_token_keys_distinct) {
+  char *k = oai_token_key("\xEF\xBF\xBD", "\xE4", 1);
+  cr_assert_str_eq(k, "bytes:\\xe4");
+  free(k);
+  k = oai_token_key("\xEF\xBF\xBD", " \xF0\x9F\x98", 4);
+  cr_assert_str_eq(k, "bytes:\\x20\\xf0\\x9f\\x98");
+  free(k);
+  k = oai_token_key(" caf\xC3\xA9", "caf\xC3\xA9", 5); /* complete: the text, leading space kept */
+  cr_assert_str_eq(k, " caf\xC3\xA9");
+  free(k);
+  k = oai_token_key("\xEF\xBF\xBD", "\xED\xA0\x80", 3); /* a surrogate is not UTF-8 */
+  cr_assert_str_eq(k, "bytes:\\xed\\xa0\\x80");
+  free(k);
+  k = oai_token_key("x", NULL, 0);
+  cr_assert_str_eq(k, "x");
+  free(k);
+  /* sampled 7 ("A"); alternatives 9 ("A", another token), 7 (itself), 4 ("b"), 5 ("b") */
+  const char *in[] = {"A", "A", "A", "b", "b"};
+  int32_t ids[] = {7, 9, 7, 4, 5};
+  char *keys[5];
+  for (int i = 0; i < 5; i++) keys[i] = strdup(in[i]);
+  cr_assert_eq(oai_distinct_keys(keys, ids, 5), 0);
+  const char *want[] = {"A", "token_id:9", "A", "b", "token_id:5"};
+  for (int i = 0; i < 5; i++) {
+    cr_assert_str_eq(keys[i], want[i], "key %d", i);
+    free(keys[i]);
+  }
+  /* Through the completions shape: five alternatives, five entries. */
+  oai_logprobs *lp = oai_logprobs_create(OAI_COMPLETION);
+  qv_top_logprob top[4] = {{9, -0.5f}, {7, -1.0f}, {4, -2.0f}, {5, -3.0f}};
+  const char *tops[4] = {"token_id:9", "A", "b", "token_id:5"};
+  cr_assert_eq(oai_logprobs_add(lp, "A", 1, -1.0f, top, tops, 4, 0), 0);
+  cJSON *t0 = cJSON_GetArrayItem(cJSON_GetObjectItem(oai_logprobs_json(lp), "top_logprobs"), 0);
+  cr_assert_eq(cJSON_GetArraySize(t0), 4);
+  cr_assert_float_eq(cJSON_GetObjectItem(t0, "A")->valuedouble, -1.0, 1e-6);
+  oai_logprobs_destroy(lp);
+}
+
 Test(registry, cli_config_resolve) {
   registry g;
   registry_init(&g);

@@ -18,7 +18,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "quiver/tokenizer.h"
 #include "server/server.h"
+#include "../test_util.h"
 
 /* ---- fake engine ---- */
 
@@ -44,6 +46,9 @@ typedef struct fake {
   char base;                 /* first letter of generated text */
   const char *script;        /* when set, every choice generates exactly this text (one
                                 character per token) and stops */
+  const int32_t *top_ids;    /* when set: the logprobs alternatives (else 3 + 'a' + k) */
+  const qv_tokenizer *tok;   /* when set: decode and token_bytes go through this real
+                                tokenizer (ids 3 + b must be its byte tokens) */
   fake_req *active;
   qv_event **evq;
   int n_ev, cap_ev;
@@ -130,7 +135,7 @@ static int fake_step(fake *f) {
         if (r->n_top) {
           ev->top = calloc((size_t)r->n_top, sizeof *ev->top);
           for (int32_t k = 0; k < r->n_top; k++) {
-            ev->top[k].id = 3 + 'a' + k;
+            ev->top[k].id = f->top_ids ? f->top_ids[k] : 3 + 'a' + k;
             ev->top[k].logprob = -0.5f - (float)k;
           }
         }
@@ -266,6 +271,17 @@ static int fake_decode(void *ctx, const int32_t *ids, size_t n, int skip_special
   return 0;
 }
 
+/* decode and token_bytes over a real tokenizer (fake.tok). */
+static int fake_tok_decode(void *ctx, const int32_t *ids, size_t n, int skip_special, char **text,
+                           size_t *len, qv_error *err) {
+  return qv_tokenizer_decode(((fake *)ctx)->tok, ids, n, skip_special ? QV_TOK_SKIP_SPECIAL : 0u,
+                             text, len, err);
+}
+
+static int fake_tok_bytes(void *ctx, int32_t id, char **bytes, size_t *len) {
+  return qv_tokenizer_decode(((fake *)ctx)->tok, &id, 1, QV_TOK_KEEP_BYTES, bytes, len, NULL);
+}
+
 /* A stand-in tool-call parser: the whole text becomes one call to "f". */
 static int fake_parse_tools(void *ctx, const char *text, size_t len, char **content,
                             cJSON **tool_calls, qv_error *err) {
@@ -336,6 +352,19 @@ static const srv_model_ops fake_ops_tools = {
     .tool_stream_destroy = fake_tstream_destroy,
 };
 
+static const srv_model_ops fake_ops_tok = {
+    .submit = fake_submit,
+    .abort = fake_abort,
+    .poll = fake_poll,
+    .set_notify = fake_set_notify,
+    .get_stats = fake_stats,
+    .event_free = fake_event_free,
+    .encode = fake_encode,
+    .decode = fake_tok_decode,
+    .render_chat = NULL,
+    .token_bytes = fake_tok_bytes,
+};
+
 static int fake_n_active(fake *f) {
   pthread_mutex_lock(&f->mu);
   int n = f->n_active;
@@ -362,6 +391,8 @@ typedef struct harness {
   int first_failed;    /* set before start: model 0 failed to load */
   int max_connections; /* set before start: 0 keeps the default */
   const char *script;  /* set before start: the fakes' scripted output (see fake.script) */
+  const int32_t *top_ids;   /* set before start: see fake.top_ids */
+  const qv_tokenizer *tok;  /* set before start: model 0 decodes with it (see fake.tok) */
 } harness;
 
 static harness H;
@@ -376,6 +407,8 @@ static void start(const char *cfg, const char *api_key, uint64_t header_timeout_
   signal(SIGPIPE, SIG_IGN); /* the server writes to sockets these tests close */
   int first_failed = H.first_failed, max_connections = H.max_connections;
   const char *script = H.script;
+  const int32_t *top_ids = H.top_ids;
+  const qv_tokenizer *tok = H.tok;
   memset(&H, 0, sizeof H);
   uv_loop_init(&H.loop);
   registry_init(&H.reg);
@@ -396,9 +429,11 @@ static void start(const char *cfg, const char *api_key, uint64_t header_timeout_
     f->default_max = 8;
     f->base = i == 0 ? 'a' : 'A';
     f->script = script;
+    f->top_ids = top_ids;
+    f->tok = i == 0 ? tok : NULL;
     pthread_create(&f->th, NULL, fake_thread, f);
-    H.models[i] = (srv_model){i == 1 ? &fake_ops_tools : &fake_ops, f, 64, 259, 1, "ready",
-                              H.reg.models[i].reasoning};
+    H.models[i] = (srv_model){i == 1 ? &fake_ops_tools : f->tok ? &fake_ops_tok : &fake_ops, f, 64,
+                              259, 1, "ready", H.reg.models[i].reasoning};
   }
   if (first_failed)
     H.models[0] = (srv_model){&fake_ops, &H.fakes[0], 64, 259, 0, "failed: test", REG_REASONING_UNSET};
@@ -633,6 +668,77 @@ Test(server, health_models_metrics) {
   cr_assert(strstr(r.body, "quiver_time_to_first_token_seconds_count{model=\"lower\"} 1"));
   free(r.body);
   stop();
+}
+
+/* Completions top_logprobs is keyed by token name: with stories260K's tokenizer, three byte
+ * tokens that each decode to U+FFFD and two tokens that both read "a" are five alternatives, so
+ * five distinct keys (bytes:\xNN for the partial UTF-8 ones, token_id:<id> for the later "a"),
+ * streamed or not; tokens[] names the sampled token the same way. Chat logprobs keep the text
+ * (U+FFFD) and carry the bytes. */
+Test(server, completion_top_logprobs_distinct_keys) {
+  char dir[4096];
+  if (!test_shared_path(dir, sizeof dir, "models/stories260K/tokenizer.json"))
+    cr_skip_test("stories260K not found");
+  qv_tokenizer *tok;
+  qv_error err = {0};
+  cr_assert_eq(qv_tokenizer_load(dir, &tok, &err), 0, "%s", err.msg);
+  int32_t e4 = qv_tokenizer_token_id(tok, "<0xE4>"), e5 = qv_tokenizer_token_id(tok, "<0xE5>");
+  int32_t e6 = qv_tokenizer_token_id(tok, "<0xE6>"), byte_a = qv_tokenizer_token_id(tok, "<0x61>");
+  int32_t piece_a = qv_tokenizer_token_id(tok, "a");
+  cr_assert(byte_a == 3 + 'a' && e4 == 3 + 0xE4 && e5 > 0 && e6 > 0 && piece_a > 258,
+            "stories260K's byte tokens are ids 3 + b");
+  int32_t top[5] = {e4, e5, byte_a, piece_a, e6};
+  H.tok = tok;
+  H.top_ids = top;
+  H.script = "a";
+  start(NULL, NULL, 0, 0);
+  char want_id[32];
+  snprintf(want_id, sizeof want_id, "token_id:%d", piece_a);
+  for (int stream = 0; stream < 2; stream++) {
+    char body[200];
+    snprintf(body, sizeof body,
+             "{\"model\":\"lower\",\"prompt\":\"Hi\",\"max_tokens\":1,\"logprobs\":5%s}",
+             stream ? ",\"stream\":true" : "");
+    resp r = request("POST", "/v1/completions", body, NULL);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    const char *js = stream ? strstr(r.body, "data: {") + 6 : r.body;
+    cJSON *j = cJSON_Parse(js);
+    cr_assert_not_null(j, "%s", r.body);
+    cJSON *lp = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "logprobs");
+    cJSON *top0 = cJSON_GetArrayItem(cJSON_GetObjectItem(lp, "top_logprobs"), 0);
+    cr_assert_eq(cJSON_GetArraySize(top0), 5, "%s", r.body);
+    const char *keys[5] = {"bytes:\\xe4", "bytes:\\xe5", "a", want_id, "bytes:\\xe6"};
+    for (int k = 0; k < 5; k++) {
+      cJSON *v = cJSON_GetObjectItem(top0, keys[k]);
+      cr_assert(cJSON_IsNumber(v), "no key %s in %s", keys[k], r.body);
+      cr_assert_float_eq(v->valuedouble, -0.5 - k, 1e-6, "key %s", keys[k]);
+    }
+    cr_assert_str_eq(cJSON_GetArrayItem(cJSON_GetObjectItem(lp, "tokens"), 0)->valuestring, "a");
+    cJSON_Delete(j);
+    free(r.body);
+  }
+  resp r = request("POST", "/v1/chat/completions",
+                   "{\"model\":\"lower\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
+                   "\"max_tokens\":1,\"logprobs\":true,\"top_logprobs\":5}",
+                   NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cJSON *j = json_of(&r);
+  cJSON *c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetObjectItem(
+      cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "logprobs"), "content"), 0);
+  cJSON *tl = cJSON_GetObjectItem(c0, "top_logprobs");
+  cr_assert_eq(cJSON_GetArraySize(tl), 5);
+  cJSON *t0 = cJSON_GetArrayItem(tl, 0);
+  cr_assert_str_eq(cJSON_GetObjectItem(t0, "token")->valuestring, "\xEF\xBF\xBD");
+  cJSON *b = cJSON_GetObjectItem(t0, "bytes");
+  cr_assert(cJSON_GetArraySize(b) == 3 && cJSON_GetArrayItem(b, 0)->valueint == 0xEF);
+  cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(tl, 3), "token")->valuestring, "a");
+  cJSON_Delete(j);
+  free(r.body);
+  stop();
+  H.tok = NULL;
+  H.top_ids = NULL;
+  H.script = NULL;
+  qv_tokenizer_destroy(tok);
 }
 
 Test(server, completion_not_streamed_n2_echo_logprobs) {

@@ -172,6 +172,61 @@ Test(tokenizer, stories260K_directory) {
   qv_tokenizer_destroy(tok);
 }
 
+/* QV_TOK_KEEP_BYTES: a byte token that is not complete UTF-8 decodes to its own bytes instead of
+ * U+FFFD (what completions logprobs key such tokens by), with byte fallback (stories260K, the
+ * byte tokenizer) and byte-level BPE; complete text is the same either way. */
+static void check_keep_bytes(const qv_tokenizer *tok, int32_t id, const char *want_bytes) {
+  char *out;
+  size_t ol;
+  qv_error err = {0};
+  cr_assert_eq(qv_tokenizer_decode(tok, &id, 1, 0, &out, &ol, &err), 0, "%s", err.msg);
+  cr_assert_str_eq(out, "\xEF\xBF\xBD");
+  free(out);
+  cr_assert_eq(qv_tokenizer_decode(tok, &id, 1, QV_TOK_KEEP_BYTES, &out, &ol, &err), 0);
+  cr_assert(ol == strlen(want_bytes) && !memcmp(out, want_bytes, ol), "id %d kept %zu bytes", id, ol);
+  free(out);
+}
+
+Test(tokenizer, keep_bytes_decode) {
+  qv_tokenizer *tok;
+  qv_error err = {0};
+  cr_assert_eq(qv_tokenizer_create_bytes(&tok, &err), 0);
+  check_keep_bytes(tok, 3 + 0xE4, "\xE4");
+  int32_t pair[] = {3 + 'a', 3 + 0xE4, 3 + 0xB8, 3 + 'b'}, whole[] = {3 + 0xE4, 3 + 0xB8, 3 + 0xAD};
+  char *out;
+  size_t ol;
+  cr_assert_eq(qv_tokenizer_decode(tok, pair, 4, QV_TOK_KEEP_BYTES, &out, &ol, &err), 0);
+  cr_assert(ol == 4 && !memcmp(out, "a\xE4\xB8" "b", 4));
+  free(out);
+  cr_assert_eq(qv_tokenizer_decode(tok, whole, 3, QV_TOK_KEEP_BYTES, &out, &ol, &err), 0);
+  cr_assert_str_eq(out, "\xE4\xB8\xAD");
+  free(out);
+  qv_tokenizer_destroy(tok);
+
+  char dir[4096];
+  if (test_shared_path(dir, sizeof dir, "models/stories260K/tokenizer.json")) {
+    cr_assert_eq(qv_tokenizer_load(dir, &tok, &err), 0, "%s", err.msg);
+    int32_t e4 = qv_tokenizer_token_id(tok, "<0xE4>"), e5 = qv_tokenizer_token_id(tok, "<0xE5>");
+    cr_assert(e4 > 0 && e5 > 0);
+    check_keep_bytes(tok, e4, "\xE4");
+    check_keep_bytes(tok, e5, "\xE5");
+    int32_t once = qv_tokenizer_token_id(tok, "\xE2\x96\x81Once");
+    cr_assert_gt(once, 0);
+    cr_assert_eq(qv_tokenizer_decode(tok, &once, 1, QV_TOK_KEEP_BYTES, &out, &ol, &err), 0);
+    cr_assert_str_eq(out, "Once");
+    free(out);
+    qv_tokenizer_destroy(tok);
+  }
+
+  const char *src = getenv("QV_SOURCE_DIR");
+  snprintf(dir, sizeof dir, "%s/tests/fixtures/tokenizers/qwen2-style/tokenizer.json", src ? src : ".");
+  cr_assert_eq(qv_tokenizer_load(dir, &tok, &err), 0, "%s", err.msg);
+  int32_t a_umlaut = qv_tokenizer_token_id(tok, "\xC3\xA4"); /* byte-level 'ä' is the byte E4 */
+  cr_assert_gt(a_umlaut, 0);
+  check_keep_bytes(tok, a_umlaut, "\xE4");
+  qv_tokenizer_destroy(tok);
+}
+
 /* Writes text to a temporary file and tries to load it; returns the error code. */
 static int load_text(const char *text, size_t len, qv_error *err) {
   char path[] = "/tmp/qv-tokjson-XXXXXX";
