@@ -19,6 +19,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIVER = os.path.join(ROOT, "build", "release", "quiver")
+RUNS = 1   # repetitions (median); 2-core CI-class machines are slow
+GEN = 64   # generated tokens per sequence in the decode and throughput runs
 
 
 def sh(cmd, env=None, timeout=3600):
@@ -42,7 +44,7 @@ def quiver_bench(model, threads, n, inp, out, env=None):
         res = f.name
     try:
         _, _, rss = sh([QUIVER, "bench", "engine", "--model", model, "--threads", str(threads), "--num-prompts", str(n),
-                        "--input-len", str(inp), "--output-len", str(out), "--runs", "3", "--max-num-seqs", str(n),
+                        "--input-len", str(inp), "--output-len", str(out), "--runs", str(RUNS), "--max-num-seqs", str(n),
                         "--result-file", res], env)
         with open(res) as fh:
             j = json.load(fh)
@@ -68,14 +70,14 @@ def pick(j, *keys):
 
 def run_quiver(model, threads):
     out = {}
-    j, rss = quiver_bench(model, threads, 1, 16, 128)
+    j, rss = quiver_bench(model, threads, 1, 16, GEN)
     out["decode_b1_tok_s"] = pick(j, "output_tok")
     out["decode_b1_peak_rss_mib"] = rss
     j, rss = quiver_bench(model, threads, 1, 512, 1)
     ttft = pick(j, "ttft")
     out["prefill_512_tok_s"] = 512 / (ttft / 1000.0) if ttft else None
     out["prefill_512_peak_rss_mib"] = rss
-    j, rss = quiver_bench(model, threads, 32, 128, 128)
+    j, rss = quiver_bench(model, threads, 32, GEN, GEN)
     out["throughput_32seq_output_tok_s"] = pick(j, "output_tok")
     out["throughput_32seq_peak_rss_mib"] = rss
     return out
@@ -83,20 +85,20 @@ def run_quiver(model, threads):
 
 def run_llamacpp(bindir, model, threads):
     out = {}
-    so, _, rss = sh([os.path.join(bindir, "llama-bench"), "-m", model, "-t", str(threads), "-p", "512", "-n", "128",
-                     "-r", "3", "-o", "json"])
+    so, _, rss = sh([os.path.join(bindir, "llama-bench"), "-m", model, "-t", str(threads), "-p", "512", "-n", str(GEN),
+                     "-r", str(RUNS), "-o", "json"])
     for row in json.loads(so):
         if row.get("n_prompt") == 512 and row.get("n_gen") == 0:
             out["prefill_512_tok_s"] = row.get("avg_ts")
-        if row.get("n_gen") == 128 and row.get("n_prompt") == 0:
+        if row.get("n_gen") == GEN and row.get("n_prompt") == 0:
             out["decode_b1_tok_s"] = row.get("avg_ts")
     out["llama_bench_peak_rss_mib"] = rss
     so, se, rss = sh([os.path.join(bindir, "llama-batched-bench"), "-m", model, "-t", str(threads), "-c", "9000",
-                      "-npp", "128", "-ntg", "128", "-npl", "32"])
+                      "-npp", str(GEN), "-ntg", str(GEN), "-npl", "32"])
     # table row: |  PP |  TG |  B |  N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |
     for line in (so + se).splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 8 and cells[0] == "128" and cells[1] == "128" and cells[2] == "32":
+        if len(cells) >= 8 and cells[0] == str(GEN) and cells[1] == str(GEN) and cells[2] == "32":
             out["throughput_32seq_output_tok_s"] = float(cells[7])
     out["batched_bench_peak_rss_mib"] = rss
     return out
@@ -119,10 +121,10 @@ def main():
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
                "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                            "load_avg_at_start": os.getloadavg()},
-               "settings": {"threads": a.threads, "decode": "1 sequence, 16 prompt + 128 generated tokens",
-                            "prefill": "1 sequence of 512 tokens", "throughput": "32 sequences x (128 + 128)",
+               "settings": {"threads": a.threads, "runs": RUNS, "decode": f"1 sequence, 16 prompt + {GEN} generated tokens",
+                            "prefill": "1 sequence of 512 tokens", "throughput": f"32 sequences x ({GEN} + {GEN})",
                             "quiver": "CPU backend, weights kept quantized, release build",
-                            "llama.cpp": "llama-bench -p 512 -n 128 -r 3; llama-batched-bench -npp 128 -ntg 128 -npl 32"},
+                            "llama.cpp": f"llama-bench -p 512 -n {GEN} -r {RUNS}; llama-batched-bench -npp {GEN} -ntg {GEN} -npl 32"},
                "quiver": run_quiver(model, a.threads)}
         if bindir:
             try:
