@@ -123,16 +123,20 @@ def test_quantized_path_logits_close(rel_bin, name):
 @pytest.mark.parametrize("exact", [True, False], ids=["exact", "quantized"])
 def test_greedy_continuations(rel_bin, name, exact):
     fx = fixture(name)
+    if exact and name != "smollm2" and not os.environ.get("QV_GGUF_FULL"):
+        # Qwen's exact path runs 2.4 GB of f32 weights per step: 3 of the 10 prompts keep CI
+        # within its time (QV_GGUF_FULL=1 runs all 10; the quantized path always runs all 10).
+        fx = dict(fx, greedy=fx["greedy"][:3])
     got = greedy(rel_bin, model_path(name), fx, exact)
     same = sum(g == r["generated"] for g, r in zip(got, fx["greedy"]))
     tok_same = sum(a == b for g, r in zip(got, fx["greedy"]) for a, b in zip(g, r["generated"]))
-    print(f"{name} {'exact' if exact else 'quantized'}: {same}/10 continuations identical, "
+    print(f"{name} {'exact' if exact else 'quantized'}: {same}/{len(got)} continuations identical, "
           f"{tok_same}/{64 * len(got)} tokens")
     if exact:
         for g, r in zip(got, fx["greedy"]):
             assert g == r["generated"], f"{r['prompt']!r}: {g} != {r['generated']}"
     else:
-        assert same >= 8, f"only {same}/10 greedy continuations identical on the quantized path"
+        assert same >= 8, f"only {same}/{len(got)} greedy continuations identical on the quantized path"
 
 
 # ---- both models served at once ----
