@@ -19,7 +19,13 @@ int auth_equal(const char *a, size_t alen, const char *b, size_t blen) {
 int auth_check(const char *const *keys, int n_keys, const char *authorization) {
   if (n_keys <= 0) return 1;
   if (!authorization || strncasecmp(authorization, "Bearer ", 7)) return 0;
-  const char *tok = authorization + 7;
+  return auth_check_key(keys, n_keys, authorization + 7);
+}
+
+int auth_check_key(const char *const *keys, int n_keys, const char *key) {
+  if (n_keys <= 0) return 1;
+  if (!key) return 0;
+  const char *tok = key;
   while (*tok == ' ') tok++;
   size_t tlen = strlen(tok);
   int ok = 0;

@@ -10,6 +10,9 @@
  * of keys[n_keys]; 0 otherwise (also for a NULL header). With n_keys == 0 everything passes. */
 int auth_check(const char *const *keys, int n_keys, const char *authorization);
 
+/* The same for a bare key header (Anthropic's "x-api-key: <key>"). */
+int auth_check_key(const char *const *keys, int n_keys, const char *key);
+
 /* Constant-time equality of a[alen] and b[blen] (time depends only on the lengths). */
 int auth_equal(const char *a, size_t alen, const char *b, size_t blen);
 

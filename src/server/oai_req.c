@@ -86,19 +86,34 @@ static int parse_ids(oai_request *r, const cJSON *arr, const char *k, int32_t **
   return 0;
 }
 
+static int in_list(const char *name, const char *const *list) {
+  for (const char *const *a = list; *a; a++)
+    if (!strcmp(*a, name)) return 1;
+  return 0;
+}
+
+/* Fields of OpenAI's or vLLM's APIs that would change the output if they took effect, which
+ * quiver does not implement: always a 400 naming them, never silently ignored. */
+static const char *const refused_fields[] = {
+    "prediction", "audio", "modalities", "functions", "function_call", "web_search_options",
+    "verbosity", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
+    "guided_decoding_backend", "guided_whitespace_pattern", "structured_outputs",
+    "logits_processors", "allowed_token_ids", "bad_words", "truncate_prompt_tokens",
+    "prompt_logprobs", "use_beam_search", "length_penalty", "return_tokens_as_token_ids",
+    "continue_final_message", "documents", "chat_template", "mm_processor_kwargs", "echo",
+    "best_of", "suffix", NULL};
+
+/* strict: every field must be in allowed. Otherwise (completions, chat) refused_fields are
+ * errors and any other unknown field is ignored and remembered in r->ignored. */
 static int check_fields(oai_request *r, const cJSON *root, const char *const *allowed,
-                        qv_error *err) {
+                        int strict, qv_error *err) {
   const cJSON *it;
   cJSON_ArrayForEach(it, root) {
-    int ok = 0;
-    for (const char *const *a = allowed; *a; a++)
-      if (!strcmp(*a, it->string)) {
-        ok = 1;
-        break;
-      }
-    if (!ok)
+    if (in_list(it->string, allowed)) continue;
+    if (strict || in_list(it->string, refused_fields))
       return fail(r, err, QV_EUNSUPPORTED, it->string,
                   "unsupported field '%s': quiver does not implement it%s", NULL);
+    if (r->n_ignored < OAI_MAX_IGNORED) r->ignored[r->n_ignored++] = it->string;
   }
   return 0;
 }
@@ -116,7 +131,9 @@ static const char *const chat_fields[] = {
     "stop_token_ids", "presence_penalty", "frequency_penalty", "repetition_penalty",
     "logit_bias", "user", "seed", "ignore_eos", "min_tokens", "skip_special_tokens",
     "include_stop_str_in_output", "tools", "tool_choice", "parallel_tool_calls",
-    "response_format", "add_generation_prompt", "chat_template_kwargs", "priority", NULL};
+    "response_format", "add_generation_prompt", "chat_template_kwargs", "priority",
+    "reasoning_effort", "store", "metadata", "service_tier", "prompt_cache_key",
+    "safety_identifier", NULL};
 
 static const char *const tokenize_fields[] = {"model",       "prompt", "messages",
                                               "add_special_tokens", "add_generation_prompt",
@@ -364,11 +381,15 @@ static int parse_common(oai_request *r, const cJSON *root, qv_error *err) {
     if (!cJSON_IsObject(so)) return BAD("stream_options", "must be an object");
     const cJSON *it;
     cJSON_ArrayForEach(it, so) {
-      if (strcmp(it->string, "include_usage"))
+      if (strcmp(it->string, "include_usage") && strcmp(it->string, "continuous_usage_stats") &&
+          strcmp(it->string, "include_obfuscation"))
         return fail(r, err, QV_EUNSUPPORTED, "stream_options",
                     "'%s.%s' is not supported", it->string);
     }
     if ((rc = get_bool(r, so, "include_usage", &r->include_usage, err))) return rc;
+    if ((rc = get_bool(r, so, "continuous_usage_stats", &r->continuous_usage, err))) return rc;
+    int obfuscation = 0; /* OpenAI's padding of stream events; quiver never pads */
+    if ((rc = get_bool(r, so, "include_obfuscation", &obfuscation, err))) return rc;
   }
   const cJSON *user = get(root, "user");
   if (user) {
@@ -437,8 +458,33 @@ static int parse_tools(oai_request *r, const cJSON *root, qv_error *err) {
     if (!cJSON_IsObject(kw)) return BAD("chat_template_kwargs", "must be an object");
     r->template_kwargs = kw;
   }
-  int ptc = 1;
-  return get_bool(r, root, "parallel_tool_calls", &ptc, err);
+  return get_bool(r, root, "parallel_tool_calls", &r->parallel_tool_calls, err);
+}
+
+/* Fields that change nothing quiver computes: type-checked, then ignored. reasoning_effort is
+ * passed to the chat template (gpt-oss and others read it) through chat_template_kwargs, where
+ * an explicit kwarg of the same name wins. */
+static int parse_metadata(oai_request *r, const cJSON *root, qv_error *err) {
+  int store = 0, rc;
+  if ((rc = get_bool(r, root, "store", &store, err))) return rc;
+  const cJSON *md = get(root, "metadata");
+  if (md && !cJSON_IsObject(md)) return BAD("metadata", "must be an object");
+  static const char *const strs[] = {"service_tier", "prompt_cache_key", "safety_identifier",
+                                     "reasoning_effort", NULL};
+  for (const char *const *k = strs; *k; k++) {
+    const cJSON *v = get(root, *k);
+    if (v && !cJSON_IsString(v)) return BAD(*k, "must be a string");
+  }
+  const cJSON *effort = get(root, "reasoning_effort");
+  if (!effort || cJSON_GetObjectItemCaseSensitive(r->template_kwargs, "reasoning_effort"))
+    return 0;
+  r->kwargs_owned = r->template_kwargs ? cJSON_Duplicate(r->template_kwargs, 1)
+                                       : cJSON_CreateObject();
+  if (!r->kwargs_owned ||
+      !cJSON_AddStringToObject(r->kwargs_owned, "reasoning_effort", effort->valuestring))
+    return qv_error_set(err, QV_ENOMEM, "out of memory");
+  r->template_kwargs = r->kwargs_owned;
+  return 0;
 }
 
 static int parse_chat(oai_request *r, const cJSON *root, qv_error *err) {
@@ -446,6 +492,7 @@ static int parse_chat(oai_request *r, const cJSON *root, qv_error *err) {
   if ((rc = parse_messages(r, get(root, "messages"), err))) return rc;
   if ((rc = parse_common(r, root, err))) return rc;
   if ((rc = parse_tools(r, root, err))) return rc;
+  if ((rc = parse_metadata(r, root, err))) return rc;
   if ((rc = get_bool(r, root, "logprobs", &r->want_logprobs, err))) return rc;
   int32_t top = 0;
   if ((rc = get_int(r, root, "top_logprobs", 0, OAI_MAX_TOP_LOGPROBS, &top, err)) < 0) return rc;
@@ -515,32 +562,40 @@ static void params_default(qv_request_params *p) {
 
 int oai_request_parse(oai_kind kind, const char *body, size_t len, oai_request *r,
                       qv_error *err) {
+  cJSON *root = cJSON_ParseWithLength(body, len);
+  if (!root) {
+    memset(r, 0, sizeof *r);
+    return fail(r, err, QV_EFORMAT, NULL, "request body is not valid JSON%s%s", NULL);
+  }
+  return oai_request_parse_root(kind, root, r, err);
+}
+
+int oai_request_parse_root(oai_kind kind, cJSON *root, oai_request *r, qv_error *err) {
   memset(r, 0, sizeof *r);
   r->kind = kind;
   r->add_generation_prompt = 1;
   r->add_special_tokens = 1;
+  r->parallel_tool_calls = 1;
   params_default(&r->params);
-  r->root = cJSON_ParseWithLength(body, len);
-  if (!r->root)
-    return fail(r, err, QV_EFORMAT, NULL, "request body is not valid JSON%s%s", NULL);
+  r->root = root;
   if (!cJSON_IsObject(r->root))
     return fail(r, err, QV_EFORMAT, NULL, "request body must be a JSON object%s%s", NULL);
   int rc;
   switch (kind) {
   case OAI_COMPLETION:
-    if ((rc = check_fields(r, r->root, completion_fields, err))) return rc;
+    if ((rc = check_fields(r, r->root, completion_fields, 0, err))) return rc;
     rc = parse_completion(r, r->root, err);
     break;
   case OAI_CHAT:
-    if ((rc = check_fields(r, r->root, chat_fields, err))) return rc;
+    if ((rc = check_fields(r, r->root, chat_fields, 0, err))) return rc;
     rc = parse_chat(r, r->root, err);
     break;
   case OAI_TOKENIZE:
-    if ((rc = check_fields(r, r->root, tokenize_fields, err))) return rc;
+    if ((rc = check_fields(r, r->root, tokenize_fields, 1, err))) return rc;
     rc = parse_tokenize(r, r->root, err);
     break;
   case OAI_DETOKENIZE:
-    if ((rc = check_fields(r, r->root, detokenize_fields, err))) return rc;
+    if ((rc = check_fields(r, r->root, detokenize_fields, 1, err))) return rc;
     rc = parse_detokenize(r, r->root, err);
     break;
   default:
@@ -568,6 +623,7 @@ void oai_request_free(oai_request *r) {
   free(r->bias_values);
   free(r->detok_ids);
   cJSON_Delete(r->messages);
+  cJSON_Delete(r->kwargs_owned);
   cJSON_Delete(r->root);
   memset(r, 0, sizeof *r);
 }

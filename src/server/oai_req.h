@@ -2,10 +2,12 @@
  * parsed and validated into engine request parameters.
  *
  * Pure functions over a JSON body: no model, engine or I/O is involved, so every rule is unit
- * tested on its own (tests/unit/test_openai_req.c). Validation is strict: a wrong type, a value
- * out of range, or a field quiver does not implement is an error naming the field (the HTTP
- * layer answers 400), never silently ignored. Checks that need the model (vocabulary size,
- * context length) happen later, in server.c. */
+ * tested on its own (tests/unit/test_openai.c). Validation is strict: a wrong type, a value
+ * out of range, or a field quiver does not implement that would change the output is an error
+ * naming the field (the HTTP layer answers 400). Fields that change nothing quiver computes
+ * (metadata such as store, service_tier) are accepted; on completions and chat, a field nobody
+ * knows is ignored and remembered in `ignored` (the server logs each name once), as vLLM does.
+ * Checks that need the model (vocabulary size, context length) happen later, in server.c. */
 #ifndef QV_SERVER_OAI_REQ_H
 #define QV_SERVER_OAI_REQ_H
 
@@ -27,6 +29,7 @@ typedef enum oai_kind {
 #define OAI_MAX_STOP 16       /* stop strings per request */
 #define OAI_MAX_PROMPTS 64    /* prompts in one completions request */
 #define OAI_MAX_TOP_LOGPROBS 20
+#define OAI_MAX_IGNORED 16    /* unknown fields remembered per request (for a log line) */
 
 /* One prompt of a completions request: text or token ids. */
 typedef struct oai_prompt {
@@ -66,6 +69,12 @@ typedef struct oai_request {
   int echo;                 /* completions */
   int stream;
   int include_usage;        /* stream_options.include_usage */
+  int continuous_usage;     /* stream_options.continuous_usage_stats: usage in every chunk */
+  int parallel_tool_calls;  /* chat: default 1; 0 keeps only the first tool call */
+  cJSON *kwargs_owned;      /* owned: chat_template_kwargs plus reasoning_effort, or NULL;
+                               template_kwargs points here when set */
+  const char *ignored[OAI_MAX_IGNORED]; /* borrowed from root: unknown fields ignored */
+  int32_t n_ignored;
   int want_logprobs;        /* completions: logprobs given; chat: logprobs true */
   const char *user;         /* borrowed or NULL */
   char err_param[64];       /* on failure: the offending field ("" when none) */
@@ -76,6 +85,10 @@ typedef struct oai_request {
  * field; QV_EUNSUPPORTED: a field or value quiver does not implement. */
 int oai_request_parse(oai_kind kind, const char *body, size_t len, oai_request *out,
                       qv_error *err);
+/* The same over an already parsed body: root is taken over (freed with out, even on
+ * failure). The API dialects (dialect_anthropic.c, dialect_responses.c) translate their bodies
+ * into a chat-completions body and parse it here, so every rule applies to all of them. */
+int oai_request_parse_root(oai_kind kind, cJSON *root, oai_request *out, qv_error *err);
 void oai_request_free(oai_request *r);
 
 /* The default chat format used when a model ships no chat template: each message becomes

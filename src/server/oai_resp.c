@@ -282,6 +282,7 @@ char *oai_chunk_sse(const oai_meta *m, const oai_chunk *c) {
   add_opt_string(ch, "finish_reason", c->finish);
   if (c->finish) add_opt_string(ch, "stop_reason", c->stop_reason);
   cJSON_AddItemToArray(arr, ch);
+  if (c->live_usage) cJSON_AddItemToObject(root, "usage", usage_json(c->live_usage));
   return sse_wrap(root);
 }
 

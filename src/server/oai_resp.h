@@ -90,6 +90,8 @@ typedef struct oai_chunk {
   const char *stop_reason;
   const cJSON *logprobs;
   const oai_usage *usage;    /* non-NULL: the final usage-only chunk (choices []) */
+  const oai_usage *live_usage; /* non-NULL: usage so far, added to this chunk
+                                  (stream_options.continuous_usage_stats) */
 } oai_chunk;
 
 /* One SSE event "data: {chunk}\n\n". */

@@ -69,6 +69,7 @@ static srv_req *req_new(server *s, http_conn *c) {
   r->model = -1;
   r->t_start = uv_hrtime();
   r->created = (int64_t)time(NULL);
+  r->dialect = &srv_dialect_openai;
   r->next = s->reqs;
   if (s->reqs) s->reqs->prev = r;
   s->reqs = r;
@@ -108,7 +109,7 @@ static void respond_json(srv_req *r, int status, const char *json, const char *e
 void srv_send_error(srv_req *r, int status, const char *msg, const char *param,
                     const char *code) {
   if (!r->conn) return;
-  char *j = oai_error_json(status, msg, param, code);
+  char *j = r->dialect->error_json(status, msg, param, code);
   respond_json(r, status, j, status == 401 ? "WWW-Authenticate: Bearer\r\n" : "");
   free(j);
 }
@@ -230,22 +231,56 @@ static void handle_models(srv_req *r, const char *one) {
 
 /* ---- routing ---- */
 
+/* GET /v1/responses/{id}: the stored response; DELETE: forgets it. */
+static void handle_stored_response(srv_req *r, const char *method, const char *id) {
+  server *s = r->s;
+  char msg[200];
+  snprintf(msg, sizeof msg, "Response with id '%.100s' not found.", id);
+  if (!strcmp(method, "DELETE")) {
+    if (resp_store_delete(s->responses, id)) {
+      srv_send_error(r, 404, msg, "response_id", "not_found");
+      return;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", id);
+    cJSON_AddStringToObject(o, "object", "response");
+    cJSON_AddTrueToObject(o, "deleted");
+    char *j = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    respond_json(r, 200, j, "");
+    free(j);
+    return;
+  }
+  char *json = NULL;
+  int rc = resp_store_get(s->responses, id, (int64_t)time(NULL), &json, NULL);
+  if (rc == QV_ENOTFOUND) srv_send_error(r, 404, msg, "response_id", "not_found");
+  else if (rc) srv_send_error(r, 500, "out of memory", NULL, NULL);
+  else respond_json(r, 200, json, "");
+  free(json);
+}
+
+/* ---- routing ---- */
+
 typedef struct route_entry {
   const char *path;
   const char *method; /* allowed method */
   int kind;           /* 0 simple endpoint, else oai_kind */
+  const srv_dialect *dialect; /* NULL: OpenAI */
 } route_entry;
 
 static const route_entry routes[] = {
-    {"/v1/completions", "POST", OAI_COMPLETION},
-    {"/v1/chat/completions", "POST", OAI_CHAT},
-    {"/tokenize", "POST", OAI_TOKENIZE},
-    {"/v1/tokenize", "POST", OAI_TOKENIZE},
-    {"/detokenize", "POST", OAI_DETOKENIZE},
-    {"/v1/detokenize", "POST", OAI_DETOKENIZE},
-    {"/v1/models", "GET", 0},
-    {"/health", "GET", 0},
-    {"/metrics", "GET", 0},
+    {"/v1/completions", "POST", OAI_COMPLETION, NULL},
+    {"/v1/chat/completions", "POST", OAI_CHAT, NULL},
+    {"/v1/messages", "POST", OAI_CHAT, &srv_dialect_anthropic},
+    {"/v1/messages/count_tokens", "POST", OAI_TOKENIZE, &srv_dialect_anthropic},
+    {"/v1/responses", "POST", OAI_CHAT, &srv_dialect_responses},
+    {"/tokenize", "POST", OAI_TOKENIZE, NULL},
+    {"/v1/tokenize", "POST", OAI_TOKENIZE, NULL},
+    {"/detokenize", "POST", OAI_DETOKENIZE, NULL},
+    {"/v1/detokenize", "POST", OAI_DETOKENIZE, NULL},
+    {"/v1/models", "GET", 0, NULL},
+    {"/health", "GET", 0, NULL},
+    {"/metrics", "GET", 0, NULL},
 };
 
 static void on_request(void *ud, http_conn *c, const http_request *req) {
@@ -262,11 +297,18 @@ static void on_request(void *ud, http_conn *c, const http_request *req) {
   const char *model_id = NULL;
   for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
     if (!strcmp(path, routes[i].path)) hit = &routes[i];
-  static const route_entry model_route = {"/v1/models/", "GET", 0};
+  static const route_entry model_route = {"/v1/models/", "GET", 0, NULL};
   if (!hit && !strncmp(path, "/v1/models/", 11) && path[11]) {
     hit = &model_route;
     model_id = path + 11;
   }
+  static const route_entry response_route = {"/v1/responses/", "GET", 0, NULL};
+  const char *response_id = NULL;
+  if (!hit && !strncmp(path, "/v1/responses/", 14) && path[14] && !strchr(path + 14, '/')) {
+    hit = &response_route;
+    response_id = path + 14;
+  }
+  if (hit && hit->dialect) r->dialect = hit->dialect;
   if (!hit) {
     char msg[300];
     snprintf(msg, sizeof msg, "no route for %s %.200s", req->method_str, path);
@@ -274,12 +316,14 @@ static void on_request(void *ud, http_conn *c, const http_request *req) {
     srv_req_maybe_free(r);
     return;
   }
-  if (strcmp(req->method_str, hit->method)) {
+  int method_ok = !strcmp(req->method_str, hit->method) ||
+                  (response_id && !strcmp(req->method_str, "DELETE"));
+  if (!method_ok) {
     char msg[128], allow[64];
     snprintf(msg, sizeof msg, "method %s not allowed here (use %s)", req->method_str,
              hit->method);
-    snprintf(allow, sizeof allow, "Allow: %s\r\n", hit->method);
-    char *j = oai_error_json(405, msg, NULL, "method_not_allowed");
+    snprintf(allow, sizeof allow, "Allow: %s\r\n", response_id ? "GET, DELETE" : hit->method);
+    char *j = r->dialect->error_json(405, msg, NULL, "method_not_allowed");
     respond_json(r, 405, j, allow);
     free(j);
     srv_req_maybe_free(r);
@@ -287,14 +331,18 @@ static void on_request(void *ud, http_conn *c, const http_request *req) {
   }
   if (s->reg->n_api_keys > 0 && !registry_is_open_path(s->reg, path) &&
       !auth_check((const char *const *)s->reg->api_keys, s->reg->n_api_keys,
-                  http_request_header(req, "authorization"))) {
-    srv_send_error(r, 401, "invalid or missing API key (send Authorization: Bearer <key>)",
+                  http_request_header(req, "authorization")) &&
+      !auth_check_key((const char *const *)s->reg->api_keys, s->reg->n_api_keys,
+                      http_request_header(req, "x-api-key"))) {
+    srv_send_error(r, 401,
+                   "invalid or missing API key (send Authorization: Bearer <key> or x-api-key)",
                    NULL, "invalid_api_key");
     srv_req_maybe_free(r);
     return;
   }
   if (hit->kind == 0) {
-    if (!strcmp(hit->path, "/health")) handle_health(r);
+    if (response_id) handle_stored_response(r, req->method_str, response_id);
+    else if (!strcmp(hit->path, "/health")) handle_health(r);
     else if (!strcmp(hit->path, "/metrics")) handle_metrics(r);
     else handle_models(r, model_id);
     srv_req_maybe_free(r);
@@ -394,11 +442,21 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
   s->n_models = reg->n_models;
   s->opts = *opts;
   s->started = (int64_t)time(NULL);
+  resp_store_limits rl;
+  resp_store_limits_default(&rl);
+  if (opts->responses_max_count > 0) rl.max_count = opts->responses_max_count;
+  if (opts->responses_max_bytes > 0) rl.max_bytes = opts->responses_max_bytes;
+  if (opts->responses_ttl_s != 0) rl.ttl_s = opts->responses_ttl_s;
+  if (resp_store_create(&rl, &s->responses)) {
+    free(s);
+    return qv_error_set(err, QV_ENOMEM, "out of memory");
+  }
   const char *names[REG_MAX_MODELS];
   for (int32_t i = 0; i < s->n_models; i++) names[i] = reg->models[i].name;
   s->notify = calloc((size_t)s->n_models, sizeof *s->notify);
   s->buckets = calloc((size_t)s->n_models * SRV_HASH_BUCKETS, sizeof *s->buckets);
   if (!s->notify || !s->buckets || metrics_init(&s->met, names, s->n_models)) {
+    resp_store_destroy(s->responses);
     free(s->notify);
     free(s->buckets);
     free(s);
@@ -409,6 +467,7 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
                               &opts->limits, &h, &s->http, err);
   if (rc) {
     metrics_deinit(&s->met);
+    resp_store_destroy(s->responses);
     free(s->notify);
     free(s->buckets);
     free(s);
@@ -459,6 +518,9 @@ void server_destroy(server *s) {
     req_free(r);
   }
   metrics_deinit(&s->met);
+  resp_store_destroy(s->responses);
+  for (int32_t i = 0; i < s->n_ignored_logged; i++) free(s->ignored_logged[i]);
+  free(s->ignored_logged);
   free(s->notify);
   free(s->buckets);
   free(s);

@@ -80,6 +80,11 @@ typedef struct server_opts {
   uint64_t drain_timeout_ms;     /* SIGINT/SIGTERM: wait this long for in-flight requests */
   size_t max_stream_backlog_bytes; /* a streaming client this far behind is cut off */
   int handle_signals;            /* install SIGINT/SIGTERM handlers that drain */
+  /* Responses API store (resp_store.h); 0 keeps the defaults (1024, 64 MiB, 3600 s; a
+   * negative TTL never expires). */
+  int32_t responses_max_count;
+  size_t responses_max_bytes;
+  int64_t responses_ttl_s;
 } server_opts;
 
 void server_opts_default(server_opts *o);

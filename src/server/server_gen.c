@@ -19,6 +19,14 @@ static srv_model *model_of(srv_req *r) { return &r->s->models[r->model]; }
 
 static int32_t n_per_prompt(const srv_req *r) { return r->o.params.n > 0 ? r->o.params.n : 1; }
 
+int32_t srv_n_per_prompt(const srv_req *r) { return n_per_prompt(r); }
+
+int32_t srv_prompt_tokens(const srv_req *r) {
+  int32_t n = 0;
+  for (int32_t i = 0; i < r->n_subs && r->pn; i++) n += r->pn[i];
+  return n;
+}
+
 /* Tool calls are parsed out of chat output when the request offered tools (and did not say
  * tool_choice "none") and the model knows a tool-call format, whole or streamed. */
 static int wants_tools(srv_req *r) {
@@ -79,6 +87,8 @@ void srv_gen_free(srv_req *r) {
   free_choices(r);
   free(r->body);
   r->body = NULL;
+  if (r->dstate && r->dialect && r->dialect->state_free) r->dialect->state_free(r->dstate);
+  r->dstate = NULL;
 }
 
 /* ---- preparation on the thread pool ---- */
@@ -120,11 +130,14 @@ static int work_fail(srv_req *r, int status, const char *param, const char *code
  * registry and the models' ready flags are immutable while serving). */
 static int parse_and_resolve(srv_req *r) {
   server *s = r->s;
-  int rc = oai_request_parse(r->kind, r->body, r->body_len, &r->o, &r->work_err);
+  int rc = r->dialect->decode ? r->dialect->decode(r, r->body, r->body_len)
+                              : oai_request_parse(r->kind, r->body, r->body_len, &r->o,
+                                                  &r->work_err);
   free(r->body);
   r->body = NULL;
+  if (rc && r->fail_status) return -1;
   if (rc)
-    return work_fail(r, 400, r->o.err_param[0] ? r->o.err_param : NULL,
+    return work_fail(r, rc == QV_ENOMEM ? 500 : 400, r->o.err_param[0] ? r->o.err_param : NULL,
                      rc == QV_EUNSUPPORTED ? "unsupported" : NULL);
   if (r->o.model) {
     r->n_route = registry_resolve(s->reg, r->o.model, r->route, REG_MAX_ROUTE_LEN);
@@ -291,6 +304,10 @@ static void respond_body(srv_req *r, int status, char *json) {
 }
 
 static void respond_tokenize(srv_req *r) {
+  if (r->dialect->count_json) {
+    respond_body(r, 200, r->dialect->count_json(r));
+    return;
+  }
   cJSON *root = cJSON_CreateObject();
   cJSON_AddNumberToObject(root, "count", r->pn[0]);
   cJSON_AddNumberToObject(root, "max_model_len", model_of(r)->max_model_len);
@@ -350,8 +367,6 @@ static int alloc_choices(srv_req *r, int32_t n_subs) {
   memset(&r->usage, 0, sizeof r->usage);
   return 0;
 }
-
-static void send_chunk(srv_req *r, char *sse);
 
 /* Checks lengths and ids against the model, then submits every prompt. */
 static void submit_all(srv_req *r) {
@@ -428,7 +443,7 @@ static void submit_all(srv_req *r) {
     r->subs[i].prompt_idx = i;
     srv_table_insert(r->s, r->model, &r->subs[i]);
   }
-  snprintf(r->id, sizeof r->id, "%s-%llx%012llx", r->o.kind == OAI_CHAT ? "chatcmpl" : "cmpl",
+  snprintf(r->id, sizeof r->id, "%s%llx%012llx", r->dialect->id_prefix(r),
            (unsigned long long)r->s->started & 0xffffff, (unsigned long long)++r->s->next_id);
   if (r->o.stream) {
     metrics_count_request(&r->s->met, r->model, 200);
@@ -436,18 +451,26 @@ static void submit_all(srv_req *r) {
     served_header(r, extra, sizeof extra);
     http_stream_begin(r->conn, 200, "text/event-stream", extra);
     r->stream_started = 1;
-    oai_meta meta = {r->o.kind, r->id, r->created, r->model_name};
-    for (int32_t c = 0; c < r->n_choices && r->conn; c++) {
-      if (r->o.kind == OAI_CHAT) {
-        oai_chunk k = {.index = c, .role_first = 1};
-        send_chunk(r, oai_chunk_sse(&meta, &k));
-        r->choices[c].role_sent = 1;
-      } else if (r->o.echo && r->ptext[c / n_per_prompt(r)]) {
-        int32_t pi = c / n_per_prompt(r);
-        oai_chunk k = {.index = c, .text = r->ptext[pi], .text_len = r->ptext_len[pi]};
-        send_chunk(r, oai_chunk_sse(&meta, &k));
-      }
-    }
+    r->dialect->stream_begin(r);
+  }
+}
+
+/* Unknown request fields are ignored; each name is logged once per server (bounded). */
+static void log_ignored(srv_req *r) {
+  server *s = r->s;
+  for (int32_t i = 0; i < r->o.n_ignored; i++) {
+    int seen = 0;
+    for (int32_t k = 0; k < s->n_ignored_logged && !seen; k++)
+      seen = !strcmp(s->ignored_logged[k], r->o.ignored[i]);
+    if (seen || s->n_ignored_logged >= 256) continue;
+    char **grown = realloc(s->ignored_logged, sizeof *grown * (size_t)(s->n_ignored_logged + 1));
+    if (!grown) return;
+    s->ignored_logged = grown;
+    char name[65];
+    snprintf(name, sizeof name, "%s", r->o.ignored[i]);
+    if (!(grown[s->n_ignored_logged] = strdup(name))) return;
+    s->n_ignored_logged++;
+    QV_LOGW("serve: ignoring unknown request field '%s' (logged once)", name);
   }
 }
 
@@ -459,6 +482,7 @@ static void after_prep(uv_work_t *w, int status) {
     return;
   }
   r->pins++;
+  log_ignored(r);
   if (r->fail_status) {
     srv_send_error(r, r->fail_status, r->work_err.msg, r->fail_param, r->fail_code);
   } else if (r->work_rc) {
@@ -481,7 +505,7 @@ static void after_prep(uv_work_t *w, int status) {
 
 /* Writes one SSE event (taking ownership of sse) and cuts off a client that fell too far
  * behind, aborting its engine requests. */
-static void send_chunk(srv_req *r, char *sse) {
+void srv_stream_send(srv_req *r, char *sse) {
   if (!r->conn) {
     free(sse);
     return;
@@ -599,16 +623,16 @@ static const char *finish_str(qv_finish_reason f) {
   }
 }
 
+/* Keeps only the first tool call when the request said parallel_tool_calls false. */
+static void limit_calls(const srv_req *r, cJSON *calls) {
+  while (!r->o.parallel_tool_calls && cJSON_GetArraySize(calls) > 1)
+    cJSON_DeleteItemFromArray(calls, cJSON_GetArraySize(calls) - 1);
+}
+
 static void finish_response(srv_req *r) {
-  oai_meta meta = {r->o.kind, r->id, r->created, r->model_name};
   if (r->stream_started) {
-    if (r->o.include_usage) {
-      oai_chunk k = {.usage = &r->usage};
-      send_chunk(r, oai_chunk_sse(&meta, &k));
-    }
+    r->dialect->stream_end(r);
     if (!r->conn) return;
-    static const char done[] = "data: [DONE]\n\n";
-    http_stream_write(r->conn, done, sizeof done - 1);
     http_conn *c = r->conn;
     r->conn = NULL;
     http_conn_set_ctx(c, NULL);
@@ -667,6 +691,7 @@ static void finish_response(srv_req *r) {
       char *content = NULL;
       if (!m->ops->parse_tools(m->ctx, cs[i].text, cs[i].text_len, &content, &calls[i], NULL) &&
           content) {
+        limit_calls(r, calls[i]);
         free(texts[i]);
         texts[i] = content;
         cs[i].text = texts[i];
@@ -677,7 +702,7 @@ static void finish_response(srv_req *r) {
       }
     }
   }
-  char *j = oai_response_json(&meta, cs, r->n_choices, &r->usage);
+  char *j = r->dialect->response_json(r, cs, r->n_choices);
   for (int32_t i = 0; i < r->n_choices; i++) {
     free(texts[i]);
     free(reasons[i]);
@@ -757,15 +782,21 @@ static void stream_delta(srv_req *r, int32_t ci, const char *text, size_t len, i
   if (ch->tstream && tool_feed(r, ch, text, len, finish, &content, &calls) == 0) {
     text = content;
     len = content ? strlen(content) : 0;
+    if (!r->o.parallel_tool_calls) /* only the first call of the whole choice survives */
+      while (cJSON_GetArraySize(calls) > (ch->n_calls > 0 ? 0 : 1))
+        cJSON_DeleteItemFromArray(calls, cJSON_GetArraySize(calls) - 1);
     cJSON *c;
     cJSON_ArrayForEach(c, calls) cJSON_AddNumberToObject(c, "index", ch->n_calls++);
+    if (calls && cJSON_GetArraySize(calls) == 0) {
+      cJSON_Delete(calls);
+      calls = NULL;
+    }
   }
   size_t rlen = reasoning ? strlen(reasoning) : 0;
   if (len > 0 || rlen > 0 || lp || calls) {
-    oai_meta meta = {r->o.kind, r->id, r->created, r->model_name};
-    oai_chunk k = {.index = ci, .text = text, .text_len = len, .tool_calls = calls,
-                   .reasoning = reasoning, .reasoning_len = rlen, .logprobs = lp};
-    send_chunk(r, oai_chunk_sse(&meta, &k));
+    srv_delta d = {.text = text, .text_len = len, .reasoning = reasoning, .reasoning_len = rlen,
+                   .tool_calls = calls, .logprobs = lp};
+    r->dialect->stream_delta(r, ci, &d);
   }
   free(reasoning);
   free(rcontent);
@@ -802,6 +833,7 @@ static void on_event(server *s, int32_t model, srv_sub *sub, qv_event *ev) {
     }
     r->t_last = now;
   }
+  r->live_tokens += ev->n_tokens;
   if (r->conn && (ev->n_tokens > 0 || ev->text_len > 0)) {
     if (r->stream_started) {
       cJSON *lp = NULL;
@@ -835,23 +867,14 @@ static void on_event(server *s, int32_t model, srv_sub *sub, qv_event *ev) {
   metrics_add_tokens(&s->met, model, sub->n_finished == 1 ? ev->prompt_tokens : 0,
                      ev->completion_tokens);
   if (r->conn && r->stream_started) {
-    oai_meta meta = {r->o.kind, r->id, r->created, r->model_name};
     if (ev->finish == QV_FINISH_ERROR) {
-      char *e = oai_error_json(500, ev->error ? ev->error : "generation failed", NULL, NULL);
-      if (e) {
-        size_t el = strlen(e);
-        char *sse = malloc(el + 9);
-        if (sse) snprintf(sse, el + 9, "data: %s\n\n", e);
-        free(e);
-        send_chunk(r, sse);
-      }
+      r->dialect->stream_error(r, ci, ev->error ? ev->error : "generation failed");
     } else {
       if (ch->tstream || ch->rstream) {
         stream_delta(r, ci, NULL, 0, 1, NULL);
         if (ch->n_calls > 0 && ev->finish == QV_FINISH_STOP) ch->finish = "tool_calls";
       }
-      oai_chunk k = {.index = ci, .finish = ch->finish, .stop_reason = ch->stop_reason};
-      if (r->conn) send_chunk(r, oai_chunk_sse(&meta, &k));
+      if (r->conn) r->dialect->stream_finish(r, ci);
     }
   }
   if (sub->n_finished >= n) srv_table_remove(s, model, sub);

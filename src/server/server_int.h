@@ -5,9 +5,11 @@
 #define QV_SERVER_SERVER_INT_H
 
 #include "chat/chat.h"
+#include "server/dialect.h"
 #include "server/metrics.h"
 #include "server/oai_req.h"
 #include "server/oai_resp.h"
+#include "server/resp_store.h"
 #include "server/server.h"
 
 #define SRV_HASH_BUCKETS 1024
@@ -67,6 +69,9 @@ struct server {
   uint64_t drain_deadline_ns;
   uint64_t next_id;
   int64_t started;            /* unix seconds */
+  resp_store *responses;      /* stored Responses API responses (owned) */
+  char **ignored_logged;      /* [n_ignored_logged] unknown request fields already logged */
+  int32_t n_ignored_logged;
 };
 
 struct srv_req {
@@ -84,6 +89,8 @@ struct srv_req {
   int work_rc;
   qv_error work_err;
   oai_kind kind;
+  const srv_dialect *dialect; /* never NULL (srv_dialect_openai by default) */
+  void *dstate;               /* the dialect's state (owned, dialect->state_free) */
   char *body;                 /* [body_len] copy of the request body until parsed */
   size_t body_len;
   int parsed;                 /* body parsed and the model resolved (done once) */
@@ -110,6 +117,7 @@ struct srv_req {
   char id[48];
   int64_t created;
   oai_usage usage;
+  int32_t live_tokens;        /* completion tokens streamed so far, all choices */
 };
 
 /* server.c */
@@ -120,6 +128,13 @@ void srv_table_remove(struct server *s, int32_t model, srv_sub *sub);
 srv_sub *srv_table_find(struct server *s, int32_t model, uint64_t eid);
 
 /* server_gen.c */
+/* Writes one SSE event of a stream (taking ownership of sse; NULL means out of memory) and
+ * cuts off a client that fell too far behind. */
+void srv_stream_send(srv_req *r, char *sse);
+/* Number of choices per prompt (the request's n). */
+int32_t srv_n_per_prompt(const srv_req *r);
+/* Prompt tokens of the request (every prompt once), known after preparation. */
+int32_t srv_prompt_tokens(const srv_req *r);
 /* Parses, resolves and prepares body (copied) on the thread pool, then submits. */
 void srv_gen_start(srv_req *r, oai_kind kind, const char *body, size_t body_len);
 void srv_gen_on_event(struct server *s, int32_t model, qv_event *ev);

@@ -108,7 +108,18 @@ Test(openai_req, rejects_bad_fields) {
       {OAI_COMPLETION, "{\"prompt\":\"a\",\"best_of\":3}", "best_of", QV_EUNSUPPORTED},
       {OAI_COMPLETION, "{\"prompt\":\"a\",\"suffix\":\"z\"}", "suffix", QV_EUNSUPPORTED},
       {OAI_COMPLETION, "{\"prompt\":\"a\",\"echo\":true,\"logprobs\":0}", "echo", QV_EUNSUPPORTED},
-      {OAI_COMPLETION, "{\"prompt\":\"a\",\"frobnicate\":1}", "frobnicate", QV_EUNSUPPORTED},
+      {OAI_COMPLETION, "{\"prompt\":\"a\",\"prediction\":{}}", "prediction", QV_EUNSUPPORTED},
+      {OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"guided_json\":{}}",
+       "guided_json", QV_EUNSUPPORTED},
+      {OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"store\":1}",
+       "store", QV_EINVAL},
+      {OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"metadata\":[]}",
+       "metadata", QV_EINVAL},
+      {OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"reasoning_effort\":1}",
+       "reasoning_effort", QV_EINVAL},
+      {OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream\":true,"
+       "\"stream_options\":{\"continuous_usage_stats\":\"yes\"}}", "continuous_usage_stats", QV_EINVAL},
+      {OAI_TOKENIZE, "{\"prompt\":\"a\",\"frobnicate\":1}", "frobnicate", QV_EUNSUPPORTED},
       {OAI_COMPLETION, "{\"prompt\":\"a\",\"max_tokens\":3,\"min_tokens\":4}", "min_tokens",
        QV_EINVAL},
       {OAI_CHAT, "{\"messages\":[]}", "messages", QV_EINVAL},
@@ -139,6 +150,38 @@ Test(openai_req, rejects_bad_fields) {
     cr_expect(err.msg[0] != '\0', "case %zu has no message", i);
     oai_request_free(&r);
   }
+}
+
+/* Metadata is accepted, unknown fields are ignored and remembered, reasoning_effort reaches
+ * the template kwargs (an explicit kwarg wins), continuous usage and parallel_tool_calls. */
+Test(openai_req, extra_fields) {
+  oai_request r;
+  qv_error err = {0};
+  const char *body =
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"store\":true,"
+      "\"metadata\":{\"a\":\"b\"},\"service_tier\":\"auto\",\"user\":\"u\",\"frobnicate\":1,"
+      "\"zap\":[],\"reasoning_effort\":\"low\",\"parallel_tool_calls\":false,\"stream\":true,"
+      "\"stream_options\":{\"include_usage\":true,\"continuous_usage_stats\":true}}";
+  cr_assert_eq(parse(OAI_CHAT, body, &r, &err), 0, "%s", err.msg);
+  cr_assert_eq(r.n_ignored, 2);
+  cr_assert_str_eq(r.ignored[0], "frobnicate");
+  cr_assert_str_eq(r.ignored[1], "zap");
+  cr_assert_str_eq(cJSON_GetObjectItem(r.template_kwargs, "reasoning_effort")->valuestring, "low");
+  cr_assert_eq(r.parallel_tool_calls, 0);
+  cr_assert_eq(r.continuous_usage, 1);
+  cr_assert_eq(r.include_usage, 1);
+  oai_request_free(&r);
+  body = "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"reasoning_effort\":\"low\","
+         "\"chat_template_kwargs\":{\"reasoning_effort\":\"high\",\"k\":1}}";
+  cr_assert_eq(parse(OAI_CHAT, body, &r, &err), 0, "%s", err.msg);
+  cr_assert_str_eq(cJSON_GetObjectItem(r.template_kwargs, "reasoning_effort")->valuestring, "high");
+  cr_assert_eq(r.parallel_tool_calls, 1);
+  cr_assert_eq(r.n_ignored, 0);
+  oai_request_free(&r);
+  body = "{\"prompt\":\"a\",\"frobnicate\":1}";
+  cr_assert_eq(parse(OAI_COMPLETION, body, &r, &err), 0, "%s", err.msg);
+  cr_assert_eq(r.n_ignored, 1);
+  oai_request_free(&r);
 }
 
 Test(openai_req, chat_messages_normalized) {
