@@ -75,6 +75,12 @@ __device__ void attn_generic_row(const qv_cuda_attn_args &a, int64_t gw, float *
     }
   }
 
+  if (a.sinks) { // gpt-oss: exp(sink) joins the denominator only
+    const float sk = a.sinks[head] * kLog2e, m_new = fmaxf(m, sk), alpha = exp2f(m - m_new);
+    l = l * alpha + exp2f(sk - m_new);
+#pragma unroll
+    for (int i = 0; i < kMaxDim / 32; i++) acc[i] *= alpha;
+  }
   uint16_t *orow = a.out + ((int64_t)tok * a.n_head + head) * D;
   const float inv = l > 0.0f ? 1.0f / l : 0.0f;
 #pragma unroll

@@ -86,6 +86,7 @@ typedef struct qv_cuda_attn_args {
   int32_t n_reduce;
   float *part_o;   /* [slots][n_kv_head][QV_ATTN_BLOCK_M][head_dim] split partial outputs */
   float *part_lse; /* [slots][n_kv_head][QV_ATTN_BLOCK_M] their log2-sum-exp */
+  const float *sinks; /* NULL, or f32 [n_head] logits joining the softmax denominator (generic kernel only) */
 } qv_cuda_attn_args;
 
 /* 1 when the tensor-core kernel serves head_dim (64, 128, 256). */
@@ -95,8 +96,37 @@ cudaError_t qv_cuda_attention_init(void);
 /* Tensor-core FlashAttention-2 path (work items + split-K reduction). q, out, caches 16-byte
  * aligned and head_dim supported. */
 cudaError_t qv_cuda_attention_mma(const qv_cuda_attn_args *a, cudaStream_t stream);
-/* Any head_dim <= 256 (CUDA cores, one warp per token and head); ignores the work items. */
+/* Any head_dim <= 256 (CUDA cores, one warp per token and head); ignores the work items; the
+ * only path that applies sinks. */
 cudaError_t qv_cuda_attention_generic(const qv_cuda_attn_args *a, cudaStream_t stream);
+
+/* moe.cu: the model families' kernels. kind: 0 silu, 1 gelu-tanh, 2 gpt-oss clamped SwiGLU. */
+cudaError_t qv_cuda_scale(uint16_t *x, int64_t n, float s, cudaStream_t stream);
+cudaError_t qv_cuda_gated_act(uint16_t *out, const uint16_t *gate, const uint16_t *up, int64_t n, int kind,
+                              float alpha, float limit, cudaStream_t stream);
+/* kind: 0 softmax then top-k, 1 top-k then softmax, 2 sigmoid then top-k. */
+cudaError_t qv_cuda_moe_route(const float *logits, int32_t n, int32_t E, int32_t k, int kind, int normalize,
+                              int32_t *ids, float *w, cudaStream_t stream);
+/* Groups the S slots of ids by expert into scratch ([3E + 1 + S] ints: counts, offsets, cursors,
+ * slot order); qv_cuda_moe_matmul reads the grouping. */
+cudaError_t qv_cuda_moe_sort(const int32_t *ids, int64_t S, int32_t E, int32_t *scratch, cudaStream_t stream);
+/* One expert-grouped matmul: out[slot] = x[slot / k or slot] . W[ids[slot]]^T + bias. */
+typedef struct qv_cuda_moe_args {
+  uint16_t *out;           /* [S][rows] bf16 */
+  const uint16_t *x;       /* [n][cols] (per_slot 0) or [S][cols] (per_slot 1) bf16 */
+  int per_slot;
+  int32_t k;               /* experts per token */
+  const uint16_t *w;       /* dense: [E*rows][cols] bf16, or NULL */
+  const uint8_t *blocks;   /* MXFP4: [E*rows][cols/2], or NULL */
+  const uint8_t *scales;   /* MXFP4: [E*rows][cols/32] */
+  const float *bias;       /* [E][rows] or NULL */
+  const int32_t *scratch;  /* grouping written by qv_cuda_moe_sort */
+  int32_t n_expert;
+  int64_t rows, cols;
+} qv_cuda_moe_args;
+cudaError_t qv_cuda_moe_matmul(const qv_cuda_moe_args *a, cudaStream_t stream);
+cudaError_t qv_cuda_moe_combine(uint16_t *out, const uint16_t *y, const float *w, int64_t n, int32_t k, int64_t d,
+                                cudaStream_t stream);
 
 /* Block-quantized weights (kernels/quant.cu). qtype is the weight's qv_dtype (QV_DTYPE_Q8_0 ..
  * QV_DTYPE_Q6_K), row_bytes the bytes of one weight row of k elements. Dequantization equals the

@@ -10,13 +10,17 @@
 // Known limit: the element-wise dequantizer re-reads a block's scales for each element (cached
 // in L1); a tile-wise version that loads each block once into shared memory is the next step.
 #include "common.cuh"
+#include "core/dtype.h"
 
 namespace {
 
 constexpr int kThreads = 256;
 
-// qv_dtype values of the quantized types (core/dtype.h).
-enum : int32_t { T_Q8_0 = 4, T_Q4_0, T_Q4_1, T_Q5_0, T_Q5_1, T_Q4_K, T_Q5_K, T_Q6_K };
+// qv_dtype values of the quantized types.
+enum : int32_t {
+  T_Q8_0 = QV_DTYPE_Q8_0, T_Q4_0 = QV_DTYPE_Q4_0, T_Q4_1 = QV_DTYPE_Q4_1, T_Q5_0 = QV_DTYPE_Q5_0,
+  T_Q5_1 = QV_DTYPE_Q5_1, T_Q4_K = QV_DTYPE_Q4_K, T_Q5_K = QV_DTYPE_Q5_K, T_Q6_K = QV_DTYPE_Q6_K
+};
 
 __device__ __forceinline__ float f16_at(const uint8_t *p) {
   return __half2float(__ushort_as_half(static_cast<uint16_t>(p[0] | (p[1] << 8))));

@@ -158,6 +158,7 @@ fail:
 void qv_model_destroy(qv_model *m) {
   if (!m) return;
   qv_backend *be = m->be;
+  families_free(m);
   if (m->kv_ready) be->ops->kv_deinit(be);
   qv_tensor *acts[] = {&m->x, &m->h, &m->q, &m->att, &m->k, &m->v, &m->o, &m->g, &m->u, &m->sel, &m->logits,
                        &m->inv_freq, &m->final_norm};
@@ -200,6 +201,7 @@ int qv_model_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *er
   const qv_backend_ops *ops = m->be->ops;
   qv_backend *be = m->be;
   if (!m->kv_ready) return qv_error_set(err, QV_ESTATE, "forward: KV cache not allocated");
+  if (m->fam) return families_forward(m, b, logits, err);
   if (b->n_tokens <= 0 || b->n_tokens > m->max_tok || b->n_logits < 0 || b->n_logits > m->max_logits)
     return qv_error_set(err, QV_EINVAL, "forward: %d tokens / %d logits exceed the model's limits %d / %d",
                         b->n_tokens, b->n_logits, m->max_tok, m->max_logits);

@@ -24,12 +24,11 @@ void model_rope_inv_freq(const qv_model_config *c, int32_t rot_dim, float *inv, 
   int32_t half = rot_dim / 2;
   double base = c->rope_theta, factor = c->rope_factor;
   *attn_factor = 1.0f;
-  /* Dynamic NTK is applied statically for the longest context (as vLLM does): the same table
-   * for every position keeps a sequence's math independent of the batch. */
-  if (c->rope_scaling == QV_ROPE_SCALING_DYNAMIC && factor > 1.0) {
-    double max_len = (double)c->rope_orig_max_pos * factor;
-    base = base * pow(factor * max_len / c->rope_orig_max_pos - (factor - 1.0), rot_dim / (rot_dim - 2.0));
-  }
+  /* Dynamic NTK: transformers keeps the unscaled table while a sequence is within
+   * max_position_embeddings and rescales per call beyond it, which would leave cached keys
+   * rotated with another table and make logits depend on the batch. quiver uses the unscaled
+   * table and serves at most max_position_embeddings positions (the engine's max_model_len
+   * bound), where it equals transformers exactly. */
   for (int32_t i = 0; i < half; i++) {
     /* transformers computes base ** (2i/d) in float32 and inverts it in float32. */
     float pf = powf((float)base, (float)(2 * i) / (float)rot_dim);
@@ -50,8 +49,12 @@ void model_rope_inv_freq(const qv_model_config *c, int32_t rot_dim, float *inv, 
       break;
     }
     case QV_ROPE_SCALING_YARN: {
-      double lo = floor(yarn_correction_dim(c->yarn_beta_fast, rot_dim, base, c->rope_orig_max_pos));
-      double hi = ceil(yarn_correction_dim(c->yarn_beta_slow, rot_dim, base, c->rope_orig_max_pos));
+      double lo = yarn_correction_dim(c->yarn_beta_fast, rot_dim, base, c->rope_orig_max_pos);
+      double hi = yarn_correction_dim(c->yarn_beta_slow, rot_dim, base, c->rope_orig_max_pos);
+      if (!c->yarn_no_truncate) {
+        lo = floor(lo);
+        hi = ceil(hi);
+      }
       if (lo < 0) lo = 0;
       if (hi > rot_dim - 1) hi = rot_dim - 1;
       if (lo == hi) hi += 0.001;
@@ -62,6 +65,7 @@ void model_rope_inv_freq(const qv_model_config *c, int32_t rot_dim, float *inv, 
       f = interp * (1.0f - extra) + f * extra;
       break;
     }
+    case QV_ROPE_SCALING_LONGROPE: f = 1.0f / (c->rope_ext[i] * pf); break;
     default: break;
     }
     inv[i] = f;
@@ -72,6 +76,7 @@ void model_rope_inv_freq(const qv_model_config *c, int32_t rot_dim, float *inv, 
       *attn_factor = (float)(yarn_get_mscale(factor, c->yarn_mscale) / yarn_get_mscale(factor, c->yarn_mscale_all_dim));
     else *attn_factor = (float)yarn_get_mscale(factor, 1.0);
   }
+  if (c->rope_scaling == QV_ROPE_SCALING_LONGROPE) *attn_factor = c->rope_ext_attn;
 }
 
 /* ---- safetensors weight source ---- */
@@ -80,8 +85,10 @@ static const void *st_src_get(model_weight_src *src, const char *name, int64_t r
                               qv_error *err) {
   const st_tensor *t = st_find(src->ctx, name);
   if (!t) return NULL;
-  int64_t r = t->n_dims == 2 ? t->shape[0] : 1, c = t->n_dims == 2 ? t->shape[1] : t->n_dims == 1 ? t->shape[0] : -1;
-  if (t->n_dims < 1 || t->n_dims > 2 || r != rows || c != cols) {
+  /* 3-D and larger (stacked experts, MXFP4 blocks) are seen as [product of leading dims][last]. */
+  int64_t r = 1, c = t->n_dims >= 1 ? t->shape[t->n_dims - 1] : -1;
+  for (int i = 0; i + 1 < t->n_dims; i++) r *= t->shape[i];
+  if (t->n_dims < 1 || t->n_dims > (src->max_dims ? src->max_dims : 2) || r != rows || c != cols) {
     char shape[96] = "";
     for (int i = 0, n = 0; i < t->n_dims && n < (int)sizeof shape - 24; i++)
       n += snprintf(shape + n, sizeof shape - (size_t)n, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
@@ -89,9 +96,10 @@ static const void *st_src_get(model_weight_src *src, const char *name, int64_t r
                  (long long)rows, (long long)cols);
     return NULL;
   }
-  if (t->dtype != QV_DTYPE_F32 && t->dtype != QV_DTYPE_F16 && t->dtype != QV_DTYPE_BF16) {
-    qv_error_set(err, QV_EUNSUPPORTED, "%s: tensor '%s' has dtype %s (supported: F32, F16, BF16)", t->file, name,
-                 t->dtype_str);
+  if (src->want_u8 ? t->dtype != QV_DTYPE_U8
+                   : (t->dtype != QV_DTYPE_F32 && t->dtype != QV_DTYPE_F16 && t->dtype != QV_DTYPE_BF16)) {
+    qv_error_set(err, QV_EUNSUPPORTED, "%s: tensor '%s' has dtype %s (supported: %s)", t->file, name, t->dtype_str,
+                 src->want_u8 ? "U8" : "F32, F16, BF16");
     return NULL;
   }
   *dtype = (qv_dtype)t->dtype;
@@ -156,7 +164,7 @@ int qv_model_load(const char *path, qv_backend *be, const qv_model_opts *opts, q
   memcpy(cfg.weight_dtype, dt, sizeof dt);
   src.get = st_src_get;
   src.ctx = set;
-  rc = llama_build(&cfg, &src, be, opts, out, err);
+  rc = cfg.family ? families_build(&cfg, &src, be, opts, out, err) : llama_build(&cfg, &src, be, opts, out, err);
   /* A missing tensor is in no file: say which files were searched. */
   if (rc == QV_ENOTFOUND) qv_error_prefix(err, "%s", describe_files(set));
   st_close(set);
@@ -197,6 +205,7 @@ int qv_model_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error
 }
 
 int64_t qv_model_config_n_params(const qv_model_config *c) {
+  if (c->family) return families_n_params(c);
   int64_t qd = (int64_t)c->n_head * c->head_dim, kd = (int64_t)c->n_kv_head * c->head_dim, d = c->dim;
   int64_t per_layer = 2 * d + d * qd + 2 * d * kd + qd * d + 3 * d * (int64_t)c->ffn_dim;
   if (c->qkv_bias) per_layer += qd + 2 * kd;

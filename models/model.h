@@ -17,7 +17,24 @@ typedef enum qv_rope_scaling_type {
   QV_ROPE_SCALING_DYNAMIC,
   QV_ROPE_SCALING_LLAMA3,
   QV_ROPE_SCALING_YARN,
+  QV_ROPE_SCALING_LONGROPE,
 } qv_rope_scaling_type;
+
+/* Architecture families. LLAMA (0) runs models/llama.c; the others models/families.c. */
+typedef enum qv_family {
+  QV_FAMILY_LLAMA = 0, /* llama, mistral, qwen2, qwen3, quiver-tiny */
+  QV_FAMILY_GEMMA2,
+  QV_FAMILY_GEMMA3,    /* gemma3_text, and gemma3's text_config */
+  QV_FAMILY_PHI3,
+  QV_FAMILY_MIXTRAL,
+  QV_FAMILY_QWEN3_MOE,
+  QV_FAMILY_GPT_OSS,
+} qv_family;
+
+#define QV_MAX_LAYERS 1024
+#define QV_MAX_ROPE_HALF 512
+#define QV_LAYER_SLIDING 1 /* layer_flags: this layer attends through the sliding window */
+#define QV_LAYER_MOE 2     /* layer_flags: this layer's MLP is the mixture of experts */
 
 typedef struct qv_model_config {
   char arch[32];           /* "llama", "mistral", "qwen2", "qwen3", "quiver-tiny" */
@@ -37,6 +54,7 @@ typedef struct qv_model_config {
   int32_t rope_orig_max_pos;                         /* llama3, yarn, dynamic */
   float yarn_beta_fast, yarn_beta_slow, yarn_mscale, yarn_mscale_all_dim;
   float yarn_attn_factor;                            /* explicit attention_factor, 0 if absent */
+  int32_t yarn_no_truncate;                          /* yarn truncate=false (gpt-oss) */
   int32_t sliding_window;  /* 0: none */
   int32_t tie_embeddings;
   int32_t qkv_bias;        /* Qwen2, attention_bias */
@@ -49,6 +67,28 @@ typedef struct qv_model_config {
   int32_t eos_ids[QV_MAX_EOS];
   int32_t n_eos;
   char weight_dtype[16];    /* dtype of the file's weights ("F32", "BF16", "F16", "mixed") */
+
+  /* ---- families beyond Llama (models/families.c); all zero for the Llama family ---- */
+  int32_t family;           /* qv_family */
+  int32_t act;              /* qv_act_kind of the MLP */
+  float swiglu_alpha, swiglu_limit;  /* gpt-oss */
+  int32_t norm_plus_one;    /* Gemma: norms scale by (1 + w); folded into w at load in fp32 */
+  int32_t sandwich_norm;    /* Gemma 2/3: post-attention, pre- and post-feedforward norms */
+  float embed_scale;        /* 0: none; Gemma: sqrt(hidden_size) rounded to fp32 */
+  float attn_scale;         /* 0: 1/sqrt(head_dim); Gemma: query_pre_attn_scalar^-1/2 */
+  float attn_softcap;       /* Gemma 2; 0: none */
+  float final_softcap;      /* Gemma 2 final_logit_softcapping; 0: none */
+  float rope_local_theta;   /* Gemma 3: rope theta of sliding-window layers (unscaled); 0: none */
+  int32_t rot_dim;          /* rotated dims per head (partial_rotary_factor); 0: head_dim */
+  int32_t rope_long;        /* longrope: 1 when the long factors are in use */
+  float rope_ext[QV_MAX_ROPE_HALF]; /* longrope: factors in use [rot_dim / 2] */
+  float rope_ext_attn;      /* longrope attention factor (cos/sin scale) */
+  int32_t attn_sinks;       /* gpt-oss: per-head sink logits */
+  int32_t n_expert, n_expert_used, moe_ffn_dim;
+  int32_t route_kind;       /* qv_route_kind */
+  int32_t route_norm;       /* renormalise the selected weights (norm_topk_prob) */
+  int32_t experts_mxfp4;    /* quantization_config quant_method mxfp4 (gpt-oss experts) */
+  uint8_t layer_flags[QV_MAX_LAYERS]; /* QV_LAYER_* per layer */
 } qv_model_config;
 
 typedef struct qv_model qv_model;

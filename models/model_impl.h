@@ -16,6 +16,8 @@ typedef struct model_weight_src {
    * GGUF source drops those file pages, so loading never holds the weights twice). */
   void (*release)(struct model_weight_src *src, const void *p, size_t n);
   void *ctx;
+  int max_dims; /* 0: 2-D and vectors only; else tensors up to this rank, seen as [prod][last] */
+  int want_u8;  /* 1: only U8 tensors (MXFP4 blocks/scales), else only F32/F16/BF16 */
 } model_weight_src;
 
 typedef struct llama_layer {
@@ -52,7 +54,15 @@ struct qv_model {
   qv_tensor g, u;          /* [max_tok][ffn] */
   qv_tensor sel;           /* [max_logits][dim] */
   qv_tensor logits;        /* [max_logits][vocab], always F32 */
+  struct fam_state *fam;   /* families.c's state (Gemma, Phi-3, MoE); NULL for the Llama family */
 };
+
+/* models/families.c: Gemma 2/3, Phi-3, Mixtral, Qwen3-MoE, gpt-oss. */
+int families_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
+                   qv_model **out, qv_error *err);
+int families_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *err);
+void families_free(qv_model *m);
+int64_t families_n_params(const qv_model_config *cfg);
 
 /* Builds a Llama-family model on be from cfg and weights; on failure frees what it made. */
 int llama_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,

@@ -36,6 +36,7 @@ import transformers
 from transformers import (AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
                           Qwen3ForCausalLM)
+import families_fixtures
 
 N_PROMPT = 12
 N_DECODE = 8
@@ -304,8 +305,12 @@ def main():
         os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "models")
     os.makedirs(root, exist_ok=True)
     torch.set_num_threads(1)
+    only = set(os.environ.get("QV_FIXTURES", "").split(",")) - {""}
     for fx in FIXTURES:
-        make(fx, root)
+        if not only or fx["name"] in only:
+            make(fx, root)
+    # Gemma 2/3, Phi-3, Mixtral, Qwen3-MoE, gpt-oss (scripts/families_fixtures.py).
+    families_fixtures.make_all(root, only, sys.modules[__name__])
 
 
 if __name__ == "__main__":

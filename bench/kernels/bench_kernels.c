@@ -131,6 +131,54 @@ static void run_ew(bench *b, void *c) {
   }
 }
 
+/* The grouped expert matmul of a Qwen3-30B-A3B MoE layer (128 experts, top-8, hidden 2048,
+ * expert ffn 768): gate projection for n tokens routed by random logits. Bytes: each selected
+ * expert's weights once, plus the inputs and outputs; also reported per token against the
+ * selected experts' bytes (what a per-token loop would read). */
+typedef struct moe_ctx { qv_tensor out, x, ids; qv_experts w; } moe_ctx;
+static void run_moe(bench *b, void *c) {
+  moe_ctx *m = c;
+  CK(b->ops->moe_matmul(b->be, &m->out, &m->x, &m->w, &m->ids));
+}
+
+static void bench_moe(bench *b, int32_t n) {
+  enum { E = 128, K = 8, D = 2048, F = 768 };
+  moe_ctx m;
+  memset(&m, 0, sizeof m);
+  m.w = (qv_experts){.n_expert = E, .rows = F, .cols = D};
+  m.w.w = tensor(b, (int64_t)E * F, D);
+  m.x = tensor(b, n, D);
+  CK(b->ops->alloc(b->be, QV_DTYPE_BF16, (int64_t)n * K, F, &m.out));
+  qv_tensor lg, wt;
+  float *lv = malloc(sizeof(float) * (size_t)n * E), *idf = malloc(sizeof(float) * (size_t)n * K);
+  for (int64_t i = 0; i < (int64_t)n * E; i++) {
+    b->rng = b->rng * 1664525u + 1013904223u;
+    lv[i] = (float)(b->rng >> 8) / 16777216.0f;
+  }
+  CK(b->ops->alloc(b->be, QV_DTYPE_F32, n, E, &lg));
+  CK(b->ops->upload(b->be, &lg, lv, QV_DTYPE_F32));
+  CK(b->ops->alloc(b->be, QV_DTYPE_I32, n, K, &m.ids));
+  CK(b->ops->alloc(b->be, QV_DTYPE_F32, n, K, &wt));
+  qv_moe_route r = {QV_ROUTE_SOFTMAX_TOPK, E, K, 1};
+  CK(b->ops->moe_route(b->be, &lg, &r, &m.ids, &wt));
+  CK(b->ops->download_f32(b->be, &m.ids, idf));
+  char seen[E] = {0};
+  int distinct = 0;
+  for (int64_t i = 0; i < (int64_t)n * K; i++) seen[(int)idf[i]] = 1;
+  for (int e = 0; e < E; e++) distinct += seen[e];
+  const double ms = time_ms(b, run_moe, &m);
+  const double expert = 2.0 * F * D, read = distinct * expert + 2.0 * n * D + 2.0 * n * K * F;
+  char nm[64], shape[160];
+  snprintf(nm, sizeof nm, "moe_grouped_gate_%dtok", n);
+  snprintf(shape, sizeof shape, "%d tokens top-%d of %d experts [%d][%d] bf16; %d distinct; expert bytes/token %.0f vs selected %.0f",
+           n, K, E, F, D, distinct, distinct * expert / n, K * expert);
+  report(b, nm, shape, ms, read, 2.0 * n * K * F * D);
+  free(lv);
+  free(idf);
+  qv_tensor *ts[] = {&m.w.w, &m.x, &m.out, &lg, &m.ids, &wt};
+  for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) b->ops->free(b->be, ts[i]);
+}
+
 typedef struct attn_ctx { qv_tensor out, q; qv_attn_params p; } attn_ctx;
 static void run_attn(bench *b, void *c) {
   attn_ctx *a = c;
@@ -321,6 +369,10 @@ int main(int argc, char **argv) {
   bench_attention(b, "attention_decode_1x4096", 1, 1, 4096);
   bench_attention(b, "attention_prefill_1x2048", 1, 2048, 2048);
   bench_attention(b, "attention_prefill_chunk512_at4096", 1, 512, 4096);
+
+  bench_moe(b, 1);
+  bench_moe(b, 16);
+  bench_moe(b, 256);
 
   /* argmax over a batch of vocab rows */
   {

@@ -74,7 +74,50 @@ typedef struct qv_attn_params {
   float scale;             /* usually 1/sqrt(head_dim) */
   int32_t sliding_window;  /* 0: full causal; else a query at p sees keys in (p - window, p] */
   float softcap;           /* 0: none; else scores = softcap * tanh(scores / softcap) */
+  /* NULL: none. Else F32 [1][n_head] backend memory: a learned logit per head that joins the
+   * softmax denominator only (gpt-oss "attention sinks"): p_j = exp(s_j) / (exp(sink) + sum exp). */
+  const struct qv_tensor *sinks;
 } qv_attn_params;
+
+/* Gated activations of the MLP: out = act(gate) * up (see gated_act). */
+typedef enum qv_act_kind {
+  QV_ACT_SILU = 0,       /* silu(g) * u (Llama) */
+  QV_ACT_GELU_TANH,      /* gelu_tanh(g) * u (Gemma: gelu_pytorch_tanh) */
+  QV_ACT_SWIGLU_OAI,     /* g' = min(g, limit), u' = clamp(u, -limit, limit): (u' + 1) * g' * sigmoid(alpha g') */
+} qv_act_kind;
+
+typedef struct qv_act {
+  qv_act_kind kind;
+  float alpha, limit;    /* QV_ACT_SWIGLU_OAI */
+} qv_act;
+
+/* How a mixture-of-experts router turns logits [n][n_expert] into k (expert, weight) pairs. */
+typedef enum qv_route_kind {
+  QV_ROUTE_SOFTMAX_TOPK = 0, /* p = softmax(all logits); the k largest p (Mixtral, Qwen3-MoE) */
+  QV_ROUTE_TOPK_SOFTMAX,     /* the k largest logits; weights = softmax over those k (gpt-oss) */
+  QV_ROUTE_SIGMOID_TOPK,     /* p = sigmoid(logits); the k largest p */
+} qv_route_kind;
+
+typedef struct qv_moe_route {
+  qv_route_kind kind;
+  int32_t n_expert;
+  int32_t k;              /* experts per token, 1 <= k <= n_expert */
+  int32_t normalize;      /* weights /= sum of the k selected weights */
+} qv_moe_route;
+
+/* The weights of every expert of one MoE projection, stacked: expert e owns output rows
+ * [e*rows, (e+1)*rows). Dense: w is [n_expert*rows][cols] in the backend's weight dtype.
+ * MXFP4 (OCP microscaling FP4, as gpt-oss ships it): blocks U8 [n_expert*rows][cols/2] (two
+ * e2m1 values a byte, low nibble first) and scales U8 [n_expert*rows][cols/32] (E8M0: value =
+ * e2m1 * 2^(scale - 127)), dequantized on the fly. bias: [n_expert][rows] or data NULL. */
+typedef struct qv_experts {
+  int32_t n_expert;
+  int64_t rows, cols;
+  int32_t mxfp4;
+  struct qv_tensor w;      /* dense */
+  struct qv_tensor blocks, scales; /* mxfp4 */
+  struct qv_tensor bias;
+} qv_experts;
 
 typedef struct qv_backend qv_backend;
 
@@ -138,6 +181,25 @@ typedef struct qv_backend_ops {
   int (*gather_rows)(qv_backend *be, qv_tensor *out, const qv_tensor *x);
   /* Optional (NULL if absent): ids[i] = argmax of logits row i, written to host memory. */
   int (*argmax)(qv_backend *be, const qv_tensor *logits, int32_t *ids);
+
+  /* ---- model families (Gemma, Phi-3, MoE). NULL where a backend lacks them: a model that
+   * needs one refuses to load on that backend with the op's name. ---- */
+  /* x *= s elementwise. */
+  int (*scale)(qv_backend *be, qv_tensor *x, float s);
+  /* out = act(gate) * up elementwise (see qv_act); out may alias gate. */
+  int (*gated_act)(qv_backend *be, qv_tensor *out, const qv_tensor *gate, const qv_tensor *up,
+                   const qv_act *act);
+  /* Routing: logits F32 [n][n_expert] -> ids I32 [n][k] (largest first) and weights F32 [n][k]. */
+  int (*moe_route)(qv_backend *be, const qv_tensor *logits, const qv_moe_route *r, qv_tensor *ids,
+                   qv_tensor *weights);
+  /* Expert-grouped matmul: for slot i = t*k + j, out[i] = x[t or i] . W[ids[i]]^T + bias[ids[i]].
+   * x is [n][cols] (one row per token, shared by its k slots) or [n*k][cols] (one per slot);
+   * ids I32 [n][k]; out [n*k][rows]. Tokens are grouped by expert, so each selected expert's
+   * weights are read once per call. */
+  int (*moe_matmul)(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_experts *w,
+                    const qv_tensor *ids);
+  /* out[t] = sum_j weights[t][j] * y[t*k + j] (j in order); y [n*k][d], weights [n][k]. */
+  int (*moe_combine)(qv_backend *be, qv_tensor *out, const qv_tensor *y, const qv_tensor *weights);
 } qv_backend_ops;
 
 /* Every backend struct starts with this header so generic code can reach the ops. */

@@ -606,6 +606,14 @@ int cli_generate(int argc, char **argv) {
     printf("\n");
   }
   rc = 0;
+  for (int i = 0; i < n_items; i++) {
+    /* A "length" finish short of max_tokens means the sequence reached max_model_len. */
+    const gen_item *it = &items[i];
+    if (!it->error && it->fin.finish == QV_FINISH_LENGTH && it->p.max_tokens >= 0 &&
+        it->fin.completion_tokens < it->p.max_tokens)
+      fprintf(stderr, "quiver generate: warning: prompt %d stopped at max_model_len %d after %d of max_tokens %d "
+              "tokens\n", i, qv_engine_max_model_len(e), it->fin.completion_tokens, it->p.max_tokens);
+  }
   for (int i = 0; i < n_items; i++)
     if (items[i].error) {
       fprintf(stderr, "quiver generate: prompt %d: %s\n", i, items[i].error);

@@ -28,6 +28,7 @@ static const char *rope_name(qv_rope_scaling_type t) {
   case QV_ROPE_SCALING_DYNAMIC: return "dynamic";
   case QV_ROPE_SCALING_LLAMA3: return "llama3";
   case QV_ROPE_SCALING_YARN: return "yarn";
+  case QV_ROPE_SCALING_LONGROPE: return "longrope";
   default: return "none";
   }
 }
@@ -65,10 +66,33 @@ int cli_info(int argc, char **argv) {
   else printf("%-26s none\n", "sliding window");
   printf("%-26s tied %s, qkv bias %s, qk norm %s\n", "features", c->tie_embeddings ? "yes" : "no",
          c->qkv_bias ? "yes" : "no", c->qk_norm ? "yes" : "no");
+  if (c->family) {
+    int n_sliding = 0, n_moe = 0;
+    for (int32_t l = 0; l < c->n_layer; l++) {
+      n_sliding += !!(c->layer_flags[l] & QV_LAYER_SLIDING);
+      n_moe += !!(c->layer_flags[l] & QV_LAYER_MOE);
+    }
+    printf("%-26s %d sliding-window, %d global\n", "attention layers", n_sliding, c->n_layer - n_sliding);
+    if (c->rope_local_theta > 0) printf("%-26s theta %g (sliding layers)\n", "local rope", c->rope_local_theta);
+    if (c->rot_dim && c->rot_dim != c->head_dim) printf("%-26s %d of %d dims\n", "partial rotary", c->rot_dim, c->head_dim);
+    if (c->rope_scaling == QV_ROPE_SCALING_LONGROPE)
+      printf("%-26s %s factors (original context %d)\n", "longrope", c->rope_long ? "long" : "short", c->rope_orig_max_pos);
+    if (c->attn_softcap > 0 || c->final_softcap > 0)
+      printf("%-26s attention %g, final logits %g\n", "soft-capping", c->attn_softcap, c->final_softcap);
+    if (c->attn_sinks) printf("%-26s yes\n", "attention sinks");
+    if (n_moe)
+      printf("%-26s %d of %d experts per token, expert ffn %d, %d MoE layers%s\n", "mixture of experts",
+             c->n_expert_used, c->n_expert, c->moe_ffn_dim, n_moe, c->experts_mxfp4 ? ", MXFP4 experts" : "");
+  }
   if (d.n_file_tensors) {
     printf("%-26s %d\n", "tensors in files", d.n_file_tensors);
     print_bytes("tensor data in files", (double)d.file_bytes);
   }
+  /* MXFP4 experts stay 4-bit (17 bytes per 32 weights: 16 of nibbles, 1 scale) on both backends. */
+  double q_params = 0;
+  if (c->experts_mxfp4)
+    for (int32_t l = 0; l < c->n_layer; l++)
+      if (c->layer_flags[l] & QV_LAYER_MOE) q_params += 3.0 * c->n_expert * c->dim * (double)c->moe_ffn_dim;
   if (d.is_gguf) {
     for (int t = 0; t < QV_DTYPE_COUNT; t++) {
       if (!d.type_count[t]) continue;
@@ -81,9 +105,9 @@ int cli_info(int argc, char **argv) {
     print_bytes("weights on cpu (quantized)", (double)d.file_bytes);
     print_bytes("weights on cpu (dequant)", (double)d.n_params * 4);
   } else {
-    print_bytes("weights on cpu (f32)", (double)d.n_params * 4);
+    print_bytes("weights on cpu (f32)", ((double)d.n_params - q_params) * 4 + q_params * 17.0 / 32.0);
   }
-  print_bytes("weights on cuda (bf16)", (double)d.n_params * 2);
+  print_bytes("weights on cuda (bf16)", ((double)d.n_params - q_params) * 2 + q_params * 17.0 / 32.0);
   int64_t kv = 2 * (int64_t)c->n_layer * c->n_kv_head * c->head_dim;
   printf("%-26s %lld (cpu f32), %lld (cuda bf16)\n", "KV bytes per token", (long long)kv * 4, (long long)kv * 2);
   print_bytes("KV for max positions, cuda", (double)kv * 2 * c->max_pos);

@@ -9,6 +9,7 @@ size_t qv_dtype_size(qv_dtype t) {
   case QV_DTYPE_F16: return 2;
   case QV_DTYPE_BF16: return 2;
   case QV_DTYPE_I32: return 4;
+  case QV_DTYPE_U8: return 1;
   default: return 0;
   }
 }
@@ -19,6 +20,7 @@ const char *qv_dtype_name(qv_dtype t) {
   case QV_DTYPE_F16: return "F16";
   case QV_DTYPE_BF16: return "BF16";
   case QV_DTYPE_I32: return "I32";
+  case QV_DTYPE_U8: return "U8";
   case QV_DTYPE_Q8_0: return "Q8_0";
   case QV_DTYPE_Q4_0: return "Q4_0";
   case QV_DTYPE_Q4_1: return "Q4_1";

@@ -12,9 +12,10 @@ typedef enum qv_dtype {
   QV_DTYPE_F16 = 1,
   QV_DTYPE_BF16 = 2,
   QV_DTYPE_I32 = 3,
+  QV_DTYPE_U8 = 4,   /* raw bytes (MXFP4 blocks and scales of MoE experts) */
   /* Block-quantized weight types (GGUF/ggml layouts, see src/quant/quant.h): a row of cols
    * elements is cols / block_elems blocks of block_bytes. qv_dtype_size() is 0 for them. */
-  QV_DTYPE_Q8_0,
+  QV_DTYPE_Q8_0 = 5,
   QV_DTYPE_Q4_0,
   QV_DTYPE_Q4_1,
   QV_DTYPE_Q5_0,

@@ -3,6 +3,7 @@
 #include "loader/hf_config.h"
 
 #include "core/util.h"
+#include "loader/hf_families.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -97,6 +98,13 @@ static int parse_rope(const cJSON *root, qv_model_config *c, qv_error *err) {
     return qv_error_set(err, QV_EFORMAT, CFG_FILE ": rope_scaling \"rope_type\" must be a string");
   const char *type = t ? t->valuestring : "default";
   if (!strcmp(type, "default")) return 0;
+  if (!strcmp(type, "longrope") || !strcmp(type, "su")) { /* "su": Phi-3's early name for it */
+    /* Factors and the long/short choice are read by hf_family_parse (needs the rotary dims). */
+    c->rope_scaling = QV_ROPE_SCALING_LONGROPE;
+    return 0;
+  }
+  if (!strcmp(type, "dynamic") && !cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(s, "factor")))
+    return qv_error_set(err, QV_EFORMAT, CFG_FILE ": dynamic rope_scaling needs a numeric \"factor\"");
   if ((rc = get_float(s, "factor", 1.0, 1e-3, 1e6, &c->rope_factor, err))) return rc;
   if ((rc = get_int(s, "original_max_position_embeddings", c->max_pos, 1, 1 << 26, &c->rope_orig_max_pos, err)))
     return rc;
@@ -119,12 +127,11 @@ static int parse_rope(const cJSON *root, qv_model_config *c, qv_error *err) {
         (rc = get_float(s, "mscale_all_dim", 0.0, 0.0, 1e6, &c->yarn_mscale_all_dim, err)) ||
         (rc = get_float(s, "attention_factor", 0.0, 0.0, 1e6, &c->yarn_attn_factor, err)))
       return rc;
-    const cJSON *tr = cJSON_GetObjectItemCaseSensitive(s, "truncate");
-    if (cJSON_IsFalse(tr))
-      return qv_error_set(err, QV_EUNSUPPORTED, CFG_FILE ": yarn rope_scaling with truncate=false is not supported");
+    /* truncate=false (gpt-oss): the correction range keeps its fractional bounds. */
+    c->yarn_no_truncate = cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(s, "truncate"));
   } else {
     return qv_error_set(err, QV_EUNSUPPORTED, CFG_FILE ": rope_scaling type '%.32s' is not supported "
-                        "(supported: linear, dynamic, llama3, yarn)", type);
+                        "(supported: linear, dynamic, llama3, yarn, longrope)", type);
   }
   return 0;
 }
@@ -145,14 +152,20 @@ int hf_config_parse(const char *text, size_t len, qv_model_config *c, qv_error *
   static const char *archs[] = {"llama", "mistral", "qwen2", "qwen3"};
   int known = 0;
   for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++) known |= !strcmp(mt->valuestring, archs[i]);
-  if (!known) {
+  int family = hf_family_lookup(mt->valuestring);
+  if (!known && family < 0) {
     rc = qv_error_set(err, QV_EUNSUPPORTED, CFG_FILE ": model_type '%.40s' is not supported (supported: llama, "
-                      "mistral, qwen2, qwen3)", mt->valuestring);
+                      "mistral, qwen2, qwen3, gemma2, gemma3, gemma3_text, phi3, mixtral, qwen3_moe, gpt_oss)",
+                      mt->valuestring);
     goto out;
   }
   snprintf(c->arch, sizeof c->arch, "%s", mt->valuestring);
+  if (family > 0) {
+    c->family = family;
+    if ((rc = hf_family_prepare(&root, family, err))) goto out;
+  }
   const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
-  if (cJSON_IsString(act) && strcmp(act->valuestring, "silu")) {
+  if (!family && cJSON_IsString(act) && strcmp(act->valuestring, "silu")) {
     rc = qv_error_set(err, QV_EUNSUPPORTED, CFG_FILE ": hidden_act '%.32s' is not supported (silu only)", act->valuestring);
     goto out;
   }
@@ -214,6 +227,12 @@ int hf_config_parse(const char *text, size_t len, qv_model_config *c, qv_error *
   const cJSON *dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
   if (!cJSON_IsString(dt)) dt = cJSON_GetObjectItemCaseSensitive(root, "dtype");
   snprintf(c->weight_dtype, sizeof c->weight_dtype, "%s", cJSON_IsString(dt) ? dt->valuestring : "?");
+  if (c->family && (rc = hf_family_parse(root, c, err))) goto out;
+  if (c->rope_scaling == QV_ROPE_SCALING_LONGROPE && c->family != QV_FAMILY_PHI3) {
+    rc = qv_error_set(err, QV_EUNSUPPORTED, CFG_FILE ": rope_scaling type 'longrope' is supported for phi3 only");
+    goto out;
+  }
+  if ((rc = hf_config_check_common(root, c, err))) goto out;
 out:
   cJSON_Delete(root);
   return rc;

@@ -120,3 +120,33 @@ def test_prompts_report_cached_tokens(quiver_bin, stories_dir, tmp_path):
     out2 = [json.loads(x) for x in r2.stdout.splitlines()]
     assert [o["cached_tokens"] for o in out2] == [0, 0]
     assert [o["token_ids"] for o in out2] == [o["token_ids"] for o in out]
+
+
+def test_warns_when_max_model_len_cuts_max_tokens(quiver_bin, stories_dir):
+    # 1 prompt token + 15 generated reach max_model_len 16 long before max_tokens 100.
+    r = run(quiver_bin, "--model", str(stories_dir), "--prompt-ids", "1", "--max-tokens", "100",
+            "--max-model-len", "16", "--temperature", "0", "--ids")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.split()) == 15
+    assert "warning" in r.stderr and "max_model_len 16" in r.stderr and "max_tokens 100" in r.stderr
+    r = run(quiver_bin, "--model", str(stories_dir), "--prompt-ids", "1", "--max-tokens", "10",
+            "--max-model-len", "16", "--temperature", "0", "--ids")
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
+
+FAMILY_FIXTURES = ["gemma2", "gemma3", "gemma3-multimodal", "phi3-longrope-short", "phi3-longrope-long",
+                   "mixtral", "qwen3-moe", "qwen3-moe-nonorm", "gpt-oss", "gpt-oss-mxfp4"]
+
+
+def test_family_fixtures_greedy_through_the_engine(quiver_bin):
+    # The whole CLI -> engine -> model path on each family's fixture: greedy continuation of the
+    # reference prompt equals transformers' greedy tokens (decode_ids).
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "models"
+    for name in FAMILY_FIXTURES:
+        ref = json.loads((root / name / "reference.json").read_text())
+        assert 2 not in ref["decode_ids"], "regenerated fixture decodes its eos: adjust this test"
+        r = run(quiver_bin, "--model", str(root / name), "--prompt-ids",
+                " ".join(map(str, ref["prompt_ids"])), "--max-tokens", "8", "--temperature", "0", "--ids")
+        assert r.returncode == 0, (name, r.stderr)
+        assert [int(t) for t in r.stdout.split()] == ref["decode_ids"], name

@@ -72,7 +72,15 @@ static double run_fixture(gpu_pair *p, const char *dir, const char *name) {
   qv_error err = {0};
   qv_model *m = NULL;
   qv_model_opts o = {.max_batch_tokens = 64, .max_logits = 64};
-  cr_assert_eq(qv_model_load(dir, p->gpu, &o, &m, &err), 0, "%s: %s", name, err.msg);
+  int rc = qv_model_load(dir, p->gpu, &o, &m, &err);
+  if (rc == QV_EUNSUPPORTED) { /* a family whose ops this backend lacks (gpt-oss's sinks on CUDA) */
+    cr_log_warn("%s: skipped, %s", name, err.msg);
+    fprintf(stderr, "cuda fixtures: %s skipped: %s\n", name, err.msg);
+    free(want_pre);
+    free(want_dec);
+    return -1;
+  }
+  cr_assert_eq(rc, 0, "%s: %s", name, err.msg);
   cr_assert_eq(qv_model_get_config(m)->vocab_size, vocab);
   cr_assert_eq(qv_model_kv_init(m, 40, BS, &err), 0, "%s", err.msg);
   const int32_t bt[MAXB] = {17, 3, 29, 8, 11, 36, 0, 22}; /* scattered pages */

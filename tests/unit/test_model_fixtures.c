@@ -88,6 +88,17 @@ static const fx_expect EXPECT[] = {
     /* qwen2's config has sliding_window 8 with use_sliding_window false: no window. */
     {"qwen2", "qwen2", 4, 2, 8, 0, 1, 1, 0, 0, QV_ROPE_SCALING_NONE, "F32", 1, 3, -1},
     {"qwen3", "qwen3", 4, 2, 8, 0, 0, 0, 0, 1, QV_ROPE_SCALING_NONE, "F32", 1, 2, -1},
+    /* Families (scripts/families_fixtures.py). */
+    {"gemma2", "gemma2", 4, 2, 8, 4, 1, 0, 0, 0, QV_ROPE_SCALING_NONE, "F32", 1, 2, -1},
+    {"gemma3", "gemma3_text", 4, 2, 8, 4, 1, 0, 0, 1, QV_ROPE_SCALING_LINEAR, "F32", 1, 2, -1},
+    {"gemma3-multimodal", "gemma3", 4, 2, 8, 4, 1, 0, 0, 1, QV_ROPE_SCALING_LINEAR, "F32", 1, 2, -1},
+    {"phi3-longrope-short", "phi3", 4, 2, 16, 5, 0, 0, 0, 0, QV_ROPE_SCALING_LONGROPE, "F32", 1, 2, -1},
+    {"phi3-longrope-long", "phi3", 4, 2, 16, 0, 0, 0, 0, 0, QV_ROPE_SCALING_LONGROPE, "F32", 1, 2, -1},
+    {"mixtral", "mixtral", 4, 2, 8, 0, 0, 0, 0, 0, QV_ROPE_SCALING_NONE, "F32", 1, 2, -1},
+    {"qwen3-moe", "qwen3_moe", 4, 2, 8, 0, 0, 0, 0, 1, QV_ROPE_SCALING_NONE, "F32", 1, 2, -1},
+    {"qwen3-moe-nonorm", "qwen3_moe", 4, 2, 8, 0, 0, 0, 0, 1, QV_ROPE_SCALING_NONE, "F32", 1, 2, -1},
+    {"gpt-oss", "gpt_oss", 4, 2, 16, 4, 0, 1, 1, 0, QV_ROPE_SCALING_YARN, "F32", 1, 2, -1},
+    {"gpt-oss-mxfp4", "gpt_oss", 4, 2, 16, 4, 0, 1, 1, 0, QV_ROPE_SCALING_YARN, "mixed", 1, 2, -1},
 };
 
 static void fixture_dir(const char *name, char *out, size_t cap) {
@@ -442,3 +453,13 @@ FIXTURE_TEST(llama_bias, "llama-bias")
 FIXTURE_TEST(mistral_swa, "mistral-swa")
 FIXTURE_TEST(qwen2, "qwen2")
 FIXTURE_TEST(qwen3, "qwen3")
+FIXTURE_TEST(gemma2, "gemma2")
+FIXTURE_TEST(gemma3, "gemma3")
+FIXTURE_TEST(gemma3_multimodal, "gemma3-multimodal")
+FIXTURE_TEST(phi3_longrope_short, "phi3-longrope-short")
+FIXTURE_TEST(phi3_longrope_long, "phi3-longrope-long")
+FIXTURE_TEST(mixtral, "mixtral")
+FIXTURE_TEST(qwen3_moe, "qwen3-moe")
+FIXTURE_TEST(qwen3_moe_nonorm, "qwen3-moe-nonorm")
+FIXTURE_TEST(gpt_oss, "gpt-oss")
+FIXTURE_TEST(gpt_oss_mxfp4, "gpt-oss-mxfp4")

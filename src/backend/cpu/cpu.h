@@ -39,5 +39,11 @@ int cpu_attention(qv_backend *be, qv_tensor *out, const qv_tensor *q, const qv_a
 int cpu_silu_mul(qv_backend *be, qv_tensor *out, const qv_tensor *gate, const qv_tensor *up);
 int cpu_gather_rows(qv_backend *be, qv_tensor *out, const qv_tensor *x);
 int cpu_argmax(qv_backend *be, const qv_tensor *logits, int32_t *ids);
+/* cpu_ops_ext.c: the model families' ops (Gemma, Phi-3, MoE). */
+int cpu_scale(qv_backend *be, qv_tensor *x, float s);
+int cpu_gated_act(qv_backend *be, qv_tensor *out, const qv_tensor *gate, const qv_tensor *up, const qv_act *act);
+int cpu_moe_route(qv_backend *be, const qv_tensor *logits, const qv_moe_route *r, qv_tensor *ids, qv_tensor *weights);
+int cpu_moe_matmul(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_experts *w, const qv_tensor *ids);
+int cpu_moe_combine(qv_backend *be, qv_tensor *out, const qv_tensor *y, const qv_tensor *weights);
 
 #endif

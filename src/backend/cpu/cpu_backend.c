@@ -160,6 +160,11 @@ static const qv_backend_ops cpu_ops = {
     .silu_mul = cpu_silu_mul,
     .gather_rows = cpu_gather_rows,
     .argmax = cpu_argmax,
+    .scale = cpu_scale,
+    .gated_act = cpu_gated_act,
+    .moe_route = cpu_moe_route,
+    .moe_matmul = cpu_moe_matmul,
+    .moe_combine = cpu_moe_combine,
 };
 
 int qv_backend_cpu_create(const qv_backend_opts *opts, qv_backend **out, qv_error *err) {

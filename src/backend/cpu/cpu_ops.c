@@ -214,7 +214,9 @@ static void attn_task(void *arg, int task) {
     sc[j - j0] = x;
     if (x > mx) mx = x;
   }
-  double sum = 0;
+  float sink = p->sinks ? ((const float *)p->sinks->data)[h] : -INFINITY;
+  if (sink > mx) mx = sink;
+  double sum = p->sinks ? expf(sink - mx) : 0.0;
   for (int32_t j = j0; j <= pos; j++) {
     float e = expf(sc[j - j0] - mx);
     sc[j - j0] = e;
@@ -237,7 +239,8 @@ int cpu_attention(qv_backend *be, qv_tensor *out, const qv_tensor *q, const qv_a
   if (check_f32(be, "attention", out) || check_f32(be, "attention", q)) return QV_EINVAL;
   if (p->n_head <= 0 || p->n_kv_head <= 0 || p->n_head % p->n_kv_head || p->head_dim != c->kv.head_dim ||
       p->n_kv_head != c->kv.n_kv_head || p->layer < 0 || p->layer >= c->kv.n_layer || q->rows != b->n_tokens ||
-      q->cols != (int64_t)p->n_head * p->head_dim || out->rows != q->rows || out->cols != q->cols)
+      q->cols != (int64_t)p->n_head * p->head_dim || out->rows != q->rows || out->cols != q->cols ||
+      (p->sinks && (check_f32(be, "attention", p->sinks) || p->sinks->rows * p->sinks->cols != p->n_head)))
     return qv_error_set(&be->last_error, QV_EINVAL, "cpu attention: shape mismatch");
   int32_t max_ctx = 0;
   for (int32_t s = 0; s < b->n_seqs; s++)

@@ -447,6 +447,8 @@ static int attn_plan(cuda_backend *be, int32_t group, int32_t window) {
 static int cuda_attention(qv_backend *b, qv_tensor *out, const qv_tensor *q, const qv_attn_params *p) {
   cuda_backend *be = cb(b);
   if (!p) return BAD(be, "cuda attention: no parameters");
+  if (p->sinks && (p->sinks->dtype != QV_DTYPE_F32 || !p->sinks->data || numel(p->sinks) != p->n_head))
+    return BAD(be, "cuda attention: sinks must be f32 [n_head]");
   int rc = need_kv(be, p->layer, "attention");
   if (rc) return rc;
   if (p->n_head <= 0 || p->n_kv_head != be->kv.n_kv_head || p->head_dim != be->kv.head_dim ||
@@ -462,9 +464,11 @@ static int cuda_attention(qv_backend *b, qv_tensor *out, const qv_tensor *q, con
                          .block_tables = staged(be, be->lay.block_tables), .n_tok = be->n_tokens, .n_seqs = be->n_seqs,
                          .max_blocks = be->max_blocks, .block_size = be->kv.block_size, .n_head = p->n_head,
                          .n_kv_head = p->n_kv_head, .head_dim = p->head_dim, .scale = p->scale, .softcap = p->softcap,
-                         .window = p->sliding_window, .part_o = be->part_o, .part_lse = be->part_lse};
+                         .window = p->sliding_window, .part_o = be->part_o, .part_lse = be->part_lse,
+                         .sinks = p->sinks ? p->sinks->data : NULL};
   const int aligned = cuda_plan_ptr_align(q->data) >= 16 && cuda_plan_ptr_align(out->data) >= 16;
-  if (qv_cuda_attention_mma_supported(p->head_dim) && aligned) {
+  /* Sinks (gpt-oss) run on the generic kernel, which folds them into its softmax. */
+  if (qv_cuda_attention_mma_supported(p->head_dim) && aligned && !p->sinks) {
     rc = attn_plan(be, p->n_head / p->n_kv_head, p->sliding_window);
     if (rc) return rc;
     a.work = be->plan_dev;
@@ -535,6 +539,7 @@ static void cuda_destroy(qv_backend *b) {
   cudaFreeHost(be->plan_host);
   cudaFree(be->plan_dev);
   cudaFree(be->d_ids);
+  cudaFree(be->moe_scratch);
   cudaFree(be->gemm_ws);
   cudaFree(be->qscratch);
   free(be->host_tmp);
@@ -570,6 +575,11 @@ static const qv_backend_ops cuda_ops = {
     .silu_mul = cuda_silu_mul,
     .gather_rows = cuda_gather_rows,
     .argmax = cuda_argmax,
+    .scale = cuda_scale,
+    .gated_act = cuda_gated_act,
+    .moe_route = cuda_moe_route,
+    .moe_matmul = cuda_moe_matmul,
+    .moe_combine = cuda_moe_combine,
 };
 
 /* Creates the device-side resources of be (zeroed, ops set); on failure the caller destroys it. */

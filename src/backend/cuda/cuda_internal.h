@@ -62,9 +62,18 @@ typedef struct cuda_backend {
   size_t ids_cap;
   void *host_tmp; /* host scratch for dtype conversion in upload/download */
   size_t host_tmp_cap;
+  int32_t *moe_scratch; /* device [moe_cap] expert grouping of one moe_matmul (cuda_ext.c) */
+  size_t moe_cap;
   uint16_t *qscratch; /* device bf16 [m][k] of the largest quantized weight dequantized for a GEMM */
   size_t qscratch_cap;
 } cuda_backend;
+
+/* cuda_ext.c: the model families' ops (scale, gated_act, MoE routing, grouped matmul, combine). */
+int cuda_scale(qv_backend *b, qv_tensor *x, float s);
+int cuda_gated_act(qv_backend *b, qv_tensor *out, const qv_tensor *gate, const qv_tensor *up, const qv_act *act);
+int cuda_moe_route(qv_backend *b, const qv_tensor *logits, const qv_moe_route *r, qv_tensor *ids, qv_tensor *weights);
+int cuda_moe_matmul(qv_backend *b, qv_tensor *out, const qv_tensor *x, const qv_experts *w, const qv_tensor *ids);
+int cuda_moe_combine(qv_backend *b, qv_tensor *out, const qv_tensor *y, const qv_tensor *weights);
 
 /* Logs "file:line: what: <CUDA message>", records it in be->base.last_error and returns
  * QV_EDEVICE. */
