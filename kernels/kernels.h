@@ -128,6 +128,32 @@ cudaError_t qv_cuda_moe_matmul(const qv_cuda_moe_args *a, cudaStream_t stream);
 cudaError_t qv_cuda_moe_combine(uint16_t *out, const uint16_t *y, const float *w, int64_t n, int32_t k, int64_t d,
                                 cudaStream_t stream);
 
+/* Block-quantized weights (kernels/quant.cu). qtype is the weight's qv_dtype (QV_DTYPE_Q8_0 ..
+ * QV_DTYPE_Q6_K), row_bytes the bytes of one weight row of k elements. Dequantization equals the
+ * CPU reference (src/quant) bit for bit. */
+#define QV_CUDA_QGEMV_MAX_N 8
+typedef struct qv_cuda_qmm_args {
+  void *out;          /* [n][m], f32 when out_f32 else bf16 */
+  int32_t out_f32;
+  const uint16_t *x;  /* [n][k] bf16 */
+  const void *w;      /* [m] rows of row_bytes */
+  int32_t qtype;
+  int32_t n;          /* 1..QV_CUDA_QGEMV_MAX_N */
+  int64_t m, k, row_bytes;
+  const void *bias;   /* [m] or NULL; f32 when bias_f32 else bf16 */
+  int32_t bias_f32;
+} qv_cuda_qmm_args;
+/* out = x . dequant(w)^T (+ bias) for decode-sized n: each weight byte is read once. */
+cudaError_t qv_cuda_quant_gemv(const qv_cuda_qmm_args *a, cudaStream_t stream);
+/* out[m][k] = dequant(w) as bf16 (prefill: then a tensor-core GEMM), or as f32 (tests). */
+cudaError_t qv_cuda_quant_dequant_bf16(uint16_t *out, const void *w, int32_t qtype, int64_t m, int64_t k,
+                                       int64_t row_bytes, cudaStream_t stream);
+cudaError_t qv_cuda_quant_dequant_f32(float *out, const void *w, int32_t qtype, int64_t m, int64_t k,
+                                      int64_t row_bytes, cudaStream_t stream);
+/* out[n_tok][dim] = dequant(w[ids[t]]) as bf16 (zeros for ids outside [0, n_vocab)). */
+cudaError_t qv_cuda_quant_embed(uint16_t *out, const void *w, int32_t qtype, const int32_t *ids, int32_t n_tok,
+                                int32_t n_vocab, int32_t dim, int64_t row_bytes, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

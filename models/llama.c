@@ -28,19 +28,39 @@ static int load_tensor(qv_model *m, model_weight_src *src, const char *name, int
     return 0;
   }
   qv_backend *be = m->be;
-  /* Matrices (matmul weights, embedding tables) stay in the file's dtype on a backend that can
-   * compute on them (one with weight_view), in place when the source's memory persists (the
+  /* Quantized blocks stay quantized: a source only hands them to a backend that keeps them.
+   * Other matrices (matmul weights, embedding tables) stay in the file's dtype on a backend that
+   * can compute on them (one with weight_view), in place when the source's memory persists (the
    * mapped safetensors: zero-copy), else copied unchanged. Vectors (norms, biases) are small
    * and always converted to the backend's weight dtype. */
+  int quant = qv_dtype_is_quant(dt);
   int keep = rows > 1 && be->ops->weight_view != NULL;
-  if (keep && src->persistent && be->ops->weight_view(be, data, dt, rows, cols, t) == 0) {
+  if (!quant && keep && src->persistent && be->ops->weight_view(be, data, dt, rows, cols, t) == 0) {
     m->n_borrowed++;
   } else {
-    BE_CALL(m, be->ops->alloc(be, keep ? dt : be->ops->weight_dtype, rows, cols, t));
-    BE_CALL(m, be->ops->upload(be, t, data, dt));
+    qv_dtype wdt = quant || keep ? dt : be->ops->weight_dtype;
+    BE_CALL(m, be->ops->alloc(be, wdt, rows, cols, t));
+    if (!src->release) {
+      BE_CALL(m, be->ops->upload(be, t, data, dt));
+    } else {
+      /* Row chunks of at most 16 MiB of source, each released once copied: peak memory is the
+       * resident weights plus one chunk, not plus the largest tensor. */
+      size_t src_rb = qv_dtype_row_bytes(dt, cols), dst_rb = qv_dtype_row_bytes(wdt, cols);
+      int64_t step = src_rb ? (int64_t)(((size_t)16 << 20) / src_rb) : rows;
+      if (step < 1) step = 1;
+      for (int64_t r0 = 0; r0 < rows; r0 += step) {
+        int64_t nr = rows - r0 < step ? rows - r0 : step;
+        qv_tensor part = *t;
+        part.data = (char *)t->data + (size_t)r0 * dst_rb;
+        part.rows = nr;
+        const char *from = (const char *)data + (size_t)r0 * src_rb;
+        BE_CALL(m, be->ops->upload(be, &part, from, dt));
+        src->release(src, from, (size_t)nr * src_rb);
+      }
+    }
   }
   m->n_params += rows * cols;
-  m->weight_bytes += rows * cols * (int64_t)qv_dtype_size(t->dtype);
+  m->weight_bytes += rows * (int64_t)qv_dtype_row_bytes(t->dtype, cols);
   return 0;
 }
 
@@ -122,7 +142,7 @@ int llama_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *b
       qv_error_set(err, rc, "%s", be->last_error.msg);
       goto fail;
     }
-    m->rope = (qv_rope){.head_dim = c->head_dim, .rot_dim = c->head_dim, .neox = 1, .attn_factor = af,
+    m->rope = (qv_rope){.head_dim = c->head_dim, .rot_dim = c->head_dim, .neox = !c->rope_interleaved, .attn_factor = af,
                         .inv_freq = &m->inv_freq};
   }
   int64_t qd = (int64_t)c->n_head * c->head_dim, kd = (int64_t)c->n_kv_head * c->head_dim;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "loader/gguf_model.h"
 #include "loader/hf_config.h"
 #include "loader/safetensors.h"
 #include "models/model_impl.h"
@@ -149,6 +150,11 @@ int qv_model_load(const char *path, qv_backend *be, const qv_model_opts *opts, q
     tiny_weight_src_deinit(&src);
     return rc;
   }
+  if (gguf_model_is_path(path)) {
+    rc = gguf_model_load(path, be, opts, out, err);
+    if (rc) return rc;
+    goto set_path;
+  }
   if ((rc = hf_config_load(path, &cfg, err))) {
     qv_error_prefix(err, "%s", path);
     return rc;
@@ -178,6 +184,7 @@ int qv_model_load(const char *path, qv_backend *be, const qv_model_opts *opts, q
     qv_error_prefix(err, "%s", path);
     return rc;
   }
+set_path:
   (*out)->path = strdup(path);
   if (!(*out)->path) {
     qv_model_destroy(*out);
@@ -228,6 +235,7 @@ int qv_model_describe(const char *path, qv_model_desc *out, qv_error *err) {
     out->n_params = qv_model_config_n_params(&out->cfg);
     return 0;
   }
+  if (gguf_model_is_path(path)) return gguf_model_describe(path, out, err);
   int rc = hf_config_load(path, &out->cfg, err);
   st_set *set = NULL;
   if (!rc) rc = st_open_dir(path, &set, err);

@@ -61,6 +61,8 @@ typedef struct qv_model_config {
   int32_t o_bias;          /* attention_bias also on o_proj (Llama's flag) */
   int32_t mlp_bias;
   int32_t qk_norm;         /* Qwen3 per-head q/k RMSNorm */
+  int32_t rope_interleaved;/* 1: q/k rows in rotary pairs (2i, 2i+1), as llama.cpp's converter
+                            * permutes Llama weights in GGUF files; 0: rotate-half (HF) */
   int32_t bos_id;          /* -1 if none */
   int32_t eos_ids[QV_MAX_EOS];
   int32_t n_eos;
@@ -94,10 +96,14 @@ typedef struct qv_model qv_model;
 typedef struct qv_model_opts {
   int32_t max_batch_tokens; /* most tokens one forward may carry (activation buffers sized for it) */
   int32_t max_logits;       /* most rows of logits one forward may return (0: max_batch_tokens) */
+  int32_t dequantize;       /* GGUF: 1 dequantizes quantized weights to the backend's weight dtype
+                             * at load (the exact reference path); 0 keeps them quantized where the
+                             * backend can (also forced by env QUIVER_DEQUANTIZE=1) */
 } qv_model_opts;
 
 /* Loads a Hugging Face model directory (config.json, *.safetensors, generation_config.json)
- * onto be; path NULL or "quiver-tiny" gives the embedded model. The model borrows be, which
+ * or a GGUF model (a .gguf file, a directory holding one, the first of a split set) onto be;
+ * path NULL or "quiver-tiny" gives the embedded model. The model borrows be, which
  * must outlive it. */
 int qv_model_load(const char *path, qv_backend *be, const qv_model_opts *opts, qv_model **out,
                   qv_error *err);
@@ -132,6 +138,11 @@ typedef struct qv_model_desc {
   int64_t n_params;        /* parameters the architecture uses (embedding once when tied) */
   int64_t file_bytes;      /* bytes of tensor data in the safetensors files */
   int32_t n_file_tensors;
+  /* GGUF files only (is_gguf): bytes and tensor count per qv_dtype, chat template present. */
+  int32_t is_gguf;
+  int32_t has_chat_template;
+  int64_t type_bytes[QV_DTYPE_COUNT];
+  int32_t type_count[QV_DTYPE_COUNT];
 } qv_model_desc;
 
 /* path NULL or "quiver-tiny": the embedded model. */

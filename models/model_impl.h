@@ -14,6 +14,9 @@ typedef struct model_weight_src {
   const void *(*get)(struct model_weight_src *src, const char *name, int64_t rows, int64_t cols, qv_dtype *dtype,
                      qv_error *err);
   void (*close)(struct model_weight_src *src); /* NULL when the owner closes ctx itself */
+  /* Optional: the builder has copied bytes [p, p + n) of the tensor get() returned last (the
+   * GGUF source drops those file pages, so loading never holds the weights twice). */
+  void (*release)(struct model_weight_src *src, const void *p, size_t n);
   void *ctx;
   int persistent; /* get()'s pointers stay valid and unchanged until close (a read-only mapping):
                      the backend may use them in place (weight_view) and the model then keeps the
@@ -72,6 +75,10 @@ int64_t families_n_params(const qv_model_config *cfg);
 /* Builds a Llama-family model on be from cfg and weights; on failure frees what it made. */
 int llama_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
                 qv_model **out, qv_error *err);
+
+/* GGUF models (models/model_gguf.c): loading through the Llama-family builder, and describe. */
+int gguf_model_load(const char *path, qv_backend *be, const qv_model_opts *opts, qv_model **out, qv_error *err);
+int gguf_model_describe(const char *path, qv_model_desc *out, qv_error *err);
 
 /* The quiver-tiny configuration and its synthetic weight source (models/tiny.c). */
 void tiny_config(qv_model_config *cfg);

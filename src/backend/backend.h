@@ -156,6 +156,9 @@ typedef struct qv_backend_ops {
   /* dtype the backend wants for weights and for activations (cpu: F32/F32, cuda: BF16/BF16). */
   qv_dtype weight_dtype;
   qv_dtype act_dtype;
+  /* 1 when alloc, upload (same dtype: raw blocks), matmul (as w) and embed (as the table)
+   * accept the block-quantized dtypes (QV_DTYPE_Q*), so GGUF weights stay quantized. */
+  int quant_weights;
 
   /* KV cache: allocated once; kv_init may be called again only after kv_deinit. */
   int (*kv_init)(qv_backend *be, const qv_kv_desc *desc);

@@ -13,6 +13,7 @@
 #include "core/util.h"
 #include "chat/chat.h"
 #include "chat/jinja.h"
+#include "loader/gguf_model.h"
 
 #define MAX_TEMPLATE_FILE_BYTES (16u << 20)
 #define MAX_NAMED 16
@@ -156,6 +157,14 @@ int qv_chat_template_load_path(const char *path, qv_chat_template **out, qv_erro
   if (!path) return qv_error_set(err, QV_EINVAL, "no template path");
   struct stat st;
   if (stat(path, &st) != 0) return qv_error_set(err, QV_ENOTFOUND, "%s: %s", path, strerror(errno));
+  if (gguf_model_is_path(path)) {
+    /* A GGUF model carries its template as tokenizer.chat_template. */
+    char *src = NULL;
+    int rc = gguf_model_chat_template(path, &src, err);
+    if (rc == 0) rc = qv_chat_template_load_string(src, path, out, err);
+    free(src);
+    return rc;
+  }
   if (S_ISDIR(st.st_mode)) {
     size_t n = strlen(path) + 32;
     char *p = malloc(n);

@@ -1,5 +1,6 @@
 /* Tool-call parsing: generated text -> content + OpenAI tool calls, for three formats:
- *   hermes  <tool_call>{"name": "f", "arguments": {...}}</tool_call>   (Hermes 2/3, Qwen 2.5/3)
+ *   hermes  <tool_call>{"name": "f", "arguments": {...}}</tool_call>   (Hermes 2/3, Qwen 2.5/3),
+ *           or a message that is only that bare object (small Qwen models drop the tags)
  *   llama3  {"name": "f", "parameters": {...}}, optionally after <|python_tag|>  (Llama 3.1/3.2)
  *   mistral [TOOL_CALLS][{"name": "f", "arguments": {...}}, ...]  or [TOOL_CALLS]f[ARGS]{...}
  *
@@ -199,8 +200,10 @@ static int scan(qv_chat_tool_format fmt, const char *s, size_t n, size_t pos, bo
     return 0;
   }
   size_t mlen = strlen(mk);
-  /* llama3: a message that starts with '{' is a JSON call candidate */
-  if (fmt == QV_CHAT_TOOLS_LLAMA3 && at_start) {
+  /* llama3: a message that starts with '{' is a JSON call candidate. hermes: so is a message
+   * that is one bare {"name": ..., "arguments": {...}} object, as small Qwen models write it
+   * without the <tool_call> tags their template asks for. */
+  if ((fmt == QV_CHAT_TOOLS_LLAMA3 || fmt == QV_CHAT_TOOLS_HERMES) && at_start) {
     size_t w = 0;
     while (w < len && is_space(base[w])) w++;
     if (w == len && !final) {
@@ -220,7 +223,10 @@ static int scan(qv_chat_tool_format fmt, const char *s, size_t n, size_t pos, bo
         r->next = n;
         return 0;
       }
-      int rc = add_calls_from(calls, fmt, j, index);
+      int bare_ok = fmt != QV_CHAT_TOOLS_HERMES ||
+                    (cJSON_IsObject(j) && cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "name")) &&
+                     cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(j, "arguments")));
+      int rc = bare_ok ? add_calls_from(calls, fmt, j, index) : 1;
       cJSON_Delete(j);
       if (rc < 0) return rc;
       size_t end = pos + w + used;

@@ -11,5 +11,6 @@ int cli_chat_template(int argc, char **argv);
 int cli_bench(int argc, char **argv);
 int cli_constrain(int argc, char **argv);
 int cli_version(int argc, char **argv);
+int cli_logits(int argc, char **argv);
 
 #endif

@@ -9,7 +9,8 @@
 
 static void usage(FILE *f) {
   fprintf(f, "usage: quiver info [--model PATH]\n"
-             "  Describes a Hugging Face model directory (default: the embedded quiver-tiny).\n");
+             "  Describes a Hugging Face model directory or a GGUF model (a .gguf file, a directory\n"
+             "  holding one, the first file of a split set); default: the embedded quiver-tiny.\n");
 }
 
 static void print_bytes(const char *label, double b) {
@@ -101,10 +102,24 @@ int cli_info(int argc, char **argv) {
   if (c->experts_mxfp4)
     for (int32_t l = 0; l < c->n_layer; l++)
       if (c->layer_flags[l] & QV_LAYER_MOE) q_params += 3.0 * c->n_expert * c->dim * (double)c->moe_ffn_dim;
-  /* The Llama family keeps matrices in the file's dtype on the cpu, mapped in place (norms
-   * become f32); the other families convert to f32. */
-  if (!c->family && d.file_bytes) print_bytes("weights on cpu (as file)", (double)d.file_bytes);
-  else print_bytes("weights on cpu (f32)", ((double)d.n_params - q_params) * 4 + q_params * 17.0 / 32.0);
+  if (d.is_gguf) {
+    for (int t = 0; t < QV_DTYPE_COUNT; t++) {
+      if (!d.type_count[t]) continue;
+      char label[32];
+      snprintf(label, sizeof label, "  %s tensors", qv_dtype_name((qv_dtype)t));
+      printf("%-26s %d, %.2f MiB\n", label, d.type_count[t], d.type_bytes[t] / 1048576.0);
+    }
+    printf("%-26s %s\n", "chat template", d.has_chat_template ? "present (tokenizer.chat_template)" : "none");
+    printf("%-26s %s\n", "rotary layout", c->rope_interleaved ? "interleaved pairs (llama.cpp's permuted q/k)" : "rotate-half (neox)");
+    print_bytes("weights on cpu (quantized)", (double)d.file_bytes);
+    print_bytes("weights on cpu (dequant)", (double)d.n_params * 4);
+  } else if (!c->family && d.file_bytes) {
+    /* The Llama family keeps matrices in the file's dtype on the cpu, mapped in place (norms
+     * become f32); the other families convert to f32. */
+    print_bytes("weights on cpu (as file)", (double)d.file_bytes);
+  } else {
+    print_bytes("weights on cpu (f32)", ((double)d.n_params - q_params) * 4 + q_params * 17.0 / 32.0);
+  }
   print_bytes("weights on cuda (bf16)", ((double)d.n_params - q_params) * 2 + q_params * 17.0 / 32.0);
   int64_t kv = 2 * (int64_t)c->n_layer * c->n_kv_head * c->head_dim;
   printf("%-26s %lld (cpu f32), %lld (cuda bf16)\n", "KV bytes per token", (long long)kv * 4, (long long)kv * 2);

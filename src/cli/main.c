@@ -17,6 +17,7 @@ static const struct {
     {"bench", cli_bench, "offline engine throughput benchmark"},
     {"constrain", cli_constrain, "random-walk or check a decoding constraint over a tokenizer"},
     {"version", cli_version, "print the version, git commit, build and backends"},
+    {"logits", cli_logits, "print the logits of a prompt's rows (one prefill, CPU)"},
 };
 
 static void usage(FILE *f) {

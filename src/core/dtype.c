@@ -21,8 +21,48 @@ const char *qv_dtype_name(qv_dtype t) {
   case QV_DTYPE_BF16: return "BF16";
   case QV_DTYPE_I32: return "I32";
   case QV_DTYPE_U8: return "U8";
+  case QV_DTYPE_Q8_0: return "Q8_0";
+  case QV_DTYPE_Q4_0: return "Q4_0";
+  case QV_DTYPE_Q4_1: return "Q4_1";
+  case QV_DTYPE_Q5_0: return "Q5_0";
+  case QV_DTYPE_Q5_1: return "Q5_1";
+  case QV_DTYPE_Q4_K: return "Q4_K";
+  case QV_DTYPE_Q5_K: return "Q5_K";
+  case QV_DTYPE_Q6_K: return "Q6_K";
   default: return "?";
   }
+}
+
+int qv_dtype_is_quant(qv_dtype t) { return t >= QV_DTYPE_Q8_0 && t < QV_DTYPE_COUNT; }
+
+/* Block geometry of ggml's types (ggml-common.h): 32-element blocks with an f16 scale (and
+ * min), 256-element K-quant super-blocks. */
+int32_t qv_dtype_block_elems(qv_dtype t) {
+  switch (t) {
+  case QV_DTYPE_Q8_0: case QV_DTYPE_Q4_0: case QV_DTYPE_Q4_1: case QV_DTYPE_Q5_0: case QV_DTYPE_Q5_1: return 32;
+  case QV_DTYPE_Q4_K: case QV_DTYPE_Q5_K: case QV_DTYPE_Q6_K: return 256;
+  default: return qv_dtype_size(t) ? 1 : 0;
+  }
+}
+
+size_t qv_dtype_block_bytes(qv_dtype t) {
+  switch (t) {
+  case QV_DTYPE_Q8_0: return 34;  /* f16 d, int8 qs[32] */
+  case QV_DTYPE_Q4_0: return 18;  /* f16 d, nibbles[16] */
+  case QV_DTYPE_Q4_1: return 20;  /* f16 d, f16 m, nibbles[16] */
+  case QV_DTYPE_Q5_0: return 22;  /* f16 d, qh[4], nibbles[16] */
+  case QV_DTYPE_Q5_1: return 24;  /* f16 d, f16 m, qh[4], nibbles[16] */
+  case QV_DTYPE_Q4_K: return 144; /* f16 d, f16 dmin, scales[12], qs[128] */
+  case QV_DTYPE_Q5_K: return 176; /* f16 d, f16 dmin, scales[12], qh[32], qs[128] */
+  case QV_DTYPE_Q6_K: return 210; /* ql[128], qh[64], int8 scales[16], f16 d */
+  default: return qv_dtype_size(t);
+  }
+}
+
+size_t qv_dtype_row_bytes(qv_dtype t, int64_t cols) {
+  int32_t be = qv_dtype_block_elems(t);
+  if (be <= 0 || cols < 0 || cols % be) return 0;
+  return (size_t)(cols / be) * qv_dtype_block_bytes(t);
 }
 
 float qv_f16_to_f32(uint16_t h) {

@@ -12,6 +12,7 @@
 #include "backend/backend.h"
 #include "chat/chat.h"
 #include "core/log.h"
+#include "loader/gguf_model.h"
 #include "models/model.h"
 #include "quiver/engine.h"
 #include "quiver/tokenizer.h"
@@ -171,6 +172,13 @@ static const srv_model_ops ops_template_chat = {
 static int has_template(const char *dir) {
   char p[4096];
   struct stat st;
+  if (gguf_model_is_path(dir)) {
+    char *src = NULL;
+    qv_error e = {0};
+    int yes = gguf_model_chat_template(dir, &src, &e) == 0;
+    free(src);
+    return yes;
+  }
   snprintf(p, sizeof p, "%s/chat_template.jinja", dir);
   if (stat(p, &st) == 0) return 1;
   snprintf(p, sizeof p, "%s/tokenizer_config.json", dir);

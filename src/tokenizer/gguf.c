@@ -98,8 +98,10 @@ static int parse_tensors(gguf_ctx *out, rd *r, uint64_t n_tensors, qv_error *err
   out->data_bytes = r->n - out->data_offset;
   for (size_t i = 0; i < out->n_tensors; i++) {
     if (out->tensors[i].offset > out->data_bytes) {
+      qv_error_set(err, QV_EFORMAT, "GGUF tensor %zu '%.*s' starts past the end of the file", i,
+                   (int)(out->tensors[i].name_len > 96 ? 96 : out->tensors[i].name_len), out->tensors[i].name);
       gguf_free(out);
-      return qv_error_set(err, QV_EFORMAT, "GGUF tensor %zu starts past the end of the file", i);
+      return QV_EFORMAT;
     }
   }
   return 0;

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "loader/gguf_model.h"
 #include "tokenizer/tok_internal.h"
 
 #define TOK_MAX_FILE_BYTES ((size_t)1 << 30)
@@ -244,7 +245,13 @@ int qv_tokenizer_load(const char *path, qv_tokenizer **out, qv_error *err) {
     qv_tokenizer_destroy(tok);
     return qv_error_set(err, QV_ENOTFOUND, "%s: %s", path, strerror(errno));
   }
-  if (S_ISDIR(st.st_mode)) {
+  char *gguf = NULL;
+  if (S_ISDIR(st.st_mode) && gguf_model_is_path(path)) {
+    /* A directory holding a GGUF model (and no config.json): the vocabulary is in the file. */
+    rc = gguf_model_resolve(path, &gguf, err);
+    if (rc == 0) rc = load_gguf_file(tok, gguf, err);
+    free(gguf);
+  } else if (S_ISDIR(st.st_mode)) {
     size_t pl = strlen(path);
     char *tj = malloc(pl + 32), *tc = malloc(pl + 32);
     if (!tj || !tc) {

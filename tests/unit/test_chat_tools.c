@@ -388,3 +388,19 @@ Test(chat_tools, stream_releases_undecided_text_promptly) {
   qv_chat_tool_stream_destroy(s);
   free(big);
 }
+
+/* Small Qwen models answer with the bare call object, without <tool_call> tags: a message that
+ * is only {"name": string, "arguments": object} is a call; other JSON stays content. */
+Test(chat_tools, hermes_bare_object) {
+  qv_chat_parsed p = parse(QV_CHAT_TOOLS_HERMES, " {\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n");
+  cr_assert_eq(p.n_calls, 1);
+  expect_call(&p, 0, "get_weather", "{\"city\":\"Paris\"}");
+  qv_chat_parsed_deinit(&p);
+  p = parse(QV_CHAT_TOOLS_HERMES, "{\"name\": \"Bob\", \"age\": 3}");
+  cr_assert_eq(p.n_calls, 0);
+  qv_chat_parsed_deinit(&p);
+  p = parse(QV_CHAT_TOOLS_HERMES, "Sure: {\"name\": \"f\", \"arguments\": {}}");
+  cr_assert_eq(p.n_calls, 0);
+  qv_chat_parsed_deinit(&p);
+  stream_matches_batch(QV_CHAT_TOOLS_HERMES, "{\"name\": \"f\", \"arguments\": {\"a\": [1, 2]}}", "\"name\"");
+}

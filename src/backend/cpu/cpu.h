@@ -23,6 +23,7 @@ typedef struct cpu_backend {
   size_t b_cap;        /* int32 elements in b_mem */
   void *scratch;       /* grow-only per-op scratch (attention row state, task lists), owned */
   size_t scratch_bytes;
+  void *quant;         /* cpu_quant.c's context (ISA, dequantization scratch), owned; lazily made */
 } cpu_backend;
 
 /* K (which = 0) or V (which = 1) of one layer: [n_blocks][block_size][n_kv_head][head_dim]. */

@@ -8,10 +8,12 @@
 
 #include "backend/cpu/cpu.h"
 #include "core/log.h"
+#include "backend/cpu/cpu_quant.h"
 
 static void cpu_destroy(qv_backend *be) {
   cpu_backend *c = (cpu_backend *)be;
   tp_destroy(c->pool);
+  cpu_quant_free(c);
   free(c->kv_mem);
   free(c->b_mem);
   free(c->scratch);
@@ -19,11 +21,11 @@ static void cpu_destroy(qv_backend *be) {
 }
 
 static int cpu_alloc(qv_backend *be, qv_dtype dtype, int64_t rows, int64_t cols, qv_tensor *out) {
-  size_t es = qv_dtype_size(dtype);
-  if (!es || rows < 0 || cols < 0 || (cols && (uint64_t)rows > ((uint64_t)1 << 40) / (uint64_t)cols))
-    return qv_error_set(&be->last_error, QV_EINVAL, "cpu alloc: bad shape [%lld][%lld]", (long long)rows,
-                        (long long)cols);
-  size_t bytes = (size_t)rows * (size_t)cols * es;
+  size_t rb = qv_dtype_row_bytes(dtype, cols); /* whole blocks for the quantized dtypes */
+  if ((!rb && cols) || rows < 0 || cols < 0 || (cols && (uint64_t)rows > ((uint64_t)1 << 40) / (uint64_t)cols))
+    return qv_error_set(&be->last_error, QV_EINVAL, "cpu alloc: bad shape [%lld][%lld] for %s", (long long)rows,
+                        (long long)cols, qv_dtype_name(dtype));
+  size_t bytes = (size_t)rows * rb;
   void *p = malloc(bytes ? bytes : 1);
   if (!p) return qv_error_set(&be->last_error, QV_ENOMEM, "cpu alloc: out of memory (%zu bytes)", bytes);
   *out = (qv_tensor){.data = p, .dtype = dtype, .rows = rows, .cols = cols};
@@ -64,7 +66,7 @@ static int cpu_upload(qv_backend *be, qv_tensor *dst, const void *src, qv_dtype 
     return 0;
   }
   if (dst->dtype == src_dtype) {
-    memcpy(dst->data, src, n * qv_dtype_size(src_dtype));
+    memcpy(dst->data, src, (size_t)dst->rows * qv_dtype_row_bytes(src_dtype, dst->cols));
     return 0;
   }
   return qv_error_set(&be->last_error, QV_EUNSUPPORTED, "cpu upload: %s -> %s", qv_dtype_name(src_dtype),
@@ -161,6 +163,7 @@ static const qv_backend_ops cpu_ops = {
     .download_f32 = cpu_download_f32,
     .weight_dtype = QV_DTYPE_F32,
     .act_dtype = QV_DTYPE_F32,
+    .quant_weights = 1,
     .kv_init = cpu_kv_init,
     .kv_deinit = cpu_kv_deinit,
     .set_batch = cpu_set_batch,

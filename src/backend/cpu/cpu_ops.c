@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "backend/cpu/cpu.h"
+#include "backend/cpu/cpu_quant.h"
 
 /* Work smaller than this runs on the calling thread: waking workers costs more. */
 #define CPU_PAR_MIN_FLOPS (1 << 15)
@@ -34,6 +35,7 @@ static void run(cpu_backend *c, int64_t flops, int n_tasks, tp_fn fn, void *ctx)
 
 int cpu_embed(qv_backend *be, qv_tensor *out, const qv_tensor *table) {
   cpu_backend *c = (cpu_backend *)be;
+  if (table && qv_dtype_is_quant(table->dtype)) return cpu_quant_embed(be, out, table);
   if (check_f32(be, "embed", out)) return QV_EINVAL;
   if (!table || !table->data || !is_weight_dtype(table->dtype))
     return qv_error_set(&be->last_error, QV_EINVAL, "cpu embed: table must be F32, BF16 or F16");
@@ -151,6 +153,7 @@ static void mm_task(void *arg, int task) {
 }
 
 int cpu_matmul(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_tensor *w, const qv_tensor *bias) {
+  if (w && qv_dtype_is_quant(w->dtype)) return cpu_quant_matmul(be, out, x, w, bias);
   cpu_backend *cb = (cpu_backend *)be;
   if (check_f32(be, "matmul", out) || check_f32(be, "matmul", x)) return QV_EINVAL;
   if (!w || !w->data || !is_weight_dtype(w->dtype))

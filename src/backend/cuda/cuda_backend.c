@@ -12,6 +12,7 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/cuda_quant.h"
 #include "core/log.h"
 #include "kernels/kernels.h"
 
@@ -50,14 +51,15 @@ static int track(cuda_backend *be, void *p) {
 static int cuda_alloc(qv_backend *b, qv_dtype dtype, int64_t rows, int64_t cols, qv_tensor *out) {
   cuda_backend *be = cb(b);
   memset(out, 0, sizeof *out);
-  const size_t es = qv_dtype_size(dtype);
-  if (!es || rows < 0 || cols < 0) return BAD(be, "cuda alloc: bad dtype or shape [%lld][%lld]", (long long)rows, (long long)cols);
+  const size_t es = qv_dtype_block_bytes(dtype), rb = qv_dtype_row_bytes(dtype, cols); /* quant: whole blocks */
+  if (!es || rows < 0 || cols < 0 || (cols && !rb))
+    return BAD(be, "cuda alloc: bad dtype or shape [%lld][%lld]", (long long)rows, (long long)cols);
   if (cols && rows > (int64_t)(SIZE_MAX / 4 / es) / cols)
     return BAD(be, "cuda alloc: [%lld][%lld] overflows", (long long)rows, (long long)cols);
   out->dtype = dtype;
   out->rows = rows;
   out->cols = cols;
-  const size_t bytes = (size_t)rows * (size_t)cols * es;
+  const size_t bytes = (size_t)rows * rb;
   if (!bytes) return 0;
   CUDA_CK(be, cudaSetDevice(be->device));
   void *p = NULL;
@@ -130,6 +132,12 @@ static int cuda_upload(qv_backend *b, qv_tensor *dst, const void *src, qv_dtype 
     return qv_error_set(&be->base.last_error, QV_EUNSUPPORTED, "cuda upload: %s -> %s",
                         qv_dtype_name(src_dtype), qv_dtype_name(dst->dtype));
   CUDA_CK(be, cudaSetDevice(be->device));
+  if (same && qv_dtype_is_quant(dst->dtype)) { /* raw blocks */
+    CUDA_CK(be, cudaMemcpyAsync(dst->data, src, (size_t)dst->rows * qv_dtype_row_bytes(dst->dtype, dst->cols),
+                                cudaMemcpyHostToDevice, be->stream));
+    CUDA_CK(be, cudaStreamSynchronize(be->stream));
+    return 0;
+  }
   const size_t des = qv_dtype_size(dst->dtype);
   if (same) {
     CUDA_CK(be, cudaMemcpyAsync(dst->data, src, n * des, cudaMemcpyHostToDevice, be->stream));
@@ -307,6 +315,8 @@ static int cuda_embed(qv_backend *b, qv_tensor *out, const qv_tensor *table) {
   cuda_backend *be = cb(b);
   int rc = need_batch(be, "embed");
   if (rc) return rc;
+  if (table && qv_dtype_is_quant(table->dtype))
+    return cuda_quant_embed(be, out, table, staged(be, be->lay.token_ids), be->n_tokens);
   if (!is_bf16(out) || !is_bf16(table) || out->rows != be->n_tokens || out->cols != table->cols || table->cols > INT32_MAX ||
       table->rows > INT32_MAX)
     return BAD(be, "cuda embed: want bf16 out [%d][%lld] and table [vocab][%lld]", be->n_tokens,
@@ -341,6 +351,7 @@ static int cuda_add_rmsnorm(qv_backend *b, qv_tensor *out, qv_tensor *x, const q
 
 static int cuda_matmul(qv_backend *b, qv_tensor *out, const qv_tensor *x, const qv_tensor *w, const qv_tensor *bias) {
   cuda_backend *be = cb(b);
+  if (w && qv_dtype_is_quant(w->dtype)) return cuda_quant_matmul(be, out, x, w, bias);
   if (!is_bf16(x) || !is_bf16(w) || !out || (out->dtype != QV_DTYPE_BF16 && out->dtype != QV_DTYPE_F32))
     return BAD(be, "cuda matmul: x and w must be bf16, out bf16 or f32");
   if (x->cols != w->cols || out->rows != x->rows || out->cols != w->rows)
@@ -530,6 +541,7 @@ static void cuda_destroy(qv_backend *b) {
   cudaFree(be->d_ids);
   cudaFree(be->moe_scratch);
   cudaFree(be->gemm_ws);
+  cudaFree(be->qscratch);
   free(be->host_tmp);
   if (be->stage_done) cudaEventDestroy(be->stage_done);
   if (be->plan_done) cudaEventDestroy(be->plan_done);
@@ -548,6 +560,7 @@ static const qv_backend_ops cuda_ops = {
     .download_f32 = cuda_download_f32,
     .weight_dtype = QV_DTYPE_BF16,
     .act_dtype = QV_DTYPE_BF16,
+    .quant_weights = 1,
     .kv_init = cuda_kv_init,
     .kv_deinit = cuda_kv_deinit,
     .set_batch = cuda_set_batch,

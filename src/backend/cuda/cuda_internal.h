@@ -64,6 +64,8 @@ typedef struct cuda_backend {
   size_t host_tmp_cap;
   int32_t *moe_scratch; /* device [moe_cap] expert grouping of one moe_matmul (cuda_ext.c) */
   size_t moe_cap;
+  uint16_t *qscratch; /* device bf16 [m][k] of the largest quantized weight dequantized for a GEMM */
+  size_t qscratch_cap;
 } cuda_backend;
 
 /* cuda_ext.c: the model families' ops (scale, gated_act, MoE routing, grouped matmul, combine). */
