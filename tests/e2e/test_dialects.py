@@ -467,7 +467,7 @@ def forced_calls_available(s):
     """Forced tool calls need constrained decoding in the build: a chat request with
     tool_choice required must then come back with a call."""
     r = oai(s).chat.completions.create(
-        model="qstories", messages=[{"role": "user", "content": "Weather in Paris?"}], max_tokens=40,
+        model="qstories", messages=[{"role": "user", "content": "Weather in Paris?"}], max_tokens=400,
         temperature=0, tool_choice="required",
         tools=[{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}])
     return bool(r.choices[0].message.tool_calls)
@@ -486,7 +486,7 @@ def test_forced_tool_use_streamed(srv):
     tools = [{"name": "get_weather", "description": "Weather of a city", "input_schema": WEATHER}]
     msgs = [{"role": "user", "content": "Weather in Paris?"}]
     for choice in ({"type": "any"}, {"type": "tool", "name": "get_weather"}):
-        with c.messages.stream(model="qstories", max_tokens=60, tools=tools, tool_choice=choice,
+        with c.messages.stream(model="qstories", max_tokens=400, tools=tools, tool_choice=choice,
                                messages=msgs, **GREEDY) as s:
             events = list(s)
             final = s.get_final_message()
@@ -496,7 +496,7 @@ def test_forced_tool_use_streamed(srv):
         partial = "".join(e.delta.partial_json for e in events
                           if e.type == "content_block_delta" and e.delta.type == "input_json_delta")
         assert json.loads(partial) == use[0].input
-        whole = c.messages.create(model="qstories", max_tokens=60, tools=tools, tool_choice=choice,
+        whole = c.messages.create(model="qstories", max_tokens=400, tools=tools, tool_choice=choice,
                                   messages=msgs, **GREEDY)
         assert [b.input for b in whole.content if b.type == "tool_use"] == [use[0].input]
     # The round trip: the call's result goes back as a tool_result.
@@ -509,13 +509,13 @@ def test_forced_tool_use_streamed(srv):
     o = oai(srv)
     rtools = [{"type": "function", "name": "get_weather", "parameters": WEATHER}]
     r1 = o.responses.create(model="qstories", input="Weather in Paris?", tools=rtools,
-                            tool_choice="required", max_output_tokens=60, temperature=0)
+                            tool_choice="required", max_output_tokens=400, temperature=0)
     calls = [it for it in r1.output if it.type == "function_call"]
     assert len(calls) == 1 and calls[0].name == "get_weather" and json.loads(calls[0].arguments)
     args = ""
     for ev in o.responses.create(model="qstories", input="Weather in Paris?", tools=rtools,
                                  tool_choice={"type": "function", "name": "get_weather"},
-                                 max_output_tokens=60, temperature=0, stream=True):
+                                 max_output_tokens=400, temperature=0, stream=True):
         if ev.type == "response.function_call_arguments.delta":
             args += ev.delta
     assert json.loads(args) == json.loads(calls[0].arguments)
