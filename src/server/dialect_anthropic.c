@@ -385,8 +385,9 @@ static int translate(srv_req *r, const cJSON *in, int count, cJSON *out) {
 }
 
 static int anth_decode(srv_req *r, const char *body, size_t len) {
-  cJSON *in = cJSON_ParseWithLength(body, len);
-  if (!in) return dialect_fail(r, QV_EFORMAT, NULL, "request body is not valid JSON");
+  cJSON *in = NULL;
+  int prc = oai_json_parse_strict(body, len, &in, &r->work_err);
+  if (prc) return prc;
   cJSON *out = cJSON_CreateObject();
   int count = r->kind == OAI_TOKENIZE;
   int rc = !out ? qv_error_set(&r->work_err, QV_ENOMEM, "out of memory")

@@ -366,8 +366,8 @@ static int resp_decode(srv_req *r, const char *body, size_t len) {
   resp_state *st = calloc(1, sizeof *st);
   if (!st) return OOM(r);
   r->dstate = st;
-  st->in = cJSON_ParseWithLength(body, len);
-  if (!st->in) return dialect_fail(r, QV_EFORMAT, NULL, "request body is not valid JSON");
+  int prc = oai_json_parse_strict(body, len, &st->in, &r->work_err);
+  if (prc) return prc;
   if (!cJSON_IsObject(st->in))
     return dialect_fail(r, QV_EFORMAT, NULL, "request body must be a JSON object");
   cJSON *out = cJSON_CreateObject();

@@ -629,14 +629,12 @@ static const char *duplicate_key(const cJSON *v) {
   return dup;
 }
 
-int oai_request_parse(oai_kind kind, const char *body, size_t len, oai_request *r,
-                      qv_error *err) {
-  memset(r, 0, sizeof *r);
+int oai_json_parse_strict(const char *body, size_t len, cJSON **out, qv_error *err) {
+  *out = NULL;
   if (!utf8_valid((const unsigned char *)body, len))
-    return fail(r, err, QV_EFORMAT, NULL, "request body is not valid UTF-8%s%s", NULL);
+    return qv_error_set(err, QV_EFORMAT, "request body is not valid UTF-8");
   if (has_nul(body, len))
-    return fail(r, err, QV_EINVAL, NULL,
-                "request strings must not contain NUL characters (\\u0000)%s%s", NULL);
+    return qv_error_set(err, QV_EINVAL, "request strings must not contain NUL characters (\\u0000)");
   /* Nothing but whitespace may follow the value (a second value or garbage is refused). */
   const char *end = NULL;
   cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
@@ -646,8 +644,24 @@ int oai_request_parse(oai_kind kind, const char *body, size_t len, oai_request *
       root = NULL;
     }
   if (!root)
-    return fail(r, err, QV_EFORMAT, NULL,
-                "request body is not valid JSON (or has data after the JSON value)%s%s", NULL);
+    return qv_error_set(err, QV_EFORMAT,
+                        "request body is not valid JSON (or has data after the JSON value)");
+  const char *dup = duplicate_key(root);
+  if (dup) {
+    int rc = qv_error_set(err, QV_EINVAL, "request body has a duplicate key '%.60s'", dup);
+    cJSON_Delete(root);
+    return rc;
+  }
+  *out = root;
+  return 0;
+}
+
+int oai_request_parse(oai_kind kind, const char *body, size_t len, oai_request *r,
+                      qv_error *err) {
+  memset(r, 0, sizeof *r);
+  cJSON *root = NULL;
+  int rc = oai_json_parse_strict(body, len, &root, err);
+  if (rc) return rc;
   return oai_request_parse_root(kind, root, r, err);
 }
 

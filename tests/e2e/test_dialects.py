@@ -396,6 +396,25 @@ def test_dialect_fuzz(srv):
             out = raw(srv.port, req, timeout=30)
             st = status_of(out)
             assert st is not None and (st == 200 or 400 <= st < 500), (path, body, out[:300])
+    # The same strict body rules as chat completions (issue 13): NUL, invalid UTF-8, data after
+    # the value and duplicate keys are a 400 in the dialect's error shape, never truncated or
+    # repaired silently.
+    strict = [b'{"model":"stories","max_tokens":2,"messages":[{"role":"user","content":"a\\u0000b"}]}',
+              b'{"model":"stories","max_tokens":2,"input":"a\\u0000b","messages":[{"role":"user","content":"a\x00"}]}',
+              b'{"model":"stories","max_tokens":2,"input":"\xff","messages":[{"role":"user","content":"\xff"}]}',
+              b'{"model":"stories","max_tokens":2,"input":"x","messages":[{"role":"user","content":"x"}]} {}',
+              b'{"model":"stories","max_tokens":2,"max_tokens":3,"input":"x","messages":[{"role":"user","content":"x"}]}']
+    for body in strict:
+        for path in ("/v1/messages", "/v1/messages/count_tokens", "/v1/responses"):
+            req = (b"POST %s HTTP/1.1\r\nHost: x\r\nx-api-key: sk-test\r\nConnection: close\r\n"
+                   b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (path.encode(), len(body))) + body
+            out = raw(srv.port, req, timeout=30)
+            assert status_of(out) == 400, (path, body, out[:300])
+            err = json.loads(out.split(b"\r\n\r\n", 1)[1])
+            if path.startswith("/v1/messages"):
+                assert err["type"] == "error" and err["error"]["type"] == "invalid_request_error", err
+            else:
+                assert err["error"]["type"] == "invalid_request_error", err
     rng = random.Random(20261202)
     valid = [("/v1/messages", {"model": "stories", "max_tokens": 2, "system": [{"type": "text", "text": "s"}],
                                "messages": [user, {"role": "assistant", "content": [
