@@ -86,3 +86,14 @@ cJSON *dialect_fn_object(const char *id, cJSON **fn) {
   }
   return o;
 }
+
+int dialect_add_msg(cJSON *msgs, const char *role, const char *content) {
+  cJSON *m = cJSON_CreateObject();
+  if (!m || !cJSON_AddStringToObject(m, "role", role) ||
+      !cJSON_AddStringToObject(m, "content", content)) {
+    cJSON_Delete(m);
+    return QV_ENOMEM;
+  }
+  cJSON_AddItemToArray(msgs, m);
+  return 0;
+}

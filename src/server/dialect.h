@@ -72,6 +72,9 @@ char *dialect_join_text(const cJSON *content, const char *const *text_types,
  * (templates print tools with tojson, so the order reaches the prompt); *fn is the inner
  * object. NULL when out of memory. */
 cJSON *dialect_fn_object(const char *id, cJSON **fn);
+/* Appends {"role": role, "content": content} to the chat messages array msgs. 0 or
+ * QV_ENOMEM. */
+int dialect_add_msg(cJSON *msgs, const char *role, const char *content);
 /* Appends n bytes to a growing NUL-terminated buffer. */
 int dialect_append(char **buf, size_t *len, size_t *cap, const char *t, size_t n);
 

@@ -41,17 +41,6 @@ static const cJSON *get(const cJSON *o, const char *k) {
   return v && !cJSON_IsNull(v) ? v : NULL;
 }
 
-static int add_msg(cJSON *msgs, const char *role, const char *content) {
-  cJSON *m = cJSON_CreateObject();
-  if (!m || !cJSON_AddStringToObject(m, "role", role) ||
-      !cJSON_AddStringToObject(m, "content", content)) {
-    cJSON_Delete(m);
-    return QV_ENOMEM;
-  }
-  cJSON_AddItemToArray(msgs, m);
-  return 0;
-}
-
 static const char *const text_only[] = {"text", NULL};
 
 /* A tool_result's content: a string or text blocks. is_error prefixes "Error: " so the model
@@ -102,7 +91,7 @@ static int convert_message(srv_req *r, cJSON *msgs, const cJSON *m) {
                         "messages must be objects with role 'user' or 'assistant'");
   int user = !strcmp(role->valuestring, "user");
   const cJSON *content = get(m, "content");
-  if (cJSON_IsString(content)) return add_msg(msgs, role->valuestring, content->valuestring);
+  if (cJSON_IsString(content)) return dialect_add_msg(msgs, role->valuestring, content->valuestring);
   if (!cJSON_IsArray(content))
     return dialect_fail(r, QV_EINVAL, "messages", "content must be a string or an array of blocks");
   char *text = NULL, *thinking = NULL;
@@ -361,7 +350,7 @@ static int translate(srv_req *r, const cJSON *in, int count, cJSON *out) {
     if (!text)
       return dialect_fail(r, bad[0] ? QV_EUNSUPPORTED : QV_EINVAL, "system",
                           "system must be a string or an array of text blocks");
-    rc = add_msg(cm, "system", text);
+    rc = dialect_add_msg(cm, "system", text);
     free(text);
     if (rc) return qv_error_set(&r->work_err, rc, "out of memory");
   }

@@ -62,17 +62,6 @@ static const cJSON *get(const cJSON *o, const char *k) {
 
 static const char *const text_parts[] = {"input_text", "output_text", "text", "refusal", NULL};
 
-static int add_msg(cJSON *msgs, const char *role, const char *content) {
-  cJSON *m = cJSON_CreateObject();
-  if (!m || !cJSON_AddStringToObject(m, "role", role) ||
-      !cJSON_AddStringToObject(m, "content", content)) {
-    cJSON_Delete(m);
-    return QV_ENOMEM;
-  }
-  cJSON_AddItemToArray(msgs, m);
-  return 0;
-}
-
 /* function_call items join the assistant message right before them when it only holds calls
  * (one assistant turn with several calls), else start one. */
 static int add_call(srv_req *r, cJSON *msgs, const cJSON *item) {
@@ -131,7 +120,7 @@ static int convert_item(srv_req *r, cJSON *msgs, const cJSON *item) {
       return dialect_fail(r, QV_EINVAL, "input",
                           "message content must be a string or an array of text parts");
     }
-    int rc = add_msg(msgs, role->valuestring, text);
+    int rc = dialect_add_msg(msgs, role->valuestring, text);
     free(text);
     return rc ? OOM(r) : 0;
   }
@@ -320,7 +309,7 @@ static int translate(srv_req *r, resp_state *st, const cJSON *in, cJSON *out) {
     if (!st->conv) return OOM(r);
   }
   if (cJSON_IsString(input)) {
-    if (add_msg(st->conv, "user", input->valuestring)) return OOM(r);
+    if (dialect_add_msg(st->conv, "user", input->valuestring)) return OOM(r);
   } else if (cJSON_IsArray(input)) {
     const cJSON *item;
     int rc;
@@ -333,7 +322,7 @@ static int translate(srv_req *r, resp_state *st, const cJSON *in, cJSON *out) {
 
   cJSON *msgs = cJSON_AddArrayToObject(out, "messages");
   if (!msgs) return OOM(r);
-  if (instr && add_msg(msgs, "system", instr->valuestring)) return OOM(r);
+  if (instr && dialect_add_msg(msgs, "system", instr->valuestring)) return OOM(r);
   const cJSON *m;
   cJSON_ArrayForEach(m, st->conv) {
     cJSON *d = cJSON_Duplicate(m, 1);
