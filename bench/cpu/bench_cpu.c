@@ -6,7 +6,9 @@
  * cache (backend creation, qv_model_load, KV allocation, one 1-token forward), median over
  * --reps loads, and the resident memory after them.
  * Prints one JSON object on stdout.
- * Usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] [--load MODEL] */
+ * --quant: the quantized weight types (Q8_0, Q4_1, Q4_K, Q6_K) instead of f32/bf16/f16 (cpu_ms:
+ * CPU seconds of the process, steadier than wall time on a shared machine).
+ * Usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] [--quant] [--isa NAME] [--load MODEL] */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -19,6 +21,7 @@
 #include "core/cpu_features.h"
 #include "core/threadpool.h"
 #include "models/model.h"
+#include "quant/quant.h"
 
 static double now_s(void) {
   struct timespec ts;
@@ -29,6 +32,14 @@ static double now_s(void) {
 static int cmp_d(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return x < y ? -1 : x > y;
+}
+
+/* CPU seconds of the whole process (all threads): on a shared machine, a steadier figure than
+ * wall time for single-threaded kernel comparisons. */
+static double cpu_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static double median(double *v, int n) {
@@ -101,7 +112,13 @@ static void fill_weights(qv_backend *be, qv_tensor *w, qv_dtype dt, unsigned see
     seed = seed * 1664525u + 1013904223u;
     f[i] = ((float)(seed >> 8) / 16777216.0f - 0.5f) * 0.1f;
   }
-  if (dt == QV_DTYPE_F32) {
+  if (qv_dtype_is_quant(dt)) {
+    size_t rb = qv_dtype_row_bytes(dt, w->cols);
+    uint8_t *q = malloc(rb * (size_t)w->rows);
+    quant_fill_random(dt, q, w->rows * w->cols / qv_dtype_block_elems(dt), seed);
+    be->ops->upload(be, w, q, dt);
+    free(q);
+  } else if (dt == QV_DTYPE_F32) {
     be->ops->upload(be, w, f, QV_DTYPE_F32);
   } else {
     uint16_t *h = malloc(n * sizeof *h);
@@ -123,18 +140,21 @@ static void bench_matmul(qv_backend *be, const char *isa, qv_dtype dt, int64_t n
   float *xf = x.data;
   for (int64_t i = 0; i < n * k; i++) xf[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
   fill_weights(be, &w, dt, 7);
-  double *t = malloc((size_t)reps * sizeof *t);
+  double *t = malloc((size_t)reps * sizeof *t), *tc = malloc((size_t)reps * sizeof *tc);
   be->ops->matmul(be, &o, &x, &w, NULL);
   for (int r = 0; r < reps; r++) {
-    double t0 = now_s();
+    double t0 = now_s(), c0 = cpu_s();
     be->ops->matmul(be, &o, &x, &w, NULL);
     t[r] = now_s() - t0;
+    tc[r] = cpu_s() - c0;
   }
-  double s = median(t, reps);
+  double s = median(t, reps), sc = median(tc, reps);
+  double wbytes = (double)qv_dtype_row_bytes(dt, k) * (double)m;
   printf("%s    {\"isa\": \"%s\", \"wdtype\": \"%s\", \"n\": %lld, \"m\": %lld, \"k\": %lld, \"ms\": %.4f, "
-         "\"gflops\": %.2f, \"weight_gbps\": %.2f}",
-         first ? "" : ",\n", isa, qv_dtype_name(dt), (long long)n, (long long)m, (long long)k, s * 1e3,
-         2.0 * n * m * k / s / 1e9, (double)m * k * qv_dtype_size(dt) / s / 1e9);
+         "\"cpu_ms\": %.4f, \"gflops\": %.2f, \"weight_gbps\": %.2f}",
+         first ? "" : ",\n", isa, qv_dtype_name(dt), (long long)n, (long long)m, (long long)k, s * 1e3, sc * 1e3,
+         2.0 * n * m * k / s / 1e9, wbytes / s / 1e9);
+  free(tc);
   fflush(stdout);
   free(t);
   be->ops->free(be, &x);
@@ -195,7 +215,8 @@ static int bench_load(const char *path, int threads, int reps) {
 }
 
 int main(int argc, char **argv) {
-  int threads = 2, reps = 9, quick = 0;
+  int threads = 2, reps = 9, quick = 0, quant = 0;
+  const char *only_isa = NULL;
   int64_t mib = 1024;
   const char *load = NULL;
   for (int i = 1; i < argc; i++) {
@@ -203,9 +224,11 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--mib") && i + 1 < argc) mib = atoll(argv[++i]);
     else if (!strcmp(argv[i], "--quick")) quick = 1;
+    else if (!strcmp(argv[i], "--quant")) quant = 1;
+    else if (!strcmp(argv[i], "--isa") && i + 1 < argc) only_isa = argv[++i];
     else if (!strcmp(argv[i], "--load") && i + 1 < argc) load = argv[++i];
     else {
-      fprintf(stderr, "usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] [--load MODEL]\n");
+      fprintf(stderr, "usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] [--quant] [--isa NAME] [--load MODEL]\n");
       return 2;
     }
   }
@@ -222,10 +245,14 @@ int main(int argc, char **argv) {
   tp_destroy(pool);
   printf("  \"matmul\": [\n");
   static const int64_t shapes[][3] = {{1, 4864, 896}, {1, 896, 4864}, {32, 4864, 896}, {512, 4864, 896}, {512, 896, 4864}};
-  static const qv_dtype dts[] = {QV_DTYPE_F32, QV_DTYPE_BF16, QV_DTYPE_F16};
+  static const qv_dtype fdts[] = {QV_DTYPE_F32, QV_DTYPE_BF16, QV_DTYPE_F16};
+  static const qv_dtype qdts[] = {QV_DTYPE_Q8_0, QV_DTYPE_Q4_1, QV_DTYPE_Q4_K, QV_DTYPE_Q6_K};
+  const qv_dtype *dts = quant ? qdts : fdts;
+  const size_t n_dts = quant ? 4 : 3;
   int first = 1;
   for (int isa = QV_CPU_ISA_COUNT - 1; isa >= 0; isa--) {
     if (!qv_cpu_isa_supported((qv_cpu_isa)isa) || !cpu_kernels_for((qv_cpu_isa)isa)) continue;
+    if (only_isa && strcmp(only_isa, qv_cpu_isa_name((qv_cpu_isa)isa))) continue;
     setenv("QUIVER_CPU_ISA", qv_cpu_isa_name((qv_cpu_isa)isa), 1);
     qv_backend *be;
     qv_error err = {0};
@@ -233,9 +260,10 @@ int main(int argc, char **argv) {
       fprintf(stderr, "qv-bench-cpu: %s\n", err.msg);
       return 1;
     }
-    for (size_t d = 0; d < 3; d++)
+    for (size_t d = 0; d < n_dts; d++)
       for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         if (quick && shapes[s][0] == 512 && isa == QV_CPU_ISA_PORTABLE) continue;
+        if (shapes[s][2] % qv_dtype_block_elems(dts[d])) continue; /* K-quants need k % 256 == 0 */
         bench_matmul(be, qv_cpu_isa_name((qv_cpu_isa)isa), dts[d], shapes[s][0], shapes[s][1], shapes[s][2],
                      quick ? 3 : reps, first);
         first = 0;

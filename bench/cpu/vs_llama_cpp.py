@@ -1,8 +1,9 @@
 """quiver's CPU backend side by side with llama.cpp on the same models, same threads, one run.
 
-llama.cpp is built from its public source: the sdist of llama-cpp-python on PyPI, which vendors
-llama.cpp, is downloaded with pip and built with CMake under build/ext (git-ignored; nothing of
-it is committed). Models are converted to GGUF with llama.cpp's own convert_hf_to_gguf.py.
+llama.cpp is built from its public source by bench/llamacpp/build.sh (the sdist of
+llama-cpp-python on PyPI vendors it; nothing of it is committed; LLAMACPP_PREBUILT reuses a
+build). Models are converted to GGUF with llama.cpp's own convert_hf_to_gguf.py into build/bench
+(an existing build/bench/NAME-TYPE.gguf is reused).
 
 Measured per model and weight dtype, medians of --reps:
   decode     batch-1 decode tok/s (quiver: `quiver bench engine --path model`, 1 x (16 in + --gen
@@ -32,7 +33,6 @@ import sys
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-EXT = os.path.join(ROOT, "build", "ext")
 WORK = os.path.join(ROOT, "build", "bench")
 LLAMA_PYPI = "llama-cpp-python==0.3.36"
 
@@ -42,20 +42,9 @@ def sh(cmd, **kw):
 
 
 def llama_build():
-    src = os.path.join(EXT, "llama.cpp")
-    if not os.path.isdir(src):
-        os.makedirs(EXT, exist_ok=True)
-        sh([sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", LLAMA_PYPI, "-d", EXT])
-        tar = sorted(glob.glob(os.path.join(EXT, "llama_cpp_python-*.tar.gz")))[-1]
-        sh(["tar", "xzf", tar, "-C", EXT])
-        os.symlink(glob.glob(os.path.join(EXT, "llama_cpp_python-*", "vendor", "llama.cpp"))[0], src)
-    bins = os.path.join(src, "build", "bin")
-    if not all(os.path.exists(os.path.join(bins, b)) for b in ("llama-bench", "llama-batched-bench")):
-        sh(["cmake", "-S", src, "-B", os.path.join(src, "build"), "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
-            "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-            "-DLLAMA_BUILD_SERVER=OFF"])
-        sh(["cmake", "--build", os.path.join(src, "build"), "-j2", "--target", "llama-bench", "llama-batched-bench"])
-    return src, bins
+    """(source dir, bin dir) of the llama.cpp peer, built (or reused) by bench/llamacpp/build.sh."""
+    lines = sh([os.path.join(ROOT, "bench", "llamacpp", "build.sh")]).stdout.split("\n")
+    return lines[1], os.path.join(lines[0], "bin")
 
 
 def gguf(src, model_dir, name, outtype):
@@ -106,6 +95,15 @@ def bench_quiver(args, model):
     return r
 
 
+def batched_total_tok_s(out, plen):
+    """S t/s (all tokens over the whole run) of llama-batched-bench's row |PP|TG|B|..."""
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 10 and cells[0] == str(plen) and cells[2] == "32":
+            return float(cells[-1])
+    raise RuntimeError("llama-batched-bench printed no row for 32 sequences:\n" + out[-1500:])
+
+
 def bench_llama(args, bins, gguf_path):
     r = {}
     out, _, _ = timed([os.path.join(bins, "llama-bench"), "-m", gguf_path, "-t", str(args.threads), "-p", "512",
@@ -121,9 +119,7 @@ def bench_llama(args, bins, gguf_path):
         out, _, rss = timed([os.path.join(bins, "llama-batched-bench"), "-m", gguf_path, "-t", str(args.threads),
                              "-c", str(32 * 2 * args.batch_len + 256), "-b", "2048", "-ub", "512", "-npp",
                              str(args.batch_len), "-ntg", str(args.batch_len), "-npl", "32", "-kvu"])
-        rows = [l for l in out.splitlines() if re.match(r"^\|\s+%d\s+\|" % args.batch_len, l)]
-        cols = [c.strip() for c in rows[-1].strip("|").split("|")]
-        tot.append(float(cols[-1]))  # S t/s: all tokens over the whole time
+        tot.append(batched_total_tok_s(out, args.batch_len))
     r["batch32_total_tok_s"] = statistics.median(tot)
     r["batch32_peak_rss_kb"] = rss
     walls = []
@@ -170,15 +166,21 @@ def main():
             q = bench_quiver(args, d)
             q["roofline_decode_tok_s"] = bw["read_gbps"] * 1e9 / wbytes
             q["decode_pct_of_roofline"] = 100 * q["decode_tok_s"] / q["roofline_decode_tok_s"]
-            res["models"].append({"model": name, "engine": "quiver", "weights": dtype, "weight_bytes": wbytes, **q})
+            res["models"].append({"model": name, "engine": "quiver", "weights": dtype, "weight_bytes": wbytes, **q,
+                                  "load_avg": os.getloadavg()})
             print(json.dumps(res["models"][-1]), flush=True)
         for t in ([] if args.no_llama else args.llama_types.split(",")):
             g = gguf(src, dirs[0][0], name, t)
             wbytes = os.path.getsize(g)
-            l = bench_llama(args, bins, g)
+            try:
+                l = bench_llama(args, bins, g)
+            except (RuntimeError, ValueError, IndexError) as e:  # the peer's failure is reported, not fatal
+                res["models"].append({"model": name, "engine": "llama.cpp", "weights": t, "error": str(e)[-800:]})
+                continue
             l["roofline_decode_tok_s"] = bw["read_gbps"] * 1e9 / wbytes
             l["decode_pct_of_roofline"] = 100 * l["decode_tok_s"] / l["roofline_decode_tok_s"]
-            res["models"].append({"model": name, "engine": "llama.cpp", "weights": t, "weight_bytes": wbytes, **l})
+            res["models"].append({"model": name, "engine": "llama.cpp", "weights": t, "weight_bytes": wbytes, **l,
+                                  "load_avg": os.getloadavg()})
             print(json.dumps(res["models"][-1]), flush=True)
     res["load_avg_end"] = os.getloadavg()
     with open(args.out, "w") as f:

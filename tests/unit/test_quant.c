@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "core/cpu_features.h"
 #include "quant/quant.h"
 #include "../test_util.h"
 
@@ -139,29 +140,74 @@ Test(quant, simd_dequant_is_bit_exact) {
   unsetenv("QUIVER_CPU_ISA");
 }
 
-/* A row's result is the same bits alone, inside a batch of 9, and with 1 or 3 threads. */
+/* A row's result is the same bits alone and inside batches of 7 and 64 rows (where the matmul
+ * takes the GEMM tiles and the larger dequantization blocks instead of the GEMV), with 1, 2 or 3
+ * threads, on every kernel path this CPU can run. */
 Test(quant, batch_and_thread_invariance) {
-  const int64_t n = 9, m = 203, k = 768;
-  for (int t = 0; t < N_TYPES; t++) {
-    qv_backend *b1 = cpu(1, "avx512"), *b3 = cpu(3, "avx512");
-    unsigned s = 3;
-    float *deq;
-    qv_tensor w1 = make_weight(b1, TYPES[t], m, k, 5, &deq);
-    free(deq);
-    qv_tensor w3 = make_weight(b3, TYPES[t], m, k, 5, &deq);
-    free(deq);
-    qv_tensor x = f32(b3, n, k, &s), o = f32(b3, n, m, NULL), o1 = f32(b1, 1, m, NULL);
-    cr_assert_eq(b3->ops->matmul(b3, &o, &x, &w3, NULL), 0);
-    for (int64_t i = 0; i < n; i++) {
-      qv_tensor xi = {.data = (float *)x.data + i * k, .dtype = QV_DTYPE_F32, .rows = 1, .cols = k};
-      cr_assert_eq(b1->ops->matmul(b1, &o1, &xi, &w1, NULL), 0);
-      cr_assert(!memcmp(o1.data, (float *)o.data + i * m, (size_t)m * sizeof(float)), "%s row %lld differs",
-                qv_dtype_name(TYPES[t]), (long long)i);
+  const int64_t m = 203, k = 768, batches[] = {7, 64};
+  const int threads[] = {1, 2, 3};
+  for (int isa = 0; isa < 3; isa++) {
+    if (!qv_cpu_isa_supported((qv_cpu_isa)(QV_CPU_ISA_PORTABLE + isa))) continue;
+    for (int t = 0; t < N_TYPES; t++) {
+      qv_backend *b1 = cpu(1, ISAS[isa]);
+      unsigned s = 3;
+      float *deq;
+      qv_tensor w1 = make_weight(b1, TYPES[t], m, k, 5, &deq);
+      free(deq);
+      qv_tensor x = f32(b1, 64, k, &s), o1 = f32(b1, 1, m, NULL);
+      float *alone = malloc((size_t)(64 * m) * sizeof *alone);
+      for (int64_t i = 0; i < 64; i++) {
+        qv_tensor xi = {.data = (float *)x.data + i * k, .dtype = QV_DTYPE_F32, .rows = 1, .cols = k};
+        cr_assert_eq(b1->ops->matmul(b1, &o1, &xi, &w1, NULL), 0);
+        memcpy(alone + i * m, o1.data, (size_t)m * sizeof(float));
+      }
+      for (int th = 0; th < 3; th++) {
+        qv_backend *bt = cpu(threads[th], ISAS[isa]);
+        qv_tensor wt = make_weight(bt, TYPES[t], m, k, 5, &deq);
+        free(deq);
+        for (int bi = 0; bi < 2; bi++) {
+          int64_t n = batches[bi];
+          qv_tensor xb = {.data = x.data, .dtype = QV_DTYPE_F32, .rows = n, .cols = k}, o = f32(bt, n, m, NULL);
+          cr_assert_eq(bt->ops->matmul(bt, &o, &xb, &wt, NULL), 0);
+          for (int64_t i = 0; i < n; i++)
+            cr_assert(!memcmp(alone + i * m, (float *)o.data + i * m, (size_t)m * sizeof(float)),
+                      "%s %s: row %lld of a batch of %lld with %d threads differs from the row alone", ISAS[isa],
+                      qv_dtype_name(TYPES[t]), (long long)i, (long long)n, threads[th]);
+          bt->ops->free(bt, &o);
+        }
+        bt->ops->free(bt, &wt);
+        qv_backend_destroy(bt);
+      }
+      free(alone);
+      b1->ops->free(b1, &w1), b1->ops->free(b1, &x), b1->ops->free(b1, &o1);
+      qv_backend_destroy(b1);
     }
-    b1->ops->free(b1, &w1), b1->ops->free(b1, &o1);
-    b3->ops->free(b3, &w3), b3->ops->free(b3, &x), b3->ops->free(b3, &o);
-    qv_backend_destroy(b1);
-    qv_backend_destroy(b3);
+  }
+  unsetenv("QUIVER_CPU_ISA");
+}
+
+/* The quantized path equals the f32 path on the dequantized weights, bit for bit (same kernel
+ * chain), for a batch that takes the GEMM tiles. */
+Test(quant, equals_f32_path_on_dequantized_weights) {
+  const int64_t n = 19, m = 70, k = 512;
+  for (int isa = 0; isa < 3; isa++) {
+    if (!qv_cpu_isa_supported((qv_cpu_isa)(QV_CPU_ISA_PORTABLE + isa))) continue;
+    qv_backend *be = cpu(2, ISAS[isa]);
+    for (int t = 0; t < N_TYPES; t++) {
+      unsigned s = 11;
+      float *deq;
+      qv_tensor w = make_weight(be, TYPES[t], m, k, 40 + (uint64_t)t, &deq), wf;
+      cr_assert_eq(be->ops->alloc(be, QV_DTYPE_F32, m, k, &wf), 0);
+      cr_assert_eq(be->ops->upload(be, &wf, deq, QV_DTYPE_F32), 0);
+      qv_tensor x = f32(be, n, k, &s), b = f32(be, 1, m, &s), o = f32(be, n, m, NULL), of = f32(be, n, m, NULL);
+      cr_assert_eq(be->ops->matmul(be, &o, &x, &w, &b), 0);
+      cr_assert_eq(be->ops->matmul(be, &of, &x, &wf, &b), 0);
+      cr_assert(!memcmp(o.data, of.data, (size_t)(n * m) * sizeof(float)), "%s %s", ISAS[isa], qv_dtype_name(TYPES[t]));
+      free(deq);
+      qv_tensor *ts[] = {&w, &wf, &x, &b, &o, &of};
+      for (int i = 0; i < 6; i++) be->ops->free(be, ts[i]);
+    }
+    qv_backend_destroy(be);
   }
   unsetenv("QUIVER_CPU_ISA");
 }

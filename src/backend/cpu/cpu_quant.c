@@ -1,10 +1,10 @@
 /* Quantized matmul and embedding on the CPU backend; the method is described in cpu_quant.h.
  *
- * Dequantizers: Q4_0, Q4_1, Q5_0 and Q8_0 have AVX2 versions written with intrinsics (multiply
- * then add, never fused, so the bits equal the reference's); the other types run the reference
- * dequantizer (src/quant/quant.c). Dot products: 8 (AVX2) or 16 (AVX-512) lanes of FMA
- * accumulators per weight row, reduced by a fixed tree; portable: 8 interleaved partial sums
- * combined as the fp32 matmul does. */
+ * Dequantizers: every type has an AVX2 version written with intrinsics (multiply then add or
+ * subtract, never fused, so the bits equal the reference's, src/quant/quant.c); the portable and
+ * NEON paths run the reference. Dot products: the backend's f32 kernel table (cpu_kern.h) over
+ * the dequantized rows, so the quantized path has the f32 GEMM's register and cache blocking
+ * and its fixed reduction order per ISA. */
 #include "backend/cpu/cpu_quant.h"
 
 #include <stdlib.h>
@@ -17,37 +17,12 @@
 
 #include "quant/quant.h"
 
-#define QM_TILE 8 /* weight rows dequantized per tile */
-
 typedef void (*dq_row_fn)(qv_dtype t, const void *src, float *dst, int64_t n);
-/* out[r] = dot(x, w[r]) for r < nw (1..4), w rows of k floats; k a multiple of 32. */
-typedef void (*dot_fn)(const float *x, const float *const *w, int nw, int64_t k, float *out);
-
-typedef struct quant_isa {
-  const char *name;
-  dq_row_fn dequant;
-  dot_fn dot;
-} quant_isa;
 
 typedef struct cpu_quant_ctx {
-  const quant_isa *isa;
-  float *scratch; /* [n_slots][QM_TILE][k] */
+  float *scratch; /* [n_tasks][rows per block][k] */
   size_t cap;     /* floats */
 } cpu_quant_ctx;
-
-/* ---- portable ---- */
-
-static void dot_portable(const float *x, const float *const *w, int nw, int64_t k, float *out) {
-  for (int r = 0; r < nw; r++) {
-    const float *b = w[r];
-    float acc[8] = {0};
-    for (int64_t i = 0; i < k; i += 8)
-      for (int l = 0; l < 8; l++) acc[l] += x[i + l] * b[i + l];
-    out[r] = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-  }
-}
-
-static const quant_isa isa_portable = {"portable", quant_dequant_row, dot_portable};
 
 #ifdef QV_X86
 /* ---- AVX2 + FMA ---- */
@@ -88,6 +63,60 @@ static AVX2 inline void q5_high_avx2(uint32_t qh, __m256i out[4]) {
 
 /* Types without a SIMD version use the reference with this ISA's code generation. */
 static AVX2 void dequant_ref_avx2(qv_dtype t, const void *src, float *dst, int64_t n) { quant_dequant_row(t, src, dst, n); }
+
+/* 8 bytes at p widened to 8 int32 lanes. */
+static AVX2 inline __m256i u8x8_avx2(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+
+/* The 6-bit scale and min of sub-block j of a Q4_K/Q5_K super-block (as src/quant's k_scale_min). */
+static inline void kq_scale_min(int j, const uint8_t *q, int *sc, int *mn) {
+  if (j < 4) {
+    *sc = q[j] & 63;
+    *mn = q[j + 4] & 63;
+  } else {
+    *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    *mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+/* One Q4_K (hb == NULL) or Q5_K super-block of 256: sub-block j of 32 is d*sc_j * q - dmin*m_j,
+ * q the low (even j) or high (odd j) nibbles of 32 bytes, plus 16 * bit j of qh in Q5_K. */
+static AVX2 void dq_k45_avx2(const uint8_t *b, const uint8_t *qh, const uint8_t *q, float *y) {
+  float d = f16_at_avx2(b), dmin = f16_at_avx2(b + 2);
+  const __m256i m4 = _mm256_set1_epi32(0xF), one = _mm256_set1_epi32(1);
+  for (int j = 0; j < 8; j++) {
+    int sc, mn;
+    kq_scale_min(j, b + 4, &sc, &mn);
+    __m256 dv = _mm256_set1_ps(d * (float)sc), nv = _mm256_set1_ps(dmin * (float)mn);
+    const uint8_t *qq = q + 32 * (j / 2);
+    for (int p = 0; p < 4; p++) {
+      __m256i v = u8x8_avx2(qq + 8 * p);
+      v = (j & 1) ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, m4);
+      if (qh) v = _mm256_add_epi32(v, _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(u8x8_avx2(qh + 8 * p), j), one), 4));
+      _mm256_storeu_ps(y + 32 * j + 8 * p, _mm256_sub_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(v)), nv));
+    }
+  }
+}
+
+/* One Q6_K super-block of 256: two halves of 128; in a half, element l + 32 s (s < 4, l < 32) is
+ * (d * sc[l / 16 + 2 s]) * (q - 32), q 4 bits of ql (low nibbles of bytes l and l + 32 for s 0,
+ * 1, high nibbles for s 2, 3) and 2 bits (2 s) of qh[l]. */
+static AVX2 void dq_q6k_avx2(const uint8_t *b, float *y) {
+  const uint8_t *ql = b, *qh = b + 128;
+  const int8_t *sc = (const int8_t *)(b + 192);
+  float d = f16_at_avx2(b + 208);
+  const __m256i m4 = _mm256_set1_epi32(0xF), m2 = _mm256_set1_epi32(3), off = _mm256_set1_epi32(32);
+  for (int h = 0; h < 2; h++, ql += 64, qh += 32, sc += 8, y += 128)
+    for (int s = 0; s < 4; s++)
+      for (int p = 0; p < 4; p++) {
+        int l = 8 * p;
+        __m256i lo = u8x8_avx2(ql + l + 32 * (s & 1));
+        lo = s < 2 ? _mm256_and_si256(lo, m4) : _mm256_srli_epi32(lo, 4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi32(u8x8_avx2(qh + l), 2 * s), m2);
+        __m256i v = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), off);
+        __m256 dv = _mm256_set1_ps(d * (float)sc[l / 16 + 2 * s]);
+        _mm256_storeu_ps(y + l + 32 * s, _mm256_mul_ps(dv, _mm256_cvtepi32_ps(v)));
+      }
+}
 
 static AVX2 void dequant_avx2(qv_dtype t, const void *src, float *y, int64_t n) {
   const uint8_t *b = src;
@@ -130,95 +159,154 @@ static AVX2 void dequant_avx2(qv_dtype t, const void *src, float *y, int64_t n) 
                  y + i);
     }
     return;
+  case QV_DTYPE_Q4_K:
+    for (int64_t i = 0; i < n; i += 256, b += 144) dq_k45_avx2(b, NULL, b + 16, y + i);
+    return;
+  case QV_DTYPE_Q5_K:
+    for (int64_t i = 0; i < n; i += 256, b += 176) dq_k45_avx2(b, b + 16, b + 48, y + i);
+    return;
+  case QV_DTYPE_Q6_K:
+    for (int64_t i = 0; i < n; i += 256, b += 210) dq_q6k_avx2(b, y + i);
+    return;
   default: dequant_ref_avx2(t, src, y, n); return;
   }
 }
 
-static AVX2 inline float hsum8_avx2(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+
+/* ---- AVX-512: fused single-row GEMV for the 32-element types ----
+ * For one activation row (decode), a block of 32 weights is decoded straight into two 16-lane
+ * registers and multiplied into the accumulators: no scratch round trip and half the
+ * instructions of the 8-lane dequantizer. The chain is the AVX-512 f32 kernel's (16 lanes,
+ * acc = fma(x, w, acc) over k in increasing order, the same horizontal tree, then + bias), and
+ * the decoded values are the reference's bits (multiply, then add, never fused), so a row
+ * computed here equals the same row inside a batch (tests/unit/test_quant.c checks it). */
+
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+
+static AVX512 inline float f16_at_avx512(const uint8_t *p) {
+  uint16_t h;
+  memcpy(&h, p, 2);
+  return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
 }
 
-static AVX2 void dot_avx2(const float *x, const float *const *w, int nw, int64_t k, float *out) {
-  if (nw == 4) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t i = 0; i < k; i += 8) {
-      __m256 xv = _mm256_loadu_ps(x + i);
-      a0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w[0] + i), a0);
-      a1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w[1] + i), a1);
-      a2 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w[2] + i), a2);
-      a3 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w[3] + i), a3);
-    }
-    out[0] = hsum8_avx2(a0), out[1] = hsum8_avx2(a1), out[2] = hsum8_avx2(a2), out[3] = hsum8_avx2(a3);
+/* The fifth bits of a Q5 block as 0 or 16, for elements 16 h .. 16 h + 15. */
+static AVX512 inline __m512i q5_high_avx512(uint32_t qh, int h) {
+  __m512i sh = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(16 * h));
+  return _mm512_slli_epi32(_mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32((int)qh), sh), _mm512_set1_epi32(1)), 4);
+}
+
+/* Block b of type T as elements 0..15 (*lo) and 16..31 (*hi), bit-exact with src/quant. */
+static AVX512 inline void blk32_avx512(const qv_dtype T, const uint8_t *b, __m512 *lo, __m512 *hi) {
+  const __m512i m4 = _mm512_set1_epi32(0xF);
+  if (T == QV_DTYPE_Q8_0) {
+    __m512 d = _mm512_set1_ps(f16_at_avx512(b));
+    *lo = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 2)))));
+    *hi = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 18)))));
     return;
   }
-  for (int r = 0; r < nw; r++) {
-    __m256 a = _mm256_setzero_ps();
-    for (int64_t i = 0; i < k; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(w[r] + i), a);
-    out[r] = hsum8_avx2(a);
+  const int has_m = T == QV_DTYPE_Q4_1 || T == QV_DTYPE_Q5_1, five = T == QV_DTYPE_Q5_0 || T == QV_DTYPE_Q5_1;
+  const uint8_t *qs = b + 2 + 2 * has_m + 4 * five;
+  __m512 d = _mm512_set1_ps(f16_at_avx512(b)), m = _mm512_set1_ps(has_m ? f16_at_avx512(b + 2) : 0.0f);
+  __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+  __m512i vl = _mm512_and_si512(q, m4), vh = _mm512_srli_epi32(q, 4);
+  if (five) {
+    uint32_t qh;
+    memcpy(&qh, b + 2 + 2 * has_m, 4);
+    vl = _mm512_or_si512(vl, q5_high_avx512(qh, 0));
+    vh = _mm512_or_si512(vh, q5_high_avx512(qh, 1));
+  }
+  if (!has_m) {
+    __m512i off = _mm512_set1_epi32(five ? 16 : 8);
+    vl = _mm512_sub_epi32(vl, off);
+    vh = _mm512_sub_epi32(vh, off);
+  }
+  *lo = _mm512_mul_ps(d, _mm512_cvtepi32_ps(vl));
+  *hi = _mm512_mul_ps(d, _mm512_cvtepi32_ps(vh));
+  if (has_m) {
+    *lo = _mm512_add_ps(*lo, m);
+    *hi = _mm512_add_ps(*hi, m);
   }
 }
 
-static const quant_isa isa_avx2 = {"avx2", dequant_avx2, dot_avx2};
-
-/* ---- AVX-512F: AVX2 dequantizers, 16-lane dots (k is a multiple of 32) ---- */
-
-#define AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
-
-static AVX512 inline float hsum16_avx512(__m512 v) {
-  __m256 s = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-  __m128 t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-  t = _mm_add_ss(t, _mm_movehdup_ps(t));
-  return _mm_cvtss_f32(t);
+/* The AVX-512 f32 kernel's horizontal tree (cpu_kern_avx512.c hsum512). */
+static AVX512 inline float hsum_avx512(__m512 v) {
+  __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
 }
 
-static AVX512 void dot_avx512(const float *x, const float *const *w, int nw, int64_t k, float *out) {
-  if (nw == 4) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t i = 0; i < k; i += 16) {
-      __m512 xv = _mm512_loadu_ps(x + i);
-      a0 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w[0] + i), a0);
-      a1 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w[1] + i), a1);
-      a2 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w[2] + i), a2);
-      a3 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w[3] + i), a3);
+/* out[j] = dot(x, w[j]) (+ bias[j]) for R consecutive weight rows from j. */
+static AVX512 inline void gemv_rows_avx512(const float *x, const uint8_t *w, size_t row_bytes, size_t blk_bytes,
+                                           int64_t k, const float *bias, float *out, const int R, const qv_dtype T) {
+  __m512 acc[4];
+  for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < k; i += 32) {
+    __m512 xl = _mm512_loadu_ps(x + i), xh = _mm512_loadu_ps(x + i + 16);
+    const uint8_t *b = w + (size_t)(i / 32) * blk_bytes;
+    for (int r = 0; r < R; r++) {
+      __m512 lo, hi;
+      blk32_avx512(T, b + (size_t)r * row_bytes, &lo, &hi);
+      acc[r] = _mm512_fmadd_ps(xl, lo, acc[r]);
+      acc[r] = _mm512_fmadd_ps(xh, hi, acc[r]);
     }
-    out[0] = hsum16_avx512(a0), out[1] = hsum16_avx512(a1), out[2] = hsum16_avx512(a2), out[3] = hsum16_avx512(a3);
-    return;
   }
-  for (int r = 0; r < nw; r++) {
-    __m512 a = _mm512_setzero_ps();
-    for (int64_t i = 0; i < k; i += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(w[r] + i), a);
-    out[r] = hsum16_avx512(a);
+  for (int r = 0; r < R; r++) {
+    float v = hsum_avx512(acc[r]);
+    if (bias) v += bias[r];
+    out[r] = v;
   }
 }
 
-static const quant_isa isa_avx512 = {"avx512", dequant_avx2, dot_avx512};
+#define GEMV_DEF(T, name)                                                                                             \
+  static AVX512 void name(const float *x, const uint8_t *w, size_t rb, size_t bb, int64_t k, const float *bias,      \
+                          float *out, int64_t nrows) {                                                               \
+    int64_t j = 0;                                                                                                    \
+    for (; j + 4 <= nrows; j += 4)                                                                                    \
+      gemv_rows_avx512(x, w + (size_t)j * rb, rb, bb, k, bias ? bias + j : NULL, out + j, 4, T);                      \
+    for (; j < nrows; j++) gemv_rows_avx512(x, w + (size_t)j * rb, rb, bb, k, bias ? bias + j : NULL, out + j, 1, T); \
+  }
+GEMV_DEF(QV_DTYPE_Q8_0, gemv_q8_0_avx512)
+GEMV_DEF(QV_DTYPE_Q4_0, gemv_q4_0_avx512)
+GEMV_DEF(QV_DTYPE_Q4_1, gemv_q4_1_avx512)
+GEMV_DEF(QV_DTYPE_Q5_0, gemv_q5_0_avx512)
+GEMV_DEF(QV_DTYPE_Q5_1, gemv_q5_1_avx512)
 #endif
 
-/* The ISA for this machine, or the one QUIVER_CPU_ISA names when the machine has it. */
-static const quant_isa *pick_isa(void) {
-  const char *want = getenv("QUIVER_CPU_ISA");
+/* The dequantizer of a kernel path: AVX2's on x86 paths with AVX2 (AVX-512 implies it), else the
+ * reference. Both give the same bits. */
+typedef void (*gemv_fn)(const float *x, const uint8_t *w, size_t rb, size_t bb, int64_t k, const float *bias, float *out,
+                        int64_t nrows);
+
+/* The fused single-row GEMV of a kernel path and weight type, or NULL (then the row goes through
+ * dequantization and the f32 kernel, the same bits). */
+static gemv_fn fused_gemv(qv_cpu_isa isa, qv_dtype t) {
 #ifdef QV_X86
-  __builtin_cpu_init();
-  int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  int has512 = has2 && __builtin_cpu_supports("avx512f");
-  if (want && !strcmp(want, "portable")) return &isa_portable;
-  if (want && !strcmp(want, "avx2")) return has2 ? &isa_avx2 : &isa_portable;
-  if (has512 && (!want || !strcmp(want, "avx512"))) return &isa_avx512;
-  if (has2) return &isa_avx2;
+  if (isa == QV_CPU_ISA_AVX512) switch (t) {
+    case QV_DTYPE_Q8_0: return gemv_q8_0_avx512;
+    case QV_DTYPE_Q4_0: return gemv_q4_0_avx512;
+    case QV_DTYPE_Q4_1: return gemv_q4_1_avx512;
+    case QV_DTYPE_Q5_0: return gemv_q5_0_avx512;
+    case QV_DTYPE_Q5_1: return gemv_q5_1_avx512;
+    default: break;
+    }
 #endif
-  (void)want;
-  return &isa_portable;
+  (void)isa, (void)t;
+  return NULL;
+}
+
+static dq_row_fn dequantizer(qv_cpu_isa isa) {
+#ifdef QV_X86
+  if (isa == QV_CPU_ISA_AVX2 || isa == QV_CPU_ISA_AVX512) return dequant_avx2;
+#endif
+  (void)isa;
+  return quant_dequant_row;
 }
 
 static cpu_quant_ctx *get_ctx(cpu_backend *c) {
   if (!c->quant) {
     cpu_quant_ctx *q = calloc(1, sizeof *q);
     if (!q) return NULL;
-    q->isa = pick_isa();
     c->quant = q;
   }
   return c->quant;
@@ -231,45 +319,53 @@ void cpu_quant_free(cpu_backend *c) {
   c->quant = NULL;
 }
 
-const char *cpu_quant_isa(void) { return pick_isa()->name; }
-
 /* ---- matmul ---- */
 
 typedef struct qmm_ctx {
-  const quant_isa *isa;
+  const cpu_kernels *kern;
+  dq_row_fn dequant;
+  gemv_fn gemv; /* the fused single-row path, used when n == 1 (NULL: none) */
   float *out;
   const float *x, *bias;
   const uint8_t *w;
   qv_dtype wt;
   size_t row_bytes;
   int64_t n, m, k;
-  int64_t tiles_per_task;
-  float *scratch; /* [n_tasks][QM_TILE][k] */
+  int64_t rows_per_task, rows_per_block;
+  float *scratch; /* [n_tasks][rows_per_block][k] */
 } qmm_ctx;
 
+/* A task's weight rows, a block at a time: dequantize the block into the task's scratch, then
+ * the f32 kernel computes every activation row against it (a block is decoded once per call,
+ * whatever the number of rows). */
 static void qmm_task(void *arg, int task) {
   const qmm_ctx *c = arg;
-  float *buf = c->scratch + (size_t)task * QM_TILE * (size_t)c->k;
-  int64_t n_tiles = (c->m + QM_TILE - 1) / QM_TILE;
-  int64_t t0 = (int64_t)task * c->tiles_per_task, t1 = t0 + c->tiles_per_task;
-  if (t1 > n_tiles) t1 = n_tiles;
-  for (int64_t t = t0; t < t1; t++) {
-    int64_t j0 = t * QM_TILE, nj = c->m - j0 < QM_TILE ? c->m - j0 : QM_TILE;
-    for (int64_t r = 0; r < nj; r++)
-      c->isa->dequant(c->wt, c->w + (size_t)(j0 + r) * c->row_bytes, buf + (size_t)r * (size_t)c->k, c->k);
-    for (int64_t i = 0; i < c->n; i++) {
-      const float *xi = c->x + i * c->k;
-      float *oi = c->out + i * c->m + j0;
-      for (int64_t r = 0; r < nj; r += 4) {
-        const float *wr[4];
-        int nw = nj - r < 4 ? (int)(nj - r) : 4;
-        for (int q = 0; q < nw; q++) wr[q] = buf + (size_t)(r + q) * (size_t)c->k;
-        c->isa->dot(xi, wr, nw, c->k, oi + r);
-      }
-      if (c->bias)
-        for (int64_t r = 0; r < nj; r++) oi[r] += c->bias[j0 + r];
-    }
+  float *buf = c->scratch + (size_t)task * (size_t)c->rows_per_block * (size_t)c->k;
+  int64_t j0 = (int64_t)task * c->rows_per_task, j1 = j0 + c->rows_per_task;
+  if (j1 > c->m) j1 = c->m;
+  if (c->gemv && c->n == 1) {
+    c->gemv(c->x, c->w + (size_t)j0 * c->row_bytes, c->row_bytes, qv_dtype_row_bytes(c->wt, 32), c->k,
+            c->bias ? c->bias + j0 : NULL, c->out + j0, j1 - j0);
+    return;
   }
+  for (int64_t jb = j0; jb < j1; jb += c->rows_per_block) {
+    int64_t nj = j1 - jb < c->rows_per_block ? j1 - jb : c->rows_per_block;
+    for (int64_t r = 0; r < nj; r++)
+      c->dequant(c->wt, c->w + (size_t)(jb + r) * c->row_bytes, buf + (size_t)r * (size_t)c->k, c->k);
+    cpu_mm_args a = {.out = c->out + jb, .x = c->x, .w = buf, .bias = c->bias ? c->bias + jb : NULL,
+                     .wt = QV_DTYPE_F32, .n = c->n, .m = nj, .k = c->k, .ldo = c->m, .ldx = c->k};
+    c->kern->matmul(&a, 0, c->n, 0, nj);
+  }
+}
+
+/* Weight rows dequantized at once: 8 for a few activation rows (the block stays in L1 next to
+ * the GEMV), else as many as fit ~128 KiB of L2 (up to 64), so the activation rows are streamed
+ * once per block. A multiple of 8 (the kernels' GEMV tile). */
+static int64_t rows_per_block(int64_t n, int64_t k) {
+  if (n < 4) return 8;
+  int64_t r = (128 * 1024) / (k * (int64_t)sizeof(float));
+  r -= r % 8;
+  return r < 8 ? 8 : r > 64 ? 64 : r;
 }
 
 int cpu_quant_matmul(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_tensor *w, const qv_tensor *bias) {
@@ -282,21 +378,23 @@ int cpu_quant_matmul(qv_backend *be, qv_tensor *out, const qv_tensor *x, const q
                         (long long)w->cols, (long long)out->rows, (long long)out->cols);
   cpu_quant_ctx *q = get_ctx(cb);
   if (!q) return qv_error_set(&be->last_error, QV_ENOMEM, "cpu quant matmul: out of memory");
-  int64_t n_tiles = (w->rows + QM_TILE - 1) / QM_TILE;
-  /* Contiguous ranges of tiles, a few per thread for balance; each task owns one scratch slot.
-   * How rows are split among tasks never changes how a value is computed. */
-  int64_t want = (int64_t)tp_n_threads(cb->pool) * 4;
-  int64_t per = (n_tiles + want - 1) / want;
-  int n_tasks = (int)((n_tiles + per - 1) / per);
-  size_t need = (size_t)n_tasks * QM_TILE * (size_t)w->cols;
+  int64_t blk = rows_per_block(x->rows, w->cols);
+  /* Contiguous ranges of whole 8-row groups, a few per thread for balance; each task owns one
+   * scratch slot. How rows are split among tasks and blocks never changes how a value is
+   * computed (each output is one chain of the kernel path). */
+  int64_t groups = (w->rows + 7) / 8, want = (int64_t)tp_n_threads(cb->pool) * 4;
+  int64_t per = 8 * ((groups + want - 1) / want);
+  int n_tasks = (int)((w->rows + per - 1) / per);
+  if (blk > per) blk = per;
+  size_t need = (size_t)n_tasks * (size_t)blk * (size_t)w->cols;
   if (need > q->cap) {
     float *s = realloc(q->scratch, need * sizeof *s);
     if (!s) return qv_error_set(&be->last_error, QV_ENOMEM, "cpu quant matmul: out of memory (%zu floats)", need);
     q->scratch = s;
     q->cap = need;
   }
-  qmm_ctx c = {q->isa, out->data, x->data, bias ? bias->data : NULL, w->data, w->dtype,
-               qv_dtype_row_bytes(w->dtype, w->cols), x->rows, w->rows, w->cols, per, q->scratch};
+  qmm_ctx c = {cb->kern, dequantizer(cb->kern->isa), fused_gemv(cb->kern->isa, w->dtype), out->data, x->data, bias ? bias->data : NULL, w->data, w->dtype,
+               qv_dtype_row_bytes(w->dtype, w->cols), x->rows, w->rows, w->cols, per, blk, q->scratch};
   if (2 * c.n * c.m * c.k < (1 << 15)) {
     for (int i = 0; i < n_tasks; i++) qmm_task(&c, i);
   } else {

@@ -1,13 +1,14 @@
 /* Quantized weights on the CPU backend (cpu_quant.c): matmul and embedding lookups over
  * block-quantized weight tensors (QV_DTYPE_Q*), reached from cpu_ops.c by one dispatch line each.
  *
- * Method: each task dequantizes a tile of weight rows into f32 scratch (SIMD dequantizers that
- * reproduce src/quant's reference bit for bit) and takes fused multiply-add dot products of every
- * activation row with them. Each output value is one dot product over k in a fixed lane layout
- * and a fixed horizontal reduction, whatever the batch rows, the tile or the thread: batch
- * invariant and thread-count invariant. The instruction set (AVX-512F, AVX2+FMA or portable C)
- * is chosen once per backend from cpuid, overridable with QUIVER_CPU_ISA=avx512|avx2|portable;
- * the lane count differs between them, so results are bit-identical within one ISA. */
+ * Method: each task walks its weight rows in blocks (8 rows for decode-sized batches, up to 64
+ * rows / ~128 KiB otherwise), dequantizes a block into f32 scratch (SIMD dequantizers that
+ * reproduce src/quant's reference bit for bit) and runs the backend's f32 kernel (cpu_kern.h:
+ * register-tiled GEMM, GEMV for one row) of every activation row against it. Each output value
+ * is therefore one dot chain of the kernel path, whatever the batch rows, the block or the
+ * thread: batch invariant and thread-count invariant, and equal to the f32 path on the
+ * dequantized weights. The path is the backend's (core/cpu_features: cpuid once, or
+ * QUIVER_CPU_ISA); paths differ in rounding, each is bit-reproducible. */
 #ifndef QV_BACKEND_CPU_QUANT_H
 #define QV_BACKEND_CPU_QUANT_H
 
@@ -17,7 +18,5 @@ int cpu_quant_matmul(qv_backend *be, qv_tensor *out, const qv_tensor *x, const q
 int cpu_quant_embed(qv_backend *be, qv_tensor *out, const qv_tensor *table);
 /* Frees the backend's quant scratch (cpu_destroy). */
 void cpu_quant_free(cpu_backend *c);
-/* The ISA in use: "avx512", "avx2" or "portable". */
-const char *cpu_quant_isa(void);
 
 #endif
