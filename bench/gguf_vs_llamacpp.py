@@ -5,7 +5,12 @@ RSS of each run. llama.cpp is built from its public source by bench/llamacpp/bui
 committed). Writes bench/results/gguf-vs-llamacpp-<model>.json with the machine, commit and
 settings. Speed is measured here, never asserted in tests.
 
-Usage: bench/gguf_vs_llamacpp.py [--threads 2] [--models smollm2,qwen2.5-coder] [--skip-llamacpp]
+--quiver-before BIN also measures another quiver binary in the same run (e.g. the parent commit's),
+so a before/after ratio comes from one run. Run it under `nice -n -15` on a shared machine; the
+load average is recorded.
+
+Usage: bench/gguf_vs_llamacpp.py [--threads 2] [--runs 1] [--models smollm2,qwen2.5-coder] [--skip-llamacpp]
+       [--quiver BIN] [--quiver-before BIN] [--out-suffix S]
 """
 import argparse
 import json
@@ -39,11 +44,11 @@ def model_path(name):
                           text=True).stdout.split()[-1]
 
 
-def quiver_bench(model, threads, n, inp, out, env=None):
+def quiver_bench(quiver, model, threads, n, inp, out, env=None):
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         res = f.name
     try:
-        _, _, rss = sh([QUIVER, "bench", "engine", "--model", model, "--threads", str(threads), "--num-prompts", str(n),
+        _, _, rss = sh([quiver, "bench", "engine", "--model", model, "--threads", str(threads), "--num-prompts", str(n),
                         "--input-len", str(inp), "--output-len", str(out), "--runs", str(RUNS), "--max-num-seqs", str(n),
                         "--result-file", res], env)
         with open(res) as fh:
@@ -68,18 +73,19 @@ def pick(j, *keys):
     return None
 
 
-def run_quiver(model, threads):
+def run_quiver(quiver, model, threads):
     out = {}
-    j, rss = quiver_bench(model, threads, 1, 16, GEN)
+    j, rss = quiver_bench(quiver, model, threads, 1, 16, GEN)
     out["decode_b1_tok_s"] = pick(j, "output_tok")
     out["decode_b1_peak_rss_mib"] = rss
-    j, rss = quiver_bench(model, threads, 1, 512, 1)
+    j, rss = quiver_bench(quiver, model, threads, 1, 512, 1)
     ttft = pick(j, "ttft")
     out["prefill_512_tok_s"] = 512 / (ttft / 1000.0) if ttft else None
     out["prefill_512_peak_rss_mib"] = rss
-    j, rss = quiver_bench(model, threads, 32, GEN, GEN)
+    j, rss = quiver_bench(quiver, model, threads, 32, GEN, GEN)
     out["throughput_32seq_output_tok_s"] = pick(j, "output_tok")
     out["throughput_32seq_peak_rss_mib"] = rss
+    out["load_avg"] = os.getloadavg()
     return out
 
 
@@ -101,20 +107,27 @@ def run_llamacpp(bindir, model, threads):
         if len(cells) >= 8 and cells[0] == str(GEN) and cells[1] == str(GEN) and cells[2] == "32":
             out["throughput_32seq_output_tok_s"] = float(cells[7])
     out["batched_bench_peak_rss_mib"] = rss
+    out["load_avg"] = os.getloadavg()
     return out
 
 
 def main():
+    global RUNS
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default="smollm2,qwen2.5-coder")
     ap.add_argument("--skip-llamacpp", action="store_true")
+    ap.add_argument("--runs", type=int, default=RUNS)
+    ap.add_argument("--quiver", default=QUIVER)
+    ap.add_argument("--quiver-before", default=None)
+    ap.add_argument("--out-suffix", default="")
     a = ap.parse_args()
+    RUNS = a.runs
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     bindir = None
     if not a.skip_llamacpp:
         bindir = subprocess.run([os.path.join(ROOT, "bench", "llamacpp", "build.sh")], check=True, capture_output=True,
-                                text=True).stdout.strip() + "/bin"
+                                text=True).stdout.split("\n")[0] + "/bin"
     for name in a.models.split(","):
         model = model_path(name)
         res = {"benchmark": "gguf-vs-llamacpp", "model": name, "file": os.path.basename(model),
@@ -125,13 +138,15 @@ def main():
                             "prefill": "1 sequence of 512 tokens", "throughput": f"32 sequences x ({GEN} + {GEN})",
                             "quiver": "CPU backend, weights kept quantized, release build",
                             "llama.cpp": f"llama-bench -p 512 -n {GEN} -r {RUNS}; llama-batched-bench -npp {GEN} -ntg {GEN} -npl 32"},
-               "quiver": run_quiver(model, a.threads)}
+               "quiver": run_quiver(a.quiver, model, a.threads)}
+        if a.quiver_before:
+            res["quiver_before"] = run_quiver(a.quiver_before, model, a.threads)
         if bindir:
             try:
                 res["llama.cpp"] = run_llamacpp(bindir, model, a.threads)
             except Exception as e:  # noqa: BLE001 - the peer's failure is reported, not fatal
                 res["llama.cpp"] = {"error": str(e)[:500]}
-        path = os.path.join(ROOT, "bench", "results", f"gguf-vs-llamacpp-{name}.json")
+        path = os.path.join(ROOT, "bench", "results", f"gguf-vs-llamacpp-{name}{a.out_suffix}.json")
         with open(path, "w") as f:
             json.dump(res, f, indent=2)
             f.write("\n")
