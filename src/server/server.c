@@ -18,6 +18,7 @@
 #include "core/log.h"
 #include "server/auth.h"
 #include "server/cors.h"
+#include "server/json_nul.h"
 #include "server/server_int.h"
 #include "server/tls.h"
 
@@ -113,7 +114,15 @@ static void respond_json(srv_req *r, int status, const char *json, const char *e
     http_respond(c, 500, "application/json", extra, oom, sizeof oom - 1);
     return;
   }
-  http_respond(c, status, "application/json", extra, json, strlen(json));
+  size_t len = strlen(json), wlen = 0;
+  int oom = 0;
+  char *wire = jnul_wire(json, len, &wlen, &oom); /* NUL markers as \u0000 (json_nul.h) */
+  if (oom) {
+    http_conn_kill(c);
+    return;
+  }
+  http_respond(c, status, "application/json", extra, wire ? wire : json, wire ? wlen : len);
+  free(wire);
 }
 
 void srv_send_error(srv_req *r, int status, const char *msg, const char *param,

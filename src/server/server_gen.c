@@ -13,6 +13,7 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "server/json_nul.h"
 #include "server/server_int.h"
 
 static srv_model *model_of(srv_req *r) { return &r->s->models[r->model]; }
@@ -210,7 +211,7 @@ static void build_token_answer(srv_req *r) {
     return;
   }
   cJSON *root = cJSON_CreateObject();
-  cJSON_AddStringToObject(root, "prompt", r->detok_text ? r->detok_text : "");
+  cJSON_AddStringToObject(root, "prompt", r->detok_text ? r->detok_text : ""); /* NULs marked */
   r->resp_json = cJSON_PrintUnformatted(root);
   cJSON_Delete(root);
 }
@@ -257,6 +258,40 @@ static int prep_constraint(srv_req *r) {
   return 0;
 }
 
+/* Prompt text (NULs as markers, json_nul.h) to token ids: the tokenizer gets the real bytes. */
+static int encode_text(srv_req *r, const char *text, size_t len, int add_special, int32_t **ids,
+                       size_t *n) {
+  srv_model *m = model_of(r);
+  if (!jnul_has(text, len))
+    return m->ops->encode(m->ctx, text, len, add_special, 0, ids, n, &r->work_err);
+  char *bytes = malloc(len + 1);
+  if (!bytes) return qv_error_set(&r->work_err, QV_ENOMEM, "out of memory");
+  memcpy(bytes, text, len);
+  len = jnul_decode(bytes, len);
+  int rc = m->ops->encode(m->ctx, bytes, len, add_special, 0, ids, n, &r->work_err);
+  free(bytes);
+  return rc;
+}
+
+/* Token ids to text with NUL bytes as markers: *text malloc'd, NUL-terminated, *len bytes. */
+static int decode_marked(srv_model *m, const int32_t *ids, size_t n_ids, char **text, size_t *len,
+                         qv_error *err) {
+  char *raw = NULL;
+  size_t n = 0;
+  *text = NULL;
+  *len = 0;
+  int rc = m->ops->decode(m->ctx, ids, n_ids, 0, &raw, &n, err);
+  if (rc) return rc;
+  if (!memchr(raw, 0, n)) {
+    *text = raw;
+    *len = n;
+    return 0;
+  }
+  *text = jnul_encode(raw, n, len);
+  free(raw);
+  return *text ? 0 : qv_error_set(err, QV_ENOMEM, "out of memory");
+}
+
 static void prep_work(uv_work_t *w) {
   srv_req *r = w->data;
   prep_inputs(r);
@@ -276,8 +311,8 @@ static void prep_inputs(srv_req *r) {
   r->work_rc = 0;
   if ((r->o.kind == OAI_CHAT || r->o.kind == OAI_COMPLETION) && prep_constraint(r)) return;
   if (r->o.kind == OAI_DETOKENIZE) {
-    r->work_rc = ops->decode(m->ctx, r->o.detok_ids, (size_t)r->o.n_detok_ids, 0, &r->detok_text,
-                             &r->detok_len, &r->work_err);
+    r->work_rc = decode_marked(m, r->o.detok_ids, (size_t)r->o.n_detok_ids, &r->detok_text,
+                               &r->detok_len, &r->work_err);
     return;
   }
   r->pids = calloc((size_t)np, sizeof *r->pids);
@@ -298,6 +333,7 @@ static void prep_inputs(srv_req *r) {
     r->think_opened = r->o.kind == OAI_CHAT && qv_chat_prompt_opens_think(text, len);
     if (r->o.kind == OAI_TOKENIZE && cJSON_GetObjectItem(r->o.root, "add_special_tokens"))
       add_special = r->o.add_special_tokens;
+    len = jnul_decode(text, len); /* the tokenizer sees the real NUL bytes (json_nul.h) */
     size_t n = 0;
     r->work_rc = ops->encode(m->ctx, text, len, add_special, 1, &r->pids[0], &n, &r->work_err);
     free(text);
@@ -309,8 +345,7 @@ static void prep_inputs(srv_req *r) {
     if (p->text) {
       size_t n = 0;
       int add_special = r->o.kind == OAI_TOKENIZE ? r->o.add_special_tokens : 1;
-      r->work_rc = ops->encode(m->ctx, p->text, p->text_len, add_special, 0, &r->pids[i], &n,
-                               &r->work_err);
+      r->work_rc = encode_text(r, p->text, p->text_len, add_special, &r->pids[i], &n);
       if (r->work_rc) return;
       r->pn[i] = (int32_t)n;
       if (r->o.echo) {
@@ -331,8 +366,8 @@ static void prep_inputs(srv_req *r) {
       memcpy(r->pids[i], p->ids, sizeof *p->ids * (size_t)p->n_ids);
       r->pn[i] = p->n_ids;
       if (r->o.echo) {
-        r->work_rc = ops->decode(m->ctx, p->ids, (size_t)p->n_ids, 0, &r->ptext[i],
-                                 &r->ptext_len[i], &r->work_err);
+        r->work_rc = decode_marked(m, p->ids, (size_t)p->n_ids, &r->ptext[i], &r->ptext_len[i],
+                                   &r->work_err);
         if (r->work_rc) return;
       }
     }
@@ -404,7 +439,20 @@ static void respond_body(srv_req *r, int status, char *json) {
   srv_count(r, status);
   char extra[200];
   served_header(r, extra, sizeof extra);
-  http_respond_take(c, status, "application/json", extra, json, strlen(json));
+  size_t len = strlen(json), wlen = 0;
+  int oom = 0;
+  char *wire = jnul_wire(json, len, &wlen, &oom);
+  if (oom) {
+    free(json);
+    http_conn_kill(c);
+    return;
+  }
+  if (wire) { /* NUL markers written as \u0000 (json_nul.h) */
+    free(json);
+    json = wire;
+    len = wlen;
+  }
+  http_respond_take(c, status, "application/json", extra, json, len);
 }
 
 /* Tokenize and detokenize: the answer was built on the worker (a dialect's token count is a
@@ -609,7 +657,16 @@ void srv_stream_send(srv_req *r, char *sse) {
     http_conn_kill(c);
     return;
   }
-  http_stream_write(r->conn, sse, strlen(sse));
+  size_t len = strlen(sse), wlen = 0;
+  int oom = 0;
+  char *wire = jnul_wire(sse, len, &wlen, &oom);
+  if (oom) { /* as when the event itself could not be built */
+    free(sse);
+    srv_stream_send(r, NULL);
+    return;
+  }
+  http_stream_write(r->conn, wire ? wire : sse, wire ? wlen : len);
+  free(wire);
   free(sse);
   if (http_conn_pending_bytes(r->conn) > r->s->opts.max_stream_backlog_bytes) {
     QV_LOGW("serve: %s: client too slow (%zu bytes queued); closing", r->id,
@@ -634,7 +691,7 @@ static int append_text(srv_choice *c, const char *t, size_t n) {
 /* Token text for logprobs. Decoders drop a leading space at the start of a text
  * (SentencePiece), so a token is decoded after its predecessor and the predecessor's text is
  * cut off: the same text the token adds inside the sequence. Lookup-sized work, fine on the
- * loop. */
+ * loop. NUL bytes come back as markers (json_nul.h). */
 static char *token_str(srv_model *m, int32_t prev, int32_t id) {
   char *t = NULL, *p = NULL;
   size_t n = 0, pn = 0;
@@ -642,16 +699,19 @@ static char *token_str(srv_model *m, int32_t prev, int32_t id) {
     int32_t two[2] = {prev, id};
     if (!m->ops->decode(m->ctx, two, 2, 0, &t, &n, NULL) &&
         !m->ops->decode(m->ctx, &prev, 1, 0, &p, &pn, NULL) && pn <= n && !memcmp(t, p, pn)) {
-      memmove(t, t + pn, n - pn + 1);
+      char *own = jnul_encode(t + pn, n - pn, NULL);
+      free(t);
       free(p);
-      return t;
+      return own ? own : strdup("");
     }
     free(t);
     free(p);
     t = NULL;
   }
   if (m->ops->decode(m->ctx, &id, 1, 0, &t, &n, NULL)) return strdup("");
-  return t;
+  char *own = jnul_encode(t, n, NULL);
+  free(t);
+  return own ? own : strdup("");
 }
 
 /* The completions name of a token whose text is text (owned; replaced): oai_token_key over the
@@ -673,7 +733,8 @@ static void add_logprobs(srv_req *r, srv_choice *ch, const qv_event *ev) {
   for (int32_t t = 0; t < ev->n_tokens; t++) {
     int32_t prev = ch->last_token;
     char *tok = token_str(m, prev, ev->token_ids[t]);
-    size_t tok_len = tok ? strlen(tok) : 0; /* text_offset counts text, whatever the names */
+    /* text_offset counts text bytes, whatever the names (a NUL marker is one byte) */
+    size_t tok_len = tok ? jnul_bytes(tok, strlen(tok)) : 0;
     const qv_top_logprob *top = ev->top ? &ev->top[(size_t)t * (size_t)ev->n_top] : NULL;
     int32_t n_top = ev->top ? (ev->n_top < OAI_MAX_TOP_LOGPROBS ? ev->n_top : OAI_MAX_TOP_LOGPROBS) : 0;
     /* names[0] is the sampled token's, names[1 + k] its alternatives' */
@@ -984,6 +1045,19 @@ static void on_event(server *s, int32_t model, srv_sub *sub, qv_event *ev) {
     r->t_last = now;
   }
   r->live_tokens += ev->n_tokens;
+  /* Generated text goes on with NUL bytes as markers (json_nul.h): the parsers and encoders
+   * after this point treat text as C strings. */
+  const char *etext = ev->text ? ev->text : "";
+  size_t elen = ev->text_len;
+  char *marked = NULL;
+  if (elen > 0 && memchr(etext, 0, elen)) {
+    if (!(marked = jnul_encode(etext, elen, &elen))) {
+      abort_subs(r, 0);
+      srv_send_error(r, 500, "out of memory", NULL, NULL);
+      return;
+    }
+    etext = marked;
+  }
   if (r->conn && (ev->n_tokens > 0 || ev->text_len > 0)) {
     if (r->stream_started) {
       cJSON *lp = NULL;
@@ -991,17 +1065,18 @@ static void on_event(server *s, int32_t model, srv_sub *sub, qv_event *ev) {
         add_logprobs(r, ch, ev);
         lp = oai_logprobs_take(ch->lp);
       }
-      stream_delta(r, ci, ev->text, ev->text_len, 0, lp);
+      stream_delta(r, ci, etext, elen, 0, lp);
       cJSON_Delete(lp);
     } else {
       add_logprobs(r, ch, ev);
-      if (append_text(ch, ev->text ? ev->text : "", ev->text_len)) {
+      if (append_text(ch, etext, elen)) {
         abort_subs(r, 0);
         srv_send_error(r, 500, "out of memory", NULL, NULL);
       }
     }
     ch->text_offset += ev->text_len;
   }
+  free(marked);
   if (ev->type != QV_EVENT_FINISH || ch->finished) return;
   ch->finished = 1;
   ch->finish = finish_str(ev->finish);

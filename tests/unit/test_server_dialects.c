@@ -242,3 +242,61 @@ Test(server, parallel_tool_calls) {
   H.script = NULL;
 }
 
+
+/* The number at "key": in body (first occurrence), or -1. */
+static int num_after(const char *body, const char *key) {
+  const char *p = strstr(body, key);
+  return p ? atoi(p + strlen(key)) : -1;
+}
+
+/* NUL characters (\u0000) on the fake's byte tokenizer (id = 3 + byte): a prompt's NUL is id 3
+ * on /tokenize; token-id prompts echo it and /detokenize gives it back as \u0000; a
+ * conversation with NULs counts the same tokens on chat tokenize, Messages count_tokens and
+ * Responses usage, and a message without them differs (the NUL is not dropped). */
+Test(server, nul_characters) {
+  start(NULL, NULL, 0, 0);
+  resp r = request("POST", "/tokenize",
+                   "{\"model\":\"lower\",\"prompt\":\"a\\u0000b\",\"add_special_tokens\":false}", NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert(strstr(r.body, "\"tokens\":[100,3,101]"), "%s", r.body);
+  free(r.body);
+  r = request("POST", "/v1/completions",
+              "{\"model\":\"lower\",\"prompt\":[100,3,101],\"max_tokens\":1,\"echo\":true}", NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert(strstr(r.body, "\"text\":\"a\\u0000b"), "%s", r.body);
+  free(r.body);
+  r = request("POST", "/detokenize", "{\"model\":\"lower\",\"tokens\":[100,3,3,101]}", NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert(strstr(r.body, "\"prompt\":\"a\\u0000\\u0000b\""), "%s", r.body);
+  free(r.body);
+  const char *msgs = "\"messages\":[{\"role\":\"user\",\"content\":\"a\\u0000\\u0000b\"}]";
+  char body[300];
+  snprintf(body, sizeof body, "{\"model\":\"lower\",%s}", msgs);
+  r = request("POST", "/tokenize", body, NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert(strstr(r.body, ",100,3,3,101,"), "%s", r.body);
+  int want = num_after(r.body, "\"count\":");
+  free(r.body);
+  snprintf(body, sizeof body, "{\"model\":\"lower\",%s}", msgs);
+  r = request("POST", "/v1/messages/count_tokens", body, NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert_eq(num_after(r.body, "\"input_tokens\":"), want, "%s", r.body);
+  free(r.body);
+  r = request("POST", "/v1/responses",
+              "{\"model\":\"lower\",\"max_output_tokens\":2,\"input\":\"a\\u0000\\u0000b\"}", NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert_eq(num_after(r.body, "\"input_tokens\":"), want, "%s", r.body);
+  free(r.body);
+  r = request("POST", "/v1/messages/count_tokens",
+              "{\"model\":\"lower\",\"messages\":[{\"role\":\"user\",\"content\":\"ab\"}]}", NULL);
+  cr_assert_eq(num_after(r.body, "\"input_tokens\":"), want - 2, "%s", r.body);
+  free(r.body);
+  /* unsafe places: the dialect's own error shape */
+  r = request("POST", "/v1/messages",
+              "{\"model\":\"lo\\u0000wer\",\"max_tokens\":2,\"messages\":[{\"role\":\"user\","
+              "\"content\":\"x\"}]}", NULL);
+  cr_assert_eq(r.status, 400, "%s", r.body);
+  cr_assert(strstr(r.body, "\"type\":\"invalid_request_error\"") && strstr(r.body, "NUL"), "%s", r.body);
+  free(r.body);
+  stop();
+}
