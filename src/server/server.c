@@ -369,6 +369,23 @@ static const route_entry *route_find(const char *path, const char **model_id,
   return NULL;
 }
 
+/* The dialect whose error shape a path gets before (or without) a route: Anthropic's for
+ * /v1/messages and everything under it (an unknown /v1/messages/x is still an Anthropic client),
+ * OpenAI's otherwise. */
+static const srv_dialect *path_dialect(const char *path) {
+  if (path && !strncmp(path, "/v1/messages", 12) && (path[12] == '\0' || path[12] == '/'))
+    return &srv_dialect_anthropic;
+  return &srv_dialect_openai;
+}
+
+/* http_handler.error_body: errors the HTTP layer answers itself (413, 408, 431, malformed...)
+ * in the path's dialect; NULL keeps the HTTP layer's OpenAI-shaped body. */
+static char *on_error_body(void *ud, const char *path, int status, const char *message) {
+  (void)ud;
+  const srv_dialect *d = path_dialect(path);
+  return d == &srv_dialect_openai ? NULL : d->error_json(status, message, NULL, NULL);
+}
+
 typedef struct route_match {
   const route_entry *hit;
   const char *model_id, *response_id;
@@ -383,7 +400,7 @@ static int precheck(server *s, const http_request *req, route_match *m, char **j
   const char *path = req->path;
   const route_entry *hit = route_find(path, &m->model_id, &m->response_id);
   m->hit = hit;
-  m->dialect = hit && hit->dialect ? hit->dialect : &srv_dialect_openai;
+  m->dialect = hit && hit->dialect ? hit->dialect : path_dialect(path);
   *json = NULL;
   extra[0] = '\0';
   if (!hit) {
@@ -598,7 +615,8 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
     free(s);
     return qv_error_set(err, QV_ENOMEM, "out of memory");
   }
-  http_handler h = {.ud = s, .on_head = on_head, .on_request = on_request, .on_abort = on_abort};
+  http_handler h = {.ud = s, .on_head = on_head, .on_request = on_request, .on_abort = on_abort,
+                    .error_body = on_error_body};
   int rc = opts->tls ? tls_ctx_create(opts->tls, &s->tls, err) : 0;
   if (!rc)
     rc = http_server_create(loop, opts->host ? opts->host : "127.0.0.1", opts->port,
