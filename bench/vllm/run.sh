@@ -26,26 +26,11 @@ conc=${CONCURRENCY:-8}
 endpoint=${ENDPOINT:-completions}
 
 tmp=$(mktemp -d)
-tok=$model
-if [[ "$model" == *.gguf ]]; then
-  tok=$tmp/tokenizer
-  "$py" -c 'import sys, os
-from transformers import AutoTokenizer
-AutoTokenizer.from_pretrained(os.path.dirname(sys.argv[1]), gguf_file=os.path.basename(sys.argv[1])).save_pretrained(sys.argv[2])' \
-    "$(realpath "$model")" "$tok" >/dev/null 2>&1
-fi
-log=$tmp/serve.log
-"$bin" serve --host 127.0.0.1 --port 0 --model "$name=$model" >"$log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
-port=""
-for _ in $(seq 1 600); do
-  port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
-  [ -n "$port" ] && break
-  kill -0 $pid 2>/dev/null || { cat "$log"; exit 1; }
-  sleep 0.1
-done
-[ -n "$port" ] || { echo "quiver did not start" >&2; cat "$log"; exit 1; }
+. bench/lib/serve.sh
+trap 'kill $qv_pid 2>/dev/null; wait $qv_pid 2>/dev/null; rm -rf "$tmp"' EXIT
+qv_serve_start "$bin" "$name" "$model"
+port=$qv_port
+tok=$(qv_hf_tokenizer "$model" "$py")
 
 if [ "$endpoint" = chat ]; then backend=(--backend openai-chat --endpoint /v1/chat/completions)
 else backend=(--backend openai --endpoint /v1/completions); fi
