@@ -535,8 +535,17 @@ def test_dialects_reasoning(quiver_bin):
         want = r.choices[0].message.model_extra["reasoning_content"]
         assert want
         m = ant(s).messages.create(model="quiver-tiny", max_tokens=8, messages=msgs,
-                                   thinking={"type": "enabled", "budget_tokens": 1024}, **GREEDY)
+                                   thinking={"type": "adaptive"}, **GREEDY)
         assert [b.type for b in m.content] == ["thinking"] and m.content[0].thinking == want
+        # budget_tokens is validated as Anthropic does (>= 1024, below max_tokens), not enforced:
+        # max_tokens ends this reasoning, inside the thinking block.
+        assert m.stop_reason == "max_tokens"
+        for budget, mt in ((1024, 8), (1000, 2048)):
+            with pytest.raises(anthropic.BadRequestError) as e:
+                ant(s).messages.create(model="quiver-tiny", max_tokens=mt, messages=msgs,
+                                       thinking={"type": "enabled", "budget_tokens": budget})
+            assert e.value.body["error"]["type"] == "invalid_request_error"
+            assert "budget_tokens" in e.value.body["error"]["message"]
         with ant(s).messages.stream(model="quiver-tiny", max_tokens=8, messages=msgs, **GREEDY) as st:
             deltas = [e.delta.thinking for e in st if e.type == "content_block_delta"]
         assert "".join(deltas) == want

@@ -37,7 +37,7 @@ static int decode(const srv_dialect *d, oai_kind kind, const char *body, size_t 
 }
 
 static const char *const anth_valid =
-    "{\"model\":\"m\",\"max_tokens\":8,\"system\":[{\"type\":\"text\",\"text\":\"S\"}],"
+    "{\"model\":\"m\",\"max_tokens\":2048,\"system\":[{\"type\":\"text\",\"text\":\"S\"}],"
     "\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"},"
     "{\"role\":\"assistant\",\"content\":[{\"type\":\"thinking\",\"thinking\":\"t\",\"signature\":\"\"},"
     "{\"type\":\"text\",\"text\":\"A\"},{\"type\":\"tool_use\",\"id\":\"u1\",\"name\":\"f\","
@@ -84,6 +84,19 @@ Test(dialects, anthropic_translation, .init = setup, .fini = teardown) {
   bad = "{\"model\":\"m\",\"max_tokens\":1,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":2}";
   cr_assert_eq(decode(&srv_dialect_anthropic, OAI_CHAT, bad, strlen(bad), param, NULL), QV_EUNSUPPORTED);
   cr_assert_str_eq(param, "n");
+  /* thinking.budget_tokens as Anthropic validates it: an integer >= 1024, below max_tokens
+   * (count_tokens has no max_tokens to compare with). */
+  const char *th[] = {"1023", "1024.5", "\"2000\"", "4096", "2048"};
+  for (size_t i = 0; i < sizeof th / sizeof th[0]; i++) {
+    char b[200];
+    snprintf(b, sizeof b, "{\"model\":\"m\",\"max_tokens\":2048,\"messages\":[{\"role\":\"user\","
+             "\"content\":\"x\"}],\"thinking\":{\"type\":\"enabled\",\"budget_tokens\":%s}}", th[i]);
+    cr_expect_eq(decode(&srv_dialect_anthropic, OAI_CHAT, b, strlen(b), param, NULL), QV_EINVAL, "%s", th[i]);
+    cr_expect_str_eq(param, "thinking");
+  }
+  const char *ok = "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                   "\"thinking\":{\"type\":\"enabled\",\"budget_tokens\":4096}}";
+  cr_assert_eq(decode(&srv_dialect_anthropic, OAI_TOKENIZE, ok, strlen(ok), NULL, NULL), 0);
 }
 
 Test(dialects, responses_translation, .init = setup, .fini = teardown) {
