@@ -513,6 +513,8 @@ def test_dialect_fuzz(srv):
                 data[pos] = rng.randrange(256)
             elif op < 0.7:
                 del data[pos]
+            elif op < 0.85:
+                data[pos:pos] = b"\\u0000"  # a NUL escape in text, a key or a name
             else:
                 data.insert(pos, rng.choice(b'{}[]",:0-9\\\x00\xff'))
         req = (b"POST %s HTTP/1.1\r\nHost: x\r\nx-api-key: sk-test\r\nConnection: close\r\n"

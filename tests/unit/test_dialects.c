@@ -132,8 +132,8 @@ static uint64_t rng_next(uint64_t *s) {
   return *s;
 }
 
-/* Seeded mutations of a valid body: every one decodes or fails cleanly (ASan checks the
- * rest). */
+/* Seeded mutations of a valid body (bytes changed, dropped or inserted, \u0000 escapes
+ * inserted): every one decodes or fails cleanly (ASan checks the rest). */
 static void fuzz(const srv_dialect *d, oai_kind kind, const char *valid, uint64_t seed, int n) {
   static const char inserts[] = "{}[]\",:0-9eE\\ \x00\xff\xc3\xed";
   size_t vlen = strlen(valid);
@@ -145,8 +145,12 @@ static void fuzz(const srv_dialect *d, oai_kind kind, const char *valid, uint64_
     int muts = 1 + (int)(rng_next(&seed) % 4);
     for (int m = 0; m < muts && len > 1; m++) {
       size_t pos = rng_next(&seed) % len;
-      uint64_t op = rng_next(&seed) % 3;
-      if (op == 0) {
+      uint64_t op = rng_next(&seed) % 4;
+      if (op == 3) { /* a NUL escape anywhere: text keeps it, keys and names refuse it */
+        memmove(buf + pos + 6, buf + pos, len - pos);
+        memcpy(buf + pos, "\\u0000", 6);
+        len += 6;
+      } else if (op == 0) {
         buf[pos] = (char)(rng_next(&seed) & 0xff);
       } else if (op == 1) {
         memmove(buf + pos, buf + pos + 1, len - pos - 1);
