@@ -381,18 +381,12 @@ Test(server, anthropic_early_errors) {
  * in-flight request still finishes). */
 Test(server, anthropic_drain_error) {
   start(NULL, NULL, 0, 0);
-  fake_set_hold(&H.fakes[0], 1);
-  client *c = client_open();
-  const char *body = "{\"model\":\"lower\",\"prompt\":\"x\",\"max_tokens\":2}";
-  char req[512];
-  int n = snprintf(req, sizeof req, "POST /v1/completions HTTP/1.1\r\nContent-Length: %zu\r\n\r\n%s",
-                   strlen(body), body);
-  client_send(c, req, (size_t)n);
-  for (int i = 0; i < 500 && fake_n_active(&H.fakes[0]) < 1; i++) usleep(10000);
+  client *c = held_request("{\"model\":\"lower\",\"prompt\":\"x\",\"max_tokens\":2}");
   server_shutdown(H.srv);
   usleep(50000);
   const char *mb = "{\"model\":\"lower\",\"max_tokens\":2,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}";
-  n = snprintf(req, sizeof req, "POST /v1/messages HTTP/1.1\r\nContent-Length: %zu\r\n\r\n%s",
+  char req[512];
+  int n = snprintf(req, sizeof req, "POST /v1/messages HTTP/1.1\r\nContent-Length: %zu\r\n\r\n%s",
                strlen(mb), mb);
   char type[64];
   cr_expect_eq(raw_anthropic(req, (size_t)n, type, sizeof type), 503);
