@@ -344,6 +344,7 @@ Test(server, anthropic_early_errors) {
       {"POST /v1/messages HTTP/1.1\r\nHost: x\r\n%sContent-Length: 99999999", 413, "request_too_large"},
       {"POST /v1/messages/count_tokens HTTP/1.1\r\nHost: x\r\n%sX-Big: %s", 431, "invalid_request_error"},
       {"POST /v1/messages HTTP/1.1\r\nHost: x\r\n%sTransfer-Encoding: gzip", 501, "api_error"},
+      {"POST /v1/messages HTTP/2.0\r\nHost: x\r\n%sContent-Length: 2", 505, "api_error"},
       {"POST /v1/messages HTTP/1.1\r\nHost: x\r\n%sContent-Length: x", 400, "invalid_request_error"},
       {"POST /v1/messages HTTP/1.1\r\nHost: x\r\n%s", 400, "invalid_request_error"}, /* no body */
   };
