@@ -1,9 +1,11 @@
 /* The Llama family: Llama 2/3, Mistral (sliding window), Qwen2 (q/k/v bias), Qwen3 (per-head
- * q/k RMSNorm), and the embedded quiver-tiny (a Llama with synthetic weights).
+ * q/k RMSNorm), and the embedded quiver-tiny (a Llama with synthetic weights); and the one
+ * decoder layer loop every family runs (families.c loads the others and adds their pieces).
  *
- * Pre-norm decoder: x = embed(ids); per layer h = norm(x); x += o(attn(rope(q(h)), rope(k(h)),
- * v(h))); h = norm(x); x += down(silu(gate(h)) * up(h)); logits = lm_head(norm(x)) for the rows
- * asked for. Written only against the backend interface. */
+ * Pre-norm decoder: x = embed(ids) [* embed_scale]; per layer h = norm(x); a = o(attn(rope(q(h)),
+ * rope(k(h)), v(h))) [; a = post_norm(a)]; x += a; h = norm(x); f = down(act(gate(h)) * up(h)) or
+ * moe(h) [; f = post_ffn_norm(f)]; x += f; logits = lm_head(norm(x)) for the rows asked for
+ * [, soft-capped]. Written only against the backend interface. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,8 +19,8 @@
     if (rc_) return qv_error_set(err, rc_, "%s", (m)->be->last_error.msg); \
   } while (0)
 
-static int load_tensor(qv_model *m, model_weight_src *src, const char *name, int64_t rows, int64_t cols, int required,
-                       qv_tensor *t, qv_error *err) {
+int model_load_tensor(qv_model *m, model_weight_src *src, const char *name, int64_t rows, int64_t cols, int required,
+                      qv_tensor *t, qv_error *err) {
   qv_error e = {0};
   qv_dtype dt;
   const void *data = src->get(src, name, rows, cols, &dt, &e);
@@ -72,7 +74,7 @@ static int load_layer(qv_model *m, model_weight_src *src, int32_t l, qv_error *e
   int rc;
 #define LOAD_(field, suffix, rows, cols, req)                                       \
   snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);                     \
-  if ((rc = load_tensor(m, src, name, rows, cols, req, &L->field, err))) return rc;
+  if ((rc = model_load_tensor(m, src, name, rows, cols, req, &L->field, err))) return rc;
   LOAD_(attn_norm, "input_layernorm.weight", 1, c->dim, 1)
   LOAD_(wq, "self_attn.q_proj.weight", qd, c->dim, 1)
   LOAD_(wk, "self_attn.k_proj.weight", kd, c->dim, 1)
@@ -116,13 +118,15 @@ int llama_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *b
     rc = qv_error_set(err, QV_ENOMEM, "out of memory");
     goto fail;
   }
-  if ((rc = load_tensor(m, src, "model.embed_tokens.weight", c->vocab_size, c->dim, 1, &m->tok_emb, err))) goto fail;
+  if ((rc = model_load_tensor(m, src, "model.embed_tokens.weight", c->vocab_size, c->dim, 1, &m->tok_emb, err))) goto fail;
   for (int32_t l = 0; l < c->n_layer; l++)
     if ((rc = load_layer(m, src, l, err))) goto fail;
-  if ((rc = load_tensor(m, src, "model.norm.weight", 1, c->dim, 1, &m->final_norm, err))) goto fail;
+  if ((rc = model_load_tensor(m, src, "model.norm.weight", 1, c->dim, 1, &m->final_norm, err))) goto fail;
+  /* Mistral's window covers every layer (the layer loop reads the per-layer flags). */
+  for (int32_t l = 0; l < c->n_layer && c->sliding_window; l++) m->cfg.layer_flags[l] |= QV_LAYER_SLIDING;
   if (c->tie_embeddings) {
     m->lm_head = m->tok_emb;
-  } else if ((rc = load_tensor(m, src, "lm_head.weight", c->vocab_size, c->dim, 1, &m->lm_head, err))) {
+  } else if ((rc = model_load_tensor(m, src, "lm_head.weight", c->vocab_size, c->dim, 1, &m->lm_head, err))) {
     goto fail;
   }
   /* Rotary table. */
@@ -180,7 +184,8 @@ void qv_model_destroy(qv_model *m) {
       llama_layer *L = &m->layers[l];
       qv_tensor *ts[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->wo, &L->bq, &L->bk, &L->bv, &L->bo,
                          &L->q_norm, &L->k_norm, &L->ffn_norm, &L->w_gate, &L->w_up, &L->w_down, &L->b_gate,
-                         &L->b_up, &L->b_down};
+                         &L->b_up, &L->b_down, &L->post_attn_norm, &L->post_ffn_norm, &L->sinks, &L->router,
+                         &L->router_b};
       for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) be->ops->free(be, ts[i]);
     }
   }
@@ -212,7 +217,6 @@ int qv_model_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *er
   const qv_backend_ops *ops = m->be->ops;
   qv_backend *be = m->be;
   if (!m->kv_ready) return qv_error_set(err, QV_ESTATE, "forward: KV cache not allocated");
-  if (m->fam) return families_forward(m, b, logits, err);
   if (b->n_tokens <= 0 || b->n_tokens > m->max_tok || b->n_logits < 0 || b->n_logits > m->max_logits)
     return qv_error_set(err, QV_EINVAL, "forward: %d tokens / %d logits exceed the model's limits %d / %d",
                         b->n_tokens, b->n_logits, m->max_tok, m->max_logits);
@@ -225,11 +229,23 @@ int qv_model_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *er
   qv_tensor x = rows_of(&m->x, n), h = rows_of(&m->h, n), q = rows_of(&m->q, n), att = rows_of(&m->att, n);
   qv_tensor k = rows_of(&m->k, n), v = rows_of(&m->v, n), o = rows_of(&m->o, n);
   qv_tensor g = rows_of(&m->g, n), u = rows_of(&m->u, n);
-  qv_attn_params ap = {.n_head = c->n_head, .n_kv_head = c->n_kv_head, .head_dim = c->head_dim,
-                       .scale = 1.0f / sqrtf((float)c->head_dim), .sliding_window = c->sliding_window};
+  qv_act act = {.kind = (qv_act_kind)c->act, .alpha = c->swiglu_alpha, .limit = c->swiglu_limit};
   BE_CALL(m, ops->embed(be, &x, &m->tok_emb));
+  if (c->embed_scale) {
+    /* transformers casts the normalizer to the embedding's dtype before multiplying: bf16 on a
+     * bf16 backend (sqrt(640) = 25.298 becomes 25.25), exact fp32 on the CPU. */
+    float es = c->embed_scale;
+    if (ops->weight_dtype == QV_DTYPE_BF16) es = qv_bf16_to_f32(qv_f32_to_bf16(es));
+    else if (ops->weight_dtype == QV_DTYPE_F16) es = qv_f16_to_f32(qv_f32_to_f16(es));
+    BE_CALL(m, ops->scale(be, &x, es));
+  }
   for (int32_t l = 0; l < c->n_layer; l++) {
     const llama_layer *L = &m->layers[l];
+    int sliding = c->layer_flags[l] & QV_LAYER_SLIDING;
+    qv_attn_params ap = {.layer = l, .n_head = c->n_head, .n_kv_head = c->n_kv_head, .head_dim = c->head_dim,
+                         .scale = c->attn_scale > 0 ? c->attn_scale : 1.0f / sqrtf((float)c->head_dim),
+                         .sliding_window = sliding ? c->sliding_window : 0, .softcap = c->attn_softcap,
+                         .sinks = opt(&L->sinks)};
     /* The residual add of the previous layer's MLP is fused into this layer's first norm. */
     if (l == 0) BE_CALL(m, ops->rmsnorm(be, &h, &x, &L->attn_norm, c->norm_eps));
     else BE_CALL(m, ops->add_rmsnorm(be, &h, &x, &o, &L->attn_norm, c->norm_eps));
@@ -241,16 +257,24 @@ int qv_model_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *er
       BE_CALL(m, ops->rmsnorm(be, &qh, &qh, &L->q_norm, c->norm_eps));
       BE_CALL(m, ops->rmsnorm(be, &kh, &kh, &L->k_norm, c->norm_eps));
     }
-    BE_CALL(m, ops->rope(be, &q, c->n_head, &k, c->n_kv_head, &m->rope));
+    const qv_rope *rope = sliding && m->fam ? families_layer_rope(m, l) : NULL;
+    BE_CALL(m, ops->rope(be, &q, c->n_head, &k, c->n_kv_head, rope ? rope : &m->rope));
     BE_CALL(m, ops->kv_write(be, l, &k, &v));
-    ap.layer = l;
     BE_CALL(m, ops->attention(be, &att, &q, &ap));
     BE_CALL(m, ops->matmul(be, &o, &att, &L->wo, opt(&L->bo)));
+    if (c->sandwich_norm) BE_CALL(m, ops->rmsnorm(be, &o, &o, &L->post_attn_norm, c->norm_eps));
     BE_CALL(m, ops->add_rmsnorm(be, &h, &x, &o, &L->ffn_norm, c->norm_eps));
-    BE_CALL(m, ops->matmul(be, &g, &h, &L->w_gate, opt(&L->b_gate)));
-    BE_CALL(m, ops->matmul(be, &u, &h, &L->w_up, opt(&L->b_up)));
-    BE_CALL(m, ops->silu_mul(be, &g, &g, &u));
-    BE_CALL(m, ops->matmul(be, &o, &g, &L->w_down, opt(&L->b_down)));
+    if (c->layer_flags[l] & QV_LAYER_MOE) {
+      int rc = families_moe(m, L, &o, &h, n, err);
+      if (rc) return rc;
+    } else {
+      BE_CALL(m, ops->matmul(be, &g, &h, &L->w_gate, opt(&L->b_gate)));
+      BE_CALL(m, ops->matmul(be, &u, &h, &L->w_up, opt(&L->b_up)));
+      if (c->act == QV_ACT_SILU) BE_CALL(m, ops->silu_mul(be, &g, &g, &u));
+      else BE_CALL(m, ops->gated_act(be, &g, &g, &u, &act));
+      BE_CALL(m, ops->matmul(be, &o, &g, &L->w_down, opt(&L->b_down)));
+    }
+    if (c->sandwich_norm) BE_CALL(m, ops->rmsnorm(be, &o, &o, &L->post_ffn_norm, c->norm_eps));
   }
   if (b->n_logits == 0) return 0;
   /* Only the rows whose logits are wanted go through the final norm and the LM head. */
@@ -260,5 +284,10 @@ int qv_model_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *er
   BE_CALL(m, ops->rmsnorm(be, &sel, &sel, &m->final_norm, c->norm_eps));
   BE_CALL(m, ops->matmul(be, &lg, &sel, &m->lm_head, NULL));
   BE_CALL(m, ops->download_f32(be, &lg, logits));
+  if (c->final_softcap > 0) {
+    /* Gemma 2: logits = cap * tanh(logits / cap), on the host floats (same on every backend). */
+    size_t cnt = (size_t)b->n_logits * (size_t)c->vocab_size;
+    for (size_t i = 0; i < cnt; i++) logits[i] = tanhf(logits[i] / c->final_softcap) * c->final_softcap;
+  }
   return 0;
 }
