@@ -306,21 +306,6 @@ static int alloc_act(qv_model *m, qv_dtype dt, int64_t rows, int64_t cols, qv_te
   return 0;
 }
 
-static int rope_table(qv_model *m, const qv_model_config *rc_cfg, qv_tensor *t, qv_rope *r, qv_error *err) {
-  const qv_model_config *c = &m->cfg;
-  int32_t half = c->rot_dim / 2;
-  float *inv = malloc((size_t)half * sizeof *inv);
-  if (!inv) return qv_error_set(err, QV_ENOMEM, "out of memory");
-  float af;
-  model_rope_inv_freq(rc_cfg, c->rot_dim, inv, &af);
-  int rc = m->be->ops->alloc(m->be, QV_DTYPE_F32, 1, half, t);
-  if (!rc) rc = m->be->ops->upload(m->be, t, inv, QV_DTYPE_F32);
-  free(inv);
-  if (rc) return qv_error_set(err, rc, "%s", m->be->last_error.msg);
-  *r = (qv_rope){.head_dim = c->head_dim, .rot_dim = c->rot_dim, .neox = 1, .attn_factor = af, .inv_freq = t};
-  return 0;
-}
-
 /* The ops this configuration needs beyond the Llama set, checked before anything is loaded. */
 static int check_ops(const qv_model_config *c, const qv_backend_ops *ops, qv_error *err) {
   const char *missing = NULL;
@@ -385,16 +370,10 @@ int families_build(const qv_model_config *cfg, model_weight_src *src, qv_backend
 static int families_build_from(const qv_model_config *cfg, model_weight_src *src, qv_backend *be,
                                const qv_model_opts *opts, qv_model **out, qv_error *err) {
   int rc;
-  qv_model *m = calloc(1, sizeof *m);
+  qv_model *m = model_new(cfg, be, opts);
   if (!m) return qv_error_set(err, QV_ENOMEM, "out of memory");
-  m->cfg = *cfg;
-  m->be = be;
   const qv_model_config *c = &m->cfg;
-  m->max_tok = opts->max_batch_tokens;
-  m->max_logits = opts->max_logits > 0 ? opts->max_logits : opts->max_batch_tokens;
-  m->fam = calloc(1, sizeof *m->fam);
-  m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
-  if (!m->fam || !m->layers) {
+  if (!(m->fam = calloc(1, sizeof *m->fam))) {
     rc = qv_error_set(err, QV_ENOMEM, "out of memory");
     goto fail;
   }
@@ -407,24 +386,17 @@ static int families_build_from(const qv_model_config *cfg, model_weight_src *src
     goto fail;
   if (c->tie_embeddings) m->lm_head = m->tok_emb;
   else if ((rc = load(m, src, "lm_head.weight", c->vocab_size, c->dim, LD_REQ, &m->lm_head, err))) goto fail;
-  if ((rc = rope_table(m, c, &m->inv_freq, &m->rope, err))) goto fail;
+  if ((rc = model_rope_table(m, c, &m->inv_freq, &m->rope, err))) goto fail;
   if (c->rope_local_theta > 0) {
     /* Gemma 3's sliding layers: their own base, never scaled. */
     qv_model_config lc = *c;
     lc.rope_theta = c->rope_local_theta;
     lc.rope_scaling = QV_ROPE_SCALING_NONE;
-    if ((rc = rope_table(m, &lc, &F->inv_freq_local, &F->rope_local, err))) goto fail;
+    if ((rc = model_rope_table(m, &lc, &F->inv_freq_local, &F->rope_local, err))) goto fail;
   }
-  int64_t qd = (int64_t)c->n_head * c->head_dim, kd = (int64_t)c->n_kv_head * c->head_dim;
+  if ((rc = model_alloc_acts(m, err))) goto fail;
   qv_dtype ad = be->ops->act_dtype;
-  int64_t T = m->max_tok, ffn = c->ffn_dim;
-  if ((rc = alloc_act(m, ad, T, c->dim, &m->x, err)) || (rc = alloc_act(m, ad, T, c->dim, &m->h, err)) ||
-      (rc = alloc_act(m, ad, T, qd, &m->q, err)) || (rc = alloc_act(m, ad, T, qd, &m->att, err)) ||
-      (rc = alloc_act(m, ad, T, kd, &m->k, err)) || (rc = alloc_act(m, ad, T, kd, &m->v, err)) ||
-      (rc = alloc_act(m, ad, T, c->dim, &m->o, err)) || (rc = alloc_act(m, ad, T, ffn, &m->g, err)) ||
-      (rc = alloc_act(m, ad, T, ffn, &m->u, err)) || (rc = alloc_act(m, ad, m->max_logits, c->dim, &m->sel, err)) ||
-      (rc = alloc_act(m, QV_DTYPE_F32, m->max_logits, c->vocab_size, &m->logits, err)))
-    goto fail;
+  int64_t T = m->max_tok;
   if (c->n_expert) {
     int64_t k = c->n_expert_used;
     if ((rc = alloc_act(m, QV_DTYPE_F32, T, c->n_expert, &F->rl, err)) ||

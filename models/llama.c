@@ -102,22 +102,58 @@ static int alloc_act(qv_model *m, int64_t rows, int64_t cols, qv_tensor *t, qv_e
   return 0;
 }
 
+qv_model *model_new(const qv_model_config *cfg, qv_backend *be, const qv_model_opts *opts) {
+  qv_model *m = calloc(1, sizeof *m);
+  if (!m) return NULL;
+  m->cfg = *cfg;
+  m->be = be;
+  m->max_tok = opts->max_batch_tokens;
+  m->max_logits = opts->max_logits > 0 ? opts->max_logits : opts->max_batch_tokens;
+  m->layers = calloc((size_t)cfg->n_layer, sizeof *m->layers);
+  if (!m->layers) {
+    free(m);
+    return NULL;
+  }
+  return m;
+}
+
+int model_rope_table(qv_model *m, const qv_model_config *rc_cfg, qv_tensor *t, qv_rope *r, qv_error *err) {
+  const qv_model_config *c = &m->cfg;
+  int32_t rot = c->rot_dim > 0 ? c->rot_dim : c->head_dim, half = rot / 2;
+  float *inv = malloc((size_t)half * sizeof *inv);
+  if (!inv) return qv_error_set(err, QV_ENOMEM, "out of memory");
+  float af;
+  model_rope_inv_freq(rc_cfg, rot, inv, &af);
+  int rc = m->be->ops->alloc(m->be, QV_DTYPE_F32, 1, half, t);
+  if (!rc) rc = m->be->ops->upload(m->be, t, inv, QV_DTYPE_F32);
+  free(inv);
+  if (rc) return qv_error_set(err, rc, "%s", m->be->last_error.msg);
+  *r = (qv_rope){.head_dim = c->head_dim, .rot_dim = rot, .neox = !c->rope_interleaved, .attn_factor = af, .inv_freq = t};
+  return 0;
+}
+
+int model_alloc_acts(qv_model *m, qv_error *err) {
+  const qv_model_config *c = &m->cfg;
+  int64_t qd = (int64_t)c->n_head * c->head_dim, kd = (int64_t)c->n_kv_head * c->head_dim, T = m->max_tok;
+  int rc;
+  if ((rc = alloc_act(m, T, c->dim, &m->x, err)) || (rc = alloc_act(m, T, c->dim, &m->h, err)) ||
+      (rc = alloc_act(m, T, qd, &m->q, err)) || (rc = alloc_act(m, T, qd, &m->att, err)) ||
+      (rc = alloc_act(m, T, kd, &m->k, err)) || (rc = alloc_act(m, T, kd, &m->v, err)) ||
+      (rc = alloc_act(m, T, c->dim, &m->o, err)) || (rc = alloc_act(m, T, c->ffn_dim, &m->g, err)) ||
+      (rc = alloc_act(m, T, c->ffn_dim, &m->u, err)) || (rc = alloc_act(m, m->max_logits, c->dim, &m->sel, err)))
+    return rc;
+  /* Logits stay F32 on every backend: two candidates closer than a bf16 step must not tie. */
+  BE_CALL(m, m->be->ops->alloc(m->be, QV_DTYPE_F32, m->max_logits, c->vocab_size, &m->logits));
+  return 0;
+}
+
 int llama_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
                 qv_model **out, qv_error *err) {
   *out = NULL;
-  qv_model *m = calloc(1, sizeof *m);
+  qv_model *m = model_new(cfg, be, opts);
   if (!m) return qv_error_set(err, QV_ENOMEM, "out of memory");
-  m->cfg = *cfg;
-  m->be = be;
   const qv_model_config *c = &m->cfg;
-  m->max_tok = opts->max_batch_tokens;
-  m->max_logits = opts->max_logits > 0 ? opts->max_logits : opts->max_batch_tokens;
   int rc = 0;
-  m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
-  if (!m->layers) {
-    rc = qv_error_set(err, QV_ENOMEM, "out of memory");
-    goto fail;
-  }
   if ((rc = model_load_tensor(m, src, "model.embed_tokens.weight", c->vocab_size, c->dim, 1, &m->tok_emb, err))) goto fail;
   for (int32_t l = 0; l < c->n_layer; l++)
     if ((rc = load_layer(m, src, l, err))) goto fail;
@@ -129,39 +165,7 @@ int llama_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *b
   } else if ((rc = model_load_tensor(m, src, "lm_head.weight", c->vocab_size, c->dim, 1, &m->lm_head, err))) {
     goto fail;
   }
-  /* Rotary table. */
-  {
-    int32_t half = c->head_dim / 2;
-    float *inv = malloc((size_t)half * sizeof *inv);
-    if (!inv) {
-      rc = qv_error_set(err, QV_ENOMEM, "out of memory");
-      goto fail;
-    }
-    float af;
-    model_rope_inv_freq(c, c->head_dim, inv, &af);
-    rc = be->ops->alloc(be, QV_DTYPE_F32, 1, half, &m->inv_freq);
-    if (!rc) rc = be->ops->upload(be, &m->inv_freq, inv, QV_DTYPE_F32);
-    free(inv);
-    if (rc) {
-      qv_error_set(err, rc, "%s", be->last_error.msg);
-      goto fail;
-    }
-    m->rope = (qv_rope){.head_dim = c->head_dim, .rot_dim = c->head_dim, .neox = !c->rope_interleaved, .attn_factor = af,
-                        .inv_freq = &m->inv_freq};
-  }
-  int64_t qd = (int64_t)c->n_head * c->head_dim, kd = (int64_t)c->n_kv_head * c->head_dim;
-  if ((rc = alloc_act(m, m->max_tok, c->dim, &m->x, err)) || (rc = alloc_act(m, m->max_tok, c->dim, &m->h, err)) ||
-      (rc = alloc_act(m, m->max_tok, qd, &m->q, err)) || (rc = alloc_act(m, m->max_tok, qd, &m->att, err)) ||
-      (rc = alloc_act(m, m->max_tok, kd, &m->k, err)) || (rc = alloc_act(m, m->max_tok, kd, &m->v, err)) ||
-      (rc = alloc_act(m, m->max_tok, c->dim, &m->o, err)) || (rc = alloc_act(m, m->max_tok, c->ffn_dim, &m->g, err)) ||
-      (rc = alloc_act(m, m->max_tok, c->ffn_dim, &m->u, err)) ||
-      (rc = alloc_act(m, m->max_logits, c->dim, &m->sel, err)))
-    goto fail;
-  /* Logits stay F32 on every backend: two candidates closer than a bf16 step must not tie. */
-  if ((rc = be->ops->alloc(be, QV_DTYPE_F32, m->max_logits, c->vocab_size, &m->logits))) {
-    qv_error_set(err, rc, "%s", be->last_error.msg);
-    goto fail;
-  }
+  if ((rc = model_rope_table(m, c, &m->inv_freq, &m->rope, err)) || (rc = model_alloc_acts(m, err))) goto fail;
   *out = m;
   return 0;
 fail:

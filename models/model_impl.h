@@ -89,6 +89,14 @@ int64_t families_n_params(const qv_model_config *cfg);
 int model_load_tensor(qv_model *m, model_weight_src *src, const char *name, int64_t rows, int64_t cols, int required,
                       qv_tensor *t, qv_error *err);
 
+/* The pieces every builder shares (models/llama.c). model_new: the model struct with cfg, be,
+ * the batch limits and zeroed layers (NULL when out of memory; free with qv_model_destroy).
+ * model_rope_table: the rotary table of rc_cfg's theta and scaling over the model's rotary dims
+ * into *t and *r. model_alloc_acts: the activation buffers x..sel and the F32 logits. */
+qv_model *model_new(const qv_model_config *cfg, qv_backend *be, const qv_model_opts *opts);
+int model_rope_table(qv_model *m, const qv_model_config *rc_cfg, qv_tensor *t, qv_rope *r, qv_error *err);
+int model_alloc_acts(qv_model *m, qv_error *err);
+
 /* Builds a Llama-family model on be from cfg and weights; on failure frees what it made. */
 int llama_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
                 qv_model **out, qv_error *err);
