@@ -63,3 +63,15 @@ def test_greedy_matches_transformers(rel_bin, exact):
     if exact:
         for g, r in zip(got, fx["greedy"]):
             assert g == r["generated"], f"{r['prompt']!r}: {g} != {r['generated']}"
+
+
+def test_chunked_prefill_past_the_window(rel_bin):
+    # The 600-token prompt prefilled in chunks of 96 tokens (the window's 512-token boundary falls
+    # inside a chunk), on the quantized path: the first greedy token is transformers' argmax.
+    fx = fixture(NAME)
+    p = max(fx["logit_prompts"], key=lambda p: len(p["ids"]))
+    last = next(r for r in p["rows"] if r["row"] == len(p["ids"]) - 1)
+    want = last["idx"][max(range(len(last["val"])), key=lambda i: last["val"][i])]
+    out = run([rel_bin, "generate", "--model", model_path(NAME), "--threads", "2", "--max-num-batched-tokens", "96",
+               "--prompt-ids", " ".join(map(str, p["ids"])), "--max-tokens", "1", "--temperature", "0", "--ids"])
+    assert [int(t) for t in out.split()] == [want]
