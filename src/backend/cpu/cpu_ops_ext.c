@@ -156,21 +156,11 @@ typedef struct moe_ctx {
   const moe_task *tasks;
 } moe_ctx;
 
-/* E8M0 scale 2^(e - 127): the exponent field of an fp32 built directly (e = 0 is the subnormal
- * 2^-127, e = 255 infinity, as ldexpf gives). */
-static inline float e8m0(uint8_t e) {
-  if (!e) return ldexpf(1.0f, -127);
-  uint32_t bits = (uint32_t)e << 23;
-  float f;
-  memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
 /* n rows of MXFP4 weights (blocks, scales) decoded to dst[n][cols]. */
 static void mxfp4_decode(float *dst, const uint8_t *qb, const uint8_t *qs, int64_t n, int64_t cols) {
   for (int64_t r = 0; r < n; r++)
     for (int64_t g = 0; g < cols / 32; g++) {
-      float s = e8m0(qs[r * (cols / 32) + g]);
+      float s = ldexpf(1.0f, (int)qs[r * (cols / 32) + g] - 127);
       const uint8_t *b = qb + r * (cols / 2) + g * 16;
       float *v = dst + r * cols + g * 32;
       for (int i = 0; i < 16; i++) {
