@@ -62,6 +62,13 @@ int cli_info(int argc, char **argv) {
   printf("%-26s vocab %d, hidden %d, layers %d, heads %d, kv heads %d, head dim %d, ffn %d\n", "shape", c->vocab_size,
          c->dim, c->n_layer, c->n_head, c->n_kv_head, c->head_dim, c->ffn_dim);
   printf("%-26s %d\n", "max positions", c->max_pos);
+  if (c->n_eos) {
+    char ids[96];
+    int at = 0;
+    for (int32_t i = 0; i < c->n_eos && at < (int)sizeof ids - 16; i++)
+      at += snprintf(ids + at, sizeof ids - (size_t)at, "%s%d", i ? ", " : "", c->eos_ids[i]);
+    printf("%-26s %s\n", "stop ids", ids);
+  }
   printf("%-26s theta %g, scaling %s (factor %g)\n", "rope", c->rope_theta, rope_name(c->rope_scaling), c->rope_factor);
   if (c->sliding_window) printf("%-26s %d tokens\n", "sliding window", c->sliding_window);
   else printf("%-26s none\n", "sliding window");

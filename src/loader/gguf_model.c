@@ -473,6 +473,21 @@ int gguf_model_config(const gguf_model *g, qv_model_config *c, qv_error *err) {
                                    "tokenizer.ggml.eom_token_id"};
   for (size_t i = 0; i < sizeof eos_keys / sizeof eos_keys[0]; i++)
     if (gguf_get_i64(m, eos_keys[i], &v) == 0) add_eos(c, v);
+  /* Gemma 3's chat turns end with <end_of_turn>, which its files do not name in the metadata:
+   * a stop id too, as llama.cpp and transformers' generation_config treat it. */
+  const gguf_kv *toks = gguf_find(m, "tokenizer.ggml.tokens");
+  if (c->family == QV_FAMILY_GEMMA3 && toks && toks->type == GGUF_T_ARRAY && toks->arr_type == GGUF_T_STRING) {
+    const uint8_t *pos = toks->val;
+    for (uint64_t i = 0; i < toks->arr_n && i < (uint64_t)c->vocab_size; i++) {
+      const char *ts;
+      size_t tn;
+      gguf_arr_next_str(&pos, &ts, &tn);
+      if (tn == 13 && !memcmp(ts, "<end_of_turn>", 13)) {
+        add_eos(c, (int64_t)i);
+        break;
+      }
+    }
+  }
   /* The file's tensor types: one name or "mixed" (quiver info lists them per type). */
   qv_dtype first = QV_DTYPE_COUNT;
   int mixed = 0;

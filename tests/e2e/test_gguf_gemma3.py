@@ -24,6 +24,7 @@ def test_info_describes_gemma3(rel_bin):
     assert "15 sliding-window, 3 global" in out, out
     assert "sliding window             512 tokens" in out, out
     assert "theta 10000 (sliding layers)" in out, out
+    assert "stop ids                   1, 106" in out, out  # eos and <end_of_turn>
 
 
 def test_tokenizer_matches_transformers(rel_bin):
