@@ -10,6 +10,7 @@
 #include "quiver/error.h"
 
 #define QV_MAX_EOS 8
+#define QV_TP_MAX_SIZE 64 /* tensor parallel ranks, QV_COMM_MAX_RANKS */
 
 typedef enum qv_rope_scaling_type {
   QV_ROPE_SCALING_NONE = 0,
@@ -99,6 +100,11 @@ typedef struct qv_model_opts {
   int32_t dequantize;       /* GGUF: 1 dequantizes quantized weights to the backend's weight dtype
                              * at load (the exact reference path); 0 keeps them quantized where the
                              * backend can (also forced by env QUIVER_DEQUANTIZE=1) */
+  int32_t tp_size;          /* tensor parallel ranks (0 or 1: none); > 1 shards a Llama-family model
+                             * over that many CPU ranks in this process (models/model_tp.h) */
+  int32_t n_threads;        /* CPU threads the ranks share (0: one per core); each rank gets
+                             * n_threads / tp_size. Read only when tp_size > 1. */
+  const struct tpm_shard *shard; /* internal: set by the tensor-parallel builder for one rank */
 } qv_model_opts;
 
 /* Loads a Hugging Face model directory (config.json, *.safetensors, generation_config.json)
@@ -130,6 +136,12 @@ int qv_model_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error
  * sequence's logits do not depend on what else is in the batch. */
 int qv_model_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *err);
 
+
+/* Tensor parallel ranks of m (1 without tensor parallelism). */
+int32_t qv_model_tp_size(const qv_model *m);
+/* Bytes of weights rank holds and bytes of KV cache one token takes on it; QV_EINVAL for a rank
+ * outside 0..qv_model_tp_size(m)-1. */
+int qv_model_tp_rank_bytes(const qv_model *m, int32_t rank, int64_t *weight_bytes, int64_t *kv_bytes_per_token);
 
 /* What `quiver info` reports, computed from config.json and the safetensors headers alone
  * (no weights are read or converted). */

@@ -23,6 +23,8 @@ typedef struct model_weight_src {
                      source open for its life */
   int max_dims; /* 0: 2-D and vectors only; else tensors up to this rank, seen as [prod][last] */
   int want_u8;  /* 1: only U8 tensors (MXFP4 blocks/scales), else only F32/F16/BF16 */
+  int transient; /* set by get(): 1 when its pointer is scratch (a tensor-parallel column slice)
+                    that must be copied even from a persistent source */
 } model_weight_src;
 
 typedef struct llama_layer {
@@ -63,6 +65,11 @@ struct qv_model {
   qv_tensor sel;           /* [max_logits][dim] */
   qv_tensor logits;        /* [max_logits][vocab], always F32 */
   struct fam_state *fam;   /* families.c's state (Gemma, Phi-3, MoE); NULL for the Llama family */
+  /* Tensor parallelism (models/model_tp.c). A group model has tp (owned: its ranks, threads and
+   * communicator) and no weights of its own; a rank's model has shard (borrowed from its group):
+   * its share, and the communicator its forward all-reduces through. Both NULL otherwise. */
+  struct tpm_group *tp;
+  const struct tpm_shard *shard;
 };
 
 /* models/families.c: Gemma 2/3, Phi-3, Mixtral, Qwen3-MoE, gpt-oss. */
@@ -71,6 +78,11 @@ int families_build(const qv_model_config *cfg, model_weight_src *src, qv_backend
 int families_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *err);
 void families_free(qv_model *m);
 int64_t families_n_params(const qv_model_config *cfg);
+
+/* Builds the model cfg describes from src on be: a family's builder, or with opts->tp_size > 1
+ * the tensor-parallel group (model_tp.c). */
+int model_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
+                qv_model **out, qv_error *err);
 
 /* Builds a Llama-family model on be from cfg and weights; on failure frees what it made. */
 int llama_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,

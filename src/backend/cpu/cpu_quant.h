@@ -14,7 +14,6 @@
 #include "backend/cpu/cpu.h"
 
 int cpu_quant_matmul(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_tensor *w, const qv_tensor *bias);
-int cpu_quant_embed(qv_backend *be, qv_tensor *out, const qv_tensor *table);
 /* Frees the backend's quant scratch (cpu_destroy). */
 void cpu_quant_free(cpu_backend *c);
 /* The ISA in use: "avx512", "avx2" or "portable". */

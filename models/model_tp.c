@@ -1,0 +1,515 @@
+/* Tensor-parallel execution of the Llama family on CPU ranks (see model_tp.h for the split).
+ *
+ * A group model is an ordinary qv_model whose forward runs every rank: rank 0 on the calling
+ * thread (the engine thread), ranks 1..size-1 on one thread each, all in lockstep on one step's
+ * batch. Each rank is a complete Llama-family qv_model of the local shape (its heads, its
+ * intermediate rows, its vocabulary rows) on its own CPU backend with its own thread pool and
+ * its own KV cache (its KV heads); models/llama.c calls back into this file for the
+ * all-reduces and the logits gather. The ranks talk through one shm communicator whose sums run
+ * in a fixed order, so a run at a given size is reproducible bit for bit, and batch invariance
+ * carries over from the ops.
+ *
+ * Weights come through a wrapping weight source that asks the checkpoint for the full tensor's
+ * mapping and hands the builder only this rank's slice: rows of a mapped tensor are a pointer
+ * into the mapping (zero-copy views stay zero-copy), columns (o_proj, down_proj) are copied row
+ * by row into a shard-sized scratch, for quantized types on block boundaries only. A rank never
+ * holds the full tensor. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "comm/comm.h"
+#include "models/model_tp.h"
+
+/* ---- the plan ---- */
+
+/* [lo, hi) of unit u's range split into size near-equal parts. */
+static void split(int64_t n, int32_t size, int32_t rank, int32_t *lo, int32_t *cnt) {
+  int64_t a = n * rank / size, b = n * (rank + 1) / size;
+  *lo = (int32_t)a;
+  *cnt = (int32_t)(b - a);
+}
+
+int tpm_plan(const qv_model_config *c, int32_t size, int32_t rank, int32_t ffn_block, tpm_shard *s, qv_error *err) {
+  memset(s, 0, sizeof *s);
+  if (size < 1 || size > QV_COMM_MAX_RANKS || rank < 0 || rank >= size)
+    return qv_error_set(err, QV_EINVAL, "tensor parallel size %d (rank %d) outside 1..%d", size, rank,
+                        QV_COMM_MAX_RANKS);
+  if (c->family != QV_FAMILY_LLAMA)
+    return qv_error_set(err, QV_EUNSUPPORTED,
+                        "tensor parallelism covers the Llama family (llama, mistral, qwen2, qwen3); %s runs "
+                        "with --tensor-parallel-size 1",
+                        c->arch);
+  s->rank = rank;
+  s->size = size;
+  int32_t group = c->n_head / c->n_kv_head; /* query heads per KV head */
+  if (c->n_kv_head >= size) {
+    split(c->n_kv_head, size, rank, &s->kv0, &s->n_kv);
+    s->head0 = s->kv0 * group;
+    s->n_head = s->n_kv * group;
+  } else {
+    int32_t rep = size / c->n_kv_head;
+    if (size % c->n_kv_head || group % rep)
+      return qv_error_set(err, QV_EUNSUPPORTED,
+                          "tensor parallel size %d does not split %d attention heads over %d KV heads (with fewer "
+                          "KV heads than ranks, the ranks must be a multiple of the KV heads and divide each "
+                          "KV head's %d query heads)",
+                          size, c->n_head, c->n_kv_head, group);
+    s->kv0 = rank / rep;
+    s->n_kv = 1;
+    s->n_head = group / rep;
+    s->head0 = s->kv0 * group + (rank % rep) * s->n_head;
+  }
+  /* Intermediate rows in whole blocks of down_proj's quantization (its columns), so each rank's
+   * slice of a quantized down_proj starts and ends on a block boundary. */
+  int32_t unit = ffn_block > 0 ? ffn_block : 1;
+  if (c->ffn_dim % unit || c->ffn_dim / unit < size)
+    return qv_error_set(err, QV_EUNSUPPORTED,
+                        "tensor parallel size %d does not split the intermediate size %d in blocks of %d", size,
+                        c->ffn_dim, unit);
+  split(c->ffn_dim / unit, size, rank, &s->ffn0, &s->n_ffn);
+  s->ffn0 *= unit;
+  s->n_ffn *= unit;
+  if (c->vocab_size < size)
+    return qv_error_set(err, QV_EUNSUPPORTED, "tensor parallel size %d exceeds the vocabulary %d", size,
+                        c->vocab_size);
+  split(c->vocab_size, size, rank, &s->vocab0, &s->n_vocab);
+  s->vocab_pad = (int32_t)(((int64_t)c->vocab_size + size - 1) / size);
+  s->vocab_full = c->vocab_size;
+  return 0;
+}
+
+/* The configuration a rank's model is built with: the local heads, rows and vocabulary. */
+static qv_model_config local_config(const qv_model_config *c, const tpm_shard *s) {
+  qv_model_config l = *c;
+  l.n_head = s->n_head;
+  l.n_kv_head = s->n_kv;
+  l.ffn_dim = s->n_ffn;
+  l.vocab_size = s->n_vocab;
+  return l;
+}
+
+/* ---- the sharding weight source ---- */
+
+typedef enum { SL_ALL = 0, SL_ROWS, SL_COLS, SL_SKIP } slice_kind;
+
+typedef struct shard_src {
+  model_weight_src *inner;   /* borrowed: the checkpoint's source */
+  const qv_model_config *cfg;/* the full configuration */
+  const tpm_shard *s;
+  char *scratch;             /* column slices, grown; owned */
+  size_t cap;
+} shard_src;
+
+static int ends_with(const char *s, const char *suffix) {
+  size_t n = strlen(s), k = strlen(suffix);
+  return n >= k && !strcmp(s + n - k, suffix);
+}
+
+/* What part of tensor `name` this rank holds: kind, and the element range [*lo, *lo + *n) of
+ * the sliced dimension, whose full length is *full. */
+static slice_kind slice_of(const shard_src *ss, const char *name, int64_t *lo, int64_t *n, int64_t *full) {
+  const qv_model_config *c = ss->cfg;
+  const tpm_shard *s = ss->s;
+  int64_t hd = c->head_dim;
+  if (!strcmp(name, "model.embed_tokens.weight") || !strcmp(name, "lm_head.weight")) {
+    *lo = s->vocab0, *n = s->n_vocab, *full = c->vocab_size;
+    return SL_ROWS;
+  }
+  if (ends_with(name, "q_proj.weight") || ends_with(name, "q_proj.bias")) {
+    *lo = s->head0 * hd, *n = s->n_head * hd, *full = c->n_head * hd;
+    return SL_ROWS;
+  }
+  if (ends_with(name, "k_proj.weight") || ends_with(name, "k_proj.bias") || ends_with(name, "v_proj.weight") ||
+      ends_with(name, "v_proj.bias")) {
+    *lo = s->kv0 * hd, *n = s->n_kv * hd, *full = c->n_kv_head * hd;
+    return SL_ROWS;
+  }
+  if (ends_with(name, "o_proj.weight")) {
+    *lo = s->head0 * hd, *n = s->n_head * hd, *full = c->n_head * hd;
+    return SL_COLS;
+  }
+  if (ends_with(name, "gate_proj.weight") || ends_with(name, "gate_proj.bias") || ends_with(name, "up_proj.weight") ||
+      ends_with(name, "up_proj.bias")) {
+    *lo = s->ffn0, *n = s->n_ffn, *full = c->ffn_dim;
+    return SL_ROWS;
+  }
+  if (ends_with(name, "down_proj.weight")) {
+    *lo = s->ffn0, *n = s->n_ffn, *full = c->ffn_dim;
+    return SL_COLS;
+  }
+  /* Biases after a row-parallel matmul are added once, by rank 0. */
+  if (ends_with(name, "o_proj.bias") || ends_with(name, "down_proj.bias")) return s->rank ? SL_SKIP : SL_ALL;
+  return SL_ALL;
+}
+
+static const void *shard_src_get(model_weight_src *src, const char *name, int64_t rows, int64_t cols,
+                                 qv_dtype *dtype, qv_error *err) {
+  shard_src *ss = src->ctx;
+  model_weight_src *in = ss->inner;
+  src->transient = 0;
+  int64_t lo = 0, n = 0, full = 0;
+  slice_kind k = slice_of(ss, name, &lo, &n, &full);
+  if (k == SL_SKIP) return NULL;
+  if (k == SL_ALL) {
+    const void *p = in->get(in, name, rows, cols, dtype, err);
+    src->transient = in->transient;
+    return p;
+  }
+  int vec = rows == 1 && k == SL_ROWS && !strstr(name, ".weight");
+  if (k == SL_ROWS) {
+    /* A matrix's rows, or a bias vector's elements: a pointer into the full tensor. */
+    const void *p = vec ? in->get(in, name, 1, full, dtype, err) : in->get(in, name, full, cols, dtype, err);
+    if (!p) return NULL;
+    src->transient = in->transient;
+    size_t off = vec ? (size_t)lo * qv_dtype_size(*dtype) : (size_t)lo * qv_dtype_row_bytes(*dtype, cols);
+    return (const char *)p + off;
+  }
+  /* Columns [lo, lo + n) of every row, copied into scratch. */
+  const void *p = in->get(in, name, rows, full, dtype, err);
+  if (!p) return NULL;
+  size_t full_rb = qv_dtype_row_bytes(*dtype, full), rb = qv_dtype_row_bytes(*dtype, n);
+  size_t off = qv_dtype_row_bytes(*dtype, lo);
+  if (qv_dtype_is_quant(*dtype) && (!rb || (!off && lo) || off + rb > full_rb ||
+                                    qv_dtype_row_bytes(*dtype, lo + n) != off + rb)) {
+    qv_error_set(err, QV_EUNSUPPORTED,
+                 "tensor '%s' (%s): columns [%lld, %lld) of %lld do not fall on quantization block boundaries; "
+                 "choose another tensor parallel size",
+                 name, qv_dtype_name(*dtype), (long long)lo, (long long)(lo + n), (long long)full);
+    return NULL;
+  }
+  size_t need = (size_t)rows * rb;
+  if (need > ss->cap) {
+    char *b = realloc(ss->scratch, need);
+    if (!b) {
+      qv_error_set(err, QV_ENOMEM, "out of memory slicing '%s'", name);
+      return NULL;
+    }
+    ss->scratch = b;
+    ss->cap = need;
+  }
+  for (int64_t r = 0; r < rows; r++)
+    memcpy(ss->scratch + (size_t)r * rb, (const char *)p + (size_t)r * full_rb + off, rb);
+  src->transient = 1;
+  return ss->scratch;
+}
+
+static void shard_src_release(model_weight_src *src, const void *p, size_t n) {
+  shard_src *ss = src->ctx;
+  if (ss->inner->release) ss->inner->release(ss->inner, p, n);
+}
+
+/* ---- the rank group ---- */
+
+typedef struct tpm_group {
+  int32_t size;
+  qv_backend **be;     /* [size], owned */
+  qv_model **rank;     /* [size], owned */
+  tpm_shard *shard;    /* [size] */
+  qv_comm **comm;      /* [size], owned */
+  pthread_t *th;       /* [size]; th[0] unused (rank 0 is the caller) */
+  int32_t n_started;   /* threads started (ranks 1..n_started) */
+  char token[33];
+  pthread_mutex_t mu;
+  pthread_cond_t go, done;
+  uint64_t gen;        /* bumped per job */
+  int32_t n_done;
+  int stop;
+  /* The job: a forward of b (or, with b NULL, joining the communicator). */
+  const qv_batch *b;
+  int *rc;             /* [size] */
+  qv_error *errs;      /* [size] */
+} tpm_group;
+
+typedef struct rank_arg {
+  tpm_group *g;
+  int32_t r;
+} rank_arg;
+
+static int join_comm(tpm_group *g, int32_t r, qv_error *err) {
+  qv_comm_shm_opts o = {.token = g->token, .rank = r, .size = g->size};
+  int rc = qv_comm_shm_create(&o, &g->comm[r], err);
+  if (!rc) g->shard[r].comm = g->comm[r];
+  return rc;
+}
+
+static void *rank_main(void *arg) {
+  rank_arg *a = arg;
+  tpm_group *g = a->g;
+  int32_t r = a->r;
+  free(a);
+  uint64_t seen = 0;
+  for (;;) {
+    pthread_mutex_lock(&g->mu);
+    while (!g->stop && g->gen == seen) pthread_cond_wait(&g->go, &g->mu);
+    if (g->stop) {
+      pthread_mutex_unlock(&g->mu);
+      return NULL;
+    }
+    seen = g->gen;
+    const qv_batch *b = g->b;
+    pthread_mutex_unlock(&g->mu);
+    qv_error e = {0};
+    int rc = b ? qv_model_forward(g->rank[r], b, NULL, &e) : join_comm(g, r, &e);
+    pthread_mutex_lock(&g->mu);
+    g->rc[r] = rc;
+    g->errs[r] = e;
+    g->n_done++;
+    pthread_cond_signal(&g->done);
+    pthread_mutex_unlock(&g->mu);
+  }
+}
+
+/* Runs one job on every rank (rank 0 here) and returns the first rank's error. */
+static int group_run(tpm_group *g, const qv_batch *b, float *logits, qv_error *err) {
+  pthread_mutex_lock(&g->mu);
+  g->b = b;
+  g->n_done = 0;
+  g->gen++;
+  pthread_cond_broadcast(&g->go);
+  pthread_mutex_unlock(&g->mu);
+  qv_error e0 = {0};
+  int rc0 = b ? qv_model_forward(g->rank[0], b, logits, &e0) : join_comm(g, 0, &e0);
+  pthread_mutex_lock(&g->mu);
+  while (g->n_done < g->size - 1) pthread_cond_wait(&g->done, &g->mu);
+  pthread_mutex_unlock(&g->mu);
+  if (rc0) return qv_error_set(err, rc0, "tp rank 0: %s", e0.msg);
+  for (int32_t r = 1; r < g->size; r++)
+    if (g->rc[r]) return qv_error_set(err, g->rc[r], "tp rank %d: %s", r, g->errs[r].msg);
+  return 0;
+}
+
+static void group_free(tpm_group *g) {
+  if (!g) return;
+  if (g->n_started) {
+    pthread_mutex_lock(&g->mu);
+    g->stop = 1;
+    pthread_cond_broadcast(&g->go);
+    pthread_mutex_unlock(&g->mu);
+    for (int32_t r = 1; r <= g->n_started; r++) pthread_join(g->th[r], NULL);
+  }
+  pthread_mutex_destroy(&g->mu);
+  pthread_cond_destroy(&g->go);
+  pthread_cond_destroy(&g->done);
+  for (int32_t r = 0; r < g->size; r++) {
+    if (g->rank && g->rank[r]) qv_model_destroy(g->rank[r]);
+    if (g->comm && g->comm[r]) qv_comm_destroy(g->comm[r]);
+    if (g->be && g->be[r]) qv_backend_destroy(g->be[r]);
+    if (g->shard) {
+      free(g->shard[r].send);
+      free(g->shard[r].recv);
+    }
+  }
+  free(g->be);
+  free(g->rank);
+  free(g->shard);
+  free(g->comm);
+  free(g->th);
+  free(g->rc);
+  free(g->errs);
+  free(g);
+}
+
+void tpm_free(qv_model *m) {
+  group_free(m->tp);
+  m->tp = NULL;
+}
+
+/* Logits rows per all-gather: about 1 MiB of floats per rank. */
+static int32_t gather_chunk(const tpm_shard *s, int32_t max_logits) {
+  int64_t c = ((int64_t)1 << 18) / s->vocab_pad;
+  if (c < 1) c = 1;
+  return (int32_t)(c < max_logits ? c : max_logits);
+}
+
+static long n_cores(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? n : 1;
+}
+
+int tpm_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
+              qv_model **out, qv_error *err) {
+  *out = NULL;
+  int32_t size = opts->tp_size;
+  if (strcmp(be->ops->name, "cpu"))
+    return qv_error_set(err, QV_EUNSUPPORTED,
+                        "tensor parallel size %d: sharded execution runs on the cpu backend only (the NCCL "
+                        "communicator exists, GPU ranks do not yet)",
+                        size);
+  /* down_proj's dtype sets the unit the intermediate rows split in (its quantization block). */
+  int32_t ffn_block = 1;
+  {
+    qv_dtype dt;
+    qv_error e = {0};
+    if (src->get(src, "model.layers.0.mlp.down_proj.weight", cfg->dim, cfg->ffn_dim, &dt, &e))
+      ffn_block = qv_dtype_block_elems(dt);
+    else if (e.code)
+      return qv_error_set(err, e.code, "%s", e.msg);
+  }
+  tpm_shard probe;
+  int rc = tpm_plan(cfg, size, 0, ffn_block, &probe, err);
+  if (rc) return rc;
+  qv_model *m = calloc(1, sizeof *m);
+  tpm_group *g = calloc(1, sizeof *g);
+  if (!m || !g) {
+    free(m);
+    free(g);
+    return qv_error_set(err, QV_ENOMEM, "out of memory");
+  }
+  m->cfg = *cfg;
+  m->be = be;
+  m->tp = g;
+  m->max_tok = opts->max_batch_tokens;
+  m->max_logits = opts->max_logits > 0 ? opts->max_logits : opts->max_batch_tokens;
+  m->n_params = qv_model_config_n_params(cfg);
+  g->size = size;
+  pthread_mutex_init(&g->mu, NULL);
+  pthread_cond_init(&g->go, NULL);
+  pthread_cond_init(&g->done, NULL);
+  g->be = calloc((size_t)size, sizeof *g->be);
+  g->rank = calloc((size_t)size, sizeof *g->rank);
+  g->shard = calloc((size_t)size, sizeof *g->shard);
+  g->comm = calloc((size_t)size, sizeof *g->comm);
+  g->th = calloc((size_t)size, sizeof *g->th);
+  g->rc = calloc((size_t)size, sizeof *g->rc);
+  g->errs = calloc((size_t)size, sizeof *g->errs);
+  if (!g->be || !g->rank || !g->shard || !g->comm || !g->th || !g->rc || !g->errs) {
+    rc = qv_error_set(err, QV_ENOMEM, "out of memory");
+    goto fail;
+  }
+  long threads = opts->n_threads > 0 ? opts->n_threads : n_cores();
+  qv_backend_opts bo = {.n_threads = threads / size > 0 ? (int)(threads / size) : 1};
+  qv_model_opts ro = *opts;
+  ro.tp_size = 1;
+  /* Ranks load one after another through the one checkpoint source. */
+  for (int32_t r = 0; r < size; r++) {
+    tpm_shard *s = &g->shard[r];
+    if ((rc = tpm_plan(cfg, size, r, ffn_block, s, err))) goto fail;
+    if ((rc = qv_backend_create("cpu", &bo, &g->be[r], err))) goto fail;
+    qv_model_config lc = local_config(cfg, s);
+    shard_src ss = {.inner = src, .cfg = cfg, .s = s};
+    model_weight_src wrap = {.get = shard_src_get, .release = src->release ? shard_src_release : NULL, .ctx = &ss,
+                             .persistent = src->persistent, .max_dims = src->max_dims, .want_u8 = src->want_u8};
+    ro.shard = s;
+    rc = llama_build(&lc, &wrap, g->be[r], &ro, &g->rank[r], err);
+    free(ss.scratch);
+    if (rc) {
+      qv_error_prefix(err, "tp rank %d of %d", r, size);
+      goto fail;
+    }
+    m->weight_bytes += g->rank[r]->weight_bytes;
+    m->n_borrowed += g->rank[r]->n_borrowed;
+    s->chunk = gather_chunk(s, g->rank[r]->max_logits);
+    s->send = malloc((size_t)s->chunk * (size_t)s->vocab_pad * sizeof(float));
+    s->recv = malloc((size_t)size * (size_t)s->chunk * (size_t)s->vocab_pad * sizeof(float));
+    if (!s->send || !s->recv) {
+      rc = qv_error_set(err, QV_ENOMEM, "out of memory");
+      goto fail;
+    }
+  }
+  if ((rc = qv_comm_shm_token(g->token, err))) goto fail;
+  for (int32_t r = 1; r < size; r++) {
+    rank_arg *a = malloc(sizeof *a);
+    if (!a) {
+      rc = qv_error_set(err, QV_ENOMEM, "out of memory");
+      goto fail;
+    }
+    *a = (rank_arg){g, r};
+    if (pthread_create(&g->th[r], NULL, rank_main, a)) {
+      free(a);
+      rc = qv_error_set(err, QV_ENOMEM, "tp: cannot start the thread of rank %d", r);
+      goto fail;
+    }
+    g->n_started = r;
+  }
+  /* The first job joins every rank to the communicator. */
+  if ((rc = group_run(g, NULL, NULL, err))) goto fail;
+  *out = m;
+  return 0;
+fail:
+  /* A rank thread blocked joining the communicator fails at its timeout; stop the rest. */
+  qv_model_destroy(m);
+  return rc;
+}
+
+int tpm_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *err) {
+  const qv_model_config *c = &m->cfg;
+  if (!m->kv_ready) return qv_error_set(err, QV_ESTATE, "forward: KV cache not allocated");
+  if (b->n_tokens <= 0 || b->n_tokens > m->max_tok || b->n_logits < 0 || b->n_logits > m->max_logits)
+    return qv_error_set(err, QV_EINVAL, "forward: %d tokens / %d logits exceed the model's limits %d / %d",
+                        b->n_tokens, b->n_logits, m->max_tok, m->max_logits);
+  /* Every rank must fail or succeed together: what only the full model can check is checked
+   * here, before any rank enters a collective. */
+  for (int32_t i = 0; i < b->n_tokens; i++)
+    if (b->token_ids[i] < 0 || b->token_ids[i] >= c->vocab_size)
+      return qv_error_set(err, QV_ERANGE, "forward: token id %d outside the vocabulary (%d)", b->token_ids[i],
+                          c->vocab_size);
+  return group_run(m->tp, b, logits, err);
+}
+
+int tpm_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error *err) {
+  tpm_group *g = m->tp;
+  for (int32_t r = 0; r < g->size; r++) {
+    int rc = qv_model_kv_init(g->rank[r], n_blocks, block_size, err);
+    if (rc) {
+      qv_error_prefix(err, "tp rank %d", r);
+      return rc;
+    }
+  }
+  m->kv_ready = 1;
+  return 0;
+}
+
+int64_t tpm_kv_bytes_per_token(const qv_model *m) {
+  int64_t n = 0;
+  for (int32_t r = 0; r < m->tp->size; r++) n += qv_model_kv_bytes_per_token(m->tp->rank[r]);
+  return n;
+}
+
+int tpm_all_reduce(qv_model *m, qv_tensor *t, qv_error *err) {
+  return qv_comm_all_reduce_sum(m->shard->comm, t->data, (size_t)(t->rows * t->cols), QV_COMM_F32, err);
+}
+
+int tpm_gather_logits(qv_model *m, const qv_tensor *lg, float *logits, qv_error *err) {
+  const tpm_shard *s = m->shard;
+  const float *local = lg->data; /* [n_logits][n_vocab], host memory on the cpu backend */
+  for (int64_t r0 = 0; r0 < lg->rows; r0 += s->chunk) {
+    int64_t nr = lg->rows - r0 < s->chunk ? lg->rows - r0 : s->chunk;
+    for (int64_t i = 0; i < nr; i++) {
+      float *row = s->send + (size_t)i * s->vocab_pad;
+      memcpy(row, local + (size_t)(r0 + i) * s->n_vocab, (size_t)s->n_vocab * sizeof *row);
+      if (s->n_vocab < s->vocab_pad) memset(row + s->n_vocab, 0, (size_t)(s->vocab_pad - s->n_vocab) * sizeof *row);
+    }
+    int rc = qv_comm_all_gather(s->comm, s->send, s->recv, (size_t)nr * (size_t)s->vocab_pad, QV_COMM_F32, err);
+    if (rc) return rc;
+    if (!logits) continue;
+    for (int32_t r = 0; r < s->size; r++) {
+      int32_t v0, nv;
+      split(s->vocab_full, s->size, r, &v0, &nv);
+      const float *from = s->recv + (size_t)r * (size_t)nr * s->vocab_pad;
+      for (int64_t i = 0; i < nr; i++)
+        memcpy(logits + (size_t)(r0 + i) * s->vocab_full + v0, from + (size_t)i * s->vocab_pad,
+               (size_t)nv * sizeof *logits);
+    }
+  }
+  return 0;
+}
+
+/* ---- what `quiver info --tp` and the tests read ---- */
+
+int32_t qv_model_tp_size(const qv_model *m) { return m->tp ? m->tp->size : 1; }
+
+int qv_model_tp_rank_bytes(const qv_model *m, int32_t rank, int64_t *weight_bytes, int64_t *kv_bytes_per_token) {
+  if (!m->tp) {
+    if (rank) return QV_EINVAL;
+    *weight_bytes = m->weight_bytes;
+    *kv_bytes_per_token = qv_model_kv_bytes_per_token(m);
+    return 0;
+  }
+  if (rank < 0 || rank >= m->tp->size) return QV_EINVAL;
+  *weight_bytes = m->tp->rank[rank]->weight_bytes;
+  *kv_bytes_per_token = qv_model_kv_bytes_per_token(m->tp->rank[rank]);
+  return 0;
+}
