@@ -39,6 +39,7 @@ typedef struct eb_opts {
   int32_t max_batch_tokens; /* tokens per forward */
   int32_t block_size;
   int32_t threads;          /* cpu worker threads, 0: all cores */
+  int32_t tp_size;          /* tensor parallel ranks (--tensor-parallel-size) */
   int32_t runs;
   uint64_t seed;
   const char *result_file;
@@ -166,6 +167,7 @@ static int parse_args(int argc, char **argv, eb_opts *o) {
   const cli_engine_cfg *e = &p.eng;
   if (e->device) o->device = e->device;
   if (e->threads >= 0) o->threads = e->threads;
+  o->tp_size = e->tp_size > 0 ? e->tp_size : 1;
   if (e->max_num_seqs) o->max_num_seqs = e->max_num_seqs;
   if (e->max_num_batched_tokens) o->max_batch_tokens = e->max_num_batched_tokens;
   if (e->block_size) o->block_size = e->block_size;
@@ -450,6 +452,7 @@ static int write_result(const eb_opts *o, const qv_model_config *cfg, const eb_r
   if (o->path_engine) cJSON_AddNumberToObject(s, "max_num_seqs", o->max_num_seqs);
   cJSON_AddNumberToObject(s, "block_size", o->block_size);
   cJSON_AddNumberToObject(s, "threads", o->threads);
+  cJSON_AddNumberToObject(s, "tensor_parallel_size", o->tp_size);
   cJSON_AddNumberToObject(s, "runs", o->runs);
   cJSON_AddNumberToObject(s, "seed", (double)o->seed);
   cJSON_AddNumberToObject(root, "median_total_s", med->total_s);
@@ -596,7 +599,8 @@ static int bench_model(const eb_opts *o, qv_error *err) {
     c.max_seqs = T < N ? T : N;
     c.max_logits = c.max_seqs < 512 ? c.max_seqs : 512;
   }
-  qv_model_opts mo = {.max_batch_tokens = T, .max_logits = c.max_logits};
+  qv_model_opts mo = {.max_batch_tokens = T, .max_logits = c.max_logits, .tp_size = o->tp_size,
+                      .n_threads = o->threads};
   if (!rc) rc = qv_model_load(o->model, be, &mo, &m, err);
   if (!rc) {
     const qv_model_config *cfg = qv_model_get_config(m);

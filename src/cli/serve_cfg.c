@@ -339,6 +339,7 @@ int serve_cfg_parse(serve_cfg *c, int argc, char **argv, qv_error *err) {
   c->lo.kv_mem_fraction = e->kv_mem_fraction;
   c->lo.prefix_caching = e->prefix_caching;
   c->lo.dtype = e->dtype;
+  c->lo.tp_size = e->tp_size;
   c->lo.has_seed = e->has_seed;
   c->lo.seed = e->seed;
   return 0;

@@ -34,6 +34,7 @@ typedef struct srv_load_opts {
   const char *chat_template; /* a template file or the template text itself; overrides the
                                 model's own (borrowed) */
   int32_t tool_parser;     /* -1: detected from the template, else a qv_chat_tool_format */
+  int32_t tp_size;         /* --tensor-parallel-size (0: 1); a model's own setting wins */
 } srv_load_opts;
 
 /* Defaults: everything unset. */
