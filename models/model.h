@@ -94,6 +94,17 @@ typedef struct qv_model_config {
 
 typedef struct qv_model qv_model;
 
+/* A tensor-parallel group over several processes (nodes) on one host (the shm communicator);
+ * node 0 runs the scheduler and sends every step to the others over the control channel. */
+typedef struct qv_tp_net_opts {
+  int32_t nnodes;          /* processes in the group; tp_size % nnodes == 0 */
+  int32_t node_rank;       /* 0: the master (HTTP and scheduler); else a worker */
+  const char *master_addr; /* node 0 listens here, the others connect */
+  int32_t master_port;
+  const char *token;       /* shared secret (>= 16 bytes) that authenticates the control links */
+  int32_t timeout_ms;      /* for the nodes to meet; 0: 120000 */
+} qv_tp_net_opts;
+
 typedef struct qv_model_opts {
   int32_t max_batch_tokens; /* most tokens one forward may carry (activation buffers sized for it) */
   int32_t max_logits;       /* most rows of logits one forward may return (0: max_batch_tokens) */
@@ -104,6 +115,7 @@ typedef struct qv_model_opts {
                              * over that many CPU ranks in this process (models/model_tp.h) */
   int32_t n_threads;        /* CPU threads the ranks share (0: one per core); each rank gets
                              * n_threads / tp_size. Read only when tp_size > 1. */
+  const qv_tp_net_opts *tp_net;  /* NULL: every rank in this process */
   const struct tpm_shard *shard; /* internal: set by the tensor-parallel builder for one rank */
 } qv_model_opts;
 
@@ -142,6 +154,13 @@ int32_t qv_model_tp_size(const qv_model *m);
 /* Bytes of weights rank holds and bytes of KV cache one token takes on it; QV_EINVAL for a rank
  * outside 0..qv_model_tp_size(m)-1. */
 int qv_model_tp_rank_bytes(const qv_model *m, int32_t rank, int64_t *weight_bytes, int64_t *kv_bytes_per_token);
+
+/* A worker node (tp_net->node_rank > 0): runs the steps node 0 sends until it says stop (0) or
+ * the link is lost (QV_ECLOSED) or broken. */
+int qv_model_tp_worker_run(qv_model *m, qv_error *err);
+/* Node 0: fn(ud) is called once, from the link thread, when a worker node is lost (its link
+ * closed or silent past the peer timeout); every later forward fails. */
+int qv_model_tp_on_lost(qv_model *m, void (*fn)(void *ud), void *ud);
 
 /* What `quiver info` reports, computed from config.json and the safetensors headers alone
  * (no weights are read or converted). */

@@ -203,15 +203,16 @@ static void shard_src_release(model_weight_src *src, const void *p, size_t n) {
 
 /* ---- the rank group ---- */
 
-typedef struct tpm_group {
-  int32_t size;
-  qv_backend **be;     /* [size], owned */
-  qv_model **rank;     /* [size], owned */
-  tpm_shard *shard;    /* [size] */
-  qv_comm **comm;      /* [size], owned */
-  pthread_t *th;       /* [size]; th[0] unused (rank 0 is the caller) */
-  int32_t n_started;   /* threads started (ranks 1..n_started) */
-  char token[33];
+/* This process runs global ranks [r0, r0 + n_local); arrays are indexed by local rank. */
+struct tpm_group {
+  int32_t size, r0, n_local;
+  qv_backend **be;     /* [n_local], owned */
+  qv_model **rank;     /* [n_local], owned */
+  tpm_shard *shard;    /* [n_local] */
+  qv_comm **comm;      /* [n_local], owned */
+  pthread_t *th;       /* [n_local]; th[0] unused (local rank 0 is the caller) */
+  int32_t n_started;   /* threads started (local ranks 1..n_started) */
+  char token[33];      /* the shm group's name */
   pthread_mutex_t mu;
   pthread_cond_t go, done;
   uint64_t gen;        /* bumped per job */
@@ -219,26 +220,27 @@ typedef struct tpm_group {
   int stop;
   /* The job: a forward of b (or, with b NULL, joining the communicator). */
   const qv_batch *b;
-  int *rc;             /* [size] */
-  qv_error *errs;      /* [size] */
-} tpm_group;
+  int *rc;             /* [n_local] */
+  qv_error *errs;      /* [n_local] */
+  struct tpm_net *net; /* owned; NULL when every rank is in this process */
+};
 
 typedef struct rank_arg {
   tpm_group *g;
-  int32_t r;
+  int32_t i;
 } rank_arg;
 
-static int join_comm(tpm_group *g, int32_t r, qv_error *err) {
-  qv_comm_shm_opts o = {.token = g->token, .rank = r, .size = g->size};
-  int rc = qv_comm_shm_create(&o, &g->comm[r], err);
-  if (!rc) g->shard[r].comm = g->comm[r];
+static int join_comm(tpm_group *g, int32_t i, qv_error *err) {
+  qv_comm_shm_opts o = {.token = g->token, .rank = g->r0 + i, .size = g->size};
+  int rc = qv_comm_shm_create(&o, &g->comm[i], err);
+  if (!rc) g->shard[i].comm = g->comm[i];
   return rc;
 }
 
 static void *rank_main(void *arg) {
   rank_arg *a = arg;
   tpm_group *g = a->g;
-  int32_t r = a->r;
+  int32_t i = a->i;
   free(a);
   uint64_t seen = 0;
   for (;;) {
@@ -252,18 +254,17 @@ static void *rank_main(void *arg) {
     const qv_batch *b = g->b;
     pthread_mutex_unlock(&g->mu);
     qv_error e = {0};
-    int rc = b ? qv_model_forward(g->rank[r], b, NULL, &e) : join_comm(g, r, &e);
+    int rc = b ? qv_model_forward(g->rank[i], b, NULL, &e) : join_comm(g, i, &e);
     pthread_mutex_lock(&g->mu);
-    g->rc[r] = rc;
-    g->errs[r] = e;
+    g->rc[i] = rc;
+    g->errs[i] = e;
     g->n_done++;
     pthread_cond_signal(&g->done);
     pthread_mutex_unlock(&g->mu);
   }
 }
 
-/* Runs one job on every rank (rank 0 here) and returns the first rank's error. */
-static int group_run(tpm_group *g, const qv_batch *b, float *logits, qv_error *err) {
+int tpm_group_run(tpm_group *g, const qv_batch *b, float *logits, qv_error *err) {
   pthread_mutex_lock(&g->mu);
   g->b = b;
   g->n_done = 0;
@@ -271,35 +272,36 @@ static int group_run(tpm_group *g, const qv_batch *b, float *logits, qv_error *e
   pthread_cond_broadcast(&g->go);
   pthread_mutex_unlock(&g->mu);
   qv_error e0 = {0};
-  int rc0 = b ? qv_model_forward(g->rank[0], b, logits, &e0) : join_comm(g, 0, &e0);
+  int rc0 = b ? qv_model_forward(g->rank[0], b, g->r0 == 0 ? logits : NULL, &e0) : join_comm(g, 0, &e0);
   pthread_mutex_lock(&g->mu);
-  while (g->n_done < g->size - 1) pthread_cond_wait(&g->done, &g->mu);
+  while (g->n_done < g->n_local - 1) pthread_cond_wait(&g->done, &g->mu);
   pthread_mutex_unlock(&g->mu);
-  if (rc0) return qv_error_set(err, rc0, "tp rank 0: %s", e0.msg);
-  for (int32_t r = 1; r < g->size; r++)
-    if (g->rc[r]) return qv_error_set(err, g->rc[r], "tp rank %d: %s", r, g->errs[r].msg);
+  if (rc0) return qv_error_set(err, rc0, "tp rank %d: %s", g->r0, e0.msg);
+  for (int32_t i = 1; i < g->n_local; i++)
+    if (g->rc[i]) return qv_error_set(err, g->rc[i], "tp rank %d: %s", g->r0 + i, g->errs[i].msg);
   return 0;
 }
 
 static void group_free(tpm_group *g) {
   if (!g) return;
+  tpm_net_close(g->net);
   if (g->n_started) {
     pthread_mutex_lock(&g->mu);
     g->stop = 1;
     pthread_cond_broadcast(&g->go);
     pthread_mutex_unlock(&g->mu);
-    for (int32_t r = 1; r <= g->n_started; r++) pthread_join(g->th[r], NULL);
+    for (int32_t i = 1; i <= g->n_started; i++) pthread_join(g->th[i], NULL);
   }
   pthread_mutex_destroy(&g->mu);
   pthread_cond_destroy(&g->go);
   pthread_cond_destroy(&g->done);
-  for (int32_t r = 0; r < g->size; r++) {
-    if (g->rank && g->rank[r]) qv_model_destroy(g->rank[r]);
-    if (g->comm && g->comm[r]) qv_comm_destroy(g->comm[r]);
-    if (g->be && g->be[r]) qv_backend_destroy(g->be[r]);
+  for (int32_t i = 0; i < g->n_local; i++) {
+    if (g->rank && g->rank[i]) qv_model_destroy(g->rank[i]);
+    if (g->comm && g->comm[i]) qv_comm_destroy(g->comm[i]);
+    if (g->be && g->be[i]) qv_backend_destroy(g->be[i]);
     if (g->shard) {
-      free(g->shard[r].send);
-      free(g->shard[r].recv);
+      free(g->shard[i].send);
+      free(g->shard[i].recv);
     }
   }
   free(g->be);
@@ -329,27 +331,79 @@ static long n_cores(void) {
   return n > 0 ? n : 1;
 }
 
+/* down_proj's dtype sets the unit the intermediate rows split in (its quantization block). */
+static int probe_ffn_block(const qv_model_config *cfg, model_weight_src *src, int32_t *block, qv_error *err) {
+  qv_dtype dt;
+  qv_error e = {0};
+  *block = 1;
+  if (src->get(src, "model.layers.0.mlp.down_proj.weight", cfg->dim, cfg->ffn_dim, &dt, &e))
+    *block = qv_dtype_block_elems(dt);
+  else if (e.code)
+    return qv_error_set(err, e.code, "%s", e.msg);
+  return 0;
+}
+
+/* Loads local rank i's shard on its own backend. */
+static int load_rank(tpm_group *g, int32_t i, const qv_model_config *cfg, model_weight_src *src, int32_t ffn_block,
+                     const qv_backend_opts *bo, const qv_model_opts *opts, qv_error *err) {
+  tpm_shard *s = &g->shard[i];
+  int32_t r = g->r0 + i;
+  int rc = tpm_plan(cfg, g->size, r, ffn_block, s, err);
+  if (!rc) rc = qv_backend_create("cpu", bo, &g->be[i], err);
+  if (rc) return rc;
+  qv_model_config lc = local_config(cfg, s);
+  shard_src ss = {.inner = src, .cfg = cfg, .s = s};
+  model_weight_src wrap = {.get = shard_src_get, .release = src->release ? shard_src_release : NULL, .ctx = &ss,
+                           .persistent = src->persistent, .max_dims = src->max_dims, .want_u8 = src->want_u8};
+  qv_model_opts ro = *opts;
+  ro.tp_size = 1;
+  ro.shard = s;
+  rc = llama_build(&lc, &wrap, g->be[i], &ro, &g->rank[i], err);
+  free(ss.scratch);
+  if (rc) {
+    qv_error_prefix(err, "tp rank %d of %d", r, g->size);
+    return rc;
+  }
+  s->chunk = gather_chunk(s, g->rank[i]->max_logits);
+  s->send = malloc((size_t)s->chunk * (size_t)s->vocab_pad * sizeof(float));
+  s->recv = malloc((size_t)g->size * (size_t)s->chunk * (size_t)s->vocab_pad * sizeof(float));
+  if (!s->send || !s->recv) return qv_error_set(err, QV_ENOMEM, "out of memory");
+  return 0;
+}
+
+static int group_alloc(tpm_group *g) {
+  size_t n = (size_t)g->n_local;
+  pthread_mutex_init(&g->mu, NULL);
+  pthread_cond_init(&g->go, NULL);
+  pthread_cond_init(&g->done, NULL);
+  g->be = calloc(n, sizeof *g->be);
+  g->rank = calloc(n, sizeof *g->rank);
+  g->shard = calloc(n, sizeof *g->shard);
+  g->comm = calloc(n, sizeof *g->comm);
+  g->th = calloc(n, sizeof *g->th);
+  g->rc = calloc(n, sizeof *g->rc);
+  g->errs = calloc(n, sizeof *g->errs);
+  return g->be && g->rank && g->shard && g->comm && g->th && g->rc && g->errs ? 0 : QV_ENOMEM;
+}
+
 int tpm_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
               qv_model **out, qv_error *err) {
   *out = NULL;
   int32_t size = opts->tp_size;
+  const qv_tp_net_opts *net = opts->tp_net;
+  int32_t nnodes = net ? net->nnodes : 1, node = net ? net->node_rank : 0;
   if (strcmp(be->ops->name, "cpu"))
     return qv_error_set(err, QV_EUNSUPPORTED,
                         "tensor parallel size %d: sharded execution runs on the cpu backend only (the NCCL "
                         "communicator exists, GPU ranks do not yet)",
                         size);
-  /* down_proj's dtype sets the unit the intermediate rows split in (its quantization block). */
-  int32_t ffn_block = 1;
-  {
-    qv_dtype dt;
-    qv_error e = {0};
-    if (src->get(src, "model.layers.0.mlp.down_proj.weight", cfg->dim, cfg->ffn_dim, &dt, &e))
-      ffn_block = qv_dtype_block_elems(dt);
-    else if (e.code)
-      return qv_error_set(err, e.code, "%s", e.msg);
-  }
+  if (nnodes < 1 || size % nnodes || node < 0 || node >= nnodes)
+    return qv_error_set(err, QV_EINVAL, "--nnodes %d must divide the tensor parallel size %d (node rank %d)", nnodes,
+                        size, node);
+  int32_t ffn_block;
   tpm_shard probe;
-  int rc = tpm_plan(cfg, size, 0, ffn_block, &probe, err);
+  int rc = probe_ffn_block(cfg, src, &ffn_block, err);
+  if (!rc) rc = tpm_plan(cfg, size, 0, ffn_block, &probe, err);
   if (rc) return rc;
   qv_model *m = calloc(1, sizeof *m);
   tpm_group *g = calloc(1, sizeof *g);
@@ -365,96 +419,76 @@ int tpm_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be,
   m->max_logits = opts->max_logits > 0 ? opts->max_logits : opts->max_batch_tokens;
   m->n_params = qv_model_config_n_params(cfg);
   g->size = size;
-  pthread_mutex_init(&g->mu, NULL);
-  pthread_cond_init(&g->go, NULL);
-  pthread_cond_init(&g->done, NULL);
-  g->be = calloc((size_t)size, sizeof *g->be);
-  g->rank = calloc((size_t)size, sizeof *g->rank);
-  g->shard = calloc((size_t)size, sizeof *g->shard);
-  g->comm = calloc((size_t)size, sizeof *g->comm);
-  g->th = calloc((size_t)size, sizeof *g->th);
-  g->rc = calloc((size_t)size, sizeof *g->rc);
-  g->errs = calloc((size_t)size, sizeof *g->errs);
-  if (!g->be || !g->rank || !g->shard || !g->comm || !g->th || !g->rc || !g->errs) {
+  g->n_local = size / nnodes;
+  g->r0 = node * g->n_local;
+  if (group_alloc(g)) {
     rc = qv_error_set(err, QV_ENOMEM, "out of memory");
     goto fail;
   }
   long threads = opts->n_threads > 0 ? opts->n_threads : n_cores();
-  qv_backend_opts bo = {.n_threads = threads / size > 0 ? (int)(threads / size) : 1};
-  qv_model_opts ro = *opts;
-  ro.tp_size = 1;
+  qv_backend_opts bo = {.n_threads = threads / g->n_local > 0 ? (int)(threads / g->n_local) : 1};
   /* Ranks load one after another through the one checkpoint source. */
-  for (int32_t r = 0; r < size; r++) {
-    tpm_shard *s = &g->shard[r];
-    if ((rc = tpm_plan(cfg, size, r, ffn_block, s, err))) goto fail;
-    if ((rc = qv_backend_create("cpu", &bo, &g->be[r], err))) goto fail;
-    qv_model_config lc = local_config(cfg, s);
-    shard_src ss = {.inner = src, .cfg = cfg, .s = s};
-    model_weight_src wrap = {.get = shard_src_get, .release = src->release ? shard_src_release : NULL, .ctx = &ss,
-                             .persistent = src->persistent, .max_dims = src->max_dims, .want_u8 = src->want_u8};
-    ro.shard = s;
-    rc = llama_build(&lc, &wrap, g->be[r], &ro, &g->rank[r], err);
-    free(ss.scratch);
-    if (rc) {
-      qv_error_prefix(err, "tp rank %d of %d", r, size);
-      goto fail;
-    }
-    m->weight_bytes += g->rank[r]->weight_bytes;
-    m->n_borrowed += g->rank[r]->n_borrowed;
-    s->chunk = gather_chunk(s, g->rank[r]->max_logits);
-    s->send = malloc((size_t)s->chunk * (size_t)s->vocab_pad * sizeof(float));
-    s->recv = malloc((size_t)size * (size_t)s->chunk * (size_t)s->vocab_pad * sizeof(float));
-    if (!s->send || !s->recv) {
-      rc = qv_error_set(err, QV_ENOMEM, "out of memory");
-      goto fail;
-    }
+  for (int32_t i = 0; i < g->n_local; i++) {
+    if ((rc = load_rank(g, i, cfg, src, ffn_block, &bo, opts, err))) goto fail;
+    m->weight_bytes += g->rank[i]->weight_bytes;
+    m->n_borrowed += g->rank[i]->n_borrowed;
   }
-  if ((rc = qv_comm_shm_token(g->token, err))) goto fail;
-  for (int32_t r = 1; r < size; r++) {
+  /* The shm group's name: made here, or by node 0 and received over the control channel. */
+  if (net) rc = tpm_net_open(g, net, cfg, g->token, &g->net, err);
+  else rc = qv_comm_shm_token(g->token, err);
+  if (rc) goto fail;
+  for (int32_t i = 1; i < g->n_local; i++) {
     rank_arg *a = malloc(sizeof *a);
     if (!a) {
       rc = qv_error_set(err, QV_ENOMEM, "out of memory");
       goto fail;
     }
-    *a = (rank_arg){g, r};
-    if (pthread_create(&g->th[r], NULL, rank_main, a)) {
+    *a = (rank_arg){g, i};
+    if (pthread_create(&g->th[i], NULL, rank_main, a)) {
       free(a);
-      rc = qv_error_set(err, QV_ENOMEM, "tp: cannot start the thread of rank %d", r);
+      rc = qv_error_set(err, QV_ENOMEM, "tp: cannot start the thread of rank %d", g->r0 + i);
       goto fail;
     }
-    g->n_started = r;
+    g->n_started = i;
   }
   /* The first job joins every rank to the communicator. */
-  if ((rc = group_run(g, NULL, NULL, err))) goto fail;
+  if ((rc = tpm_group_run(g, NULL, NULL, err))) goto fail;
   *out = m;
   return 0;
 fail:
-  /* A rank thread blocked joining the communicator fails at its timeout; stop the rest. */
   qv_model_destroy(m);
   return rc;
 }
 
-int tpm_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *err) {
+int tpm_check_batch(const qv_model *m, const qv_batch *b, qv_error *err) {
   const qv_model_config *c = &m->cfg;
-  if (!m->kv_ready) return qv_error_set(err, QV_ESTATE, "forward: KV cache not allocated");
   if (b->n_tokens <= 0 || b->n_tokens > m->max_tok || b->n_logits < 0 || b->n_logits > m->max_logits)
     return qv_error_set(err, QV_EINVAL, "forward: %d tokens / %d logits exceed the model's limits %d / %d",
                         b->n_tokens, b->n_logits, m->max_tok, m->max_logits);
-  /* Every rank must fail or succeed together: what only the full model can check is checked
-   * here, before any rank enters a collective. */
   for (int32_t i = 0; i < b->n_tokens; i++)
     if (b->token_ids[i] < 0 || b->token_ids[i] >= c->vocab_size)
       return qv_error_set(err, QV_ERANGE, "forward: token id %d outside the vocabulary (%d)", b->token_ids[i],
                           c->vocab_size);
-  return group_run(m->tp, b, logits, err);
+  return 0;
 }
 
-int tpm_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error *err) {
+int tpm_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *err) {
+  if (!m->kv_ready) return qv_error_set(err, QV_ESTATE, "forward: KV cache not allocated");
+  if (m->tp->r0 != 0) return qv_error_set(err, QV_ESTATE, "forward: this node runs worker ranks only");
+  /* Every rank must fail or succeed together: what only the full model can check is checked
+   * here, before any rank enters a collective. */
+  int rc = tpm_check_batch(m, b, err);
+  if (!rc && m->tp->net) rc = tpm_net_send_step(m->tp->net, b, err);
+  if (rc) return rc;
+  return tpm_group_run(m->tp, b, logits, err);
+}
+
+int tpm_group_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error *err) {
   tpm_group *g = m->tp;
-  for (int32_t r = 0; r < g->size; r++) {
-    int rc = qv_model_kv_init(g->rank[r], n_blocks, block_size, err);
+  for (int32_t i = 0; i < g->n_local; i++) {
+    int rc = qv_model_kv_init(g->rank[i], n_blocks, block_size, err);
     if (rc) {
-      qv_error_prefix(err, "tp rank %d", r);
+      qv_error_prefix(err, "tp rank %d", g->r0 + i);
       return rc;
     }
   }
@@ -462,11 +496,24 @@ int tpm_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error *err
   return 0;
 }
 
+int tpm_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error *err) {
+  if (m->tp->net && m->tp->r0 == 0) {
+    int rc = tpm_net_send_kv(m->tp->net, n_blocks, block_size, err);
+    if (rc) return rc;
+  }
+  return tpm_group_kv_init(m, n_blocks, block_size, err);
+}
+
 int64_t tpm_kv_bytes_per_token(const qv_model *m) {
+  /* Every rank's share (a node's own when the group spans nodes, times the nodes: the split is
+   * the same on each). */
   int64_t n = 0;
-  for (int32_t r = 0; r < m->tp->size; r++) n += qv_model_kv_bytes_per_token(m->tp->rank[r]);
+  for (int32_t i = 0; i < m->tp->n_local; i++) n += qv_model_kv_bytes_per_token(m->tp->rank[i]);
   return n;
 }
+
+struct tpm_net *tpm_group_net(const qv_model *m) { return m->tp ? m->tp->net : NULL; }
+int32_t tpm_group_size(const tpm_group *g) { return g->size; }
 
 int tpm_all_reduce(qv_model *m, qv_tensor *t, qv_error *err) {
   return qv_comm_all_reduce_sum(m->shard->comm, t->data, (size_t)(t->rows * t->cols), QV_COMM_F32, err);
@@ -508,8 +555,9 @@ int qv_model_tp_rank_bytes(const qv_model *m, int32_t rank, int64_t *weight_byte
     *kv_bytes_per_token = qv_model_kv_bytes_per_token(m);
     return 0;
   }
-  if (rank < 0 || rank >= m->tp->size) return QV_EINVAL;
-  *weight_bytes = m->tp->rank[rank]->weight_bytes;
-  *kv_bytes_per_token = qv_model_kv_bytes_per_token(m->tp->rank[rank]);
+  int32_t i = rank - m->tp->r0;
+  if (i < 0 || i >= m->tp->n_local) return QV_EINVAL;
+  *weight_bytes = m->tp->rank[i]->weight_bytes;
+  *kv_bytes_per_token = qv_model_kv_bytes_per_token(m->tp->rank[i]);
   return 0;
 }

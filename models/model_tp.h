@@ -49,6 +49,44 @@ int tpm_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *err);
 int tpm_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error *err);
 int64_t tpm_kv_bytes_per_token(const qv_model *m);
 
+typedef struct tpm_group tpm_group;
+/* Runs this process's ranks on b (rank 0's logits into logits; b NULL: join the communicator). */
+int tpm_group_run(tpm_group *g, const qv_batch *b, float *logits, qv_error *err);
+/* This process's ranks' KV caches. */
+int tpm_group_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error *err);
+/* What every rank checks before a step: sizes within the model's limits, ids in the vocabulary. */
+int tpm_check_batch(const qv_model *m, const qv_batch *b, qv_error *err);
+struct tpm_net *tpm_group_net(const qv_model *m);
+int32_t tpm_group_size(const tpm_group *g);
+
+/* ---- several nodes (models/model_tp_net.c) ----
+ * Node 0 listens on the master address, accepts one control link (comm/ctrl.h) per other node
+ * and sends each an INIT (the shm group's name and the model's shape, which the node checks
+ * against its own), then every KV init and every step's batch before running its own ranks. A
+ * link thread keeps the links' heartbeats and reports a lost node. */
+typedef struct tpm_net tpm_net;
+/* Node 0: listen, accept, send INIT; other nodes: connect, receive INIT. token gets the group's
+ * shm name. */
+int tpm_net_open(tpm_group *g, const qv_tp_net_opts *o, const qv_model_config *cfg, char token[33], tpm_net **out,
+                 qv_error *err);
+int tpm_net_send_step(tpm_net *n, const qv_batch *b, qv_error *err);
+int tpm_net_send_kv(tpm_net *n, int32_t n_blocks, int32_t block_size, qv_error *err);
+/* Node 0 tells the other nodes to stop; every node closes its links. Accepts NULL. */
+void tpm_net_close(tpm_net *n);
+
+/* A step's batch on the wire: the decoded arrays point into buf (owned, grow-only). */
+typedef struct tpm_batch_buf {
+  qv_batch b;
+  int32_t *buf;
+  size_t cap; /* int32 elements */
+} tpm_batch_buf;
+/* Encodes b into out (grow-only); *n_bytes gets the payload size. */
+int tpm_batch_encode(const qv_batch *b, uint8_t **out, size_t *cap, size_t *n_bytes);
+/* Decodes and validates a payload (lengths consistent with the counts, counts within max_tok /
+ * max_logits / max_blocks): QV_EFORMAT otherwise, nothing of it trusted. */
+int tpm_batch_decode(const uint8_t *p, size_t n, int32_t max_tok, int32_t max_logits, tpm_batch_buf *out,
+                     qv_error *err);
+
 /* Inside a rank's forward (models/llama.c): the all-reduce after a row-parallel matmul, and the
  * vocab-parallel logits gathered into logits [n_logits][vocab_full] (NULL on ranks other than 0:
  * they take part in the gather and keep nothing). */
