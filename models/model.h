@@ -116,7 +116,7 @@ typedef struct qv_model_opts {
   int32_t n_threads;        /* CPU threads the ranks share (0: one per core); each rank gets
                              * n_threads / tp_size. Read only when tp_size > 1. */
   const qv_tp_net_opts *tp_net;  /* NULL: every rank in this process */
-  const struct tpm_shard *shard; /* internal: set by the tensor-parallel builder for one rank */
+  struct tpm_shard *shard;  /* internal: set by the tensor-parallel builder for one rank */
 } qv_model_opts;
 
 /* Loads a Hugging Face model directory (config.json, *.safetensors, generation_config.json)
@@ -154,6 +154,16 @@ int32_t qv_model_tp_size(const qv_model *m);
 /* Bytes of weights rank holds and bytes of KV cache one token takes on it; QV_EINVAL for a rank
  * outside 0..qv_model_tp_size(m)-1. */
 int qv_model_tp_rank_bytes(const qv_model *m, int32_t rank, int64_t *weight_bytes, int64_t *kv_bytes_per_token);
+
+/* Where a tensor-parallel model's step time goes, on this process's first rank (the engine's
+ * thread on node 0), accumulated since load: zeros without tensor parallelism. */
+typedef struct qv_tp_stats {
+  int64_t n_steps;       /* forwards */
+  double step_s;         /* wall time of those forwards */
+  int64_t n_collectives; /* all-reduces and logits gathers */
+  double comm_s;         /* time inside them, waiting for slower ranks included */
+} qv_tp_stats;
+void qv_model_tp_stats(const qv_model *m, qv_tp_stats *out);
 
 /* A worker node (tp_net->node_rank > 0): runs the steps node 0 sends until it says stop (0) or
  * the link is lost (QV_ECLOSED) or broken. */

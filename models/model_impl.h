@@ -69,7 +69,7 @@ struct qv_model {
    * communicator) and no weights of its own; a rank's model has shard (borrowed from its group):
    * its share, and the communicator its forward all-reduces through. Both NULL otherwise. */
   struct tpm_group *tp;
-  const struct tpm_shard *shard;
+  struct tpm_shard *shard;
 };
 
 /* models/families.c: Gemma 2/3, Phi-3, Mixtral, Qwen3-MoE, gpt-oss. */

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "comm/comm.h"
@@ -223,7 +224,15 @@ struct tpm_group {
   int *rc;             /* [n_local] */
   qv_error *errs;      /* [n_local] */
   struct tpm_net *net; /* owned; NULL when every rank is in this process */
+  int64_t n_steps;     /* forwards run, and their wall seconds (qv_model_tp_stats) */
+  double step_s;
 };
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 typedef struct rank_arg {
   tpm_group *g;
@@ -265,6 +274,7 @@ static void *rank_main(void *arg) {
 }
 
 int tpm_group_run(tpm_group *g, const qv_batch *b, float *logits, qv_error *err) {
+  double t0 = now_s();
   pthread_mutex_lock(&g->mu);
   g->b = b;
   g->n_done = 0;
@@ -276,6 +286,10 @@ int tpm_group_run(tpm_group *g, const qv_batch *b, float *logits, qv_error *err)
   pthread_mutex_lock(&g->mu);
   while (g->n_done < g->n_local - 1) pthread_cond_wait(&g->done, &g->mu);
   pthread_mutex_unlock(&g->mu);
+  if (b) {
+    g->n_steps++;
+    g->step_s += now_s() - t0;
+  }
   if (rc0) return qv_error_set(err, rc0, "tp rank %d: %s", g->r0, e0.msg);
   for (int32_t i = 1; i < g->n_local; i++)
     if (g->rc[i]) return qv_error_set(err, g->rc[i], "tp rank %d: %s", g->r0 + i, g->errs[i].msg);
@@ -516,11 +530,16 @@ struct tpm_net *tpm_group_net(const qv_model *m) { return m->tp ? m->tp->net : N
 int32_t tpm_group_size(const tpm_group *g) { return g->size; }
 
 int tpm_all_reduce(qv_model *m, qv_tensor *t, qv_error *err) {
-  return qv_comm_all_reduce_sum(m->shard->comm, t->data, (size_t)(t->rows * t->cols), QV_COMM_F32, err);
+  double t0 = now_s();
+  int rc = qv_comm_all_reduce_sum(m->shard->comm, t->data, (size_t)(t->rows * t->cols), QV_COMM_F32, err);
+  m->shard->n_comm++;
+  m->shard->comm_s += now_s() - t0;
+  return rc;
 }
 
 int tpm_gather_logits(qv_model *m, const qv_tensor *lg, float *logits, qv_error *err) {
-  const tpm_shard *s = m->shard;
+  tpm_shard *s = m->shard;
+  double t0 = now_s();
   const float *local = lg->data; /* [n_logits][n_vocab], host memory on the cpu backend */
   for (int64_t r0 = 0; r0 < lg->rows; r0 += s->chunk) {
     int64_t nr = lg->rows - r0 < s->chunk ? lg->rows - r0 : s->chunk;
@@ -530,6 +549,7 @@ int tpm_gather_logits(qv_model *m, const qv_tensor *lg, float *logits, qv_error 
       if (s->n_vocab < s->vocab_pad) memset(row + s->n_vocab, 0, (size_t)(s->vocab_pad - s->n_vocab) * sizeof *row);
     }
     int rc = qv_comm_all_gather(s->comm, s->send, s->recv, (size_t)nr * (size_t)s->vocab_pad, QV_COMM_F32, err);
+    s->n_comm++;
     if (rc) return rc;
     if (!logits) continue;
     for (int32_t r = 0; r < s->size; r++) {
@@ -541,12 +561,22 @@ int tpm_gather_logits(qv_model *m, const qv_tensor *lg, float *logits, qv_error 
                (size_t)nv * sizeof *logits);
     }
   }
+  s->comm_s += now_s() - t0;
   return 0;
 }
 
 /* ---- what `quiver info --tp` and the tests read ---- */
 
 int32_t qv_model_tp_size(const qv_model *m) { return m->tp ? m->tp->size : 1; }
+
+void qv_model_tp_stats(const qv_model *m, qv_tp_stats *out) {
+  memset(out, 0, sizeof *out);
+  if (!m->tp) return;
+  out->n_steps = m->tp->n_steps;
+  out->step_s = m->tp->step_s;
+  out->n_collectives = m->tp->shard[0].n_comm;
+  out->comm_s = m->tp->shard[0].comm_s;
+}
 
 int qv_model_tp_rank_bytes(const qv_model *m, int32_t rank, int64_t *weight_bytes, int64_t *kv_bytes_per_token) {
   if (!m->tp) {

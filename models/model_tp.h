@@ -29,6 +29,8 @@ typedef struct tpm_shard {
   struct qv_comm *comm;    /* borrowed from the group */
   float *send, *recv;      /* logits gather scratch [chunk][vocab_pad], [size][chunk][vocab_pad] */
   int32_t chunk;           /* logits rows per all-gather */
+  int64_t n_comm;          /* collectives run, and seconds spent in them (qv_model_tp_stats) */
+  double comm_s;
 } tpm_shard;
 
 /* Fills s with rank's share of cfg over size ranks (comm and scratch unset). ffn_block: the

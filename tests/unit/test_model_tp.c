@@ -1,8 +1,8 @@
 /* Tensor parallelism on CPU ranks (models/model_tp.c): every Llama-family fixture at TP 2 and 4
  * (where its heads split) against TP 1 on random prompts (logits max|a-b|/max|b| <= 1e-5, greedy
  * continuations identical), batch invariance and run-to-run reproducibility within TP 2, the
- * per-rank weight and KV split, and the clear refusals (shapes that do not split, other
- * families, sizes out of range). */
+ * per-rank weight and KV split, the clear refusals (shapes that do not split, other families,
+ * sizes out of range), and the step encoding node 0 sends to other nodes. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -12,6 +12,7 @@
 #include "backend/backend.h"
 #include "core/util.h"
 #include "models/model.h"
+#include "models/model_tp.h"
 #include "quiver/error.h"
 
 #define TOL 1e-5
@@ -262,4 +263,65 @@ Test(model_tp, refusals) {
   expect_refused("gemma2", 2, QV_EUNSUPPORTED, "Llama family");
   expect_refused("llama", 65, QV_EINVAL, "outside 1..64");
   expect_refused("llama", -1, QV_EINVAL, "outside 1..64");
+}
+
+/* A step on the wire: a valid batch round-trips; every truncation, any count beyond the limits
+ * and any inconsistent layout is refused (QV_EFORMAT) without reading past the payload. */
+Test(model_tp, step_encoding_refuses_malformed) {
+  int32_t ids[5] = {1, 2, 3, 4, 5}, pos[5] = {0, 1, 2, 0, 1}, slots[5] = {0, 1, 2, 8, 9};
+  int32_t qs[3] = {0, 3, 5}, ctx[2] = {3, 2}, tables[2 * 2] = {0, 1, 2, 3}, lidx[2] = {2, 4};
+  qv_batch b = {.n_tokens = 5, .n_seqs = 2, .n_logits = 2, .token_ids = ids, .positions = pos,
+                .slot_mapping = slots, .seq_q_start = qs, .seq_ctx_len = ctx, .block_tables = tables,
+                .max_blocks = 2, .logits_idx = lidx};
+  uint8_t *buf = NULL;
+  size_t cap = 0, n = 0;
+  cr_assert_eq(tpm_batch_encode(&b, &buf, &cap, &n), 0);
+  tpm_batch_buf d = {0};
+  qv_error err = {0};
+  cr_assert_eq(tpm_batch_decode(buf, n, 8, 8, &d, &err), 0, "%s", err.msg);
+  cr_expect_eq(d.b.n_tokens, 5);
+  cr_expect_arr_eq(d.b.slot_mapping, slots, sizeof slots);
+  cr_expect_arr_eq(d.b.block_tables, tables, sizeof tables);
+  cr_expect_arr_eq(d.b.logits_idx, lidx, sizeof lidx);
+  /* Every truncation (and one byte too many). */
+  uint8_t *copy = malloc(n + 1);
+  cr_assert(copy);
+  for (size_t k = 0; k <= n + 1; k++) {
+    if (k == n) continue;
+    memcpy(copy, buf, n < k ? n : k);
+    if (k == n + 1) copy[n] = 0;
+    err = (qv_error){0};
+    cr_expect_eq(tpm_batch_decode(copy, k, 8, 8, &d, &err), QV_EFORMAT, "%zu of %zu bytes accepted", k, n);
+  }
+  /* Limits: more tokens or logits than the model takes. */
+  cr_expect_eq(tpm_batch_decode(buf, n, 4, 8, &d, &err), QV_EFORMAT);
+  cr_expect_eq(tpm_batch_decode(buf, n, 8, 1, &d, &err), QV_EFORMAT);
+  /* Seeded flips of single bytes: refused or decoded into a consistent layout, never a crash. */
+  uint64_t seed = 42;
+  for (int t = 0; t < 2000; t++) {
+    memcpy(copy, buf, n);
+    size_t at = (size_t)(qv_splitmix64(&seed) % n);
+    copy[at] ^= (uint8_t)(1u + qv_splitmix64(&seed) % 255u);
+    err = (qv_error){0};
+    int rc = tpm_batch_decode(copy, n, 8, 8, &d, &err);
+    cr_assert(rc == 0 || rc == QV_EFORMAT, "rc %d", rc);
+    if (!rc) {
+      cr_assert_eq(d.b.seq_q_start[0], 0);
+      cr_assert_eq(d.b.seq_q_start[d.b.n_seqs], d.b.n_tokens);
+      for (int32_t i = 0; i < d.b.n_logits; i++) cr_assert(d.b.logits_idx[i] >= 0 && d.b.logits_idx[i] < d.b.n_tokens);
+    }
+  }
+  /* Inconsistent layouts. */
+  int32_t bad_qs[3] = {0, 5, 5}, bad_l[2] = {2, 5};
+  qv_batch c = b;
+  c.seq_q_start = bad_qs;
+  cr_assert_eq(tpm_batch_encode(&c, &buf, &cap, &n), 0);
+  cr_expect_eq(tpm_batch_decode(buf, n, 8, 8, &d, &err), QV_EFORMAT);
+  c = b;
+  c.logits_idx = bad_l;
+  cr_assert_eq(tpm_batch_encode(&c, &buf, &cap, &n), 0);
+  cr_expect_eq(tpm_batch_decode(buf, n, 8, 8, &d, &err), QV_EFORMAT);
+  free(copy);
+  free(buf);
+  free(d.buf);
 }
