@@ -1,5 +1,6 @@
-/* Quantized weights on the CPU backend (cpu_quant.c): matmul and embedding lookups over
- * block-quantized weight tensors (QV_DTYPE_Q*), reached from cpu_ops.c by one dispatch line each.
+/* Quantized weights on the CPU backend (cpu_quant.c): matmul over block-quantized weight
+ * tensors (QV_DTYPE_Q*), reached from cpu_ops.c by one dispatch line (embedding lookups of
+ * quantized tables dequantize their rows in cpu_ops.c).
  *
  * Method: each task dequantizes a tile of weight rows into f32 scratch (SIMD dequantizers that
  * reproduce src/quant's reference bit for bit) and takes fused multiply-add dot products of every
