@@ -544,13 +544,8 @@ int families_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *er
   const qv_backend_ops *ops = m->be->ops;
   qv_backend *be = m->be;
   struct fam_state *F = m->fam;
-  if (b->n_tokens <= 0 || b->n_tokens > m->max_tok || b->n_logits < 0 || b->n_logits > m->max_logits)
-    return qv_error_set(err, QV_EINVAL, "forward: %d tokens / %d logits exceed the model's limits %d / %d",
-                        b->n_tokens, b->n_logits, m->max_tok, m->max_logits);
-  for (int32_t i = 0; i < b->n_tokens; i++)
-    if (b->token_ids[i] < 0 || b->token_ids[i] >= c->vocab_size)
-      return qv_error_set(err, QV_ERANGE, "forward: token id %d outside the vocabulary (%d)", b->token_ids[i],
-                          c->vocab_size);
+  int rc_chk = model_check_batch(m, b, c->vocab_size, err);
+  if (rc_chk) return rc_chk;
   BE_CALL(m, ops->set_batch(be, b));
   int64_t n = b->n_tokens;
   qv_tensor x = rows_of(&m->x, n), h = rows_of(&m->h, n), q = rows_of(&m->q, n), att = rows_of(&m->att, n);

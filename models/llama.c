@@ -235,14 +235,9 @@ int qv_model_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *er
   if (m->tp) return tpm_forward(m, b, logits, err);
   if (!m->kv_ready) return qv_error_set(err, QV_ESTATE, "forward: KV cache not allocated");
   if (m->fam) return families_forward(m, b, logits, err);
-  if (b->n_tokens <= 0 || b->n_tokens > m->max_tok || b->n_logits < 0 || b->n_logits > m->max_logits)
-    return qv_error_set(err, QV_EINVAL, "forward: %d tokens / %d logits exceed the model's limits %d / %d",
-                        b->n_tokens, b->n_logits, m->max_tok, m->max_logits);
   /* A rank's vocabulary is its shard: the group checked the ids against the full one. */
-  for (int32_t i = 0; i < b->n_tokens && !m->shard; i++)
-    if (b->token_ids[i] < 0 || b->token_ids[i] >= c->vocab_size)
-      return qv_error_set(err, QV_ERANGE, "forward: token id %d outside the vocabulary (%d)", b->token_ids[i],
-                          c->vocab_size);
+  int rc_chk = model_check_batch(m, b, m->shard ? 0 : c->vocab_size, err);
+  if (rc_chk) return rc_chk;
   BE_CALL(m, ops->set_batch(be, b));
   int64_t n = b->n_tokens;
   qv_tensor x = rows_of(&m->x, n), h = rows_of(&m->h, n), q = rows_of(&m->q, n), att = rows_of(&m->att, n);

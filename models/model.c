@@ -203,6 +203,16 @@ int model_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *b
   return cfg->family ? families_build(cfg, src, be, opts, out, err) : llama_build(cfg, src, be, opts, out, err);
 }
 
+int model_check_batch(const qv_model *m, const qv_batch *b, int32_t vocab, qv_error *err) {
+  if (b->n_tokens <= 0 || b->n_tokens > m->max_tok || b->n_logits < 0 || b->n_logits > m->max_logits)
+    return qv_error_set(err, QV_EINVAL, "forward: %d tokens / %d logits exceed the model's limits %d / %d",
+                        b->n_tokens, b->n_logits, m->max_tok, m->max_logits);
+  for (int32_t i = 0; vocab > 0 && i < b->n_tokens; i++)
+    if (b->token_ids[i] < 0 || b->token_ids[i] >= vocab)
+      return qv_error_set(err, QV_ERANGE, "forward: token id %d outside the vocabulary (%d)", b->token_ids[i], vocab);
+  return 0;
+}
+
 const qv_model_config *qv_model_get_config(const qv_model *m) { return &m->cfg; }
 int64_t qv_model_n_params(const qv_model *m) { return m->n_params; }
 int64_t qv_model_weight_bytes(const qv_model *m) { return m->weight_bytes; }

@@ -84,6 +84,10 @@ int64_t families_n_params(const qv_model_config *cfg);
 int model_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
                 qv_model **out, qv_error *err);
 
+/* What every forward checks first: token and logits counts within the model's limits, and (vocab
+ * > 0) every token id in [0, vocab). */
+int model_check_batch(const qv_model *m, const qv_batch *b, int32_t vocab, qv_error *err);
+
 /* Builds a Llama-family model on be from cfg and weights; on failure frees what it made. */
 int llama_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
                 qv_model **out, qv_error *err);

@@ -474,24 +474,12 @@ fail:
   return rc;
 }
 
-int tpm_check_batch(const qv_model *m, const qv_batch *b, qv_error *err) {
-  const qv_model_config *c = &m->cfg;
-  if (b->n_tokens <= 0 || b->n_tokens > m->max_tok || b->n_logits < 0 || b->n_logits > m->max_logits)
-    return qv_error_set(err, QV_EINVAL, "forward: %d tokens / %d logits exceed the model's limits %d / %d",
-                        b->n_tokens, b->n_logits, m->max_tok, m->max_logits);
-  for (int32_t i = 0; i < b->n_tokens; i++)
-    if (b->token_ids[i] < 0 || b->token_ids[i] >= c->vocab_size)
-      return qv_error_set(err, QV_ERANGE, "forward: token id %d outside the vocabulary (%d)", b->token_ids[i],
-                          c->vocab_size);
-  return 0;
-}
-
 int tpm_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *err) {
   if (!m->kv_ready) return qv_error_set(err, QV_ESTATE, "forward: KV cache not allocated");
   if (m->tp->r0 != 0) return qv_error_set(err, QV_ESTATE, "forward: this node runs worker ranks only");
   /* Every rank must fail or succeed together: what only the full model can check is checked
    * here, before any rank enters a collective. */
-  int rc = tpm_check_batch(m, b, err);
+  int rc = model_check_batch(m, b, m->cfg.vocab_size, err);
   if (!rc && m->tp->net) rc = tpm_net_send_step(m->tp->net, b, err);
   if (rc) return rc;
   return tpm_group_run(m->tp, b, logits, err);

@@ -56,8 +56,6 @@ typedef struct tpm_group tpm_group;
 int tpm_group_run(tpm_group *g, const qv_batch *b, float *logits, qv_error *err);
 /* This process's ranks' KV caches. */
 int tpm_group_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error *err);
-/* What every rank checks before a step: sizes within the model's limits, ids in the vocabulary. */
-int tpm_check_batch(const qv_model *m, const qv_batch *b, qv_error *err);
 struct tpm_net *tpm_group_net(const qv_model *m);
 int32_t tpm_group_size(const tpm_group *g);
 

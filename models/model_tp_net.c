@@ -389,7 +389,7 @@ int qv_model_tp_worker_run(qv_model *m, qv_error *err) {
       /* A step that does not decode cannot be run, and skipping it would leave node 0's ranks
        * waiting in a collective: the worker stops, and node 0 sees it gone. */
       rc = tpm_batch_decode(msg.payload, msg.n_bytes, m->max_tok, m->max_logits, &bb, err);
-      if (!rc) rc = m->kv_ready ? tpm_check_batch(m, &bb.b, err) : qv_error_set(err, QV_ESTATE, "tp: step before KV");
+      if (!rc) rc = m->kv_ready ? model_check_batch(m, &bb.b, m->cfg.vocab_size, err) : qv_error_set(err, QV_ESTATE, "tp: step before KV");
       if (!rc) rc = tpm_group_run(m->tp, &bb.b, NULL, err);
     } else {
       qv_log(QV_LOG_WARN, "tp: dropped an unknown message ('%c', %u bytes)", msg.payload[0], msg.n_bytes);
