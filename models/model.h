@@ -155,6 +155,13 @@ int32_t qv_model_tp_size(const qv_model *m);
  * outside 0..qv_model_tp_size(m)-1. */
 int qv_model_tp_rank_bytes(const qv_model *m, int32_t rank, int64_t *weight_bytes, int64_t *kv_bytes_per_token);
 
+/* Measured: bytes the process's anonymous resident memory grew by while rank's shard loaded (ranks
+ * load one after another; RssAnon of /proc/self/status), or -1 (no tensor parallelism, another
+ * node's rank, no /proc).
+ * Weights copied at load (GGUF quantized, unaligned or converted tensors) count; zero-copy views
+ * of a mapped safetensors file count only once touched. */
+int64_t qv_model_tp_rank_rss(const qv_model *m, int32_t rank);
+
 /* Where a tensor-parallel model's step time goes, on this process's first rank (the engine's
  * thread on node 0), accumulated since load: zeros without tensor parallelism. */
 typedef struct qv_tp_stats {

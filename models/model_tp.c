@@ -224,6 +224,7 @@ struct tpm_group {
   int *rc;             /* [n_local] */
   qv_error *errs;      /* [n_local] */
   struct tpm_net *net; /* owned; NULL when every rank is in this process */
+  int64_t *rss_bytes;  /* [n_local]: resident bytes the process grew by loading each rank */
   int64_t n_steps;     /* forwards run, and their wall seconds (qv_model_tp_stats) */
   double step_s;
 };
@@ -325,6 +326,7 @@ static void group_free(tpm_group *g) {
   free(g->th);
   free(g->rc);
   free(g->errs);
+  free(g->rss_bytes);
   free(g);
 }
 
@@ -338,6 +340,20 @@ static int32_t gather_chunk(const tpm_shard *s, int32_t max_logits) {
   int64_t c = ((int64_t)1 << 18) / s->vocab_pad;
   if (c < 1) c = 1;
   return (int32_t)(c < max_logits ? c : max_logits);
+}
+
+/* The process's anonymous resident memory (RssAnon of /proc/self/status: what a rank's copied
+ * weights occupy, without the checkpoint mapping's file pages, which readahead and the loader's
+ * page release move between ranks), -1 where it cannot be read. */
+static int64_t rss_now(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  long long kb = -1;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "RssAnon: %lld kB", &kb) == 1) break;
+  fclose(f);
+  return kb < 0 ? -1 : (int64_t)kb * 1024;
 }
 
 static long n_cores(void) {
@@ -397,7 +413,8 @@ static int group_alloc(tpm_group *g) {
   g->th = calloc(n, sizeof *g->th);
   g->rc = calloc(n, sizeof *g->rc);
   g->errs = calloc(n, sizeof *g->errs);
-  return g->be && g->rank && g->shard && g->comm && g->th && g->rc && g->errs ? 0 : QV_ENOMEM;
+  g->rss_bytes = calloc(n, sizeof *g->rss_bytes);
+  return g->be && g->rank && g->shard && g->comm && g->th && g->rc && g->errs && g->rss_bytes ? 0 : QV_ENOMEM;
 }
 
 int tpm_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
@@ -443,7 +460,10 @@ int tpm_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be,
   qv_backend_opts bo = {.n_threads = threads / g->n_local > 0 ? (int)(threads / g->n_local) : 1};
   /* Ranks load one after another through the one checkpoint source. */
   for (int32_t i = 0; i < g->n_local; i++) {
+    int64_t rss0 = rss_now();
     if ((rc = load_rank(g, i, cfg, src, ffn_block, &bo, opts, err))) goto fail;
+    int64_t rss1 = rss_now();
+    g->rss_bytes[i] = rss0 < 0 || rss1 < 0 ? -1 : rss1 - rss0;
     m->weight_bytes += g->rank[i]->weight_bytes;
     m->n_borrowed += g->rank[i]->n_borrowed;
   }
@@ -556,6 +576,11 @@ int tpm_gather_logits(qv_model *m, const qv_tensor *lg, float *logits, qv_error 
 /* ---- what `quiver info --tp` and the tests read ---- */
 
 int32_t qv_model_tp_size(const qv_model *m) { return m->tp ? m->tp->size : 1; }
+
+int64_t qv_model_tp_rank_rss(const qv_model *m, int32_t rank) {
+  int32_t i = m->tp ? rank - m->tp->r0 : -1;
+  return i < 0 || i >= m->tp->n_local ? -1 : m->tp->rss_bytes[i];
+}
 
 void qv_model_tp_stats(const qv_model *m, qv_tp_stats *out) {
   memset(out, 0, sizeof *out);

@@ -60,8 +60,11 @@ static int print_ranks(const char *path, int tp) {
     qv_model_tp_rank_bytes(m, r, &w, &kv);
     char label[32];
     snprintf(label, sizeof label, "  rank %d", r);
-    printf("%-26s weights %.2f MiB (%lld bytes), KV %lld bytes per token\n", label, w / 1048576.0, (long long)w,
+    int64_t rss = qv_model_tp_rank_rss(m, r);
+    printf("%-26s weights %.2f MiB (%lld bytes), KV %lld bytes per token", label, w / 1048576.0, (long long)w,
            (long long)kv);
+    if (rss >= 0) printf(", resident +%.2f MiB while loading", rss / 1048576.0);
+    printf("\n");
     total += w;
   }
   print_bytes("  all ranks' weights", (double)total);

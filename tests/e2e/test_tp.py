@@ -210,3 +210,28 @@ def test_tp_refusals(quiver_bin, stories_dir):
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert "rank 0" in r.stdout and "rank 1" in r.stdout
+
+
+RANK_LINE = r"rank (\d+)\s+weights [\d.]+ MiB \((\d+) bytes\), KV (\d+) bytes per token(?:, resident \+([\d.]+) MiB)?"
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_model_per_rank_resident_bytes(rel_bin, name):  # noqa: F811
+    """Each rank's measured resident bytes (anonymous memory the process grew by while that rank
+    loaded) are within 10% of its expected share: the whole model's bytes / 2 (plus the
+    replicated norms, which are tiny next to the matrices)."""
+    import re
+    path = model_path(name)
+    got = {}
+    for tp in (1, 2):
+        r = subprocess.run([rel_bin, "info", "--model", path, "--tp", str(tp)], capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        got[tp] = [(int(b), int(kv), float(res or 0) * 1048576) for _, b, kv, res in re.findall(RANK_LINE, r.stdout)]
+    assert len(got[1]) == 1 and len(got[2]) == 2
+    whole = got[1][0][0]
+    for r, (placed, kv, resident) in enumerate(got[2]):
+        share = whole / 2
+        assert abs(resident - share) <= 0.1 * share, f"rank {r}: resident {resident:.0f} vs share {share:.0f}"
+        assert abs(resident - placed) <= 0.1 * placed, f"rank {r}: resident {resident:.0f} vs placed {placed}"
+    assert sum(kv for _, kv, _ in got[2]) == got[1][0][1]
