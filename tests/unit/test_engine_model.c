@@ -3,7 +3,8 @@
  * alone, prefix caching of a shared 200-token prefix, and preemption in a pool too small for
  * everything, each ending with a KV leak check; the greedy reference, batch invariance, prefix
  * caching and preemption again with the model sharded over 2 tensor-parallel CPU ranks (the
- * *_tp2 tests). Skipped, saying why, when ../shared (or $QV_SHARED_DIR) has no stories260K. */
+ * *_tp2 tests; the greedy reference and prefix caching also over 4). Skipped, saying why, when
+ * ../shared (or $QV_SHARED_DIR) has no stories260K. */
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -149,6 +150,10 @@ Test(engine_model, greedy_256_reference_tp2, .timeout = 600) {
   g_tp = 2;
   greedy_256_reference();
 }
+Test(engine_model, greedy_256_reference_tp4, .timeout = 600) {
+  g_tp = 4;
+  greedy_256_reference();
+}
 
 /* Prompts: slices of the reference text with a few ids changed, lengths 1..120. */
 static int32_t make_prompt(const int32_t *ref, int i, int32_t *p) {
@@ -234,6 +239,10 @@ static void prefix_cache_shared_200(void) {
 Test(engine_model, prefix_cache_shared_200) { prefix_cache_shared_200(); }
 Test(engine_model, prefix_cache_shared_200_tp2, .timeout = 600) {
   g_tp = 2;
+  prefix_cache_shared_200();
+}
+Test(engine_model, prefix_cache_shared_200_tp4, .timeout = 600) {
+  g_tp = 4;
   prefix_cache_shared_200();
 }
 

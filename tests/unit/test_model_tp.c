@@ -166,15 +166,19 @@ static void check_against_tp1(const char *name, int tp) {
 FIXTURE_TP(llama_tp2, "llama", 2)
 FIXTURE_TP(llama_tp4, "llama", 4)
 FIXTURE_TP(llama_bf16_tp2, "llama-bf16", 2)
+FIXTURE_TP(llama_bf16_tp4, "llama-bf16", 4)
+FIXTURE_TP(llama_f16_tp2, "llama-f16", 2)
 FIXTURE_TP(llama_f16_tp4, "llama-f16", 4)
 FIXTURE_TP(llama_bias_tp2, "llama-bias", 2)
 FIXTURE_TP(llama_bias_tp4, "llama-bias", 4)
 FIXTURE_TP(llama_tied_tp2, "llama-tied", 2)
 FIXTURE_TP(llama_tied_tp4, "llama-tied", 4)
 FIXTURE_TP(llama_sharded_tp2, "llama-sharded", 2)
+FIXTURE_TP(llama_sharded_tp4, "llama-sharded", 4)
+FIXTURE_TP(rope_linear_tp2, "llama-rope-linear", 2)
 FIXTURE_TP(rope_linear_tp4, "llama-rope-linear", 4)
 FIXTURE_TP(rope_llama3_tp2, "llama-rope-llama3", 2) /* 1 KV head: replicated on both ranks */
-FIXTURE_TP(rope_yarn_tp2, "llama-rope-yarn", 2)
+FIXTURE_TP(rope_yarn_tp2, "llama-rope-yarn", 2)     /* 2 heads: TP 4 is refused (see refusals) */
 FIXTURE_TP(mistral_swa_tp2, "mistral-swa", 2)
 FIXTURE_TP(mistral_swa_tp4, "mistral-swa", 4)
 FIXTURE_TP(qwen2_tp2, "qwen2", 2)
@@ -260,6 +264,8 @@ static void expect_refused(const char *name, int tp, int code, const char *needl
 
 Test(model_tp, refusals) {
   expect_refused("llama-rope-llama3", 4, QV_EUNSUPPORTED, "does not split 2 attention heads");
+  expect_refused("llama-rope-yarn", 4, QV_EUNSUPPORTED, "does not split 2 attention heads");
+  expect_refused("quiver-tiny", 3, QV_EUNSUPPORTED, "does not split 4 attention heads over 2 KV heads");
   expect_refused("gemma2", 2, QV_EUNSUPPORTED, "Llama family");
   expect_refused("llama", 65, QV_EINVAL, "outside 1..64");
   expect_refused("llama", -1, QV_EINVAL, "outside 1..64");
