@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "comm/comm.h"
+#include "core/log.h"
 #include "models/model_tp.h"
 
 /* ---- the plan ---- */
@@ -487,6 +488,8 @@ int tpm_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be,
   }
   /* The first job joins every rank to the communicator. */
   if ((rc = tpm_group_run(g, NULL, NULL, err))) goto fail;
+  QV_LOGI("tp: %s sharded over %d ranks (ranks %d..%d here, %d threads each), %.1f MiB of weights here", cfg->arch,
+          size, g->r0, g->r0 + g->n_local - 1, bo.n_threads, (double)m->weight_bytes / 1048576.0);
   *out = m;
   return 0;
 fail:

@@ -284,6 +284,9 @@ int tpm_net_open(tpm_group *g, const qv_tp_net_opts *o, const qv_model_config *c
   if (!rc && o->node_rank == 0) {
     rc = qv_ctrl_listen(o->master_addr, o->master_port, NULL, &n->lis, err);
     if (!rc) rc = accept_nodes(n, o, deadline, err);
+    /* The group is complete: nobody else may connect. */
+    qv_ctrl_listener_close(n->lis);
+    n->lis = NULL;
     if (!rc) rc = qv_comm_shm_token(token, err);
     if (!rc) {
       uint8_t msg[1 + 4 * INIT_WORDS + 32];

@@ -83,6 +83,26 @@ def test_two_processes_answer_as_tp1(quiver_bin, stories_dir):
     assert "stopped by node 0" in w.read_log()
 
 
+def test_config_file_tensor_parallel_size(quiver_bin, stories_dir):
+    """"tensor_parallel_size" of a model in the config file shards it like the flag does."""
+    one = Server(quiver_bin, [str(stories_dir), "--threads", "1", "-b", "256", "--num-kv-blocks", "256"])
+    try:
+        want = completions(one, "stories260K")
+    finally:
+        stop(one)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"models": [{"name": "stories260K", "path": str(stories_dir), "tensor_parallel_size": 2}]}, f)
+    try:
+        srv = Server(quiver_bin, ["--config", f.name, "--threads", "2", "-b", "256", "--num-kv-blocks", "256"])
+        try:
+            assert completions(srv, "stories260K") == want
+            assert "sharded over 2 ranks" in srv.read_log()
+        finally:
+            stop(srv)
+    finally:
+        os.unlink(f.name)
+
+
 def test_killed_worker_makes_node0_unhealthy_and_exit(quiver_bin, stories_dir):
     port = free_port()
     w = Worker(quiver_bin, stories_dir, port)
