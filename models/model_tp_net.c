@@ -13,7 +13,8 @@
  * set_batch then checks every index against the KV cache.
  *
  * Node 0's engine thread sends; a link thread polls every link every LINK_POLL_MS (which sends
- * heartbeats and reads the workers'), under one mutex per group. A lost link marks the group
+ * heartbeats and reads the workers'), under one mutex per group. A worker is judged lost after
+ * 30 s of silence (it polls only between steps), node 0 after 5 s (its link thread never stops). A lost link marks the group
  * lost (every later step fails at once), logs, and calls the on_lost hook once; a rank blocked
  * in a collective with the dead node is released by the shm communicator's dead-peer check. A
  * worker polls its one link between steps; it stops on SHUTDOWN (exit 0) and fails on a lost or
@@ -33,7 +34,12 @@ enum {
   LINK_POLL_MS = 100,
   WORKER_POLL_MS = 250,
   NET_MAX_MSG = 16 << 20,
+  /* A worker hears node 0's link thread every heartbeat, so it can judge node 0 lost after 5 s of
+   * silence. A worker polls only between steps, and one step (a long prefill on a slow CPU) may
+   * outlast that: node 0 waits as long as a collective may (the communicator's 30 s) before it
+   * takes a silent worker for lost. A killed worker is seen at once either way (closed socket). */
   NET_PEER_TIMEOUT_MS = 5000,
+  NET_WORKER_SILENCE_MS = QV_COMM_DEFAULT_TIMEOUT_MS,
   INIT_WORDS = 8,
   STEP_HEADER_WORDS = 4,
   MAX_BLOCK_ENTRIES = 1 << 24,
@@ -153,7 +159,7 @@ int tpm_batch_decode(const uint8_t *p, size_t n, int32_t max_tok, int32_t max_lo
 
 static void ctrl_opts(const qv_tp_net_opts *o, int node_rank, qv_ctrl_opts *co) {
   *co = (qv_ctrl_opts){.token = o->token, .node_rank = node_rank, .max_msg_bytes = NET_MAX_MSG,
-                       .peer_timeout_ms = NET_PEER_TIMEOUT_MS};
+                       .peer_timeout_ms = node_rank == 0 ? NET_WORKER_SILENCE_MS : NET_PEER_TIMEOUT_MS};
 }
 
 static void init_words(const qv_model_config *c, int32_t size, int32_t nnodes, uint32_t w[INIT_WORDS]) {

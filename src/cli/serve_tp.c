@@ -4,8 +4,8 @@
  * A lost node cannot be recovered (its ranks held a share of every layer): node 0 marks every
  * model unavailable (/health answers 503, requests are refused), waits SERVE_TP_LOST_GRACE_MS so
  * probes can see it, then drains and exits with status 1. A closed link is seen at the link
- * thread's next poll (100 ms); a silent one after the control channel's 5 s peer timeout; the
- * whole stop therefore takes at most about 5 s + the grace + --drain-timeout. */
+ * thread's next poll (100 ms); a silent one after 30 s (the communicator's timeout: a worker
+ * polls only between steps); the stop then takes the grace + --drain-timeout. */
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -19,7 +19,7 @@ from test_gguf_models import model_path, rel_bin  # noqa: F401  (fixture)
 from test_server import Server
 
 TOKEN = "e2e-tp-token-0123456789"
-LOST_EXIT_S = 15  # README: a lost node stops node 0 within ~5 s + 2 s grace + the drain
+LOST_EXIT_S = 15  # README: a killed node is seen within 0.1 s, then 2 s grace and the drain
 
 
 def free_port():
