@@ -5,9 +5,10 @@
  * batch. Each rank is a complete Llama-family qv_model of the local shape (its heads, its
  * intermediate rows, its vocabulary rows) on its own CPU backend with its own thread pool and
  * its own KV cache (its KV heads); models/llama.c calls back into this file for the
- * all-reduces and the logits gather. The ranks talk through one shm communicator whose sums run
- * in a fixed order, so a run at a given size is reproducible bit for bit, and batch invariance
- * carries over from the ops.
+ * all-reduces and the logits gather. With several processes (--nnodes, model_tp_net.c) each
+ * runs its own consecutive ranks the same way. The ranks talk through one shm communicator whose
+ * sums run in a fixed order, so a run at a given size is reproducible bit for bit, and batch
+ * invariance carries over from the ops.
  *
  * Weights come through a wrapping weight source that asks the checkpoint for the full tensor's
  * mapping and hands the builder only this rank's slice: rows of a mapped tensor are a pointer
@@ -27,7 +28,7 @@
 
 /* ---- the plan ---- */
 
-/* [lo, hi) of unit u's range split into size near-equal parts. */
+/* Rank's part [*lo, *lo + *cnt) of n units split into size near-equal parts. */
 static void split(int64_t n, int32_t size, int32_t rank, int32_t *lo, int32_t *cnt) {
   int64_t a = n * rank / size, b = n * (rank + 1) / size;
   *lo = (int32_t)a;
