@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "models/model_impl.h"
+#include "models/model_tp.h"
 
 #define BE_CALL(m, call)                                                   \
   do {                                                                     \
@@ -37,7 +38,7 @@ int model_load_tensor(qv_model *m, model_weight_src *src, const char *name, int6
    * and always converted to the backend's weight dtype. */
   int quant = qv_dtype_is_quant(dt);
   int keep = rows > 1 && be->ops->weight_view != NULL;
-  if (!quant && keep && src->persistent && be->ops->weight_view(be, data, dt, rows, cols, t) == 0) {
+  if (!quant && keep && src->persistent && !src->transient && be->ops->weight_view(be, data, dt, rows, cols, t) == 0) {
     m->n_borrowed++;
   } else {
     qv_dtype wdt = quant || keep ? dt : be->ops->weight_dtype;
@@ -83,7 +84,9 @@ static int load_layer(qv_model *m, model_weight_src *src, int32_t l, qv_error *e
   LOAD_(bq, "self_attn.q_proj.bias", 1, qd, c->qkv_bias)
   LOAD_(bk, "self_attn.k_proj.bias", 1, kd, c->qkv_bias)
   LOAD_(bv, "self_attn.v_proj.bias", 1, kd, c->qkv_bias)
-  LOAD_(bo, "self_attn.o_proj.bias", 1, c->dim, c->o_bias)
+  /* A tensor-parallel rank other than 0 holds no o/down bias: rank 0 adds it once. */
+  int bias_here = !m->shard || m->shard->rank == 0;
+  LOAD_(bo, "self_attn.o_proj.bias", 1, c->dim, c->o_bias && bias_here)
   LOAD_(q_norm, "self_attn.q_norm.weight", 1, c->head_dim, c->qk_norm)
   LOAD_(k_norm, "self_attn.k_norm.weight", 1, c->head_dim, c->qk_norm)
   LOAD_(ffn_norm, "post_attention_layernorm.weight", 1, c->dim, 1)
@@ -92,7 +95,7 @@ static int load_layer(qv_model *m, model_weight_src *src, int32_t l, qv_error *e
   LOAD_(w_down, "mlp.down_proj.weight", c->dim, c->ffn_dim, 1)
   LOAD_(b_gate, "mlp.gate_proj.bias", 1, c->ffn_dim, c->mlp_bias)
   LOAD_(b_up, "mlp.up_proj.bias", 1, c->ffn_dim, c->mlp_bias)
-  LOAD_(b_down, "mlp.down_proj.bias", 1, c->dim, c->mlp_bias)
+  LOAD_(b_down, "mlp.down_proj.bias", 1, c->dim, c->mlp_bias && bias_here)
 #undef LOAD_
   return 0;
 }
@@ -107,6 +110,7 @@ qv_model *model_new(const qv_model_config *cfg, qv_backend *be, const qv_model_o
   if (!m) return NULL;
   m->cfg = *cfg;
   m->be = be;
+  m->shard = opts->shard;
   m->max_tok = opts->max_batch_tokens;
   m->max_logits = opts->max_logits > 0 ? opts->max_logits : opts->max_batch_tokens;
   m->layers = calloc((size_t)cfg->n_layer, sizeof *m->layers);
@@ -175,6 +179,14 @@ fail:
 
 void qv_model_destroy(qv_model *m) {
   if (!m) return;
+  if (m->tp) {
+    /* A group model: its ranks hold every tensor (and views of wsrc's mapping). */
+    tpm_free(m);
+    if (m->wsrc.close) m->wsrc.close(&m->wsrc);
+    free(m->path);
+    free(m);
+    return;
+  }
   qv_backend *be = m->be;
   families_free(m);
   if (m->kv_ready) be->ops->kv_deinit(be);
@@ -216,25 +228,37 @@ static qv_tensor regroup(const qv_tensor *t, int64_t group) {
 
 static const qv_tensor *opt(const qv_tensor *t) { return t->data ? t : NULL; }
 
+/* A tensor-parallel rank sums a row-parallel result over the group (no-op without TP). */
+#define TP_REDUCE(t)                                      \
+  do {                                                    \
+    if (m->shard) {                                       \
+      int rc_ = tpm_all_reduce(m, (t), err);              \
+      if (rc_) return rc_;                                \
+    }                                                     \
+  } while (0)
+
 int qv_model_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *err) {
   const qv_model_config *c = &m->cfg;
   const qv_backend_ops *ops = m->be->ops;
   qv_backend *be = m->be;
+  if (m->tp) return tpm_forward(m, b, logits, err);
   if (!m->kv_ready) return qv_error_set(err, QV_ESTATE, "forward: KV cache not allocated");
-  if (b->n_tokens <= 0 || b->n_tokens > m->max_tok || b->n_logits < 0 || b->n_logits > m->max_logits)
-    return qv_error_set(err, QV_EINVAL, "forward: %d tokens / %d logits exceed the model's limits %d / %d",
-                        b->n_tokens, b->n_logits, m->max_tok, m->max_logits);
-  for (int32_t i = 0; i < b->n_tokens; i++)
-    if (b->token_ids[i] < 0 || b->token_ids[i] >= c->vocab_size)
-      return qv_error_set(err, QV_ERANGE, "forward: token id %d outside the vocabulary (%d)", b->token_ids[i],
-                          c->vocab_size);
+  /* A rank's vocabulary is its shard: the group checked the ids against the full one. */
+  int rc_chk = model_check_batch(m, b, m->shard ? 0 : c->vocab_size, err);
+  if (rc_chk) return rc_chk;
   BE_CALL(m, ops->set_batch(be, b));
   int64_t n = b->n_tokens;
   qv_tensor x = rows_of(&m->x, n), h = rows_of(&m->h, n), q = rows_of(&m->q, n), att = rows_of(&m->att, n);
   qv_tensor k = rows_of(&m->k, n), v = rows_of(&m->v, n), o = rows_of(&m->o, n);
   qv_tensor g = rows_of(&m->g, n), u = rows_of(&m->u, n);
   qv_act act = {.kind = (qv_act_kind)c->act, .alpha = c->swiglu_alpha, .limit = c->swiglu_limit};
-  BE_CALL(m, ops->embed(be, &x, &m->tok_emb));
+  if (m->shard) {
+    /* Vocab-parallel: each rank embeds the ids in its rows (zeros elsewhere); the sum is exact. */
+    BE_CALL(m, ops->embed_shard(be, &x, &m->tok_emb, m->shard->vocab0));
+    TP_REDUCE(&x);
+  } else {
+    BE_CALL(m, ops->embed(be, &x, &m->tok_emb));
+  }
   if (c->embed_scale) {
     /* transformers casts the normalizer to the embedding's dtype before multiplying: bf16 on a
      * bf16 backend (sqrt(640) = 25.298 becomes 25.25), exact fp32 on the CPU. */
@@ -266,6 +290,7 @@ int qv_model_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *er
     BE_CALL(m, ops->kv_write(be, l, &k, &v));
     BE_CALL(m, ops->attention(be, &att, &q, &ap));
     BE_CALL(m, ops->matmul(be, &o, &att, &L->wo, opt(&L->bo)));
+    TP_REDUCE(&o);
     if (c->sandwich_norm) BE_CALL(m, ops->rmsnorm(be, &o, &o, &L->post_attn_norm, c->norm_eps));
     BE_CALL(m, ops->add_rmsnorm(be, &h, &x, &o, &L->ffn_norm, c->norm_eps));
     if (c->layer_flags[l] & QV_LAYER_MOE) {
@@ -277,6 +302,7 @@ int qv_model_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *er
       if (c->act == QV_ACT_SILU) BE_CALL(m, ops->silu_mul(be, &g, &g, &u));
       else BE_CALL(m, ops->gated_act(be, &g, &g, &u, &act));
       BE_CALL(m, ops->matmul(be, &o, &g, &L->w_down, opt(&L->b_down)));
+      TP_REDUCE(&o);
     }
     if (c->sandwich_norm) BE_CALL(m, ops->rmsnorm(be, &o, &o, &L->post_ffn_norm, c->norm_eps));
   }
@@ -287,6 +313,7 @@ int qv_model_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *er
   BE_CALL(m, ops->gather_rows(be, &sel, &x));
   BE_CALL(m, ops->rmsnorm(be, &sel, &sel, &m->final_norm, c->norm_eps));
   BE_CALL(m, ops->matmul(be, &lg, &sel, &m->lm_head, NULL));
+  if (m->shard) return tpm_gather_logits(m, &lg, logits, err);
   BE_CALL(m, ops->download_f32(be, &lg, logits));
   if (c->final_softcap > 0) {
     /* Gemma 2: logits = cap * tanh(logits / cap), on the host floats (same on every backend). */

@@ -102,7 +102,7 @@ int gguf_model_load(const char *path, qv_backend *be, const qv_model_opts *opts,
   gguf_src s = {.g = g, .keep_quant = be->ops->quant_weights && !opts->dequantize && !env_dequantize(),
                 .sandwich = cfg.sandwich_norm, .norm_shift = cfg.norm_plus_one};
   model_weight_src src = {.get = gguf_src_get, .release = gguf_src_release, .ctx = &s};
-  rc = cfg.family ? families_build(&cfg, &src, be, opts, out, err) : llama_build(&cfg, &src, be, opts, out, err);
+  rc = model_build(&cfg, &src, be, opts, out, err);
   if (rc == QV_ENOTFOUND) qv_error_prefix(err, "%s", gguf_model_file(g));
   free(s.buf);
   gguf_model_close(g);

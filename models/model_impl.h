@@ -23,6 +23,8 @@ typedef struct model_weight_src {
                      source open for its life */
   int max_dims; /* 0: 2-D and vectors only; else tensors up to this rank, seen as [prod][last] */
   int want_u8;  /* 1: only U8 tensors (MXFP4 blocks/scales), else only F32/F16/BF16 */
+  int transient; /* set by get(): 1 when its pointer is scratch (a tensor-parallel column slice)
+                    that must be copied even from a persistent source */
 } model_weight_src;
 
 /* One decoder layer of every family (models/llama.c runs them all); fields a family lacks keep
@@ -70,6 +72,11 @@ struct qv_model {
   qv_tensor sel;           /* [max_logits][dim] */
   qv_tensor logits;        /* [max_logits][vocab], always F32 */
   struct fam_state *fam;   /* families.c's state (local rope, MoE buffers); NULL for the Llama family */
+  /* Tensor parallelism (models/model_tp.c). A group model has tp (owned: its ranks, threads and
+   * communicator) and no weights of its own; a rank's model has shard (borrowed from its group):
+   * its share, and the communicator its forward all-reduces through. Both NULL otherwise. */
+  struct tpm_group *tp;
+  struct tpm_shard *shard;
 };
 
 /* models/families.c: Gemma 2/3, Phi-3, Mixtral, Qwen3-MoE, gpt-oss: loading, and the pieces
@@ -96,6 +103,15 @@ int model_load_tensor(qv_model *m, model_weight_src *src, const char *name, int6
 qv_model *model_new(const qv_model_config *cfg, qv_backend *be, const qv_model_opts *opts);
 int model_rope_table(qv_model *m, const qv_model_config *rc_cfg, qv_tensor *t, qv_rope *r, qv_error *err);
 int model_alloc_acts(qv_model *m, qv_error *err);
+
+/* Builds the model cfg describes from src on be: a family's builder, or with opts->tp_size > 1
+ * the tensor-parallel group (model_tp.c). */
+int model_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
+                qv_model **out, qv_error *err);
+
+/* What every forward checks first: token and logits counts within the model's limits, and (vocab
+ * > 0) every token id in [0, vocab). */
+int model_check_batch(const qv_model *m, const qv_batch *b, int32_t vocab, qv_error *err);
 
 /* Builds a Llama-family model on be from cfg and weights; on failure frees what it made. */
 int llama_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
