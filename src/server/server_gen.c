@@ -621,13 +621,15 @@ static int admit_quota(srv_req *r) {
   const tenant *t = &s->reg->tenants->t[r->tenant];
   if (t->rpm == 0 && t->tpm == 0) return 1;
   int32_t np = r->o.kind == OAI_CHAT ? 1 : r->o.n_prompts, n = n_per_prompt(r);
-  int32_t max_len = model_of(r)->max_model_len;
+  /* max_tokens as the engine will see it: given, or completions' default 16; chat without it
+   * may run to the end of the context (the implicit part). */
+  int32_t max_len = model_of(r)->max_model_len, mt = r->o.params.max_tokens;
   int64_t prompt = 0, implicit = 0;
   for (int32_t i = 0; i < np; i++) {
     prompt += r->pn[i];
-    if (!r->o.max_tokens_given && max_len > r->pn[i]) implicit += (int64_t)(max_len - r->pn[i]) * n;
+    if (mt <= 0 && max_len > r->pn[i]) implicit += (int64_t)(max_len - r->pn[i]) * n;
   }
-  int64_t must = prompt + (r->o.max_tokens_given ? (int64_t)r->o.params.max_tokens * n * np : 0);
+  int64_t must = prompt + (mt > 0 ? (int64_t)mt * n * np : 0);
   int64_t reserve = must + implicit, retry = 0;
   tenant_admit_rc rc = tenant_quota_admit(&s->quotas[r->tenant], uv_hrtime(), must, &reserve, &retry);
   if (rc == TENANT_ADMIT_OK) {
