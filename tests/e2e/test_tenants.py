@@ -7,6 +7,7 @@ the embedded quiver-tiny (fast to load), so the tests take seconds."""
 import json
 import os
 import re
+import subprocess
 import tempfile
 import time
 
@@ -178,3 +179,32 @@ def test_least_loaded(srv):
     srv.wait_idle()
     assert c.completions.with_raw_response.create(
         model="pool", prompt="hi", max_tokens=1).headers["x-quiver-model"] == "a"
+
+
+def test_tenant_metrics_pass_promtool(srv):
+    from test_ops import promtool_check
+    st, body = srv.get("/metrics", {"Authorization": "Bearer sk-root"})
+    assert st == 200 and b'quiver_tenant_request_duration_seconds_bucket{tenant="team-a"' in body
+    promtool_check(body.decode())
+
+
+@pytest.mark.parametrize("cfg,needle", [
+    ({"routes": {"r": {"strategy": "random", "targets": ["a"]}}}, "unknown strategy 'random'"),
+    ({"routes": {"r": {"strategy": "weighted", "targets": [{"model": "a", "weight": 0}]}}},
+     "weights sum to zero"),
+    ({"routes": {"r": ["a", "s"], "s": ["r"]}}, "routes do not nest"),
+    ({"tenants": [{"name": "t", "keys": ["sk-hidden"], "tokens_per_minute": 1e300}]},
+     "'tokens_per_minute' must be an integer"),
+    ({"tenants": [{"name": "t", "keys": ["sk-hidden"], "models": ["ghost"]}]}, "'ghost'"),
+    ({"tenants": [{"name": "t", "keys": "sk-hidden"}]}, "'keys' must be an array"),
+    ({"tenants": [{"name": "t", "keys": ["sk-hidden"]}, {"name": "u", "keys": ["sk-hidden"]}]},
+     "key #1 is also key #1 of tenant 't'"),
+])
+def test_bad_configs_stop_startup(quiver_bin, tmp_path, cfg, needle):
+    cfg = dict(cfg, models=[{"name": "a", "path": "quiver-tiny"}])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(cfg))
+    r = subprocess.run([quiver_bin, "serve", "--config", str(bad), "--port", "0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert "sk-hidden" not in r.stderr
