@@ -466,6 +466,20 @@ static int precheck(server *s, const http_request *req, route_match *m, char **j
     *json = m->dialect->error_json(403, msg, NULL, "endpoint_not_allowed");
     return 403;
   }
+  /* A tenant out of requests is refused here, before its body is read or tokenized (the token
+   * quota needs the prompt's count and is checked at submission, server_gen.c). */
+  if ((hit->kind == OAI_CHAT || hit->kind == OAI_COMPLETION) && m->tenant >= 0 && !s->draining) {
+    int64_t retry = tenant_quota_peek_requests(&s->quotas[m->tenant], uv_hrtime());
+    if (retry > 0) {
+      char msg[300];
+      tenant_limit_message(&s->reg->tenants->t[m->tenant], TENANT_ADMIT_REQUESTS, 0, retry, msg,
+                           sizeof msg);
+      *json = m->dialect->error_json(429, msg, NULL, "rate_limit_exceeded");
+      snprintf(extra, extra_cap, "Retry-After: %lld\r\n", (long long)retry);
+      metrics_tenant_limited(&s->met, m->tenant, 0);
+      return 429;
+    }
+  }
   if (hit->kind != 0 && s->draining) {
     *json = m->dialect->error_json(503, "server is shutting down", NULL, "shutting_down");
     return 503;

@@ -638,20 +638,8 @@ static int admit_quota(srv_req *r) {
     return 1;
   }
   char msg[400], extra[64] = "";
-  if (rc == TENANT_ADMIT_TOO_LARGE) {
-    snprintf(msg, sizeof msg,
-             "Request too large for tenant '%s': it needs %lld tokens (prompt + max_tokens) and "
-             "the limit is %lld tokens per %g s.",
-             t->name, (long long)must, (long long)t->tpm, t->window_s);
-  } else {
-    int tokens = rc == TENANT_ADMIT_TOKENS;
-    snprintf(msg, sizeof msg,
-             "Rate limit reached for tenant '%s' on %s: limit %lld per %g s. Please retry after "
-             "%lld s.",
-             t->name, tokens ? "tokens" : "requests", (long long)(tokens ? t->tpm : t->rpm),
-             t->window_s, (long long)retry);
-    snprintf(extra, sizeof extra, "Retry-After: %lld\r\n", (long long)retry);
-  }
+  tenant_limit_message(t, rc, must, retry, msg, sizeof msg);
+  if (rc != TENANT_ADMIT_TOO_LARGE) snprintf(extra, sizeof extra, "Retry-After: %lld\r\n", (long long)retry);
   metrics_tenant_limited(&s->met, r->tenant, rc != TENANT_ADMIT_REQUESTS);
   srv_send_error_hdr(r, 429, msg, NULL,
                      rc == TENANT_ADMIT_TOO_LARGE ? "request_too_large" : "rate_limit_exceeded",

@@ -2,6 +2,7 @@
 #include "server/tenant.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -223,6 +224,8 @@ static double bucket_wait(const quota_bucket *b, double need) {
   return b->level >= need ? 0 : (need - b->level) / b->rate;
 }
 
+static int64_t retry_seconds(double w) { return w < 1 ? 1 : (int64_t)ceil(w); }
+
 void tenant_quota_init(tenant_quota *q, const tenant *t, uint64_t now_ns) {
   bucket_init(&q->req, t->rpm, t->window_s, now_ns);
   bucket_init(&q->tok, t->tpm, t->window_s, now_ns);
@@ -245,13 +248,35 @@ tenant_admit_rc tenant_quota_admit(tenant_quota *q, uint64_t now_ns, int64_t mus
     wait_tok = bucket_wait(&q->tok, (double)*reserve);
   }
   if (wait_req > 0 || wait_tok > 0) {
-    double w = wait_req > wait_tok ? wait_req : wait_tok;
-    *retry_after_s = w < 1 ? 1 : (int64_t)ceil(w);
+    *retry_after_s = retry_seconds(wait_req > wait_tok ? wait_req : wait_tok);
     return wait_req >= wait_tok ? TENANT_ADMIT_REQUESTS : TENANT_ADMIT_TOKENS;
   }
   if (q->req.cap > 0) q->req.level -= 1;
   if (q->tok.cap > 0) q->tok.level -= (double)*reserve;
   return TENANT_ADMIT_OK;
+}
+
+int64_t tenant_quota_peek_requests(tenant_quota *q, uint64_t now_ns) {
+  if (q->req.cap <= 0) return 0;
+  bucket_refill(&q->req, now_ns);
+  double w = bucket_wait(&q->req, 1);
+  return w > 0 ? retry_seconds(w) : 0;
+}
+
+void tenant_limit_message(const tenant *t, tenant_admit_rc rc, int64_t must, int64_t retry_s,
+                          char *msg, size_t cap) {
+  if (rc == TENANT_ADMIT_TOO_LARGE) {
+    snprintf(msg, cap,
+             "Request too large for tenant '%s': it needs %lld tokens (prompt + max_tokens) and "
+             "the limit is %lld tokens per %g s.",
+             t->name, (long long)must, (long long)t->tpm, t->window_s);
+    return;
+  }
+  int tokens = rc == TENANT_ADMIT_TOKENS;
+  snprintf(msg, cap, "Rate limit reached for tenant '%s' on %s: limit %lld per %g s. Please retry "
+           "after %lld s.",
+           t->name, tokens ? "tokens" : "requests", (long long)(tokens ? t->tpm : t->rpm),
+           t->window_s, (long long)retry_s);
 }
 
 void tenant_quota_settle(tenant_quota *q, uint64_t now_ns, int64_t reserved, int64_t used) {

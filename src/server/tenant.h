@@ -26,6 +26,7 @@
 #define QV_SERVER_TENANT_H
 
 #include <cjson/cJSON.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "quiver/error.h"
@@ -102,6 +103,13 @@ typedef enum tenant_admit_rc {
  * full reservation) is capped at the token limit when only its implicit part exceeds it. */
 tenant_admit_rc tenant_quota_admit(tenant_quota *q, uint64_t now_ns, int64_t must_tokens,
                                    int64_t *reserve, int64_t *retry_after_s);
+/* Without taking anything: 0 when the request bucket holds a request now, else the whole
+ * seconds until it will (so a refused request is answered before its body is read). */
+int64_t tenant_quota_peek_requests(tenant_quota *q, uint64_t now_ns);
+/* The 429 message of a refusal (rc != OK) for tenant t: must is the explicit token ask,
+ * retry_s the Retry-After. */
+void tenant_limit_message(const tenant *t, tenant_admit_rc rc, int64_t must, int64_t retry_s,
+                          char *msg, size_t cap);
 /* Settles a finished request: refunds reserved - used tokens (or charges the excess). */
 void tenant_quota_settle(tenant_quota *q, uint64_t now_ns, int64_t reserved, int64_t used);
 /* What each bucket holds now (whole units, for headers and tests; -1: unlimited). */

@@ -171,6 +171,8 @@ Test(tenant, quota_requests_and_recovery) {
   /* the burst is spent; one request refills every 20 s */
   cr_assert_eq(tenant_quota_admit(&q, now, 0, &res, &retry), TENANT_ADMIT_REQUESTS);
   cr_assert_eq(retry, 20);
+  cr_assert_eq(tenant_quota_peek_requests(&q, now), 20); /* what precheck answers, taking nothing */
+  cr_assert_eq(tenant_quota_peek_requests(&q, now + 20 * SEC), 0);
   cr_assert_eq(tenant_quota_admit(&q, now + 5 * SEC, 0, &res, &retry), TENANT_ADMIT_REQUESTS);
   cr_assert_eq(retry, 15);
   cr_assert_eq(tenant_quota_admit(&q, now + 19 * SEC + SEC / 2, 0, &res, &retry), TENANT_ADMIT_REQUESTS);
@@ -409,11 +411,6 @@ Test(tenant_server, permissions_in_both_dialects) {
   cr_assert_eq(r.status, 404, "%s", r.body);
   cr_assert(strstr(r.body, "small") && !strstr(r.body, "upper"), "%s", r.body);
   free(r.body);
-  /* no model named: the tenant's first allowed name */
-  r = request("POST", "/v1/completions", "{\"prompt\":\"x\",\"max_tokens\":2}", ka);
-  cr_assert_eq(r.status, 200, "%s", r.body);
-  cr_assert(strcasestr(r.head, "X-Quiver-Model: lower"), "%s", r.head);
-  free(r.body);
   /* Anthropic shape, keyed by x-api-key */
   r = request("POST", "/v1/messages",
               "{\"model\":\"upper\",\"max_tokens\":4,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
@@ -421,6 +418,11 @@ Test(tenant_server, permissions_in_both_dialects) {
   cr_assert_eq(r.status, 403, "%s", r.body);
   cr_assert(strstr(r.body, "\"type\":\"error\"") && strstr(r.body, "\"type\":\"permission_error\""), "%s",
             r.body);
+  free(r.body);
+  /* no model named: the tenant's first allowed name */
+  r = request("POST", "/v1/completions", "{\"prompt\":\"x\",\"max_tokens\":2}", ka);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert(strcasestr(r.head, "X-Quiver-Model: lower"), "%s", r.head);
   free(r.body);
   /* endpoint restriction: answered at the headers, in the route's dialect */
   r = request("POST", "/v1/completions", "{\"prompt\":\"x\"}", "Authorization: Bearer sk-c\r\n");
