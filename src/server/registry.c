@@ -40,6 +40,8 @@ static int valid_name(const char *s) {
   return 1;
 }
 
+int registry_valid_name(const char *s) { return valid_name(s); }
+
 static int add_model(registry *r, const char *name, const char *path, qv_error *err) {
   if (r->n_models >= REG_MAX_MODELS)
     return qv_error_set(err, QV_ELIMIT, "too many models (at most %d)", REG_MAX_MODELS);
@@ -224,8 +226,7 @@ int registry_load_json(registry *r, const char *text, size_t len, qv_error *err)
     rc = qv_error_set(err, QV_EFORMAT, "config: must be a JSON object");
     goto done;
   }
-  static const char *const known[] = {"host",   "port",    "api_keys", "open_paths", "models",
-                                      "aliases", "routes", "tenants",  NULL};
+  static const char *const known[] = {"host", "port", "api_keys", "open_paths", "models", "aliases", "routes", "tenants", NULL};
   const cJSON *it;
   cJSON_ArrayForEach(it, root) {
     int ok = 0;

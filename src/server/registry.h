@@ -91,6 +91,10 @@ typedef struct registry {
   struct tenant_cfg *tenants;  /* owned (server/tenant.h) or NULL: no tenants */
 } registry;
 
+/* 1 when s may name a model, alias, route or tenant: 1-128 printable bytes, no spaces, quotes
+ * or backslashes (names appear in URLs and metric labels). */
+int registry_valid_name(const char *s);
+
 void registry_init(registry *r);
 void registry_deinit(registry *r);
 

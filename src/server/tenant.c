@@ -23,14 +23,6 @@ void tenant_cfg_destroy(tenant_cfg *c) {
   free(c);
 }
 
-/* Same rule as registry names: printable, no spaces or quotes (they become metric labels). */
-static int valid_label(const char *s) {
-  if (!s || !*s || strlen(s) > 128) return 0;
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-    if (*p <= ' ' || *p == '"' || *p == '\\' || *p >= 0x7f) return 0;
-  return 1;
-}
-
 /* A list of strings into arr[cap]; what is a string list for the message. */
 static int load_strings(const cJSON *a, char **arr, int32_t *n, int32_t cap, int32_t max_len,
                         const char *tname, const char *what, qv_error *err) {
@@ -70,7 +62,7 @@ static int load_one(tenant *t, const cJSON *o, qv_error *err) {
                                       "requests_per_minute", "tokens_per_minute", "window_s", NULL};
   if (!cJSON_IsObject(o)) return qv_error_set(err, QV_EINVAL, "config: each tenant must be an object");
   const cJSON *name = cJSON_GetObjectItemCaseSensitive(o, "name");
-  if (!cJSON_IsString(name) || !valid_label(name->valuestring))
+  if (!cJSON_IsString(name) || !registry_valid_name(name->valuestring))
     return qv_error_set(err, QV_EINVAL,
                         "config: each tenant needs a 'name' (1-128 printable bytes, no spaces "
                         "or quotes)");
