@@ -657,7 +657,7 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
   int32_t n_tenants = tenant_count(reg->tenants);
   const char *tnames[TENANT_MAX];
   s->quotas = calloc((size_t)n_tenants + 1, sizeof *s->quotas);
-  s->live_seqs = calloc((size_t)s->n_models, sizeof *s->live_seqs);
+  s->live_seqs = calloc(REG_MAX_MODELS, sizeof *s->live_seqs); /* room for models added later */
   for (int32_t i = 0; i < n_tenants && s->quotas; i++) {
     tenant_quota_init(&s->quotas[i], &reg->tenants->t[i], uv_hrtime());
     tnames[i] = reg->tenants->t[i].name;

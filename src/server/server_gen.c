@@ -413,8 +413,21 @@ void srv_gen_start(srv_req *r, oai_kind kind, const char *body, size_t body_len)
 /* ---- responses for tokenize/detokenize ---- */
 
 /* Names the model that actually served (a route or alias may hide it from the body). */
+/* With a tenant quota, also what is left of it, in OpenAI's header names. */
 static void served_header(const srv_req *r, char *out, size_t cap) {
-  snprintf(out, cap, "X-Quiver-Model: %.128s\r\n", r->s->reg->models[r->model].name);
+  int n = snprintf(out, cap, "X-Quiver-Model: %.128s\r\n", r->s->reg->models[r->model].name);
+  if (r->tenant < 0 || n < 0 || (size_t)n >= cap) return;
+  const tenant *t = &r->s->reg->tenants->t[r->tenant];
+  int64_t req, tok;
+  tenant_quota_remaining(&r->s->quotas[r->tenant], uv_hrtime(), &req, &tok);
+  if (t->rpm > 0)
+    n += snprintf(out + n, cap - (size_t)n,
+                  "x-ratelimit-limit-requests: %lld\r\nx-ratelimit-remaining-requests: %lld\r\n",
+                  (long long)t->rpm, (long long)(req > 0 ? req : 0));
+  if (t->tpm > 0 && n > 0 && (size_t)n < cap)
+    snprintf(out + n, cap - (size_t)n,
+             "x-ratelimit-limit-tokens: %lld\r\nx-ratelimit-remaining-tokens: %lld\r\n",
+             (long long)t->tpm, (long long)(tok > 0 ? tok : 0));
 }
 
 /* Sends json (taken: written without a copy). */
@@ -431,7 +444,7 @@ static void respond_body(srv_req *r, int status, char *json) {
   r->conn = NULL;
   http_conn_set_ctx(c, NULL);
   srv_count(r, status);
-  char extra[200];
+  char extra[512];
   served_header(r, extra, sizeof extra);
   http_respond_take(c, status, "application/json", extra, json, strlen(json));
 }
@@ -570,7 +583,7 @@ static void submit_all(srv_req *r) {
            (unsigned long long)r->s->started & 0xffffff, (unsigned long long)++r->s->next_id);
   if (r->o.stream) {
     srv_count(r, 200);
-    char extra[200];
+    char extra[512];
     served_header(r, extra, sizeof extra);
     http_stream_begin(r->conn, 200, "text/event-stream", extra);
     r->stream_started = 1;

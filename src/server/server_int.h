@@ -78,7 +78,7 @@ struct server {
   char **ignored_logged;      /* [n_ignored_logged] unknown request fields already logged */
   int32_t n_ignored_logged;
   tenant_quota *quotas;       /* [tenant_count(reg->tenants)] quota buckets (owned) */
-  int64_t *live_seqs;         /* [n_models] sequences submitted and not finished (queued +
+  int64_t *live_seqs;         /* [REG_MAX_MODELS] sequences submitted and not finished (queued +
                                  running as the server sees them: least_loaded routes) */
   uint64_t n_draws;           /* route draws handed out (requests without X-Request-Id) */
 };

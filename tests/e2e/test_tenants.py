@@ -104,8 +104,10 @@ def test_permissions_openai_and_anthropic(srv):
 def test_request_quota_429_retry_after_and_recovery(srv):
     time.sleep(2.1)  # team-a's bucket refills after the test above
     a = oai(srv, "sk-team-a")
-    for _ in range(2):
-        a.completions.create(model="a-alias", prompt="hi", max_tokens=2)
+    for left in (1, 0):
+        raw = a.completions.with_raw_response.create(model="a-alias", prompt="hi", max_tokens=2)
+        assert raw.headers["x-ratelimit-limit-requests"] == "2"
+        assert raw.headers["x-ratelimit-remaining-requests"] == str(left)
     with pytest.raises(openai.RateLimitError) as e:
         a.completions.create(model="a-alias", prompt="hi", max_tokens=2)
     retry = int(e.value.response.headers["retry-after"])

@@ -473,6 +473,11 @@ Test(tenant_server, quota_429_retry_after_and_recovery) {
   for (int i = 0; i < 2; i++) {
     r = request("POST", "/v1/completions", body, ka);
     cr_assert_eq(r.status, 200, "%s", r.body);
+    cr_assert(strcasestr(r.head, "x-ratelimit-limit-requests: 2\r\n"), "%s", r.head);
+    cr_assert(strcasestr(r.head, i ? "x-ratelimit-remaining-requests: 0\r\n"
+                                   : "x-ratelimit-remaining-requests: 1\r\n"),
+              "%s", r.head);
+    cr_assert(!strcasestr(r.head, "x-ratelimit-limit-tokens"), "%s", r.head);
     free(r.body);
   }
   r = request("POST", "/v1/completions", body, ka);
@@ -491,6 +496,7 @@ Test(tenant_server, quota_429_retry_after_and_recovery) {
   for (int i = 0; i < 3; i++) {
     r = request("POST", "/v1/completions", tb, kt);
     cr_assert_eq(r.status, 200, "%d: %s", i, r.body);
+    cr_assert(strcasestr(r.head, "x-ratelimit-limit-tokens: 30\r\n"), "%s", r.head);
     free(r.body);
   }
   r = request("POST", "/v1/completions", tb, kt);
