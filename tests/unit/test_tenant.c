@@ -586,3 +586,35 @@ Test(tenant_server, weighted_and_least_loaded_routes) {
   client_close(c);
   stop();
 }
+
+/* A burst to a least_loaded route spreads: each pick counts until its request is submitted. */
+Test(tenant_server, least_loaded_burst_spreads) {
+  start(k_server_cfg, "sk-x", 0, 0);
+  fake_set_hold(&H.fakes[0], 1);
+  fake_set_hold(&H.fakes[1], 1);
+  const char *body = "{\"model\":\"ll\",\"prompt\":\"x\",\"max_tokens\":2}";
+  char req[512];
+  int n = snprintf(req, sizeof req,
+                   "POST /v1/completions HTTP/1.1\r\nAuthorization: Bearer sk-x\r\n"
+                   "Content-Length: %zu\r\n\r\n%s",
+                   strlen(body), body);
+  client *cs[6];
+  for (int i = 0; i < 6; i++) {
+    cs[i] = client_open();
+    client_send(cs[i], req, (size_t)n);
+  }
+  for (int i = 0; i < 500 && fake_n_active(&H.fakes[0]) + fake_n_active(&H.fakes[1]) < 6; i++)
+    usleep(10000);
+  cr_assert_eq(fake_n_active(&H.fakes[0]), 3);
+  cr_assert_eq(fake_n_active(&H.fakes[1]), 3);
+  fake_set_hold(&H.fakes[0], 0);
+  fake_set_hold(&H.fakes[1], 0);
+  for (int i = 0; i < 6; i++) {
+    resp r;
+    cr_assert(read_resp(cs[i], &r));
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    free(r.body);
+    client_close(cs[i]);
+  }
+  stop();
+}
