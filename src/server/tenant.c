@@ -2,6 +2,10 @@
 #include "server/tenant.h"
 
 #include <math.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +24,8 @@ static void tenant_free(tenant *t) {
 void tenant_cfg_destroy(tenant_cfg *c) {
   if (!c) return;
   for (int32_t i = 0; i < c->n; i++) tenant_free(&c->t[i]);
+  free(c->index);
+  EVP_MAC_CTX_free(c->mac);
   free(c);
 }
 
@@ -124,7 +130,58 @@ int tenant_cfg_load_json(tenant_cfg **out, const cJSON *tenants, qv_error *err) 
   return 0;
 }
 
-int tenant_cfg_finalize(const tenant_cfg *c, const registry *reg, qv_error *err) {
+/* The index hash of key[len]: 0 on success. A copy of the keyed context (OpenSSL's one-shot
+ * HMAC fetches the algorithm on every call, several microseconds). */
+static int key_hash(const tenant_cfg *c, const char *key, size_t len, uint64_t *h) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  size_t md_len = 0;
+  EVP_MAC_CTX *m = c->mac ? EVP_MAC_CTX_dup(c->mac) : NULL;
+  int ok = m && EVP_MAC_update(m, (const unsigned char *)key, len) &&
+           EVP_MAC_final(m, md, &md_len, sizeof md) && md_len >= 8;
+  EVP_MAC_CTX_free(m);
+  if (!ok) return -1;
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) v = v << 8 | md[i];
+  *h = v;
+  return 0;
+}
+
+static int cmp_ix(const void *a, const void *b) {
+  uint64_t x = ((const tenant_key_ix *)a)->h, y = ((const tenant_key_ix *)b)->h;
+  return x < y ? -1 : x > y;
+}
+
+static int build_index(tenant_cfg *c, qv_error *err) {
+  free(c->index);
+  c->index = NULL;
+  c->n_index = 0;
+  int32_t n = 0;
+  for (int32_t i = 0; i < c->n; i++) n += c->t[i].n_keys;
+  if (RAND_bytes(c->secret, (int)sizeof c->secret) != 1)
+    return qv_error_set(err, QV_EIO, "tenants: no random bytes for the key index");
+  EVP_MAC_CTX_free(c->mac);
+  EVP_MAC *hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+  c->mac = hmac ? EVP_MAC_CTX_new(hmac) : NULL;
+  EVP_MAC_free(hmac); /* the context keeps its own reference */
+  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
+                         OSSL_PARAM_construct_end()};
+  if (!c->mac || !EVP_MAC_init(c->mac, c->secret, sizeof c->secret, params))
+    return qv_error_set(err, QV_EIO, "tenants: HMAC-SHA256 unavailable");
+  c->index = calloc((size_t)n + 1, sizeof *c->index);
+  if (!c->index) return qv_error_set(err, QV_ENOMEM, "out of memory");
+  for (int32_t i = 0; i < c->n; i++)
+    for (int32_t k = 0; k < c->t[i].n_keys; k++) {
+      tenant_key_ix *e = &c->index[c->n_index++];
+      e->tenant = i;
+      e->key = k;
+      if (key_hash(c, c->t[i].keys[k], strlen(c->t[i].keys[k]), &e->h))
+        return qv_error_set(err, QV_EIO, "tenants: HMAC-SHA256 failed");
+    }
+  qsort(c->index, (size_t)c->n_index, sizeof *c->index, cmp_ix);
+  return 0;
+}
+
+int tenant_cfg_finalize(tenant_cfg *c, const registry *reg, qv_error *err) {
   for (int32_t i = 0; i < tenant_count(c); i++) {
     const tenant *t = &c->t[i];
     for (int32_t j = 0; j < i; j++)
@@ -149,22 +206,40 @@ int tenant_cfg_finalize(const tenant_cfg *c, const registry *reg, qv_error *err)
                                 t->name, k + 1, l + 1, c->t[j].name);
     }
   }
-  return 0;
+  return c ? build_index(c, err) : 0;
+}
+
+/* Constant-time equality selected into found by mask, without a branch on the result. */
+static int32_t select_eq(const char *key, size_t klen, const char *stored, int32_t idx,
+                         int32_t found) {
+  int32_t mask = -(int32_t)auth_equal(key, klen, stored, strlen(stored)); /* all ones on a match */
+  return (found & ~mask) | (idx & mask);
 }
 
 int32_t tenant_find_key(const tenant_cfg *c, const char *key) {
   if (!c || !key) return -1;
   while (*key == ' ') key++;
   size_t klen = strlen(key);
-  /* Every key is compared and the match is selected without a branch on the result. */
+  if (klen == 0) return -1;
   int32_t found = -1;
-  for (int32_t i = 0; i < c->n; i++)
-    for (int32_t k = 0; k < c->t[i].n_keys; k++) {
-      int32_t eq = auth_equal(key, klen, c->t[i].keys[k], strlen(c->t[i].keys[k]));
-      int32_t mask = -eq; /* all ones on a match */
-      found = (found & ~mask) | (i & mask);
-    }
-  return klen > 0 ? found : -1;
+  uint64_t h;
+  if (!c->index || key_hash(c, key, klen, &h)) {
+    /* Not finalized (or no HMAC): every key is compared. */
+    for (int32_t i = 0; i < c->n; i++)
+      for (int32_t k = 0; k < c->t[i].n_keys; k++) found = select_eq(key, klen, c->t[i].keys[k], i, found);
+    return found;
+  }
+  int32_t lo = 0, hi = c->n_index; /* the first entry with index h >= h */
+  while (lo < hi) {
+    int32_t mid = lo + (hi - lo) / 2;
+    if (c->index[mid].h < h) lo = mid + 1;
+    else hi = mid;
+  }
+  for (int32_t i = lo; i < c->n_index && c->index[i].h == h; i++) {
+    const tenant_key_ix *e = &c->index[i];
+    found = select_eq(key, klen, c->t[e->tenant].keys[e->key], e->tenant, found);
+  }
+  return found;
 }
 
 static int in_list(char *const *list, int32_t n, const char *s) {

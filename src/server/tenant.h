@@ -19,9 +19,12 @@
  * not fit answers 429 with Retry-After: the seconds until both buckets hold enough again; one
  * whose prompt + max_tokens exceeds the whole limit can never fit and answers 429 without it.
  *
- * Config data is immutable after loading (worker threads read it); quota state lives in
- * tenant_quota, touched only on the server's loop thread. Keys are looked up in constant time
- * (every key of every tenant compared, no early exit) and never appear in messages or logs. */
+ * Config data is immutable after finalizing (worker threads read it); quota state lives in
+ * tenant_quota, touched only on the server's loop thread. Keys never appear in messages or
+ * logs. Lookup: a sorted index of HMAC-SHA256(per-process random secret, key) prefixes finds
+ * the candidate (an attacker cannot steer where a guess lands without the secret, so the
+ * search's timing tells nothing about the keys), then the key itself is compared in constant
+ * time; cost is one HMAC and a binary search whatever the number of keys. */
 #ifndef QV_SERVER_TENANT_H
 #define QV_SERVER_TENANT_H
 
@@ -52,21 +55,31 @@ typedef struct tenant {
   double window_s;                  /* the quota window (default 60) */
 } tenant;
 
+typedef struct tenant_key_ix {
+  uint64_t h;        /* the first 8 bytes of HMAC-SHA256(secret, key) */
+  int32_t tenant, key;
+} tenant_key_ix;
+
 typedef struct tenant_cfg {
   tenant t[TENANT_MAX];
   int32_t n;
+  unsigned char secret[32];  /* random per process (tenant_cfg_finalize) */
+  struct evp_mac_ctx_st *mac; /* HMAC-SHA256 keyed with secret, copied per lookup (owned) */
+  tenant_key_ix *index;      /* [n_index] sorted by h (owned); NULL before finalizing */
+  int32_t n_index;
 } tenant_cfg;
 
 /* Parses the config's "tenants" array into *out (allocated; NULL in, freed by
  * tenant_cfg_destroy). Merges into an existing *out when called again. */
 int tenant_cfg_load_json(tenant_cfg **out, const cJSON *tenants, qv_error *err);
 /* Checks names are unique, keys are unique (also against the unrestricted api keys) and that
- * every allowed name exists in reg. */
-int tenant_cfg_finalize(const tenant_cfg *c, const struct registry *reg, qv_error *err);
+ * every allowed name exists in reg; builds the key index. NULL c: nothing to do. */
+int tenant_cfg_finalize(tenant_cfg *c, const struct registry *reg, qv_error *err);
 void tenant_cfg_destroy(tenant_cfg *c);
 static inline int32_t tenant_count(const tenant_cfg *c) { return c ? c->n : 0; }
 
-/* The tenant holding key (constant time in where a key differs), or -1. NULL key: -1. */
+/* The tenant holding key, or -1 (NULL key: -1). Timing does not depend on how much of key
+ * matches a configured key (see above); linear over every key before finalizing. */
 int32_t tenant_find_key(const tenant_cfg *c, const char *key);
 /* 1 when tenant idx (-1: unrestricted) may request name (a model, alias or route; an alias is
  * allowed when its target is). */

@@ -133,6 +133,44 @@ Test(tenant, config_errors) {
   expect_error(big, "at most 64 tenants");
 }
 
+/* The HMAC index finds every key of the largest config and nothing near them; before
+ * finalizing the lookup is the linear scan, with the same answers. */
+Test(tenant, key_index_finds_every_key) {
+  char cfg[1 << 16];
+  int n = snprintf(cfg, sizeof cfg, "{\"models\":[{\"name\":\"m\",\"path\":\"/x\"}],\"tenants\":[");
+  for (int t = 0; t < TENANT_MAX; t++) {
+    n += snprintf(cfg + n, sizeof cfg - (size_t)n, "%s{\"name\":\"t%d\",\"keys\":[", t ? "," : "", t);
+    for (int k = 0; k < TENANT_MAX_KEYS; k++)
+      n += snprintf(cfg + n, sizeof cfg - (size_t)n, "%s\"sk-%d-%d\"", k ? "," : "", t, k);
+    n += snprintf(cfg + n, sizeof cfg - (size_t)n, "]}");
+  }
+  n += snprintf(cfg + n, sizeof cfg - (size_t)n, "]}");
+  for (int finalize = 0; finalize < 2; finalize++) {
+    registry g;
+    registry_init(&g);
+    qv_error err = {0};
+    cr_assert_eq(registry_load_json(&g, cfg, (size_t)n, &err), 0, "%s", err.msg);
+    if (finalize) {
+      cr_assert_eq(registry_finalize(&g, &err), 0, "%s", err.msg);
+      cr_assert_eq(g.tenants->n_index, TENANT_MAX * TENANT_MAX_KEYS);
+    } else {
+      cr_assert_null(g.tenants->index);
+    }
+    char key[32];
+    for (int t = 0; t < TENANT_MAX; t++)
+      for (int k = 0; k < TENANT_MAX_KEYS; k++) {
+        snprintf(key, sizeof key, "sk-%d-%d", t, k);
+        cr_assert_eq(tenant_find_key(g.tenants, key), t, "%s", key);
+        snprintf(key, sizeof key, "sk-%d-%dx", t, k);
+        cr_assert_eq(tenant_find_key(g.tenants, key), -1, "%s", key);
+        snprintf(key, sizeof key, " sk-%d-%d", t, k); /* leading spaces are skipped, as before */
+        cr_assert_eq(tenant_find_key(g.tenants, key), t, "%s", key);
+      }
+    cr_assert_eq(tenant_find_key(g.tenants, "sk-1-"), -1);
+    registry_deinit(&g);
+  }
+}
+
 /* Seeded flips of a valid config never crash or leak (ASan) and never half-load. */
 Test(tenant, config_fuzz) {
   const char *base = "{\"models\":[{\"name\":\"m\",\"path\":\"/x\"}],\"routes\":{\"w\":{\"strategy\":"
