@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/bench_metrics.h"
 #include "core/build_info.h"
 #include "core/util.h"
 #include "server/registry.h"
@@ -35,7 +36,7 @@ static int cmp_d(const void *a, const void *b) {
 
 static double median(double *v, int n) {
   qsort(v, (size_t)n, sizeof(double), cmp_d);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  return bench_percentile(v, (size_t)n, 50);
 }
 
 /* A registry with n_tenants x n_keys keys of 47 bytes, two models and two routes; finalized

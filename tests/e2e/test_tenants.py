@@ -29,7 +29,7 @@ CFG = {
     "api_keys": ["sk-root"],
     "tenants": [
         {"name": "team-a", "keys": ["sk-team-a"], "models": ["a-alias"],
-         "requests_per_minute": 2, "window_s": 2},
+         "requests_per_minute": 2, "window_s": 4},
         {"name": "team-t", "keys": ["sk-team-t"], "tokens_per_minute": 40, "window_s": 8},
         {"name": "chat-only", "keys": ["sk-chat"], "endpoints": ["/v1/chat/completions"]},
     ],
@@ -102,7 +102,7 @@ def test_permissions_openai_and_anthropic(srv):
 
 
 def test_request_quota_429_retry_after_and_recovery(srv):
-    time.sleep(2.1)  # team-a's bucket refills after the test above
+    time.sleep(2.1)  # team-a's bucket (one request per 2 s) refills after the test above
     a = oai(srv, "sk-team-a")
     for left in (1, 0):
         raw = a.completions.with_raw_response.create(model="a-alias", prompt="hi", max_tokens=2)
