@@ -18,8 +18,8 @@ import pytest
 from test_server import Server
 
 CFG = {
-    "models": [{"name": "a", "path": "quiver-tiny", "max_model_len": 256},
-               {"name": "b", "path": "quiver-tiny", "max_model_len": 256}],
+    "models": [{"name": "a", "path": "quiver-tiny", "max_model_len": 4096},
+               {"name": "b", "path": "quiver-tiny", "max_model_len": 4096}],
     "aliases": {"a-alias": "a"},
     "routes": {
         "canary": {"strategy": "weighted", "seed": 1,
@@ -170,8 +170,9 @@ def test_least_loaded(srv):
     c = oai(srv, "sk-root")
     idle = c.completions.with_raw_response.create(model="pool", prompt="hi", max_tokens=1)
     assert idle.headers["x-quiver-model"] == "a"  # a tie: the listed order
-    # A long stream keeps a busy: the next request goes to b.
-    with c.completions.with_streaming_response.create(model="pool", prompt="hi", max_tokens=240,
+    # A long stream keeps a busy (4,000 tokens: seconds even on a fast machine, where the
+    # next request takes milliseconds): the next request goes to b.
+    with c.completions.with_streaming_response.create(model="pool", prompt="hi", max_tokens=4000,
                                                        stream=True, extra_body=NO_EOS) as busy:
         assert busy.headers["x-quiver-model"] == "a"
         lines = busy.iter_lines()
