@@ -195,6 +195,61 @@ Test(tenant, config_fuzz) {
   }
 }
 
+/* Every new key with every kind of JSON value: each answers (0 or a clear error), never
+ * crashes or leaks, and what is accepted is within bounds. */
+Test(tenant, config_every_key_every_type) {
+  static const char *const values[] = {
+      "null", "true", "false", "0", "-1", "1", "1.5", "1e308", "-1e308", "9007199254740993",
+      "1000000000000", "1000000000001", "\"\"", "\"x\"", "\"lower\"", "[]", "[1]", "[\"lower\"]",
+      "[\"/v1\"]", "{}", "{\"a\":1}", "[null]", "[[]]", "\"/v1/chat/completions\""};
+  static const char *const tenant_keys[] = {"models", "endpoints", "requests_per_minute",
+                                            "tokens_per_minute", "window_s", "name", "keys"};
+  static const char *const route_keys[] = {"strategy", "targets", "seed"};
+  char cfg[1024];
+  size_t nv = sizeof values / sizeof *values;
+  for (size_t k = 0; k < sizeof tenant_keys / sizeof *tenant_keys; k++)
+    for (size_t v = 0; v < nv; v++) {
+      snprintf(cfg, sizeof cfg, "\"tenants\":[{%s%s\"%s\":%s}]",
+               !strcmp(tenant_keys[k], "name") ? "" : "\"name\":\"t\",",
+               !strcmp(tenant_keys[k], "keys") ? "" : "\"keys\":[\"k\"],", tenant_keys[k], values[v]);
+      registry g;
+      qv_error err = {0};
+      if (load(cfg, &g, &err) == 0) {
+        const tenant *t = &g.tenants->t[0];
+        cr_assert(t->rpm >= 0 && t->rpm <= TENANT_MAX_LIMIT && t->tpm >= 0 && t->tpm <= TENANT_MAX_LIMIT);
+        cr_assert(t->window_s >= 0.001 && t->window_s <= 86400, "%s", cfg);
+        cr_assert(t->n_keys >= 1);
+      } else {
+        cr_assert(err.msg[0], "no message for %s", cfg);
+      }
+      registry_deinit(&g);
+    }
+  for (size_t k = 0; k < sizeof route_keys / sizeof *route_keys; k++)
+    for (size_t v = 0; v < nv; v++)
+      for (int strategy = 0; strategy < 3; strategy++) {
+        static const char *const strategies[] = {"fallback", "weighted", "least_loaded"};
+        /* the substituted key replaces its default (no duplicate keys) */
+        char strat[64], targets[96];
+        snprintf(strat, sizeof strat, "\"strategy\":\"%s\",", strategies[strategy]);
+        snprintf(targets, sizeof targets, "\"targets\":[%s],",
+                 strategy == 1 ? "{\"model\":\"lower\",\"weight\":1}" : "\"lower\"");
+        snprintf(cfg, sizeof cfg, "\"routes\":{\"x\":{%s%s\"%s\":%s}}", k == 0 ? "" : strat,
+                 k == 1 ? "" : targets, route_keys[k], values[v]);
+        registry g;
+        qv_error err = {0};
+        if (load(cfg, &g, &err) == 0) {
+          const reg_route *rt = registry_route_of(&g, "x");
+          cr_assert(rt && rt->n >= 1 && rt->n <= REG_MAX_ROUTE_LEN, "%s", cfg);
+          int32_t order[REG_MAX_ROUTE_LEN];
+          int64_t load_[REG_MAX_MODELS] = {0};
+          cr_assert_eq(route_order(rt, 99, load_, order), rt->n);
+        } else {
+          cr_assert(err.msg[0], "no message for %s", cfg);
+        }
+        registry_deinit(&g);
+      }
+}
+
 /* ---- quotas on a fake clock ---- */
 
 #define SEC 1000000000ull
