@@ -3,6 +3,7 @@
 
 #include <math.h>
 #include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
 #include <openssl/rand.h>
@@ -15,7 +16,10 @@
 
 static void tenant_free(tenant *t) {
   free(t->name);
-  for (int32_t i = 0; i < t->n_keys; i++) free(t->keys[i]);
+  for (int32_t i = 0; i < t->n_keys; i++) {
+    OPENSSL_cleanse(t->keys[i], strlen(t->keys[i])); /* no key left in freed memory */
+    free(t->keys[i]);
+  }
   for (int32_t i = 0; i < t->n_models; i++) free(t->models[i]);
   for (int32_t i = 0; i < t->n_endpoints; i++) free(t->endpoints[i]);
   memset(t, 0, sizeof *t);
@@ -26,6 +30,7 @@ void tenant_cfg_destroy(tenant_cfg *c) {
   for (int32_t i = 0; i < c->n; i++) tenant_free(&c->t[i]);
   free(c->index);
   EVP_MAC_CTX_free(c->mac);
+  OPENSSL_cleanse(c->secret, sizeof c->secret);
   free(c);
 }
 

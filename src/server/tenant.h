@@ -12,8 +12,9 @@
  * Quotas are token buckets: a bucket holds at most the limit, refills at limit / window_s per
  * second and starts full, so a tenant may burst its whole minute at once and then proceeds at
  * the steady rate. A request costs one request and a token reservation taken at admission:
- * prompt tokens + max_tokens (x n) when max_tokens is given, else + the rest of the model's
- * context (x n), that implicit part capped so the reservation never exceeds the bucket. When
+ * prompt tokens + max_tokens (x n) as the engine sees it (given, or completions' default 16),
+ * else (chat without max_tokens) + the rest of the model's context (x n), that implicit part
+ * capped so the reservation never exceeds the bucket. When
  * the request ends, the reservation is settled against what it used (prompt + generated
  * tokens): the unused part is refunded (the level never exceeds the limit). A request that does
  * not fit answers 429 with Retry-After: the seconds until both buckets hold enough again; one
