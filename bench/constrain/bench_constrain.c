@@ -123,11 +123,13 @@ static void bench_mask(FILE *out, const char *name, qv_cst_vocab *v, int32_t n_v
     char text[8192];
     size_t tlen = 0;
     for (int step = 0; step < max_steps; step++) {
+      extern long cst_dbg_visits, cst_dbg_advances;
+      cst_dbg_visits = cst_dbg_advances = 0;
       double a = cpu_s();
       qv_matcher_fill_mask(m, mask);
       double dt = cpu_s() - a;
       if (getenv("QV_BENCH_SLOW_US") && dt * 1e6 > atof(getenv("QV_BENCH_SLOW_US")))
-        fprintf(stderr, "slow mask %.0f us at step %d of walk %d: ...%.*s\n", dt * 1e6, step, s,
+        fprintf(stderr, "[%ld visits %ld adv] slow mask %.0f us at step %d of walk %d: ...%.*s\n", cst_dbg_visits, cst_dbg_advances, dt * 1e6, step, s,
                 (int)(tlen < 80 ? tlen : 80), text + (tlen < 80 ? 0 : tlen - 80));
       times[nt++] = dt;
       if (s == 0) first_sum += dt, n_first++;
@@ -316,7 +318,7 @@ out:
 int main(int argc, char **argv) {
   const char *shared = getenv("QV_SHARED_DIR") ? getenv("QV_SHARED_DIR") : "../shared";
   const char *outp = NULL, *model = NULL;
-  int seqs = 64, steps = 200, quick = 0, threads = 1, n_vocabs = 0;
+  int seqs = 64, steps = 200, quick = 0, threads = 1, n_vocabs = 0, out_len = 0;
   enum { MAX_VOCABS = 8 };
   const char *vocabs[MAX_VOCABS][2];
   char *vocab_args[MAX_VOCABS] = {0};
@@ -328,6 +330,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--quick")) quick = 1;
+    else if (!strcmp(argv[i], "--out-len") && i + 1 < argc) out_len = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--vocab") && i + 1 < argc && n_vocabs < MAX_VOCABS && strchr(argv[i + 1], '=')) {
       char *a = vocab_args[n_vocabs] = strdup(argv[++i]), *eq = strchr(a, '=');
       *eq = 0;
@@ -335,7 +338,7 @@ int main(int argc, char **argv) {
       vocabs[n_vocabs++][1] = eq + 1;
     }
     else {
-      fprintf(stderr, "usage: qv-bench-constrain [--out FILE] [--shared DIR] [--model DIR] [--seqs N] [--steps N] [--threads N] [--quick]\n"
+      fprintf(stderr, "usage: qv-bench-constrain [--out FILE] [--shared DIR] [--model DIR] [--seqs N] [--steps N] [--threads N] [--quick] [--out-len N]\n"
                       "       [--vocab NAME=TOKENIZER]... (GGUF or tokenizer.json; default: ../shared's)\n");
       return 2;
     }
@@ -374,7 +377,11 @@ int main(int argc, char **argv) {
   }
   fprintf(out, "{\n  \"benchmark\": \"constrain\", \"host\": \"%s\", \"cpu\": \"%s\", \"commit\": \"%s\",\n", host, cpu,
           getenv("QV_COMMIT") ? getenv("QV_COMMIT") : "unknown");
-  fprintf(out, "  \"settings\": {\"sequences\": %d, \"max_steps\": %d, \"schema\": \"20 properties\"},\n", seqs, steps);
+  double load[3] = {0, 0, 0};
+  if (getloadavg(load, 3) < 0) load[0] = load[1] = load[2] = -1;
+  fprintf(out, "  \"settings\": {\"sequences\": %d, \"max_steps\": %d, \"schema\": \"20 properties\", \"threads\": %d},\n",
+          seqs, steps, threads);
+  fprintf(out, "  \"loadavg_at_start\": [%.2f, %.2f, %.2f],\n", load[0], load[1], load[2]);
   int32_t n;
   qv_cst_vocab *v = NULL;
   if (n_vocabs) { /* the first --vocab also serves the compile timing */
@@ -382,7 +389,7 @@ int main(int argc, char **argv) {
     if (v) bench_compile(out, v, quick ? 5 : 30);
     qv_cst_vocab_destroy(v);
   }
-  if (model) bench_engine(out, model, 64, quick ? 32 : 128, threads);
+  if (model) bench_engine(out, model, 64, out_len > 0 ? out_len : quick ? 32 : 128, threads);
   fprintf(out, "  \"mask\": [\n");
   for (int i = 0; i < n_vocabs; i++) {
     v = vocab_of_tokenizer(vocabs[i][1], &n);
@@ -390,7 +397,8 @@ int main(int argc, char **argv) {
     bench_mask(out, vocabs[i][0], v, n, seqs, steps, i == 0);
     qv_cst_vocab_destroy(v);
   }
-  fprintf(out, "\n  ]\n}\n");
+  if (getloadavg(load, 3) < 0) load[0] = load[1] = load[2] = -1;
+  fprintf(out, "\n  ],\n  \"loadavg_at_end\": [%.2f, %.2f, %.2f]\n}\n", load[0], load[1], load[2]);
   if (outp) fclose(out);
   for (int i = 0; i < MAX_VOCABS; i++) free(vocab_args[i]);
   return 0;

@@ -476,12 +476,10 @@ static int uniform_range(const qv_matcher *m, int32_t from, int32_t n, unsigned 
   return 1;
 }
 
-/* The text chain: the largest L (<= CST_TEXT_MAX) such that from the state every character
- * (plain ASCII or any valid non-ASCII one) leads to one state, level by level, alive up to L.
- * Each level checks every UTF-8 lead/continuation range for uniformity and that each family
- * of characters ends in the state 'a' leads to. *closed: the chain reached a fixed point
- * (S_{l+1} = S_l), so it goes on forever. */
-enum { TM_FAIL = 1, TM_OK = 2, TM_FIXED = 3 };
+/* Status of a text-chain level, remembered per constraint by state hash (cst_tmemo): the level
+ * fails, goes on, is a fixed point, takes no text character at all, or ends a chain at the
+ * vocabulary's text_lim (kept only for its xrej bit). */
+enum { TM_FAIL = 1, TM_OK = 2, TM_FIXED = 3, TM_DEAD = 4, TM_END = 5 };
 
 /* One level of the text chain from the state lv[from, from+n) (hash h): TM_FAIL when some
  * character is not treated like 'a' or kills the state; else the state after 'a' in *nfrom,
@@ -530,58 +528,109 @@ static int text_level(qv_matcher *m, int32_t from, int32_t n, uint64_t h, int32_
   return ha == h ? TM_FIXED : TM_OK;
 }
 
-/* The text chain: the largest L (<= CST_TEXT_MAX) such that from the state every character
- * (plain ASCII or any valid non-ASCII one) leads to one state, level by level, alive up to L.
- * Each level checks every UTF-8 lead/continuation range for uniformity and that each family
- * of characters ends in the state 'a' leads to. *closed: the chain reached a fixed point
- * (S_{l+1} = S_l), so it goes on forever. Levels are remembered per constraint by state hash,
- * so the chain of the next position in a bounded string costs one new level. */
-static int32_t text_chain(qv_matcher *m, int *closed, int32_t *end_from, int32_t *end_n) {
+/* 1 when no leaf of lv[from, from+n) accepts a byte that starts a text character: every text
+ * token longer than the chain so far is dead. */
+static int text_dead(const qv_matcher *m, int32_t from, int32_t n) {
+  cst_bset first, start = {{0}};
+  for (unsigned b = 0; b < 256; b++)
+    if (cst_plain_byte(b) || (b >= 0xC2 && b <= 0xF4)) cst_bset_add(&start, b);
+  first_bytes(m, from, n, &first);
+  for (int k = 0; k < 8; k++)
+    if (first.w[k] & start.w[k]) return 0;
+  return 1;
+}
+
+/* 1 when no leaf of lv[from, from+n) accepts a byte no character starts with (cst_x_byte). */
+static int x_rejected(const qv_matcher *m, int32_t from, int32_t n) {
+  cst_bset first;
+  first_bytes(m, from, n, &first);
+  for (unsigned b = 0; b < 256; b++)
+    if (cst_x_byte(b) && cst_bset_has(&first, b)) return 0;
+  return 1;
+}
+
+/* The text chain: the largest L (<= the vocabulary's text_lim) such that from the state every
+ * character (plain ASCII or any valid non-ASCII one) leads to one state, level by level, alive
+ * up to L. Each level checks every UTF-8 lead/continuation range for uniformity and that each
+ * family of characters ends in the state 'a' leads to. *closed: the chain reached a fixed point
+ * (S_{l+1} = S_l), so it goes on forever. *all: every text token is decided by text_upto[L]
+ * (closed; or S_L takes no text character at all, as at the end of a bounded string, so longer
+ * text tokens are dead; or L reached text_lim, the longest text token). Levels are remembered
+ * per constraint by state hash, so the chain of the next position in a bounded string costs
+ * one new level. *xrej (with *all): every state S_0..S_L rejects the bytes no character starts
+ * with, so every text-x token is dead. */
+static int32_t text_chain(qv_matcher *m, int *closed, int *all, int *xrej, int32_t *end_from, int32_t *end_n) {
   struct cst_tmemo *tm = m->c->tmemo;
   enum { TMN = (int)(sizeof m->c->tmemo / sizeof m->c->tmemo[0]) };
+  const int32_t lim = m->c->vocab->text_lim;
   int32_t from = 0, n = m->n_leaves;
   int acc = m->accept;
   uint64_t h = leaves_hash(m, from, n, acc);
   *closed = 0;
+  *all = 0;
   *end_from = -1; /* set when the leaves of S_L were computed */
   *end_n = 0;
+  int xr = 1;
   /* Levels already known: follow them by hash. */
   int32_t L = 0;
   uint64_t hh = h;
-  while (L < CST_TEXT_MAX) {
+  while (L < lim) {
     const struct cst_tmemo *e = &tm[hh & (TMN - 1)];
-    if (e->key != hh || !e->status) break;
+    if (e->key != hh || !e->status || e->status == TM_END) break;
+    xr &= e->xrej;
     if (e->status == TM_FAIL) return L;
+    if (e->status == TM_DEAD) {
+      *all = 1;
+      *xrej = xr;
+      return L;
+    }
     L++;
     if (e->status == TM_FIXED) {
-      *closed = 1;
-      return CST_TEXT_MAX;
+      *closed = *all = 1;
+      *xrej = xr;
+      return lim;
     }
     hh = e->next;
   }
-  if (L == CST_TEXT_MAX) return L;
+  if (L == lim) {
+    const struct cst_tmemo *e = &tm[hh & (TMN - 1)];
+    if (e->key == hh && e->status == TM_END) {
+      *all = 1;
+      *xrej = xr & e->xrej;
+      return L;
+    }
+  }
   for (int32_t i = 0; i < L; i++) { /* the leaves of S_L */
     from = advance(m, from, n, 'a', &n, &acc);
     if (m->oom) return 0;
   }
   h = leaves_hash(m, from, n, acc);
-  while (L < CST_TEXT_MAX) {
+  while (L < lim) {
     int32_t nfrom = 0, nn = 0;
     int nacc = 0;
     uint64_t nh = 0;
-    int st = text_level(m, from, n, h, &nfrom, &nn, &nacc, &nh);
+    int xb = x_rejected(m, from, n);
+    int st = text_dead(m, from, n) ? TM_DEAD : text_level(m, from, n, h, &nfrom, &nn, &nacc, &nh);
     if (m->oom) return 0;
     struct cst_tmemo *e = &tm[h & (TMN - 1)];
     e->key = h;
     e->next = nh;
     e->status = (uint8_t)st;
+    e->xrej = (uint8_t)xb;
+    xr &= xb;
     *end_from = from;
     *end_n = n;
     if (st == TM_FAIL) return L;
+    if (st == TM_DEAD) {
+      *all = 1;
+      *xrej = xr;
+      return L;
+    }
     L++;
     if (st == TM_FIXED) {
-      *closed = 1;
-      return CST_TEXT_MAX;
+      *closed = *all = 1;
+      *xrej = xr;
+      return lim;
     }
     from = nfrom;
     n = nn;
@@ -590,6 +639,14 @@ static int32_t text_chain(qv_matcher *m, int *closed, int32_t *end_from, int32_t
     *end_from = from;
     *end_n = n;
   }
+  /* S_lim: the end of the chain, remembered for its xrej bit. */
+  struct cst_tmemo *e = &tm[h & (TMN - 1)];
+  e->key = h;
+  e->next = 0;
+  e->status = TM_END;
+  e->xrej = (uint8_t)x_rejected(m, from, n);
+  *all = 1;
+  *xrej = xr & e->xrej;
   return L;
 }
 
@@ -622,16 +679,22 @@ static void trim_scratch(qv_matcher *m) {
   }
 }
 
+long cst_dbg_visits, cst_dbg_advances;
 static int walk(qv_matcher *m, uint32_t *mask) {
   const qv_cst_vocab *v = m->c->vocab;
   const cst_trie *t = &v->trie;
   int32_t wm0 = m->n_nodes, lv0 = m->n_lv;
   /* The text chain first; a text level implies a plain one (every plain byte lands in one
    * live state), so the plain chain goes on from where the text chain stopped. */
-  int closed, tclosed;
+  int closed, tclosed, tall, xrej = 0;
   int32_t ef, en, L;
-  int32_t TL = text_chain(m, &tclosed, &ef, &en);
+  int32_t TL = text_chain(m, &tclosed, &tall, &xrej, &ef, &en);
+  /* xall: text-x tokens are dead too, so whole tx subtrees are decided. */
+  const int xall = tall && xrej;
+  const int32_t *skip_first = xall ? t->xfirst_nt : t->tfirst_nt, *skip_next = xall ? t->xnext_nt : t->tnext_nt;
+  const uint8_t *decided = xall ? t->tx : t->text;
   if (tclosed) L = CST_PLAIN_MAX, closed = 1;
+  else if (tall) L = TL < CST_PLAIN_MAX ? TL : CST_PLAIN_MAX, closed = 1; /* plain tokens are text */
   else if (ef >= 0 && !m->oom) L = plain_chain(m, ef, en, TL, &closed);
   else L = plain_chain(m, 0, m->n_leaves, 0, &closed);
   m->n_nodes = wm0;
@@ -650,11 +713,11 @@ static int walk(qv_matcher *m, uint32_t *mask) {
   f->tnode = 0;
   f->cursor = 1;
   f->chain = 1;
-  f->tchain = TL > 0;
+  f->tchain = TL > 0 || tall;
   f->tpend = 0;
   f->tchars = 0;
-  f->skip_text = TL >= CST_TEXT_MAX;
-  if (f->skip_text) f->cursor = t->tfirst_nt[0];
+  f->skip_text = tall;
+  if (f->skip_text) f->cursor = skip_first[0];
   f->lv0 = 0;
   f->nlv = m->n_leaves;
   f->hash = leaves_hash(m, 0, m->n_leaves, m->accept);
@@ -666,13 +729,13 @@ static int walk(qv_matcher *m, uint32_t *mask) {
       continue;
     }
     int32_t c = f->cursor;
-    f->cursor = f->skip_text ? t->tnext_nt[c] : t->tend[c];
+    f->cursor = f->skip_text ? skip_next[c] : t->tend[c];
     unsigned byte = t->tbyte[c];
     if (!cst_bset_has(&f->first, byte)) continue;
     /* A plain subtree under the chain is decided by plain_upto[L]. */
     if (f->chain && t->plain[c] && (closed || t->maxd[c] <= L)) continue;
     /* Likewise a text subtree at a character boundary of the text chain. */
-    if (f->tchain && f->tpend == 0 && t->text[c] && (tclosed || t->maxc[c] <= TL)) continue;
+    if (f->tchain && f->tpend == 0 && decided[c] && (tall || t->maxc[c] <= TL)) continue;
     int child_chain = f->chain && cst_plain_byte(byte) && t->depth[c] <= L;
     /* Track the child's place in the text chain (strict UTF-8). */
     int ct = f->tchain, cpend = 0, cchars = f->tchars;
@@ -700,10 +763,12 @@ static int walk(qv_matcher *m, uint32_t *mask) {
       break;
     }
     int found;
+    cst_dbg_visits++;
     uint64_t fh = f->hash;
     int32_t flv0 = f->lv0, fnlv = f->nlv;
     memo_ent *e = memo_slot(m, fh, byte, &found);
     if (!found) {
+      cst_dbg_advances++;
       int acc;
       int32_t n;
       int32_t s = advance(m, flv0, fnlv, byte, &n, &acc);
@@ -736,8 +801,8 @@ static int walk(qv_matcher *m, uint32_t *mask) {
       nf->hash = nh;
       nf->chain = child_chain;
       nf->tchain = ct;
-      nf->skip_text = ct && cpend == 0 && TL >= CST_TEXT_MAX;
-      if (nf->skip_text) nf->cursor = t->tfirst_nt[c];
+      nf->skip_text = ct && cpend == 0 && tall;
+      if (nf->skip_text) nf->cursor = skip_first[c];
       nf->tpend = cpend;
       nf->tchars = cchars;
       nf->tlo = clo;

@@ -40,37 +40,54 @@ static int sort_ids(int32_t *ids, int32_t n, const sort_ctx *s) {
   return 0;
 }
 
-/* Characters of a text token (valid UTF-8, complete characters, ASCII ones plain), or -1. */
-static int text_chars(const uint8_t *s, uint32_t n) {
-  int chars = 0;
+/* Classifies a token for the text chain (see cst_internal.h): TOK_TEXT when it is text (valid
+ * UTF-8 characters, the ASCII ones plain), possibly ending inside a character, which counts as
+ * one more character (the state after it is alive exactly when that character may follow);
+ * TOK_TEXTX when text is followed by an x_byte at a character boundary; TOK_OTHER else.
+ * *chars: characters of the text part. */
+enum { TOK_OTHER = 0, TOK_TEXT, TOK_TEXTX };
+static int token_class(const uint8_t *s, uint32_t n, int *chars) {
+  *chars = 0;
   for (uint32_t i = 0; i < n;) {
     uint8_t c = s[i];
     uint32_t k, lo = 0x80, hi = 0xBF;
-    if (c < 0x80) {
-      if (!cst_plain_byte(c)) return -1;
+    if (c < 0x80 && cst_plain_byte(c)) {
       i++;
-      chars++;
+      ++*chars;
       continue;
     }
+    if (cst_x_byte(c)) return TOK_TEXTX;
     if (c >= 0xC2 && c <= 0xDF) k = 1;
     else if (c >= 0xE0 && c <= 0xEF) k = 2, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
     else if (c >= 0xF0 && c <= 0xF4) k = 3, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
-    else return -1;
+    else return TOK_OTHER; /* '"' or '\\' */
     for (uint32_t j = 1; j <= k; j++) {
-      if (i + j >= n) return -1;
+      if (i + j >= n) { /* ends inside the character */
+        ++*chars;
+        return TOK_TEXT;
+      }
       uint8_t d = s[i + j];
-      if (d < (j == 1 ? lo : 0x80) || d > (j == 1 ? hi : 0xBF)) return -1;
+      if (d < (j == 1 ? lo : 0x80) || d > (j == 1 ? hi : 0xBF)) return TOK_OTHER;
     }
     i += k + 1;
-    chars++;
+    ++*chars;
   }
-  return chars;
+  return TOK_TEXT;
+}
+
+/* Characters of a text token, or -1. */
+static int text_chars(const uint8_t *s, uint32_t n) {
+  int ch;
+  return token_class(s, n, &ch) == TOK_TEXT ? ch : -1;
 }
 
 static void trie_free(cst_trie *t) {
   free(t->tfirst_nt);
   free(t->tnext_nt);
+  free(t->xfirst_nt);
+  free(t->xnext_nt);
   free(t->text);
+  free(t->tx);
   free(t->maxc);
   free(t->plain);
   free(t->depth);
@@ -112,7 +129,12 @@ static int trie_build(qv_cst_vocab *v) {
     free(path);
     return QV_ENOMEM;
   }
-  v->text_upto = calloc((size_t)(CST_TEXT_MAX + 1) * (size_t)v->words, sizeof *v->text_upto);
+  v->text_lim = 0;
+  for (int32_t k = 0; k < n; k++) {
+    int ch, cls = token_class((const uint8_t *)v->bytes + v->off[ids[k]], v->len[ids[k]], &ch);
+    if (cls != TOK_OTHER && ch <= CST_TEXT_MAX && ch > v->text_lim) v->text_lim = ch;
+  }
+  v->text_upto = calloc((size_t)(v->text_lim + 1) * (size_t)v->words, sizeof *v->text_upto);
   if (!v->text_upto) {
     free(ids);
     free(path);
@@ -121,7 +143,7 @@ static int trie_build(qv_cst_vocab *v) {
   for (int32_t k = 0; k < n; k++) {
     int32_t id = ids[k];
     int ch = text_chars((const uint8_t *)v->bytes + v->off[id], v->len[id]);
-    for (int l = ch; ch > 0 && l <= CST_TEXT_MAX; l++)
+    for (int l = ch; ch > 0 && l <= v->text_lim; l++)
       v->text_upto[(size_t)l * (size_t)v->words + (size_t)(id >> 5)] |= 1u << (id & 31);
   }
   for (int32_t k = 0; k < n; k++) {
@@ -211,8 +233,9 @@ static int trie_build(qv_cst_vocab *v) {
   }
   /* Text subtrees: every token at or below is a text token of <= CST_TEXT_MAX characters. */
   t->text = malloc((size_t)nn);
+  t->tx = malloc((size_t)nn);
   t->maxc = calloc((size_t)nn, 1);
-  if (!t->text || !t->maxc) {
+  if (!t->text || !t->tx || !t->maxc) {
     free(parent);
     free(last_tok);
     free(ids);
@@ -220,23 +243,27 @@ static int trie_build(qv_cst_vocab *v) {
     return QV_ENOMEM;
   }
   for (int32_t n = 0; n < nn; n++) {
-    t->text[n] = n > 0;
-    for (int32_t id = t->tok_first[n]; id >= 0 && t->text[n]; id = t->tok_next[id]) {
-      int ch = text_chars((const uint8_t *)v->bytes + v->off[id], v->len[id]);
-      if (ch < 0 || ch > CST_TEXT_MAX) t->text[n] = 0;
+    t->text[n] = t->tx[n] = n > 0;
+    for (int32_t id = t->tok_first[n]; id >= 0 && t->tx[n]; id = t->tok_next[id]) {
+      int ch, cls = token_class((const uint8_t *)v->bytes + v->off[id], v->len[id], &ch);
+      if (cls == TOK_OTHER || ch > CST_TEXT_MAX) t->text[n] = t->tx[n] = 0;
+      else if (cls == TOK_TEXTX) t->text[n] = 0;
       else if (ch > t->maxc[n]) t->maxc[n] = (uint8_t)ch;
     }
   }
   for (int32_t n = nn - 1; n > 0; n--) {
     int32_t p = parent[n];
     if (!t->text[n]) t->text[p] = 0;
+    if (!t->tx[n]) t->tx[p] = 0;
     if (t->maxc[n] > t->maxc[p]) t->maxc[p] = t->maxc[n];
   }
   free(parent);
   /* Sibling links that skip text subtrees (a node has at most 256 children). */
   t->tfirst_nt = malloc((size_t)nn * sizeof *t->tfirst_nt);
   t->tnext_nt = malloc((size_t)nn * sizeof *t->tnext_nt);
-  if (!t->tfirst_nt || !t->tnext_nt) {
+  t->xfirst_nt = malloc((size_t)nn * sizeof *t->xfirst_nt);
+  t->xnext_nt = malloc((size_t)nn * sizeof *t->xnext_nt);
+  if (!t->tfirst_nt || !t->tnext_nt || !t->xfirst_nt || !t->xnext_nt) {
     free(last_tok);
     free(ids);
     free(path);
@@ -245,12 +272,15 @@ static int trie_build(qv_cst_vocab *v) {
   for (int32_t p = 0; p < nn; p++) {
     int32_t kids[256], k = 0;
     for (int32_t c = p + 1; c < t->tend[p] && k < 256; c = t->tend[c]) kids[k++] = c;
-    int32_t nxt = t->tend[p];
+    int32_t nxt = t->tend[p], xnxt = t->tend[p];
     for (int32_t i = k - 1; i >= 0; i--) {
       t->tnext_nt[kids[i]] = nxt;
+      t->xnext_nt[kids[i]] = xnxt;
       if (!t->text[kids[i]]) nxt = kids[i];
+      if (!t->tx[kids[i]]) xnxt = kids[i];
     }
     t->tfirst_nt[p] = nxt;
+    t->xfirst_nt[p] = xnxt;
   }
   free(last_tok);
   free(ids);

@@ -32,8 +32,11 @@ static qv_cst_vocab *fake_vocab(void) {
 
 /* Bytes 0..255 as tokens 0..255, plus a few multi-byte tokens; EOS 300. */
 static qv_cst_vocab *byte_vocab(void) {
+  /* The last ones exercise the text chain's token classes: text ending inside a character,
+   * text followed by a control byte or a stray continuation byte, longer text tokens. */
   static const char *extra[] = {"{\"", "\": ", ", \"", "\"}", "true", "null", "é", "\xc3", "ab", "abc", "12",
-                                "éé", "x y", "中文字", "a\"", "\xe4\xb8"};
+                                "éé", "x y", "中文字", "a\"", "\xe4\xb8", "ab\n", "x\n\n", "é\xc3", "ab\xe4",
+                                "a\x80", "\nab", "abcdefgh", "abcdefghij\t", "zz\x7f", "中\xe6\x96"};
   enum { NX = sizeof extra / sizeof extra[0] };
   const char *toks[301];
   size_t lens[301];
@@ -204,6 +207,16 @@ Test(constrain, masks_are_exact) {
                        "\"d\":{\"type\":\"string\"}},\"required\":[\"a\", \"d\"]}";
   qv_constraint *c1 = compile(bv, QV_CST_JSON_SCHEMA, schema);
   exact_walks(bv, c1, 12, 30, 1);
+  /* Bounded strings shorter and longer than the longest text token (the chain's end), and
+   * strings that take control bytes (a regex class), where text-x tokens stay alive. */
+  qv_constraint *c4 = compile(bv, QV_CST_JSON_SCHEMA, "{\"type\":\"array\",\"items\":{\"anyOf\":[{\"type\":"
+                                                      "\"string\",\"maxLength\":5},{\"type\":\"string\",\"minLength\":"
+                                                      "12,\"maxLength\":14}]},\"maxItems\":3}");
+  exact_walks(bv, c4, 12, 30, 4);
+  qv_constraint *c5 = compile(bv, QV_CST_REGEX, "[^\"]{0,20}\"[a-z\\n\\t]*");
+  exact_walks(bv, c5, 12, 30, 5);
+  qv_constraint_release(c4);
+  qv_constraint_release(c5);
   qv_constraint *c2 = compile(bv, QV_CST_REGEX, "(é|ab)+c?[0-9]*");
   exact_walks(bv, c2, 6, 12, 2);
   qv_constraint_release(c1);
