@@ -123,13 +123,11 @@ static void bench_mask(FILE *out, const char *name, qv_cst_vocab *v, int32_t n_v
     char text[8192];
     size_t tlen = 0;
     for (int step = 0; step < max_steps; step++) {
-      extern long cst_dbg_visits, cst_dbg_advances;
-      cst_dbg_visits = cst_dbg_advances = 0;
       double a = cpu_s();
       qv_matcher_fill_mask(m, mask);
       double dt = cpu_s() - a;
       if (getenv("QV_BENCH_SLOW_US") && dt * 1e6 > atof(getenv("QV_BENCH_SLOW_US")))
-        fprintf(stderr, "[%ld visits %ld adv] slow mask %.0f us at step %d of walk %d: ...%.*s\n", cst_dbg_visits, cst_dbg_advances, dt * 1e6, step, s,
+        fprintf(stderr, "slow mask %.0f us at step %d of walk %d: ...%.*s\n", dt * 1e6, step, s,
                 (int)(tlen < 80 ? tlen : 80), text + (tlen < 80 ? 0 : tlen - 80));
       times[nt++] = dt;
       if (s == 0) first_sum += dt, n_first++;

@@ -679,7 +679,6 @@ static void trim_scratch(qv_matcher *m) {
   }
 }
 
-long cst_dbg_visits, cst_dbg_advances;
 static int walk(qv_matcher *m, uint32_t *mask) {
   const qv_cst_vocab *v = m->c->vocab;
   const cst_trie *t = &v->trie;
@@ -763,12 +762,10 @@ static int walk(qv_matcher *m, uint32_t *mask) {
       break;
     }
     int found;
-    cst_dbg_visits++;
     uint64_t fh = f->hash;
     int32_t flv0 = f->lv0, fnlv = f->nlv;
     memo_ent *e = memo_slot(m, fh, byte, &found);
     if (!found) {
-      cst_dbg_advances++;
       int acc;
       int32_t n;
       int32_t s = advance(m, flv0, fnlv, byte, &n, &acc);
