@@ -57,6 +57,23 @@ typedef struct cst_trie {
   int32_t *tok_next;  /* [n_vocab] next token id with the same bytes, -1 none */
 } cst_trie;
 
+/* Class chains, for states that are not uniform over text but are over a class of ASCII bytes
+ * (a regex class like \w+, an email's local part, where '@' or '.' differ from letters): if
+ * every stack top takes all of the class's bytes or none, every class byte leads to one state,
+ * so class tokens (made only of its bytes) of the live lengths come from upto[] at once and the
+ * walk skips class subtrees, as the plain chain does, with links like the text chain's. */
+#define CST_N_CLS 2
+#define CST_CLS_MAX 64
+
+typedef struct cst_cls {
+  cst_bset bytes;    /* the class: ASCII letters and maybe more (cst_vocab.c) */
+  uint8_t *sub;      /* [n_nodes] 1: the node's byte and every byte below are in the class, depth <= CST_CLS_MAX */
+  int32_t *first_n;  /* [n_nodes] first child whose subtree is not sub, or tend[node] */
+  int32_t *next_n;   /* [n_nodes] next sibling whose subtree is not sub, or the parent's tend */
+  uint32_t *upto;    /* [lim + 1][words] class tokens of length <= l */
+  int32_t lim;       /* longest class token */
+} cst_cls;
+
 #define CST_COMPILE_CACHE 8
 
 struct qv_cst_vocab {
@@ -69,6 +86,7 @@ struct qv_cst_vocab {
   uint32_t *plain_upto; /* [CST_PLAIN_MAX + 1][words]: plain tokens of length <= l */
   uint32_t *text_upto;  /* [text_lim + 1][words]: text tokens of <= l characters */
   int32_t text_lim;     /* characters of the longest text or text-x token (<= CST_TEXT_MAX) */
+  cst_cls cls[CST_N_CLS];
   int32_t words;
   pthread_mutex_t mu;  /* guards the compile cache */
   qv_constraint *cache[CST_COMPILE_CACHE]; /* one reference each */
@@ -98,7 +116,7 @@ struct qv_constraint {
     uint64_t key, next;
     uint8_t status;
     uint8_t xrej;       /* the state rejects every byte no character starts with */
-  } tmemo[4096];
+  } tmemo[4096], cmemo[CST_N_CLS][1024]; /* cmemo: class-chain levels (xrej unused) */
 };
 
 /* Builds the grammar of a spec (one front end per kind). */

@@ -397,8 +397,9 @@ static int32_t fmt_email(jctx *j) {
   d = l;
   for (const char *p = "._%+-"; *p; p++) cst_bset_add(&l, (unsigned char)*p);
   cst_bset_add(&d, '-');
-  cst_bset alpha = {{0}};
+  cst_bset alpha = {{0}}; /* the top-level domain: letters of either case, like the labels */
   cst_bset_range(&alpha, 'a', 'z');
+  cst_bset_range(&alpha, 'A', 'Z');
   int32_t label = ex_rep(b, ex_set(b, &d), 1, 32);
   return ex_seq(b, (int32_t[]){ex_rep(b, ex_set(b, &l), 1, 32), ex_byte(b, '@'), label,
                                ex_rep(b, ex_seq2(b, ex_byte(b, '.'), label), 0, 3), ex_byte(b, '.'),

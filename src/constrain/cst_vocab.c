@@ -99,6 +99,77 @@ static void trie_free(cst_trie *t) {
   memset(t, 0, sizeof *t);
 }
 
+/* Sibling links that jump over the children whose subtree has skip[] set (a node has at most
+ * 256 children): first[node] is its first other child, next[child] the next other sibling;
+ * tend[node] when there is none. */
+static void skip_links(const cst_trie *t, const uint8_t *skip, int32_t *first, int32_t *next) {
+  for (int32_t p = 0; p < t->n_nodes; p++) {
+    int32_t kids[256], k = 0;
+    for (int32_t c = p + 1; c < t->tend[p] && k < 256; c = t->tend[c]) kids[k++] = c;
+    int32_t nxt = t->tend[p];
+    for (int32_t i = k - 1; i >= 0; i--) {
+      next[kids[i]] = nxt;
+      if (!skip[kids[i]]) nxt = kids[i];
+    }
+    first[p] = nxt;
+  }
+}
+
+/* The byte classes of the class chains (cst_internal.h), besides ASCII letters: none (letters
+ * alone are uniform in \w, [A-Za-z0-9-] and most identifier or hostname classes), and the
+ * characters of an email's local part (digits and ._%+-). */
+static const char *const cls_extra[CST_N_CLS] = {"", "0123456789._%+-"};
+
+static void cls_free(cst_cls *cl) {
+  free(cl->sub);
+  free(cl->first_n);
+  free(cl->next_n);
+  free(cl->upto);
+  memset(cl, 0, sizeof *cl);
+}
+
+/* Subtrees made only of class bytes (within CST_CLS_MAX of the root), their skip links, and
+ * class tokens by length. A prefix count of the nodes that break the class decides each
+ * subtree [n, tend[n]) at once. */
+static int cls_build(qv_cst_vocab *v, int k) {
+  const cst_trie *t = &v->trie;
+  cst_cls *cl = &v->cls[k];
+  int32_t nn = t->n_nodes;
+  cst_bset_range(&cl->bytes, 'A', 'Z');
+  cst_bset_range(&cl->bytes, 'a', 'z');
+  for (const char *p = cls_extra[k]; *p; p++) cst_bset_add(&cl->bytes, (unsigned char)*p);
+  int32_t *bad = malloc(((size_t)nn + 1) * sizeof *bad);
+  cl->sub = malloc((size_t)nn);
+  cl->first_n = malloc((size_t)nn * sizeof *cl->first_n);
+  cl->next_n = malloc((size_t)nn * sizeof *cl->next_n);
+  if (!bad || !cl->sub || !cl->first_n || !cl->next_n) {
+    free(bad);
+    return QV_ENOMEM;
+  }
+  bad[0] = 0;
+  for (int32_t n = 0; n < nn; n++)
+    bad[n + 1] = bad[n] + (n > 0 && (!cst_bset_has(&cl->bytes, t->tbyte[n]) || t->depth[n] > CST_CLS_MAX));
+  for (int32_t n = 0; n < nn; n++) cl->sub[n] = n > 0 && bad[t->tend[n]] == bad[n];
+  free(bad);
+  skip_links(t, cl->sub, cl->first_n, cl->next_n);
+  /* Class tokens: every byte in the class, at most CST_CLS_MAX long. */
+  cl->lim = 0;
+  for (int pass = 0; pass < 2; pass++) {
+    for (int32_t id = 0; id < v->n_vocab; id++) {
+      uint32_t len = v->len[id], j = 0;
+      if (len == UINT32_MAX || len == 0 || len > CST_CLS_MAX) continue;
+      const uint8_t *b = (const uint8_t *)v->bytes + v->off[id];
+      while (j < len && cst_bset_has(&cl->bytes, b[j])) j++;
+      if (j < len) continue;
+      if (pass == 0 && (int32_t)len > cl->lim) cl->lim = (int32_t)len;
+      for (int32_t l = (int32_t)len; pass == 1 && l <= cl->lim; l++)
+        cl->upto[(size_t)l * (size_t)v->words + (size_t)(id >> 5)] |= 1u << (id & 31);
+    }
+    if (pass == 0 && !(cl->upto = calloc((size_t)(cl->lim + 1) * (size_t)v->words, sizeof *cl->upto))) return QV_ENOMEM;
+  }
+  return 0;
+}
+
 /* Inserting the tokens in byte order creates the trie's nodes in preorder. */
 static int trie_build(qv_cst_vocab *v) {
   cst_trie *t = &v->trie;
@@ -269,19 +340,8 @@ static int trie_build(qv_cst_vocab *v) {
     free(path);
     return QV_ENOMEM;
   }
-  for (int32_t p = 0; p < nn; p++) {
-    int32_t kids[256], k = 0;
-    for (int32_t c = p + 1; c < t->tend[p] && k < 256; c = t->tend[c]) kids[k++] = c;
-    int32_t nxt = t->tend[p], xnxt = t->tend[p];
-    for (int32_t i = k - 1; i >= 0; i--) {
-      t->tnext_nt[kids[i]] = nxt;
-      t->xnext_nt[kids[i]] = xnxt;
-      if (!t->text[kids[i]]) nxt = kids[i];
-      if (!t->tx[kids[i]]) xnxt = kids[i];
-    }
-    t->tfirst_nt[p] = nxt;
-    t->xfirst_nt[p] = xnxt;
-  }
+  skip_links(t, t->text, t->tfirst_nt, t->tnext_nt);
+  skip_links(t, t->tx, t->xfirst_nt, t->xnext_nt);
   free(last_tok);
   free(ids);
   free(path);
@@ -329,7 +389,9 @@ int qv_cst_vocab_create_raw(const char *const *tokens, const size_t *lens, int32
   }
   v->eos_id = eos_id;
   if (eos_id >= 0 && eos_id < n_vocab) v->len[eos_id] = UINT32_MAX;
-  if (trie_build(v)) {
+  int rc = trie_build(v);
+  for (int k = 0; !rc && k < CST_N_CLS; k++) rc = cls_build(v, k);
+  if (rc) {
     qv_cst_vocab_destroy(v);
     return qv_error_set(err, QV_ENOMEM, "out of memory");
   }
@@ -378,6 +440,7 @@ void qv_cst_vocab_destroy(qv_cst_vocab *v) {
   for (int i = 0; i < CST_COMPILE_CACHE; i++) qv_constraint_release(v->cache[i]);
   pthread_mutex_destroy(&v->mu);
   trie_free(&v->trie);
+  for (int k = 0; k < CST_N_CLS; k++) cls_free(&v->cls[k]);
   free(v->plain_upto);
   free(v->text_upto);
   free(v->bytes);

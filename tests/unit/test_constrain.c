@@ -36,7 +36,8 @@ static qv_cst_vocab *byte_vocab(void) {
    * text followed by a control byte or a stray continuation byte, longer text tokens. */
   static const char *extra[] = {"{\"", "\": ", ", \"", "\"}", "true", "null", "é", "\xc3", "ab", "abc", "12",
                                 "éé", "x y", "中文字", "a\"", "\xe4\xb8", "ab\n", "x\n\n", "é\xc3", "ab\xe4",
-                                "a\x80", "\nab", "abcdefgh", "abcdefghij\t", "zz\x7f", "中\xe6\x96"};
+                                "a\x80", "\nab", "abcdefgh", "abcdefghij\t", "zz\x7f", "中\xe6\x96", "a.b", "x@y",
+                                "Ab9", "ab_", "ab-c", "QRSTUVWXYZab", "com\"", "Kqr", "Kqrs"};
   enum { NX = sizeof extra / sizeof extra[0] };
   const char *toks[301];
   size_t lens[301];
@@ -215,8 +216,19 @@ Test(constrain, masks_are_exact) {
   exact_walks(bv, c4, 12, 30, 4);
   qv_constraint *c5 = compile(bv, QV_CST_REGEX, "[^\"]{0,20}\"[a-z\\n\\t]*");
   exact_walks(bv, c5, 12, 30, 5);
+  /* Class chains: letters in a hostname-like class, an email (local part and domain), \w. */
+  qv_constraint *c6 = compile(bv, QV_CST_JSON_SCHEMA, "{\"type\":\"array\",\"items\":{\"type\":\"string\","
+                                                      "\"format\":\"email\"},\"maxItems\":2}");
+  exact_walks(bv, c6, 16, 30, 6);
+  qv_constraint *c7 = compile(bv, QV_CST_REGEX, "([a-zA-Z0-9-]{1,6}\\.){1,2}[A-Za-z]{2,3}|\\w{2,14}@");
+  exact_walks(bv, c7, 16, 20, 7);
+  qv_constraint *c8 = compile(bv, QV_CST_REGEX, "[A-Za-z]{2}[a-z][0-9]?(b|c)*"); /* the chain stops at a level */
+  exact_walks(bv, c8, 8, 8, 8);
+  qv_constraint_release(c8);
   qv_constraint_release(c4);
   qv_constraint_release(c5);
+  qv_constraint_release(c6);
+  qv_constraint_release(c7);
   qv_constraint *c2 = compile(bv, QV_CST_REGEX, "(é|ab)+c?[0-9]*");
   exact_walks(bv, c2, 6, 12, 2);
   qv_constraint_release(c1);
