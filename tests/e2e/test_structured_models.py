@@ -16,8 +16,7 @@ import jsonschema
 import pytest
 from pydantic import BaseModel, Field
 
-from test_gguf_models import THREADS, model_path, rel_bin  # noqa: F401  (rel_bin is a fixture)
-from test_server import Server
+from test_gguf_models import model_path, rel_bin, srv2  # noqa: F401  (rel_bin, srv2 are fixtures)
 
 
 class Transport(str, enum.Enum):
@@ -58,12 +57,8 @@ TOOLS = [WEATHER, TIME]
 
 
 @pytest.fixture(scope="module")
-def srv(rel_bin):  # noqa: F811
-    smol, qwen = model_path("smollm2"), model_path("qwen2.5-coder")
-    s = Server(rel_bin, ["--model", f"smollm2={smol}", "--model", f"qwen={qwen}", "--threads", THREADS,
-                         "--max-model-len", "2048", "--max-num-seqs", "4"])
-    yield s
-    s.stop()
+def srv(srv2):  # noqa: F811  (both models served at once, as test_gguf_models does)
+    return srv2
 
 
 def validate_call(call):
@@ -99,25 +94,19 @@ def test_openai_parse_sampled(srv):
         assert r.choices[0].finish_reason == "stop" and isinstance(r.choices[0].message.parsed, Trip), r
 
 
-def test_langchain_json_schema(srv):
+# json_schema on SmolLM2 (response_format); function_calling on Qwen: LangChain forces a named
+# tool (tool_choice {"type": "function", ...}), Qwen's template renders it, the output is
+# constrained to its Hermes call format, parsed back as tool_calls, and LangChain turns the
+# arguments into the Pydantic object.
+@pytest.mark.parametrize("model,method,country,capital", [("smollm2", "json_schema", "France", "paris"),
+                                                          ("qwen", "function_calling", "Japan", "tokyo")])
+def test_langchain_with_structured_output(srv, model, method, country, capital):
     lc = pytest.importorskip("langchain_openai")
-    llm = lc.ChatOpenAI(base_url=srv.base + "/v1", api_key="none", model="smollm2", temperature=0,
-                        max_tokens=60, max_retries=0, timeout=120)
-    out = llm.with_structured_output(Capital, method="json_schema").invoke("What is the capital of France?")
-    assert isinstance(out, Capital), out
-    assert "paris" in out.capital.lower(), out
-
-
-def test_langchain_function_calling(srv):
-    """function_calling forces a named tool (tool_choice {"type": "function", ...}): Qwen's template
-    renders the tool, the output is constrained to its Hermes call format, parsed back as
-    tool_calls, and LangChain turns the arguments into the Pydantic object."""
-    lc = pytest.importorskip("langchain_openai")
-    llm = lc.ChatOpenAI(base_url=srv.base + "/v1", api_key="none", model="qwen", temperature=0,
+    llm = lc.ChatOpenAI(base_url=srv.base + "/v1", api_key="none", model=model, temperature=0,
                         max_tokens=80, max_retries=0, timeout=120)
-    out = llm.with_structured_output(Capital, method="function_calling").invoke("What is the capital of Japan?")
+    out = llm.with_structured_output(Capital, method=method).invoke(f"What is the capital of {country}?")
     assert isinstance(out, Capital), out
-    assert "tokyo" in out.capital.lower(), out
+    assert capital in out.capital.lower(), out
 
 
 def test_qwen_forced_tool_calls(srv):
