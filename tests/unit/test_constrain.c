@@ -137,6 +137,12 @@ Test(constrain, regex_choice_grammars) {
   cr_assert(matches(l, "x=1;yy=22!"));
   cr_assert(!matches(l, "xxx=1") && !matches(l, "x=") && !matches(l, "x=1;"));
   qv_constraint_release(l);
+  /* %ignore: between the terminals of rules and around the text, never inside a terminal. */
+  l = compile(v, QV_CST_LARK, "start: pair (\",\" pair)*\npair: NAME \"=\" /[0-9]+/\nNAME: /[a-z]+/ \"!\"?\n"
+                              "%import common.WS\n%ignore WS\n%ignore /#[a-z]*\\n/\n");
+  cr_assert(matches(l, "a=1") && matches(l, " ab = 12 ,\n c! =3 ") && matches(l, "a=1,#note\nb=2"));
+  cr_assert(!matches(l, "a b=1") && !matches(l, "a =1 2") && !matches(l, "a=1,"), "not inside terminals");
+  qv_constraint_release(l);
   qv_cst_vocab_destroy(v);
 }
 
