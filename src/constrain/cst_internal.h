@@ -127,7 +127,7 @@ int cst_build_choice(cst_builder *b, const char *const *choices, int32_t n, int3
 int cst_build_gbnf(cst_builder *b, const char *text, size_t len, int32_t *root);
 int cst_build_lark(cst_builder *b, const char *text, size_t len, int32_t *root);
 int cst_build_tool_call(cst_builder *b, const char *tools_json, size_t len, const char *name,
-                        const char *format, int32_t *root);
+                        const char *format, int32_t max_calls, int32_t *root);
 
 /* Mask cache statistics (bench). */
 void cst_constraint_stats(const qv_constraint *c, int64_t *hits, int64_t *misses);

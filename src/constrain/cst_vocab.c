@@ -485,7 +485,7 @@ static int spec_key(const qv_cst_spec *s, char **out, size_t *out_len) {
     if (l_) memcpy(k + o, (p), (size_t)l_);  \
     o += (size_t)l_;                         \
   } while (0)
-  int32_t hdr[2] = {(int32_t)s->kind, s->any_whitespace};
+  int32_t hdr[3] = {(int32_t)s->kind, s->any_whitespace, s->max_tool_calls};
   memcpy(k + o, hdr, sizeof hdr);
   o += sizeof hdr;
   PUT(s->text, s->text ? s->text_len : 0);
@@ -541,7 +541,7 @@ static int build(cst_builder *b, const qv_cst_spec *s, int32_t *root) {
     case QV_CST_GBNF: return cst_build_gbnf(b, s->text, s->text_len, root);
     case QV_CST_LARK: return cst_build_lark(b, s->text, s->text_len, root);
     case QV_CST_TOOL_CALL:
-      return cst_build_tool_call(b, s->text, s->text_len, s->tool_name, s->tool_format, root);
+      return cst_build_tool_call(b, s->text, s->text_len, s->tool_name, s->tool_format, s->max_tool_calls, root);
     default: return cst_fail(b, QV_EINVAL, "unknown constraint kind %d", (int)s->kind);
   }
 }

@@ -112,14 +112,15 @@ def test_langchain_with_structured_output(srv, model, method, country, capital):
 def test_qwen_forced_tool_calls(srv):
     c = srv.client()
     msg = [{"role": "user", "content": "I am flying to Berlin tomorrow."}]
-    # "required": some call, arguments valid against that tool's schema, though the prompt
-    # does not ask for a tool at all.
-    r = c.chat.completions.create(model="qwen", temperature=0, max_tokens=80, messages=msg, tools=TOOLS,
-                                  tool_choice="required")
+    # "required" with parallel_tool_calls: one call per city, each valid against its schema
+    # (the constraint lets Hermes blocks follow each other; the model stops after two).
+    r = c.chat.completions.create(model="qwen", temperature=0, max_tokens=120, tools=TOOLS, tool_choice="required",
+                                  parallel_tool_calls=True,
+                                  messages=[{"role": "user", "content": "What is the weather in Paris and in Berlin?"}])
     ch = r.choices[0]
     assert ch.finish_reason == "tool_calls" and ch.message.tool_calls, ch
-    for call in ch.message.tool_calls:
-        validate_call(call)
+    cities = sorted(validate_call(call)["city"].lower() for call in ch.message.tool_calls)
+    assert cities == ["berlin", "paris"], ch.message.tool_calls
     # named: exactly that tool.
     r = c.chat.completions.create(model="qwen", temperature=0, max_tokens=80, messages=msg, tools=TOOLS,
                                   tool_choice={"type": "function", "function": {"name": "get_time"}})

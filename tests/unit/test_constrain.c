@@ -146,6 +146,35 @@ Test(constrain, regex_choice_grammars) {
   qv_cst_vocab_destroy(v);
 }
 
+/* Forced tool calls: one call, or up to max_tool_calls in a row (hermes blocks, mistral array). */
+Test(constrain, tool_calls_single_and_parallel) {
+  qv_cst_vocab *v = byte_vocab();
+  const char *tools = "[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"object\","
+                      "\"properties\":{\"x\":{\"type\":\"integer\"}},\"required\":[\"x\"]}}}]";
+  const char *h1 = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n</tool_call>";
+  char h2[256], h3[512], m1[128], m3[256];
+  snprintf(h2, sizeof h2, "%s\n%s", h1, h1);
+  snprintf(h3, sizeof h3, "%s\n%s", h2, h1);
+  const char *call = "{\"name\": \"f\", \"arguments\": {\"x\": 2}}";
+  snprintf(m1, sizeof m1, "[TOOL_CALLS][%s]", call);
+  snprintf(m3, sizeof m3, "[TOOL_CALLS][%s, %s, %s]", call, call, call);
+  for (int32_t max = 1; max <= 2; max++) {
+    qv_cst_spec s = {.kind = QV_CST_TOOL_CALL, .text = tools, .text_len = strlen(tools), .tool_format = "hermes",
+                     .max_tool_calls = max};
+    qv_constraint *c = NULL;
+    qv_error err = {0};
+    cr_assert_eq(qv_constraint_compile(v, &s, &c, &err), 0, "%s", err.msg);
+    cr_assert(matches(c, h1) && matches(c, h2) == (max == 2) && !matches(c, h3), "hermes, max %d", max);
+    qv_constraint_release(c);
+    s.tool_format = "mistral";
+    s.max_tool_calls = max == 1 ? 1 : 3;
+    cr_assert_eq(qv_constraint_compile(v, &s, &c, &err), 0, "%s", err.msg);
+    cr_assert(matches(c, m1) && matches(c, m3) == (max == 2), "mistral, max %d", s.max_tool_calls);
+    qv_constraint_release(c);
+  }
+  qv_cst_vocab_destroy(v);
+}
+
 Test(constrain, errors_and_limits) {
   qv_cst_vocab *v = byte_vocab();
   char msg[512];
