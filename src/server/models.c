@@ -240,7 +240,9 @@ static int load_one(const reg_model *rm, const srv_load_opts *o, loaded *l, srv_
   if (o->prefix_caching >= 0) eo.enable_prefix_caching = o->prefix_caching;
   eo.has_seed = o->has_seed;
   eo.seed = o->seed;
-  qv_model_opts mo = {.max_batch_tokens = eo.max_num_batched_tokens, .max_logits = 0};
+  qv_model_opts mo = {.max_batch_tokens = eo.max_num_batched_tokens, .max_logits = 0,
+                      .tp_size = rm->tp_size ? rm->tp_size : o->tp_size, .n_threads = o->n_threads,
+                      .tp_net = o->tp_net};
   if ((rc = qv_model_load(tiny ? NULL : rm->path, l->be, &mo, &l->model, err))) return rc;
   if (tiny) rc = qv_tokenizer_create_bytes(&l->tok, err);
   else rc = qv_tokenizer_load(rm->path, &l->tok, err);
@@ -320,4 +322,8 @@ void srv_models_destroy(srv_models *s) {
   free(s->l);
   free(s->m);
   free(s);
+}
+
+struct qv_model *srv_models_model(const srv_models *m, int32_t i) {
+  return m && i >= 0 && i < m->n ? m->l[i].model : NULL;
 }

@@ -34,6 +34,8 @@ typedef struct srv_load_opts {
   const char *chat_template; /* a template file or the template text itself; overrides the
                                 model's own (borrowed) */
   int32_t tool_parser;     /* -1: detected from the template, else a qv_chat_tool_format */
+  int32_t tp_size;         /* --tensor-parallel-size (0: 1); a model's own setting wins */
+  const struct qv_tp_net_opts *tp_net; /* borrowed; NULL: every rank in this process */
 } srv_load_opts;
 
 /* Defaults: everything unset. */
@@ -49,6 +51,8 @@ int srv_models_load(const registry *reg, const srv_load_opts *o, srv_models **ou
 /* Stops every engine thread (aborting what is in flight); call after uv_run returned and before
  * server_destroy. */
 void srv_models_stop(srv_models *m);
+/* Model i's loaded qv_model (borrowed; NULL when i is out of range or it failed to load). */
+struct qv_model *srv_models_model(const srv_models *m, int32_t i);
 /* Frees everything (stops engines first if needed). Accepts NULL. */
 void srv_models_destroy(srv_models *m);
 
