@@ -13,6 +13,7 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "server/route.h"
 #include "server/server_int.h"
 
 static srv_model *model_of(srv_req *r) { return &r->s->models[r->model]; }
@@ -86,7 +87,15 @@ static void free_choices(srv_req *r) {
   r->n_choices_done = 0;
 }
 
+/* Gives back the least_loaded pick's provisional count (see held_model). */
+static void release_hold(srv_req *r) {
+  if (r->held_model < 0) return;
+  r->s->live_seqs[r->held_model] -= srv_n_per_prompt(r);
+  r->held_model = -1;
+}
+
 void srv_gen_free(srv_req *r) {
+  release_hold(r);
   free_prep(r);
   free_choices(r);
   free(r->body);
@@ -145,9 +154,14 @@ static int parse_and_resolve(srv_req *r) {
   if (rc)
     return work_fail(r, rc == QV_ENOMEM ? 500 : 400, r->o.err_param[0] ? r->o.err_param : NULL,
                      rc == QV_EUNSUPPORTED ? "unsupported" : NULL);
-  if (r->o.model) {
-    r->n_route = registry_resolve(s->reg, r->o.model, r->route, REG_MAX_ROUTE_LEN);
-    r->model_name = r->o.model;
+  /* A tenant limited to some names gets the first of them when it names no model. */
+  const tenant_cfg *tc = s->reg->tenants;
+  const char *want = r->o.model;
+  if (!want && r->tenant >= 0 && !tc->t[r->tenant].all_models && tc->t[r->tenant].n_models > 0)
+    want = tc->t[r->tenant].models[0];
+  if (want) {
+    r->n_route = registry_resolve(s->reg, want, r->route, REG_MAX_ROUTE_LEN);
+    r->model_name = want;
   } else {
     r->route[0] = 0;
     r->n_route = 1;
@@ -158,14 +172,29 @@ static int parse_and_resolve(srv_req *r) {
     size_t cap = sizeof r->work_err.msg;
     int n = snprintf(msg, cap, "The model '%.200s' does not exist. Available:", r->o.model);
     const registry *g = s->reg;
-    for (int32_t i = 0; i < g->n_models && n < 400; i++)
-      n += snprintf(msg + n, cap - (size_t)n, " %.60s", g->models[i].name);
-    for (int32_t i = 0; i < g->n_aliases && n < 400; i++)
-      n += snprintf(msg + n, cap - (size_t)n, " %.60s", g->aliases[i].name);
-    for (int32_t i = 0; i < g->n_routes && n < 400; i++)
-      n += snprintf(msg + n, cap - (size_t)n, " %.60s", g->routes[i].name);
+    const char *names[REG_MAX_MODELS + 2 * REG_MAX_NAMES];
+    int32_t nn = 0;
+    for (int32_t i = 0; i < g->n_models; i++) names[nn++] = g->models[i].name;
+    for (int32_t i = 0; i < g->n_aliases; i++) names[nn++] = g->aliases[i].name;
+    for (int32_t i = 0; i < g->n_routes; i++) names[nn++] = g->routes[i].name;
+    for (int32_t i = 0; i < nn && n < 400; i++) /* a tenant sees only what it may use */
+      if (tenant_allows_model(tc, r->tenant, g, names[i]))
+        n += snprintf(msg + n, cap - (size_t)n, " %.60s", names[i]);
     return work_fail(r, 404, "model", "model_not_found");
   }
+  if (!tenant_allows_model(tc, r->tenant, s->reg, r->model_name)) {
+    r->model = r->route[0]; /* counted for the model it asked for */
+    qv_error_set(&r->work_err, QV_EINVAL, "this API key may not use the model '%.200s'",
+                 r->model_name);
+    return work_fail(r, 403, "model", "model_not_allowed");
+  }
+  /* Route strategies (route.h): a weighted draw is pure and happens here; least_loaded reads
+   * the loop's load counts, so it is ordered back on the loop before preparing. */
+  const reg_route *rt = registry_route_of(s->reg, r->model_name);
+  if (rt && rt->strategy == REG_ROUTE_WEIGHTED) route_order(rt, r->draw, NULL, r->route);
+  if (rt && rt->strategy == REG_ROUTE_LEAST_LOADED &&
+      (r->o.kind == OAI_CHAT || r->o.kind == OAI_COMPLETION))
+    r->pick_pending = 1;
   int64_t n_seqs = (int64_t)(r->o.kind == OAI_CHAT ? 1 : r->o.n_prompts) * n_per_prompt(r);
   if ((r->o.kind == OAI_COMPLETION || r->o.kind == OAI_CHAT) && n_seqs > s->opts.max_request_seqs) {
     qv_error_set(&r->work_err, QV_EINVAL,
@@ -270,7 +299,7 @@ static void prep_work(uv_work_t *w) {
 static void prep_inputs(srv_req *r) {
   if (!r->parsed) {
     r->parsed = 1;
-    if (parse_and_resolve(r)) return;
+    if (parse_and_resolve(r) || r->pick_pending) return;
   }
   srv_model *m = model_of(r);
   const srv_model_ops *ops = m->ops;
@@ -388,8 +417,21 @@ void srv_gen_start(srv_req *r, oai_kind kind, const char *body, size_t body_len)
 /* ---- responses for tokenize/detokenize ---- */
 
 /* Names the model that actually served (a route or alias may hide it from the body). */
+/* With a tenant quota, also what is left of it, in OpenAI's header names. */
 static void served_header(const srv_req *r, char *out, size_t cap) {
-  snprintf(out, cap, "X-Quiver-Model: %.128s\r\n", r->s->reg->models[r->model].name);
+  int n = snprintf(out, cap, "X-Quiver-Model: %.128s\r\n", r->s->reg->models[r->model].name);
+  if (r->tenant < 0 || n < 0 || (size_t)n >= cap) return;
+  const tenant *t = &r->s->reg->tenants->t[r->tenant];
+  int64_t req, tok;
+  tenant_quota_remaining(&r->s->quotas[r->tenant], uv_hrtime(), &req, &tok);
+  if (t->rpm > 0)
+    n += snprintf(out + n, cap - (size_t)n,
+                  "x-ratelimit-limit-requests: %lld\r\nx-ratelimit-remaining-requests: %lld\r\n",
+                  (long long)t->rpm, (long long)(req > 0 ? req : 0));
+  if (t->tpm > 0 && n > 0 && (size_t)n < cap)
+    snprintf(out + n, cap - (size_t)n,
+             "x-ratelimit-limit-tokens: %lld\r\nx-ratelimit-remaining-tokens: %lld\r\n",
+             (long long)t->tpm, (long long)(tok > 0 ? tok : 0));
 }
 
 /* Sends json (taken: written without a copy). */
@@ -406,7 +448,7 @@ static void respond_body(srv_req *r, int status, char *json) {
   r->conn = NULL;
   http_conn_set_ctx(c, NULL);
   srv_count(r, status);
-  char extra[200];
+  char extra[512];
   served_header(r, extra, sizeof extra);
   http_respond_take(c, status, "application/json", extra, json, strlen(json));
 }
@@ -545,7 +587,7 @@ static void submit_all(srv_req *r) {
            (unsigned long long)r->s->started & 0xffffff, (unsigned long long)++r->s->next_id);
   if (r->o.stream) {
     srv_count(r, 200);
-    char extra[200];
+    char extra[512];
     served_header(r, extra, sizeof extra);
     http_stream_begin(r->conn, 200, "text/event-stream", extra);
     r->stream_started = 1;
@@ -572,6 +614,56 @@ static void log_ignored(srv_req *r) {
   }
 }
 
+/* Orders a least_loaded route by the models' live sequences (loop thread), counts the pick
+ * until submission and prepares the request for it. */
+static void pick_least_loaded(srv_req *r) {
+  r->pick_pending = 0;
+  const reg_route *rt = registry_route_of(r->s->reg, r->model_name);
+  if (rt) route_order(rt, r->draw, r->s->live_seqs, r->route);
+  r->route_pos = 0;
+  if (!next_model(r)) {
+    srv_send_error(r, 503, "the requested model is not available", "model", "model_unavailable");
+    return;
+  }
+  r->held_model = r->model;
+  r->s->live_seqs[r->model] += srv_n_per_prompt(r);
+  start_prep(r);
+}
+
+/* The tenant's quota (tenant.h): 1 when the request may go on (admitted now or before a route
+ * fallback, or no quota applies); 0 after answering 429. */
+static int admit_quota(srv_req *r) {
+  server *s = r->s;
+  if (r->tenant < 0 || r->admitted) return 1;
+  const tenant *t = &s->reg->tenants->t[r->tenant];
+  if (t->rpm == 0 && t->tpm == 0) return 1;
+  int32_t np = r->o.kind == OAI_CHAT ? 1 : r->o.n_prompts, n = n_per_prompt(r);
+  /* max_tokens as the engine will see it: given, or completions' default 16; chat without it
+   * may run to the end of the context (the implicit part). */
+  int32_t max_len = model_of(r)->max_model_len, mt = r->o.params.max_tokens;
+  int64_t prompt = 0, implicit = 0;
+  for (int32_t i = 0; i < np; i++) {
+    prompt += r->pn[i];
+    if (mt <= 0 && max_len > r->pn[i]) implicit += (int64_t)(max_len - r->pn[i]) * n;
+  }
+  int64_t must = prompt + (mt > 0 ? (int64_t)mt * n * np : 0);
+  int64_t reserve = must + implicit, retry = 0;
+  tenant_admit_rc rc = tenant_quota_admit(&s->quotas[r->tenant], uv_hrtime(), must, &reserve, &retry);
+  if (rc == TENANT_ADMIT_OK) {
+    r->admitted = 1;
+    r->reserved = reserve;
+    return 1;
+  }
+  char msg[400], extra[64] = "";
+  tenant_limit_message(t, rc, must, retry, msg, sizeof msg);
+  if (rc != TENANT_ADMIT_TOO_LARGE) snprintf(extra, sizeof extra, "Retry-After: %lld\r\n", (long long)retry);
+  metrics_tenant_limited(&s->met, r->tenant, rc != TENANT_ADMIT_REQUESTS);
+  srv_send_error_hdr(r, 429, msg, NULL,
+                     rc == TENANT_ADMIT_TOO_LARGE ? "request_too_large" : "rate_limit_exceeded",
+                     extra);
+  return 0;
+}
+
 static void after_prep(uv_work_t *w, int status) {
   srv_req *r = w->data;
   r->in_work = 0;
@@ -583,6 +675,8 @@ static void after_prep(uv_work_t *w, int status) {
   log_ignored(r);
   if (r->fail_status) {
     srv_send_error(r, r->fail_status, r->work_err.msg, r->fail_param, r->fail_code);
+  } else if (r->pick_pending) {
+    pick_least_loaded(r);
   } else if (r->work_rc) {
     int st = r->work_rc == QV_ENOMEM || r->work_rc == QV_EIO ? 500 : 400;
     srv_send_error(r, st, r->work_err.msg[0] ? r->work_err.msg : qv_strerror(r->work_rc),
@@ -591,7 +685,8 @@ static void after_prep(uv_work_t *w, int status) {
   } else if (r->o.kind == OAI_TOKENIZE || r->o.kind == OAI_DETOKENIZE) {
     respond_tokens(r);
   } else {
-    submit_all(r);
+    release_hold(r);
+    if (admit_quota(r)) submit_all(r);
   }
   r->pins--;
   srv_req_maybe_free(r);
