@@ -273,8 +273,12 @@ static int prep_constraint(srv_req *r) {
       qv_error_set(&r->work_err, QV_ENOMEM, "out of memory");
       return work_fail(r, 500, NULL, NULL);
     }
+    /* "required" with parallel_tool_calls: true (said, not defaulted) lets the output hold
+     * several calls; a named function is called once. */
+    int parallel = !tool_name && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r->o.root, "parallel_tool_calls"));
     spec = (qv_cst_spec){.kind = QV_CST_TOOL_CALL, .text = r->tools_text, .text_len = strlen(r->tools_text),
-                         .tool_name = tool_name, .tool_format = m->ops->tool_format(m->ctx)};
+                         .tool_name = tool_name, .tool_format = m->ops->tool_format(m->ctx),
+                         .max_tool_calls = parallel ? QV_CST_MAX_TOOL_CALLS : 1};
     param = "tool_choice";
   }
   if (spec.kind == QV_CST_NONE) return 0;
