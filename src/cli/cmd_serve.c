@@ -68,6 +68,8 @@ int cli_serve(int argc, char **argv) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   server *srv = NULL;
+  so.fleet = srv_models_fleet(loaded);
+  so.budget = srv_models_budget(loaded);
   if (server_create(&loop, reg, models, &so, &srv, &err)) {
     fprintf(stderr, "quiver serve: %s\n", err.msg);
     uv_run(&loop, UV_RUN_DEFAULT); /* close what was opened */
@@ -76,6 +78,10 @@ int cli_serve(int argc, char **argv) {
     serve_cfg_deinit(&c);
     return 1;
   }
+  void (*changed)(void *, int32_t);
+  void *changed_arg;
+  server_fleet_hook(srv, &changed, &changed_arg);
+  srv_models_set_changed(loaded, changed, changed_arg);
   /* The one line tools wait for: the address actually bound. */
   fprintf(stderr, "quiver serve: listening on %s://%s:%d (%d model%s)\n",
           so.tls ? "https" : "http", so.host, server_port(srv), reg->n_models,

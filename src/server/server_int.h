@@ -76,6 +76,12 @@ struct server {
   resp_store *responses;      /* stored Responses API responses (owned) */
   char **ignored_logged;      /* [n_ignored_logged] unknown request fields already logged */
   int32_t n_ignored_logged;
+  /* Fleet (opts.fleet): requests waiting for a model to load are rechecked when a model's
+   * state changes (fleet_async, sent from the loader thread) and every 100 ms (fleet_timer,
+   * for their deadline). */
+  uv_async_t fleet_async;
+  uv_timer_t fleet_timer;
+  int32_t n_wait_load;        /* requests waiting for a load (bounded by opts.max_wait_load) */
 };
 
 struct srv_req {
@@ -128,12 +134,18 @@ struct srv_req {
   int64_t created;
   oai_usage usage;
   int32_t live_tokens;        /* completion tokens streamed so far, all choices */
+  int32_t held;               /* 1 + the model entered through ops.enter (released when the
+                                 request moves on or is freed); 0: none */
+  int wait_load;              /* waiting for models[model] to load (on-demand, sleeping) */
+  uint64_t wait_deadline_ns;
 };
 
 /* server.c */
 /* Counts an answer in the metrics: per model for generation, apart for utility endpoints. */
 void srv_count(srv_req *r, int status);
 void srv_send_error(srv_req *r, int status, const char *msg, const char *param, const char *code);
+/* Answers json (borrowed; NULL: a 500 out of memory). */
+void srv_respond_json(srv_req *r, int status, const char *json);
 void srv_req_maybe_free(srv_req *r);
 void srv_table_insert(struct server *s, int32_t model, srv_sub *sub);
 void srv_table_remove(struct server *s, int32_t model, srv_sub *sub);
@@ -154,5 +166,13 @@ void srv_gen_on_disconnect(srv_req *r);
 void srv_gen_free(srv_req *r);                  /* frees generation state of r */
 /* Second signal: every open stream gets an error event and ends; other requests get 503. */
 void srv_gen_abort_all(struct server *s);
+/* Requests waiting for a model load: the ready ones resume, the failed or expired ones get a
+ * 503 (loop thread). */
+void srv_gen_check_waiting(struct server *s);
+
+/* admin.c: the admin API (/admin/v1/...). 1 when path is one of its paths. */
+int srv_admin_is_path(const char *path);
+/* Answers an admin request (auth with the admin keys included). */
+void srv_admin_handle(srv_req *r, const http_request *req);
 
 #endif
