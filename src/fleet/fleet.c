@@ -69,14 +69,16 @@ static void notify(fleet *f, int32_t idx) {
 
 /* Takes a READY model out of service for a sleep/unload: 1 when nothing is in flight (the state
  * is then `to`), 0 when a request holds it (the state stays READY). */
-static int take_out(fleet *f, int32_t idx, fleet_state to) {
+static int take_out(fleet *f, int32_t idx, fleet_state to, int32_t level) {
   fleet_model *m = &f->m[idx];
   pthread_mutex_lock(&f->mu);
   fleet_state was = m->info.state;
+  m->info.level = level;
   set_state(f, m, to);
   pthread_mutex_unlock(&f->mu);
   if (atomic_load(&m->users) == 0) return 1;
   pthread_mutex_lock(&f->mu);
+  m->info.level = 0;
   set_state(f, m, was);
   pthread_mutex_unlock(&f->mu);
   return 0;
@@ -120,7 +122,7 @@ static int evict_one(fleet *f, int32_t skip) {
     pthread_mutex_unlock(&f->mu);
     if (best < 0) return 0;
     fleet_model *m = &f->m[best];
-    if (m->info.state == FLEET_READY && !take_out(f, best, FLEET_SLEEPING)) continue;
+    if (m->info.state == FLEET_READY && !take_out(f, best, FLEET_SLEEPING, 2)) continue;
     double dt = drop_to(f, best, 0);
     pthread_mutex_lock(&f->mu);
     m->info.level = 2;
@@ -224,7 +226,7 @@ static int do_sleep(fleet *f, int32_t idx, int target) {
   fleet_state to = target == TGT_UNLOAD ? FLEET_UNLOADED : FLEET_SLEEPING;
   int32_t depth = target == TGT_SLEEP1 ? 1 : 0;
   if (m->info.depth == 0 && to == FLEET_SLEEPING) return 0; /* nothing loaded: nothing to do */
-  if (m->info.state == FLEET_READY && !take_out(f, idx, to)) return 1;
+  if (m->info.state == FLEET_READY && !take_out(f, idx, to, target == TGT_SLEEP1 ? 1 : 2)) return 1;
   double dt = drop_to(f, idx, depth);
   pthread_mutex_lock(&f->mu);
   if (m->info.state == FLEET_SLEEPING || m->info.state == FLEET_READY || to == FLEET_UNLOADED) {

@@ -326,7 +326,10 @@ static int fl_start_engine(void *ctx, int32_t idx, qv_error *err) {
   eo.cache_salt = h;
   qv_engine *eng = NULL;
   int rc = qv_engine_create(l->model, l->tok, &eo, &eng, err);
-  if (rc) return rc;
+  if (rc) {
+    qv_model_kv_deinit(l->model); /* a failed create may have allocated it */
+    return rc;
+  }
   srv_model *sm = &s->m[idx];
   sm->max_model_len = qv_engine_max_model_len(eng);
   pthread_mutex_lock(&l->mu);
@@ -347,6 +350,7 @@ static void fl_stop_engine(void *ctx, int32_t idx) {
   l->eng = NULL;
   pthread_mutex_unlock(&l->mu);
   qv_engine_destroy(eng);
+  qv_model_kv_deinit(l->model);
 }
 
 static void fl_drop_weights(void *ctx, int32_t idx) {
