@@ -238,3 +238,12 @@ void qv_budget_get_stats(qv_budget *b, qv_budget_stats *st) {
   for (int i = 0; i < QV_BUDGET_MAX_CLIENTS; i++) st->n_clients += b->c[i].in_use;
   pthread_mutex_unlock(&b->mu);
 }
+
+int64_t qv_budget_reclaimable(qv_budget *b) {
+  int64_t n = 0;
+  pthread_mutex_lock(&b->mu);
+  for (int i = 0; i < QV_BUDGET_MAX_CLIENTS; i++)
+    if (b->c[i].in_use) n += b->c[i].block_bytes * (b->c[i].granted - b->c[i].min_blocks);
+  pthread_mutex_unlock(&b->mu);
+  return n;
+}

@@ -69,6 +69,8 @@ void qv_budget_release(qv_budget *b, int32_t id, int32_t n);
 int32_t qv_budget_reclaim_wanted(qv_budget *b, int32_t id);
 /* The client no longer needs more (its step was not short). */
 void qv_budget_clear_demand(qv_budget *b, int32_t id);
+/* Bytes all clients hold above their minimum (what reclaiming could free). */
+int64_t qv_budget_reclaimable(qv_budget *b);
 /* Blocks the client holds now. */
 int32_t qv_budget_client_blocks(qv_budget *b, int32_t id);
 

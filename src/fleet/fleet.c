@@ -19,8 +19,8 @@
 
 enum { TGT_NONE = 0, TGT_LOAD, TGT_SLEEP1, TGT_SLEEP2, TGT_UNLOAD };
 
-/* How long a load waits for other engines to give KV blocks back before evicting or failing. */
-#define FLEET_RECLAIM_WAIT_MS 2000
+/* How long a load waits for room (busy models draining, engines giving KV back). */
+#define FLEET_LOAD_WAIT_MS 120000
 
 typedef struct fleet_model {
   fleet_model_cfg cfg;
@@ -143,29 +143,46 @@ static void sleep_ms(int ms) {
   nanosleep(&ts, NULL);
 }
 
-/* Reserves the weights of idx: waits for other engines to give back KV they do not use, then
- * evicts least recently used models, until it fits or nothing is left to try. */
+/* 1 when room could still appear for idx: a model other than idx that is loaded and not pinned
+ * (idle now or once its requests drain), or an engine holding KV above its minimum. */
+static int room_possible(fleet *f, int32_t idx) {
+  int yes = 0;
+  pthread_mutex_lock(&f->mu);
+  for (int32_t i = 0; i < f->n && !yes; i++)
+    yes = i != idx && !f->m[i].cfg.pin && f->m[i].info.depth > 0;
+  pthread_mutex_unlock(&f->mu);
+  if (!yes && f->budget) yes = qv_budget_reclaimable(f->budget) > 0;
+  return yes;
+}
+
+/* Reserves the weights of idx: evicts least recently used idle models and waits for busy ones
+ * to drain and for engines to give back KV they do not use, until it fits, nothing could ever
+ * make room, or FLEET_LOAD_WAIT_MS passed. */
 static int reserve_weights(fleet *f, int32_t idx, int64_t bytes, qv_error *err) {
   if (!f->budget) return 0;
-  uint64_t want_id = (uint64_t)idx + 1;
-  for (;;) {
-    for (int waited = 0; waited <= FLEET_RECLAIM_WAIT_MS; waited += 10) {
-      if (qv_budget_reserve(f->budget, bytes, want_id) == 0) return 0;
-      qv_budget_stats st;
-      qv_budget_get_stats(f->budget, &st);
-      if (f->stopping || st.kv_bytes == 0) break; /* no engine could give anything back */
-      sleep_ms(10);
-    }
-    if (f->stopping || !evict_one(f, idx)) break;
+  uint64_t want_id = (uint64_t)idx + 1, deadline = now_ns() + FLEET_LOAD_WAIT_MS * 1000000ull;
+  while (!f->stopping && now_ns() < deadline) {
+    if (qv_budget_reserve(f->budget, bytes, want_id) == 0) return 0;
+    if (evict_one(f, idx)) continue;
+    if (!room_possible(f, idx)) break;
+    sleep_ms(10);
   }
   qv_budget_cancel_demand(f->budget, want_id);
   qv_budget_stats st;
   qv_budget_get_stats(f->budget, &st);
   return qv_error_set(err, QV_ENOMEM,
                       "memory budget: %lld bytes of weights do not fit (budget %lld, weights of "
-                      "other models %lld, KV %lld; nothing idle and unpinned left to evict)",
+                      "other models %lld, KV %lld; no idle unpinned model left to evict)",
                       (long long)bytes, (long long)st.total_bytes, (long long)st.reserved_bytes,
                       (long long)st.kv_bytes);
+}
+
+/* The engine's KV minimum did not fit and nothing was idle: 1 after a short wait when room
+ * could still appear (then the caller retries), 0 when it cannot. */
+static int wait_room(fleet *f, int32_t idx) {
+  if (f->stopping || !room_possible(f, idx)) return 0;
+  sleep_ms(10);
+  return 1;
 }
 
 static void do_load(fleet *f, int32_t idx) {
@@ -185,6 +202,18 @@ static void do_load(fleet *f, int32_t idx) {
       rc = f->ops.load_weights(f->ops.ctx, idx, &err);
       if (rc && f->budget) qv_budget_unreserve(f->budget, bytes);
     }
+    /* The loaded model's real footprint replaces the estimate (more room made if needed). */
+    int64_t real = !rc && f->ops.loaded_bytes ? f->ops.loaded_bytes(f->ops.ctx, idx) : bytes;
+    if (!rc && real > bytes) {
+      if (!(rc = reserve_weights(f, idx, real - bytes, &err))) bytes = real;
+      else {
+        f->ops.drop_weights(f->ops.ctx, idx);
+        if (f->budget) qv_budget_unreserve(f->budget, bytes);
+      }
+    } else if (!rc && real < bytes) {
+      if (f->budget) qv_budget_unreserve(f->budget, bytes - real);
+      bytes = real;
+    }
     if (!rc) {
       pthread_mutex_lock(&f->mu);
       m->info.weight_bytes = bytes;
@@ -196,7 +225,7 @@ static void do_load(fleet *f, int32_t idx) {
     rc = f->ops.start_engine(f->ops.ctx, idx, &err);
     if (!rc) set_depth(f, m, 2);
     /* The engine's reserved KV minimum did not fit: make room and try again. */
-    else if (rc == QV_ENOMEM && f->budget && evict_one(f, idx)) rc = 0;
+    else if (rc == QV_ENOMEM && f->budget && (evict_one(f, idx) || wait_room(f, idx))) rc = 0;
   }
   double dt = secs_since(t0);
   if (rc) drop_to(f, idx, 0);

@@ -11,8 +11,9 @@
  * All loading, sleeping and waking runs on the fleet's one loader thread, never on the
  * caller's (an event loop stays responsive, other models keep serving). When the memory budget
  * cannot take a model's weights, the least recently used model that is not pinned and has no
- * request in flight is put to sleep at level 2, then the next, until it fits; a model that
- * still does not fit fails with the reason. Models idle longer than their keep_alive sleep on
+ * request in flight is put to sleep at level 2, then the next, until it fits; while only busy
+ * models could make room the load waits for them to drain (up to 120 s); a model that cannot
+ * fit whatever happens fails at once with the reason. Models idle longer than their keep_alive sleep on
  * their own. Nothing in flight is ever dropped: a busy model is never evicted, and a sleep or
  * unload asked for a busy model waits (on the loader thread) until its requests drained.
  *
@@ -44,6 +45,9 @@ typedef struct fleet_ops {
   void *ctx;
   /* Bytes the model's weights will take (the budget is reserved before loading). */
   int64_t (*weight_bytes)(void *ctx, int32_t idx);
+  /* Optional: after load_weights, what the loaded model really takes besides its KV (weights
+   * plus activation scratch); the fleet reserves the difference to weight_bytes. */
+  int64_t (*loaded_bytes)(void *ctx, int32_t idx);
   /* Loader thread, fleet unlocked. Weights, tokenizer, template (depth 0 -> 1). */
   int (*load_weights)(void *ctx, int32_t idx, qv_error *err);
   /* Engine over the loaded weights, joined to the budget (depth 1 -> 2). */

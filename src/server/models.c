@@ -284,7 +284,9 @@ static int fl_load_weights(void *ctx, int32_t idx, qv_error *err) {
   if (rc) return rc;
   if ((rc = qv_backend_check_dtype(l->be, o->dtype, err))) return rc;
   int32_t max_batched = o->max_num_batched_tokens ? o->max_num_batched_tokens : 2048;
-  qv_model_opts mo = {.max_batch_tokens = max_batched, .max_logits = 0};
+  /* The engine samples at most max_num_seqs rows per step: the logits buffer needs no more. */
+  int32_t max_seqs = rm->max_num_seqs ? rm->max_num_seqs : o->max_num_seqs ? o->max_num_seqs : 256;
+  qv_model_opts mo = {.max_batch_tokens = max_batched, .max_logits = max_seqs < max_batched ? max_seqs : max_batched};
   if ((rc = qv_model_load(tiny ? NULL : rm->path, l->be, &mo, &l->model, err))) return rc;
   if (tiny) rc = qv_tokenizer_create_bytes(&l->tok, err);
   else rc = qv_tokenizer_load(rm->path, &l->tok, err);
@@ -388,6 +390,22 @@ static int64_t fl_weight_bytes(void *ctx, int32_t idx) {
   return total;
 }
 
+/* The weights as stored plus the model's activation scratch at its limits (dense layers in
+ * f32: x, h, o [tokens][dim], q, att [tokens][heads*head_dim], k, v [tokens][kv_heads*head_dim],
+ * g, u [tokens][ffn]; selected rows [logits][dim] and logits [logits][vocab]): what the model
+ * can touch, so the budget holds the resident set and not just the file. */
+static int64_t fl_loaded_bytes(void *ctx, int32_t idx) {
+  srv_models *s = ctx;
+  const reg_model *rm = &s->reg->models[idx];
+  const qv_model_config *c = qv_model_get_config(s->l[idx].model);
+  int64_t tok = s->o.max_num_batched_tokens ? s->o.max_num_batched_tokens : 2048;
+  int64_t seqs = rm->max_num_seqs ? rm->max_num_seqs : s->o.max_num_seqs ? s->o.max_num_seqs : 256;
+  if (seqs > tok) seqs = tok;
+  int64_t qd = (int64_t)c->n_head * c->head_dim, kd = (int64_t)c->n_kv_head * c->head_dim;
+  int64_t per_tok = 3 * (int64_t)c->dim + 2 * qd + 2 * kd + 2 * (int64_t)c->ffn_dim;
+  return fl_weight_bytes(ctx, idx) + 4 * (tok * per_tok + seqs * ((int64_t)c->dim + c->vocab_size));
+}
+
 static void fl_changed(void *ctx, int32_t idx) {
   srv_models *s = ctx;
   pthread_mutex_lock(&s->changed_mu);
@@ -428,7 +446,8 @@ int srv_models_load(const registry *reg, const srv_load_opts *o, srv_models **ou
   }
   int rc = 0;
   if (o->memory_budget > 0) rc = qv_budget_create(o->memory_budget, &s->budget, err);
-  fleet_ops fo = {.ctx = s, .weight_bytes = fl_weight_bytes, .load_weights = fl_load_weights,
+  fleet_ops fo = {.ctx = s, .weight_bytes = fl_weight_bytes, .loaded_bytes = fl_loaded_bytes,
+                  .load_weights = fl_load_weights,
                   .start_engine = fl_start_engine, .stop_engine = fl_stop_engine,
                   .drop_weights = fl_drop_weights, .changed = fl_changed};
   if (!rc) rc = fleet_create(&fo, s->budget, cfg, s->n, &s->fl, err);

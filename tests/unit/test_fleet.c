@@ -1,7 +1,8 @@
 /* The fleet's lifecycle over fake model ops: loads run on the loader thread (the caller never
  * blocks), startup vs on-demand models, sleep levels 1 and 2 and wake, unload, keep_alive, and
  * the memory budget: the least recently used idle unpinned model is evicted for room, a pinned
- * or busy one never is, and a model that cannot fit fails with the reason. */
+ * or busy one never is (a load waits for a busy one to drain), and a model that cannot fit
+ * fails with the reason. */
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -170,19 +171,23 @@ Test(fleet, budget_evicts_lru_never_pinned_or_busy) {
   fleet_get_info(f, 1, &in);
   cr_assert_geq(in.n_evictions, 1);
   cr_assert_gt(in.swap_s_total, 0.0);
-  /* b (loaded last) holds a request: loading c finds nothing to evict and fails with the
-   * reason */
+  /* b (loaded last) holds a request: loading c waits for it to drain (never evicts it) */
   cr_assert_eq(state_of(f, 1), FLEET_READY);
   cr_assert_eq(fleet_enter(f, 1), 1);
   fleet_load(f, 2);
-  cr_assert_eq(fleet_wait(f, 2, 5000, &err), QV_ESTATE);
-  cr_assert(strstr(err.msg, "do not fit"), "%s", err.msg);
+  struct timespec ts = {0, 200000000};
+  nanosleep(&ts, NULL);
+  cr_assert_eq(state_of(f, 2), FLEET_LOADING);
   cr_assert_eq(state_of(f, 1), FLEET_READY, "a busy model was evicted");
+  cr_assert_eq(ff.depth[1], 2);
   fleet_leave(f, 1);
-  /* once b is idle, c loads by evicting it */
-  fleet_load(f, 2);
-  wait_ok(f, 2);
+  wait_ok(f, 2); /* once b is idle, c loads by evicting it */
   cr_assert_eq(state_of(f, 1), FLEET_SLEEPING);
+  /* with every other model pinned nothing can make room: the load fails with the reason */
+  fleet_set_pin(f, 2, 1);
+  fleet_load(f, 1);
+  cr_assert_eq(fleet_wait(f, 1, 5000, &err), QV_ESTATE);
+  cr_assert(strstr(err.msg, "do not fit"), "%s", err.msg);
   fleet_destroy(f);
   qv_budget_stats st;
   qv_budget_get_stats(b, &st);
