@@ -141,6 +141,11 @@ int qv_budget_join(qv_budget *b, const qv_budget_client_opts *o, int32_t *id, qv
     if (!b->c[i].in_use) slot = i;
   int64_t need = o->block_bytes * o->min_blocks, avail = free_bytes(b);
   int rc = slot < 0 ? QV_ELIMIT : need > avail ? QV_ENOMEM : 0;
+  void (*fn[QV_BUDGET_MAX_CLIENTS])(void *);
+  void *arg[QV_BUDGET_MAX_CLIENTS];
+  int np = 0;
+  set_want(b, BUDGET_JOIN_WANT, rc == QV_ENOMEM ? need - avail : 0);
+  if (rc == QV_ENOMEM) np = collect_pokes(b, -1, fn, arg);
   if (!rc) {
     budget_client *c = &b->c[slot];
     memset(c, 0, sizeof *c);
@@ -155,6 +160,7 @@ int qv_budget_join(qv_budget *b, const qv_budget_client_opts *o, int32_t *id, qv
     *id = slot;
   }
   pthread_mutex_unlock(&b->mu);
+  call_pokes(np, fn, arg);
   if (rc == QV_ELIMIT) return qv_error_set(err, rc, "budget: more than %d engines", QV_BUDGET_MAX_CLIENTS);
   if (rc)
     return qv_error_set(err, rc, "memory budget: the reserved KV minimum (%lld bytes) does not fit in the %lld bytes free",

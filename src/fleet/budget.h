@@ -55,8 +55,13 @@ void qv_budget_unreserve(qv_budget *b, int64_t bytes);
 /* Drops a reservation's recorded demand (the caller gave up or succeeded elsewhere). */
 void qv_budget_cancel_demand(qv_budget *b, uint64_t want_id);
 
+/* The demand id under which a refused join records its shortfall (cancel it when giving up). */
+#define BUDGET_JOIN_WANT UINT64_MAX
+
 /* Joins with min_blocks granted at once. QV_ENOMEM (message in err) when they do not fit in
- * what is free; QV_ELIMIT when QV_BUDGET_MAX_CLIENTS are in. */
+ * what is free: the shortfall is then recorded as demand (BUDGET_JOIN_WANT) and the clients
+ * above their minimum are poked, so a retry can succeed; QV_ELIMIT when QV_BUDGET_MAX_CLIENTS
+ * are in. */
 int qv_budget_join(qv_budget *b, const qv_budget_client_opts *o, int32_t *id, qv_error *err);
 /* Gives back everything the client holds. */
 void qv_budget_leave(qv_budget *b, int32_t id);

@@ -21,6 +21,9 @@ enum { TGT_NONE = 0, TGT_LOAD, TGT_SLEEP1, TGT_SLEEP2, TGT_UNLOAD };
 
 /* How long a load waits for room (busy models draining, engines giving KV back). */
 #define FLEET_LOAD_WAIT_MS 120000
+/* A model used (or loaded) this recently is not evicted: the requests that waited for its load
+ * get to enter it before another load can take it away again. */
+#define FLEET_EVICT_GRACE_MS 500
 
 typedef struct fleet_model {
   fleet_model_cfg cfg;
@@ -112,10 +115,12 @@ static double drop_to(fleet *f, int32_t idx, int32_t depth) {
 static int evict_one(fleet *f, int32_t skip) {
   for (;;) {
     int32_t best = -1;
+    uint64_t recent = now_ns() - FLEET_EVICT_GRACE_MS * 1000000ull;
     pthread_mutex_lock(&f->mu);
     for (int32_t i = 0; i < f->n; i++) {
       fleet_model *m = &f->m[i];
       if (i == skip || m->cfg.pin || m->info.depth == 0 || atomic_load(&m->users) > 0) continue;
+      if (m->last_used_ns > recent) continue;
       if (m->info.state != FLEET_READY && m->info.state != FLEET_SLEEPING) continue;
       if (best < 0 || m->last_used_ns < f->m[best].last_used_ns) best = i;
     }
@@ -178,9 +183,9 @@ static int reserve_weights(fleet *f, int32_t idx, int64_t bytes, qv_error *err) 
 }
 
 /* The engine's KV minimum did not fit and nothing was idle: 1 after a short wait when room
- * could still appear (then the caller retries), 0 when it cannot. */
-static int wait_room(fleet *f, int32_t idx) {
-  if (f->stopping || !room_possible(f, idx)) return 0;
+ * could still appear before the deadline (then the caller retries), 0 when it cannot. */
+static int wait_room(fleet *f, int32_t idx, uint64_t deadline) {
+  if (f->stopping || now_ns() >= deadline || !room_possible(f, idx)) return 0;
   sleep_ms(10);
   return 1;
 }
@@ -221,12 +226,15 @@ static void do_load(fleet *f, int32_t idx) {
       pthread_mutex_unlock(&f->mu);
     }
   }
+  uint64_t deadline = now_ns() + FLEET_LOAD_WAIT_MS * 1000000ull;
   while (!rc && m->info.depth == 1) {
     rc = f->ops.start_engine(f->ops.ctx, idx, &err);
     if (!rc) set_depth(f, m, 2);
-    /* The engine's reserved KV minimum did not fit: make room and try again. */
-    else if (rc == QV_ENOMEM && f->budget && (evict_one(f, idx) || wait_room(f, idx))) rc = 0;
+    /* The engine's reserved KV minimum did not fit (the budget recorded the shortfall as
+     * demand, so engines above their minimum give blocks back): make room and try again. */
+    else if (rc == QV_ENOMEM && f->budget && (evict_one(f, idx) || wait_room(f, idx, deadline))) rc = 0;
   }
+  if (f->budget) qv_budget_cancel_demand(f->budget, BUDGET_JOIN_WANT);
   double dt = secs_since(t0);
   if (rc) drop_to(f, idx, 0);
   pthread_mutex_lock(&f->mu);
@@ -464,6 +472,7 @@ void fleet_get_info(fleet *f, int32_t idx, fleet_model_info *out) {
   if (idx < 0 || idx >= f->n) return;
   pthread_mutex_lock(&f->mu);
   *out = f->m[idx].info;
+  out->pending = f->m[idx].target != TGT_NONE;
   pthread_mutex_unlock(&f->mu);
 }
 

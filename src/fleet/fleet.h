@@ -11,7 +11,8 @@
  * All loading, sleeping and waking runs on the fleet's one loader thread, never on the
  * caller's (an event loop stays responsive, other models keep serving). When the memory budget
  * cannot take a model's weights, the least recently used model that is not pinned and has no
- * request in flight is put to sleep at level 2, then the next, until it fits; while only busy
+ * request in flight (nor used in the last 500 ms, so the requests that waited for its load get
+ * to run) is put to sleep at level 2, then the next, until it fits; while only busy
  * models could make room the load waits for them to drain (up to 120 s); a model that cannot
  * fit whatever happens fails at once with the reason. Models idle longer than their keep_alive sleep on
  * their own. Nothing in flight is ever dropped: a busy model is never evicted, and a sleep or
@@ -77,6 +78,7 @@ typedef struct fleet_model_info {
   int64_t n_loads, n_wakes, n_sleeps, n_evictions;
   double swap_s_total;   /* all loads, wakes and sleeps */
   char error[512];       /* FAILED: why */
+  int pending;           /* a load, sleep or unload is queued for the loader thread */
 } fleet_model_info;
 
 typedef struct fleet fleet;

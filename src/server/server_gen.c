@@ -1124,8 +1124,13 @@ void srv_gen_check_waiting(server *s) {
     fleet_model_info in;
     fleet_get_info(s->opts.fleet, r->model, &in);
     int ready = in.state == FLEET_READY && enter_model(r, r->model);
-    int failed = !ready && (in.state == FLEET_FAILED || in.state == FLEET_UNLOADED);
-    if (!ready && !failed && now < r->wait_deadline_ns) continue;
+    int failed = !ready && in.state == FLEET_FAILED && !in.pending;
+    if (!ready && !failed && now < r->wait_deadline_ns) {
+      /* Asleep again (evicted before this request got in) or unloaded: ask once more. */
+      srv_model *m = &s->models[r->model];
+      if (in.state != FLEET_LOADING && m->ops->want) m->ops->want(m->ctx);
+      continue;
+    }
     r->wait_load = 0;
     s->n_wait_load--;
     if (ready) {

@@ -206,6 +206,13 @@ def model_path(name):
     return r.stdout.strip()
 
 
+def vm_rss(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 class RssSampler(threading.Thread):
     """Samples a process's resident set (VmRSS) every 10 ms."""
 
@@ -251,9 +258,15 @@ def test_acceptance_budget_fits_two_of_three_real_models(tmp_path, stories_dir):
         r = c.completions.create(model=m, prompt=p, max_tokens=4, temperature=0)
         return r.choices[0].text
 
+    def stream(srv, m, p, n):
+        c = openai.OpenAI(base_url=srv.base + "/v1", api_key="none", max_retries=0, timeout=600)
+        s = c.completions.create(model=m, prompt=p, max_tokens=n, temperature=0, stream=True)
+        return "".join(ch.choices[0].text for ch in s if ch.choices)
+
     ref_srv = Server(rel, ["--config", write_cfg(tmp_path, [dict(x, load="startup") for x in models]), *common])
     try:
         ref = {(m, p): ask(ref_srv, m, p) for m in names for p in prompts}
+        ref_long = stream(ref_srv, "qwen", prompts[0], 48)
     finally:
         ref_srv.stop()
     budget = 600_000_000
@@ -284,11 +297,31 @@ def test_acceptance_budget_fits_two_of_three_real_models(tmp_path, stories_dir):
         assert by["smol"]["evictions"] + by["qwen"]["evictions"] >= 3, by
         text = srv.get("/metrics")[1].decode()
         assert 'quiver_model_evictions_total{model="qwen"}' in text and "quiver_model_swap_seconds_total" in text
+        # Remove (unload) qwen while a stream of it is open: the stream finishes, then its
+        # memory is freed (the process's RSS falls by about its weights).
+        ask(srv, "qwen", prompts[0])
+        rss_loaded = vm_rss(srv.proc.pid)
+        out = []
+        t = threading.Thread(target=lambda: out.append(stream(srv, "qwen", prompts[0], 48)))
+        t.start()
+        deadline = time.time() + 60
+        while info(srv, "qwen")["running"] == 0 and time.time() < deadline:
+            time.sleep(0.01)
+        assert admin(srv, "POST", "/admin/v1/models/qwen/unload")[0] == 202
+        t.join(300)
+        assert out == [ref_long]
+        wait_state(srv, "qwen", "unloaded", timeout=60, settled=lambda j: j["weight_bytes"] == 0)
+        freed = rss_loaded - vm_rss(srv.proc.pid)
+        assert freed > 400 * 2**20, f"unloading qwen freed only {freed} bytes"
+    except Exception:
+        print("server log (tail):\n" + "\n".join(srv.read_log().splitlines()[-60:]))
+        raise
     finally:
         rss.stop_ev.set()
         rss.join(5)
         srv.stop()
-    print(f"\nfleet acceptance: max RSS {rss.max_kb / 1024:.1f} MiB over {rss.n} samples, budget "
+    print(f"\nfleet acceptance: unloading qwen freed {freed / 2**20:.1f} MiB of RSS")
+    print(f"fleet acceptance: max RSS {rss.max_kb / 1024:.1f} MiB over {rss.n} samples, budget "
           f"{budget / 2**20:.1f} MiB; swaps: smol {by['smol']['loads'] + by['smol']['wakes']} loads, "
           f"qwen {by['qwen']['loads'] + by['qwen']['wakes']} loads")
     assert rss.n > 50
