@@ -64,12 +64,14 @@ def wait_state(srv, name, state, timeout=30, settled=lambda j: True):
 def three(tmp_path, quiver_bin, stories_dir):
     stories_dir = str(stories_dir)
     """Three copies of stories260K: a pinned startup model and two on-demand ones, with a budget
-    (weights ~1.05 MB + a 32-block KV minimum ~0.66 MB each) that holds two of them."""
+    that holds two of them (each: weights 1.05 MB + activation scratch ~0.8 MB at 256 tokens
+    per step + a 32-block KV minimum 0.66 MB)."""
     cfg = write_cfg(tmp_path, [
         {"name": "a", "path": stories_dir, "pin": True},
         {"name": "b", "path": stories_dir, "load": "on_demand"},
         {"name": "c", "path": stories_dir, "load": "on_demand"}])
-    srv = Server(quiver_bin, ["--config", cfg, "--memory-budget", "4000000", "--max-model-len", "512"])
+    srv = Server(quiver_bin, ["--config", cfg, "--memory-budget", "6000000", "--max-model-len", "512",
+                              "--max-num-batched-tokens", "256", "--max-num-seqs", "16"])
     yield srv
     srv.stop()
 
