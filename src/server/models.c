@@ -271,6 +271,15 @@ static int load_template(const reg_model *rm, const srv_load_opts *o, int tiny, 
   return 0;
 }
 
+/* Tokens per step and logits rows per step the model is loaded for (the engine samples at most
+ * max_num_seqs rows per step: the logits buffer needs no more). */
+static void model_limits(const srv_models *s, int32_t idx, int32_t *tokens, int32_t *rows) {
+  const reg_model *rm = &s->reg->models[idx];
+  *tokens = s->o.max_num_batched_tokens ? s->o.max_num_batched_tokens : 2048;
+  *rows = rm->max_num_seqs ? rm->max_num_seqs : s->o.max_num_seqs ? s->o.max_num_seqs : 256;
+  if (*rows > *tokens) *rows = *tokens;
+}
+
 /* Fleet op: weights, tokenizer, constraint vocabulary and template (depth 0 -> 1). */
 static int fl_load_weights(void *ctx, int32_t idx, qv_error *err) {
   srv_models *s = ctx;
@@ -283,10 +292,8 @@ static int fl_load_weights(void *ctx, int32_t idx, qv_error *err) {
   int rc = qv_backend_create(device, &bo, &l->be, err);
   if (rc) return rc;
   if ((rc = qv_backend_check_dtype(l->be, o->dtype, err))) return rc;
-  int32_t max_batched = o->max_num_batched_tokens ? o->max_num_batched_tokens : 2048;
-  /* The engine samples at most max_num_seqs rows per step: the logits buffer needs no more. */
-  int32_t max_seqs = rm->max_num_seqs ? rm->max_num_seqs : o->max_num_seqs ? o->max_num_seqs : 256;
-  qv_model_opts mo = {.max_batch_tokens = max_batched, .max_logits = max_seqs < max_batched ? max_seqs : max_batched};
+  qv_model_opts mo = {0};
+  model_limits(s, idx, &mo.max_batch_tokens, &mo.max_logits);
   if ((rc = qv_model_load(tiny ? NULL : rm->path, l->be, &mo, &l->model, err))) return rc;
   if (tiny) rc = qv_tokenizer_create_bytes(&l->tok, err);
   else rc = qv_tokenizer_load(rm->path, &l->tok, err);
@@ -396,14 +403,12 @@ static int64_t fl_weight_bytes(void *ctx, int32_t idx) {
  * can touch, so the budget holds the resident set and not just the file. */
 static int64_t fl_loaded_bytes(void *ctx, int32_t idx) {
   srv_models *s = ctx;
-  const reg_model *rm = &s->reg->models[idx];
   const qv_model_config *c = qv_model_get_config(s->l[idx].model);
-  int64_t tok = s->o.max_num_batched_tokens ? s->o.max_num_batched_tokens : 2048;
-  int64_t seqs = rm->max_num_seqs ? rm->max_num_seqs : s->o.max_num_seqs ? s->o.max_num_seqs : 256;
-  if (seqs > tok) seqs = tok;
+  int32_t tok, seqs;
+  model_limits(s, idx, &tok, &seqs);
   int64_t qd = (int64_t)c->n_head * c->head_dim, kd = (int64_t)c->n_kv_head * c->head_dim;
   int64_t per_tok = 3 * (int64_t)c->dim + 2 * qd + 2 * kd + 2 * (int64_t)c->ffn_dim;
-  return fl_weight_bytes(ctx, idx) + 4 * (tok * per_tok + seqs * ((int64_t)c->dim + c->vocab_size));
+  return fl_weight_bytes(ctx, idx) + 4 * ((int64_t)tok * per_tok + (int64_t)seqs * ((int64_t)c->dim + c->vocab_size));
 }
 
 static void fl_changed(void *ctx, int32_t idx) {
