@@ -175,7 +175,7 @@ typedef struct pass_ctx {
 
 /* --memory-budget: "8G", "512Mi", "1000000" (bytes) or "0.5" (a fraction of the machine's
  * RAM). The CPU backend's weights and KV live in RAM, so RAM is what the budget divides. */
-static int parse_memory_budget(const char *s, int64_t *out, qv_error *err) {
+static int parse_memory_budget(const char *s, srv_load_opts *lo, qv_error *err) {
   char *end = NULL;
   double v = strtod(s, &end);
   if (end == s || !(v > 0))
@@ -187,14 +187,16 @@ static int parse_memory_budget(const char *s, int64_t *out, qv_error *err) {
                {"Ki", 1024.0}, {"Mi", 1048576.0}, {"Gi", 1073741824.0}, {"Ti", 1099511627776.0}};
   for (size_t i = 0; i < sizeof units / sizeof *units; i++) {
     if (strcmp(end, units[i].suffix)) continue;
-    if (!*end && v <= 1.0) { /* a fraction of RAM */
+    if (!*end && v <= 1.0) { /* a fraction of RAM (here) or of device memory (at load, cuda) */
       long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+      lo->memory_budget_fraction = v;
       v *= (double)pages * (double)psize;
     } else {
+      lo->memory_budget_fraction = 0;
       v *= units[i].mul;
     }
     if (v < 1 || v > 9e18) break;
-    *out = (int64_t)v;
+    lo->memory_budget = (int64_t)v;
     return 0;
   }
   return qv_error_set(err, QV_EINVAL, "--memory-budget '%s': expected bytes (e.g. 8G, 512Mi) or a fraction (0.5)", s);
@@ -286,7 +288,7 @@ static int on_opt(void *ud, const cli_opt *o, const cli_value *v, qv_error *err)
   case S_LINGER_TIMEOUT: c->so.limits.linger_ms = ms; return 0;
   case S_MAX_PIPELINE: c->so.limits.max_pipeline_bytes = (size_t)v->i; return 0;
   case S_PROBE_CONNS: c->so.limits.probe_connections = (int32_t)v->i; return 0;
-  case S_MEMORY_BUDGET: return parse_memory_budget(v->str, &c->lo.memory_budget, err);
+  case S_MEMORY_BUDGET: return parse_memory_budget(v->str, &c->lo, err);
   case S_ADMIN_KEY: return registry_add_admin_key(&c->reg, v->str, err);
   case S_ORIGINS: return cors_opts_add_origins(&c->cors, v->str, err);
   case S_METHODS: return cors_opts_add_methods(&c->cors, v->str, err);

@@ -43,7 +43,7 @@ struct fleet {
   pthread_cond_t change_cv;  /* waiters: a state changed */
   pthread_t thread;
   int thread_started;
-  int stopping;
+  atomic_int stopping;        /* read by the loader between waits */
 };
 
 static const char *state_names[] = {"registered", "loading", "ready", "sleeping", "unloaded", "failed"};

@@ -280,8 +280,10 @@ static void model_limits(const srv_models *s, int32_t idx, int32_t *tokens, int3
   if (*rows > *tokens) *rows = *tokens;
 }
 
+static void fl_drop_weights(void *ctx, int32_t idx);
+
 /* Fleet op: weights, tokenizer, constraint vocabulary and template (depth 0 -> 1). */
-static int fl_load_weights(void *ctx, int32_t idx, qv_error *err) {
+static int load_weights(void *ctx, int32_t idx, qv_error *err) {
   srv_models *s = ctx;
   loaded *l = &s->l[idx];
   const reg_model *rm = &s->reg->models[idx];
@@ -307,6 +309,13 @@ static int fl_load_weights(void *ctx, int32_t idx, qv_error *err) {
   sm->ops = l->tmpl ? &ops_template_chat : &ops_default_chat;
   sm->vocab_size = qv_model_get_config(l->model)->vocab_size;
   return 0;
+}
+
+/* A failed load leaves nothing behind. */
+static int fl_load_weights(void *ctx, int32_t idx, qv_error *err) {
+  int rc = load_weights(ctx, idx, err);
+  if (rc) fl_drop_weights(ctx, idx);
+  return rc;
 }
 
 /* Fleet op: the engine (depth 1 -> 2), its KV pool in the shared budget when there is one. */
@@ -449,8 +458,20 @@ int srv_models_load(const registry *reg, const srv_load_opts *o, srv_models **ou
     cfg[i] = (fleet_model_cfg){.name = rm->name, .on_demand = rm->on_demand, .pin = rm->pin,
                                .keep_alive_s = rm->keep_alive_s};
   }
+  int64_t budget = o->memory_budget;
+  const char *device = o->device ? o->device : "cpu";
+  if (o->memory_budget_fraction > 0 && !strcmp(device, "cuda")) {
+    /* A fraction means the device's memory when the models live there. */
+    qv_backend *be = NULL;
+    qv_backend_opts bo = {.n_threads = o->n_threads, .device = 0};
+    size_t free_b = 0, total_b = 0;
+    if (!qv_backend_create("cuda", &bo, &be, NULL) && be->ops->mem_info &&
+        !be->ops->mem_info(be, &free_b, &total_b))
+      budget = (int64_t)(o->memory_budget_fraction * (double)total_b);
+    qv_backend_destroy(be);
+  }
   int rc = 0;
-  if (o->memory_budget > 0) rc = qv_budget_create(o->memory_budget, &s->budget, err);
+  if (budget > 0) rc = qv_budget_create(budget, &s->budget, err);
   fleet_ops fo = {.ctx = s, .weight_bytes = fl_weight_bytes, .loaded_bytes = fl_loaded_bytes,
                   .load_weights = fl_load_weights,
                   .start_engine = fl_start_engine, .stop_engine = fl_stop_engine,

@@ -38,6 +38,8 @@ typedef struct srv_load_opts {
   int32_t tool_parser;     /* -1: detected from the template, else a qv_chat_tool_format */
   int64_t memory_budget;   /* > 0: one budget in bytes for every model's weights and KV
                               (fleet/budget.h); 0: none */
+  double memory_budget_fraction; /* > 0 (instead of bytes): a fraction of the device memory
+                              (--device cuda) or of the RAM (cpu) */
 } srv_load_opts;
 
 /* Defaults: everything unset. */

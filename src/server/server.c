@@ -176,14 +176,19 @@ static char *srv_fleet_metrics(server *s, char *text, size_t *len) {
     return NULL;
   }
   size_t n = *len;
-  static const char *const names[][2] = {
-      {"quiver_model_state", "gauge"},           {"quiver_model_weight_bytes", "gauge"},
-      {"quiver_model_loads_total", "counter"},   {"quiver_model_wakes_total", "counter"},
-      {"quiver_model_sleeps_total", "counter"},  {"quiver_model_evictions_total", "counter"},
-      {"quiver_model_swap_seconds_total", "counter"}, {"quiver_model_last_load_seconds", "gauge"},
+  static const char *const names[][3] = {
+      {"quiver_model_state", "gauge", "1 for the model's current fleet state, 0 for the others."},
+      {"quiver_model_weight_bytes", "gauge", "Bytes the loaded model holds in the memory budget besides its KV."},
+      {"quiver_model_loads_total", "counter", "Loads of the model from nothing."},
+      {"quiver_model_wakes_total", "counter", "Wakes of the model from sleep."},
+      {"quiver_model_sleeps_total", "counter", "Sleeps, evictions and unloads of the model."},
+      {"quiver_model_evictions_total", "counter", "Times the model was put to sleep to make room."},
+      {"quiver_model_swap_seconds_total", "counter", "Seconds spent loading, waking and putting the model to sleep."},
+      {"quiver_model_last_load_seconds", "gauge", "Duration of the model's last load or wake."},
   };
   for (size_t g = 0; g < sizeof names / sizeof *names; g++) {
-    n += (size_t)snprintf(out + n, cap - n, "# TYPE %s %s\n", names[g][0], names[g][1]);
+    n += (size_t)snprintf(out + n, cap - n, "# HELP %s %s\n# TYPE %s %s\n", names[g][0], names[g][2],
+                          names[g][0], names[g][1]);
     for (int32_t i = 0; i < s->n_models; i++) {
       fleet_model_info fi;
       fleet_get_info(s->opts.fleet, i, &fi);

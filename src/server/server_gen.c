@@ -90,7 +90,7 @@ static void free_choices(srv_req *r) {
 static void release_model(srv_req *r);
 
 void srv_gen_free(srv_req *r) {
-  if (r->wait_load) r->s->n_wait_load--;
+  if (r->wait_load == 2) r->s->n_wait_load--;
   r->wait_load = 0;
   release_model(r);
   free_prep(r);
@@ -621,6 +621,7 @@ static void after_prep(uv_work_t *w, int status) {
                      "model_loading");
     } else {
       s->n_wait_load++;
+      r->wait_load = 2; /* counted in n_wait_load */
       r->wait_deadline_ns = uv_hrtime() + s->opts.load_timeout_ms * 1000000ull;
     }
   } else if (r->fail_status) {
@@ -1120,7 +1121,7 @@ void srv_gen_check_waiting(server *s) {
   uint64_t now = uv_hrtime();
   for (srv_req *r = s->reqs, *next; r; r = next) {
     next = r->next;
-    if (!r->wait_load || r->in_work) continue;
+    if (r->in_work || r->wait_load != 2) continue; /* in_work first: the worker writes wait_load */
     fleet_model_info in;
     fleet_get_info(s->opts.fleet, r->model, &in);
     int ready = in.state == FLEET_READY && enter_model(r, r->model);

@@ -136,7 +136,8 @@ struct srv_req {
   int32_t live_tokens;        /* completion tokens streamed so far, all choices */
   int32_t held;               /* 1 + the model entered through ops.enter (released when the
                                  request moves on or is freed); 0: none */
-  int wait_load;              /* waiting for models[model] to load (on-demand, sleeping) */
+  int wait_load;              /* waiting for models[model] to load (on-demand, sleeping): 1 set
+                                 by the worker, 2 once counted in server.n_wait_load (loop) */
   uint64_t wait_deadline_ns;
 };
 
