@@ -294,7 +294,8 @@ static int load_weights(void *ctx, int32_t idx, qv_error *err) {
   int rc = qv_backend_create(device, &bo, &l->be, err);
   if (rc) return rc;
   if ((rc = qv_backend_check_dtype(l->be, o->dtype, err))) return rc;
-  qv_model_opts mo = {0};
+  qv_model_opts mo = {.tp_size = rm->tp_size ? rm->tp_size : o->tp_size, .n_threads = o->n_threads,
+                      .tp_net = o->tp_net};
   model_limits(s, idx, &mo.max_batch_tokens, &mo.max_logits);
   if ((rc = qv_model_load(tiny ? NULL : rm->path, l->be, &mo, &l->model, err))) return rc;
   if (tiny) rc = qv_tokenizer_create_bytes(&l->tok, err);
@@ -526,4 +527,8 @@ void srv_models_destroy(srv_models *s) {
   free(s->l);
   free(s->m);
   free(s);
+}
+
+struct qv_model *srv_models_model(const srv_models *m, int32_t i) {
+  return m && i >= 0 && i < m->n ? m->l[i].model : NULL;
 }

@@ -40,6 +40,8 @@ typedef struct srv_load_opts {
                               (fleet/budget.h); 0: none */
   double memory_budget_fraction; /* > 0 (instead of bytes): a fraction of the device memory
                               (--device cuda) or of the RAM (cpu) */
+  int32_t tp_size;         /* --tensor-parallel-size (0: 1); a model's own setting wins */
+  const struct qv_tp_net_opts *tp_net; /* borrowed; NULL: every rank in this process */
 } srv_load_opts;
 
 /* Defaults: everything unset. */
@@ -62,6 +64,8 @@ void srv_models_set_changed(srv_models *m, void (*fn)(void *arg, int32_t idx), v
 /* Stops every engine thread (aborting what is in flight); call after uv_run returned and before
  * server_destroy. */
 void srv_models_stop(srv_models *m);
+/* Model i's loaded qv_model (borrowed; NULL when i is out of range or it failed to load). */
+struct qv_model *srv_models_model(const srv_models *m, int32_t i);
 /* Frees everything (stops engines first if needed). Accepts NULL. */
 void srv_models_destroy(srv_models *m);
 

@@ -204,6 +204,7 @@ static int load_models(registry *r, const cJSON *models, qv_error *err) {
     }
     if ((rc = json_int(m, "max_model_len", 1, 1 << 24, &rm->max_model_len, err))) return rc;
     if ((rc = json_int(m, "max_num_seqs", 1, 1 << 16, &rm->max_num_seqs, err))) return rc;
+    if ((rc = json_int(m, "tensor_parallel_size", 1, 64, &rm->tp_size, err))) return rc;
     if ((rc = json_int(m, "max_waiting", 1, 1 << 20, &rm->max_waiting, err))) return rc;
     if ((rc = json_int(m, "n_kv_blocks", 0, 1 << 26, &rm->n_kv_blocks, err))) return rc;
     if ((rc = load_fleet_opts(m, rm, err))) return rc;

@@ -40,6 +40,7 @@ typedef struct reg_model {
   char *device;          /* owned or NULL (server default) */
   int32_t max_model_len; /* 0: default */
   int32_t max_num_seqs;  /* 0: default */
+  int32_t tp_size;       /* "tensor_parallel_size": ranks this model is sharded over (0: the flag's) */
   int32_t max_waiting;   /* 0: default */
   int32_t n_kv_blocks;   /* 0: default */
   reg_reasoning reasoning; /* UNSET: the server default */
