@@ -154,7 +154,7 @@ static void handle_health(srv_req *r) {
       cJSON_AddNumberToObject(m, "kv_blocks_total", st.n_kv_blocks);
     }
     /* Under a fleet only the startup models make /health fail; on-demand ones load later. */
-    if (s->opts.fleet) all_ready &= fi.on_demand || fi.state == FLEET_READY;
+    if (s->opts.fleet) all_ready &= s->models[i].ready && (fi.on_demand || fi.state == FLEET_READY);
     else all_ready &= s->models[i].ready != 0;
     cJSON_AddItemToArray(arr, m);
   }
