@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/route.h"
+#include "server/tenant.h"
+
 void registry_init(registry *r) { memset(r, 0, sizeof *r); }
 
 void registry_deinit(registry *r) {
@@ -25,6 +28,7 @@ void registry_deinit(registry *r) {
   for (int32_t i = 0; i < r->n_api_keys; i++) free(r->api_keys[i]);
   for (int32_t i = 0; i < r->n_admin_keys; i++) free(r->admin_keys[i]);
   for (int32_t i = 0; i < r->n_open_paths; i++) free(r->open_paths[i]);
+  tenant_cfg_destroy(r->tenants);
   free(r->host);
   memset(r, 0, sizeof *r);
 }
@@ -36,6 +40,8 @@ static int valid_name(const char *s) {
     if (*p <= ' ' || *p == '"' || *p == '\\' || *p >= 0x7f) return 0;
   return 1;
 }
+
+int registry_valid_name(const char *s) { return valid_name(s); }
 
 static int add_model(registry *r, const char *name, const char *path, qv_error *err) {
   if (r->n_models >= REG_MAX_MODELS)
@@ -235,23 +241,14 @@ static int load_routes(registry *r, const cJSON *routes, qv_error *err) {
   const cJSON *rt;
   cJSON_ArrayForEach(rt, routes) {
     if (r->n_routes >= REG_MAX_NAMES) return qv_error_set(err, QV_ELIMIT, "too many routes");
-    int cnt = cJSON_GetArraySize(rt);
-    if (!cJSON_IsArray(rt) || cnt < 1 || cnt > REG_MAX_ROUTE_LEN)
-      return qv_error_set(err, QV_EINVAL, "config: route '%s' must list 1 to %d models", rt->string,
-                          REG_MAX_ROUTE_LEN);
     if (!valid_name(rt->string)) return qv_error_set(err, QV_EINVAL, "invalid route name '%s'", rt->string);
     reg_route *route = &r->routes[r->n_routes];
     memset(route, 0, sizeof *route);
     route->name = strdup(rt->string);
     if (!route->name) return qv_error_set(err, QV_ENOMEM, "out of memory");
     r->n_routes++;
-    const cJSON *t;
-    cJSON_ArrayForEach(t, rt) {
-      if (!cJSON_IsString(t)) return qv_error_set(err, QV_EINVAL, "config: route '%s' must list model names", rt->string);
-      route->targets[route->n] = strdup(t->valuestring);
-      if (!route->targets[route->n]) return qv_error_set(err, QV_ENOMEM, "out of memory");
-      route->n++;
-    }
+    int rc = route_parse_json(route, rt, err);
+    if (rc) return rc;
   }
   return 0;
 }
@@ -265,7 +262,7 @@ int registry_load_json(registry *r, const char *text, size_t len, qv_error *err)
     goto done;
   }
   static const char *const known[] = {"host", "port", "api_keys", "open_paths", "models", "aliases", "routes",
-                                      "admin_keys", NULL};
+                                      "tenants", "admin_keys", NULL};
   const cJSON *it;
   cJSON_ArrayForEach(it, root) {
     int ok = 0;
@@ -327,6 +324,8 @@ int registry_load_json(registry *r, const char *text, size_t len, qv_error *err)
   }
   const cJSON *routes = cJSON_GetObjectItemCaseSensitive(root, "routes");
   if (routes && (rc = load_routes(r, routes, err))) goto done;
+  const cJSON *tenants = cJSON_GetObjectItemCaseSensitive(root, "tenants");
+  if (tenants && (rc = tenant_cfg_load_json(&r->tenants, tenants, err))) goto done;
 done:
   cJSON_Delete(root);
   return rc;
@@ -402,13 +401,26 @@ int registry_finalize(registry *r, qv_error *err) {
     for (int j = i + 1; j < n; j++)
       if (!strcmp(names[i], names[j]))
         return qv_error_set(err, QV_EINVAL, "name '%s' is defined twice", names[i]);
+  /* A route's targets are models, or aliases of models. A target naming a route (directly or
+   * through an alias) is refused: routes do not nest, so no cycle can form. */
   for (int32_t i = 0; i < r->n_routes; i++) {
     reg_route *rt = &r->routes[i];
     for (int32_t j = 0; j < rt->n; j++) {
-      int m = find_model(r, rt->targets[j]);
+      const char *t = rt->targets[j];
+      int a = find_alias(r, t);
+      if (a >= 0) t = r->aliases[a].target;
+      int m = find_model(r, t);
+      if (m < 0 && find_route(r, t) >= 0)
+        return qv_error_set(err, QV_EINVAL,
+                            "route '%s' names route '%s': a route's targets must be models "
+                            "(routes do not nest, so cycles cannot form)",
+                            rt->name, rt->targets[j]);
       if (m < 0)
         return qv_error_set(err, QV_EINVAL, "route '%s' names unknown model '%s'", rt->name,
                             rt->targets[j]);
+      for (int32_t k = 0; k < j; k++)
+        if (rt->models[k] == m)
+          return qv_error_set(err, QV_EINVAL, "route '%s' names model '%s' twice", rt->name, t);
       rt->models[j] = m;
     }
   }
@@ -420,7 +432,7 @@ int registry_finalize(registry *r, qv_error *err) {
     int rc = registry_add_open_path(r, "/health", err);
     if (rc) return rc;
   }
-  return 0;
+  return tenant_cfg_finalize(r->tenants, r, err);
 }
 
 int32_t registry_resolve(const registry *r, const char *name, int32_t *out, int32_t cap) {
@@ -437,6 +449,14 @@ int32_t registry_resolve(const registry *r, const char *name, int32_t *out, int3
   int32_t n = 0;
   for (int32_t i = 0; i < r->routes[rt].n && n < cap; i++) out[n++] = r->routes[rt].models[i];
   return n;
+}
+
+const reg_route *registry_route_of(const registry *r, const char *name) {
+  if (!name) return NULL;
+  int a = find_alias(r, name);
+  if (a >= 0) name = r->aliases[a].target;
+  int rt = find_route(r, name);
+  return rt >= 0 ? &r->routes[rt] : NULL;
 }
 
 int registry_is_open_path(const registry *r, const char *path) {

@@ -12,13 +12,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "core/build_info.h"
 #include "core/log.h"
 #include "fleet/fleet.h"
+#include "core/util.h"
 #include "server/auth.h"
 #include "server/cors.h"
+#include "server/json_nul.h"
+#include "server/route.h"
 #include "server/server_int.h"
 #include "server/tls.h"
 
@@ -46,6 +50,7 @@ void srv_table_insert(server *s, int32_t model, srv_sub *sub) {
   *b = sub;
   sub->in_table = 1;
   sub->req->n_live_subs++;
+  s->live_seqs[model] += srv_n_per_prompt(sub->req);
 }
 
 void srv_table_remove(server *s, int32_t model, srv_sub *sub) {
@@ -58,6 +63,7 @@ void srv_table_remove(server *s, int32_t model, srv_sub *sub) {
     }
   sub->in_table = 0;
   sub->req->n_live_subs--;
+  s->live_seqs[model] -= srv_n_per_prompt(sub->req);
 }
 
 srv_sub *srv_table_find(server *s, int32_t model, uint64_t eid) {
@@ -75,6 +81,8 @@ static srv_req *req_new(server *s, http_conn *c) {
   r->s = s;
   r->conn = c;
   r->model = -1;
+  r->tenant = -1;
+  r->held_model = -1;
   r->t_start = uv_hrtime();
   r->created = (int64_t)time(NULL);
   r->dialect = &srv_dialect_openai;
@@ -85,8 +93,22 @@ static srv_req *req_new(server *s, http_conn *c) {
   return r;
 }
 
+/* Settles an admitted request's token reservation with what it used, and counts it for its
+ * tenant. */
+static void quota_settle(srv_req *r) {
+  if (!r->admitted) return;
+  r->admitted = 0;
+  int64_t gen = r->usage.completion_tokens > r->live_tokens ? r->usage.completion_tokens
+                                                             : r->live_tokens;
+  uint64_t now = uv_hrtime();
+  tenant_quota_settle(&r->s->quotas[r->tenant], now, r->reserved, r->usage.prompt_tokens + gen);
+  metrics_tenant_finish(&r->s->met, r->tenant, r->usage.prompt_tokens, gen,
+                        (double)(now - r->t_start) / 1e9);
+}
+
 static void req_free(srv_req *r) {
   server *s = r->s;
+  quota_settle(r);
   if (r->prev) r->prev->next = r->next;
   else s->reqs = r->next;
   if (r->next) r->next->prev = r->prev;
@@ -100,6 +122,7 @@ void srv_req_maybe_free(srv_req *r) {
 }
 
 void srv_count(srv_req *r, int status) {
+  metrics_tenant_count(&r->s->met, r->tenant, status);
   if (r->utility) metrics_count_utility(&r->s->met, status);
   else metrics_count_request(&r->s->met, r->model, status);
 }
@@ -116,17 +139,31 @@ static void respond_json(srv_req *r, int status, const char *json, const char *e
     http_respond(c, 500, "application/json", extra, oom, sizeof oom - 1);
     return;
   }
-  http_respond(c, status, "application/json", extra, json, strlen(json));
+  size_t len = strlen(json), wlen = 0;
+  int oom = 0;
+  char *wire = jnul_wire(json, len, &wlen, &oom); /* NUL markers as \u0000 (json_nul.h) */
+  if (oom) {
+    http_conn_kill(c);
+    return;
+  }
+  http_respond(c, status, "application/json", extra, wire ? wire : json, wire ? wlen : len);
+  free(wire);
+}
+
+void srv_send_error_hdr(srv_req *r, int status, const char *msg, const char *param,
+                        const char *code, const char *extra) {
+  if (!r->conn) return;
+  char *j = r->dialect->error_json(status, msg, param, code);
+  respond_json(r, status, j, extra);
+  free(j);
 }
 
 void srv_respond_json(srv_req *r, int status, const char *json) { respond_json(r, status, json, ""); }
 
 void srv_send_error(srv_req *r, int status, const char *msg, const char *param,
                     const char *code) {
-  if (!r->conn) return;
-  char *j = r->dialect->error_json(status, msg, param, code);
-  respond_json(r, status, j, status == 401 ? "WWW-Authenticate: Bearer\r\n" : "");
-  free(j);
+  srv_send_error_hdr(r, status, msg, param, code,
+                     status == 401 ? "WWW-Authenticate: Bearer\r\n" : "");
 }
 
 /* ---- simple endpoints ---- */
@@ -289,7 +326,8 @@ static char *models_add_state(server *s, char *j) {
   return out;
 }
 
-/* Every name a client may use: models, aliases, routes. The root is the model served. */
+/* Every name a client may use: models, aliases, routes (for a tenant: those it may use; one it
+ * may not is "not found", as OpenAI answers). The root is the model served. */
 static void handle_models(srv_req *r, const char *one) {
   server *s = r->s;
   const registry *g = s->reg;
@@ -316,6 +354,14 @@ static void handle_models(srv_req *r, const char *one) {
       roots[n] = g->models[g->routes[i].models[0]].name;
       lens[n++] = s->models[g->routes[i].models[0]].max_model_len;
     }
+    int32_t kept = 0;
+    for (int32_t i = 0; i < n; i++) {
+      if (!tenant_allows_model(g->tenants, r->tenant, g, names[i])) continue;
+      names[kept] = names[i];
+      roots[kept] = roots[i];
+      lens[kept++] = lens[i];
+    }
+    n = kept;
   }
   char *j = NULL;
   int found = !one;
@@ -442,11 +488,44 @@ static const route_entry *route_find(const char *path, const char **model_id,
   return NULL;
 }
 
+/* The dialect whose error shape a path gets before (or without) a route: Anthropic's for
+ * /v1/messages and everything under it (an unknown /v1/messages/x is still an Anthropic client),
+ * OpenAI's otherwise. */
+static const srv_dialect *path_dialect(const char *path) {
+  if (path && !strncmp(path, "/v1/messages", 12) && (path[12] == '\0' || path[12] == '/'))
+    return &srv_dialect_anthropic;
+  return &srv_dialect_openai;
+}
+
+/* http_handler.error_body: errors the HTTP layer answers itself (413, 408, 431, malformed...)
+ * in the path's dialect; NULL keeps the HTTP layer's OpenAI-shaped body. */
+static char *on_error_body(void *ud, const char *path, int status, const char *message) {
+  (void)ud;
+  const srv_dialect *d = path_dialect(path);
+  return d == &srv_dialect_openai ? NULL : d->error_json(status, message, NULL, NULL);
+}
+
 typedef struct route_match {
   const route_entry *hit;
   const char *model_id, *response_id;
   const srv_dialect *dialect;
+  int32_t tenant;             /* the key's tenant, or -1 */
 } route_match;
+
+/* 1 when the request carries a valid key; *tenant is its tenant (-1: an unrestricted key, or
+ * none). Both the bearer and the x-api-key headers are checked, every key compared. */
+static int check_key(server *s, const http_request *req, int32_t *tenant) {
+  const registry *g = s->reg;
+  const char *auth = http_request_header(req, "authorization");
+  const char *xkey = http_request_header(req, "x-api-key");
+  int32_t tb = -1, tx = tenant_find_key(g->tenants, xkey);
+  if (auth && !strncasecmp(auth, "Bearer ", 7)) tb = tenant_find_key(g->tenants, auth + 7);
+  *tenant = tb >= 0 ? tb : tx;
+  if (*tenant >= 0) return 1;
+  if (g->n_api_keys <= 0) return 0;
+  const char *const *keys = (const char *const *)g->api_keys;
+  return auth_check(keys, g->n_api_keys, auth) | auth_check_key(keys, g->n_api_keys, xkey);
+}
 
 /* Route, method and API key: checked when the headers are complete (before any body byte is
  * buffered) and again for the complete request. Returns 0, or the error status with *json
@@ -456,7 +535,8 @@ static int precheck(server *s, const http_request *req, route_match *m, char **j
   const char *path = req->path;
   const route_entry *hit = route_find(path, &m->model_id, &m->response_id);
   m->hit = hit;
-  m->dialect = hit && hit->dialect ? hit->dialect : &srv_dialect_openai;
+  m->tenant = -1;
+  m->dialect = hit && hit->dialect ? hit->dialect : path_dialect(path);
   *json = NULL;
   extra[0] = '\0';
   if (!hit) {
@@ -478,16 +558,35 @@ static int precheck(server *s, const http_request *req, route_match *m, char **j
     *json = m->dialect->error_json(405, msg, NULL, "method_not_allowed");
     return 405;
   }
-  if (s->reg->n_api_keys > 0 && !registry_is_open_path(s->reg, path) &&
-      !auth_check((const char *const *)s->reg->api_keys, s->reg->n_api_keys,
-                  http_request_header(req, "authorization")) &&
-      !auth_check_key((const char *const *)s->reg->api_keys, s->reg->n_api_keys,
-                      http_request_header(req, "x-api-key"))) {
+  int keyed = s->reg->n_api_keys > 0 || tenant_count(s->reg->tenants) > 0;
+  int key_ok = keyed && check_key(s, req, &m->tenant);
+  if (keyed && !registry_is_open_path(s->reg, path) && !key_ok) {
     *json = m->dialect->error_json(
         401, "invalid or missing API key (send Authorization: Bearer <key> or x-api-key)", NULL,
         "invalid_api_key");
     snprintf(extra, extra_cap, "WWW-Authenticate: Bearer\r\n");
     return 401;
+  }
+  if (!registry_is_open_path(s->reg, path) &&
+      !tenant_allows_endpoint(s->reg->tenants, m->tenant, path)) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "this API key may not call %.200s", path);
+    *json = m->dialect->error_json(403, msg, NULL, "endpoint_not_allowed");
+    return 403;
+  }
+  /* A tenant out of requests is refused here, before its body is read or tokenized (the token
+   * quota needs the prompt's count and is checked at submission, server_gen.c). */
+  if ((hit->kind == OAI_CHAT || hit->kind == OAI_COMPLETION) && m->tenant >= 0 && !s->draining) {
+    int64_t retry = tenant_quota_peek_requests(&s->quotas[m->tenant], uv_hrtime());
+    if (retry > 0) {
+      char msg[300];
+      tenant_limit_message(&s->reg->tenants->t[m->tenant], TENANT_ADMIT_REQUESTS, 0, retry, msg,
+                           sizeof msg);
+      *json = m->dialect->error_json(429, msg, NULL, "rate_limit_exceeded");
+      snprintf(extra, extra_cap, "Retry-After: %lld\r\n", (long long)retry);
+      metrics_tenant_limited(&s->met, m->tenant, 0);
+      return 429;
+    }
   }
   if (hit->kind != 0 && s->draining) {
     *json = m->dialect->error_json(503, "server is shutting down", NULL, "shutting_down");
@@ -508,6 +607,7 @@ static int on_head(void *ud, const http_request *req, http_early *out) {
   if (!st) return 0;
   if (is_utility(m.hit)) metrics_count_utility(&s->met, st);
   else metrics_count_request(&s->met, -1, st);
+  metrics_tenant_count(&s->met, m.tenant, st);
   if (s->opts.cors) { /* so that a browser can read the error */
     size_t n = strlen(out->extra);
     cors_headers(s->opts.cors, http_request_header(req, "origin"), out->extra + n,
@@ -537,6 +637,11 @@ static void on_request(void *ud, http_conn *c, const http_request *req) {
   int st = precheck(s, req, &m, &j, extra, sizeof extra);
   r->dialect = m.dialect;
   r->utility = is_utility(m.hit);
+  r->tenant = m.tenant;
+  /* Weighted routes draw from the request id when the client sends one (a retry lands on the
+   * same model), else from the server's sequence (reproducible for a given arrival order). */
+  const char *rid = http_request_header(req, "x-request-id");
+  r->draw = rid ? route_draw_of_id(rid) : qv_mix64(++s->n_draws);
   if (st) {
     respond_json(r, st, j, extra);
     free(j);
@@ -678,13 +783,24 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
   }
   const char *names[REG_MAX_MODELS];
   for (int32_t i = 0; i < s->n_models; i++) names[i] = reg->models[i].name;
+  int32_t n_tenants = tenant_count(reg->tenants);
+  const char *tnames[TENANT_MAX];
+  s->quotas = calloc((size_t)n_tenants + 1, sizeof *s->quotas);
+  s->live_seqs = calloc(REG_MAX_MODELS, sizeof *s->live_seqs); /* room for models added later */
+  for (int32_t i = 0; i < n_tenants && s->quotas; i++) {
+    tenant_quota_init(&s->quotas[i], &reg->tenants->t[i], uv_hrtime());
+    tnames[i] = reg->tenants->t[i].name;
+  }
   s->notify = calloc((size_t)s->n_models, sizeof *s->notify);
   s->buckets = calloc((size_t)s->n_models * SRV_HASH_BUCKETS, sizeof *s->buckets);
   int n_heavy = opts->heavy_threads > 0 ? opts->heavy_threads : (int)uv_available_parallelism() / 2;
   if (n_heavy < 1) n_heavy = 1;
-  if (!s->notify || !s->buckets || metrics_init(&s->met, names, s->n_models) ||
-      workq_create(loop, n_heavy, &s->heavy)) {
-    if (s->heavy) metrics_deinit(&s->met);
+  if (!s->notify || !s->buckets || !s->quotas || !s->live_seqs ||
+      metrics_init(&s->met, names, s->n_models) ||
+      metrics_init_tenants(&s->met, tnames, n_tenants) || workq_create(loop, n_heavy, &s->heavy)) {
+    metrics_deinit(&s->met);
+    free(s->quotas);
+    free(s->live_seqs);
     workq_destroy(s->heavy); /* its handle closes when the caller runs the loop */
     resp_store_destroy(s->responses);
     free(s->notify);
@@ -692,7 +808,8 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
     free(s);
     return qv_error_set(err, QV_ENOMEM, "out of memory");
   }
-  http_handler h = {.ud = s, .on_head = on_head, .on_request = on_request, .on_abort = on_abort};
+  http_handler h = {.ud = s, .on_head = on_head, .on_request = on_request, .on_abort = on_abort,
+                    .error_body = on_error_body};
   int rc = opts->tls ? tls_ctx_create(opts->tls, &s->tls, err) : 0;
   if (!rc)
     rc = http_server_create(loop, opts->host ? opts->host : "127.0.0.1", opts->port,
@@ -703,6 +820,8 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
     workq_destroy(s->heavy);
     metrics_deinit(&s->met);
     resp_store_destroy(s->responses);
+    free(s->quotas);
+    free(s->live_seqs);
     free(s->notify);
     free(s->buckets);
     free(s);
@@ -767,6 +886,8 @@ void server_destroy(server *s) {
   resp_store_destroy(s->responses);
   for (int32_t i = 0; i < s->n_ignored_logged; i++) free(s->ignored_logged[i]);
   free(s->ignored_logged);
+  free(s->quotas);
+  free(s->live_seqs);
   free(s->notify);
   free(s->buckets);
   free(s);

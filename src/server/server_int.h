@@ -11,6 +11,7 @@
 #include "server/oai_resp.h"
 #include "server/resp_store.h"
 #include "server/server.h"
+#include "server/tenant.h"
 #include "server/workq.h"
 
 #define SRV_HASH_BUCKETS 1024
@@ -82,6 +83,10 @@ struct server {
   uv_async_t fleet_async;
   uv_timer_t fleet_timer;
   int32_t n_wait_load;        /* requests waiting for a load (bounded by opts.max_wait_load) */
+  tenant_quota *quotas;       /* [tenant_count(reg->tenants)] quota buckets (owned) */
+  int64_t *live_seqs;         /* [REG_MAX_MODELS] sequences submitted and not finished (queued +
+                                 running as the server sees them: least_loaded routes) */
+  uint64_t n_draws;           /* route draws handed out (requests without X-Request-Id) */
 };
 
 struct srv_req {
@@ -139,6 +144,13 @@ struct srv_req {
   int wait_load;              /* waiting for models[model] to load (on-demand, sleeping): 1 set
                                  by the worker, 2 once counted in server.n_wait_load (loop) */
   uint64_t wait_deadline_ns;
+  int32_t tenant;             /* the caller's tenant (server/tenant.h) or -1: unrestricted */
+  uint64_t draw;              /* weighted route draw (server/route.h) */
+  int pick_pending;           /* a least_loaded route: order it on the loop, then prepare */
+  int32_t held_model;         /* the least_loaded pick counted in live_seqs until submission
+                                 (-1: none), so a burst does not all pick the same model */
+  int admitted;               /* the tenant's quota took this request (settled when freed) */
+  int64_t reserved;           /* tokens reserved by the quota at admission */
 };
 
 /* server.c */
@@ -147,6 +159,9 @@ void srv_count(srv_req *r, int status);
 void srv_send_error(srv_req *r, int status, const char *msg, const char *param, const char *code);
 /* Answers json (borrowed; NULL: a 500 out of memory). */
 void srv_respond_json(srv_req *r, int status, const char *json);
+/* The same with extra response headers ("Name: value\r\n" lines). */
+void srv_send_error_hdr(srv_req *r, int status, const char *msg, const char *param,
+                        const char *code, const char *extra);
 void srv_req_maybe_free(srv_req *r);
 void srv_table_insert(struct server *s, int32_t model, srv_sub *sub);
 void srv_table_remove(struct server *s, int32_t model, srv_sub *sub);
