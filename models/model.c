@@ -237,6 +237,13 @@ int qv_model_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error
   return 0;
 }
 
+void qv_model_kv_deinit(qv_model *m) {
+  if (!m || !m->kv_ready) return;
+  if (m->tp) tpm_group_kv_deinit(m);
+  else m->be->ops->kv_deinit(m->be);
+  m->kv_ready = 0;
+}
+
 int64_t qv_model_config_n_params(const qv_model_config *c) {
   if (c->family) return families_n_params(c);
   int64_t qd = (int64_t)c->n_head * c->head_dim, kd = (int64_t)c->n_kv_head * c->head_dim, d = c->dim;

@@ -142,6 +142,8 @@ const char *qv_model_path(const qv_model *m);
 
 /* Allocates the model's paged KV cache on its backend: n_blocks blocks of block_size tokens. */
 int qv_model_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error *err);
+/* Frees the KV cache (the fleet's sleep: the engine over it is gone); kv_init may follow. */
+void qv_model_kv_deinit(qv_model *m);
 
 /* Runs one step: writes the batch's K/V into the cache and returns the logits of the rows in
  * b->logits_idx as host floats, logits [b->n_logits][vocab_size] (caller's memory). A

@@ -522,6 +522,11 @@ int tpm_group_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_erro
   return 0;
 }
 
+void tpm_group_kv_deinit(qv_model *m) {
+  tpm_group *g = m->tp;
+  for (int32_t i = 0; i < g->n_local; i++) qv_model_kv_deinit(g->rank[i]);
+}
+
 int tpm_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error *err) {
   if (m->tp->net && m->tp->r0 == 0) {
     int rc = tpm_net_send_kv(m->tp->net, n_blocks, block_size, err);

@@ -56,6 +56,9 @@ typedef struct tpm_group tpm_group;
 int tpm_group_run(tpm_group *g, const qv_batch *b, float *logits, qv_error *err);
 /* This process's ranks' KV caches. */
 int tpm_group_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error *err);
+/* Frees this process's ranks' KV caches (the fleet's sleep). Ranks on other nodes keep theirs:
+ * a model split over several processes cannot sleep yet. */
+void tpm_group_kv_deinit(qv_model *m);
 struct tpm_net *tpm_group_net(const qv_model *m);
 int32_t tpm_group_size(const tpm_group *g);
 

@@ -75,6 +75,8 @@ int cli_serve(int argc, char **argv) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   server *srv = NULL;
+  so.fleet = srv_models_fleet(loaded);
+  so.budget = srv_models_budget(loaded);
   if (server_create(&loop, reg, models, &so, &srv, &err)) {
     fprintf(stderr, "quiver serve: %s\n", err.msg);
     uv_run(&loop, UV_RUN_DEFAULT); /* close what was opened */
@@ -83,6 +85,10 @@ int cli_serve(int argc, char **argv) {
     serve_cfg_deinit(&c);
     return 1;
   }
+  void (*changed)(void *, int32_t);
+  void *changed_arg;
+  server_fleet_hook(srv, &changed, &changed_arg);
+  srv_models_set_changed(loaded, changed, changed_arg);
   serve_tp_watch *tpw = NULL;
   if (c.tp_net.nnodes > 1) serve_tp_watch_start(&loop, srv, loaded, models, reg->n_models, &tpw);
   /* The one line tools wait for: the address actually bound. */

@@ -49,6 +49,11 @@ typedef struct reg_model {
   int32_t max_waiting;   /* 0: default */
   int32_t n_kv_blocks;   /* 0: default */
   reg_reasoning reasoning; /* UNSET: the server default */
+  /* Fleet options (fleet/fleet.h). */
+  int32_t on_demand;     /* "load": "on_demand" (default "startup") */
+  int32_t pin;           /* "pin": true: never evicted for room */
+  double keep_alive_s;   /* "keep_alive": idle seconds before sleeping (0: never) */
+  int32_t min_kv, max_kv; /* "min_kv"/"max_kv": KV blocks reserved / at most (0: default) */
 } reg_model;
 
 /* How a route orders its models for a request (server/route.h); the rest of the order is the
@@ -89,6 +94,8 @@ typedef struct registry {
   char *open_paths[REG_MAX_NAMES]; /* owned: paths served without a key */
   int32_t n_open_paths;
   int open_paths_set;          /* config/CLI gave open paths (else the default: /health) */
+  char *admin_keys[REG_MAX_NAMES]; /* owned: keys of the admin API (never user keys) */
+  int32_t n_admin_keys;
   struct tenant_cfg *tenants;  /* owned (server/tenant.h) or NULL: no tenants */
 } registry;
 
@@ -105,6 +112,7 @@ int registry_add_model_arg(registry *r, const char *arg, qv_error *err);
 int registry_add_alias_arg(registry *r, const char *arg, qv_error *err);
 int registry_add_api_key(registry *r, const char *key, qv_error *err);
 int registry_add_open_path(registry *r, const char *path, qv_error *err);
+int registry_add_admin_key(registry *r, const char *key, qv_error *err);
 /* Merges a JSON config text. */
 int registry_load_json(registry *r, const char *text, size_t len, qv_error *err);
 /* Reads and merges a config file. */

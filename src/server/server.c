@@ -17,6 +17,7 @@
 
 #include "core/build_info.h"
 #include "core/log.h"
+#include "fleet/fleet.h"
 #include "core/util.h"
 #include "server/auth.h"
 #include "server/cors.h"
@@ -35,6 +36,8 @@ void server_opts_default(server_opts *o) {
   o->max_request_seqs = 256;
   o->heavy_body_bytes = 64u << 10;
   o->handle_signals = 1;
+  o->max_wait_load = 1024;
+  o->load_timeout_ms = 120000;
 }
 
 /* ---- engine id -> request table ---- */
@@ -155,6 +158,8 @@ void srv_send_error_hdr(srv_req *r, int status, const char *msg, const char *par
   free(j);
 }
 
+void srv_respond_json(srv_req *r, int status, const char *json) { respond_json(r, status, json, ""); }
+
 void srv_send_error(srv_req *r, int status, const char *msg, const char *param,
                     const char *code) {
   srv_send_error_hdr(r, status, msg, param, code,
@@ -171,9 +176,12 @@ static void handle_health(srv_req *r) {
   for (int32_t i = 0; i < s->n_models; i++) {
     cJSON *m = cJSON_CreateObject();
     cJSON_AddStringToObject(m, "name", s->reg->models[i].name);
+    fleet_model_info fi;
+    if (s->opts.fleet) fleet_get_info(s->opts.fleet, i, &fi);
     cJSON_AddStringToObject(m, "state",
-                            s->models[i].state ? s->models[i].state
-                                               : (s->models[i].ready ? "ready" : "unavailable"));
+                            s->opts.fleet ? fleet_state_name(fi.state)
+                            : s->models[i].state ? s->models[i].state
+                                                 : (s->models[i].ready ? "ready" : "unavailable"));
     if (s->models[i].ready && s->models[i].ops->get_stats) {
       qv_engine_stats st;
       s->models[i].ops->get_stats(s->models[i].ctx, &st);
@@ -182,7 +190,9 @@ static void handle_health(srv_req *r) {
       cJSON_AddNumberToObject(m, "kv_blocks_used", st.n_kv_blocks_used);
       cJSON_AddNumberToObject(m, "kv_blocks_total", st.n_kv_blocks);
     }
-    all_ready &= s->models[i].ready != 0;
+    /* Under a fleet only the startup models make /health fail; on-demand ones load later. */
+    if (s->opts.fleet) all_ready &= s->models[i].ready && (fi.on_demand || fi.state == FLEET_READY);
+    else all_ready &= s->models[i].ready != 0;
     cJSON_AddItemToArray(arr, m);
   }
   cJSON_AddStringToObject(root, "status",
@@ -191,6 +201,49 @@ static void handle_health(srv_req *r) {
   cJSON_Delete(root);
   respond_json(r, all_ready && !s->draining ? 200 : 503, j, "");
   free(j);
+}
+
+/* Appends the fleet's gauges and counters (per model state, loads, wakes, sleeps, evictions,
+ * swap seconds, weight bytes; the budget) to the Prometheus text (taking text; NULL on OOM). */
+static char *srv_fleet_metrics(server *s, char *text, size_t *len) {
+  size_t cap = *len + 4096 + (size_t)s->n_models * 2048;
+  char *out = realloc(text, cap);
+  if (!out) {
+    free(text);
+    return NULL;
+  }
+  size_t n = *len;
+  static const char *const names[][3] = {
+      {"quiver_model_state", "gauge", "1 for the model's current fleet state, 0 for the others."},
+      {"quiver_model_weight_bytes", "gauge", "Bytes the loaded model holds in the memory budget besides its KV."},
+      {"quiver_model_loads_total", "counter", "Loads of the model from nothing."},
+      {"quiver_model_wakes_total", "counter", "Wakes of the model from sleep."},
+      {"quiver_model_sleeps_total", "counter", "Sleeps, evictions and unloads of the model."},
+      {"quiver_model_evictions_total", "counter", "Times the model was put to sleep to make room."},
+      {"quiver_model_swap_seconds_total", "counter", "Seconds spent loading, waking and putting the model to sleep."},
+      {"quiver_model_last_load_seconds", "gauge", "Duration of the model's last load or wake."},
+  };
+  for (size_t g = 0; g < sizeof names / sizeof *names; g++) {
+    n += (size_t)snprintf(out + n, cap - n, "# HELP %s %s\n# TYPE %s %s\n", names[g][0], names[g][2],
+                          names[g][0], names[g][1]);
+    for (int32_t i = 0; i < s->n_models; i++) {
+      fleet_model_info fi;
+      fleet_get_info(s->opts.fleet, i, &fi);
+      const char *nm = s->reg->models[i].name; /* registry names are validated: no quotes */
+      if (g == 0) {
+        for (int st = FLEET_REGISTERED; st <= FLEET_FAILED; st++)
+          n += (size_t)snprintf(out + n, cap - n, "%s{model=\"%s\",state=\"%s\"} %d\n", names[g][0], nm,
+                                fleet_state_name((fleet_state)st), fi.state == (fleet_state)st);
+        continue;
+      }
+      double v = g == 1 ? (double)(fi.depth ? fi.weight_bytes : 0) : g == 2 ? (double)fi.n_loads
+                 : g == 3 ? (double)fi.n_wakes : g == 4 ? (double)fi.n_sleeps
+                 : g == 5 ? (double)fi.n_evictions : g == 6 ? fi.swap_s_total : fi.last_load_s;
+      n += (size_t)snprintf(out + n, cap - n, "%s{model=\"%s\"} %.6g\n", names[g][0], nm, v);
+    }
+  }
+  *len = n < cap ? n : cap - 1;
+  return out;
 }
 
 static void handle_metrics(srv_req *r) {
@@ -202,12 +255,18 @@ static void handle_metrics(srv_req *r) {
   if (stats && states) {
     for (int32_t i = 0; i < s->n_models; i++) {
       states[i].ready = s->models[i].ready;
+      if (s->opts.fleet) {
+        fleet_model_info fi;
+        fleet_get_info(s->opts.fleet, i, &fi);
+        states[i].ready = fi.state == FLEET_READY;
+      }
       if (s->models[i].ready && s->models[i].ops->get_stats) {
         s->models[i].ops->get_stats(s->models[i].ctx, &stats[i]);
         states[i].stats = &stats[i];
       }
     }
     text = metrics_render(&s->met, states, &len);
+    if (text && s->opts.fleet) text = srv_fleet_metrics(s, text, &len);
   }
   free(stats);
   free(states);
@@ -243,6 +302,28 @@ static void handle_version(srv_req *r) {
   cJSON_Delete(root);
   respond_json(r, 200, j, "");
   free(j);
+}
+
+/* Adds each entry's fleet state ("ready", "sleeping", ...: of its root model) to a /v1/models
+ * answer (taking j; NULL on OOM). */
+static char *models_add_state(server *s, char *j) {
+  cJSON *root = cJSON_Parse(j);
+  free(j);
+  if (!root) return NULL;
+  cJSON *data = cJSON_GetObjectItem(root, "data");
+  cJSON *it = data ? data->child : root;
+  for (; it; it = data ? it->next : NULL) {
+    const cJSON *rt = cJSON_GetObjectItem(it, "root");
+    int32_t idx[REG_MAX_ROUTE_LEN];
+    if (cJSON_IsString(rt) && registry_resolve(s->reg, rt->valuestring, idx, REG_MAX_ROUTE_LEN) > 0) {
+      fleet_model_info fi;
+      fleet_get_info(s->opts.fleet, idx[0], &fi);
+      cJSON_AddStringToObject(it, "state", fleet_state_name(fi.state));
+    }
+  }
+  char *out = cJSON_PrintUnformatted(root);
+  cJSON_Delete(root);
+  return out;
 }
 
 /* Every name a client may use: models, aliases, routes (for a tenant: those it may use; one it
@@ -303,6 +384,7 @@ static void handle_models(srv_req *r, const char *one) {
     srv_send_error(r, 404, msg, "model", "model_not_found");
     return;
   }
+  if (j && s->opts.fleet) j = models_add_state(s, j);
   respond_json(r, 200, j, "");
   free(j);
 }
@@ -519,6 +601,7 @@ static int on_head(void *ud, const http_request *req, http_early *out) {
   if (s->opts.cors && !strcmp(req->method_str, "OPTIONS") && http_request_header(req, "origin") &&
       http_request_header(req, "access-control-request-method"))
     return 0;
+  if (s->opts.fleet && srv_admin_is_path(req->path)) return 0; /* admin.c checks its own key */
   route_match m;
   int st = precheck(s, req, &m, &out->body, out->extra, sizeof out->extra);
   if (!st) return 0;
@@ -541,6 +624,12 @@ static void on_request(void *ud, http_conn *c, const http_request *req) {
     static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
                               "\"param\":null,\"code\":null}}";
     http_respond(c, 500, "application/json", "", oom, sizeof oom - 1);
+    return;
+  }
+  if (s->opts.fleet && srv_admin_is_path(req->path)) {
+    r->utility = 1;
+    srv_admin_handle(r, req);
+    srv_req_maybe_free(r);
     return;
   }
   route_match m;
@@ -612,6 +701,7 @@ static void close_all(server *s) {
   s->heavy = NULL;
   uv_close((uv_handle_t *)&s->stop_async, NULL);
   uv_close((uv_handle_t *)&s->drain_timer, NULL);
+  if (s->opts.fleet) uv_close((uv_handle_t *)&s->fleet_timer, NULL);
   if (s->opts.handle_signals) {
     uv_close((uv_handle_t *)&s->sig_int, NULL);
     uv_close((uv_handle_t *)&s->sig_term, NULL);
@@ -638,6 +728,19 @@ static void begin_drain(server *s) {
 }
 
 static void on_stop_async(uv_async_t *a) { begin_drain(a->data); }
+
+static void on_fleet_async(uv_async_t *a) { srv_gen_check_waiting(a->data); }
+static void on_fleet_timer(uv_timer_t *t) { srv_gen_check_waiting(t->data); }
+/* The fleet's loader thread: a model's state changed. */
+static void fleet_changed(void *arg, int32_t idx) {
+  (void)idx;
+  uv_async_send(&((server *)arg)->fleet_async);
+}
+
+void server_fleet_hook(server *s, void (**fn)(void *arg, int32_t idx), void **arg) {
+  *fn = fleet_changed;
+  *arg = s;
+}
 /* The first SIGINT/SIGTERM drains; a second one aborts what is in flight (each open stream
  * gets an error event and ends, other requests a 503), lets those last bytes go out for up to
  * a second, and the process exits non-zero (server_aborted). */
@@ -736,6 +839,15 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
   }
   uv_async_init(loop, &s->stop_async, on_stop_async);
   s->stop_async.data = s;
+  if (opts->fleet) {
+    uv_async_init(loop, &s->fleet_async, on_fleet_async);
+    s->fleet_async.data = s;
+    uv_unref((uv_handle_t *)&s->fleet_async);
+    uv_timer_init(loop, &s->fleet_timer);
+    s->fleet_timer.data = s;
+    uv_timer_start(&s->fleet_timer, on_fleet_timer, 100, 100);
+    uv_unref((uv_handle_t *)&s->fleet_timer);
+  }
   uv_timer_init(loop, &s->drain_timer);
   s->drain_timer.data = s;
   if (opts->handle_signals) {
@@ -760,6 +872,7 @@ void server_destroy(server *s) {
    * notify can race with closing the async handles. */
   close_all(s);
   for (int32_t i = 0; i < s->n_models; i++) uv_close((uv_handle_t *)&s->notify[i].async, noop_close);
+  if (s->opts.fleet) uv_close((uv_handle_t *)&s->fleet_async, noop_close);
   uv_run(s->loop, UV_RUN_DEFAULT);
   while (s->reqs) {
     srv_req *r = s->reqs;

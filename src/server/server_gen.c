@@ -13,6 +13,7 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "fleet/fleet.h"
 #include "server/json_nul.h"
 #include "server/route.h"
 #include "server/server_int.h"
@@ -88,6 +89,8 @@ static void free_choices(srv_req *r) {
   r->n_choices_done = 0;
 }
 
+static void release_model(srv_req *r);
+
 /* Gives back the least_loaded pick's provisional count (see held_model). */
 static void release_hold(srv_req *r) {
   if (r->held_model < 0) return;
@@ -96,6 +99,9 @@ static void release_hold(srv_req *r) {
 }
 
 void srv_gen_free(srv_req *r) {
+  if (r->wait_load == 2) r->s->n_wait_load--;
+  r->wait_load = 0;
+  release_model(r);
   release_hold(r);
   free_prep(r);
   free_choices(r);
@@ -122,14 +128,31 @@ static int render_prompt(srv_req *r, char **text, size_t *len, int *add_special)
                                  &r->work_err);
 }
 
+/* Gives back the model the request entered (fleet), if any. Any thread. */
+static void release_model(srv_req *r) {
+  if (!r->held) return;
+  srv_model *m = &r->s->models[r->held - 1];
+  r->held = 0;
+  if (m->ops->leave) m->ops->leave(m->ctx);
+}
+
+/* Enters model idx: 1 when it is ready (and now held for this request). */
+static int enter_model(srv_req *r, int32_t idx) {
+  srv_model *m = &r->s->models[idx];
+  if (!m->ready) return 0;
+  if (m->ops->enter) {
+    if (!m->ops->enter(m->ctx)) return 0;
+    r->held = idx + 1;
+  }
+  r->model = idx;
+  return 1;
+}
+
 /* Moves to the next ready model of the route; 0 when there is none. */
 static int next_model(srv_req *r) {
+  release_model(r);
   while (r->route_pos < r->n_route) {
-    int32_t m = r->route[r->route_pos];
-    if (r->s->models[m].ready) {
-      r->model = m;
-      return 1;
-    }
+    if (enter_model(r, r->route[r->route_pos])) return 1;
     r->route_pos++;
   }
   return 0;
@@ -207,6 +230,18 @@ static int parse_and_resolve(srv_req *r) {
   r->route_pos = 0;
   if (!next_model(r)) {
     r->model = r->route[0];
+    /* None is loaded: the first one that can be (on demand, asleep) is asked for, and the
+     * request waits for it on the loop (srv_gen_check_waiting). */
+    for (int32_t i = 0; i < r->n_route; i++) {
+      srv_model *m = &s->models[r->route[i]];
+      if (m->ready && m->ops->want) {
+        r->model = r->route[i];
+        r->route_pos = i;
+        m->ops->want(m->ctx);
+        r->wait_load = 1;
+        return 0;
+      }
+    }
     qv_error_set(&r->work_err, QV_EUNSUPPORTED, "the requested model is not available");
     return work_fail(r, 503, "model", "model_unavailable");
   }
@@ -328,13 +363,14 @@ static int decode_marked(srv_model *m, const int32_t *ids, size_t n_ids, char **
 static void prep_work(uv_work_t *w) {
   srv_req *r = w->data;
   prep_inputs(r);
+  if (r->wait_load) return;
   if (r->o.kind == OAI_TOKENIZE || r->o.kind == OAI_DETOKENIZE) build_token_answer(r);
 }
 
 static void prep_inputs(srv_req *r) {
   if (!r->parsed) {
     r->parsed = 1;
-    if (parse_and_resolve(r) || r->pick_pending) return;
+    if (parse_and_resolve(r) || r->wait_load || r->pick_pending) return;
   }
   srv_model *m = model_of(r);
   const srv_model_ops *ops = m->ops;
@@ -721,7 +757,18 @@ static void after_prep(uv_work_t *w, int status) {
   }
   r->pins++;
   log_ignored(r);
-  if (r->fail_status) {
+  if (r->wait_load && !r->fail_status) {
+    server *s = r->s;
+    if (s->n_wait_load >= s->opts.max_wait_load) {
+      r->wait_load = 0;
+      srv_send_error(r, 503, "too many requests are waiting for models to load; retry later", "model",
+                     "model_loading");
+    } else {
+      s->n_wait_load++;
+      r->wait_load = 2; /* counted in n_wait_load */
+      r->wait_deadline_ns = uv_hrtime() + s->opts.load_timeout_ms * 1000000ull;
+    }
+  } else if (r->fail_status) {
     srv_send_error(r, r->fail_status, r->work_err.msg, r->fail_param, r->fail_code);
   } else if (r->pick_pending) {
     pick_least_loaded(r);
@@ -1236,6 +1283,50 @@ void srv_gen_abort_all(server *s) {
     } else {
       srv_send_error(r, 503, "the server is shutting down: request aborted", NULL, "aborted");
     }
+    r->pins--;
+    srv_req_maybe_free(r);
+  }
+}
+
+/* ---- waiting for a model to load ---- */
+
+void srv_gen_check_waiting(server *s) {
+  if (!s->n_wait_load || !s->opts.fleet) return;
+  uint64_t now = uv_hrtime();
+  for (srv_req *r = s->reqs, *next; r; r = next) {
+    next = r->next;
+    if (r->in_work || r->wait_load != 2) continue; /* in_work first: the worker writes wait_load */
+    fleet_model_info in;
+    fleet_get_info(s->opts.fleet, r->model, &in);
+    int ready = in.state == FLEET_READY && enter_model(r, r->model);
+    int failed = !ready && in.state == FLEET_FAILED && !in.pending;
+    if (!ready && !failed && now < r->wait_deadline_ns) {
+      /* Asleep again (evicted before this request got in) or unloaded: ask once more. */
+      srv_model *m = &s->models[r->model];
+      if (in.state != FLEET_LOADING && m->ops->want) m->ops->want(m->ctx);
+      continue;
+    }
+    r->wait_load = 0;
+    s->n_wait_load--;
+    if (ready) {
+      if (!r->conn) {
+        srv_req_maybe_free(r);
+        continue;
+      }
+      r->pick_pending = 0; /* the model is chosen: the one it waited for */
+      start_prep(r); /* parsed: goes straight to tokenizing with the loaded model */
+      continue;
+    }
+    char msg[700];
+    if (failed)
+      snprintf(msg, sizeof msg, "model '%s' is not available (%s%s%.500s)", s->reg->models[r->model].name,
+               fleet_state_name(in.state), in.error[0] ? ": " : "", in.error);
+    else
+      snprintf(msg, sizeof msg, "model '%s' did not load within %.1f s (%s); retry later",
+               s->reg->models[r->model].name, (double)s->opts.load_timeout_ms / 1000.0,
+               fleet_state_name(in.state));
+    r->pins++;
+    srv_send_error(r, 503, msg, "model", failed ? "model_unavailable" : "model_loading");
     r->pins--;
     srv_req_maybe_free(r);
   }
