@@ -8,9 +8,11 @@
  *   Mixtral, Qwen3-MoE, gpt-oss: a mixture-of-experts MLP (router -> moe_route -> expert-grouped
  *     matmuls -> moe_combine); gpt-oss adds q/k/v/o biases, attention sinks, alternating
  *     sliding/full layers, YaRN, its clamped SwiGLU and MXFP4 experts kept 4-bit.
- * Layer l: h = norm(x); a = o(attn(rope(q(h)), rope(k(h)), v(h))); [a = post_norm(a)]; x += a;
- *          h = ffn_norm(x); f = mlp(h) or moe(h); [f = post_ffn_norm(f)]; x += f.
- * Written only against the backend interface; ops a backend lacks are named at load. */
+ * The layer loop is the Llama family's (qv_model_forward in llama.c, which reads the flags the
+ * configuration sets); this file loads the weights into the same llama_layer and adds the MoE
+ * block and Gemma 3's local rope. Matrices load through model_load_tensor, as Llama's do (file
+ * dtype kept, quantized GGUF blocks too); norms that need (1 + w), the fused Phi-3 matrices and
+ * the experts are converted here. Ops a backend lacks are named at load. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,18 +26,7 @@
     if (rc_) return qv_error_set(err, rc_, "%s", (m)->be->last_error.msg); \
   } while (0)
 
-typedef struct fam_layer {
-  qv_tensor attn_norm, post_attn_norm, ffn_norm, post_ffn_norm; /* [1][dim]; post_* Gemma only */
-  qv_tensor wq, wk, wv, wo, bq, bk, bv, bo;
-  qv_tensor q_norm, k_norm;      /* [1][hd] */
-  qv_tensor sinks;               /* [1][n_head] gpt-oss */
-  qv_tensor w_gate, w_up, w_down; /* dense MLP */
-  qv_tensor router, router_b;    /* [E][dim], [1][E] */
-  qv_experts e_gate, e_up, e_down;
-} fam_layer;
-
 struct fam_state {
-  fam_layer *layers;            /* [n_layer] */
   qv_tensor inv_freq_local;     /* Gemma 3 sliding layers */
   qv_rope rope_local;
   qv_tensor rl;                 /* [max_tok][E] router logits */
@@ -89,6 +80,7 @@ static int load_rows(qv_model *m, model_weight_src *src, const char *name, int64
 
 static int load(qv_model *m, model_weight_src *src, const char *name, int64_t rows, int64_t cols, int flags,
                 qv_tensor *t, qv_error *err) {
+  if (!(flags & (LD_PLUS_ONE | LD_F32))) return model_load_tensor(m, src, name, rows, cols, flags & LD_REQ, t, err);
   return load_rows(m, src, name, rows, cols, 0, rows, flags, t, err);
 }
 
@@ -227,7 +219,7 @@ static int load_experts_oss(qv_model *m, model_weight_src *src, int32_t l, const
 
 static int load_layer(qv_model *m, model_weight_src *src, int32_t l, qv_error *err) {
   const qv_model_config *c = &m->cfg;
-  fam_layer *L = &m->fam->layers[l];
+  llama_layer *L = &m->layers[l];
   int64_t qd = (int64_t)c->n_head * c->head_dim, kd = (int64_t)c->n_kv_head * c->head_dim, d = c->dim;
   int gem = c->norm_plus_one ? LD_PLUS_ONE : 0;
   char name[160];
@@ -314,21 +306,6 @@ static int alloc_act(qv_model *m, qv_dtype dt, int64_t rows, int64_t cols, qv_te
   return 0;
 }
 
-static int rope_table(qv_model *m, const qv_model_config *rc_cfg, qv_tensor *t, qv_rope *r, qv_error *err) {
-  const qv_model_config *c = &m->cfg;
-  int32_t half = c->rot_dim / 2;
-  float *inv = malloc((size_t)half * sizeof *inv);
-  if (!inv) return qv_error_set(err, QV_ENOMEM, "out of memory");
-  float af;
-  model_rope_inv_freq(rc_cfg, c->rot_dim, inv, &af);
-  int rc = m->be->ops->alloc(m->be, QV_DTYPE_F32, 1, half, t);
-  if (!rc) rc = m->be->ops->upload(m->be, t, inv, QV_DTYPE_F32);
-  free(inv);
-  if (rc) return qv_error_set(err, rc, "%s", m->be->last_error.msg);
-  *r = (qv_rope){.head_dim = c->head_dim, .rot_dim = c->rot_dim, .neox = 1, .attn_factor = af, .inv_freq = t};
-  return 0;
-}
-
 /* The ops this configuration needs beyond the Llama set, checked before anything is loaded. */
 static int check_ops(const qv_model_config *c, const qv_backend_ops *ops, qv_error *err) {
   const char *missing = NULL;
@@ -393,16 +370,10 @@ int families_build(const qv_model_config *cfg, model_weight_src *src, qv_backend
 static int families_build_from(const qv_model_config *cfg, model_weight_src *src, qv_backend *be,
                                const qv_model_opts *opts, qv_model **out, qv_error *err) {
   int rc;
-  qv_model *m = calloc(1, sizeof *m);
+  qv_model *m = model_new(cfg, be, opts);
   if (!m) return qv_error_set(err, QV_ENOMEM, "out of memory");
-  m->cfg = *cfg;
-  m->be = be;
   const qv_model_config *c = &m->cfg;
-  m->max_tok = opts->max_batch_tokens;
-  m->max_logits = opts->max_logits > 0 ? opts->max_logits : opts->max_batch_tokens;
-  m->fam = calloc(1, sizeof *m->fam);
-  if (m->fam) m->fam->layers = calloc((size_t)c->n_layer, sizeof *m->fam->layers);
-  if (!m->fam || !m->fam->layers) {
+  if (!(m->fam = calloc(1, sizeof *m->fam))) {
     rc = qv_error_set(err, QV_ENOMEM, "out of memory");
     goto fail;
   }
@@ -415,24 +386,17 @@ static int families_build_from(const qv_model_config *cfg, model_weight_src *src
     goto fail;
   if (c->tie_embeddings) m->lm_head = m->tok_emb;
   else if ((rc = load(m, src, "lm_head.weight", c->vocab_size, c->dim, LD_REQ, &m->lm_head, err))) goto fail;
-  if ((rc = rope_table(m, c, &m->inv_freq, &m->rope, err))) goto fail;
+  if ((rc = model_rope_table(m, c, &m->inv_freq, &m->rope, err))) goto fail;
   if (c->rope_local_theta > 0) {
     /* Gemma 3's sliding layers: their own base, never scaled. */
     qv_model_config lc = *c;
     lc.rope_theta = c->rope_local_theta;
     lc.rope_scaling = QV_ROPE_SCALING_NONE;
-    if ((rc = rope_table(m, &lc, &F->inv_freq_local, &F->rope_local, err))) goto fail;
+    if ((rc = model_rope_table(m, &lc, &F->inv_freq_local, &F->rope_local, err))) goto fail;
   }
-  int64_t qd = (int64_t)c->n_head * c->head_dim, kd = (int64_t)c->n_kv_head * c->head_dim;
+  if ((rc = model_alloc_acts(m, err))) goto fail;
   qv_dtype ad = be->ops->act_dtype;
-  int64_t T = m->max_tok, ffn = c->ffn_dim;
-  if ((rc = alloc_act(m, ad, T, c->dim, &m->x, err)) || (rc = alloc_act(m, ad, T, c->dim, &m->h, err)) ||
-      (rc = alloc_act(m, ad, T, qd, &m->q, err)) || (rc = alloc_act(m, ad, T, qd, &m->att, err)) ||
-      (rc = alloc_act(m, ad, T, kd, &m->k, err)) || (rc = alloc_act(m, ad, T, kd, &m->v, err)) ||
-      (rc = alloc_act(m, ad, T, c->dim, &m->o, err)) || (rc = alloc_act(m, ad, T, ffn, &m->g, err)) ||
-      (rc = alloc_act(m, ad, T, ffn, &m->u, err)) || (rc = alloc_act(m, ad, m->max_logits, c->dim, &m->sel, err)) ||
-      (rc = alloc_act(m, QV_DTYPE_F32, m->max_logits, c->vocab_size, &m->logits, err)))
-    goto fail;
+  int64_t T = m->max_tok;
   if (c->n_expert) {
     int64_t k = c->n_expert_used;
     if ((rc = alloc_act(m, QV_DTYPE_F32, T, c->n_expert, &F->rl, err)) ||
@@ -460,21 +424,14 @@ void families_free(qv_model *m) {
   struct fam_state *F = m->fam;
   if (!F) return;
   qv_backend *be = m->be;
-  if (F->layers) {
-    for (int32_t l = 0; l < m->cfg.n_layer; l++) {
-      fam_layer *L = &F->layers[l];
-      qv_tensor *ts[] = {&L->attn_norm, &L->post_attn_norm, &L->ffn_norm, &L->post_ffn_norm, &L->wq, &L->wk,
-                         &L->wv, &L->wo, &L->bq, &L->bk, &L->bv, &L->bo, &L->q_norm, &L->k_norm, &L->sinks,
-                         &L->w_gate, &L->w_up, &L->w_down, &L->router, &L->router_b};
-      for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) be->ops->free(be, ts[i]);
-      free_experts(be, &L->e_gate);
-      free_experts(be, &L->e_up);
-      free_experts(be, &L->e_down);
-    }
+  for (int32_t l = 0; m->layers && l < m->cfg.n_layer; l++) {
+    llama_layer *L = &m->layers[l];
+    free_experts(be, &L->e_gate);
+    free_experts(be, &L->e_up);
+    free_experts(be, &L->e_down);
   }
   qv_tensor *ts[] = {&F->inv_freq_local, &F->rl, &F->ids, &F->wts, &F->eg, &F->eu, &F->ey};
   for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) be->ops->free(be, ts[i]);
-  free(F->layers);
   free(F);
   m->fam = NULL;
 }
@@ -500,7 +457,7 @@ int64_t families_n_params(const qv_model_config *c) {
   return total;
 }
 
-/* ---- forward ---- */
+/* ---- forward pieces (the layer loop is qv_model_forward, llama.c) ---- */
 
 static qv_tensor rows_of(const qv_tensor *t, int64_t rows) {
   qv_tensor v = *t;
@@ -508,17 +465,13 @@ static qv_tensor rows_of(const qv_tensor *t, int64_t rows) {
   return v;
 }
 
-static qv_tensor regroup(const qv_tensor *t, int64_t group) {
-  qv_tensor v = *t;
-  v.rows = t->rows * t->cols / group;
-  v.cols = group;
-  return v;
-}
-
 static const qv_tensor *opt(const qv_tensor *t) { return t->data ? t : NULL; }
 
-/* out = moe(h) for n tokens. */
-static int moe_forward(qv_model *m, const fam_layer *L, qv_tensor *out, const qv_tensor *h, int64_t n, qv_error *err) {
+const qv_rope *families_layer_rope(const qv_model *m, int32_t l) {
+  return m->fam->inv_freq_local.data && (m->cfg.layer_flags[l] & QV_LAYER_SLIDING) ? &m->fam->rope_local : NULL;
+}
+
+int families_moe(qv_model *m, const llama_layer *L, qv_tensor *out, const qv_tensor *h, int64_t n, qv_error *err) {
   const qv_model_config *c = &m->cfg;
   const qv_backend_ops *ops = m->be->ops;
   qv_backend *be = m->be;
@@ -536,82 +489,5 @@ static int moe_forward(qv_model *m, const fam_layer *L, qv_tensor *out, const qv
   BE_CALL(m, ops->gated_act(be, &eg, &eg, &eu, &act));
   BE_CALL(m, ops->moe_matmul(be, &ey, &eg, &L->e_down, &ids));
   BE_CALL(m, ops->moe_combine(be, out, &ey, &wts));
-  return 0;
-}
-
-int families_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *err) {
-  const qv_model_config *c = &m->cfg;
-  const qv_backend_ops *ops = m->be->ops;
-  qv_backend *be = m->be;
-  struct fam_state *F = m->fam;
-  if (b->n_tokens <= 0 || b->n_tokens > m->max_tok || b->n_logits < 0 || b->n_logits > m->max_logits)
-    return qv_error_set(err, QV_EINVAL, "forward: %d tokens / %d logits exceed the model's limits %d / %d",
-                        b->n_tokens, b->n_logits, m->max_tok, m->max_logits);
-  for (int32_t i = 0; i < b->n_tokens; i++)
-    if (b->token_ids[i] < 0 || b->token_ids[i] >= c->vocab_size)
-      return qv_error_set(err, QV_ERANGE, "forward: token id %d outside the vocabulary (%d)", b->token_ids[i],
-                          c->vocab_size);
-  BE_CALL(m, ops->set_batch(be, b));
-  int64_t n = b->n_tokens;
-  qv_tensor x = rows_of(&m->x, n), h = rows_of(&m->h, n), q = rows_of(&m->q, n), att = rows_of(&m->att, n);
-  qv_tensor k = rows_of(&m->k, n), v = rows_of(&m->v, n), o = rows_of(&m->o, n);
-  qv_tensor g = rows_of(&m->g, n), u = rows_of(&m->u, n);
-  qv_act act = {.kind = (qv_act_kind)c->act, .alpha = c->swiglu_alpha, .limit = c->swiglu_limit};
-  BE_CALL(m, ops->embed(be, &x, &m->tok_emb));
-  if (c->embed_scale) {
-    /* transformers casts the normalizer to the embedding's dtype before multiplying: bf16 on a
-     * bf16 backend (sqrt(640) = 25.298 becomes 25.25), exact fp32 on the CPU. */
-    float es = c->embed_scale;
-    if (ops->weight_dtype == QV_DTYPE_BF16) es = qv_bf16_to_f32(qv_f32_to_bf16(es));
-    else if (ops->weight_dtype == QV_DTYPE_F16) es = qv_f16_to_f32(qv_f32_to_f16(es));
-    BE_CALL(m, ops->scale(be, &x, es));
-  }
-  for (int32_t l = 0; l < c->n_layer; l++) {
-    const fam_layer *L = &F->layers[l];
-    int sliding = c->layer_flags[l] & QV_LAYER_SLIDING;
-    qv_attn_params ap = {.layer = l, .n_head = c->n_head, .n_kv_head = c->n_kv_head, .head_dim = c->head_dim,
-                         .scale = c->attn_scale > 0 ? c->attn_scale : 1.0f / sqrtf((float)c->head_dim),
-                         .sliding_window = sliding ? c->sliding_window : 0, .softcap = c->attn_softcap,
-                         .sinks = opt(&L->sinks)};
-    BE_CALL(m, ops->rmsnorm(be, &h, &x, &L->attn_norm, c->norm_eps));
-    BE_CALL(m, ops->matmul(be, &q, &h, &L->wq, opt(&L->bq)));
-    BE_CALL(m, ops->matmul(be, &k, &h, &L->wk, opt(&L->bk)));
-    BE_CALL(m, ops->matmul(be, &v, &h, &L->wv, opt(&L->bv)));
-    if (c->qk_norm) {
-      qv_tensor qh = regroup(&q, c->head_dim), kh = regroup(&k, c->head_dim);
-      BE_CALL(m, ops->rmsnorm(be, &qh, &qh, &L->q_norm, c->norm_eps));
-      BE_CALL(m, ops->rmsnorm(be, &kh, &kh, &L->k_norm, c->norm_eps));
-    }
-    const qv_rope *rope = sliding && F->inv_freq_local.data ? &F->rope_local : &m->rope;
-    BE_CALL(m, ops->rope(be, &q, c->n_head, &k, c->n_kv_head, rope));
-    BE_CALL(m, ops->kv_write(be, l, &k, &v));
-    BE_CALL(m, ops->attention(be, &att, &q, &ap));
-    BE_CALL(m, ops->matmul(be, &o, &att, &L->wo, opt(&L->bo)));
-    if (c->sandwich_norm) BE_CALL(m, ops->rmsnorm(be, &o, &o, &L->post_attn_norm, c->norm_eps));
-    BE_CALL(m, ops->add_rmsnorm(be, &h, &x, &o, &L->ffn_norm, c->norm_eps));
-    if (c->layer_flags[l] & QV_LAYER_MOE) {
-      int rc = moe_forward(m, L, &o, &h, n, err);
-      if (rc) return rc;
-    } else {
-      BE_CALL(m, ops->matmul(be, &g, &h, &L->w_gate, NULL));
-      BE_CALL(m, ops->matmul(be, &u, &h, &L->w_up, NULL));
-      if (c->act == QV_ACT_SILU) BE_CALL(m, ops->silu_mul(be, &g, &g, &u));
-      else BE_CALL(m, ops->gated_act(be, &g, &g, &u, &act));
-      BE_CALL(m, ops->matmul(be, &o, &g, &L->w_down, NULL));
-    }
-    if (c->sandwich_norm) BE_CALL(m, ops->rmsnorm(be, &o, &o, &L->post_ffn_norm, c->norm_eps));
-    BE_CALL(m, ops->add(be, &x, &o));
-  }
-  if (b->n_logits == 0) return 0;
-  qv_tensor sel = rows_of(&m->sel, b->n_logits), lg = rows_of(&m->logits, b->n_logits);
-  BE_CALL(m, ops->gather_rows(be, &sel, &x));
-  BE_CALL(m, ops->rmsnorm(be, &sel, &sel, &m->final_norm, c->norm_eps));
-  BE_CALL(m, ops->matmul(be, &lg, &sel, &m->lm_head, NULL));
-  BE_CALL(m, ops->download_f32(be, &lg, logits));
-  if (c->final_softcap > 0) {
-    /* Gemma 2: logits = cap * tanh(logits / cap), on the host floats (same on every backend). */
-    size_t cnt = (size_t)b->n_logits * (size_t)c->vocab_size;
-    for (size_t i = 0; i < cnt; i++) logits[i] = tanhf(logits[i] / c->final_softcap) * c->final_softcap;
-  }
   return 0;
 }

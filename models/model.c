@@ -9,6 +9,7 @@
 #include "loader/hf_config.h"
 #include "loader/safetensors.h"
 #include "models/model_impl.h"
+#include "models/model_tp.h"
 
 /* ---- rotary tables ---- */
 
@@ -140,13 +141,15 @@ int qv_model_load(const char *path, qv_backend *be, const qv_model_opts *opts, q
   if (!opts) opts = &def;
   if (opts->max_batch_tokens <= 0 || opts->max_batch_tokens > (1 << 20) || opts->max_logits < 0)
     return qv_error_set(err, QV_EINVAL, "model options: max_batch_tokens must be in [1, 1048576]");
+  if (opts->tp_size < 0 || opts->tp_size > QV_TP_MAX_SIZE)
+    return qv_error_set(err, QV_EINVAL, "tensor parallel size %d outside 1..%d", opts->tp_size, QV_TP_MAX_SIZE);
   qv_model_config cfg;
   model_weight_src src = {0};
   int rc;
   if (!path || !strcmp(path, "quiver-tiny")) {
     tiny_config(&cfg);
     if ((rc = tiny_weight_src_init(&src))) return qv_error_set(err, rc, "quiver-tiny: out of memory");
-    rc = llama_build(&cfg, &src, be, opts, out, err);
+    rc = model_build(&cfg, &src, be, opts, out, err);
     tiny_weight_src_deinit(&src);
     return rc;
   }
@@ -170,7 +173,7 @@ int qv_model_load(const char *path, qv_backend *be, const qv_model_opts *opts, q
   src.get = st_src_get;
   src.ctx = set;
   src.persistent = 1;
-  rc = cfg.family ? families_build(&cfg, &src, be, opts, out, err) : llama_build(&cfg, &src, be, opts, out, err);
+  rc = model_build(&cfg, &src, be, opts, out, err);
   /* A missing tensor is in no file: say which files were searched. */
   if (rc == QV_ENOTFOUND) qv_error_prefix(err, "%s", describe_files(set));
   if (!rc && (*out)->n_borrowed > 0) {
@@ -194,6 +197,22 @@ set_path:
   return 0;
 }
 
+int model_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
+                qv_model **out, qv_error *err) {
+  if (opts->tp_size > 1) return tpm_build(cfg, src, be, opts, out, err);
+  return cfg->family ? families_build(cfg, src, be, opts, out, err) : llama_build(cfg, src, be, opts, out, err);
+}
+
+int model_check_batch(const qv_model *m, const qv_batch *b, int32_t vocab, qv_error *err) {
+  if (b->n_tokens <= 0 || b->n_tokens > m->max_tok || b->n_logits < 0 || b->n_logits > m->max_logits)
+    return qv_error_set(err, QV_EINVAL, "forward: %d tokens / %d logits exceed the model's limits %d / %d",
+                        b->n_tokens, b->n_logits, m->max_tok, m->max_logits);
+  for (int32_t i = 0; vocab > 0 && i < b->n_tokens; i++)
+    if (b->token_ids[i] < 0 || b->token_ids[i] >= vocab)
+      return qv_error_set(err, QV_ERANGE, "forward: token id %d outside the vocabulary (%d)", b->token_ids[i], vocab);
+  return 0;
+}
+
 const qv_model_config *qv_model_get_config(const qv_model *m) { return &m->cfg; }
 int64_t qv_model_n_params(const qv_model *m) { return m->n_params; }
 int64_t qv_model_weight_bytes(const qv_model *m) { return m->weight_bytes; }
@@ -201,6 +220,7 @@ const char *qv_model_path(const qv_model *m) { return m->path; }
 qv_backend *qv_model_backend(const qv_model *m) { return m->be; }
 
 int64_t qv_model_kv_bytes_per_token(const qv_model *m) {
+  if (m->tp) return tpm_kv_bytes_per_token(m);
   return 2 * (int64_t)m->cfg.n_layer * m->cfg.n_kv_head * m->cfg.head_dim *
          (int64_t)qv_dtype_size(m->be->ops->act_dtype);
 }
@@ -209,11 +229,19 @@ int qv_model_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error
   if (m->kv_ready) return qv_error_set(err, QV_ESTATE, "KV cache already allocated");
   if (n_blocks <= 0 || block_size <= 0 || block_size > 1024)
     return qv_error_set(err, QV_EINVAL, "KV cache: %d blocks of %d tokens", n_blocks, block_size);
+  if (m->tp) return tpm_kv_init(m, n_blocks, block_size, err);
   qv_kv_desc d = {m->cfg.n_layer, n_blocks, block_size, m->cfg.n_kv_head, m->cfg.head_dim};
   int rc = m->be->ops->kv_init(m->be, &d);
   if (rc) return qv_error_set(err, rc, "%s", m->be->last_error.msg);
   m->kv_ready = 1;
   return 0;
+}
+
+void qv_model_kv_deinit(qv_model *m) {
+  if (!m || !m->kv_ready) return;
+  if (m->tp) tpm_group_kv_deinit(m);
+  else m->be->ops->kv_deinit(m->be);
+  m->kv_ready = 0;
 }
 
 int64_t qv_model_config_n_params(const qv_model_config *c) {

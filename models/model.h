@@ -10,6 +10,7 @@
 #include "quiver/error.h"
 
 #define QV_MAX_EOS 8
+#define QV_TP_MAX_SIZE 64 /* tensor parallel ranks, QV_COMM_MAX_RANKS */
 
 typedef enum qv_rope_scaling_type {
   QV_ROPE_SCALING_NONE = 0,
@@ -93,12 +94,29 @@ typedef struct qv_model_config {
 
 typedef struct qv_model qv_model;
 
+/* A tensor-parallel group over several processes (nodes) on one host (the shm communicator);
+ * node 0 runs the scheduler and sends every step to the others over the control channel. */
+typedef struct qv_tp_net_opts {
+  int32_t nnodes;          /* processes in the group; tp_size % nnodes == 0 */
+  int32_t node_rank;       /* 0: the master (HTTP and scheduler); else a worker */
+  const char *master_addr; /* node 0 listens here, the others connect */
+  int32_t master_port;
+  const char *token;       /* shared secret (>= 16 bytes) that authenticates the control links */
+  int32_t timeout_ms;      /* for the nodes to meet; 0: 120000 */
+} qv_tp_net_opts;
+
 typedef struct qv_model_opts {
   int32_t max_batch_tokens; /* most tokens one forward may carry (activation buffers sized for it) */
   int32_t max_logits;       /* most rows of logits one forward may return (0: max_batch_tokens) */
   int32_t dequantize;       /* GGUF: 1 dequantizes quantized weights to the backend's weight dtype
                              * at load (the exact reference path); 0 keeps them quantized where the
                              * backend can (also forced by env QUIVER_DEQUANTIZE=1) */
+  int32_t tp_size;          /* tensor parallel ranks (0 or 1: none); > 1 shards a Llama-family model
+                             * over that many CPU ranks in this process (models/model_tp.h) */
+  int32_t n_threads;        /* CPU threads the ranks share (0: one per core); each rank gets
+                             * n_threads / tp_size. Read only when tp_size > 1. */
+  const qv_tp_net_opts *tp_net;  /* NULL: every rank in this process */
+  struct tpm_shard *shard;  /* internal: set by the tensor-parallel builder for one rank */
 } qv_model_opts;
 
 /* Loads a Hugging Face model directory (config.json, *.safetensors, generation_config.json)
@@ -124,12 +142,44 @@ const char *qv_model_path(const qv_model *m);
 
 /* Allocates the model's paged KV cache on its backend: n_blocks blocks of block_size tokens. */
 int qv_model_kv_init(qv_model *m, int32_t n_blocks, int32_t block_size, qv_error *err);
+/* Frees the KV cache (the fleet's sleep: the engine over it is gone); kv_init may follow. */
+void qv_model_kv_deinit(qv_model *m);
 
 /* Runs one step: writes the batch's K/V into the cache and returns the logits of the rows in
  * b->logits_idx as host floats, logits [b->n_logits][vocab_size] (caller's memory). A
  * sequence's logits do not depend on what else is in the batch. */
 int qv_model_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *err);
 
+
+/* Tensor parallel ranks of m (1 without tensor parallelism). */
+int32_t qv_model_tp_size(const qv_model *m);
+/* Bytes of weights rank holds and bytes of KV cache one token takes on it; QV_EINVAL for a rank
+ * outside 0..qv_model_tp_size(m)-1. */
+int qv_model_tp_rank_bytes(const qv_model *m, int32_t rank, int64_t *weight_bytes, int64_t *kv_bytes_per_token);
+
+/* Measured: bytes the process's anonymous resident memory grew by while rank's shard loaded (ranks
+ * load one after another; RssAnon of /proc/self/status), or -1 (no tensor parallelism, another
+ * node's rank, no /proc).
+ * Weights copied at load (GGUF quantized, unaligned or converted tensors) count; zero-copy views
+ * of a mapped safetensors file count only once touched. */
+int64_t qv_model_tp_rank_rss(const qv_model *m, int32_t rank);
+
+/* Where a tensor-parallel model's step time goes, on this process's first rank (the engine's
+ * thread on node 0), accumulated since load: zeros without tensor parallelism. */
+typedef struct qv_tp_stats {
+  int64_t n_steps;       /* forwards */
+  double step_s;         /* wall time of those forwards */
+  int64_t n_collectives; /* all-reduces and logits gathers */
+  double comm_s;         /* time inside them, waiting for slower ranks included */
+} qv_tp_stats;
+void qv_model_tp_stats(const qv_model *m, qv_tp_stats *out);
+
+/* A worker node (tp_net->node_rank > 0): runs the steps node 0 sends until it says stop (0) or
+ * the link is lost (QV_ECLOSED) or broken. */
+int qv_model_tp_worker_run(qv_model *m, qv_error *err);
+/* Node 0: fn(ud) is called once, from the link thread, when a worker node is lost (its link
+ * closed or silent past the peer timeout); every later forward fails. */
+int qv_model_tp_on_lost(qv_model *m, void (*fn)(void *ud), void *ud);
 
 /* What `quiver info` reports, computed from config.json and the safetensors headers alone
  * (no weights are read or converted). */

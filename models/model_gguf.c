@@ -4,7 +4,12 @@
  * Matrices in a quantized type are handed over as raw blocks when the backend keeps quantized
  * weights (opts->dequantize unset); otherwise, and always for vectors (norms, biases), they are
  * dequantized once into a host buffer with the reference dequantizer (src/quant), so the exact
- * fp32 path computes on exactly the weights transformers dequantizes. */
+ * fp32 path computes on exactly the weights transformers dequantizes.
+ *
+ * Gemma 3 files go to the families builder (models/families.c). llama.cpp's converter stores
+ * Gemma's norm weights as 1 + w; transformers subtracts the 1 in fp32 when it loads the file and
+ * adds it back in the norm, so this source hands out w_file - 1 (fp32) and the builder's
+ * (1 + w) gives the same bits transformers multiplies by. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +22,8 @@ typedef struct gguf_src {
   gguf_model *g;
   const gguf_wt *last; /* handed out by the previous get(), released at the next */
   int keep_quant;
+  int sandwich;   /* Gemma's four norms per layer (tensor names) */
+  int norm_shift; /* norm weights are stored as 1 + w: hand out w */
   float *buf; /* dequantization scratch, grown */
   size_t cap;
 } gguf_src;
@@ -25,7 +32,7 @@ static const void *gguf_src_get(model_weight_src *src, const char *name, int64_t
                                 qv_error *err) {
   gguf_src *s = src->ctx;
   char gname[128];
-  if (gguf_model_hf_name(name, gname, sizeof gname)) return NULL;
+  if (gguf_model_hf_name(name, s->sandwich, gname, sizeof gname)) return NULL;
   const gguf_wt *w = gguf_model_find(s->g, gname);
   if (!w) return NULL;
   int ok = rows == 1 ? (w->n_dims == 1 && w->dims[0] == cols)
@@ -37,7 +44,9 @@ static const void *gguf_src_get(model_weight_src *src, const char *name, int64_t
     return NULL;
   }
   s->last = NULL;
-  if (!qv_dtype_is_quant(w->dtype) || (s->keep_quant && rows > 1)) {
+  size_t nl = strlen(name);
+  int shift = s->norm_shift && rows == 1 && nl >= 11 && !strcmp(name + nl - 11, "norm.weight");
+  if (!shift && (!qv_dtype_is_quant(w->dtype) || (s->keep_quant && rows > 1))) {
     s->last = w;
     *dtype = w->dtype;
     return w->data;
@@ -53,8 +62,14 @@ static const void *gguf_src_get(model_weight_src *src, const char *name, int64_t
     s->cap = n;
   }
   size_t rb = qv_dtype_row_bytes(w->dtype, cols);
-  for (int64_t r = 0; r < rows; r++)
-    quant_dequant_row(w->dtype, (const uint8_t *)w->data + (size_t)r * rb, s->buf + (size_t)r * (size_t)cols, cols);
+  for (int64_t r = 0; r < rows; r++) {
+    const uint8_t *from = (const uint8_t *)w->data + (size_t)r * rb;
+    float *to = s->buf + (size_t)r * (size_t)cols;
+    if (qv_dtype_is_quant(w->dtype)) quant_dequant_row(w->dtype, from, to, cols);
+    else qv_convert_to_f32(to, from, w->dtype, (size_t)cols);
+  }
+  if (shift)
+    for (size_t i = 0; i < n; i++) s->buf[i] -= 1.0f;
   *dtype = QV_DTYPE_F32;
   return s->buf;
 }
@@ -84,9 +99,10 @@ int gguf_model_load(const char *path, qv_backend *be, const qv_model_opts *opts,
     gguf_model_close(g);
     return rc;
   }
-  gguf_src s = {.g = g, .keep_quant = be->ops->quant_weights && !opts->dequantize && !env_dequantize()};
+  gguf_src s = {.g = g, .keep_quant = be->ops->quant_weights && !opts->dequantize && !env_dequantize(),
+                .sandwich = cfg.sandwich_norm, .norm_shift = cfg.norm_plus_one};
   model_weight_src src = {.get = gguf_src_get, .release = gguf_src_release, .ctx = &s};
-  rc = llama_build(&cfg, &src, be, opts, out, err);
+  rc = model_build(&cfg, &src, be, opts, out, err);
   if (rc == QV_ENOTFOUND) qv_error_prefix(err, "%s", gguf_model_file(g));
   free(s.buf);
   gguf_model_close(g);

@@ -23,16 +23,25 @@ typedef struct model_weight_src {
                      source open for its life */
   int max_dims; /* 0: 2-D and vectors only; else tensors up to this rank, seen as [prod][last] */
   int want_u8;  /* 1: only U8 tensors (MXFP4 blocks/scales), else only F32/F16/BF16 */
+  int transient; /* set by get(): 1 when its pointer is scratch (a tensor-parallel column slice)
+                    that must be copied even from a persistent source */
 } model_weight_src;
 
+/* One decoder layer of every family (models/llama.c runs them all); fields a family lacks keep
+ * data NULL. */
 typedef struct llama_layer {
   qv_tensor attn_norm;           /* [1][dim] */
   qv_tensor wq, wk, wv, wo;      /* [n_head*hd][dim], [n_kv*hd][dim] x2, [dim][n_head*hd] */
   qv_tensor bq, bk, bv, bo;      /* biases, data NULL when absent */
-  qv_tensor q_norm, k_norm;      /* [1][hd] (Qwen3), data NULL when absent */
-  qv_tensor ffn_norm;            /* [1][dim] */
+  qv_tensor q_norm, k_norm;      /* [1][hd] (Qwen3, Gemma 3), data NULL when absent */
+  qv_tensor ffn_norm;            /* [1][dim] (Gemma: pre_feedforward_layernorm) */
   qv_tensor w_gate, w_up, w_down;/* [ffn][dim], [ffn][dim], [dim][ffn] */
   qv_tensor b_gate, b_up, b_down;/* mlp_bias, data NULL when absent */
+  /* ---- families.c ---- */
+  qv_tensor post_attn_norm, post_ffn_norm; /* [1][dim] Gemma's sandwich norms */
+  qv_tensor sinks;               /* [1][n_head] F32, gpt-oss */
+  qv_tensor router, router_b;    /* [E][dim], [1][E]: MoE layers */
+  qv_experts e_gate, e_up, e_down;
 } llama_layer;
 
 struct qv_model {
@@ -62,15 +71,47 @@ struct qv_model {
   qv_tensor g, u;          /* [max_tok][ffn] */
   qv_tensor sel;           /* [max_logits][dim] */
   qv_tensor logits;        /* [max_logits][vocab], always F32 */
-  struct fam_state *fam;   /* families.c's state (Gemma, Phi-3, MoE); NULL for the Llama family */
+  struct fam_state *fam;   /* families.c's state (local rope, MoE buffers); NULL for the Llama family */
+  /* Tensor parallelism (models/model_tp.c). A group model has tp (owned: its ranks, threads and
+   * communicator) and no weights of its own; a rank's model has shard (borrowed from its group):
+   * its share, and the communicator its forward all-reduces through. Both NULL otherwise. */
+  struct tpm_group *tp;
+  struct tpm_shard *shard;
 };
 
-/* models/families.c: Gemma 2/3, Phi-3, Mixtral, Qwen3-MoE, gpt-oss. */
+/* models/families.c: Gemma 2/3, Phi-3, Mixtral, Qwen3-MoE, gpt-oss: loading, and the pieces
+ * of the forward pass only they have (the shared layer loop is qv_model_forward, llama.c). */
 int families_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
                    qv_model **out, qv_error *err);
-int families_forward(qv_model *m, const qv_batch *b, float *logits, qv_error *err);
-void families_free(qv_model *m);
+/* out = moe(h) for n tokens through layer L's router and experts. */
+int families_moe(qv_model *m, const llama_layer *L, qv_tensor *out, const qv_tensor *h, int64_t n, qv_error *err);
+/* The rope of layer l: Gemma 3's sliding layers have their own; NULL means the model's. */
+const qv_rope *families_layer_rope(const qv_model *m, int32_t l);
+void families_free(qv_model *m); /* the families' tensors in m->layers and m->fam */
 int64_t families_n_params(const qv_model_config *cfg);
+
+/* Loads tensor `name` [rows][cols] into *t: matrices stay in the file's dtype (quantized
+ * blocks too) where the backend computes on it, zero-copy from a persistent source; vectors
+ * are converted to the backend's weight dtype. Absent and not required: 0 with t->data NULL. */
+int model_load_tensor(qv_model *m, model_weight_src *src, const char *name, int64_t rows, int64_t cols, int required,
+                      qv_tensor *t, qv_error *err);
+
+/* The pieces every builder shares (models/llama.c). model_new: the model struct with cfg, be,
+ * the batch limits and zeroed layers (NULL when out of memory; free with qv_model_destroy).
+ * model_rope_table: the rotary table of rc_cfg's theta and scaling over the model's rotary dims
+ * into *t and *r. model_alloc_acts: the activation buffers x..sel and the F32 logits. */
+qv_model *model_new(const qv_model_config *cfg, qv_backend *be, const qv_model_opts *opts);
+int model_rope_table(qv_model *m, const qv_model_config *rc_cfg, qv_tensor *t, qv_rope *r, qv_error *err);
+int model_alloc_acts(qv_model *m, qv_error *err);
+
+/* Builds the model cfg describes from src on be: a family's builder, or with opts->tp_size > 1
+ * the tensor-parallel group (model_tp.c). */
+int model_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
+                qv_model **out, qv_error *err);
+
+/* What every forward checks first: token and logits counts within the model's limits, and (vocab
+ * > 0) every token id in [0, vocab). */
+int model_check_batch(const qv_model *m, const qv_batch *b, int32_t vocab, qv_error *err);
 
 /* Builds a Llama-family model on be from cfg and weights; on failure frees what it made. */
 int llama_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,

@@ -8,7 +8,8 @@ tests/fixtures/gguf/<name>.json:
     of each, the row's max|logit| and the logits at a fixed set of indices (the row's top 64 and
     192 indices drawn from a seeded RNG), so the file stays small while the test still checks
     the error against max|b| over a few hundred vocabulary entries per row;
-  - greedy: 10 chat prompts (the file's own chat template), their ids and 64 greedily chosen
+  - greedy: 10 chat prompts (the file's own chat template; a base model without one: a few
+    plain prompts with BOS), their ids and 64 greedily chosen
     tokens each, computed as one left-padded batch with the KV cache and no stop on EOS;
   - tokenize: a few texts and transformers' ids for them (checks quiver's GGUF tokenizer).
 Needs torch, transformers, accelerate, gguf, numpy. Usage:
@@ -26,7 +27,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "gguf")
-MODELS = ["smollm2", "qwen2.5-coder"]
+MODELS = ["smollm2", "qwen2.5-coder", "gemma3-270m"]
+# Gemma 3 270M is a base model whose file has no chat template: its greedy prompts are plain
+# text with the BOS transformers' tokenizer adds, led by the issue's "The capital of France is".
+# Its sliding window is 512 tokens, so one logit prompt (600 tokens) runs past it.
+RAW_PROMPTS = {"gemma3-270m": ["The capital of France is", "Once upon a time, there was a", "def fibonacci(n):",
+                               "The three primary colors are"]}
+EXTRA_LENGTHS = {"gemma3-270m": (600,)}
 
 TEXT = (
     "The history of the lighthouse is a story of engineering, commerce and a great deal of "
@@ -87,9 +94,11 @@ def make(name):
     vocab = model.config.vocab_size
     rng = np.random.default_rng(1234)
     full = tok(TEXT * 4, add_special_tokens=False).input_ids
+    if name in RAW_PROMPTS:
+        full = [tok.bos_token_id] + full  # Gemma is trained with BOS first; without it activations blow up
     out = {"model": name, "file": f, "transformers": __import__("transformers").__version__,
            "logit_prompts": [], "greedy": [], "tokenize": []}
-    for n in (8, 37, 120, 300):
+    for n in (8, 37, 120, 300) + EXTRA_LENGTHS.get(name, ()):
         ids = full[:n]
         logits = model(torch.tensor([ids])).logits[0].float().numpy()
         rows = sorted({0, n // 2, n - 1})
@@ -104,7 +113,10 @@ def make(name):
     # The 10 greedy prompts run as one left-padded batch with the KV cache (masked padding and
     # explicit positions), 64 steps without stopping at EOS.
     prompts = []
-    for q in GREEDY_PROMPTS:
+    for q in RAW_PROMPTS.get(name, GREEDY_PROMPTS):
+        if name in RAW_PROMPTS:
+            prompts.append((q, q, tok(q).input_ids))
+            continue
         text = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
         prompts.append((q, text, tok(text, add_special_tokens=False).input_ids))
     width = max(len(p[2]) for p in prompts)

@@ -8,9 +8,9 @@
  *   throughput: 64 constrained vs 64 unconstrained sequences through the CPU engine with a
  *               real model (ignore_eos, the same max_tokens, so both generate the same count).
  *
- * There is no Qwen2 vocabulary in ../shared, so the 150k case is synthetic: GPT-2's 50,257
- * byte-level tokens plus concatenations of token pairs and CJK strings up to 151,643 tokens
- * (Qwen2's count), which keeps the trie shape of a large byte-level BPE vocabulary. */
+ * Vocabularies come from --vocab NAME=PATH (a GGUF model file or a tokenizer.json: the real
+ * ones of Qwen2.5 (151,936 ids), SmolLM2 (49,152) and Llama 2 (32,000) in bench/README.md's
+ * command), else ../shared's Llama 2, GPT-2 and Phi-2 tokenizers. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,74 +85,6 @@ static qv_cst_vocab *vocab_of_tokenizer(const char *path, int32_t *n_out) {
   }
   *n_out = qv_tokenizer_vocab_size(tok);
   qv_tokenizer_destroy(tok);
-  return v;
-}
-
-static qv_cst_vocab *synthetic_150k(const char *gpt2, int32_t *n_out) {
-  qv_tokenizer *tok = NULL;
-  qv_error err = {0};
-  if (qv_tokenizer_load(gpt2, &tok, &err)) {
-    fprintf(stderr, "bench: %s: %s\n", gpt2, err.msg);
-    return NULL;
-  }
-  enum { N = 151643 };
-  int32_t base = qv_tokenizer_vocab_size(tok);
-  char **toks = calloc(N + 1, sizeof *toks);
-  size_t *lens = calloc(N + 1, sizeof *lens);
-  /* open-addressing set of token strings for dedup */
-  uint32_t cap = 1u << 19;
-  int32_t *set = malloc(cap * sizeof *set);
-  for (uint32_t i = 0; i < cap; i++) set[i] = -1;
-  int32_t n = 0;
-  uint64_t rng = 12345;
-  for (int32_t i = 0; n < N; i++) {
-    char buf[64];
-    size_t len = 0;
-    if (i < base) {
-      if (qv_tokenizer_token_bytes(tok, i, buf, sizeof buf, &len) || !len) continue;
-    } else if (rng_next(&rng) % 4 == 0) { /* 1-3 CJK characters */
-      int k = 1 + (int)(rng_next(&rng) % 3);
-      for (int c = 0; c < k; c++) {
-        uint32_t cp = 0x4E00 + (uint32_t)(rng_next(&rng) % 5000);
-        buf[len++] = (char)(0xE0 | (cp >> 12));
-        buf[len++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        buf[len++] = (char)(0x80 | (cp & 0x3F));
-      }
-    } else { /* two GPT-2 tokens joined */
-      for (int c = 0; c < 2; c++) {
-        int32_t id = (int32_t)(rng_next(&rng) % (uint64_t)(n < 50000 ? n : 50000));
-        if (lens[id] + len > 24) break;
-        memcpy(buf + len, toks[id], lens[id]);
-        len += lens[id];
-      }
-      if (!len) continue;
-    }
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t k = 0; k < len; k++) h = (h ^ (uint8_t)buf[k]) * 1099511628211ULL;
-    uint32_t s = (uint32_t)h & (cap - 1);
-    int dup = 0;
-    while (set[s] >= 0) {
-      if (lens[set[s]] == len && !memcmp(toks[set[s]], buf, len)) {
-        dup = 1;
-        break;
-      }
-      s = (s + 1) & (cap - 1);
-    }
-    if (dup) continue;
-    toks[n] = malloc(len);
-    memcpy(toks[n], buf, len);
-    lens[n] = len;
-    set[s] = n++;
-  }
-  qv_cst_vocab *v = NULL;
-  int rc = qv_cst_vocab_create_raw((const char *const *)toks, lens, N + 1, N, &v, &err);
-  for (int32_t i = 0; i < N; i++) free(toks[i]);
-  free(toks);
-  free(lens);
-  free(set);
-  qv_tokenizer_destroy(tok);
-  if (rc) return NULL;
-  *n_out = N + 1;
   return v;
 }
 
@@ -384,7 +316,10 @@ out:
 int main(int argc, char **argv) {
   const char *shared = getenv("QV_SHARED_DIR") ? getenv("QV_SHARED_DIR") : "../shared";
   const char *outp = NULL, *model = NULL;
-  int seqs = 64, steps = 200, quick = 0, threads = 1;
+  int seqs = 64, steps = 200, quick = 0, threads = 1, n_vocabs = 0, out_len = 0;
+  enum { MAX_VOCABS = 8 };
+  const char *vocabs[MAX_VOCABS][2];
+  char *vocab_args[MAX_VOCABS] = {0};
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--out") && i + 1 < argc) outp = argv[++i];
     else if (!strcmp(argv[i], "--shared") && i + 1 < argc) shared = argv[++i];
@@ -393,15 +328,33 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--quick")) quick = 1;
+    else if (!strcmp(argv[i], "--out-len") && i + 1 < argc) out_len = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--vocab") && i + 1 < argc && n_vocabs < MAX_VOCABS && strchr(argv[i + 1], '=')) {
+      char *a = vocab_args[n_vocabs] = strdup(argv[++i]), *eq = strchr(a, '=');
+      *eq = 0;
+      vocabs[n_vocabs][0] = a;
+      vocabs[n_vocabs++][1] = eq + 1;
+    }
     else {
-      fprintf(stderr, "usage: qv-bench-constrain [--out FILE] [--shared DIR] [--model DIR] [--seqs N] [--steps N] [--threads N] [--quick]\n");
+      fprintf(stderr, "usage: qv-bench-constrain [--out FILE] [--shared DIR] [--model DIR] [--seqs N] [--steps N] [--threads N] [--quick] [--out-len N]\n"
+                      "       [--vocab NAME=TOKENIZER]... (GGUF or tokenizer.json; default: ../shared's)\n");
       return 2;
     }
   }
   if (quick) seqs = 8, steps = 60;
   FILE *out = outp ? fopen(outp, "w") : stdout;
   if (!out) return 1;
-  char path[4096], host[256] = "unknown";
+  static char paths[3][4096];
+  static const char *const defaults[][2] = {{"llama2 (SentencePiece, byte fallback)", "data/tokenizers/llama2.tokenizer.json"},
+                                            {"gpt-2 (byte-level BPE)", "data/tokenizers/ggml-vocab-gpt-2.gguf"},
+                                            {"phi-2 (byte-level BPE)", "data/tokenizers/phi-2.tokenizer.json"}};
+  for (int i = 0; !n_vocabs && i < 3; i++) {
+    snprintf(paths[i], sizeof paths[i], "%s/%s", shared, defaults[i][1]);
+    vocabs[i][0] = defaults[i][0];
+    vocabs[i][1] = paths[i];
+    if (i == 2) n_vocabs = 3;
+  }
+  char host[256] = "unknown";
   FILE *hf = fopen("/proc/sys/kernel/hostname", "r");
   if (hf) {
     if (fgets(host, sizeof host, hf)) host[strcspn(host, "\n")] = 0;
@@ -422,31 +375,29 @@ int main(int argc, char **argv) {
   }
   fprintf(out, "{\n  \"benchmark\": \"constrain\", \"host\": \"%s\", \"cpu\": \"%s\", \"commit\": \"%s\",\n", host, cpu,
           getenv("QV_COMMIT") ? getenv("QV_COMMIT") : "unknown");
-  fprintf(out, "  \"settings\": {\"sequences\": %d, \"max_steps\": %d, \"schema\": \"20 properties\"},\n", seqs, steps);
+  double load[3] = {0, 0, 0};
+  if (getloadavg(load, 3) < 0) load[0] = load[1] = load[2] = -1;
+  fprintf(out, "  \"settings\": {\"sequences\": %d, \"max_steps\": %d, \"schema\": \"20 properties\", \"threads\": %d},\n",
+          seqs, steps, threads);
+  fprintf(out, "  \"loadavg_at_start\": [%.2f, %.2f, %.2f],\n", load[0], load[1], load[2]);
   int32_t n;
-  snprintf(path, sizeof path, "%s/data/tokenizers/ggml-vocab-gpt-2.gguf", shared);
-  qv_cst_vocab *v150 = synthetic_150k(path, &n);
-  if (v150) bench_compile(out, v150, quick ? 5 : 30);
-  if (model) bench_engine(out, model, 64, quick ? 32 : 128, threads);
-  fprintf(out, "  \"mask\": [\n");
-  int first = 1;
-  if (v150) {
-    bench_mask(out, "synthetic-qwen2-size-150k (gpt-2 + pairs + CJK)", v150, n, seqs, steps, first);
-    first = 0;
-    qv_cst_vocab_destroy(v150);
-  }
-  static const char *const names[][2] = {{"llama2 (SentencePiece, byte fallback)", "data/tokenizers/llama2.tokenizer.json"},
-                                         {"gpt-2 (byte-level BPE)", "data/tokenizers/ggml-vocab-gpt-2.gguf"},
-                                         {"phi-2 (byte-level BPE)", "data/tokenizers/phi-2.tokenizer.json"}};
-  for (int i = 0; i < 3; i++) {
-    snprintf(path, sizeof path, "%s/%s", shared, names[i][1]);
-    qv_cst_vocab *v = vocab_of_tokenizer(path, &n);
-    if (!v) continue;
-    bench_mask(out, names[i][0], v, n, seqs, steps, first);
-    first = 0;
+  qv_cst_vocab *v = NULL;
+  if (n_vocabs) { /* the first --vocab also serves the compile timing */
+    v = vocab_of_tokenizer(vocabs[0][1], &n);
+    if (v) bench_compile(out, v, quick ? 5 : 30);
     qv_cst_vocab_destroy(v);
   }
-  fprintf(out, "\n  ]\n}\n");
+  if (model) bench_engine(out, model, 64, out_len > 0 ? out_len : quick ? 32 : 128, threads);
+  fprintf(out, "  \"mask\": [\n");
+  for (int i = 0; i < n_vocabs; i++) {
+    v = vocab_of_tokenizer(vocabs[i][1], &n);
+    if (!v) continue;
+    bench_mask(out, vocabs[i][0], v, n, seqs, steps, i == 0);
+    qv_cst_vocab_destroy(v);
+  }
+  if (getloadavg(load, 3) < 0) load[0] = load[1] = load[2] = -1;
+  fprintf(out, "\n  ],\n  \"loadavg_at_end\": [%.2f, %.2f, %.2f]\n}\n", load[0], load[1], load[2]);
   if (outp) fclose(out);
+  for (int i = 0; i < MAX_VOCABS; i++) free(vocab_args[i]);
   return 0;
 }

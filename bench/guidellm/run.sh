@@ -4,16 +4,18 @@
 # that must finish with no errored request. guidellm installs torch and transformers (~6 GB),
 # so it lives in its own venv (.gl/, git-ignored) and never in the test requirements.
 #
-# Usage: bench/guidellm/run.sh [QUIVER_BIN] [MODEL_DIR] [OUT_JSON]
-#   defaults: build/release/quiver, ../shared/models/stories260K,
-#             bench/results/guidellm-<model>-<date>.json
+# Usage: bench/guidellm/run.sh [QUIVER_BIN] [MODEL] [OUT_JSON]
+#   MODEL: a model folder or a .gguf file (its tokenizer is written out by transformers with
+#   $QV_PYTHON, which needs transformers and gguf); defaults: build/release/quiver,
+#   ../shared/models/stories260K,
+#   bench/results/guidellm-<model>-<date>.json
 # Env: GUIDELLM_VERSION (0.8.1), REQUESTS (64), STREAMS (4), PROMPT_TOKENS (64),
 #      OUTPUT_TOKENS (32).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${1:-build/release/quiver}
 model=${2:-../shared/models/stories260K}
-name=$(basename "$model")
+name=$(basename "$model" .gguf)
 out=${3:-bench/results/guidellm-$name-$(date -u +%Y-%m-%d).json}
 ver=${GUIDELLM_VERSION:-0.8.1}
 requests=${REQUESTS:-64}
@@ -28,25 +30,18 @@ if [ ! -x .gl/bin/guidellm ] || [ "$have" != "$ver" ]; then
 fi
 
 tmp=$(mktemp -d)
-log=$tmp/serve.log
-"$bin" serve --host 127.0.0.1 --port 0 --model "$name=$model" >"$log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
-port=""
-for _ in $(seq 1 600); do
-  port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
-  [ -n "$port" ] && break
-  kill -0 $pid 2>/dev/null || { cat "$log"; exit 1; }
-  sleep 0.1
-done
-[ -n "$port" ] || { echo "quiver did not start" >&2; cat "$log"; exit 1; }
+. bench/lib/serve.sh
+trap 'kill $qv_pid 2>/dev/null; wait $qv_pid 2>/dev/null; rm -rf "$tmp"' EXIT
+qv_serve_start "$bin" "$name" "$model"
+port=$qv_port
+tok=$(qv_hf_tokenizer "$model" "${QV_PYTHON:-python3}")
 
 HF_HUB_OFFLINE=1 .gl/bin/guidellm run \
   --backend "kind=openai_http,target=http://127.0.0.1:$port,model=$name" \
   --profile "kind=concurrent,streams=$streams" \
   --constraint "kind=max_requests,count=$requests" \
   --data "kind=synthetic_text,prompt_tokens=$ptok,output_tokens=$otok" \
-  --tokenizer "kind=huggingface_auto,model=$model" \
+  --tokenizer "kind=huggingface_auto,model=$tok" \
   --output "kind=json,path=$tmp/guidellm.json" --disable-console-interactive >"$tmp/console.txt" 2>&1 ||
   { cat "$tmp/console.txt"; exit 1; }
 
@@ -61,7 +56,8 @@ def stat(k):
 commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
 res = {"tool": "guidellm", "guidellm_version": ver, "commit": commit,
-       "machine": {"cpu": cpu, "n_cpus": os.cpu_count(), "os": platform.platform()},
+       "machine": {"cpu": cpu, "n_cpus": os.cpu_count(), "os": platform.platform(),
+                   "loadavg": os.getloadavg()},
        "settings": {"model": model, "endpoint": "/v1/chat/completions (streamed)",
                     "profile": f"concurrent, {streams} streams", "requests": int(requests),
                     "prompt_tokens": int(ptok), "output_tokens": int(otok), "device": "cpu"},

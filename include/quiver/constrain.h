@@ -42,6 +42,8 @@ typedef struct qv_cst_spec {
   const char *tool_format;
   int32_t any_whitespace;      /* JSON: allow whitespace between tokens (default 0: compact,
                                 * one space after ':' and ',' as json.dumps writes) */
+  int32_t max_tool_calls;      /* QV_CST_TOOL_CALL with tool_name NULL: calls in a row the output
+                                * may hold, 1..QV_CST_MAX_TOOL_CALLS (0: 1); llama3 takes one */
 } qv_cst_spec;
 
 /* Limits of compilation; exceeding one is QV_ELIMIT naming it. */
@@ -51,6 +53,7 @@ typedef struct qv_cst_spec {
 #define QV_CST_MAX_ELEMS (1 << 19)  /* grammar elements after expansion */
 #define QV_CST_MAX_REPEAT 1000      /* {m,n}, minLength, maxItems bounds that get expanded */
 #define QV_CST_MAX_STACK 128        /* grammar stack depth while matching */
+#define QV_CST_MAX_TOOL_CALLS 8     /* parallel forced tool calls */
 
 /* Builds the token index of a tokenizer (O(vocab), a few MB for 150k tokens). Special tokens
  * other than EOS are never allowed; EOS is allowed only where the constraint is complete. */

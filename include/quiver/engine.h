@@ -15,7 +15,8 @@
 #include "quiver/tokenizer.h"
 
 typedef struct qv_engine qv_engine;
-struct qv_model; /* models/model.h */
+struct qv_model;  /* models/model.h */
+struct qv_budget; /* fleet/budget.h */
 
 typedef struct qv_engine_opts {
   int32_t block_size;             /* tokens per KV block (default 16) */
@@ -31,6 +32,13 @@ typedef struct qv_engine_opts {
   int32_t has_seed;               /* 1: requests without a seed get seeds drawn from `seed` (a
                                    * reproducible run, vLLM's --seed); 0: from the clock */
   uint64_t seed;
+  /* A shared memory budget (borrowed; must outlive the engine) or NULL: a fixed pool as above.
+   * With one, the pool's size (n_kv_blocks or the default sizing) is the most it may hold,
+   * kv_min_blocks (raised to one full max_model_len sequence) is reserved at creation, and
+   * blocks between the two are acquired when a step runs short and given back when other
+   * engines of the budget want them (fleet/budget.h). */
+  struct qv_budget *kv_budget;
+  int32_t kv_min_blocks;
 } qv_engine_opts;
 
 void qv_engine_opts_default(qv_engine_opts *o);

@@ -169,6 +169,10 @@ typedef struct qv_backend_ops {
 
   /* out[n_tokens][dim] = table[token_ids[i]] (cpu: table F32, BF16 or F16) */
   int (*embed)(qv_backend *be, qv_tensor *out, const qv_tensor *table);
+  /* Optional (NULL if absent): the vocab-parallel embedding of a tensor-parallel rank. table
+   * holds vocabulary rows [row0, row0 + table.rows); out[i] = table[token_ids[i] - row0] for ids
+   * in that range and 0 for the others (the ranks' outputs are then summed). */
+  int (*embed_shard)(qv_backend *be, qv_tensor *out, const qv_tensor *table, int64_t row0);
   /* out = x / rms(x) * w row by row (rows of x are normalised groups; views allow per-head
    * norms). w: [1][x.cols]. out may alias x. */
   int (*rmsnorm)(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_tensor *w, float eps);

@@ -39,6 +39,7 @@ typedef struct eb_opts {
   int32_t max_batch_tokens; /* tokens per forward */
   int32_t block_size;
   int32_t threads;          /* cpu worker threads, 0: all cores */
+  int32_t tp_size;          /* tensor parallel ranks (--tensor-parallel-size) */
   int32_t runs;
   uint64_t seed;
   const char *result_file;
@@ -166,6 +167,7 @@ static int parse_args(int argc, char **argv, eb_opts *o) {
   const cli_engine_cfg *e = &p.eng;
   if (e->device) o->device = e->device;
   if (e->threads >= 0) o->threads = e->threads;
+  o->tp_size = e->tp_size > 0 ? e->tp_size : 1;
   if (e->max_num_seqs) o->max_num_seqs = e->max_num_seqs;
   if (e->max_num_batched_tokens) o->max_batch_tokens = e->max_num_batched_tokens;
   if (e->block_size) o->block_size = e->block_size;
@@ -425,7 +427,7 @@ static int cmp_run(const void *a, const void *b) {
 }
 
 static int write_result(const eb_opts *o, const qv_model_config *cfg, const eb_run *runs, const eb_run *med,
-                        const int32_t *out, qv_error *err) {
+                        const int32_t *out, const qv_tp_stats *tp, qv_error *err) {
   cJSON *root = cJSON_CreateObject();
   if (!root) return qv_error_set(err, QV_ENOMEM, "out of memory");
   double N = o->num_prompts, L = o->input_len, M = o->output_len;
@@ -450,6 +452,7 @@ static int write_result(const eb_opts *o, const qv_model_config *cfg, const eb_r
   if (o->path_engine) cJSON_AddNumberToObject(s, "max_num_seqs", o->max_num_seqs);
   cJSON_AddNumberToObject(s, "block_size", o->block_size);
   cJSON_AddNumberToObject(s, "threads", o->threads);
+  cJSON_AddNumberToObject(s, "tensor_parallel_size", o->tp_size);
   cJSON_AddNumberToObject(s, "runs", o->runs);
   cJSON_AddNumberToObject(s, "seed", (double)o->seed);
   cJSON_AddNumberToObject(root, "median_total_s", med->total_s);
@@ -461,6 +464,15 @@ static int write_result(const eb_opts *o, const qv_model_config *cfg, const eb_r
   } else {
     cJSON_AddNumberToObject(root, "prefill_tokens_per_s", N * L / med->prefill_s);
     if (M > 1) cJSON_AddNumberToObject(root, "decode_tokens_per_s", N * (M - 1) / med->decode_s);
+  }
+  if (tp->n_steps > 0) {
+    /* Rank 0's time inside all-reduces and logits gathers over the timed runs' forwards. */
+    cJSON *t = cJSON_AddObjectToObject(root, "tensor_parallel");
+    cJSON_AddNumberToObject(t, "steps", (double)tp->n_steps);
+    cJSON_AddNumberToObject(t, "step_s", tp->step_s);
+    cJSON_AddNumberToObject(t, "collectives_per_step", (double)tp->n_collectives / (double)tp->n_steps);
+    cJSON_AddNumberToObject(t, "comm_s", tp->comm_s);
+    cJSON_AddNumberToObject(t, "comm_share_of_step", tp->step_s > 0 ? tp->comm_s / tp->step_s : 0);
   }
   cJSON *arr = cJSON_AddArrayToObject(root, "runs");
   for (int32_t i = 0; arr && i < o->runs; i++) {
@@ -596,7 +608,8 @@ static int bench_model(const eb_opts *o, qv_error *err) {
     c.max_seqs = T < N ? T : N;
     c.max_logits = c.max_seqs < 512 ? c.max_seqs : 512;
   }
-  qv_model_opts mo = {.max_batch_tokens = T, .max_logits = c.max_logits};
+  qv_model_opts mo = {.max_batch_tokens = T, .max_logits = c.max_logits, .tp_size = o->tp_size,
+                      .n_threads = o->threads};
   if (!rc) rc = qv_model_load(o->model, be, &mo, &m, err);
   if (!rc) {
     const qv_model_config *cfg = qv_model_get_config(m);
@@ -644,7 +657,15 @@ static int bench_model(const eb_opts *o, qv_error *err) {
     eb_run warm;
     rc = run_one(&c, &warm, err);
   }
+  qv_tp_stats tp0 = {0}, tp1 = {0};
+  if (m) qv_model_tp_stats(m, &tp0);
   for (int32_t i = 0; !rc && i < o->runs; i++) rc = run_one(&c, &runs[i], err);
+  if (m) qv_model_tp_stats(m, &tp1);
+  qv_tp_stats tp = {tp1.n_steps - tp0.n_steps, tp1.step_s - tp0.step_s, tp1.n_collectives - tp0.n_collectives,
+                    tp1.comm_s - tp0.comm_s};
+  if (!rc && tp.n_steps > 0)
+    printf("%-34s %.1f%% of step time (%.1f collectives per step)\n", "TP all-reduce + gather (rank 0):",
+           100.0 * tp.comm_s / tp.step_s, (double)tp.n_collectives / (double)tp.n_steps);
   if (!rc) {
     eb_run *sorted = malloc((size_t)o->runs * sizeof *sorted);
     if (!sorted) rc = qv_error_set(err, QV_ENOMEM, "out of memory");
@@ -654,7 +675,7 @@ static int bench_model(const eb_opts *o, qv_error *err) {
       eb_run med = sorted[o->runs / 2];
       free(sorted);
       print_summary(o, &med);
-      if (o->result_file) rc = write_result(o, qv_model_get_config(m), runs, &med, c.b.out, err);
+      if (o->result_file) rc = write_result(o, qv_model_get_config(m), runs, &med, c.b.out, &tp, err);
     }
   }
   qv_engine_destroy(c.e);

@@ -532,7 +532,8 @@ int cli_generate(int argc, char **argv) {
     fprintf(stderr, "quiver generate: %s\n", err.msg);
     goto out;
   }
-  qv_model_opts mo = {.max_batch_tokens = a.eo.max_num_batched_tokens, .max_logits = a.eo.max_num_seqs};
+  qv_model_opts mo = {.max_batch_tokens = a.eo.max_num_batched_tokens, .max_logits = a.eo.max_num_seqs,
+                      .tp_size = a.eng.tp_size, .n_threads = a.threads};
   if (qv_model_load(a.model, be, &mo, &m, &err)) {
     fprintf(stderr, "quiver generate: loading %s: %s\n", a.model ? a.model : "quiver-tiny", err.msg);
     goto out;

@@ -1,6 +1,9 @@
 /* quiver info: describes a model from its config and safetensors headers without loading the
- * weights: architecture, sizes, parameters, dtypes, memory per backend, KV bytes per token. */
+ * weights: architecture, sizes, parameters, dtypes, memory per backend, KV bytes per token.
+ * With --tp N it also loads the model sharded over N CPU ranks and reports each rank's weight
+ * bytes as placed (measured, not estimated) and its KV bytes per token. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
@@ -8,9 +11,11 @@
 #include "models/model.h"
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: quiver info [--model PATH]\n"
+  fprintf(f, "usage: quiver info [--model PATH] [--tp N]\n"
              "  Describes a Hugging Face model directory or a GGUF model (a .gguf file, a directory\n"
-             "  holding one, the first file of a split set); default: the embedded quiver-tiny.\n");
+             "  holding one, the first file of a split set); default: the embedded quiver-tiny.\n"
+             "  --tp N (--tensor-parallel-size) loads the model sharded over N CPU ranks and prints\n"
+             "  each rank's weight bytes and KV bytes per token.\n");
 }
 
 static void print_bytes(const char *label, double b) {
@@ -34,10 +39,52 @@ static const char *rope_name(qv_rope_scaling_type t) {
   }
 }
 
+/* Loads the model over tp CPU ranks and prints what each holds. */
+static int print_ranks(const char *path, int tp) {
+  qv_error err = {0};
+  qv_backend *be = NULL;
+  qv_model *m = NULL;
+  qv_backend_opts bo = {.n_threads = 1};
+  qv_model_opts mo = {.max_batch_tokens = 16, .max_logits = 1, .tp_size = tp, .n_threads = tp};
+  int rc = qv_backend_create("cpu", &bo, &be, &err);
+  if (!rc) rc = qv_model_load(path, be, &mo, &m, &err);
+  if (rc) {
+    fprintf(stderr, "quiver info: --tp %d: %s\n", tp, err.msg);
+    qv_backend_destroy(be);
+    return 1;
+  }
+  printf("%-26s %d (cpu ranks, loaded)\n", "tensor parallel size", tp);
+  int64_t total = 0;
+  for (int r = 0; r < tp; r++) {
+    int64_t w = 0, kv = 0;
+    qv_model_tp_rank_bytes(m, r, &w, &kv);
+    char label[32];
+    snprintf(label, sizeof label, "  rank %d", r);
+    int64_t rss = qv_model_tp_rank_rss(m, r);
+    printf("%-26s weights %.2f MiB (%lld bytes), KV %lld bytes per token", label, w / 1048576.0, (long long)w,
+           (long long)kv);
+    if (rss >= 0) printf(", resident +%.2f MiB while loading", rss / 1048576.0);
+    printf("\n");
+    total += w;
+  }
+  print_bytes("  all ranks' weights", (double)total);
+  qv_model_destroy(m);
+  qv_backend_destroy(be);
+  return 0;
+}
+
 int cli_info(int argc, char **argv) {
   const char *path = NULL;
+  int tp = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--model") && i + 1 < argc) path = argv[++i];
+    else if ((!strcmp(argv[i], "--tp") || !strcmp(argv[i], "--tensor-parallel-size")) && i + 1 < argc) {
+      tp = atoi(argv[++i]);
+      if (tp < 1 || tp > QV_TP_MAX_SIZE) {
+        fprintf(stderr, "quiver info: --tp must be in [1, %d]\n", QV_TP_MAX_SIZE);
+        return 2;
+      }
+    }
     else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
       usage(stdout);
       return 0;
@@ -62,6 +109,13 @@ int cli_info(int argc, char **argv) {
   printf("%-26s vocab %d, hidden %d, layers %d, heads %d, kv heads %d, head dim %d, ffn %d\n", "shape", c->vocab_size,
          c->dim, c->n_layer, c->n_head, c->n_kv_head, c->head_dim, c->ffn_dim);
   printf("%-26s %d\n", "max positions", c->max_pos);
+  if (c->n_eos) {
+    char ids[96];
+    int at = 0;
+    for (int32_t i = 0; i < c->n_eos && at < (int)sizeof ids - 16; i++)
+      at += snprintf(ids + at, sizeof ids - (size_t)at, "%s%d", i ? ", " : "", c->eos_ids[i]);
+    printf("%-26s %s\n", "stop ids", ids);
+  }
   printf("%-26s theta %g, scaling %s (factor %g)\n", "rope", c->rope_theta, rope_name(c->rope_scaling), c->rope_factor);
   if (c->sliding_window) printf("%-26s %d tokens\n", "sliding window", c->sliding_window);
   else printf("%-26s none\n", "sliding window");
@@ -124,5 +178,5 @@ int cli_info(int argc, char **argv) {
   int64_t kv = 2 * (int64_t)c->n_layer * c->n_kv_head * c->head_dim;
   printf("%-26s %lld (cpu f32), %lld (cuda bf16)\n", "KV bytes per token", (long long)kv * 4, (long long)kv * 2);
   print_bytes("KV for max positions, cuda", (double)kv * 2 * c->max_pos);
-  return 0;
+  return tp ? print_ranks(path, tp) : 0;
 }

@@ -12,10 +12,11 @@
 
 static void usage(FILE *f) {
   fprintf(f, "usage: quiver logits --model PATH --prompt-ids \"1 2 3\" [--rows \"0 2\"] [--threads N]\n"
-             "                     [--dequantize]\n"
+             "                     [--dequantize] [--tp N]\n"
              "  Runs the prompt as one prefill on the CPU and prints {\"rows\": [{\"row\": r, \"logits\":\n"
              "  [...]}]} for each row asked for (default: the last). --dequantize loads GGUF weights\n"
-             "  dequantized to f32 (the exact reference path) instead of keeping them quantized.\n");
+             "  dequantized to f32 (the exact reference path) instead of keeping them quantized.\n"
+             "  --tp N shards the model over N CPU ranks (tensor parallelism).\n");
 }
 
 /* Parses whitespace- or comma-separated integers into a malloc'd array. */
@@ -50,13 +51,20 @@ static int parse_ids(const char *s, int32_t **out, int32_t *n) {
 
 int cli_logits(int argc, char **argv) {
   const char *path = NULL, *ids_s = NULL, *rows_s = NULL;
-  int threads = 0, deq = 0;
+  int threads = 0, deq = 0, tp = 1;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--model") && i + 1 < argc) path = argv[++i];
     else if (!strcmp(argv[i], "--prompt-ids") && i + 1 < argc) ids_s = argv[++i];
     else if (!strcmp(argv[i], "--rows") && i + 1 < argc) rows_s = argv[++i];
     else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--dequantize")) deq = 1;
+    else if ((!strcmp(argv[i], "--tensor-parallel-size") || !strcmp(argv[i], "--tp")) && i + 1 < argc) {
+      tp = atoi(argv[++i]);
+      if (tp < 1 || tp > QV_TP_MAX_SIZE) {
+        fprintf(stderr, "quiver logits: --tp must be in [1, %d]\n", QV_TP_MAX_SIZE);
+        return 2;
+      }
+    }
     else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
       usage(stdout);
       return 0;
@@ -90,7 +98,8 @@ int cli_logits(int argc, char **argv) {
   qv_backend *be = NULL;
   qv_model *m = NULL;
   qv_backend_opts bo = {.n_threads = threads};
-  qv_model_opts mo = {.max_batch_tokens = n, .max_logits = n_rows, .dequantize = deq};
+  qv_model_opts mo = {.max_batch_tokens = n, .max_logits = n_rows, .dequantize = deq, .tp_size = tp,
+                      .n_threads = threads};
   int32_t n_blocks = (n + LG_BLOCK - 1) / LG_BLOCK;
   int32_t *pos = malloc((size_t)n * sizeof *pos), *slots = malloc((size_t)n * sizeof *slots);
   int32_t *bt = malloc((size_t)n_blocks * sizeof *bt);

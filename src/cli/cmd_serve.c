@@ -16,6 +16,7 @@
 
 #include "cli/cli.h"
 #include "cli/serve_cfg.h"
+#include "cli/serve_tp.h"
 #include "core/log.h"
 #include "server/models.h"
 #include "server/registry.h"
@@ -58,6 +59,12 @@ int cli_serve(int argc, char **argv) {
     setenv("UV_THREADPOOL_SIZE", n, 1);
   }
 
+  if (c.tp_net.nnodes > 1 && c.tp_net.node_rank > 0) {
+    /* A tensor-parallel worker node: no HTTP, node 0's steps only. */
+    rc = serve_tp_worker(&c);
+    serve_cfg_deinit(&c);
+    return rc;
+  }
   srv_models *loaded = NULL;
   srv_model *models = NULL;
   if (srv_models_load(reg, &c.lo, &loaded, &models, &err)) {
@@ -68,6 +75,8 @@ int cli_serve(int argc, char **argv) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   server *srv = NULL;
+  so.fleet = srv_models_fleet(loaded);
+  so.budget = srv_models_budget(loaded);
   if (server_create(&loop, reg, models, &so, &srv, &err)) {
     fprintf(stderr, "quiver serve: %s\n", err.msg);
     uv_run(&loop, UV_RUN_DEFAULT); /* close what was opened */
@@ -76,18 +85,27 @@ int cli_serve(int argc, char **argv) {
     serve_cfg_deinit(&c);
     return 1;
   }
+  void (*changed)(void *, int32_t);
+  void *changed_arg;
+  server_fleet_hook(srv, &changed, &changed_arg);
+  srv_models_set_changed(loaded, changed, changed_arg);
+  serve_tp_watch *tpw = NULL;
+  if (c.tp_net.nnodes > 1) serve_tp_watch_start(&loop, srv, loaded, models, reg->n_models, &tpw);
   /* The one line tools wait for: the address actually bound. */
   fprintf(stderr, "quiver serve: listening on %s://%s:%d (%d model%s)\n",
           so.tls ? "https" : "http", so.host, server_port(srv), reg->n_models,
           reg->n_models == 1 ? "" : "s");
   fflush(stderr);
   uv_run(&loop, UV_RUN_DEFAULT);
-  int aborted = server_aborted(srv);
+  int aborted = server_aborted(srv), lost = serve_tp_watch_lost(tpw);
   srv_models_stop(loaded);
   server_destroy(srv);
-  uv_loop_close(&loop);
   srv_models_destroy(loaded);
+  serve_tp_watch_close(tpw);
+  uv_run(&loop, UV_RUN_DEFAULT); /* the watch's close callbacks */
+  uv_loop_close(&loop);
   serve_cfg_deinit(&c);
-  fprintf(stderr, "quiver serve: stopped%s\n", aborted ? " (requests aborted)" : "");
-  return aborted ? 1 : 0;
+  fprintf(stderr, "quiver serve: stopped%s\n", lost ? " (a tensor-parallel node was lost)"
+                                               : aborted ? " (requests aborted)" : "");
+  return aborted || lost ? 1 : 0;
 }

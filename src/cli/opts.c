@@ -33,8 +33,9 @@ const cli_opt cli_engine_opts[] = {
      "computes in float32, the cuda backend in bfloat16; others are refused (default auto)"},
     {CLI_E_SEED, CLI_OPT_INT, {"--seed", "-s"}, 0, 9223372036854775807.0, "S",
      "random seed for requests that give none (default: from the clock)"},
-    {CLI_E_TP, CLI_OPT_INT, {"--tensor-parallel-size", "-tp"}, 1, 1024, "N",
-     "GPUs per model: only 1 (tensor parallelism is not built yet)"},
+    {CLI_E_TP, CLI_OPT_INT, {"--tensor-parallel-size", "--tp", "-tp"}, 1, 64, "N",
+     "ranks a model is sharded over (default 1): CPU ranks of this process, one thread each\n"
+     "with --threads / N worker threads; Llama-family models (llama, mistral, qwen2, qwen3)"},
 };
 const int cli_n_engine_opts = (int)(sizeof cli_engine_opts / sizeof cli_engine_opts[0]);
 
@@ -76,13 +77,7 @@ int cli_engine_apply(cli_engine_cfg *c, const cli_opt *opt, const cli_value *v, 
     c->has_seed = 1;
     c->seed = (uint64_t)v->i;
     return 0;
-  case CLI_E_TP:
-    if (v->i != 1)
-      return qv_error_set(err, QV_EINVAL,
-                          "--tensor-parallel-size %lld: quiver runs each model on one device "
-                          "(tensor parallelism is not built yet); use 1",
-                          (long long)v->i);
-    return 0;
+  case CLI_E_TP: c->tp_size = (int32_t)v->i; return 0;
   default: return qv_error_set(err, QV_EINVAL, "internal: unknown shared option %d", opt->id);
   }
 }

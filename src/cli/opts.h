@@ -101,6 +101,7 @@ typedef struct cli_engine_cfg {
   const char *dtype;              /* "auto", "float32", "bfloat16", "float16" (normalized) */
   int32_t has_seed;
   uint64_t seed;
+  int32_t tp_size;                /* --tensor-parallel-size; 0: not given (1) */
 } cli_engine_cfg;
 
 extern const cli_opt cli_engine_opts[];
@@ -108,7 +109,7 @@ extern const int cli_n_engine_opts;
 
 void cli_engine_cfg_init(cli_engine_cfg *c);
 /* Applies one shared row (ids CLI_E_*); QV_EINVAL with a message for values the build cannot
- * honour (a tensor-parallel size other than 1, an unknown dtype or device). */
+ * honour (an unknown dtype or device). */
 int cli_engine_apply(cli_engine_cfg *c, const cli_opt *opt, const cli_value *v, qv_error *err);
 
 #endif

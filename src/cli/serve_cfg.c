@@ -6,6 +6,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "chat/chat.h"
 
@@ -49,6 +50,13 @@ enum {
   S_LINGER_TIMEOUT,
   S_MAX_PIPELINE,
   S_PROBE_CONNS,
+  S_MEMORY_BUDGET,
+  S_ADMIN_KEY,
+  S_NNODES,
+  S_NODE_RANK,
+  S_MASTER_ADDR,
+  S_MASTER_PORT,
+  S_TP_TOKEN,
 };
 
 static const cli_opt serve_opts[] = {
@@ -115,6 +123,22 @@ static const cli_opt serve_opts[] = {
      "read and drop a refused request's body this long (default 2)"},
     {S_MAX_PIPELINE, CLI_OPT_INT, {"--max-pipeline-bytes"}, 4096, 1073741824.0, "N",
      "pipelined request bytes buffered per connection (default 256 KiB)"},
+    {S_MEMORY_BUDGET, CLI_OPT_STR, {"--memory-budget"}, 0, 0, "BYTES|FRACTION",
+     "one memory budget for the weights and KV of every model: bytes (suffix K, M, G, or\n"
+     "Ki, Mi, Gi) or a fraction of RAM such as 0.5; idle models are evicted for room"},
+    {S_ADMIN_KEY, CLI_OPT_STR, {"--admin-key"}, 0, 0, "KEY",
+     "enable the admin API (/admin/v1/...) for 'Authorization: Bearer KEY' (repeatable;\n"
+     "must differ from every --api-key)"},
+    {S_NNODES, CLI_OPT_INT, {"--nnodes"}, 1, 64, "M",
+     "tensor parallelism over M processes (nodes) on this host: each runs --tp / M ranks,\n"
+     "node 0 serves HTTP and schedules, the others run their ranks (default 1)"},
+    {S_NODE_RANK, CLI_OPT_INT, {"--node-rank"}, 0, 63, "R", "this process's node, 0..M-1 (default 0)"},
+    {S_MASTER_ADDR, CLI_OPT_STR, {"--master-addr"}, 0, 0, "HOST",
+     "node 0's control-channel address (default 127.0.0.1)"},
+    {S_MASTER_PORT, CLI_OPT_INT, {"--master-port"}, 1, 65535, "P", "node 0's control-channel port"},
+    {S_TP_TOKEN, CLI_OPT_STR, {"--tp-token"}, 0, 0, "TOKEN",
+     "shared secret (>= 16 characters) authenticating the nodes' control links (also\n"
+     "QUIVER_TP_TOKEN)"},
     {S_PROBE_CONNS, CLI_OPT_INT, {"--probe-connections"}, 0, 1 << 16, "N",
      "connections kept for /health beyond --max-connections (default 8)"},
     {S_DRAIN_TIMEOUT, CLI_OPT_INT, {"--drain-timeout"}, 0, 3600, "S",
@@ -163,6 +187,35 @@ typedef struct pass_ctx {
   serve_cfg *c;
   int pass; /* 0: --config only; 1: everything else */
 } pass_ctx;
+
+/* --memory-budget: "8G", "512Mi", "1000000" (bytes) or "0.5" (a fraction of the machine's
+ * RAM). The CPU backend's weights and KV live in RAM, so RAM is what the budget divides. */
+static int parse_memory_budget(const char *s, srv_load_opts *lo, qv_error *err) {
+  char *end = NULL;
+  double v = strtod(s, &end);
+  if (end == s || !(v > 0))
+    return qv_error_set(err, QV_EINVAL, "--memory-budget '%s': expected bytes (e.g. 8G) or a fraction (0.5)", s);
+  static const struct {
+    const char *suffix;
+    double mul;
+  } units[] = {{"", 1},         {"K", 1e3},       {"M", 1e6},       {"G", 1e9},       {"T", 1e12},
+               {"Ki", 1024.0}, {"Mi", 1048576.0}, {"Gi", 1073741824.0}, {"Ti", 1099511627776.0}};
+  for (size_t i = 0; i < sizeof units / sizeof *units; i++) {
+    if (strcmp(end, units[i].suffix)) continue;
+    if (!*end && v <= 1.0) { /* a fraction of RAM (here) or of device memory (at load, cuda) */
+      long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+      lo->memory_budget_fraction = v;
+      v *= (double)pages * (double)psize;
+    } else {
+      lo->memory_budget_fraction = 0;
+      v *= units[i].mul;
+    }
+    if (v < 1 || v > 9e18) break;
+    lo->memory_budget = (int64_t)v;
+    return 0;
+  }
+  return qv_error_set(err, QV_EINVAL, "--memory-budget '%s': expected bytes (e.g. 8G, 512Mi) or a fraction (0.5)", s);
+}
 
 static int on_opt(void *ud, const cli_opt *o, const cli_value *v, qv_error *err) {
   pass_ctx *p = ud;
@@ -250,6 +303,13 @@ static int on_opt(void *ud, const cli_opt *o, const cli_value *v, qv_error *err)
   case S_LINGER_TIMEOUT: c->so.limits.linger_ms = ms; return 0;
   case S_MAX_PIPELINE: c->so.limits.max_pipeline_bytes = (size_t)v->i; return 0;
   case S_PROBE_CONNS: c->so.limits.probe_connections = (int32_t)v->i; return 0;
+  case S_MEMORY_BUDGET: return parse_memory_budget(v->str, &c->lo, err);
+  case S_ADMIN_KEY: return registry_add_admin_key(&c->reg, v->str, err);
+  case S_NNODES: c->tp_net.nnodes = (int32_t)v->i; return 0;
+  case S_NODE_RANK: c->tp_net.node_rank = (int32_t)v->i; return 0;
+  case S_MASTER_ADDR: c->tp_net.master_addr = v->str; return 0;
+  case S_MASTER_PORT: c->tp_net.master_port = (int32_t)v->i; return 0;
+  case S_TP_TOKEN: c->tp_net.token = v->str; return 0;
   case S_ORIGINS: return cors_opts_add_origins(&c->cors, v->str, err);
   case S_METHODS: return cors_opts_add_methods(&c->cors, v->str, err);
   case S_HEADERS: return cors_opts_add_headers(&c->cors, v->str, err);
@@ -297,6 +357,33 @@ static int add_models(serve_cfg *c, qv_error *err) {
   return 0;
 }
 
+/* --nnodes and its companions: a group over several processes needs its tensor parallel size
+ * to split over the nodes, one model, a port and a token. */
+static int check_tp_net(serve_cfg *c, qv_error *err) {
+  qv_tp_net_opts *t = &c->tp_net;
+  if (t->nnodes <= 1) {
+    if (t->node_rank || t->master_port || t->master_addr || t->token)
+      return qv_error_set(err, QV_EINVAL, "--node-rank, --master-addr, --master-port and --tp-token need --nnodes > 1");
+    return 0;
+  }
+  if (!t->token) t->token = getenv("QUIVER_TP_TOKEN");
+  if (!t->master_addr) t->master_addr = "127.0.0.1";
+  int32_t tp = c->eng.tp_size;
+  if (tp < t->nnodes || tp % t->nnodes)
+    return qv_error_set(err, QV_EINVAL, "--nnodes %d must divide --tensor-parallel-size (%d)", t->nnodes, tp);
+  if (t->node_rank >= t->nnodes)
+    return qv_error_set(err, QV_EINVAL, "--node-rank %d outside 0..%d", t->node_rank, t->nnodes - 1);
+  if (!t->master_port) return qv_error_set(err, QV_EINVAL, "--nnodes %d needs --master-port", t->nnodes);
+  if (!t->token || strlen(t->token) < 16)
+    return qv_error_set(err, QV_EINVAL, "--nnodes %d needs --tp-token or QUIVER_TP_TOKEN of at least 16 characters",
+                        t->nnodes);
+  if (c->reg.n_models != 1)
+    return qv_error_set(err, QV_EINVAL, "--nnodes %d serves exactly one model (%d configured)", t->nnodes,
+                        c->reg.n_models);
+  c->lo.tp_net = t;
+  return 0;
+}
+
 int serve_cfg_parse(serve_cfg *c, int argc, char **argv, qv_error *err) {
   memset(c, 0, sizeof *c);
   registry_init(&c->reg);
@@ -339,6 +426,8 @@ int serve_cfg_parse(serve_cfg *c, int argc, char **argv, qv_error *err) {
   c->lo.kv_mem_fraction = e->kv_mem_fraction;
   c->lo.prefix_caching = e->prefix_caching;
   c->lo.dtype = e->dtype;
+  c->lo.tp_size = e->tp_size;
+  if ((rc = check_tp_net(c, err))) return rc;
   c->lo.has_seed = e->has_seed;
   c->lo.seed = e->seed;
   return 0;

@@ -5,6 +5,7 @@
 #define QV_CLI_SERVE_CFG_H
 
 #include "cli/opts.h"
+#include "models/model.h"
 #include "server/cors.h"
 #include "server/models.h"
 #include "server/registry.h"
@@ -28,6 +29,8 @@ typedef struct serve_cfg {
                                         aliases */
   int32_t n_served;
   const char *log_level;        /* "error" | "warn" | "info" | "debug" (normalized) or NULL */
+  qv_tp_net_opts tp_net;        /* --nnodes, --node-rank, --master-addr/-port, --tp-token; lo.tp_net
+                                   points here when nnodes > 1 */
 } serve_cfg;
 
 /* Parses argv (argv[0] is "serve") into c, which it initializes. Returns 0, CLI_HELP, or a

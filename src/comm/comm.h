@@ -12,8 +12,8 @@
  *
  * Collectives are called by every rank of the group in the same order with the same counts
  * (SPMD, as NCCL's). A rank's handle is used by one thread at a time. The timeout must exceed the
- * largest legitimate skew between ranks (raise it around slow phases such as weight loading). Sharded model execution
- * (--tp) is not built on this yet: this is the layer it will use. */
+ * largest legitimate skew between ranks (raise it around slow phases such as weight loading).
+ * Sharded model execution (--tp, models/model_tp.c) runs on the shm communicator. */
 #ifndef QV_COMM_COMM_H
 #define QV_COMM_COMM_H
 

@@ -9,7 +9,11 @@
  * subset, no flags), [optional], ( groups ), * + ?, `~ n` and `~ n..m`, terminal and rule
  * names, and `%import common.X` for WS, WS_INLINE, NUMBER, SIGNED_NUMBER, INT, SIGNED_INT,
  * DIGIT, LETTER, WORD, CNAME, ESCAPED_STRING, NEWLINE. The start rule is `start`. Not
- * supported (an error naming it): %ignore, %declare, %override, templates, literal flags. */
+ * supported (an error naming it): %declare, %override, templates, literal flags.
+ * `%ignore X` (X a terminal name, "literal" or /regex/; several allowed) lets X repeat between
+ * any two terminals of the rules (lowercase names) and around the whole text, as Lark's lexer
+ * drops it: every terminal used in a rule is followed by the ignore rule (IGN*), and the start
+ * by one more. Inside terminals (uppercase names) nothing is ignored. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +35,10 @@ typedef struct gp {
   gname *names;
   int32_t n_names, cap_names;
   int depth;
+  int32_t ign;        /* Lark: the ignore rule (IGN*), -1 without %ignore */
+  int in_rule;        /* Lark: inside a rule (lowercase name), where terminals take IGN after */
+  int32_t ign_x[16];  /* the %ignore terminals */
+  int32_t n_ign;
 } gp;
 
 static int is_name_ch(char c, int lark) {
@@ -216,8 +224,26 @@ static int at_definition(gp *g) {
 
 static int32_t common_terminal(gp *g, const char *s, size_t n);
 
+static int32_t atom(gp *g, int *terminal);
+
+/* An atom; in a Lark rule with %ignore, a terminal is followed by the ignore rule. */
 static int32_t primary(gp *g) {
+  int terminal = 0;
+  int32_t e = atom(g, &terminal);
+  if (e < 0 || g->ign < 0 || !g->in_rule || !terminal) return e;
+  return ex_seq2(g->b, e, ex_ref(g->b, g->ign));
+}
+
+/* 1 for a Lark terminal name (uppercase, leading underscores aside). */
+static int terminal_name(const char *s, size_t n) {
+  size_t i = 0;
+  while (i < n && s[i] == '_') i++;
+  return i < n && s[i] >= 'A' && s[i] <= 'Z';
+}
+
+static int32_t atom(gp *g, int *terminal) {
   cst_builder *b = g->b;
+  *terminal = 1;
   char c = *g->p;
   if (c == '"') return literal(g);
   if (c == '[' && !g->lark) return char_class(g);
@@ -238,6 +264,7 @@ static int32_t primary(gp *g) {
     return cst_regex_expr(b, s, (size_t)(e - s), 0, 0);
   }
   if (c == '(' || (c == '[' && g->lark)) {
+    *terminal = 0; /* its terminals carry their own IGN */
     char close = c == '(' ? ')' : ']';
     g->p++;
     if (++g->depth > QV_CST_MAX_DEPTH) return cst_fail(b, QV_ELIMIT, "grammar nested deeper than %d", QV_CST_MAX_DEPTH);
@@ -252,6 +279,7 @@ static int32_t primary(gp *g) {
   if (is_name_ch(c, g->lark)) {
     const char *s = g->p;
     while (g->p < g->end && is_name_ch(*g->p, g->lark)) g->p++;
+    *terminal = terminal_name(s, (size_t)(g->p - s));
     int32_t r = name_rule(g, s, (size_t)(g->p - s), 0);
     return r < 0 ? -1 : ex_ref(b, r);
   }
@@ -374,6 +402,19 @@ static int32_t common_terminal(gp *g, const char *s, size_t n) {
 
 static int directive(gp *g) {
   const char *s = g->p;
+  if (g->end - s > 7 && !memcmp(s, "%ignore", 7) && (s[7] == ' ' || s[7] == '\t')) {
+    g->p += 7;
+    skip_ws(g);
+    if (g->n_ign == (int32_t)(sizeof g->ign_x / sizeof g->ign_x[0]))
+      return cst_fail(g->b, QV_ELIMIT, "grammar: more than 16 %%ignore directives");
+    int in_rule = g->in_rule;
+    g->in_rule = 0;
+    int32_t e = g->p < g->end ? primary(g) : gfail(g, "%ignore needs a terminal");
+    g->in_rule = in_rule;
+    if (e < 0) return -1;
+    g->ign_x[g->n_ign++] = e;
+    return 0;
+  }
   while (g->p < g->end && *g->p != '\n') g->p++;
   size_t n = (size_t)(g->p - s);
   const char *pre = "%import common.";
@@ -390,8 +431,14 @@ static int directive(gp *g) {
 }
 
 static int parse_grammar(cst_builder *b, const char *text, size_t len, int lark, int32_t *root) {
-  gp g = {.b = b, .start = text, .p = text, .end = text + len, .lark = lark};
+  gp g = {.b = b, .start = text, .p = text, .end = text + len, .lark = lark, .ign = -1};
   int rc = 0;
+  /* %ignore may come after the rules that it applies to: look for it first. */
+  for (const char *q = text; lark && q + 7 <= text + len; q++)
+    if ((q == text || q[-1] == '\n') && !memcmp(q, "%ignore", 7)) {
+      g.ign = cst_rule_new(b);
+      break;
+    }
   for (;;) {
     skip_ws(&g);
     if (g.p >= g.end || b->failed) break;
@@ -408,6 +455,7 @@ static int parse_grammar(cst_builder *b, const char *text, size_t len, int lark,
     while (g.p < g.end && is_name_ch(*g.p, lark)) g.p++;
     int32_t r = name_rule(&g, s, (size_t)(g.p - s), 1);
     if (r < 0) break;
+    g.in_rule = lark && !terminal_name(s, (size_t)(g.p - s));
     skip_ws(&g);
     g.p += lark ? 1 : 3;
     if (cst_rule_set(b, r, alternatives(&g))) break;
@@ -422,7 +470,11 @@ static int parse_grammar(cst_builder *b, const char *text, size_t len, int lark,
     if (g.names[i].n == strlen(start) && !memcmp(g.names[i].s, start, g.names[i].n)) root_rule = g.names[i].rule;
   }
   if (!b->failed && root_rule < 0) cst_fail(b, QV_EINVAL, "grammar: no '%s' rule", start);
-  if (!b->failed) *root = ex_ref(b, root_rule);
+  if (!b->failed && g.ign >= 0) { /* IGN = (x1 | x2 | ...)*; the text may start with it */
+    int32_t any = g.n_ign ? ex_alt(b, g.ign_x, g.n_ign) : ex_empty(b);
+    cst_rule_set(b, g.ign, g.n_ign ? ex_rep(b, any, 0, -1) : any);
+  }
+  if (!b->failed) *root = g.ign >= 0 ? ex_seq2(b, ex_ref(b, g.ign), ex_ref(b, root_rule)) : ex_ref(b, root_rule);
   free(g.names);
   rc = b->failed;
   return rc;

@@ -397,8 +397,9 @@ static int32_t fmt_email(jctx *j) {
   d = l;
   for (const char *p = "._%+-"; *p; p++) cst_bset_add(&l, (unsigned char)*p);
   cst_bset_add(&d, '-');
-  cst_bset alpha = {{0}};
+  cst_bset alpha = {{0}}; /* the top-level domain: letters of either case, like the labels */
   cst_bset_range(&alpha, 'a', 'z');
+  cst_bset_range(&alpha, 'A', 'Z');
   int32_t label = ex_rep(b, ex_set(b, &d), 1, 32);
   return ex_seq(b, (int32_t[]){ex_rep(b, ex_set(b, &l), 1, 32), ex_byte(b, '@'), label,
                                ex_rep(b, ex_seq2(b, ex_byte(b, '.'), label), 0, 3), ex_byte(b, '.'),
@@ -868,7 +869,7 @@ int cst_build_json_schema(cst_builder *b, const char *text, size_t len, int any_
 /* ---- tool calls ---- */
 
 int cst_build_tool_call(cst_builder *b, const char *tools_json, size_t len, const char *name,
-                        const char *format, int32_t *root) {
+                        const char *format, int32_t max_calls, int32_t *root) {
   cJSON *tools;
   if (parse_doc(b, tools_json, len, &tools)) return b->failed;
   int hermes = !format || !strcmp(format, "hermes"), llama3 = format && !strcmp(format, "llama3"),
@@ -911,9 +912,18 @@ int cst_build_tool_call(cst_builder *b, const char *tools_json, size_t len, cons
   if (!b->failed && k == 0)
     cst_fail(b, QV_EINVAL, name ? "tool_choice names a function that is not in tools" : "no tools to call");
   int32_t call = b->failed ? -1 : ex_alt(b, alts, k);
-  if (hermes) *root = ex_seq3(b, ex_str(b, "<tool_call>\n"), call, ex_str(b, "\n</tool_call>"));
-  else if (llama3) *root = call;
-  else *root = ex_seq3(b, ex_str(b, "[TOOL_CALLS]["), call, ex_byte(b, ']'));
+  /* Parallel calls (max_calls > 1): more blocks after a newline (hermes, as Qwen's template
+   * renders them) or more array elements (mistral); llama3's format holds one call. */
+  if (max_calls < 1 || max_calls > QV_CST_MAX_TOOL_CALLS) max_calls = max_calls < 1 ? 1 : QV_CST_MAX_TOOL_CALLS;
+  if (hermes) {
+    int32_t block = ex_seq3(b, ex_str(b, "<tool_call>\n"), call, ex_str(b, "\n</tool_call>"));
+    *root = ex_seq2(b, block, ex_rep(b, ex_seq2(b, ex_byte(b, '\n'), block), 0, max_calls - 1));
+  } else if (llama3) {
+    *root = call;
+  } else {
+    int32_t more = ex_rep(b, ex_seq2(b, ex_str(b, ", "), call), 0, max_calls - 1);
+    *root = ex_seq(b, (int32_t[]){ex_str(b, "[TOOL_CALLS]["), call, more, ex_byte(b, ']')}, 4);
+  }
   jctx_deinit(&j);
   cJSON_Delete(tools);
   return b->failed;

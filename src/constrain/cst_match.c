@@ -30,12 +30,15 @@ typedef struct walk_frame {
   uint64_t hash;          /* their state hash */
   int32_t chain;          /* 1: reached from the root over plain bytes only, within the plain chain */
   int32_t tchain;         /* 1: reached over text characters only, within the text chain */
-  int32_t skip_text;      /* 1: every text child is decided (visit only the others) */
+  int32_t skip;           /* SKIP_TEXT / SKIP_CLASS: every text / class child is decided (visit only the others) */
+  int32_t kchain;         /* 1: reached over class bytes only, within the class chain */
   int32_t tpend;          /* continuation bytes still due in the current character */
   int32_t tchars;         /* complete characters on the path */
   uint8_t tlo, thi;       /* range of the next continuation byte */
   cst_bset first;         /* bytes some leaf accepts */
 } walk_frame;
+
+enum { SKIP_NONE = 0, SKIP_TEXT, SKIP_CLASS };
 
 typedef struct memo_ent memo_ent;
 
@@ -476,12 +479,10 @@ static int uniform_range(const qv_matcher *m, int32_t from, int32_t n, unsigned 
   return 1;
 }
 
-/* The text chain: the largest L (<= CST_TEXT_MAX) such that from the state every character
- * (plain ASCII or any valid non-ASCII one) leads to one state, level by level, alive up to L.
- * Each level checks every UTF-8 lead/continuation range for uniformity and that each family
- * of characters ends in the state 'a' leads to. *closed: the chain reached a fixed point
- * (S_{l+1} = S_l), so it goes on forever. */
-enum { TM_FAIL = 1, TM_OK = 2, TM_FIXED = 3 };
+/* Status of a text-chain level, remembered per constraint by state hash (cst_tmemo): the level
+ * fails, goes on, is a fixed point, takes no text character at all, or ends a chain at the
+ * vocabulary's text_lim (kept only for its xrej bit). */
+enum { TM_FAIL = 1, TM_OK = 2, TM_FIXED = 3, TM_DEAD = 4, TM_END = 5 };
 
 /* One level of the text chain from the state lv[from, from+n) (hash h): TM_FAIL when some
  * character is not treated like 'a' or kills the state; else the state after 'a' in *nfrom,
@@ -530,58 +531,109 @@ static int text_level(qv_matcher *m, int32_t from, int32_t n, uint64_t h, int32_
   return ha == h ? TM_FIXED : TM_OK;
 }
 
-/* The text chain: the largest L (<= CST_TEXT_MAX) such that from the state every character
- * (plain ASCII or any valid non-ASCII one) leads to one state, level by level, alive up to L.
- * Each level checks every UTF-8 lead/continuation range for uniformity and that each family
- * of characters ends in the state 'a' leads to. *closed: the chain reached a fixed point
- * (S_{l+1} = S_l), so it goes on forever. Levels are remembered per constraint by state hash,
- * so the chain of the next position in a bounded string costs one new level. */
-static int32_t text_chain(qv_matcher *m, int *closed, int32_t *end_from, int32_t *end_n) {
+/* 1 when no leaf of lv[from, from+n) accepts a byte that starts a text character: every text
+ * token longer than the chain so far is dead. */
+static int text_dead(const qv_matcher *m, int32_t from, int32_t n) {
+  cst_bset first, start = {{0}};
+  for (unsigned b = 0; b < 256; b++)
+    if (cst_plain_byte(b) || (b >= 0xC2 && b <= 0xF4)) cst_bset_add(&start, b);
+  first_bytes(m, from, n, &first);
+  for (int k = 0; k < 8; k++)
+    if (first.w[k] & start.w[k]) return 0;
+  return 1;
+}
+
+/* 1 when no leaf of lv[from, from+n) accepts a byte no character starts with (cst_x_byte). */
+static int x_rejected(const qv_matcher *m, int32_t from, int32_t n) {
+  cst_bset first;
+  first_bytes(m, from, n, &first);
+  for (unsigned b = 0; b < 256; b++)
+    if (cst_x_byte(b) && cst_bset_has(&first, b)) return 0;
+  return 1;
+}
+
+/* The text chain: the largest L (<= the vocabulary's text_lim) such that from the state every
+ * character (plain ASCII or any valid non-ASCII one) leads to one state, level by level, alive
+ * up to L. Each level checks every UTF-8 lead/continuation range for uniformity and that each
+ * family of characters ends in the state 'a' leads to. *closed: the chain reached a fixed point
+ * (S_{l+1} = S_l), so it goes on forever. *all: every text token is decided by text_upto[L]
+ * (closed; or S_L takes no text character at all, as at the end of a bounded string, so longer
+ * text tokens are dead; or L reached text_lim, the longest text token). Levels are remembered
+ * per constraint by state hash, so the chain of the next position in a bounded string costs
+ * one new level. *xrej (with *all): every state S_0..S_L rejects the bytes no character starts
+ * with, so every text-x token is dead. */
+static int32_t text_chain(qv_matcher *m, int *closed, int *all, int *xrej, int32_t *end_from, int32_t *end_n) {
   struct cst_tmemo *tm = m->c->tmemo;
   enum { TMN = (int)(sizeof m->c->tmemo / sizeof m->c->tmemo[0]) };
+  const int32_t lim = m->c->vocab->text_lim;
   int32_t from = 0, n = m->n_leaves;
   int acc = m->accept;
   uint64_t h = leaves_hash(m, from, n, acc);
   *closed = 0;
+  *all = 0;
   *end_from = -1; /* set when the leaves of S_L were computed */
   *end_n = 0;
+  int xr = 1;
   /* Levels already known: follow them by hash. */
   int32_t L = 0;
   uint64_t hh = h;
-  while (L < CST_TEXT_MAX) {
+  while (L < lim) {
     const struct cst_tmemo *e = &tm[hh & (TMN - 1)];
-    if (e->key != hh || !e->status) break;
+    if (e->key != hh || !e->status || e->status == TM_END) break;
+    xr &= e->xrej;
     if (e->status == TM_FAIL) return L;
+    if (e->status == TM_DEAD) {
+      *all = 1;
+      *xrej = xr;
+      return L;
+    }
     L++;
     if (e->status == TM_FIXED) {
-      *closed = 1;
-      return CST_TEXT_MAX;
+      *closed = *all = 1;
+      *xrej = xr;
+      return lim;
     }
     hh = e->next;
   }
-  if (L == CST_TEXT_MAX) return L;
+  if (L == lim) {
+    const struct cst_tmemo *e = &tm[hh & (TMN - 1)];
+    if (e->key == hh && e->status == TM_END) {
+      *all = 1;
+      *xrej = xr & e->xrej;
+      return L;
+    }
+  }
   for (int32_t i = 0; i < L; i++) { /* the leaves of S_L */
     from = advance(m, from, n, 'a', &n, &acc);
     if (m->oom) return 0;
   }
   h = leaves_hash(m, from, n, acc);
-  while (L < CST_TEXT_MAX) {
+  while (L < lim) {
     int32_t nfrom = 0, nn = 0;
     int nacc = 0;
     uint64_t nh = 0;
-    int st = text_level(m, from, n, h, &nfrom, &nn, &nacc, &nh);
+    int xb = x_rejected(m, from, n);
+    int st = text_dead(m, from, n) ? TM_DEAD : text_level(m, from, n, h, &nfrom, &nn, &nacc, &nh);
     if (m->oom) return 0;
     struct cst_tmemo *e = &tm[h & (TMN - 1)];
     e->key = h;
     e->next = nh;
     e->status = (uint8_t)st;
+    e->xrej = (uint8_t)xb;
+    xr &= xb;
     *end_from = from;
     *end_n = n;
     if (st == TM_FAIL) return L;
+    if (st == TM_DEAD) {
+      *all = 1;
+      *xrej = xr;
+      return L;
+    }
     L++;
     if (st == TM_FIXED) {
-      *closed = 1;
-      return CST_TEXT_MAX;
+      *closed = *all = 1;
+      *xrej = xr;
+      return lim;
     }
     from = nfrom;
     n = nn;
@@ -590,6 +642,14 @@ static int32_t text_chain(qv_matcher *m, int *closed, int32_t *end_from, int32_t
     *end_from = from;
     *end_n = n;
   }
+  /* S_lim: the end of the chain, remembered for its xrej bit. */
+  struct cst_tmemo *e = &tm[h & (TMN - 1)];
+  e->key = h;
+  e->next = 0;
+  e->status = TM_END;
+  e->xrej = (uint8_t)x_rejected(m, from, n);
+  *all = 1;
+  *xrej = xr & e->xrej;
   return L;
 }
 
@@ -622,20 +682,119 @@ static void trim_scratch(qv_matcher *m) {
   }
 }
 
+/* One level of class chain k from the state lv[from, from+n) (hash h): TM_FAIL when some leaf
+ * takes part of the class; TM_DEAD when no leaf takes it or 'a' kills the state (longer class
+ * tokens are dead); else the state after 'a' (where every class byte leads) and TM_OK, or
+ * TM_FIXED when it is the same state. */
+static int class_level(qv_matcher *m, const cst_bset *cls, int32_t from, int32_t n, uint64_t h, int32_t *nfrom,
+                       int32_t *nn, uint64_t *nh) {
+  const cst_gram *g = &m->c->g;
+  int any_full = 0;
+  for (int32_t i = 0; i < n; i++) {
+    const cst_bset *s = &g->sets[g->elems[m->nodes[m->lv[from + i]].pos]];
+    int none = 1, all = 1;
+    for (int k = 0; k < 8; k++) {
+      uint32_t in = s->w[k] & cls->w[k];
+      none &= in == 0;
+      all &= in == cls->w[k];
+    }
+    if (!none && !all) return TM_FAIL;
+    any_full |= all;
+  }
+  if (!any_full) return TM_DEAD;
+  int acc;
+  *nfrom = advance(m, from, n, 'a', nn, &acc);
+  if (m->oom || (*nn == 0 && !acc)) return TM_DEAD;
+  *nh = leaves_hash(m, *nfrom, *nn, acc);
+  return *nh == h ? TM_FIXED : TM_OK;
+}
+
+/* Class chain k (see cst_cls): the largest L such that every class string of length <= L
+ * keeps the state alive, all of one length leading to one state. *all: class tokens longer
+ * than L are dead, or L reached the longest class token, or a fixed point makes every length
+ * alive; so class subtrees are decided. Levels are remembered per constraint by state hash. */
+static int32_t class_chain(qv_matcher *m, int k, int *all) {
+  const cst_cls *cl = &m->c->vocab->cls[k];
+  struct cst_tmemo *tm = m->c->cmemo[k];
+  enum { CMN = (int)(sizeof m->c->cmemo[0] / sizeof m->c->cmemo[0][0]) };
+  int32_t from = 0, n = m->n_leaves, L = 0;
+  uint64_t h = leaves_hash(m, from, n, m->accept), hh = h;
+  *all = 0;
+  while (L < cl->lim) {
+    const struct cst_tmemo *e = &tm[hh & (CMN - 1)];
+    if (e->key != hh || !e->status) break;
+    if (e->status == TM_FAIL) return L;
+    *all = e->status != TM_OK;
+    if (e->status == TM_DEAD) return L;
+    L++;
+    if (e->status == TM_FIXED) return cl->lim;
+    hh = e->next;
+  }
+  if (L == cl->lim) {
+    *all = 1;
+    return L;
+  }
+  int acc = m->accept;
+  for (int32_t i = 0; i < L; i++) { /* the leaves of S_L */
+    from = advance(m, from, n, 'a', &n, &acc);
+    if (m->oom) return 0;
+  }
+  h = hh;
+  while (L < cl->lim) {
+    int32_t nfrom = 0, nn = 0;
+    uint64_t nh = 0;
+    int st = class_level(m, &cl->bytes, from, n, h, &nfrom, &nn, &nh);
+    if (m->oom) return 0;
+    struct cst_tmemo *e = &tm[h & (CMN - 1)];
+    e->key = h;
+    e->next = nh;
+    e->status = (uint8_t)st;
+    if (st == TM_FAIL) return L;
+    *all = st != TM_OK;
+    if (st == TM_DEAD) return L;
+    L++;
+    if (st == TM_FIXED) return cl->lim;
+    from = nfrom;
+    n = nn;
+    h = nh;
+  }
+  *all = 1;
+  return L;
+}
+
 static int walk(qv_matcher *m, uint32_t *mask) {
   const qv_cst_vocab *v = m->c->vocab;
   const cst_trie *t = &v->trie;
   int32_t wm0 = m->n_nodes, lv0 = m->n_lv;
   /* The text chain first; a text level implies a plain one (every plain byte lands in one
    * live state), so the plain chain goes on from where the text chain stopped. */
-  int closed, tclosed;
+  int closed, tclosed, tall, xrej = 0;
   int32_t ef, en, L;
-  int32_t TL = text_chain(m, &tclosed, &ef, &en);
+  int32_t TL = text_chain(m, &tclosed, &tall, &xrej, &ef, &en);
+  /* xall: text-x tokens are dead too, so whole tx subtrees are decided. */
+  const int xall = tall && xrej;
+  const int32_t *skip_first = xall ? t->xfirst_nt : t->tfirst_nt, *skip_next = xall ? t->xnext_nt : t->tnext_nt;
+  const uint8_t *decided = xall ? t->tx : t->text;
   if (tclosed) L = CST_PLAIN_MAX, closed = 1;
+  else if (tall) L = TL < CST_PLAIN_MAX ? TL : CST_PLAIN_MAX, closed = 1; /* plain tokens are text */
   else if (ef >= 0 && !m->oom) L = plain_chain(m, ef, en, TL, &closed);
   else L = plain_chain(m, 0, m->n_leaves, 0, &closed);
   m->n_nodes = wm0;
   m->n_lv = lv0;
+  /* Where text is not decided, the first class chain that runs (kc; KL levels, kall). */
+  int kc = -1, kall = 0;
+  int32_t KL = 0;
+  for (int k = CST_N_CLS - 1; k >= 0 && !tall && kc < 0 && !m->oom; k--) {
+    KL = class_chain(m, k, &kall);
+    m->n_nodes = wm0;
+    m->n_lv = lv0;
+    if (KL > 0) kc = k;
+  }
+  const cst_cls *cl = kc >= 0 ? &v->cls[kc] : NULL;
+  if (cl) {
+    const uint32_t *pm = cl->upto + (size_t)KL * (size_t)v->words;
+    for (int32_t w = 0; w < v->words; w++) mask[w] |= pm[w];
+  }
   if (L > 0) {
     const uint32_t *pm = v->plain_upto + (size_t)L * (size_t)v->words;
     for (int32_t w = 0; w < v->words; w++) mask[w] |= pm[w];
@@ -650,11 +809,13 @@ static int walk(qv_matcher *m, uint32_t *mask) {
   f->tnode = 0;
   f->cursor = 1;
   f->chain = 1;
-  f->tchain = TL > 0;
+  f->tchain = TL > 0 || tall;
   f->tpend = 0;
   f->tchars = 0;
-  f->skip_text = TL >= CST_TEXT_MAX;
-  if (f->skip_text) f->cursor = t->tfirst_nt[0];
+  f->kchain = cl != NULL;
+  f->skip = tall ? SKIP_TEXT : cl && kall ? SKIP_CLASS : SKIP_NONE;
+  if (f->skip == SKIP_TEXT) f->cursor = skip_first[0];
+  else if (f->skip == SKIP_CLASS) f->cursor = cl->first_n[0];
   f->lv0 = 0;
   f->nlv = m->n_leaves;
   f->hash = leaves_hash(m, 0, m->n_leaves, m->accept);
@@ -666,13 +827,16 @@ static int walk(qv_matcher *m, uint32_t *mask) {
       continue;
     }
     int32_t c = f->cursor;
-    f->cursor = f->skip_text ? t->tnext_nt[c] : t->tend[c];
+    f->cursor = f->skip == SKIP_TEXT ? skip_next[c] : f->skip == SKIP_CLASS ? cl->next_n[c] : t->tend[c];
     unsigned byte = t->tbyte[c];
     if (!cst_bset_has(&f->first, byte)) continue;
     /* A plain subtree under the chain is decided by plain_upto[L]. */
     if (f->chain && t->plain[c] && (closed || t->maxd[c] <= L)) continue;
     /* Likewise a text subtree at a character boundary of the text chain. */
-    if (f->tchain && f->tpend == 0 && t->text[c] && (tclosed || t->maxc[c] <= TL)) continue;
+    if (f->tchain && f->tpend == 0 && decided[c] && (tall || t->maxc[c] <= TL)) continue;
+    /* And a class subtree on the class chain. */
+    if (f->kchain && cl->sub[c] && (kall || t->maxd[c] <= KL)) continue;
+    int child_kchain = f->kchain && cst_bset_has(&cl->bytes, byte) && t->depth[c] <= KL;
     int child_chain = f->chain && cst_plain_byte(byte) && t->depth[c] <= L;
     /* Track the child's place in the text chain (strict UTF-8). */
     int ct = f->tchain, cpend = 0, cchars = f->tchars;
@@ -736,8 +900,10 @@ static int walk(qv_matcher *m, uint32_t *mask) {
       nf->hash = nh;
       nf->chain = child_chain;
       nf->tchain = ct;
-      nf->skip_text = ct && cpend == 0 && TL >= CST_TEXT_MAX;
-      if (nf->skip_text) nf->cursor = t->tfirst_nt[c];
+      nf->kchain = child_kchain;
+      nf->skip = ct && cpend == 0 && tall ? SKIP_TEXT : child_kchain && kall ? SKIP_CLASS : SKIP_NONE;
+      if (nf->skip == SKIP_TEXT) nf->cursor = skip_first[c];
+      else if (nf->skip == SKIP_CLASS) nf->cursor = cl->first_n[c];
       nf->tpend = cpend;
       nf->tchars = cchars;
       nf->tlo = clo;

@@ -40,37 +40,54 @@ static int sort_ids(int32_t *ids, int32_t n, const sort_ctx *s) {
   return 0;
 }
 
-/* Characters of a text token (valid UTF-8, complete characters, ASCII ones plain), or -1. */
-static int text_chars(const uint8_t *s, uint32_t n) {
-  int chars = 0;
+/* Classifies a token for the text chain (see cst_internal.h): TOK_TEXT when it is text (valid
+ * UTF-8 characters, the ASCII ones plain), possibly ending inside a character, which counts as
+ * one more character (the state after it is alive exactly when that character may follow);
+ * TOK_TEXTX when text is followed by an x_byte at a character boundary; TOK_OTHER else.
+ * *chars: characters of the text part. */
+enum { TOK_OTHER = 0, TOK_TEXT, TOK_TEXTX };
+static int token_class(const uint8_t *s, uint32_t n, int *chars) {
+  *chars = 0;
   for (uint32_t i = 0; i < n;) {
     uint8_t c = s[i];
     uint32_t k, lo = 0x80, hi = 0xBF;
-    if (c < 0x80) {
-      if (!cst_plain_byte(c)) return -1;
+    if (c < 0x80 && cst_plain_byte(c)) {
       i++;
-      chars++;
+      ++*chars;
       continue;
     }
+    if (cst_x_byte(c)) return TOK_TEXTX;
     if (c >= 0xC2 && c <= 0xDF) k = 1;
     else if (c >= 0xE0 && c <= 0xEF) k = 2, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
     else if (c >= 0xF0 && c <= 0xF4) k = 3, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
-    else return -1;
+    else return TOK_OTHER; /* '"' or '\\' */
     for (uint32_t j = 1; j <= k; j++) {
-      if (i + j >= n) return -1;
+      if (i + j >= n) { /* ends inside the character */
+        ++*chars;
+        return TOK_TEXT;
+      }
       uint8_t d = s[i + j];
-      if (d < (j == 1 ? lo : 0x80) || d > (j == 1 ? hi : 0xBF)) return -1;
+      if (d < (j == 1 ? lo : 0x80) || d > (j == 1 ? hi : 0xBF)) return TOK_OTHER;
     }
     i += k + 1;
-    chars++;
+    ++*chars;
   }
-  return chars;
+  return TOK_TEXT;
+}
+
+/* Characters of a text token, or -1. */
+static int text_chars(const uint8_t *s, uint32_t n) {
+  int ch;
+  return token_class(s, n, &ch) == TOK_TEXT ? ch : -1;
 }
 
 static void trie_free(cst_trie *t) {
   free(t->tfirst_nt);
   free(t->tnext_nt);
+  free(t->xfirst_nt);
+  free(t->xnext_nt);
   free(t->text);
+  free(t->tx);
   free(t->maxc);
   free(t->plain);
   free(t->depth);
@@ -80,6 +97,77 @@ static void trie_free(cst_trie *t) {
   free(t->tok_first);
   free(t->tok_next);
   memset(t, 0, sizeof *t);
+}
+
+/* Sibling links that jump over the children whose subtree has skip[] set (a node has at most
+ * 256 children): first[node] is its first other child, next[child] the next other sibling;
+ * tend[node] when there is none. */
+static void skip_links(const cst_trie *t, const uint8_t *skip, int32_t *first, int32_t *next) {
+  for (int32_t p = 0; p < t->n_nodes; p++) {
+    int32_t kids[256], k = 0;
+    for (int32_t c = p + 1; c < t->tend[p] && k < 256; c = t->tend[c]) kids[k++] = c;
+    int32_t nxt = t->tend[p];
+    for (int32_t i = k - 1; i >= 0; i--) {
+      next[kids[i]] = nxt;
+      if (!skip[kids[i]]) nxt = kids[i];
+    }
+    first[p] = nxt;
+  }
+}
+
+/* The byte classes of the class chains (cst_internal.h), besides ASCII letters: none (letters
+ * alone are uniform in \w, [A-Za-z0-9-] and most identifier or hostname classes), and the
+ * characters of an email's local part (digits and ._%+-). */
+static const char *const cls_extra[CST_N_CLS] = {"", "0123456789._%+-"};
+
+static void cls_free(cst_cls *cl) {
+  free(cl->sub);
+  free(cl->first_n);
+  free(cl->next_n);
+  free(cl->upto);
+  memset(cl, 0, sizeof *cl);
+}
+
+/* Subtrees made only of class bytes (within CST_CLS_MAX of the root), their skip links, and
+ * class tokens by length. A prefix count of the nodes that break the class decides each
+ * subtree [n, tend[n]) at once. */
+static int cls_build(qv_cst_vocab *v, int k) {
+  const cst_trie *t = &v->trie;
+  cst_cls *cl = &v->cls[k];
+  int32_t nn = t->n_nodes;
+  cst_bset_range(&cl->bytes, 'A', 'Z');
+  cst_bset_range(&cl->bytes, 'a', 'z');
+  for (const char *p = cls_extra[k]; *p; p++) cst_bset_add(&cl->bytes, (unsigned char)*p);
+  int32_t *bad = malloc(((size_t)nn + 1) * sizeof *bad);
+  cl->sub = malloc((size_t)nn);
+  cl->first_n = malloc((size_t)nn * sizeof *cl->first_n);
+  cl->next_n = malloc((size_t)nn * sizeof *cl->next_n);
+  if (!bad || !cl->sub || !cl->first_n || !cl->next_n) {
+    free(bad);
+    return QV_ENOMEM;
+  }
+  bad[0] = 0;
+  for (int32_t n = 0; n < nn; n++)
+    bad[n + 1] = bad[n] + (n > 0 && (!cst_bset_has(&cl->bytes, t->tbyte[n]) || t->depth[n] > CST_CLS_MAX));
+  for (int32_t n = 0; n < nn; n++) cl->sub[n] = n > 0 && bad[t->tend[n]] == bad[n];
+  free(bad);
+  skip_links(t, cl->sub, cl->first_n, cl->next_n);
+  /* Class tokens: every byte in the class, at most CST_CLS_MAX long. */
+  cl->lim = 0;
+  for (int pass = 0; pass < 2; pass++) {
+    for (int32_t id = 0; id < v->n_vocab; id++) {
+      uint32_t len = v->len[id], j = 0;
+      if (len == UINT32_MAX || len == 0 || len > CST_CLS_MAX) continue;
+      const uint8_t *b = (const uint8_t *)v->bytes + v->off[id];
+      while (j < len && cst_bset_has(&cl->bytes, b[j])) j++;
+      if (j < len) continue;
+      if (pass == 0 && (int32_t)len > cl->lim) cl->lim = (int32_t)len;
+      for (int32_t l = (int32_t)len; pass == 1 && l <= cl->lim; l++)
+        cl->upto[(size_t)l * (size_t)v->words + (size_t)(id >> 5)] |= 1u << (id & 31);
+    }
+    if (pass == 0 && !(cl->upto = calloc((size_t)(cl->lim + 1) * (size_t)v->words, sizeof *cl->upto))) return QV_ENOMEM;
+  }
+  return 0;
 }
 
 /* Inserting the tokens in byte order creates the trie's nodes in preorder. */
@@ -112,7 +200,12 @@ static int trie_build(qv_cst_vocab *v) {
     free(path);
     return QV_ENOMEM;
   }
-  v->text_upto = calloc((size_t)(CST_TEXT_MAX + 1) * (size_t)v->words, sizeof *v->text_upto);
+  v->text_lim = 0;
+  for (int32_t k = 0; k < n; k++) {
+    int ch, cls = token_class((const uint8_t *)v->bytes + v->off[ids[k]], v->len[ids[k]], &ch);
+    if (cls != TOK_OTHER && ch <= CST_TEXT_MAX && ch > v->text_lim) v->text_lim = ch;
+  }
+  v->text_upto = calloc((size_t)(v->text_lim + 1) * (size_t)v->words, sizeof *v->text_upto);
   if (!v->text_upto) {
     free(ids);
     free(path);
@@ -121,7 +214,7 @@ static int trie_build(qv_cst_vocab *v) {
   for (int32_t k = 0; k < n; k++) {
     int32_t id = ids[k];
     int ch = text_chars((const uint8_t *)v->bytes + v->off[id], v->len[id]);
-    for (int l = ch; ch > 0 && l <= CST_TEXT_MAX; l++)
+    for (int l = ch; ch > 0 && l <= v->text_lim; l++)
       v->text_upto[(size_t)l * (size_t)v->words + (size_t)(id >> 5)] |= 1u << (id & 31);
   }
   for (int32_t k = 0; k < n; k++) {
@@ -211,8 +304,9 @@ static int trie_build(qv_cst_vocab *v) {
   }
   /* Text subtrees: every token at or below is a text token of <= CST_TEXT_MAX characters. */
   t->text = malloc((size_t)nn);
+  t->tx = malloc((size_t)nn);
   t->maxc = calloc((size_t)nn, 1);
-  if (!t->text || !t->maxc) {
+  if (!t->text || !t->tx || !t->maxc) {
     free(parent);
     free(last_tok);
     free(ids);
@@ -220,38 +314,34 @@ static int trie_build(qv_cst_vocab *v) {
     return QV_ENOMEM;
   }
   for (int32_t n = 0; n < nn; n++) {
-    t->text[n] = n > 0;
-    for (int32_t id = t->tok_first[n]; id >= 0 && t->text[n]; id = t->tok_next[id]) {
-      int ch = text_chars((const uint8_t *)v->bytes + v->off[id], v->len[id]);
-      if (ch < 0 || ch > CST_TEXT_MAX) t->text[n] = 0;
+    t->text[n] = t->tx[n] = n > 0;
+    for (int32_t id = t->tok_first[n]; id >= 0 && t->tx[n]; id = t->tok_next[id]) {
+      int ch, cls = token_class((const uint8_t *)v->bytes + v->off[id], v->len[id], &ch);
+      if (cls == TOK_OTHER || ch > CST_TEXT_MAX) t->text[n] = t->tx[n] = 0;
+      else if (cls == TOK_TEXTX) t->text[n] = 0;
       else if (ch > t->maxc[n]) t->maxc[n] = (uint8_t)ch;
     }
   }
   for (int32_t n = nn - 1; n > 0; n--) {
     int32_t p = parent[n];
     if (!t->text[n]) t->text[p] = 0;
+    if (!t->tx[n]) t->tx[p] = 0;
     if (t->maxc[n] > t->maxc[p]) t->maxc[p] = t->maxc[n];
   }
   free(parent);
   /* Sibling links that skip text subtrees (a node has at most 256 children). */
   t->tfirst_nt = malloc((size_t)nn * sizeof *t->tfirst_nt);
   t->tnext_nt = malloc((size_t)nn * sizeof *t->tnext_nt);
-  if (!t->tfirst_nt || !t->tnext_nt) {
+  t->xfirst_nt = malloc((size_t)nn * sizeof *t->xfirst_nt);
+  t->xnext_nt = malloc((size_t)nn * sizeof *t->xnext_nt);
+  if (!t->tfirst_nt || !t->tnext_nt || !t->xfirst_nt || !t->xnext_nt) {
     free(last_tok);
     free(ids);
     free(path);
     return QV_ENOMEM;
   }
-  for (int32_t p = 0; p < nn; p++) {
-    int32_t kids[256], k = 0;
-    for (int32_t c = p + 1; c < t->tend[p] && k < 256; c = t->tend[c]) kids[k++] = c;
-    int32_t nxt = t->tend[p];
-    for (int32_t i = k - 1; i >= 0; i--) {
-      t->tnext_nt[kids[i]] = nxt;
-      if (!t->text[kids[i]]) nxt = kids[i];
-    }
-    t->tfirst_nt[p] = nxt;
-  }
+  skip_links(t, t->text, t->tfirst_nt, t->tnext_nt);
+  skip_links(t, t->tx, t->xfirst_nt, t->xnext_nt);
   free(last_tok);
   free(ids);
   free(path);
@@ -299,7 +389,9 @@ int qv_cst_vocab_create_raw(const char *const *tokens, const size_t *lens, int32
   }
   v->eos_id = eos_id;
   if (eos_id >= 0 && eos_id < n_vocab) v->len[eos_id] = UINT32_MAX;
-  if (trie_build(v)) {
+  int rc = trie_build(v);
+  for (int k = 0; !rc && k < CST_N_CLS; k++) rc = cls_build(v, k);
+  if (rc) {
     qv_cst_vocab_destroy(v);
     return qv_error_set(err, QV_ENOMEM, "out of memory");
   }
@@ -348,6 +440,7 @@ void qv_cst_vocab_destroy(qv_cst_vocab *v) {
   for (int i = 0; i < CST_COMPILE_CACHE; i++) qv_constraint_release(v->cache[i]);
   pthread_mutex_destroy(&v->mu);
   trie_free(&v->trie);
+  for (int k = 0; k < CST_N_CLS; k++) cls_free(&v->cls[k]);
   free(v->plain_upto);
   free(v->text_upto);
   free(v->bytes);
@@ -392,7 +485,7 @@ static int spec_key(const qv_cst_spec *s, char **out, size_t *out_len) {
     if (l_) memcpy(k + o, (p), (size_t)l_);  \
     o += (size_t)l_;                         \
   } while (0)
-  int32_t hdr[2] = {(int32_t)s->kind, s->any_whitespace};
+  int32_t hdr[3] = {(int32_t)s->kind, s->any_whitespace, s->max_tool_calls};
   memcpy(k + o, hdr, sizeof hdr);
   o += sizeof hdr;
   PUT(s->text, s->text ? s->text_len : 0);
@@ -448,7 +541,7 @@ static int build(cst_builder *b, const qv_cst_spec *s, int32_t *root) {
     case QV_CST_GBNF: return cst_build_gbnf(b, s->text, s->text_len, root);
     case QV_CST_LARK: return cst_build_lark(b, s->text, s->text_len, root);
     case QV_CST_TOOL_CALL:
-      return cst_build_tool_call(b, s->text, s->text_len, s->tool_name, s->tool_format, root);
+      return cst_build_tool_call(b, s->text, s->text_len, s->tool_name, s->tool_format, s->max_tool_calls, root);
     default: return cst_fail(b, QV_EINVAL, "unknown constraint kind %d", (int)s->kind);
   }
 }

@@ -83,6 +83,13 @@ int engine_create_ops(const engine_model_ops *m, const engine_text_ops *text, co
   }
   int32_t max_len = o.max_model_len ? o.max_model_len : m->max_pos;
   int64_t n_blocks = o.n_kv_blocks ? o.n_kv_blocks : default_n_blocks(m, &o, max_len);
+  int64_t block_bytes = m->kv_bytes_per_token * o.block_size;
+  if (o.kv_budget && !o.n_kv_blocks) {
+    /* Under a budget the pool may grow to max_num_seqs full sequences or the whole budget. */
+    int64_t want = (int64_t)o.max_num_seqs * ((max_len + o.block_size - 1) / o.block_size);
+    int64_t cap = block_bytes > 0 ? engine_budget_pool_cap(&o, block_bytes) : want;
+    n_blocks = want < cap ? want : cap;
+  }
   if (n_blocks > INT32_MAX / o.block_size) n_blocks = INT32_MAX / o.block_size;
   if (n_blocks * o.block_size < max_len) {
     if (o.max_model_len)
@@ -144,7 +151,11 @@ int engine_create_ops(const engine_model_ops *m, const engine_text_ops *text, co
     qv_engine_destroy(e);
     return rc;
   }
-  e->stats.n_kv_blocks = o.n_kv_blocks;
+  if (o.kv_budget && (rc = engine_budget_join(e, block_bytes, err))) {
+    qv_engine_destroy(e);
+    return rc;
+  }
+  e->stats.n_kv_blocks = kv_pool_n_active(&e->sc.pool);
   if (!manual) {
     if (pthread_create(&e->thread, NULL, thread_main, e)) {
       qv_engine_destroy(e);
@@ -168,6 +179,7 @@ void qv_engine_destroy(qv_engine *e) {
     pthread_mutex_unlock(&e->mu);
     pthread_join(e->thread, NULL);
   }
+  engine_budget_leave(e);
   const engine_text_ops *t = e->has_text ? &e->text : NULL;
   for (int32_t i = 0; i < e->n_reqs; i++) req_free(e->reqs[i], t);
   for (int32_t i = 0; i < e->n_incoming; i++) req_free(e->incoming[i], t);
@@ -280,7 +292,8 @@ static void *thread_main(void *arg) {
   int idle = 1;
   for (;;) {
     pthread_mutex_lock(&e->mu);
-    while (!e->stopping && idle && e->n_incoming == 0 && e->n_aborts == 0) pthread_cond_wait(&e->cv, &e->mu);
+    while (!e->stopping && idle && e->n_incoming == 0 && e->n_aborts == 0 && !e->kv_poke)
+      pthread_cond_wait(&e->cv, &e->mu);
     int stop = e->stopping;
     pthread_mutex_unlock(&e->mu);
     if (stop) break;

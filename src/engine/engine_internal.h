@@ -113,6 +113,10 @@ typedef struct sched {
   eng_seq **scheduled;     /* [max_num_seqs] this step's work */
   int32_t n_scheduled;
   int64_t n_preemptions, prefix_queries, prefix_hits;
+  /* Optional (NULL: the pool is fixed): asks for n more blocks when a step runs short, before
+   * preempting or leaving a sequence waiting; returns how many were added to the pool. */
+  int32_t (*grow)(void *arg, int32_t n);
+  void *grow_arg;
 } sched;
 
 int sched_init(sched *s, int32_t n_blocks, int32_t block_size, uint64_t salt, int32_t max_model_len,

@@ -67,6 +67,14 @@ struct qv_engine {
   uint64_t next_id;
   uint64_t seed_state;     /* seeds for requests without a seed */
   qv_engine_stats stats;   /* snapshot after each step */
+
+  /* Shared memory budget (opts.kv_budget) or NULL. budget_id: this engine's client id;
+   * kv_short: a step asked for more than it got (engine thread); kv_poke: the budget wants
+   * blocks back (under mu, wakes an idle engine thread). */
+  struct qv_budget *budget;
+  int32_t budget_id;
+  int kv_short;
+  int kv_poke;
 };
 
 /* engine_req.c */
@@ -87,5 +95,16 @@ qv_event *event_new(qv_event_type type, const eng_seq *q, int32_t n_tokens, int 
 
 /* engine_step.c */
 int engine_run_step(qv_engine *e);
+
+/* engine_budget.c (only with opts.kv_budget). The most blocks a budget of this size could
+ * grant at block_bytes each (the pool's default size under a budget). */
+int32_t engine_budget_pool_cap(const qv_engine_opts *o, int64_t block_bytes);
+/* Joins the budget with the reserved minimum and parks the rest of the pool. */
+int engine_budget_join(qv_engine *e, int64_t block_bytes, qv_error *err);
+void engine_budget_leave(qv_engine *e);
+/* Gives back the free blocks the budget wants (start of a step). */
+void engine_budget_begin_step(qv_engine *e);
+/* Drops this engine's recorded demand when its step was not short (end of a step). */
+void engine_budget_end_step(qv_engine *e);
 
 #endif

@@ -250,6 +250,7 @@ static void post_events(qv_engine *e) {
   e->n_step_evs = 0;
   e->stats.n_running = e->sc.n_running;
   e->stats.n_waiting = e->sc.n_waiting;
+  e->stats.n_kv_blocks = kv_pool_n_active(&e->sc.pool);
   e->stats.n_kv_blocks_used = kv_pool_n_used(&e->sc.pool);
   e->stats.prefix_queries = e->sc.prefix_queries;
   e->stats.prefix_hits = e->sc.prefix_hits;
@@ -265,6 +266,7 @@ static void post_events(qv_engine *e) {
 
 int engine_run_step(qv_engine *e) {
   take_incoming(e);
+  engine_budget_begin_step(e);
   int32_t n_tok = sched_step(&e->sc);
   int did = n_tok > 0;
   if (n_tok < 0) {
@@ -343,6 +345,7 @@ int engine_run_step(qv_engine *e) {
       }
     }
   }
+  engine_budget_end_step(e);
   post_events(e);
   return did;
 }

@@ -20,7 +20,8 @@ int kv_pool_init(kv_pool *p, int32_t n_blocks, int32_t block_size, uint64_t salt
   p->blocks = calloc((size_t)n_blocks, sizeof *p->blocks);
   p->tokens = malloc((size_t)n_blocks * (size_t)block_size * sizeof *p->tokens);
   p->buckets = malloc((size_t)p->n_buckets * sizeof *p->buckets);
-  if (!p->blocks || !p->tokens || !p->buckets) {
+  p->parked = malloc((size_t)n_blocks * sizeof *p->parked);
+  if (!p->blocks || !p->tokens || !p->buckets || !p->parked) {
     kv_pool_deinit(p);
     return QV_ENOMEM;
   }
@@ -40,6 +41,7 @@ void kv_pool_deinit(kv_pool *p) {
   free(p->blocks);
   free(p->tokens);
   free(p->buckets);
+  free(p->parked);
   memset(p, 0, sizeof *p);
 }
 
@@ -129,4 +131,21 @@ void kv_pool_publish(kv_pool *p, int32_t id, uint64_t hash, uint64_t parent, con
   b->hnext = *bucket;
   *bucket = id;
   p->n_cached++;
+}
+
+int32_t kv_pool_grow(kv_pool *p, int32_t n) {
+  int32_t k = 0;
+  for (; k < n && p->n_parked > 0; k++) list_push_head(p, p->parked[--p->n_parked]);
+  return k;
+}
+
+int32_t kv_pool_shrink(kv_pool *p, int32_t n) {
+  int32_t k = 0;
+  for (; k < n && p->head >= 0; k++) {
+    int32_t id = p->head;
+    list_remove(p, id);
+    if (p->blocks[id].cached) unpublish(p, id);
+    p->parked[p->n_parked++] = id;
+  }
+  return k;
 }

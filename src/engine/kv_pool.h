@@ -10,6 +10,12 @@
  *
  * The pool stores each published block's parent hash and token ids and verifies them on
  * lookup, so a 64-bit hash collision can never hand a sequence the wrong KV contents.
+ *
+ * Under a shared memory budget (src/fleet/budget.h) a pool can hold fewer blocks than its
+ * capacity: blocks it has not been granted are parked (off the free list, never handed out,
+ * never found by lookup). kv_pool_grow unparks blocks; kv_pool_shrink parks free ones, taking
+ * them in free-list order, so uncached blocks go first and then the oldest cached prefixes
+ * (which are unpublished). A pool that never shrinks behaves exactly as before.
  * Single-threaded: only the engine thread touches it. */
 #ifndef QV_ENGINE_KV_POOL_H
 #define QV_ENGINE_KV_POOL_H
@@ -36,6 +42,8 @@ typedef struct kv_pool {
   int32_t head, tail; /* free list: take from head */
   int32_t n_free;     /* blocks with ref == 0 (cached or not) */
   int32_t n_cached;   /* published blocks (any refcount) */
+  int32_t *parked;    /* [n_blocks] stack of parked block ids, owned */
+  int32_t n_parked;   /* blocks not granted to this pool (neither free nor held) */
 } kv_pool;
 
 /* Sets up a pool of n_blocks blocks of block_size tokens, all free. Returns 0 or QV_ENOMEM /
@@ -60,9 +68,17 @@ int32_t kv_pool_lookup(const kv_pool *p, uint64_t hash, uint64_t parent, const i
  * identical prefix computed twice) keeps the entry; this one stays private. */
 void kv_pool_publish(kv_pool *p, int32_t id, uint64_t hash, uint64_t parent, const int32_t *tokens);
 
+/* Unparks up to n blocks onto the head of the free list; returns how many. */
+int32_t kv_pool_grow(kv_pool *p, int32_t n);
+/* Parks up to n free blocks (uncached ones first, then the least recently used cached ones,
+ * which leave the prefix cache); held blocks are never touched. Returns how many. */
+int32_t kv_pool_shrink(kv_pool *p, int32_t n);
+
 /* Blocks that kv_pool_alloc could still hand out. */
 static inline int32_t kv_pool_n_free(const kv_pool *p) { return p->n_free; }
 /* Blocks held by at least one sequence. */
-static inline int32_t kv_pool_n_used(const kv_pool *p) { return p->n_blocks - p->n_free; }
+static inline int32_t kv_pool_n_used(const kv_pool *p) { return p->n_blocks - p->n_parked - p->n_free; }
+/* Blocks granted to the pool (held or free): the capacity less the parked ones. */
+static inline int32_t kv_pool_n_active(const kv_pool *p) { return p->n_blocks - p->n_parked; }
 
 #endif

@@ -12,7 +12,12 @@
  * On admission a sequence first takes what it can without computing: the blocks of its
  * leader (choice 0 of the same request, once the prompt is computed) for a request with n > 1,
  * else the longest run of full blocks found in the prefix cache. Either way at least the last
- * known token is recomputed, because its logits are needed. */
+ * known token is recomputed, because its logits are needed.
+ *
+ * Under a shared memory budget the pool's granted size changes between steps: a shortfall
+ * first asks the grow hook (the engine acquires blocks from the budget) and only then
+ * preempts or leaves a sequence waiting. The engine keeps at least one max_model_len sequence
+ * granted, so the progress argument above still holds. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -121,6 +126,13 @@ static int preempt_last(sched *s) {
   return 0;
 }
 
+/* 1 when need blocks are free, after asking the grow hook for the shortfall. */
+static int have_blocks(sched *s, int32_t need) {
+  int32_t n_free = kv_pool_n_free(&s->pool);
+  if (need > n_free && s->grow) n_free += s->grow(s->grow_arg, need - n_free);
+  return need <= n_free;
+}
+
 static inline int32_t blocks_for(const sched *s, int32_t n_tokens) {
   return (n_tokens + s->block_size - 1) / s->block_size;
 }
@@ -212,7 +224,7 @@ int32_t sched_step(sched *s) {
       if (n_new > budget) n_new = budget;
       int32_t need = blocks_for(s, q->n_computed + n_new) - q->n_blocks;
       int self_preempted = 0;
-      while (need > kv_pool_n_free(&s->pool)) {
+      while (!have_blocks(s, need)) {
         eng_seq *v = s->running[s->n_running - 1];
         if (v->n_sched) { /* a decode scheduled in the first pass gives its token back */
           budget += v->n_sched;
@@ -245,7 +257,7 @@ int32_t sched_step(sched *s) {
     int32_t n_new = q->n_tokens - q->n_computed;
     if (n_new > budget) n_new = budget;
     int32_t need = blocks_for(s, q->n_computed + n_new) - q->n_blocks;
-    if (need > kv_pool_n_free(&s->pool)) {
+    if (!have_blocks(s, need)) {
       release_blocks(s, q);
       break;
     }

@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -373,6 +374,30 @@ static void add_eos(qv_model_config *c, int64_t id) {
   c->eos_ids[c->n_eos++] = (int32_t)id;
 }
 
+/* Gemma 3 (text): what llama.cpp's converter leaves out of the metadata, llama.cpp and
+ * transformers take from the architecture: the local rope base 10,000 for sliding layers, every
+ * 6th layer global, query_pre_attn_scalar = head_dim (llama.cpp's rule; 27B, 62 layers, uses
+ * hidden/heads). Norm weights are stored with Gemma's +1 already added (the weight source undoes
+ * that as transformers does, see models/model_gguf.c). */
+static int gemma3_config(const gguf_model *g, qv_model_config *c, qv_error *err) {
+  const gguf_ctx *m = gguf_model_meta(g);
+  int rc = meta_int(m, c->arch, "attention.sliding_window", 0, 0, 1 << 24, &c->sliding_window, err);
+  if (rc) return rc;
+  c->family = QV_FAMILY_GEMMA3;
+  c->act = QV_ACT_GELU_TANH;
+  c->norm_plus_one = 1;
+  c->sandwich_norm = 1;
+  c->qk_norm = 1;
+  c->embed_scale = (float)sqrt((double)c->dim);
+  double qpas = c->n_layer == 62 ? (double)c->dim / c->n_head : (double)c->head_dim;
+  c->attn_scale = (float)pow(qpas, -0.5);
+  c->rope_local_theta = 10000.0f;
+  c->rot_dim = c->head_dim;
+  for (int32_t i = 0; i < c->n_layer; i++)
+    c->layer_flags[i] = (uint8_t)((i + 1) % 6 && c->sliding_window ? QV_LAYER_SLIDING : 0);
+  return 0;
+}
+
 int gguf_model_config(const gguf_model *g, qv_model_config *c, qv_error *err) {
   memset(c, 0, sizeof *c);
   const gguf_ctx *m = gguf_model_meta(g);
@@ -380,12 +405,12 @@ int gguf_model_config(const gguf_model *g, qv_model_config *c, qv_error *err) {
   size_t an;
   if (gguf_get_str(m, "general.architecture", &arch, &an))
     return qv_error_set(err, QV_EFORMAT, "missing metadata key general.architecture");
-  static const char *archs[] = {"llama", "qwen2", "qwen3"};
+  static const char *archs[] = {"llama", "qwen2", "qwen3", "gemma3"};
   int known = 0;
   for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++)
     known |= an == strlen(archs[i]) && !memcmp(arch, archs[i], an);
   if (!known)
-    return qv_error_set(err, QV_EUNSUPPORTED, "architecture '%.*s' is not supported for GGUF (llama, qwen2, qwen3)",
+    return qv_error_set(err, QV_EUNSUPPORTED, "architecture '%.*s' is not supported for GGUF (llama, qwen2, qwen3, gemma3)",
                         (int)(an > 40 ? 40 : an), arch);
   snprintf(c->arch, sizeof c->arch, "%.*s", (int)an, arch);
   const char *a = c->arch;
@@ -440,6 +465,7 @@ int gguf_model_config(const gguf_model *g, qv_model_config *c, qv_error *err) {
   c->qkv_bias = gguf_model_find(g, "blk.0.attn_q.bias") != NULL;
   c->o_bias = gguf_model_find(g, "blk.0.attn_output.bias") != NULL;
   c->qk_norm = !strcmp(a, "qwen3");
+  if (!strcmp(a, "gemma3") && (rc = gemma3_config(g, c, err))) return rc;
   c->tie_embeddings = gguf_model_find(g, "output.weight") == NULL;
   int64_t v;
   c->bos_id = gguf_get_i64(m, "tokenizer.ggml.bos_token_id", &v) == 0 && v >= 0 && v < c->vocab_size ? (int32_t)v : -1;
@@ -447,6 +473,21 @@ int gguf_model_config(const gguf_model *g, qv_model_config *c, qv_error *err) {
                                    "tokenizer.ggml.eom_token_id"};
   for (size_t i = 0; i < sizeof eos_keys / sizeof eos_keys[0]; i++)
     if (gguf_get_i64(m, eos_keys[i], &v) == 0) add_eos(c, v);
+  /* Gemma 3's chat turns end with <end_of_turn>, which its files do not name in the metadata:
+   * a stop id too, as llama.cpp and transformers' generation_config treat it. */
+  const gguf_kv *toks = gguf_find(m, "tokenizer.ggml.tokens");
+  if (c->family == QV_FAMILY_GEMMA3 && toks && toks->type == GGUF_T_ARRAY && toks->arr_type == GGUF_T_STRING) {
+    const uint8_t *pos = toks->val;
+    for (uint64_t i = 0; i < toks->arr_n && i < (uint64_t)c->vocab_size; i++) {
+      const char *ts;
+      size_t tn;
+      gguf_arr_next_str(&pos, &ts, &tn);
+      if (tn == 13 && !memcmp(ts, "<end_of_turn>", 13)) {
+        add_eos(c, (int64_t)i);
+        break;
+      }
+    }
+  }
   /* The file's tensor types: one name or "mixed" (quiver info lists them per type). */
   qv_dtype first = QV_DTYPE_COUNT;
   int mixed = 0;
@@ -461,7 +502,7 @@ int gguf_model_config(const gguf_model *g, qv_model_config *c, qv_error *err) {
 
 /* ---- names ---- */
 
-int gguf_model_hf_name(const char *hf, char *out, size_t cap) {
+int gguf_model_hf_name(const char *hf, int sandwich, char *out, size_t cap) {
   static const char *top[][2] = {{"model.embed_tokens.weight", "token_embd.weight"},
                                  {"model.norm.weight", "output_norm.weight"},
                                  {"lm_head.weight", "output.weight"}};
@@ -472,9 +513,18 @@ int gguf_model_hf_name(const char *hf, char *out, size_t cap) {
       {"self_attn.v_proj", "attn_v"}, {"self_attn.o_proj", "attn_output"}, {"self_attn.q_norm", "attn_q_norm"},
       {"self_attn.k_norm", "attn_k_norm"}, {"post_attention_layernorm", "ffn_norm"}, {"mlp.gate_proj", "ffn_gate"},
       {"mlp.up_proj", "ffn_up"}, {"mlp.down_proj", "ffn_down"}};
+  /* Gemma's norms around attention and MLP: llama.cpp's ffn_norm is the pre-feedforward one. */
+  static const char *gemma[][2] = {{"post_attention_layernorm", "post_attention_norm"},
+                                   {"pre_feedforward_layernorm", "ffn_norm"},
+                                   {"post_feedforward_layernorm", "post_ffw_norm"}};
   int l, used = 0;
   if (sscanf(hf, "model.layers.%d.%n", &l, &used) != 1 || used == 0 || l < 0) return -1;
   const char *rest = hf + used;
+  for (size_t i = 0; sandwich && i < sizeof gemma / sizeof gemma[0]; i++) {
+    size_t n = strlen(gemma[i][0]);
+    if (!strncmp(rest, gemma[i][0], n) && !strcmp(rest + n, ".weight"))
+      return snprintf(out, cap, "blk.%d.%s.weight", l, gemma[i][1]) < (int)cap ? 0 : -1;
+  }
   for (size_t i = 0; i < sizeof layer / sizeof layer[0]; i++) {
     size_t n = strlen(layer[i][0]);
     if (!strncmp(rest, layer[i][0], n) && (!strcmp(rest + n, ".weight") || !strcmp(rest + n, ".bias")))

@@ -53,13 +53,14 @@ const gguf_wt *gguf_model_find(const gguf_model *g, const char *name);
  * never holds the file twice. The data stays readable (pages are read again on access). */
 void gguf_model_release(const void *p, size_t n);
 
-/* Fills a Llama-family configuration (llama, qwen2, qwen3) from the metadata and the tensor
- * shapes. Names the missing or out-of-range key. */
+/* Fills the configuration (llama, qwen2, qwen3; gemma3 as QV_FAMILY_GEMMA3) from the metadata
+ * and the tensor shapes. Names the missing or out-of-range key. */
 int gguf_model_config(const gguf_model *g, struct qv_model_config *cfg, qv_error *err);
 
-/* Maps a Hugging Face tensor name of the Llama family ("model.layers.3.mlp.up_proj.weight") to
- * the GGUF name ("blk.3.ffn_up.weight"). Returns 0, or -1 when the name has no GGUF form. */
-int gguf_model_hf_name(const char *hf, char *out, size_t cap);
+/* Maps a Hugging Face tensor name ("model.layers.3.mlp.up_proj.weight") to the GGUF name
+ * ("blk.3.ffn_up.weight"); sandwich: Gemma's four norms per layer (post_attention_layernorm is
+ * then post_attention_norm, not ffn_norm). Returns 0, or -1 when the name has no GGUF form. */
+int gguf_model_hf_name(const char *hf, int sandwich, char *out, size_t cap);
 
 /* The file's chat template (tokenizer.chat_template), malloc'd and NUL-terminated; QV_ENOTFOUND
  * when the file has none. */

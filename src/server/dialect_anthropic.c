@@ -237,9 +237,13 @@ static int convert_tool_choice(srv_req *r, cJSON *out, const cJSON *tc) {
 
 /* thinking {type: enabled, budget_tokens} | adaptive | disabled -> the template's
  * enable_thinking (Qwen3 and others read it); the reasoning comes back as thinking blocks from
- * models with a reasoning parser. budget_tokens is checked but not enforced: the model stops
- * thinking when it does, within max_tokens. */
-static int convert_thinking(srv_req *r, cJSON *kw, const cJSON *th) {
+ * models with a reasoning parser. budget_tokens is validated as Anthropic's API does (an
+ * integer >= 1024 and below max_tokens; count_tokens has no max_tokens) but not enforced: the
+ * model ends its reasoning when it does, and max_tokens bounds reasoning and text together
+ * (stop_reason max_tokens, possibly inside the thinking block). */
+#define ANTH_MIN_THINKING_BUDGET 1024
+
+static int convert_thinking(srv_req *r, cJSON *kw, const cJSON *th, const cJSON *max_tokens) {
   const cJSON *type = get(th, "type"), *budget = get(th, "budget_tokens");
   if (!cJSON_IsObject(th) || !cJSON_IsString(type) ||
       (strcmp(type->valuestring, "enabled") && strcmp(type->valuestring, "disabled") &&
@@ -249,10 +253,16 @@ static int convert_thinking(srv_req *r, cJSON *kw, const cJSON *th) {
                         "{\"type\": \"adaptive\"} or {\"type\": \"disabled\"}");
   int on = strcmp(type->valuestring, "disabled") != 0;
   if (!strcmp(type->valuestring, "enabled") &&
-      (!cJSON_IsNumber(budget) || budget->valuedouble < 1 || budget->valuedouble > 1e9 ||
+      (!cJSON_IsNumber(budget) || budget->valuedouble < ANTH_MIN_THINKING_BUDGET ||
+       budget->valuedouble > 1e9 ||
        budget->valuedouble != (double)(int64_t)budget->valuedouble))
     return dialect_fail(r, QV_EINVAL, "thinking",
-                        "thinking.budget_tokens must be a positive integer");
+                        "thinking.budget_tokens must be an integer >= %d",
+                        ANTH_MIN_THINKING_BUDGET);
+  if (!strcmp(type->valuestring, "enabled") && cJSON_IsNumber(max_tokens) &&
+      budget->valuedouble >= max_tokens->valuedouble)
+    return dialect_fail(r, QV_EINVAL, "thinking",
+                        "thinking.budget_tokens must be less than max_tokens");
   if (!cJSON_AddBoolToObject(kw, "enable_thinking", on))
     return qv_error_set(&r->work_err, QV_ENOMEM, "out of memory");
   return 0;
@@ -363,7 +373,7 @@ static int translate(srv_req *r, const cJSON *in, int count, cJSON *out) {
   cJSON *kw = cJSON_CreateObject();
   if (!kw) return qv_error_set(&r->work_err, QV_ENOMEM, "out of memory");
   const cJSON *th = get(in, "thinking");
-  if ((th && (rc = convert_thinking(r, kw, th))) || (rc = convert_output(r, out, kw, in))) {
+  if ((th && (rc = convert_thinking(r, kw, th, get(in, "max_tokens")))) || (rc = convert_output(r, out, kw, in))) {
     cJSON_Delete(kw);
     return rc;
   }

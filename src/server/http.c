@@ -83,6 +83,7 @@ struct http_conn {
   int chunk_line;        /* paused before a chunk-size line (see chunk_line_fix) */
   int last_chunk;        /* the chunk being read is the last (size 0) */
   size_t url_off, url_bytes;
+  int url_done;          /* the request target is complete (NUL-terminated at hbuf + url_off) */
   size_t header_bytes;   /* counted against max_header_bytes */
   char *body;            /* [body_cap] */
   size_t body_len, body_cap;
@@ -242,6 +243,7 @@ static void request_reset(http_conn *c) {
   c->n_probes = 0;
   c->url_off = 0;
   c->url_bytes = 0;
+  c->url_done = 0;
   c->header_bytes = 0;
   c->body_len = 0;
   /* A large body buffer is not kept for the next request (nor counted against the server). */
@@ -296,7 +298,12 @@ static int on_version(llhttp_t *p, const char *at, size_t len) {
   return 0;
 }
 
-static int on_url_complete(llhttp_t *p) { return hbuf_end(conn_of(p)) ? HPE_USER : 0; }
+static int on_url_complete(llhttp_t *p) {
+  http_conn *c = conn_of(p);
+  if (hbuf_end(c)) return HPE_USER;
+  c->url_done = 1;
+  return 0;
+}
 
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
   http_conn *c = conn_of(p);
@@ -539,6 +546,7 @@ static void conn_close(http_conn *c) {
 
 static void write_raw(http_conn *c, const char *a, size_t alen, const char *b, size_t blen);
 static void on_timer(uv_timer_t *t);
+static char *error_body(http_conn *c, int status, const char *msg, const char *code);
 
 /* After EOF while a request is being answered the peer either shut only its write side (and
  * waits for the answer) or is gone; only a write can tell (a gone peer answers it with a reset,
@@ -563,13 +571,12 @@ static void on_timer(uv_timer_t *t) {
     conn_probe(c);
   } else if (c->state == CONN_READING) {
     /* A request that did not arrive in time: answer 408 and close. */
-    static const char body[] =
-        "{\"error\":{\"message\":\"request timed out\",\"type\":\"invalid_request_error\","
-        "\"param\":null,\"code\":\"timeout\"}}";
     c->state = CONN_BUSY;
     c->req.method_str = c->req.method_str ? c->req.method_str : "-";
     c->close_after = 1;
-    http_respond(c, 408, "application/json", "", body, sizeof body - 1);
+    char *body = error_body(c, 408, "request timed out", "timeout");
+    if (!body) conn_close(c);
+    else http_respond_take(c, 408, "application/json", "", body, strlen(body));
   } else if (c->state == CONN_IDLE || c->state == CONN_DONE || c->state == CONN_LINGER) {
     conn_close(c);
   }
@@ -704,26 +711,44 @@ static void reading_update(http_conn *c) {
   }
 }
 
+/* The body of an error the HTTP layer answers itself: the handler's (in the dialect of the
+ * path, when it knows one) or the default OpenAI-shaped one. malloc'd; NULL when out of
+ * memory. */
+static char *error_body(http_conn *c, int status, const char *msg, const char *code) {
+  const http_handler *h = &c->srv->handler;
+  const char *path = c->path;
+  char tmp[256];
+  if (!path && c->url_done) { /* the headers are not complete: the path from the raw target */
+    const char *url = c->hbuf + c->url_off;
+    snprintf(tmp, sizeof tmp, "%.*s", (int)strcspn(url, "?#"), url);
+    path = tmp;
+  }
+  char *b = h->error_body ? h->error_body(h->ud, path, status, msg) : NULL;
+  if (b) return b;
+  size_t cap = strlen(msg) + 160;
+  if (!(b = malloc(cap))) return NULL;
+  snprintf(b, cap,
+           "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":null,\"code\":%s%s%s}}",
+           msg, status >= 500 ? "server_error" : "invalid_request_error", code ? "\"" : "",
+           code ? code : "null", code ? "\"" : "");
+  return b;
+}
+
 static void reject(http_conn *c, int status, const char *msg) {
   char *early = c->early.body;
   c->early.body = NULL;
-  char body[256];
-  int n = early ? 0
-                : snprintf(body, sizeof body,
-                           "{\"error\":{\"message\":\"%s\",\"type\":\"%s\","
-                           "\"param\":null,\"code\":null}}",
-                           msg, status >= 500 ? "server_error" : "invalid_request_error");
   c->state = CONN_BUSY;
   if (!c->req.method_str) c->req.method_str = "-";
   c->close_after = 1;
   c->linger = 1;
-  if (early) {
-    char extra[sizeof c->early.extra];
-    memcpy(extra, c->early.extra, sizeof extra);
-    http_respond_take(c, status, "application/json", extra, early, strlen(early));
-  } else {
-    http_respond(c, status, "application/json", "", body, (size_t)n);
+  char extra[sizeof c->early.extra] = "";
+  if (early) memcpy(extra, c->early.extra, sizeof extra);
+  else early = error_body(c, status, msg, NULL);
+  if (!early) {
+    conn_close(c);
+    return;
   }
+  http_respond_take(c, status, "application/json", extra, early, strlen(early));
 }
 
 static const char *reject_text(int status) {
@@ -1196,17 +1221,14 @@ void http_respond_take(http_conn *c, int status, const char *content_type,
   /* Clients that do not read their large answers must not hold the server's memory without
    * bound: past the server-wide budget a large answer becomes a small 503. */
   if (body_len > 4096 && c->srv->pending_bytes + body_len > c->srv->limits.max_total_output_bytes) {
-    static const char busy[] =
-        "{\"error\":{\"message\":\"server busy: too many unsent answer bytes; retry later\","
-        "\"type\":\"server_error\",\"param\":null,\"code\":\"output_budget\"}}";
     free(body);
-    body = malloc(sizeof busy);
+    body = error_body(c, 503, "server busy: too many unsent answer bytes; retry later",
+                      "output_budget");
     if (!body) {
       conn_close(c);
       return;
     }
-    memcpy(body, busy, sizeof busy);
-    body_len = sizeof busy - 1;
+    body_len = strlen(body);
     status = 503;
     content_type = "application/json";
     extra_headers = "";

@@ -95,6 +95,12 @@ typedef struct http_handler {
    * handler must forget c, which is invalid once this returns. req_ctx is what the handler
    * stored with http_conn_set_ctx. */
   void (*on_abort)(void *ud, http_conn *c, void *req_ctx);
+  /* Optional. The JSON body of an error the HTTP layer answers by itself (400 malformed, 408,
+   * 413, 414, 431, 501, 503 busy or full, 505) for a request whose path is path (NULL when
+   * the request line was not read that far): malloc'd, or NULL for the default
+   * {"error": {"message", "type", "param", "code"}} body. So a dialect (Anthropic's
+   * /v1/messages) keeps its own error shape even before routing. */
+  char *(*error_body)(void *ud, const char *path, int status, const char *message);
 } http_handler;
 
 /* Creates the server on loop (borrowed) and starts listening on host:port (port 0 picks a free

@@ -36,6 +36,8 @@ int metrics_init(metrics *m, const char *const *model_names, int32_t n_models) {
 }
 
 void metrics_deinit(metrics *m) {
+  for (int32_t i = 0; i < m->n_tenants; i++) free(m->tenants[i].name);
+  free(m->tenants);
   if (!m->models) return;
   for (int32_t i = 0; i <= m->n_models; i++) free(m->models[i].name);
   free(m->models);
@@ -81,6 +83,38 @@ static void hist_observe(metrics_hist *h, const double *bounds, int n, double v)
   h->counts[b]++; /* b == n: only in +Inf */
   h->count++;
   h->sum += v;
+}
+
+int metrics_init_tenants(metrics *m, const char *const *names, int32_t n_tenants) {
+  if (n_tenants <= 0) return 0;
+  m->tenants = calloc((size_t)n_tenants, sizeof *m->tenants);
+  if (!m->tenants) return QV_ENOMEM;
+  for (int32_t i = 0; i < n_tenants; i++, m->n_tenants++)
+    if (!(m->tenants[i].name = strdup(names[i]))) return QV_ENOMEM;
+  return 0;
+}
+
+static metrics_model *tenant_slot(metrics *m, int32_t t) {
+  return t >= 0 && t < m->n_tenants ? &m->tenants[t] : NULL;
+}
+
+void metrics_tenant_count(metrics *m, int32_t tenant, int status) {
+  metrics_model *t = tenant_slot(m, tenant);
+  if (t) count_status(t->status_codes, t->status_counts, &t->n_status, status);
+}
+
+void metrics_tenant_finish(metrics *m, int32_t tenant, int64_t prompt, int64_t generated,
+                           double seconds) {
+  metrics_model *t = tenant_slot(m, tenant);
+  if (!t) return;
+  t->prompt_tokens += prompt;
+  t->generation_tokens += generated;
+  hist_observe(&t->e2e, req_buckets, METRICS_N_REQ_BUCKETS, seconds);
+}
+
+void metrics_tenant_limited(metrics *m, int32_t tenant, int which) {
+  metrics_model *t = tenant_slot(m, tenant);
+  if (t && (which == 0 || which == 1)) t->rate_limited[which]++;
 }
 
 void metrics_observe_ttft(metrics *m, int32_t model_idx, double seconds) {
@@ -169,6 +203,47 @@ static void render_hist_k(sbuf *b, const char *name, const char *key, const char
 static void render_hist(sbuf *b, const char *name, const char *model, const metrics_hist *h,
                         const double *bounds, int n) {
   render_hist_k(b, name, "model", model, h, bounds, n);
+}
+
+/* Per-tenant series (label tenant: the tenant's name from the config, never its key). */
+static void render_tenants(sbuf *b, const metrics *m) {
+  if (m->n_tenants == 0) return;
+  char lbl[256];
+  sb_printf(b, "# HELP quiver_tenant_requests_total HTTP requests answered, by tenant and status "
+               "(403: not allowed, 429: over quota or queue full).\n"
+               "# TYPE quiver_tenant_requests_total counter\n");
+  for (int32_t i = 0; i < m->n_tenants; i++) {
+    label_escape(m->tenants[i].name, lbl, sizeof lbl);
+    for (int32_t s = 0; s < m->tenants[i].n_status; s++)
+      sb_printf(b, "quiver_tenant_requests_total{tenant=\"%s\",status=\"%d\"} %lld\n", lbl,
+                m->tenants[i].status_codes[s], (long long)m->tenants[i].status_counts[s]);
+  }
+  static const char *const tok[2][2] = {
+      {"quiver_tenant_prompt_tokens_total", "Prompt tokens of finished requests, by tenant."},
+      {"quiver_tenant_generation_tokens_total", "Generated tokens of finished requests, by tenant."}};
+  for (int k = 0; k < 2; k++) {
+    sb_printf(b, "# HELP %s %s\n# TYPE %s counter\n", tok[k][0], tok[k][1], tok[k][0]);
+    for (int32_t i = 0; i < m->n_tenants; i++) {
+      label_escape(m->tenants[i].name, lbl, sizeof lbl);
+      sb_printf(b, "%s{tenant=\"%s\"} %lld\n", tok[k][0], lbl,
+                (long long)(k ? m->tenants[i].generation_tokens : m->tenants[i].prompt_tokens));
+    }
+  }
+  sb_printf(b, "# HELP quiver_tenant_rate_limited_total Requests refused (429) by a tenant quota.\n"
+               "# TYPE quiver_tenant_rate_limited_total counter\n");
+  for (int32_t i = 0; i < m->n_tenants; i++) {
+    label_escape(m->tenants[i].name, lbl, sizeof lbl);
+    for (int k = 0; k < 2; k++)
+      sb_printf(b, "quiver_tenant_rate_limited_total{tenant=\"%s\",limit=\"%s\"} %lld\n", lbl,
+                k ? "tokens" : "requests", (long long)m->tenants[i].rate_limited[k]);
+  }
+  sb_printf(b, "# HELP quiver_tenant_request_duration_seconds Admitted generation requests, "
+               "arrival to end.\n# TYPE quiver_tenant_request_duration_seconds histogram\n");
+  for (int32_t i = 0; i < m->n_tenants; i++) {
+    label_escape(m->tenants[i].name, lbl, sizeof lbl);
+    render_hist_k(b, "quiver_tenant_request_duration_seconds", "tenant", lbl, &m->tenants[i].e2e,
+                  req_buckets, METRICS_N_REQ_BUCKETS);
+  }
 }
 
 /* The vLLM-named set (one family at a time, every model in it). */
@@ -324,6 +399,7 @@ char *metrics_render(const metrics *m, const metrics_model_state *states, size_t
     }
   }
   render_vllm(&b, m, states);
+  render_tenants(&b, m);
   if (b.oom) {
     free(b.s);
     return NULL;

@@ -54,6 +54,7 @@ typedef struct metrics_model {
   metrics_hist e2e, queue, prefill, decode;   /* seconds per finished engine request */
   metrics_hist req_prompt, req_gen;           /* tokens per finished engine request */
   int64_t finished[METRICS_N_FINISH];
+  int64_t rate_limited[2];  /* tenants: 429s from the request / the token quota */
 } metrics_model;
 
 typedef struct metrics {
@@ -63,6 +64,8 @@ typedef struct metrics {
   int32_t util_codes[METRICS_MAX_STATUS]; /* utility endpoint answers by status */
   int64_t util_counts[METRICS_MAX_STATUS];
   int32_t n_util;
+  metrics_model *tenants; /* [n_tenants] per tenant (server/tenant.h); its name, never a key */
+  int32_t n_tenants;
 } metrics;
 
 int metrics_init(metrics *m, const char *const *model_names, int32_t n_models);
@@ -77,6 +80,15 @@ void metrics_observe_itl(metrics *m, int32_t model_idx, double seconds);
 void metrics_count_utility(metrics *m, int status);
 /* An engine request of a model finished. */
 void metrics_observe_finish(metrics *m, int32_t model_idx, const metrics_finish *f);
+
+/* Per-tenant series (quiver_tenant_*): answers by status, tokens, quota 429s and request
+ * durations. Tenant indices outside [0, n_tenants) are ignored. */
+int metrics_init_tenants(metrics *m, const char *const *names, int32_t n_tenants);
+void metrics_tenant_count(metrics *m, int32_t tenant, int status);
+void metrics_tenant_finish(metrics *m, int32_t tenant, int64_t prompt, int64_t generated,
+                           double seconds);
+/* which: 0 the request quota, 1 the token quota. */
+void metrics_tenant_limited(metrics *m, int32_t tenant, int which);
 
 /* Per-model state for rendering: stats may be NULL for a model not loaded. */
 typedef struct metrics_model_state {

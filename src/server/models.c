@@ -4,6 +4,8 @@
 #include "core/util.h"
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,12 +14,23 @@
 #include "backend/backend.h"
 #include "chat/chat.h"
 #include "core/log.h"
+#include "fleet/fleet.h"
 #include "loader/gguf_model.h"
 #include "models/model.h"
 #include "quiver/engine.h"
 #include "quiver/tokenizer.h"
 
+struct srv_models;
+
+/* One model. be, model, tok, tmpl, cvocab exist from load_weights to drop_weights, eng from
+ * start_engine to stop_engine (fleet ops, on the fleet's loader thread); mu guards eng for the
+ * calls that reach every model whatever its state (poll, stats, notify). */
 typedef struct loaded {
+  struct srv_models *owner;
+  int32_t idx;
+  pthread_mutex_t mu;
+  void (*notify)(void *);
+  void *notify_arg;
   qv_backend *be;
   qv_model *model;
   qv_tokenizer *tok;
@@ -31,6 +44,13 @@ struct srv_models {
   loaded *l;       /* [n] */
   srv_model *m;    /* [n] */
   int32_t n;
+  const registry *reg;   /* borrowed */
+  srv_load_opts o;       /* copied; its strings borrowed */
+  qv_budget *budget;     /* owned, NULL without --memory-budget */
+  fleet *fl;             /* owned */
+  void (*changed)(void *arg, int32_t idx); /* srv_models_set_changed */
+  void *changed_arg;
+  pthread_mutex_t changed_mu;
 };
 
 /* ---- ops ---- */
@@ -40,12 +60,36 @@ static int op_submit(void *ctx, const qv_request_params *p, uint64_t *id, qv_err
 }
 static void op_abort(void *ctx, uint64_t id) { qv_engine_abort(((loaded *)ctx)->eng, id); }
 static int op_poll(void *ctx, qv_event **evs, int max) {
-  return qv_engine_poll(((loaded *)ctx)->eng, evs, max);
+  loaded *l = ctx;
+  pthread_mutex_lock(&l->mu);
+  int n = l->eng ? qv_engine_poll(l->eng, evs, max) : 0;
+  pthread_mutex_unlock(&l->mu);
+  return n;
 }
 static void op_set_notify(void *ctx, void (*fn)(void *), void *arg) {
-  qv_engine_set_notify(((loaded *)ctx)->eng, fn, arg);
+  loaded *l = ctx;
+  pthread_mutex_lock(&l->mu);
+  l->notify = fn;
+  l->notify_arg = arg;
+  if (l->eng) qv_engine_set_notify(l->eng, fn, arg);
+  pthread_mutex_unlock(&l->mu);
 }
-static void op_stats(void *ctx, qv_engine_stats *st) { qv_engine_get_stats(((loaded *)ctx)->eng, st); }
+static void op_stats(void *ctx, qv_engine_stats *st) {
+  loaded *l = ctx;
+  memset(st, 0, sizeof *st);
+  pthread_mutex_lock(&l->mu);
+  if (l->eng) qv_engine_get_stats(l->eng, st);
+  pthread_mutex_unlock(&l->mu);
+}
+static int op_enter(void *ctx) { loaded *l = ctx; return l->owner->fl && fleet_enter(l->owner->fl, l->idx); }
+static void op_leave(void *ctx) {
+  loaded *l = ctx;
+  if (l->owner->fl) fleet_leave(l->owner->fl, l->idx);
+}
+static void op_want(void *ctx) {
+  loaded *l = ctx;
+  if (l->owner->fl) fleet_load(l->owner->fl, l->idx);
+}
 
 static int op_encode(void *ctx, const char *text, size_t len, int add_special, int parse_special,
                      int32_t **ids, size_t *n, qv_error *err) {
@@ -156,6 +200,7 @@ static const srv_model_ops ops_default_chat = {
     .tool_stream_create = op_tool_stream_create, .tool_stream_feed = op_tool_stream_feed,
     .tool_stream_destroy = op_tool_stream_destroy, .compile_constraint = op_compile_constraint,
     .tool_format = op_tool_format, .token_bytes = op_token_bytes,
+    .enter = op_enter, .leave = op_leave, .want = op_want,
 };
 
 static const srv_model_ops ops_template_chat = {
@@ -165,6 +210,7 @@ static const srv_model_ops ops_template_chat = {
     .tool_stream_create = op_tool_stream_create, .tool_stream_feed = op_tool_stream_feed,
     .tool_stream_destroy = op_tool_stream_destroy, .compile_constraint = op_compile_constraint,
     .tool_format = op_tool_format, .token_bytes = op_token_bytes,
+    .enter = op_enter, .leave = op_leave, .want = op_want,
 };
 
 /* A model directory has a template when it ships chat_template.jinja or a tokenizer_config.json
@@ -225,22 +271,32 @@ static int load_template(const reg_model *rm, const srv_load_opts *o, int tiny, 
   return 0;
 }
 
-static int load_one(const reg_model *rm, const srv_load_opts *o, loaded *l, srv_model *sm,
-                    qv_error *err) {
+/* Tokens per step and logits rows per step the model is loaded for (the engine samples at most
+ * max_num_seqs rows per step: the logits buffer needs no more). */
+static void model_limits(const srv_models *s, int32_t idx, int32_t *tokens, int32_t *rows) {
+  const reg_model *rm = &s->reg->models[idx];
+  *tokens = s->o.max_num_batched_tokens ? s->o.max_num_batched_tokens : 2048;
+  *rows = rm->max_num_seqs ? rm->max_num_seqs : s->o.max_num_seqs ? s->o.max_num_seqs : 256;
+  if (*rows > *tokens) *rows = *tokens;
+}
+
+static void fl_drop_weights(void *ctx, int32_t idx);
+
+/* Fleet op: weights, tokenizer, constraint vocabulary and template (depth 0 -> 1). */
+static int load_weights(void *ctx, int32_t idx, qv_error *err) {
+  srv_models *s = ctx;
+  loaded *l = &s->l[idx];
+  const reg_model *rm = &s->reg->models[idx];
+  const srv_load_opts *o = &s->o;
   int tiny = !strcmp(rm->path, "quiver-tiny");
   const char *device = rm->device ? rm->device : (o->device ? o->device : "cpu");
   qv_backend_opts bo = {.n_threads = o->n_threads, .device = 0};
   int rc = qv_backend_create(device, &bo, &l->be, err);
   if (rc) return rc;
   if ((rc = qv_backend_check_dtype(l->be, o->dtype, err))) return rc;
-  qv_engine_opts eo;
-  qv_engine_opts_default(&eo);
-  if (o->max_num_batched_tokens) eo.max_num_batched_tokens = o->max_num_batched_tokens;
-  if (o->block_size) eo.block_size = o->block_size;
-  if (o->prefix_caching >= 0) eo.enable_prefix_caching = o->prefix_caching;
-  eo.has_seed = o->has_seed;
-  eo.seed = o->seed;
-  qv_model_opts mo = {.max_batch_tokens = eo.max_num_batched_tokens, .max_logits = 0};
+  qv_model_opts mo = {.tp_size = rm->tp_size ? rm->tp_size : o->tp_size, .n_threads = o->n_threads,
+                      .tp_net = o->tp_net};
+  model_limits(s, idx, &mo.max_batch_tokens, &mo.max_logits);
   if ((rc = qv_model_load(tiny ? NULL : rm->path, l->be, &mo, &l->model, err))) return rc;
   if (tiny) rc = qv_tokenizer_create_bytes(&l->tok, err);
   else rc = qv_tokenizer_load(rm->path, &l->tok, err);
@@ -250,74 +306,229 @@ static int load_one(const reg_model *rm, const srv_load_opts *o, loaded *l, srv_
    * which tool_choice required/named enforces and the parser reads back. */
   l->tool_fmt = QV_CHAT_TOOLS_HERMES;
   if ((rc = load_template(rm, o, tiny, l, err))) return rc;
-  const srv_model_ops *ops = l->tmpl ? &ops_template_chat : &ops_default_chat;
+  srv_model *sm = &s->m[idx];
+  sm->ops = l->tmpl ? &ops_template_chat : &ops_default_chat;
+  sm->vocab_size = qv_model_get_config(l->model)->vocab_size;
+  return 0;
+}
+
+/* A failed load leaves nothing behind. */
+static int fl_load_weights(void *ctx, int32_t idx, qv_error *err) {
+  int rc = load_weights(ctx, idx, err);
+  if (rc) fl_drop_weights(ctx, idx);
+  return rc;
+}
+
+/* Fleet op: the engine (depth 1 -> 2), its KV pool in the shared budget when there is one. */
+static int fl_start_engine(void *ctx, int32_t idx, qv_error *err) {
+  srv_models *s = ctx;
+  loaded *l = &s->l[idx];
+  const reg_model *rm = &s->reg->models[idx];
+  const srv_load_opts *o = &s->o;
+  qv_engine_opts eo;
+  qv_engine_opts_default(&eo);
+  if (o->max_num_batched_tokens) eo.max_num_batched_tokens = o->max_num_batched_tokens;
+  if (o->block_size) eo.block_size = o->block_size;
+  if (o->prefix_caching >= 0) eo.enable_prefix_caching = o->prefix_caching;
+  eo.has_seed = o->has_seed;
+  eo.seed = o->seed;
   eo.max_model_len = rm->max_model_len ? rm->max_model_len : o->max_model_len;
   if (rm->max_num_seqs || o->max_num_seqs) eo.max_num_seqs = rm->max_num_seqs ? rm->max_num_seqs : o->max_num_seqs;
   if (rm->max_waiting || o->max_waiting) eo.max_waiting = rm->max_waiting ? rm->max_waiting : o->max_waiting;
-  eo.n_kv_blocks = rm->n_kv_blocks ? rm->n_kv_blocks : o->n_kv_blocks;
+  eo.n_kv_blocks = rm->max_kv ? rm->max_kv : rm->n_kv_blocks ? rm->n_kv_blocks : o->n_kv_blocks;
   if (o->kv_mem_fraction > 0) eo.kv_mem_fraction = o->kv_mem_fraction;
+  eo.kv_budget = s->budget;
+  eo.kv_min_blocks = rm->min_kv;
   /* Salt prefix hashes with the model name so two models never share cached blocks. */
   uint64_t h = 1469598103934665603ull;
   for (const char *p = rm->name; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
   eo.cache_salt = h;
-  if ((rc = qv_engine_create(l->model, l->tok, &eo, &l->eng, err))) return rc;
-  sm->ops = ops;
-  sm->ctx = l;
-  sm->max_model_len = qv_engine_max_model_len(l->eng);
-  sm->vocab_size = qv_model_get_config(l->model)->vocab_size;
-  sm->ready = 1;
-  sm->state = "ready";
-  sm->reasoning = rm->reasoning != REG_REASONING_UNSET ? rm->reasoning : o->reasoning;
-  QV_LOGI("serve: model '%s' (%s) ready on %s: max_model_len %d, chat %s", rm->name, rm->path,
-          device, sm->max_model_len, ops->render_chat ? "template" : "default format");
+  qv_engine *eng = NULL;
+  int rc = qv_engine_create(l->model, l->tok, &eo, &eng, err);
+  if (rc) {
+    qv_model_kv_deinit(l->model); /* a failed create may have allocated it */
+    return rc;
+  }
+  srv_model *sm = &s->m[idx];
+  sm->max_model_len = qv_engine_max_model_len(eng);
+  pthread_mutex_lock(&l->mu);
+  l->eng = eng;
+  if (l->notify) qv_engine_set_notify(eng, l->notify, l->notify_arg);
+  pthread_mutex_unlock(&l->mu);
+  QV_LOGI("serve: model '%s' (%s) ready: max_model_len %d, chat %s", rm->name, rm->path,
+          sm->max_model_len, sm->ops->render_chat ? "template" : "default format");
   return 0;
+}
+
+/* Fleet op: the engine stops (no request holds the model); its KV and prefix cache are gone. */
+static void fl_stop_engine(void *ctx, int32_t idx) {
+  srv_models *s = ctx;
+  loaded *l = &s->l[idx];
+  pthread_mutex_lock(&l->mu);
+  qv_engine *eng = l->eng;
+  l->eng = NULL;
+  pthread_mutex_unlock(&l->mu);
+  qv_engine_destroy(eng);
+  qv_model_kv_deinit(l->model);
+}
+
+static void fl_drop_weights(void *ctx, int32_t idx) {
+  loaded *l = &((srv_models *)ctx)->l[idx];
+  qv_chat_template_destroy(l->tmpl);
+  qv_cst_vocab_destroy(l->cvocab);
+  qv_tokenizer_destroy(l->tok);
+  qv_model_destroy(l->model);
+  qv_backend_destroy(l->be);
+  l->tmpl = NULL;
+  l->cvocab = NULL;
+  l->tok = NULL;
+  l->model = NULL;
+  l->be = NULL;
+}
+
+/* Bytes of a model's weights as stored: the GGUF file, or a directory's safetensors files
+ * (the CPU backend computes on them in place, so the file size is what they occupy). */
+static int64_t fl_weight_bytes(void *ctx, int32_t idx) {
+  const char *path = ((srv_models *)ctx)->reg->models[idx].path;
+  if (!strcmp(path, "quiver-tiny")) return 1 << 20;
+  struct stat st;
+  if (stat(path, &st)) return 0;
+  if (!S_ISDIR(st.st_mode)) return (int64_t)st.st_size;
+  int64_t total = 0;
+  DIR *d = opendir(path);
+  for (struct dirent *e; d && (e = readdir(d));) {
+    size_t n = strlen(e->d_name);
+    if (n < 12 || strcmp(e->d_name + n - 12, ".safetensors")) continue;
+    char p[4096];
+    snprintf(p, sizeof p, "%s/%s", path, e->d_name);
+    if (!stat(p, &st)) total += (int64_t)st.st_size;
+  }
+  if (d) closedir(d);
+  return total;
+}
+
+/* The weights as stored plus the model's activation scratch at its limits (dense layers in
+ * f32: x, h, o [tokens][dim], q, att [tokens][heads*head_dim], k, v [tokens][kv_heads*head_dim],
+ * g, u [tokens][ffn]; selected rows [logits][dim] and logits [logits][vocab]): what the model
+ * can touch, so the budget holds the resident set and not just the file. */
+static int64_t fl_loaded_bytes(void *ctx, int32_t idx) {
+  srv_models *s = ctx;
+  const qv_model_config *c = qv_model_get_config(s->l[idx].model);
+  int32_t tok, seqs;
+  model_limits(s, idx, &tok, &seqs);
+  int64_t qd = (int64_t)c->n_head * c->head_dim, kd = (int64_t)c->n_kv_head * c->head_dim;
+  int64_t per_tok = 3 * (int64_t)c->dim + 2 * qd + 2 * kd + 2 * (int64_t)c->ffn_dim;
+  return fl_weight_bytes(ctx, idx) + 4 * ((int64_t)tok * per_tok + (int64_t)seqs * ((int64_t)c->dim + c->vocab_size));
+}
+
+static void fl_changed(void *ctx, int32_t idx) {
+  srv_models *s = ctx;
+  pthread_mutex_lock(&s->changed_mu);
+  if (s->changed) s->changed(s->changed_arg, idx);
+  pthread_mutex_unlock(&s->changed_mu);
 }
 
 int srv_models_load(const registry *reg, const srv_load_opts *o, srv_models **out,
                     srv_model **models, qv_error *err) {
   srv_models *s = calloc(1, sizeof *s);
   if (!s) return qv_error_set(err, QV_ENOMEM, "out of memory");
+  pthread_mutex_init(&s->changed_mu, NULL);
   s->n = reg->n_models;
+  s->reg = reg;
+  s->o = *o;
   s->l = calloc((size_t)s->n, sizeof *s->l);
   s->m = calloc((size_t)s->n, sizeof *s->m);
-  if (!s->l || !s->m) {
+  fleet_model_cfg *cfg = calloc((size_t)s->n, sizeof *cfg);
+  if (!s->l || !s->m || !cfg) {
+    free(cfg);
     srv_models_destroy(s);
     return qv_error_set(err, QV_ENOMEM, "out of memory");
   }
   for (int32_t i = 0; i < s->n; i++) {
-    int rc = load_one(&reg->models[i], o, &s->l[i], &s->m[i], err);
-    if (rc) {
-      qv_error_prefix(err, "model '%s' (%s)", reg->models[i].name, reg->models[i].path);
-      srv_models_destroy(s);
-      return rc;
+    const reg_model *rm = &reg->models[i];
+    s->l[i].owner = s;
+    s->l[i].idx = i;
+    pthread_mutex_init(&s->l[i].mu, NULL);
+    /* Until its weights are loaded a model answers with the default chat ops; the server
+     * only calls them on a model it entered (READY). */
+    s->m[i].ops = &ops_default_chat;
+    s->m[i].ctx = &s->l[i];
+    s->m[i].ready = 1;
+    s->m[i].max_model_len = rm->max_model_len ? rm->max_model_len : o->max_model_len;
+    s->m[i].reasoning = rm->reasoning != REG_REASONING_UNSET ? rm->reasoning : o->reasoning;
+    cfg[i] = (fleet_model_cfg){.name = rm->name, .on_demand = rm->on_demand, .pin = rm->pin,
+                               .keep_alive_s = rm->keep_alive_s};
+  }
+  int64_t budget = o->memory_budget;
+  const char *device = o->device ? o->device : "cpu";
+  if (o->memory_budget_fraction > 0 && !strcmp(device, "cuda")) {
+    /* A fraction means the device's memory when the models live there. */
+    qv_backend *be = NULL;
+    qv_backend_opts bo = {.n_threads = o->n_threads, .device = 0};
+    size_t free_b = 0, total_b = 0;
+    if (!qv_backend_create("cuda", &bo, &be, NULL) && be->ops->mem_info &&
+        !be->ops->mem_info(be, &free_b, &total_b))
+      budget = (int64_t)(o->memory_budget_fraction * (double)total_b);
+    qv_backend_destroy(be);
+  }
+  int rc = 0;
+  if (budget > 0) rc = qv_budget_create(budget, &s->budget, err);
+  fleet_ops fo = {.ctx = s, .weight_bytes = fl_weight_bytes, .loaded_bytes = fl_loaded_bytes,
+                  .load_weights = fl_load_weights,
+                  .start_engine = fl_start_engine, .stop_engine = fl_stop_engine,
+                  .drop_weights = fl_drop_weights, .changed = fl_changed};
+  if (!rc) rc = fleet_create(&fo, s->budget, cfg, s->n, &s->fl, err);
+  free(cfg);
+  if (!rc) {
+    fleet_start(s->fl);
+    for (int32_t i = 0; i < s->n && !rc; i++) {
+      if (reg->models[i].on_demand) continue;
+      rc = fleet_wait(s->fl, i, INT64_C(24) * 3600 * 1000, err);
+      if (rc) {
+        fleet_model_info in;
+        fleet_get_info(s->fl, i, &in);
+        if (in.error[0]) qv_error_set(err, rc, "%s", in.error);
+        qv_error_prefix(err, "model '%s' (%s)", reg->models[i].name, reg->models[i].path);
+      }
     }
+  }
+  if (rc) {
+    srv_models_destroy(s);
+    return rc;
   }
   *out = s;
   *models = s->m;
   return 0;
 }
 
+struct fleet *srv_models_fleet(srv_models *s) { return s ? s->fl : NULL; }
+struct qv_budget *srv_models_budget(srv_models *s) { return s ? s->budget : NULL; }
+
+void srv_models_set_changed(srv_models *s, void (*fn)(void *arg, int32_t idx), void *arg) {
+  pthread_mutex_lock(&s->changed_mu);
+  s->changed = fn;
+  s->changed_arg = arg;
+  pthread_mutex_unlock(&s->changed_mu);
+}
 
 void srv_models_stop(srv_models *s) {
   if (!s) return;
-  for (int32_t i = 0; i < s->n; i++) {
-    qv_engine_destroy(s->l[i].eng);
-    s->l[i].eng = NULL;
-    s->m[i].ready = 0;
-  }
+  srv_models_set_changed(s, NULL, NULL);
+  fleet_destroy(s->fl); /* stops the loader, then every engine and model */
+  s->fl = NULL;
 }
 
 void srv_models_destroy(srv_models *s) {
   if (!s) return;
   srv_models_stop(s);
-  for (int32_t i = 0; s->l && i < s->n; i++) {
-    qv_chat_template_destroy(s->l[i].tmpl);
-    qv_cst_vocab_destroy(s->l[i].cvocab);
-    qv_tokenizer_destroy(s->l[i].tok);
-    qv_model_destroy(s->l[i].model);
-    qv_backend_destroy(s->l[i].be);
-  }
+  for (int32_t i = 0; s->l && i < s->n; i++) pthread_mutex_destroy(&s->l[i].mu);
+  qv_budget_destroy(s->budget);
+  pthread_mutex_destroy(&s->changed_mu);
   free(s->l);
   free(s->m);
   free(s);
+}
+
+struct qv_model *srv_models_model(const srv_models *m, int32_t i) {
+  return m && i >= 0 && i < m->n ? m->l[i].model : NULL;
 }

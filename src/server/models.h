@@ -1,6 +1,8 @@
 /* Loading the registry's models for serving: per model a backend, the model weights, its
  * tokenizer, its chat template (when the model ships one) and an engine thread, exposed to the
- * server as srv_model entries over srv_model_ops.
+ * server as srv_model entries over srv_model_ops. The loading itself is the fleet's
+ * (fleet/fleet.h): this file implements the fleet's ops over the real loader and engine, and
+ * the server enters a model (ops.enter) before using it.
  *
  * This is the only server file that touches the real engine, tokenizer, model and chat template
  * code; everything else goes through srv_model_ops so it is testable with fakes. (The reasoning
@@ -34,6 +36,12 @@ typedef struct srv_load_opts {
   const char *chat_template; /* a template file or the template text itself; overrides the
                                 model's own (borrowed) */
   int32_t tool_parser;     /* -1: detected from the template, else a qv_chat_tool_format */
+  int64_t memory_budget;   /* > 0: one budget in bytes for every model's weights and KV
+                              (fleet/budget.h); 0: none */
+  double memory_budget_fraction; /* > 0 (instead of bytes): a fraction of the device memory
+                              (--device cuda) or of the RAM (cpu) */
+  int32_t tp_size;         /* --tensor-parallel-size (0: 1); a model's own setting wins */
+  const struct qv_tp_net_opts *tp_net; /* borrowed; NULL: every rank in this process */
 } srv_load_opts;
 
 /* Defaults: everything unset. */
@@ -41,14 +49,23 @@ void srv_load_opts_default(srv_load_opts *o);
 
 typedef struct srv_models srv_models;
 
-/* Loads every model of reg (borrowed; must outlive the result). On success *models is an array
- * [reg->n_models] owned by *out. A model that fails to load fails the whole call with the
- * reason in err (serving half a configuration silently is worse than not starting). */
+/* Registers every model of reg (borrowed; must outlive the result) with a fleet and waits
+ * until the startup models (all but "load": "on_demand" ones) are loaded on its loader thread.
+ * On success *models is an array [reg->n_models] owned by *out. A startup model that fails to
+ * load fails the whole call with the reason in err (serving half a configuration silently is
+ * worse than not starting). */
 int srv_models_load(const registry *reg, const srv_load_opts *o, srv_models **out,
                     srv_model **models, qv_error *err);
+/* The fleet and the budget (NULL without one) behind the models; owned by m. */
+struct fleet *srv_models_fleet(srv_models *m);
+struct qv_budget *srv_models_budget(srv_models *m);
+/* Sets the hook called (on the fleet's loader thread) after a model's state changed. */
+void srv_models_set_changed(srv_models *m, void (*fn)(void *arg, int32_t idx), void *arg);
 /* Stops every engine thread (aborting what is in flight); call after uv_run returned and before
  * server_destroy. */
 void srv_models_stop(srv_models *m);
+/* Model i's loaded qv_model (borrowed; NULL when i is out of range or it failed to load). */
+struct qv_model *srv_models_model(const srv_models *m, int32_t i);
 /* Frees everything (stops engines first if needed). Accepts NULL. */
 void srv_models_destroy(srv_models *m);
 

@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/json_nul.h"
+
 static int fail(oai_request *r, qv_error *err, int code, const char *param, const char *fmt,
                 const char *detail) {
   snprintf(r->err_param, sizeof r->err_param, "%s", param ? param : "");
@@ -286,6 +288,9 @@ static int parse_stop(oai_request *r, const cJSON *root, qv_error *err) {
     for (int i = 0; i < r->n_stop; i++) {
       if (!r->stop[i]) return qv_error_set(err, QV_ENOMEM, "out of memory");
       if (!r->stop[i][0]) return BAD("stop", "must not contain empty strings");
+      /* the engine matches stop strings as C strings */
+      if (jnul_has(r->stop[i], strlen(r->stop[i])))
+        return BAD("stop", "must not contain NUL characters (\\u0000)");
     }
   }
   const cJSON *st = get(root, "stop_token_ids");
@@ -350,14 +355,21 @@ static int parse_sampling(oai_request *r, const cJSON *root, qv_error *err) {
   return parse_logit_bias(r, root, err);
 }
 
+/* A model name is looked up and echoed in headers: a NUL character is refused. */
+static int parse_model(oai_request *r, const cJSON *root, qv_error *err) {
+  const cJSON *model = get(root, "model");
+  if (!model) return 0;
+  if (!cJSON_IsString(model) || !model->valuestring[0])
+    return BAD("model", "must be a non-empty string");
+  if (jnul_has(model->valuestring, strlen(model->valuestring)))
+    return BAD("model", "must not contain NUL characters (\\u0000)");
+  r->model = model->valuestring;
+  return 0;
+}
+
 static int parse_common(oai_request *r, const cJSON *root, qv_error *err) {
   int rc;
-  const cJSON *model = get(root, "model");
-  if (model) {
-    if (!cJSON_IsString(model) || !model->valuestring[0])
-      return BAD("model", "must be a non-empty string");
-    r->model = model->valuestring;
-  }
+  if ((rc = parse_model(r, root, err))) return rc;
   if ((rc = parse_sampling(r, root, err))) return rc;
   if ((rc = parse_stop(r, root, err))) return rc;
   int32_t n = 1;
@@ -512,12 +524,7 @@ static int parse_chat(oai_request *r, const cJSON *root, qv_error *err) {
 
 static int parse_tokenize(oai_request *r, const cJSON *root, qv_error *err) {
   int rc;
-  const cJSON *model = get(root, "model");
-  if (model) {
-    if (!cJSON_IsString(model) || !model->valuestring[0])
-      return BAD("model", "must be a non-empty string");
-    r->model = model->valuestring;
-  }
+  if ((rc = parse_model(r, root, err))) return rc;
   const cJSON *msgs = get(root, "messages");
   const cJSON *prompt = get(root, "prompt");
   if (!!msgs == !!prompt) return BAD("prompt", "or 'messages' is required (exactly one)");
@@ -534,12 +541,8 @@ static int parse_tokenize(oai_request *r, const cJSON *root, qv_error *err) {
 }
 
 static int parse_detokenize(oai_request *r, const cJSON *root, qv_error *err) {
-  const cJSON *model = get(root, "model");
-  if (model) {
-    if (!cJSON_IsString(model) || !model->valuestring[0])
-      return BAD("model", "must be a non-empty string");
-    r->model = model->valuestring;
-  }
+  int rc;
+  if ((rc = parse_model(r, root, err))) return rc;
   const cJSON *toks = get(root, "tokens");
   if (!cJSON_IsArray(toks)) return BAD("tokens", "must be an array of token ids");
   return parse_ids(r, toks, "tokens", &r->detok_ids, &r->n_detok_ids, err);
@@ -589,19 +592,6 @@ static int utf8_valid(const unsigned char *s, size_t n) {
   return 1;
 }
 
-/* A NUL in any string (raw, or escaped as \u0000) would silently cut the C string that carries
- * it (prompts, messages, stop strings, names): such bodies are refused instead. Outside
- * strings a backslash is invalid JSON anyway, so no string tracking is needed. */
-static int has_nul(const char *b, size_t n) {
-  if (memchr(b, '\0', n)) return 1;
-  for (size_t i = 0; i + 1 < n; i++) {
-    if (b[i] != '\\') continue;
-    if (b[i + 1] == 'u' && i + 5 < n && !memcmp(b + i + 2, "0000", 4)) return 1;
-    i++; /* the escaped character */
-  }
-  return 0;
-}
-
 static int cmp_str(const void *a, const void *b) {
   return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
@@ -629,12 +619,35 @@ static const char *duplicate_key(const cJSON *v) {
   return dup;
 }
 
+/* The first object key holding a NUL character (the marker), or NULL: keys are names, and
+ * cJSON looks them up as C strings. */
+static const char *nul_key(const cJSON *v) {
+  const cJSON *it;
+  cJSON_ArrayForEach(it, v) {
+    if (it->string && jnul_has(it->string, strlen(it->string))) return it->string;
+    const char *k = nul_key(it);
+    if (k) return k;
+  }
+  return NULL;
+}
+
 int oai_json_parse_strict(const char *body, size_t len, cJSON **out, qv_error *err) {
   *out = NULL;
   if (!utf8_valid((const unsigned char *)body, len))
     return qv_error_set(err, QV_EFORMAT, "request body is not valid UTF-8");
-  if (has_nul(body, len))
-    return qv_error_set(err, QV_EINVAL, "request strings must not contain NUL characters (\\u0000)");
+  /* JSON strings hold control characters escaped only; a raw NUL byte is not JSON. */
+  if (memchr(body, '\0', len))
+    return qv_error_set(err, QV_EFORMAT,
+                        "request body holds a raw NUL byte (write it as \\u0000 in a string)");
+  /* \u0000 escapes become the NUL marker (json_nul.h), so text keeps its NULs. */
+  char *unesc = NULL;
+  size_t unesc_len = 0;
+  if (jnul_unescape(body, len, &unesc, &unesc_len))
+    return qv_error_set(err, QV_ENOMEM, "out of memory");
+  if (unesc) {
+    body = unesc;
+    len = unesc_len;
+  }
   /* Nothing but whitespace may follow the value (a second value or garbage is refused). */
   const char *end = NULL;
   cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
@@ -643,12 +656,16 @@ int oai_json_parse_strict(const char *body, size_t len, cJSON **out, qv_error *e
       cJSON_Delete(root);
       root = NULL;
     }
+  free(unesc);
   if (!root)
     return qv_error_set(err, QV_EFORMAT,
                         "request body is not valid JSON (or has data after the JSON value)");
   const char *dup = duplicate_key(root);
-  if (dup) {
-    int rc = qv_error_set(err, QV_EINVAL, "request body has a duplicate key '%.60s'", dup);
+  int rc = 0;
+  if (dup) rc = qv_error_set(err, QV_EINVAL, "request body has a duplicate key '%.60s'", dup);
+  else if (nul_key(root))
+    rc = qv_error_set(err, QV_EINVAL, "object keys must not contain NUL characters (\\u0000)");
+  if (rc) {
     cJSON_Delete(root);
     return rc;
   }

@@ -92,9 +92,11 @@ typedef struct oai_request {
  * field; QV_EUNSUPPORTED: a field or value quiver does not implement. */
 int oai_request_parse(oai_kind kind, const char *body, size_t len, oai_request *out,
                       qv_error *err);
-/* Parses a request body as every endpoint must: valid UTF-8, no NUL character (raw or
- * \u0000), exactly one JSON value with nothing but whitespace after it, no duplicate keys in any
- * object. *root (the caller frees it) on success; QV_EFORMAT / QV_EINVAL with err otherwise. */
+/* Parses a request body as every endpoint must: valid UTF-8, no raw NUL byte, exactly one JSON
+ * value with nothing but whitespace after it, no duplicate keys and no NUL character in any
+ * object key. A \u0000 in a string value is kept as the NUL marker of json_nul.h (text may hold
+ * NULs; model names and stop strings are refused later when they do). *root (the caller
+ * frees it) on success; QV_EFORMAT / QV_EINVAL with err otherwise. */
 int oai_json_parse_strict(const char *body, size_t len, cJSON **root, qv_error *err);
 /* The same over an already parsed body: root is taken over (freed with out, even on
  * failure). The API dialects (dialect_anthropic.c, dialect_responses.c) translate their bodies

@@ -7,15 +7,10 @@
 #include <string.h>
 #include <utf8proc.h>
 
-static cJSON *str_n(const char *s, size_t n) {
-  char *tmp = malloc(n + 1);
-  if (!tmp) return NULL;
-  memcpy(tmp, s, n);
-  tmp[n] = '\0';
-  cJSON *j = cJSON_CreateString(tmp);
-  free(tmp);
-  return j;
-}
+#include "server/json_nul.h"
+
+/* Text of n bytes as a JSON string; NUL bytes stay NUL characters (json_nul.h). */
+static cJSON *str_n(const char *s, size_t n) { return jnul_string(s, n); }
 
 static const char *error_type(int status) {
   switch (status) {
@@ -83,10 +78,14 @@ void oai_logprobs_destroy(oai_logprobs *lp) {
   free(lp);
 }
 
+/* The bytes of a token's text: a NUL marker (json_nul.h) is the one byte 0. */
 static cJSON *bytes_array(const char *s, size_t n) {
   cJSON *a = cJSON_CreateArray();
-  for (size_t i = 0; a && i < n; i++)
-    cJSON_AddItemToArray(a, cJSON_CreateNumber((unsigned char)s[i]));
+  for (size_t i = 0; a && i < n; i++) {
+    int mark = (unsigned char)s[i] == 0xC0 && i + 1 < n && (unsigned char)s[i + 1] == 0x80;
+    cJSON_AddItemToArray(a, cJSON_CreateNumber(mark ? 0 : (unsigned char)s[i]));
+    i += (size_t)mark;
+  }
   return a;
 }
 

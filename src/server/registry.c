@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/route.h"
+#include "server/tenant.h"
+
 void registry_init(registry *r) { memset(r, 0, sizeof *r); }
 
 void registry_deinit(registry *r) {
@@ -23,7 +26,9 @@ void registry_deinit(registry *r) {
     for (int32_t j = 0; j < r->routes[i].n; j++) free(r->routes[i].targets[j]);
   }
   for (int32_t i = 0; i < r->n_api_keys; i++) free(r->api_keys[i]);
+  for (int32_t i = 0; i < r->n_admin_keys; i++) free(r->admin_keys[i]);
   for (int32_t i = 0; i < r->n_open_paths; i++) free(r->open_paths[i]);
+  tenant_cfg_destroy(r->tenants);
   free(r->host);
   memset(r, 0, sizeof *r);
 }
@@ -35,6 +40,8 @@ static int valid_name(const char *s) {
     if (*p <= ' ' || *p == '"' || *p == '\\' || *p >= 0x7f) return 0;
   return 1;
 }
+
+int registry_valid_name(const char *s) { return valid_name(s); }
 
 static int add_model(registry *r, const char *name, const char *path, qv_error *err) {
   if (r->n_models >= REG_MAX_MODELS)
@@ -114,6 +121,10 @@ int registry_add_api_key(registry *r, const char *key, qv_error *err) {
   return add_string(r->api_keys, &r->n_api_keys, key, "API keys", err);
 }
 
+int registry_add_admin_key(registry *r, const char *key, qv_error *err) {
+  return add_string(r->admin_keys, &r->n_admin_keys, key, "admin keys", err);
+}
+
 int registry_add_open_path(registry *r, const char *path, qv_error *err) {
   r->open_paths_set = 1;
   if (path[0] != '/') return qv_error_set(err, QV_EINVAL, "open path '%s' must start with /", path);
@@ -147,6 +158,34 @@ static int json_int(const cJSON *o, const char *k, int32_t lo, int32_t hi, int32
   return 0;
 }
 
+/* A model's fleet keys: "load", "pin", "keep_alive", "min_kv", "max_kv". */
+static int load_fleet_opts(const cJSON *m, reg_model *rm, qv_error *err) {
+  const cJSON *ld = cJSON_GetObjectItemCaseSensitive(m, "load");
+  if (ld) {
+    if (!cJSON_IsString(ld) || (strcmp(ld->valuestring, "startup") && strcmp(ld->valuestring, "on_demand")))
+      return qv_error_set(err, QV_EINVAL, "config: model 'load' must be \"startup\" or \"on_demand\"");
+    rm->on_demand = !strcmp(ld->valuestring, "on_demand");
+  }
+  const cJSON *pin = cJSON_GetObjectItemCaseSensitive(m, "pin");
+  if (pin) {
+    if (!cJSON_IsBool(pin)) return qv_error_set(err, QV_EINVAL, "config: model 'pin' must be true or false");
+    rm->pin = cJSON_IsTrue(pin);
+  }
+  const cJSON *ka = cJSON_GetObjectItemCaseSensitive(m, "keep_alive");
+  if (ka) {
+    if (!cJSON_IsNumber(ka) || !(ka->valuedouble >= 0 && ka->valuedouble <= 1e9))
+      return qv_error_set(err, QV_EINVAL, "config: model 'keep_alive' must be seconds >= 0 (0: forever)");
+    rm->keep_alive_s = ka->valuedouble;
+  }
+  int rc;
+  if ((rc = json_int(m, "min_kv", 0, 1 << 26, &rm->min_kv, err))) return rc;
+  if ((rc = json_int(m, "max_kv", 0, 1 << 26, &rm->max_kv, err))) return rc;
+  if (rm->max_kv && rm->min_kv > rm->max_kv)
+    return qv_error_set(err, QV_EINVAL, "config: model '%s': min_kv %d exceeds max_kv %d", rm->name,
+                        rm->min_kv, rm->max_kv);
+  return 0;
+}
+
 static int load_models(registry *r, const cJSON *models, qv_error *err) {
   if (!cJSON_IsArray(models)) return qv_error_set(err, QV_EINVAL, "config: 'models' must be an array");
   const cJSON *m;
@@ -171,8 +210,10 @@ static int load_models(registry *r, const cJSON *models, qv_error *err) {
     }
     if ((rc = json_int(m, "max_model_len", 1, 1 << 24, &rm->max_model_len, err))) return rc;
     if ((rc = json_int(m, "max_num_seqs", 1, 1 << 16, &rm->max_num_seqs, err))) return rc;
+    if ((rc = json_int(m, "tensor_parallel_size", 1, 64, &rm->tp_size, err))) return rc;
     if ((rc = json_int(m, "max_waiting", 1, 1 << 20, &rm->max_waiting, err))) return rc;
     if ((rc = json_int(m, "n_kv_blocks", 0, 1 << 26, &rm->n_kv_blocks, err))) return rc;
+    if ((rc = load_fleet_opts(m, rm, err))) return rc;
     const cJSON *rp = cJSON_GetObjectItemCaseSensitive(m, "reasoning_parser");
     if (rp) {
       if (!cJSON_IsString(rp))
@@ -200,23 +241,14 @@ static int load_routes(registry *r, const cJSON *routes, qv_error *err) {
   const cJSON *rt;
   cJSON_ArrayForEach(rt, routes) {
     if (r->n_routes >= REG_MAX_NAMES) return qv_error_set(err, QV_ELIMIT, "too many routes");
-    int cnt = cJSON_GetArraySize(rt);
-    if (!cJSON_IsArray(rt) || cnt < 1 || cnt > REG_MAX_ROUTE_LEN)
-      return qv_error_set(err, QV_EINVAL, "config: route '%s' must list 1 to %d models", rt->string,
-                          REG_MAX_ROUTE_LEN);
     if (!valid_name(rt->string)) return qv_error_set(err, QV_EINVAL, "invalid route name '%s'", rt->string);
     reg_route *route = &r->routes[r->n_routes];
     memset(route, 0, sizeof *route);
     route->name = strdup(rt->string);
     if (!route->name) return qv_error_set(err, QV_ENOMEM, "out of memory");
     r->n_routes++;
-    const cJSON *t;
-    cJSON_ArrayForEach(t, rt) {
-      if (!cJSON_IsString(t)) return qv_error_set(err, QV_EINVAL, "config: route '%s' must list model names", rt->string);
-      route->targets[route->n] = strdup(t->valuestring);
-      if (!route->targets[route->n]) return qv_error_set(err, QV_ENOMEM, "out of memory");
-      route->n++;
-    }
+    int rc = route_parse_json(route, rt, err);
+    if (rc) return rc;
   }
   return 0;
 }
@@ -229,7 +261,8 @@ int registry_load_json(registry *r, const char *text, size_t len, qv_error *err)
     rc = qv_error_set(err, QV_EFORMAT, "config: must be a JSON object");
     goto done;
   }
-  static const char *const known[] = {"host", "port", "api_keys", "open_paths", "models", "aliases", "routes", NULL};
+  static const char *const known[] = {"host", "port", "api_keys", "open_paths", "models", "aliases", "routes",
+                                      "tenants", "admin_keys", NULL};
   const cJSON *it;
   cJSON_ArrayForEach(it, root) {
     int ok = 0;
@@ -253,8 +286,8 @@ int registry_load_json(registry *r, const char *text, size_t len, qv_error *err)
     }
   }
   if ((rc = json_int(root, "port", 0, 65535, &r->port, err))) goto done;
-  const char *lists[] = {"api_keys", "open_paths"};
-  for (int l = 0; l < 2; l++) {
+  const char *lists[] = {"api_keys", "open_paths", "admin_keys"};
+  for (int l = 0; l < 3; l++) {
     const cJSON *a = cJSON_GetObjectItemCaseSensitive(root, lists[l]);
     if (!a) continue;
     if (!cJSON_IsArray(a)) {
@@ -267,8 +300,9 @@ int registry_load_json(registry *r, const char *text, size_t len, qv_error *err)
         rc = qv_error_set(err, QV_EINVAL, "config: '%s' must be an array of strings", lists[l]);
         goto done;
       }
-      rc = l == 0 ? registry_add_api_key(r, it->valuestring, err)
-                  : registry_add_open_path(r, it->valuestring, err);
+      rc = l == 0   ? registry_add_api_key(r, it->valuestring, err)
+           : l == 1 ? registry_add_open_path(r, it->valuestring, err)
+                    : registry_add_admin_key(r, it->valuestring, err);
       if (rc) goto done;
     }
   }
@@ -290,6 +324,8 @@ int registry_load_json(registry *r, const char *text, size_t len, qv_error *err)
   }
   const cJSON *routes = cJSON_GetObjectItemCaseSensitive(root, "routes");
   if (routes && (rc = load_routes(r, routes, err))) goto done;
+  const cJSON *tenants = cJSON_GetObjectItemCaseSensitive(root, "tenants");
+  if (tenants && (rc = tenant_cfg_load_json(&r->tenants, tenants, err))) goto done;
 done:
   cJSON_Delete(root);
   return rc;
@@ -350,6 +386,11 @@ int registry_finalize(registry *r, qv_error *err) {
     int rc = add_model(r, "quiver-tiny", "quiver-tiny", err);
     if (rc) return rc;
   }
+  /* An admin key is never also a user key: whoever holds a user key must not manage models. */
+  for (int32_t i = 0; i < r->n_admin_keys; i++)
+    for (int32_t j = 0; j < r->n_api_keys; j++)
+      if (!strcmp(r->admin_keys[i], r->api_keys[j]))
+        return qv_error_set(err, QV_EINVAL, "an admin key must differ from every API key");
   /* Every name once across models, aliases and routes. */
   const char *names[REG_MAX_MODELS + 2 * REG_MAX_NAMES];
   int n = 0;
@@ -360,13 +401,26 @@ int registry_finalize(registry *r, qv_error *err) {
     for (int j = i + 1; j < n; j++)
       if (!strcmp(names[i], names[j]))
         return qv_error_set(err, QV_EINVAL, "name '%s' is defined twice", names[i]);
+  /* A route's targets are models, or aliases of models. A target naming a route (directly or
+   * through an alias) is refused: routes do not nest, so no cycle can form. */
   for (int32_t i = 0; i < r->n_routes; i++) {
     reg_route *rt = &r->routes[i];
     for (int32_t j = 0; j < rt->n; j++) {
-      int m = find_model(r, rt->targets[j]);
+      const char *t = rt->targets[j];
+      int a = find_alias(r, t);
+      if (a >= 0) t = r->aliases[a].target;
+      int m = find_model(r, t);
+      if (m < 0 && find_route(r, t) >= 0)
+        return qv_error_set(err, QV_EINVAL,
+                            "route '%s' names route '%s': a route's targets must be models "
+                            "(routes do not nest, so cycles cannot form)",
+                            rt->name, rt->targets[j]);
       if (m < 0)
         return qv_error_set(err, QV_EINVAL, "route '%s' names unknown model '%s'", rt->name,
                             rt->targets[j]);
+      for (int32_t k = 0; k < j; k++)
+        if (rt->models[k] == m)
+          return qv_error_set(err, QV_EINVAL, "route '%s' names model '%s' twice", rt->name, t);
       rt->models[j] = m;
     }
   }
@@ -378,7 +432,7 @@ int registry_finalize(registry *r, qv_error *err) {
     int rc = registry_add_open_path(r, "/health", err);
     if (rc) return rc;
   }
-  return 0;
+  return tenant_cfg_finalize(r->tenants, r, err);
 }
 
 int32_t registry_resolve(const registry *r, const char *name, int32_t *out, int32_t cap) {
@@ -395,6 +449,14 @@ int32_t registry_resolve(const registry *r, const char *name, int32_t *out, int3
   int32_t n = 0;
   for (int32_t i = 0; i < r->routes[rt].n && n < cap; i++) out[n++] = r->routes[rt].models[i];
   return n;
+}
+
+const reg_route *registry_route_of(const registry *r, const char *name) {
+  if (!name) return NULL;
+  int a = find_alias(r, name);
+  if (a >= 0) name = r->aliases[a].target;
+  int rt = find_route(r, name);
+  return rt >= 0 ? &r->routes[rt] : NULL;
 }
 
 int registry_is_open_path(const registry *r, const char *path) {

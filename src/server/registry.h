@@ -8,8 +8,13 @@
  *                "max_num_seqs": 64, "max_waiting": 256, "n_kv_blocks": 0,
  *                "reasoning_parser": "deepseek_r1"}],
  *    "aliases": {"b": "a"},
- *    "routes": {"r": ["a", "tiny"]}}
- * Every key is optional except a model's path ("quiver-tiny" names the embedded model). */
+ *    "routes": {"r": ["a", "tiny"],
+ *               "canary": {"strategy": "weighted", "targets": [{"model": "a", "weight": 90},
+ *                                                              {"model": "tiny", "weight": 10}]},
+ *               "pool": {"strategy": "least_loaded", "targets": ["a", "tiny"]}},
+ *    "tenants": [...]}  (server/tenant.h)
+ * Every key is optional except a model's path ("quiver-tiny" names the embedded model). Route
+ * strategies are in server/route.h. */
 #ifndef QV_SERVER_REGISTRY_H
 #define QV_SERVER_REGISTRY_H
 
@@ -40,16 +45,33 @@ typedef struct reg_model {
   char *device;          /* owned or NULL (server default) */
   int32_t max_model_len; /* 0: default */
   int32_t max_num_seqs;  /* 0: default */
+  int32_t tp_size;       /* "tensor_parallel_size": ranks this model is sharded over (0: the flag's) */
   int32_t max_waiting;   /* 0: default */
   int32_t n_kv_blocks;   /* 0: default */
   reg_reasoning reasoning; /* UNSET: the server default */
+  /* Fleet options (fleet/fleet.h). */
+  int32_t on_demand;     /* "load": "on_demand" (default "startup") */
+  int32_t pin;           /* "pin": true: never evicted for room */
+  double keep_alive_s;   /* "keep_alive": idle seconds before sleeping (0: never) */
+  int32_t min_kv, max_kv; /* "min_kv"/"max_kv": KV blocks reserved / at most (0: default) */
 } reg_model;
+
+/* How a route orders its models for a request (server/route.h); the rest of the order is the
+ * fallback when a model's queue is full. */
+typedef enum reg_route_strategy {
+  REG_ROUTE_FALLBACK = 0,  /* the listed order */
+  REG_ROUTE_WEIGHTED,      /* one target drawn by weight first (canary, A/B) */
+  REG_ROUTE_LEAST_LOADED,  /* fewest queued + running sequences first */
+} reg_route_strategy;
 
 typedef struct reg_route {
   char *name;                        /* owned */
   int32_t models[REG_MAX_ROUTE_LEN]; /* indices into models, tried in order */
   char *targets[REG_MAX_ROUTE_LEN];  /* owned names before validation */
   int32_t n;
+  reg_route_strategy strategy;
+  int32_t weights[REG_MAX_ROUTE_LEN]; /* WEIGHTED: [n], each >= 0, sum > 0 */
+  uint64_t seed;                     /* WEIGHTED: mixed into the draw (optional "seed") */
 } reg_route;
 
 typedef struct reg_alias {
@@ -72,7 +94,14 @@ typedef struct registry {
   char *open_paths[REG_MAX_NAMES]; /* owned: paths served without a key */
   int32_t n_open_paths;
   int open_paths_set;          /* config/CLI gave open paths (else the default: /health) */
+  char *admin_keys[REG_MAX_NAMES]; /* owned: keys of the admin API (never user keys) */
+  int32_t n_admin_keys;
+  struct tenant_cfg *tenants;  /* owned (server/tenant.h) or NULL: no tenants */
 } registry;
+
+/* 1 when s may name a model, alias, route or tenant: 1-128 printable bytes, no spaces, quotes
+ * or backslashes (names appear in URLs and metric labels). */
+int registry_valid_name(const char *s);
 
 void registry_init(registry *r);
 void registry_deinit(registry *r);
@@ -83,6 +112,7 @@ int registry_add_model_arg(registry *r, const char *arg, qv_error *err);
 int registry_add_alias_arg(registry *r, const char *arg, qv_error *err);
 int registry_add_api_key(registry *r, const char *key, qv_error *err);
 int registry_add_open_path(registry *r, const char *path, qv_error *err);
+int registry_add_admin_key(registry *r, const char *key, qv_error *err);
 /* Merges a JSON config text. */
 int registry_load_json(registry *r, const char *text, size_t len, qv_error *err);
 /* Reads and merges a config file. */
@@ -95,6 +125,8 @@ int registry_finalize(registry *r, qv_error *err);
 /* The models to try for a requested name, in order (a model: itself; an alias: what it
  * points to; a route: its list). Returns how many (0: unknown name). */
 int32_t registry_resolve(const registry *r, const char *name, int32_t *out, int32_t cap);
+/* The route a requested name (a route or an alias of one) names, or NULL. */
+const reg_route *registry_route_of(const registry *r, const char *name);
 /* 1 when path is served without an API key. */
 int registry_is_open_path(const registry *r, const char *path);
 

@@ -12,12 +12,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "core/build_info.h"
 #include "core/log.h"
+#include "fleet/fleet.h"
+#include "core/util.h"
 #include "server/auth.h"
 #include "server/cors.h"
+#include "server/json_nul.h"
+#include "server/route.h"
 #include "server/server_int.h"
 #include "server/tls.h"
 
@@ -31,6 +36,8 @@ void server_opts_default(server_opts *o) {
   o->max_request_seqs = 256;
   o->heavy_body_bytes = 64u << 10;
   o->handle_signals = 1;
+  o->max_wait_load = 1024;
+  o->load_timeout_ms = 120000;
 }
 
 /* ---- engine id -> request table ---- */
@@ -43,6 +50,7 @@ void srv_table_insert(server *s, int32_t model, srv_sub *sub) {
   *b = sub;
   sub->in_table = 1;
   sub->req->n_live_subs++;
+  s->live_seqs[model] += srv_n_per_prompt(sub->req);
 }
 
 void srv_table_remove(server *s, int32_t model, srv_sub *sub) {
@@ -55,6 +63,7 @@ void srv_table_remove(server *s, int32_t model, srv_sub *sub) {
     }
   sub->in_table = 0;
   sub->req->n_live_subs--;
+  s->live_seqs[model] -= srv_n_per_prompt(sub->req);
 }
 
 srv_sub *srv_table_find(server *s, int32_t model, uint64_t eid) {
@@ -72,6 +81,8 @@ static srv_req *req_new(server *s, http_conn *c) {
   r->s = s;
   r->conn = c;
   r->model = -1;
+  r->tenant = -1;
+  r->held_model = -1;
   r->t_start = uv_hrtime();
   r->created = (int64_t)time(NULL);
   r->dialect = &srv_dialect_openai;
@@ -82,8 +93,22 @@ static srv_req *req_new(server *s, http_conn *c) {
   return r;
 }
 
+/* Settles an admitted request's token reservation with what it used, and counts it for its
+ * tenant. */
+static void quota_settle(srv_req *r) {
+  if (!r->admitted) return;
+  r->admitted = 0;
+  int64_t gen = r->usage.completion_tokens > r->live_tokens ? r->usage.completion_tokens
+                                                             : r->live_tokens;
+  uint64_t now = uv_hrtime();
+  tenant_quota_settle(&r->s->quotas[r->tenant], now, r->reserved, r->usage.prompt_tokens + gen);
+  metrics_tenant_finish(&r->s->met, r->tenant, r->usage.prompt_tokens, gen,
+                        (double)(now - r->t_start) / 1e9);
+}
+
 static void req_free(srv_req *r) {
   server *s = r->s;
+  quota_settle(r);
   if (r->prev) r->prev->next = r->next;
   else s->reqs = r->next;
   if (r->next) r->next->prev = r->prev;
@@ -97,6 +122,7 @@ void srv_req_maybe_free(srv_req *r) {
 }
 
 void srv_count(srv_req *r, int status) {
+  metrics_tenant_count(&r->s->met, r->tenant, status);
   if (r->utility) metrics_count_utility(&r->s->met, status);
   else metrics_count_request(&r->s->met, r->model, status);
 }
@@ -113,15 +139,31 @@ static void respond_json(srv_req *r, int status, const char *json, const char *e
     http_respond(c, 500, "application/json", extra, oom, sizeof oom - 1);
     return;
   }
-  http_respond(c, status, "application/json", extra, json, strlen(json));
+  size_t len = strlen(json), wlen = 0;
+  int oom = 0;
+  char *wire = jnul_wire(json, len, &wlen, &oom); /* NUL markers as \u0000 (json_nul.h) */
+  if (oom) {
+    http_conn_kill(c);
+    return;
+  }
+  http_respond(c, status, "application/json", extra, wire ? wire : json, wire ? wlen : len);
+  free(wire);
 }
+
+void srv_send_error_hdr(srv_req *r, int status, const char *msg, const char *param,
+                        const char *code, const char *extra) {
+  if (!r->conn) return;
+  char *j = r->dialect->error_json(status, msg, param, code);
+  respond_json(r, status, j, extra);
+  free(j);
+}
+
+void srv_respond_json(srv_req *r, int status, const char *json) { respond_json(r, status, json, ""); }
 
 void srv_send_error(srv_req *r, int status, const char *msg, const char *param,
                     const char *code) {
-  if (!r->conn) return;
-  char *j = r->dialect->error_json(status, msg, param, code);
-  respond_json(r, status, j, status == 401 ? "WWW-Authenticate: Bearer\r\n" : "");
-  free(j);
+  srv_send_error_hdr(r, status, msg, param, code,
+                     status == 401 ? "WWW-Authenticate: Bearer\r\n" : "");
 }
 
 /* ---- simple endpoints ---- */
@@ -134,9 +176,12 @@ static void handle_health(srv_req *r) {
   for (int32_t i = 0; i < s->n_models; i++) {
     cJSON *m = cJSON_CreateObject();
     cJSON_AddStringToObject(m, "name", s->reg->models[i].name);
+    fleet_model_info fi;
+    if (s->opts.fleet) fleet_get_info(s->opts.fleet, i, &fi);
     cJSON_AddStringToObject(m, "state",
-                            s->models[i].state ? s->models[i].state
-                                               : (s->models[i].ready ? "ready" : "unavailable"));
+                            s->opts.fleet ? fleet_state_name(fi.state)
+                            : s->models[i].state ? s->models[i].state
+                                                 : (s->models[i].ready ? "ready" : "unavailable"));
     if (s->models[i].ready && s->models[i].ops->get_stats) {
       qv_engine_stats st;
       s->models[i].ops->get_stats(s->models[i].ctx, &st);
@@ -145,7 +190,9 @@ static void handle_health(srv_req *r) {
       cJSON_AddNumberToObject(m, "kv_blocks_used", st.n_kv_blocks_used);
       cJSON_AddNumberToObject(m, "kv_blocks_total", st.n_kv_blocks);
     }
-    all_ready &= s->models[i].ready != 0;
+    /* Under a fleet only the startup models make /health fail; on-demand ones load later. */
+    if (s->opts.fleet) all_ready &= s->models[i].ready && (fi.on_demand || fi.state == FLEET_READY);
+    else all_ready &= s->models[i].ready != 0;
     cJSON_AddItemToArray(arr, m);
   }
   cJSON_AddStringToObject(root, "status",
@@ -154,6 +201,49 @@ static void handle_health(srv_req *r) {
   cJSON_Delete(root);
   respond_json(r, all_ready && !s->draining ? 200 : 503, j, "");
   free(j);
+}
+
+/* Appends the fleet's gauges and counters (per model state, loads, wakes, sleeps, evictions,
+ * swap seconds, weight bytes; the budget) to the Prometheus text (taking text; NULL on OOM). */
+static char *srv_fleet_metrics(server *s, char *text, size_t *len) {
+  size_t cap = *len + 4096 + (size_t)s->n_models * 2048;
+  char *out = realloc(text, cap);
+  if (!out) {
+    free(text);
+    return NULL;
+  }
+  size_t n = *len;
+  static const char *const names[][3] = {
+      {"quiver_model_state", "gauge", "1 for the model's current fleet state, 0 for the others."},
+      {"quiver_model_weight_bytes", "gauge", "Bytes the loaded model holds in the memory budget besides its KV."},
+      {"quiver_model_loads_total", "counter", "Loads of the model from nothing."},
+      {"quiver_model_wakes_total", "counter", "Wakes of the model from sleep."},
+      {"quiver_model_sleeps_total", "counter", "Sleeps, evictions and unloads of the model."},
+      {"quiver_model_evictions_total", "counter", "Times the model was put to sleep to make room."},
+      {"quiver_model_swap_seconds_total", "counter", "Seconds spent loading, waking and putting the model to sleep."},
+      {"quiver_model_last_load_seconds", "gauge", "Duration of the model's last load or wake."},
+  };
+  for (size_t g = 0; g < sizeof names / sizeof *names; g++) {
+    n += (size_t)snprintf(out + n, cap - n, "# HELP %s %s\n# TYPE %s %s\n", names[g][0], names[g][2],
+                          names[g][0], names[g][1]);
+    for (int32_t i = 0; i < s->n_models; i++) {
+      fleet_model_info fi;
+      fleet_get_info(s->opts.fleet, i, &fi);
+      const char *nm = s->reg->models[i].name; /* registry names are validated: no quotes */
+      if (g == 0) {
+        for (int st = FLEET_REGISTERED; st <= FLEET_FAILED; st++)
+          n += (size_t)snprintf(out + n, cap - n, "%s{model=\"%s\",state=\"%s\"} %d\n", names[g][0], nm,
+                                fleet_state_name((fleet_state)st), fi.state == (fleet_state)st);
+        continue;
+      }
+      double v = g == 1 ? (double)(fi.depth ? fi.weight_bytes : 0) : g == 2 ? (double)fi.n_loads
+                 : g == 3 ? (double)fi.n_wakes : g == 4 ? (double)fi.n_sleeps
+                 : g == 5 ? (double)fi.n_evictions : g == 6 ? fi.swap_s_total : fi.last_load_s;
+      n += (size_t)snprintf(out + n, cap - n, "%s{model=\"%s\"} %.6g\n", names[g][0], nm, v);
+    }
+  }
+  *len = n < cap ? n : cap - 1;
+  return out;
 }
 
 static void handle_metrics(srv_req *r) {
@@ -165,12 +255,18 @@ static void handle_metrics(srv_req *r) {
   if (stats && states) {
     for (int32_t i = 0; i < s->n_models; i++) {
       states[i].ready = s->models[i].ready;
+      if (s->opts.fleet) {
+        fleet_model_info fi;
+        fleet_get_info(s->opts.fleet, i, &fi);
+        states[i].ready = fi.state == FLEET_READY;
+      }
       if (s->models[i].ready && s->models[i].ops->get_stats) {
         s->models[i].ops->get_stats(s->models[i].ctx, &stats[i]);
         states[i].stats = &stats[i];
       }
     }
     text = metrics_render(&s->met, states, &len);
+    if (text && s->opts.fleet) text = srv_fleet_metrics(s, text, &len);
   }
   free(stats);
   free(states);
@@ -208,7 +304,30 @@ static void handle_version(srv_req *r) {
   free(j);
 }
 
-/* Every name a client may use: models, aliases, routes. The root is the model served. */
+/* Adds each entry's fleet state ("ready", "sleeping", ...: of its root model) to a /v1/models
+ * answer (taking j; NULL on OOM). */
+static char *models_add_state(server *s, char *j) {
+  cJSON *root = cJSON_Parse(j);
+  free(j);
+  if (!root) return NULL;
+  cJSON *data = cJSON_GetObjectItem(root, "data");
+  cJSON *it = data ? data->child : root;
+  for (; it; it = data ? it->next : NULL) {
+    const cJSON *rt = cJSON_GetObjectItem(it, "root");
+    int32_t idx[REG_MAX_ROUTE_LEN];
+    if (cJSON_IsString(rt) && registry_resolve(s->reg, rt->valuestring, idx, REG_MAX_ROUTE_LEN) > 0) {
+      fleet_model_info fi;
+      fleet_get_info(s->opts.fleet, idx[0], &fi);
+      cJSON_AddStringToObject(it, "state", fleet_state_name(fi.state));
+    }
+  }
+  char *out = cJSON_PrintUnformatted(root);
+  cJSON_Delete(root);
+  return out;
+}
+
+/* Every name a client may use: models, aliases, routes (for a tenant: those it may use; one it
+ * may not is "not found", as OpenAI answers). The root is the model served. */
 static void handle_models(srv_req *r, const char *one) {
   server *s = r->s;
   const registry *g = s->reg;
@@ -235,6 +354,14 @@ static void handle_models(srv_req *r, const char *one) {
       roots[n] = g->models[g->routes[i].models[0]].name;
       lens[n++] = s->models[g->routes[i].models[0]].max_model_len;
     }
+    int32_t kept = 0;
+    for (int32_t i = 0; i < n; i++) {
+      if (!tenant_allows_model(g->tenants, r->tenant, g, names[i])) continue;
+      names[kept] = names[i];
+      roots[kept] = roots[i];
+      lens[kept++] = lens[i];
+    }
+    n = kept;
   }
   char *j = NULL;
   int found = !one;
@@ -257,6 +384,7 @@ static void handle_models(srv_req *r, const char *one) {
     srv_send_error(r, 404, msg, "model", "model_not_found");
     return;
   }
+  if (j && s->opts.fleet) j = models_add_state(s, j);
   respond_json(r, 200, j, "");
   free(j);
 }
@@ -360,11 +488,44 @@ static const route_entry *route_find(const char *path, const char **model_id,
   return NULL;
 }
 
+/* The dialect whose error shape a path gets before (or without) a route: Anthropic's for
+ * /v1/messages and everything under it (an unknown /v1/messages/x is still an Anthropic client),
+ * OpenAI's otherwise. */
+static const srv_dialect *path_dialect(const char *path) {
+  if (path && !strncmp(path, "/v1/messages", 12) && (path[12] == '\0' || path[12] == '/'))
+    return &srv_dialect_anthropic;
+  return &srv_dialect_openai;
+}
+
+/* http_handler.error_body: errors the HTTP layer answers itself (413, 408, 431, malformed...)
+ * in the path's dialect; NULL keeps the HTTP layer's OpenAI-shaped body. */
+static char *on_error_body(void *ud, const char *path, int status, const char *message) {
+  (void)ud;
+  const srv_dialect *d = path_dialect(path);
+  return d == &srv_dialect_openai ? NULL : d->error_json(status, message, NULL, NULL);
+}
+
 typedef struct route_match {
   const route_entry *hit;
   const char *model_id, *response_id;
   const srv_dialect *dialect;
+  int32_t tenant;             /* the key's tenant, or -1 */
 } route_match;
+
+/* 1 when the request carries a valid key; *tenant is its tenant (-1: an unrestricted key, or
+ * none). Both the bearer and the x-api-key headers are checked, every key compared. */
+static int check_key(server *s, const http_request *req, int32_t *tenant) {
+  const registry *g = s->reg;
+  const char *auth = http_request_header(req, "authorization");
+  const char *xkey = http_request_header(req, "x-api-key");
+  int32_t tb = -1, tx = tenant_find_key(g->tenants, xkey);
+  if (auth && !strncasecmp(auth, "Bearer ", 7)) tb = tenant_find_key(g->tenants, auth + 7);
+  *tenant = tb >= 0 ? tb : tx;
+  if (*tenant >= 0) return 1;
+  if (g->n_api_keys <= 0) return 0;
+  const char *const *keys = (const char *const *)g->api_keys;
+  return auth_check(keys, g->n_api_keys, auth) | auth_check_key(keys, g->n_api_keys, xkey);
+}
 
 /* Route, method and API key: checked when the headers are complete (before any body byte is
  * buffered) and again for the complete request. Returns 0, or the error status with *json
@@ -374,7 +535,8 @@ static int precheck(server *s, const http_request *req, route_match *m, char **j
   const char *path = req->path;
   const route_entry *hit = route_find(path, &m->model_id, &m->response_id);
   m->hit = hit;
-  m->dialect = hit && hit->dialect ? hit->dialect : &srv_dialect_openai;
+  m->tenant = -1;
+  m->dialect = hit && hit->dialect ? hit->dialect : path_dialect(path);
   *json = NULL;
   extra[0] = '\0';
   if (!hit) {
@@ -396,16 +558,35 @@ static int precheck(server *s, const http_request *req, route_match *m, char **j
     *json = m->dialect->error_json(405, msg, NULL, "method_not_allowed");
     return 405;
   }
-  if (s->reg->n_api_keys > 0 && !registry_is_open_path(s->reg, path) &&
-      !auth_check((const char *const *)s->reg->api_keys, s->reg->n_api_keys,
-                  http_request_header(req, "authorization")) &&
-      !auth_check_key((const char *const *)s->reg->api_keys, s->reg->n_api_keys,
-                      http_request_header(req, "x-api-key"))) {
+  int keyed = s->reg->n_api_keys > 0 || tenant_count(s->reg->tenants) > 0;
+  int key_ok = keyed && check_key(s, req, &m->tenant);
+  if (keyed && !registry_is_open_path(s->reg, path) && !key_ok) {
     *json = m->dialect->error_json(
         401, "invalid or missing API key (send Authorization: Bearer <key> or x-api-key)", NULL,
         "invalid_api_key");
     snprintf(extra, extra_cap, "WWW-Authenticate: Bearer\r\n");
     return 401;
+  }
+  if (!registry_is_open_path(s->reg, path) &&
+      !tenant_allows_endpoint(s->reg->tenants, m->tenant, path)) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "this API key may not call %.200s", path);
+    *json = m->dialect->error_json(403, msg, NULL, "endpoint_not_allowed");
+    return 403;
+  }
+  /* A tenant out of requests is refused here, before its body is read or tokenized (the token
+   * quota needs the prompt's count and is checked at submission, server_gen.c). */
+  if ((hit->kind == OAI_CHAT || hit->kind == OAI_COMPLETION) && m->tenant >= 0 && !s->draining) {
+    int64_t retry = tenant_quota_peek_requests(&s->quotas[m->tenant], uv_hrtime());
+    if (retry > 0) {
+      char msg[300];
+      tenant_limit_message(&s->reg->tenants->t[m->tenant], TENANT_ADMIT_REQUESTS, 0, retry, msg,
+                           sizeof msg);
+      *json = m->dialect->error_json(429, msg, NULL, "rate_limit_exceeded");
+      snprintf(extra, extra_cap, "Retry-After: %lld\r\n", (long long)retry);
+      metrics_tenant_limited(&s->met, m->tenant, 0);
+      return 429;
+    }
   }
   if (hit->kind != 0 && s->draining) {
     *json = m->dialect->error_json(503, "server is shutting down", NULL, "shutting_down");
@@ -420,11 +601,13 @@ static int on_head(void *ud, const http_request *req, http_early *out) {
   if (s->opts.cors && !strcmp(req->method_str, "OPTIONS") && http_request_header(req, "origin") &&
       http_request_header(req, "access-control-request-method"))
     return 0;
+  if (s->opts.fleet && srv_admin_is_path(req->path)) return 0; /* admin.c checks its own key */
   route_match m;
   int st = precheck(s, req, &m, &out->body, out->extra, sizeof out->extra);
   if (!st) return 0;
   if (is_utility(m.hit)) metrics_count_utility(&s->met, st);
   else metrics_count_request(&s->met, -1, st);
+  metrics_tenant_count(&s->met, m.tenant, st);
   if (s->opts.cors) { /* so that a browser can read the error */
     size_t n = strlen(out->extra);
     cors_headers(s->opts.cors, http_request_header(req, "origin"), out->extra + n,
@@ -443,11 +626,22 @@ static void on_request(void *ud, http_conn *c, const http_request *req) {
     http_respond(c, 500, "application/json", "", oom, sizeof oom - 1);
     return;
   }
+  if (s->opts.fleet && srv_admin_is_path(req->path)) {
+    r->utility = 1;
+    srv_admin_handle(r, req);
+    srv_req_maybe_free(r);
+    return;
+  }
   route_match m;
   char *j = NULL, extra[160];
   int st = precheck(s, req, &m, &j, extra, sizeof extra);
   r->dialect = m.dialect;
   r->utility = is_utility(m.hit);
+  r->tenant = m.tenant;
+  /* Weighted routes draw from the request id when the client sends one (a retry lands on the
+   * same model), else from the server's sequence (reproducible for a given arrival order). */
+  const char *rid = http_request_header(req, "x-request-id");
+  r->draw = rid ? route_draw_of_id(rid) : qv_mix64(++s->n_draws);
   if (st) {
     respond_json(r, st, j, extra);
     free(j);
@@ -507,6 +701,7 @@ static void close_all(server *s) {
   s->heavy = NULL;
   uv_close((uv_handle_t *)&s->stop_async, NULL);
   uv_close((uv_handle_t *)&s->drain_timer, NULL);
+  if (s->opts.fleet) uv_close((uv_handle_t *)&s->fleet_timer, NULL);
   if (s->opts.handle_signals) {
     uv_close((uv_handle_t *)&s->sig_int, NULL);
     uv_close((uv_handle_t *)&s->sig_term, NULL);
@@ -533,6 +728,19 @@ static void begin_drain(server *s) {
 }
 
 static void on_stop_async(uv_async_t *a) { begin_drain(a->data); }
+
+static void on_fleet_async(uv_async_t *a) { srv_gen_check_waiting(a->data); }
+static void on_fleet_timer(uv_timer_t *t) { srv_gen_check_waiting(t->data); }
+/* The fleet's loader thread: a model's state changed. */
+static void fleet_changed(void *arg, int32_t idx) {
+  (void)idx;
+  uv_async_send(&((server *)arg)->fleet_async);
+}
+
+void server_fleet_hook(server *s, void (**fn)(void *arg, int32_t idx), void **arg) {
+  *fn = fleet_changed;
+  *arg = s;
+}
 /* The first SIGINT/SIGTERM drains; a second one aborts what is in flight (each open stream
  * gets an error event and ends, other requests a 503), lets those last bytes go out for up to
  * a second, and the process exits non-zero (server_aborted). */
@@ -575,13 +783,24 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
   }
   const char *names[REG_MAX_MODELS];
   for (int32_t i = 0; i < s->n_models; i++) names[i] = reg->models[i].name;
+  int32_t n_tenants = tenant_count(reg->tenants);
+  const char *tnames[TENANT_MAX];
+  s->quotas = calloc((size_t)n_tenants + 1, sizeof *s->quotas);
+  s->live_seqs = calloc(REG_MAX_MODELS, sizeof *s->live_seqs); /* room for models added later */
+  for (int32_t i = 0; i < n_tenants && s->quotas; i++) {
+    tenant_quota_init(&s->quotas[i], &reg->tenants->t[i], uv_hrtime());
+    tnames[i] = reg->tenants->t[i].name;
+  }
   s->notify = calloc((size_t)s->n_models, sizeof *s->notify);
   s->buckets = calloc((size_t)s->n_models * SRV_HASH_BUCKETS, sizeof *s->buckets);
   int n_heavy = opts->heavy_threads > 0 ? opts->heavy_threads : (int)uv_available_parallelism() / 2;
   if (n_heavy < 1) n_heavy = 1;
-  if (!s->notify || !s->buckets || metrics_init(&s->met, names, s->n_models) ||
-      workq_create(loop, n_heavy, &s->heavy)) {
-    if (s->heavy) metrics_deinit(&s->met);
+  if (!s->notify || !s->buckets || !s->quotas || !s->live_seqs ||
+      metrics_init(&s->met, names, s->n_models) ||
+      metrics_init_tenants(&s->met, tnames, n_tenants) || workq_create(loop, n_heavy, &s->heavy)) {
+    metrics_deinit(&s->met);
+    free(s->quotas);
+    free(s->live_seqs);
     workq_destroy(s->heavy); /* its handle closes when the caller runs the loop */
     resp_store_destroy(s->responses);
     free(s->notify);
@@ -589,7 +808,8 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
     free(s);
     return qv_error_set(err, QV_ENOMEM, "out of memory");
   }
-  http_handler h = {.ud = s, .on_head = on_head, .on_request = on_request, .on_abort = on_abort};
+  http_handler h = {.ud = s, .on_head = on_head, .on_request = on_request, .on_abort = on_abort,
+                    .error_body = on_error_body};
   int rc = opts->tls ? tls_ctx_create(opts->tls, &s->tls, err) : 0;
   if (!rc)
     rc = http_server_create(loop, opts->host ? opts->host : "127.0.0.1", opts->port,
@@ -600,6 +820,8 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
     workq_destroy(s->heavy);
     metrics_deinit(&s->met);
     resp_store_destroy(s->responses);
+    free(s->quotas);
+    free(s->live_seqs);
     free(s->notify);
     free(s->buckets);
     free(s);
@@ -617,6 +839,15 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
   }
   uv_async_init(loop, &s->stop_async, on_stop_async);
   s->stop_async.data = s;
+  if (opts->fleet) {
+    uv_async_init(loop, &s->fleet_async, on_fleet_async);
+    s->fleet_async.data = s;
+    uv_unref((uv_handle_t *)&s->fleet_async);
+    uv_timer_init(loop, &s->fleet_timer);
+    s->fleet_timer.data = s;
+    uv_timer_start(&s->fleet_timer, on_fleet_timer, 100, 100);
+    uv_unref((uv_handle_t *)&s->fleet_timer);
+  }
   uv_timer_init(loop, &s->drain_timer);
   s->drain_timer.data = s;
   if (opts->handle_signals) {
@@ -641,6 +872,7 @@ void server_destroy(server *s) {
    * notify can race with closing the async handles. */
   close_all(s);
   for (int32_t i = 0; i < s->n_models; i++) uv_close((uv_handle_t *)&s->notify[i].async, noop_close);
+  if (s->opts.fleet) uv_close((uv_handle_t *)&s->fleet_async, noop_close);
   uv_run(s->loop, UV_RUN_DEFAULT);
   while (s->reqs) {
     srv_req *r = s->reqs;
@@ -654,6 +886,8 @@ void server_destroy(server *s) {
   resp_store_destroy(s->responses);
   for (int32_t i = 0; i < s->n_ignored_logged; i++) free(s->ignored_logged[i]);
   free(s->ignored_logged);
+  free(s->quotas);
+  free(s->live_seqs);
   free(s->notify);
   free(s->buckets);
   free(s);

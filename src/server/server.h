@@ -69,6 +69,12 @@ typedef struct srv_model_ops {
    * decode gives U+FFFD), for completions logprobs keys (oai_token_key). *bytes malloc'd.
    * Loop thread (a lookup-sized decode). NULL op: keys come from the text alone. */
   int (*token_bytes)(void *ctx, int32_t id, char **bytes, size_t *len);
+  /* Fleet (fleet/fleet.h; all NULL: the model is always loaded). enter: any thread; 1 when the
+   * model is loaded and now held for a request until leave, 0 when it is not loaded. want:
+   * asks for it to be loaded (on-demand models, sleeping ones). */
+  int (*enter)(void *ctx);
+  void (*leave)(void *ctx);
+  void (*want)(void *ctx);
 } srv_model_ops;
 
 /* One served model. The server borrows ops and ctx; they must outlive it. */
@@ -99,6 +105,14 @@ typedef struct server_opts {
   int32_t responses_max_count;
   size_t responses_max_bytes;
   int64_t responses_ttl_s;
+  /* The fleet behind the models (fleet/fleet.h; borrowed) or NULL: every model is always
+   * loaded. With one, /health, /v1/models and /metrics show each model's state, the admin API
+   * works (with the registry's admin keys), and a request for a model that is not loaded waits
+   * for its load (at most max_wait_load requests, each up to load_timeout_ms; beyond: 503). */
+  struct fleet *fleet;
+  struct qv_budget *budget;      /* the fleet's memory budget (borrowed) or NULL */
+  int32_t max_wait_load;         /* default 1024 */
+  uint64_t load_timeout_ms;      /* default 120000 */
 } server_opts;
 
 void server_opts_default(server_opts *o);
@@ -115,6 +129,9 @@ int server_port(const server *s);
 void server_shutdown(server *s);
 /* 1 when a second signal aborted in-flight requests (the process should exit non-zero). */
 int server_aborted(const server *s);
+/* The hook the fleet calls (loader thread) when a model's state changed, so waiting requests
+ * resume: pass it to srv_models_set_changed after server_create. */
+void server_fleet_hook(server *s, void (**fn)(void *arg, int32_t idx), void **arg);
 /* Frees the server after uv_run returned. Accepts NULL. */
 void server_destroy(server *s);
 

@@ -13,6 +13,9 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "fleet/fleet.h"
+#include "server/json_nul.h"
+#include "server/route.h"
 #include "server/server_int.h"
 
 static srv_model *model_of(srv_req *r) { return &r->s->models[r->model]; }
@@ -86,7 +89,20 @@ static void free_choices(srv_req *r) {
   r->n_choices_done = 0;
 }
 
+static void release_model(srv_req *r);
+
+/* Gives back the least_loaded pick's provisional count (see held_model). */
+static void release_hold(srv_req *r) {
+  if (r->held_model < 0) return;
+  r->s->live_seqs[r->held_model] -= srv_n_per_prompt(r);
+  r->held_model = -1;
+}
+
 void srv_gen_free(srv_req *r) {
+  if (r->wait_load == 2) r->s->n_wait_load--;
+  r->wait_load = 0;
+  release_model(r);
+  release_hold(r);
   free_prep(r);
   free_choices(r);
   free(r->body);
@@ -112,14 +128,31 @@ static int render_prompt(srv_req *r, char **text, size_t *len, int *add_special)
                                  &r->work_err);
 }
 
+/* Gives back the model the request entered (fleet), if any. Any thread. */
+static void release_model(srv_req *r) {
+  if (!r->held) return;
+  srv_model *m = &r->s->models[r->held - 1];
+  r->held = 0;
+  if (m->ops->leave) m->ops->leave(m->ctx);
+}
+
+/* Enters model idx: 1 when it is ready (and now held for this request). */
+static int enter_model(srv_req *r, int32_t idx) {
+  srv_model *m = &r->s->models[idx];
+  if (!m->ready) return 0;
+  if (m->ops->enter) {
+    if (!m->ops->enter(m->ctx)) return 0;
+    r->held = idx + 1;
+  }
+  r->model = idx;
+  return 1;
+}
+
 /* Moves to the next ready model of the route; 0 when there is none. */
 static int next_model(srv_req *r) {
+  release_model(r);
   while (r->route_pos < r->n_route) {
-    int32_t m = r->route[r->route_pos];
-    if (r->s->models[m].ready) {
-      r->model = m;
-      return 1;
-    }
+    if (enter_model(r, r->route[r->route_pos])) return 1;
     r->route_pos++;
   }
   return 0;
@@ -145,9 +178,14 @@ static int parse_and_resolve(srv_req *r) {
   if (rc)
     return work_fail(r, rc == QV_ENOMEM ? 500 : 400, r->o.err_param[0] ? r->o.err_param : NULL,
                      rc == QV_EUNSUPPORTED ? "unsupported" : NULL);
-  if (r->o.model) {
-    r->n_route = registry_resolve(s->reg, r->o.model, r->route, REG_MAX_ROUTE_LEN);
-    r->model_name = r->o.model;
+  /* A tenant limited to some names gets the first of them when it names no model. */
+  const tenant_cfg *tc = s->reg->tenants;
+  const char *want = r->o.model;
+  if (!want && r->tenant >= 0 && !tc->t[r->tenant].all_models && tc->t[r->tenant].n_models > 0)
+    want = tc->t[r->tenant].models[0];
+  if (want) {
+    r->n_route = registry_resolve(s->reg, want, r->route, REG_MAX_ROUTE_LEN);
+    r->model_name = want;
   } else {
     r->route[0] = 0;
     r->n_route = 1;
@@ -158,14 +196,29 @@ static int parse_and_resolve(srv_req *r) {
     size_t cap = sizeof r->work_err.msg;
     int n = snprintf(msg, cap, "The model '%.200s' does not exist. Available:", r->o.model);
     const registry *g = s->reg;
-    for (int32_t i = 0; i < g->n_models && n < 400; i++)
-      n += snprintf(msg + n, cap - (size_t)n, " %.60s", g->models[i].name);
-    for (int32_t i = 0; i < g->n_aliases && n < 400; i++)
-      n += snprintf(msg + n, cap - (size_t)n, " %.60s", g->aliases[i].name);
-    for (int32_t i = 0; i < g->n_routes && n < 400; i++)
-      n += snprintf(msg + n, cap - (size_t)n, " %.60s", g->routes[i].name);
+    const char *names[REG_MAX_MODELS + 2 * REG_MAX_NAMES];
+    int32_t nn = 0;
+    for (int32_t i = 0; i < g->n_models; i++) names[nn++] = g->models[i].name;
+    for (int32_t i = 0; i < g->n_aliases; i++) names[nn++] = g->aliases[i].name;
+    for (int32_t i = 0; i < g->n_routes; i++) names[nn++] = g->routes[i].name;
+    for (int32_t i = 0; i < nn && n < 400; i++) /* a tenant sees only what it may use */
+      if (tenant_allows_model(tc, r->tenant, g, names[i]))
+        n += snprintf(msg + n, cap - (size_t)n, " %.60s", names[i]);
     return work_fail(r, 404, "model", "model_not_found");
   }
+  if (!tenant_allows_model(tc, r->tenant, s->reg, r->model_name)) {
+    r->model = r->route[0]; /* counted for the model it asked for */
+    qv_error_set(&r->work_err, QV_EINVAL, "this API key may not use the model '%.200s'",
+                 r->model_name);
+    return work_fail(r, 403, "model", "model_not_allowed");
+  }
+  /* Route strategies (route.h): a weighted draw is pure and happens here; least_loaded reads
+   * the loop's load counts, so it is ordered back on the loop before preparing. */
+  const reg_route *rt = registry_route_of(s->reg, r->model_name);
+  if (rt && rt->strategy == REG_ROUTE_WEIGHTED) route_order(rt, r->draw, NULL, r->route);
+  if (rt && rt->strategy == REG_ROUTE_LEAST_LOADED &&
+      (r->o.kind == OAI_CHAT || r->o.kind == OAI_COMPLETION))
+    r->pick_pending = 1;
   int64_t n_seqs = (int64_t)(r->o.kind == OAI_CHAT ? 1 : r->o.n_prompts) * n_per_prompt(r);
   if ((r->o.kind == OAI_COMPLETION || r->o.kind == OAI_CHAT) && n_seqs > s->opts.max_request_seqs) {
     qv_error_set(&r->work_err, QV_EINVAL,
@@ -177,6 +230,18 @@ static int parse_and_resolve(srv_req *r) {
   r->route_pos = 0;
   if (!next_model(r)) {
     r->model = r->route[0];
+    /* None is loaded: the first one that can be (on demand, asleep) is asked for, and the
+     * request waits for it on the loop (srv_gen_check_waiting). */
+    for (int32_t i = 0; i < r->n_route; i++) {
+      srv_model *m = &s->models[r->route[i]];
+      if (m->ready && m->ops->want) {
+        r->model = r->route[i];
+        r->route_pos = i;
+        m->ops->want(m->ctx);
+        r->wait_load = 1;
+        return 0;
+      }
+    }
     qv_error_set(&r->work_err, QV_EUNSUPPORTED, "the requested model is not available");
     return work_fail(r, 503, "model", "model_unavailable");
   }
@@ -210,7 +275,7 @@ static void build_token_answer(srv_req *r) {
     return;
   }
   cJSON *root = cJSON_CreateObject();
-  cJSON_AddStringToObject(root, "prompt", r->detok_text ? r->detok_text : "");
+  cJSON_AddStringToObject(root, "prompt", r->detok_text ? r->detok_text : ""); /* NULs marked */
   r->resp_json = cJSON_PrintUnformatted(root);
   cJSON_Delete(root);
 }
@@ -243,8 +308,12 @@ static int prep_constraint(srv_req *r) {
       qv_error_set(&r->work_err, QV_ENOMEM, "out of memory");
       return work_fail(r, 500, NULL, NULL);
     }
+    /* "required" with parallel_tool_calls: true (said, not defaulted) lets the output hold
+     * several calls; a named function is called once. */
+    int parallel = !tool_name && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r->o.root, "parallel_tool_calls"));
     spec = (qv_cst_spec){.kind = QV_CST_TOOL_CALL, .text = r->tools_text, .text_len = strlen(r->tools_text),
-                         .tool_name = tool_name, .tool_format = m->ops->tool_format(m->ctx)};
+                         .tool_name = tool_name, .tool_format = m->ops->tool_format(m->ctx),
+                         .max_tool_calls = parallel ? QV_CST_MAX_TOOL_CALLS : 1};
     param = "tool_choice";
   }
   if (spec.kind == QV_CST_NONE) return 0;
@@ -257,16 +326,51 @@ static int prep_constraint(srv_req *r) {
   return 0;
 }
 
+/* Prompt text (NULs as markers, json_nul.h) to token ids: the tokenizer gets the real bytes. */
+static int encode_text(srv_req *r, const char *text, size_t len, int add_special, int32_t **ids,
+                       size_t *n) {
+  srv_model *m = model_of(r);
+  if (!jnul_has(text, len))
+    return m->ops->encode(m->ctx, text, len, add_special, 0, ids, n, &r->work_err);
+  char *bytes = malloc(len + 1);
+  if (!bytes) return qv_error_set(&r->work_err, QV_ENOMEM, "out of memory");
+  memcpy(bytes, text, len);
+  len = jnul_decode(bytes, len);
+  int rc = m->ops->encode(m->ctx, bytes, len, add_special, 0, ids, n, &r->work_err);
+  free(bytes);
+  return rc;
+}
+
+/* Token ids to text with NUL bytes as markers: *text malloc'd, NUL-terminated, *len bytes. */
+static int decode_marked(srv_model *m, const int32_t *ids, size_t n_ids, char **text, size_t *len,
+                         qv_error *err) {
+  char *raw = NULL;
+  size_t n = 0;
+  *text = NULL;
+  *len = 0;
+  int rc = m->ops->decode(m->ctx, ids, n_ids, 0, &raw, &n, err);
+  if (rc) return rc;
+  if (!memchr(raw, 0, n)) {
+    *text = raw;
+    *len = n;
+    return 0;
+  }
+  *text = jnul_encode(raw, n, len);
+  free(raw);
+  return *text ? 0 : qv_error_set(err, QV_ENOMEM, "out of memory");
+}
+
 static void prep_work(uv_work_t *w) {
   srv_req *r = w->data;
   prep_inputs(r);
+  if (r->wait_load) return;
   if (r->o.kind == OAI_TOKENIZE || r->o.kind == OAI_DETOKENIZE) build_token_answer(r);
 }
 
 static void prep_inputs(srv_req *r) {
   if (!r->parsed) {
     r->parsed = 1;
-    if (parse_and_resolve(r)) return;
+    if (parse_and_resolve(r) || r->wait_load || r->pick_pending) return;
   }
   srv_model *m = model_of(r);
   const srv_model_ops *ops = m->ops;
@@ -276,8 +380,8 @@ static void prep_inputs(srv_req *r) {
   r->work_rc = 0;
   if ((r->o.kind == OAI_CHAT || r->o.kind == OAI_COMPLETION) && prep_constraint(r)) return;
   if (r->o.kind == OAI_DETOKENIZE) {
-    r->work_rc = ops->decode(m->ctx, r->o.detok_ids, (size_t)r->o.n_detok_ids, 0, &r->detok_text,
-                             &r->detok_len, &r->work_err);
+    r->work_rc = decode_marked(m, r->o.detok_ids, (size_t)r->o.n_detok_ids, &r->detok_text,
+                               &r->detok_len, &r->work_err);
     return;
   }
   r->pids = calloc((size_t)np, sizeof *r->pids);
@@ -298,6 +402,7 @@ static void prep_inputs(srv_req *r) {
     r->think_opened = r->o.kind == OAI_CHAT && qv_chat_prompt_opens_think(text, len);
     if (r->o.kind == OAI_TOKENIZE && cJSON_GetObjectItem(r->o.root, "add_special_tokens"))
       add_special = r->o.add_special_tokens;
+    len = jnul_decode(text, len); /* the tokenizer sees the real NUL bytes (json_nul.h) */
     size_t n = 0;
     r->work_rc = ops->encode(m->ctx, text, len, add_special, 1, &r->pids[0], &n, &r->work_err);
     free(text);
@@ -309,8 +414,7 @@ static void prep_inputs(srv_req *r) {
     if (p->text) {
       size_t n = 0;
       int add_special = r->o.kind == OAI_TOKENIZE ? r->o.add_special_tokens : 1;
-      r->work_rc = ops->encode(m->ctx, p->text, p->text_len, add_special, 0, &r->pids[i], &n,
-                               &r->work_err);
+      r->work_rc = encode_text(r, p->text, p->text_len, add_special, &r->pids[i], &n);
       if (r->work_rc) return;
       r->pn[i] = (int32_t)n;
       if (r->o.echo) {
@@ -331,8 +435,8 @@ static void prep_inputs(srv_req *r) {
       memcpy(r->pids[i], p->ids, sizeof *p->ids * (size_t)p->n_ids);
       r->pn[i] = p->n_ids;
       if (r->o.echo) {
-        r->work_rc = ops->decode(m->ctx, p->ids, (size_t)p->n_ids, 0, &r->ptext[i],
-                                 &r->ptext_len[i], &r->work_err);
+        r->work_rc = decode_marked(m, p->ids, (size_t)p->n_ids, &r->ptext[i], &r->ptext_len[i],
+                                   &r->work_err);
         if (r->work_rc) return;
       }
     }
@@ -384,8 +488,21 @@ void srv_gen_start(srv_req *r, oai_kind kind, const char *body, size_t body_len)
 /* ---- responses for tokenize/detokenize ---- */
 
 /* Names the model that actually served (a route or alias may hide it from the body). */
+/* With a tenant quota, also what is left of it, in OpenAI's header names. */
 static void served_header(const srv_req *r, char *out, size_t cap) {
-  snprintf(out, cap, "X-Quiver-Model: %.128s\r\n", r->s->reg->models[r->model].name);
+  int n = snprintf(out, cap, "X-Quiver-Model: %.128s\r\n", r->s->reg->models[r->model].name);
+  if (r->tenant < 0 || n < 0 || (size_t)n >= cap) return;
+  const tenant *t = &r->s->reg->tenants->t[r->tenant];
+  int64_t req, tok;
+  tenant_quota_remaining(&r->s->quotas[r->tenant], uv_hrtime(), &req, &tok);
+  if (t->rpm > 0)
+    n += snprintf(out + n, cap - (size_t)n,
+                  "x-ratelimit-limit-requests: %lld\r\nx-ratelimit-remaining-requests: %lld\r\n",
+                  (long long)t->rpm, (long long)(req > 0 ? req : 0));
+  if (t->tpm > 0 && n > 0 && (size_t)n < cap)
+    snprintf(out + n, cap - (size_t)n,
+             "x-ratelimit-limit-tokens: %lld\r\nx-ratelimit-remaining-tokens: %lld\r\n",
+             (long long)t->tpm, (long long)(tok > 0 ? tok : 0));
 }
 
 /* Sends json (taken: written without a copy). */
@@ -402,9 +519,22 @@ static void respond_body(srv_req *r, int status, char *json) {
   r->conn = NULL;
   http_conn_set_ctx(c, NULL);
   srv_count(r, status);
-  char extra[200];
+  char extra[512];
   served_header(r, extra, sizeof extra);
-  http_respond_take(c, status, "application/json", extra, json, strlen(json));
+  size_t len = strlen(json), wlen = 0;
+  int oom = 0;
+  char *wire = jnul_wire(json, len, &wlen, &oom);
+  if (oom) {
+    free(json);
+    http_conn_kill(c);
+    return;
+  }
+  if (wire) { /* NUL markers written as \u0000 (json_nul.h) */
+    free(json);
+    json = wire;
+    len = wlen;
+  }
+  http_respond_take(c, status, "application/json", extra, json, len);
 }
 
 /* Tokenize and detokenize: the answer was built on the worker (a dialect's token count is a
@@ -541,7 +671,7 @@ static void submit_all(srv_req *r) {
            (unsigned long long)r->s->started & 0xffffff, (unsigned long long)++r->s->next_id);
   if (r->o.stream) {
     srv_count(r, 200);
-    char extra[200];
+    char extra[512];
     served_header(r, extra, sizeof extra);
     http_stream_begin(r->conn, 200, "text/event-stream", extra);
     r->stream_started = 1;
@@ -568,6 +698,56 @@ static void log_ignored(srv_req *r) {
   }
 }
 
+/* Orders a least_loaded route by the models' live sequences (loop thread), counts the pick
+ * until submission and prepares the request for it. */
+static void pick_least_loaded(srv_req *r) {
+  r->pick_pending = 0;
+  const reg_route *rt = registry_route_of(r->s->reg, r->model_name);
+  if (rt) route_order(rt, r->draw, r->s->live_seqs, r->route);
+  r->route_pos = 0;
+  if (!next_model(r)) {
+    srv_send_error(r, 503, "the requested model is not available", "model", "model_unavailable");
+    return;
+  }
+  r->held_model = r->model;
+  r->s->live_seqs[r->model] += srv_n_per_prompt(r);
+  start_prep(r);
+}
+
+/* The tenant's quota (tenant.h): 1 when the request may go on (admitted now or before a route
+ * fallback, or no quota applies); 0 after answering 429. */
+static int admit_quota(srv_req *r) {
+  server *s = r->s;
+  if (r->tenant < 0 || r->admitted) return 1;
+  const tenant *t = &s->reg->tenants->t[r->tenant];
+  if (t->rpm == 0 && t->tpm == 0) return 1;
+  int32_t np = r->o.kind == OAI_CHAT ? 1 : r->o.n_prompts, n = n_per_prompt(r);
+  /* max_tokens as the engine will see it: given, or completions' default 16; chat without it
+   * may run to the end of the context (the implicit part). */
+  int32_t max_len = model_of(r)->max_model_len, mt = r->o.params.max_tokens;
+  int64_t prompt = 0, implicit = 0;
+  for (int32_t i = 0; i < np; i++) {
+    prompt += r->pn[i];
+    if (mt <= 0 && max_len > r->pn[i]) implicit += (int64_t)(max_len - r->pn[i]) * n;
+  }
+  int64_t must = prompt + (mt > 0 ? (int64_t)mt * n * np : 0);
+  int64_t reserve = must + implicit, retry = 0;
+  tenant_admit_rc rc = tenant_quota_admit(&s->quotas[r->tenant], uv_hrtime(), must, &reserve, &retry);
+  if (rc == TENANT_ADMIT_OK) {
+    r->admitted = 1;
+    r->reserved = reserve;
+    return 1;
+  }
+  char msg[400], extra[64] = "";
+  tenant_limit_message(t, rc, must, retry, msg, sizeof msg);
+  if (rc != TENANT_ADMIT_TOO_LARGE) snprintf(extra, sizeof extra, "Retry-After: %lld\r\n", (long long)retry);
+  metrics_tenant_limited(&s->met, r->tenant, rc != TENANT_ADMIT_REQUESTS);
+  srv_send_error_hdr(r, 429, msg, NULL,
+                     rc == TENANT_ADMIT_TOO_LARGE ? "request_too_large" : "rate_limit_exceeded",
+                     extra);
+  return 0;
+}
+
 static void after_prep(uv_work_t *w, int status) {
   srv_req *r = w->data;
   r->in_work = 0;
@@ -577,8 +757,21 @@ static void after_prep(uv_work_t *w, int status) {
   }
   r->pins++;
   log_ignored(r);
-  if (r->fail_status) {
+  if (r->wait_load && !r->fail_status) {
+    server *s = r->s;
+    if (s->n_wait_load >= s->opts.max_wait_load) {
+      r->wait_load = 0;
+      srv_send_error(r, 503, "too many requests are waiting for models to load; retry later", "model",
+                     "model_loading");
+    } else {
+      s->n_wait_load++;
+      r->wait_load = 2; /* counted in n_wait_load */
+      r->wait_deadline_ns = uv_hrtime() + s->opts.load_timeout_ms * 1000000ull;
+    }
+  } else if (r->fail_status) {
     srv_send_error(r, r->fail_status, r->work_err.msg, r->fail_param, r->fail_code);
+  } else if (r->pick_pending) {
+    pick_least_loaded(r);
   } else if (r->work_rc) {
     int st = r->work_rc == QV_ENOMEM || r->work_rc == QV_EIO ? 500 : 400;
     srv_send_error(r, st, r->work_err.msg[0] ? r->work_err.msg : qv_strerror(r->work_rc),
@@ -587,7 +780,8 @@ static void after_prep(uv_work_t *w, int status) {
   } else if (r->o.kind == OAI_TOKENIZE || r->o.kind == OAI_DETOKENIZE) {
     respond_tokens(r);
   } else {
-    submit_all(r);
+    release_hold(r);
+    if (admit_quota(r)) submit_all(r);
   }
   r->pins--;
   srv_req_maybe_free(r);
@@ -609,7 +803,16 @@ void srv_stream_send(srv_req *r, char *sse) {
     http_conn_kill(c);
     return;
   }
-  http_stream_write(r->conn, sse, strlen(sse));
+  size_t len = strlen(sse), wlen = 0;
+  int oom = 0;
+  char *wire = jnul_wire(sse, len, &wlen, &oom);
+  if (oom) { /* as when the event itself could not be built */
+    free(sse);
+    srv_stream_send(r, NULL);
+    return;
+  }
+  http_stream_write(r->conn, wire ? wire : sse, wire ? wlen : len);
+  free(wire);
   free(sse);
   if (http_conn_pending_bytes(r->conn) > r->s->opts.max_stream_backlog_bytes) {
     QV_LOGW("serve: %s: client too slow (%zu bytes queued); closing", r->id,
@@ -634,7 +837,7 @@ static int append_text(srv_choice *c, const char *t, size_t n) {
 /* Token text for logprobs. Decoders drop a leading space at the start of a text
  * (SentencePiece), so a token is decoded after its predecessor and the predecessor's text is
  * cut off: the same text the token adds inside the sequence. Lookup-sized work, fine on the
- * loop. */
+ * loop. NUL bytes come back as markers (json_nul.h). */
 static char *token_str(srv_model *m, int32_t prev, int32_t id) {
   char *t = NULL, *p = NULL;
   size_t n = 0, pn = 0;
@@ -642,16 +845,19 @@ static char *token_str(srv_model *m, int32_t prev, int32_t id) {
     int32_t two[2] = {prev, id};
     if (!m->ops->decode(m->ctx, two, 2, 0, &t, &n, NULL) &&
         !m->ops->decode(m->ctx, &prev, 1, 0, &p, &pn, NULL) && pn <= n && !memcmp(t, p, pn)) {
-      memmove(t, t + pn, n - pn + 1);
+      char *own = jnul_encode(t + pn, n - pn, NULL);
+      free(t);
       free(p);
-      return t;
+      return own ? own : strdup("");
     }
     free(t);
     free(p);
     t = NULL;
   }
   if (m->ops->decode(m->ctx, &id, 1, 0, &t, &n, NULL)) return strdup("");
-  return t;
+  char *own = jnul_encode(t, n, NULL);
+  free(t);
+  return own ? own : strdup("");
 }
 
 /* The completions name of a token whose text is text (owned; replaced): oai_token_key over the
@@ -673,7 +879,8 @@ static void add_logprobs(srv_req *r, srv_choice *ch, const qv_event *ev) {
   for (int32_t t = 0; t < ev->n_tokens; t++) {
     int32_t prev = ch->last_token;
     char *tok = token_str(m, prev, ev->token_ids[t]);
-    size_t tok_len = tok ? strlen(tok) : 0; /* text_offset counts text, whatever the names */
+    /* text_offset counts text bytes, whatever the names (a NUL marker is one byte) */
+    size_t tok_len = tok ? jnul_bytes(tok, strlen(tok)) : 0;
     const qv_top_logprob *top = ev->top ? &ev->top[(size_t)t * (size_t)ev->n_top] : NULL;
     int32_t n_top = ev->top ? (ev->n_top < OAI_MAX_TOP_LOGPROBS ? ev->n_top : OAI_MAX_TOP_LOGPROBS) : 0;
     /* names[0] is the sampled token's, names[1 + k] its alternatives' */
@@ -984,6 +1191,19 @@ static void on_event(server *s, int32_t model, srv_sub *sub, qv_event *ev) {
     r->t_last = now;
   }
   r->live_tokens += ev->n_tokens;
+  /* Generated text goes on with NUL bytes as markers (json_nul.h): the parsers and encoders
+   * after this point treat text as C strings. */
+  const char *etext = ev->text ? ev->text : "";
+  size_t elen = ev->text_len;
+  char *marked = NULL;
+  if (elen > 0 && memchr(etext, 0, elen)) {
+    if (!(marked = jnul_encode(etext, elen, &elen))) {
+      abort_subs(r, 0);
+      srv_send_error(r, 500, "out of memory", NULL, NULL);
+      return;
+    }
+    etext = marked;
+  }
   if (r->conn && (ev->n_tokens > 0 || ev->text_len > 0)) {
     if (r->stream_started) {
       cJSON *lp = NULL;
@@ -991,17 +1211,18 @@ static void on_event(server *s, int32_t model, srv_sub *sub, qv_event *ev) {
         add_logprobs(r, ch, ev);
         lp = oai_logprobs_take(ch->lp);
       }
-      stream_delta(r, ci, ev->text, ev->text_len, 0, lp);
+      stream_delta(r, ci, etext, elen, 0, lp);
       cJSON_Delete(lp);
     } else {
       add_logprobs(r, ch, ev);
-      if (append_text(ch, ev->text ? ev->text : "", ev->text_len)) {
+      if (append_text(ch, etext, elen)) {
         abort_subs(r, 0);
         srv_send_error(r, 500, "out of memory", NULL, NULL);
       }
     }
     ch->text_offset += ev->text_len;
   }
+  free(marked);
   if (ev->type != QV_EVENT_FINISH || ch->finished) return;
   ch->finished = 1;
   ch->finish = finish_str(ev->finish);
@@ -1062,6 +1283,50 @@ void srv_gen_abort_all(server *s) {
     } else {
       srv_send_error(r, 503, "the server is shutting down: request aborted", NULL, "aborted");
     }
+    r->pins--;
+    srv_req_maybe_free(r);
+  }
+}
+
+/* ---- waiting for a model to load ---- */
+
+void srv_gen_check_waiting(server *s) {
+  if (!s->n_wait_load || !s->opts.fleet) return;
+  uint64_t now = uv_hrtime();
+  for (srv_req *r = s->reqs, *next; r; r = next) {
+    next = r->next;
+    if (r->in_work || r->wait_load != 2) continue; /* in_work first: the worker writes wait_load */
+    fleet_model_info in;
+    fleet_get_info(s->opts.fleet, r->model, &in);
+    int ready = in.state == FLEET_READY && enter_model(r, r->model);
+    int failed = !ready && in.state == FLEET_FAILED && !in.pending;
+    if (!ready && !failed && now < r->wait_deadline_ns) {
+      /* Asleep again (evicted before this request got in) or unloaded: ask once more. */
+      srv_model *m = &s->models[r->model];
+      if (in.state != FLEET_LOADING && m->ops->want) m->ops->want(m->ctx);
+      continue;
+    }
+    r->wait_load = 0;
+    s->n_wait_load--;
+    if (ready) {
+      if (!r->conn) {
+        srv_req_maybe_free(r);
+        continue;
+      }
+      r->pick_pending = 0; /* the model is chosen: the one it waited for */
+      start_prep(r); /* parsed: goes straight to tokenizing with the loaded model */
+      continue;
+    }
+    char msg[700];
+    if (failed)
+      snprintf(msg, sizeof msg, "model '%s' is not available (%s%s%.500s)", s->reg->models[r->model].name,
+               fleet_state_name(in.state), in.error[0] ? ": " : "", in.error);
+    else
+      snprintf(msg, sizeof msg, "model '%s' did not load within %.1f s (%s); retry later",
+               s->reg->models[r->model].name, (double)s->opts.load_timeout_ms / 1000.0,
+               fleet_state_name(in.state));
+    r->pins++;
+    srv_send_error(r, 503, msg, "model", failed ? "model_unavailable" : "model_loading");
     r->pins--;
     srv_req_maybe_free(r);
   }

@@ -11,6 +11,7 @@
 #include "server/oai_resp.h"
 #include "server/resp_store.h"
 #include "server/server.h"
+#include "server/tenant.h"
 #include "server/workq.h"
 
 #define SRV_HASH_BUCKETS 1024
@@ -76,6 +77,16 @@ struct server {
   resp_store *responses;      /* stored Responses API responses (owned) */
   char **ignored_logged;      /* [n_ignored_logged] unknown request fields already logged */
   int32_t n_ignored_logged;
+  /* Fleet (opts.fleet): requests waiting for a model to load are rechecked when a model's
+   * state changes (fleet_async, sent from the loader thread) and every 100 ms (fleet_timer,
+   * for their deadline). */
+  uv_async_t fleet_async;
+  uv_timer_t fleet_timer;
+  int32_t n_wait_load;        /* requests waiting for a load (bounded by opts.max_wait_load) */
+  tenant_quota *quotas;       /* [tenant_count(reg->tenants)] quota buckets (owned) */
+  int64_t *live_seqs;         /* [REG_MAX_MODELS] sequences submitted and not finished (queued +
+                                 running as the server sees them: least_loaded routes) */
+  uint64_t n_draws;           /* route draws handed out (requests without X-Request-Id) */
 };
 
 struct srv_req {
@@ -128,12 +139,29 @@ struct srv_req {
   int64_t created;
   oai_usage usage;
   int32_t live_tokens;        /* completion tokens streamed so far, all choices */
+  int32_t held;               /* 1 + the model entered through ops.enter (released when the
+                                 request moves on or is freed); 0: none */
+  int wait_load;              /* waiting for models[model] to load (on-demand, sleeping): 1 set
+                                 by the worker, 2 once counted in server.n_wait_load (loop) */
+  uint64_t wait_deadline_ns;
+  int32_t tenant;             /* the caller's tenant (server/tenant.h) or -1: unrestricted */
+  uint64_t draw;              /* weighted route draw (server/route.h) */
+  int pick_pending;           /* a least_loaded route: order it on the loop, then prepare */
+  int32_t held_model;         /* the least_loaded pick counted in live_seqs until submission
+                                 (-1: none), so a burst does not all pick the same model */
+  int admitted;               /* the tenant's quota took this request (settled when freed) */
+  int64_t reserved;           /* tokens reserved by the quota at admission */
 };
 
 /* server.c */
 /* Counts an answer in the metrics: per model for generation, apart for utility endpoints. */
 void srv_count(srv_req *r, int status);
 void srv_send_error(srv_req *r, int status, const char *msg, const char *param, const char *code);
+/* Answers json (borrowed; NULL: a 500 out of memory). */
+void srv_respond_json(srv_req *r, int status, const char *json);
+/* The same with extra response headers ("Name: value\r\n" lines). */
+void srv_send_error_hdr(srv_req *r, int status, const char *msg, const char *param,
+                        const char *code, const char *extra);
 void srv_req_maybe_free(srv_req *r);
 void srv_table_insert(struct server *s, int32_t model, srv_sub *sub);
 void srv_table_remove(struct server *s, int32_t model, srv_sub *sub);
@@ -154,5 +182,13 @@ void srv_gen_on_disconnect(srv_req *r);
 void srv_gen_free(srv_req *r);                  /* frees generation state of r */
 /* Second signal: every open stream gets an error event and ends; other requests get 503. */
 void srv_gen_abort_all(struct server *s);
+/* Requests waiting for a model load: the ready ones resume, the failed or expired ones get a
+ * 503 (loop thread). */
+void srv_gen_check_waiting(struct server *s);
+
+/* admin.c: the admin API (/admin/v1/...). 1 when path is one of its paths. */
+int srv_admin_is_path(const char *path);
+/* Answers an admin request (auth with the admin keys included). */
+void srv_admin_handle(srv_req *r, const http_request *req);
 
 #endif

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import tempfile
+from pathlib import Path
 
 import anthropic
 import openai
@@ -61,6 +62,78 @@ GREEDY = {"extra_body": {"temperature": 0}}
 def chat_text(s, model, messages, **kw):
     r = oai(s).chat.completions.create(model=model, messages=messages, temperature=0, **kw)
     return r.choices[0].message.content, r.choices[0].finish_reason
+
+
+# ---- NUL characters (U+0000) end to end ----
+
+NUL = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "tokenizers" / "nul.json")
+                 .read_text(encoding="utf-8"))
+
+
+def test_nul_prompts_match_reference(srv):
+    """A \\u0000 in a prompt reaches the tokenizer as the byte 0: the ids are the Hugging Face
+    tokenizer's (fixture), on /tokenize and in completions usage; echo gives the text back."""
+    for p in NUL["prompts"]:
+        st, out, _ = srv.post("/tokenize", {"model": "stories", "prompt": p["text"],
+                                            "add_special_tokens": False}, AUTH)
+        assert st == 200 and json.loads(out)["tokens"] == p["ids"], (p, out)
+        st, out, _ = srv.post("/v1/completions", {"model": "stories", "prompt": p["text"],
+                                                  "max_tokens": 2, "echo": True,
+                                                  "temperature": 0}, AUTH)
+        j = json.loads(out)
+        assert st == 200 and j["usage"]["prompt_tokens"] == len(p["ids"]) + 1, (p, j)  # + BOS
+        assert j["choices"][0]["text"].startswith(p["text"]), j
+    # Token-id prompts echo their NUL bytes; generated NULs (forced by logit_bias on <0x00>,
+    # id 3) come back as \\u0000, in text, logprobs and streamed deltas.
+    st, out, _ = srv.post("/v1/completions", {"model": "stories", "prompt": [261, 3, 430],
+                                              "max_tokens": 1, "echo": True}, AUTH)
+    assert st == 200 and json.loads(out)["choices"][0]["text"].startswith("a\x00b"), out
+    force = {"model": "stories", "max_tokens": 3, "logit_bias": {"3": 100}}
+    r = oai(srv).completions.create(prompt="a", logprobs=1, **force)
+    assert r.choices[0].text == "\x00" * 3 and r.choices[0].logprobs.tokens == ["\x00"] * 3
+    m = [{"role": "user", "content": "a\x00b"}]
+    r = oai(srv).chat.completions.create(messages=m, logprobs=True, **force)
+    assert r.choices[0].message.content == "\x00" * 3
+    assert [t.bytes for t in r.choices[0].logprobs.content] == [[0]] * 3
+    chunks = oai(srv).chat.completions.create(messages=m, stream=True, **force)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "\x00" * 3
+    st, out, _ = srv.post("/detokenize", {"model": "stories", "tokens": [261, 3, 430]}, AUTH)
+    assert st == 200 and json.loads(out)["prompt"] == "a\x00b", out
+
+
+def test_nul_messages_all_dialects(srv):
+    """The same conversation with NULs builds the reference prompt (Qwen2.5's template rendered
+    by jinja2, encoded by the HF tokenizer) on chat completions, Messages (count_tokens and
+    create) and Responses, and greedy outputs agree across the three. Where NUL is unsafe
+    (model names, object keys, stop strings) it stays a 400 naming the field."""
+    if not srv.has_tools_model:
+        pytest.skip("no Qwen2.5 template in ../shared")
+    want = len(NUL["chat"]["ids"])
+    system, user = NUL["chat"]["messages"][0]["content"], NUL["chat"]["messages"][1]["content"]
+    st, out, _ = srv.post("/tokenize", {"model": "qstories", "messages": NUL["chat"]["messages"]},
+                          AUTH)
+    assert st == 200 and json.loads(out)["tokens"] == NUL["chat"]["ids"], out
+    r = oai(srv).chat.completions.create(model="qstories", messages=NUL["chat"]["messages"],
+                                         max_tokens=8, temperature=0)
+    assert r.usage.prompt_tokens == want
+    chat = r.choices[0].message.content
+    c = ant(srv)
+    amsgs = [{"role": "user", "content": user}]
+    assert c.messages.count_tokens(model="qstories", system=system, messages=amsgs).input_tokens == want
+    a = c.messages.create(model="qstories", max_tokens=8, system=system, messages=amsgs, **GREEDY)
+    assert a.usage.input_tokens + a.usage.cache_read_input_tokens == want
+    assert "".join(b.text for b in a.content if b.type == "text") == chat
+    x = oai(srv).responses.create(model="qstories", instructions=system, input=user,
+                                  max_output_tokens=8, temperature=0)
+    assert x.usage.input_tokens == want and x.output_text == chat
+    for path, body in [("/v1/chat/completions", {"model": "qst\x00ories", "messages": amsgs}),
+                       ("/v1/messages", {"model": "qst\x00ories", "max_tokens": 2, "messages": amsgs}),
+                       ("/v1/responses", {"model": "qstories", "input": "x", "metadata": {"k\x00": "v"}}),
+                       ("/v1/chat/completions", {"model": "qstories", "messages": amsgs, "stop": ["\x00"]}),
+                       ("/v1/messages", {"model": "qstories", "max_tokens": 2, "messages": amsgs,
+                                         "stop_sequences": ["a\x00"]})]:
+        st, out, _ = srv.post(path, body, AUTH)
+        assert st == 400 and "NUL" in out.decode(), (path, st, out)
 
 
 # ---- Anthropic Messages ----
@@ -396,10 +469,10 @@ def test_dialect_fuzz(srv):
             out = raw(srv.port, req, timeout=30)
             st = status_of(out)
             assert st is not None and (st == 200 or 400 <= st < 500), (path, body, out[:300])
-    # The same strict body rules as chat completions (issue 13): NUL, invalid UTF-8, data after
-    # the value and duplicate keys are a 400 in the dialect's error shape, never truncated or
-    # repaired silently.
-    strict = [b'{"model":"stories","max_tokens":2,"messages":[{"role":"user","content":"a\\u0000b"}]}',
+    # The same strict body rules as chat completions (issue 13): a raw NUL byte, a NUL in a key,
+    # invalid UTF-8, data after the value and duplicate keys are a 400 in the dialect's error
+    # shape, never truncated or repaired silently (a \\u0000 in text is carried: see above).
+    strict = [b'{"model":"stories","max_tokens":2,"k\\u0000":1,"input":"x","messages":[{"role":"user","content":"x"}]}',
               b'{"model":"stories","max_tokens":2,"input":"a\\u0000b","messages":[{"role":"user","content":"a\x00"}]}',
               b'{"model":"stories","max_tokens":2,"input":"\xff","messages":[{"role":"user","content":"\xff"}]}',
               b'{"model":"stories","max_tokens":2,"input":"x","messages":[{"role":"user","content":"x"}]} {}',
@@ -440,6 +513,8 @@ def test_dialect_fuzz(srv):
                 data[pos] = rng.randrange(256)
             elif op < 0.7:
                 del data[pos]
+            elif op < 0.85:
+                data[pos:pos] = b"\\u0000"  # a NUL escape in text, a key or a name
             else:
                 data.insert(pos, rng.choice(b'{}[]",:0-9\\\x00\xff'))
         req = (b"POST %s HTTP/1.1\r\nHost: x\r\nx-api-key: sk-test\r\nConnection: close\r\n"
@@ -462,8 +537,17 @@ def test_dialects_reasoning(quiver_bin):
         want = r.choices[0].message.model_extra["reasoning_content"]
         assert want
         m = ant(s).messages.create(model="quiver-tiny", max_tokens=8, messages=msgs,
-                                   thinking={"type": "enabled", "budget_tokens": 1024}, **GREEDY)
+                                   thinking={"type": "adaptive"}, **GREEDY)
         assert [b.type for b in m.content] == ["thinking"] and m.content[0].thinking == want
+        # budget_tokens is validated as Anthropic does (>= 1024, below max_tokens), not enforced:
+        # max_tokens ends this reasoning, inside the thinking block.
+        assert m.stop_reason == "max_tokens"
+        for budget, mt in ((1024, 8), (1000, 2048)):
+            with pytest.raises(anthropic.BadRequestError) as e:
+                ant(s).messages.create(model="quiver-tiny", max_tokens=mt, messages=msgs,
+                                       thinking={"type": "enabled", "budget_tokens": budget})
+            assert e.value.body["error"]["type"] == "invalid_request_error"
+            assert "budget_tokens" in e.value.body["error"]["message"]
         with ant(s).messages.stream(model="quiver-tiny", max_tokens=8, messages=msgs, **GREEDY) as st:
             deltas = [e.delta.thinking for e in st if e.type == "content_block_delta"]
         assert "".join(deltas) == want

@@ -593,6 +593,19 @@ static inline int read_resp(client *c, resp *r) {
   }
 }
 
+/* Holds model 0's fake, sends a completions body on a new connection and waits until the fake
+ * holds it: a request in flight for drain, fallback and disconnect tests. */
+static inline client *held_request(const char *body) {
+  fake_set_hold(&H.fakes[0], 1);
+  client *c = client_open();
+  char req[512];
+  int n = snprintf(req, sizeof req, "POST /v1/completions HTTP/1.1\r\nContent-Length: %zu\r\n\r\n%s",
+                   strlen(body), body);
+  client_send(c, req, (size_t)n);
+  for (int i = 0; i < 500 && fake_n_active(&H.fakes[0]) < 1; i++) usleep(10000);
+  return c;
+}
+
 static inline resp request(const char *method, const char *path, const char *body, const char *extra) {
   client *c = client_open();
   char head[1024];

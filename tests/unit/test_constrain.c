@@ -32,8 +32,12 @@ static qv_cst_vocab *fake_vocab(void) {
 
 /* Bytes 0..255 as tokens 0..255, plus a few multi-byte tokens; EOS 300. */
 static qv_cst_vocab *byte_vocab(void) {
+  /* The last ones exercise the text chain's token classes: text ending inside a character,
+   * text followed by a control byte or a stray continuation byte, longer text tokens. */
   static const char *extra[] = {"{\"", "\": ", ", \"", "\"}", "true", "null", "é", "\xc3", "ab", "abc", "12",
-                                "éé", "x y", "中文字", "a\"", "\xe4\xb8"};
+                                "éé", "x y", "中文字", "a\"", "\xe4\xb8", "ab\n", "x\n\n", "é\xc3", "ab\xe4",
+                                "a\x80", "\nab", "abcdefgh", "abcdefghij\t", "zz\x7f", "中\xe6\x96", "a.b", "x@y",
+                                "Ab9", "ab_", "ab-c", "QRSTUVWXYZab", "com\"", "Kqr", "Kqrs"};
   enum { NX = sizeof extra / sizeof extra[0] };
   const char *toks[301];
   size_t lens[301];
@@ -133,6 +137,41 @@ Test(constrain, regex_choice_grammars) {
   cr_assert(matches(l, "x=1;yy=22!"));
   cr_assert(!matches(l, "xxx=1") && !matches(l, "x=") && !matches(l, "x=1;"));
   qv_constraint_release(l);
+  /* %ignore: between the terminals of rules and around the text, never inside a terminal. */
+  l = compile(v, QV_CST_LARK, "start: pair (\",\" pair)*\npair: NAME \"=\" /[0-9]+/\nNAME: /[a-z]+/ \"!\"?\n"
+                              "%import common.WS\n%ignore WS\n%ignore /#[a-z]*\\n/\n");
+  cr_assert(matches(l, "a=1") && matches(l, " ab = 12 ,\n c! =3 ") && matches(l, "a=1,#note\nb=2"));
+  cr_assert(!matches(l, "a b=1") && !matches(l, "a =1 2") && !matches(l, "a=1,"), "not inside terminals");
+  qv_constraint_release(l);
+  qv_cst_vocab_destroy(v);
+}
+
+/* Forced tool calls: one call, or up to max_tool_calls in a row (hermes blocks, mistral array). */
+Test(constrain, tool_calls_single_and_parallel) {
+  qv_cst_vocab *v = byte_vocab();
+  const char *tools = "[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"object\","
+                      "\"properties\":{\"x\":{\"type\":\"integer\"}},\"required\":[\"x\"]}}}]";
+  const char *h1 = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n</tool_call>";
+  char h2[256], h3[512], m1[128], m3[256];
+  snprintf(h2, sizeof h2, "%s\n%s", h1, h1);
+  snprintf(h3, sizeof h3, "%s\n%s", h2, h1);
+  const char *call = "{\"name\": \"f\", \"arguments\": {\"x\": 2}}";
+  snprintf(m1, sizeof m1, "[TOOL_CALLS][%s]", call);
+  snprintf(m3, sizeof m3, "[TOOL_CALLS][%s, %s, %s]", call, call, call);
+  for (int32_t max = 1; max <= 2; max++) {
+    qv_cst_spec s = {.kind = QV_CST_TOOL_CALL, .text = tools, .text_len = strlen(tools), .tool_format = "hermes",
+                     .max_tool_calls = max};
+    qv_constraint *c = NULL;
+    qv_error err = {0};
+    cr_assert_eq(qv_constraint_compile(v, &s, &c, &err), 0, "%s", err.msg);
+    cr_assert(matches(c, h1) && matches(c, h2) == (max == 2) && !matches(c, h3), "hermes, max %d", max);
+    qv_constraint_release(c);
+    s.tool_format = "mistral";
+    s.max_tool_calls = max == 1 ? 1 : 3;
+    cr_assert_eq(qv_constraint_compile(v, &s, &c, &err), 0, "%s", err.msg);
+    cr_assert(matches(c, m1) && matches(c, m3) == (max == 2), "mistral, max %d", s.max_tool_calls);
+    qv_constraint_release(c);
+  }
   qv_cst_vocab_destroy(v);
 }
 
@@ -204,6 +243,27 @@ Test(constrain, masks_are_exact) {
                        "\"d\":{\"type\":\"string\"}},\"required\":[\"a\", \"d\"]}";
   qv_constraint *c1 = compile(bv, QV_CST_JSON_SCHEMA, schema);
   exact_walks(bv, c1, 12, 30, 1);
+  /* Bounded strings shorter and longer than the longest text token (the chain's end), and
+   * strings that take control bytes (a regex class), where text-x tokens stay alive. */
+  qv_constraint *c4 = compile(bv, QV_CST_JSON_SCHEMA, "{\"type\":\"array\",\"items\":{\"anyOf\":[{\"type\":"
+                                                      "\"string\",\"maxLength\":5},{\"type\":\"string\",\"minLength\":"
+                                                      "12,\"maxLength\":14}]},\"maxItems\":3}");
+  exact_walks(bv, c4, 12, 30, 4);
+  qv_constraint *c5 = compile(bv, QV_CST_REGEX, "[^\"]{0,20}\"[a-z\\n\\t]*");
+  exact_walks(bv, c5, 12, 30, 5);
+  /* Class chains: letters in a hostname-like class, an email (local part and domain), \w. */
+  qv_constraint *c6 = compile(bv, QV_CST_JSON_SCHEMA, "{\"type\":\"array\",\"items\":{\"type\":\"string\","
+                                                      "\"format\":\"email\"},\"maxItems\":2}");
+  exact_walks(bv, c6, 16, 30, 6);
+  qv_constraint *c7 = compile(bv, QV_CST_REGEX, "([a-zA-Z0-9-]{1,6}\\.){1,2}[A-Za-z]{2,3}|\\w{2,14}@");
+  exact_walks(bv, c7, 16, 20, 7);
+  qv_constraint *c8 = compile(bv, QV_CST_REGEX, "[A-Za-z]{2}[a-z][0-9]?(b|c)*"); /* the chain stops at a level */
+  exact_walks(bv, c8, 8, 8, 8);
+  qv_constraint_release(c8);
+  qv_constraint_release(c4);
+  qv_constraint_release(c5);
+  qv_constraint_release(c6);
+  qv_constraint_release(c7);
   qv_constraint *c2 = compile(bv, QV_CST_REGEX, "(é|ab)+c?[0-9]*");
   exact_walks(bv, c2, 6, 12, 2);
   qv_constraint_release(c1);

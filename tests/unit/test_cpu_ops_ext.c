@@ -4,6 +4,7 @@
  *   moe_route (softmax-topk +-norm, topk-softmax, sigmoid) ids exact, weights 1e-6
  *   moe_matmul dense                                       rel 1e-5 (dot of 64..96 terms)
  *   moe_matmul MXFP4 == dense on the dequantized weights   bit-identical
+ *   moe_matmul slot row == matmul(token, expert, bias)      bit-identical (the same SIMD kernel)
  *   moe_combine                                            1e-6
  *   attention with sinks                                   1e-5 */
 #include <criterion/criterion.h>
@@ -170,6 +171,19 @@ Test(cpu_ops_ext, moe_matmul_dense_mxfp4_and_invariance) {
   cr_assert_eq(be->ops->moe_matmul(be, &o2, &x, &q, &ids), 0, "%s", be->last_error.msg);
   /* Exact dequantization and the same summation order: MXFP4 equals dense bit for bit. */
   cr_assert(!memcmp(o1.data, o2.data, sizeof(float) * (size_t)(n * k * rows)), "mxfp4 differs from dense");
+  /* The grouped matmul runs the backend's SIMD matmul kernel: each slot's row equals the plain
+   * matmul of its token with the selected expert's weights and bias, bit for bit. */
+  for (int i = 0; i < n * k; i += 5) {
+    int e = id[i];
+    qv_tensor xr = x, we = d.w, be_ = d.bias, orow = mk(be, QV_DTYPE_F32, 1, rows);
+    xr.data = F(x) + (i / k) * cols, xr.rows = 1;
+    we.data = F(d.w) + e * rows * cols, we.rows = rows;
+    be_.data = F(d.bias) + e * rows, be_.rows = 1, be_.cols = rows;
+    poison(&orow);
+    cr_assert_eq(be->ops->matmul(be, &orow, &xr, &we, &be_), 0, "%s", be->last_error.msg);
+    cr_assert(!memcmp(orow.data, F(o1) + i * rows, sizeof(float) * (size_t)rows), "slot %d differs from matmul", i);
+    be->ops->free(be, &orow);
+  }
   for (int t = 0; t < n; t++)
     for (int j = 0; j < k; j++)
       for (int64_t r = 0; r < rows; r++) {

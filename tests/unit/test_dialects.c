@@ -37,7 +37,7 @@ static int decode(const srv_dialect *d, oai_kind kind, const char *body, size_t 
 }
 
 static const char *const anth_valid =
-    "{\"model\":\"m\",\"max_tokens\":8,\"system\":[{\"type\":\"text\",\"text\":\"S\"}],"
+    "{\"model\":\"m\",\"max_tokens\":2048,\"system\":[{\"type\":\"text\",\"text\":\"S\"}],"
     "\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"},"
     "{\"role\":\"assistant\",\"content\":[{\"type\":\"thinking\",\"thinking\":\"t\",\"signature\":\"\"},"
     "{\"type\":\"text\",\"text\":\"A\"},{\"type\":\"tool_use\",\"id\":\"u1\",\"name\":\"f\","
@@ -84,6 +84,19 @@ Test(dialects, anthropic_translation, .init = setup, .fini = teardown) {
   bad = "{\"model\":\"m\",\"max_tokens\":1,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":2}";
   cr_assert_eq(decode(&srv_dialect_anthropic, OAI_CHAT, bad, strlen(bad), param, NULL), QV_EUNSUPPORTED);
   cr_assert_str_eq(param, "n");
+  /* thinking.budget_tokens as Anthropic validates it: an integer >= 1024, below max_tokens
+   * (count_tokens has no max_tokens to compare with). */
+  const char *th[] = {"1023", "1024.5", "\"2000\"", "4096", "2048"};
+  for (size_t i = 0; i < sizeof th / sizeof th[0]; i++) {
+    char b[200];
+    snprintf(b, sizeof b, "{\"model\":\"m\",\"max_tokens\":2048,\"messages\":[{\"role\":\"user\","
+             "\"content\":\"x\"}],\"thinking\":{\"type\":\"enabled\",\"budget_tokens\":%s}}", th[i]);
+    cr_expect_eq(decode(&srv_dialect_anthropic, OAI_CHAT, b, strlen(b), param, NULL), QV_EINVAL, "%s", th[i]);
+    cr_expect_str_eq(param, "thinking");
+  }
+  const char *ok = "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                   "\"thinking\":{\"type\":\"enabled\",\"budget_tokens\":4096}}";
+  cr_assert_eq(decode(&srv_dialect_anthropic, OAI_TOKENIZE, ok, strlen(ok), NULL, NULL), 0);
 }
 
 Test(dialects, responses_translation, .init = setup, .fini = teardown) {
@@ -119,8 +132,8 @@ static uint64_t rng_next(uint64_t *s) {
   return *s;
 }
 
-/* Seeded mutations of a valid body: every one decodes or fails cleanly (ASan checks the
- * rest). */
+/* Seeded mutations of a valid body (bytes changed, dropped or inserted, \u0000 escapes
+ * inserted): every one decodes or fails cleanly (ASan checks the rest). */
 static void fuzz(const srv_dialect *d, oai_kind kind, const char *valid, uint64_t seed, int n) {
   static const char inserts[] = "{}[]\",:0-9eE\\ \x00\xff\xc3\xed";
   size_t vlen = strlen(valid);
@@ -132,8 +145,12 @@ static void fuzz(const srv_dialect *d, oai_kind kind, const char *valid, uint64_
     int muts = 1 + (int)(rng_next(&seed) % 4);
     for (int m = 0; m < muts && len > 1; m++) {
       size_t pos = rng_next(&seed) % len;
-      uint64_t op = rng_next(&seed) % 3;
-      if (op == 0) {
+      uint64_t op = rng_next(&seed) % 4;
+      if (op == 3) { /* a NUL escape anywhere: text keeps it, keys and names refuse it */
+        memmove(buf + pos + 6, buf + pos, len - pos);
+        memcpy(buf + pos, "\\u0000", 6);
+        len += 6;
+      } else if (op == 0) {
         buf[pos] = (char)(rng_next(&seed) & 0xff);
       } else if (op == 1) {
         memmove(buf + pos, buf + pos + 1, len - pos - 1);

@@ -1,8 +1,10 @@
 /* The engine over the real stories260K model on the CPU backend (issue 2 and 4 acceptance):
  * the exact greedy-256 reference, batch invariance of 64 greedy requests against each run
  * alone, prefix caching of a shared 200-token prefix, and preemption in a pool too small for
- * everything, each ending with a KV leak check. Skipped, saying why, when ../shared (or
- * $QV_SHARED_DIR) has no stories260K. */
+ * everything, each ending with a KV leak check; the greedy reference, batch invariance, prefix
+ * caching and preemption again with the model sharded over 2 tensor-parallel CPU ranks (the
+ * *_tp2 tests; the greedy reference and prefix caching also over 4). Skipped, saying why, when
+ * ../shared (or $QV_SHARED_DIR) has no stories260K. */
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -43,14 +45,19 @@ static void on_notify(void *arg) {
   pthread_mutex_unlock(&r->mu);
 }
 
+/* Tensor parallel ranks of the models a test opens (each Criterion test is its own process). */
+static int g_tp = 1;
+
 static void real_open_tok(real *r, qv_engine_opts *o, int with_tok) {
   char dir[1024];
   if (!model_dir(dir, sizeof dir)) cr_skip_test("stories260K not found at %s (set QV_SHARED_DIR)", dir);
   memset(r, 0, sizeof *r);
   qv_error err = {0};
   cr_assert_eq(qv_backend_create("cpu", &(qv_backend_opts){.n_threads = 1}, &r->be, &err), 0, "%s", err.msg);
-  qv_model_opts mo = {.max_batch_tokens = o->max_num_batched_tokens, .max_logits = o->max_num_seqs};
+  qv_model_opts mo = {.max_batch_tokens = o->max_num_batched_tokens, .max_logits = o->max_num_seqs,
+                      .tp_size = g_tp, .n_threads = g_tp};
   cr_assert_eq(qv_model_load(dir, r->be, &mo, &r->m, &err), 0, "%s", err.msg);
+  cr_assert_eq(qv_model_tp_size(r->m), g_tp);
   if (with_tok) cr_assert_eq(qv_tokenizer_load(dir, &r->tok, &err), 0, "%s", err.msg);
   cr_assert_eq(qv_engine_create(r->m, r->tok, o, &r->e, &err), 0, "%s", err.msg);
   pthread_mutex_init(&r->mu, NULL);
@@ -123,7 +130,7 @@ static qv_engine_opts opts(void) {
   return o;
 }
 
-Test(engine_model, greedy_256_reference) {
+static void greedy_256_reference(void) {
   qv_engine_opts o = opts();
   real r;
   real_open(&r, &o);
@@ -138,6 +145,15 @@ Test(engine_model, greedy_256_reference) {
   free(out);
   real_close(&r);
 }
+Test(engine_model, greedy_256_reference) { greedy_256_reference(); }
+Test(engine_model, greedy_256_reference_tp2, .timeout = 600) {
+  g_tp = 2;
+  greedy_256_reference();
+}
+Test(engine_model, greedy_256_reference_tp4, .timeout = 600) {
+  g_tp = 4;
+  greedy_256_reference();
+}
 
 /* Prompts: slices of the reference text with a few ids changed, lengths 1..120. */
 static int32_t make_prompt(const int32_t *ref, int i, int32_t *p) {
@@ -148,7 +164,7 @@ static int32_t make_prompt(const int32_t *ref, int i, int32_t *p) {
   return len;
 }
 
-Test(engine_model, batch_invariance_64) {
+static void batch_invariance_64(void) {
   int32_t ref[300];
   enum { N = 64, MAXT = 12 };
   int32_t prompts[N][128], lens[N];
@@ -186,8 +202,13 @@ Test(engine_model, batch_invariance_64) {
   free(together);
   free(alone);
 }
+Test(engine_model, batch_invariance_64) { batch_invariance_64(); }
+Test(engine_model, batch_invariance_64_tp2, .timeout = 600) {
+  g_tp = 2;
+  batch_invariance_64();
+}
 
-Test(engine_model, prefix_cache_shared_200) {
+static void prefix_cache_shared_200(void) {
   qv_engine_opts o = opts();
   real r;
   real_open(&r, &o);
@@ -215,8 +236,17 @@ Test(engine_model, prefix_cache_shared_200) {
   free(out);
   real_close(&r);
 }
+Test(engine_model, prefix_cache_shared_200) { prefix_cache_shared_200(); }
+Test(engine_model, prefix_cache_shared_200_tp2, .timeout = 600) {
+  g_tp = 2;
+  prefix_cache_shared_200();
+}
+Test(engine_model, prefix_cache_shared_200_tp4, .timeout = 600) {
+  g_tp = 4;
+  prefix_cache_shared_200();
+}
 
-Test(engine_model, preemption_matches_unconstrained) {
+static void preemption_matches_unconstrained(void) {
   int32_t ref[300];
   enum { N = 12 };
   int32_t prompts[N][128], lens[N];
@@ -247,6 +277,11 @@ Test(engine_model, preemption_matches_unconstrained) {
   }
   free(small);
   free(big);
+}
+Test(engine_model, preemption_matches_unconstrained) { preemption_matches_unconstrained(); }
+Test(engine_model, preemption_matches_unconstrained_tp2, .timeout = 600) {
+  g_tp = 2;
+  preemption_matches_unconstrained();
 }
 
 static size_t read_ref_text(char *buf, size_t cap) {

@@ -156,10 +156,14 @@ Test(openai_req, rejects_bad_fields) {
        QV_EINVAL},
       {OAI_COMPLETION, "{\"prompt\":\"a\",\"logit_bias\":{\" 5\":1}}", "logit_bias", QV_EINVAL},
       {OAI_COMPLETION, "{\"prompt\":\"a\",\"logit_bias\":{\"+5\":1}}", "logit_bias", QV_EINVAL},
-      {OAI_COMPLETION, "{\"prompt\":\"Once upon\\u0000 a time\"}", "", QV_EINVAL},
-      {OAI_COMPLETION, "{\"prompt\":\"a\",\"stop\":[\"x\\u0000\"]}", "", QV_EINVAL},
-      {OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"\\u0000\"}]}", "", QV_EINVAL},
+      /* NUL is text (json_nul.h), but not in stop strings, model names or keys; raw, not JSON */
+      {OAI_COMPLETION, "{\"prompt\":\"a\",\"stop\":[\"x\\u0000\"]}", "stop", QV_EINVAL},
+      {OAI_COMPLETION, "{\"prompt\":\"a\",\"model\":\"m\\u0000\"}", "model", QV_EINVAL},
+      {OAI_DETOKENIZE, "{\"tokens\":[1],\"model\":\"\\u0000\"}", "model", QV_EINVAL},
+      {OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"\\u0000\":1}]}", "",
+       QV_EINVAL},
       {OAI_COMPLETION, "{\"prompt\":\"caf\xe9\"}", "", QV_EFORMAT},
+      {OAI_COMPLETION, "{\"prompt\":\"\xc0\x80\"}", "", QV_EFORMAT}, /* the marker itself */
       {OAI_COMPLETION, "{\"prompt\":\"a\",\"\xc3\x28\":1}", "", QV_EFORMAT},
       {OAI_COMPLETION, "{\"prompt\":\"\xed\xa0\x80\"}", "", QV_EFORMAT},
   };

@@ -419,14 +419,8 @@ Test(server, disconnect_aborts) {
 Test(server, route_falls_back_when_queue_full) {
   start(NULL, NULL, 0, 0);
   H.fakes[0].capacity = 1;
-  fake_set_hold(&H.fakes[0], 1);
-  client *c = client_open();
   const char *body = "{\"model\":\"auto\",\"prompt\":\"x\",\"max_tokens\":3}";
-  char req[512];
-  int n = snprintf(req, sizeof req, "POST /v1/completions HTTP/1.1\r\nContent-Length: %zu\r\n\r\n%s",
-                   strlen(body), body);
-  client_send(c, req, (size_t)n);
-  for (int i = 0; i < 500 && fake_n_active(&H.fakes[0]) < 1; i++) usleep(10000);
+  client *c = held_request(body);
   cr_assert_eq(fake_n_active(&H.fakes[0]), 1);
   /* The route's first model is full: the second serves (upper-case letters). */
   resp r = request("POST", "/v1/completions", body, NULL);
@@ -454,14 +448,7 @@ Test(server, route_falls_back_when_queue_full) {
 
 Test(server, drain_finishes_in_flight) {
   start(NULL, NULL, 0, 0);
-  fake_set_hold(&H.fakes[0], 1);
-  client *c = client_open();
-  const char *body = "{\"model\":\"lower\",\"prompt\":\"x\",\"max_tokens\":4,\"stream\":true}";
-  char req[512];
-  int n = snprintf(req, sizeof req, "POST /v1/completions HTTP/1.1\r\nContent-Length: %zu\r\n\r\n%s",
-                   strlen(body), body);
-  client_send(c, req, (size_t)n);
-  for (int i = 0; i < 500 && fake_n_active(&H.fakes[0]) < 1; i++) usleep(10000);
+  client *c = held_request("{\"model\":\"lower\",\"prompt\":\"x\",\"max_tokens\":4,\"stream\":true}");
   server_shutdown(H.srv);
   usleep(50000);
   fake_set_hold(&H.fakes[0], 0);

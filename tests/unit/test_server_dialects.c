@@ -242,3 +242,161 @@ Test(server, parallel_tool_calls) {
   H.script = NULL;
 }
 
+
+/* The number at "key": in body (first occurrence), or -1. */
+static int num_after(const char *body, const char *key) {
+  const char *p = strstr(body, key);
+  return p ? atoi(p + strlen(key)) : -1;
+}
+
+/* NUL characters (\u0000) on the fake's byte tokenizer (id = 3 + byte): a prompt's NUL is id 3
+ * on /tokenize; token-id prompts echo it and /detokenize gives it back as \u0000; a
+ * conversation with NULs counts the same tokens on chat tokenize, Messages count_tokens and
+ * Responses usage, and a message without them differs (the NUL is not dropped). */
+Test(server, nul_characters) {
+  start(NULL, NULL, 0, 0);
+  resp r = request("POST", "/tokenize",
+                   "{\"model\":\"lower\",\"prompt\":\"a\\u0000b\",\"add_special_tokens\":false}", NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert(strstr(r.body, "\"tokens\":[100,3,101]"), "%s", r.body);
+  free(r.body);
+  r = request("POST", "/v1/completions",
+              "{\"model\":\"lower\",\"prompt\":[100,3,101],\"max_tokens\":1,\"echo\":true}", NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert(strstr(r.body, "\"text\":\"a\\u0000b"), "%s", r.body);
+  free(r.body);
+  r = request("POST", "/detokenize", "{\"model\":\"lower\",\"tokens\":[100,3,3,101]}", NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert(strstr(r.body, "\"prompt\":\"a\\u0000\\u0000b\""), "%s", r.body);
+  free(r.body);
+  const char *msgs = "\"messages\":[{\"role\":\"user\",\"content\":\"a\\u0000\\u0000b\"}]";
+  char body[300];
+  snprintf(body, sizeof body, "{\"model\":\"lower\",%s}", msgs);
+  r = request("POST", "/tokenize", body, NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert(strstr(r.body, ",100,3,3,101,"), "%s", r.body);
+  int want = num_after(r.body, "\"count\":");
+  free(r.body);
+  snprintf(body, sizeof body, "{\"model\":\"lower\",%s}", msgs);
+  r = request("POST", "/v1/messages/count_tokens", body, NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert_eq(num_after(r.body, "\"input_tokens\":"), want, "%s", r.body);
+  free(r.body);
+  r = request("POST", "/v1/responses",
+              "{\"model\":\"lower\",\"max_output_tokens\":2,\"input\":\"a\\u0000\\u0000b\"}", NULL);
+  cr_assert_eq(r.status, 200, "%s", r.body);
+  cr_assert_eq(num_after(r.body, "\"input_tokens\":"), want, "%s", r.body);
+  free(r.body);
+  r = request("POST", "/v1/messages/count_tokens",
+              "{\"model\":\"lower\",\"messages\":[{\"role\":\"user\",\"content\":\"ab\"}]}", NULL);
+  cr_assert_eq(num_after(r.body, "\"input_tokens\":"), want - 2, "%s", r.body);
+  free(r.body);
+  /* unsafe places: the dialect's own error shape */
+  r = request("POST", "/v1/messages",
+              "{\"model\":\"lo\\u0000wer\",\"max_tokens\":2,\"messages\":[{\"role\":\"user\","
+              "\"content\":\"x\"}]}", NULL);
+  cr_assert_eq(r.status, 400, "%s", r.body);
+  cr_assert(strstr(r.body, "\"type\":\"invalid_request_error\"") && strstr(r.body, "NUL"), "%s", r.body);
+  free(r.body);
+  stop();
+}
+
+/* One raw request on its own connection: the answer's status and Anthropic error type ("" when
+ * the body is not an Anthropic error object). */
+static int raw_anthropic(const char *req, size_t len, char *type, size_t cap) {
+  client *c = client_open();
+  client_send(c, req, len);
+  resp r;
+  cr_assert(read_resp(c, &r), "no answer to %.80s", req);
+  client_close(c);
+  type[0] = '\0';
+  cJSON *j = cJSON_Parse(r.body);
+  const cJSON *t = cJSON_GetObjectItem(j, "type");
+  const cJSON *e = cJSON_GetObjectItem(j, "error");
+  if (cJSON_IsString(t) && !strcmp(t->valuestring, "error") && cJSON_IsString(cJSON_GetObjectItem(e, "type")) &&
+      cJSON_IsString(cJSON_GetObjectItem(e, "message")))
+    snprintf(type, cap, "%s", cJSON_GetObjectItem(e, "type")->valuestring);
+  cJSON_Delete(j);
+  free(r.body);
+  return r.status;
+}
+
+/* Errors answered before routing (auth, unknown path, method, 413, 431, malformed, transfer
+ * coding, HTTP version, timeout, drain) on /v1/messages* are Anthropic error objects with
+ * Anthropic's types; other paths keep the OpenAI shape. */
+Test(server, anthropic_early_errors) {
+  start(NULL, "k1", 300, 0);
+  char big[6000];
+  memset(big, 'a', sizeof big - 1);
+  big[sizeof big - 1] = '\0';
+  char req[8000];
+  const char *key = "x-api-key: k1\r\n";
+  struct {
+    const char *head; /* request line and headers, without the final blank line */
+    int status;
+    const char *type;
+  } cases[] = {
+      {"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 2", 401, "authentication_error"},
+      {"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: nope\r\nContent-Length: 2", 401,
+       "authentication_error"},
+      {"POST /v1/messages/nope HTTP/1.1\r\nHost: x\r\n%sContent-Length: 2", 404, "not_found_error"},
+      {"GET /v1/messages?beta=true HTTP/1.1\r\nHost: x\r\n%s", 405, "invalid_request_error"},
+      {"POST /v1/messages HTTP/1.1\r\nHost: x\r\n%sContent-Length: 99999999", 413, "request_too_large"},
+      {"POST /v1/messages/count_tokens HTTP/1.1\r\nHost: x\r\n%sX-Big: %s", 431, "invalid_request_error"},
+      {"POST /v1/messages HTTP/1.1\r\nHost: x\r\n%sTransfer-Encoding: gzip", 501, "api_error"},
+      {"POST /v1/messages HTTP/2.0\r\nHost: x\r\n%sContent-Length: 2", 505, "api_error"},
+      {"POST /v1/messages HTTP/1.1\r\nHost: x\r\n%sContent-Length: x", 400, "invalid_request_error"},
+      {"POST /v1/messages HTTP/1.1\r\nHost: x\r\n%s", 400, "invalid_request_error"}, /* no body */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    int n = snprintf(req, sizeof req, cases[i].head, key, big);
+    n += snprintf(req + n, sizeof req - (size_t)n, "\r\n\r\n%s", strstr(cases[i].head, "Length: 2") ? "{}" : "");
+    char type[64];
+    int st = raw_anthropic(req, (size_t)n, type, sizeof type);
+    cr_expect_eq(st, cases[i].status, "case %zu: %d", i, st);
+    cr_expect_str_eq(type, cases[i].type, "case %zu", i);
+  }
+  /* a chunk past the body limit (64 KiB here), and a header section that never ends (408) */
+  int n = snprintf(req, sizeof req, "POST /v1/messages HTTP/1.1\r\nHost: x\r\n%sTransfer-Encoding: "
+                   "chunked\r\n\r\n100000\r\n", key);
+  char type[64];
+  cr_expect_eq(raw_anthropic(req, (size_t)n, type, sizeof type), 413);
+  cr_expect_str_eq(type, "request_too_large");
+  n = snprintf(req, sizeof req, "POST /v1/messages HTTP/1.1\r\nHost: x\r\n");
+  cr_expect_eq(raw_anthropic(req, (size_t)n, type, sizeof type), 408);
+  cr_expect_str_eq(type, "invalid_request_error");
+  /* other paths keep the OpenAI shape */
+  n = snprintf(req, sizeof req, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n%sContent-Length: 99999999\r\n\r\n", key);
+  resp r;
+  client *c = client_open();
+  client_send(c, req, (size_t)n);
+  cr_assert(read_resp(c, &r));
+  client_close(c);
+  cr_expect_eq(r.status, 413);
+  cr_expect(strstr(r.body, "{\"error\":{\"message\":"), "%s", r.body);
+  free(r.body);
+  stop();
+}
+
+/* While draining, a new /v1/messages request gets 503 as an Anthropic overloaded_error (the
+ * in-flight request still finishes). */
+Test(server, anthropic_drain_error) {
+  start(NULL, NULL, 0, 0);
+  client *c = held_request("{\"model\":\"lower\",\"prompt\":\"x\",\"max_tokens\":2}");
+  server_shutdown(H.srv);
+  usleep(50000);
+  const char *mb = "{\"model\":\"lower\",\"max_tokens\":2,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}";
+  char req[512];
+  int n = snprintf(req, sizeof req, "POST /v1/messages HTTP/1.1\r\nContent-Length: %zu\r\n\r\n%s",
+               strlen(mb), mb);
+  char type[64];
+  cr_expect_eq(raw_anthropic(req, (size_t)n, type, sizeof type), 503);
+  cr_expect_str_eq(type, "overloaded_error");
+  fake_set_hold(&H.fakes[0], 0);
+  resp r;
+  cr_assert(read_resp(c, &r));
+  cr_assert_eq(r.status, 200);
+  free(r.body);
+  client_close(c);
+  stop();
+}

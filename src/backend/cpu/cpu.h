@@ -33,6 +33,7 @@ static inline float *cpu_kv_layer(cpu_backend *c, int32_t layer, int which) {
 }
 
 int cpu_embed(qv_backend *be, qv_tensor *out, const qv_tensor *table);
+int cpu_embed_shard(qv_backend *be, qv_tensor *out, const qv_tensor *table, int64_t row0);
 int cpu_rmsnorm(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_tensor *w, float eps);
 int cpu_add_rmsnorm(qv_backend *be, qv_tensor *out, qv_tensor *x, const qv_tensor *delta, const qv_tensor *w,
                     float eps);

@@ -168,6 +168,7 @@ static const qv_backend_ops cpu_ops = {
     .kv_deinit = cpu_kv_deinit,
     .set_batch = cpu_set_batch,
     .embed = cpu_embed,
+    .embed_shard = cpu_embed_shard,
     .rmsnorm = cpu_rmsnorm,
     .add_rmsnorm = cpu_add_rmsnorm,
     .matmul = cpu_matmul,

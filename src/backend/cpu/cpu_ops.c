@@ -11,6 +11,7 @@
 
 #include "backend/cpu/cpu.h"
 #include "backend/cpu/cpu_quant.h"
+#include "quant/quant.h"
 
 /* Work smaller than this runs on the calling thread: waking workers costs more. */
 #define CPU_PAR_MIN_FLOPS (1 << 15)
@@ -33,25 +34,39 @@ static void run(cpu_backend *c, int64_t flops, int n_tasks, tp_fn fn, void *ctx)
 
 /* ---- embedding ---- */
 
-int cpu_embed(qv_backend *be, qv_tensor *out, const qv_tensor *table) {
+/* Rows of table for the staged token ids: ids in [row0, row0 + table.rows) are looked up, the
+ * others are out of range (shard 0: an error; a vocab-parallel shard: a zero row). */
+static int embed_rows(qv_backend *be, qv_tensor *out, const qv_tensor *table, int64_t row0, int shard) {
   cpu_backend *c = (cpu_backend *)be;
-  if (table && qv_dtype_is_quant(table->dtype)) return cpu_quant_embed(be, out, table);
+  int quant = table && qv_dtype_is_quant(table->dtype);
   if (check_f32(be, "embed", out)) return QV_EINVAL;
-  if (!table || !table->data || !is_weight_dtype(table->dtype))
-    return qv_error_set(&be->last_error, QV_EINVAL, "cpu embed: table must be F32, BF16 or F16");
-  if (out->rows != c->b.n_tokens || out->cols != table->cols)
+  if (!table || !table->data || !(quant || is_weight_dtype(table->dtype)))
+    return qv_error_set(&be->last_error, QV_EINVAL, "cpu embed: table must be F32, BF16, F16 or quantized");
+  if (out->rows != c->b.n_tokens || out->cols != table->cols || (quant && table->cols % 32) || row0 < 0)
     return qv_error_set(&be->last_error, QV_EINVAL, "cpu embed: shape mismatch");
   float *o = out->data;
-  size_t row_bytes = (size_t)table->cols * qv_dtype_size(table->dtype);
+  size_t row_bytes = qv_dtype_row_bytes(table->dtype, table->cols);
   for (int32_t i = 0; i < c->b.n_tokens; i++) {
-    int32_t id = c->b.token_ids[i];
-    if (id < 0 || id >= table->rows)
-      return qv_error_set(&be->last_error, QV_ERANGE, "cpu embed: token id %d outside vocab %lld", id,
-                          (long long)table->rows);
-    qv_convert_to_f32(o + (size_t)i * out->cols, (const char *)table->data + (size_t)id * row_bytes, table->dtype,
-                      (size_t)out->cols);
+    int64_t id = (int64_t)c->b.token_ids[i] - row0;
+    float *dst = o + (size_t)i * out->cols;
+    if (id < 0 || id >= table->rows) {
+      if (!shard)
+        return qv_error_set(&be->last_error, QV_ERANGE, "cpu embed: token id %d outside vocab %lld",
+                            c->b.token_ids[i], (long long)table->rows);
+      memset(dst, 0, (size_t)out->cols * sizeof *dst);
+      continue;
+    }
+    const void *src = (const char *)table->data + (size_t)id * row_bytes;
+    if (quant) quant_dequant_row(table->dtype, src, dst, out->cols);
+    else qv_convert_to_f32(dst, src, table->dtype, (size_t)out->cols);
   }
   return 0;
+}
+
+int cpu_embed(qv_backend *be, qv_tensor *out, const qv_tensor *table) { return embed_rows(be, out, table, 0, 0); }
+
+int cpu_embed_shard(qv_backend *be, qv_tensor *out, const qv_tensor *table, int64_t row0) {
+  return embed_rows(be, out, table, row0, 1);
 }
 
 /* ---- elementwise work split into tasks ----

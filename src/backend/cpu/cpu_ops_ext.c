@@ -29,44 +29,6 @@ static void ext_run(cpu_backend *c, int64_t flops, int n_tasks, tp_fn fn, void *
 static const float FP4_E2M1[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
                                    -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
 
-/* Dots of one weight row with nx <= 4 input rows at once, so the row is loaded (and, for MXFP4,
- * decoded) once for all of them. Each dot is cpu_ops.c's: 8 interleaved partial sums combined in
- * a fixed order, whatever nx, so a result never depends on the other rows (batch invariance).
- * MXFP4 rows are dequantized 32 values at a time into the same lanes in the same order; every
- * dequantized value is exact in fp32 (a 2-bit mantissa times a power of two), so an MXFP4 dot
- * equals the dense dot over the dequantized row bit for bit. */
-#define EXT_X_PER_PASS 4
-static void ext_dots(const float *const *xs, int nx, const float *row, const uint8_t *qb, const uint8_t *qs,
-                     int64_t n, float *out) {
-  float acc[EXT_X_PER_PASS][8] = {{0}};
-  if (qb) {
-    float v[32];
-    for (int64_t g = 0; g < n / 32; g++) {
-      float s = ldexpf(1.0f, (int)qs[g] - 127);
-      const uint8_t *b = qb + g * 16;
-      for (int i = 0; i < 16; i++) {
-        v[2 * i] = FP4_E2M1[b[i] & 15] * s;
-        v[2 * i + 1] = FP4_E2M1[b[i] >> 4] * s;
-      }
-      for (int j = 0; j < nx; j++) {
-        const float *x = xs[j] + g * 32;
-        for (int i = 0; i < 32; i += 8)
-          for (int l = 0; l < 8; l++) acc[j][l] += x[i + l] * v[i + l];
-      }
-    }
-  } else {
-    for (int j = 0; j < nx; j++) {
-      const float *x = xs[j];
-      int64_t i = 0;
-      for (; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++) acc[j][l] += x[i + l] * row[i + l];
-      for (int l = 0; i < n; i++, l++) acc[j][l] += x[i] * row[i];
-    }
-  }
-  for (int j = 0; j < nx; j++)
-    out[j] = ((acc[j][0] + acc[j][4]) + (acc[j][1] + acc[j][5])) + ((acc[j][2] + acc[j][6]) + (acc[j][3] + acc[j][7]));
-}
-
 /* ---- scale ---- */
 
 int cpu_scale(qv_backend *be, qv_tensor *x, float s) {
@@ -168,7 +130,17 @@ int cpu_moe_route(qv_backend *be, const qv_tensor *logits, const qv_moe_route *r
   return 0;
 }
 
-/* ---- expert-grouped matmul ---- */
+/* ---- expert-grouped matmul ----
+ * The slots (token, choice) are grouped by expert; each expert's input rows are gathered into
+ * one contiguous block and multiplied by that expert's weights with the backend's SIMD matmul
+ * kernel (cpu_kern.h: the same fixed reduction order as every other matmul, so a value never
+ * depends on the other rows, the tile or the thread count), then scattered back to slot order.
+ * A task is one expert's block of EXT_ROWS_PER_TASK weight rows: the expert's weights are read
+ * once per call. MXFP4 rows are decoded into a stack buffer, exactly (a 2-bit mantissa times a
+ * power of two is an fp32 value), a few rows at a time, then go through the same kernel: an
+ * MXFP4 result equals the dense result on the dequantized weights bit for bit. */
+
+#define MOE_DQ_FLOATS 16384 /* per-task MXFP4 decode buffer (64 KiB of stack) */
 
 typedef struct moe_task {
   int32_t expert;
@@ -176,40 +148,56 @@ typedef struct moe_task {
 } moe_task;
 
 typedef struct moe_ctx {
+  const cpu_kernels *kern;
   const qv_experts *w;
-  float *out;            /* [n*k][rows] */
-  const float *x;        /* [n or n*k][cols] */
-  int32_t k;
-  int per_slot;          /* x has one row per slot */
-  const int32_t *order;  /* slots grouped by expert (ascending within an expert) */
+  const float *xg;       /* [S][cols]: input rows grouped by expert */
+  float *og;             /* [S][rows]: outputs in the same grouped order */
   const int32_t *offs;   /* [n_expert + 1] */
   const moe_task *tasks;
 } moe_ctx;
+
+/* n rows of MXFP4 weights (blocks, scales) decoded to dst[n][cols]. */
+static void mxfp4_decode(float *dst, const uint8_t *qb, const uint8_t *qs, int64_t n, int64_t cols) {
+  for (int64_t r = 0; r < n; r++)
+    for (int64_t g = 0; g < cols / 32; g++) {
+      float s = ldexpf(1.0f, (int)qs[r * (cols / 32) + g] - 127);
+      const uint8_t *b = qb + r * (cols / 2) + g * 16;
+      float *v = dst + r * cols + g * 32;
+      for (int i = 0; i < 16; i++) {
+        v[2 * i] = FP4_E2M1[b[i] & 15] * s;
+        v[2 * i + 1] = FP4_E2M1[b[i] >> 4] * s;
+      }
+    }
+}
 
 static void moe_task_fn(void *arg, int ti) {
   const moe_ctx *c = arg;
   const qv_experts *w = c->w;
   const moe_task *tk = &c->tasks[ti];
-  int64_t r1 = tk->row0 + EXT_ROWS_PER_TASK;
-  if (r1 > w->rows) r1 = w->rows;
-  const float *bias = w->bias.data ? (const float *)w->bias.data + (int64_t)tk->expert * w->rows : NULL;
-  for (int64_t r = tk->row0; r < r1; r++) {
-    int64_t wr = (int64_t)tk->expert * w->rows + r; /* row in the stacked weights */
-    const uint8_t *qb = w->mxfp4 ? (const uint8_t *)w->blocks.data + wr * (w->cols / 2) : NULL;
-    const uint8_t *qs = w->mxfp4 ? (const uint8_t *)w->scales.data + wr * (w->cols / 32) : NULL;
-    const float *row = w->mxfp4 ? NULL : (const float *)w->w.data + wr * w->cols;
-    float b = bias ? bias[r] : 0.0f;
-    for (int32_t i0 = c->offs[tk->expert]; i0 < c->offs[tk->expert + 1]; i0 += EXT_X_PER_PASS) {
-      int nx = c->offs[tk->expert + 1] - i0 < EXT_X_PER_PASS ? c->offs[tk->expert + 1] - i0 : EXT_X_PER_PASS;
-      const float *xs[EXT_X_PER_PASS];
-      float d[EXT_X_PER_PASS];
-      for (int j = 0; j < nx; j++) {
-        int32_t slot = c->order[i0 + j];
-        xs[j] = c->x + (int64_t)(c->per_slot ? slot : slot / c->k) * w->cols;
-      }
-      ext_dots(xs, nx, row, qb, qs, w->cols, d);
-      for (int j = 0; j < nx; j++) c->out[(int64_t)c->order[i0 + j] * w->rows + r] = d[j] + b;
-    }
+  int64_t e = tk->expert, i0 = c->offs[e], cnt = c->offs[e + 1] - i0;
+  int64_t r1 = tk->row0 + EXT_ROWS_PER_TASK < w->rows ? tk->row0 + EXT_ROWS_PER_TASK : w->rows;
+  cpu_mm_args a = {.out = c->og + i0 * w->rows, .x = c->xg + i0 * w->cols,
+                   .bias = w->bias.data ? (const float *)w->bias.data + e * w->rows : NULL, .wt = QV_DTYPE_F32,
+                   .n = cnt, .m = w->rows, .k = w->cols, .ldo = w->rows, .ldx = w->cols};
+  if (!w->mxfp4) {
+    a.w = (const float *)w->w.data + e * w->rows * w->cols;
+    c->kern->matmul(&a, 0, cnt, tk->row0, r1);
+    return;
+  }
+  /* Decoded rows [r, r + nr) as a matrix of nr rows writing output columns from r. */
+  float dq[MOE_DQ_FLOATS];
+  int64_t step = MOE_DQ_FLOATS / w->cols;
+  float *out0 = (float *)a.out;
+  const float *bias0 = a.bias;
+  for (int64_t r = tk->row0; r < r1; r += step) {
+    int64_t nr = r1 - r < step ? r1 - r : step, wr = e * w->rows + r;
+    mxfp4_decode(dq, (const uint8_t *)w->blocks.data + wr * (w->cols / 2),
+                 (const uint8_t *)w->scales.data + wr * (w->cols / 32), nr, w->cols);
+    a.w = dq;
+    a.m = nr;
+    a.out = out0 + r;
+    a.bias = bias0 ? bias0 + r : NULL;
+    c->kern->matmul(&a, 0, cnt, 0, nr);
   }
 }
 
@@ -222,7 +210,7 @@ int cpu_moe_matmul(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_
   int bad = E <= 0 || k <= 0 || w->rows <= 0 || w->cols <= 0 || x->cols != w->cols ||
             (x->rows != n && x->rows != n * k) || out->rows != n * k || out->cols != w->rows;
   if (w->mxfp4)
-    bad |= w->cols % 32 || ext_check(be, "moe_matmul", &w->blocks, QV_DTYPE_U8) ||
+    bad |= w->cols % 32 || w->cols > MOE_DQ_FLOATS || ext_check(be, "moe_matmul", &w->blocks, QV_DTYPE_U8) ||
            ext_check(be, "moe_matmul", &w->scales, QV_DTYPE_U8) || w->blocks.rows != E * w->rows ||
            w->blocks.cols != w->cols / 2 || w->scales.rows != E * w->rows || w->scales.cols != w->cols / 32;
   else
@@ -234,24 +222,34 @@ int cpu_moe_matmul(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_
   for (int64_t i = 0; i < S; i++)
     if (id[i] < 0 || id[i] >= E) return qv_error_set(&be->last_error, QV_ERANGE, "cpu moe_matmul: expert id %d", id[i]);
   int64_t tasks_per_expert = (w->rows + EXT_ROWS_PER_TASK - 1) / EXT_ROWS_PER_TASK;
-  /* order[S] + offs[E+1] + cursor[E] ints, then the task list. */
-  size_t ints = (size_t)S + 2 * (size_t)E + 1;
-  void *mem = malloc(ints * sizeof(int32_t) + (size_t)(E * tasks_per_expert) * sizeof(moe_task) + 16);
+  /* xg[S][cols] + og[S][rows] floats, then order[S] + offs[E+1] + cursor[E] ints and the tasks. */
+  size_t floats = (size_t)S * (size_t)(w->cols + w->rows), ints = (size_t)S + 2 * (size_t)E + 1;
+  void *mem = malloc(floats * sizeof(float) + ints * sizeof(int32_t) +
+                     (size_t)(E * tasks_per_expert) * sizeof(moe_task) + 16);
   if (!mem) return qv_error_set(&be->last_error, QV_ENOMEM, "cpu moe_matmul: out of memory");
-  int32_t *order = mem, *offs = order + S, *cur = offs + E + 1;
+  float *xg = mem, *og = xg + (size_t)S * (size_t)w->cols;
+  int32_t *order = (int32_t *)(og + (size_t)S * (size_t)w->rows), *offs = order + S, *cur = offs + E + 1;
   moe_task *tasks = (moe_task *)(((uintptr_t)(cur + E) + 15) & ~(uintptr_t)15);
   memset(offs, 0, (size_t)(E + 1) * sizeof(int32_t));
   for (int64_t i = 0; i < S; i++) offs[id[i] + 1]++;
   for (int64_t e = 0; e < E; e++) offs[e + 1] += offs[e];
   memcpy(cur, offs, (size_t)E * sizeof(int32_t));
   for (int64_t i = 0; i < S; i++) order[cur[id[i]]++] = (int32_t)i;
+  /* x has one row per token (gate/up) or one per slot (down). */
+  int per_slot = x->rows == S && k > 1;
+  for (int64_t p = 0; p < S; p++) {
+    int64_t src = per_slot ? order[p] : order[p] / k;
+    memcpy(xg + p * w->cols, (const float *)x->data + src * w->cols, (size_t)w->cols * sizeof(float));
+  }
   int n_tasks = 0;
   for (int64_t e = 0; e < E; e++)
     if (offs[e + 1] > offs[e])
       for (int64_t t = 0; t < tasks_per_expert; t++)
         tasks[n_tasks++] = (moe_task){(int32_t)e, (int32_t)(t * EXT_ROWS_PER_TASK)};
-  moe_ctx c = {w, out->data, x->data, (int32_t)k, x->rows == n * k && k > 1, order, offs, tasks};
+  moe_ctx c = {cb->kern, w, xg, og, offs, tasks};
   ext_run(cb, 2 * S * w->rows * w->cols, n_tasks, moe_task_fn, &c);
+  for (int64_t p = 0; p < S; p++)
+    memcpy((float *)out->data + (int64_t)order[p] * w->rows, og + p * w->rows, (size_t)w->rows * sizeof(float));
   free(mem);
   return 0;
 }

@@ -402,19 +402,3 @@ int cpu_quant_matmul(qv_backend *be, qv_tensor *out, const qv_tensor *x, const q
   }
   return 0;
 }
-
-int cpu_quant_embed(qv_backend *be, qv_tensor *out, const qv_tensor *table) {
-  cpu_backend *c = (cpu_backend *)be;
-  if (!out || out->dtype != QV_DTYPE_F32 || out->rows != c->b.n_tokens || out->cols != table->cols || table->cols % 32)
-    return qv_error_set(&be->last_error, QV_EINVAL, "cpu quant embed: shape mismatch");
-  size_t rb = qv_dtype_row_bytes(table->dtype, table->cols);
-  for (int32_t i = 0; i < c->b.n_tokens; i++) {
-    int32_t id = c->b.token_ids[i];
-    if (id < 0 || id >= table->rows)
-      return qv_error_set(&be->last_error, QV_ERANGE, "cpu embed: token id %d outside vocab %lld", id,
-                          (long long)table->rows);
-    quant_dequant_row(table->dtype, (const uint8_t *)table->data + (size_t)id * rb, (float *)out->data + (size_t)i * out->cols,
-                      out->cols);
-  }
-  return 0;
-}

@@ -1,5 +1,6 @@
-/* Quantized weights on the CPU backend (cpu_quant.c): matmul and embedding lookups over
- * block-quantized weight tensors (QV_DTYPE_Q*), reached from cpu_ops.c by one dispatch line each.
+/* Quantized weights on the CPU backend (cpu_quant.c): matmul over block-quantized weight
+ * tensors (QV_DTYPE_Q*), reached from cpu_ops.c by one dispatch line (embedding lookups of
+ * quantized tables dequantize their rows in cpu_ops.c).
  *
  * Method: each task walks its weight rows in blocks (8 rows for decode-sized batches, up to 64
  * rows / ~128 KiB otherwise), dequantizes a block into f32 scratch (SIMD dequantizers that
@@ -15,7 +16,6 @@
 #include "backend/cpu/cpu.h"
 
 int cpu_quant_matmul(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_tensor *w, const qv_tensor *bias);
-int cpu_quant_embed(qv_backend *be, qv_tensor *out, const qv_tensor *table);
 /* Frees the backend's quant scratch (cpu_destroy). */
 void cpu_quant_free(cpu_backend *c);
 

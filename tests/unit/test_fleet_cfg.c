@@ -1,0 +1,93 @@
+/* The fleet's configuration: --memory-budget spellings (bytes with SI or binary suffixes, a
+ * fraction of RAM) and rejections, --admin-key (never equal to a user key), and the per-model
+ * config keys load, pin, keep_alive, min_kv, max_kv with their validation. */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/serve_cfg.h"
+
+#define A(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+static int parse(const char *const *args, serve_cfg *c, qv_error *err) {
+  char *argv[16] = {"serve"};
+  int argc = 1;
+  for (; args[argc - 1]; argc++) argv[argc] = (char *)args[argc - 1];
+  return serve_cfg_parse(c, argc, argv, err);
+}
+
+Test(fleet_cfg, memory_budget_spellings) {
+  unsetenv("QUIVER_API_KEY");
+  const struct {
+    const char *arg;
+    int64_t bytes;
+  } ok[] = {{"8G", 8000000000}, {"512Mi", 536870912}, {"600000000", 600000000}, {"1.5Gi", 1610612736},
+            {"2K", 2000}};
+  for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+    serve_cfg c;
+    qv_error err = {0};
+    cr_assert_eq(parse(A("--memory-budget", ok[i].arg), &c, &err), 0, "%s: %s", ok[i].arg, err.msg);
+    cr_expect_eq(c.lo.memory_budget, ok[i].bytes, "%s -> %lld", ok[i].arg, (long long)c.lo.memory_budget);
+    serve_cfg_deinit(&c);
+  }
+  serve_cfg c;
+  qv_error err = {0};
+  cr_assert_eq(parse(A("--memory-budget", "0.5"), &c, &err), 0, "%s", err.msg);
+  double ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+  cr_expect((double)c.lo.memory_budget > 0.49 * ram && (double)c.lo.memory_budget < 0.51 * ram);
+  serve_cfg_deinit(&c);
+  const char *bad[] = {"0", "-1", "lots", "8X", "1e30", "0.5G0"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    qv_error e = {0};
+    cr_expect_neq(parse(A("--memory-budget", bad[i]), &c, &e), 0, "%s accepted", bad[i]);
+    cr_expect(strstr(e.msg, "--memory-budget"), "%s: %s", bad[i], e.msg);
+    serve_cfg_deinit(&c);
+  }
+}
+
+Test(fleet_cfg, admin_keys_differ_from_user_keys) {
+  unsetenv("QUIVER_API_KEY");
+  serve_cfg c;
+  qv_error err = {0};
+  cr_assert_eq(parse(A("--admin-key", "adm", "--api-key", "user"), &c, &err), 0, "%s", err.msg);
+  cr_assert_eq(c.reg.n_admin_keys, 1);
+  cr_assert_str_eq(c.reg.admin_keys[0], "adm");
+  serve_cfg_deinit(&c);
+  cr_assert_neq(parse(A("--admin-key", "same", "--api-key", "same"), &c, &err), 0);
+  cr_assert(strstr(err.msg, "admin key must differ"), "%s", err.msg);
+  serve_cfg_deinit(&c);
+}
+
+Test(fleet_cfg, model_keys) {
+  registry g;
+  registry_init(&g);
+  qv_error err = {0};
+  const char *cfg = "{\"admin_keys\": [\"a1\"], \"models\": ["
+                    "{\"name\": \"x\", \"path\": \"/m/x\", \"load\": \"on_demand\", \"pin\": true,"
+                    " \"keep_alive\": 30.5, \"min_kv\": 8, \"max_kv\": 64},"
+                    "{\"name\": \"y\", \"path\": \"/m/y\"}]}";
+  cr_assert_eq(registry_load_json(&g, cfg, strlen(cfg), &err), 0, "%s", err.msg);
+  cr_assert_eq(g.n_admin_keys, 1);
+  const reg_model *x = &g.models[0], *y = &g.models[1];
+  cr_assert(x->on_demand && x->pin && x->keep_alive_s == 30.5 && x->min_kv == 8 && x->max_kv == 64);
+  cr_assert(!y->on_demand && !y->pin && y->keep_alive_s == 0 && !y->min_kv && !y->max_kv);
+  registry_deinit(&g);
+  const struct {
+    const char *cfg, *msg;
+  } bad[] = {
+      {"{\"models\": [{\"path\": \"/m\", \"load\": \"lazy\"}]}", "'load' must be"},
+      {"{\"models\": [{\"path\": \"/m\", \"pin\": 1}]}", "'pin' must be"},
+      {"{\"models\": [{\"path\": \"/m\", \"keep_alive\": -1}]}", "'keep_alive' must be"},
+      {"{\"models\": [{\"path\": \"/m\", \"min_kv\": 9, \"max_kv\": 8}]}", "exceeds max_kv"},
+      {"{\"models\": [{\"path\": \"/m\", \"max_kv\": 1.5}]}", "'max_kv' must be an integer"},
+      {"{\"admin_keys\": \"k\"}", "'admin_keys' must be an array"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    registry_init(&g);
+    qv_error e = {0};
+    cr_expect_eq(registry_load_json(&g, bad[i].cfg, strlen(bad[i].cfg), &e), QV_EINVAL, "%s", bad[i].cfg);
+    cr_expect(strstr(e.msg, bad[i].msg), "%s: got '%s'", bad[i].cfg, e.msg);
+    registry_deinit(&g);
+  }
+}
