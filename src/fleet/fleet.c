@@ -37,7 +37,7 @@ struct fleet {
   fleet_ops ops;
   qv_budget *budget;
   fleet_model m[FLEET_MAX_MODELS];
-  int32_t n;
+  _Atomic int32_t n;          /* models in m; grows (fleet_add) after the entry is written */
   pthread_mutex_t mu;
   pthread_cond_t work_cv;    /* loader: a target was set or stop */
   pthread_cond_t change_cv;  /* waiters: a state changed */
@@ -373,6 +373,27 @@ void fleet_destroy(fleet *f) {
   pthread_cond_destroy(&f->work_cv);
   pthread_cond_destroy(&f->change_cv);
   free(f);
+}
+
+int32_t fleet_add(fleet *f, const fleet_model_cfg *cfg, qv_error *err) {
+  pthread_mutex_lock(&f->mu);
+  int32_t idx = f->n;
+  if (idx >= FLEET_MAX_MODELS) {
+    pthread_mutex_unlock(&f->mu);
+    return qv_error_set(err, QV_ELIMIT, "fleet: full (at most %d models)", FLEET_MAX_MODELS);
+  }
+  fleet_model *m = &f->m[idx];
+  memset(&m->info, 0, sizeof m->info);
+  m->cfg = *cfg;
+  m->info.pin = cfg->pin;
+  m->info.on_demand = cfg->on_demand;
+  m->target = cfg->on_demand ? TGT_NONE : TGT_LOAD;
+  m->last_used_ns = 0;
+  atomic_init(&m->users, 0);
+  f->n = idx + 1; /* atomic: readers without the mutex see the written entry */
+  pthread_cond_signal(&f->work_cv);
+  pthread_mutex_unlock(&f->mu);
+  return idx;
 }
 
 static void set_target(fleet *f, int32_t idx, int target) {

@@ -90,6 +90,11 @@ int fleet_create(const fleet_ops *ops, qv_budget *budget, const fleet_model_cfg 
 /* Stops the loader thread, then stops and drops every loaded model. Accepts NULL. */
 void fleet_destroy(fleet *f);
 
+/* Adds a model at run time (the admin API): its index (the next one; indices never move), or
+ * QV_ELIMIT once FLEET_MAX_MODELS are registered. cfg is copied (name borrowed for the fleet's
+ * life); a model that is not on_demand is queued for loading at once. The caller must have
+ * made everything ops reads for this index ready before calling. */
+int32_t fleet_add(fleet *f, const fleet_model_cfg *cfg, qv_error *err);
 /* Queues the loads of the startup models. */
 void fleet_start(fleet *f);
 /* Queues a load (or wake) of idx; a model already ready or loading is left as it is. */

@@ -117,6 +117,11 @@ int registry_add_admin_key(registry *r, const char *key, qv_error *err);
 int registry_load_json(registry *r, const char *text, size_t len, qv_error *err);
 /* Reads and merges a config file. */
 int registry_load_file(registry *r, const char *path, qv_error *err);
+/* Adds one model at run time from an admin API body: {"name", "path", and the per-model keys of
+ * the config file but "aliases"}; *idx is its index (always the last). Strict: invalid JSON, an
+ * unknown key, a bad value or name: QV_EINVAL; a name already used by a model, alias or route:
+ * QV_ESTATE; REG_MAX_MODELS models already: QV_ELIMIT. On error nothing is added. */
+int registry_add_model_json(registry *r, const char *text, size_t len, int32_t *idx, qv_error *err);
 /* Checks names are unique across models, aliases and routes, and that every alias and route
  * target exists (aliases may point to routes); resolves route indices. With no model at all
  * it adds the embedded model as "quiver-tiny". */
