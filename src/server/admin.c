@@ -2,6 +2,8 @@
  * keys (registry_finalize refuses a key that is both).
  *
  *   GET    /admin/v1/models                 every model: state, memory, load times, counters
+ *   POST   /admin/v1/models                 add a model: {"name", "path", per-model config keys}
+ *                                           (201; 400 bad body, 409 name taken, 507 full)
  *   GET    /admin/v1/models/{name}          one model
  *   POST   /admin/v1/models/{name}/load     load or wake (also: /wake)
  *   POST   /admin/v1/models/{name}/sleep    {"level": 1 | 2} (default 1)
@@ -87,6 +89,34 @@ static int sleep_level(const http_request *req) {
   return level;
 }
 
+_Static_assert(FLEET_MAX_MODELS >= REG_MAX_MODELS, "the fleet holds every registry model");
+
+/* POST /admin/v1/models: registry, server tables, then the fleet (which loads it unless
+ * "load": "on_demand"); a bad path shows as state failed with the loader's error. */
+static void add_model(srv_req *r, const http_request *req) {
+  server *s = r->s;
+  if (!s->opts.add_model || !s->opts.fleet) {
+    srv_send_error(r, 405, "this server cannot add models at run time", NULL, "method_not_allowed");
+    return;
+  }
+  int32_t idx = -1;
+  qv_error err = {0};
+  int rc = s->opts.add_model(s->opts.add_model_arg, req->body ? req->body : "", req->body ? req->body_len : 0,
+                             &idx, &err);
+  if (!rc) rc = server_model_added(s, idx, &err);
+  if (rc) {
+    int status = rc == QV_ESTATE ? 409 : rc == QV_ELIMIT ? 507 : rc == QV_ENOMEM ? 500 : 400;
+    srv_send_error(r, status, err.msg[0] ? err.msg : qv_strerror(rc), NULL,
+                   status == 409 ? "model_exists" : status == 507 ? "too_many_models" : NULL);
+    return;
+  }
+  const reg_model *rm = &s->reg->models[idx];
+  fleet_model_cfg cfg = {.name = rm->name, .on_demand = rm->on_demand, .pin = rm->pin,
+                         .keep_alive_s = rm->keep_alive_s};
+  fleet_add(s->opts.fleet, &cfg, &err); /* cannot be full: FLEET_MAX_MODELS >= REG_MAX_MODELS */
+  answer(r, 201, model_json(s, idx));
+}
+
 void srv_admin_handle(srv_req *r, const http_request *req) {
   server *s = r->s;
   const registry *g = s->reg;
@@ -104,11 +134,9 @@ void srv_admin_handle(srv_req *r, const http_request *req) {
   const char *p = req->path, *method = req->method_str;
   int get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
   if (!strcmp(p, "/admin/v1/models")) {
-    if (!get) {
-      srv_send_error(r, 405, "use GET (adding models at run time is not supported yet)", NULL, "method_not_allowed");
-      return;
-    }
-    list_models(r);
+    if (get) list_models(r);
+    else if (!strcmp(method, "POST")) add_model(r, req);
+    else srv_send_error(r, 405, "use GET or POST", NULL, "method_not_allowed");
     return;
   }
   if (strncmp(p, "/admin/v1/models/", 17)) {
