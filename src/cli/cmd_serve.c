@@ -18,6 +18,7 @@
 #include "cli/serve_cfg.h"
 #include "cli/serve_tp.h"
 #include "core/log.h"
+#include "fleet/fleet.h"
 #include "server/models.h"
 #include "server/registry.h"
 #include "server/server.h"
@@ -28,9 +29,13 @@ typedef struct serve_adder {
   srv_models *loaded;
 } serve_adder;
 
+static int serve_reusable(void *arg, int32_t idx) {
+  return fleet_idle_unloaded(srv_models_fleet(((serve_adder *)arg)->loaded), idx);
+}
+
 static int serve_add_model(void *arg, const char *body, size_t len, int32_t *idx, qv_error *err) {
   serve_adder *a = arg;
-  int rc = registry_add_model_json(a->reg, body, len, idx, err);
+  int rc = registry_add_model_json(a->reg, body, len, serve_reusable, a, idx, err);
   return rc ? rc : srv_models_add(a->loaded, *idx, err);
 }
 

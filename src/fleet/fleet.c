@@ -375,13 +375,8 @@ void fleet_destroy(fleet *f) {
   free(f);
 }
 
-int32_t fleet_add(fleet *f, const fleet_model_cfg *cfg, qv_error *err) {
-  pthread_mutex_lock(&f->mu);
-  int32_t idx = f->n;
-  if (idx >= FLEET_MAX_MODELS) {
-    pthread_mutex_unlock(&f->mu);
-    return qv_error_set(err, QV_ELIMIT, "fleet: full (at most %d models)", FLEET_MAX_MODELS);
-  }
+/* Under mu: slot idx (new, or idle and unloaded) takes cfg and, unless on demand, a load. */
+static void fill_slot(fleet *f, int32_t idx, const fleet_model_cfg *cfg) {
   fleet_model *m = &f->m[idx];
   memset(&m->info, 0, sizeof m->info);
   m->cfg = *cfg;
@@ -389,11 +384,46 @@ int32_t fleet_add(fleet *f, const fleet_model_cfg *cfg, qv_error *err) {
   m->info.on_demand = cfg->on_demand;
   m->target = cfg->on_demand ? TGT_NONE : TGT_LOAD;
   m->last_used_ns = 0;
-  atomic_init(&m->users, 0);
-  f->n = idx + 1; /* atomic: readers without the mutex see the written entry */
   pthread_cond_signal(&f->work_cv);
+}
+
+int32_t fleet_add(fleet *f, const fleet_model_cfg *cfg, qv_error *err) {
+  pthread_mutex_lock(&f->mu);
+  int32_t idx = f->n;
+  if (idx >= FLEET_MAX_MODELS) {
+    pthread_mutex_unlock(&f->mu);
+    return qv_error_set(err, QV_ELIMIT, "fleet: full (at most %d models)", FLEET_MAX_MODELS);
+  }
+  atomic_init(&f->m[idx].users, 0);
+  fill_slot(f, idx, cfg);
+  f->n = idx + 1; /* atomic: readers without the mutex see the written entry */
   pthread_mutex_unlock(&f->mu);
   return idx;
+}
+
+/* Under mu: nothing loaded, queued or in flight. */
+static int idle_unloaded(fleet *f, int32_t idx) {
+  const fleet_model *m = &f->m[idx];
+  fleet_state st = m->info.state;
+  return (st == FLEET_UNLOADED || st == FLEET_FAILED || st == FLEET_REGISTERED) && m->info.depth == 0 &&
+         m->target == TGT_NONE && atomic_load(&m->users) == 0;
+}
+
+int fleet_idle_unloaded(fleet *f, int32_t idx) {
+  if (idx < 0 || idx >= f->n) return 0;
+  pthread_mutex_lock(&f->mu);
+  int yes = idle_unloaded(f, idx);
+  pthread_mutex_unlock(&f->mu);
+  return yes;
+}
+
+int fleet_readd(fleet *f, int32_t idx, const fleet_model_cfg *cfg, qv_error *err) {
+  if (idx < 0 || idx >= f->n) return qv_error_set(err, QV_EINVAL, "fleet: no model %d", idx);
+  pthread_mutex_lock(&f->mu);
+  int ok = idle_unloaded(f, idx);
+  if (ok) fill_slot(f, idx, cfg);
+  pthread_mutex_unlock(&f->mu);
+  return ok ? 0 : qv_error_set(err, QV_EBUSY, "fleet: model %d is not idle and unloaded", idx);
 }
 
 static void set_target(fleet *f, int32_t idx, int target) {

@@ -7,8 +7,9 @@
  *   GET    /admin/v1/models/{name}          one model
  *   POST   /admin/v1/models/{name}/load     load or wake (also: /wake)
  *   POST   /admin/v1/models/{name}/sleep    {"level": 1 | 2} (default 1)
- *   POST   /admin/v1/models/{name}/unload   drain its requests, then unload (also: DELETE
- *                                           /admin/v1/models/{name})
+ *   POST   /admin/v1/models/{name}/unload   drain its requests, then unload
+ *   DELETE /admin/v1/models/{name}          unload; a model added at run time is also removed
+ *                                           (its name is free; adding it again reuses its slot)
  *   POST   /admin/v1/models/{name}/pin      never evicted for room (/unpin undoes it)
  *
  * Actions are queued to the fleet's loader thread and answered at once with 202 and the state
@@ -65,7 +66,8 @@ static void list_models(srv_req *r) {
   server *s = r->s;
   cJSON *root = cJSON_CreateObject();
   cJSON *arr = cJSON_AddArrayToObject(root, "models");
-  for (int32_t i = 0; i < s->n_models; i++) cJSON_AddItemToArray(arr, model_json(s, i));
+  for (int32_t i = 0; i < s->n_models; i++)
+    if (!s->reg->models[i].removed) cJSON_AddItemToArray(arr, model_json(s, i));
   if (s->opts.budget) {
     qv_budget_stats bs;
     qv_budget_get_stats(s->opts.budget, &bs);
@@ -105,7 +107,7 @@ static void add_model(srv_req *r, const http_request *req) {
                              &idx, &err);
   if (!rc) rc = server_model_added(s, idx, &err);
   if (rc) {
-    int status = rc == QV_ESTATE ? 409 : rc == QV_ELIMIT ? 507 : rc == QV_ENOMEM ? 500 : 400;
+    int status = rc == QV_ESTATE || rc == QV_EBUSY ? 409 : rc == QV_ELIMIT ? 507 : rc == QV_ENOMEM ? 500 : 400;
     srv_send_error(r, status, err.msg[0] ? err.msg : qv_strerror(rc), NULL,
                    status == 409 ? "model_exists" : status == 507 ? "too_many_models" : NULL);
     return;
@@ -113,7 +115,8 @@ static void add_model(srv_req *r, const http_request *req) {
   const reg_model *rm = &s->reg->models[idx];
   fleet_model_cfg cfg = {.name = rm->name, .on_demand = rm->on_demand, .pin = rm->pin,
                          .keep_alive_s = rm->keep_alive_s};
-  fleet_add(s->opts.fleet, &cfg, &err); /* cannot be full: FLEET_MAX_MODELS >= REG_MAX_MODELS */
+  if (idx < fleet_n_models(s->opts.fleet)) fleet_readd(s->opts.fleet, idx, &cfg, &err); /* idle: checked */
+  else fleet_add(s->opts.fleet, &cfg, &err); /* cannot be full: FLEET_MAX_MODELS >= REG_MAX_MODELS */
   answer(r, 201, model_json(s, idx));
 }
 
@@ -153,7 +156,7 @@ void srv_admin_handle(srv_req *r, const http_request *req) {
   memcpy(name, rest, len);
   name[len] = 0;
   int32_t idx = fleet_find(s->opts.fleet, name);
-  if (idx < 0) {
+  if (idx < 0 || s->reg->models[idx].removed) {
     char msg[320];
     snprintf(msg, sizeof msg, "The model '%.200s' does not exist.", name);
     srv_send_error(r, 404, msg, "model", "model_not_found");
@@ -163,8 +166,15 @@ void srv_admin_handle(srv_req *r, const http_request *req) {
   if (!*action) {
     if (get) answer(r, 200, model_json(s, idx));
     else if (!strcmp(method, "DELETE")) {
+      /* An added model is removed: no new request resolves it, its name is free at once, and
+       * its slot is taken again when the name is added again (once its unload is done). A
+       * model of the configuration stays registered (routes and aliases may point at it). */
       fleet_unload(s->opts.fleet, idx);
-      answer(r, 202, model_json(s, idx));
+      cJSON *m = model_json(s, idx);
+      /* The registry is the caller's writable one (opts.add_model writes it too; loop thread). */
+      if (s->reg->models[idx].added) ((reg_model *)&s->reg->models[idx])->removed = 1;
+      cJSON_AddBoolToObject(m, "removed", s->reg->models[idx].removed);
+      answer(r, 202, m);
     } else srv_send_error(r, 405, "use GET or DELETE", NULL, "method_not_allowed");
     return;
   }

@@ -445,6 +445,12 @@ static void init_slot(srv_models *s, int32_t i) {
 }
 
 int srv_models_add(srv_models *s, int32_t idx, qv_error *err) {
+  if (idx < s->n) { /* a removed model's slot taken again (unloaded: only these fields change) */
+    const reg_model *rm = &s->reg->models[idx];
+    s->m[idx].max_model_len = rm->max_model_len ? rm->max_model_len : s->o.max_model_len;
+    s->m[idx].reasoning = rm->reasoning != REG_REASONING_UNSET ? rm->reasoning : s->o.reasoning;
+    return 0;
+  }
   if (idx != s->n || idx >= REG_MAX_MODELS || idx >= s->reg->n_models)
     return qv_error_set(err, QV_ESTATE, "model %d is not the registry's next model", idx);
   init_slot(s, idx);

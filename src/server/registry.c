@@ -372,7 +372,7 @@ int registry_load_file(registry *r, const char *path, qv_error *err) {
 
 static int find_model(const registry *r, const char *name) {
   for (int32_t i = 0; i < r->n_models; i++)
-    if (!strcmp(r->models[i].name, name)) return i;
+    if (!r->models[i].removed && !strcmp(r->models[i].name, name)) return i;
   return -1;
 }
 
@@ -481,7 +481,7 @@ static const char *const add_keys[] = {"name", "path", "device", "max_model_len"
 
 static int name_taken(const registry *r, const char *name) {
   for (int32_t i = 0; i < r->n_models; i++)
-    if (!strcmp(r->models[i].name, name)) return 1;
+    if (!r->models[i].removed && !strcmp(r->models[i].name, name)) return 1;
   for (int32_t i = 0; i < r->n_aliases; i++)
     if (!strcmp(r->aliases[i].name, name)) return 1;
   for (int32_t i = 0; i < r->n_routes; i++)
@@ -505,18 +505,48 @@ static int check_add_body(const registry *r, const cJSON *j, qv_error *err) {
     return qv_error_set(err, QV_EINVAL, "'path' must be a non-empty string");
   if (name_taken(r, name->valuestring))
     return qv_error_set(err, QV_ESTATE, "the name '%s' is already a model, alias or route", name->valuestring);
-  if (r->n_models >= REG_MAX_MODELS)
-    return qv_error_set(err, QV_ELIMIT, "no room for another model (at most %d)", REG_MAX_MODELS);
   return 0;
 }
 
-int registry_add_model_json(registry *r, const char *text, size_t len, int32_t *idx, qv_error *err) {
+/* The removed slot of this name, or -1. */
+static int32_t removed_slot(const registry *r, const char *name) {
+  for (int32_t i = 0; i < r->n_models; i++)
+    if (r->models[i].removed && !strcmp(r->models[i].name, name)) return i;
+  return -1;
+}
+
+/* A removed model's slot taken again: options parsed into a copy first, so a bad body leaves
+ * the slot as it was. The name string stays (equal, and other threads may be comparing it). */
+static int reuse_slot(reg_model *rm, const char *path, const cJSON *j, qv_error *err) {
+  reg_model t = {.name = rm->name, .added = 1};
+  int rc = (t.path = strdup(path)) ? load_model_opts(j, &t, err) : qv_error_set(err, QV_ENOMEM, "out of memory");
+  if (rc) {
+    free(t.path);
+    free(t.device);
+    return rc;
+  }
+  free(rm->path);
+  free(rm->device);
+  *rm = t;
+  return 0;
+}
+
+int registry_add_model_json(registry *r, const char *text, size_t len,
+                            int (*reusable)(void *arg, int32_t idx), void *arg, int32_t *idx,
+                            qv_error *err) {
   cJSON *j = cJSON_ParseWithLength(text, len);
   if (!j) return qv_error_set(err, QV_EINVAL, "the body is not valid JSON");
   int rc = check_add_body(r, j, err);
-  if (!rc) rc = add_model(r, cJSON_GetObjectItemCaseSensitive(j, "name")->valuestring,
-                          cJSON_GetObjectItemCaseSensitive(j, "path")->valuestring, err);
-  if (!rc) {
+  const char *name = rc ? NULL : cJSON_GetObjectItemCaseSensitive(j, "name")->valuestring;
+  const char *path = rc ? NULL : cJSON_GetObjectItemCaseSensitive(j, "path")->valuestring;
+  int32_t slot = rc ? -1 : removed_slot(r, name);
+  if (slot >= 0) {
+    if (!reusable || !reusable(arg, slot))
+      rc = qv_error_set(err, QV_EBUSY, "the model '%s' is still being removed; try again", name);
+    else if (!(rc = reuse_slot(&r->models[slot], path, j, err))) *idx = slot;
+  } else if (!rc && r->n_models >= REG_MAX_MODELS) {
+    rc = qv_error_set(err, QV_ELIMIT, "no room for another model (at most %d)", REG_MAX_MODELS);
+  } else if (!rc && !(rc = add_model(r, name, path, err))) {
     reg_model *rm = &r->models[r->n_models - 1];
     if ((rc = load_model_opts(j, rm, err))) {
       free(rm->name);
@@ -524,7 +554,10 @@ int registry_add_model_json(registry *r, const char *text, size_t len, int32_t *
       free(rm->device);
       memset(rm, 0, sizeof *rm);
       r->n_models--;
-    } else *idx = r->n_models - 1;
+    } else {
+      rm->added = 1;
+      *idx = r->n_models - 1;
+    }
   }
   cJSON_Delete(j);
   return rc;

@@ -338,6 +338,7 @@ static void handle_models(srv_req *r, const char *one) {
   int32_t n = 0;
   if (names && roots && lens) {
     for (int32_t i = 0; i < g->n_models; i++) {
+      if (g->models[i].removed) continue;
       names[n] = g->models[i].name;
       roots[n] = g->models[i].name;
       lens[n++] = s->models[i].max_model_len;
@@ -774,6 +775,7 @@ static void init_notify(server *s, int32_t i) {
 }
 
 int server_model_added(server *s, int32_t idx, qv_error *err) {
+  if (idx >= 0 && idx < s->n_models) return 0; /* a slot taken again: same name, tables kept */
   if (idx != s->n_models || idx >= REG_MAX_MODELS || idx >= s->reg->n_models)
     return qv_error_set(err, QV_ESTATE, "model %d is not the registry's next model", idx);
   if (metrics_add_model(&s->met, s->reg->models[idx].name))

@@ -202,8 +202,8 @@ def test_admin_keys(tmp_path, quiver_bin, stories_dir):
 def test_admin_add_model_at_run_time_while_another_streams(tmp_path, quiver_bin, stories_dir):
     """POST /admin/v1/models adds stories260K while model a streams: a's stream is untouched, the
     new model answers the OpenAI and Anthropic endpoints and shows in /v1/models; bad bodies get
-    400, a taken name 409; DELETE unloads it while its own stream is open and that stream
-    finishes."""
+    400, a taken name 409; DELETE removes it while its own stream is open: that stream finishes,
+    the name then 404s, and adding it again works."""
     stories_dir = str(stories_dir)
     cfg = write_cfg(tmp_path, [{"name": "a", "path": stories_dir}], api_keys=["user-key"])
     srv = Server(quiver_bin, ["--config", cfg, "--max-model-len", "512"])
@@ -259,7 +259,17 @@ def test_admin_add_model_at_run_time_while_another_streams(tmp_path, quiver_bin,
         c.close()
         t.join(120)
         assert not errors and out == [("s2", ref)]
-        wait_state(srv, "s2", "unloaded", settled=lambda j: j["weight_bytes"] == 0)
+        # removed: the name 404s everywhere, then adding it again works (once the unload is done)
+        assert srv.get("/admin/v1/models/s2", headers=ADMIN)[0] == 404
+        assert srv.post("/v1/completions", {"model": "s2", "prompt": "x", "max_tokens": 2}, headers=user)[0] == 404
+        assert "s2" not in [m.id for m in client.models.list().data]
+        deadline = time.time() + 30
+        while (st := admin(srv, "POST", "/admin/v1/models", body)[0]) == 409 and time.time() < deadline:
+            time.sleep(0.05)  # 409 while its unload is still under way
+        assert st == 201
+        wait_state(srv, "s2", "ready")
+        assert client.completions.create(model="s2", prompt=PROMPTS[1], max_tokens=200,
+                                         temperature=0).choices[0].text == ref
         assert client.completions.create(model="a", prompt=PROMPTS[1], max_tokens=200,
                                          temperature=0).choices[0].text == ref
     finally:

@@ -233,6 +233,22 @@ Test(fleet, add_at_run_time) {
   fleet_load(f, 2);
   wait_ok(f, 2);
   cr_expect_eq(state_of(f, 0), FLEET_READY, "adding never disturbs a loaded model");
+  /* A removed model's slot serves its name again only once idle and unloaded. */
+  cr_expect_eq(fleet_idle_unloaded(f, 2), 0);
+  cr_expect_eq(fleet_readd(f, 2, &c, &err), QV_EBUSY);
+  fleet_unload(f, 2);
+  wait_state(f, 2, FLEET_UNLOADED);
+  for (int k = 0; k < 500 && !fleet_idle_unloaded(f, 2); k++) {
+    struct timespec ts = {0, 10000000};
+    nanosleep(&ts, NULL);
+  }
+  fleet_model_cfg c2 = {.name = "c"};
+  cr_assert_eq(fleet_readd(f, 2, &c2, &err), 0, "%s", err.msg);
+  wait_ok(f, 2);
+  fleet_model_info in;
+  fleet_get_info(f, 2, &in);
+  cr_expect_eq(in.n_loads, 1, "counters start afresh");
+  cr_expect_eq(in.on_demand, 0);
   fleet_destroy(f);
   cr_expect_eq(ff.depth[1] + ff.depth[2], 0);
   fleet_model_cfg many[FLEET_MAX_MODELS];
