@@ -205,7 +205,9 @@ def test_admin_add_model_at_run_time_while_another_streams(tmp_path, quiver_bin,
     400, a taken name 409; DELETE removes it while its own stream is open: that stream finishes,
     the name then 404s, and adding it again works."""
     stories_dir = str(stories_dir)
-    cfg = write_cfg(tmp_path, [{"name": "a", "path": stories_dir}], api_keys=["user-key"])
+    cfg = write_cfg(tmp_path, [{"name": "a", "path": stories_dir}], api_keys=["user-key"],
+                    tenants=[{"name": "open", "keys": ["sk-open"]},
+                             {"name": "only-a", "keys": ["sk-a"], "models": ["a"]}])
     srv = Server(quiver_bin, ["--config", cfg, "--max-model-len", "512"])
     try:
         client = srv.client("user-key")
@@ -237,6 +239,9 @@ def test_admin_add_model_at_run_time_while_another_streams(tmp_path, quiver_bin,
                                                "messages": [{"role": "user", "content": "Hi"}]}, headers=user)
         assert st == 200 and json.loads(msg)["model"] == "s2", msg
         assert "s2" in [m.id for m in client.models.list().data]
+        one = {"model": "s2", "prompt": "x", "max_tokens": 2}
+        assert srv.post("/v1/completions", one, headers={"Authorization": "Bearer sk-open"})[0] == 200
+        assert srv.post("/v1/completions", one, headers={"Authorization": "Bearer sk-a"})[0] == 403
         # strict bodies: unknown option, bad name, missing path, taken name; bad path: failed
         assert admin(srv, "POST", "/admin/v1/models", {**body, "name": "s3", "colour": 1})[0] == 400
         assert admin(srv, "POST", "/admin/v1/models", {"name": "a b", "path": stories_dir})[0] == 400
