@@ -18,9 +18,26 @@
 #include "cli/serve_cfg.h"
 #include "cli/serve_tp.h"
 #include "core/log.h"
+#include "fleet/fleet.h"
 #include "server/models.h"
 #include "server/registry.h"
 #include "server/server.h"
+
+/* The admin API's run-time add (server_opts.add_model): the registry, then the model's slot. */
+typedef struct serve_adder {
+  registry *reg;
+  srv_models *loaded;
+} serve_adder;
+
+static int serve_reusable(void *arg, int32_t idx) {
+  return fleet_idle_unloaded(srv_models_fleet(((serve_adder *)arg)->loaded), idx);
+}
+
+static int serve_add_model(void *arg, const char *body, size_t len, int32_t *idx, qv_error *err) {
+  serve_adder *a = arg;
+  int rc = registry_add_model_json(a->reg, body, len, serve_reusable, a, idx, err);
+  return rc ? rc : srv_models_add(a->loaded, *idx, err);
+}
 
 int cli_serve(int argc, char **argv) {
   serve_cfg c;
@@ -77,6 +94,11 @@ int cli_serve(int argc, char **argv) {
   server *srv = NULL;
   so.fleet = srv_models_fleet(loaded);
   so.budget = srv_models_budget(loaded);
+  serve_adder adder = {.reg = reg, .loaded = loaded};
+  if (c.tp_net.nnodes <= 1) { /* a multi-node model set is fixed at start */
+    so.add_model = serve_add_model;
+    so.add_model_arg = &adder;
+  }
   if (server_create(&loop, reg, models, &so, &srv, &err)) {
     fprintf(stderr, "quiver serve: %s\n", err.msg);
     uv_run(&loop, UV_RUN_DEFAULT); /* close what was opened */

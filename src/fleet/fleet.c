@@ -37,7 +37,7 @@ struct fleet {
   fleet_ops ops;
   qv_budget *budget;
   fleet_model m[FLEET_MAX_MODELS];
-  int32_t n;
+  _Atomic int32_t n;          /* models in m; grows (fleet_add) after the entry is written */
   pthread_mutex_t mu;
   pthread_cond_t work_cv;    /* loader: a target was set or stop */
   pthread_cond_t change_cv;  /* waiters: a state changed */
@@ -373,6 +373,57 @@ void fleet_destroy(fleet *f) {
   pthread_cond_destroy(&f->work_cv);
   pthread_cond_destroy(&f->change_cv);
   free(f);
+}
+
+/* Under mu: slot idx (new, or idle and unloaded) takes cfg and, unless on demand, a load. */
+static void fill_slot(fleet *f, int32_t idx, const fleet_model_cfg *cfg) {
+  fleet_model *m = &f->m[idx];
+  memset(&m->info, 0, sizeof m->info);
+  m->cfg = *cfg;
+  m->info.pin = cfg->pin;
+  m->info.on_demand = cfg->on_demand;
+  m->target = cfg->on_demand ? TGT_NONE : TGT_LOAD;
+  m->last_used_ns = 0;
+  pthread_cond_signal(&f->work_cv);
+}
+
+int32_t fleet_add(fleet *f, const fleet_model_cfg *cfg, qv_error *err) {
+  pthread_mutex_lock(&f->mu);
+  int32_t idx = f->n;
+  if (idx >= FLEET_MAX_MODELS) {
+    pthread_mutex_unlock(&f->mu);
+    return qv_error_set(err, QV_ELIMIT, "fleet: full (at most %d models)", FLEET_MAX_MODELS);
+  }
+  atomic_init(&f->m[idx].users, 0);
+  fill_slot(f, idx, cfg);
+  f->n = idx + 1; /* atomic: readers without the mutex see the written entry */
+  pthread_mutex_unlock(&f->mu);
+  return idx;
+}
+
+/* Under mu: nothing loaded, queued or in flight. */
+static int idle_unloaded(fleet *f, int32_t idx) {
+  const fleet_model *m = &f->m[idx];
+  fleet_state st = m->info.state;
+  return (st == FLEET_UNLOADED || st == FLEET_FAILED || st == FLEET_REGISTERED) && m->info.depth == 0 &&
+         m->target == TGT_NONE && atomic_load(&m->users) == 0;
+}
+
+int fleet_idle_unloaded(fleet *f, int32_t idx) {
+  if (idx < 0 || idx >= f->n) return 0;
+  pthread_mutex_lock(&f->mu);
+  int yes = idle_unloaded(f, idx);
+  pthread_mutex_unlock(&f->mu);
+  return yes;
+}
+
+int fleet_readd(fleet *f, int32_t idx, const fleet_model_cfg *cfg, qv_error *err) {
+  if (idx < 0 || idx >= f->n) return qv_error_set(err, QV_EINVAL, "fleet: no model %d", idx);
+  pthread_mutex_lock(&f->mu);
+  int ok = idle_unloaded(f, idx);
+  if (ok) fill_slot(f, idx, cfg);
+  pthread_mutex_unlock(&f->mu);
+  return ok ? 0 : qv_error_set(err, QV_EBUSY, "fleet: model %d is not idle and unloaded", idx);
 }
 
 static void set_target(fleet *f, int32_t idx, int target) {

@@ -90,6 +90,16 @@ int fleet_create(const fleet_ops *ops, qv_budget *budget, const fleet_model_cfg 
 /* Stops the loader thread, then stops and drops every loaded model. Accepts NULL. */
 void fleet_destroy(fleet *f);
 
+/* Adds a model at run time (the admin API): its index (the next one; indices never move), or
+ * QV_ELIMIT once FLEET_MAX_MODELS are registered. cfg is copied (name borrowed for the fleet's
+ * life); a model that is not on_demand is queued for loading at once. The caller must have
+ * made everything ops reads for this index ready before calling. */
+int32_t fleet_add(fleet *f, const fleet_model_cfg *cfg, qv_error *err);
+/* 1 when idx has nothing loaded, queued or in flight (unloaded, failed or never loaded). */
+int fleet_idle_unloaded(fleet *f, int32_t idx);
+/* Slot idx, idle and unloaded, serves another model (a removed model's name added again):
+ * state and counters start afresh; QV_EBUSY when it is not idle and unloaded. */
+int fleet_readd(fleet *f, int32_t idx, const fleet_model_cfg *cfg, qv_error *err);
 /* Queues the loads of the startup models. */
 void fleet_start(fleet *f);
 /* Queues a load (or wake) of idx; a model already ready or loading is left as it is. */

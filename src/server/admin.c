@@ -2,11 +2,14 @@
  * keys (registry_finalize refuses a key that is both).
  *
  *   GET    /admin/v1/models                 every model: state, memory, load times, counters
+ *   POST   /admin/v1/models                 add a model: {"name", "path", per-model config keys}
+ *                                           (201; 400 bad body, 409 name taken, 507 full)
  *   GET    /admin/v1/models/{name}          one model
  *   POST   /admin/v1/models/{name}/load     load or wake (also: /wake)
  *   POST   /admin/v1/models/{name}/sleep    {"level": 1 | 2} (default 1)
- *   POST   /admin/v1/models/{name}/unload   drain its requests, then unload (also: DELETE
- *                                           /admin/v1/models/{name})
+ *   POST   /admin/v1/models/{name}/unload   drain its requests, then unload
+ *   DELETE /admin/v1/models/{name}          unload; a model added at run time is also removed
+ *                                           (its name is free; adding it again reuses its slot)
  *   POST   /admin/v1/models/{name}/pin      never evicted for room (/unpin undoes it)
  *
  * Actions are queued to the fleet's loader thread and answered at once with 202 and the state
@@ -63,7 +66,8 @@ static void list_models(srv_req *r) {
   server *s = r->s;
   cJSON *root = cJSON_CreateObject();
   cJSON *arr = cJSON_AddArrayToObject(root, "models");
-  for (int32_t i = 0; i < s->n_models; i++) cJSON_AddItemToArray(arr, model_json(s, i));
+  for (int32_t i = 0; i < s->n_models; i++)
+    if (!s->reg->models[i].removed) cJSON_AddItemToArray(arr, model_json(s, i));
   if (s->opts.budget) {
     qv_budget_stats bs;
     qv_budget_get_stats(s->opts.budget, &bs);
@@ -87,6 +91,35 @@ static int sleep_level(const http_request *req) {
   return level;
 }
 
+_Static_assert(FLEET_MAX_MODELS >= REG_MAX_MODELS, "the fleet holds every registry model");
+
+/* POST /admin/v1/models: registry, server tables, then the fleet (which loads it unless
+ * "load": "on_demand"); a bad path shows as state failed with the loader's error. */
+static void add_model(srv_req *r, const http_request *req) {
+  server *s = r->s;
+  if (!s->opts.add_model || !s->opts.fleet) {
+    srv_send_error(r, 405, "this server cannot add models at run time", NULL, "method_not_allowed");
+    return;
+  }
+  int32_t idx = -1;
+  qv_error err = {0};
+  int rc = s->opts.add_model(s->opts.add_model_arg, req->body ? req->body : "", req->body ? req->body_len : 0,
+                             &idx, &err);
+  if (!rc) rc = server_model_added(s, idx, &err);
+  if (rc) {
+    int status = rc == QV_ESTATE || rc == QV_EBUSY ? 409 : rc == QV_ELIMIT ? 507 : rc == QV_ENOMEM ? 500 : 400;
+    srv_send_error(r, status, err.msg[0] ? err.msg : qv_strerror(rc), NULL,
+                   status == 409 ? "model_exists" : status == 507 ? "too_many_models" : NULL);
+    return;
+  }
+  const reg_model *rm = &s->reg->models[idx];
+  fleet_model_cfg cfg = {.name = rm->name, .on_demand = rm->on_demand, .pin = rm->pin,
+                         .keep_alive_s = rm->keep_alive_s};
+  if (idx < fleet_n_models(s->opts.fleet)) fleet_readd(s->opts.fleet, idx, &cfg, &err); /* idle: checked */
+  else fleet_add(s->opts.fleet, &cfg, &err); /* cannot be full: FLEET_MAX_MODELS >= REG_MAX_MODELS */
+  answer(r, 201, model_json(s, idx));
+}
+
 void srv_admin_handle(srv_req *r, const http_request *req) {
   server *s = r->s;
   const registry *g = s->reg;
@@ -104,11 +137,9 @@ void srv_admin_handle(srv_req *r, const http_request *req) {
   const char *p = req->path, *method = req->method_str;
   int get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
   if (!strcmp(p, "/admin/v1/models")) {
-    if (!get) {
-      srv_send_error(r, 405, "use GET (adding models at run time is not supported yet)", NULL, "method_not_allowed");
-      return;
-    }
-    list_models(r);
+    if (get) list_models(r);
+    else if (!strcmp(method, "POST")) add_model(r, req);
+    else srv_send_error(r, 405, "use GET or POST", NULL, "method_not_allowed");
     return;
   }
   if (strncmp(p, "/admin/v1/models/", 17)) {
@@ -125,7 +156,7 @@ void srv_admin_handle(srv_req *r, const http_request *req) {
   memcpy(name, rest, len);
   name[len] = 0;
   int32_t idx = fleet_find(s->opts.fleet, name);
-  if (idx < 0) {
+  if (idx < 0 || s->reg->models[idx].removed) {
     char msg[320];
     snprintf(msg, sizeof msg, "The model '%.200s' does not exist.", name);
     srv_send_error(r, 404, msg, "model", "model_not_found");
@@ -135,8 +166,15 @@ void srv_admin_handle(srv_req *r, const http_request *req) {
   if (!*action) {
     if (get) answer(r, 200, model_json(s, idx));
     else if (!strcmp(method, "DELETE")) {
+      /* An added model is removed: no new request resolves it, its name is free at once, and
+       * its slot is taken again when the name is added again (once its unload is done). A
+       * model of the configuration stays registered (routes and aliases may point at it). */
       fleet_unload(s->opts.fleet, idx);
-      answer(r, 202, model_json(s, idx));
+      cJSON *m = model_json(s, idx);
+      /* The registry is the caller's writable one (opts.add_model writes it too; loop thread). */
+      if (s->reg->models[idx].added) ((reg_model *)&s->reg->models[idx])->removed = 1;
+      cJSON_AddBoolToObject(m, "removed", s->reg->models[idx].removed);
+      answer(r, 202, m);
     } else srv_send_error(r, 405, "use GET or DELETE", NULL, "method_not_allowed");
     return;
   }

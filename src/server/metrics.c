@@ -35,6 +35,21 @@ int metrics_init(metrics *m, const char *const *model_names, int32_t n_models) {
   return 0;
 }
 
+int metrics_add_model(metrics *m, const char *name) {
+  char *nm = strdup(name);
+  metrics_model *grown = nm ? realloc(m->models, ((size_t)m->n_models + 2) * sizeof *m->models) : NULL;
+  if (!grown) {
+    free(nm);
+    return QV_ENOMEM;
+  }
+  m->models = grown;
+  m->models[m->n_models + 1] = m->models[m->n_models]; /* the no-model entry stays last */
+  memset(&m->models[m->n_models], 0, sizeof *m->models);
+  m->models[m->n_models].name = nm;
+  m->n_models++;
+  return 0;
+}
+
 void metrics_deinit(metrics *m) {
   for (int32_t i = 0; i < m->n_tenants; i++) free(m->tenants[i].name);
   free(m->tenants);

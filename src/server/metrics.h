@@ -69,6 +69,8 @@ typedef struct metrics {
 } metrics;
 
 int metrics_init(metrics *m, const char *const *model_names, int32_t n_models);
+/* A model added at run time gets the next index (QV_ENOMEM: nothing changed). Loop thread. */
+int metrics_add_model(metrics *m, const char *name);
 void metrics_deinit(metrics *m);
 
 /* model_idx -1 means "no model". */

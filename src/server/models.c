@@ -428,6 +428,36 @@ static void fl_changed(void *ctx, int32_t idx) {
   pthread_mutex_unlock(&s->changed_mu);
 }
 
+/* Model i's slots before its first load. */
+static void init_slot(srv_models *s, int32_t i) {
+  const reg_model *rm = &s->reg->models[i];
+  const srv_load_opts *o = &s->o;
+  s->l[i].owner = s;
+  s->l[i].idx = i;
+  pthread_mutex_init(&s->l[i].mu, NULL);
+  /* Until its weights are loaded a model answers with the default chat ops; the server only
+   * calls them on a model it entered (READY). */
+  s->m[i].ops = &ops_default_chat;
+  s->m[i].ctx = &s->l[i];
+  s->m[i].ready = 1;
+  s->m[i].max_model_len = rm->max_model_len ? rm->max_model_len : o->max_model_len;
+  s->m[i].reasoning = rm->reasoning != REG_REASONING_UNSET ? rm->reasoning : o->reasoning;
+}
+
+int srv_models_add(srv_models *s, int32_t idx, qv_error *err) {
+  if (idx < s->n) { /* a removed model's slot taken again (unloaded: only these fields change) */
+    const reg_model *rm = &s->reg->models[idx];
+    s->m[idx].max_model_len = rm->max_model_len ? rm->max_model_len : s->o.max_model_len;
+    s->m[idx].reasoning = rm->reasoning != REG_REASONING_UNSET ? rm->reasoning : s->o.reasoning;
+    return 0;
+  }
+  if (idx != s->n || idx >= REG_MAX_MODELS || idx >= s->reg->n_models)
+    return qv_error_set(err, QV_ESTATE, "model %d is not the registry's next model", idx);
+  init_slot(s, idx);
+  s->n = idx + 1;
+  return 0;
+}
+
 int srv_models_load(const registry *reg, const srv_load_opts *o, srv_models **out,
                     srv_model **models, qv_error *err) {
   srv_models *s = calloc(1, sizeof *s);
@@ -436,8 +466,10 @@ int srv_models_load(const registry *reg, const srv_load_opts *o, srv_models **ou
   s->n = reg->n_models;
   s->reg = reg;
   s->o = *o;
-  s->l = calloc((size_t)s->n, sizeof *s->l);
-  s->m = calloc((size_t)s->n, sizeof *s->m);
+  /* Sized for REG_MAX_MODELS: models added at run time (srv_models_add) never move a slot
+   * the event loop or the loader thread reads. */
+  s->l = calloc(REG_MAX_MODELS, sizeof *s->l);
+  s->m = calloc(REG_MAX_MODELS, sizeof *s->m);
   fleet_model_cfg *cfg = calloc((size_t)s->n, sizeof *cfg);
   if (!s->l || !s->m || !cfg) {
     free(cfg);
@@ -445,17 +477,8 @@ int srv_models_load(const registry *reg, const srv_load_opts *o, srv_models **ou
     return qv_error_set(err, QV_ENOMEM, "out of memory");
   }
   for (int32_t i = 0; i < s->n; i++) {
+    init_slot(s, i);
     const reg_model *rm = &reg->models[i];
-    s->l[i].owner = s;
-    s->l[i].idx = i;
-    pthread_mutex_init(&s->l[i].mu, NULL);
-    /* Until its weights are loaded a model answers with the default chat ops; the server
-     * only calls them on a model it entered (READY). */
-    s->m[i].ops = &ops_default_chat;
-    s->m[i].ctx = &s->l[i];
-    s->m[i].ready = 1;
-    s->m[i].max_model_len = rm->max_model_len ? rm->max_model_len : o->max_model_len;
-    s->m[i].reasoning = rm->reasoning != REG_REASONING_UNSET ? rm->reasoning : o->reasoning;
     cfg[i] = (fleet_model_cfg){.name = rm->name, .on_demand = rm->on_demand, .pin = rm->pin,
                                .keep_alive_s = rm->keep_alive_s};
   }

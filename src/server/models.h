@@ -56,6 +56,11 @@ typedef struct srv_models srv_models;
  * worse than not starting). */
 int srv_models_load(const registry *reg, const srv_load_opts *o, srv_models **out,
                     srv_model **models, qv_error *err);
+/* Takes the model the registry just got at run time (registry_add_model_json; idx is the
+ * registry's last index, or a removed model's unloaded slot taken again): its srv_model slot (models[idx], allocated from the start for
+ * REG_MAX_MODELS, so the array never moves) is ready for server_model_added, after which the
+ * caller joins it to the fleet (fleet_add). Loop thread. */
+int srv_models_add(srv_models *m, int32_t idx, qv_error *err);
 /* The fleet and the budget (NULL without one) behind the models; owned by m. */
 struct fleet *srv_models_fleet(srv_models *m);
 struct qv_budget *srv_models_budget(srv_models *m);

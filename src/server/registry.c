@@ -186,6 +186,34 @@ static int load_fleet_opts(const cJSON *m, reg_model *rm, qv_error *err) {
   return 0;
 }
 
+/* A model's per-model keys besides name, path and aliases (config file and admin API). */
+static int load_model_opts(const cJSON *m, reg_model *rm, qv_error *err) {
+  int rc;
+  const cJSON *dev = cJSON_GetObjectItemCaseSensitive(m, "device");
+  if (dev) {
+    if (!cJSON_IsString(dev) || (strcmp(dev->valuestring, "cpu") && strcmp(dev->valuestring, "cuda")))
+      return qv_error_set(err, QV_EINVAL, "config: model device must be \"cpu\" or \"cuda\"");
+    rm->device = strdup(dev->valuestring);
+    if (!rm->device) return qv_error_set(err, QV_ENOMEM, "out of memory");
+  }
+  if ((rc = json_int(m, "max_model_len", 1, 1 << 24, &rm->max_model_len, err))) return rc;
+  if ((rc = json_int(m, "max_num_seqs", 1, 1 << 16, &rm->max_num_seqs, err))) return rc;
+  if ((rc = json_int(m, "tensor_parallel_size", 1, 64, &rm->tp_size, err))) return rc;
+  if ((rc = json_int(m, "max_waiting", 1, 1 << 20, &rm->max_waiting, err))) return rc;
+  if ((rc = json_int(m, "n_kv_blocks", 0, 1 << 26, &rm->n_kv_blocks, err))) return rc;
+  if ((rc = load_fleet_opts(m, rm, err))) return rc;
+  const cJSON *rp = cJSON_GetObjectItemCaseSensitive(m, "reasoning_parser");
+  if (rp) {
+    if (!cJSON_IsString(rp))
+      return qv_error_set(err, QV_EINVAL, "config: model 'reasoning_parser' must be a string");
+    if ((rc = registry_reasoning_parse(rp->valuestring, &rm->reasoning, err))) {
+      qv_error_prefix(err, "config: model '%s'", rm->name);
+      return rc;
+    }
+  }
+  return 0;
+}
+
 static int load_models(registry *r, const cJSON *models, qv_error *err) {
   if (!cJSON_IsArray(models)) return qv_error_set(err, QV_EINVAL, "config: 'models' must be an array");
   const cJSON *m;
@@ -201,28 +229,7 @@ static int load_models(registry *r, const cJSON *models, qv_error *err) {
     else rc = registry_add_model_arg(r, path->valuestring, err);
     if (rc) return rc;
     reg_model *rm = &r->models[r->n_models - 1];
-    const cJSON *dev = cJSON_GetObjectItemCaseSensitive(m, "device");
-    if (dev) {
-      if (!cJSON_IsString(dev) || (strcmp(dev->valuestring, "cpu") && strcmp(dev->valuestring, "cuda")))
-        return qv_error_set(err, QV_EINVAL, "config: model device must be \"cpu\" or \"cuda\"");
-      rm->device = strdup(dev->valuestring);
-      if (!rm->device) return qv_error_set(err, QV_ENOMEM, "out of memory");
-    }
-    if ((rc = json_int(m, "max_model_len", 1, 1 << 24, &rm->max_model_len, err))) return rc;
-    if ((rc = json_int(m, "max_num_seqs", 1, 1 << 16, &rm->max_num_seqs, err))) return rc;
-    if ((rc = json_int(m, "tensor_parallel_size", 1, 64, &rm->tp_size, err))) return rc;
-    if ((rc = json_int(m, "max_waiting", 1, 1 << 20, &rm->max_waiting, err))) return rc;
-    if ((rc = json_int(m, "n_kv_blocks", 0, 1 << 26, &rm->n_kv_blocks, err))) return rc;
-    if ((rc = load_fleet_opts(m, rm, err))) return rc;
-    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(m, "reasoning_parser");
-    if (rp) {
-      if (!cJSON_IsString(rp))
-        return qv_error_set(err, QV_EINVAL, "config: model 'reasoning_parser' must be a string");
-      if ((rc = registry_reasoning_parse(rp->valuestring, &rm->reasoning, err))) {
-        qv_error_prefix(err, "config: model '%s'", rm->name);
-        return rc;
-      }
-    }
+    if ((rc = load_model_opts(m, rm, err))) return rc;
     const cJSON *al = cJSON_GetObjectItemCaseSensitive(m, "aliases");
     if (al) {
       if (!cJSON_IsArray(al)) return qv_error_set(err, QV_EINVAL, "config: model 'aliases' must be an array");
@@ -365,7 +372,7 @@ int registry_load_file(registry *r, const char *path, qv_error *err) {
 
 static int find_model(const registry *r, const char *name) {
   for (int32_t i = 0; i < r->n_models; i++)
-    if (!strcmp(r->models[i].name, name)) return i;
+    if (!r->models[i].removed && !strcmp(r->models[i].name, name)) return i;
   return -1;
 }
 
@@ -463,4 +470,95 @@ int registry_is_open_path(const registry *r, const char *path) {
   for (int32_t i = 0; i < r->n_open_paths; i++)
     if (!strcmp(r->open_paths[i], path)) return 1;
   return 0;
+}
+
+/* The keys an admin API body may carry: the config file's per-model keys but "aliases" (an
+ * alias outlives a removed model's name, so aliases stay config-only). */
+static const char *const add_keys[] = {"name", "path", "device", "max_model_len", "max_num_seqs",
+                                       "tensor_parallel_size", "max_waiting", "n_kv_blocks",
+                                       "reasoning_parser", "load", "pin", "keep_alive", "min_kv",
+                                       "max_kv"};
+
+static int name_taken(const registry *r, const char *name) {
+  for (int32_t i = 0; i < r->n_models; i++)
+    if (!r->models[i].removed && !strcmp(r->models[i].name, name)) return 1;
+  for (int32_t i = 0; i < r->n_aliases; i++)
+    if (!strcmp(r->aliases[i].name, name)) return 1;
+  for (int32_t i = 0; i < r->n_routes; i++)
+    if (!strcmp(r->routes[i].name, name)) return 1;
+  return 0;
+}
+
+static int check_add_body(const registry *r, const cJSON *j, qv_error *err) {
+  if (!cJSON_IsObject(j)) return qv_error_set(err, QV_EINVAL, "the body must be a JSON object");
+  const cJSON *it;
+  cJSON_ArrayForEach(it, j) {
+    size_t k = 0, n = sizeof add_keys / sizeof *add_keys;
+    while (k < n && strcmp(it->string, add_keys[k])) k++;
+    if (k == n) return qv_error_set(err, QV_EINVAL, "unknown model option '%.100s'", it->string);
+  }
+  const cJSON *name = cJSON_GetObjectItemCaseSensitive(j, "name");
+  const cJSON *path = cJSON_GetObjectItemCaseSensitive(j, "path");
+  if (!cJSON_IsString(name) || !valid_name(name->valuestring))
+    return qv_error_set(err, QV_EINVAL, "'name' must be 1-128 printable bytes without spaces or quotes");
+  if (!cJSON_IsString(path) || !*path->valuestring || strlen(path->valuestring) > 4000)
+    return qv_error_set(err, QV_EINVAL, "'path' must be a non-empty string");
+  if (name_taken(r, name->valuestring))
+    return qv_error_set(err, QV_ESTATE, "the name '%s' is already a model, alias or route", name->valuestring);
+  return 0;
+}
+
+/* The removed slot of this name, or -1. */
+static int32_t removed_slot(const registry *r, const char *name) {
+  for (int32_t i = 0; i < r->n_models; i++)
+    if (r->models[i].removed && !strcmp(r->models[i].name, name)) return i;
+  return -1;
+}
+
+/* A removed model's slot taken again: options parsed into a copy first, so a bad body leaves
+ * the slot as it was. The name string stays (equal, and other threads may be comparing it). */
+static int reuse_slot(reg_model *rm, const char *path, const cJSON *j, qv_error *err) {
+  reg_model t = {.name = rm->name, .added = 1};
+  int rc = (t.path = strdup(path)) ? load_model_opts(j, &t, err) : qv_error_set(err, QV_ENOMEM, "out of memory");
+  if (rc) {
+    free(t.path);
+    free(t.device);
+    return rc;
+  }
+  free(rm->path);
+  free(rm->device);
+  *rm = t;
+  return 0;
+}
+
+int registry_add_model_json(registry *r, const char *text, size_t len,
+                            int (*reusable)(void *arg, int32_t idx), void *arg, int32_t *idx,
+                            qv_error *err) {
+  cJSON *j = cJSON_ParseWithLength(text, len);
+  if (!j) return qv_error_set(err, QV_EINVAL, "the body is not valid JSON");
+  int rc = check_add_body(r, j, err);
+  const char *name = rc ? NULL : cJSON_GetObjectItemCaseSensitive(j, "name")->valuestring;
+  const char *path = rc ? NULL : cJSON_GetObjectItemCaseSensitive(j, "path")->valuestring;
+  int32_t slot = rc ? -1 : removed_slot(r, name);
+  if (slot >= 0) {
+    if (!reusable || !reusable(arg, slot))
+      rc = qv_error_set(err, QV_EBUSY, "the model '%s' is still being removed; try again", name);
+    else if (!(rc = reuse_slot(&r->models[slot], path, j, err))) *idx = slot;
+  } else if (!rc && r->n_models >= REG_MAX_MODELS) {
+    rc = qv_error_set(err, QV_ELIMIT, "no room for another model (at most %d)", REG_MAX_MODELS);
+  } else if (!rc && !(rc = add_model(r, name, path, err))) {
+    reg_model *rm = &r->models[r->n_models - 1];
+    if ((rc = load_model_opts(j, rm, err))) {
+      free(rm->name);
+      free(rm->path);
+      free(rm->device);
+      memset(rm, 0, sizeof *rm);
+      r->n_models--;
+    } else {
+      rm->added = 1;
+      *idx = r->n_models - 1;
+    }
+  }
+  cJSON_Delete(j);
+  return rc;
 }

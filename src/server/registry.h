@@ -54,6 +54,9 @@ typedef struct reg_model {
   int32_t pin;           /* "pin": true: never evicted for room */
   double keep_alive_s;   /* "keep_alive": idle seconds before sleeping (0: never) */
   int32_t min_kv, max_kv; /* "min_kv"/"max_kv": KV blocks reserved / at most (0: default) */
+  /* Admin API: added at run time; removed (DELETE of an added model): no longer resolved or
+   * listed, its name free; the slot is taken again when the name is added again. */
+  int32_t added, removed;
 } reg_model;
 
 /* How a route orders its models for a request (server/route.h); the rest of the order is the
@@ -117,6 +120,15 @@ int registry_add_admin_key(registry *r, const char *key, qv_error *err);
 int registry_load_json(registry *r, const char *text, size_t len, qv_error *err);
 /* Reads and merges a config file. */
 int registry_load_file(registry *r, const char *path, qv_error *err);
+/* Adds one model at run time from an admin API body: {"name", "path", and the per-model keys of
+ * the config file but "aliases"}; *idx is its index. A removed model of that name gets its slot
+ * back (same index) when reusable(arg, idx) says it is idle (QV_EBUSY while its unload is not
+ * done; reusable NULL: always busy); any other name takes the next index. Strict: invalid JSON,
+ * an unknown key, a bad value or name: QV_EINVAL; a name already used by a model, alias or
+ * route: QV_ESTATE; REG_MAX_MODELS models already: QV_ELIMIT. On error nothing changes. */
+int registry_add_model_json(registry *r, const char *text, size_t len,
+                            int (*reusable)(void *arg, int32_t idx), void *arg, int32_t *idx,
+                            qv_error *err);
 /* Checks names are unique across models, aliases and routes, and that every alias and route
  * target exists (aliases may point to routes); resolves route indices. With no model at all
  * it adds the embedded model as "quiver-tiny". */

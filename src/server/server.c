@@ -338,6 +338,7 @@ static void handle_models(srv_req *r, const char *one) {
   int32_t n = 0;
   if (names && roots && lens) {
     for (int32_t i = 0; i < g->n_models; i++) {
+      if (g->models[i].removed) continue;
       names[n] = g->models[i].name;
       roots[n] = g->models[i].name;
       lens[n++] = s->models[i].max_model_len;
@@ -762,6 +763,28 @@ int server_aborted(const server *s) { return s->aborted; }
 
 void server_shutdown(server *s) { uv_async_send(&s->stop_async); }
 
+static void init_notify(server *s, int32_t i) {
+  srv_notify *n = &s->notify[i];
+  n->s = s;
+  n->model = i;
+  uv_async_init(s->loop, &n->async, on_notify);
+  n->async.data = n;
+  uv_unref((uv_handle_t *)&n->async);
+  if (s->models[i].ready && s->models[i].ops->set_notify)
+    s->models[i].ops->set_notify(s->models[i].ctx, notify_fn, n);
+}
+
+int server_model_added(server *s, int32_t idx, qv_error *err) {
+  if (idx >= 0 && idx < s->n_models) return 0; /* a slot taken again: same name, tables kept */
+  if (idx != s->n_models || idx >= REG_MAX_MODELS || idx >= s->reg->n_models)
+    return qv_error_set(err, QV_ESTATE, "model %d is not the registry's next model", idx);
+  if (metrics_add_model(&s->met, s->reg->models[idx].name))
+    return qv_error_set(err, QV_ENOMEM, "out of memory");
+  init_notify(s, idx);
+  s->n_models = idx + 1;
+  return 0;
+}
+
 int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
                   const server_opts *opts, server **out, qv_error *err) {
   server *s = calloc(1, sizeof *s);
@@ -791,8 +814,9 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
     tenant_quota_init(&s->quotas[i], &reg->tenants->t[i], uv_hrtime());
     tnames[i] = reg->tenants->t[i].name;
   }
-  s->notify = calloc((size_t)s->n_models, sizeof *s->notify);
-  s->buckets = calloc((size_t)s->n_models * SRV_HASH_BUCKETS, sizeof *s->buckets);
+  /* Room for models added at run time (server_model_added): these tables never move. */
+  s->notify = calloc(REG_MAX_MODELS, sizeof *s->notify);
+  s->buckets = calloc((size_t)REG_MAX_MODELS * SRV_HASH_BUCKETS, sizeof *s->buckets);
   int n_heavy = opts->heavy_threads > 0 ? opts->heavy_threads : (int)uv_available_parallelism() / 2;
   if (n_heavy < 1) n_heavy = 1;
   if (!s->notify || !s->buckets || !s->quotas || !s->live_seqs ||
@@ -827,16 +851,7 @@ int server_create(uv_loop_t *loop, const registry *reg, srv_model *models,
     free(s);
     return rc;
   }
-  for (int32_t i = 0; i < s->n_models; i++) {
-    srv_notify *n = &s->notify[i];
-    n->s = s;
-    n->model = i;
-    uv_async_init(loop, &n->async, on_notify);
-    n->async.data = n;
-    uv_unref((uv_handle_t *)&n->async);
-    if (models[i].ready && models[i].ops->set_notify)
-      models[i].ops->set_notify(models[i].ctx, notify_fn, n);
-  }
+  for (int32_t i = 0; i < s->n_models; i++) init_notify(s, i);
   uv_async_init(loop, &s->stop_async, on_stop_async);
   s->stop_async.data = s;
   if (opts->fleet) {

@@ -111,6 +111,11 @@ typedef struct server_opts {
    * for its load (at most max_wait_load requests, each up to load_timeout_ms; beyond: 503). */
   struct fleet *fleet;
   struct qv_budget *budget;      /* the fleet's memory budget (borrowed) or NULL */
+  /* POST /admin/v1/models (NULL: adding models is off): registers a model from the body
+   * (registry_add_model_json's rules and codes) and readies its srv_model slot
+   * (srv_models_add); *idx is its index. Loop thread. */
+  int (*add_model)(void *arg, const char *body, size_t len, int32_t *idx, qv_error *err);
+  void *add_model_arg;
   int32_t max_wait_load;         /* default 1024 */
   uint64_t load_timeout_ms;      /* default 120000 */
 } server_opts;
@@ -132,6 +137,10 @@ int server_aborted(const server *s);
 /* The hook the fleet calls (loader thread) when a model's state changed, so waiting requests
  * resume: pass it to srv_models_set_changed after server_create. */
 void server_fleet_hook(server *s, void (**fn)(void *arg, int32_t idx), void **arg);
+/* After opts.add_model registered model idx (the registry's last): the server's per-model
+ * tables (sized for REG_MAX_MODELS from the start) take it; the caller then joins it to the
+ * fleet. Loop thread. */
+int server_model_added(server *s, int32_t idx, qv_error *err);
 /* Frees the server after uv_run returned. Accepts NULL. */
 void server_destroy(server *s);
 

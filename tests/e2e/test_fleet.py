@@ -5,6 +5,7 @@ the admin API's keys. Greedy outputs must be identical whatever happened to the 
 between. The first tests use three copies of stories260K under the sanitized build (seconds);
 the acceptance run uses the real GGUF models with the release binary and samples the process's
 resident memory against the budget."""
+import http.client
 import json
 import os
 import pathlib
@@ -194,6 +195,88 @@ def test_admin_keys(tmp_path, quiver_bin, stories_dir):
     srv = Server(quiver_bin, [stories_dir])
     try:
         assert srv.get("/admin/v1/models", headers=ADMIN)[0] == 404
+    finally:
+        srv.stop()
+
+
+def test_admin_add_model_at_run_time_while_another_streams(tmp_path, quiver_bin, stories_dir):
+    """POST /admin/v1/models adds stories260K while model a streams: a's stream is untouched, the
+    new model answers the OpenAI and Anthropic endpoints and shows in /v1/models; bad bodies get
+    400, a taken name 409; DELETE removes it while its own stream is open: that stream finishes,
+    the name then 404s, and adding it again works."""
+    stories_dir = str(stories_dir)
+    cfg = write_cfg(tmp_path, [{"name": "a", "path": stories_dir}], api_keys=["user-key"],
+                    tenants=[{"name": "open", "keys": ["sk-open"]},
+                             {"name": "only-a", "keys": ["sk-a"], "models": ["a"]}])
+    srv = Server(quiver_bin, ["--config", cfg, "--max-model-len", "512"])
+    try:
+        client = srv.client("user-key")
+        user = {"Authorization": "Bearer user-key"}
+        ref = client.completions.create(model="a", prompt=PROMPTS[1], max_tokens=200, temperature=0).choices[0].text
+        out, errors = [], []
+
+        def stream(model):
+            try:
+                s = client.completions.create(model=model, prompt=PROMPTS[1], max_tokens=200, temperature=0, stream=True)
+                out.append((model, "".join(ch.choices[0].text for ch in s if ch.choices)))
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        t = threading.Thread(target=stream, args=("a",))
+        t.start()
+        body = {"name": "s2", "path": stories_dir, "keep_alive": 0, "max_model_len": 512}
+        assert srv.post("/admin/v1/models", body)[0] == 401
+        assert srv.post("/admin/v1/models", body, headers=user)[0] == 403
+        st, j = admin(srv, "POST", "/admin/v1/models", body)
+        assert st == 201, j
+        assert j["name"] == "s2" and j["state"] in ("registered", "loading", "ready")
+        wait_state(srv, "s2", "ready")
+        t.join(120)
+        assert not errors and out == [("a", ref)]
+        assert client.completions.create(model="s2", prompt=PROMPTS[1], max_tokens=200,
+                                         temperature=0).choices[0].text == ref
+        st, msg, _ = srv.post("/v1/messages", {"model": "s2", "max_tokens": 4,
+                                               "messages": [{"role": "user", "content": "Hi"}]}, headers=user)
+        assert st == 200 and json.loads(msg)["model"] == "s2", msg
+        assert "s2" in [m.id for m in client.models.list().data]
+        one = {"model": "s2", "prompt": "x", "max_tokens": 2}
+        assert srv.post("/v1/completions", one, headers={"Authorization": "Bearer sk-open"})[0] == 200
+        assert srv.post("/v1/completions", one, headers={"Authorization": "Bearer sk-a"})[0] == 403
+        # strict bodies: unknown option, bad name, missing path, taken name; bad path: failed
+        assert admin(srv, "POST", "/admin/v1/models", {**body, "name": "s3", "colour": 1})[0] == 400
+        assert admin(srv, "POST", "/admin/v1/models", {"name": "a b", "path": stories_dir})[0] == 400
+        assert admin(srv, "POST", "/admin/v1/models", {"name": "s3"})[0] == 400
+        assert admin(srv, "POST", "/admin/v1/models", body)[0] == 409
+        assert admin(srv, "POST", "/admin/v1/models", {"name": "a", "path": stories_dir})[0] == 409
+        st, j = admin(srv, "POST", "/admin/v1/models", {"name": "nofile", "path": str(tmp_path / "none")})
+        assert st == 201
+        assert wait_state(srv, "nofile", "failed")["error"]
+        # DELETE while its own stream is open: the stream finishes, then the model unloads
+        out.clear()
+        t = threading.Thread(target=stream, args=("s2",))
+        t.start()
+        deadline = time.time() + 20
+        while info(srv, "s2")["running"] == 0 and time.time() < deadline:
+            time.sleep(0.01)
+        c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        c.request("DELETE", "/admin/v1/models/s2", headers=ADMIN)
+        assert c.getresponse().status == 202
+        c.close()
+        t.join(120)
+        assert not errors and out == [("s2", ref)]
+        # removed: the name 404s everywhere, then adding it again works (once the unload is done)
+        assert srv.get("/admin/v1/models/s2", headers=ADMIN)[0] == 404
+        assert srv.post("/v1/completions", {"model": "s2", "prompt": "x", "max_tokens": 2}, headers=user)[0] == 404
+        assert "s2" not in [m.id for m in client.models.list().data]
+        deadline = time.time() + 30
+        while (st := admin(srv, "POST", "/admin/v1/models", body)[0]) == 409 and time.time() < deadline:
+            time.sleep(0.05)  # 409 while its unload is still under way
+        assert st == 201
+        wait_state(srv, "s2", "ready")
+        assert client.completions.create(model="s2", prompt=PROMPTS[1], max_tokens=200,
+                                         temperature=0).choices[0].text == ref
+        assert client.completions.create(model="a", prompt=PROMPTS[1], max_tokens=200,
+                                         temperature=0).choices[0].text == ref
     finally:
         srv.stop()
 

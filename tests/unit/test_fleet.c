@@ -213,3 +213,47 @@ Test(fleet, keep_alive_and_failed_load) {
   cr_assert_eq(in.depth, 0);
   fleet_destroy(f);
 }
+
+/* A model added at run time (the admin API) gets the next index, loads at once unless on
+ * demand, is found by name, and the fleet refuses models beyond FLEET_MAX_MODELS. */
+Test(fleet, add_at_run_time) {
+  fleet_model_cfg cfg[1] = {{.name = "a"}};
+  fleet *f = mk(NULL, cfg, 1);
+  fleet_start(f);
+  wait_ok(f, 0);
+  qv_error err = {0};
+  fleet_model_cfg b = {.name = "b"}, c = {.name = "c", .on_demand = 1};
+  cr_assert_eq(fleet_add(f, &b, &err), 1, "%s", err.msg);
+  cr_assert_eq(fleet_add(f, &c, &err), 2, "%s", err.msg);
+  cr_expect_eq(fleet_n_models(f), 3);
+  cr_expect_eq(fleet_find(f, "c"), 2);
+  wait_ok(f, 1);
+  cr_expect_eq(ff.depth[1], 2, "a startup model added later is loaded at once");
+  cr_expect_eq(state_of(f, 2), FLEET_REGISTERED, "an on-demand one waits for its first request");
+  fleet_load(f, 2);
+  wait_ok(f, 2);
+  cr_expect_eq(state_of(f, 0), FLEET_READY, "adding never disturbs a loaded model");
+  /* A removed model's slot serves its name again only once idle and unloaded. */
+  cr_expect_eq(fleet_idle_unloaded(f, 2), 0);
+  cr_expect_eq(fleet_readd(f, 2, &c, &err), QV_EBUSY);
+  fleet_unload(f, 2);
+  wait_state(f, 2, FLEET_UNLOADED);
+  for (int k = 0; k < 500 && !fleet_idle_unloaded(f, 2); k++) {
+    struct timespec ts = {0, 10000000};
+    nanosleep(&ts, NULL);
+  }
+  fleet_model_cfg c2 = {.name = "c"};
+  cr_assert_eq(fleet_readd(f, 2, &c2, &err), 0, "%s", err.msg);
+  wait_ok(f, 2);
+  fleet_model_info in;
+  fleet_get_info(f, 2, &in);
+  cr_expect_eq(in.n_loads, 1, "counters start afresh");
+  cr_expect_eq(in.on_demand, 0);
+  fleet_destroy(f);
+  cr_expect_eq(ff.depth[1] + ff.depth[2], 0);
+  fleet_model_cfg many[FLEET_MAX_MODELS];
+  for (int i = 0; i < FLEET_MAX_MODELS; i++) many[i] = (fleet_model_cfg){.name = "x", .on_demand = 1};
+  f = mk(NULL, many, FLEET_MAX_MODELS);
+  cr_expect_eq(fleet_add(f, &c, &err), QV_ELIMIT);
+  fleet_destroy(f);
+}

@@ -2,11 +2,13 @@
  * fraction of RAM) and rejections, --admin-key (never equal to a user key), and the per-model
  * config keys load, pin, keep_alive, min_kv, max_kv with their validation. */
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cli/serve_cfg.h"
+#include "server/registry.h"
 
 #define A(...) ((const char *const[]){__VA_ARGS__, NULL})
 
@@ -90,4 +92,72 @@ Test(fleet_cfg, model_keys) {
     cr_expect(strstr(e.msg, bad[i].msg), "%s: got '%s'", bad[i].cfg, e.msg);
     registry_deinit(&g);
   }
+}
+
+static int never(void *arg, int32_t idx) { (void)arg; (void)idx; return 0; }
+static int always(void *arg, int32_t idx) { (void)arg; (void)idx; return 1; }
+
+/* The admin API's run-time add (registry_add_model_json): the config file's per-model keys,
+ * strictly checked, a taken name refused, the fixed capacity enforced, nothing added on error. */
+Test(fleet_cfg, add_model_json_validates_and_rolls_back) {
+  registry r;
+  registry_init(&r);
+  qv_error err = {0};
+  static const char cfg[] = "{\"models\": [{\"name\": \"a\", \"path\": \"quiver-tiny\", \"aliases\": [\"al\"]}]}";
+  cr_assert_eq(registry_load_json(&r, cfg, strlen(cfg), &err), 0, "%s", err.msg);
+  int32_t idx = -1;
+  static const char ok[] = "{\"name\": \"s\", \"path\": \"/m/s\", \"load\": \"on_demand\", \"pin\": true, "
+                           "\"keep_alive\": 30, \"min_kv\": 4, \"max_kv\": 64, \"max_model_len\": 256}";
+  cr_assert_eq(registry_add_model_json(&r, ok, strlen(ok), NULL, NULL, &idx, &err), 0, "%s", err.msg);
+  cr_assert_eq(idx, 1);
+  const reg_model *m = &r.models[1];
+  cr_expect_str_eq(m->name, "s");
+  cr_expect_str_eq(m->path, "/m/s");
+  cr_expect(m->on_demand && m->pin && m->keep_alive_s == 30 && m->min_kv == 4 && m->max_kv == 64 &&
+            m->max_model_len == 256);
+  const struct {
+    const char *body;
+    int rc;
+  } bad[] = {{"{\"name\": \"x\", \"path\": \"/p\", \"colour\": 1}", QV_EINVAL},
+             {"{\"name\": \"x\", \"path\": \"/p\", \"aliases\": [\"y\"]}", QV_EINVAL},
+             {"{\"name\": \"has space\", \"path\": \"/p\"}", QV_EINVAL},
+             {"{\"name\": \"x\"}", QV_EINVAL},
+             {"{\"name\": \"x\", \"path\": \"\"}", QV_EINVAL},
+             {"[1]", QV_EINVAL},
+             {"{\"name\": \"x\", \"path\": \"/p\"", QV_EINVAL},
+             {"{\"name\": \"x\", \"path\": \"/p\", \"min_kv\": 9, \"max_kv\": 2}", QV_EINVAL},
+             {"{\"name\": \"x\", \"path\": \"/p\", \"device\": \"tpu\"}", QV_EINVAL},
+             {"{\"name\": \"x\", \"path\": \"/p\", \"load\": \"later\"}", QV_EINVAL},
+             {"{\"name\": \"a\", \"path\": \"/p\"}", QV_ESTATE},
+             {"{\"name\": \"s\", \"path\": \"/p\"}", QV_ESTATE},
+             {"{\"name\": \"al\", \"path\": \"/p\"}", QV_ESTATE}};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    qv_error e = {0};
+    cr_expect_eq(registry_add_model_json(&r, bad[i].body, strlen(bad[i].body), NULL, NULL, &idx, &e), bad[i].rc,
+                 "%s -> %s", bad[i].body, e.msg);
+    cr_expect_eq(r.n_models, 2, "%s left a model behind", bad[i].body);
+  }
+  /* A removed model's name is free; adding it again takes its slot back once it is idle. */
+  r.models[1].removed = 1;
+  cr_expect_eq(registry_resolve(&r, "s", &idx, 1), 0, "a removed model resolves no more");
+  static const char again[] = "{\"name\": \"s\", \"path\": \"/m/s2\"}";
+  cr_expect_eq(registry_add_model_json(&r, again, strlen(again), never, NULL, &idx, &err), QV_EBUSY);
+  static const char bad_pin[] = "{\"name\": \"s\", \"path\": \"/p\", \"pin\": 1}";
+  cr_expect_eq(registry_add_model_json(&r, bad_pin, strlen(bad_pin), always, NULL, &idx, &err), QV_EINVAL,
+               "a bad body leaves the slot alone");
+  cr_expect(r.models[1].removed && !strcmp(r.models[1].path, "/m/s"));
+  cr_assert_eq(registry_add_model_json(&r, again, strlen(again), always, NULL, &idx, &err), 0, "%s", err.msg);
+  cr_expect_eq(idx, 1);
+  cr_expect(!r.models[1].removed && r.models[1].added && !r.models[1].pin && !strcmp(r.models[1].path, "/m/s2"));
+  cr_expect_eq(registry_resolve(&r, "s", &idx, 1), 1);
+  cr_expect_eq(r.n_models, 2);
+  char body[128];
+  while (r.n_models < REG_MAX_MODELS) {
+    snprintf(body, sizeof body, "{\"name\": \"m%d\", \"path\": \"/p\"}", (int)r.n_models);
+    cr_assert_eq(registry_add_model_json(&r, body, strlen(body), NULL, NULL, &idx, &err), 0, "%s", err.msg);
+  }
+  snprintf(body, sizeof body, "{\"name\": \"one-more\", \"path\": \"/p\"}");
+  cr_expect_eq(registry_add_model_json(&r, body, strlen(body), NULL, NULL, &idx, &err), QV_ELIMIT);
+  cr_expect_eq(r.n_models, REG_MAX_MODELS);
+  registry_deinit(&r);
 }
