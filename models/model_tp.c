@@ -459,8 +459,9 @@ int tpm_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be,
   int32_t nnodes = net ? net->nnodes : 1, node = net ? net->node_rank : 0;
   int gpu = !strcmp(be->ops->name, "cuda");
   if (!gpu && strcmp(be->ops->name, "cpu"))
-    return qv_error_set(err, QV_EUNSUPPORTED, "tensor parallel size %d: sharded execution runs on cpu or cuda ranks, not %s",
-                        size, be->ops->name);
+    return qv_error_set(err, QV_EUNSUPPORTED,
+                        "tensor parallel size %d: sharded execution runs on cpu or cuda ranks, not %s", size,
+                        be->ops->name);
   if (gpu && !qv_comm_nccl_available())
     return qv_error_set(err, QV_EUNSUPPORTED,
                         "tensor parallel size %d on cuda needs the NCCL communicator, and this quiver was built "
@@ -533,7 +534,8 @@ int tpm_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be,
   /* The first job joins every rank to the communicator. */
   if ((rc = tpm_group_run(g, NULL, NULL, err))) goto fail;
   if (gpu)
-    QV_LOGI("tp: %s sharded over %d cuda ranks (ranks %d..%d here on CUDA devices 0..%d, nccl), %.1f MiB of weights here",
+    QV_LOGI("tp: %s sharded over %d cuda ranks (ranks %d..%d here on CUDA devices 0..%d, nccl), %.1f MiB of "
+            "weights here",
             cfg->arch, size, g->r0, g->r0 + g->n_local - 1, g->n_local - 1, (double)m->weight_bytes / 1048576.0);
   else
     QV_LOGI("tp: %s sharded over %d ranks (ranks %d..%d here, %d threads each), %.1f MiB of weights here", cfg->arch,

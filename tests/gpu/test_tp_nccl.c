@@ -1,10 +1,13 @@
 /* Tensor parallelism on GPU ranks (models/model_tp.c, models/model_tp_gpu.c): cuda ranks, one per
  * device, joined by the NCCL communicator on each rank backend's stream.
  *   - TP 1 through the communicator (a rank group of one, opts.tp_force) against the plain CUDA
- *     model on quiver-tiny and the Llama-family fixtures (tests/fixtures/models): a 12-token
+ *     model on quiver-tiny, stories260K (../shared/models, as test_cuda_model.c) and the
+ *     Llama-family fixtures (tests/fixtures/models, as test_cuda_fixtures.c): a 12-token
  *     prefill (every row's logits) then 6 greedy decodes. A group of one sums nothing and copies
  *     its logits unchanged, so the rows must agree within the fixtures test's bf16 tolerance
- *     (and are expected to be equal) and the greedy tokens must be identical.
+ *     (and are expected to be equal) and the greedy tokens must be identical; and stories260K's
+ *     256 greedy tokens through TP 1 must be its reference ids (greedy-256.ids), as the plain
+ *     CUDA model's are.
  *   - TP 2 and 4 against TP 1 where that many GPUs exist (skipped otherwise, saying so). The
  *     all-reduce sums bf16 partial results, which rounds differently from one GEMM's fp32
  *     accumulation: rows within the same tolerance, and each step fed TP 1's token so the
@@ -13,7 +16,8 @@
  *   - Per-rank bytes: every rank holds weights, the ranks' KV bytes per token add up to TP 1's
  *     when the KV heads split.
  * Skipped (not passed) in a build without NCCL or on a machine without a GPU. Written on a
- * machine without a GPU: not yet run on hardware. */
+ * machine without a GPU: not yet run on hardware. QV_GPU_TEST_DRYRUN=1 (as gpu_common.h) runs the
+ * same checks on cpu ranks (shm) and pretends 4 GPUs: it checks this harness, nothing of the GPU. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -24,6 +28,7 @@
 #include "core/util.h"
 #include "models/model.h"
 #include "quiver/error.h"
+#include "../test_util.h"
 
 #ifdef QV_HAVE_NCCL
 #include <cuda_runtime_api.h>
@@ -42,7 +47,15 @@ typedef struct gpu_model {
   int32_t vocab;
 } gpu_model;
 
+static int dry_run(void) {
+  const char *d = getenv("QV_GPU_TEST_DRYRUN");
+  return d && !strcmp(d, "1");
+}
+
+static const char *device(void) { return dry_run() ? "cpu" : "cuda"; }
+
 static int n_gpus(void) {
+  if (dry_run()) return 4;
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
     (void)cudaGetLastError();
@@ -57,22 +70,26 @@ static void need_gpus(int n) {
   if (have < n) cr_skip_test("TP %d needs %d GPUs; %d visible", n, n, have);
 }
 
-static void fixture_dir(const char *name, char *out, size_t cap) {
+/* 0 when the model is not on this machine (stories260K lives in ../shared). */
+static int fixture_dir(const char *name, char *out, size_t cap) {
   const char *src = getenv("QV_SOURCE_DIR");
   if (!strcmp(name, "quiver-tiny")) snprintf(out, cap, "quiver-tiny");
+  else if (!strcmp(name, "stories260K")) return test_shared_path(out, cap, "models/stories260K");
   else snprintf(out, cap, "%s/tests/fixtures/models/%s", src ? src : ".", name);
+  return 1;
 }
 
 /* tp 0: the plain CUDA model; tp >= 1: a rank group of tp cuda ranks (also at 1). */
 static void open_gpu(const char *name, int tp, gpu_model *t) {
   char dir[1024];
-  fixture_dir(name, dir, sizeof dir);
+  cr_assert(fixture_dir(name, dir, sizeof dir), "%s not found at %s", name, dir);
   memset(t, 0, sizeof *t);
   qv_error err = {0};
-  qv_backend_opts bo = {.device = 0};
-  int rc = qv_backend_create("cuda", &bo, &t->be, &err);
+  qv_backend_opts bo = {.device = 0, .n_threads = 1};
+  int rc = qv_backend_create(device(), &bo, &t->be, &err);
   if (rc) cr_skip_test("no CUDA GPU: %s", err.msg);
-  qv_model_opts mo = {.max_batch_tokens = MAXT, .max_logits = MAXT, .tp_size = tp, .tp_force = tp >= 1};
+  qv_model_opts mo = {.max_batch_tokens = MAXT, .max_logits = MAXT, .tp_size = tp, .tp_force = tp >= 1,
+                      .n_threads = tp > 0 ? tp : 1};
   rc = qv_model_load(!strcmp(dir, "quiver-tiny") ? NULL : dir, t->be, &mo, &t->m, &err);
   cr_assert_eq(rc, 0, "%s tp %d: %s (%s)", name, tp, qv_strerror(rc), err.msg);
   rc = qv_model_kv_init(t->m, NB, BS, &err);
@@ -172,15 +189,24 @@ static const struct {
   const char *name;
   int max_tp;
 } fixtures[] = {
-    {"quiver-tiny", 4}, {"llama", 4},   {"llama-bf16", 4},       {"llama-f16", 4},
+    {"quiver-tiny", 4}, {"stories260K", 4}, {"llama", 4},   {"llama-bf16", 4},       {"llama-f16", 4},
     {"llama-bias", 4},  {"llama-tied", 4}, {"llama-sharded", 4}, {"llama-rope-linear", 4},
     {"llama-rope-llama3", 2}, {"llama-rope-yarn", 2}, {"mistral-swa", 4}, {"qwen2", 4},
     {"qwen3", 4},
 };
 
+/* fixtures[i] is here (stories260K may be missing from ../shared: logged and left out). */
+static int have_fixture(size_t i) {
+  char dir[1024];
+  if (fixture_dir(fixtures[i].name, dir, sizeof dir)) return 1;
+  cr_log_warn("%s not found at %s: left out", fixtures[i].name, dir);
+  return 0;
+}
+
 Test(tp_nccl, tp1_through_nccl_matches_plain_model, .timeout = 600) {
   need_gpus(1);
   for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) {
+    if (!have_fixture(i)) continue;
     gpu_model plain, one;
     open_gpu(fixtures[i].name, 0, &plain);
     open_gpu(fixtures[i].name, 1, &one);
@@ -193,7 +219,7 @@ Test(tp_nccl, tp1_through_nccl_matches_plain_model, .timeout = 600) {
 static void tp_against_tp1(int tp) {
   need_gpus(tp);
   for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) {
-    if (fixtures[i].max_tp < tp) continue;
+    if (fixtures[i].max_tp < tp || !have_fixture(i)) continue;
     gpu_model one, many;
     open_gpu(fixtures[i].name, 1, &one);
     open_gpu(fixtures[i].name, tp, &many);
@@ -218,12 +244,53 @@ static void tp_against_tp1(int tp) {
   }
 }
 
+/* stories260K's 256 greedy tokens through a TP 1 group: its reference ids, as test_cuda_model.c
+ * asks of the plain CUDA model (one decode per step, KV pages in reverse order). */
+Test(tp_nccl, stories260k_greedy_256_through_tp1, .timeout = 600) {
+  need_gpus(1);
+  char dir[1024], ids_path[1100];
+  if (!test_shared_path(dir, sizeof dir, "models/stories260K")) cr_skip_test("stories260K not found at %s", dir);
+  snprintf(ids_path, sizeof ids_path, "%s/greedy-256.ids", dir);
+  FILE *f = fopen(ids_path, "r");
+  cr_assert(f, "cannot read %s", ids_path);
+  int32_t want[300];
+  int n = 0;
+  while (n < 300 && fscanf(f, "%d", &want[n]) == 1) n++;
+  fclose(f);
+  cr_assert_eq(n, 257);
+  qv_backend *be = NULL;
+  qv_model *m = NULL;
+  qv_error err = {0};
+  qv_backend_opts bo = {.device = 0, .n_threads = 1};
+  if (qv_backend_create(device(), &bo, &be, &err)) cr_skip_test("no CUDA GPU: %s", err.msg);
+  qv_model_opts mo = {.max_batch_tokens = 512, .max_logits = 64, .tp_size = 1, .tp_force = 1, .n_threads = 1};
+  cr_assert_eq(qv_model_load(dir, be, &mo, &m, &err), 0, "%s", err.msg);
+  cr_assert_eq(qv_model_kv_init(m, 128, 16, &err), 0, "%s", err.msg);
+  int32_t V = qv_model_get_config(m)->vocab_size, tok = want[0], bt[32];
+  float *l = malloc(sizeof(float) * (size_t)V);
+  cr_assert(l);
+  for (int i = 0; i < 32; i++) bt[i] = 31 - i;
+  for (int i = 1; i < n; i++) {
+    int32_t pos = i - 1, slot = bt[pos / 16] * 16 + pos % 16, q[2] = {0, 1}, ctx = i, li = 0;
+    qv_batch b = {.n_tokens = 1, .n_seqs = 1, .n_logits = 1, .token_ids = &tok, .positions = &pos,
+                  .slot_mapping = &slot, .seq_q_start = q, .seq_ctx_len = &ctx, .block_tables = bt,
+                  .max_blocks = 32, .logits_idx = &li};
+    cr_assert_eq(qv_model_forward(m, &b, l, &err), 0, "step %d: %s", i, err.msg);
+    tok = argmax(l, V);
+    cr_assert_eq(tok, want[i], "token %d: got %d want %d", i, tok, want[i]);
+  }
+  free(l);
+  qv_model_destroy(m);
+  qv_backend_destroy(be);
+}
+
 Test(tp_nccl, tp2_matches_tp1, .timeout = 600) { tp_against_tp1(2); }
 Test(tp_nccl, tp4_matches_tp1, .timeout = 600) { tp_against_tp1(4); }
 
 #else
 
 Test(tp_nccl, tp1_through_nccl_matches_plain_model) { cr_skip_test("no NCCL: this build has no CUDA backend with NCCL"); }
+Test(tp_nccl, stories260k_greedy_256_through_tp1) { cr_skip_test("no NCCL: this build has no CUDA backend with NCCL"); }
 Test(tp_nccl, tp2_matches_tp1) { cr_skip_test("no NCCL: this build has no CUDA backend with NCCL"); }
 Test(tp_nccl, tp4_matches_tp1) { cr_skip_test("no NCCL: this build has no CUDA backend with NCCL"); }
 

@@ -320,7 +320,8 @@ static int embed_rows(cuda_backend *be, qv_tensor *out, const qv_tensor *table, 
     return BAD(be, "cuda %s: no table, or vocabulary rows from %lld out of range", op, (long long)row0);
   if (qv_dtype_is_quant(table->dtype))
     return cuda_quant_embed(be, out, table, (int32_t)row0, staged(be, be->lay.token_ids), be->n_tokens);
-  if (!is_bf16(out) || !is_bf16(table) || out->rows != be->n_tokens || out->cols != table->cols || table->cols > INT32_MAX)
+  if (!is_bf16(out) || !is_bf16(table) || out->rows != be->n_tokens || out->cols != table->cols ||
+      table->cols > INT32_MAX)
     return BAD(be, "cuda %s: want bf16 out [%d][%lld] and table [vocab][%lld]", op, be->n_tokens,
                (long long)table->cols, (long long)table->cols);
   LAUNCH(be, qv_cuda_embed(out->data, table->data, staged(be, be->lay.token_ids), be->n_tokens, (int32_t)row0,
