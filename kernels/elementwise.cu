@@ -8,12 +8,12 @@ namespace {
 constexpr int kThreads = 256;
 
 __global__ void embed_kernel(uint16_t *out, const uint16_t *table, const int32_t *ids,
-                             int32_t n_tok, int32_t n_vocab, int32_t dim) {
+                             int32_t n_tok, int32_t row0, int32_t n_vocab, int32_t dim) {
   const int64_t n = static_cast<int64_t>(n_tok) * dim;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t t = i / dim, c = i % dim;
-    const int32_t id = ids[t];
+    const int64_t id = (int64_t)ids[t] - row0; /* int64: no overflow for any id and row0 */
     out[i] = (id >= 0 && id < n_vocab) ? table[(int64_t)id * dim + c] : (uint16_t)0;
   }
 }
@@ -73,11 +73,12 @@ __global__ void kv_write_kernel(uint16_t *k_cache, uint16_t *v_cache, const uint
 } // namespace
 
 extern "C" cudaError_t qv_cuda_embed(uint16_t *out, const uint16_t *table, const int32_t *ids,
-                                     int32_t n_tok, int32_t n_vocab, int32_t dim,
+                                     int32_t n_tok, int32_t row0, int32_t n_vocab, int32_t dim,
                                      cudaStream_t stream) {
   const int64_t n = (int64_t)n_tok * dim;
   if (n <= 0) return cudaSuccess;
-  embed_kernel<<<qv::grid_for(n, kThreads), kThreads, 0, stream>>>(out, table, ids, n_tok, n_vocab, dim);
+  embed_kernel<<<qv::grid_for(n, kThreads), kThreads, 0, stream>>>(out, table, ids, n_tok, row0, n_vocab,
+                                                                    dim);
   return cudaGetLastError();
 }
 

@@ -18,9 +18,11 @@
 extern "C" {
 #endif
 
-/* out[n_tok][dim] = table[ids[t]] (zeros where ids[t] is outside [0, n_vocab)). bf16. */
+/* out[n_tok][dim] = table[ids[t] - row0] (zeros where ids[t] is outside [row0, row0 + n_vocab)).
+ * bf16. table holds vocabulary rows [row0, row0 + n_vocab): row0 is 0 for the whole table and a
+ * tensor-parallel rank's first row for its shard (the ranks' outputs are then summed). */
 cudaError_t qv_cuda_embed(uint16_t *out, const uint16_t *table, const int32_t *ids, int32_t n_tok,
-                          int32_t n_vocab, int32_t dim, cudaStream_t stream);
+                          int32_t row0, int32_t n_vocab, int32_t dim, cudaStream_t stream);
 
 /* Row-wise RMSNorm of x [rows][cols] (bf16) with weight w [cols] (bf16); out may alias x.
  * With delta != NULL first x += delta (x rewritten, rounded to bf16) and the sum is normalised. */
@@ -150,9 +152,10 @@ cudaError_t qv_cuda_quant_dequant_bf16(uint16_t *out, const void *w, int32_t qty
                                        int64_t row_bytes, cudaStream_t stream);
 cudaError_t qv_cuda_quant_dequant_f32(float *out, const void *w, int32_t qtype, int64_t m, int64_t k,
                                       int64_t row_bytes, cudaStream_t stream);
-/* out[n_tok][dim] = dequant(w[ids[t]]) as bf16 (zeros for ids outside [0, n_vocab)). */
+/* out[n_tok][dim] = dequant(w[ids[t] - row0]) as bf16 (zeros for ids outside [row0, row0 + n_vocab);
+ * row0 as in qv_cuda_embed). */
 cudaError_t qv_cuda_quant_embed(uint16_t *out, const void *w, int32_t qtype, const int32_t *ids, int32_t n_tok,
-                                int32_t n_vocab, int32_t dim, int64_t row_bytes, cudaStream_t stream);
+                                int32_t row0, int32_t n_vocab, int32_t dim, int64_t row_bytes, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

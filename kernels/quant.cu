@@ -128,11 +128,11 @@ __global__ void dequant_bf16_kernel(uint16_t *out, const uint8_t *w, int32_t t, 
 }
 
 __global__ void quant_embed_kernel(uint16_t *out, const uint8_t *w, int32_t t, const int32_t *ids, int32_t n_tok,
-                                   int32_t n_vocab, int32_t dim, int64_t row_bytes) {
+                                   int32_t row0, int32_t n_vocab, int32_t dim, int64_t row_bytes) {
   const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (e >= static_cast<int64_t>(n_tok) * dim) return;
   const int32_t tok = static_cast<int32_t>(e / dim), i = static_cast<int32_t>(e % dim);
-  const int32_t id = ids[tok];
+  const int64_t id = static_cast<int64_t>(ids[tok]) - row0;
   out[e] = (id < 0 || id >= n_vocab) ? 0 : qv::f2bf(dq_elem(t, w + id * row_bytes, i));
 }
 
@@ -171,11 +171,11 @@ extern "C" cudaError_t qv_cuda_quant_dequant_f32(float *out, const void *w, int3
 }
 
 extern "C" cudaError_t qv_cuda_quant_embed(uint16_t *out, const void *w, int32_t qtype, const int32_t *ids,
-                                           int32_t n_tok, int32_t n_vocab, int32_t dim, int64_t row_bytes,
-                                           cudaStream_t stream) {
+                                           int32_t n_tok, int32_t row0, int32_t n_vocab, int32_t dim,
+                                           int64_t row_bytes, cudaStream_t stream) {
   const int64_t n = static_cast<int64_t>(n_tok) * dim;
   if (n <= 0) return cudaSuccess;
   quant_embed_kernel<<<qv::grid_for(n, kThreads), kThreads, 0, stream>>>(out, static_cast<const uint8_t *>(w), qtype, ids,
-                                                                         n_tok, n_vocab, dim, row_bytes);
+                                                                         n_tok, row0, n_vocab, dim, row_bytes);
   return cudaGetLastError();
 }

@@ -199,7 +199,7 @@ set_path:
 
 int model_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be, const qv_model_opts *opts,
                 qv_model **out, qv_error *err) {
-  if (opts->tp_size > 1) return tpm_build(cfg, src, be, opts, out, err);
+  if (opts->tp_size > 1 || (opts->tp_force && opts->tp_size == 1)) return tpm_build(cfg, src, be, opts, out, err);
   return cfg->family ? families_build(cfg, src, be, opts, out, err) : llama_build(cfg, src, be, opts, out, err);
 }
 

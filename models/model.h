@@ -94,8 +94,10 @@ typedef struct qv_model_config {
 
 typedef struct qv_model qv_model;
 
-/* A tensor-parallel group over several processes (nodes) on one host (the shm communicator);
- * node 0 runs the scheduler and sends every step to the others over the control channel. */
+/* A tensor-parallel group over several processes (nodes): on one host with cpu ranks (the shm
+ * communicator), or on several machines with cuda ranks (the nccl communicator, its unique id
+ * sent by node 0); node 0 runs the scheduler and sends every step to the others over the
+ * control channel. */
 typedef struct qv_tp_net_opts {
   int32_t nnodes;          /* processes in the group; tp_size % nnodes == 0 */
   int32_t node_rank;       /* 0: the master (HTTP and scheduler); else a worker */
@@ -112,7 +114,10 @@ typedef struct qv_model_opts {
                              * at load (the exact reference path); 0 keeps them quantized where the
                              * backend can (also forced by env QUIVER_DEQUANTIZE=1) */
   int32_t tp_size;          /* tensor parallel ranks (0 or 1: none); > 1 shards a Llama-family model
-                             * over that many CPU ranks in this process (models/model_tp.h) */
+                             * over that many ranks of be's kind: cpu ranks in this process, or cuda
+                             * ranks with local rank i on CUDA device i (models/model_tp.h) */
+  int32_t tp_force;         /* 1: build the rank group (communicator included) also at tp_size 1;
+                             * tests compare TP 1 through the communicator with the plain model */
   int32_t n_threads;        /* CPU threads the ranks share (0: one per core); each rank gets
                              * n_threads / tp_size. Read only when tp_size > 1. */
   const qv_tp_net_opts *tp_net;  /* NULL: every rank in this process */

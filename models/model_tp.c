@@ -1,4 +1,4 @@
-/* Tensor-parallel execution of the Llama family on CPU ranks (see model_tp.h for the split).
+/* Tensor-parallel execution of the Llama family on CPU or GPU ranks (see model_tp.h for the split).
  *
  * A group model is an ordinary qv_model whose forward runs every rank: rank 0 on the calling
  * thread (the engine thread), ranks 1..size-1 on one thread each, all in lockstep on one step's
@@ -6,15 +6,20 @@
  * intermediate rows, its vocabulary rows) on its own CPU backend with its own thread pool and
  * its own KV cache (its KV heads); models/llama.c calls back into this file for the
  * all-reduces and the logits gather. With several processes (--nnodes, model_tp_net.c) each
- * runs its own consecutive ranks the same way. The ranks talk through one shm communicator whose
+ * runs its own consecutive ranks the same way. CPU ranks talk through one shm communicator whose
  * sums run in a fixed order, so a run at a given size is reproducible bit for bit, and batch
- * invariance carries over from the ops.
+ * invariance carries over from the ops. GPU ranks are the same models on cuda backends, local
+ * rank i on CUDA device i, joined by the nccl communicator: each collective is enqueued on the
+ * rank backend's own stream behind the kernels that produced its input, and a rank waits for its
+ * stream once, at the end of its step (qv_comm_sync, under the communicator's timeout), so a
+ * dead peer aborts the group instead of hanging it (model_tp_gpu.c holds the device code).
  *
  * Weights come through a wrapping weight source that asks the checkpoint for the full tensor's
  * mapping and hands the builder only this rank's slice: rows of a mapped tensor are a pointer
  * into the mapping (zero-copy views stay zero-copy), columns (o_proj, down_proj) are copied row
  * by row into a shard-sized scratch, for quantized types on block boundaries only. A rank never
  * holds the full tensor. */
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,8 +33,7 @@
 
 /* ---- the plan ---- */
 
-/* Rank's part [*lo, *lo + *cnt) of n units split into size near-equal parts. */
-static void split(int64_t n, int32_t size, int32_t rank, int32_t *lo, int32_t *cnt) {
+void tpm_split(int64_t n, int32_t size, int32_t rank, int32_t *lo, int32_t *cnt) {
   int64_t a = n * rank / size, b = n * (rank + 1) / size;
   *lo = (int32_t)a;
   *cnt = (int32_t)(b - a);
@@ -49,7 +53,7 @@ int tpm_plan(const qv_model_config *c, int32_t size, int32_t rank, int32_t ffn_b
   s->size = size;
   int32_t group = c->n_head / c->n_kv_head; /* query heads per KV head */
   if (c->n_kv_head >= size) {
-    split(c->n_kv_head, size, rank, &s->kv0, &s->n_kv);
+    tpm_split(c->n_kv_head, size, rank, &s->kv0, &s->n_kv);
     s->head0 = s->kv0 * group;
     s->n_head = s->n_kv * group;
   } else {
@@ -72,13 +76,13 @@ int tpm_plan(const qv_model_config *c, int32_t size, int32_t rank, int32_t ffn_b
     return qv_error_set(err, QV_EUNSUPPORTED,
                         "tensor parallel size %d does not split the intermediate size %d in blocks of %d", size,
                         c->ffn_dim, unit);
-  split(c->ffn_dim / unit, size, rank, &s->ffn0, &s->n_ffn);
+  tpm_split(c->ffn_dim / unit, size, rank, &s->ffn0, &s->n_ffn);
   s->ffn0 *= unit;
   s->n_ffn *= unit;
   if (c->vocab_size < size)
     return qv_error_set(err, QV_EUNSUPPORTED, "tensor parallel size %d exceeds the vocabulary %d", size,
                         c->vocab_size);
-  split(c->vocab_size, size, rank, &s->vocab0, &s->n_vocab);
+  tpm_split(c->vocab_size, size, rank, &s->vocab0, &s->n_vocab);
   s->vocab_pad = (int32_t)(((int64_t)c->vocab_size + size - 1) / size);
   s->vocab_full = c->vocab_size;
   return 0;
@@ -215,7 +219,9 @@ struct tpm_group {
   qv_comm **comm;      /* [n_local], owned */
   pthread_t *th;       /* [n_local]; th[0] unused (local rank 0 is the caller) */
   int32_t n_started;   /* threads started (local ranks 1..n_started) */
-  char token[33];      /* the shm group's name */
+  int gpu;             /* 1: cuda ranks and the nccl communicator; 0: cpu ranks and shm */
+  tpm_init init;       /* the group's rendezvous: init.shm_name (shm) or init.nccl_id (nccl), made
+                          here or by node 0 and received over the control channel */
   pthread_mutex_t mu;
   pthread_cond_t go, done;
   uint64_t gen;        /* bumped per job */
@@ -243,10 +249,22 @@ typedef struct rank_arg {
 } rank_arg;
 
 static int join_comm(tpm_group *g, int32_t i, qv_error *err) {
-  qv_comm_shm_opts o = {.token = g->token, .rank = g->r0 + i, .size = g->size};
-  int rc = qv_comm_shm_create(&o, &g->comm[i], err);
+  int rc;
+  if (g->gpu) {
+    rc = tpg_comm_create(&g->shard[i], g->be[i], g->init.nccl_id, &g->comm[i], err);
+  } else {
+    qv_comm_shm_opts o = {.token = g->init.shm_name, .rank = g->r0 + i, .size = g->size};
+    rc = qv_comm_shm_create(&o, &g->comm[i], err);
+  }
   if (!rc) g->shard[i].comm = g->comm[i];
   return rc;
+}
+
+/* One rank's part of a step. A GPU rank's collectives are still in flight when its forward
+ * returns: it waits for its stream here, under the communicator's timeout (shm: a no-op). */
+static int rank_forward(tpm_group *g, int32_t i, const qv_batch *b, float *logits, qv_error *err) {
+  int rc = qv_model_forward(g->rank[i], b, logits, err);
+  return rc ? rc : qv_comm_sync(g->comm[i], err);
 }
 
 static void *rank_main(void *arg) {
@@ -266,7 +284,7 @@ static void *rank_main(void *arg) {
     const qv_batch *b = g->b;
     pthread_mutex_unlock(&g->mu);
     qv_error e = {0};
-    int rc = b ? qv_model_forward(g->rank[i], b, NULL, &e) : join_comm(g, i, &e);
+    int rc = b ? rank_forward(g, i, b, NULL, &e) : join_comm(g, i, &e);
     pthread_mutex_lock(&g->mu);
     g->rc[i] = rc;
     g->errs[i] = e;
@@ -285,7 +303,7 @@ int tpm_group_run(tpm_group *g, const qv_batch *b, float *logits, qv_error *err)
   pthread_cond_broadcast(&g->go);
   pthread_mutex_unlock(&g->mu);
   qv_error e0 = {0};
-  int rc0 = b ? qv_model_forward(g->rank[0], b, g->r0 == 0 ? logits : NULL, &e0) : join_comm(g, 0, &e0);
+  int rc0 = b ? rank_forward(g, 0, b, g->r0 == 0 ? logits : NULL, &e0) : join_comm(g, 0, &e0);
   pthread_mutex_lock(&g->mu);
   while (g->n_done < g->n_local - 1) pthread_cond_wait(&g->done, &g->mu);
   pthread_mutex_unlock(&g->mu);
@@ -314,12 +332,17 @@ static void group_free(tpm_group *g) {
   pthread_cond_destroy(&g->done);
   for (int32_t i = 0; i < g->n_local; i++) {
     if (g->rank && g->rank[i]) qv_model_destroy(g->rank[i]);
+    /* The nccl communicator borrows the backend's stream: it goes first. */
     if (g->comm && g->comm[i]) qv_comm_destroy(g->comm[i]);
-    if (g->be && g->be[i]) qv_backend_destroy(g->be[i]);
     if (g->shard) {
       free(g->shard[i].send);
       free(g->shard[i].recv);
+      if (g->be && g->be[i]) {
+        g->be[i]->ops->free(g->be[i], &g->shard[i].d_send);
+        g->be[i]->ops->free(g->be[i], &g->shard[i].d_recv);
+      }
     }
+    if (g->be && g->be[i]) qv_backend_destroy(g->be[i]);
   }
   free(g->be);
   free(g->rank);
@@ -337,9 +360,10 @@ void tpm_free(qv_model *m) {
   m->tp = NULL;
 }
 
-/* Logits rows per all-gather: about 1 MiB of floats per rank. */
+/* Logits rows per all-gather: about 1 MiB of floats per rank in host memory, about 64 MiB of
+ * gathered floats in device memory (usually every row of a step at once). */
 static int32_t gather_chunk(const tpm_shard *s, int32_t max_logits) {
-  int64_t c = ((int64_t)1 << 18) / s->vocab_pad;
+  int64_t c = s->gpu ? ((int64_t)1 << 24) / ((int64_t)s->size * s->vocab_pad) : ((int64_t)1 << 18) / s->vocab_pad;
   if (c < 1) c = 1;
   return (int32_t)(c < max_logits ? c : max_logits);
 }
@@ -375,14 +399,21 @@ static int probe_ffn_block(const qv_model_config *cfg, model_weight_src *src, in
   return 0;
 }
 
-/* Loads local rank i's shard on its own backend. */
+/* Loads local rank i's shard on its own backend (a GPU rank: on CUDA device i). */
 static int load_rank(tpm_group *g, int32_t i, const qv_model_config *cfg, model_weight_src *src, int32_t ffn_block,
                      const qv_backend_opts *bo, const qv_model_opts *opts, qv_error *err) {
   tpm_shard *s = &g->shard[i];
   int32_t r = g->r0 + i;
   int rc = tpm_plan(cfg, g->size, r, ffn_block, s, err);
-  if (!rc) rc = qv_backend_create("cpu", bo, &g->be[i], err);
   if (rc) return rc;
+  s->gpu = g->gpu;
+  s->device = g->gpu ? i : -1;
+  qv_backend_opts rbo = *bo;
+  rbo.device = s->device > 0 ? s->device : 0;
+  if ((rc = qv_backend_create(g->gpu ? "cuda" : "cpu", &rbo, &g->be[i], err))) {
+    qv_error_prefix(err, "tp rank %d of %d%s", r, g->size, g->gpu ? " (its CUDA device is the node's local rank)" : "");
+    return rc;
+  }
   qv_model_config lc = local_config(cfg, s);
   shard_src ss = {.inner = src, .cfg = cfg, .s = s};
   model_weight_src wrap = {.get = shard_src_get, .release = src->release ? shard_src_release : NULL, .ctx = &ss,
@@ -397,6 +428,7 @@ static int load_rank(tpm_group *g, int32_t i, const qv_model_config *cfg, model_
     return rc;
   }
   s->chunk = gather_chunk(s, g->rank[i]->max_logits);
+  if (g->gpu) return tpg_gather_init(s, g->be[i], err);
   s->send = malloc((size_t)s->chunk * (size_t)s->vocab_pad * sizeof(float));
   s->recv = malloc((size_t)g->size * (size_t)s->chunk * (size_t)s->vocab_pad * sizeof(float));
   if (!s->send || !s->recv) return qv_error_set(err, QV_ENOMEM, "out of memory");
@@ -425,10 +457,15 @@ int tpm_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be,
   int32_t size = opts->tp_size;
   const qv_tp_net_opts *net = opts->tp_net;
   int32_t nnodes = net ? net->nnodes : 1, node = net ? net->node_rank : 0;
-  if (strcmp(be->ops->name, "cpu"))
+  int gpu = !strcmp(be->ops->name, "cuda");
+  if (!gpu && strcmp(be->ops->name, "cpu"))
     return qv_error_set(err, QV_EUNSUPPORTED,
-                        "tensor parallel size %d: sharded execution runs on the cpu backend only (the NCCL "
-                        "communicator exists, GPU ranks do not yet)",
+                        "tensor parallel size %d: sharded execution runs on cpu or cuda ranks, not %s", size,
+                        be->ops->name);
+  if (gpu && !qv_comm_nccl_available())
+    return qv_error_set(err, QV_EUNSUPPORTED,
+                        "tensor parallel size %d on cuda needs the NCCL communicator, and this quiver was built "
+                        "without NCCL (a CUDA build where CMake finds nccl.h and libnccl)",
                         size);
   if (nnodes < 1 || size % nnodes || node < 0 || node >= nnodes)
     return qv_error_set(err, QV_EINVAL, "--nnodes %d must divide the tensor parallel size %d (node rank %d)", nnodes,
@@ -454,6 +491,7 @@ int tpm_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be,
   g->size = size;
   g->n_local = size / nnodes;
   g->r0 = node * g->n_local;
+  g->gpu = gpu;
   if (group_alloc(g)) {
     rc = qv_error_set(err, QV_ENOMEM, "out of memory");
     goto fail;
@@ -469,10 +507,16 @@ int tpm_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be,
     m->weight_bytes += g->rank[i]->weight_bytes;
     m->n_borrowed += g->rank[i]->n_borrowed;
   }
-  /* The shm group's name: made here, or by node 0 and received over the control channel. */
-  if (net) rc = tpm_net_open(g, net, cfg, g->token, &g->net, err);
-  else rc = qv_comm_shm_token(g->token, err);
-  if (rc) goto fail;
+  /* The group's rendezvous (the shm name, or the NCCL unique id): made here, or by node 0 and
+   * received over the control channel. */
+  tpm_init_fill(cfg, size, nnodes, gpu ? TPM_COMM_NCCL : TPM_COMM_SHM, &g->init);
+  if (g->r0 == 0) {
+    rc = gpu ? qv_comm_nccl_unique_id(g->init.nccl_id, err) : qv_comm_shm_token(g->init.shm_name, err);
+    /* A shm name is always sent (checked on receipt); an NCCL group carries a fixed one. */
+    if (!rc && gpu) memset(g->init.shm_name, '0', 32);
+    if (rc) goto fail;
+  }
+  if (net && (rc = tpm_net_open(net, &g->init, &g->net, err))) goto fail;
   for (int32_t i = 1; i < g->n_local; i++) {
     rank_arg *a = malloc(sizeof *a);
     if (!a) {
@@ -489,8 +533,13 @@ int tpm_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be,
   }
   /* The first job joins every rank to the communicator. */
   if ((rc = tpm_group_run(g, NULL, NULL, err))) goto fail;
-  QV_LOGI("tp: %s sharded over %d ranks (ranks %d..%d here, %d threads each), %.1f MiB of weights here", cfg->arch,
-          size, g->r0, g->r0 + g->n_local - 1, bo.n_threads, (double)m->weight_bytes / 1048576.0);
+  if (gpu)
+    QV_LOGI("tp: %s sharded over %d cuda ranks (ranks %d..%d here on CUDA devices 0..%d, nccl), %.1f MiB of "
+            "weights here",
+            cfg->arch, size, g->r0, g->r0 + g->n_local - 1, g->n_local - 1, (double)m->weight_bytes / 1048576.0);
+  else
+    QV_LOGI("tp: %s sharded over %d ranks (ranks %d..%d here, %d threads each), %.1f MiB of weights here", cfg->arch,
+            size, g->r0, g->r0 + g->n_local - 1, bo.n_threads, (double)m->weight_bytes / 1048576.0);
   *out = m;
   return 0;
 fail:
@@ -548,15 +597,33 @@ int32_t tpm_group_size(const tpm_group *g) { return g->size; }
 
 int tpm_all_reduce(qv_model *m, qv_tensor *t, qv_error *err) {
   double t0 = now_s();
-  int rc = qv_comm_all_reduce_sum(m->shard->comm, t->data, (size_t)(t->rows * t->cols), QV_COMM_F32, err);
+  /* In the activations' dtype: f32 on cpu ranks, bf16 on cuda ranks (summed by NCCL in bf16). */
+  if (t->dtype != QV_DTYPE_F32 && t->dtype != QV_DTYPE_BF16)
+    return qv_error_set(err, QV_EUNSUPPORTED, "tp all-reduce: activations of dtype %s", qv_dtype_name(t->dtype));
+  qv_comm_dtype dt = t->dtype == QV_DTYPE_BF16 ? QV_COMM_BF16 : QV_COMM_F32;
+  int rc = qv_comm_all_reduce_sum(m->shard->comm, t->data, (size_t)(t->rows * t->cols), dt, err);
   m->shard->n_comm++;
   m->shard->comm_s += now_s() - t0;
   return rc;
 }
 
+/* Gemma 2's final soft cap, as the unsharded forward applies it after its download. */
+static void final_softcap(const qv_model *m, int64_t rows, float *logits) {
+  float cap = m->cfg.final_softcap;
+  if (!(cap > 0) || !logits) return;
+  size_t cnt = (size_t)rows * (size_t)m->shard->vocab_full;
+  for (size_t i = 0; i < cnt; i++) logits[i] = tanhf(logits[i] / cap) * cap;
+}
+
 int tpm_gather_logits(qv_model *m, const qv_tensor *lg, float *logits, qv_error *err) {
   tpm_shard *s = m->shard;
   double t0 = now_s();
+  if (s->gpu) {
+    int rc = tpg_gather_logits(s, m->be, lg, logits, err);
+    s->comm_s += now_s() - t0;
+    if (!rc) final_softcap(m, lg->rows, logits);
+    return rc;
+  }
   const float *local = lg->data; /* [n_logits][n_vocab], host memory on the cpu backend */
   for (int64_t r0 = 0; r0 < lg->rows; r0 += s->chunk) {
     int64_t nr = lg->rows - r0 < s->chunk ? lg->rows - r0 : s->chunk;
@@ -571,7 +638,7 @@ int tpm_gather_logits(qv_model *m, const qv_tensor *lg, float *logits, qv_error 
     if (!logits) continue;
     for (int32_t r = 0; r < s->size; r++) {
       int32_t v0, nv;
-      split(s->vocab_full, s->size, r, &v0, &nv);
+      tpm_split(s->vocab_full, s->size, r, &v0, &nv);
       const float *from = s->recv + (size_t)r * (size_t)nr * s->vocab_pad;
       for (int64_t i = 0; i < nr; i++)
         memcpy(logits + (size_t)(r0 + i) * s->vocab_full + v0, from + (size_t)i * s->vocab_pad,
@@ -579,6 +646,7 @@ int tpm_gather_logits(qv_model *m, const qv_tensor *lg, float *logits, qv_error 
     }
   }
   s->comm_s += now_s() - t0;
+  final_softcap(m, lg->rows, logits);
   return 0;
 }
 

@@ -3,7 +3,8 @@
  *
  * Every message is a STEP frame of comm/ctrl.h (authenticated, sequenced, bounded) whose first
  * payload byte says what it is:
- *   'I' INIT  u32 size, nnodes, vocab, dim, n_layer, n_head, n_kv_head, ffn | 32-char shm name
+ *   'I' INIT  u32 size, nnodes, vocab, dim, n_layer, n_head, n_kv_head, ffn, comm | 32-char shm
+ *             name | 128-byte NCCL unique id (zeros on cpu ranks); see tpm_init in model_tp.h
  *   'K' KV    u32 n_blocks, block_size
  *   'S' STEP  i32 n_tokens, n_seqs, n_logits, max_blocks | token_ids, positions, slot_mapping
  *             [n_tokens] | seq_q_start [n_seqs + 1] | seq_ctx_len [n_seqs] | block_tables
@@ -40,7 +41,6 @@ enum {
    * takes a silent worker for lost. A killed worker is seen at once either way (closed socket). */
   NET_PEER_TIMEOUT_MS = 5000,
   NET_WORKER_SILENCE_MS = QV_COMM_DEFAULT_TIMEOUT_MS,
-  INIT_WORDS = 8,
   STEP_HEADER_WORDS = 4,
   MAX_BLOCK_ENTRIES = 1 << 24,
 };
@@ -162,9 +162,63 @@ static void ctrl_opts(const qv_tp_net_opts *o, int node_rank, qv_ctrl_opts *co) 
                        .peer_timeout_ms = node_rank == 0 ? NET_WORKER_SILENCE_MS : NET_PEER_TIMEOUT_MS};
 }
 
-static void init_words(const qv_model_config *c, int32_t size, int32_t nnodes, uint32_t w[INIT_WORDS]) {
-  const int32_t v[INIT_WORDS] = {size, nnodes, c->vocab_size, c->dim, c->n_layer, c->n_head, c->n_kv_head, c->ffn_dim};
-  for (int i = 0; i < INIT_WORDS; i++) w[i] = (uint32_t)v[i];
+void tpm_init_fill(const qv_model_config *c, int32_t size, int32_t nnodes, int32_t comm, tpm_init *out) {
+  *out = (tpm_init){.size = size, .nnodes = nnodes, .vocab = c->vocab_size, .dim = c->dim, .n_layer = c->n_layer,
+                    .n_head = c->n_head, .n_kv_head = c->n_kv_head, .ffn = c->ffn_dim, .comm = comm};
+}
+
+static void init_words(const tpm_init *in, int32_t w[TPM_INIT_WORDS]) {
+  const int32_t v[TPM_INIT_WORDS] = {in->size,   in->nnodes,    in->vocab, in->dim, in->n_layer,
+                                     in->n_head, in->n_kv_head, in->ffn,   in->comm};
+  memcpy(w, v, sizeof v);
+}
+
+void tpm_init_encode(const tpm_init *in, uint8_t out[TPM_INIT_BYTES]) {
+  int32_t w[TPM_INIT_WORDS];
+  init_words(in, w);
+  out[0] = 'I';
+  for (int i = 0; i < TPM_INIT_WORDS; i++) put_u32(out + 1 + 4 * i, (uint32_t)w[i]);
+  memcpy(out + 1 + 4 * TPM_INIT_WORDS, in->shm_name, 32);
+  memcpy(out + 1 + 4 * TPM_INIT_WORDS + 32, in->nccl_id, QV_COMM_NCCL_ID_BYTES);
+}
+
+static const char *comm_name(int32_t comm) {
+  return comm == TPM_COMM_SHM ? "cpu ranks (shm)" : comm == TPM_COMM_NCCL ? "cuda ranks (nccl)" : "unknown ranks";
+}
+
+int tpm_init_decode(const uint8_t *p, size_t n, const tpm_init *want, tpm_init *out, qv_error *err) {
+  static const char *const names[TPM_INIT_WORDS] = {"tensor parallel size", "nodes", "vocabulary", "hidden size",
+                                                    "layers", "attention heads", "KV heads", "intermediate size",
+                                                    "communicator"};
+  if (n != TPM_INIT_BYTES || p[0] != 'I')
+    return qv_error_set(err, QV_EFORMAT, "tp: INIT of %zu bytes (want %d starting with 'I'); the nodes run different "
+                                         "quiver versions?", n, (int)TPM_INIT_BYTES);
+  int32_t have[TPM_INIT_WORDS], expect[TPM_INIT_WORDS];
+  init_words(want, expect);
+  for (int i = 0; i < TPM_INIT_WORDS; i++) have[i] = (int32_t)get_u32(p + 1 + 4 * i);
+  if (have[8] != expect[8])
+    return qv_error_set(err, QV_EINVAL, "tp: node 0 runs %s, this node %s; start every node with the same --device",
+                        comm_name(have[8]), comm_name(expect[8]));
+  for (int i = 0; i < TPM_INIT_WORDS; i++)
+    if (have[i] != expect[i])
+      return qv_error_set(err, QV_EINVAL,
+                          "tp: node 0 runs another model or group shape (%s: %d, here %d); start every node with "
+                          "the same model, --tp and --nnodes",
+                          names[i], have[i], expect[i]);
+  *out = *want;
+  memcpy(out->shm_name, p + 1 + 4 * TPM_INIT_WORDS, 32);
+  out->shm_name[32] = 0;
+  memcpy(out->nccl_id, p + 1 + 4 * TPM_INIT_WORDS + 32, QV_COMM_NCCL_ID_BYTES);
+  for (int i = 0; i < 32; i++) {
+    char ch = out->shm_name[i];
+    if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f')))
+      return qv_error_set(err, QV_EFORMAT, "tp: INIT carries a malformed group name");
+  }
+  /* The NCCL id is opaque (NCCL checks it when the ranks meet); on cpu ranks it must be unused. */
+  if (out->comm == TPM_COMM_SHM)
+    for (int i = 0; i < QV_COMM_NCCL_ID_BYTES; i++)
+      if (out->nccl_id[i]) return qv_error_set(err, QV_EFORMAT, "tp: INIT of a shm group carries an NCCL id");
+  return 0;
 }
 
 static void lost(tpm_net *n, int32_t node, const char *why) {
@@ -227,8 +281,7 @@ static int accept_nodes(tpm_net *n, const qv_tp_net_opts *o, double deadline, qv
 }
 
 /* Another node: connects to node 0 (retrying while it is not listening yet) and reads INIT. */
-static int join_master(tpm_net *n, const qv_tp_net_opts *o, const qv_model_config *cfg, int32_t size,
-                       double deadline, char token[33], qv_error *err) {
+static int join_master(tpm_net *n, const qv_tp_net_opts *o, tpm_init *in, double deadline, qv_error *err) {
   qv_ctrl_opts co;
   ctrl_opts(o, n->node_rank, &co);
   int rc;
@@ -248,29 +301,18 @@ static int join_master(tpm_net *n, const qv_tp_net_opts *o, const qv_model_confi
     rc = qv_ctrl_poll(n->links[0], WORKER_POLL_MS, &msg, err);
     if (rc < 0) return rc;
     if (rc == 0) continue;
-    if (msg.type != QV_CTRL_STEP || msg.n_bytes != 1 + 4 * INIT_WORDS + 32 || msg.payload[0] != 'I') {
+    if (msg.type != QV_CTRL_STEP || msg.n_bytes < 1 || msg.payload[0] != 'I') {
       qv_log(QV_LOG_WARN, "tp: dropped a message before INIT (type %d, %u bytes)", (int)msg.type, msg.n_bytes);
       continue;
     }
-    uint32_t want[INIT_WORDS];
-    init_words(cfg, size, n->nnodes, want);
-    for (int i = 0; i < INIT_WORDS; i++)
-      if (get_u32(msg.payload + 1 + 4 * i) != want[i])
-        return qv_error_set(err, QV_EINVAL,
-                            "tp: node 0 runs another model or group shape (field %d: %u, here %u); start every "
-                            "node with the same model, --tp and --nnodes",
-                            i, get_u32(msg.payload + 1 + 4 * i), want[i]);
-    memcpy(token, msg.payload + 1 + 4 * INIT_WORDS, 32);
-    token[32] = 0;
-    for (int i = 0; i < 32; i++)
-      if (!((token[i] >= '0' && token[i] <= '9') || (token[i] >= 'a' && token[i] <= 'f')))
-        return qv_error_set(err, QV_EFORMAT, "tp: INIT carries a malformed group name");
-    return 0;
+    tpm_init got;
+    rc = tpm_init_decode(msg.payload, msg.n_bytes, in, &got, err);
+    if (!rc) *in = got;
+    return rc;
   }
 }
 
-int tpm_net_open(tpm_group *g, const qv_tp_net_opts *o, const qv_model_config *cfg, char token[33], tpm_net **out,
-                 qv_error *err) {
+int tpm_net_open(const qv_tp_net_opts *o, tpm_init *in, tpm_net **out, qv_error *err) {
   *out = NULL;
   if (!o->token || strlen(o->token) < QV_CTRL_TOKEN_MIN)
     return qv_error_set(err, QV_EINVAL, "tp: --nnodes %d needs a shared token of at least %d characters "
@@ -293,20 +335,15 @@ int tpm_net_open(tpm_group *g, const qv_tp_net_opts *o, const qv_model_config *c
     /* The group is complete: nobody else may connect. */
     qv_ctrl_listener_close(n->lis);
     n->lis = NULL;
-    if (!rc) rc = qv_comm_shm_token(token, err);
     if (!rc) {
-      uint8_t msg[1 + 4 * INIT_WORDS + 32];
-      uint32_t w[INIT_WORDS];
-      init_words(cfg, tpm_group_size(g), n->nnodes, w);
-      msg[0] = 'I';
-      for (int i = 0; i < INIT_WORDS; i++) put_u32(msg + 1 + 4 * i, w[i]);
-      memcpy(msg + 1 + 4 * INIT_WORDS, token, 32);
+      uint8_t msg[TPM_INIT_BYTES];
+      tpm_init_encode(in, msg);
       for (int32_t r = 1; r < n->nnodes && !rc; r++) rc = qv_ctrl_send(n->links[r], QV_CTRL_STEP, msg, sizeof msg, err);
     }
     if (!rc && pthread_create(&n->th, NULL, link_main, n) == 0) n->th_started = 1;
     else if (!rc) rc = qv_error_set(err, QV_ENOMEM, "tp: cannot start the link thread");
   } else if (!rc) {
-    rc = join_master(n, o, cfg, tpm_group_size(g), deadline, token, err);
+    rc = join_master(n, o, in, deadline, err);
   }
   if (rc) {
     tpm_net_close(n);

@@ -8,8 +8,12 @@ machine, the commit and the load average before and after. On a machine with few
 slower, not faster: the ranks share the cores and every layer adds two synchronisations; the
 point of TP on CPUs is the memory split and testing the sharded code.
 
+With --device cuda the ranks are GPUs (rank i on CUDA device i, NCCL); there the collectives are
+only enqueued on each rank's stream, so the "comm share" counts the time to enqueue them and to
+wait for the gathered logits, not the device time of the all-reduces (never run on a GPU yet).
+
   bench/tp/tp_bench.py --model PATH [--bin build/release/quiver] [--tp 1 2] [--threads 2]
-      [--num-prompts 16 --input-len 64 --output-len 32 --runs 3] [--out FILE]
+      [--device cpu|cuda] [--num-prompts 16 --input-len 64 --output-len 32 --runs 3] [--out FILE]
 Run it under `nice -n -15` on a shared machine."""
 import argparse
 import datetime
@@ -28,6 +32,7 @@ def main():
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "release", "quiver"))
     ap.add_argument("--tp", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--num-prompts", type=int, default=16)
     ap.add_argument("--input-len", type=int, default=64)
     ap.add_argument("--output-len", type=int, default=32)
@@ -41,7 +46,8 @@ def main():
     for tp in a.tp:
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
             path = f.name
-        cmd = [a.bin, "bench", "engine", a.model, "--tp", str(tp), "--threads", str(a.threads), "--num-prompts",
+        cmd = [a.bin, "bench", "engine", a.model, "--tp", str(tp), "--threads", str(a.threads), "--device", a.device,
+               "--num-prompts",
                str(a.num_prompts), "--input-len", str(a.input_len), "--output-len", str(a.output_len), "--runs",
                str(a.runs), "--seed", "7", "--result-file", path]
         r = subprocess.run(cmd, capture_output=True, text=True)
@@ -64,7 +70,7 @@ def main():
                     "node": platform.node()},
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
-        "settings": {"model": a.model, "threads": a.threads, "num_prompts": a.num_prompts,
+        "settings": {"model": a.model, "device": a.device, "threads": a.threads, "num_prompts": a.num_prompts,
                      "input_len": a.input_len, "output_len": a.output_len, "runs": a.runs},
         "throughput_ratio_vs_tp1": {k: v["total_tokens_per_s"] / base for k, v in sizes.items()},
         "sizes": sizes,

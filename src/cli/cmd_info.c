@@ -1,7 +1,8 @@
 /* quiver info: describes a model from its config and safetensors headers without loading the
  * weights: architecture, sizes, parameters, dtypes, memory per backend, KV bytes per token.
- * With --tp N it also loads the model sharded over N CPU ranks and reports each rank's weight
- * bytes as placed (measured, not estimated) and its KV bytes per token. */
+ * With --tp N it also loads the model sharded over N ranks (cpu, or with --device cuda one GPU per
+ * rank) and reports each rank's weight bytes as placed (measured, not estimated) and its KV bytes
+ * per token. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,11 +12,12 @@
 #include "models/model.h"
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: quiver info [--model PATH] [--tp N]\n"
+  fprintf(f, "usage: quiver info [--model PATH] [--tp N [--device cpu|cuda]]\n"
              "  Describes a Hugging Face model directory or a GGUF model (a .gguf file, a directory\n"
              "  holding one, the first file of a split set); default: the embedded quiver-tiny.\n"
-             "  --tp N (--tensor-parallel-size) loads the model sharded over N CPU ranks and prints\n"
-             "  each rank's weight bytes and KV bytes per token.\n");
+             "  --tp N (--tensor-parallel-size) loads the model sharded over N ranks and prints\n"
+             "  each rank's weight bytes and KV bytes per token: CPU ranks, or with --device cuda\n"
+             "  rank i on CUDA device i (needs N GPUs and a build with NCCL).\n");
 }
 
 static void print_bytes(const char *label, double b) {
@@ -39,21 +41,21 @@ static const char *rope_name(qv_rope_scaling_type t) {
   }
 }
 
-/* Loads the model over tp CPU ranks and prints what each holds. */
-static int print_ranks(const char *path, int tp) {
+/* Loads the model over tp ranks of device and prints what each holds. */
+static int print_ranks(const char *path, int tp, const char *device) {
   qv_error err = {0};
   qv_backend *be = NULL;
   qv_model *m = NULL;
   qv_backend_opts bo = {.n_threads = 1};
   qv_model_opts mo = {.max_batch_tokens = 16, .max_logits = 1, .tp_size = tp, .n_threads = tp};
-  int rc = qv_backend_create("cpu", &bo, &be, &err);
+  int rc = qv_backend_create(device, &bo, &be, &err);
   if (!rc) rc = qv_model_load(path, be, &mo, &m, &err);
   if (rc) {
-    fprintf(stderr, "quiver info: --tp %d: %s\n", tp, err.msg);
+    fprintf(stderr, "quiver info: --tp %d --device %s: %s\n", tp, device, err.msg);
     qv_backend_destroy(be);
     return 1;
   }
-  printf("%-26s %d (cpu ranks, loaded)\n", "tensor parallel size", tp);
+  printf("%-26s %d (%s ranks, loaded)\n", "tensor parallel size", tp, device);
   int64_t total = 0;
   for (int r = 0; r < tp; r++) {
     int64_t w = 0, kv = 0;
@@ -74,7 +76,7 @@ static int print_ranks(const char *path, int tp) {
 }
 
 int cli_info(int argc, char **argv) {
-  const char *path = NULL;
+  const char *path = NULL, *device = "cpu";
   int tp = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--model") && i + 1 < argc) path = argv[++i];
@@ -85,7 +87,13 @@ int cli_info(int argc, char **argv) {
         return 2;
       }
     }
-    else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+    else if (!strcmp(argv[i], "--device") && i + 1 < argc) {
+      device = argv[++i];
+      if (strcmp(device, "cpu") && strcmp(device, "cuda")) {
+        fprintf(stderr, "quiver info: --device must be cpu or cuda, got '%s'\n", device);
+        return 2;
+      }
+    } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
       usage(stdout);
       return 0;
     } else {
@@ -178,5 +186,5 @@ int cli_info(int argc, char **argv) {
   int64_t kv = 2 * (int64_t)c->n_layer * c->n_kv_head * c->head_dim;
   printf("%-26s %lld (cpu f32), %lld (cuda bf16)\n", "KV bytes per token", (long long)kv * 4, (long long)kv * 2);
   print_bytes("KV for max positions, cuda", (double)kv * 2 * c->max_pos);
-  return tp ? print_ranks(path, tp) : 0;
+  return tp ? print_ranks(path, tp, device) : 0;
 }

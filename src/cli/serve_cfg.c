@@ -130,8 +130,9 @@ static const cli_opt serve_opts[] = {
      "enable the admin API (/admin/v1/...) for 'Authorization: Bearer KEY' (repeatable;\n"
      "must differ from every --api-key)"},
     {S_NNODES, CLI_OPT_INT, {"--nnodes"}, 1, 64, "M",
-     "tensor parallelism over M processes (nodes) on this host: each runs --tp / M ranks,\n"
-     "node 0 serves HTTP and schedules, the others run their ranks (default 1)"},
+     "tensor parallelism over M processes (nodes): each runs --tp / M ranks, node 0 serves\n"
+     "HTTP and schedules, the others run their ranks; cpu ranks on this host (shm), cuda\n"
+     "ranks on several machines (NCCL, local rank i on CUDA device i) (default 1)"},
     {S_NODE_RANK, CLI_OPT_INT, {"--node-rank"}, 0, 63, "R", "this process's node, 0..M-1 (default 0)"},
     {S_MASTER_ADDR, CLI_OPT_STR, {"--master-addr"}, 0, 0, "HOST",
      "node 0's control-channel address (default 127.0.0.1)"},

@@ -32,8 +32,11 @@ int serve_tp_worker(const serve_cfg *c) {
   qv_error err = {0};
   qv_backend *be = NULL;
   qv_model *m = NULL;
+  /* The group's backend kind (node 0 checks it is the same as its own in INIT); the ranks make
+   * their own backends, so this one holds nothing. */
+  const char *device = rm->device ? rm->device : (c->lo.device ? c->lo.device : "cpu");
   qv_backend_opts bo = {.n_threads = 1};
-  int rc = qv_backend_create("cpu", &bo, &be, &err);
+  int rc = qv_backend_create(device, &bo, &be, &err);
   if (!rc) rc = qv_model_load(tiny ? NULL : rm->path, be, &mo, &m, &err);
   if (!rc) {
     fprintf(stderr, "quiver serve: node %d of %d running tensor parallel ranks for node 0 at %s:%d\n",

@@ -78,6 +78,12 @@ int qv_comm_barrier(qv_comm *comm, qv_error *err) {
   return comm->ops->barrier(comm, err);
 }
 
+int qv_comm_sync(qv_comm *comm, qv_error *err) {
+  int rc = check_live(comm, "sync", err);
+  if (rc) return rc;
+  return comm->ops->sync ? comm->ops->sync(comm, err) : 0;
+}
+
 void qv_comm_destroy(qv_comm *comm) {
   if (comm) comm->ops->destroy(comm);
 }

@@ -3,7 +3,8 @@
  *   shm  - CPU ranks on one host, threads of one process or separate processes, through one
  *          POSIX shared-memory segment per group (comm_shm.c). Host pointers.
  *   nccl - one GPU per rank (comm/nccl/comm_nccl.c, only in a CUDA build with NCCL). Device
- *          pointers, on the communicator's own stream.
+ *          pointers, on the communicator's own stream (each collective waited for), or enqueued
+ *          on a borrowed stream (the backend's) and waited for by qv_comm_sync.
  *
  * Every call returns 0 or a negative QV_E* code and fills the caller's qv_error. Every collective
  * is bounded by the communicator's timeout: a rank that does not arrive in time (a hung or dead
@@ -13,7 +14,8 @@
  * Collectives are called by every rank of the group in the same order with the same counts
  * (SPMD, as NCCL's). A rank's handle is used by one thread at a time. The timeout must exceed the
  * largest legitimate skew between ranks (raise it around slow phases such as weight loading).
- * Sharded model execution (--tp, models/model_tp.c) runs on the shm communicator. */
+ * Sharded model execution (--tp, models/model_tp.c) runs on the shm communicator on cpu ranks and
+ * on the nccl communicator (borrowing each rank's backend stream) on cuda ranks. */
 #ifndef QV_COMM_COMM_H
 #define QV_COMM_COMM_H
 
@@ -63,6 +65,12 @@ int qv_comm_broadcast(qv_comm *comm, void *buf, size_t n_bytes, int root, qv_err
 /* Returns once every rank has entered it (or the timeout fails it). */
 int qv_comm_barrier(qv_comm *comm, qv_error *err);
 
+/* Returns once every collective this rank issued has completed, or fails after the timeout
+ * (QV_EABORTED, the communicator aborted). Only an nccl communicator on a borrowed stream has
+ * collectives in flight after they return (together with the stream owner's other work, which
+ * this waits for too); for every other communicator it returns 0 at once. */
+int qv_comm_sync(qv_comm *comm, qv_error *err);
+
 /* 1 once the communicator is aborted (a timeout or a dead peer on any rank), else 0. */
 int qv_comm_aborted(const qv_comm *comm);
 
@@ -103,10 +111,18 @@ typedef struct qv_comm_nccl_opts {
   int rank, size;
   int device;     /* CUDA device of this rank */
   int timeout_ms; /* 0 = QV_COMM_DEFAULT_TIMEOUT_MS */
+  /* NULL: the communicator makes its own stream and every collective returns once complete.
+   * Else a cudaStream_t on opts->device, borrowed until destroy (the rank's backend stream):
+   * collectives are enqueued on it behind the work already queued there, so they need no event
+   * and no host round trip, and return once enqueued; their buffers must stay untouched until
+   * qv_comm_sync returns (which the caller must reach before it reads the results on the host).
+   * The barrier is always waited for. */
+  void *stream;
 } qv_comm_nccl_opts;
 
-/* Creates this rank's NCCL communicator (non-blocking init, bounded by the timeout) and its own
- * CUDA stream on opts->device. Ranks of one process call it from one thread each. */
+/* Creates this rank's NCCL communicator (non-blocking init, bounded by the timeout) and, unless
+ * opts->stream is given, its own CUDA stream on opts->device. Ranks of one process call it from
+ * one thread each, concurrently (NCCL's init waits for every rank). */
 int qv_comm_nccl_create(const qv_comm_nccl_opts *opts, qv_comm **out, qv_error *err);
 
 #endif

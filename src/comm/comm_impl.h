@@ -13,6 +13,7 @@ typedef struct qv_comm_ops {
                     qv_error *err);
   int (*broadcast)(qv_comm *c, void *buf, size_t n_bytes, int root, qv_error *err);
   int (*barrier)(qv_comm *c, qv_error *err);
+  int (*sync)(qv_comm *c, qv_error *err); /* optional: NULL when collectives complete on return */
   int (*aborted)(const qv_comm *c); /* the group-wide aborted state */
   void (*destroy)(qv_comm *c);
 } qv_comm_ops;

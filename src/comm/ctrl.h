@@ -43,7 +43,7 @@ typedef enum qv_ctrl_type {
 } qv_ctrl_type;
 
 enum {
-  QV_CTRL_VERSION = 1,
+  QV_CTRL_VERSION = 2, /* 2: the tensor-parallel INIT carries the communicator kind and NCCL id */
   QV_CTRL_HEADER_BYTES = 20,
   QV_CTRL_TAG_BYTES = 32,
   QV_CTRL_TOKEN_MIN = 16,            /* shortest accepted token, bytes */

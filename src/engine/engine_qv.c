@@ -49,6 +49,14 @@ int qv_engine_create(struct qv_model *model, const qv_tokenizer *tok, const qv_e
   size_t free_b = 0, total_b = 0;
   if (strcmp(be->ops->name, "cpu") && be->ops->mem_info && be->ops->mem_info(be, &free_b, &total_b) == 0)
     m.dev_free_bytes = (int64_t)free_b;
+  /* Tensor-parallel GPU ranks each keep their share of a token's KV on their own device: the pool
+   * is as large as the fullest rank's device allows. The free memory measured is device 0's
+   * (rank 0's, with its weights loaded), taken as what every rank's device has free. */
+  int64_t kv_rank_max = 0, w_r = 0, kv_r = 0;
+  for (int32_t r = 0; m.dev_free_bytes > 0 && r < qv_model_tp_size(model); r++)
+    if (qv_model_tp_rank_bytes(model, r, &w_r, &kv_r) == 0 && kv_r > kv_rank_max) kv_rank_max = kv_r;
+  if (kv_rank_max > 0 && m.kv_bytes_per_token > kv_rank_max)
+    m.dev_free_bytes = (int64_t)((double)m.dev_free_bytes * (double)m.kv_bytes_per_token / (double)kv_rank_max);
   engine_text_ops t = {
       .ctx = (void *)tok,
       .detok_create = detok_create,

@@ -131,10 +131,13 @@ def test_killed_worker_makes_node0_unhealthy_and_exit(quiver_bin, stories_dir):
             srv.proc.wait(10)
 
 
-def ctrl_frame(type_, payload, length=None):
+CTRL_VERSION = 2  # QV_CTRL_VERSION (2: INIT carries the communicator kind and the NCCL id)
+
+
+def ctrl_frame(type_, payload, length=None, version=CTRL_VERSION):
     """A control-channel frame with a made-up tag (ctrl.h's layout)."""
     n = len(payload) if length is None else length
-    return b"QVC1" + struct.pack(">HHQI", 1, type_, 0, n) + payload + b"\0" * 32
+    return b"QVC1" + struct.pack(">HHQI", version, type_, 0, n) + payload + b"\0" * 32
 
 
 def test_forged_and_oversized_control_messages_refused(quiver_bin, stories_dir):
@@ -165,6 +168,7 @@ def test_forged_and_oversized_control_messages_refused(quiver_bin, stories_dir):
 
         attack(b"GET / HTTP/1.1\r\n\r\n" + b"x" * 64)                    # not a frame
         attack(ctrl_frame(2, b"", length=1 << 30))                        # oversized
+        attack(ctrl_frame(2, b"\0" * 68, version=1))                      # a node of the previous protocol
         attack(ctrl_frame(2, b"\0" * 68))                                 # AUTH with a forged proof
         bad = Worker(quiver_bin, stories_dir, port, token="wrong-token-but-long-enough")
         assert bad.proc.wait(60) != 0
@@ -176,7 +180,7 @@ def test_forged_and_oversized_control_messages_refused(quiver_bin, stories_dir):
                 time.sleep(0.1)
                 text += f.read()
         assert "listening on" in text, text[-3000:]
-        for needle in ("bad frame magic", "exceeds the", "a node failed to join"):
+        for needle in ("bad frame magic", "exceeds the", "protocol version 1", "a node failed to join"):
             assert needle in text, f"'{needle}' not logged:\n{text[-3000:]}"
     finally:
         p0.send_signal(signal.SIGTERM)

@@ -591,3 +591,36 @@ Test(comm_shm, process_death_detected) {
     qv_comm_destroy(c);
   }
 }
+
+/* A build without NCCL answers every NCCL entry point with QV_EUNSUPPORTED and a reason (and a
+ * NULL handle), so callers need no #ifdef; a build with NCCL says it has one. */
+Test(comm_nccl, unsupported_without_nccl) {
+  if (qv_comm_nccl_available()) cr_skip_test("this build has NCCL (tests/gpu/test_comm_nccl.c covers it)");
+  uint8_t id[QV_COMM_NCCL_ID_BYTES] = {0};
+  qv_error err = {0};
+  cr_expect_eq(qv_comm_nccl_unique_id(id, &err), QV_EUNSUPPORTED);
+  cr_expect(strstr(err.msg, "NCCL") != NULL, "%s", err.msg);
+  qv_comm *c = (qv_comm *)&err; /* any non-NULL value: must come back NULL */
+  qv_comm_nccl_opts o = {.unique_id = id, .rank = 0, .size = 1};
+  err = (qv_error){0};
+  cr_expect_eq(qv_comm_nccl_create(&o, &c, &err), QV_EUNSUPPORTED);
+  cr_expect_null(c);
+  cr_expect(strstr(err.msg, "NCCL") != NULL, "%s", err.msg);
+}
+
+/* qv_comm_sync: a shm communicator's collectives are complete when they return, so sync answers
+ * at once; on an aborted communicator it fails like every other call; NULL is refused. */
+Test(comm_shm, sync_is_immediate) {
+  char tok[33];
+  token(tok);
+  qv_error e = {0};
+  qv_comm *c = NULL;
+  qv_comm_shm_opts o = {.token = tok, .rank = 0, .size = 1, .timeout_ms = 5000};
+  cr_assert_eq(qv_comm_shm_create(&o, &c, &e), 0, "%s", e.msg);
+  float x[8];
+  fill(x, 8, 3, 0);
+  cr_assert_eq(qv_comm_all_reduce_sum(c, x, 8, QV_COMM_F32, &e), 0, "%s", e.msg);
+  cr_expect_eq(qv_comm_sync(c, &e), 0, "%s", e.msg);
+  cr_expect_eq(qv_comm_sync(NULL, &e), QV_EINVAL);
+  qv_comm_destroy(c);
+}

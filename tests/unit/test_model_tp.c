@@ -331,3 +331,133 @@ Test(model_tp, step_encoding_refuses_malformed) {
   free(buf);
   free(d.buf);
 }
+
+/* A rank group of one (opts.tp_force: what the GPU test runs through NCCL) is the plain model:
+ * its embedding shard is the whole table, the sum over one rank and the gather copy every value
+ * unchanged, so the logits are the same bits. */
+Test(model_tp, tp1_group_is_the_plain_model, .timeout = 120) {
+  const char *names[] = {"quiver-tiny", "llama", "qwen2"};
+  for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+    char dir[1024];
+    fixture_dir(names[k], dir, sizeof dir);
+    tp_model plain, group;
+    open_tp(names[k], 1, &plain);
+    qv_error err = {0};
+    qv_backend_opts bo = {.n_threads = 1};
+    memset(&group, 0, sizeof group);
+    cr_assert_eq(qv_backend_create("cpu", &bo, &group.be, &err), 0);
+    qv_model_opts mo = {.max_batch_tokens = MAXT, .max_logits = MAXT, .tp_size = 1, .tp_force = 1, .n_threads = 1};
+    cr_assert_eq(qv_model_load(dir, group.be, &mo, &group.m, &err), 0, "%s: %s", names[k], err.msg);
+    cr_assert_eq(qv_model_kv_init(group.m, NB, BS, &err), 0, "%s", err.msg);
+    group.vocab = plain.vocab;
+    int32_t V = plain.vocab, prompt[PROMPT], g1[N_DECODE], g2[N_DECODE];
+    random_prompt(prompt, PROMPT, V, 77 + k);
+    size_t rows = PROMPT + N_DECODE;
+    float *l1 = malloc(rows * V * sizeof *l1), *l2 = malloc(rows * V * sizeof *l2);
+    cr_assert(l1 && l2);
+    run_greedy(&plain, prompt, l1, g1);
+    run_greedy(&group, prompt, l2, g2);
+    cr_expect_arr_eq(l2, l1, rows * V * sizeof *l1, "%s: a TP 1 group differs from the plain model", names[k]);
+    cr_expect_arr_eq(g2, g1, sizeof g1);
+    int64_t w1, kv1, w2, kv2;
+    cr_assert_eq(qv_model_tp_rank_bytes(plain.m, 0, &w1, &kv1), 0);
+    cr_assert_eq(qv_model_tp_rank_bytes(group.m, 0, &w2, &kv2), 0);
+    cr_expect_eq(w2, w1);
+    cr_expect_eq(kv2, kv1);
+    free(l1);
+    free(l2);
+    close_tp(&plain);
+    close_tp(&group);
+  }
+}
+
+/* A backend of another kind than the ranks can be: only its name is read before the refusal. */
+static void expect_backend_refused(const char *backend_name, const char *needle) {
+  qv_backend_ops ops = {.name = backend_name};
+  qv_backend fake = {.ops = &ops};
+  qv_model *m = NULL;
+  qv_error err = {0};
+  qv_model_opts mo = {.max_batch_tokens = MAXT, .tp_size = 2, .n_threads = 2};
+  int rc = qv_model_load(NULL, &fake, &mo, &m, &err);
+  cr_expect_eq(rc, QV_EUNSUPPORTED, "%s: rc %d (%s)", backend_name, rc, err.msg);
+  cr_expect(strstr(err.msg, needle) != NULL, "%s: message '%s' lacks '%s'", backend_name, err.msg, needle);
+  cr_expect_null(m);
+}
+
+/* cuda ranks need the NCCL communicator: a build without it refuses them by name, before any
+ * backend is made; a backend that is neither cpu nor cuda is refused too. */
+Test(model_tp, backend_kinds_refused_clearly) {
+  if (!qv_comm_nccl_available()) expect_backend_refused("cuda", "without NCCL");
+  expect_backend_refused("vulkan", "cpu or cuda ranks, not vulkan");
+}
+
+/* INIT, node 0's first message: both communicator kinds round-trip; every other length, another
+ * model or group shape, another communicator kind (a cpu node joining cuda ranks), a malformed
+ * shm name, and an NCCL id in a shm group are refused without trusting the payload. */
+Test(model_tp, init_encoding_round_trip_and_refusals) {
+  qv_model_config cfg = {0};
+  cfg.vocab_size = 259, cfg.dim = 64, cfg.n_layer = 2, cfg.n_head = 4, cfg.n_kv_head = 2, cfg.ffn_dim = 128;
+  for (int comm = TPM_COMM_SHM; comm <= TPM_COMM_NCCL; comm++) {
+    tpm_init want, sent, got;
+    tpm_init_fill(&cfg, 4, 2, comm, &want);
+    sent = want;
+    memcpy(sent.shm_name, "0123456789abcdef0123456789abcdef", 33);
+    if (comm == TPM_COMM_NCCL)
+      for (int i = 0; i < QV_COMM_NCCL_ID_BYTES; i++) sent.nccl_id[i] = (uint8_t)(i * 37 + 1);
+    uint8_t buf[TPM_INIT_BYTES + 1];
+    tpm_init_encode(&sent, buf);
+    qv_error err = {0};
+    cr_assert_eq(tpm_init_decode(buf, TPM_INIT_BYTES, &want, &got, &err), 0, "%s", err.msg);
+    cr_expect_str_eq(got.shm_name, sent.shm_name);
+    cr_expect_arr_eq(got.nccl_id, sent.nccl_id, QV_COMM_NCCL_ID_BYTES);
+    cr_expect_eq(got.comm, comm);
+    /* Every truncation, and one byte too many. */
+    buf[TPM_INIT_BYTES] = 0;
+    for (size_t k = 0; k <= TPM_INIT_BYTES + 1; k++) {
+      if (k == TPM_INIT_BYTES) continue;
+      cr_expect_eq(tpm_init_decode(buf, k, &want, &got, &err), QV_EFORMAT, "%zu bytes accepted", k);
+    }
+    /* Another tag byte. */
+    uint8_t copy[TPM_INIT_BYTES];
+    memcpy(copy, buf, sizeof copy);
+    copy[0] = 'S';
+    cr_expect_eq(tpm_init_decode(copy, sizeof copy, &want, &got, &err), QV_EFORMAT);
+    /* Another shape: each field in turn. */
+    for (int f = 0; f < TPM_INIT_WORDS - 1; f++) {
+      memcpy(copy, buf, sizeof copy);
+      copy[1 + 4 * f] ^= 1;
+      cr_expect_eq(tpm_init_decode(copy, sizeof copy, &want, &got, &err), QV_EINVAL, "field %d", f);
+      cr_expect(strstr(err.msg, "another model or group shape") != NULL, "%s", err.msg);
+    }
+    /* The other communicator kind: a cpu node in a cuda group, or the reverse. */
+    tpm_init other = want;
+    other.comm = comm == TPM_COMM_SHM ? TPM_COMM_NCCL : TPM_COMM_SHM;
+    err = (qv_error){0};
+    cr_expect_eq(tpm_init_decode(buf, TPM_INIT_BYTES, &other, &got, &err), QV_EINVAL);
+    cr_expect(strstr(err.msg, "--device") != NULL, "%s", err.msg);
+    /* A group name that is not 32 lowercase hex characters. */
+    memcpy(copy, buf, sizeof copy);
+    copy[1 + 4 * TPM_INIT_WORDS + 5] = '/';
+    cr_expect_eq(tpm_init_decode(copy, sizeof copy, &want, &got, &err), QV_EFORMAT);
+    /* Seeded single-byte flips: refused or decoded, never a crash; the shape is always checked. */
+    uint64_t seed = 7 + (uint64_t)comm;
+    for (int t = 0; t < 2000; t++) {
+      memcpy(copy, buf, sizeof copy);
+      size_t at = (size_t)(qv_splitmix64(&seed) % sizeof copy);
+      copy[at] ^= (uint8_t)(1u + qv_splitmix64(&seed) % 255u);
+      int rc = tpm_init_decode(copy, sizeof copy, &want, &got, &err);
+      cr_assert(rc == 0 || rc == QV_EFORMAT || rc == QV_EINVAL, "rc %d", rc);
+      if (!rc) cr_assert(at > 4 * TPM_INIT_WORDS, "a flip of byte %zu in the header was accepted", at);
+    }
+  }
+  /* A shm group's INIT must not carry an NCCL id. */
+  tpm_init want, got;
+  tpm_init_fill(&cfg, 2, 2, TPM_COMM_SHM, &want);
+  tpm_init sent = want;
+  memcpy(sent.shm_name, "ffffffffffffffffffffffffffffffff", 33);
+  sent.nccl_id[17] = 1;
+  uint8_t buf[TPM_INIT_BYTES];
+  tpm_init_encode(&sent, buf);
+  qv_error err = {0};
+  cr_expect_eq(tpm_init_decode(buf, sizeof buf, &want, &got, &err), QV_EFORMAT);
+}

@@ -311,19 +311,30 @@ static int need_batch(cuda_backend *be, const char *op) {
 
 static int is_bf16(const qv_tensor *t) { return t && t->dtype == QV_DTYPE_BF16; }
 
-static int cuda_embed(qv_backend *b, qv_tensor *out, const qv_tensor *table) {
-  cuda_backend *be = cb(b);
-  int rc = need_batch(be, "embed");
+/* out = the rows of table (vocabulary rows [row0, row0 + table->rows)) of the staged ids, zeros
+ * for ids outside them: the whole table (row0 0) or a tensor-parallel rank's shard. */
+static int embed_rows(cuda_backend *be, qv_tensor *out, const qv_tensor *table, int64_t row0, const char *op) {
+  int rc = need_batch(be, op);
   if (rc) return rc;
-  if (table && qv_dtype_is_quant(table->dtype))
-    return cuda_quant_embed(be, out, table, staged(be, be->lay.token_ids), be->n_tokens);
-  if (!is_bf16(out) || !is_bf16(table) || out->rows != be->n_tokens || out->cols != table->cols || table->cols > INT32_MAX ||
-      table->rows > INT32_MAX)
-    return BAD(be, "cuda embed: want bf16 out [%d][%lld] and table [vocab][%lld]", be->n_tokens,
-               (long long)(table ? table->cols : 0), (long long)(table ? table->cols : 0));
-  LAUNCH(be, qv_cuda_embed(out->data, table->data, staged(be, be->lay.token_ids), be->n_tokens, (int32_t)table->rows,
-                           (int32_t)table->cols, be->stream));
+  if (!table || row0 < 0 || row0 > INT32_MAX || table->rows > INT32_MAX - row0)
+    return BAD(be, "cuda %s: no table, or vocabulary rows from %lld out of range", op, (long long)row0);
+  if (qv_dtype_is_quant(table->dtype))
+    return cuda_quant_embed(be, out, table, (int32_t)row0, staged(be, be->lay.token_ids), be->n_tokens);
+  if (!is_bf16(out) || !is_bf16(table) || out->rows != be->n_tokens || out->cols != table->cols ||
+      table->cols > INT32_MAX)
+    return BAD(be, "cuda %s: want bf16 out [%d][%lld] and table [vocab][%lld]", op, be->n_tokens,
+               (long long)table->cols, (long long)table->cols);
+  LAUNCH(be, qv_cuda_embed(out->data, table->data, staged(be, be->lay.token_ids), be->n_tokens, (int32_t)row0,
+                           (int32_t)table->rows, (int32_t)table->cols, be->stream));
   return 0;
+}
+
+static int cuda_embed(qv_backend *b, qv_tensor *out, const qv_tensor *table) {
+  return embed_rows(cb(b), out, table, 0, "embed");
+}
+
+static int cuda_embed_shard(qv_backend *b, qv_tensor *out, const qv_tensor *table, int64_t row0) {
+  return embed_rows(cb(b), out, table, row0, "embed_shard");
 }
 
 static int norm_common(cuda_backend *be, qv_tensor *out, qv_tensor *x, const qv_tensor *delta, const qv_tensor *w,
@@ -565,6 +576,7 @@ static const qv_backend_ops cuda_ops = {
     .kv_deinit = cuda_kv_deinit,
     .set_batch = cuda_set_batch,
     .embed = cuda_embed,
+    .embed_shard = cuda_embed_shard,
     .rmsnorm = cuda_rmsnorm,
     .add_rmsnorm = cuda_add_rmsnorm,
     .matmul = cuda_matmul,

@@ -48,11 +48,12 @@ int cuda_quant_matmul(cuda_backend *be, qv_tensor *out, const qv_tensor *x, cons
   return 0;
 }
 
-int cuda_quant_embed(cuda_backend *be, qv_tensor *out, const qv_tensor *table, const int32_t *ids, int32_t n_tok) {
+int cuda_quant_embed(cuda_backend *be, qv_tensor *out, const qv_tensor *table, int32_t row0, const int32_t *ids,
+                     int32_t n_tok) {
   if (!out || out->dtype != QV_DTYPE_BF16 || out->rows != n_tok || out->cols != table->cols ||
       table->rows > INT32_MAX || table->cols > INT32_MAX || !qv_dtype_row_bytes(table->dtype, table->cols))
     return BAD(be, "cuda quant embed: want bf16 out [%d][%lld]", n_tok, (long long)table->cols);
-  CUDA_CK(be, qv_cuda_quant_embed(out->data, table->data, (int32_t)table->dtype, ids, n_tok, (int32_t)table->rows,
+  CUDA_CK(be, qv_cuda_quant_embed(out->data, table->data, (int32_t)table->dtype, ids, n_tok, row0, (int32_t)table->rows,
                                   (int32_t)table->cols, (int64_t)qv_dtype_row_bytes(table->dtype, table->cols),
                                   be->stream));
   return 0;

@@ -6,7 +6,9 @@
 #include "backend/cuda/cuda_internal.h"
 
 int cuda_quant_matmul(cuda_backend *be, qv_tensor *out, const qv_tensor *x, const qv_tensor *w, const qv_tensor *bias);
-/* ids: the staged device token ids [n_tok]. */
-int cuda_quant_embed(cuda_backend *be, qv_tensor *out, const qv_tensor *table, const int32_t *ids, int32_t n_tok);
+/* ids: the staged device token ids [n_tok]. row0: the table's first vocabulary row (0, or a
+ * tensor-parallel rank's shard; ids outside the table's rows give zeros). */
+int cuda_quant_embed(cuda_backend *be, qv_tensor *out, const qv_tensor *table, int32_t row0, const int32_t *ids,
+                     int32_t n_tok);
 
 #endif

@@ -5,8 +5,12 @@
  * The communicator is created non-blocking (config.blocking = 0), so neither its creation nor a
  * collective can hang the caller: every wait polls ncclCommGetAsyncError and the stream and, at
  * the timeout, calls ncclCommAbort, which also unblocks kernels stuck waiting for a dead peer.
- * Each rank owns one non-blocking CUDA stream; a collective is enqueued on it and waited for
- * before returning, so buffers are device pointers that are ready when the call returns.
+ * By default each rank owns one non-blocking CUDA stream; a collective is enqueued on it and
+ * waited for before returning, so buffers are device pointers that are ready when the call
+ * returns. With a borrowed stream (opts.stream: a tensor-parallel rank's backend stream) the
+ * collectives are only enqueued, in order with the backend's kernels on that stream, and
+ * qv_comm_sync waits for the stream under the same timeout and abort rule: one host wait per
+ * model step instead of one per collective.
  * Every NCCL and CUDA call is checked; a failure names the call, file and line. */
 #include <cuda_runtime_api.h>
 #include <nccl.h>
@@ -23,7 +27,8 @@ _Static_assert(sizeof(ncclUniqueId) == QV_COMM_NCCL_ID_BYTES, "NCCL unique id si
 typedef struct nccl_comm {
   qv_comm base;
   ncclComm_t nc;       /* owned; NULL once aborted */
-  cudaStream_t stream; /* owned */
+  cudaStream_t stream; /* owned when own_stream, else borrowed (opts.stream) */
+  int own_stream;
   float *d_scratch;    /* owned device float for the barrier */
   int device;
   int aborted;
@@ -115,12 +120,15 @@ static int wait_stream(nccl_comm *s, double deadline, const char *what, qv_error
   }
 }
 
-/* The common tail of a collective: r is what the enqueue call returned. */
+/* The common tail of a collective: r is what the enqueue call returned. On a borrowed stream the
+ * collective is left in flight once NCCL has enqueued it (qv_comm_sync waits for it), unless
+ * wait says the caller needs it complete (the barrier). */
 static int finish(nccl_comm *s, ncclResult_t r, const char *call, double deadline, const char *what,
-                  qv_error *err) {
+                  int wait, qv_error *err) {
   if (r != ncclSuccess && r != ncclInProgress) return fail(s, err, what, call, r, __LINE__);
   int rc = wait_ready(s, deadline, what, err);
-  return rc ? rc : wait_stream(s, deadline, what, err);
+  if (rc || (!s->own_stream && !wait)) return rc;
+  return wait_stream(s, deadline, what, err);
 }
 
 static ncclDataType_t nccl_dtype(qv_comm_dtype d) {
@@ -133,7 +141,7 @@ static int nccl_all_reduce(qv_comm *c, void *buf, size_t count, qv_comm_dtype dt
   double deadline = now_ms() + c->timeout_ms;
   CUDA_TRY(cudaSetDevice(s->device), "all_reduce");
   ncclResult_t r = ncclAllReduce(buf, buf, count, nccl_dtype(dtype), ncclSum, s->nc, s->stream);
-  return finish(s, r, "ncclAllReduce", deadline, "all_reduce", err);
+  return finish(s, r, "ncclAllReduce", deadline, "all_reduce", 0, err);
 }
 
 static int nccl_all_gather(qv_comm *c, const void *send, void *recv, size_t count,
@@ -142,7 +150,7 @@ static int nccl_all_gather(qv_comm *c, const void *send, void *recv, size_t coun
   double deadline = now_ms() + c->timeout_ms;
   CUDA_TRY(cudaSetDevice(s->device), "all_gather");
   ncclResult_t r = ncclAllGather(send, recv, count, nccl_dtype(dtype), s->nc, s->stream);
-  return finish(s, r, "ncclAllGather", deadline, "all_gather", err);
+  return finish(s, r, "ncclAllGather", deadline, "all_gather", 0, err);
 }
 
 static int nccl_broadcast(qv_comm *c, void *buf, size_t n_bytes, int root, qv_error *err) {
@@ -150,7 +158,7 @@ static int nccl_broadcast(qv_comm *c, void *buf, size_t n_bytes, int root, qv_er
   double deadline = now_ms() + c->timeout_ms;
   CUDA_TRY(cudaSetDevice(s->device), "broadcast");
   ncclResult_t r = ncclBroadcast(buf, buf, n_bytes, ncclUint8, root, s->nc, s->stream);
-  return finish(s, r, "ncclBroadcast", deadline, "broadcast", err);
+  return finish(s, r, "ncclBroadcast", deadline, "broadcast", 0, err);
 }
 
 static int nccl_barrier(qv_comm *c, qv_error *err) {
@@ -159,7 +167,16 @@ static int nccl_barrier(qv_comm *c, qv_error *err) {
   CUDA_TRY(cudaSetDevice(s->device), "barrier");
   ncclResult_t r =
       ncclAllReduce(s->d_scratch, s->d_scratch, 1, ncclFloat32, ncclSum, s->nc, s->stream);
-  return finish(s, r, "ncclAllReduce (barrier)", deadline, "barrier", err);
+  return finish(s, r, "ncclAllReduce (barrier)", deadline, "barrier", 1, err);
+}
+
+/* Waits for everything on the stream: the collectives left in flight and, on a borrowed stream,
+ * the owner's work queued with them (a peer that never arrives stalls both). */
+static int nccl_sync(qv_comm *c, qv_error *err) {
+  nccl_comm *s = (nccl_comm *)c;
+  double deadline = now_ms() + c->timeout_ms;
+  CUDA_TRY(cudaSetDevice(s->device), "sync");
+  return wait_stream(s, deadline, "sync", err);
 }
 
 static int nccl_aborted(const qv_comm *c) { return ((const nccl_comm *)c)->aborted; }
@@ -189,7 +206,7 @@ static void nccl_destroy(qv_comm *c) {
     }
   }
   if (s->d_scratch) cudaFree(s->d_scratch);
-  if (s->stream) cudaStreamDestroy(s->stream);
+  if (s->stream && s->own_stream) cudaStreamDestroy(s->stream);
   free(s);
 }
 
@@ -199,6 +216,7 @@ static const qv_comm_ops nccl_ops = {
     .all_gather = nccl_all_gather,
     .broadcast = nccl_broadcast,
     .barrier = nccl_barrier,
+    .sync = nccl_sync,
     .aborted = nccl_aborted,
     .destroy = nccl_destroy,
 };
@@ -234,7 +252,12 @@ int qv_comm_nccl_create(const qv_comm_nccl_opts *o, qv_comm **out, qv_error *err
   int rc = 0;
   do {
     cudaError_t e = cudaSetDevice(o->device);
-    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking);
+    if (o->stream) {
+      s->stream = (cudaStream_t)o->stream;
+    } else if (e == cudaSuccess) {
+      e = cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking);
+      s->own_stream = e == cudaSuccess;
+    }
     if (e == cudaSuccess) e = cudaMalloc((void **)&s->d_scratch, sizeof(float));
     if (e == cudaSuccess) e = cudaMemset(s->d_scratch, 0, sizeof(float));
     if (e != cudaSuccess) {
