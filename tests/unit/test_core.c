@@ -122,3 +122,58 @@ Test(core, grow_and_read_file) {
   cr_assert_null(qv_read_file(path, 64, &len, &err));
   cr_assert_eq(err.code, QV_ENOTFOUND);
 }
+
+/* ---- thread pool: every task of every job runs exactly once, whether the workers are
+ * polling (jobs back to back) or asleep (a pause between jobs longer than the poll) ---- */
+
+#include <stdatomic.h>
+
+#include "core/threadpool.h"
+
+typedef struct pool_job {
+  atomic_int *hits; /* [n_tasks] */
+  atomic_int sum;
+} pool_job;
+
+static void pool_task(void *ctx, int i) {
+  pool_job *j = ctx;
+  atomic_fetch_add(&j->hits[i], 1);
+  atomic_fetch_add(&j->sum, i + 1);
+}
+
+static void pool_round(tp_pool *p, int n_jobs, int pause_us, unsigned seed) {
+  enum { MAX_TASKS = 97 };
+  atomic_int hits[MAX_TASKS];
+  for (int job = 0; job < n_jobs; job++) {
+    seed = seed * 1664525u + 1013904223u;
+    int n = 1 + (int)((seed >> 8) % MAX_TASKS);
+    pool_job j;
+    for (int i = 0; i < n; i++) atomic_init(&hits[i], 0);
+    j.hits = hits;
+    atomic_init(&j.sum, 0);
+    tp_run(p, n, pool_task, &j);
+    /* tp_run returned: every task has run, once. */
+    for (int i = 0; i < n; i++) cr_assert_eq(atomic_load(&hits[i]), 1, "job %d task %d ran %d times", job, i, atomic_load(&hits[i]));
+    cr_assert_eq(atomic_load(&j.sum), n * (n + 1) / 2);
+    if (pause_us) usleep((useconds_t)pause_us);
+  }
+}
+
+Test(core, threadpool_every_task_once_polling_and_sleeping) {
+  for (int threads = 2; threads <= 5; threads++) {
+    tp_pool *p = NULL;
+    cr_assert_eq(tp_create(threads, &p), 0);
+    cr_assert_eq(tp_n_threads(p), threads);
+    pool_round(p, 3000, 0, (unsigned)threads);        /* back to back: workers never sleep */
+    pool_round(p, 40, 300, 77u + (unsigned)threads);  /* > the poll: workers sleep between jobs */
+    pool_round(p, 200, 40, 991u + (unsigned)threads); /* around the poll: both paths race */
+    tp_destroy(p);
+  }
+  /* Created and destroyed with no job, and while the workers may still be polling. */
+  tp_pool *p = NULL;
+  cr_assert_eq(tp_create(3, &p), 0);
+  tp_destroy(p);
+  cr_assert_eq(tp_create(3, &p), 0);
+  pool_round(p, 1, 0, 5u);
+  tp_destroy(p);
+}

@@ -79,7 +79,17 @@ KINLINE void ktile(const cpu_mm_args *a, int64_t i0, int64_t j0, const int R, co
   for (int c = 0; c < C; c++) wr[c] = (const char *)a->w + (size_t)(j0 + c) * (size_t)k * es;
   for (int r = 0; r < R; r++)
     for (int c = 0; c < C; c++) acc[r][c] = K_ZERO();
+  /* The single-row GEMV tile reads C weight rows side by side. Rows of a few KiB (k = 896 in
+   * f16 is 28 cache lines) are too short for the hardware prefetcher, which restarts on every
+   * row of every tile; so this tile prefetches the next one (the C rows that follow, contiguous
+   * in memory) into L2, spread evenly over its own loop: as many bytes per step as it reads. */
+  const char *pf = NULL;
+  if (R == 1 && C == KTC1 && j0 + 2 * C <= a->m) pf = (const char *)a->w + (size_t)(j0 + C) * (size_t)k * es;
   for (int64_t kk = 0; kk < kmain; kk += KL) {
+    if (pf) {
+      for (size_t off = 0; off < (size_t)C * KL * es; off += 64) __builtin_prefetch(pf + off, 0, 2);
+      pf += (size_t)C * KL * es;
+    }
     /* Named registers, not an array: GCC keeps an array of vectors on the stack here. */
     KVEC x0 = K_LOAD(xr[0] + kk), x1 = x0, x2 = x0, x3 = x0, x4 = x0, x5 = x0;
     if (R > 1) x1 = K_LOAD(xr[1] + kk);

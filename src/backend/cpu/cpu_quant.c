@@ -183,20 +183,20 @@ static AVX2 void dequant_avx2(qv_dtype t, const void *src, float *y, int64_t n) 
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 
-static AVX512 inline float f16_at_avx512(const uint8_t *p) {
+static AVX512 inline __attribute__((always_inline)) float f16_at_avx512(const uint8_t *p) {
   uint16_t h;
   memcpy(&h, p, 2);
   return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
 }
 
 /* The fifth bits of a Q5 block as 0 or 16, for elements 16 h .. 16 h + 15. */
-static AVX512 inline __m512i q5_high_avx512(uint32_t qh, int h) {
+static AVX512 inline __attribute__((always_inline)) __m512i q5_high_avx512(uint32_t qh, int h) {
   __m512i sh = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(16 * h));
   return _mm512_slli_epi32(_mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32((int)qh), sh), _mm512_set1_epi32(1)), 4);
 }
 
 /* Block b of type T as elements 0..15 (*lo) and 16..31 (*hi), bit-exact with src/quant. */
-static AVX512 inline void blk32_avx512(const qv_dtype T, const uint8_t *b, __m512 *lo, __m512 *hi) {
+static AVX512 inline __attribute__((always_inline)) void blk32_avx512(const qv_dtype T, const uint8_t *b, __m512 *lo, __m512 *hi) {
   const __m512i m4 = _mm512_set1_epi32(0xF);
   if (T == QV_DTYPE_Q8_0) {
     __m512 d = _mm512_set1_ps(f16_at_avx512(b));
@@ -229,19 +229,26 @@ static AVX512 inline void blk32_avx512(const qv_dtype T, const uint8_t *b, __m51
 }
 
 /* The AVX-512 f32 kernel's horizontal tree (cpu_kern_avx512.c hsum512). */
-static AVX512 inline float hsum_avx512(__m512 v) {
+static AVX512 inline __attribute__((always_inline)) float hsum_avx512(__m512 v) {
   __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
   __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
   __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
   return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
 }
 
-/* out[j] = dot(x, w[j]) (+ bias[j]) for R consecutive weight rows from j. */
-static AVX512 inline void gemv_rows_avx512(const float *x, const uint8_t *w, size_t row_bytes, size_t blk_bytes,
-                                           int64_t k, const float *bias, float *out, const int R, const qv_dtype T) {
+/* out[j] = dot(x, w[j]) (+ bias[j]) for R consecutive weight rows from j. pf (or NULL): the
+ * next R rows, prefetched into L2 while these are read, as many bytes per block as are read:
+ * quantized rows are a few hundred bytes, far too short for the hardware prefetcher to start. */
+static AVX512 inline __attribute__((always_inline)) void gemv_rows_avx512(const float *x, const uint8_t *w, size_t row_bytes, size_t blk_bytes,
+                                           int64_t k, const float *bias, float *out, const int R, const qv_dtype T,
+                                           const uint8_t *pf) {
   __m512 acc[4];
   for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
   for (int64_t i = 0; i < k; i += 32) {
+    if (pf) {
+      for (size_t off = 0; off < (size_t)R * blk_bytes; off += 64) _mm_prefetch((const char *)pf + off, _MM_HINT_T1);
+      pf += (size_t)R * blk_bytes;
+    }
     __m512 xl = _mm512_loadu_ps(x + i), xh = _mm512_loadu_ps(x + i + 16);
     const uint8_t *b = w + (size_t)(i / 32) * blk_bytes;
     for (int r = 0; r < R; r++) {
@@ -263,8 +270,10 @@ static AVX512 inline void gemv_rows_avx512(const float *x, const uint8_t *w, siz
                           float *out, int64_t nrows) {                                                               \
     int64_t j = 0;                                                                                                    \
     for (; j + 4 <= nrows; j += 4)                                                                                    \
-      gemv_rows_avx512(x, w + (size_t)j * rb, rb, bb, k, bias ? bias + j : NULL, out + j, 4, T);                      \
-    for (; j < nrows; j++) gemv_rows_avx512(x, w + (size_t)j * rb, rb, bb, k, bias ? bias + j : NULL, out + j, 1, T); \
+      gemv_rows_avx512(x, w + (size_t)j * rb, rb, bb, k, bias ? bias + j : NULL, out + j, 4, T,                       \
+                       j + 8 <= nrows ? w + (size_t)(j + 4) * rb : NULL);                                            \
+    for (; j < nrows; j++)                                                                                            \
+      gemv_rows_avx512(x, w + (size_t)j * rb, rb, bb, k, bias ? bias + j : NULL, out + j, 1, T, NULL);                \
   }
 GEMV_DEF(QV_DTYPE_Q8_0, gemv_q8_0_avx512)
 GEMV_DEF(QV_DTYPE_Q4_0, gemv_q4_0_avx512)
@@ -350,8 +359,14 @@ static void qmm_task(void *arg, int task) {
   }
   for (int64_t jb = j0; jb < j1; jb += c->rows_per_block) {
     int64_t nj = j1 - jb < c->rows_per_block ? j1 - jb : c->rows_per_block;
-    for (int64_t r = 0; r < nj; r++)
+    for (int64_t r = 0; r < nj; r++) {
+      /* The row a block later, into L2 (rows are too short for the hardware prefetcher). */
+      if (jb + nj + r < j1) {
+        const char *nx = (const char *)c->w + (size_t)(jb + nj + r) * c->row_bytes;
+        for (size_t off = 0; off < c->row_bytes; off += 64) __builtin_prefetch(nx + off, 0, 2);
+      }
       c->dequant(c->wt, c->w + (size_t)(jb + r) * c->row_bytes, buf + (size_t)r * (size_t)c->k, c->k);
+    }
     cpu_mm_args a = {.out = c->out + jb, .x = c->x, .w = buf, .bias = c->bias ? c->bias + jb : NULL,
                      .wt = QV_DTYPE_F32, .n = c->n, .m = nj, .k = c->k, .ldo = c->m, .ldx = c->k};
     c->kern->matmul(&a, 0, c->n, 0, nj);
