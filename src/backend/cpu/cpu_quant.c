@@ -280,6 +280,89 @@ GEMV_DEF(QV_DTYPE_Q4_0, gemv_q4_0_avx512)
 GEMV_DEF(QV_DTYPE_Q4_1, gemv_q4_1_avx512)
 GEMV_DEF(QV_DTYPE_Q5_0, gemv_q5_0_avx512)
 GEMV_DEF(QV_DTYPE_Q5_1, gemv_q5_1_avx512)
+
+/* ---- AVX-512: fused single-row GEMV for Q4_K and Q6_K (super-blocks of 256) ----
+ * The same chain as above (16 lanes, fma over k in increasing order, the same tree, + bias);
+ * each 16-element piece is decoded as dq_k45_avx2 / dq_q6k_avx2 decode it (the scale products
+ * in float, multiply then subtract, never fused), so the bits equal the dequantizing path's. */
+
+/* 16 bytes at p widened to 16 int32 lanes. */
+static AVX512 inline __attribute__((always_inline)) __m512i u8x16_avx512(const uint8_t *p) {
+  return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* Elements 16 t .. 16 t + 15 of sub-block j (of 32) of a Q4_K super-block b. */
+static AVX512 inline __attribute__((always_inline)) __m512 q4k16_avx512(const uint8_t *b, float d, float dmin, int j,
+                                                                       int t) {
+  int sc, mn;
+  kq_scale_min(j, b + 4, &sc, &mn);
+  __m512i v = u8x16_avx512(b + 16 + 32 * (j / 2) + 16 * t);
+  v = (j & 1) ? _mm512_srli_epi32(v, 4) : _mm512_and_si512(v, _mm512_set1_epi32(0xF));
+  return _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(d * (float)sc), _mm512_cvtepi32_ps(v)), _mm512_set1_ps(dmin * (float)mn));
+}
+
+/* Elements 128 h + 32 s + 16 t .. + 15 of a Q6_K super-block b (see dq_q6k_avx2's layout). */
+static AVX512 inline __attribute__((always_inline)) __m512 q6k16_avx512(const uint8_t *b, float d, int h, int s, int t) {
+  const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
+  const int8_t *sc = (const int8_t *)(b + 192) + 8 * h;
+  int l = 16 * t;
+  __m512i lo = u8x16_avx512(ql + l + 32 * (s & 1));
+  lo = s < 2 ? _mm512_and_si512(lo, _mm512_set1_epi32(0xF)) : _mm512_srli_epi32(lo, 4);
+  __m512i hi = _mm512_and_si512(_mm512_srli_epi32(u8x16_avx512(qh + l), 2 * s), _mm512_set1_epi32(3));
+  __m512i v = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)), _mm512_set1_epi32(32));
+  return _mm512_mul_ps(_mm512_set1_ps(d * (float)sc[t + 2 * s]), _mm512_cvtepi32_ps(v));
+}
+
+/* out[j] = dot(x, w[j]) (+ bias[j]) for R consecutive rows of Q4_K or Q6_K; pf as in
+ * gemv_rows_avx512. */
+static AVX512 inline __attribute__((always_inline)) void gemv_rows_k_avx512(const float *x, const uint8_t *w,
+                                                                           size_t row_bytes, int64_t k,
+                                                                           const float *bias, float *out, const int R,
+                                                                           const qv_dtype T, const uint8_t *pf) {
+  const size_t bb = T == QV_DTYPE_Q4_K ? 144 : 210;
+  __m512 acc[4];
+  for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < k; i += 256) {
+    if (pf) {
+      for (size_t off = 0; off < (size_t)R * bb; off += 64) _mm_prefetch((const char *)pf + off, _MM_HINT_T1);
+      pf += (size_t)R * bb;
+    }
+    const uint8_t *b0 = w + (size_t)(i / 256) * bb;
+    float d[4], dm[4];
+    for (int r = 0; r < R; r++) {
+      d[r] = f16_at_avx512(b0 + (size_t)r * row_bytes + (T == QV_DTYPE_Q4_K ? 0 : 208));
+      dm[r] = T == QV_DTYPE_Q4_K ? f16_at_avx512(b0 + (size_t)r * row_bytes + 2) : 0.0f;
+    }
+    for (int e = 0; e < 256; e += 16) { /* elements i + e .. i + e + 15, in order */
+      __m512 xv = _mm512_loadu_ps(x + i + e);
+      for (int r = 0; r < R; r++) {
+        const uint8_t *b = b0 + (size_t)r * row_bytes;
+        __m512 wv = T == QV_DTYPE_Q4_K ? q4k16_avx512(b, d[r], dm[r], e / 32, (e / 16) & 1)
+                                       : q6k16_avx512(b, d[r], e / 128, (e / 32) & 3, (e / 16) & 1);
+        acc[r] = _mm512_fmadd_ps(xv, wv, acc[r]);
+      }
+    }
+  }
+  for (int r = 0; r < R; r++) {
+    float v = hsum_avx512(acc[r]);
+    if (bias) v += bias[r];
+    out[r] = v;
+  }
+}
+
+#define GEMV_K_DEF(T, name)                                                                                       \
+  static AVX512 void name(const float *x, const uint8_t *w, size_t rb, size_t bb, int64_t k, const float *bias,  \
+                          float *out, int64_t nrows) {                                                           \
+    (void)bb;                                                                                                     \
+    int64_t j = 0;                                                                                                \
+    for (; j + 4 <= nrows; j += 4)                                                                                \
+      gemv_rows_k_avx512(x, w + (size_t)j * rb, rb, k, bias ? bias + j : NULL, out + j, 4, T,                     \
+                         j + 8 <= nrows ? w + (size_t)(j + 4) * rb : NULL);                                      \
+    for (; j < nrows; j++)                                                                                        \
+      gemv_rows_k_avx512(x, w + (size_t)j * rb, rb, k, bias ? bias + j : NULL, out + j, 1, T, NULL);              \
+  }
+GEMV_K_DEF(QV_DTYPE_Q4_K, gemv_q4_k_avx512)
+GEMV_K_DEF(QV_DTYPE_Q6_K, gemv_q6_k_avx512)
 #endif
 
 /* The dequantizer of a kernel path: AVX2's on x86 paths with AVX2 (AVX-512 implies it), else the
@@ -297,6 +380,8 @@ static gemv_fn fused_gemv(qv_cpu_isa isa, qv_dtype t) {
     case QV_DTYPE_Q4_1: return gemv_q4_1_avx512;
     case QV_DTYPE_Q5_0: return gemv_q5_0_avx512;
     case QV_DTYPE_Q5_1: return gemv_q5_1_avx512;
+    case QV_DTYPE_Q4_K: return gemv_q4_k_avx512;
+    case QV_DTYPE_Q6_K: return gemv_q6_k_avx512;
     default: break;
     }
 #endif
