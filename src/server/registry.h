@@ -23,7 +23,7 @@
 
 #include "quiver/error.h"
 
-#define REG_MAX_MODELS 16
+#define REG_MAX_MODELS 64
 #define REG_MAX_NAMES 64
 #define REG_MAX_ROUTE_LEN 8
 
