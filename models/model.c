@@ -3,7 +3,9 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "loader/gguf_model.h"
 #include "loader/hf_config.h"
@@ -158,6 +160,16 @@ int qv_model_load(const char *path, qv_backend *be, const qv_model_opts *opts, q
     if (rc) return rc;
     goto set_path;
   }
+  struct stat sb;
+  if (stat(path, &sb))
+    return qv_error_set(err, errno == ENOENT ? QV_ENOTFOUND : QV_EIO,
+                        "%s: %s (a model is a Hugging Face directory with config.json, or a GGUF file)",
+                        path, strerror(errno));
+  if (!S_ISDIR(sb.st_mode))
+    return qv_error_set(err, QV_EFORMAT,
+                        "%s: neither a GGUF file nor a directory (a model is a Hugging Face directory with "
+                        "config.json, or a GGUF file)",
+                        path);
   if ((rc = hf_config_load(path, &cfg, err))) {
     qv_error_prefix(err, "%s", path);
     return rc;

@@ -535,7 +535,7 @@ int cli_generate(int argc, char **argv) {
   qv_model_opts mo = {.max_batch_tokens = a.eo.max_num_batched_tokens, .max_logits = a.eo.max_num_seqs,
                       .tp_size = a.eng.tp_size, .n_threads = a.threads};
   if (qv_model_load(a.model, be, &mo, &m, &err)) {
-    fprintf(stderr, "quiver generate: loading %s: %s\n", a.model ? a.model : "quiver-tiny", err.msg);
+    fprintf(stderr, "quiver generate: cannot load the model: %s\n", err.msg);
     goto out;
   }
   int tok_rc = a.model ? qv_tokenizer_load(a.model, &tok, &err) : qv_tokenizer_create_bytes(&tok, &err);

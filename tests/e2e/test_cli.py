@@ -49,8 +49,8 @@ def test_load_errors_have_one_separator(quiver_bin, stories_dir, tmp_path):
     r = run(quiver_bin, "serve", "--model", f"m={missing}", "--port", "0")
     assert r.returncode == 1
     assert r.stderr.splitlines()[-1] == (
-        f"quiver serve: model 'm' ({missing}): {missing}/config.json: cannot open: "
-        "No such file or directory")
+        f"quiver serve: model 'm' ({missing}): {missing}: No such file or directory (a model is a "
+        "Hugging Face directory with config.json, or a GGUF file)")
     r = run(quiver_bin, "serve", "--model", f"s={stories_dir}", "--max-model-len", "100000",
             "--port", "0")
     assert r.returncode == 1
@@ -67,8 +67,8 @@ def test_load_errors_have_one_separator(quiver_bin, stories_dir, tmp_path):
     r = run(quiver_bin, "generate", "--model", str(missing), "--prompt", "x")
     assert r.returncode != 0
     assert r.stderr.splitlines()[-1] == (
-        f"quiver generate: loading {missing}: {missing}/config.json: cannot open: "
-        "No such file or directory")
+        f"quiver generate: cannot load the model: {missing}: No such file or directory (a model is a "
+        "Hugging Face directory with config.json, or a GGUF file)")
     r = run(quiver_bin, "generate", "--model", str(stories_dir), "--max-model-len", "100000",
             "--prompt", "x")
     assert r.returncode != 0
