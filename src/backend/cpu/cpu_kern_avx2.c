@@ -19,6 +19,11 @@
 #define K_MUL(a, b) _mm256_mul_ps(a, b)
 #define K_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define K_HSUM(v) hsum256(v)
+#define K_ADD(a, b) _mm256_add_ps(a, b)
+#define K_SUB(a, b) _mm256_sub_ps(a, b)
+#define K_MAX(a, b) _mm256_max_ps(a, b)
+#define K_MIN(a, b) _mm256_min_ps(a, b)
+#define K_EXP2I(e) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(e), _mm256_set1_epi32(127)), 23))
 #define K_LOADN(p, n) _mm256_maskload_ps(p, tail_mask(n))
 #define K_STOREN(p, v, n) _mm256_maskstore_ps(p, tail_mask(n), v)
 #define KTR 3

@@ -13,6 +13,10 @@
  *   K_MUL(a, b)     a * b
  *   K_FMA(a, b, c)  a * b + c (fused where the path has it)
  *   K_HSUM(v)       the sum of the lanes by the path's fixed tree
+ *   K_ADD, K_SUB    a + b, a - b
+ *   K_MAX(a, b), K_MIN(a, b)  lane max/min, answering b when either is NaN (x86's rule)
+ *   K_EXP2I(e)      2^e for integer-valued lanes e in [-126, 127]
+ *   K_KTRANS(kt, k, j0, j1, hd)  optional: the attention tile transpose (kattn_ktrans)
  *   K_LOADN(p, n), K_STOREN(p, v, n)  optional: the first n < KL lanes (the rest read as 0),
  *                   masked; without them tails go through a zero-padded buffer (same values)
  *   KTR, KTC        GEMM tile: rows of x by rows of w (register budget of the path)
@@ -20,6 +24,7 @@
  *   KISA            the qv_cpu_isa value; KTABLE the name of the table to define
  *
  * Not a public header: it defines functions and must be included exactly once per path. */
+#include <math.h>
 #include <string.h>
 
 #define KINLINE static inline __attribute__((always_inline))
@@ -187,26 +192,150 @@ static float kdot(const float *x, const float *y, int64_t n) {
   return K_HSUM(acc);
 }
 
-/* sc[j] = dot(q, k[j]) * scale for j < n: each dot the chain of kdot (times scale after). */
-static void kdots(float *sc, const float *q, const float *const *k, int64_t n, int64_t hd, float scale) {
-  if (hd <= KL) { /* one chunk: q stays in a register */
-    KVEC qv = hd == KL ? K_LOAD(q) : kload_n(q, hd);
-    for (int64_t j = 0; j < n; j++)
-      sc[j] = K_HSUM(K_FMA(qv, hd == KL ? K_LOAD(k[j]) : kload_n(k[j], hd), K_ZERO())) * scale;
-    return;
-  }
-  for (int64_t j = 0; j < n; j++) sc[j] = kdot(q, k[j], hd) * scale;
+/* ---- attention (order and accuracy documented in cpu_kern.h) ---- */
+
+/* round-to-nearest-even of x for |x| < 2^22: adding and removing 1.5 * 2^23 leaves no
+ * fraction bits. */
+#define KROUND_MAGIC 12582912.0f
+
+KINLINE KVEC kexp(KVEC x) {
+  /* max/min keep a NaN in x: the path's K_MAX(a, b) answers b when either is NaN. */
+  x = K_MIN(K_SET1(88.5f), K_MAX(K_SET1(-104.0f), x));
+  KVEC n = K_SUB(K_FMA(x, K_SET1(1.44269504088896341f), K_SET1(KROUND_MAGIC)), K_SET1(KROUND_MAGIC));
+  KVEC r = K_FMA(n, K_SET1(-0.693359375f), x);
+  r = K_FMA(n, K_SET1(2.12194440e-4f), r);
+  KVEC p = K_SET1(1.0f / 5040.0f);
+  p = K_FMA(p, r, K_SET1(1.0f / 720.0f));
+  p = K_FMA(p, r, K_SET1(1.0f / 120.0f));
+  p = K_FMA(p, r, K_SET1(1.0f / 24.0f));
+  p = K_FMA(p, r, K_SET1(1.0f / 6.0f));
+  p = K_FMA(p, r, K_SET1(0.5f));
+  p = K_FMA(p, r, K_SET1(1.0f));
+  p = K_FMA(p, r, K_SET1(1.0f));
+  /* n in [-150, 128]: two factors each in [-75, 64], so p * 2^e1 is exact and only the last
+   * product rounds (into a denormal, or to 0 or inf). */
+  KVEC e1 = K_SUB(K_ADD(K_MUL(n, K_SET1(0.5f)), K_SET1(KROUND_MAGIC)), K_SET1(KROUND_MAGIC));
+  return K_MUL(K_MUL(p, K_EXP2I(e1)), K_EXP2I(K_SUB(n, e1)));
 }
 
-/* o = o * s, then o = fma(p[j], v[j], o) for j < n in order, element by element. */
-static void kpv(float *o, float s, const float *p, const float *const *v, int64_t n, int64_t hd) {
-  const KVEC vs = K_SET1(s);
-  for (int64_t c = 0; c < hd; c += KL) {
-    int64_t w = hd - c < KL ? hd - c : KL;
-    KVEC ov = K_MUL(w == KL ? K_LOAD(o + c) : kload_n(o + c, w), vs);
-    for (int64_t j = 0; j < n; j++) ov = K_FMA(K_SET1(p[j]), w == KL ? K_LOAD(v[j] + c) : kload_n(v[j] + c, w), ov);
-    if (w == KL) K_STORE(o + c, ov);
-    else kstore_n(o + c, ov, w);
+static void kexp_n(float *y, const float *x, int64_t n) {
+  int64_t i = 0;
+  for (; i + KL <= n; i += KL) K_STORE(y + i, kexp(K_LOAD(x + i)));
+  if (i < n) kstore_n(y + i, kexp(kload_n(x + i, n - i)), n - i);
+}
+
+KINLINE float kexp1(float x) {
+  float b[KL];
+  K_STORE(b, kexp(K_SET1(x)));
+  return b[0];
+}
+
+/* kt[d][j] = k[j][d]: the tile's keys with one lane per key. */
+static void kattn_ktrans(float *kt, const float *const *k, int32_t j0, int32_t j1, int32_t hd) {
+#ifdef K_KTRANS
+  K_KTRANS(kt, k, j0, j1, hd);
+#else
+  for (int32_t j = j0; j < j1; j++) {
+    const float *kr = k[j];
+    for (int32_t d = 0; d < hd; d++) kt[(int64_t)d * CPU_ATTN_KT + j] = kr[d];
+  }
+#endif
+}
+
+/* The key groups of 4 * KL lanes that meet [j0, j1): each lane's chain runs over d in order,
+ * four chains in flight (one per chunk) for the FMA latency. */
+static void kattn_scores(float *sc, const float *q, const float *kt, int32_t j0, int32_t j1, int32_t hd, float scale) {
+  const KVEC vs = K_SET1(scale);
+  for (int32_t g = j0 / (4 * KL) * (4 * KL); g < j1; g += 4 * KL) {
+    const float *kp = kt + g;
+    KVEC a0 = K_ZERO(), a1 = a0, a2 = a0, a3 = a0;
+    for (int32_t d = 0; d < hd; d++, kp += CPU_ATTN_KT) {
+      const KVEC qd = K_SET1(q[d]);
+      a0 = K_FMA(qd, K_LOAD(kp), a0);
+      a1 = K_FMA(qd, K_LOAD(kp + KL), a1);
+      a2 = K_FMA(qd, K_LOAD(kp + 2 * KL), a2);
+      a3 = K_FMA(qd, K_LOAD(kp + 3 * KL), a3);
+    }
+    K_STORE(sc + g, K_MUL(a0, vs));
+    K_STORE(sc + g + KL, K_MUL(a1, vs));
+    K_STORE(sc + g + 2 * KL, K_MUL(a2, vs));
+    K_STORE(sc + g + 3 * KL, K_MUL(a3, vs));
+  }
+}
+
+/* o_r = o_r * corr_r, then o_r = fma(p_r[j], v[j], o_r) for j in [j0, j1), for R rows side by
+ * side (independent chains sharing each value load); w < KL lanes of the last chunk. */
+KINLINE void kpv_rows(float *const *o, const float *corr, const float (*p)[CPU_ATTN_KT], const float *const *v,
+                      int32_t j0, int32_t j1, int32_t hd, const int R) {
+  for (int32_t c = 0; c < hd; c += KL) {
+    const int32_t w = hd - c < KL ? hd - c : KL;
+    KVEC o0 = K_MUL(w == KL ? K_LOAD(o[0] + c) : kload_n(o[0] + c, w), K_SET1(corr[0])), o1 = o0, o2 = o0, o3 = o0;
+    if (R > 1) o1 = K_MUL(w == KL ? K_LOAD(o[1] + c) : kload_n(o[1] + c, w), K_SET1(corr[1]));
+    if (R > 2) o2 = K_MUL(w == KL ? K_LOAD(o[2] + c) : kload_n(o[2] + c, w), K_SET1(corr[2]));
+    if (R > 3) o3 = K_MUL(w == KL ? K_LOAD(o[3] + c) : kload_n(o[3] + c, w), K_SET1(corr[3]));
+    for (int32_t j = j0; j < j1; j++) {
+      const KVEC vv = w == KL ? K_LOAD(v[j] + c) : kload_n(v[j] + c, w);
+      o0 = K_FMA(K_SET1(p[0][j]), vv, o0);
+      if (R > 1) o1 = K_FMA(K_SET1(p[1][j]), vv, o1);
+      if (R > 2) o2 = K_FMA(K_SET1(p[2][j]), vv, o2);
+      if (R > 3) o3 = K_FMA(K_SET1(p[3][j]), vv, o3);
+    }
+    if (w == KL) {
+      K_STORE(o[0] + c, o0);
+      if (R > 1) K_STORE(o[1] + c, o1);
+      if (R > 2) K_STORE(o[2] + c, o2);
+      if (R > 3) K_STORE(o[3] + c, o3);
+    } else {
+      kstore_n(o[0] + c, o0, w);
+      if (R > 1) kstore_n(o[1] + c, o1, w);
+      if (R > 2) kstore_n(o[2] + c, o2, w);
+      if (R > 3) kstore_n(o[3] + c, o3, w);
+    }
+  }
+}
+
+/* One online-softmax step over a tile for rows that see the same keys, four rows at a time. */
+static void kattn_tile(const cpu_attn_tile *t) {
+  float p[4][CPU_ATTN_KT], corr[4], lanes[KL];
+  float *o[4];
+  const int32_t j0 = t->j0, j1 = t->j1, hd = t->hd;
+  /* The chunks of KL lanes that meet [j0, j1), and the scored groups of 4 * KL around them. */
+  const int32_t c0 = j0 / KL * KL, c1 = (j1 + KL - 1) / KL * KL;
+  for (int rb = 0; rb < t->n_rows; rb += 4) {
+    const int nr = t->n_rows - rb < 4 ? t->n_rows - rb : 4;
+    for (int r = 0; r < nr; r++) {
+      const int64_t row = t->rows[rb + r];
+      float *sc = p[r];
+      kattn_scores(sc, t->q + row * hd, t->kt, j0, j1, hd, t->scale);
+      if (t->softcap > 0)
+        for (int32_t j = j0; j < j1; j++) sc[j] = t->softcap * tanhf(sc[j] / t->softcap);
+      for (int32_t j = c0; j < j0; j++) sc[j] = -INFINITY;
+      for (int32_t j = j1; j < c1; j++) sc[j] = -INFINITY;
+      KVEC mv = K_SET1(-INFINITY);
+      for (int32_t c = c0; c < c1; c += KL) mv = K_MAX(mv, K_LOAD(sc + c));
+      K_STORE(lanes, mv);
+      float mx = t->m[row];
+      const float m_old = mx;
+      for (int l = 0; l < KL; l++)
+        if (lanes[l] > mx) mx = lanes[l];
+      corr[r] = m_old == -INFINITY ? 0.0f : kexp1(m_old - mx);
+      const KVEC vm = K_SET1(mx);
+      KVEC acc = K_ZERO();
+      for (int32_t c = c0; c < c1; c += KL) {
+        KVEC e = kexp(K_SUB(K_LOAD(sc + c), vm));
+        K_STORE(sc + c, e);
+        acc = K_ADD(acc, e);
+      }
+      t->l[row] = t->l[row] * corr[r] + K_HSUM(acc);
+      t->m[row] = mx;
+      o[r] = t->o + row * hd;
+    }
+    switch (nr) {
+    case 1: kpv_rows(o, corr, (const float(*)[CPU_ATTN_KT])p, t->v, j0, j1, hd, 1); break;
+    case 2: kpv_rows(o, corr, (const float(*)[CPU_ATTN_KT])p, t->v, j0, j1, hd, 2); break;
+    case 3: kpv_rows(o, corr, (const float(*)[CPU_ATTN_KT])p, t->v, j0, j1, hd, 3); break;
+    default: kpv_rows(o, corr, (const float(*)[CPU_ATTN_KT])p, t->v, j0, j1, hd, 4); break;
+    }
   }
 }
 
@@ -215,6 +344,8 @@ const cpu_kernels KTABLE = {
     .lanes = KL,
     .matmul = kmatmul,
     .dot = kdot,
-    .dots = kdots,
-    .pv = kpv,
+    .exp = kexp_n,
+    .attn_ktrans = kattn_ktrans,
+    .attn_scores = kattn_scores,
+    .attn_tile = kattn_tile,
 };
