@@ -16,7 +16,9 @@
  *   K_ADD, K_SUB    a + b, a - b
  *   K_MAX(a, b), K_MIN(a, b)  lane max/min, answering b when either is NaN (x86's rule)
  *   K_EXP2I(e)      2^e for integer-valued lanes e in [-126, 127]
- *   K_KTRANS(kt, k, j0, j1, hd)  optional: the attention tile transpose (kattn_ktrans)
+ *   K_HMAX(v)       optional: the largest lane
+ *   K_SCALE2(p, n)  optional: p * 2^n rounded once, for integer-valued n (AVX-512's scalef);
+ *                   without it two exact-then-rounding products give the same value
  *   K_LOADN(p, n), K_STOREN(p, v, n)  optional: the first n < KL lanes (the rest read as 0),
  *                   masked; without them tails go through a zero-padded buffer (same values)
  *   KTR, KTC        GEMM tile: rows of x by rows of w (register budget of the path)
@@ -214,8 +216,25 @@ KINLINE KVEC kexp(KVEC x) {
   p = K_FMA(p, r, K_SET1(1.0f));
   /* n in [-150, 128]: two factors each in [-75, 64], so p * 2^e1 is exact and only the last
    * product rounds (into a denormal, or to 0 or inf). */
+#ifdef K_SCALE2
+  return K_SCALE2(p, n);
+#else
   KVEC e1 = K_SUB(K_ADD(K_MUL(n, K_SET1(0.5f)), K_SET1(KROUND_MAGIC)), K_SET1(KROUND_MAGIC));
   return K_MUL(K_MUL(p, K_EXP2I(e1)), K_EXP2I(K_SUB(n, e1)));
+#endif
+}
+
+/* The largest lane (max is exact, so any tree gives the same value; NaN lanes aside). */
+KINLINE float khmax(KVEC v) {
+#ifdef K_HMAX
+  return K_HMAX(v);
+#else
+  float b[KL], mx;
+  K_STORE(b, v);
+  mx = b[0];
+  for (int l = 1; l < KL; l++) mx = b[l] > mx ? b[l] : mx;
+  return mx;
+#endif
 }
 
 static void kexp_n(float *y, const float *x, int64_t n) {
@@ -224,21 +243,52 @@ static void kexp_n(float *y, const float *x, int64_t n) {
   if (i < n) kstore_n(y + i, kexp(kload_n(x + i, n - i)), n - i);
 }
 
-KINLINE float kexp1(float x) {
-  float b[KL];
-  K_STORE(b, kexp(K_SET1(x)));
-  return b[0];
-}
-
-/* kt[d][j] = k[j][d]: the tile's keys with one lane per key. */
-static void kattn_ktrans(float *kt, const float *const *k, int32_t j0, int32_t j1, int32_t hd) {
-#ifdef K_KTRANS
-  K_KTRANS(kt, k, j0, j1, hd);
-#else
+/* kt[d][j] = k[j][d] for j in [j0, j1), d in [d0, hd): element by element. */
+KINLINE void kattn_ktrans_scalar(float *kt, const float *const *k, int32_t j0, int32_t j1, int32_t d0, int32_t hd) {
   for (int32_t j = j0; j < j1; j++) {
     const float *kr = k[j];
-    for (int32_t d = 0; d < hd; d++) kt[(int64_t)d * CPU_ATTN_KT + j] = kr[d];
+    for (int32_t d = d0; d < hd; d++) kt[(int64_t)d * CPU_ATTN_KT + j] = kr[d];
   }
+}
+
+#if defined(__AVX2__)
+/* Blocks of 8 keys x 8 dims through the 256-bit shuffles (both x86 paths): rows in, columns
+ * out. */
+KINLINE void ktrans8x8(float *dst, const float *const *k, int32_t d) {
+  __m256 r0 = _mm256_loadu_ps(k[0] + d), r1 = _mm256_loadu_ps(k[1] + d), r2 = _mm256_loadu_ps(k[2] + d),
+         r3 = _mm256_loadu_ps(k[3] + d), r4 = _mm256_loadu_ps(k[4] + d), r5 = _mm256_loadu_ps(k[5] + d),
+         r6 = _mm256_loadu_ps(k[6] + d), r7 = _mm256_loadu_ps(k[7] + d);
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+         t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+         t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+         s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+         s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+         s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(dst, _mm256_permute2f128_ps(s0, s4, 0x20));
+  _mm256_storeu_ps(dst + CPU_ATTN_KT, _mm256_permute2f128_ps(s1, s5, 0x20));
+  _mm256_storeu_ps(dst + 2 * CPU_ATTN_KT, _mm256_permute2f128_ps(s2, s6, 0x20));
+  _mm256_storeu_ps(dst + 3 * CPU_ATTN_KT, _mm256_permute2f128_ps(s3, s7, 0x20));
+  _mm256_storeu_ps(dst + 4 * CPU_ATTN_KT, _mm256_permute2f128_ps(s0, s4, 0x31));
+  _mm256_storeu_ps(dst + 5 * CPU_ATTN_KT, _mm256_permute2f128_ps(s1, s5, 0x31));
+  _mm256_storeu_ps(dst + 6 * CPU_ATTN_KT, _mm256_permute2f128_ps(s2, s6, 0x31));
+  _mm256_storeu_ps(dst + 7 * CPU_ATTN_KT, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+#endif
+
+/* kt[d][j] = k[j][d]: the tile's keys with one lane per key (a copy, so any method gives the
+ * same tile). */
+static void kattn_ktrans(float *kt, const float *const *k, int32_t j0, int32_t j1, int32_t hd) {
+#if defined(__AVX2__)
+  const int32_t hd8 = hd - hd % 8;
+  int32_t j = j0;
+  for (; j + 8 <= j1; j += 8) {
+    for (int32_t d = 0; d < hd8; d += 8) ktrans8x8(kt + (int64_t)d * CPU_ATTN_KT + j, k + j, d);
+    kattn_ktrans_scalar(kt, k, j, j + 8, hd8, hd);
+  }
+  kattn_ktrans_scalar(kt, k, j, j1, 0, hd);
+#else
+  kattn_ktrans_scalar(kt, k, j0, j1, 0, hd);
 #endif
 }
 
@@ -296,10 +346,10 @@ KINLINE void kpv_rows(float *const *o, const float *corr, const float (*p)[CPU_A
 
 /* One online-softmax step over a tile for rows that see the same keys, four rows at a time. */
 static void kattn_tile(const cpu_attn_tile *t) {
-  float p[4][CPU_ATTN_KT], corr[4], lanes[KL];
+  float p[4][CPU_ATTN_KT], corr[KL], mdiff[KL], tsum[4];
   float *o[4];
   const int32_t j0 = t->j0, j1 = t->j1, hd = t->hd;
-  /* The chunks of KL lanes that meet [j0, j1), and the scored groups of 4 * KL around them. */
+  /* The chunks of KL lanes that meet [j0, j1) (inside the scored groups). */
   const int32_t c0 = j0 / KL * KL, c1 = (j1 + KL - 1) / KL * KL;
   for (int rb = 0; rb < t->n_rows; rb += 4) {
     const int nr = t->n_rows - rb < 4 ? t->n_rows - rb : 4;
@@ -311,14 +361,10 @@ static void kattn_tile(const cpu_attn_tile *t) {
         for (int32_t j = j0; j < j1; j++) sc[j] = t->softcap * tanhf(sc[j] / t->softcap);
       for (int32_t j = c0; j < j0; j++) sc[j] = -INFINITY;
       for (int32_t j = j1; j < c1; j++) sc[j] = -INFINITY;
-      KVEC mv = K_SET1(-INFINITY);
-      for (int32_t c = c0; c < c1; c += KL) mv = K_MAX(mv, K_LOAD(sc + c));
-      K_STORE(lanes, mv);
-      float mx = t->m[row];
-      const float m_old = mx;
-      for (int l = 0; l < KL; l++)
-        if (lanes[l] > mx) mx = lanes[l];
-      corr[r] = m_old == -INFINITY ? 0.0f : kexp1(m_old - mx);
+      KVEC mv = K_LOAD(sc + c0);
+      for (int32_t c = c0 + KL; c < c1; c += KL) mv = K_MAX(mv, K_LOAD(sc + c));
+      const float m_old = t->m[row], tmax = khmax(mv), mx = tmax > m_old ? tmax : m_old;
+      mdiff[r] = m_old == -INFINITY ? -INFINITY : m_old - mx; /* corr = exp(mdiff): 0 for the first tile */
       const KVEC vm = K_SET1(mx);
       KVEC acc = K_ZERO();
       for (int32_t c = c0; c < c1; c += KL) {
@@ -326,9 +372,16 @@ static void kattn_tile(const cpu_attn_tile *t) {
         K_STORE(sc + c, e);
         acc = K_ADD(acc, e);
       }
-      t->l[row] = t->l[row] * corr[r] + K_HSUM(acc);
+      tsum[r] = K_HSUM(acc);
       t->m[row] = mx;
       o[r] = t->o + row * hd;
+    }
+    /* The rows' corrections in one exp (every path has at least 4 lanes), then l * corr + T. */
+    for (int r = nr; r < KL; r++) mdiff[r] = 0.0f;
+    K_STORE(corr, kexp(K_LOAD(mdiff)));
+    for (int r = 0; r < nr; r++) {
+      const int64_t row = t->rows[rb + r];
+      t->l[row] = t->l[row] * corr[r] + (double)tsum[r];
     }
     switch (nr) {
     case 1: kpv_rows(o, corr, (const float(*)[CPU_ATTN_KT])p, t->v, j0, j1, hd, 1); break;

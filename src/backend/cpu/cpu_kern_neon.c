@@ -33,6 +33,7 @@ static inline float32x4_t kn_min(float32x4_t a, float32x4_t b) { return vbslq_f3
 #define K_SUB(a, b) vsubq_f32(a, b)
 #define K_MAX(a, b) kn_max(a, b)
 #define K_MIN(a, b) kn_min(a, b)
+#define K_HMAX(v) vmaxvq_f32(v)
 #define K_EXP2I(e) vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(e), vdupq_n_s32(127)), 23))
 #define KTR 4
 #define KTC 4

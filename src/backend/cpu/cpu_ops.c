@@ -288,6 +288,7 @@ typedef struct attn_ctx {
   const float *kc, *vc;
   const qv_attn_params *p;
   const attn_task_desc *tasks;
+  int n_tasks;
   float *row_max;  /* [n_tokens * n_head] running max per row */
   double *row_sum; /* [n_tokens * n_head] running sum per row */
 } attn_ctx;
@@ -302,7 +303,9 @@ static void attn_task(void *arg, int task_idx) {
   const qv_attn_params *p = a->p;
   const qv_batch *b = &a->c->b;
   const cpu_kernels *kern = a->c->kern;
-  const attn_task_desc *td = &a->tasks[task_idx];
+  /* The tasks are listed by sequence and first token; the pool takes them in index order, so
+   * the last listed (the longest causal rows) go first and the short ones fill in the end. */
+  const attn_task_desc *td = &a->tasks[a->n_tasks - 1 - task_idx];
   const int32_t group = p->n_head / p->n_kv_head, hd = p->head_dim, bs = a->c->kv.block_size;
   const int64_t kv_row = (int64_t)p->n_kv_head * hd;
   const int32_t *bt = b->block_tables + (size_t)td->seq * (size_t)b->max_blocks;
@@ -401,12 +404,13 @@ int cpu_attention(qv_backend *be, qv_tensor *out, const qv_tensor *q, const qv_a
     n_tasks += (size_t)((b->seq_q_start[s + 1] - b->seq_q_start[s] + ATTN_QB - 1) / ATTN_QB) * (size_t)p->n_kv_head;
   char *mem = scratch(c, n_rows * (sizeof(double) + sizeof(float)) + n_tasks * sizeof(attn_task_desc));
   if (!mem) return qv_error_set(&be->last_error, QV_ENOMEM, "cpu attention: out of memory");
-  attn_ctx a = {c, out->data, q->data, cpu_kv_layer(c, p->layer, 0), cpu_kv_layer(c, p->layer, 1), p, NULL, NULL,
-                NULL};
+  attn_ctx a = {.c = c, .out = out->data, .q = q->data, .kc = cpu_kv_layer(c, p->layer, 0),
+                .vc = cpu_kv_layer(c, p->layer, 1), .p = p};
   a.row_sum = (double *)mem;
   a.row_max = (float *)(mem + n_rows * sizeof(double));
   attn_task_desc *tasks = (attn_task_desc *)(mem + n_rows * (sizeof(double) + sizeof(float)));
   a.tasks = tasks;
+  a.n_tasks = (int)n_tasks;
   int64_t flops = 0;
   size_t n = 0;
   for (int32_t s = 0; s < b->n_seqs; s++) {
