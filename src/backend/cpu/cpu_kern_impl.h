@@ -17,6 +17,8 @@
  *   K_MAX(a, b), K_MIN(a, b)  lane max/min, answering b when either is NaN (x86's rule)
  *   K_EXP2I(e)      2^e for integer-valued lanes e in [-126, 127]
  *   K_HMAX(v)       optional: the largest lane
+ *   KHVEC, KHL, KH_LOADN, KH_STOREN, KH_SET1, KH_MUL, KH_FMA  optional: a half-width vector
+ *                   for small heads (the same operations lane by lane)
  *   K_SCALE2(p, n)  optional: p * 2^n rounded once, for integer-valued n (AVX-512's scalef);
  *                   without it two exact-then-rounding products give the same value
  *   K_LOADN(p, n), K_STOREN(p, v, n)  optional: the first n < KL lanes (the rest read as 0),
@@ -292,31 +294,85 @@ static void kattn_ktrans(float *kt, const float *const *k, int32_t j0, int32_t j
 #endif
 }
 
-/* The key groups of 4 * KL lanes that meet [j0, j1): each lane's chain runs over d in order,
- * four chains in flight (one per chunk) for the FMA latency. */
-static void kattn_scores(float *sc, const float *q, const float *kt, int32_t j0, int32_t j1, int32_t hd, float scale) {
+/* The key groups of 4 * KL lanes that meet [j0, j1), for R = 1 or 2 query rows: each lane's
+ * chain runs over d in order, four chains per row in flight (one per chunk) for the FMA
+ * latency, the rows sharing each load of the transposed keys. */
+KINLINE void kattn_scores_rows(float *const *sc, const float *const *q, const float *kt, int32_t j0, int32_t j1,
+                               int32_t hd, float scale, const int R) {
   const KVEC vs = K_SET1(scale);
   for (int32_t g = j0 / (4 * KL) * (4 * KL); g < j1; g += 4 * KL) {
     const float *kp = kt + g;
-    KVEC a0 = K_ZERO(), a1 = a0, a2 = a0, a3 = a0;
+    KVEC a0 = K_ZERO(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
     for (int32_t d = 0; d < hd; d++, kp += CPU_ATTN_KT) {
-      const KVEC qd = K_SET1(q[d]);
-      a0 = K_FMA(qd, K_LOAD(kp), a0);
-      a1 = K_FMA(qd, K_LOAD(kp + KL), a1);
-      a2 = K_FMA(qd, K_LOAD(kp + 2 * KL), a2);
-      a3 = K_FMA(qd, K_LOAD(kp + 3 * KL), a3);
+      const KVEC k0 = K_LOAD(kp), k1 = K_LOAD(kp + KL), k2 = K_LOAD(kp + 2 * KL), k3 = K_LOAD(kp + 3 * KL);
+      const KVEC qa = K_SET1(q[0][d]);
+      a0 = K_FMA(qa, k0, a0);
+      a1 = K_FMA(qa, k1, a1);
+      a2 = K_FMA(qa, k2, a2);
+      a3 = K_FMA(qa, k3, a3);
+      if (R > 1) {
+        const KVEC qb = K_SET1(q[1][d]);
+        b0 = K_FMA(qb, k0, b0);
+        b1 = K_FMA(qb, k1, b1);
+        b2 = K_FMA(qb, k2, b2);
+        b3 = K_FMA(qb, k3, b3);
+      }
     }
-    K_STORE(sc + g, K_MUL(a0, vs));
-    K_STORE(sc + g + KL, K_MUL(a1, vs));
-    K_STORE(sc + g + 2 * KL, K_MUL(a2, vs));
-    K_STORE(sc + g + 3 * KL, K_MUL(a3, vs));
+    K_STORE(sc[0] + g, K_MUL(a0, vs));
+    K_STORE(sc[0] + g + KL, K_MUL(a1, vs));
+    K_STORE(sc[0] + g + 2 * KL, K_MUL(a2, vs));
+    K_STORE(sc[0] + g + 3 * KL, K_MUL(a3, vs));
+    if (R > 1) {
+      K_STORE(sc[1] + g, K_MUL(b0, vs));
+      K_STORE(sc[1] + g + KL, K_MUL(b1, vs));
+      K_STORE(sc[1] + g + 2 * KL, K_MUL(b2, vs));
+      K_STORE(sc[1] + g + 3 * KL, K_MUL(b3, vs));
+    }
   }
+}
+
+static void kattn_scores(float *sc, const float *q, const float *kt, int32_t j0, int32_t j1, int32_t hd, float scale) {
+  kattn_scores_rows(&sc, &q, kt, j0, j1, hd, scale, 1);
+}
+
+static __attribute__((noinline)) void kattn_scores2(float *const *sc, const float *const *q, const float *kt, int32_t j0,
+                                                    int32_t j1, int32_t hd, float scale) {
+  kattn_scores_rows(sc, q, kt, j0, j1, hd, scale, 2);
 }
 
 /* o_r = o_r * corr_r, then o_r = fma(p_r[j], v[j], o_r) for j in [j0, j1), for R rows side by
  * side (independent chains sharing each value load); w < KL lanes of the last chunk. */
+#ifdef KHVEC
+/* kpv_rows for hd <= KHL in half-width vectors: the same element-wise operations (so the same
+ * bits), and on CPUs that split a full-width FMA in two (Zen 4) twice the rate. */
+KINLINE void kpv_rows_half(float *const *o, const float *corr, const float (*p)[CPU_ATTN_KT], const float *const *v,
+                           int32_t j0, int32_t j1, int32_t hd, const int R) {
+  KHVEC o0 = KH_MUL(KH_LOADN(o[0], hd), KH_SET1(corr[0])), o1 = o0, o2 = o0, o3 = o0;
+  if (R > 1) o1 = KH_MUL(KH_LOADN(o[1], hd), KH_SET1(corr[1]));
+  if (R > 2) o2 = KH_MUL(KH_LOADN(o[2], hd), KH_SET1(corr[2]));
+  if (R > 3) o3 = KH_MUL(KH_LOADN(o[3], hd), KH_SET1(corr[3]));
+  for (int32_t j = j0; j < j1; j++) {
+    const KHVEC vv = KH_LOADN(v[j], hd);
+    o0 = KH_FMA(KH_SET1(p[0][j]), vv, o0);
+    if (R > 1) o1 = KH_FMA(KH_SET1(p[1][j]), vv, o1);
+    if (R > 2) o2 = KH_FMA(KH_SET1(p[2][j]), vv, o2);
+    if (R > 3) o3 = KH_FMA(KH_SET1(p[3][j]), vv, o3);
+  }
+  KH_STOREN(o[0], o0, hd);
+  if (R > 1) KH_STOREN(o[1], o1, hd);
+  if (R > 2) KH_STOREN(o[2], o2, hd);
+  if (R > 3) KH_STOREN(o[3], o3, hd);
+}
+#endif
+
 KINLINE void kpv_rows(float *const *o, const float *corr, const float (*p)[CPU_ATTN_KT], const float *const *v,
                       int32_t j0, int32_t j1, int32_t hd, const int R) {
+#ifdef KHVEC
+  if (hd <= KHL) {
+    kpv_rows_half(o, corr, p, v, j0, j1, hd, R);
+    return;
+  }
+#endif
   for (int32_t c = 0; c < hd; c += KL) {
     const int32_t w = hd - c < KL ? hd - c : KL;
     KVEC o0 = K_MUL(w == KL ? K_LOAD(o[0] + c) : kload_n(o[0] + c, w), K_SET1(corr[0])), o1 = o0, o2 = o0, o3 = o0;
@@ -353,10 +409,19 @@ static void kattn_tile(const cpu_attn_tile *t) {
   const int32_t c0 = j0 / KL * KL, c1 = (j1 + KL - 1) / KL * KL;
   for (int rb = 0; rb < t->n_rows; rb += 4) {
     const int nr = t->n_rows - rb < 4 ? t->n_rows - rb : 4;
+    for (int r = 0; r < nr; r += 2) {
+      float *sc2[2] = {p[r], p[r + 1]};
+      const float *q2[2] = {t->q + t->rows[rb + r] * hd, NULL};
+      if (r + 1 < nr) {
+        q2[1] = t->q + t->rows[rb + r + 1] * hd;
+        kattn_scores2(sc2, q2, t->kt, j0, j1, hd, t->scale);
+      } else {
+        kattn_scores(sc2[0], q2[0], t->kt, j0, j1, hd, t->scale);
+      }
+    }
     for (int r = 0; r < nr; r++) {
       const int64_t row = t->rows[rb + r];
       float *sc = p[r];
-      kattn_scores(sc, t->q + row * hd, t->kt, j0, j1, hd, t->scale);
       if (t->softcap > 0)
         for (int32_t j = j0; j < j1; j++) sc[j] = t->softcap * tanhf(sc[j] / t->softcap);
       for (int32_t j = c0; j < j0; j++) sc[j] = -INFINITY;
