@@ -142,6 +142,35 @@ Test(cpu_kernels, softmax_exp_against_libm) {
   free(x), free(y);
 }
 
+/* silu_mul with that exp: close to the float64 formula over a wide range, every tail length,
+ * and the limits (a very negative gate gives -0 as a / (1 + inf) does). */
+Test(cpu_kernels, silu_mul) {
+  enum { N = 1000 };
+  float a[N], b[N], o[N];
+  unsigned s = 3;
+  for (int i = 0; i < N; i++) a[i] = (float)(urand(&s) * 40), b[i] = (float)urand(&s);
+  a[0] = -200.0f, a[1] = 200.0f, a[2] = 0.0f;
+  for (int isa = 0; isa < QV_CPU_ISA_COUNT; isa++) {
+    if (!qv_cpu_isa_supported((qv_cpu_isa)isa)) continue;
+    const cpu_kernels *kern = cpu_kernels_for((qv_cpu_isa)isa);
+    for (int64_t n = N - 17; n <= N; n++) {
+      for (int i = 0; i < N; i++) o[i] = NAN;
+      kern->silu_mul(o, a, b, n);
+      for (int64_t i = 0; i < N; i++) {
+        if (i >= n) {
+          cr_assert(isnan(o[i]), "%s: wrote past n", qv_cpu_isa_name((qv_cpu_isa)isa));
+          continue;
+        }
+        double ref = a[i] / (1.0 + exp(-(double)a[i])) * b[i];
+        cr_assert(fabs(o[i] - ref) <= 1e-6 * (1 + fabs(ref)), "%s [%lld]: %g vs %g", qv_cpu_isa_name((qv_cpu_isa)isa),
+                  (long long)i, o[i], ref);
+      }
+      cr_assert(o[0] == 0.0f && signbit(o[0]) == signbit(-200.0f * b[0]), "%s: silu(-200) = %g",
+                qv_cpu_isa_name((qv_cpu_isa)isa), o[0]);
+    }
+  }
+}
+
 /* The documented score chain for one key: acc = fma(q[d], k[d], acc) over d in order (the
  * portable path: acc + q*k with two roundings), then times scale. */
 static float score_ref(qv_cpu_isa isa, const float *q, const float *k, int32_t hd, float scale) {

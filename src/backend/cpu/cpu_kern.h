@@ -50,11 +50,11 @@ typedef struct cpu_mm_args {
  *     the lanes are combined by the path's horizontal-sum tree (K_HSUM);
  *   the output o = o * corr, then o = fma(p[j], v[j], o) for j = j0 .. j1-1 in order, element
  *     by element (portable: two roundings).
- * exp(x): x clamped to [-104, 88.5]; n = round-to-nearest-even(x * log2 e) (fma on fma paths);
+ * exp(x): x clamped to [-104, 89]; n = round-to-nearest-even(x * log2 e) (fma on fma paths);
  * r = x - n * 0.693359375 - n * (-2.12194440e-4) (Cody-Waite, the first product exact); p the
  * degree-7 Taylor polynomial of e^r by Horner; result (p * 2^e1) * 2^(n - e1), e1 = round(n/2),
  * so denormal results round once. Within 2 ulp of libm's expf for x <= 0 (tests), exp(0) = 1,
- * exp(-inf) = 0, NaN stays NaN. */
+ * exp(-inf) = 0, exp(x > 88.73) = inf, NaN stays NaN. */
 #define CPU_ATTN_KT 64      /* key positions per tile, a multiple of 4 * every path's lanes */
 #define CPU_ATTN_MAX_HD 512 /* the transposed tile lives on the task's stack */
 
@@ -81,6 +81,8 @@ typedef struct cpu_kernels {
   float (*dot)(const float *a, const float *b, int64_t n);
   /* exp(x) lane by lane for n values (the softmax's exp, order and accuracy below). */
   void (*exp)(float *y, const float *x, int64_t n);
+  /* o[i] = a[i] / (1 + exp(-a[i])) * b[i] (SiLU(gate) * up) with that exp, element by element. */
+  void (*silu_mul)(float *o, const float *a, const float *b, int64_t n);
   /* Attention over one tile of CPU_ATTN_KT keys (cpu_attn_tile below). ktrans writes
    * kt[d][j] = k[j][d] for j in [j0, j1), d < hd; scores writes sc[j] = score(q, key j) for
    * every j of the key groups (KL * 4 lanes, aligned in the tile) that meet [j0, j1); tile does

@@ -21,6 +21,7 @@
 #define K_HSUM(v) hsum256(v)
 #define K_ADD(a, b) _mm256_add_ps(a, b)
 #define K_SUB(a, b) _mm256_sub_ps(a, b)
+#define K_DIV(a, b) _mm256_div_ps(a, b)
 #define K_MAX(a, b) _mm256_max_ps(a, b)
 #define K_MIN(a, b) _mm256_min_ps(a, b)
 #define K_HMAX(v) hmax256(v)

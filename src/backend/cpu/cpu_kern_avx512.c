@@ -20,6 +20,7 @@
 #define K_HSUM(v) hsum512(v)
 #define K_ADD(a, b) _mm512_add_ps(a, b)
 #define K_SUB(a, b) _mm512_sub_ps(a, b)
+#define K_DIV(a, b) _mm512_div_ps(a, b)
 #define K_MAX(a, b) _mm512_max_ps(a, b)
 #define K_MIN(a, b) _mm512_min_ps(a, b)
 #define K_HMAX(v) _mm512_reduce_max_ps(v)

@@ -13,7 +13,7 @@
  *   K_MUL(a, b)     a * b
  *   K_FMA(a, b, c)  a * b + c (fused where the path has it)
  *   K_HSUM(v)       the sum of the lanes by the path's fixed tree
- *   K_ADD, K_SUB    a + b, a - b
+ *   K_ADD, K_SUB, K_DIV  a + b, a - b, a / b
  *   K_MAX(a, b), K_MIN(a, b)  lane max/min, answering b when either is NaN (x86's rule)
  *   K_EXP2I(e)      2^e for integer-valued lanes e in [-126, 127]
  *   K_HMAX(v)       optional: the largest lane
@@ -204,7 +204,7 @@ static float kdot(const float *x, const float *y, int64_t n) {
 
 KINLINE KVEC kexp(KVEC x) {
   /* max/min keep a NaN in x: the path's K_MAX(a, b) answers b when either is NaN. */
-  x = K_MIN(K_SET1(88.5f), K_MAX(K_SET1(-104.0f), x));
+  x = K_MIN(K_SET1(89.0f), K_MAX(K_SET1(-104.0f), x));
   KVEC n = K_SUB(K_FMA(x, K_SET1(1.44269504088896341f), K_SET1(KROUND_MAGIC)), K_SET1(KROUND_MAGIC));
   KVEC r = K_FMA(n, K_SET1(-0.693359375f), x);
   r = K_FMA(n, K_SET1(2.12194440e-4f), r);
@@ -227,6 +227,20 @@ KINLINE KVEC kexp(KVEC x) {
 }
 
 /* The largest lane (max is exact, so any tree gives the same value; NaN lanes aside). */
+/* o = a / (1 + exp(-a)) * b element by element, exp the softmax's. */
+static void ksilu_mul(float *o, const float *a, const float *b, int64_t n) {
+  const KVEC one = K_SET1(1.0f);
+  int64_t i = 0;
+  for (; i + KL <= n; i += KL) {
+    const KVEC x = K_LOAD(a + i);
+    K_STORE(o + i, K_MUL(K_DIV(x, K_ADD(one, kexp(K_SUB(K_ZERO(), x)))), K_LOAD(b + i)));
+  }
+  if (i < n) {
+    const KVEC x = kload_n(a + i, n - i);
+    kstore_n(o + i, K_MUL(K_DIV(x, K_ADD(one, kexp(K_SUB(K_ZERO(), x)))), kload_n(b + i, n - i)), n - i);
+  }
+}
+
 KINLINE float khmax(KVEC v) {
 #ifdef K_HMAX
   return K_HMAX(v);
@@ -463,6 +477,7 @@ const cpu_kernels KTABLE = {
     .matmul = kmatmul,
     .dot = kdot,
     .exp = kexp_n,
+    .silu_mul = ksilu_mul,
     .attn_ktrans = kattn_ktrans,
     .attn_scores = kattn_scores,
     .attn_tile = kattn_tile,

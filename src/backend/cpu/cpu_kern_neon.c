@@ -31,6 +31,7 @@ static inline float32x4_t kn_min(float32x4_t a, float32x4_t b) { return vbslq_f3
 #define K_HSUM(v) kn_hsum(v)
 #define K_ADD(a, b) vaddq_f32(a, b)
 #define K_SUB(a, b) vsubq_f32(a, b)
+#define K_DIV(a, b) vdivq_f32(a, b)
 #define K_MAX(a, b) kn_max(a, b)
 #define K_MIN(a, b) kn_min(a, b)
 #define K_HMAX(v) vmaxvq_f32(v)

@@ -51,6 +51,10 @@ static inline kvec8 k8_sub(kvec8 a, kvec8 b) {
   for (int l = 0; l < 8; l++) a.v[l] -= b.v[l];
   return a;
 }
+static inline kvec8 k8_div(kvec8 a, kvec8 b) {
+  for (int l = 0; l < 8; l++) a.v[l] /= b.v[l];
+  return a;
+}
 /* x86's rule: b when either is NaN. */
 static inline kvec8 k8_max(kvec8 a, kvec8 b) {
   for (int l = 0; l < 8; l++) a.v[l] = a.v[l] > b.v[l] ? a.v[l] : b.v[l];
@@ -82,6 +86,7 @@ static inline kvec8 k8_exp2i(kvec8 e) {
 #define K_HSUM(v) k8_hsum(v)
 #define K_ADD(a, b) k8_add(a, b)
 #define K_SUB(a, b) k8_sub(a, b)
+#define K_DIV(a, b) k8_div(a, b)
 #define K_MAX(a, b) k8_max(a, b)
 #define K_MIN(a, b) k8_min(a, b)
 #define K_EXP2I(e) k8_exp2i(e)

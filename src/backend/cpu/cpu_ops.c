@@ -75,6 +75,7 @@ int cpu_embed_shard(qv_backend *be, qv_tensor *out, const qv_tensor *table, int6
  * how the work spreads over threads. Small steps (a decode) stay on the calling thread. */
 
 typedef struct ew_ctx {
+  const cpu_kernels *kern;
   float *o, *x;       /* output; in-out residual for the fused add */
   const float *a, *b; /* inputs */
   const float *w;     /* norm weight [cols] */
@@ -429,7 +430,7 @@ int cpu_attention(qv_backend *be, qv_tensor *out, const qv_tensor *q, const qv_a
 static void silu_mul_task(void *arg, int task) {
   const ew_ctx *c = arg;
   int64_t i0 = (int64_t)task * c->per, i1 = i0 + c->per < c->n ? i0 + c->per : c->n;
-  for (int64_t i = i0; i < i1; i++) c->o[i] = c->a[i] / (1.0f + expf(-c->a[i])) * c->b[i];
+  if (i1 > i0) c->kern->silu_mul(c->o + i0, c->a + i0, c->b + i0, i1 - i0);
 }
 
 int cpu_silu_mul(qv_backend *be, qv_tensor *out, const qv_tensor *gate, const qv_tensor *up) {
@@ -437,7 +438,7 @@ int cpu_silu_mul(qv_backend *be, qv_tensor *out, const qv_tensor *gate, const qv
   if (check_f32(be, "silu_mul", out) || check_f32(be, "silu_mul", gate) || check_f32(be, "silu_mul", up)) return QV_EINVAL;
   if (gate->rows != up->rows || gate->cols != up->cols || out->rows != gate->rows || out->cols != gate->cols)
     return qv_error_set(&be->last_error, QV_EINVAL, "cpu silu_mul: shape mismatch");
-  ew_ctx c = {.o = out->data, .a = gate->data, .b = up->data, .n = gate->rows * gate->cols};
+  ew_ctx c = {.kern = cb->kern, .o = out->data, .a = gate->data, .b = up->data, .n = gate->rows * gate->cols};
   int n_tasks = ew_split(cb, &c, c.n, 4096);
   run(cb, c.n * 4, n_tasks, silu_mul_task, &c);
   return 0;
