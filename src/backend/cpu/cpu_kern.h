@@ -3,7 +3,7 @@
  *
  * The fixed reduction order, which is what makes results independent of the batch and of the
  * thread count: a path with L lanes computes every dot product over k the same way, whatever
- * the caller (GEMM tile of any shape, GEMV, attention):
+ * the caller (GEMM tile of any shape, GEMV; attention has its own order, below):
  *   acc[l] = 0 for each lane l;
  *   for each full chunk c of L elements in increasing k: acc[l] = fma(x[cL+l], w[cL+l], acc[l])
  *     (portable: acc[l] = acc[l] + x*w, two roundings, as ISO C without contraction);
