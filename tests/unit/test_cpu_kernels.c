@@ -250,14 +250,15 @@ Test(cpu_kernels, attention_tile_step) {
       double l[R], l1[R];
       int64_t rows[R], one;
       for (int r = 0; r < R; r++) rows[r] = R - 1 - r; /* any order */
-      static const int32_t ranges[][2] = {{0, 64}, {3, 41}, {63, 64}};
-      for (size_t g = 0; g < 3; g++) {
+      static const int32_t ranges[][2] = {{0, 64}, {3, 41}, {63, 64}, {0, 64}};
+      for (size_t g = 0; g < 4; g++) {
         int32_t j0 = ranges[g][0], j1 = ranges[g][1];
+        const float cap = g == 3 ? 1.5f : 0.0f; /* the last with a softcap */
         for (int r = 0; r < R; r++) m[r] = m1[r] = -INFINITY, l[r] = l1[r] = 0;
         memset(o, 0, sizeof(float) * R * hd);
         memset(o1, 0, sizeof(float) * R * hd);
-        cpu_attn_tile at = {.kt = t.kt, .v = t.vp, .j0 = j0, .j1 = j1, .hd = hd, .scale = 0.3f, .q = t.q, .o = o,
-                            .m = m, .l = l, .rows = rows, .n_rows = R};
+        cpu_attn_tile at = {.kt = t.kt, .v = t.vp, .j0 = j0, .j1 = j1, .hd = hd, .scale = 0.3f, .softcap = cap,
+                            .q = t.q, .o = o, .m = m, .l = l, .rows = rows, .n_rows = R};
         kern->attn_tile(&at);
         at.o = o1, at.m = m1, at.l = l1, at.rows = &one, at.n_rows = 1;
         for (one = 0; one < R; one++) kern->attn_tile(&at);
@@ -269,6 +270,7 @@ Test(cpu_kernels, attention_tile_step) {
             sc[j] = 0;
             for (int32_t d = 0; d < hd; d++) sc[j] += (double)t.q[r * hd + d] * t.k[j * hd + d];
             sc[j] *= 0.3;
+            if (cap > 0) sc[j] = cap * tanh(sc[j] / cap);
             if (sc[j] > mx) mx = sc[j];
           }
           for (int32_t j = j0; j < j1; j++) sum += exp(sc[j] - mx);
