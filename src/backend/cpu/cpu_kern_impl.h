@@ -226,7 +226,6 @@ KINLINE KVEC kexp(KVEC x) {
 #endif
 }
 
-/* The largest lane (max is exact, so any tree gives the same value; NaN lanes aside). */
 /* o = a / (1 + exp(-a)) * b element by element, exp the softmax's. */
 static void ksilu_mul(float *o, const float *a, const float *b, int64_t n) {
   const KVEC one = K_SET1(1.0f);
@@ -241,6 +240,7 @@ static void ksilu_mul(float *o, const float *a, const float *b, int64_t n) {
   }
 }
 
+/* The largest lane (max is exact, so any tree gives the same value; NaN lanes aside). */
 KINLINE float khmax(KVEC v) {
 #ifdef K_HMAX
   return K_HMAX(v);

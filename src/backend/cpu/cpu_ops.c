@@ -330,20 +330,25 @@ static void attn_task(void *arg, int task_idx) {
   int first = 1;
   for (int32_t tile = lo / CPU_ATTN_KT * CPU_ATTN_KT; tile < hi; tile += CPU_ATTN_KT) {
     int32_t tile_end = tile + CPU_ATTN_KT < hi ? tile + CPU_ATTN_KT : hi, fill = tile > lo ? tile : lo;
-    for (int32_t j = fill; j < tile_end; j++) {
-      int64_t slot = (int64_t)bt[j / bs] * bs + j % bs;
-      kp[j - tile] = a->kc + slot * kv_row + (int64_t)td->kvh * hd;
-      vp[j - tile] = a->vc + slot * kv_row + (int64_t)td->kvh * hd;
+    for (int32_t j = fill; j < tile_end;) { /* block by block through the block table */
+      int32_t blk = j / bs, off = j % bs, n = bs - off < tile_end - j ? bs - off : tile_end - j;
+      const float *k0 = a->kc + ((int64_t)bt[blk] * bs + off) * kv_row + (int64_t)td->kvh * hd;
+      const float *v0 = a->vc + ((int64_t)bt[blk] * bs + off) * kv_row + (int64_t)td->kvh * hd;
+      for (int32_t i = 0; i < n; i++, j++) {
+        kp[j - tile] = k0 + i * kv_row;
+        vp[j - tile] = v0 + i * kv_row;
+      }
     }
     kern->attn_ktrans(kt, kp, fill - tile, tile_end - tile, hd);
-    if (first) { /* columns no key fills hold zeros (later tiles leave earlier keys there) */
+    if (first && (fill > tile || tile_end < tile + CPU_ATTN_KT)) {
+      /* columns no key fills hold zeros (later tiles leave earlier keys there: finite) */
       for (int32_t d = 0; d < hd; d++) {
         float *col = kt + (int64_t)d * CPU_ATTN_KT;
         memset(col, 0, (size_t)(fill - tile) * sizeof(float));
         memset(col + (tile_end - tile), 0, (size_t)(tile + CPU_ATTN_KT - tile_end) * sizeof(float));
       }
-      first = 0;
     }
+    first = 0;
     at.n_rows = 0;
     for (int32_t t = td->q0; t < td->q1; t++) {
       int32_t pos = b->positions[t], j0 = attn_first_key(p, pos);
