@@ -401,10 +401,12 @@ int cpu_attention(qv_backend *be, qv_tensor *out, const qv_tensor *q, const qv_a
   if (p->n_head <= 0 || p->n_kv_head <= 0 || p->n_head % p->n_kv_head || p->head_dim != c->kv.head_dim ||
       p->n_kv_head != c->kv.n_kv_head || p->layer < 0 || p->layer >= c->kv.n_layer || q->rows != b->n_tokens ||
       q->cols != (int64_t)p->n_head * p->head_dim || out->rows != q->rows || out->cols != q->cols ||
-      p->head_dim > CPU_ATTN_MAX_HD ||
       out->data == q->data ||
       (p->sinks && (check_f32(be, "attention", p->sinks) || p->sinks->rows * p->sinks->cols != p->n_head)))
     return qv_error_set(&be->last_error, QV_EINVAL, "cpu attention: shape mismatch");
+  if (p->head_dim > CPU_ATTN_MAX_HD)
+    return qv_error_set(&be->last_error, QV_ELIMIT, "cpu attention: head_dim %d above the CPU limit %d", p->head_dim,
+                        CPU_ATTN_MAX_HD);
   size_t n_rows = (size_t)b->n_tokens * (size_t)p->n_head, n_tasks = 0;
   for (int32_t s = 0; s < b->n_seqs; s++)
     n_tasks += (size_t)((b->seq_q_start[s + 1] - b->seq_q_start[s] + ATTN_QB - 1) / ATTN_QB) * (size_t)p->n_kv_head;
