@@ -8,7 +8,10 @@
  * Prints one JSON object on stdout.
  * --quant: the quantized weight types (Q8_0, Q4_1, Q4_K, Q6_K) instead of f32/bf16/f16 (cpu_ms:
  * CPU seconds of the process, steadier than wall time on a shared machine).
- * Usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] [--quant] [--isa NAME] [--load MODEL] */
+ * --attn: the attention tile kernels alone (one thread): per head size and SIMD path, the
+ * nanoseconds of one row's step over a full tile of 64 keys (transpose amortised over 32 rows,
+ * as a prefill task of 16 tokens x a GQA group of 2 does), best of --reps in thread CPU time.
+ * Usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] [--quant] [--isa NAME] [--load MODEL] [--attn] */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -214,11 +217,66 @@ static int bench_load(const char *path, int threads, int reps) {
   return 0;
 }
 
+static double thread_cpu_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int bench_attn(int reps, const char *only_isa) {
+  enum { ROWS = 32, ITERS = 200 };
+  static const int32_t hds[] = {8, 64, 128, 256};
+  printf("{\n  \"attn_tile_ns_per_row\": [");
+  int first = 1;
+  for (int isa = QV_CPU_ISA_COUNT - 1; isa >= 0; isa--) {
+    const cpu_kernels *kern = cpu_kernels_for((qv_cpu_isa)isa);
+    if (!qv_cpu_isa_supported((qv_cpu_isa)isa) || !kern) continue;
+    if (only_isa && strcmp(only_isa, qv_cpu_isa_name((qv_cpu_isa)isa))) continue;
+    for (size_t h = 0; h < sizeof hds / sizeof hds[0]; h++) {
+      int32_t hd = hds[h];
+      float *k = malloc(sizeof(float) * CPU_ATTN_KT * hd), *v = malloc(sizeof(float) * CPU_ATTN_KT * hd);
+      float *kt = malloc(sizeof(float) * CPU_ATTN_KT * hd), *q = malloc(sizeof(float) * ROWS * hd);
+      float *o = calloc((size_t)ROWS * hd, sizeof(float)), m[ROWS];
+      double l[ROWS];
+      int64_t rows[ROWS];
+      const float *kp[CPU_ATTN_KT], *vp[CPU_ATTN_KT];
+      unsigned seed = 1;
+      for (int32_t i = 0; i < CPU_ATTN_KT * hd; i++) {
+        seed = seed * 1103515245u + 12345u;
+        k[i] = ((seed >> 9) & 0xffff) / 65536.0f - 0.5f;
+        v[i] = -k[i];
+      }
+      for (int32_t i = 0; i < ROWS * hd; i++) q[i] = k[i % (CPU_ATTN_KT * hd)];
+      for (int j = 0; j < CPU_ATTN_KT; j++) kp[j] = k + j * hd, vp[j] = v + j * hd;
+      for (int r = 0; r < ROWS; r++) rows[r] = r, m[r] = -INFINITY, l[r] = 0;
+      cpu_attn_tile at = {.kt = kt, .v = vp, .j0 = 0, .j1 = CPU_ATTN_KT, .hd = hd, .scale = 0.125f, .q = q,
+                          .o = o, .m = m, .l = l, .rows = rows, .n_rows = ROWS};
+      double best = 1e30;
+      for (int rep = 0; rep < reps; rep++) {
+        double t0 = thread_cpu_s();
+        for (int it = 0; it < ITERS; it++) {
+          kern->attn_ktrans(kt, kp, 0, CPU_ATTN_KT, hd);
+          kern->attn_tile(&at);
+        }
+        double t = (thread_cpu_s() - t0) / ITERS / ROWS * 1e9;
+        if (t < best) best = t;
+      }
+      printf("%s\n    {\"isa\": \"%s\", \"head_dim\": %d, \"ns\": %.1f}", first ? "" : ",",
+             qv_cpu_isa_name((qv_cpu_isa)isa), hd, best);
+      first = 0;
+      free(k), free(v), free(kt), free(q), free(o);
+    }
+  }
+  printf("\n  ]\n}\n");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   int threads = 2, reps = 9, quick = 0, quant = 0;
   const char *only_isa = NULL;
   int64_t mib = 1024;
   const char *load = NULL;
+  int attn = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
@@ -227,13 +285,15 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--quant")) quant = 1;
     else if (!strcmp(argv[i], "--isa") && i + 1 < argc) only_isa = argv[++i];
     else if (!strcmp(argv[i], "--load") && i + 1 < argc) load = argv[++i];
+    else if (!strcmp(argv[i], "--attn")) attn = 1;
     else {
-      fprintf(stderr, "usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] [--quant] [--isa NAME] [--load MODEL]\n");
+      fprintf(stderr, "usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] [--quant] [--isa NAME] [--load MODEL] [--attn]\n");
       return 2;
     }
   }
   if (threads < 1 || reps < 1 || mib < 1) return 2;
   if (load) return bench_load(load, threads, reps);
+  if (attn) return bench_attn(reps, only_isa);
   tp_pool *pool;
   if (tp_create(threads, &pool)) return 1;
   char desc[256];

@@ -97,36 +97,219 @@ Test(cpu_kernels, every_path_every_dtype) {
   cr_log_info("checked %d SIMD paths", n_paths);
 }
 
-/* The attention tile kernels: dots equal the dot chain times the scale, bit for bit, and pv
- * matches the scalar formula, for head sizes below, at and above every lane count. */
-Test(cpu_kernels, attention_tile_kernels) {
-  static const int64_t hds[] = {3, 8, 16, 40, 64, 67};
+/* ulp distance between two non-negative floats (their bit patterns are ordered). */
+static int64_t ulp_diff(float a, float b) {
+  int32_t ia, ib;
+  memcpy(&ia, &a, sizeof ia);
+  memcpy(&ib, &b, sizeof ib);
+  return ia > ib ? (int64_t)ia - ib : (int64_t)ib - ia;
+}
+
+/* The softmax's exp against libm's expf over its input range x <= 0: random inputs across
+ * [-104, 0] and densely near 0, denormal results, and the edge cases. */
+Test(cpu_kernels, softmax_exp_against_libm) {
+  enum { N = 200000 };
+  float *x = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * N);
+  for (int isa = 0; isa < QV_CPU_ISA_COUNT; isa++) {
+    if (!qv_cpu_isa_supported((qv_cpu_isa)isa)) continue;
+    const cpu_kernels *kern = cpu_kernels_for((qv_cpu_isa)isa);
+    unsigned s = 77;
+    for (int i = 0; i < N; i++) {
+      double u = (urand(&s) + 1) / 2; /* [0, 1) */
+      x[i] = (float)(i % 4 == 0 ? -104 * u : i % 4 == 1 ? -8 * u : i % 4 == 2 ? -u * 1e-3 : -87 - 17 * u);
+    }
+    static const float edge[] = {0.0f, -0.0f, -1e-30f, -1e-7f, -0.5f, -1.0f, -87.33654f, -87.34f, -100.0f, -103.28f,
+                                 -103.98f, -104.0f, -150.0f, -1e30f};
+    for (size_t i = 0; i < sizeof edge / sizeof edge[0]; i++) x[i] = edge[i];
+    for (int i = 0; i < N; i++) y[i] = NAN;
+    kern->exp(y, x, N - 3); /* odd n: the tail lanes too */
+    kern->exp(y + N - 3, x + N - 3, 3);
+    int64_t worst = 0;
+    float worst_x = 0;
+    for (int i = 0; i < N; i++) {
+      int64_t d = ulp_diff(y[i], expf(x[i]));
+      if (d > worst) worst = d, worst_x = x[i];
+    }
+    cr_assert_leq(worst, 2, "%s: exp %lld ulp from expf at x = %.9g", qv_cpu_isa_name((qv_cpu_isa)isa),
+                  (long long)worst, worst_x);
+    cr_log_info("%s: softmax exp within %lld ulp of expf", qv_cpu_isa_name((qv_cpu_isa)isa), (long long)worst);
+    float e[4] = {0.0f, -INFINITY, NAN, -1e30f}, r[4];
+    kern->exp(r, e, 4);
+    cr_assert_eq(r[0], 1.0f, "%s: exp(0) = %g", qv_cpu_isa_name((qv_cpu_isa)isa), r[0]);
+    cr_assert(r[1] == 0.0f && !signbit(r[1]) && r[3] == 0.0f, "%s: exp(-inf) = %g", qv_cpu_isa_name((qv_cpu_isa)isa), r[1]);
+    cr_assert(isnan(r[2]), "%s: exp(NaN) = %g", qv_cpu_isa_name((qv_cpu_isa)isa), r[2]);
+  }
+  free(x), free(y);
+}
+
+/* silu_mul with that exp: close to the float64 formula over a wide range, every tail length,
+ * and the limits (a very negative gate gives -0 as a / (1 + inf) does). */
+Test(cpu_kernels, silu_mul) {
+  enum { N = 1000 };
+  float a[N], b[N], o[N];
+  unsigned s = 3;
+  for (int i = 0; i < N; i++) a[i] = (float)(urand(&s) * 40), b[i] = (float)urand(&s);
+  a[0] = -200.0f, a[1] = 200.0f, a[2] = 0.0f;
+  for (int isa = 0; isa < QV_CPU_ISA_COUNT; isa++) {
+    if (!qv_cpu_isa_supported((qv_cpu_isa)isa)) continue;
+    const cpu_kernels *kern = cpu_kernels_for((qv_cpu_isa)isa);
+    for (int64_t n = N - 17; n <= N; n++) {
+      for (int i = 0; i < N; i++) o[i] = NAN;
+      kern->silu_mul(o, a, b, n);
+      for (int64_t i = 0; i < N; i++) {
+        if (i >= n) {
+          cr_assert(isnan(o[i]), "%s: wrote past n", qv_cpu_isa_name((qv_cpu_isa)isa));
+          continue;
+        }
+        double ref = a[i] / (1.0 + exp(-(double)a[i])) * b[i];
+        cr_assert(fabs(o[i] - ref) <= 1e-6 * (1 + fabs(ref)), "%s [%lld]: %g vs %g", qv_cpu_isa_name((qv_cpu_isa)isa),
+                  (long long)i, o[i], ref);
+      }
+      cr_assert(o[0] == 0.0f && signbit(o[0]) == signbit(-200.0f * b[0]), "%s: silu(-200) = %g",
+                qv_cpu_isa_name((qv_cpu_isa)isa), o[0]);
+    }
+  }
+}
+
+/* The documented score chain for one key: acc = fma(q[d], k[d], acc) over d in order (the
+ * portable path: acc + q*k with two roundings), then times scale. */
+static float score_ref(qv_cpu_isa isa, const float *q, const float *k, int32_t hd, float scale) {
+  float acc = 0.0f;
+  for (int32_t d = 0; d < hd; d++) {
+    if (isa == QV_CPU_ISA_PORTABLE) {
+      float prod = q[d] * k[d];
+      acc = acc + prod;
+    } else {
+      acc = fmaf(q[d], k[d], acc);
+    }
+  }
+  return acc * scale;
+}
+
+/* Random K/V tile, n_rows query rows; kt the transpose through the path's kernel. */
+typedef struct tile_data {
+  float *k, *v, *kt, *q; /* [KT][hd], [KT][hd], [hd][KT], [rows][hd] */
+  const float *kp[CPU_ATTN_KT], *vp[CPU_ATTN_KT];
+} tile_data;
+
+static void tile_make(tile_data *t, const cpu_kernels *kern, int32_t hd, int rows, unsigned *s) {
+  t->k = malloc(sizeof(float) * CPU_ATTN_KT * hd);
+  t->v = malloc(sizeof(float) * CPU_ATTN_KT * hd);
+  t->kt = malloc(sizeof(float) * CPU_ATTN_KT * hd);
+  t->q = malloc(sizeof(float) * rows * hd);
+  for (int32_t i = 0; i < CPU_ATTN_KT * hd; i++) t->k[i] = (float)urand(s), t->v[i] = (float)urand(s), t->kt[i] = NAN;
+  for (int32_t i = 0; i < rows * hd; i++) t->q[i] = (float)urand(s) * 2;
+  for (int j = 0; j < CPU_ATTN_KT; j++) t->kp[j] = t->k + j * hd, t->vp[j] = t->v + j * hd;
+  kern->attn_ktrans(t->kt, t->kp, 0, CPU_ATTN_KT, hd);
+}
+
+static void tile_free(tile_data *t) { free(t->k), free(t->v), free(t->kt), free(t->q); }
+
+/* Scores over the transposed tile equal the documented chain bit for bit, for every key of
+ * the groups the range meets, at head sizes below, at and above every lane count. */
+Test(cpu_kernels, attention_scores_fixed_order) {
+  static const int32_t hds[] = {3, 8, 16, 64, 67, 80, 128, 256};
   for (int isa = 0; isa < QV_CPU_ISA_COUNT; isa++) {
     if (!qv_cpu_isa_supported((qv_cpu_isa)isa)) continue;
     const cpu_kernels *kern = cpu_kernels_for((qv_cpu_isa)isa);
     for (size_t h = 0; h < sizeof hds / sizeof hds[0]; h++) {
-      int64_t hd = hds[h];
+      int32_t hd = hds[h];
       unsigned s = 5 + (unsigned)hd;
-      float q[67], kv[5][67], o[67], o0[67], sc[5], p[5];
-      const float *rows[5];
-      for (int i = 0; i < 67; i++) q[i] = (float)urand(&s), o0[i] = o[i] = (float)urand(&s);
-      for (int j = 0; j < 5; j++) {
-        for (int i = 0; i < 67; i++) kv[j][i] = (float)urand(&s);
-        rows[j] = kv[j];
-        p[j] = (float)(urand(&s) + 1.5);
+      tile_data t;
+      tile_make(&t, kern, hd, 1, &s);
+      static const int32_t ranges[][2] = {{0, 64}, {0, 1}, {5, 6}, {17, 40}, {63, 64}, {31, 33}};
+      for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++) {
+        float sc[CPU_ATTN_KT];
+        for (int j = 0; j < CPU_ATTN_KT; j++) sc[j] = NAN;
+        kern->attn_scores(sc, t.q, t.kt, ranges[r][0], ranges[r][1], hd, 0.125f);
+        for (int32_t j = ranges[r][0]; j < ranges[r][1]; j++) {
+          float ref = score_ref((qv_cpu_isa)isa, t.q, t.k + j * hd, hd, 0.125f);
+          cr_assert_eq(memcmp(&ref, &sc[j], sizeof ref), 0, "%s hd %d key %d: %.9g vs %.9g",
+                       qv_cpu_isa_name((qv_cpu_isa)isa), hd, j, sc[j], ref);
+        }
       }
-      kern->dots(sc, q, rows, 5, hd, 0.125f);
-      for (int j = 0; j < 5; j++) {
-        float d = kern->dot(q, kv[j], hd) * 0.125f;
-        cr_assert_eq(memcmp(&d, &sc[j], sizeof d), 0, "%s hd %lld: dots != dot", qv_cpu_isa_name((qv_cpu_isa)isa), (long long)hd);
+      tile_free(&t);
+    }
+  }
+}
+
+/* One tile step: rows alone or side by side with others give the same bits, and match the
+ * softmax in double; then a second tile's step rescales the first correctly. */
+Test(cpu_kernels, attention_tile_step) {
+  static const int32_t hds[] = {3, 8, 16, 64, 80, 128, 256};
+  enum { R = 7 };
+  for (int isa = 0; isa < QV_CPU_ISA_COUNT; isa++) {
+    if (!qv_cpu_isa_supported((qv_cpu_isa)isa)) continue;
+    const cpu_kernels *kern = cpu_kernels_for((qv_cpu_isa)isa);
+    for (size_t h = 0; h < sizeof hds / sizeof hds[0]; h++) {
+      int32_t hd = hds[h];
+      unsigned s = 9 + (unsigned)hd;
+      tile_data t;
+      tile_make(&t, kern, hd, R, &s);
+      float *o = malloc(sizeof(float) * R * hd), *o1 = malloc(sizeof(float) * R * hd), m[R], m1[R];
+      double l[R], l1[R];
+      int64_t rows[R], one;
+      for (int r = 0; r < R; r++) rows[r] = R - 1 - r; /* any order */
+      static const int32_t ranges[][2] = {{0, 64}, {3, 41}, {63, 64}, {0, 64}};
+      for (size_t g = 0; g < 4; g++) {
+        int32_t j0 = ranges[g][0], j1 = ranges[g][1];
+        const float cap = g == 3 ? 1.5f : 0.0f; /* the last with a softcap */
+        for (int r = 0; r < R; r++) m[r] = m1[r] = -INFINITY, l[r] = l1[r] = 0;
+        memset(o, 0, sizeof(float) * R * hd);
+        memset(o1, 0, sizeof(float) * R * hd);
+        cpu_attn_tile at = {.kt = t.kt, .v = t.vp, .j0 = j0, .j1 = j1, .hd = hd, .scale = 0.3f, .softcap = cap,
+                            .q = t.q, .o = o, .m = m, .l = l, .rows = rows, .n_rows = R};
+        kern->attn_tile(&at);
+        at.o = o1, at.m = m1, at.l = l1, at.rows = &one, at.n_rows = 1;
+        for (one = 0; one < R; one++) kern->attn_tile(&at);
+        cr_assert(!memcmp(o, o1, sizeof(float) * R * hd) && !memcmp(m, m1, sizeof m) && !memcmp(l, l1, sizeof l),
+                  "%s hd %d: a row's bits depend on its neighbours", qv_cpu_isa_name((qv_cpu_isa)isa), hd);
+        for (int r = 0; r < R; r++) {
+          double sc[CPU_ATTN_KT], mx = -INFINITY, sum = 0;
+          for (int32_t j = j0; j < j1; j++) {
+            sc[j] = 0;
+            for (int32_t d = 0; d < hd; d++) sc[j] += (double)t.q[r * hd + d] * t.k[j * hd + d];
+            sc[j] *= 0.3;
+            if (cap > 0) sc[j] = cap * tanh(sc[j] / cap);
+            if (sc[j] > mx) mx = sc[j];
+          }
+          for (int32_t j = j0; j < j1; j++) sum += exp(sc[j] - mx);
+          cr_assert(fabs(m[r] - mx) <= 1e-5 * (1 + fabs(mx)) && fabs(l[r] - sum) <= 1e-5 * sum, "%s hd %d: m/l",
+                    qv_cpu_isa_name((qv_cpu_isa)isa), hd);
+          for (int32_t d = 0; d < hd; d++) {
+            double ref = 0;
+            for (int32_t j = j0; j < j1; j++) ref += exp(sc[j] - mx) / sum * t.v[j * hd + d];
+            cr_assert(fabs(o[r * hd + d] / l[r] - ref) <= 2e-5, "%s hd %d row %d [%d]: %g vs %g",
+                      qv_cpu_isa_name((qv_cpu_isa)isa), hd, r, d, o[r * hd + d] / l[r], ref);
+          }
+        }
       }
-      kern->pv(o, 0.75f, p, rows, 5, hd);
-      for (int i = 0; i < 67; i++) {
-        double ref = 0.75 * o0[i];
-        for (int j = 0; j < 5; j++) ref += (double)p[j] * kv[j][i];
-        if (i >= hd) ref = o0[i]; /* untouched past hd */
-        cr_assert(fabs(o[i] - ref) < 1e-5, "%s hd %lld [%d]: %g vs %g", qv_cpu_isa_name((qv_cpu_isa)isa), (long long)hd, i, o[i], ref);
-      }
+      /* Two steps: keys [0, 64) then the same tile as keys [0, 30) with larger scores: the
+       * result is the softmax over both (94 terms). */
+      for (int r = 0; r < R; r++) m[r] = -INFINITY, l[r] = 0;
+      memset(o, 0, sizeof(float) * R * hd);
+      cpu_attn_tile at = {.kt = t.kt, .v = t.vp, .j0 = 0, .j1 = 64, .hd = hd, .scale = 0.3f, .q = t.q, .o = o,
+                          .m = m, .l = l, .rows = rows, .n_rows = R};
+      kern->attn_tile(&at);
+      at.j1 = 30, at.scale = 0.6f;
+      kern->attn_tile(&at);
+      for (int r = 0; r < R; r++)
+        for (int32_t d = 0; d < hd; d++) {
+          double sc[94], mx = -INFINITY, sum = 0, ref = 0;
+          for (int j = 0; j < 94; j++) {
+            int kj = j < 64 ? j : j - 64;
+            sc[j] = 0;
+            for (int32_t e = 0; e < hd; e++) sc[j] += (double)t.q[r * hd + e] * t.k[kj * hd + e];
+            sc[j] *= j < 64 ? 0.3 : 0.6;
+            if (sc[j] > mx) mx = sc[j];
+          }
+          for (int j = 0; j < 94; j++) sum += exp(sc[j] - mx);
+          for (int j = 0; j < 94; j++) ref += exp(sc[j] - mx) / sum * t.v[(j < 64 ? j : j - 64) * hd + d];
+          cr_assert(fabs(o[r * hd + d] / l[r] - ref) <= 2e-5, "%s hd %d two tiles: %g vs %g",
+                    qv_cpu_isa_name((qv_cpu_isa)isa), hd, o[r * hd + d] / l[r], ref);
+        }
+      free(o), free(o1);
+      tile_free(&t);
     }
   }
 }

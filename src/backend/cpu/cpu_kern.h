@@ -3,7 +3,7 @@
  *
  * The fixed reduction order, which is what makes results independent of the batch and of the
  * thread count: a path with L lanes computes every dot product over k the same way, whatever
- * the caller (GEMM tile of any shape, GEMV, attention):
+ * the caller (GEMM tile of any shape, GEMV; attention has its own order, below):
  *   acc[l] = 0 for each lane l;
  *   for each full chunk c of L elements in increasing k: acc[l] = fma(x[cL+l], w[cL+l], acc[l])
  *     (portable: acc[l] = acc[l] + x*w, two roundings, as ISO C without contraction);
@@ -35,6 +35,42 @@ typedef struct cpu_mm_args {
   int64_t ldo, ldx;
 } cpu_mm_args;
 
+/* Attention (cpu_ops.c walks the paged cache in tiles of CPU_ATTN_KT key positions aligned to
+ * position 0; every row's values depend only on its own keys, never on the rows it is grouped
+ * with). The fixed order, on every path, for one query row and one tile whose keys [j0, j1) the
+ * row sees (its causal and sliding-window range within the tile):
+ *   score s[j] = acc * scale, acc the chain over d = 0 .. hd-1 in order of
+ *     acc = fma(q[d], k[j][d], acc) from acc = 0 (portable: acc + q*k, two roundings): one lane
+ *     per key over a transposed tile, so no horizontal sum; then softcap * tanhf(s / softcap)
+ *     when a softcap is set;
+ *   the tile max over [j0, j1), m' = max(m, tile max); corr = exp(m - m') (0 for the first tile);
+ *   p[j] = exp(s[j] - m') by the path's exp below;
+ *   the row sum l' = l * corr + T in double, T the float tile sum: lane i of KL lanes adds, in
+ *     increasing chunk order, p at the tile offsets c*KL + i in [j0, j1) (0 elsewhere), and
+ *     the lanes are combined by the path's horizontal-sum tree (K_HSUM);
+ *   the output o = o * corr, then o = fma(p[j], v[j], o) for j = j0 .. j1-1 in order, element
+ *     by element (portable: two roundings).
+ * exp(x): x clamped to [-104, 89]; n = round-to-nearest-even(x * log2 e) (fma on fma paths);
+ * r = x - n * 0.693359375 - n * (-2.12194440e-4) (Cody-Waite, the first product exact); p the
+ * degree-7 Taylor polynomial of e^r by Horner; result (p * 2^e1) * 2^(n - e1), e1 = round(n/2),
+ * so denormal results round once. Within 2 ulp of libm's expf for x <= 0 (tests), exp(0) = 1,
+ * exp(-inf) = 0, exp(x > 88.73) = inf, NaN stays NaN. */
+#define CPU_ATTN_KT 64      /* key positions per tile, a multiple of 4 * every path's lanes */
+#define CPU_ATTN_MAX_HD 512 /* the transposed tile lives on the task's stack */
+
+typedef struct cpu_attn_tile {
+  const float *kt;       /* [hd][CPU_ATTN_KT] the tile's keys transposed; every column finite */
+  const float *const *v; /* [CPU_ATTN_KT] value rows (hd floats each); those in [j0, j1) read */
+  int32_t j0, j1, hd;    /* keys [j0, j1) of the tile, 0 <= j0 < j1 <= CPU_ATTN_KT */
+  float scale, softcap;  /* softcap 0: none */
+  const float *q;        /* query rows: row r at q + rows[r] * hd */
+  float *o;              /* output rows likewise, updated in place */
+  float *m;              /* [rows[r]] running max, updated */
+  double *l;             /* [rows[r]] running sum, updated */
+  const int64_t *rows;   /* [n_rows] row indices, borrowed */
+  int n_rows;
+} cpu_attn_tile;
+
 typedef struct cpu_kernels {
   qv_cpu_isa isa;
   int lanes; /* L in the reduction order above */
@@ -43,11 +79,17 @@ typedef struct cpu_kernels {
   void (*matmul)(const cpu_mm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1);
   /* sum a[i]*b[i] in the path's order (the same as a matmul output with k = n). */
   float (*dot)(const float *a, const float *b, int64_t n);
-  /* Attention over one tile of keys, for one query row. dots: sc[j] = dot(q, k[j]) * scale
-   * (the dot chain above) for j < n. pv: o = o * s, then o += p[j] * v[j] for j < n in order
-   * (fma where the path has it), element by element. */
-  void (*dots)(float *sc, const float *q, const float *const *k, int64_t n, int64_t hd, float scale);
-  void (*pv)(float *o, float s, const float *p, const float *const *v, int64_t n, int64_t hd);
+  /* exp(x) lane by lane for n values (the softmax's exp, order and accuracy below). */
+  void (*exp)(float *y, const float *x, int64_t n);
+  /* o[i] = a[i] / (1 + exp(-a[i])) * b[i] (SiLU(gate) * up) with that exp, element by element. */
+  void (*silu_mul)(float *o, const float *a, const float *b, int64_t n);
+  /* Attention over one tile of CPU_ATTN_KT keys (cpu_attn_tile below). ktrans writes
+   * kt[d][j] = k[j][d] for j in [j0, j1), d < hd; scores writes sc[j] = score(q, key j) for
+   * every j of the key groups (KL * 4 lanes, aligned in the tile) that meet [j0, j1); tile does
+   * one online-softmax step for rows that all see keys [j0, j1) of the tile. */
+  void (*attn_ktrans)(float *kt, const float *const *k, int32_t j0, int32_t j1, int32_t hd);
+  void (*attn_scores)(float *sc, const float *q, const float *kt, int32_t j0, int32_t j1, int32_t hd, float scale);
+  void (*attn_tile)(const struct cpu_attn_tile *t);
 } cpu_kernels;
 
 /* The table of a path, or NULL when this build has none for it (a path for another

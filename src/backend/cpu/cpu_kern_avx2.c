@@ -19,6 +19,13 @@
 #define K_MUL(a, b) _mm256_mul_ps(a, b)
 #define K_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define K_HSUM(v) hsum256(v)
+#define K_ADD(a, b) _mm256_add_ps(a, b)
+#define K_SUB(a, b) _mm256_sub_ps(a, b)
+#define K_DIV(a, b) _mm256_div_ps(a, b)
+#define K_MAX(a, b) _mm256_max_ps(a, b)
+#define K_MIN(a, b) _mm256_min_ps(a, b)
+#define K_HMAX(v) hmax256(v)
+#define K_EXP2I(e) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(e), _mm256_set1_epi32(127)), 23))
 #define K_LOADN(p, n) _mm256_maskload_ps(p, tail_mask(n))
 #define K_STOREN(p, v, n) _mm256_maskstore_ps(p, tail_mask(n), v)
 #define KTR 3
@@ -38,6 +45,12 @@ static inline __attribute__((always_inline)) float hsum256(__m256 v) {
   __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
   __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
   return _mm_cvtss_f32(s1);
+}
+
+static inline __attribute__((always_inline)) float hmax256(__m256 v) {
+  __m128 s4 = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  __m128 s2 = _mm_max_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_max_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
 }
 
 #include "backend/cpu/cpu_kern_impl.h"

@@ -13,6 +13,14 @@
  *   K_MUL(a, b)     a * b
  *   K_FMA(a, b, c)  a * b + c (fused where the path has it)
  *   K_HSUM(v)       the sum of the lanes by the path's fixed tree
+ *   K_ADD, K_SUB, K_DIV  a + b, a - b, a / b
+ *   K_MAX(a, b), K_MIN(a, b)  lane max/min, answering b when either is NaN (x86's rule)
+ *   K_EXP2I(e)      2^e for integer-valued lanes e in [-126, 127]
+ *   K_HMAX(v)       optional: the largest lane
+ *   KHVEC, KHL, KH_LOADN, KH_STOREN, KH_SET1, KH_MUL, KH_FMA  optional: a half-width vector
+ *                   for small heads (the same operations lane by lane)
+ *   K_SCALE2(p, n)  optional: p * 2^n rounded once, for integer-valued n (AVX-512's scalef);
+ *                   without it two exact-then-rounding products give the same value
  *   K_LOADN(p, n), K_STOREN(p, v, n)  optional: the first n < KL lanes (the rest read as 0),
  *                   masked; without them tails go through a zero-padded buffer (same values)
  *   KTR, KTC        GEMM tile: rows of x by rows of w (register budget of the path)
@@ -20,6 +28,7 @@
  *   KISA            the qv_cpu_isa value; KTABLE the name of the table to define
  *
  * Not a public header: it defines functions and must be included exactly once per path. */
+#include <math.h>
 #include <string.h>
 
 #define KINLINE static inline __attribute__((always_inline))
@@ -187,26 +196,278 @@ static float kdot(const float *x, const float *y, int64_t n) {
   return K_HSUM(acc);
 }
 
-/* sc[j] = dot(q, k[j]) * scale for j < n: each dot the chain of kdot (times scale after). */
-static void kdots(float *sc, const float *q, const float *const *k, int64_t n, int64_t hd, float scale) {
-  if (hd <= KL) { /* one chunk: q stays in a register */
-    KVEC qv = hd == KL ? K_LOAD(q) : kload_n(q, hd);
-    for (int64_t j = 0; j < n; j++)
-      sc[j] = K_HSUM(K_FMA(qv, hd == KL ? K_LOAD(k[j]) : kload_n(k[j], hd), K_ZERO())) * scale;
-    return;
-  }
-  for (int64_t j = 0; j < n; j++) sc[j] = kdot(q, k[j], hd) * scale;
+/* ---- attention (order and accuracy documented in cpu_kern.h) ---- */
+
+/* round-to-nearest-even of x for |x| < 2^22: adding and removing 1.5 * 2^23 leaves no
+ * fraction bits. */
+#define KROUND_MAGIC 12582912.0f
+
+KINLINE KVEC kexp(KVEC x) {
+  /* max/min keep a NaN in x: the path's K_MAX(a, b) answers b when either is NaN. */
+  x = K_MIN(K_SET1(89.0f), K_MAX(K_SET1(-104.0f), x));
+  KVEC n = K_SUB(K_FMA(x, K_SET1(1.44269504088896341f), K_SET1(KROUND_MAGIC)), K_SET1(KROUND_MAGIC));
+  KVEC r = K_FMA(n, K_SET1(-0.693359375f), x);
+  r = K_FMA(n, K_SET1(2.12194440e-4f), r);
+  KVEC p = K_SET1(1.0f / 5040.0f);
+  p = K_FMA(p, r, K_SET1(1.0f / 720.0f));
+  p = K_FMA(p, r, K_SET1(1.0f / 120.0f));
+  p = K_FMA(p, r, K_SET1(1.0f / 24.0f));
+  p = K_FMA(p, r, K_SET1(1.0f / 6.0f));
+  p = K_FMA(p, r, K_SET1(0.5f));
+  p = K_FMA(p, r, K_SET1(1.0f));
+  p = K_FMA(p, r, K_SET1(1.0f));
+  /* n in [-150, 128]: two factors each in [-75, 64], so p * 2^e1 is exact and only the last
+   * product rounds (into a denormal, or to 0 or inf). */
+#ifdef K_SCALE2
+  return K_SCALE2(p, n);
+#else
+  KVEC e1 = K_SUB(K_ADD(K_MUL(n, K_SET1(0.5f)), K_SET1(KROUND_MAGIC)), K_SET1(KROUND_MAGIC));
+  return K_MUL(K_MUL(p, K_EXP2I(e1)), K_EXP2I(K_SUB(n, e1)));
+#endif
 }
 
-/* o = o * s, then o = fma(p[j], v[j], o) for j < n in order, element by element. */
-static void kpv(float *o, float s, const float *p, const float *const *v, int64_t n, int64_t hd) {
-  const KVEC vs = K_SET1(s);
-  for (int64_t c = 0; c < hd; c += KL) {
-    int64_t w = hd - c < KL ? hd - c : KL;
-    KVEC ov = K_MUL(w == KL ? K_LOAD(o + c) : kload_n(o + c, w), vs);
-    for (int64_t j = 0; j < n; j++) ov = K_FMA(K_SET1(p[j]), w == KL ? K_LOAD(v[j] + c) : kload_n(v[j] + c, w), ov);
-    if (w == KL) K_STORE(o + c, ov);
-    else kstore_n(o + c, ov, w);
+/* o = a / (1 + exp(-a)) * b element by element, exp the softmax's. */
+static void ksilu_mul(float *o, const float *a, const float *b, int64_t n) {
+  const KVEC one = K_SET1(1.0f);
+  int64_t i = 0;
+  for (; i + KL <= n; i += KL) {
+    const KVEC x = K_LOAD(a + i);
+    K_STORE(o + i, K_MUL(K_DIV(x, K_ADD(one, kexp(K_SUB(K_ZERO(), x)))), K_LOAD(b + i)));
+  }
+  if (i < n) {
+    const KVEC x = kload_n(a + i, n - i);
+    kstore_n(o + i, K_MUL(K_DIV(x, K_ADD(one, kexp(K_SUB(K_ZERO(), x)))), kload_n(b + i, n - i)), n - i);
+  }
+}
+
+/* The largest lane (max is exact, so any tree gives the same value; NaN lanes aside). */
+KINLINE float khmax(KVEC v) {
+#ifdef K_HMAX
+  return K_HMAX(v);
+#else
+  float b[KL], mx;
+  K_STORE(b, v);
+  mx = b[0];
+  for (int l = 1; l < KL; l++) mx = b[l] > mx ? b[l] : mx;
+  return mx;
+#endif
+}
+
+static void kexp_n(float *y, const float *x, int64_t n) {
+  int64_t i = 0;
+  for (; i + KL <= n; i += KL) K_STORE(y + i, kexp(K_LOAD(x + i)));
+  if (i < n) kstore_n(y + i, kexp(kload_n(x + i, n - i)), n - i);
+}
+
+/* kt[d][j] = k[j][d] for j in [j0, j1), d in [d0, hd): element by element. */
+KINLINE void kattn_ktrans_scalar(float *kt, const float *const *k, int32_t j0, int32_t j1, int32_t d0, int32_t hd) {
+  for (int32_t j = j0; j < j1; j++) {
+    const float *kr = k[j];
+    for (int32_t d = d0; d < hd; d++) kt[(int64_t)d * CPU_ATTN_KT + j] = kr[d];
+  }
+}
+
+#if defined(__AVX2__)
+/* Blocks of 8 keys x 8 dims through the 256-bit shuffles (both x86 paths): rows in, columns
+ * out. */
+KINLINE void ktrans8x8(float *dst, const float *const *k, int32_t d) {
+  __m256 r0 = _mm256_loadu_ps(k[0] + d), r1 = _mm256_loadu_ps(k[1] + d), r2 = _mm256_loadu_ps(k[2] + d),
+         r3 = _mm256_loadu_ps(k[3] + d), r4 = _mm256_loadu_ps(k[4] + d), r5 = _mm256_loadu_ps(k[5] + d),
+         r6 = _mm256_loadu_ps(k[6] + d), r7 = _mm256_loadu_ps(k[7] + d);
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+         t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+         t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+         s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+         s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+         s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(dst, _mm256_permute2f128_ps(s0, s4, 0x20));
+  _mm256_storeu_ps(dst + CPU_ATTN_KT, _mm256_permute2f128_ps(s1, s5, 0x20));
+  _mm256_storeu_ps(dst + 2 * CPU_ATTN_KT, _mm256_permute2f128_ps(s2, s6, 0x20));
+  _mm256_storeu_ps(dst + 3 * CPU_ATTN_KT, _mm256_permute2f128_ps(s3, s7, 0x20));
+  _mm256_storeu_ps(dst + 4 * CPU_ATTN_KT, _mm256_permute2f128_ps(s0, s4, 0x31));
+  _mm256_storeu_ps(dst + 5 * CPU_ATTN_KT, _mm256_permute2f128_ps(s1, s5, 0x31));
+  _mm256_storeu_ps(dst + 6 * CPU_ATTN_KT, _mm256_permute2f128_ps(s2, s6, 0x31));
+  _mm256_storeu_ps(dst + 7 * CPU_ATTN_KT, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+#endif
+
+/* kt[d][j] = k[j][d]: the tile's keys with one lane per key (a copy, so any method gives the
+ * same tile). */
+static void kattn_ktrans(float *kt, const float *const *k, int32_t j0, int32_t j1, int32_t hd) {
+#if defined(__AVX2__)
+  const int32_t hd8 = hd - hd % 8;
+  int32_t j = j0;
+  for (; j + 8 <= j1; j += 8) {
+    for (int32_t d = 0; d < hd8; d += 8) ktrans8x8(kt + (int64_t)d * CPU_ATTN_KT + j, k + j, d);
+    kattn_ktrans_scalar(kt, k, j, j + 8, hd8, hd);
+  }
+  kattn_ktrans_scalar(kt, k, j, j1, 0, hd);
+#else
+  kattn_ktrans_scalar(kt, k, j0, j1, 0, hd);
+#endif
+}
+
+/* The key groups of 4 * KL lanes that meet [j0, j1), for R = 1 or 2 query rows: each lane's
+ * chain runs over d in order, four chains per row in flight (one per chunk) for the FMA
+ * latency, the rows sharing each load of the transposed keys. */
+KINLINE void kattn_scores_rows(float *const *sc, const float *const *q, const float *kt, int32_t j0, int32_t j1,
+                               int32_t hd, float scale, const int R) {
+  const KVEC vs = K_SET1(scale);
+  for (int32_t g = j0 / (4 * KL) * (4 * KL); g < j1; g += 4 * KL) {
+    const float *kp = kt + g;
+    KVEC a0 = K_ZERO(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    for (int32_t d = 0; d < hd; d++, kp += CPU_ATTN_KT) {
+      const KVEC k0 = K_LOAD(kp), k1 = K_LOAD(kp + KL), k2 = K_LOAD(kp + 2 * KL), k3 = K_LOAD(kp + 3 * KL);
+      const KVEC qa = K_SET1(q[0][d]);
+      a0 = K_FMA(qa, k0, a0);
+      a1 = K_FMA(qa, k1, a1);
+      a2 = K_FMA(qa, k2, a2);
+      a3 = K_FMA(qa, k3, a3);
+      if (R > 1) {
+        const KVEC qb = K_SET1(q[1][d]);
+        b0 = K_FMA(qb, k0, b0);
+        b1 = K_FMA(qb, k1, b1);
+        b2 = K_FMA(qb, k2, b2);
+        b3 = K_FMA(qb, k3, b3);
+      }
+    }
+    K_STORE(sc[0] + g, K_MUL(a0, vs));
+    K_STORE(sc[0] + g + KL, K_MUL(a1, vs));
+    K_STORE(sc[0] + g + 2 * KL, K_MUL(a2, vs));
+    K_STORE(sc[0] + g + 3 * KL, K_MUL(a3, vs));
+    if (R > 1) {
+      K_STORE(sc[1] + g, K_MUL(b0, vs));
+      K_STORE(sc[1] + g + KL, K_MUL(b1, vs));
+      K_STORE(sc[1] + g + 2 * KL, K_MUL(b2, vs));
+      K_STORE(sc[1] + g + 3 * KL, K_MUL(b3, vs));
+    }
+  }
+}
+
+static void kattn_scores(float *sc, const float *q, const float *kt, int32_t j0, int32_t j1, int32_t hd, float scale) {
+  kattn_scores_rows(&sc, &q, kt, j0, j1, hd, scale, 1);
+}
+
+static __attribute__((noinline)) void kattn_scores2(float *const *sc, const float *const *q, const float *kt, int32_t j0,
+                                                    int32_t j1, int32_t hd, float scale) {
+  kattn_scores_rows(sc, q, kt, j0, j1, hd, scale, 2);
+}
+
+/* o_r = o_r * corr_r, then o_r = fma(p_r[j], v[j], o_r) for j in [j0, j1), for R rows side by
+ * side (independent chains sharing each value load); w < KL lanes of the last chunk. */
+#ifdef KHVEC
+/* kpv_rows for hd <= KHL in half-width vectors: the same element-wise operations (so the same
+ * bits), and on CPUs that split a full-width FMA in two (Zen 4) twice the rate. */
+KINLINE void kpv_rows_half(float *const *o, const float *corr, const float (*p)[CPU_ATTN_KT], const float *const *v,
+                           int32_t j0, int32_t j1, int32_t hd, const int R) {
+  KHVEC o0 = KH_MUL(KH_LOADN(o[0], hd), KH_SET1(corr[0])), o1 = o0, o2 = o0, o3 = o0;
+  if (R > 1) o1 = KH_MUL(KH_LOADN(o[1], hd), KH_SET1(corr[1]));
+  if (R > 2) o2 = KH_MUL(KH_LOADN(o[2], hd), KH_SET1(corr[2]));
+  if (R > 3) o3 = KH_MUL(KH_LOADN(o[3], hd), KH_SET1(corr[3]));
+  for (int32_t j = j0; j < j1; j++) {
+    const KHVEC vv = KH_LOADN(v[j], hd);
+    o0 = KH_FMA(KH_SET1(p[0][j]), vv, o0);
+    if (R > 1) o1 = KH_FMA(KH_SET1(p[1][j]), vv, o1);
+    if (R > 2) o2 = KH_FMA(KH_SET1(p[2][j]), vv, o2);
+    if (R > 3) o3 = KH_FMA(KH_SET1(p[3][j]), vv, o3);
+  }
+  KH_STOREN(o[0], o0, hd);
+  if (R > 1) KH_STOREN(o[1], o1, hd);
+  if (R > 2) KH_STOREN(o[2], o2, hd);
+  if (R > 3) KH_STOREN(o[3], o3, hd);
+}
+#endif
+
+KINLINE void kpv_rows(float *const *o, const float *corr, const float (*p)[CPU_ATTN_KT], const float *const *v,
+                      int32_t j0, int32_t j1, int32_t hd, const int R) {
+#ifdef KHVEC
+  if (hd <= KHL) {
+    kpv_rows_half(o, corr, p, v, j0, j1, hd, R);
+    return;
+  }
+#endif
+  for (int32_t c = 0; c < hd; c += KL) {
+    const int32_t w = hd - c < KL ? hd - c : KL;
+    KVEC o0 = K_MUL(w == KL ? K_LOAD(o[0] + c) : kload_n(o[0] + c, w), K_SET1(corr[0])), o1 = o0, o2 = o0, o3 = o0;
+    if (R > 1) o1 = K_MUL(w == KL ? K_LOAD(o[1] + c) : kload_n(o[1] + c, w), K_SET1(corr[1]));
+    if (R > 2) o2 = K_MUL(w == KL ? K_LOAD(o[2] + c) : kload_n(o[2] + c, w), K_SET1(corr[2]));
+    if (R > 3) o3 = K_MUL(w == KL ? K_LOAD(o[3] + c) : kload_n(o[3] + c, w), K_SET1(corr[3]));
+    for (int32_t j = j0; j < j1; j++) {
+      const KVEC vv = w == KL ? K_LOAD(v[j] + c) : kload_n(v[j] + c, w);
+      o0 = K_FMA(K_SET1(p[0][j]), vv, o0);
+      if (R > 1) o1 = K_FMA(K_SET1(p[1][j]), vv, o1);
+      if (R > 2) o2 = K_FMA(K_SET1(p[2][j]), vv, o2);
+      if (R > 3) o3 = K_FMA(K_SET1(p[3][j]), vv, o3);
+    }
+    if (w == KL) {
+      K_STORE(o[0] + c, o0);
+      if (R > 1) K_STORE(o[1] + c, o1);
+      if (R > 2) K_STORE(o[2] + c, o2);
+      if (R > 3) K_STORE(o[3] + c, o3);
+    } else {
+      kstore_n(o[0] + c, o0, w);
+      if (R > 1) kstore_n(o[1] + c, o1, w);
+      if (R > 2) kstore_n(o[2] + c, o2, w);
+      if (R > 3) kstore_n(o[3] + c, o3, w);
+    }
+  }
+}
+
+/* One online-softmax step over a tile for rows that see the same keys, four rows at a time. */
+static void kattn_tile(const cpu_attn_tile *t) {
+  float p[4][CPU_ATTN_KT], corr[KL], mdiff[KL], tsum[4];
+  float *o[4];
+  const int32_t j0 = t->j0, j1 = t->j1, hd = t->hd;
+  /* The chunks of KL lanes that meet [j0, j1) (inside the scored groups). */
+  const int32_t c0 = j0 / KL * KL, c1 = (j1 + KL - 1) / KL * KL;
+  for (int rb = 0; rb < t->n_rows; rb += 4) {
+    const int nr = t->n_rows - rb < 4 ? t->n_rows - rb : 4;
+    for (int r = 0; r < nr; r += 2) {
+      float *sc2[2] = {p[r], p[r + 1]};
+      const float *q2[2] = {t->q + t->rows[rb + r] * hd, NULL};
+      if (r + 1 < nr) {
+        q2[1] = t->q + t->rows[rb + r + 1] * hd;
+        kattn_scores2(sc2, q2, t->kt, j0, j1, hd, t->scale);
+      } else {
+        kattn_scores(sc2[0], q2[0], t->kt, j0, j1, hd, t->scale);
+      }
+    }
+    for (int r = 0; r < nr; r++) {
+      const int64_t row = t->rows[rb + r];
+      float *sc = p[r];
+      if (t->softcap > 0)
+        for (int32_t j = j0; j < j1; j++) sc[j] = t->softcap * tanhf(sc[j] / t->softcap);
+      for (int32_t j = c0; j < j0; j++) sc[j] = -INFINITY;
+      for (int32_t j = j1; j < c1; j++) sc[j] = -INFINITY;
+      KVEC mv = K_LOAD(sc + c0);
+      for (int32_t c = c0 + KL; c < c1; c += KL) mv = K_MAX(mv, K_LOAD(sc + c));
+      const float m_old = t->m[row], tmax = khmax(mv), mx = tmax > m_old ? tmax : m_old;
+      mdiff[r] = m_old == -INFINITY ? -INFINITY : m_old - mx; /* corr = exp(mdiff): 0 for the first tile */
+      const KVEC vm = K_SET1(mx);
+      KVEC acc = K_ZERO();
+      for (int32_t c = c0; c < c1; c += KL) {
+        KVEC e = kexp(K_SUB(K_LOAD(sc + c), vm));
+        K_STORE(sc + c, e);
+        acc = K_ADD(acc, e);
+      }
+      tsum[r] = K_HSUM(acc);
+      t->m[row] = mx;
+      o[r] = t->o + row * hd;
+    }
+    /* The rows' corrections in one exp (every path has at least 4 lanes), then l * corr + T. */
+    for (int r = nr; r < KL; r++) mdiff[r] = 0.0f;
+    K_STORE(corr, kexp(K_LOAD(mdiff)));
+    for (int r = 0; r < nr; r++) {
+      const int64_t row = t->rows[rb + r];
+      t->l[row] = t->l[row] * corr[r] + (double)tsum[r];
+    }
+    switch (nr) {
+    case 1: kpv_rows(o, corr, (const float(*)[CPU_ATTN_KT])p, t->v, j0, j1, hd, 1); break;
+    case 2: kpv_rows(o, corr, (const float(*)[CPU_ATTN_KT])p, t->v, j0, j1, hd, 2); break;
+    case 3: kpv_rows(o, corr, (const float(*)[CPU_ATTN_KT])p, t->v, j0, j1, hd, 3); break;
+    default: kpv_rows(o, corr, (const float(*)[CPU_ATTN_KT])p, t->v, j0, j1, hd, 4); break;
+    }
   }
 }
 
@@ -215,6 +476,9 @@ const cpu_kernels KTABLE = {
     .lanes = KL,
     .matmul = kmatmul,
     .dot = kdot,
-    .dots = kdots,
-    .pv = kpv,
+    .exp = kexp_n,
+    .silu_mul = ksilu_mul,
+    .attn_ktrans = kattn_ktrans,
+    .attn_scores = kattn_scores,
+    .attn_tile = kattn_tile,
 };

@@ -14,6 +14,9 @@ static inline float kn_hsum(float32x4_t v) {
   float32x2_t s = vadd_f32(vget_low_f32(v), vget_high_f32(v));
   return vget_lane_f32(s, 0) + vget_lane_f32(s, 1);
 }
+/* x86's rule, b when either is NaN (vmaxq_f32 would answer NaN either way). */
+static inline float32x4_t kn_max(float32x4_t a, float32x4_t b) { return vbslq_f32(vcgtq_f32(a, b), a, b); }
+static inline float32x4_t kn_min(float32x4_t a, float32x4_t b) { return vbslq_f32(vcltq_f32(a, b), a, b); }
 
 #define KVEC float32x4_t
 #define KL 4
@@ -26,6 +29,13 @@ static inline float kn_hsum(float32x4_t v) {
 #define K_MUL(a, b) vmulq_f32(a, b)
 #define K_FMA(a, b, c) vfmaq_f32(c, a, b)
 #define K_HSUM(v) kn_hsum(v)
+#define K_ADD(a, b) vaddq_f32(a, b)
+#define K_SUB(a, b) vsubq_f32(a, b)
+#define K_DIV(a, b) vdivq_f32(a, b)
+#define K_MAX(a, b) kn_max(a, b)
+#define K_MIN(a, b) kn_min(a, b)
+#define K_HMAX(v) vmaxvq_f32(v)
+#define K_EXP2I(e) vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(e), vdupq_n_s32(127)), 23))
 #define KTR 4
 #define KTC 4
 #define KTC1 8

@@ -2,6 +2,8 @@
  * struct the compiler may map to whatever vector unit the baseline target has. Its reduction
  * order is the one the CPU backend always had (8 interleaved partial sums, combined as
  * ((0+4)+(1+5))+((2+6)+(3+7))), and it runs on any CPU. */
+#include <string.h>
+
 #include "backend/cpu/cpu_kern.h"
 
 typedef struct kvec8 {
@@ -41,6 +43,35 @@ static inline kvec8 k8_fma(kvec8 a, kvec8 b, kvec8 c) {
 static inline float k8_hsum(kvec8 a) {
   return ((a.v[0] + a.v[4]) + (a.v[1] + a.v[5])) + ((a.v[2] + a.v[6]) + (a.v[3] + a.v[7]));
 }
+static inline kvec8 k8_add(kvec8 a, kvec8 b) {
+  for (int l = 0; l < 8; l++) a.v[l] += b.v[l];
+  return a;
+}
+static inline kvec8 k8_sub(kvec8 a, kvec8 b) {
+  for (int l = 0; l < 8; l++) a.v[l] -= b.v[l];
+  return a;
+}
+static inline kvec8 k8_div(kvec8 a, kvec8 b) {
+  for (int l = 0; l < 8; l++) a.v[l] /= b.v[l];
+  return a;
+}
+/* x86's rule: b when either is NaN. */
+static inline kvec8 k8_max(kvec8 a, kvec8 b) {
+  for (int l = 0; l < 8; l++) a.v[l] = a.v[l] > b.v[l] ? a.v[l] : b.v[l];
+  return a;
+}
+static inline kvec8 k8_min(kvec8 a, kvec8 b) {
+  for (int l = 0; l < 8; l++) a.v[l] = a.v[l] < b.v[l] ? a.v[l] : b.v[l];
+  return a;
+}
+/* 2^e through the exponent bits; a NaN lane gives 1 (the caller's other factor is NaN). */
+static inline kvec8 k8_exp2i(kvec8 e) {
+  for (int l = 0; l < 8; l++) {
+    uint32_t bits = (uint32_t)((e.v[l] == e.v[l] ? (int32_t)e.v[l] : 0) + 127) << 23;
+    memcpy(&e.v[l], &bits, sizeof bits);
+  }
+  return e;
+}
 
 #define KVEC kvec8
 #define KL 8
@@ -53,6 +84,12 @@ static inline float k8_hsum(kvec8 a) {
 #define K_MUL(a, b) k8_mul(a, b)
 #define K_FMA(a, b, c) k8_fma(a, b, c)
 #define K_HSUM(v) k8_hsum(v)
+#define K_ADD(a, b) k8_add(a, b)
+#define K_SUB(a, b) k8_sub(a, b)
+#define K_DIV(a, b) k8_div(a, b)
+#define K_MAX(a, b) k8_max(a, b)
+#define K_MIN(a, b) k8_min(a, b)
+#define K_EXP2I(e) k8_exp2i(e)
 #define KTR 2
 #define KTC 2
 #define KTC1 4

@@ -75,6 +75,7 @@ int cpu_embed_shard(qv_backend *be, qv_tensor *out, const qv_tensor *table, int6
  * how the work spreads over threads. Small steps (a decode) stay on the calling thread. */
 
 typedef struct ew_ctx {
+  const cpu_kernels *kern;
   float *o, *x;       /* output; in-out residual for the fused add */
   const float *a, *b; /* inputs */
   const float *w;     /* norm weight [cols] */
@@ -261,18 +262,21 @@ int cpu_kv_write(qv_backend *be, int32_t layer, const qv_tensor *k, const qv_ten
 /* ---- attention: flash-style tiles over the paged cache ----
  * A task is (sequence, KV head, a block of up to ATTN_QB of its query tokens): the query rows
  * are those tokens times the heads of the GQA group, and it walks the sequence's keys in tiles
- * of ATTN_KT positions aligned to absolute position 0, so one tile of K and V (read through the
- * block table) serves every row of the task while it is in L1/L2. Each row keeps an online
- * softmax: running max m, running sum l (double), and its output accumulated in place.
+ * of CPU_ATTN_KT positions aligned to absolute position 0. Each tile's keys are transposed once
+ * (one lane per key, so a score needs no horizontal sum) and, with its values, serve every row
+ * of the task while they are in L1/L2. Each row keeps an online softmax: running max m,
+ * running sum l (double), and its output accumulated in place.
  *
- * The fixed order: for a row, the tiles, the keys within a tile, the max, the rescaling and the
- * sums depend only on the row's position, the window, ATTN_KT and the cached K/V, never on
- * which other rows share its task, the batch, chunked prefill or the thread count. Scores use
- * the path's dot chain (dots), the weighted sum its pv. An attention-sink logit (gpt-oss) is one
- * more term of the denominator, folded into the final rescale. */
+ * The fixed order (cpu_kern.h): for a row, the tiles, the keys within a tile, the max, the
+ * rescaling and the sums depend only on the row's position, the window and the cached K/V,
+ * never on which other rows share its task or its kernel call, the batch, chunked prefill or
+ * the thread count. Rows of the task that see the same keys of a tile (a token's GQA group;
+ * every token once the tile is wholly in their past) go to the kernel together, which only
+ * interleaves their independent chains. An attention-sink logit (gpt-oss) is one more term of
+ * the denominator, folded into the final rescale. */
 
 #define ATTN_QB 16 /* query tokens per task */
-#define ATTN_KT 64 /* key positions per tile */
+#define ATTN_ROWS 64 /* rows per kernel call */
 
 typedef struct attn_task_desc {
   int32_t seq, q0, q1, kvh;
@@ -285,23 +289,30 @@ typedef struct attn_ctx {
   const float *kc, *vc;
   const qv_attn_params *p;
   const attn_task_desc *tasks;
+  int n_tasks;
   float *row_max;  /* [n_tokens * n_head] running max per row */
   double *row_sum; /* [n_tokens * n_head] running sum per row */
 } attn_ctx;
+
+/* The key positions [j0, pos + 1) row position pos sees. */
+static int32_t attn_first_key(const qv_attn_params *p, int32_t pos) {
+  return p->sliding_window > 0 && pos - p->sliding_window + 1 > 0 ? pos - p->sliding_window + 1 : 0;
+}
 
 static void attn_task(void *arg, int task_idx) {
   const attn_ctx *a = arg;
   const qv_attn_params *p = a->p;
   const qv_batch *b = &a->c->b;
   const cpu_kernels *kern = a->c->kern;
-  const attn_task_desc *td = &a->tasks[task_idx];
+  /* The tasks are listed by sequence and first token; the pool takes them in index order, so
+   * the last listed (the longest causal rows) go first and the short ones fill in the end. */
+  const attn_task_desc *td = &a->tasks[a->n_tasks - 1 - task_idx];
   const int32_t group = p->n_head / p->n_kv_head, hd = p->head_dim, bs = a->c->kv.block_size;
   const int64_t kv_row = (int64_t)p->n_kv_head * hd;
   const int32_t *bt = b->block_tables + (size_t)td->seq * (size_t)b->max_blocks;
   int32_t lo = INT32_MAX, hi = 0; /* key positions any row of the task sees */
   for (int32_t t = td->q0; t < td->q1; t++) {
-    int32_t pos = b->positions[t];
-    int32_t j0 = p->sliding_window > 0 && pos - p->sliding_window + 1 > 0 ? pos - p->sliding_window + 1 : 0;
+    int32_t pos = b->positions[t], j0 = attn_first_key(p, pos);
     if (j0 < lo) lo = j0;
     if (pos + 1 > hi) hi = pos + 1;
     for (int32_t g = 0; g < group; g++) {
@@ -311,41 +322,52 @@ static void attn_task(void *arg, int task_idx) {
       memset(a->out + row * hd, 0, (size_t)hd * sizeof(float));
     }
   }
-  float sc[ATTN_KT];
-  const float *kp[ATTN_KT], *vp[ATTN_KT]; /* key/value rows of the tile's positions */
-  for (int32_t tile = lo / ATTN_KT * ATTN_KT; tile < hi; tile += ATTN_KT) {
-    int32_t tile_end = tile + ATTN_KT < hi ? tile + ATTN_KT : hi;
-    for (int32_t j = (tile > lo ? tile : lo); j < tile_end; j++) {
-      int64_t slot = (int64_t)bt[j / bs] * bs + j % bs;
-      kp[j - tile] = a->kc + slot * kv_row + (int64_t)td->kvh * hd;
-      vp[j - tile] = a->vc + slot * kv_row + (int64_t)td->kvh * hd;
-    }
-    for (int32_t t = td->q0; t < td->q1; t++) {
-      int32_t pos = b->positions[t];
-      int32_t j0 = p->sliding_window > 0 && pos - p->sliding_window + 1 > 0 ? pos - p->sliding_window + 1 : 0;
-      int32_t ks = tile > j0 ? tile : j0, ke = tile_end < pos + 1 ? tile_end : pos + 1;
-      if (ks >= ke) continue;
-      for (int32_t g = 0; g < group; g++) {
-        int64_t row = (int64_t)t * p->n_head + (int64_t)td->kvh * group + g;
-        const float *qv = a->q + row * hd;
-        float *o = a->out + row * hd;
-        float mx = a->row_max[row];
-        kern->dots(sc, qv, kp + (ks - tile), ke - ks, hd, p->scale);
-        for (int32_t j = 0; j < ke - ks; j++) {
-          if (p->softcap > 0) sc[j] = p->softcap * tanhf(sc[j] / p->softcap);
-          if (sc[j] > mx) mx = sc[j];
-        }
-        float corr = a->row_max[row] == -INFINITY ? 0.0f : expf(a->row_max[row] - mx);
-        double sum = a->row_sum[row] * corr;
-        for (int32_t j = 0; j < ke - ks; j++) {
-          sc[j] = expf(sc[j] - mx);
-          sum += sc[j];
-        }
-        kern->pv(o, corr, sc, vp + (ks - tile), ke - ks, hd);
-        a->row_max[row] = mx;
-        a->row_sum[row] = sum;
+  float kt[CPU_ATTN_MAX_HD * CPU_ATTN_KT]; /* [hd][CPU_ATTN_KT] */
+  const float *kp[CPU_ATTN_KT], *vp[CPU_ATTN_KT]; /* key/value rows of the tile's positions */
+  int64_t rows[ATTN_ROWS];
+  cpu_attn_tile at = {.kt = kt, .v = vp, .hd = hd, .scale = p->scale, .softcap = p->softcap, .q = a->q,
+                      .o = a->out, .m = a->row_max, .l = a->row_sum, .rows = rows};
+  int first = 1;
+  for (int32_t tile = lo / CPU_ATTN_KT * CPU_ATTN_KT; tile < hi; tile += CPU_ATTN_KT) {
+    int32_t tile_end = tile + CPU_ATTN_KT < hi ? tile + CPU_ATTN_KT : hi, fill = tile > lo ? tile : lo;
+    for (int32_t j = fill; j < tile_end;) { /* block by block through the block table */
+      int32_t blk = j / bs, off = j % bs, n = bs - off < tile_end - j ? bs - off : tile_end - j;
+      const float *k0 = a->kc + ((int64_t)bt[blk] * bs + off) * kv_row + (int64_t)td->kvh * hd;
+      const float *v0 = a->vc + ((int64_t)bt[blk] * bs + off) * kv_row + (int64_t)td->kvh * hd;
+      for (int32_t i = 0; i < n; i++, j++) {
+        kp[j - tile] = k0 + i * kv_row;
+        vp[j - tile] = v0 + i * kv_row;
       }
     }
+    kern->attn_ktrans(kt, kp, fill - tile, tile_end - tile, hd);
+    if (first && (fill > tile || tile_end < tile + CPU_ATTN_KT)) {
+      /* columns no key fills hold zeros (later tiles leave earlier keys there: finite) */
+      for (int32_t d = 0; d < hd; d++) {
+        float *col = kt + (int64_t)d * CPU_ATTN_KT;
+        memset(col, 0, (size_t)(fill - tile) * sizeof(float));
+        memset(col + (tile_end - tile), 0, (size_t)(tile + CPU_ATTN_KT - tile_end) * sizeof(float));
+      }
+    }
+    first = 0;
+    at.n_rows = 0;
+    for (int32_t t = td->q0; t < td->q1; t++) {
+      int32_t pos = b->positions[t], j0 = attn_first_key(p, pos);
+      int32_t ks = (tile > j0 ? tile : j0) - tile, ke = (tile_end < pos + 1 ? tile_end : pos + 1) - tile;
+      if (ks >= ke) continue;
+      if (at.n_rows && (ks != at.j0 || ke != at.j1)) {
+        kern->attn_tile(&at);
+        at.n_rows = 0;
+      }
+      at.j0 = ks, at.j1 = ke;
+      for (int32_t g = 0; g < group; g++) {
+        if (at.n_rows == ATTN_ROWS) {
+          kern->attn_tile(&at);
+          at.n_rows = 0;
+        }
+        rows[at.n_rows++] = (int64_t)t * p->n_head + (int64_t)td->kvh * group + g;
+      }
+    }
+    if (at.n_rows) kern->attn_tile(&at);
   }
   for (int32_t t = td->q0; t < td->q1; t++)
     for (int32_t g = 0; g < group; g++) {
@@ -382,17 +404,21 @@ int cpu_attention(qv_backend *be, qv_tensor *out, const qv_tensor *q, const qv_a
       out->data == q->data ||
       (p->sinks && (check_f32(be, "attention", p->sinks) || p->sinks->rows * p->sinks->cols != p->n_head)))
     return qv_error_set(&be->last_error, QV_EINVAL, "cpu attention: shape mismatch");
+  if (p->head_dim > CPU_ATTN_MAX_HD)
+    return qv_error_set(&be->last_error, QV_ELIMIT, "cpu attention: head_dim %d above the CPU limit %d", p->head_dim,
+                        CPU_ATTN_MAX_HD);
   size_t n_rows = (size_t)b->n_tokens * (size_t)p->n_head, n_tasks = 0;
   for (int32_t s = 0; s < b->n_seqs; s++)
     n_tasks += (size_t)((b->seq_q_start[s + 1] - b->seq_q_start[s] + ATTN_QB - 1) / ATTN_QB) * (size_t)p->n_kv_head;
   char *mem = scratch(c, n_rows * (sizeof(double) + sizeof(float)) + n_tasks * sizeof(attn_task_desc));
   if (!mem) return qv_error_set(&be->last_error, QV_ENOMEM, "cpu attention: out of memory");
-  attn_ctx a = {c, out->data, q->data, cpu_kv_layer(c, p->layer, 0), cpu_kv_layer(c, p->layer, 1), p, NULL, NULL,
-                NULL};
+  attn_ctx a = {.c = c, .out = out->data, .q = q->data, .kc = cpu_kv_layer(c, p->layer, 0),
+                .vc = cpu_kv_layer(c, p->layer, 1), .p = p};
   a.row_sum = (double *)mem;
   a.row_max = (float *)(mem + n_rows * sizeof(double));
   attn_task_desc *tasks = (attn_task_desc *)(mem + n_rows * (sizeof(double) + sizeof(float)));
   a.tasks = tasks;
+  a.n_tasks = (int)n_tasks;
   int64_t flops = 0;
   size_t n = 0;
   for (int32_t s = 0; s < b->n_seqs; s++) {
@@ -411,7 +437,7 @@ int cpu_attention(qv_backend *be, qv_tensor *out, const qv_tensor *q, const qv_a
 static void silu_mul_task(void *arg, int task) {
   const ew_ctx *c = arg;
   int64_t i0 = (int64_t)task * c->per, i1 = i0 + c->per < c->n ? i0 + c->per : c->n;
-  for (int64_t i = i0; i < i1; i++) c->o[i] = c->a[i] / (1.0f + expf(-c->a[i])) * c->b[i];
+  if (i1 > i0) c->kern->silu_mul(c->o + i0, c->a + i0, c->b + i0, i1 - i0);
 }
 
 int cpu_silu_mul(qv_backend *be, qv_tensor *out, const qv_tensor *gate, const qv_tensor *up) {
@@ -419,7 +445,7 @@ int cpu_silu_mul(qv_backend *be, qv_tensor *out, const qv_tensor *gate, const qv
   if (check_f32(be, "silu_mul", out) || check_f32(be, "silu_mul", gate) || check_f32(be, "silu_mul", up)) return QV_EINVAL;
   if (gate->rows != up->rows || gate->cols != up->cols || out->rows != gate->rows || out->cols != gate->cols)
     return qv_error_set(&be->last_error, QV_EINVAL, "cpu silu_mul: shape mismatch");
-  ew_ctx c = {.o = out->data, .a = gate->data, .b = up->data, .n = gate->rows * gate->cols};
+  ew_ctx c = {.kern = cb->kern, .o = out->data, .a = gate->data, .b = up->data, .n = gate->rows * gate->cols};
   int n_tasks = ew_split(cb, &c, c.n, 4096);
   run(cb, c.n * 4, n_tasks, silu_mul_task, &c);
   return 0;
