@@ -160,6 +160,7 @@ typedef struct mm_ctx {
   cpu_mm_args a;
   cpu_bf16_mm_args ab; /* the bf16 dot-product kernel's arguments when ab.x != NULL */
   int64_t cols_per_task;
+  int64_t rows_per_task; /* the bf16 mode's conversion of x */
 } mm_ctx;
 
 static void mm_task(void *arg, int task) {
@@ -169,7 +170,15 @@ static void mm_task(void *arg, int task) {
   else c->kern->matmul(&c->a, 0, c->a.n, j0, j1 < c->a.m ? j1 : c->a.m);
 }
 
-/* The bf16 dot-product mode: x rounded to bf16 once, into the backend's grow-only buffer. */
+static void mm_convert_task(void *arg, int task) {
+  const mm_ctx *c = arg;
+  int64_t r0 = (int64_t)task * c->rows_per_task, r1 = r0 + c->rows_per_task < c->a.n ? r0 + c->rows_per_task : c->a.n;
+  for (int64_t i = r0; i < r1; i++)
+    cpu_bf16_convert((uint16_t *)c->ab.x + (size_t)i * (size_t)c->a.k, c->a.x + (size_t)i * (size_t)c->a.ldx, c->a.k);
+}
+
+/* The bf16 dot-product mode: x rounded to bf16 once (rows split over the pool), into the
+ * backend's grow-only buffer. */
 static int mm_bf16_args(cpu_backend *cb, mm_ctx *c) {
   size_t need = (size_t)c->a.n * (size_t)c->a.k;
   if (need > cb->xb_cap) {
@@ -178,8 +187,11 @@ static int mm_bf16_args(cpu_backend *cb, mm_ctx *c) {
     cb->xb = p;
     cb->xb_cap = need;
   }
-  for (int64_t i = 0; i < c->a.n; i++)
-    cpu_bf16_convert(cb->xb + (size_t)i * (size_t)c->a.k, c->a.x + (size_t)i * (size_t)c->a.ldx, c->a.k);
+  c->ab.x = cb->xb;
+  ew_ctx split = {0};
+  int n_tasks = ew_split(cb, &split, c->a.n, 1);
+  c->rows_per_task = split.per;
+  run(cb, c->a.n * c->a.k, n_tasks, mm_convert_task, c);
   c->ab = (cpu_bf16_mm_args){.out = c->a.out, .x = cb->xb, .w = c->a.w, .bias = c->a.bias, .n = c->a.n,
                              .m = c->a.m, .k = c->a.k, .ldo = c->a.ldo};
   return 0;
