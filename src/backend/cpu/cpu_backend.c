@@ -194,12 +194,10 @@ static const char *bf16_dot_choose(cpu_backend *c, const qv_backend_opts *opts, 
   const char *env = getenv("QUIVER_CPU_BF16_DOT");
   int want = (opts && opts->cpu_bf16_dot) || (env && !strcmp(env, "1"));
   if (!want) return "exact (widened to f32)";
-  if (!cpu_bf16_available() || !qv_cpu_features_get()->avx512_bf16) {
-    QV_LOGW("cpu backend: bf16 dot product asked for but this CPU has no avx512_bf16; the exact path runs");
-    return "exact (widened to f32; bf16-dot unavailable)";
-  }
-  if (isa != QV_CPU_ISA_AVX512) {
-    QV_LOGW("cpu backend: bf16 dot product asked for but the %s path is forced; the exact path runs",
+  const char *why = qv_cpu_bf16_dot_unusable(isa);
+  if (!why && !cpu_bf16_available()) why = "no bf16 kernel in this build";
+  if (why) {
+    QV_LOGW("cpu backend: bf16 dot product asked for but %s (%s kernels); the exact path runs", why,
             qv_cpu_isa_name(isa));
     return "exact (widened to f32; bf16-dot unavailable)";
   }
