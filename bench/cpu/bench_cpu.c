@@ -8,6 +8,8 @@
  * Prints one JSON object on stdout.
  * --quant: the quantized weight types (Q8_0, Q4_1, Q4_K, Q6_K) instead of f32/bf16/f16 (cpu_ms:
  * CPU seconds of the process, steadier than wall time on a shared machine).
+ * BF16 weights are also timed with the opt-in bf16 dot product ("isa": "avx512+bf16dot") where
+ * the CPU has avx512_bf16.
  * Usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] [--quant] [--isa NAME] [--load MODEL] */
 #include <math.h>
 #include <pthread.h>
@@ -268,6 +270,22 @@ int main(int argc, char **argv) {
                      quick ? 3 : reps, first);
         first = 0;
       }
+    qv_backend_destroy(be);
+  }
+  /* The opt-in bf16 dot product (--cpu-bf16-dot) on BF16 weights, as "avx512+bf16dot". */
+  if (!quant && (!only_isa || !strcmp(only_isa, "avx512")) && !qv_cpu_bf16_dot_unusable(QV_CPU_ISA_AVX512)) {
+    setenv("QUIVER_CPU_ISA", "avx512", 1);
+    qv_backend *be;
+    qv_error err = {0};
+    if (qv_backend_create("cpu", &(qv_backend_opts){.n_threads = threads, .cpu_bf16_dot = 1}, &be, &err)) {
+      fprintf(stderr, "qv-bench-cpu: %s\n", err.msg);
+      return 1;
+    }
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+      bench_matmul(be, "avx512+bf16dot", QV_DTYPE_BF16, shapes[s][0], shapes[s][1], shapes[s][2], quick ? 3 : reps,
+                   first);
+      first = 0;
+    }
     qv_backend_destroy(be);
   }
   printf("\n  ]\n}\n");
