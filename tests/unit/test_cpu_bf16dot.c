@@ -10,12 +10,16 @@
  *  - the switch: off by default (the exact kernels' bits), on by option or environment, only
  *    for BF16 weights, and ignored on a forced narrower path;
  *  - model level on the BF16 fixture: the mode's logits close to the exact path's, the same
- *    greedy tokens over a short run, and batch invariance of the whole model. */
+ *    greedy tokens over a short run (batch invariance of the whole model in the mode:
+ *    test_cpu_invariance.c); and stories260K (../shared) converted to bf16 here: the mode's
+ *    greedy run from BOS reproduces the float32 reference ids. */
+#include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend/backend.h"
 #include "backend/cpu/cpu_kern.h"
@@ -24,6 +28,7 @@
 #include "core/dtype.h"
 #include "quiver/engine.h"
 #include "models/model_impl.h"
+#include "../test_util.h"
 
 static int have_bf16(void) { return cpu_bf16_available() && qv_cpu_features_get()->avx512_bf16; }
 #define NEED_BF16()                                                                          \
@@ -255,7 +260,7 @@ Test(cpu_bf16dot, switch_default_env_and_dtypes) {
 
 /* ---- model level: the BF16 fixture ---- */
 
-enum { PROMPT = 12, GEN = 8, BSZ = 16, MAXB = 8 };
+enum { PROMPT = 12, GEN = 8, BSZ = 16, MAXB = 16 };
 
 static void fixture(char *out, size_t cap, const char *name) {
   const char *src = getenv("QV_SOURCE_DIR");
@@ -264,34 +269,47 @@ static void fixture(char *out, size_t cap, const char *name) {
 
 /* One sequence: the prompt's prefill, then GEN greedy steps; logits of every step into lg
  * ([GEN + 1][vocab]), the greedy tokens into ids. */
+static void greedy_at(const char *path, int32_t n_prompt, int32_t n_gen, int bf16dot, float *lg, int32_t *ids,
+                      int32_t vocab);
+
 static void greedy(int bf16dot, float *lg, int32_t *ids, int32_t vocab) {
   char path[4096];
   fixture(path, sizeof path, "llama-bf16");
+  greedy_at(path, PROMPT, GEN, bf16dot, lg, ids, vocab);
+}
+
+/* The prompt (n_prompt ids; 1 = BOS alone), then n_gen greedy steps; logits of each step into lg
+ * ([n_gen + 1][vocab]) when lg is not NULL, the greedy ids into ids[n_gen + 1]. */
+static void greedy_at(const char *path, int32_t n_prompt, int32_t n_gen, int bf16dot, float *lg, int32_t *ids,
+                      int32_t vocab) {
   qv_backend *be = make_backend("auto", 2, bf16dot);
   qv_model *m;
   qv_error err = {0};
   qv_model_opts o = {.max_batch_tokens = 64, .max_logits = 4};
   cr_assert_eq(qv_model_load(path, be, &o, &m, &err), 0, "%s", err.msg);
-  cr_assert_eq(qv_model_kv_init(m, 32, BSZ, &err), 0, "%s", err.msg);
-  int32_t tok[PROMPT + GEN], pos[PROMPT + GEN], slots[PROMPT + GEN], bt[MAXB];
+  cr_assert_eq(qv_model_kv_init(m, MAXB, BSZ, &err), 0, "%s", err.msg);
+  cr_assert_leq(n_prompt + n_gen, MAXB * BSZ);
+  int32_t tok[MAXB * BSZ], pos[MAXB * BSZ], slots[MAXB * BSZ], bt[MAXB];
+  float *l1 = malloc(sizeof(float) * (size_t)vocab);
   for (int i = 0; i < MAXB; i++) bt[i] = i;
-  for (int i = 0; i < PROMPT; i++) tok[i] = 3 + (i * 37 + 11) % 150;
-  int32_t n = PROMPT;
-  for (int step = 0; step <= GEN; step++) {
+  for (int i = 0; i < n_prompt; i++) tok[i] = n_prompt == 1 ? 1 : 3 + (i * 37 + 11) % 150;
+  int32_t n = n_prompt;
+  for (int step = 0; step <= n_gen; step++) {
     int32_t t0 = step == 0 ? 0 : n - 1, nt = n - t0;
     for (int32_t t = t0; t < n; t++) pos[t] = t, slots[t] = bt[t / BSZ] * BSZ + t % BSZ;
     int32_t q[2] = {0, nt}, ctx = n, li = nt - 1;
     qv_batch b = {.n_tokens = nt, .n_seqs = 1, .n_logits = 1, .token_ids = tok + t0, .positions = pos + t0,
                   .slot_mapping = slots + t0, .seq_q_start = q, .seq_ctx_len = &ctx, .block_tables = bt,
                   .max_blocks = MAXB, .logits_idx = &li};
-    float *l = lg + (size_t)step * (size_t)vocab;
+    float *l = lg ? lg + (size_t)step * (size_t)vocab : l1;
     cr_assert_eq(qv_model_forward(m, &b, l, &err), 0, "%s", err.msg);
     int32_t best = 0;
     for (int32_t j = 1; j < vocab; j++)
       if (l[j] > l[best]) best = j;
     ids[step] = best;
-    if (step < GEN) tok[n++] = best;
+    if (step < n_gen) tok[n++] = best;
   }
+  free(l1);
   qv_model_destroy(m);
   qv_backend_destroy(be);
 }
@@ -325,4 +343,85 @@ Test(cpu_bf16dot, model_close_to_exact_and_same_greedy) {
   cr_assert_gt(worst, 0, "the mode changed nothing: was it used?");
   for (int i = 0; i <= GEN; i++) cr_assert_eq(ids_ex[i], ids_bd[i], "greedy token %d: %d vs %d", i, ids_bd[i], ids_ex[i]);
   free(ex), free(bd);
+}
+
+/* dir/model.safetensors with every F32 tensor rounded to BF16 (RNE), the rest copied; returns
+ * 0 when done. The header keeps its keys; offsets are recomputed. */
+static int st_to_bf16(const char *src_file, const char *dst_file) {
+  size_t len = 0;
+  char *buf = test_slurp(src_file, &len);
+  if (!buf || len < 8) return -1;
+  uint64_t hl = 0;
+  memcpy(&hl, buf, 8);
+  cJSON *h = cJSON_ParseWithLength(buf + 8, (size_t)hl);
+  const char *data = buf + 8 + hl;
+  size_t out_cap = len, off = 0;
+  char *out = malloc(out_cap);
+  cJSON *t;
+  cJSON_ArrayForEach(t, h) {
+    if (!strcmp(t->string, "__metadata__")) continue;
+    cJSON *dt = cJSON_GetObjectItem(t, "dtype"), *offs = cJSON_GetObjectItem(t, "data_offsets");
+    size_t b = (size_t)cJSON_GetArrayItem(offs, 0)->valuedouble, e = (size_t)cJSON_GetArrayItem(offs, 1)->valuedouble;
+    size_t nb = e - b;
+    if (!strcmp(dt->valuestring, "F32")) {
+      for (size_t i = 0; i < nb / 4; i++) {
+        float f;
+        memcpy(&f, data + b + 4 * i, 4);
+        uint16_t v = qv_f32_to_bf16(f);
+        memcpy(out + off + 2 * i, &v, 2);
+      }
+      nb /= 2;
+      cJSON_SetValuestring(dt, "BF16");
+    } else {
+      memcpy(out + off, data + b, nb);
+    }
+    cJSON_ReplaceItemInObject(t, "data_offsets", cJSON_CreateIntArray((const int[]){(int)off, (int)(off + nb)}, 2));
+    off += nb;
+  }
+  char *hs = cJSON_PrintUnformatted(h);
+  uint64_t nhl = strlen(hs);
+  FILE *f = fopen(dst_file, "wb");
+  int rc = !f || fwrite(&nhl, 8, 1, f) != 1 || fwrite(hs, 1, nhl, f) != nhl || fwrite(out, 1, off, f) != off;
+  if (f) fclose(f);
+  free(hs), free(out), free(buf);
+  cJSON_Delete(h);
+  return rc ? -1 : 0;
+}
+
+Test(cpu_bf16dot, stories260k_bf16_greedy_matches_the_f32_reference) {
+  NEED_BF16();
+  char src[4096], file[4200], dir[] = "/tmp/qv_bf16dot_XXXXXX", dst[4200];
+  if (!test_shared_path(src, sizeof src, "models/stories260K")) cr_skip_test("stories260K not in ../shared");
+  cr_assert(mkdtemp(dir));
+  snprintf(file, sizeof file, "%s/model.safetensors", src);
+  snprintf(dst, sizeof dst, "%s/model.safetensors", dir);
+  cr_assert_eq(st_to_bf16(file, dst), 0);
+  snprintf(file, sizeof file, "%s/config.json", src);
+  size_t len = 0;
+  char *cfg = test_slurp(file, &len);
+  snprintf(dst, sizeof dst, "%s/config.json", dir);
+  FILE *f = fopen(dst, "wb");
+  cr_assert(cfg && f && fwrite(cfg, 1, len, f) == len);
+  fclose(f);
+  free(cfg);
+  /* The reference: BOS, then 256 greedy ids of the float32 model. */
+  snprintf(file, sizeof file, "%s/greedy-256.ids", src);
+  char *ref_txt = test_slurp(file, &len);
+  cr_assert(ref_txt);
+  enum { N = 200 };
+  int32_t ref[N + 2], got[N + 1];
+  char *p = ref_txt;
+  for (int i = 0; i < N + 2; i++) ref[i] = (int32_t)strtol(p, &p, 10);
+  free(ref_txt);
+  greedy_at(dir, 1, N, 1, NULL, got, 512);
+  int agree = 0;
+  while (agree <= N && got[agree] == ref[agree + 1]) agree++;
+  cr_log_info("stories260K in bf16, bf16-dot: greedy agrees with the float32 reference on %d of %d tokens", agree,
+              N + 1);
+  cr_assert_geq(agree, 64, "diverged from the float32 reference after %d tokens", agree);
+  snprintf(dst, sizeof dst, "%s/model.safetensors", dir);
+  unlink(dst);
+  snprintf(dst, sizeof dst, "%s/config.json", dir);
+  unlink(dst);
+  rmdir(dir);
 }
