@@ -120,6 +120,8 @@ typedef struct qv_model_opts {
                              * tests compare TP 1 through the communicator with the plain model */
   int32_t n_threads;        /* CPU threads the ranks share (0: one per core); each rank gets
                              * n_threads / tp_size. Read only when tp_size > 1. */
+  int32_t cpu_bf16_dot;     /* the ranks' backends get qv_backend_opts.cpu_bf16_dot. Read only when
+                             * tp_size > 1 (otherwise the caller's backend decides). */
   const qv_tp_net_opts *tp_net;  /* NULL: every rank in this process */
   struct tpm_shard *shard;  /* internal: set by the tensor-parallel builder for one rank */
 } qv_model_opts;

@@ -497,7 +497,8 @@ int tpm_build(const qv_model_config *cfg, model_weight_src *src, qv_backend *be,
     goto fail;
   }
   long threads = opts->n_threads > 0 ? opts->n_threads : n_cores();
-  qv_backend_opts bo = {.n_threads = threads / g->n_local > 0 ? (int)(threads / g->n_local) : 1};
+  qv_backend_opts bo = {.n_threads = threads / g->n_local > 0 ? (int)(threads / g->n_local) : 1,
+                        .cpu_bf16_dot = opts->cpu_bf16_dot};
   /* Ranks load one after another through the one checkpoint source. */
   for (int32_t i = 0; i < g->n_local; i++) {
     int64_t rss0 = rss_now();

@@ -11,6 +11,8 @@
  * --attn: the attention tile kernels alone (one thread): per head size and SIMD path, the
  * nanoseconds of one row's step over a full tile of 64 keys (transpose amortised over 32 rows,
  * as a prefill task of 16 tokens x a GQA group of 2 does), best of --reps in thread CPU time.
+ * BF16 weights are also timed with the opt-in bf16 dot product ("isa": "avx512+bf16dot") where
+ * the CPU has avx512_bf16.
  * Usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] [--quant] [--isa NAME] [--load MODEL] [--attn] */
 #include <math.h>
 #include <pthread.h>
@@ -328,6 +330,22 @@ int main(int argc, char **argv) {
                      quick ? 3 : reps, first);
         first = 0;
       }
+    qv_backend_destroy(be);
+  }
+  /* The opt-in bf16 dot product (--cpu-bf16-dot) on BF16 weights, as "avx512+bf16dot". */
+  if (!quant && (!only_isa || !strcmp(only_isa, "avx512")) && !qv_cpu_bf16_dot_unusable(QV_CPU_ISA_AVX512)) {
+    setenv("QUIVER_CPU_ISA", "avx512", 1);
+    qv_backend *be;
+    qv_error err = {0};
+    if (qv_backend_create("cpu", &(qv_backend_opts){.n_threads = threads, .cpu_bf16_dot = 1}, &be, &err)) {
+      fprintf(stderr, "qv-bench-cpu: %s\n", err.msg);
+      return 1;
+    }
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+      bench_matmul(be, "avx512+bf16dot", QV_DTYPE_BF16, shapes[s][0], shapes[s][1], shapes[s][2], quick ? 3 : reps,
+                   first);
+      first = 0;
+    }
     qv_backend_destroy(be);
   }
   printf("\n  ]\n}\n");

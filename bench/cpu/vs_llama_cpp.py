@@ -20,7 +20,13 @@ Usage (from the repository root, release build done):
   $QV_PYTHON bench/cpu/vs_llama_cpp.py --model stories260K=../shared/models/stories260K:f32 \
       --model rand05b=build/bench/rand05b-bf16:bf16 ... [--threads 2] [--reps 3] [--out FILE]
 Each --model is NAME=DIR:QUIVER_DTYPE[,DIR2:DTYPE2]; GGUF f32/f16/bf16 files are made from the
-first DIR. Make a random 0.5B checkpoint with bench/cpu/make-random-model.py."""
+first DIR. Make a random 0.5B checkpoint with bench/cpu/make-random-model.py.
+
+quiver's opt-in modes: a DTYPE ending in "+dot" (e.g. DIR:bf16+dot) runs that entry with
+--cpu-bf16-dot (BF16 weights x bf16-rounded activations on AVX512_BF16, README), so the exact and
+the bf16-dot path are measured in the same run; --quiver-flag FLAG (repeatable) adds FLAG to every
+`quiver bench engine` run and --quiver-env KEY=VALUE (repeatable) sets KEY in every quiver process
+(bench engine and the cold-load test). Both are recorded in the results."""
 import argparse
 import datetime
 import glob
@@ -65,31 +71,42 @@ def timed(cmd, env=None):
     return r.stdout, wall, rss
 
 
-def quiver_engine(args, model, n, inp, out):
+def quiver_env(args, dot):
     env = dict(os.environ, QUIVER_LOG="warn")
+    for kv in args.quiver_env:
+        k, v = kv.split("=", 1)
+        env[k] = v
+    if dot:
+        env["QUIVER_CPU_BF16_DOT"] = "1"
+    return env
+
+
+def quiver_engine(args, model, n, inp, out, dot):
+    env = quiver_env(args, dot)
     res = os.path.join(WORK, "qv-engine.json")
+    flags = list(args.quiver_flag) + (["--cpu-bf16-dot"] if dot else [])
     _, _, rss = timed([args.quiver, "bench", "engine", "--model", model, "--path", "model", "--num-prompts", str(n),
                        "--input-len", str(inp), "--output-len", str(out), "--threads", str(args.threads),
-                       "--runs", str(args.reps), "--max-batch-tokens", "2048", "--result-file", res], env)
+                       "--runs", str(args.reps), "--max-batch-tokens", "2048", "--result-file", res] + flags, env)
     with open(res) as f:
         return json.load(f), rss
 
 
-def bench_quiver(args, model):
+def bench_quiver(args, model, dot):
     r = {}
-    j, _ = quiver_engine(args, model, 1, 16, args.gen)
+    j, _ = quiver_engine(args, model, 1, 16, args.gen, dot)
     r["decode_tok_s"] = j["decode_tokens_per_s"]
     with open(os.path.join(model, "config.json")) as f:
         max_pos = json.load(f).get("max_position_embeddings", 4096)
     plen = min(512, max_pos - 1)  # stories260K has 512 positions: 511 + 1
-    j, _ = quiver_engine(args, model, 1, plen, 1)
+    j, _ = quiver_engine(args, model, 1, plen, 1, dot)
     r["prefill512_tok_s"] = j["prefill_tokens_per_s"]
     r["prefill_len"] = plen
-    j, rss = quiver_engine(args, model, 32, args.batch_len, args.batch_len)
+    j, rss = quiver_engine(args, model, 32, args.batch_len, args.batch_len, dot)
     r["batch32_total_tok_s"] = j["total_tokens_per_s"]
     r["batch32_peak_rss_kb"] = rss
     load = json.loads(sh([args.qv_bench, "--load", model, "--threads", str(args.threads), "--reps", "3"],
-                         env=dict(os.environ, QUIVER_LOG="warn")).stdout)
+                         env=quiver_env(args, dot)).stdout)
     r["cold_load_to_first_token_s"] = load["load_and_first_token_s"]
     r["load_s"] = load["load_s"]
     return r
@@ -156,6 +173,10 @@ def main():
     ap.add_argument("--no-quiver", action="store_true", help="llama.cpp only")
     ap.add_argument("--gen", type=int, default=128, help="decode: tokens generated after a 16-token prompt")
     ap.add_argument("--batch-len", type=int, default=128, help="batch32: prompt and output tokens each")
+    ap.add_argument("--quiver-flag", action="append", default=[],
+                    help="extra flag for every `quiver bench engine` run (repeatable), e.g. --cpu-bf16-dot")
+    ap.add_argument("--quiver-env", action="append", default=[],
+                    help="KEY=VALUE set for every quiver process (repeatable), e.g. QUIVER_CPU_BF16_DOT=1")
     args = ap.parse_args()
     os.makedirs(WORK, exist_ok=True)
     src, bins = (None, None) if args.no_llama else llama_build()
@@ -167,13 +188,17 @@ def main():
            "read_gbps": bw["read_gbps"], "pool_wake_us": bw["pool_wake_us"],
            "llama_cpp": LLAMA_PYPI + " (vendored llama.cpp, GGML_NATIVE=ON)",
            "gen": args.gen, "batch_len": args.batch_len,
+           "quiver_flags": args.quiver_flag, "quiver_env": args.quiver_env,
            "load_avg_start": os.getloadavg(), "note": args.note, "models": []}
     for spec in args.model:
         name, rest = spec.split("=", 1)
         dirs = [d.rsplit(":", 1) for d in rest.split(",")]
         for d, dtype in ([] if args.no_quiver else dirs):
             wbytes = sum(os.path.getsize(f) for f in glob.glob(os.path.join(d, "*.safetensors")))
-            q = bench_quiver(args, d)
+            dot = dtype.endswith("+dot")
+            q = bench_quiver(args, d, dot)
+            if dot or args.quiver_flag or args.quiver_env:
+                q["quiver_mode"] = " ".join(args.quiver_flag + args.quiver_env + (["--cpu-bf16-dot"] if dot else []))
             q["roofline_decode_tok_s"] = bw["read_gbps"] * 1e9 / wbytes
             q["decode_pct_of_roofline"] = 100 * q["decode_tok_s"] / q["roofline_decode_tok_s"]
             res["models"].append({"model": name, "engine": "quiver", "weights": dtype, "weight_bytes": wbytes, **q,

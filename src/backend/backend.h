@@ -230,6 +230,10 @@ struct qv_backend {
 typedef struct qv_backend_opts {
   int n_threads;       /* cpu: worker threads (0: all cores) */
   int device;          /* cuda: device ordinal */
+  int cpu_bf16_dot;    /* cpu: 1 = BF16-weight matmuls round the activations to bf16 and use the
+                          AVX512_BF16 dot product (faster, not exact; cpu_kern_bf16.h); also set
+                          by QUIVER_CPU_BF16_DOT=1. Ignored, with one log line, where the CPU or
+                          the chosen SIMD path cannot run it. 0: the exact f32 path */
 } qv_backend_opts;
 
 /* Creates a backend by name ("cpu" or "cuda"). Returns QV_EUNSUPPORTED for "cuda" in a build

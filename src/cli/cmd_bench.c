@@ -40,6 +40,7 @@ typedef struct eb_opts {
   int32_t block_size;
   int32_t threads;          /* cpu worker threads, 0: all cores */
   int32_t tp_size;          /* tensor parallel ranks (--tensor-parallel-size) */
+  int32_t cpu_bf16_dot;     /* --cpu-bf16-dot */
   int32_t runs;
   uint64_t seed;
   const char *result_file;
@@ -89,7 +90,8 @@ static const cli_opt bench_opts[] = {
 
 /* The shared rows bench uses (--seed seeds the random prompts here). */
 static const int bench_common_ids[] = {CLI_E_DEVICE, CLI_E_THREADS, CLI_E_MAX_NUM_SEQS, CLI_E_MAX_BATCHED,
-                                       CLI_E_BLOCK_SIZE, CLI_E_SEED, CLI_E_DTYPE, CLI_E_TP};
+                                       CLI_E_BLOCK_SIZE, CLI_E_SEED, CLI_E_DTYPE, CLI_E_TP,
+                                       CLI_E_CPU_BF16_DOT};
 
 static cli_spec bench_spec(void) {
   return (cli_spec){.prog = "quiver bench engine",
@@ -173,6 +175,7 @@ static int parse_args(int argc, char **argv, eb_opts *o) {
   if (e->block_size) o->block_size = e->block_size;
   if (e->has_seed) o->seed = e->seed;
   o->dtype = e->dtype;
+  o->cpu_bf16_dot = e->cpu_bf16_dot;
   return 0;
 }
 
@@ -597,7 +600,7 @@ static int bench_model(const eb_opts *o, qv_error *err) {
   eb_run *runs = NULL;
   pthread_mutex_init(&c.wait.mu, NULL);
   pthread_cond_init(&c.wait.cv, NULL);
-  qv_backend_opts bo = {.n_threads = o->threads};
+  qv_backend_opts bo = {.n_threads = o->threads, .cpu_bf16_dot = o->cpu_bf16_dot};
   int rc = qv_backend_create(o->device, &bo, &be, err);
   if (!rc) rc = qv_backend_check_dtype(be, o->dtype, err);
   int32_t T = o->max_batch_tokens, N = o->num_prompts;
@@ -609,7 +612,7 @@ static int bench_model(const eb_opts *o, qv_error *err) {
     c.max_logits = c.max_seqs < 512 ? c.max_seqs : 512;
   }
   qv_model_opts mo = {.max_batch_tokens = T, .max_logits = c.max_logits, .tp_size = o->tp_size,
-                      .n_threads = o->threads};
+                      .n_threads = o->threads, .cpu_bf16_dot = o->cpu_bf16_dot};
   if (!rc) rc = qv_model_load(o->model, be, &mo, &m, err);
   if (!rc) {
     const qv_model_config *cfg = qv_model_get_config(m);

@@ -527,13 +527,13 @@ int cli_generate(int argc, char **argv) {
   waiter w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
   rc = 1;
 
-  qv_backend_opts bo = {.n_threads = a.threads};
+  qv_backend_opts bo = {.n_threads = a.threads, .cpu_bf16_dot = a.eng.cpu_bf16_dot};
   if (qv_backend_create(a.device, &bo, &be, &err) || qv_backend_check_dtype(be, a.eng.dtype, &err)) {
     fprintf(stderr, "quiver generate: %s\n", err.msg);
     goto out;
   }
   qv_model_opts mo = {.max_batch_tokens = a.eo.max_num_batched_tokens, .max_logits = a.eo.max_num_seqs,
-                      .tp_size = a.eng.tp_size, .n_threads = a.threads};
+                      .tp_size = a.eng.tp_size, .n_threads = a.threads, .cpu_bf16_dot = a.eng.cpu_bf16_dot};
   if (qv_model_load(a.model, be, &mo, &m, &err)) {
     fprintf(stderr, "quiver generate: cannot load the model: %s\n", err.msg);
     goto out;

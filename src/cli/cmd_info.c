@@ -159,6 +159,14 @@ int cli_info(int argc, char **argv) {
   if (qv_cpu_isa_select(&isa, &ierr)) printf("%-26s none: %s\n", "cpu kernels", ierr.msg);
   else printf("%-26s %s (best on this cpu: %s; QUIVER_CPU_ISA overrides)\n", "cpu kernels", qv_cpu_isa_name(isa),
               qv_cpu_isa_name(qv_cpu_isa_best()));
+  if (!ierr.code) {
+    const char *env = getenv("QUIVER_CPU_BF16_DOT"), *why = qv_cpu_bf16_dot_unusable(isa);
+    if (env && !strcmp(env, "1"))
+      printf("%-26s %s\n", "cpu bf16 matmul", why ? "exact: bf16 dot product asked for but unavailable" : "bf16 dot product (QUIVER_CPU_BF16_DOT=1)");
+    else
+      printf("%-26s exact, widened to f32 (--cpu-bf16-dot / QUIVER_CPU_BF16_DOT=1: %s)\n", "cpu bf16 matmul",
+             why ? why : "bf16 dot product available");
+  }
   /* MXFP4 experts stay 4-bit (17 bytes per 32 weights: 16 of nibbles, 1 scale) on both backends. */
   double q_params = 0;
   if (c->experts_mxfp4)

@@ -36,6 +36,10 @@ const cli_opt cli_engine_opts[] = {
     {CLI_E_TP, CLI_OPT_INT, {"--tensor-parallel-size", "--tp", "-tp"}, 1, 64, "N",
      "ranks a model is sharded over (default 1): CPU ranks of this process, one thread each\n"
      "with --threads / N worker threads; Llama-family models (llama, mistral, qwen2, qwen3)"},
+    {CLI_E_CPU_BF16_DOT, CLI_OPT_FLAG, {"--cpu-bf16-dot"}, 0, 0, NULL,
+     "cpu: matmuls with BF16 weights round the activations to bf16 and use the AVX512_BF16\n"
+     "dot product (about 1.5-2x prefill; not exact, logits within ~1e-2). Off by default;\n"
+     "also QUIVER_CPU_BF16_DOT=1. Ignored, with a log line, without avx512_bf16"},
 };
 const int cli_n_engine_opts = (int)(sizeof cli_engine_opts / sizeof cli_engine_opts[0]);
 
@@ -78,6 +82,7 @@ int cli_engine_apply(cli_engine_cfg *c, const cli_opt *opt, const cli_value *v, 
     c->seed = (uint64_t)v->i;
     return 0;
   case CLI_E_TP: c->tp_size = (int32_t)v->i; return 0;
+  case CLI_E_CPU_BF16_DOT: c->cpu_bf16_dot = 1; return 0;
   default: return qv_error_set(err, QV_EINVAL, "internal: unknown shared option %d", opt->id);
   }
 }

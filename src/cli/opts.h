@@ -85,6 +85,7 @@ enum {
   CLI_E_DTYPE,
   CLI_E_SEED,
   CLI_E_TP,
+  CLI_E_CPU_BF16_DOT,
 };
 
 /* Every field 0 / NULL / -1 means "not given": the command's default applies. */
@@ -102,6 +103,7 @@ typedef struct cli_engine_cfg {
   int32_t has_seed;
   uint64_t seed;
   int32_t tp_size;                /* --tensor-parallel-size; 0: not given (1) */
+  int32_t cpu_bf16_dot;           /* --cpu-bf16-dot: 1 given, 0 not */
 } cli_engine_cfg;
 
 extern const cli_opt cli_engine_opts[];

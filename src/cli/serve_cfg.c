@@ -428,6 +428,7 @@ int serve_cfg_parse(serve_cfg *c, int argc, char **argv, qv_error *err) {
   c->lo.prefix_caching = e->prefix_caching;
   c->lo.dtype = e->dtype;
   c->lo.tp_size = e->tp_size;
+  c->lo.cpu_bf16_dot = e->cpu_bf16_dot;
   if ((rc = check_tp_net(c, err))) return rc;
   c->lo.has_seed = e->has_seed;
   c->lo.seed = e->seed;

@@ -72,6 +72,17 @@ int qv_cpu_isa_supported(qv_cpu_isa isa) {
   }
 }
 
+const char *qv_cpu_bf16_dot_unusable(qv_cpu_isa isa) {
+#ifdef QV_X86
+  if (!qv_cpu_features_get()->avx512_bf16) return "this CPU has no avx512_bf16";
+  if (isa != QV_CPU_ISA_AVX512) return "the chosen SIMD path is not avx512";
+  return NULL;
+#else
+  (void)isa;
+  return "not an x86-64 build";
+#endif
+}
+
 qv_cpu_isa qv_cpu_isa_best(void) {
   static const qv_cpu_isa order[] = {QV_CPU_ISA_AVX512, QV_CPU_ISA_AVX2, QV_CPU_ISA_NEON};
   for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)

@@ -32,6 +32,9 @@ typedef struct qv_cpu_features {
 const qv_cpu_features *qv_cpu_features_get(void);
 /* Whether this CPU (and this build) can run the path. */
 int qv_cpu_isa_supported(qv_cpu_isa isa);
+/* NULL when the CPU backend's opt-in bf16 dot-product matmul (qv_backend_opts.cpu_bf16_dot,
+ * AVX512_BF16) can run with path isa on this CPU, else why not (a static string). */
+const char *qv_cpu_bf16_dot_unusable(qv_cpu_isa isa);
 /* The best supported path. */
 qv_cpu_isa qv_cpu_isa_best(void);
 /* "avx512", "avx2", "portable", "neon". */

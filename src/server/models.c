@@ -290,12 +290,13 @@ static int load_weights(void *ctx, int32_t idx, qv_error *err) {
   const srv_load_opts *o = &s->o;
   int tiny = !strcmp(rm->path, "quiver-tiny");
   const char *device = rm->device ? rm->device : (o->device ? o->device : "cpu");
-  qv_backend_opts bo = {.n_threads = o->n_threads, .device = 0};
+  int bf16_dot = rm->cpu_bf16_dot ? rm->cpu_bf16_dot > 0 : o->cpu_bf16_dot;
+  qv_backend_opts bo = {.n_threads = o->n_threads, .device = 0, .cpu_bf16_dot = bf16_dot};
   int rc = qv_backend_create(device, &bo, &l->be, err);
   if (rc) return rc;
   if ((rc = qv_backend_check_dtype(l->be, o->dtype, err))) return rc;
   qv_model_opts mo = {.tp_size = rm->tp_size ? rm->tp_size : o->tp_size, .n_threads = o->n_threads,
-                      .tp_net = o->tp_net};
+                      .cpu_bf16_dot = bf16_dot, .tp_net = o->tp_net};
   model_limits(s, idx, &mo.max_batch_tokens, &mo.max_logits);
   if ((rc = qv_model_load(tiny ? NULL : rm->path, l->be, &mo, &l->model, err))) return rc;
   if (tiny) rc = qv_tokenizer_create_bytes(&l->tok, err);

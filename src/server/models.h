@@ -23,6 +23,7 @@ typedef struct srv_load_opts {
   int32_t max_waiting;    /* 0: engine default */
   int32_t n_kv_blocks;    /* 0: engine default sizing */
   int32_t n_threads;      /* cpu backend threads (0: all cores) */
+  int32_t cpu_bf16_dot;   /* --cpu-bf16-dot for models that set none (qv_backend_opts) */
   double kv_mem_fraction; /* --gpu-memory-utilization: share of free memory for KV (0: engine default) */
   reg_reasoning reasoning; /* for models that set none (UNSET: no reasoning parsing) */
   /* Serving options of issue 19 (vLLM spellings; 0 / NULL / -1: the engine's default). */

@@ -202,6 +202,11 @@ static int load_model_opts(const cJSON *m, reg_model *rm, qv_error *err) {
   if ((rc = json_int(m, "max_waiting", 1, 1 << 20, &rm->max_waiting, err))) return rc;
   if ((rc = json_int(m, "n_kv_blocks", 0, 1 << 26, &rm->n_kv_blocks, err))) return rc;
   if ((rc = load_fleet_opts(m, rm, err))) return rc;
+  const cJSON *bd = cJSON_GetObjectItemCaseSensitive(m, "cpu_bf16_dot");
+  if (bd) {
+    if (!cJSON_IsBool(bd)) return qv_error_set(err, QV_EINVAL, "config: model 'cpu_bf16_dot' must be true or false");
+    rm->cpu_bf16_dot = cJSON_IsTrue(bd) ? 1 : -1;
+  }
   const cJSON *rp = cJSON_GetObjectItemCaseSensitive(m, "reasoning_parser");
   if (rp) {
     if (!cJSON_IsString(rp))
@@ -477,7 +482,7 @@ int registry_is_open_path(const registry *r, const char *path) {
 static const char *const add_keys[] = {"name", "path", "device", "max_model_len", "max_num_seqs",
                                        "tensor_parallel_size", "max_waiting", "n_kv_blocks",
                                        "reasoning_parser", "load", "pin", "keep_alive", "min_kv",
-                                       "max_kv"};
+                                       "max_kv", "cpu_bf16_dot"};
 
 static int name_taken(const registry *r, const char *name) {
   for (int32_t i = 0; i < r->n_models; i++)

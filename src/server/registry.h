@@ -6,7 +6,7 @@
  *   {"host": "127.0.0.1", "port": 8000, "api_keys": ["k"], "open_paths": ["/health"],
  *    "models": [{"name": "a", "path": "/m/a", "device": "cpu", "max_model_len": 2048,
  *                "max_num_seqs": 64, "max_waiting": 256, "n_kv_blocks": 0,
- *                "reasoning_parser": "deepseek_r1"}],
+ *                "reasoning_parser": "deepseek_r1", "cpu_bf16_dot": false}],
  *    "aliases": {"b": "a"},
  *    "routes": {"r": ["a", "tiny"],
  *               "canary": {"strategy": "weighted", "targets": [{"model": "a", "weight": 90},
@@ -48,6 +48,7 @@ typedef struct reg_model {
   int32_t tp_size;       /* "tensor_parallel_size": ranks this model is sharded over (0: the flag's) */
   int32_t max_waiting;   /* 0: default */
   int32_t n_kv_blocks;   /* 0: default */
+  int32_t cpu_bf16_dot;  /* "cpu_bf16_dot": true 1, false -1, absent 0 (the --cpu-bf16-dot flag's) */
   reg_reasoning reasoning; /* UNSET: the server default */
   /* Fleet options (fleet/fleet.h). */
   int32_t on_demand;     /* "load": "on_demand" (default "startup") */

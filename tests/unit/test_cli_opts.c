@@ -246,3 +246,53 @@ Test(cli_opts, shared_engine_rows) {
       cr_assert_eq(o, &cli_engine_opts[i], "%s is ambiguous", cli_engine_opts[i].names[k]);
     }
 }
+
+/* --cpu-bf16-dot (issue 12): a flag of serve, generate and bench engine, off unless given,
+ * listed in --help; a model of the config file may set "cpu_bf16_dot" itself. */
+Test(cli_opts, cpu_bf16_dot_flag_and_config_key) {
+  unsetenv("QUIVER_API_KEY");
+  serve_cfg c;
+  qv_error err = {0};
+  cr_assert_eq(parse(A("/m/x"), &c, &err), 0, "%s", err.msg);
+  cr_assert_eq(c.lo.cpu_bf16_dot, 0, "on by default");
+  serve_cfg_deinit(&c);
+  cr_assert_eq(parse(A("/m/x", "--cpu-bf16-dot"), &c, &err), 0, "%s", err.msg);
+  cr_assert_eq(c.lo.cpu_bf16_dot, 1);
+  serve_cfg_deinit(&c);
+  err = (qv_error){0};
+  cr_assert_eq(parse(A("/m/x", "--cpu-bf16-dot=1"), &c, &err), QV_EINVAL);
+  cr_assert(strstr(err.msg, "--cpu-bf16-dot takes no value"), "%s", err.msg);
+  serve_cfg_deinit(&c);
+  /* The shared table (generate, bench engine) and its help text. */
+  static const cli_opt own[] = {{1, CLI_OPT_STR, {"--model"}, 0, 0, "PATH", "model"}};
+  cli_spec spec = {.prog = "t", .synopsis = "t", .own = own, .n_own = 1, .common = cli_engine_opts,
+                   .n_common = cli_n_engine_opts, .positional_id = 1, .first_arg = 0};
+  char *argv[] = {"--cpu-bf16-dot"};
+  seen s = {0};
+  cli_engine_cfg_init(&s.e);
+  cr_assert_eq(s.e.cpu_bf16_dot, 0);
+  cr_assert_eq(cli_parse(&spec, 1, argv, on_shared, &s, &err), 0, "%s", err.msg);
+  cr_assert_eq(s.e.cpu_bf16_dot, 1);
+  char *help = NULL;
+  size_t help_len = 0;
+  FILE *f = open_memstream(&help, &help_len);
+  cli_usage(&spec, f);
+  fclose(f);
+  cr_assert(strstr(help, "--cpu-bf16-dot") && strstr(help, "QUIVER_CPU_BF16_DOT"), "%s", help);
+  free(help);
+  /* Per model in the config file: true, false, absent; anything else is refused. */
+  registry g;
+  registry_init(&g);
+  const char *cfg = "{\"models\": [{\"name\": \"a\", \"path\": \"/m/a\", \"cpu_bf16_dot\": true},"
+                    "{\"name\": \"b\", \"path\": \"/m/b\", \"cpu_bf16_dot\": false}, {\"name\": \"c\", \"path\": \"/m/c\"}]}";
+  cr_assert_eq(registry_load_json(&g, cfg, strlen(cfg), &err), 0, "%s", err.msg);
+  cr_assert_eq(g.models[0].cpu_bf16_dot, 1);
+  cr_assert_eq(g.models[1].cpu_bf16_dot, -1);
+  cr_assert_eq(g.models[2].cpu_bf16_dot, 0);
+  registry_deinit(&g);
+  registry_init(&g);
+  const char *bad = "{\"models\": [{\"path\": \"/m\", \"cpu_bf16_dot\": 1}]}";
+  cr_assert_eq(registry_load_json(&g, bad, strlen(bad), &err), QV_EINVAL);
+  cr_assert(strstr(err.msg, "'cpu_bf16_dot' must be true or false"), "%s", err.msg);
+  registry_deinit(&g);
+}

@@ -141,6 +141,17 @@ Test(cpu_invariance, bf16_fixture) {
   check_model(p);
 }
 
+/* The opt-in bf16 dot-product matmul (cpu_kern_bf16.h) keeps invariance too: on the avx512
+ * path of a CPU with avx512_bf16 the BF16 matmuls use it; the other paths stay exact. */
+Test(cpu_invariance, bf16_fixture_bf16dot) {
+  char p[4096];
+  fixture(p, sizeof p, "llama-bf16");
+  if (!qv_cpu_features_get()->avx512_bf16) cr_skip_test("no avx512_bf16: the mode falls back to the exact path");
+  setenv("QUIVER_CPU_BF16_DOT", "1", 1);
+  check_model(p);
+  unsetenv("QUIVER_CPU_BF16_DOT");
+}
+
 Test(cpu_invariance, f16_fixture) {
   char p[4096];
   fixture(p, sizeof p, "llama-f16");

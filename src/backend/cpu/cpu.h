@@ -9,6 +9,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/cpu_kern.h"
+#include "backend/cpu/cpu_kern_bf16.h"
 #include "core/threadpool.h"
 
 typedef struct cpu_backend {
@@ -24,6 +25,9 @@ typedef struct cpu_backend {
   void *scratch;       /* grow-only per-op scratch (attention row state, task lists), owned */
   size_t scratch_bytes;
   void *quant;         /* cpu_quant.c's context (ISA, dequantization scratch), owned; lazily made */
+  int bf16_dot;        /* BF16-weight matmuls use the bf16 dot-product kernel (cpu_kern_bf16.h) */
+  uint16_t *xb;        /* [n][k] bf16 activations of the current bf16-dot matmul, grow-only, owned */
+  size_t xb_cap;       /* elements in xb */
 } cpu_backend;
 
 /* K (which = 0) or V (which = 1) of one layer: [n_blocks][block_size][n_kv_head][head_dim]. */

@@ -17,6 +17,7 @@ static void cpu_destroy(qv_backend *be) {
   free(c->kv_mem);
   free(c->b_mem);
   free(c->scratch);
+  free(c->xb);
   free(c);
 }
 
@@ -186,6 +187,24 @@ static const qv_backend_ops cpu_ops = {
     .moe_combine = cpu_moe_combine,
 };
 
+/* The bf16 dot-product mode (cpu_kern_bf16.h): asked for by the option or QUIVER_CPU_BF16_DOT=1,
+ * granted where the build has the kernel, the CPU has avx512_bf16 and the chosen path is avx512
+ * (a forced narrower path means the exact kernels of that path). Returns the log's words. */
+static const char *bf16_dot_choose(cpu_backend *c, const qv_backend_opts *opts, qv_cpu_isa isa) {
+  const char *env = getenv("QUIVER_CPU_BF16_DOT");
+  int want = (opts && opts->cpu_bf16_dot) || (env && !strcmp(env, "1"));
+  if (!want) return "exact (widened to f32)";
+  const char *why = qv_cpu_bf16_dot_unusable(isa);
+  if (!why && !cpu_bf16_available()) why = "no bf16 kernel in this build";
+  if (why) {
+    QV_LOGW("cpu backend: bf16 dot product asked for but %s (%s kernels); the exact path runs", why,
+            qv_cpu_isa_name(isa));
+    return "exact (widened to f32; bf16-dot unavailable)";
+  }
+  c->bf16_dot = 1;
+  return "bf16-dot (avx512_bf16, activations rounded to bf16)";
+}
+
 int qv_backend_cpu_create(const qv_backend_opts *opts, qv_backend **out, qv_error *err) {
   cpu_backend *c = calloc(1, sizeof *c);
   if (!c) return qv_error_set(err, QV_ENOMEM, "out of memory");
@@ -201,10 +220,11 @@ int qv_backend_cpu_create(const qv_backend_opts *opts, qv_backend **out, qv_erro
     free(c);
     return qv_error_set(err, QV_ENOMEM, "cpu backend: cannot start threads");
   }
+  const char *bf16 = bf16_dot_choose(c, opts, isa);
   char desc[256];
   qv_cpu_features_describe(desc, sizeof desc);
-  QV_LOGI("cpu backend: %d threads, %s kernels (%d lanes); cpu %s", tp_n_threads(c->pool), qv_cpu_isa_name(isa),
-          c->kern->lanes, desc);
+  QV_LOGI("cpu backend: %d threads, %s kernels (%d lanes), bf16 weights: %s; cpu %s", tp_n_threads(c->pool),
+          qv_cpu_isa_name(isa), c->kern->lanes, bf16, desc);
   *out = &c->base;
   return 0;
 }

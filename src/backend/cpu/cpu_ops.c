@@ -159,13 +159,43 @@ int cpu_add(qv_backend *be, qv_tensor *x, const qv_tensor *y) {
 typedef struct mm_ctx {
   const cpu_kernels *kern;
   cpu_mm_args a;
+  cpu_bf16_mm_args ab; /* the bf16 dot-product kernel's arguments when ab.x != NULL */
   int64_t cols_per_task;
+  int64_t rows_per_task; /* the bf16 mode's conversion of x */
 } mm_ctx;
 
 static void mm_task(void *arg, int task) {
   const mm_ctx *c = arg;
   int64_t j0 = (int64_t)task * c->cols_per_task, j1 = j0 + c->cols_per_task;
-  c->kern->matmul(&c->a, 0, c->a.n, j0, j1 < c->a.m ? j1 : c->a.m);
+  if (c->ab.x) cpu_bf16_matmul(&c->ab, 0, c->a.n, j0, j1 < c->a.m ? j1 : c->a.m);
+  else c->kern->matmul(&c->a, 0, c->a.n, j0, j1 < c->a.m ? j1 : c->a.m);
+}
+
+static void mm_convert_task(void *arg, int task) {
+  const mm_ctx *c = arg;
+  int64_t r0 = (int64_t)task * c->rows_per_task, r1 = r0 + c->rows_per_task < c->a.n ? r0 + c->rows_per_task : c->a.n;
+  for (int64_t i = r0; i < r1; i++)
+    cpu_bf16_convert((uint16_t *)c->ab.x + (size_t)i * (size_t)c->a.k, c->a.x + (size_t)i * (size_t)c->a.ldx, c->a.k);
+}
+
+/* The bf16 dot-product mode: x rounded to bf16 once (rows split over the pool), into the
+ * backend's grow-only buffer. */
+static int mm_bf16_args(cpu_backend *cb, mm_ctx *c) {
+  size_t need = (size_t)c->a.n * (size_t)c->a.k;
+  if (need > cb->xb_cap) {
+    uint16_t *p = realloc(cb->xb, need * sizeof *p);
+    if (!p) return qv_error_set(&cb->base.last_error, QV_ENOMEM, "cpu matmul: out of memory");
+    cb->xb = p;
+    cb->xb_cap = need;
+  }
+  c->ab.x = cb->xb;
+  ew_ctx split = {0};
+  int n_tasks = ew_split(cb, &split, c->a.n, 1);
+  c->rows_per_task = split.per;
+  run(cb, c->a.n * c->a.k, n_tasks, mm_convert_task, c);
+  c->ab = (cpu_bf16_mm_args){.out = c->a.out, .x = cb->xb, .w = c->a.w, .bias = c->a.bias, .n = c->a.n,
+                             .m = c->a.m, .k = c->a.k, .ldo = c->a.ldo};
+  return 0;
 }
 
 int cpu_matmul(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_tensor *w, const qv_tensor *bias) {
@@ -186,6 +216,7 @@ int cpu_matmul(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_tens
   int64_t n_thr = tp_n_threads(cb->pool), per = (w->rows + 4 * n_thr - 1) / (4 * n_thr);
   per = (per + 15) / 16 * 16;
   c.cols_per_task = per < 16 ? 16 : per > 512 ? 512 : per;
+  if (cb->bf16_dot && w->dtype == QV_DTYPE_BF16 && mm_bf16_args(cb, &c)) return QV_ENOMEM;
   int n_tasks = (int)((w->rows + c.cols_per_task - 1) / c.cols_per_task);
   run(cb, 2 * c.a.n * c.a.m * c.a.k, n_tasks, mm_task, &c);
   return 0;
