@@ -4,6 +4,7 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
+#include "backend/cpu/cpu_hsum512.h"
 #include "backend/cpu/cpu_kern.h"
 
 #define KVEC __m512
@@ -17,7 +18,7 @@
 #define K_SET1(s) _mm512_set1_ps(s)
 #define K_MUL(a, b) _mm512_mul_ps(a, b)
 #define K_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define K_HSUM(v) hsum512(v)
+#define K_HSUM(v) cpu_hsum512(v)
 #define K_ADD(a, b) _mm512_add_ps(a, b)
 #define K_SUB(a, b) _mm512_sub_ps(a, b)
 #define K_DIV(a, b) _mm512_div_ps(a, b)
@@ -43,16 +44,6 @@
 
 #include <math.h>
 
-/* (lanes 0-7 + lanes 8-15), then the AVX2 path's tree over the 8 sums. */
-static inline __attribute__((always_inline)) float hsum512(__m512 v) {
-  __m256 lo = _mm512_castps512_ps256(v);
-  __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-  __m256 s8 = _mm256_add_ps(lo, hi);
-  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-  return _mm_cvtss_f32(s1);
-}
 
 #include "backend/cpu/cpu_kern_impl.h"
 #endif

@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend/cpu/cpu_hsum512.h"
 #include "backend/cpu/cpu_kern_bf16.h"
 
 #define BINLINE static inline __attribute__((always_inline))
@@ -29,16 +30,6 @@
 #define BTC1 8     /* weight rows of the single-row GEMV tile */
 #define B_L2_BUDGET (192 * 1024) /* the f32 kernels' cache blocking (cpu_kern_impl.h) */
 
-/* (lanes 0-7 + lanes 8-15), then the AVX2 tree over the 8 sums: cpu_kern_avx512.c's hsum512. */
-BINLINE float bhsum(__m512 v) {
-  __m256 lo = _mm512_castps512_ps256(v);
-  __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-  __m256 s8 = _mm256_add_ps(lo, hi);
-  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-  return _mm_cvtss_f32(s1);
-}
 
 BINLINE __m512bh bload(const uint16_t *p) { return (__m512bh)_mm512_loadu_si512((const void *)p); }
 BINLINE __m512bh bload_n(const uint16_t *p, int64_t n) {
@@ -89,7 +80,7 @@ BINLINE void btile(const cpu_bf16_mm_args *a, int64_t i0, int64_t j0, const int 
   }
   for (int r = 0; r < R; r++)
     for (int c = 0; c < C; c++) {
-      float v = bhsum(acc[r][c]);
+      float v = cpu_hsum512(acc[r][c]);
       if (a->bias) v += a->bias[j0 + c];
       a->out[(size_t)(i0 + r) * (size_t)a->ldo + (size_t)(j0 + c)] = v;
     }

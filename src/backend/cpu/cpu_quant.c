@@ -13,6 +13,7 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define QV_X86 1
+#include "backend/cpu/cpu_hsum512.h"
 #endif
 
 #include "quant/quant.h"
@@ -228,13 +229,6 @@ static AVX512 inline __attribute__((always_inline)) void blk32_avx512(const qv_d
   }
 }
 
-/* The AVX-512 f32 kernel's horizontal tree (cpu_kern_avx512.c hsum512). */
-static AVX512 inline __attribute__((always_inline)) float hsum_avx512(__m512 v) {
-  __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
-}
 
 /* out[j] = dot(x, w[j]) (+ bias[j]) for R consecutive weight rows from j. pf (or NULL): the
  * next R rows, prefetched into L2 while these are read, as many bytes per block as are read:
@@ -259,7 +253,7 @@ static AVX512 inline __attribute__((always_inline)) void gemv_rows_avx512(const 
     }
   }
   for (int r = 0; r < R; r++) {
-    float v = hsum_avx512(acc[r]);
+    float v = cpu_hsum512(acc[r]);
     if (bias) v += bias[r];
     out[r] = v;
   }
@@ -344,7 +338,7 @@ static AVX512 inline __attribute__((always_inline)) void gemv_rows_k_avx512(cons
     }
   }
   for (int r = 0; r < R; r++) {
-    float v = hsum_avx512(acc[r]);
+    float v = cpu_hsum512(acc[r]);
     if (bias) v += bias[r];
     out[r] = v;
   }
