@@ -33,6 +33,8 @@ typedef struct cpu_mm_args {
   qv_dtype wt;
   int64_t n, m, k;
   int64_t ldo, ldx;
+  int64_t pf_row; /* set by the kernel's blocking: tiles starting at this x row prefetch the next
+                   * weight tile (callers leave it 0) */
 } cpu_mm_args;
 
 /* Attention (cpu_ops.c walks the paged cache in tiles of CPU_ATTN_KT key positions aligned to

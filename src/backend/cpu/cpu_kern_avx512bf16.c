@@ -38,7 +38,7 @@ BINLINE __m512bh bload_n(const uint16_t *p, int64_t n) {
 BINLINE __m512 bdot(__m512 acc, __m512bh x, __m512bh w) { return _mm512_dpbf16_ps(acc, x, w); }
 
 /* One R x C tile: out[i0 + r][j0 + c]. R and C are constants at every call site. */
-BINLINE void btile(const cpu_bf16_mm_args *a, int64_t i0, int64_t j0, const int R, const int C) {
+BINLINE void btile(const cpu_bf16_mm_args *a, int64_t i0, int64_t j0, const int R, const int C, int64_t pf_row) {
   const int64_t k = a->k, kmain = k - k % BL;
   const uint16_t *xr[BTR], *wr[BTC1];
   __m512 acc[BTR][BTC1];
@@ -50,6 +50,8 @@ BINLINE void btile(const cpu_bf16_mm_args *a, int64_t i0, int64_t j0, const int 
    * per step as it reads, like the f32 GEMV tile (cpu_kern_impl.h). */
   const char *pf = NULL;
   if (R == 1 && C == BTC1 && j0 + 2 * C <= a->m) pf = (const char *)(a->w + (size_t)(j0 + C) * (size_t)k);
+  /* And the first tile of x rows to meet a weight tile, as the f32 kernels do. */
+  if (R > 1 && C == BTC && i0 == pf_row && j0 + 2 * C <= a->m) pf = (const char *)(a->w + (size_t)(j0 + C) * (size_t)k);
   for (int64_t kk = 0; kk < kmain; kk += BL) {
     if (pf) {
       for (int off = 0; off < C * BL * 2; off += 64) __builtin_prefetch(pf + off, 0, 2);
@@ -78,6 +80,15 @@ BINLINE void btile(const cpu_bf16_mm_args *a, int64_t i0, int64_t j0, const int 
       for (int r = 0; r < R; r++) acc[r][c] = bdot(acc[r][c], bload_n(xr[r] + kmain, k - kmain), wv);
     }
   }
+  if (C % 4 == 0) {
+    for (int r = 0; r < R; r++)
+      for (int c = 0; c < C; c += 4) {
+        __m128 v = cpu_hsum512x4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]);
+        if (a->bias) v = _mm_add_ps(v, _mm_loadu_ps(a->bias + j0 + c));
+        _mm_storeu_ps(a->out + (size_t)(i0 + r) * (size_t)a->ldo + (size_t)(j0 + c), v);
+      }
+    return;
+  }
   for (int r = 0; r < R; r++)
     for (int c = 0; c < C; c++) {
       float v = cpu_hsum512(acc[r][c]);
@@ -87,9 +98,11 @@ BINLINE void btile(const cpu_bf16_mm_args *a, int64_t i0, int64_t j0, const int 
 }
 
 /* One small function per tile shape, so each keeps its chains in registers (cpu_kern_impl.h). */
-typedef void (*btile_fn)(const cpu_bf16_mm_args *a, int64_t i0, int64_t j0);
-#define BTILE_DEF(R, C, name) \
-  static __attribute__((noinline)) void name(const cpu_bf16_mm_args *a, int64_t i0, int64_t j0) { btile(a, i0, j0, R, C); }
+typedef void (*btile_fn)(const cpu_bf16_mm_args *a, int64_t i0, int64_t j0, int64_t pf_row);
+#define BTILE_DEF(R, C, name)                                                                          \
+  static __attribute__((noinline)) void name(const cpu_bf16_mm_args *a, int64_t i0, int64_t j0, int64_t pf_row) { \
+    btile(a, i0, j0, R, C, pf_row);                                                                    \
+  }
 #define BTILE_ROWS(C, P) \
   BTILE_DEF(1, C, P##1) BTILE_DEF(2, C, P##2) BTILE_DEF(3, C, P##3) BTILE_DEF(4, C, P##4) BTILE_DEF(5, C, P##5) BTILE_DEF(6, C, P##6)
 BTILE_ROWS(BTC, bt_c)
@@ -99,10 +112,10 @@ static const btile_fn bt_cols[BTR] = {bt_c1, bt_c2, bt_c3, bt_c4, bt_c5, bt_c6};
 static const btile_fn bt_ones[BTR] = {bt_one1, bt_one2, bt_one3, bt_one4, bt_one5, bt_one6};
 
 /* Rows [i0, i1) of x against the weight rows starting at j: full BTR tiles, then the rest. */
-static void brows(const cpu_bf16_mm_args *a, int64_t i0, int64_t i1, int64_t j, const btile_fn *fns) {
+static void brows(const cpu_bf16_mm_args *a, int64_t i0, int64_t i1, int64_t j, const btile_fn *fns, int64_t pf_row) {
   int64_t i = i0;
-  for (; i + BTR <= i1; i += BTR) fns[BTR - 1](a, i, j);
-  if (i < i1) fns[i1 - i - 1](a, i, j);
+  for (; i + BTR <= i1; i += BTR) fns[BTR - 1](a, i, j, pf_row);
+  if (i < i1) fns[i1 - i - 1](a, i, j, pf_row);
 }
 
 /* The f32 kernels' blocking (kmatmul): weight rows in blocks that fit the L2 budget, x rows in
@@ -116,11 +129,12 @@ void cpu_bf16_matmul(const cpu_bf16_mm_args *a, int64_t i0, int64_t i1, int64_t 
     int64_t je = jj + jb < j1 ? jj + jb : j1;
     for (int64_t ii = i0; ii < i1; ii += ib) {
       int64_t ie = ii + ib < i1 ? ii + ib : i1;
+      const int64_t pf_row = ii == i0 ? ii : -1; /* the first pass over a weight block */
       int64_t j = jj;
       if (ie - ii == 1)
-        for (; j + BTC1 <= je; j += BTC1) bt_gemv(a, ii, j);
-      for (; j + BTC <= je; j += BTC) brows(a, ii, ie, j, bt_cols);
-      for (; j < je; j++) brows(a, ii, ie, j, bt_ones);
+        for (; j + BTC1 <= je; j += BTC1) bt_gemv(a, ii, j, pf_row);
+      for (; j + BTC <= je; j += BTC) brows(a, ii, ie, j, bt_cols, pf_row);
+      for (; j < je; j++) brows(a, ii, ie, j, bt_ones, pf_row);
     }
   }
 }

@@ -13,6 +13,8 @@
  *   K_MUL(a, b)     a * b
  *   K_FMA(a, b, c)  a * b + c (fused where the path has it)
  *   K_HSUM(v)       the sum of the lanes by the path's fixed tree
+ *   K_HSUM4(a, b, c, d)  optional: K_HSUM of four vectors, in the four floats of a 128-bit
+ *                   vector (__m128), each equal to K_HSUM of its vector
  *   K_ADD, K_SUB, K_DIV  a + b, a - b, a / b
  *   K_MAX(a, b), K_MIN(a, b)  lane max/min, answering b when either is NaN (x86's rule)
  *   K_EXP2I(e)      2^e for integer-valued lanes e in [-126, 127]
@@ -94,6 +96,11 @@ KINLINE void ktile(const cpu_mm_args *a, int64_t i0, int64_t j0, const int R, co
    * in memory) into L2, spread evenly over its own loop: as many bytes per step as it reads. */
   const char *pf = NULL;
   if (R == 1 && C == KTC1 && j0 + 2 * C <= a->m) pf = (const char *)a->w + (size_t)(j0 + C) * (size_t)k * es;
+  /* Likewise the first tile of x rows to meet a weight tile (a->pf_row, the blocking's first
+   * pass over a weight block; later passes find the block in L2): without it, that tile waits
+   * on memory for every weight line (32-row batched decode: a quarter slower). */
+  if (R > 1 && C == KTC && i0 == a->pf_row && j0 + 2 * C <= a->m)
+    pf = (const char *)a->w + (size_t)(j0 + C) * (size_t)k * es;
   for (int64_t kk = 0; kk < kmain; kk += KL) {
     if (pf) {
       for (size_t off = 0; off < (size_t)C * KL * es; off += 64) __builtin_prefetch(pf + off, 0, 2);
@@ -131,6 +138,17 @@ KINLINE void ktile(const cpu_mm_args *a, int64_t i0, int64_t j0, const int R, co
       for (int r = 0; r < R; r++) acc[r][c] = K_FMA(xv[r], wv, acc[r][c]);
     }
   }
+#ifdef K_HSUM4
+  if (C % 4 == 0) {
+    for (int r = 0; r < R; r++)
+      for (int c = 0; c < C; c += 4) {
+        __m128 v = K_HSUM4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]);
+        if (a->bias) v = _mm_add_ps(v, _mm_loadu_ps(a->bias + j0 + c));
+        _mm_storeu_ps(a->out + (i0 + r) * a->ldo + j0 + c, v);
+      }
+    return;
+  }
+#endif
   for (int r = 0; r < R; r++)
     for (int c = 0; c < C; c++) {
       float v = K_HSUM(acc[r][c]);
@@ -174,11 +192,14 @@ static void kmatmul(const cpu_mm_args *a, int64_t i0, int64_t i1, int64_t j0, in
   /* Weight blocks in whole GEMV tiles (KTC1 is a multiple of KTC on every path). */
   jb = jb < KTC1 ? KTC1 : jb > 512 ? 512 : jb - jb % KTC1;
   ib = ib < KTR ? KTR : ib > 256 ? 256 : ib - ib % KTR;
+  cpu_mm_args b = *a;
+  a = &b;
   for (int64_t jj = j0; jj < j1; jj += jb) {
     int64_t je = jj + jb < j1 ? jj + jb : j1;
     for (int64_t ii = i0; ii < i1; ii += ib) {
       int64_t ie = ii + ib < i1 ? ii + ib : i1;
       int64_t j = jj;
+      b.pf_row = ii == i0 ? ii : -1; /* the first pass over a weight block brings it in */
       if (ie - ii == 1) /* a single row: stream more weight rows at once */
         for (; j + KTC1 <= je; j += KTC1) t->gemv(a, ii, j);
       for (; j + KTC <= je; j += KTC) krows(a, ii, ie, j, t->cols);

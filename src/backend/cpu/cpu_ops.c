@@ -153,7 +153,7 @@ int cpu_add(qv_backend *be, qv_tensor *x, const qv_tensor *y) {
 
 /* ---- matmul: out[n][m] = x[n][k] . w[m][k]^T + bias ----
  * The path's kernel (cpu_kern.h) does the blocking and keeps each output's reduction order
- * fixed; here the weight rows are cut into column ranges, about four per thread so the atomic
+ * fixed; here the weight rows are cut into column ranges, four per thread so the atomic
  * task counter balances them. Weights are F32, BF16 or F16 (widened in registers). */
 
 typedef struct mm_ctx {
@@ -213,9 +213,12 @@ int cpu_matmul(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_tens
   mm_ctx c = {.kern = cb->kern,
               .a = {.out = out->data, .x = x->data, .w = w->data, .bias = bias ? bias->data : NULL, .wt = w->dtype,
                     .n = x->rows, .m = w->rows, .k = x->cols, .ldo = out->cols, .ldx = x->cols}};
+  /* Four equal ranges per thread (whole 16-column groups): a cap on the range's width left a
+   * short last task (4864 columns: 9.5 tasks of 512), one thread idle for part of every such
+   * matmul. */
   int64_t n_thr = tp_n_threads(cb->pool), per = (w->rows + 4 * n_thr - 1) / (4 * n_thr);
   per = (per + 15) / 16 * 16;
-  c.cols_per_task = per < 16 ? 16 : per > 512 ? 512 : per;
+  c.cols_per_task = per < 16 ? 16 : per;
   if (cb->bf16_dot && w->dtype == QV_DTYPE_BF16 && mm_bf16_args(cb, &c)) return QV_ENOMEM;
   int n_tasks = (int)((w->rows + c.cols_per_task - 1) / c.cols_per_task);
   run(cb, 2 * c.a.n * c.a.m * c.a.k, n_tasks, mm_task, &c);
