@@ -13,7 +13,13 @@
  * as a prefill task of 16 tokens x a GQA group of 2 does), best of --reps in thread CPU time.
  * BF16 weights are also timed with the opt-in bf16 dot product ("isa": "avx512+bf16dot") where
  * the CPU has avx512_bf16.
- * Usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] [--quant] [--isa NAME] [--load MODEL] [--attn] */
+ * --gemv: batch-1 decode's matmuls alone: single-row matmuls through a chain of weight matrices
+ * (the FFN's 4864 x 896 and 896 x 4864, in turn) of --mib MiB in all, far beyond the caches, for
+ * each weight dtype on the best path, as weight GB/s against the read bandwidth measured just
+ * before each (the decode roofline's share the kernel reaches).
+ * --bandwidth: the read bandwidth and the pool's wake-up only.
+ * Usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] [--quant] [--isa NAME] [--load MODEL] [--attn]
+ *                     [--gemv [--bf16-dot]] [--bandwidth] */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -167,6 +173,63 @@ static void bench_matmul(qv_backend *be, const char *isa, qv_dtype dt, int64_t n
   be->ops->free(be, &o);
 }
 
+/* ---- single-row matmuls over weights far beyond the caches (batch-1 decode) ---- */
+
+static int bench_gemv(int threads, int reps, int64_t mib, int cpu_bf16_dot) {
+  tp_pool *pool;
+  if (tp_create(threads, &pool)) return 1;
+  qv_backend *be;
+  qv_error err = {0};
+  if (qv_backend_create("cpu", &(qv_backend_opts){.n_threads = threads, .cpu_bf16_dot = cpu_bf16_dot}, &be, &err)) {
+    fprintf(stderr, "qv-bench-cpu: %s\n", err.msg);
+    return 1;
+  }
+  static const qv_dtype dts[] = {QV_DTYPE_F32, QV_DTYPE_BF16, QV_DTYPE_F16};
+  printf("{\n  \"gemv\": [");
+  for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
+    const int64_t h = 896, f = 4864;
+    const size_t mat_bytes = qv_dtype_row_bytes(dts[d], h) * (size_t)f;
+    int n_mats = (int)((double)(mib << 20) / (double)mat_bytes);
+    n_mats = n_mats < 2 ? 2 : n_mats - n_mats % 2;
+    /* One buffer, matrices back to back, as in a model file. */
+    char *buf = malloc(mat_bytes * (size_t)n_mats);
+    qv_tensor *w = calloc((size_t)n_mats, sizeof *w), x[2], o[2];
+    if (!buf || !w) return 1;
+    for (int i = 0; i < 2; i++) {
+      if (be->ops->alloc(be, QV_DTYPE_F32, 1, i ? f : h, &x[i]) || be->ops->alloc(be, QV_DTYPE_F32, 1, i ? h : f, &o[i]))
+        return 1;
+      for (int64_t e = 0; e < x[i].cols; e++) ((float *)x[i].data)[e] = (float)((e * 2654435761u) % 1000) / 1000.0f - 0.5f;
+    }
+    for (int i = 0; i < n_mats; i++) {
+      qv_tensor tmp;
+      if (be->ops->alloc(be, dts[d], i % 2 ? h : f, i % 2 ? f : h, &tmp)) return 1;
+      fill_weights(be, &tmp, dts[d], 7u + (unsigned)i);
+      memcpy(buf + mat_bytes * (size_t)i, tmp.data, mat_bytes);
+      w[i] = tmp;
+      w[i].data = buf + mat_bytes * (size_t)i;
+      be->ops->free(be, &tmp);
+    }
+    double *t = malloc((size_t)reps * sizeof *t), *bw = malloc((size_t)reps * sizeof *bw);
+    for (int r = -1; r < reps; r++) { /* rep -1 warms up; the bandwidth is taken just before each */
+      double b = read_bandwidth(pool, mib << 20, 1), t0 = now_s();
+      for (int i = 0; i < n_mats; i++) be->ops->matmul(be, &o[i % 2], &x[i % 2], &w[i], NULL);
+      if (r >= 0) t[r] = now_s() - t0, bw[r] = b;
+    }
+    const double gbps = (double)mat_bytes * n_mats / median(t, reps) / 1e9, rb = median(bw, reps);
+    printf("%s\n    {\"wdtype\": \"%s\", \"bf16_dot\": %s, \"weight_mib\": %.0f, \"weight_gbps\": %.2f, "
+           "\"read_gbps\": %.2f, \"of_read\": %.3f}",
+           d ? "," : "", qv_dtype_name(dts[d]), cpu_bf16_dot && dts[d] == QV_DTYPE_BF16 ? "true" : "false",
+           (double)mat_bytes * n_mats / 1048576.0, gbps, rb, gbps / rb);
+    fflush(stdout);
+    for (int i = 0; i < 2; i++) be->ops->free(be, &x[i]), be->ops->free(be, &o[i]);
+    free(buf), free(w), free(t), free(bw);
+  }
+  printf("\n  ]\n}\n");
+  qv_backend_destroy(be);
+  tp_destroy(pool);
+  return 0;
+}
+
 /* VmRSS or VmHWM of this process in KiB. */
 static long proc_status_kb(const char *key) {
   FILE *f = fopen("/proc/self/status", "r");
@@ -278,7 +341,7 @@ int main(int argc, char **argv) {
   const char *only_isa = NULL;
   int64_t mib = 1024;
   const char *load = NULL;
-  int attn = 0;
+  int attn = 0, gemv = 0, bf16_dot = 0, bw_only = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
@@ -288,14 +351,18 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--isa") && i + 1 < argc) only_isa = argv[++i];
     else if (!strcmp(argv[i], "--load") && i + 1 < argc) load = argv[++i];
     else if (!strcmp(argv[i], "--attn")) attn = 1;
+    else if (!strcmp(argv[i], "--gemv")) gemv = 1;
+    else if (!strcmp(argv[i], "--bandwidth")) bw_only = 1;
+    else if (!strcmp(argv[i], "--bf16-dot")) bf16_dot = 1;
     else {
-      fprintf(stderr, "usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] [--quant] [--isa NAME] [--load MODEL] [--attn]\n");
+      fprintf(stderr, "usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] [--quant] [--isa NAME] [--load MODEL] [--attn] [--gemv [--bf16-dot]] [--bandwidth]\n");
       return 2;
     }
   }
   if (threads < 1 || reps < 1 || mib < 1) return 2;
   if (load) return bench_load(load, threads, reps);
   if (attn) return bench_attn(reps, only_isa);
+  if (gemv) return bench_gemv(threads, reps, mib, bf16_dot);
   tp_pool *pool;
   if (tp_create(threads, &pool)) return 1;
   char desc[256];
@@ -303,8 +370,9 @@ int main(int argc, char **argv) {
   printf("{\n  \"cpu\": \"%s\",\n  \"threads\": %d,\n  \"best_isa\": \"%s\",\n", desc, threads,
          qv_cpu_isa_name(qv_cpu_isa_best()));
   printf("  \"read_gbps\": %.2f,\n", read_bandwidth(pool, mib << 20, reps));
-  printf("  \"pool_wake_us\": %.2f,\n", pool_wake_us(pool, reps));
+  printf("  \"pool_wake_us\": %.2f%s\n", pool_wake_us(pool, reps), bw_only ? "\n}" : ",");
   tp_destroy(pool);
+  if (bw_only) return 0;
   printf("  \"matmul\": [\n");
   static const int64_t shapes[][3] = {{1, 4864, 896}, {1, 896, 4864}, {32, 4864, 896}, {512, 4864, 896}, {512, 896, 4864}};
   static const qv_dtype fdts[] = {QV_DTYPE_F32, QV_DTYPE_BF16, QV_DTYPE_F16};

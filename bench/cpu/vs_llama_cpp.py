@@ -5,6 +5,10 @@ llama-cpp-python on PyPI vendors it; nothing of it is committed; LLAMACPP_PREBUI
 build). Models are converted to GGUF with llama.cpp's own convert_hf_to_gguf.py into build/bench
 (an existing build/bench/NAME-TYPE.gguf is reused).
 
+Each weight dtype's runs (quiver's entries and llama.cpp's) go back to back after their own read
+bandwidth measurement, the order flipped each of --rounds rounds; "summary" holds the medians over
+rounds and quiver's ratios to llama.cpp at the same dtype.
+
 Measured per model and weight dtype, medians of --reps:
   decode     batch-1 decode tok/s (quiver: `quiver bench engine --path model`, 1 x (16 in + --gen
              out); llama.cpp: llama-bench tg<gen>), against the roofline read_gbps / weight bytes
@@ -14,7 +18,8 @@ Measured per model and weight dtype, medians of --reps:
   rss        peak resident set of the batch32 run (/usr/bin/time %M)
   load       cold start from the page cache to the first token (quiver: qv-bench-cpu --load;
              llama.cpp: wall time of llama-bench -p 0 -n 1 -r 1 --no-warmup)
-plus the machine's read bandwidth (qv-bench-cpu, STREAM-style sum over 1 GiB, all threads).
+plus the machine's read bandwidth (qv-bench-cpu, STREAM-style sum over 1 GiB, all threads), taken
+again before each dtype's pair (its roofline is read_gbps / weight bytes).
 
 Usage (from the repository root, release build done):
   $QV_PYTHON bench/cpu/vs_llama_cpp.py --model stories260K=../shared/models/stories260K:f32 \
@@ -158,6 +163,32 @@ def bench_llama(args, bins, gguf_path):
     return r
 
 
+METRICS = ["decode_tok_s", "decode_pct_of_roofline", "prefill512_tok_s", "batch32_total_tok_s", "batch32_peak_rss_kb",
+           "cold_load_to_first_token_s"]
+
+
+def summarize(rows):
+    """Medians over the rounds per (model, engine, weights), and each quiver entry's ratios to
+    llama.cpp at the same weight dtype (decode, prefill, batch32: quiver / llama.cpp; RSS too)."""
+    med = {}
+    for r in rows:
+        if "error" in r:
+            continue
+        k = (r["model"], r["engine"], r["weights"])
+        for m in METRICS:
+            med.setdefault(k, {}).setdefault(m, []).append(r[m])
+    out = []
+    for (model, engine, weights), ms in med.items():
+        e = {"model": model, "engine": engine, "weights": weights, "rounds": len(ms["decode_tok_s"])}
+        e.update({m: statistics.median(v) for m, v in ms.items()})
+        peer = med.get((model, "llama.cpp", weights.replace("+dot", "")))
+        if engine == "quiver" and peer:
+            for m in ["decode_tok_s", "prefill512_tok_s", "batch32_total_tok_s", "batch32_peak_rss_kb"]:
+                e["vs_llama_" + m] = statistics.median(ms[m]) / statistics.median(peer[m])
+        out.append(e)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", action="append", required=True)
@@ -169,6 +200,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results",
                                                   f"cpu-vs-llama.cpp-{datetime.date.today()}.json"))
     ap.add_argument("--note", default="")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat every engine/dtype pair this many times (order flipped each round); medians")
     ap.add_argument("--no-llama", action="store_true", help="quiver only (no llama.cpp build or runs)")
     ap.add_argument("--no-quiver", action="store_true", help="llama.cpp only")
     ap.add_argument("--gen", type=int, default=128, help="decode: tokens generated after a 16-token prompt")
@@ -180,7 +213,7 @@ def main():
     args = ap.parse_args()
     os.makedirs(WORK, exist_ok=True)
     src, bins = (None, None) if args.no_llama else llama_build()
-    bw = json.loads(sh([args.qv_bench, "--threads", str(args.threads), "--reps", "5", "--mib", "1024", "--quick"],
+    bw = json.loads(sh([args.qv_bench, "--threads", str(args.threads), "--reps", "5", "--mib", "1024", "--bandwidth"],
                        env=dict(os.environ, QUIVER_LOG="warn")).stdout)
     commit = sh(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).stdout.strip()
     res = {"tool": "bench/cpu/vs_llama_cpp.py", "date": datetime.datetime.utcnow().isoformat() + "Z",
@@ -193,30 +226,42 @@ def main():
     for spec in args.model:
         name, rest = spec.split("=", 1)
         dirs = [d.rsplit(":", 1) for d in rest.split(",")]
+        # Entries of the same weight dtype run back to back (quiver's, then llama.cpp's; the
+        # order flips every round), each pair after its own bandwidth measurement, so the VM's
+        # drift in bandwidth and clock falls on both engines alike.
+        groups = {}
         for d, dtype in ([] if args.no_quiver else dirs):
-            wbytes = sum(os.path.getsize(f) for f in glob.glob(os.path.join(d, "*.safetensors")))
-            dot = dtype.endswith("+dot")
-            q = bench_quiver(args, d, dot)
-            if dot or args.quiver_flag or args.quiver_env:
-                q["quiver_mode"] = " ".join(args.quiver_flag + args.quiver_env + (["--cpu-bf16-dot"] if dot else []))
-            q["roofline_decode_tok_s"] = bw["read_gbps"] * 1e9 / wbytes
-            q["decode_pct_of_roofline"] = 100 * q["decode_tok_s"] / q["roofline_decode_tok_s"]
-            res["models"].append({"model": name, "engine": "quiver", "weights": dtype, "weight_bytes": wbytes, **q,
-                                  "load_avg": os.getloadavg()})
-            print(json.dumps(res["models"][-1]), flush=True)
+            groups.setdefault(dtype.replace("+dot", ""), []).append(("quiver", d, dtype))
         for t in ([] if args.no_llama else args.llama_types.split(",")):
-            g = gguf(src, dirs[0][0], name, t)
-            wbytes = os.path.getsize(g)
-            try:
-                l = bench_llama(args, bins, g)
-            except (RuntimeError, ValueError, IndexError) as e:  # the peer's failure is reported, not fatal
-                res["models"].append({"model": name, "engine": "llama.cpp", "weights": t, "error": str(e)[-800:]})
-                continue
-            l["roofline_decode_tok_s"] = bw["read_gbps"] * 1e9 / wbytes
-            l["decode_pct_of_roofline"] = 100 * l["decode_tok_s"] / l["roofline_decode_tok_s"]
-            res["models"].append({"model": name, "engine": "llama.cpp", "weights": t, "weight_bytes": wbytes, **l,
-                                  "load_avg": os.getloadavg()})
-            print(json.dumps(res["models"][-1]), flush=True)
+            groups.setdefault(t, []).append(("llama.cpp", gguf(src, dirs[0][0], name, t), t))
+        for rnd in range(args.rounds):
+            for key, entries in groups.items():
+                bw_now = json.loads(sh([args.qv_bench, "--bandwidth", "--threads", str(args.threads), "--reps", "3",
+                                        "--mib", "1024"], env=dict(os.environ, QUIVER_LOG="warn")).stdout)["read_gbps"]
+                for engine, path, dtype in (entries if rnd % 2 == 0 else entries[::-1]):
+                    if engine == "quiver":
+                        wbytes = sum(os.path.getsize(f) for f in glob.glob(os.path.join(path, "*.safetensors")))
+                        dot = dtype.endswith("+dot")
+                        r = bench_quiver(args, path, dot)
+                        if dot or args.quiver_flag or args.quiver_env:
+                            r["quiver_mode"] = " ".join(args.quiver_flag + args.quiver_env +
+                                                        (["--cpu-bf16-dot"] if dot else []))
+                    else:
+                        wbytes = os.path.getsize(path)
+                        try:
+                            r = bench_llama(args, bins, path)
+                        except (RuntimeError, ValueError, IndexError) as e:  # the peer's failure is reported
+                            res["models"].append({"model": name, "engine": engine, "weights": dtype, "round": rnd,
+                                                  "error": str(e)[-800:]})
+                            continue
+                    r["read_gbps"] = bw_now
+                    r["roofline_decode_tok_s"] = bw_now * 1e9 / wbytes
+                    r["decode_pct_of_roofline"] = 100 * r["decode_tok_s"] / r["roofline_decode_tok_s"]
+                    res["models"].append({"model": name, "engine": engine, "weights": dtype, "round": rnd,
+                                          "weight_bytes": wbytes, **r, "load_avg": os.getloadavg()})
+                    print(json.dumps(res["models"][-1]), flush=True)
+    res["summary"] = summarize(res["models"])
+    print(json.dumps(res["summary"], indent=1), flush=True)
     res["load_avg_end"] = os.getloadavg()
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
