@@ -355,35 +355,6 @@ Test(cpu_kernels, backend_threads_and_forced_paths) {
   free(xd), free(wf), free(wh), free(o1), free(o2);
 }
 
-#if defined(__x86_64__)
-#include "backend/cpu/cpu_hsum512.h"
-
-/* Whether cpu_hsum512x4 equals cpu_hsum512 of each of its vectors, bit for bit, on count
- * random vector quadruples whose lanes span 2^-30 .. 2^30 in both signs (so every level of the
- * tree rounds). */
-__attribute__((target("avx512f,avx512vl,avx2"))) static int hsum4_matches(unsigned *s, int count) {
-  for (int it = 0; it < count; it++) {
-    float v[4][16], one[4], four[4];
-    for (int q = 0; q < 4; q++)
-      for (int l = 0; l < 16; l++) v[q][l] = (float)(urand(s) * ldexp(1.0, (int)(urand(s) * 30)));
-    __m512 a = _mm512_loadu_ps(v[0]), b = _mm512_loadu_ps(v[1]), c = _mm512_loadu_ps(v[2]), d = _mm512_loadu_ps(v[3]);
-    _mm_storeu_ps(four, cpu_hsum512x4(a, b, c, d));
-    one[0] = cpu_hsum512(a), one[1] = cpu_hsum512(b), one[2] = cpu_hsum512(c), one[3] = cpu_hsum512(d);
-    if (memcmp(one, four, sizeof one)) return 0;
-  }
-  return 1;
-}
-
-Test(cpu_kernels, avx512_four_sums_are_four_single_sums) {
-  if (!qv_cpu_isa_supported(QV_CPU_ISA_AVX512)) {
-    cr_log_info("no AVX-512 here: nothing to check");
-    return;
-  }
-  unsigned s = 5;
-  cr_assert(hsum4_matches(&s, 100000), "cpu_hsum512x4 differs from cpu_hsum512");
-}
-#endif
-
 Test(cpu_kernels, isa_override_is_validated) {
   qv_backend *be = NULL;
   qv_error e = {0};

@@ -17,21 +17,4 @@ static inline __attribute__((always_inline, target("avx512f,avx512vl,avx2"))) fl
   return _mm_cvtss_f32(s1);
 }
 
-/* cpu_hsum512 of four vectors at once, in lanes 0-3 of the result: the same tree, the same
- * additions with the same operands, done side by side (shuffles gather each level's halves of
- * the four vectors into one register), so each lane equals cpu_hsum512 of its vector bit for
- * bit. About a third of the instructions of four separate sums. */
-static inline __attribute__((always_inline, target("avx512f,avx512vl,avx2"))) __m128 cpu_hsum512x4(__m512 a, __m512 b,
-                                                                                                 __m512 c, __m512 d) {
-  /* 16 -> 8: [lanes 0-7 of a | of b] + [lanes 8-15 of a | of b], and c, d likewise. */
-  __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
-  __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
-  /* 8 -> 4: one 128-bit block per vector (a, b, c, d): lanes 0-3 + lanes 4-7. */
-  __m512 s4 = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
-  /* 4 -> 2 -> 1 within each block: [0] + [2], [1] + [3], then [0] + [1]. */
-  __m512 s2 = _mm512_add_ps(s4, _mm512_shuffle_ps(s4, s4, 0xEE));
-  __m512 s1 = _mm512_add_ps(s2, _mm512_shuffle_ps(s2, s2, 0x55));
-  return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), s1));
-}
-
 #endif

@@ -19,7 +19,6 @@
 #define K_MUL(a, b) _mm512_mul_ps(a, b)
 #define K_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define K_HSUM(v) cpu_hsum512(v)
-#define K_HSUM4 cpu_hsum512x4
 #define K_ADD(a, b) _mm512_add_ps(a, b)
 #define K_SUB(a, b) _mm512_sub_ps(a, b)
 #define K_DIV(a, b) _mm512_div_ps(a, b)

@@ -80,15 +80,6 @@ BINLINE void btile(const cpu_bf16_mm_args *a, int64_t i0, int64_t j0, const int 
       for (int r = 0; r < R; r++) acc[r][c] = bdot(acc[r][c], bload_n(xr[r] + kmain, k - kmain), wv);
     }
   }
-  if (C % 4 == 0) {
-    for (int r = 0; r < R; r++)
-      for (int c = 0; c < C; c += 4) {
-        __m128 v = cpu_hsum512x4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]);
-        if (a->bias) v = _mm_add_ps(v, _mm_loadu_ps(a->bias + j0 + c));
-        _mm_storeu_ps(a->out + (size_t)(i0 + r) * (size_t)a->ldo + (size_t)(j0 + c), v);
-      }
-    return;
-  }
   for (int r = 0; r < R; r++)
     for (int c = 0; c < C; c++) {
       float v = cpu_hsum512(acc[r][c]);

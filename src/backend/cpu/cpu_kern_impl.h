@@ -13,8 +13,6 @@
  *   K_MUL(a, b)     a * b
  *   K_FMA(a, b, c)  a * b + c (fused where the path has it)
  *   K_HSUM(v)       the sum of the lanes by the path's fixed tree
- *   K_HSUM4(a, b, c, d)  optional: K_HSUM of four vectors, in the four floats of a 128-bit
- *                   vector (__m128), each equal to K_HSUM of its vector
  *   K_ADD, K_SUB, K_DIV  a + b, a - b, a / b
  *   K_MAX(a, b), K_MIN(a, b)  lane max/min, answering b when either is NaN (x86's rule)
  *   K_EXP2I(e)      2^e for integer-valued lanes e in [-126, 127]
@@ -138,17 +136,6 @@ KINLINE void ktile(const cpu_mm_args *a, int64_t i0, int64_t j0, const int R, co
       for (int r = 0; r < R; r++) acc[r][c] = K_FMA(xv[r], wv, acc[r][c]);
     }
   }
-#ifdef K_HSUM4
-  if (C % 4 == 0) {
-    for (int r = 0; r < R; r++)
-      for (int c = 0; c < C; c += 4) {
-        __m128 v = K_HSUM4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]);
-        if (a->bias) v = _mm_add_ps(v, _mm_loadu_ps(a->bias + j0 + c));
-        _mm_storeu_ps(a->out + (i0 + r) * a->ldo + j0 + c, v);
-      }
-    return;
-  }
-#endif
   for (int r = 0; r < R; r++)
     for (int c = 0; c < C; c++) {
       float v = K_HSUM(acc[r][c]);

@@ -153,22 +153,46 @@ int cpu_add(qv_backend *be, qv_tensor *x, const qv_tensor *y) {
 
 /* ---- matmul: out[n][m] = x[n][k] . w[m][k]^T + bias ----
  * The path's kernel (cpu_kern.h) does the blocking and keeps each output's reduction order
- * fixed; here the weight rows are cut into column ranges, four per thread so the atomic
- * task counter balances them. Weights are F32, BF16 or F16 (widened in registers). */
+ * fixed; here the weight rows are cut into column ranges (mm_split) that the atomic task
+ * counter hands out, largest first. Weights are F32, BF16 or F16 (widened in registers). */
+
+#define MM_MAX_TASKS 64
 
 typedef struct mm_ctx {
   const cpu_kernels *kern;
   cpu_mm_args a;
   cpu_bf16_mm_args ab; /* the bf16 dot-product kernel's arguments when ab.x != NULL */
-  int64_t cols_per_task;
-  int64_t rows_per_task; /* the bf16 mode's conversion of x */
+  int64_t bounds[MM_MAX_TASKS + 1]; /* task t: columns [bounds[t], bounds[t + 1]) */
+  int64_t rows_per_task;             /* the bf16 mode's conversion of x */
 } mm_ctx;
 
 static void mm_task(void *arg, int task) {
   const mm_ctx *c = arg;
-  int64_t j0 = (int64_t)task * c->cols_per_task, j1 = j0 + c->cols_per_task;
-  if (c->ab.x) cpu_bf16_matmul(&c->ab, 0, c->a.n, j0, j1 < c->a.m ? j1 : c->a.m);
-  else c->kern->matmul(&c->a, 0, c->a.n, j0, j1 < c->a.m ? j1 : c->a.m);
+  if (c->ab.x) cpu_bf16_matmul(&c->ab, 0, c->a.n, c->bounds[task], c->bounds[task + 1]);
+  else c->kern->matmul(&c->a, 0, c->a.n, c->bounds[task], c->bounds[task + 1]);
+}
+
+/* Column ranges of whole 16-column groups, largest first: each takes a (2 * threads)th of the
+ * columns still unassigned, down to a floor (1/(16 * threads) of all, at least 1/32 of all and
+ * one group), so the task counter hands the small ones out last and the threads finish within a
+ * small range of each other (equal ranges left one thread idle for up to a range whenever the
+ * two ran at different speeds; the VM's do). Every range holds at least 1/32 of the groups, so
+ * there are at most 32 (MM_MAX_TASKS bounds it again); returns their number. */
+static int mm_split(int64_t m, int64_t n_thr, int64_t *bounds) {
+  const int64_t groups = (m + 15) / 16;
+  int64_t floor_g = groups / (16 * n_thr), done = 0;
+  if (floor_g < (groups + 31) / 32) floor_g = (groups + 31) / 32;
+  if (floor_g < 1) floor_g = 1;
+  int n = 0;
+  bounds[0] = 0;
+  while (done < groups) {
+    int64_t g = (groups - done + 2 * n_thr - 1) / (2 * n_thr);
+    if (g < floor_g) g = floor_g;
+    if (n == MM_MAX_TASKS - 1 || done + g > groups) g = groups - done;
+    done += g;
+    bounds[++n] = done * 16 < m ? done * 16 : m;
+  }
+  return n;
 }
 
 static void mm_convert_task(void *arg, int task) {
@@ -213,14 +237,8 @@ int cpu_matmul(qv_backend *be, qv_tensor *out, const qv_tensor *x, const qv_tens
   mm_ctx c = {.kern = cb->kern,
               .a = {.out = out->data, .x = x->data, .w = w->data, .bias = bias ? bias->data : NULL, .wt = w->dtype,
                     .n = x->rows, .m = w->rows, .k = x->cols, .ldo = out->cols, .ldx = x->cols}};
-  /* Four equal ranges per thread (whole 16-column groups): a cap on the range's width left a
-   * short last task (4864 columns: 9.5 tasks of 512), one thread idle for part of every such
-   * matmul. */
-  int64_t n_thr = tp_n_threads(cb->pool), per = (w->rows + 4 * n_thr - 1) / (4 * n_thr);
-  per = (per + 15) / 16 * 16;
-  c.cols_per_task = per < 16 ? 16 : per;
+  int n_tasks = mm_split(w->rows, tp_n_threads(cb->pool), c.bounds);
   if (cb->bf16_dot && w->dtype == QV_DTYPE_BF16 && mm_bf16_args(cb, &c)) return QV_ENOMEM;
-  int n_tasks = (int)((w->rows + c.cols_per_task - 1) / c.cols_per_task);
   run(cb, 2 * c.a.n * c.a.m * c.a.k, n_tasks, mm_task, &c);
   return 0;
 }
