@@ -17,7 +17,10 @@
  * (the FFN's 4864 x 896 and 896 x 4864, in turn) of --mib MiB in all, far beyond the caches, for
  * each weight dtype on the best path, as weight GB/s against the read bandwidth measured just
  * before each (the decode roofline's share the kernel reaches).
- * --bandwidth: the read bandwidth and the pool's wake-up only.
+ * --bandwidth: the read bandwidth, the f32 FMA peak and the pool's wake-up only.
+ * fma_peak_gflops (always printed): the f32 multiply-add peak of all threads on the best path's
+ * widest vectors (12 independent chains per thread, beyond the FMA latency times its ports), the
+ * compute limit of the exact matmul, against which prefill GFLOP/s is quoted.
  * Usage: qv-bench-cpu [--threads N] [--reps N] [--mib N] [--quick] [--quant] [--isa NAME] [--load MODEL] [--attn]
  *                     [--gemv [--bf16-dot]] [--bandwidth] */
 #include <math.h>
@@ -93,6 +96,102 @@ static double read_bandwidth(tp_pool *pool, int64_t bytes, int reps) {
   free(t);
   free(buf);
   return gbps;
+}
+
+/* ---- f32 FMA peak: each task runs independent multiply-add chains in registers ---- */
+
+#define FMA_CHAINS 12
+#define FMA_ITERS 4000000L
+
+typedef struct fma_ctx {
+  qv_cpu_isa isa;
+  float sink[256];
+} fma_ctx;
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+__attribute__((target("avx512f"))) static float fma_avx512(void) {
+  __m512 a[FMA_CHAINS], b = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(1e-4f);
+  for (int i = 0; i < FMA_CHAINS; i++) a[i] = _mm512_set1_ps((float)i * 1e-3f);
+  for (long n = 0; n < FMA_ITERS; n++)
+    for (int i = 0; i < FMA_CHAINS; i++) a[i] = _mm512_fmadd_ps(a[i], b, c);
+  for (int i = 1; i < FMA_CHAINS; i++) a[0] = _mm512_add_ps(a[0], a[i]);
+  return _mm512_reduce_add_ps(a[0]);
+}
+__attribute__((target("avx2,fma"))) static float fma_avx2(void) {
+  __m256 a[FMA_CHAINS], b = _mm256_set1_ps(0.999f), c = _mm256_set1_ps(1e-4f);
+  for (int i = 0; i < FMA_CHAINS; i++) a[i] = _mm256_set1_ps((float)i * 1e-3f);
+  for (long n = 0; n < FMA_ITERS; n++)
+    for (int i = 0; i < FMA_CHAINS; i++) a[i] = _mm256_fmadd_ps(a[i], b, c);
+  float l[8], s = 0;
+  for (int i = 1; i < FMA_CHAINS; i++) a[0] = _mm256_add_ps(a[0], a[i]);
+  _mm256_storeu_ps(l, a[0]);
+  for (int i = 0; i < 8; i++) s += l[i];
+  return s;
+}
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+static float fma_neon(void) {
+  float32x4_t a[FMA_CHAINS], b = vdupq_n_f32(0.999f), c = vdupq_n_f32(1e-4f);
+  for (int i = 0; i < FMA_CHAINS; i++) a[i] = vdupq_n_f32((float)i * 1e-3f);
+  for (long n = 0; n < FMA_ITERS; n++)
+    for (int i = 0; i < FMA_CHAINS; i++) a[i] = vfmaq_f32(c, a[i], b);
+  for (int i = 1; i < FMA_CHAINS; i++) a[0] = vaddq_f32(a[0], a[i]);
+  return vaddvq_f32(a[0]);
+}
+#endif
+
+static float fma_portable(void) {
+  float a[FMA_CHAINS];
+  for (int i = 0; i < FMA_CHAINS; i++) a[i] = (float)i * 1e-3f;
+  for (long n = 0; n < FMA_ITERS; n++)
+    for (int i = 0; i < FMA_CHAINS; i++) a[i] = a[i] * 0.999f + 1e-4f;
+  float s = 0;
+  for (int i = 0; i < FMA_CHAINS; i++) s += a[i];
+  return s;
+}
+
+/* Lanes per chain of the path fma_task runs for isa. */
+static int fma_lanes(qv_cpu_isa isa) {
+#if defined(__x86_64__)
+  if (isa == QV_CPU_ISA_AVX512) return 16;
+  if (isa == QV_CPU_ISA_AVX2) return 8;
+#elif defined(__aarch64__)
+  if (isa == QV_CPU_ISA_NEON) return 4;
+#endif
+  (void)isa;
+  return 1;
+}
+
+static void fma_task(void *arg, int t) {
+  fma_ctx *c = arg;
+  float r;
+#if defined(__x86_64__)
+  if (c->isa == QV_CPU_ISA_AVX512) r = fma_avx512();
+  else if (c->isa == QV_CPU_ISA_AVX2) r = fma_avx2();
+  else r = fma_portable();
+#elif defined(__aarch64__)
+  r = c->isa == QV_CPU_ISA_NEON ? fma_neon() : fma_portable();
+#else
+  r = fma_portable();
+#endif
+  c->sink[t % 256] = r;
+}
+
+/* GFLOP/s (a multiply-add counts 2) of all the pool's threads at once, median of reps. */
+static double fma_peak(tp_pool *pool, int reps) {
+  fma_ctx c = {.isa = qv_cpu_isa_best()};
+  double *t = malloc((size_t)reps * sizeof *t);
+  if (!t) return 0;
+  for (int r = 0; r < reps; r++) {
+    double t0 = now_s();
+    tp_run(pool, tp_n_threads(pool), fma_task, &c);
+    t[r] = now_s() - t0;
+  }
+  double flops = 2.0 * fma_lanes(c.isa) * FMA_CHAINS * (double)FMA_ITERS * tp_n_threads(pool);
+  double g = flops / median(t, reps) / 1e9;
+  free(t);
+  return g;
 }
 
 /* ---- pool wake-up: a job of one empty task per thread ---- */
@@ -370,6 +469,7 @@ int main(int argc, char **argv) {
   printf("{\n  \"cpu\": \"%s\",\n  \"threads\": %d,\n  \"best_isa\": \"%s\",\n", desc, threads,
          qv_cpu_isa_name(qv_cpu_isa_best()));
   printf("  \"read_gbps\": %.2f,\n", read_bandwidth(pool, mib << 20, reps));
+  printf("  \"fma_peak_gflops\": %.1f,\n", fma_peak(pool, reps));
   printf("  \"pool_wake_us\": %.2f%s\n", pool_wake_us(pool, reps), bw_only ? "\n}" : ",");
   tp_destroy(pool);
   if (bw_only) return 0;

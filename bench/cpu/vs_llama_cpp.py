@@ -19,7 +19,11 @@ Measured per model and weight dtype, medians of --reps:
   load       cold start from the page cache to the first token (quiver: qv-bench-cpu --load;
              llama.cpp: wall time of llama-bench -p 0 -n 1 -r 1 --no-warmup)
 plus the machine's read bandwidth (qv-bench-cpu, STREAM-style sum over 1 GiB, all threads), taken
-again before each dtype's pair (its roofline is read_gbps / weight bytes).
+again before each dtype's pair (its roofline is read_gbps / weight bytes), and with it the f32 FMA
+peak of all threads (fma_peak_gflops): prefill is also quoted as GFLOP/s (matmuls and attention of
+a 512-token prompt per token, from config.json) and as a share of that peak, the compute limit of
+the exact matmul (llama.cpp's BF16 and quiver's bf16-dot multiply bf16 pairs, twice the products
+per instruction, so their share can pass 100%).
 
 Usage (from the repository root, release build done):
   $QV_PYTHON bench/cpu/vs_llama_cpp.py --model stories260K=../shared/models/stories260K:f32 \
@@ -74,6 +78,23 @@ def timed(cmd, env=None):
         raise RuntimeError(f"{cmd[0]} failed: {r.stderr[-2000:]}")
     rss = int(re.findall(r"QVRSS (\d+)", r.stderr)[-1])
     return r.stdout, wall, rss
+
+
+def prefill_flops_per_token(model_dir, plen):
+    """FLOPs per prompt token of a plen-token prefill: 2 per weight of each layer's matmuls, the
+    causal attention's two products (4 * heads * head_dim * mean context), the logits of the last
+    token spread over the prompt. Llama-shaped config.json; None when a field is missing."""
+    try:
+        with open(os.path.join(model_dir, "config.json")) as f:
+            c = json.load(f)
+        h, f_, L, nh = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["num_attention_heads"]
+        nkv, v = c.get("num_key_value_heads", nh), c["vocab_size"]
+        hd = c.get("head_dim") or h // nh
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    per_layer = h * nh * hd * 2 + h * nkv * hd * 2 + 3 * h * f_
+    attn = 4 * nh * hd * (plen + 1) / 2
+    return L * (2 * per_layer + attn) + 2 * h * v / plen
 
 
 def quiver_env(args, dot):
@@ -163,8 +184,8 @@ def bench_llama(args, bins, gguf_path):
     return r
 
 
-METRICS = ["decode_tok_s", "decode_pct_of_roofline", "prefill512_tok_s", "batch32_total_tok_s", "batch32_peak_rss_kb",
-           "cold_load_to_first_token_s"]
+METRICS = ["decode_tok_s", "decode_pct_of_roofline", "prefill512_tok_s", "prefill_gflops", "prefill_pct_of_fma_peak",
+           "batch32_total_tok_s", "batch32_peak_rss_kb", "cold_load_to_first_token_s"]
 
 
 def summarize(rows):
@@ -176,7 +197,8 @@ def summarize(rows):
             continue
         k = (r["model"], r["engine"], r["weights"])
         for m in METRICS:
-            med.setdefault(k, {}).setdefault(m, []).append(r[m])
+            if m in r:
+                med.setdefault(k, {}).setdefault(m, []).append(r[m])
     out = []
     for (model, engine, weights), ms in med.items():
         e = {"model": model, "engine": engine, "weights": weights, "rounds": len(ms["decode_tok_s"])}
@@ -218,7 +240,7 @@ def main():
     commit = sh(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).stdout.strip()
     res = {"tool": "bench/cpu/vs_llama_cpp.py", "date": datetime.datetime.utcnow().isoformat() + "Z",
            "commit": commit, "cpu": bw["cpu"], "threads": args.threads, "reps": args.reps,
-           "read_gbps": bw["read_gbps"], "pool_wake_us": bw["pool_wake_us"],
+           "read_gbps": bw["read_gbps"], "fma_peak_gflops": bw["fma_peak_gflops"], "pool_wake_us": bw["pool_wake_us"],
            "llama_cpp": LLAMA_PYPI + " (vendored llama.cpp, GGML_NATIVE=ON)",
            "gen": args.gen, "batch_len": args.batch_len,
            "quiver_flags": args.quiver_flag, "quiver_env": args.quiver_env,
@@ -236,8 +258,9 @@ def main():
             groups.setdefault(t, []).append(("llama.cpp", gguf(src, dirs[0][0], name, t), t))
         for rnd in range(args.rounds):
             for key, entries in groups.items():
-                bw_now = json.loads(sh([args.qv_bench, "--bandwidth", "--threads", str(args.threads), "--reps", "3",
-                                        "--mib", "1024"], env=dict(os.environ, QUIVER_LOG="warn")).stdout)["read_gbps"]
+                bw_j = json.loads(sh([args.qv_bench, "--bandwidth", "--threads", str(args.threads), "--reps", "3",
+                                      "--mib", "1024"], env=dict(os.environ, QUIVER_LOG="warn")).stdout)
+                bw_now, peak_now = bw_j["read_gbps"], bw_j["fma_peak_gflops"]
                 for engine, path, dtype in (entries if rnd % 2 == 0 else entries[::-1]):
                     if engine == "quiver":
                         wbytes = sum(os.path.getsize(f) for f in glob.glob(os.path.join(path, "*.safetensors")))
@@ -257,6 +280,11 @@ def main():
                     r["read_gbps"] = bw_now
                     r["roofline_decode_tok_s"] = bw_now * 1e9 / wbytes
                     r["decode_pct_of_roofline"] = 100 * r["decode_tok_s"] / r["roofline_decode_tok_s"]
+                    r["fma_peak_gflops"] = peak_now
+                    fl = prefill_flops_per_token(dirs[0][0], r.get("prefill_len", 512))
+                    if fl and "prefill512_tok_s" in r:
+                        r["prefill_gflops"] = r["prefill512_tok_s"] * fl / 1e9
+                        r["prefill_pct_of_fma_peak"] = 100 * r["prefill_gflops"] / peak_now
                     res["models"].append({"model": name, "engine": engine, "weights": dtype, "round": rnd,
                                           "weight_bytes": wbytes, **r, "load_avg": os.getloadavg()})
                     print(json.dumps(res["models"][-1]), flush=True)
