@@ -9,8 +9,9 @@
  * --quant: the quantized weight types (Q8_0, Q4_1, Q4_K, Q6_K) instead of f32/bf16/f16 (cpu_ms:
  * CPU seconds of the process, steadier than wall time on a shared machine).
  * --attn: the attention tile kernels alone (one thread): per head size and SIMD path, the
- * nanoseconds of one row's step over a full tile of 64 keys (transpose amortised over 32 rows,
- * as a prefill task of 16 tokens x a GQA group of 2 does), best of --reps in thread CPU time.
+ * nanoseconds of one row's step over a full tile of 64 keys (32 rows per call, as a prefill task
+ * of 16 tokens x a GQA group of 2 makes; the keys already transposed, as the cache holds them),
+ * best of --reps in thread CPU time.
  * BF16 weights are also timed with the opt-in bf16 dot product ("isa": "avx512+bf16dot") where
  * the CPU has avx512_bf16.
  * --gemv: batch-1 decode's matmuls alone: single-row matmuls through a chain of weight matrices
@@ -412,16 +413,15 @@ static int bench_attn(int reps, const char *only_isa) {
       }
       for (int32_t i = 0; i < ROWS * hd; i++) q[i] = k[i % (CPU_ATTN_KT * hd)];
       for (int j = 0; j < CPU_ATTN_KT; j++) kp[j] = k + j * hd, vp[j] = v + j * hd;
+      for (int j = 0; j < CPU_ATTN_KT; j++) /* the keys as the cache's transposed blocks give them */
+        for (int32_t d = 0; d < hd; d++) kt[(int64_t)d * CPU_ATTN_KT + j] = kp[j][d];
       for (int r = 0; r < ROWS; r++) rows[r] = r, m[r] = -INFINITY, l[r] = 0;
       cpu_attn_tile at = {.kt = kt, .v = vp, .j0 = 0, .j1 = CPU_ATTN_KT, .hd = hd, .scale = 0.125f, .q = q,
                           .o = o, .m = m, .l = l, .rows = rows, .n_rows = ROWS};
       double best = 1e30;
       for (int rep = 0; rep < reps; rep++) {
         double t0 = thread_cpu_s();
-        for (int it = 0; it < ITERS; it++) {
-          kern->attn_ktrans(kt, kp, 0, CPU_ATTN_KT, hd);
-          kern->attn_tile(&at);
-        }
+        for (int it = 0; it < ITERS; it++) kern->attn_tile(&at);
         double t = (thread_cpu_s() - t0) / ITERS / ROWS * 1e9;
         if (t < best) best = t;
       }

@@ -52,7 +52,8 @@ typedef struct qv_batch {
   const int32_t *logits_idx;   /* [n_logits] token rows whose logits are wanted */
 } qv_batch;
 
-/* Geometry of the paged KV cache: per layer, K and V each [n_blocks][block_size][n_kv_head][head_dim]. */
+/* Geometry of the paged KV cache: per layer, K and V each [n_blocks][block_size][n_kv_head][head_dim]
+ * elements (the layout inside is the backend's: only kv_write and attention touch it). */
 typedef struct qv_kv_desc {
   int32_t n_layer;
   int32_t n_blocks;

@@ -17,7 +17,7 @@ typedef struct cpu_backend {
   tp_pool *pool;
   const cpu_kernels *kern; /* the SIMD path chosen at creation (QUIVER_CPU_ISA or the best) */
   qv_kv_desc kv;       /* geometry; n_layer == 0 until kv_init */
-  float *kv_mem;       /* [n_layer][2][n_blocks][block_size][n_kv_head][head_dim], owned */
+  float *kv_mem;       /* [n_layer][2] caches (cpu_kv_layer), owned */
   /* Staged batch: grow-only copies of the qv_batch arrays (owned). */
   qv_batch b;
   int32_t *b_mem;
@@ -30,7 +30,11 @@ typedef struct cpu_backend {
   size_t xb_cap;       /* elements in xb */
 } cpu_backend;
 
-/* K (which = 0) or V (which = 1) of one layer: [n_blocks][block_size][n_kv_head][head_dim]. */
+/* K (which = 0) or V (which = 1) of one layer. V: [n_blocks][block_size][n_kv_head][head_dim],
+ * a position's row per head. K is stored transposed within each block,
+ * [n_blocks][n_kv_head][head_dim][block_size]: attention reads a tile's keys one lane per key
+ * (cpu_kern.h), which the block then holds as is, instead of transposing every tile at every
+ * step. */
 static inline float *cpu_kv_layer(cpu_backend *c, int32_t layer, int which) {
   size_t per = (size_t)c->kv.n_blocks * c->kv.block_size * c->kv.n_kv_head * c->kv.head_dim;
   return c->kv_mem + ((size_t)layer * 2 + (size_t)which) * per;

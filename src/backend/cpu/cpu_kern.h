@@ -85,11 +85,11 @@ typedef struct cpu_kernels {
   void (*exp)(float *y, const float *x, int64_t n);
   /* o[i] = a[i] / (1 + exp(-a[i])) * b[i] (SiLU(gate) * up) with that exp, element by element. */
   void (*silu_mul)(float *o, const float *a, const float *b, int64_t n);
-  /* Attention over one tile of CPU_ATTN_KT keys (cpu_attn_tile below). ktrans writes
-   * kt[d][j] = k[j][d] for j in [j0, j1), d < hd; scores writes sc[j] = score(q, key j) for
-   * every j of the key groups (KL * 4 lanes, aligned in the tile) that meet [j0, j1); tile does
-   * one online-softmax step for rows that all see keys [j0, j1) of the tile. */
-  void (*attn_ktrans)(float *kt, const float *const *k, int32_t j0, int32_t j1, int32_t hd);
+  /* Attention over one tile of CPU_ATTN_KT keys (cpu_attn_tile below; the caller lays the
+   * keys out as kt[d][j] = k[j][d], copied from the cache's transposed blocks). scores writes
+   * sc[j] = score(q, key j) for every j of the key groups (KL * 4 lanes, aligned in the tile)
+   * that meet [j0, j1); tile does one online-softmax step for rows that all see keys [j0, j1)
+   * of the tile. */
   void (*attn_scores)(float *sc, const float *q, const float *kt, int32_t j0, int32_t j1, int32_t hd, float scale);
   void (*attn_tile)(const struct cpu_attn_tile *t);
 } cpu_kernels;

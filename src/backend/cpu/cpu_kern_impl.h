@@ -267,55 +267,6 @@ static void kexp_n(float *y, const float *x, int64_t n) {
   if (i < n) kstore_n(y + i, kexp(kload_n(x + i, n - i)), n - i);
 }
 
-/* kt[d][j] = k[j][d] for j in [j0, j1), d in [d0, hd): element by element. */
-KINLINE void kattn_ktrans_scalar(float *kt, const float *const *k, int32_t j0, int32_t j1, int32_t d0, int32_t hd) {
-  for (int32_t j = j0; j < j1; j++) {
-    const float *kr = k[j];
-    for (int32_t d = d0; d < hd; d++) kt[(int64_t)d * CPU_ATTN_KT + j] = kr[d];
-  }
-}
-
-#if defined(__AVX2__)
-/* Blocks of 8 keys x 8 dims through the 256-bit shuffles (both x86 paths): rows in, columns
- * out. */
-KINLINE void ktrans8x8(float *dst, const float *const *k, int32_t d) {
-  __m256 r0 = _mm256_loadu_ps(k[0] + d), r1 = _mm256_loadu_ps(k[1] + d), r2 = _mm256_loadu_ps(k[2] + d),
-         r3 = _mm256_loadu_ps(k[3] + d), r4 = _mm256_loadu_ps(k[4] + d), r5 = _mm256_loadu_ps(k[5] + d),
-         r6 = _mm256_loadu_ps(k[6] + d), r7 = _mm256_loadu_ps(k[7] + d);
-  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
-         t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
-         t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-  __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE),
-         s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE),
-         s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE),
-         s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  _mm256_storeu_ps(dst, _mm256_permute2f128_ps(s0, s4, 0x20));
-  _mm256_storeu_ps(dst + CPU_ATTN_KT, _mm256_permute2f128_ps(s1, s5, 0x20));
-  _mm256_storeu_ps(dst + 2 * CPU_ATTN_KT, _mm256_permute2f128_ps(s2, s6, 0x20));
-  _mm256_storeu_ps(dst + 3 * CPU_ATTN_KT, _mm256_permute2f128_ps(s3, s7, 0x20));
-  _mm256_storeu_ps(dst + 4 * CPU_ATTN_KT, _mm256_permute2f128_ps(s0, s4, 0x31));
-  _mm256_storeu_ps(dst + 5 * CPU_ATTN_KT, _mm256_permute2f128_ps(s1, s5, 0x31));
-  _mm256_storeu_ps(dst + 6 * CPU_ATTN_KT, _mm256_permute2f128_ps(s2, s6, 0x31));
-  _mm256_storeu_ps(dst + 7 * CPU_ATTN_KT, _mm256_permute2f128_ps(s3, s7, 0x31));
-}
-#endif
-
-/* kt[d][j] = k[j][d]: the tile's keys with one lane per key (a copy, so any method gives the
- * same tile). */
-static void kattn_ktrans(float *kt, const float *const *k, int32_t j0, int32_t j1, int32_t hd) {
-#if defined(__AVX2__)
-  const int32_t hd8 = hd - hd % 8;
-  int32_t j = j0;
-  for (; j + 8 <= j1; j += 8) {
-    for (int32_t d = 0; d < hd8; d += 8) ktrans8x8(kt + (int64_t)d * CPU_ATTN_KT + j, k + j, d);
-    kattn_ktrans_scalar(kt, k, j, j + 8, hd8, hd);
-  }
-  kattn_ktrans_scalar(kt, k, j, j1, 0, hd);
-#else
-  kattn_ktrans_scalar(kt, k, j0, j1, 0, hd);
-#endif
-}
-
 /* The key groups of 4 * KL lanes that meet [j0, j1), for R = 1 or 2 query rows: each lane's
  * chain runs over d in order, four chains per row in flight (one per chunk) for the FMA
  * latency, the rows sharing each load of the transposed keys. */
@@ -486,7 +437,6 @@ const cpu_kernels KTABLE = {
     .dot = kdot,
     .exp = kexp_n,
     .silu_mul = ksilu_mul,
-    .attn_ktrans = kattn_ktrans,
     .attn_scores = kattn_scores,
     .attn_tile = kattn_tile,
 };

@@ -303,9 +303,13 @@ int cpu_kv_write(qv_backend *be, int32_t layer, const qv_tensor *k, const qv_ten
       v->rows != c->b.n_tokens)
     return qv_error_set(&be->last_error, QV_EINVAL, "cpu kv_write: shape mismatch");
   float *kc = cpu_kv_layer(c, layer, 0), *vc = cpu_kv_layer(c, layer, 1);
+  const size_t bs = (size_t)c->kv.block_size;
   for (int32_t t = 0; t < c->b.n_tokens; t++) {
     size_t slot = (size_t)c->b.slot_mapping[t];
-    memcpy(kc + slot * (size_t)row, (const float *)k->data + (size_t)t * (size_t)row, (size_t)row * sizeof(float));
+    const float *kr = (const float *)k->data + (size_t)t * (size_t)row;
+    /* K transposed within the block: element (head h, d) of the slot at block + (h*hd + d)*bs. */
+    float *kb = kc + slot / bs * bs * (size_t)row + slot % bs;
+    for (int64_t e = 0; e < row; e++) kb[(size_t)e * bs] = kr[e];
     memcpy(vc + slot * (size_t)row, (const float *)v->data + (size_t)t * (size_t)row, (size_t)row * sizeof(float));
   }
   return 0;
@@ -314,10 +318,11 @@ int cpu_kv_write(qv_backend *be, int32_t layer, const qv_tensor *k, const qv_ten
 /* ---- attention: flash-style tiles over the paged cache ----
  * A task is (sequence, KV head, a block of up to ATTN_QB of its query tokens): the query rows
  * are those tokens times the heads of the GQA group, and it walks the sequence's keys in tiles
- * of CPU_ATTN_KT positions aligned to absolute position 0. Each tile's keys are transposed once
- * (one lane per key, so a score needs no horizontal sum) and, with its values, serve every row
- * of the task while they are in L1/L2. Each row keeps an online softmax: running max m,
- * running sum l (double), and its output accumulated in place.
+ * of CPU_ATTN_KT positions aligned to absolute position 0. Each tile's keys are copied once
+ * from the cache's transposed blocks (one lane per key, so a score needs no horizontal sum)
+ * and, with its values, serve every row of the task while they are in L1/L2. Each row keeps
+ * an online softmax: running max m, running sum l (double), and its output accumulated in
+ * place.
  *
  * The fixed order (cpu_kern.h): for a row, the tiles, the keys within a tile, the max, the
  * rescaling and the sums depend only on the row's position, the window and the cached K/V,
@@ -375,33 +380,39 @@ static void attn_task(void *arg, int task_idx) {
     }
   }
   float kt[CPU_ATTN_MAX_HD * CPU_ATTN_KT]; /* [hd][CPU_ATTN_KT] */
-  const float *kp[CPU_ATTN_KT], *vp[CPU_ATTN_KT]; /* key/value rows of the tile's positions */
+  const float *vp[CPU_ATTN_KT]; /* value rows of the tile's positions */
   int64_t rows[ATTN_ROWS];
   cpu_attn_tile at = {.kt = kt, .v = vp, .hd = hd, .scale = p->scale, .softcap = p->softcap, .q = a->q,
                       .o = a->out, .m = a->row_max, .l = a->row_sum, .rows = rows};
+  /* This head's keys in a block: [hd][bs], one row of bs positions per d. */
+  const int64_t kblk = (int64_t)bs * kv_row, khead = (int64_t)td->kvh * hd * bs;
   int first = 1;
   for (int32_t tile = lo / CPU_ATTN_KT * CPU_ATTN_KT; tile < hi; tile += CPU_ATTN_KT) {
     int32_t tile_end = tile + CPU_ATTN_KT < hi ? tile + CPU_ATTN_KT : hi, fill = tile > lo ? tile : lo;
     for (int32_t j = fill; j < tile_end;) { /* block by block through the block table */
       int32_t blk = j / bs, off = j % bs, n = bs - off < tile_end - j ? bs - off : tile_end - j;
-      const float *k0 = a->kc + ((int64_t)bt[blk] * bs + off) * kv_row + (int64_t)td->kvh * hd;
+      const float *k0 = a->kc + (int64_t)bt[blk] * kblk + khead + off;
       const float *v0 = a->vc + ((int64_t)bt[blk] * bs + off) * kv_row + (int64_t)td->kvh * hd;
+      float *kd = kt + (j - tile);
+      if (n == 16) /* the default block size: a fixed-size copy the compiler turns into vector moves */
+        for (int32_t d = 0; d < hd; d++) memcpy(kd + (int64_t)d * CPU_ATTN_KT, k0 + (int64_t)d * bs, 16 * sizeof(float));
+      else
+        for (int32_t d = 0; d < hd; d++)
+          for (int32_t i = 0; i < n; i++) kd[(int64_t)d * CPU_ATTN_KT + i] = k0[(int64_t)d * bs + i];
+      for (int32_t i = 0; i < n; i++, j++) vp[j - tile] = v0 + i * kv_row;
+    }
+    /* The next tile's keys and values, into L2 while this tile runs: a decode step reads the
+     * whole context's K and V from memory for one token's GQA group, and without this each
+     * line arrives one miss at a time (3,900 keys: a tenth of the step). */
+    for (int32_t j = tile_end, ne = tile_end + CPU_ATTN_KT < hi ? tile_end + CPU_ATTN_KT : hi; j < ne;) {
+      int32_t blk = j / bs, off = j % bs, n = bs - off < ne - j ? bs - off : ne - j;
+      const char *kb = (const char *)(a->kc + (int64_t)bt[blk] * kblk + khead);
+      for (int64_t b = 0; b < (int64_t)hd * bs * (int64_t)sizeof(float); b += 64) __builtin_prefetch(kb + b, 0, 2);
       for (int32_t i = 0; i < n; i++, j++) {
-        kp[j - tile] = k0 + i * kv_row;
-        vp[j - tile] = v0 + i * kv_row;
+        const float *vr = a->vc + ((int64_t)bt[blk] * bs + off + i) * kv_row + (int64_t)td->kvh * hd;
+        for (int32_t d = 0; d < hd; d += 16) __builtin_prefetch(vr + d, 0, 2);
       }
     }
-    /* The next tile's key and value rows, into L2 while this tile runs: a decode step reads the
-     * whole context's K and V from memory for a handful of query rows, and without this each
-     * row's lines arrive one miss at a time (3,900 keys: a tenth of the step). */
-    for (int32_t j = tile_end, ne = tile_end + CPU_ATTN_KT < hi ? tile_end + CPU_ATTN_KT : hi; j < ne; j++) {
-      const int64_t r = ((int64_t)bt[j / bs] * bs + j % bs) * kv_row + (int64_t)td->kvh * hd;
-      for (int32_t d = 0; d < hd; d += 16) {
-        __builtin_prefetch(a->kc + r + d, 0, 2);
-        __builtin_prefetch(a->vc + r + d, 0, 2);
-      }
-    }
-    kern->attn_ktrans(kt, kp, fill - tile, tile_end - tile, hd);
     if (first && (fill > tile || tile_end < tile + CPU_ATTN_KT)) {
       /* columns no key fills hold zeros (later tiles leave earlier keys there: finite) */
       for (int32_t d = 0; d < hd; d++) {
