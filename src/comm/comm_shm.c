@@ -168,11 +168,15 @@ static int wait_all(shm_comm *s, double deadline, const char *what, qv_error *er
     if (t >= next_check) {
       next_check = t + PEER_CHECK_MS;
       int left = 0, r = dead_peer(s, &left);
+      /* A peer may pass this barrier, finish and leave between our load of bar_gen and this
+       * check: its leaving (release) follows the barrier's completion, so a fresh load of
+       * bar_gen tells a completed barrier from one the peer really abandoned. */
+      if (r >= 0 && atomic_load_explicit(&h->bar_gen, memory_order_acquire) != gen) break;
       if (r >= 0)
         return do_abort(s, err, what, left ? "rank %d left the group" : "rank %d's process died",
                         r);
     }
-    if (t >= deadline)
+    if (t >= deadline && atomic_load_explicit(&h->bar_gen, memory_order_acquire) == gen)
       return do_abort(s, err, what, "timed out after %d ms waiting for the other ranks",
                       s->base.timeout_ms);
   }
