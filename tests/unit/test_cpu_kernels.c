@@ -192,7 +192,7 @@ typedef struct tile_data {
   const float *kp[CPU_ATTN_KT], *vp[CPU_ATTN_KT];
 } tile_data;
 
-static void tile_make(tile_data *t, const cpu_kernels *kern, int32_t hd, int rows, unsigned *s) {
+static void tile_make(tile_data *t, int32_t hd, int rows, unsigned *s) {
   t->k = malloc(sizeof(float) * CPU_ATTN_KT * hd);
   t->v = malloc(sizeof(float) * CPU_ATTN_KT * hd);
   t->kt = malloc(sizeof(float) * CPU_ATTN_KT * hd);
@@ -200,7 +200,6 @@ static void tile_make(tile_data *t, const cpu_kernels *kern, int32_t hd, int row
   for (int32_t i = 0; i < CPU_ATTN_KT * hd; i++) t->k[i] = (float)urand(s), t->v[i] = (float)urand(s), t->kt[i] = NAN;
   for (int32_t i = 0; i < rows * hd; i++) t->q[i] = (float)urand(s) * 2;
   for (int j = 0; j < CPU_ATTN_KT; j++) t->kp[j] = t->k + j * hd, t->vp[j] = t->v + j * hd;
-  (void)kern;
   for (int j = 0; j < CPU_ATTN_KT; j++) /* the transposed tile, as attention copies it from the cache */
     for (int32_t d = 0; d < hd; d++) t->kt[(int64_t)d * CPU_ATTN_KT + j] = t->kp[j][d];
 }
@@ -218,7 +217,7 @@ Test(cpu_kernels, attention_scores_fixed_order) {
       int32_t hd = hds[h];
       unsigned s = 5 + (unsigned)hd;
       tile_data t;
-      tile_make(&t, kern, hd, 1, &s);
+      tile_make(&t, hd, 1, &s);
       static const int32_t ranges[][2] = {{0, 64}, {0, 1}, {5, 6}, {17, 40}, {63, 64}, {31, 33}};
       for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++) {
         float sc[CPU_ATTN_KT];
@@ -247,7 +246,7 @@ Test(cpu_kernels, attention_tile_step) {
       int32_t hd = hds[h];
       unsigned s = 9 + (unsigned)hd;
       tile_data t;
-      tile_make(&t, kern, hd, R, &s);
+      tile_make(&t, hd, R, &s);
       float *o = malloc(sizeof(float) * R * hd), *o1 = malloc(sizeof(float) * R * hd), m[R], m1[R];
       double l[R], l1[R];
       int64_t rows[R], one;
